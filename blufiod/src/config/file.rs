@@ -1,0 +1,251 @@
+//! The config file on disk: naming its problems by key, file and line, and changing one key with
+//! an atomic, comment-preserving write.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Data, Toml};
+use figment::value::{Dict, Map};
+use figment::{Metadata, Profile, Provider};
+
+use super::{ConfigError, ENV_PREFIX, key_spec, load_from};
+
+/// A TOML provider whose text was read by the caller, attributed to a file path so that errors
+/// and `source_of` name the file.
+pub(super) struct NamedToml {
+    inner: Data<Toml>,
+    path: PathBuf,
+}
+
+impl NamedToml {
+    pub(super) fn new(inner: Data<Toml>, path: &Path) -> Self {
+        Self {
+            inner,
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Provider for NamedToml {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("TOML file").source(figment::Source::File(self.path.clone()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+/// Turns a figment error into one line per problem: the dotted key, what is wrong, and where it
+/// came from (`file:line`, or the environment variable).
+pub(super) fn describe_errors(error: figment::Error, text: Option<&str>) -> Vec<String> {
+    let document = text.and_then(|text| toml_edit::ImDocument::parse(text.to_owned()).ok());
+    error
+        .into_iter()
+        .map(|error| {
+            let mut path = error.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &error.kind
+                && path.last() != Some(field)
+            {
+                path.push(field.clone());
+            }
+            let key = path.join(".");
+            let origin = match &error.metadata {
+                Some(metadata) => match &metadata.source {
+                    Some(figment::Source::File(file)) => {
+                        let line = document.as_ref().and_then(|document| line_of(document, &path));
+                        match line {
+                            Some(line) => format!("{}:{line}", file.display()),
+                            None => file.display().to_string(),
+                        }
+                    }
+                    _ if metadata.name.contains("environment") => {
+                        format!("environment variable {ENV_PREFIX}{}", path.join("__").to_uppercase())
+                    }
+                    _ => metadata.name.to_string(),
+                },
+                None => "configuration".to_owned(),
+            };
+            let what = match &error.kind {
+                figment::error::Kind::UnknownField(field, expected) => format!(
+                    "unknown key `{field}`; known keys here: {}",
+                    expected.iter().map(|key| format!("`{key}`")).collect::<Vec<_>>().join(", ")
+                ),
+                kind => kind.to_string(),
+            };
+            if key.is_empty() {
+                format!("{what} (in {origin})")
+            } else {
+                format!("{key}: {what} (in {origin})")
+            }
+        })
+        .collect()
+}
+
+/// The 1-based line of a dotted key in a parsed document.
+fn line_of(document: &toml_edit::ImDocument<String>, path: &[String]) -> Option<usize> {
+    let (last, parents) = path.split_last()?;
+    let mut table: &dyn toml_edit::TableLike = document.as_table();
+    for segment in parents {
+        table = table.get(segment)?.as_table_like()?;
+    }
+    let (key, item) = table.get_key_value(last)?;
+    let offset = key.span().or_else(|| item.span())?.start;
+    Some(document.raw()[..offset].matches('\n').count() + 1)
+}
+
+/// Errors from changing a key in the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigWriteError {
+    /// The key is not a config key.
+    #[error("unknown config key `{key}`; run `blufioctl config get` to list the keys")]
+    UnknownKey {
+        /// The key given.
+        key: String,
+    },
+    /// The file is not valid TOML, so it cannot be edited safely.
+    #[error("cannot edit {path}: it is not valid TOML; fix it by hand first")]
+    ParseFile {
+        /// The config file.
+        path: PathBuf,
+        #[source]
+        source: toml_edit::TomlError,
+    },
+    /// The changed configuration would be invalid; nothing was written.
+    #[error("the new value is rejected; nothing was written")]
+    Rejected {
+        #[source]
+        source: ConfigError,
+    },
+    /// The current config cannot be read.
+    #[error("cannot read the current configuration")]
+    Read {
+        #[source]
+        source: ConfigError,
+    },
+    /// Writing the file failed; the old file is unchanged.
+    #[error("cannot write {path}; the old file is unchanged")]
+    Write {
+        /// The config file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sets `key` to `raw_value` in the config file at `path` (created if missing), after checking
+/// that the whole resulting configuration, with the environment, is valid. The write is atomic
+/// (temporary file, fsync, rename, fsync of the directory) and keeps comments and layout.
+///
+/// `raw_value` is a TOML value when it parses as one (`30`, `true`, `"text"`), else a string.
+pub fn set_key_in_file(
+    path: &Path,
+    current: Option<&str>,
+    key: &str,
+    raw_value: &str,
+) -> Result<super::Loaded, ConfigWriteError> {
+    if key_spec(key).is_none() {
+        return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
+    }
+    let mut document: toml_edit::DocumentMut =
+        current
+            .unwrap_or_default()
+            .parse()
+            .map_err(|source| ConfigWriteError::ParseFile {
+                path: path.to_owned(),
+                source,
+            })?;
+    let value = raw_value
+        .trim()
+        .parse::<toml_edit::Value>()
+        .unwrap_or_else(|_| toml_edit::Value::from(raw_value));
+    let segments: Vec<&str> = key.split('.').collect();
+    let (last, parents) = segments.split_last().expect("keys are never empty");
+    let mut table = document.as_table_mut();
+    for segment in parents {
+        let entry = table
+            .entry(segment)
+            .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
+        if !entry.is_table() {
+            // An inline table or a scalar where a section belongs: the schema check below reports
+            // it precisely, so replace it with a section to let that check run.
+            *entry = toml_edit::Item::Table(toml_edit::Table::new());
+        }
+        table = entry.as_table_mut().expect("just made a table");
+    }
+    table.insert(last, toml_edit::value(value));
+    let new_text = document.to_string();
+    let loaded =
+        load_from(Some(&new_text), Some(path), true).map_err(|source| ConfigWriteError::Rejected { source })?;
+    write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(loaded)
+}
+
+/// Replaces `path` with `contents` so that a reader sees either the old or the new file, never a
+/// mix, even across a crash. A new file gets mode 0600 (it may hold secrets); an existing file
+/// keeps its mode.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mode = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.permissions().mode() & 0o7777,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0o600,
+        Err(error) => return Err(error),
+    };
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".blufiod.toml.")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    temporary.write_all(contents)?;
+    temporary.as_file().sync_all()?;
+    temporary.persist(path).map_err(|error| error.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_key_keeps_comments_and_other_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.toml");
+        let before = "# my notes\n[log]\n# chatty while debugging\nlevel = \"debug\"\n";
+        std::fs::write(&path, before).unwrap();
+        let loaded = set_key_in_file(&path, Some(before), "daemon.shutdown_timeout_secs", "7").unwrap();
+        assert_eq!(loaded.config.daemon.shutdown_timeout_secs, 7);
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(after.contains("# my notes") && after.contains("# chatty while debugging"), "{after}");
+        assert!(after.contains("level = \"debug\""), "{after}");
+        assert!(after.contains("[daemon]\nshutdown_timeout_secs = 7"), "{after}");
+    }
+
+    #[test]
+    fn bare_words_become_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/blufiod.toml");
+        let loaded = set_key_in_file(&path, None, "control.group_access", "full").unwrap();
+        assert_eq!(loaded.config.control.group_access, super::super::Access::Full);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a new config file may hold secrets");
+    }
+
+    #[test]
+    fn invalid_values_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.toml");
+        std::fs::write(&path, "").unwrap();
+        let error = set_key_in_file(&path, Some(""), "daemon.shutdown_timeout_secs", "soon").unwrap_err();
+        assert!(matches!(error, ConfigWriteError::Rejected { .. }), "{error:?}");
+        let error = set_key_in_file(&path, Some(""), "log.colour", "red").unwrap_err();
+        assert!(matches!(error, ConfigWriteError::UnknownKey { .. }), "{error:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+    }
+}

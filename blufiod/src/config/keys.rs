@@ -1,0 +1,210 @@
+//! The registry of config keys and the flattened, masked view of a configuration that
+//! `GetConfig` and `blufiod --check-config` show.
+
+use figment::value::Value;
+
+use super::Loaded;
+
+/// What is known about one dotted config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Dotted key, for example `log.level`.
+    pub key: &'static str,
+    /// Whether the value is a secret: shown masked, never logged.
+    pub secret: bool,
+    /// Whether a change only takes effect after a restart.
+    pub restart_required: bool,
+}
+
+const fn live(key: &'static str) -> KeySpec {
+    KeySpec {
+        key,
+        secret: false,
+        restart_required: false,
+    }
+}
+
+const fn restart(key: &'static str) -> KeySpec {
+    KeySpec {
+        key,
+        secret: false,
+        restart_required: true,
+    }
+}
+
+/// Every config key, sorted. A test checks this list against the struct tree.
+pub const KEYS: &[KeySpec] = &[
+    restart("control.group"),
+    live("control.group_access"),
+    restart("control.socket"),
+    restart("daemon.runtime_dir"),
+    live("daemon.shutdown_timeout_secs"),
+    restart("daemon.state_dir"),
+    restart("log.format"),
+    live("log.level"),
+    restart("storage.busy_timeout_ms"),
+    restart("storage.path"),
+    restart("storage.read_connections"),
+];
+
+/// The shown form of a secret that is set.
+pub const MASK: &str = "********";
+
+/// Looks up a key's spec.
+pub fn key_spec(key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|spec| spec.key == key)
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueSource {
+    /// The embedded defaults.
+    Default,
+    /// The config file.
+    File,
+    /// A `BLUFIO_*` environment variable.
+    Env,
+}
+
+impl ValueSource {
+    /// The name used on the wire and in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueSource::Default => "default",
+            ValueSource::File => "file",
+            ValueSource::Env => "env",
+        }
+    }
+}
+
+/// One effective value, ready to show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigEntry {
+    /// The key's spec.
+    pub spec: KeySpec,
+    /// TOML literal of the value (masked for secrets); empty when unset.
+    pub value_toml: String,
+    /// JSON text of the value (masked for secrets); `null` when unset.
+    pub value_json: String,
+    /// Where the value came from.
+    pub source: ValueSource,
+    /// Whether an optional key has no value.
+    pub unset: bool,
+}
+
+/// The effective entries of `loaded`, all of them or the one named by `key`. Returns `None` when
+/// `key` is not a config key.
+pub fn entries(loaded: &Loaded, key: Option<&str>) -> Option<Vec<ConfigEntry>> {
+    let tree = Value::serialize(&loaded.config).expect("config serializes to a figment value");
+    let specs: Vec<&KeySpec> = match key {
+        Some(key) => vec![key_spec(key)?],
+        None => KEYS.iter().collect(),
+    };
+    let entries = specs
+        .into_iter()
+        .map(|spec| {
+            let value = tree.find_ref(spec.key);
+            let (value_toml, value_json) = match value {
+                None => (String::new(), "null".to_owned()),
+                Some(_) if spec.secret => (format!("\"{MASK}\""), format!("\"{MASK}\"")),
+                Some(value) => (
+                    to_toml(value).to_string().trim().to_owned(),
+                    serde_json::to_string(value).expect("figment values serialize to JSON"),
+                ),
+            };
+            ConfigEntry {
+                spec: *spec,
+                value_toml,
+                value_json,
+                source: loaded.source_of(spec.key),
+                unset: value.is_none(),
+            }
+        })
+        .collect();
+    Some(entries)
+}
+
+/// Converts a figment value into a TOML value for display.
+fn to_toml(value: &Value) -> toml_edit::Value {
+    match value {
+        Value::String(_, text) => text.as_str().into(),
+        Value::Char(_, char) => char.to_string().into(),
+        Value::Bool(_, bool) => (*bool).into(),
+        Value::Num(_, num) => match num.to_i128().or_else(|| num.to_u128().and_then(|n| i128::try_from(n).ok())) {
+            // TOML integers are i64; a larger one is shown as text rather than rounded.
+            Some(int) => i64::try_from(int).map(toml_edit::Value::from).unwrap_or_else(|_| int.to_string().into()),
+            None => num.to_f64().unwrap_or(f64::NAN).into(),
+        },
+        Value::Empty(..) => "".into(),
+        Value::Dict(_, dict) => {
+            let mut table = toml_edit::InlineTable::new();
+            for (key, value) in dict {
+                table.insert(key, to_toml(value));
+            }
+            toml_edit::Value::InlineTable(table)
+        }
+        Value::Array(_, items) => toml_edit::Value::Array(items.iter().map(to_toml).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::super::{Config, load_from};
+    use super::*;
+
+    /// Every leaf of the struct tree, with every optional field set.
+    fn leaves_of_full_config() -> BTreeSet<String> {
+        let mut config = Config::default();
+        config.daemon.state_dir = Some("/s".into());
+        config.daemon.runtime_dir = Some("/r".into());
+        config.control.socket = Some("/r/s.sock".into());
+        config.control.group = Some("g".into());
+        config.storage.path = Some("/s/db".into());
+        let tree = Value::serialize(&config).unwrap();
+        let mut leaves = BTreeSet::new();
+        fn walk(prefix: &str, value: &Value, leaves: &mut BTreeSet<String>) {
+            match value {
+                Value::Dict(_, dict) => {
+                    for (key, value) in dict {
+                        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                        walk(&path, value, leaves);
+                    }
+                }
+                _ => {
+                    leaves.insert(prefix.to_owned());
+                }
+            }
+        }
+        walk("", &tree, &mut leaves);
+        leaves
+    }
+
+    #[test]
+    fn registry_matches_the_struct_tree() {
+        let registry: BTreeSet<String> = KEYS.iter().map(|spec| spec.key.to_owned()).collect();
+        assert_eq!(registry, leaves_of_full_config());
+        let mut sorted: Vec<&str> = KEYS.iter().map(|spec| spec.key).collect();
+        sorted.sort_unstable();
+        assert_eq!(sorted, KEYS.iter().map(|spec| spec.key).collect::<Vec<_>>(), "keep KEYS sorted");
+    }
+
+    #[test]
+    fn entries_show_values_sources_and_unset_keys() {
+        let loaded = load_from(Some("[daemon]\nshutdown_timeout_secs = 3\n"), Some(std::path::Path::new("/c.toml")), false).unwrap();
+        let all = entries(&loaded, None).unwrap();
+        assert_eq!(all.len(), KEYS.len());
+        let timeout = entries(&loaded, Some("daemon.shutdown_timeout_secs")).unwrap().remove(0);
+        assert_eq!(timeout.value_toml, "3");
+        assert_eq!(timeout.value_json, "3");
+        assert_eq!(timeout.source, ValueSource::File);
+        let level = entries(&loaded, Some("log.level")).unwrap().remove(0);
+        assert_eq!(level.value_toml, "\"info\"");
+        assert_eq!(level.source, ValueSource::Default);
+        let socket = entries(&loaded, Some("control.socket")).unwrap().remove(0);
+        assert!(socket.unset);
+        assert_eq!(socket.value_json, "null");
+        assert!(entries(&loaded, Some("no.such")).is_none());
+    }
+}

@@ -1,0 +1,462 @@
+//! The daemon's configuration: one `deny_unknown_fields` struct tree, loaded with figment from the
+//! embedded defaults, then the config file, then `BLUFIO_SECTION__KEY` environment variables.
+//!
+//! Every key is listed once in [`KEYS`] with whether it is secret and whether a change needs a
+//! restart; tests keep that registry, the struct tree and `packaging/blufiod.example.toml` in
+//! step. This module never touches the network, the database or the control socket.
+
+mod file;
+mod keys;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use file::{ConfigWriteError, set_key_in_file};
+pub use keys::{ConfigEntry, KEYS, KeySpec, ValueSource, entries, key_spec};
+
+/// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).
+pub const ENV_PREFIX: &str = "BLUFIO_";
+/// Environment variables with the prefix that are not config keys: the binaries' own options.
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SOCKET"];
+/// File name of the config file inside a configuration directory.
+pub const CONFIG_FILE_NAME: &str = "blufiod.toml";
+/// File name of the database inside the state directory.
+pub const DATABASE_FILE_NAME: &str = "blufio.db";
+
+/// Seconds the daemon waits for in-flight work on shutdown. Ten seconds is long enough for an
+/// RPC to finish and well inside systemd's default `TimeoutStopSec` of 90 s.
+const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+/// SQLite busy timeout: how long a statement waits for a lock before failing. Five seconds rides
+/// out a checkpoint or a backup without making a stuck writer look alive for long.
+const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Connections in the read pool. Reads are short; four keeps a 2-core VPS busy without
+/// hoarding file descriptors.
+const DEFAULT_READ_CONNECTIONS: u32 = 4;
+
+/// The whole configuration of `blufiod`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Process-level settings: directories and shutdown.
+    pub daemon: DaemonConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The local gRPC control socket.
+    pub control: ControlConfig,
+    /// The SQLite database.
+    pub storage: StorageConfig,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// State directory (database, keys). Default: `$STATE_DIRECTORY`, else `/var/lib/blufio` for
+    /// root, else `$XDG_STATE_HOME/blufio`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Runtime directory (socket, lock). Default: `$RUNTIME_DIRECTORY`, else `/run/blufio` for
+    /// root, else `$XDG_RUNTIME_DIR/blufio`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Seconds to wait for in-flight work when stopping.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            runtime_dir: None,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter directive such as `info` or `blufiod=debug,info`. `RUST_LOG`, when set,
+    /// takes precedence.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human lines; coloured on a TTY, without colour and timestamps under journald.
+    Auto,
+    /// Human lines, never coloured.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[control]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Path of the control socket. Default: `<runtime_dir>/blufiod.sock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// A group whose members may use the socket (mode 0660, group-owned). Unset: only root and
+    /// the daemon's own user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// What members of `group` may do.
+    pub group_access: Access,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            group: None,
+            group_access: Access::ReadOnly,
+        }
+    }
+}
+
+/// What a caller on the control socket may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Nothing.
+    None,
+    /// Calls that only read.
+    ReadOnly,
+    /// Every call.
+    Full,
+}
+
+impl Access {
+    /// The name used in the config file and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::ReadOnly => "read-only",
+            Access::Full => "full",
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Path of the SQLite database. Default: `<state_dir>/blufio.db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Milliseconds a statement waits for a database lock before failing.
+    pub busy_timeout_ms: u64,
+    /// Connections in the read-only pool (the writer is always one connection).
+    pub read_connections: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            busy_timeout_ms: DEFAULT_BUSY_TIMEOUT_MS,
+            read_connections: DEFAULT_READ_CONNECTIONS,
+        }
+    }
+}
+
+/// Errors from loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment could not merge or extract the configuration.
+    #[error("invalid configuration:\n{}", .problems.join("\n"))]
+    Invalid {
+        /// One line per problem, each naming the key and its source.
+        problems: Vec<String>,
+    },
+    /// The config file named on the command line does not exist.
+    #[error(
+        "config file {path} does not exist: create it (see packaging/blufiod.example.toml) or drop --config to use the defaults"
+    )]
+    MissingFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The config file exists but cannot be read.
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        /// The path read.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the config comes from, and how the environment is consulted.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The config file (which may not exist).
+    pub path: PathBuf,
+    /// Whether the path was named explicitly (then it must exist).
+    pub explicit: bool,
+}
+
+impl ConfigSource {
+    /// Resolves the config file path: `--config`/`BLUFIO_CONFIG`, else
+    /// `$CONFIGURATION_DIRECTORY/blufiod.toml`, else `/etc/blufio/blufiod.toml` for root, else
+    /// `$XDG_CONFIG_HOME/blufio/blufiod.toml` (`~/.config/...`).
+    pub fn resolve(explicit: Option<PathBuf>, env: impl Fn(&str) -> Option<OsString>, euid: u32) -> Self {
+        if let Some(path) = explicit {
+            return Self { path, explicit: true };
+        }
+        let path = if let Some(dir) = blufio_proto::paths::first_systemd_dir(env("CONFIGURATION_DIRECTORY")) {
+            dir.join(CONFIG_FILE_NAME)
+        } else if euid == 0 {
+            PathBuf::from("/etc/blufio").join(CONFIG_FILE_NAME)
+        } else {
+            let base = env("XDG_CONFIG_HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".config")))
+                .unwrap_or_else(|| PathBuf::from("/etc"));
+            base.join("blufio").join(CONFIG_FILE_NAME)
+        };
+        Self { path, explicit: false }
+    }
+
+    /// Loads the effective configuration: defaults < file < environment.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let text = self.read_file()?;
+        load_from(text.as_deref(), Some(&self.path), true)
+    }
+
+    /// Reads the config file, or `None` when it does not exist (and need not).
+    pub fn read_file(&self) -> Result<Option<String>, ConfigError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if self.explicit {
+                    Err(ConfigError::MissingFile { path: self.path.clone() })
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(source) => Err(ConfigError::ReadFile {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// A loaded configuration and the figment it came from (which knows each value's source).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    figment: Figment,
+}
+
+impl Loaded {
+    /// Where the effective value of a dotted key came from.
+    pub fn source_of(&self, key: &str) -> ValueSource {
+        match self.figment.find_metadata(key) {
+            Some(metadata) if matches!(metadata.source, Some(figment::Source::File(_))) => ValueSource::File,
+            Some(metadata) if metadata.name.contains("environment") => ValueSource::Env,
+            _ => ValueSource::Default,
+        }
+    }
+}
+
+/// Loads a configuration from TOML text (`None`: no file) with `name` used in messages, and the
+/// `BLUFIO_*` environment when `with_env`.
+pub fn load_from(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Loaded, ConfigError> {
+    let loaded = extract(text, name, with_env)?;
+    let problems = loaded.config.validate();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid { problems });
+    }
+    Ok(loaded)
+}
+
+/// Like [`load_from`], but only checks the shape of the document, not the semantic rules of
+/// [`Config::validate`] (which depend on the machine, such as whether a group exists).
+fn extract(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Loaded, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(text) = text {
+        let toml = Toml::string(text);
+        figment = match name {
+            Some(path) => figment.merge(file::NamedToml::new(toml, path)),
+            None => figment.merge(toml),
+        };
+    }
+    if with_env {
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(ENV_NOT_KEYS).split("__"));
+    }
+    let config: Config = figment.extract().map_err(|error| ConfigError::Invalid {
+        problems: file::describe_errors(error, text),
+    })?;
+    Ok(Loaded { config, figment })
+}
+
+impl Config {
+    /// Checks what serde cannot: paths absolute, filter directives valid, group present.
+    /// Returns one line per problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let paths = [
+            ("daemon.state_dir", &self.daemon.state_dir),
+            ("daemon.runtime_dir", &self.daemon.runtime_dir),
+            ("control.socket", &self.control.socket),
+            ("storage.path", &self.storage.path),
+        ];
+        for (key, path) in paths {
+            if let Some(path) = path
+                && !path.is_absolute()
+            {
+                problems.push(format!("{key}: {} is not an absolute path; give a path that starts with /", path.display()));
+            }
+        }
+        if let Err(reason) = check_filter(&self.log.level) {
+            problems.push(format!(
+                "log.level: {:?} is not a valid filter ({reason}); use a level such as \"info\" or directives such as \"blufiod=debug,info\"",
+                self.log.level
+            ));
+        }
+        if let Some(group) = &self.control.group {
+            match nix::unistd::Group::from_name(group) {
+                Ok(Some(_)) => {}
+                Ok(None) => problems.push(format!(
+                    "control.group: no group named {group:?} exists; create it (groupadd {group}) or unset the key"
+                )),
+                Err(error) => problems.push(format!("control.group: cannot look up group {group:?}: {error}")),
+            }
+        }
+        if self.storage.read_connections == 0 {
+            problems.push("storage.read_connections: must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+/// Checks a tracing filter directive more strictly than `EnvFilter`, which reads a bare word such
+/// as `inof` as a target name and so silently turns logging off.
+fn check_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    for directive in filter.split(',').map(str::trim).filter(|directive| !directive.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.iter().any(|known| known.eq_ignore_ascii_case(level)) {
+            return Err(format!("{level:?} is not one of {}", LEVELS.join(", ")));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let loaded = load_from(None, None, false).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        assert_eq!(loaded.source_of("log.level"), ValueSource::Default);
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_are_attributed() {
+        let loaded = load_from(Some("[log]\nlevel = \"debug\"\n"), Some(Path::new("/etc/x.toml")), false).unwrap();
+        assert_eq!(loaded.config.log.level, "debug");
+        assert_eq!(loaded.source_of("log.level"), ValueSource::File);
+        assert_eq!(loaded.source_of("log.format"), ValueSource::Default);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let text = "[log]\nlevel = \"info\"\n\n[control]\ngroup_acces = \"full\"\n";
+        let error = load_from(Some(text), Some(Path::new("/etc/blufio/blufiod.toml")), false).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("control.group_acces"), "{message}");
+        assert!(message.contains("/etc/blufio/blufiod.toml:5"), "{message}");
+        assert!(message.contains("group_access"), "should suggest the known keys: {message}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let error = load_from(Some("[daemon]\nshutdown_timeout_secs = \"soon\"\n"), Some(Path::new("/c.toml")), false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("daemon.shutdown_timeout_secs"), "{error}");
+        assert!(error.contains("/c.toml:2"), "{error}");
+    }
+
+    #[test]
+    fn semantic_checks_report_every_problem() {
+        let text = "[daemon]\nstate_dir = \"relative\"\n[log]\nlevel = \"inof\"\n[control]\ngroup = \"no-such-group-blufio\"\n";
+        let Err(ConfigError::Invalid { problems }) = load_from(Some(text), None, false) else {
+            panic!("expected invalid config");
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].starts_with("daemon.state_dir"));
+        assert!(problems[1].starts_with("log.level"));
+        assert!(problems[2].contains("no-such-group-blufio"));
+    }
+
+    #[test]
+    fn config_path_resolution_follows_systemd_then_fhs_then_xdg() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
+        };
+        let explicit = ConfigSource::resolve(Some("/x.toml".into()), env(&[]), 0);
+        assert!(explicit.explicit);
+        assert_eq!(
+            ConfigSource::resolve(None, env(&[("CONFIGURATION_DIRECTORY", "/etc/blufio-sd")]), 0).path,
+            PathBuf::from("/etc/blufio-sd/blufiod.toml")
+        );
+        assert_eq!(ConfigSource::resolve(None, env(&[]), 0).path, PathBuf::from("/etc/blufio/blufiod.toml"));
+        assert_eq!(
+            ConfigSource::resolve(None, env(&[("HOME", "/home/u")]), 1000).path,
+            PathBuf::from("/home/u/.config/blufio/blufiod.toml")
+        );
+    }
+
+    #[test]
+    fn example_config_parses_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/blufiod.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The example has every key commented out; uncommenting must give a valid config too.
+        load_from(Some(&text), Some(&path), false).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| line.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let loaded = extract(Some(&uncommented), Some(&path), false).unwrap();
+        for spec in KEYS {
+            assert_eq!(
+                loaded.source_of(spec.key),
+                ValueSource::File,
+                "packaging/blufiod.example.toml does not document {}",
+                spec.key
+            );
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! blufiod: tmp
+mod config;
+fn main() {}
