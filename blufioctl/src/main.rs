@@ -1,1 +1,259 @@
-fn main() {}
+//! `blufioctl`, the thin control client of blufiod: parses the command line, makes one gRPC call
+//! over the daemon's Unix socket, prints the answer and maps failures to the documented exit
+//! codes (see [`cli::EXIT_CODES_HELP`]).
+//!
+//! This binary depends on `blufio-proto` only; it never opens the daemon's database or config
+//! file itself (`config validate FILE` reads FILE and sends its text to the daemon).
+
+mod cli;
+mod client;
+mod output;
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser as _};
+use serde::Serialize;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::client::{Client, ClientError};
+use crate::output::{Human, Paint, Style};
+
+/// The operation failed: the daemon refused it, the config is invalid, a timeout, or a local
+/// error such as an unreadable FILE.
+const EXIT_FAILED: u8 = 1;
+/// The daemon is not reachable: socket missing, connection refused, or permission denied.
+const EXIT_UNREACHABLE: u8 = 3;
+// Exit code 2 (usage error) is produced by clap itself when parsing fails.
+
+/// Hint printed when the daemon is not running or the socket is wrong.
+const START_HINT: &str = "start it with 'blufiod' (or 'systemctl start blufiod'), or point --socket / BLUFIO_SOCKET at its socket";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let no_color = std::env::var_os("NO_COLOR");
+    let stdout_style = Style::detect(cli.plain, io::stdout().is_terminal(), no_color.as_deref());
+    let stderr_style = Style::detect(cli.plain, io::stderr().is_terminal(), no_color.as_deref());
+    let printer = Printer {
+        stdout_style,
+        stderr_style,
+    };
+
+    match run(cli, &printer).await {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Invalid) => ExitCode::from(EXIT_FAILED),
+        Err(failure) => {
+            // `{:#}` prints the whole cause chain once, joined with ": ".
+            printer.error(&format!("{:#}", failure.error));
+            if let Some(hint) = &failure.hint {
+                eprintln!("{}: {hint}", stderr_style.paint(Paint::Bold, "hint"));
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// How a command that ran to completion ended.
+enum Outcome {
+    Success,
+    /// `config validate` found problems; they have been printed and the exit code is 1.
+    Invalid,
+}
+
+/// A failed command: the error to print, an optional hint, and the exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+    hint: Option<String>,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: EXIT_FAILED,
+            error,
+            hint: None,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        let (code, hint) = match &error {
+            ClientError::Unreachable { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                let hint = "blufiod lets root, its own user and members of its configured group \
+                            connect; run as one of them, or point --socket / BLUFIO_SOCKET at a \
+                            socket you may use";
+                (EXIT_UNREACHABLE, Some(hint.to_owned()))
+            }
+            ClientError::Unreachable { .. } => (EXIT_UNREACHABLE, Some(START_HINT.to_owned())),
+            ClientError::Timeout { .. } => (
+                EXIT_FAILED,
+                Some("blufiod may be hung; check 'systemctl status blufiod' and its journal".into()),
+            ),
+            ClientError::Status(status) if status.code() == tonic::Code::PermissionDenied => (
+                EXIT_FAILED,
+                Some("'blufioctl status' shows the access your user has".to_owned()),
+            ),
+            ClientError::Connect { .. } | ClientError::Status(_) => (EXIT_FAILED, None),
+        };
+        Failure {
+            code,
+            error: anyhow::Error::new(error),
+            hint,
+        }
+    }
+}
+
+/// Writes command output: stdout text, and `warning:`/`error:` lines on stderr.
+struct Printer {
+    stdout_style: Style,
+    stderr_style: Style,
+}
+
+impl Printer {
+    /// Writes `text` to stdout. A closed pipe (`blufioctl config get | head -1`) is not an error.
+    fn stdout(&self, text: &str) -> Result<(), Failure> {
+        let mut stdout = io::stdout().lock();
+        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(error) => Err(anyhow::Error::new(error)
+                .context("cannot write to stdout")
+                .into()),
+        }
+    }
+
+    /// Prints one `--json` document.
+    fn json(&self, value: &impl Serialize) -> Result<(), Failure> {
+        let text = output::json_document(value).context("cannot serialize the json output")?;
+        self.stdout(&text)
+    }
+
+    /// Prints human output; returns whether it carried error lines.
+    fn human(&self, human: &Human) -> Result<bool, Failure> {
+        self.stdout(&human.stdout)?;
+        for warning in &human.warnings {
+            eprintln!(
+                "{}: {warning}",
+                self.stderr_style.paint(Paint::Yellow, "warning")
+            );
+        }
+        for error in &human.errors {
+            self.error(error);
+        }
+        Ok(!human.errors.is_empty())
+    }
+
+    fn error(&self, message: &str) {
+        eprintln!("{}: {message}", self.stderr_style.paint(Paint::Red, "error"));
+    }
+}
+
+async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
+    let style = printer.stdout_style;
+    let socket = socket_path(cli.socket);
+    match cli.command {
+        Command::Status(args) => {
+            let status = Client::connect(&socket).await?.get_status().await?;
+            if args.json {
+                printer.json(&output::status_json(&status))?;
+            } else {
+                printer.human(&output::status_human(&status, style))?;
+            }
+        }
+        Command::Config(ConfigCommand::Get { key, output: args }) => {
+            let key = key.unwrap_or_default();
+            let config = Client::connect(&socket).await?.get_config(key).await?;
+            if args.json {
+                printer.json(&output::config_get_json(&config))?;
+            } else {
+                printer.human(&output::config_get_human(&config, style))?;
+            }
+        }
+        Command::Config(ConfigCommand::Set {
+            key,
+            value,
+            output: args,
+        }) => {
+            let set = Client::connect(&socket)
+                .await?
+                .set_config(key.clone(), value.clone())
+                .await?;
+            if args.json {
+                printer.json(&output::config_set_json(&set))?;
+            } else {
+                printer.human(&output::config_set_human(&set, &key, &value, style))?;
+            }
+        }
+        Command::Config(ConfigCommand::Validate { file, output: args }) => {
+            // Read FILE before connecting: a typo in the path is the user's to fix first.
+            let (toml, name) = match &file {
+                Some(path) => (read_config_document(path)?, path.display().to_string()),
+                None => (String::new(), String::new()),
+            };
+            let validation = Client::connect(&socket)
+                .await?
+                .validate_config(toml, name.clone())
+                .await?;
+            let file_name = file.as_ref().map(|_| name.as_str());
+            if args.json {
+                printer.json(&output::config_validate_json(&validation, file_name))?;
+            } else {
+                printer.human(&output::config_validate_human(&validation, file_name, style))?;
+            }
+            if !validation.valid {
+                return Ok(Outcome::Invalid);
+            }
+        }
+        Command::Config(ConfigCommand::Reload(args)) => {
+            let reload = Client::connect(&socket).await?.reload_config().await?;
+            if args.json {
+                printer.json(&output::config_reload_json(&reload))?;
+            } else {
+                printer.human(&output::config_reload_human(&reload, style))?;
+            }
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "blufioctl", &mut script);
+            let script = String::from_utf8(script).context("completion script is not utf-8")?;
+            printer.stdout(&script)?;
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("cannot render the man page")?;
+            let page = String::from_utf8(page).context("man page is not utf-8")?;
+            printer.stdout(&page)?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `--socket` / `BLUFIO_SOCKET` when given (and not empty), else the shared default location.
+fn socket_path(given: Option<PathBuf>) -> PathBuf {
+    given
+        .filter(|path| !path.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            blufio_proto::paths::default_socket_path(
+                |name| std::env::var_os(name),
+                nix::unistd::geteuid().as_raw(),
+            )
+        })
+}
+
+/// Reads a config file for `config validate FILE`.
+fn read_config_document(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    // An empty `toml` field asks the daemon to validate its own file instead. An empty file is a
+    // valid (all-defaults) document, so send it as a lone newline, which parses the same.
+    Ok(if text.is_empty() { "\n".to_owned() } else { text })
+}

@@ -1,3 +1,142 @@
-//! blufiod: tmp
+//! blufiod, the blufio daemon: argument parsing, logging, the runtime, and exit codes. Everything
+//! else happens in [`daemon::run`].
+//!
+//! Exit codes: 0 after a clean shutdown; 1 when the daemon fails at runtime (a subsystem failed,
+//! storage or the socket cannot be used, another daemon is running); 2 for a usage error or an
+//! invalid configuration (systemd should not restart into the same mistake).
+
 mod config;
-fn main() {}
+mod control;
+mod daemon;
+mod lockfile;
+mod logging;
+mod notify;
+mod paths;
+mod state;
+mod storage;
+mod watchdog;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Exit code: the daemon failed at runtime.
+const EXIT_FAILURE: u8 = 1;
+/// Exit code: usage error or invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+/// The blufio daemon: an always-on personal AI agent.
+///
+/// Runs in the foreground (under systemd, Type=notify). Reload the configuration with SIGHUP;
+/// stop with SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(
+    name = "blufiod",
+    version,
+    after_help = "Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage error or invalid configuration."
+)]
+struct Args {
+    /// Config file. Default: $CONFIGURATION_DIRECTORY/blufiod.toml under systemd, else
+    /// /etc/blufio/blufiod.toml for root, else ~/.config/blufio/blufiod.toml.
+    #[arg(long, env = "BLUFIO_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective values (secrets masked) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let args = Args::parse();
+    let source = config::ConfigSource::resolve(
+        args.config,
+        |name| std::env::var_os(name),
+        nix::unistd::geteuid().as_raw(),
+    );
+    let loaded = match source.load() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("blufiod: {}", error_chain(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        print_config(&source, &loaded);
+        return ExitCode::SUCCESS;
+    }
+    let log = match logging::init(&loaded.config.log) {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("blufiod: {}", error_chain(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    install_panic_hook();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("blufiod-worker")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let outcome = runtime.block_on(daemon::run(daemon::Startup {
+        started,
+        source,
+        loaded,
+        log: Some(log),
+    }));
+    // Do not wait for blocking tasks that may never finish (a hung disk): the drain is over.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "blufiod failed");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `--check-config`: the effective configuration, one key per line.
+fn print_config(source: &config::ConfigSource, loaded: &config::Loaded) {
+    let present = if source.path.exists() { "" } else { " (not present; defaults and environment only)" };
+    println!("configuration OK: {}{present}", source.path.display());
+    let entries = config::entries(loaded, None).expect("listing all keys cannot fail");
+    let width = entries.iter().map(|entry| entry.spec.key.len()).max().unwrap_or(0);
+    for entry in entries {
+        let value = if entry.unset { "(unset)" } else { entry.value_toml.as_str() };
+        println!("{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str());
+    }
+}
+
+/// Logs panics through tracing (so they reach the journal with the daemon's format) before the
+/// default hook prints them. In release builds `panic = "abort"` then ends the process so that
+/// systemd restarts a fresh one.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default(info);
+    }));
+}
+
+/// An error and its sources as one line: `outer: inner: root`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

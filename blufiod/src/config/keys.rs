@@ -124,6 +124,15 @@ pub fn entries(loaded: &Loaded, key: Option<&str>) -> Option<Vec<ConfigEntry>> {
     Some(entries)
 }
 
+/// Every key whose value differs between two configurations, in [`KEYS`] order.
+pub fn changed_keys(old: &super::Config, new: &super::Config) -> Vec<&'static KeySpec> {
+    let old = Value::serialize(old).expect("config serializes to a figment value");
+    let new = Value::serialize(new).expect("config serializes to a figment value");
+    KEYS.iter()
+        .filter(|spec| old.find_ref(spec.key) != new.find_ref(spec.key))
+        .collect()
+}
+
 /// Converts a figment value into a TOML value for display.
 fn to_toml(value: &Value) -> toml_edit::Value {
     match value {

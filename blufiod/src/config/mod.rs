@@ -16,7 +16,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use file::{ConfigWriteError, set_key_in_file};
-pub use keys::{ConfigEntry, KEYS, KeySpec, ValueSource, entries, key_spec};
+pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec};
 
 /// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).
 pub const ENV_PREFIX: &str = "BLUFIO_";
@@ -450,7 +450,7 @@ mod tests {
             .map(|line| format!("{line}\n"))
             .collect();
         let loaded = extract(Some(&uncommented), Some(&path), false).unwrap();
-        for spec in KEYS {
+        for spec in keys::KEYS {
             assert_eq!(
                 loaded.source_of(spec.key),
                 ValueSource::File,

@@ -1,0 +1,133 @@
+//! The command line of `blufioctl`: its clap definition and nothing else.
+//!
+//! Parsing only; this module never talks to the daemon or prints anything. The exit-code table in
+//! [`EXIT_CODES_HELP`] is part of the public interface, so the numbers here must match `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Environment variable that names the control socket, like `--socket`.
+pub const SOCKET_ENV: &str = "BLUFIO_SOCKET";
+
+/// The exit status table, shown at the end of `--help` and in the man page.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  the operation failed: the daemon refused it (for example permission denied or an invalid
+     value), the configuration is invalid, or the daemon did not answer in time
+  2  usage error: the command line could not be parsed
+  3  blufiod is not reachable: its socket is missing, the connection was refused, or permission
+     to connect was denied";
+
+/// Control client for blufiod, the blufio agent daemon.
+///
+/// blufioctl talks gRPC to blufiod over its local control socket. Every command that prints data
+/// accepts --json for a stable, machine-readable document on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "blufioctl", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Control socket of blufiod [default: $RUNTIME_DIRECTORY/blufiod.sock under systemd,
+    /// /run/blufio/blufiod.sock for root, otherwise $XDG_RUNTIME_DIR/blufio/blufiod.sock]
+    #[arg(long, global = true, env = SOCKET_ENV, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Plain output: no colour and no column alignment (colour is also off when NO_COLOR is set
+    /// or stdout is not a terminal)
+    #[arg(long, global = true)]
+    pub plain: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the daemon's state, storage, subsystems and the caller's access
+    Status(JsonArgs),
+
+    /// Read, change, validate or reload the daemon's configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Print a shell completion script to stdout
+    Completions {
+        /// The shell to generate completions for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the roff man page to stdout (used by `cargo xtask dist`)
+    #[command(hide = true)]
+    Man,
+}
+
+/// `blufioctl config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show the effective configuration (secrets masked), one key or all of them
+    Get {
+        /// A dotted key such as `log.level`; every key when omitted
+        key: Option<String>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Change one key in the daemon's config file and apply it live where possible
+    Set {
+        /// A dotted key such as `log.level`
+        key: String,
+        /// The new value, parsed as a TOML value when it is one (30, true, "text", [1, 2]) and
+        /// otherwise taken as a plain string
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Validate a configuration file, or the daemon's own file when FILE is omitted; exits 1 when
+    /// it is invalid
+    Validate {
+        /// A TOML file to validate; it is read by blufioctl and sent to the daemon
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Re-read the config file, like SIGHUP, and report which keys changed
+    Reload(JsonArgs),
+}
+
+/// The `--json` flag shared by every data-printing command.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonArgs {
+    /// Print one JSON document to stdout instead of human-readable text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn set_accepts_negative_values() {
+        let cli = Cli::try_parse_from(["blufioctl", "config", "set", "agent.temperature", "-1"])
+            .expect("a hyphenated value should parse");
+        match cli.command {
+            Command::Config(ConfigCommand::Set { key, value, .. }) => {
+                assert_eq!(key, "agent.temperature");
+                assert_eq!(value, "-1");
+            }
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The connection to blufiod: a tonic channel over the daemon's Unix control socket, with connect
+//! and per-call timeouts, and errors classified so that `main` can pick the exit code.
+//!
+//! This module never prints and never decides exit codes itself; it only says whether a failure
+//! means "the daemon is not reachable" ([`ClientError::Unreachable`]) or something else.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use blufio_proto::UNIX_SOCKET_AUTHORITY;
+use blufio_proto::control::v1::control_client::ControlClient;
+use blufio_proto::control::v1::{
+    GetConfigRequest, GetConfigResponse, GetStatusRequest, GetStatusResponse, ReloadConfigRequest,
+    ReloadConfigResponse, SetConfigRequest, SetConfigResponse, ValidateConfigRequest,
+    ValidateConfigResponse,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait for the socket connection and the HTTP/2 handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait for one RPC. Generous, because `SetConfig` and `ReloadConfig` write files and
+/// re-validate the configuration, but bounded so that a hung daemon cannot hang the CLI.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why talking to the daemon failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing answers on the socket: it is missing, nobody listens (connection refused), or the
+    /// caller may not connect (permission denied).
+    Unreachable {
+        socket: PathBuf,
+        source: io::Error,
+    },
+    /// Connecting failed for another reason (for example a socket path that is too long).
+    Connect {
+        socket: PathBuf,
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// The daemon did not answer in time.
+    Timeout {
+        socket: PathBuf,
+        after: Duration,
+    },
+    /// The daemon answered with a gRPC error, such as PERMISSION_DENIED or INVALID_ARGUMENT.
+    Status(tonic::Status),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Unreachable { socket, .. } => {
+                write!(f, "cannot reach blufiod at {}", socket.display())
+            }
+            ClientError::Connect { socket, .. } => {
+                write!(f, "cannot connect to blufiod at {}", socket.display())
+            }
+            ClientError::Timeout { socket, after } => write!(
+                f,
+                "blufiod at {} did not answer within {}s",
+                socket.display(),
+                after.as_secs()
+            ),
+            ClientError::Status(status) if status.message().is_empty() => {
+                f.write_str(status.code().description())
+            }
+            ClientError::Status(status) => f.write_str(status.message()),
+        }
+    }
+}
+
+impl StdError for ClientError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ClientError::Unreachable { source, .. } => Some(source),
+            ClientError::Connect { source, .. } => Some(source.as_ref()),
+            ClientError::Timeout { .. } => None,
+            ClientError::Status(status) => status.source(),
+        }
+    }
+}
+
+/// A connected control client.
+pub struct Client {
+    inner: ControlClient<Channel>,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// Connects to the daemon's control socket at `socket`.
+    pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
+        // Look before connecting, so that the common "daemon not running" case gets the plain
+        // io error rather than whatever the transport wraps it in.
+        match socket.try_exists() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ClientError::Unreachable {
+                    socket: socket.to_path_buf(),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
+            Err(source) => return Err(classify_io(socket, source)),
+        }
+
+        // The URI only supplies the HTTP/2 `:authority`; the connector ignores it and dials the
+        // socket. hyper's server rejects a socket path as authority, so it must be `localhost`.
+        let endpoint = Endpoint::from_shared(format!("http://{UNIX_SOCKET_AUTHORITY}"))
+            .map_err(|source| ClientError::Connect {
+                socket: socket.to_path_buf(),
+                source: Box::new(source),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let path = socket.to_path_buf();
+        let connector = tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        });
+        // The endpoint's connect timeout covers the socket connect; this one also bounds the
+        // HTTP/2 handshake.
+        let channel =
+            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(connector))
+                .await
+            {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(error)) => return Err(classify_transport(socket, Box::new(error))),
+                Err(_elapsed) => {
+                    return Err(ClientError::Timeout {
+                        socket: socket.to_path_buf(),
+                        after: CONNECT_TIMEOUT,
+                    });
+                }
+            };
+        Ok(Client {
+            inner: ControlClient::new(channel),
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// `GetStatus`.
+    pub async fn get_status(&mut self) -> Result<GetStatusResponse, ClientError> {
+        let request = request(GetStatusRequest {});
+        call(&self.socket, self.inner.get_status(request)).await
+    }
+
+    /// `GetConfig` for one dotted key, or for every key when `key` is empty.
+    pub async fn get_config(&mut self, key: String) -> Result<GetConfigResponse, ClientError> {
+        let request = request(GetConfigRequest { key });
+        call(&self.socket, self.inner.get_config(request)).await
+    }
+
+    /// `SetConfig`.
+    pub async fn set_config(
+        &mut self,
+        key: String,
+        value: String,
+    ) -> Result<SetConfigResponse, ClientError> {
+        let request = request(SetConfigRequest { key, value });
+        call(&self.socket, self.inner.set_config(request)).await
+    }
+
+    /// `ValidateConfig`; an empty `toml` asks the daemon to validate its own config file.
+    pub async fn validate_config(
+        &mut self,
+        toml: String,
+        name: String,
+    ) -> Result<ValidateConfigResponse, ClientError> {
+        let request = request(ValidateConfigRequest { toml, name });
+        call(&self.socket, self.inner.validate_config(request)).await
+    }
+
+    /// `ReloadConfig`.
+    pub async fn reload_config(&mut self) -> Result<ReloadConfigResponse, ClientError> {
+        let request = request(ReloadConfigRequest {});
+        call(&self.socket, self.inner.reload_config(request)).await
+    }
+}
+
+/// Wraps a message in a request that tells the daemon our deadline (`grpc-timeout`).
+fn request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+/// Runs one RPC under [`CALL_TIMEOUT`] and classifies its failure.
+async fn call<T>(
+    socket: &Path,
+    rpc: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(CALL_TIMEOUT, rpc).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => {
+            // A status made by the client's own transport (the daemon went away between connect
+            // and call) carries the io error in its source chain.
+            if let Some(io_error) = find_io_error(&status)
+                && is_unreachable_kind(io_error.kind())
+            {
+                return Err(ClientError::Unreachable {
+                    socket: socket.to_path_buf(),
+                    source: copy_io_error(io_error),
+                });
+            }
+            Err(ClientError::Status(status))
+        }
+        Err(_elapsed) => Err(ClientError::Timeout {
+            socket: socket.to_path_buf(),
+            after: CALL_TIMEOUT,
+        }),
+    }
+}
+
+/// Maps an io error seen on `socket` to `Unreachable` when its kind says so.
+fn classify_io(socket: &Path, source: io::Error) -> ClientError {
+    if is_unreachable_kind(source.kind()) {
+        ClientError::Unreachable {
+            socket: socket.to_path_buf(),
+            source,
+        }
+    } else {
+        ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Maps a transport error from connecting. tonic wraps the connector's io error (and
+/// hyper-timeout's `TimedOut`) a few levels deep, so walk the source chain.
+fn classify_transport(socket: &Path, error: Box<dyn StdError + Send + Sync>) -> ClientError {
+    match find_io_error(error.as_ref()) {
+        Some(io_error) if is_unreachable_kind(io_error.kind()) => ClientError::Unreachable {
+            socket: socket.to_path_buf(),
+            source: copy_io_error(io_error),
+        },
+        Some(io_error) if io_error.kind() == io::ErrorKind::TimedOut => ClientError::Timeout {
+            socket: socket.to_path_buf(),
+            after: CONNECT_TIMEOUT,
+        },
+        _ => ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source: error,
+        },
+    }
+}
+
+/// The error kinds that mean "nothing usable listens on the socket".
+fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::PermissionDenied
+    )
+}
+
+/// The first `std::io::Error` in `error`'s source chain, `error` itself included.
+fn find_io_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(io_error) = error.downcast_ref::<io::Error>() {
+            return Some(io_error);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// `io::Error` is not `Clone`; keep the raw OS error when there is one so the message still reads
+/// "No such file or directory (os error 2)".
+fn copy_io_error(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl StdError for Wrapper {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn wrapped_connection_refused_is_unreachable() {
+        let error = Wrapper(io::Error::from_raw_os_error(nix::libc::ECONNREFUSED));
+        let classified = classify_transport(Path::new("/x.sock"), Box::new(error));
+        match classified {
+            ClientError::Unreachable { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+                assert!(source.to_string().contains("os error"), "{source}");
+            }
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrapped_timeout_is_a_timeout() {
+        let error = Wrapper(io::Error::from(io::ErrorKind::TimedOut));
+        let classified = classify_transport(Path::new("/x.sock"), Box::new(error));
+        assert!(matches!(classified, ClientError::Timeout { .. }), "{classified:?}");
+    }
+
+    #[test]
+    fn other_io_errors_are_not_unreachable() {
+        let error = Wrapper(io::Error::from(io::ErrorKind::InvalidInput));
+        let classified = classify_transport(Path::new("/x.sock"), Box::new(error));
+        assert!(matches!(classified, ClientError::Connect { .. }), "{classified:?}");
+    }
+
+    #[test]
+    fn status_message_is_the_display() {
+        let error = ClientError::Status(tonic::Status::permission_denied("read-only access"));
+        assert_eq!(error.to_string(), "read-only access");
+    }
+}

@@ -1,0 +1,154 @@
+//! Authorization of control-socket callers by their peer credentials (`SO_PEERCRED`).
+//!
+//! Root and the daemon's own user may do everything. Members of the configured group (by primary
+//! group, by the supplementary groups of the calling process, or by the group database) get the
+//! configured access. Everybody else gets nothing. This module only decides; it never logs
+//! secrets and never consults anything but credentials and the group database.
+
+use crate::config::Access;
+
+/// Who may do what, fixed at startup except for the group's access level.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The daemon's effective uid.
+    pub daemon_uid: u32,
+    /// The configured group, resolved at startup.
+    pub group: Option<GroupInfo>,
+}
+
+/// A resolved group.
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    /// Its name.
+    pub name: String,
+    /// Its gid.
+    pub gid: u32,
+    /// User names listed as members in the group database.
+    pub members: Vec<String>,
+}
+
+/// The credentials of a connected peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Process id, when the kernel reported one.
+    pub pid: Option<i32>,
+}
+
+impl Policy {
+    /// The access `peer` has, given the group's configured `group_access`.
+    pub fn access_of(&self, peer: Peer, group_access: Access) -> Access {
+        if peer.uid == 0 || peer.uid == self.daemon_uid {
+            return Access::Full;
+        }
+        match &self.group {
+            Some(group) if is_member(group, peer) => group_access,
+            _ => Access::None,
+        }
+    }
+
+    /// A hint for a denied caller: what would grant access.
+    pub fn hint(&self, peer: Peer) -> String {
+        match &self.group {
+            Some(group) if is_member(group, peer) => format!(
+                "members of group {:?} have the access set by control.group_access; the daemon's owner can raise it",
+                group.name
+            ),
+            Some(group) => format!("ask the daemon's owner to add uid {} to group {:?}", peer.uid, group.name),
+            None => "only root and the daemon's own user may use this socket; the owner can set control.group".to_owned(),
+        }
+    }
+}
+
+fn is_member(group: &GroupInfo, peer: Peer) -> bool {
+    if peer.gid == group.gid {
+        return true;
+    }
+    if let Some(pid) = peer.pid
+        && supplementary_groups(pid).is_some_and(|groups| groups.contains(&group.gid))
+    {
+        return true;
+    }
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) {
+        Ok(Some(user)) => group.members.iter().any(|member| *member == user.name),
+        _ => false,
+    }
+}
+
+/// The supplementary groups of a process, from `/proc/<pid>/status`.
+fn supplementary_groups(pid: i32) -> Option<Vec<u32>> {
+    parse_groups(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_groups(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|line| line.strip_prefix("Groups:"))?;
+    Some(line.split_whitespace().filter_map(|gid| gid.parse().ok()).collect())
+}
+
+/// Resolves a group name from the config.
+pub fn resolve_group(name: &str) -> Option<GroupInfo> {
+    let group = nix::unistd::Group::from_name(name).ok()??;
+    Some(GroupInfo {
+        name: group.name,
+        gid: group.gid.as_raw(),
+        members: group.mem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(group: Option<GroupInfo>) -> Policy {
+        Policy {
+            daemon_uid: 998,
+            group,
+        }
+    }
+
+    fn peer(uid: u32, gid: u32) -> Peer {
+        Peer { uid, gid, pid: None }
+    }
+
+    fn operators() -> GroupInfo {
+        GroupInfo {
+            name: "blufio".to_owned(),
+            gid: 4242,
+            members: vec!["no-such-user-blufio".to_owned()],
+        }
+    }
+
+    #[test]
+    fn root_and_the_daemon_user_have_full_access() {
+        let policy = policy(None);
+        assert_eq!(policy.access_of(peer(0, 0), Access::None), Access::Full);
+        assert_eq!(policy.access_of(peer(998, 998), Access::None), Access::Full);
+    }
+
+    #[test]
+    fn group_members_get_the_configured_access() {
+        let policy = policy(Some(operators()));
+        assert_eq!(policy.access_of(peer(1000, 4242), Access::ReadOnly), Access::ReadOnly);
+        assert_eq!(policy.access_of(peer(1000, 4242), Access::Full), Access::Full);
+        assert_eq!(policy.access_of(peer(1000, 4242), Access::None), Access::None);
+    }
+
+    #[test]
+    fn strangers_get_nothing() {
+        assert_eq!(policy(Some(operators())).access_of(peer(1000, 1000), Access::Full), Access::None);
+        assert_eq!(policy(None).access_of(peer(1000, 1000), Access::Full), Access::None);
+        assert!(policy(None).hint(peer(1000, 1000)).contains("control.group"));
+    }
+
+    #[test]
+    fn supplementary_groups_are_read_from_proc_status() {
+        let status = "Name:\tblufioctl\nUid:\t1000\t1000\t1000\t1000\nGroups:\t24 27 4242 \nNgid:\t0\n";
+        assert_eq!(parse_groups(status), Some(vec![24, 27, 4242]));
+        assert_eq!(parse_groups("Name:\tx\n"), None);
+        let own = supplementary_groups(i32::try_from(std::process::id()).unwrap());
+        assert!(own.is_some(), "/proc/<pid>/status of a live process has a Groups line");
+    }
+}

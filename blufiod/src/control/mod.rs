@@ -1,0 +1,124 @@
+//! The local control plane: gRPC (`blufio.control.v1`) on a Unix socket, plus the standard
+//! `grpc.health.v1` health service and server reflection (v1 and v1alpha) so that stock tools
+//! such as grpcurl work against the socket.
+//!
+//! This is the only module of the daemon that sees proto types; it converts them to and from
+//! internal types. It never opens the database or the config file itself: it asks [`Shared`].
+
+mod auth;
+mod service;
+pub mod socket;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blufio_proto::control::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Policy, resolve_group};
+
+use crate::state::Shared;
+
+/// How long one control-plane request may take before the server cancels it. Long enough for a
+/// config write on a slow disk; streaming RPCs of later subsystems set their own deadlines.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent requests per connection: a local client never needs more, and a runaway one
+/// cannot queue without bound.
+const CONCURRENCY_PER_CONNECTION: usize = 32;
+
+/// Errors from the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The bound listener could not be handed to tokio.
+    #[error("cannot register the control socket with the runtime")]
+    Register {
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the embedded descriptors.
+    #[error("cannot build the gRPC reflection service")]
+    Reflection {
+        #[source]
+        source: tonic_reflection::server::Error,
+    },
+    /// The server stopped with an error.
+    #[error("the control server failed")]
+    Serve {
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves the control plane on `listener` until `token` is cancelled, then drains.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: std::os::unix::net::UnixListener,
+    policy: Policy,
+    token: CancellationToken,
+) -> Result<(), ControlError> {
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(|source| ControlError::Register { source })?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::control_server::ControlServer<service::ControlService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|source| ControlError::Reflection { source })?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|source| ControlError::Reflection { source })?;
+    let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, policy));
+
+    tracing::info!("control plane serving");
+    tonic::transport::Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(control)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+            token.cancelled().await;
+            health_reporter
+                .set_not_serving::<pb::control_server::ControlServer<service::ControlService>>()
+                .await;
+        })
+        .await
+        .map_err(|source| ControlError::Serve { source })?;
+    tracing::info!("control plane drained");
+    Ok(())
+}
+
+/// The watchdog's control probe: connects to the socket as a client would and asks the health
+/// service, proving that the accept loop and the request path both make progress.
+pub async fn probe(socket: &Path) -> Result<(), String> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|error| format!("cannot connect: {error}"))?;
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: pb::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .map_err(|status| format!("health check failed: {}", status.message()))?;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    if response.into_inner().status == serving {
+        Ok(())
+    } else {
+        Err("the control service reports NOT_SERVING".to_owned())
+    }
+}

@@ -1,0 +1,215 @@
+//! Binding the control socket safely: a lock file guards it, so a stale socket left by a crash
+//! is replaced while a running daemon is never displaced; the socket is created under a
+//! restrictive umask (never loosened by a chmod race) and only then opened to its group.
+
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::Gid;
+
+use crate::lockfile::{LockError, LockFile};
+
+/// Mode of the bound socket: owner and group may connect; peer credentials decide the rest.
+const SOCKET_MODE: u32 = 0o660;
+
+/// A bound, locked control socket.
+#[derive(Debug)]
+pub struct BoundSocket {
+    /// The listener, non-blocking, ready for tokio.
+    pub listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    _lock: LockFile,
+}
+
+/// Errors from binding the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Another daemon holds the socket's lock.
+    #[error(
+        "another blufiod is running on {socket} (it holds {}); stop it first (systemctl stop blufiod), or give this one another control.socket",
+        lock.display()
+    )]
+    AlreadyRunning {
+        /// The socket.
+        socket: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("{path} exists and is not a socket; remove it or set control.socket to another path")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The runtime directory belongs to another user.
+    #[error(
+        "runtime directory {path} belongs to uid {owner}, not to this daemon's uid {euid}; remove it or set daemon.runtime_dir"
+    )]
+    ForeignDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// A filesystem step failed.
+    #[error("cannot {operation} {path}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SocketError {
+    let path = path.to_owned();
+    move |source| SocketError::Io { operation, path, source }
+}
+
+/// Binds the control socket at `path`, group-owned by `group` when given.
+pub fn bind(path: &Path, group: Option<Gid>) -> Result<BoundSocket, SocketError> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    prepare_directory(dir, group)?;
+
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock = LockFile::acquire(&lock_path).map_err(|error| match error {
+        LockError::Held { path: lock } => SocketError::AlreadyRunning {
+            socket: path.to_owned(),
+            lock,
+        },
+        LockError::Lock { path, source } => SocketError::Io {
+            operation: "lock",
+            path,
+            source,
+        },
+    })?;
+
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            // We hold the lock, so whoever made this socket is gone; a daemon too old to take
+            // the lock would still answer, so check before replacing it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::AlreadyRunning {
+                    socket: path.to_owned(),
+                    lock: lock_path,
+                });
+            }
+            tracing::info!(socket = %path.display(), "removing stale control socket");
+            std::fs::remove_file(path).map_err(io_error("remove stale socket", path))?;
+        }
+        Ok(_) => return Err(SocketError::NotASocket { path: path.to_owned() }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(io_error("inspect", path)(source)),
+    }
+
+    // Bind under umask 0177 so the socket is born 0600: there is no moment at which it is more
+    // open than intended. The umask is process-wide; nothing else creates files during startup.
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    umask(previous);
+    let listener = bound.map_err(io_error("bind", path))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_error("configure", path))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid.as_raw())).map_err(io_error("chown", path))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(io_error("chmod", path))?;
+    Ok(BoundSocket {
+        listener,
+        path: path.to_owned(),
+        _lock: lock,
+    })
+}
+
+impl BoundSocket {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Removes the socket file; called only on a clean exit. The lock is released when the returned
+/// value (or the process) goes away.
+pub fn remove(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %path.display(), %error, "cannot remove control socket");
+    }
+}
+
+/// Creates the runtime directory (0700, or 0750 and group-owned when a group may connect) and
+/// refuses one that belongs to another user.
+fn prepare_directory(dir: &Path, group: Option<Gid>) -> Result<(), SocketError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if !dir.exists() {
+        let mode = if group.is_some() { 0o750 } else { 0o700 };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(io_error("create directory", dir))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(dir, None, Some(gid.as_raw())).map_err(io_error("chown", dir))?;
+        }
+    }
+    let metadata = std::fs::metadata(dir).map_err(io_error("inspect", dir))?;
+    if metadata.uid() != euid && euid != 0 {
+        return Err(SocketError::ForeignDirectory {
+            path: dir.to_owned(),
+            owner: metadata.uid(),
+            euid,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_is_0660_and_a_second_bind_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/blufiod.sock");
+        let first = bind(&path, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let error = bind(&path, None).unwrap_err();
+        assert!(matches!(error, SocketError::AlreadyRunning { .. }), "{error:?}");
+        assert!(error.to_string().contains("another blufiod is running on"), "{error}");
+        assert!(error.to_string().contains("blufiod.sock"), "{error}");
+        drop(first);
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "the dropped listener leaves its file behind, like a crash");
+        let bound = bind(&path, None).unwrap();
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        drop(bound);
+    }
+
+    #[test]
+    fn a_regular_file_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.sock");
+        std::fs::write(&path, "keep me").unwrap();
+        assert!(matches!(bind(&path, None), Err(SocketError::NotASocket { .. })));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+    }
+}

@@ -1,0 +1,326 @@
+//! The composition root: the one place that wires subsystems together.
+//!
+//! Order matters and is the daemon's contract with systemd: install signal handlers, bind and
+//! lock everything (fail fast with a message naming the path), open and migrate storage, spawn
+//! each subsystem with a child of the one cancellation token, and only then send `READY=1`.
+//! Afterwards wait for SIGTERM/SIGINT or for the first subsystem to end (which is fatal), drain
+//! under the configured timeout, and remove the socket only on a clean exit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigSource, Loaded};
+use crate::control::{self, Policy, socket};
+use crate::lockfile::{LockError, LockFile};
+use crate::logging::LogHandle;
+use crate::notify::Notifier;
+use crate::paths::Paths;
+use crate::state::{Phase, Shared, SharedParts, VERSION};
+use crate::storage::{Storage, StorageError, StorageOptions};
+use crate::watchdog::{self, Probe};
+
+/// What `main` hands to the daemon.
+#[derive(Debug)]
+pub struct Startup {
+    /// When the process started.
+    pub started: Instant,
+    /// Where the config comes from.
+    pub source: ConfigSource,
+    /// The config, already validated.
+    pub loaded: Loaded,
+    /// The live log filter.
+    pub log: Option<LogHandle>,
+}
+
+/// A subsystem's failure, boxed so that each subsystem keeps its own error type.
+type SubsystemError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors that end the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A signal handler could not be installed.
+    #[error("cannot install the {signal} handler")]
+    InstallSignal {
+        /// The signal.
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control socket could not be bound.
+    #[error("cannot bind the control socket")]
+    BindControl(#[source] socket::SocketError),
+    /// The state directory cannot be created.
+    #[error("cannot create the state directory {path}")]
+    CreateStateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon uses the state directory.
+    #[error("cannot lock the state directory; is another blufiod using it?")]
+    LockState(#[source] LockError),
+    /// The configured group vanished between validation and use.
+    #[error("control.group {0:?} does not exist")]
+    MissingGroup(String),
+    /// Storage could not be opened or used.
+    #[error("storage failed")]
+    Storage(#[source] StorageError),
+    /// A subsystem returned before shutdown was requested.
+    #[error("subsystem {name} stopped unexpectedly")]
+    SubsystemExited {
+        /// The subsystem.
+        name: &'static str,
+    },
+    /// A subsystem failed.
+    #[error("subsystem {name} failed")]
+    SubsystemFailed {
+        /// The subsystem.
+        name: &'static str,
+        #[source]
+        source: SubsystemError,
+    },
+    /// A subsystem panicked.
+    #[error("subsystem {name} panicked")]
+    SubsystemPanicked {
+        /// The subsystem.
+        name: &'static str,
+    },
+}
+
+/// Named subsystem tasks.
+struct Subsystems {
+    tasks: JoinSet<(&'static str, Result<(), SubsystemError>)>,
+    names: Vec<(tokio::task::Id, &'static str)>,
+}
+
+impl Subsystems {
+    fn new() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            names: Vec::new(),
+        }
+    }
+
+    fn spawn<E>(&mut self, name: &'static str, task: impl Future<Output = Result<(), E>> + Send + 'static)
+    where
+        E: Into<SubsystemError>,
+    {
+        let handle = self
+            .tasks
+            .spawn(async move { (name, task.await.map_err(Into::into)) });
+        self.names.push((handle.id(), name));
+    }
+
+    /// Waits for the next subsystem to end and describes how it ended.
+    async fn next(&mut self) -> Option<Result<&'static str, DaemonError>> {
+        let joined = self.tasks.join_next_with_id().await?;
+        Some(match joined {
+            Ok((_, (name, Ok(())))) => Ok(name),
+            Ok((_, (name, Err(source)))) => Err(DaemonError::SubsystemFailed { name, source }),
+            Err(error) => {
+                let name = self
+                    .names
+                    .iter()
+                    .find(|(id, _)| *id == error.id())
+                    .map_or("unknown", |(_, name)| name);
+                Err(DaemonError::SubsystemPanicked { name })
+            }
+        })
+    }
+}
+
+/// Runs the daemon until it is told to stop (`Ok`) or something fatal happens (`Err`).
+pub async fn run(startup: Startup) -> Result<(), DaemonError> {
+    let notifier = Notifier;
+    // Handlers first: SIGHUP's default action is to terminate, and systemd may send it early.
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| DaemonError::InstallSignal { signal: name, source })
+    };
+    let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
+    let sighup = install(SignalKind::hangup(), "SIGHUP")?;
+
+    let config = startup.loaded.config.clone();
+    let euid = nix::unistd::geteuid().as_raw();
+    let paths = Paths::resolve(&config, &startup.source.path, |name| std::env::var_os(name), euid);
+    let group = match &config.control.group {
+        Some(name) => Some(control::resolve_group(name).ok_or_else(|| DaemonError::MissingGroup(name.clone()))?),
+        None => None,
+    };
+
+    notifier.status("starting: binding the control socket");
+    let bound = socket::bind(
+        &paths.socket,
+        group.as_ref().map(|group| nix::unistd::Gid::from_raw(group.gid)),
+    )
+    .map_err(DaemonError::BindControl)?;
+    tracing::info!(socket = %bound.path().display(), "control socket bound");
+
+    notifier.status("starting: opening the database");
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        // 0700: the state directory holds the database and keys. An existing directory (made by
+        // systemd's StateDirectory= or an administrator) is left as it is.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&paths.state_dir)
+            .map_err(|source| DaemonError::CreateStateDir {
+                path: paths.state_dir.clone(),
+                source,
+            })?;
+    }
+    let state_lock = LockFile::acquire(&paths.state_dir.join("blufiod.lock")).map_err(DaemonError::LockState)?;
+    let storage = Storage::open(&StorageOptions {
+        path: paths.database.clone(),
+        busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
+        read_connections: config.storage.read_connections,
+    })
+    .await
+    .map_err(DaemonError::Storage)?;
+    let (run, previous_run_unclean) = storage
+        .record_start(std::process::id(), VERSION)
+        .await
+        .map_err(DaemonError::Storage)?;
+    if previous_run_unclean {
+        tracing::warn!("the previous run of blufiod did not shut down cleanly");
+    }
+    tracing::info!(database = %paths.database.display(), "database open and migrated");
+
+    let shared = Arc::new(Shared::new(SharedParts {
+        started: startup.started,
+        paths: paths.clone(),
+        storage: storage.clone(),
+        previous_run_unclean,
+        source: startup.source,
+        loaded: startup.loaded,
+        log: startup.log,
+    }));
+
+    let token = CancellationToken::new();
+    let mut subsystems = Subsystems::new();
+    let policy = Policy { daemon_uid: euid, group };
+    let socket_path = bound.path().to_owned();
+    subsystems.spawn(
+        "control",
+        control::serve(shared.clone(), bound.listener, policy, token.child_token()),
+    );
+    subsystems.spawn("reload", reload_on_sighup(shared.clone(), sighup, token.child_token()));
+    if let Some(timeout) = sd_notify::watchdog_enabled() {
+        let interval = timeout / 2;
+        tracing::info!(?interval, "systemd watchdog enabled");
+        let probes = liveness_probes(&shared);
+        let status = shared.watchdog.clone();
+        let notifier = shared.notifier;
+        let token = token.child_token();
+        subsystems.spawn("watchdog", async move {
+            watchdog::run(interval, probes, move || notifier.watchdog(), status, token).await;
+            Ok::<(), SubsystemError>(())
+        });
+    }
+
+    shared.set_phase(Phase::Ready);
+    notifier.ready(&shared.ready_line());
+    tracing::info!(
+        version = VERSION,
+        pid = shared.pid,
+        elapsed_ms = startup.started.elapsed().as_millis(),
+        "ready"
+    );
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM received; shutting down"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT received; shutting down"); Ok(()) }
+        ended = subsystems.next() => match ended {
+            Some(Ok(name)) => Err(DaemonError::SubsystemExited { name }),
+            Some(Err(error)) => Err(error),
+            None => Err(DaemonError::SubsystemExited { name: "all" }),
+        },
+    };
+    if let Err(error) = &outcome {
+        tracing::error!(error = %crate::error_chain(error), "fatal; shutting down");
+    }
+
+    let drain_timeout = Duration::from_secs(shared.config().config.daemon.shutdown_timeout_secs);
+    shared.set_phase(Phase::Stopping);
+    notifier.stopping(&format!("stopping: draining (up to {}s)", drain_timeout.as_secs()));
+    token.cancel();
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while let Some(ended) = subsystems.next().await {
+            match ended {
+                Ok(name) => tracing::info!(subsystem = name, "stopped"),
+                Err(error) => tracing::warn!(error = %crate::error_chain(&error), "stopped with an error"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(timeout = ?drain_timeout, "drain timed out; abandoning the remaining work");
+        subsystems.tasks.abort_all();
+    }
+
+    if outcome.is_ok() {
+        if let Err(error) = storage.record_clean_stop(run).await {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot record the clean stop");
+        }
+        socket::remove(&socket_path);
+    }
+    storage.close().await;
+    drop(state_lock);
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Reloads the configuration on each SIGHUP until cancelled. A failed reload is logged and
+/// reported to systemd; the daemon keeps running on its previous configuration.
+async fn reload_on_sighup(
+    shared: Arc<Shared>,
+    mut sighup: tokio::signal::unix::Signal,
+    token: CancellationToken,
+) -> Result<(), SubsystemError> {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            received = sighup.recv() => {
+                if received.is_none() {
+                    return Err("the SIGHUP stream ended".into());
+                }
+                tracing::info!("SIGHUP received; reloading the configuration");
+                // Errors are logged and reported by reload itself.
+                let _ = shared.reload().await;
+            }
+        }
+    }
+}
+
+/// The probes that must all pass for the watchdog to be fed.
+fn liveness_probes(shared: &Arc<Shared>) -> Vec<Probe> {
+    let storage = shared.storage.clone();
+    let socket = shared.paths.socket.clone();
+    vec![
+        // The scheduler runs a freshly spawned task: no worker is wedged by blocking code.
+        Probe::new("runtime", || async {
+            tokio::spawn(async {})
+                .await
+                .map_err(|error| format!("a spawned task did not complete: {error}"))
+        }),
+        // The single database writer is free and answers, and a reader can be had.
+        Probe::new("storage", move || {
+            let storage = storage.clone();
+            async move {
+                storage.probe_writer().await.map_err(|error| crate::error_chain(&error))?;
+                storage.probe_reader().await.map_err(|error| crate::error_chain(&error))
+            }
+        }),
+        // The control socket accepts a connection and serves a health check.
+        Probe::new("control", move || {
+            let socket = socket.clone();
+            async move { control::probe(&socket).await }
+        }),
+    ]
+}

@@ -1,0 +1,108 @@
+//! Where the daemon keeps things, resolved once at startup from the config and systemd's
+//! environment (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`), with per-user fallbacks so that a normal
+//! user can run `blufiod` with no config at all.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, DATABASE_FILE_NAME};
+
+/// Resolved locations. Changing any of them needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The config file (which may not exist).
+    pub config: PathBuf,
+    /// Durable state: the database and keys.
+    pub state_dir: PathBuf,
+    /// Volatile state: the socket and lock files.
+    pub runtime_dir: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The SQLite database.
+    pub database: PathBuf,
+}
+
+impl Paths {
+    /// Resolves every path: the config wins, then systemd's directories, then the defaults for
+    /// root (`/var/lib/blufio`, `/run/blufio`) or a normal user (XDG directories).
+    pub fn resolve(config: &Config, config_path: &Path, env: impl Fn(&str) -> Option<OsString>, euid: u32) -> Self {
+        let state_dir = config
+            .daemon
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&env, euid));
+        let runtime_dir = config
+            .daemon
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(|| blufio_proto::paths::default_runtime_dir(&env, euid));
+        let socket = config
+            .control
+            .socket
+            .clone()
+            .unwrap_or_else(|| runtime_dir.join(blufio_proto::paths::SOCKET_FILE_NAME));
+        let database = config
+            .storage
+            .path
+            .clone()
+            .unwrap_or_else(|| state_dir.join(DATABASE_FILE_NAME));
+        Self {
+            config: config_path.to_owned(),
+            state_dir,
+            runtime_dir,
+            socket,
+            database,
+        }
+    }
+}
+
+fn default_state_dir(env: &impl Fn(&str) -> Option<OsString>, euid: u32) -> PathBuf {
+    if let Some(dir) = blufio_proto::paths::first_systemd_dir(env("STATE_DIRECTORY")) {
+        return dir;
+    }
+    if euid == 0 {
+        return PathBuf::from("/var/lib/blufio");
+    }
+    env("XDG_STATE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/blufio-state-{euid}")))
+        .join("blufio")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| OsString::from(value))
+    }
+
+    #[test]
+    fn systemd_directories_are_used_under_systemd() {
+        let env = env_of(&[("STATE_DIRECTORY", "/var/lib/blufio"), ("RUNTIME_DIRECTORY", "/run/blufio")]);
+        let paths = Paths::resolve(&Config::default(), Path::new("/etc/blufio/blufiod.toml"), env, 998);
+        assert_eq!(paths.database, PathBuf::from("/var/lib/blufio/blufio.db"));
+        assert_eq!(paths.socket, PathBuf::from("/run/blufio/blufiod.sock"));
+    }
+
+    #[test]
+    fn a_normal_user_gets_xdg_directories() {
+        let env = env_of(&[("HOME", "/home/ann"), ("XDG_RUNTIME_DIR", "/run/user/1000")]);
+        let paths = Paths::resolve(&Config::default(), Path::new("/c"), env, 1000);
+        assert_eq!(paths.state_dir, PathBuf::from("/home/ann/.local/state/blufio"));
+        assert_eq!(paths.socket, PathBuf::from("/run/user/1000/blufio/blufiod.sock"));
+    }
+
+    #[test]
+    fn config_overrides_win() {
+        let mut config = Config::default();
+        config.daemon.state_dir = Some("/srv/blufio".into());
+        config.control.socket = Some("/srv/ctl.sock".into());
+        let paths = Paths::resolve(&config, Path::new("/c"), env_of(&[("STATE_DIRECTORY", "/x")]), 0);
+        assert_eq!(paths.database, PathBuf::from("/srv/blufio/blufio.db"));
+        assert_eq!(paths.socket, PathBuf::from("/srv/ctl.sock"));
+        assert_eq!(paths.runtime_dir, PathBuf::from("/run/blufio"));
+    }
+}

@@ -1,0 +1,284 @@
+//! Durable state in SQLite: one file in the state directory, WAL journal, embedded migrations,
+//! exactly one writer connection and a small pool of read-only connections.
+//!
+//! Callers see only [`Storage`] and plain Rust types; no sqlx type crosses this boundary, so a
+//! PostgreSQL backend can be added behind the same methods. Nothing else in the daemon opens the
+//! database file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::SqlSafeStr as _;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+/// The schema, embedded in the binary: (version, description, SQL). Append only; never edit a
+/// migration that has shipped (sqlx checks their checksums).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "daemon runs", include_str!("migrations/0001_daemon_runs.sql"))];
+
+/// How storage is opened.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// How long a statement waits for a lock.
+    pub busy_timeout: Duration,
+    /// Read-only connections in the pool.
+    pub read_connections: u32,
+}
+
+/// Errors from storage, each naming the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The directory for the database cannot be created.
+    #[error("cannot create database directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening the database failed.
+    #[error("cannot open database {path}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the embedded migrations failed.
+    #[error("cannot migrate database {path} to the current schema")]
+    Migrate {
+        /// The database file.
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error("database operation failed: {operation}")]
+    Query {
+        /// What was being done.
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Identifies one run of the daemon in the `daemon_runs` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunId(i64);
+
+/// The database. Cheap to clone: the pools are shared.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+impl Storage {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(options: &StorageOptions) -> Result<Self, StorageError> {
+        let path = options.path.clone();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            create_private_dir(dir).map_err(|source| StorageError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across process crashes in WAL mode; only a power loss can lose
+            // the last transactions, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        let open_error = |source| StorageError::Open { path: path.clone(), source };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(open_error)?;
+        let migrator = Migrator::with_migrations(
+            MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        (*description).into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        );
+        migrator
+            .run(&writer)
+            .await
+            .map_err(|source| StorageError::Migrate { path: path.clone(), source })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections)
+            .min_connections(0)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(open_error)?;
+        Ok(Self { writer, reader, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes on disk: the database file plus its write-ahead log.
+    pub fn size_bytes(&self) -> u64 {
+        let size = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        size(&self.path) + size(Path::new(&wal))
+    }
+
+    /// Records the start of this run and reports whether the previous run ended uncleanly.
+    pub async fn record_start(&self, pid: u32, version: &str) -> Result<(RunId, bool), StorageError> {
+        let query_error = |operation| move |source| StorageError::Query { operation, source };
+        let mut transaction = self.writer.begin().await.map_err(query_error("begin run record"))?;
+        let previous: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT stopped_at FROM daemon_runs ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(query_error("read the previous run"))?;
+        let previous_unclean = matches!(previous, Some((None,)));
+        let (id,): (i64,) =
+            sqlx::query_as("INSERT INTO daemon_runs (pid, version, started_at) VALUES (?, ?, ?) RETURNING id")
+                .bind(i64::from(pid))
+                .bind(version)
+                .bind(unix_now())
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(query_error("record this run"))?;
+        transaction.commit().await.map_err(query_error("commit run record"))?;
+        Ok((RunId(id), previous_unclean))
+    }
+
+    /// Marks this run as cleanly stopped.
+    pub async fn record_clean_stop(&self, run: RunId) -> Result<(), StorageError> {
+        sqlx::query("UPDATE daemon_runs SET stopped_at = ? WHERE id = ?")
+            .bind(unix_now())
+            .bind(run.0)
+            .execute(&self.writer)
+            .await
+            .map_err(|source| StorageError::Query {
+                operation: "record a clean stop",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Proves that the writer connection is free and answers: the watchdog's storage probe.
+    pub async fn probe_writer(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.writer)
+            .await
+            .map_err(|source| StorageError::Query {
+                operation: "probe the writer",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Proves that a read connection can be had and answers.
+    pub async fn probe_reader(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT count(*) FROM daemon_runs")
+            .execute(&self.reader)
+            .await
+            .map_err(|source| StorageError::Query {
+                operation: "probe a reader",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Closes the pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// Creates `dir` and its parents with mode 0700 (state may hold keys); an existing directory is
+/// left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> StorageOptions {
+        StorageOptions {
+            path: dir.join("nested/blufio.db"),
+            busy_timeout: Duration::from_secs(1),
+            read_connections: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_are_recorded_and_unclean_ends_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&options(dir.path())).await.unwrap();
+        let (first, unclean) = storage.record_start(1, "0.1.0").await.unwrap();
+        assert!(!unclean, "a fresh database has no previous run");
+        storage.close().await;
+
+        // The first run never recorded a clean stop: the second start must say so.
+        let storage = Storage::open(&options(dir.path())).await.unwrap();
+        let (second, unclean) = storage.record_start(2, "0.1.0").await.unwrap();
+        assert!(unclean);
+        assert_ne!(first, second);
+        storage.record_clean_stop(second).await.unwrap();
+        storage.probe_writer().await.unwrap();
+        storage.probe_reader().await.unwrap();
+        assert!(storage.size_bytes() > 0);
+        storage.close().await;
+
+        let storage = Storage::open(&options(dir.path())).await.unwrap();
+        let (_, unclean) = storage.record_start(3, "0.1.0").await.unwrap();
+        assert!(!unclean, "the second run stopped cleanly");
+    }
+
+    #[tokio::test]
+    async fn database_uses_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&options(dir.path())).await.unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&storage.writer).await.unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_location_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let error = Storage::open(&StorageOptions {
+            path: file.join("blufio.db"),
+            ..options(dir.path())
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(error, StorageError::CreateDir { .. }), "{error:?}");
+        assert!(error.to_string().contains("not-a-dir"));
+    }
+}
