@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[allow(unsafe_code, reason = "set_var is unsafe in edition 2024; the build script has one thread")]
+#[allow(
+    unsafe_code,
+    reason = "set_var is unsafe in edition 2024; the build script has one thread"
+)]
 fn unsafe_set_protoc(path: &std::path::Path) {
     // SAFETY: a build script runs on a single thread, so no other thread reads the environment
     // while it is modified.

@@ -37,6 +37,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub plain: bool,
 
+    /// Seconds to wait for the daemon to answer one request before giving up (exit code 1)
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }

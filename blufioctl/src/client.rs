@@ -15,8 +15,7 @@ use blufio_proto::UNIX_SOCKET_AUTHORITY;
 use blufio_proto::control::v1::control_client::ControlClient;
 use blufio_proto::control::v1::{
     GetConfigRequest, GetConfigResponse, GetStatusRequest, GetStatusResponse, ReloadConfigRequest,
-    ReloadConfigResponse, SetConfigRequest, SetConfigResponse, ValidateConfigRequest,
-    ValidateConfigResponse,
+    ReloadConfigResponse, SetConfigRequest, SetConfigResponse, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -25,29 +24,19 @@ use tonic::transport::{Channel, Endpoint};
 /// How long to wait for the socket connection and the HTTP/2 handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long to wait for one RPC. Generous, because `SetConfig` and `ReloadConfig` write files and
-/// re-validate the configuration, but bounded so that a hung daemon cannot hang the CLI.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Why talking to the daemon failed.
 #[derive(Debug)]
 pub enum ClientError {
     /// Nothing answers on the socket: it is missing, nobody listens (connection refused), or the
     /// caller may not connect (permission denied).
-    Unreachable {
-        socket: PathBuf,
-        source: io::Error,
-    },
+    Unreachable { socket: PathBuf, source: io::Error },
     /// Connecting failed for another reason (for example a socket path that is too long).
     Connect {
         socket: PathBuf,
         source: Box<dyn StdError + Send + Sync>,
     },
     /// The daemon did not answer in time.
-    Timeout {
-        socket: PathBuf,
-        after: Duration,
-    },
+    Timeout { socket: PathBuf, after: Duration },
     /// The daemon answered with a gRPC error, such as PERMISSION_DENIED or INVALID_ARGUMENT.
     Status(tonic::Status),
 }
@@ -67,9 +56,7 @@ impl fmt::Display for ClientError {
                 socket.display(),
                 after.as_secs()
             ),
-            ClientError::Status(status) if status.message().is_empty() => {
-                f.write_str(status.code().description())
-            }
+            ClientError::Status(status) if status.message().is_empty() => f.write_str(status.code().description()),
             ClientError::Status(status) => f.write_str(status.message()),
         }
     }
@@ -90,22 +77,17 @@ impl StdError for ClientError {
 pub struct Client {
     inner: ControlClient<Channel>,
     socket: PathBuf,
+    call_timeout: Duration,
 }
 
 impl Client {
-    /// Connects to the daemon's control socket at `socket`.
-    pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
-        // Look before connecting, so that the common "daemon not running" case gets the plain
-        // io error rather than whatever the transport wraps it in.
-        match socket.try_exists() {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(ClientError::Unreachable {
-                    socket: socket.to_path_buf(),
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                });
-            }
-            Err(source) => return Err(classify_io(socket, source)),
+    /// Connects to the daemon's control socket at `socket`. Each call then waits at most
+    /// `call_timeout` for its answer, so that a hung daemon cannot hang the CLI.
+    pub async fn connect(socket: &Path, call_timeout: Duration) -> Result<Self, ClientError> {
+        // Look before connecting, so that the common "daemon not running" case reports the plain
+        // io error ("No such file or directory") rather than whatever the transport wraps it in.
+        if let Err(source) = std::fs::metadata(socket) {
+            return Err(classify_io(socket, source));
         }
 
         // The URI only supplies the HTTP/2 `:authority`; the connector ignores it and dials the
@@ -123,77 +105,64 @@ impl Client {
         });
         // The endpoint's connect timeout covers the socket connect; this one also bounds the
         // HTTP/2 handshake.
-        let channel =
-            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(connector))
-                .await
-            {
-                Ok(Ok(channel)) => channel,
-                Ok(Err(error)) => return Err(classify_transport(socket, Box::new(error))),
-                Err(_elapsed) => {
-                    return Err(ClientError::Timeout {
-                        socket: socket.to_path_buf(),
-                        after: CONNECT_TIMEOUT,
-                    });
-                }
-            };
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(connector)).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => return Err(classify_transport(socket, Box::new(error))),
+            Err(_elapsed) => {
+                return Err(ClientError::Timeout {
+                    socket: socket.to_path_buf(),
+                    after: CONNECT_TIMEOUT,
+                });
+            }
+        };
         Ok(Client {
             inner: ControlClient::new(channel),
             socket: socket.to_path_buf(),
+            call_timeout,
         })
     }
 
     /// `GetStatus`.
     pub async fn get_status(&mut self) -> Result<GetStatusResponse, ClientError> {
-        let request = request(GetStatusRequest {});
-        call(&self.socket, self.inner.get_status(request)).await
+        let request = tonic::Request::new(GetStatusRequest {});
+        call(&self.socket, self.call_timeout, self.inner.get_status(request)).await
     }
 
     /// `GetConfig` for one dotted key, or for every key when `key` is empty.
     pub async fn get_config(&mut self, key: String) -> Result<GetConfigResponse, ClientError> {
-        let request = request(GetConfigRequest { key });
-        call(&self.socket, self.inner.get_config(request)).await
+        let request = tonic::Request::new(GetConfigRequest { key });
+        call(&self.socket, self.call_timeout, self.inner.get_config(request)).await
     }
 
     /// `SetConfig`.
-    pub async fn set_config(
-        &mut self,
-        key: String,
-        value: String,
-    ) -> Result<SetConfigResponse, ClientError> {
-        let request = request(SetConfigRequest { key, value });
-        call(&self.socket, self.inner.set_config(request)).await
+    pub async fn set_config(&mut self, key: String, value: String) -> Result<SetConfigResponse, ClientError> {
+        let request = tonic::Request::new(SetConfigRequest { key, value });
+        call(&self.socket, self.call_timeout, self.inner.set_config(request)).await
     }
 
     /// `ValidateConfig`; an empty `toml` asks the daemon to validate its own config file.
-    pub async fn validate_config(
-        &mut self,
-        toml: String,
-        name: String,
-    ) -> Result<ValidateConfigResponse, ClientError> {
-        let request = request(ValidateConfigRequest { toml, name });
-        call(&self.socket, self.inner.validate_config(request)).await
+    pub async fn validate_config(&mut self, toml: String, name: String) -> Result<ValidateConfigResponse, ClientError> {
+        let request = tonic::Request::new(ValidateConfigRequest { toml, name });
+        call(&self.socket, self.call_timeout, self.inner.validate_config(request)).await
     }
 
     /// `ReloadConfig`.
     pub async fn reload_config(&mut self) -> Result<ReloadConfigResponse, ClientError> {
-        let request = request(ReloadConfigRequest {});
-        call(&self.socket, self.inner.reload_config(request)).await
+        let request = tonic::Request::new(ReloadConfigRequest {});
+        call(&self.socket, self.call_timeout, self.inner.reload_config(request)).await
     }
 }
 
-/// Wraps a message in a request that tells the daemon our deadline (`grpc-timeout`).
-fn request<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(CALL_TIMEOUT);
-    request
-}
-
-/// Runs one RPC under [`CALL_TIMEOUT`] and classifies its failure.
+/// Runs one RPC under `timeout` and classifies its failure.
+///
+/// The deadline is enforced here rather than sent as `grpc-timeout`: tonic's server would then
+/// race us with its own CANCELLED status, and the user would get one of two different messages.
 async fn call<T>(
     socket: &Path,
+    timeout: Duration,
     rpc: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, ClientError> {
-    match tokio::time::timeout(CALL_TIMEOUT, rpc).await {
+    match tokio::time::timeout(timeout, rpc).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => {
             // A status made by the client's own transport (the daemon went away between connect
@@ -210,7 +179,7 @@ async fn call<T>(
         }
         Err(_elapsed) => Err(ClientError::Timeout {
             socket: socket.to_path_buf(),
-            after: CALL_TIMEOUT,
+            after: timeout,
         }),
     }
 }
@@ -253,9 +222,7 @@ fn classify_transport(socket: &Path, error: Box<dyn StdError + Send + Sync>) -> 
 fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
-        io::ErrorKind::NotFound
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::PermissionDenied
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused | io::ErrorKind::PermissionDenied
     )
 }
 

@@ -12,6 +12,7 @@ mod output;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
@@ -29,7 +30,8 @@ const EXIT_UNREACHABLE: u8 = 3;
 // Exit code 2 (usage error) is produced by clap itself when parsing fails.
 
 /// Hint printed when the daemon is not running or the socket is wrong.
-const START_HINT: &str = "start it with 'blufiod' (or 'systemctl start blufiod'), or point --socket / BLUFIO_SOCKET at its socket";
+const START_HINT: &str =
+    "start it with 'blufiod' (or 'systemctl start blufiod'), or point --socket / BLUFIO_SOCKET at its socket";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -83,9 +85,7 @@ impl From<anyhow::Error> for Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Self {
         let (code, hint) = match &error {
-            ClientError::Unreachable { source, .. }
-                if source.kind() == io::ErrorKind::PermissionDenied =>
-            {
+            ClientError::Unreachable { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 let hint = "blufiod lets root, its own user and members of its configured group \
                             connect; run as one of them, or point --socket / BLUFIO_SOCKET at a \
                             socket you may use";
@@ -123,9 +123,7 @@ impl Printer {
         match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            Err(error) => Err(anyhow::Error::new(error)
-                .context("cannot write to stdout")
-                .into()),
+            Err(error) => Err(anyhow::Error::new(error).context("cannot write to stdout").into()),
         }
     }
 
@@ -139,10 +137,7 @@ impl Printer {
     fn human(&self, human: &Human) -> Result<bool, Failure> {
         self.stdout(&human.stdout)?;
         for warning in &human.warnings {
-            eprintln!(
-                "{}: {warning}",
-                self.stderr_style.paint(Paint::Yellow, "warning")
-            );
+            eprintln!("{}: {warning}", self.stderr_style.paint(Paint::Yellow, "warning"));
         }
         for error in &human.errors {
             self.error(error);
@@ -158,9 +153,10 @@ impl Printer {
 async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
     let style = printer.stdout_style;
     let socket = socket_path(cli.socket);
+    let call_timeout = Duration::from_secs(cli.timeout);
     match cli.command {
         Command::Status(args) => {
-            let status = Client::connect(&socket).await?.get_status().await?;
+            let status = Client::connect(&socket, call_timeout).await?.get_status().await?;
             if args.json {
                 printer.json(&output::status_json(&status))?;
             } else {
@@ -169,7 +165,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         }
         Command::Config(ConfigCommand::Get { key, output: args }) => {
             let key = key.unwrap_or_default();
-            let config = Client::connect(&socket).await?.get_config(key).await?;
+            let config = Client::connect(&socket, call_timeout).await?.get_config(key).await?;
             if args.json {
                 printer.json(&output::config_get_json(&config))?;
             } else {
@@ -181,7 +177,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
             value,
             output: args,
         }) => {
-            let set = Client::connect(&socket)
+            let set = Client::connect(&socket, call_timeout)
                 .await?
                 .set_config(key.clone(), value.clone())
                 .await?;
@@ -197,7 +193,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
                 Some(path) => (read_config_document(path)?, path.display().to_string()),
                 None => (String::new(), String::new()),
             };
-            let validation = Client::connect(&socket)
+            let validation = Client::connect(&socket, call_timeout)
                 .await?
                 .validate_config(toml, name.clone())
                 .await?;
@@ -212,7 +208,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
             }
         }
         Command::Config(ConfigCommand::Reload(args)) => {
-            let reload = Client::connect(&socket).await?.reload_config().await?;
+            let reload = Client::connect(&socket, call_timeout).await?.reload_config().await?;
             if args.json {
                 printer.json(&output::config_reload_json(&reload))?;
             } else {
@@ -239,20 +235,14 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
 
 /// `--socket` / `BLUFIO_SOCKET` when given (and not empty), else the shared default location.
 fn socket_path(given: Option<PathBuf>) -> PathBuf {
-    given
-        .filter(|path| !path.as_os_str().is_empty())
-        .unwrap_or_else(|| {
-            blufio_proto::paths::default_socket_path(
-                |name| std::env::var_os(name),
-                nix::unistd::geteuid().as_raw(),
-            )
-        })
+    given.filter(|path| !path.as_os_str().is_empty()).unwrap_or_else(|| {
+        blufio_proto::paths::default_socket_path(|name| std::env::var_os(name), nix::unistd::geteuid().as_raw())
+    })
 }
 
 /// Reads a config file for `config validate FILE`.
 fn read_config_document(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     // An empty `toml` field asks the daemon to validate its own file instead. An empty file is a
     // valid (all-defaults) document, so send it as a lone newline, which parses the same.
     Ok(if text.is_empty() { "\n".to_owned() } else { text })

@@ -51,7 +51,8 @@
 //!       "source": "default",
 //!       "secret": false,
 //!       "restart_required": false,
-//!       "unset": false
+//!       "unset": false,
+//!       "pending_restart": false
 //!     }
 //!   ]
 //! }
@@ -61,6 +62,9 @@
 //! - `value` is the value as JSON (string, number, boolean, array or object); a set secret is the
 //!   string `"********"`; an unset key is `null` (and `unset` is `true`).
 //! - `source`: `"default"`, `"file"` or `"env"`.
+//! - `restart_required`: a change to this key only takes effect after a restart of blufiod.
+//! - `pending_restart`: the running daemon still uses an older value of this key until it
+//!   restarts (the file was changed but the key cannot be applied live).
 //!
 //! ## `blufioctl config set KEY VALUE --json`
 //!
@@ -68,7 +72,7 @@
 //! {
 //!   "config_path": "/etc/blufio/blufiod.toml",
 //!   "entry": { "key": "log.level", "value": "debug", "source": "file", "secret": false,
-//!              "restart_required": false, "unset": false },
+//!              "restart_required": false, "unset": false, "pending_restart": false },
 //!   "applied_live": true,
 //!   "restart_required": [],
 //!   "overridden_by_env": null
@@ -102,9 +106,8 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 
 use blufio_proto::control::v1::{
-    ConfigEntry, CostStatus, DaemonState, GetConfigResponse, GetStatusResponse, MemoryStatus,
-    ReloadConfigResponse, SessionsStatus, SetConfigResponse, SubsystemStatus,
-    ValidateConfigResponse,
+    ConfigEntry, CostStatus, DaemonState, GetConfigResponse, GetStatusResponse, MemoryStatus, ReloadConfigResponse,
+    SessionsStatus, SetConfigResponse, SubsystemStatus, ValidateConfigResponse,
 };
 use serde::Serialize;
 
@@ -218,10 +221,7 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
     rows.push(("state".into(), Cell::painted(style, state_paint, state)));
     rows.push(("version".into(), Cell::plain(&status.version)));
     rows.push(("pid".into(), Cell::plain(&status.pid.to_string())));
-    rows.push((
-        "uptime".into(),
-        Cell::plain(&humanize_duration(status.uptime_seconds)),
-    ));
+    rows.push(("uptime".into(), Cell::plain(&humanize_duration(status.uptime_seconds))));
 
     let mut config = Cell::plain(&status.config_path);
     if !status.config_file_present {
@@ -241,11 +241,7 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
     if status.previous_run_unclean {
         rows.push((
             "previous run".into(),
-            Cell::painted(
-                style,
-                Paint::Yellow,
-                "did not shut down cleanly (see the journal)",
-            ),
+            Cell::painted(style, Paint::Yellow, "did not shut down cleanly (see the journal)"),
         ));
     }
 
@@ -254,10 +250,7 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
     } else {
         rows.push(("subsystems".into(), Cell::plain("")));
         for subsystem in &status.subsystems {
-            rows.push((
-                format!("  {}", subsystem.name),
-                Cell::plain(&subsystem.status),
-            ));
+            rows.push((format!("  {}", subsystem.name), Cell::plain(&subsystem.status)));
         }
     }
     if let Some(sessions) = &status.sessions {
@@ -290,11 +283,7 @@ pub fn state_name(state: i32) -> &'static str {
 }
 
 fn describe_sessions(sessions: &SessionsStatus) -> String {
-    let turns = if sessions.turns_in_flight == 1 {
-        "turn"
-    } else {
-        "turns"
-    };
+    let turns = if sessions.turns_in_flight == 1 { "turn" } else { "turns" };
     format!(
         "{} active, {} {turns} in flight",
         sessions.active_sessions, sessions.turns_in_flight
@@ -363,11 +352,16 @@ pub fn config_get_human(config: &GetConfigResponse, style: Style) -> Human {
         } else {
             Cell::plain(&entry.value)
         };
+        // SOURCE is the last column, so a note there never disturbs the alignment.
+        let mut source = Cell::plain(&entry.source);
+        if entry.pending_restart {
+            source.push(style, Paint::Yellow, " (restart pending)");
+        }
         rows.push(vec![
             Cell::painted(style, Paint::Yellow, marker),
             Cell::plain(&entry.key),
             value,
-            Cell::plain(&entry.source),
+            source,
         ]);
     }
 
@@ -432,10 +426,7 @@ pub fn config_set_human(set: &SetConfigResponse, key: &str, value: &str, style: 
 // config validate
 
 /// `config validate --json`; `file` is the FILE argument, if any.
-pub fn config_validate_json<'a>(
-    validation: &'a ValidateConfigResponse,
-    file: Option<&'a str>,
-) -> ValidateJson<'a> {
+pub fn config_validate_json<'a>(validation: &'a ValidateConfigResponse, file: Option<&'a str>) -> ValidateJson<'a> {
     ValidateJson {
         valid: validation.valid,
         file,
@@ -444,11 +435,7 @@ pub fn config_validate_json<'a>(
 }
 
 /// `config validate`: a line on stdout when valid, the problems as error lines otherwise.
-pub fn config_validate_human(
-    validation: &ValidateConfigResponse,
-    file: Option<&str>,
-    style: Style,
-) -> Human {
+pub fn config_validate_human(validation: &ValidateConfigResponse, file: Option<&str>, style: Style) -> Human {
     let subject = match file {
         Some(file) => file.to_owned(),
         None => "the daemon's configuration".to_owned(),
@@ -487,11 +474,7 @@ pub fn config_reload_human(reload: &ReloadConfigResponse, style: Style) -> Human
         let _ = writeln!(human.stdout, "applied live: {}", reload.applied.join(", "));
     }
     if !reload.restart_required.is_empty() {
-        let _ = writeln!(
-            human.stdout,
-            "needs a restart: {}",
-            reload.restart_required.join(", ")
-        );
+        let _ = writeln!(human.stdout, "needs a restart: {}", reload.restart_required.join(", "));
         let _ = writeln!(human.stdout, "{}", style.paint(Paint::Yellow, RESTART_HINT));
     }
     human
@@ -522,10 +505,7 @@ pub fn humanize_bytes(bytes: u64) -> String {
     if bytes < 1024 {
         return format!("{bytes} B");
     }
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "display only; one decimal is shown"
-    )]
+    #[allow(clippy::cast_precision_loss, reason = "display only; one decimal is shown")]
     let mut value = bytes as f64 / 1024.0;
     let mut unit = 0;
     while value >= 1024.0 && unit + 1 < UNITS.len() {
@@ -603,11 +583,7 @@ fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
 
 /// `label: value` lines, with the values lined up when aligning.
 fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
-    let label_width = rows
-        .iter()
-        .map(|(label, _)| label.chars().count())
-        .max()
-        .unwrap_or(0);
+    let label_width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
     let mut out = String::new();
     for (label, value) in rows {
         let mut line = format!("{label}:");
@@ -733,6 +709,7 @@ struct EntryJson<'a> {
     secret: bool,
     restart_required: bool,
     unset: bool,
+    pending_restart: bool,
 }
 
 impl<'a> From<&'a ConfigEntry> for EntryJson<'a> {
@@ -752,6 +729,7 @@ impl<'a> From<&'a ConfigEntry> for EntryJson<'a> {
             secret: entry.secret,
             restart_required: entry.restart_required,
             unset: entry.unset,
+            pending_restart: entry.pending_restart,
         }
     }
 }
@@ -809,6 +787,7 @@ mod tests {
             entries: vec![
                 ConfigEntry {
                     restart_required: true,
+                    pending_restart: true,
                     ..entry(
                         "control.socket",
                         "\"/run/blufio/blufiod.sock\"",
@@ -911,7 +890,7 @@ mod tests {
         // A string continuation would eat the leading blanks of the header, so join lines.
         let expected = [
             "   KEY               VALUE                       SOURCE",
-            "*  control.socket    \"/run/blufio/blufiod.sock\"  default",
+            "*  control.socket    \"/run/blufio/blufiod.sock\"  default (restart pending)",
             "   log.level         \"debug\"                     file",
             "   notify.webhook    (unset)                     default",
             "   provider.api_key  \"********\"                  env",
@@ -932,7 +911,7 @@ mod tests {
         assert_eq!(lines[0], "\tKEY\tVALUE\tSOURCE");
         assert_eq!(
             lines[1],
-            "*\tcontrol.socket\t\"/run/blufio/blufiod.sock\"\tdefault"
+            "*\tcontrol.socket\t\"/run/blufio/blufiod.sock\"\tdefault (restart pending)"
         );
         assert_eq!(lines[3], "\tnotify.webhook\t(unset)\tdefault");
     }
@@ -955,15 +934,16 @@ mod tests {
                 "config_path": "/etc/blufio/blufiod.toml",
                 "entries": [
                     {"key": "control.socket", "value": "/run/blufio/blufiod.sock",
-                     "source": "default", "secret": false, "restart_required": true, "unset": false},
+                     "source": "default", "secret": false, "restart_required": true, "unset": false,
+                     "pending_restart": true},
                     {"key": "log.level", "value": "debug",
-                     "source": "file", "secret": false, "restart_required": false, "unset": false},
+                     "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
                     {"key": "notify.webhook", "value": null,
-                     "source": "default", "secret": false, "restart_required": false, "unset": true},
+                     "source": "default", "secret": false, "restart_required": false, "unset": true, "pending_restart": false},
                     {"key": "provider.api_key", "value": "********",
-                     "source": "env", "secret": true, "restart_required": false, "unset": false},
+                     "source": "env", "secret": true, "restart_required": false, "unset": false, "pending_restart": false},
                     {"key": "agent.max_turns", "value": 30,
-                     "source": "file", "secret": false, "restart_required": false, "unset": false},
+                     "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
                 ]
             })
         );
@@ -978,10 +958,7 @@ mod tests {
         .expect("serializes");
         assert!(text.ends_with("}\n") && !text.ends_with("\n\n"));
         let parsed: serde_json::Value = serde_json::from_str(&text).expect("parses back");
-        assert_eq!(
-            parsed,
-            json!({"applied": ["log.level"], "restart_required": []})
-        );
+        assert_eq!(parsed, json!({"applied": ["log.level"], "restart_required": []}));
     }
 
     #[test]

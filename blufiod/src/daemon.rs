@@ -110,9 +110,7 @@ impl Subsystems {
     where
         E: Into<SubsystemError>,
     {
-        let handle = self
-            .tasks
-            .spawn(async move { (name, task.await.map_err(Into::into)) });
+        let handle = self.tasks.spawn(async move { (name, task.await.map_err(Into::into)) });
         self.names.push((handle.id(), name));
     }
 
@@ -204,7 +202,10 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
 
     let token = CancellationToken::new();
     let mut subsystems = Subsystems::new();
-    let policy = Policy { daemon_uid: euid, group };
+    let policy = Policy {
+        daemon_uid: euid,
+        group,
+    };
     let socket_path = bound.path().to_owned();
     subsystems.spawn(
         "control",
@@ -313,7 +314,10 @@ fn liveness_probes(shared: &Arc<Shared>) -> Vec<Probe> {
         Probe::new("storage", move || {
             let storage = storage.clone();
             async move {
-                storage.probe_writer().await.map_err(|error| crate::error_chain(&error))?;
+                storage
+                    .probe_writer()
+                    .await
+                    .map_err(|error| crate::error_chain(&error))?;
                 storage.probe_reader().await.map_err(|error| crate::error_chain(&error))
             }
         }),
@@ -323,4 +327,35 @@ fn liveness_probes(shared: &Arc<Shared>) -> Vec<Probe> {
             async move { control::probe(&socket).await }
         }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_subsystem_is_reported_by_name() {
+        let mut subsystems = Subsystems::new();
+        subsystems.spawn("doomed", async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok::<(), SubsystemError>(())
+        });
+        let ended = subsystems.next().await.unwrap();
+        assert!(
+            matches!(ended, Err(DaemonError::SubsystemPanicked { name: "doomed" })),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_subsystem_keeps_its_error_chain() {
+        let mut subsystems = Subsystems::new();
+        subsystems.spawn("storage", async { Err::<(), _>(std::io::Error::other("disk full")) });
+        let Some(Err(error)) = subsystems.next().await else {
+            panic!("expected a failure");
+        };
+        assert_eq!(crate::error_chain(&error), "subsystem storage failed: disk full");
+    }
 }

@@ -47,7 +47,10 @@ pub struct LogHandle {
 
 impl std::fmt::Debug for LogHandle {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("LogHandle").field("rust_log", &self.rust_log).finish()
+        formatter
+            .debug_struct("LogHandle")
+            .field("rust_log", &self.rust_log)
+            .finish()
     }
 }
 
@@ -78,9 +81,7 @@ pub fn init(config: &LogConfig) -> Result<LogHandle, LoggingError> {
     let installed = match config.format {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
         LogFormat::Auto if under_journald => registry.with(fmt.with_ansi(false).without_time()).try_init(),
-        LogFormat::Auto => registry
-            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
-            .try_init(),
+        LogFormat::Auto => registry.with(fmt.with_ansi(std::io::stderr().is_terminal())).try_init(),
         LogFormat::Human => registry.with(fmt.with_ansi(false)).try_init(),
     };
     installed.map_err(|source| LoggingError::Install { source })?;

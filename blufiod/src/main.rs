@@ -52,6 +52,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // Everything the daemon creates (database, keys, config) is private unless a step widens it
+    // on purpose, as the control socket does for its group.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     let source = config::ConfigSource::resolve(
         args.config,
@@ -108,12 +111,20 @@ fn main() -> ExitCode {
 
 /// `--check-config`: the effective configuration, one key per line.
 fn print_config(source: &config::ConfigSource, loaded: &config::Loaded) {
-    let present = if source.path.exists() { "" } else { " (not present; defaults and environment only)" };
+    let present = if source.path.exists() {
+        ""
+    } else {
+        " (not present; defaults and environment only)"
+    };
     println!("configuration OK: {}{present}", source.path.display());
     let entries = config::entries(loaded, None).expect("listing all keys cannot fail");
     let width = entries.iter().map(|entry| entry.spec.key.len()).max().unwrap_or(0);
     for entry in entries {
-        let value = if entry.unset { "(unset)" } else { entry.value_toml.as_str() };
+        let value = if entry.unset {
+            "(unset)"
+        } else {
+            entry.value_toml.as_str()
+        };
         println!("{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str());
     }
 }

@@ -25,7 +25,11 @@ impl Notifier {
     /// `RELOADING=1` with `MONOTONIC_USEC`, as systemd requires for reload notifications.
     pub fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
-            Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading configuration")]),
+            Ok(now) => send(&[
+                NotifyState::Reloading,
+                now,
+                NotifyState::Status("reloading configuration"),
+            ]),
             Err(error) => tracing::debug!(%error, "cannot read CLOCK_MONOTONIC for RELOADING=1"),
         }
     }

@@ -76,12 +76,20 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
-        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| OsString::from(value))
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| OsString::from(value))
+        }
     }
 
     #[test]
     fn systemd_directories_are_used_under_systemd() {
-        let env = env_of(&[("STATE_DIRECTORY", "/var/lib/blufio"), ("RUNTIME_DIRECTORY", "/run/blufio")]);
+        let env = env_of(&[
+            ("STATE_DIRECTORY", "/var/lib/blufio"),
+            ("RUNTIME_DIRECTORY", "/run/blufio"),
+        ]);
         let paths = Paths::resolve(&Config::default(), Path::new("/etc/blufio/blufiod.toml"), env, 998);
         assert_eq!(paths.database, PathBuf::from("/var/lib/blufio/blufio.db"));
         assert_eq!(paths.socket, PathBuf::from("/run/blufio/blufiod.sock"));

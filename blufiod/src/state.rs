@@ -202,8 +202,10 @@ impl Shared {
             }
             Err(source) => {
                 tracing::error!(error = %source, "reload failed; keeping the previous configuration");
-                self.notifier
-                    .ready(&format!("{}; last reload failed: invalid configuration", self.ready_line()));
+                self.notifier.ready(&format!(
+                    "{}; last reload failed: invalid configuration",
+                    self.ready_line()
+                ));
                 Err(ReloadError::Load { source })
             }
         }
@@ -357,7 +359,11 @@ mod tests {
     async fn an_invalid_file_changes_nothing_on_reload() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_with_file(dir.path(), "[daemon]\nshutdown_timeout_secs = 4\n").await;
-        std::fs::write(dir.path().join("blufiod.toml"), "[daemon]\nshutdown_timeout_secs = \"x\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("blufiod.toml"),
+            "[daemon]\nshutdown_timeout_secs = \"x\"\n",
+        )
+        .unwrap();
         assert!(shared.reload().await.is_err());
         assert_eq!(shared.config().config.daemon.shutdown_timeout_secs, 4);
     }

@@ -189,8 +189,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         let at_stall = pings.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(pings.load(Ordering::SeqCst), at_stall, "no ping may be sent while a loop is stalled");
-        assert!(status.describe().contains("loop made no progress"), "{}", status.describe());
+        assert_eq!(
+            pings.load(Ordering::SeqCst),
+            at_stall,
+            "no ping may be sent while a loop is stalled"
+        );
+        assert!(
+            status.describe().contains("loop made no progress"),
+            "{}",
+            status.describe()
+        );
         token.cancel();
         task.await.unwrap();
     }

@@ -12,8 +12,7 @@ pub mod control {
         tonic::include_proto!("blufio.control.v1");
 
         /// Encoded `FileDescriptorSet` of the package, for gRPC server reflection.
-        pub const FILE_DESCRIPTOR_SET: &[u8] =
-            tonic::include_file_descriptor_set!("blufio_control_v1_descriptor");
+        pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("blufio_control_v1_descriptor");
 
         /// Fully qualified name of the control service, as used by the health service.
         pub const SERVICE_NAME: &str = "blufio.control.v1.Control";

@@ -37,10 +37,7 @@ pub fn default_socket_path(env: impl Fn(&str) -> Option<OsString>, euid: u32) ->
 pub fn first_systemd_dir(value: Option<OsString>) -> Option<PathBuf> {
     let value = value?;
     let value = value.to_str()?;
-    value
-        .split(':')
-        .find(|part| !part.is_empty())
-        .map(PathBuf::from)
+    value.split(':').find(|part| !part.is_empty()).map(PathBuf::from)
 }
 
 #[cfg(test)]
@@ -58,8 +55,14 @@ mod tests {
 
     #[test]
     fn systemd_runtime_directory_wins() {
-        let env = env_of(&[("RUNTIME_DIRECTORY", "/run/blufio:/run/other"), ("XDG_RUNTIME_DIR", "/run/user/1000")]);
-        assert_eq!(default_socket_path(env, 1000), PathBuf::from("/run/blufio/blufiod.sock"));
+        let env = env_of(&[
+            ("RUNTIME_DIRECTORY", "/run/blufio:/run/other"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ]);
+        assert_eq!(
+            default_socket_path(env, 1000),
+            PathBuf::from("/run/blufio/blufiod.sock")
+        );
     }
 
     #[test]
@@ -71,6 +74,9 @@ mod tests {
     fn user_uses_xdg_runtime_dir_then_tmp() {
         let env = env_of(&[("XDG_RUNTIME_DIR", "/run/user/1000")]);
         assert_eq!(default_runtime_dir(env, 1000), PathBuf::from("/run/user/1000/blufio"));
-        assert_eq!(default_runtime_dir(env_of(&[("XDG_RUNTIME_DIR", "")]), 1000), PathBuf::from("/tmp/blufio-1000"));
+        assert_eq!(
+            default_runtime_dir(env_of(&[("XDG_RUNTIME_DIR", "")]), 1000),
+            PathBuf::from("/tmp/blufio-1000")
+        );
     }
 }

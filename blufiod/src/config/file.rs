@@ -69,7 +69,11 @@ pub(super) fn describe_errors(error: figment::Error, text: Option<&str>) -> Vec<
             let what = match &error.kind {
                 figment::error::Kind::UnknownField(field, expected) => format!(
                     "unknown key `{field}`; known keys here: {}",
-                    expected.iter().map(|key| format!("`{key}`")).collect::<Vec<_>>().join(", ")
+                    expected
+                        .iter()
+                        .map(|key| format!("`{key}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 kind => kind.to_string(),
             };
@@ -190,7 +194,10 @@ pub fn set_key_in_file(
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
 
-    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mode = match std::fs::metadata(path) {
         Ok(metadata) => metadata.permissions().mode() & 0o7777,
@@ -220,7 +227,10 @@ mod tests {
         let loaded = set_key_in_file(&path, Some(before), "daemon.shutdown_timeout_secs", "7").unwrap();
         assert_eq!(loaded.config.daemon.shutdown_timeout_secs, 7);
         let after = std::fs::read_to_string(&path).unwrap();
-        assert!(after.contains("# my notes") && after.contains("# chatty while debugging"), "{after}");
+        assert!(
+            after.contains("# my notes") && after.contains("# chatty while debugging"),
+            "{after}"
+        );
         assert!(after.contains("level = \"debug\""), "{after}");
         assert!(after.contains("[daemon]\nshutdown_timeout_secs = 7"), "{after}");
     }
@@ -246,6 +256,10 @@ mod tests {
         let error = set_key_in_file(&path, Some(""), "log.colour", "red").unwrap_err();
         assert!(matches!(error, ConfigWriteError::UnknownKey { .. }), "{error:?}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left behind"
+        );
     }
 }

@@ -139,9 +139,14 @@ fn to_toml(value: &Value) -> toml_edit::Value {
         Value::String(_, text) => text.as_str().into(),
         Value::Char(_, char) => char.to_string().into(),
         Value::Bool(_, bool) => (*bool).into(),
-        Value::Num(_, num) => match num.to_i128().or_else(|| num.to_u128().and_then(|n| i128::try_from(n).ok())) {
+        Value::Num(_, num) => match num
+            .to_i128()
+            .or_else(|| num.to_u128().and_then(|n| i128::try_from(n).ok()))
+        {
             // TOML integers are i64; a larger one is shown as text rather than rounded.
-            Some(int) => i64::try_from(int).map(toml_edit::Value::from).unwrap_or_else(|_| int.to_string().into()),
+            Some(int) => i64::try_from(int)
+                .map(toml_edit::Value::from)
+                .unwrap_or_else(|_| int.to_string().into()),
             None => num.to_f64().unwrap_or(f64::NAN).into(),
         },
         Value::Empty(..) => "".into(),
@@ -177,7 +182,11 @@ mod tests {
             match value {
                 Value::Dict(_, dict) => {
                     for (key, value) in dict {
-                        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                        let path = if prefix.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
                         walk(&path, value, leaves);
                     }
                 }
@@ -196,15 +205,26 @@ mod tests {
         assert_eq!(registry, leaves_of_full_config());
         let mut sorted: Vec<&str> = KEYS.iter().map(|spec| spec.key).collect();
         sorted.sort_unstable();
-        assert_eq!(sorted, KEYS.iter().map(|spec| spec.key).collect::<Vec<_>>(), "keep KEYS sorted");
+        assert_eq!(
+            sorted,
+            KEYS.iter().map(|spec| spec.key).collect::<Vec<_>>(),
+            "keep KEYS sorted"
+        );
     }
 
     #[test]
     fn entries_show_values_sources_and_unset_keys() {
-        let loaded = load_from(Some("[daemon]\nshutdown_timeout_secs = 3\n"), Some(std::path::Path::new("/c.toml")), false).unwrap();
+        let loaded = load_from(
+            Some("[daemon]\nshutdown_timeout_secs = 3\n"),
+            Some(std::path::Path::new("/c.toml")),
+            false,
+        )
+        .unwrap();
         let all = entries(&loaded, None).unwrap();
         assert_eq!(all.len(), KEYS.len());
-        let timeout = entries(&loaded, Some("daemon.shutdown_timeout_secs")).unwrap().remove(0);
+        let timeout = entries(&loaded, Some("daemon.shutdown_timeout_secs"))
+            .unwrap()
+            .remove(0);
         assert_eq!(timeout.value_toml, "3");
         assert_eq!(timeout.value_json, "3");
         assert_eq!(timeout.source, ValueSource::File);

@@ -251,7 +251,9 @@ impl ConfigSource {
             Ok(text) => Ok(Some(text)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 if self.explicit {
-                    Err(ConfigError::MissingFile { path: self.path.clone() })
+                    Err(ConfigError::MissingFile {
+                        path: self.path.clone(),
+                    })
                 } else {
                     Ok(None)
                 }
@@ -329,7 +331,10 @@ impl Config {
             if let Some(path) = path
                 && !path.is_absolute()
             {
-                problems.push(format!("{key}: {} is not an absolute path; give a path that starts with /", path.display()));
+                problems.push(format!(
+                    "{key}: {} is not an absolute path; give a path that starts with /",
+                    path.display()
+                ));
             }
         }
         if let Err(reason) = check_filter(&self.log.level) {
@@ -358,7 +363,11 @@ impl Config {
 /// as `inof` as a target name and so silently turns logging off.
 fn check_filter(filter: &str) -> Result<(), String> {
     const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
-    for directive in filter.split(',').map(str::trim).filter(|directive| !directive.is_empty()) {
+    for directive in filter
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+    {
         let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
         if !LEVELS.iter().any(|known| known.eq_ignore_ascii_case(level)) {
             return Err(format!("{level:?} is not one of {}", LEVELS.join(", ")));
@@ -383,7 +392,12 @@ mod tests {
 
     #[test]
     fn file_values_override_defaults_and_are_attributed() {
-        let loaded = load_from(Some("[log]\nlevel = \"debug\"\n"), Some(Path::new("/etc/x.toml")), false).unwrap();
+        let loaded = load_from(
+            Some("[log]\nlevel = \"debug\"\n"),
+            Some(Path::new("/etc/x.toml")),
+            false,
+        )
+        .unwrap();
         assert_eq!(loaded.config.log.level, "debug");
         assert_eq!(loaded.source_of("log.level"), ValueSource::File);
         assert_eq!(loaded.source_of("log.format"), ValueSource::Default);
@@ -396,14 +410,21 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("control.group_acces"), "{message}");
         assert!(message.contains("/etc/blufio/blufiod.toml:5"), "{message}");
-        assert!(message.contains("group_access"), "should suggest the known keys: {message}");
+        assert!(
+            message.contains("group_access"),
+            "should suggest the known keys: {message}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let error = load_from(Some("[daemon]\nshutdown_timeout_secs = \"soon\"\n"), Some(Path::new("/c.toml")), false)
-            .unwrap_err()
-            .to_string();
+        let error = load_from(
+            Some("[daemon]\nshutdown_timeout_secs = \"soon\"\n"),
+            Some(Path::new("/c.toml")),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("daemon.shutdown_timeout_secs"), "{error}");
         assert!(error.contains("/c.toml:2"), "{error}");
     }
@@ -431,7 +452,10 @@ mod tests {
             ConfigSource::resolve(None, env(&[("CONFIGURATION_DIRECTORY", "/etc/blufio-sd")]), 0).path,
             PathBuf::from("/etc/blufio-sd/blufiod.toml")
         );
-        assert_eq!(ConfigSource::resolve(None, env(&[]), 0).path, PathBuf::from("/etc/blufio/blufiod.toml"));
+        assert_eq!(
+            ConfigSource::resolve(None, env(&[]), 0).path,
+            PathBuf::from("/etc/blufio/blufiod.toml")
+        );
         assert_eq!(
             ConfigSource::resolve(None, env(&[("HOME", "/home/u")]), 1000).path,
             PathBuf::from("/home/u/.config/blufio/blufiod.toml")
@@ -446,7 +470,11 @@ mod tests {
         load_from(Some(&text), Some(&path), false).unwrap();
         let uncommented: String = text
             .lines()
-            .map(|line| line.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(line))
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = "))
+                    .unwrap_or(line)
+            })
             .map(|line| format!("{line}\n"))
             .collect();
         let loaded = extract(Some(&uncommented), Some(&path), false).unwrap();

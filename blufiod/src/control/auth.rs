@@ -57,8 +57,13 @@ impl Policy {
                 "members of group {:?} have the access set by control.group_access; the daemon's owner can raise it",
                 group.name
             ),
-            Some(group) => format!("ask the daemon's owner to add uid {} to group {:?}", peer.uid, group.name),
-            None => "only root and the daemon's own user may use this socket; the owner can set control.group".to_owned(),
+            Some(group) => format!(
+                "ask the daemon's owner to add uid {} to group {:?}",
+                peer.uid, group.name
+            ),
+            None => {
+                "only root and the daemon's own user may use this socket; the owner can set control.group".to_owned()
+            }
         }
     }
 }
@@ -103,10 +108,7 @@ mod tests {
     use super::*;
 
     fn policy(group: Option<GroupInfo>) -> Policy {
-        Policy {
-            daemon_uid: 998,
-            group,
-        }
+        Policy { daemon_uid: 998, group }
     }
 
     fn peer(uid: u32, gid: u32) -> Peer {
@@ -138,7 +140,10 @@ mod tests {
 
     #[test]
     fn strangers_get_nothing() {
-        assert_eq!(policy(Some(operators())).access_of(peer(1000, 1000), Access::Full), Access::None);
+        assert_eq!(
+            policy(Some(operators())).access_of(peer(1000, 1000), Access::Full),
+            Access::None
+        );
         assert_eq!(policy(None).access_of(peer(1000, 1000), Access::Full), Access::None);
         assert!(policy(None).hint(peer(1000, 1000)).contains("control.group"));
     }

@@ -164,9 +164,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         self.authorize(&request, Access::Full, "ReloadConfig")?;
         let change = self.shared.reload().await.map_err(|error| match &error {
-            ReloadError::Load { source } => {
-                Status::failed_precondition(format!("{}:\n{}", error, error_chain(source)))
-            }
+            ReloadError::Load { source } => Status::failed_precondition(format!("{}:\n{}", error, error_chain(source))),
         })?;
         Ok(Response::new(pb::ReloadConfigResponse {
             applied: change.applied.into_iter().map(str::to_owned).collect(),
@@ -225,8 +223,16 @@ mod tests {
         };
         let status = write_error_to_status(&error);
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("/etc/blufio/blufiod.toml"), "{}", status.message());
-        assert!(status.message().contains("old file is unchanged"), "{}", status.message());
+        assert!(
+            status.message().contains("/etc/blufio/blufiod.toml"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("old file is unchanged"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

@@ -68,7 +68,11 @@ pub enum SocketError {
 
 fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SocketError {
     let path = path.to_owned();
-    move |source| SocketError::Io { operation, path, source }
+    move |source| SocketError::Io {
+        operation,
+        path,
+        source,
+    }
 }
 
 /// Binds the control socket at `path`, group-owned by `group` when given.
@@ -118,9 +122,7 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<BoundSocket, SocketError>
     let bound = std::os::unix::net::UnixListener::bind(path);
     umask(previous);
     let listener = bound.map_err(io_error("bind", path))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(io_error("configure", path))?;
+    listener.set_nonblocking(true).map_err(io_error("configure", path))?;
     if let Some(gid) = group {
         std::os::unix::fs::chown(path, None, Some(gid.as_raw())).map_err(io_error("chown", path))?;
     }
@@ -162,6 +164,8 @@ fn prepare_directory(dir: &Path, group: Option<Gid>) -> Result<(), SocketError> 
             .map_err(io_error("create directory", dir))?;
         if let Some(gid) = group {
             std::os::unix::fs::chown(dir, None, Some(gid.as_raw())).map_err(io_error("chown", dir))?;
+            // The process umask (0077) masked the group bits at creation; widen on purpose.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io_error("chmod", dir))?;
         }
     }
     let metadata = std::fs::metadata(dir).map_err(io_error("inspect", dir))?;
@@ -198,7 +202,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blufiod.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        assert!(path.exists(), "the dropped listener leaves its file behind, like a crash");
+        assert!(
+            path.exists(),
+            "the dropped listener leaves its file behind, like a crash"
+        );
         let bound = bind(&path, None).unwrap();
         std::os::unix::net::UnixStream::connect(&path).unwrap();
         drop(bound);

@@ -94,7 +94,10 @@ impl Storage {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
-        let open_error = |source| StorageError::Open { path: path.clone(), source };
+        let open_error = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -117,10 +120,10 @@ impl Storage {
                 })
                 .collect(),
         );
-        migrator
-            .run(&writer)
-            .await
-            .map_err(|source| StorageError::Migrate { path: path.clone(), source })?;
+        migrator.run(&writer).await.map_err(|source| StorageError::Migrate {
+            path: path.clone(),
+            source,
+        })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
             .min_connections(0)
@@ -263,7 +266,10 @@ mod tests {
     async fn database_uses_wal() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&options(dir.path())).await.unwrap();
-        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&storage.writer).await.unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&storage.writer)
+            .await
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 
