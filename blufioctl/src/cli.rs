@@ -25,7 +25,7 @@ Exit status:
 /// blufioctl talks gRPC to blufiod over its local control socket. Every command that prints data
 /// accepts --json for a stable, machine-readable document on stdout.
 #[derive(Debug, Parser)]
-#[command(name = "blufioctl", version, after_help = EXIT_CODES_HELP)]
+#[command(name = "blufioctl", version, after_help = EXIT_CODES_HELP, arg_required_else_help = true)]
 pub struct Cli {
     /// Control socket of blufiod [default: $RUNTIME_DIRECTORY/blufiod.sock under systemd,
     /// /run/blufio/blufiod.sock for root, otherwise $XDG_RUNTIME_DIR/blufio/blufiod.sock]

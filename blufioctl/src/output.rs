@@ -337,6 +337,10 @@ pub fn config_get_json(config: &GetConfigResponse) -> ConfigGetJson<'_> {
 
 /// `config get` as a table: a restart marker, KEY, VALUE and SOURCE.
 pub fn config_get_human(config: &GetConfigResponse, style: Style) -> Human {
+    let any_restart_required = config.entries.iter().any(|entry| entry.restart_required);
+    // The marker column is dropped from aligned output when it would be empty; plain output keeps
+    // it so that its columns are always the same four.
+    let with_marker = any_restart_required || !style.align;
     let mut rows = vec![vec![
         Cell::plain(""),
         Cell::painted(style, Paint::Bold, "KEY"),
@@ -364,9 +368,14 @@ pub fn config_get_human(config: &GetConfigResponse, style: Style) -> Human {
             source,
         ]);
     }
+    if !with_marker {
+        for row in &mut rows {
+            row.remove(0);
+        }
+    }
 
     let mut stdout = render_table(style, &rows);
-    if config.entries.iter().any(|entry| entry.restart_required) {
+    if any_restart_required {
         let note = "* takes effect only after a restart of blufiod";
         let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
     }
@@ -902,6 +911,21 @@ mod tests {
         .join("\n");
         assert_eq!(human.stdout, expected);
         assert!(human.warnings.is_empty() && human.errors.is_empty());
+    }
+
+    #[test]
+    fn config_table_without_restart_keys_has_no_marker_column() {
+        let config = GetConfigResponse {
+            config_path: "/etc/blufio/blufiod.toml".into(),
+            entries: vec![entry("log.level", "\"debug\"", "\"debug\"", "file")],
+        };
+        let aligned = config_get_human(&config, ALIGNED).stdout;
+        assert_eq!(
+            aligned,
+            "KEY        VALUE    SOURCE\nlog.level  \"debug\"  file\nconfig file: /etc/blufio/blufiod.toml\n"
+        );
+        let plain = config_get_human(&config, Style::PLAIN).stdout;
+        assert!(plain.starts_with("\tKEY\tVALUE\tSOURCE\n\tlog.level\t"), "{plain:?}");
     }
 
     #[test]

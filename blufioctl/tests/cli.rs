@@ -528,3 +528,22 @@ fn hung_daemon_times_out_with_exit_1() {
     );
     assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
 }
+
+/// docs/cli-json.md is the `# JSON output` section of output.rs, so the two cannot drift.
+#[test]
+fn json_docs_match_the_source() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/output.rs")).unwrap();
+    let doc: Vec<&str> = source
+        .lines()
+        .take_while(|line| line.starts_with("//!"))
+        .map(|line| line.strip_prefix("//! ").unwrap_or(line.trim_start_matches("//!")))
+        .collect();
+    let start = doc.iter().position(|line| *line == "# JSON output").unwrap() + 1;
+    let section = doc[start..].join("\n");
+    let docs = std::fs::read_to_string(root.join("../docs/cli-json.md")).unwrap();
+    assert!(
+        docs.contains(section.trim()),
+        "docs/cli-json.md differs from the `# JSON output` section of blufioctl/src/output.rs; copy it over"
+    );
+}

@@ -1,1 +1,151 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <task>`:
+//!
+//! - `test`: installs what the test suite needs beyond Rust (Python's grpcio, for the stock-tool
+//!   interop test) into `target/xtask/venv`, then runs `cargo test --workspace`.
+//! - `ci`: formatting, clippy with `-D warnings`, then `test`: what `.ci/run` does.
+//! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
+//! - `bench startup|idle|size|all`: measurements for `docs/benchmarks.md`.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Python packages the tests need.
+const PYTHON_PACKAGES: &[&str] = &["grpcio", "grpcio-health-checking", "grpcio-reflection"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["test", rest @ ..] => test(rest),
+        ["ci"] => ci(),
+        ["dist"] => dist(),
+        ["bench", rest @ ..] => bench::main(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, test\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | all (see docs/benchmarks.md)"
+            );
+            bail!("unknown or missing task")
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    eprintln!("$ {shown}");
+    let status = command
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test(extra: &[&str]) -> Result<()> {
+    let python = python_env()?;
+    run(cargo()
+        .args(["test", "--workspace", "--locked"])
+        .args(extra)
+        .env("BLUFIOTEST_PYTHON", python))
+}
+
+fn ci() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    test(&[])
+}
+
+/// A Python with the test packages installed, in a venv under `target/`.
+fn python_env() -> Result<PathBuf> {
+    let venv = root().join("target/xtask/venv");
+    let python = venv.join("bin/python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import grpc, grpc_health, grpc_reflection"])
+            .output()
+            .is_ok_and(|output| output.status.success());
+    if ready {
+        return Ok(python);
+    }
+    let system_python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run(Command::new(&system_python).arg("-m").arg("venv").arg(&venv)).context(
+        "cannot create a Python venv; install python3 with its venv module (Debian: apt-get install python3-venv)",
+    )?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))
+    .context("cannot install the Python test packages from PyPI")?;
+    Ok(python)
+}
+
+fn dist() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--bin",
+        "blufiod",
+        "--bin",
+        "blufioctl",
+    ]))?;
+    let dist = root().join("dist");
+    std::fs::create_dir_all(dist.join("completions"))?;
+    for binary in ["blufiod", "blufioctl"] {
+        let target = dist.join(binary);
+        std::fs::copy(root().join("target/release").join(binary), &target)?;
+        run(Command::new("strip").arg(&target))?;
+    }
+    let blufioctl = dist.join("blufioctl");
+    let man = Command::new(&blufioctl).arg("man").output()?;
+    if !man.status.success() {
+        bail!("blufioctl man failed: {}", String::from_utf8_lossy(&man.stderr));
+    }
+    std::fs::write(dist.join("blufioctl.1"), man.stdout)?;
+    for (shell, file) in [
+        ("bash", "blufioctl.bash"),
+        ("zsh", "_blufioctl"),
+        ("fish", "blufioctl.fish"),
+    ] {
+        let output = Command::new(&blufioctl).args(["completions", shell]).output()?;
+        if !output.status.success() {
+            bail!("blufioctl completions {shell} failed");
+        }
+        std::fs::write(dist.join("completions").join(file), output.stdout)?;
+    }
+    for file in [
+        "blufiod.service",
+        "blufio.sysusers",
+        "blufio.tmpfiles",
+        "blufiod.example.toml",
+    ] {
+        std::fs::copy(root().join("packaging").join(file), dist.join(file))?;
+    }
+    eprintln!("dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, unit and config files");
+    Ok(())
+}

@@ -78,7 +78,7 @@ fn is_member(group: &GroupInfo, peer: Peer) -> bool {
         return true;
     }
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) {
-        Ok(Some(user)) => group.members.iter().any(|member| *member == user.name),
+        Ok(Some(user)) => group.members.contains(&user.name),
         _ => false,
     }
 }
