@@ -137,12 +137,15 @@ fn startup(runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// The sample at `quantile` (0.0 to 1.0) of sorted samples, nearest rank, in milliseconds.
+fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
 fn report(label: &str, samples: &mut [Duration]) {
     samples.sort_unstable();
-    let at = |quantile: f64| {
-        let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
-        samples[index].as_secs_f64() * 1000.0
-    };
+    let at = |quantile| quantile_ms(samples, quantile);
     println!(
         "{label}: min {:.1} ms, p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
         at(0.0),
@@ -215,4 +218,18 @@ fn tempdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("blufio-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_the_nearest_rank() {
+        let samples: Vec<Duration> = (1..=10).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&samples, 0.0), 1.0);
+        assert_eq!(quantile_ms(&samples, 0.5), 6.0);
+        assert_eq!(quantile_ms(&samples, 0.9), 9.0);
+        assert_eq!(quantile_ms(&samples, 1.0), 10.0);
+    }
 }

@@ -8,8 +8,9 @@
 
 mod bench;
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -61,10 +62,57 @@ fn cargo() -> Command {
 
 fn test(extra: &[&str]) -> Result<()> {
     let python = python_env()?;
-    run(cargo()
+    let mut command = cargo();
+    command
         .args(["test", "--workspace", "--locked"])
         .args(extra)
-        .env("BLUFIOTEST_PYTHON", python))
+        .env("BLUFIOTEST_PYTHON", python)
+        .current_dir(root())
+        .stdout(Stdio::piped());
+    eprintln!("$ {command:?}");
+    let mut child = command.spawn().context("cannot run cargo test")?;
+    // Echo cargo's output while adding up its per-binary results, so the run ends with one
+    // total line instead of the last binary's (often empty) doc-test summary.
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    println!("\ntests: {} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+/// Sums of cargo's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(summary) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in summary.split(&[';', '.'][..]) {
+            let mut words = part.split_whitespace();
+            if let (Some(count), Some(kind)) = (words.next(), words.next())
+                && let Ok(count) = count.parse::<u64>()
+            {
+                match kind {
+                    "passed" => self.passed += count,
+                    "failed" => self.failed += count,
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 fn ci() -> Result<()> {
@@ -148,4 +196,18 @@ fn dist() -> Result<()> {
     }
     eprintln!("dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, unit and config files");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_cargo_summaries() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 36 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.24s");
+        totals.add("test result: FAILED. 7 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.77s");
+        totals.add("test something ... ok");
+        assert_eq!(totals, Totals { passed: 43, failed: 1 });
+    }
 }
