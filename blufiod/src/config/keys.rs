@@ -32,8 +32,26 @@ const fn restart(key: &'static str) -> KeySpec {
     }
 }
 
-/// Every config key, sorted. A test checks this list against the struct tree.
+const fn secret(key: &'static str) -> KeySpec {
+    KeySpec {
+        key,
+        secret: true,
+        restart_required: false,
+    }
+}
+
+/// Every config key, sorted. A test checks this list against the struct tree. `pricing` is one
+/// key whose value is a table of models.
 pub const KEYS: &[KeySpec] = &[
+    live("agent.context_tokens"),
+    restart("agent.max_cached_sessions"),
+    restart("agent.max_concurrent_turns"),
+    restart("agent.max_queued_turns"),
+    live("agent.max_tool_iterations"),
+    live("agent.system_prompt"),
+    live("agent.system_prompt_file"),
+    live("budget.daily_usd"),
+    live("budget.monthly_usd"),
     restart("control.group"),
     live("control.group_access"),
     restart("control.socket"),
@@ -42,9 +60,34 @@ pub const KEYS: &[KeySpec] = &[
     restart("daemon.state_dir"),
     restart("log.format"),
     live("log.level"),
+    live("pricing"),
+    live("provider.anthropic_version"),
+    secret("provider.api_key"),
+    live("provider.base_url"),
+    live("provider.connect_timeout_secs"),
+    live("provider.idle_timeout_secs"),
+    live("provider.kind"),
+    live("provider.max_retries"),
+    live("provider.max_tokens"),
+    live("provider.model"),
+    live("provider.request_timeout_secs"),
+    live("provider.retry_base_delay_ms"),
     restart("storage.busy_timeout_ms"),
     restart("storage.path"),
     restart("storage.read_connections"),
+    live("tools.files.enabled"),
+    live("tools.files.max_bytes"),
+    live("tools.files.workspace"),
+    live("tools.http_get.allow_http"),
+    live("tools.http_get.allow_private"),
+    live("tools.http_get.enabled"),
+    live("tools.http_get.max_bytes"),
+    live("tools.http_get.timeout_secs"),
+    live("tools.max_result_bytes"),
+    live("tools.run_command.allow"),
+    live("tools.run_command.enabled"),
+    live("tools.run_command.max_output_bytes"),
+    live("tools.run_command.timeout_secs"),
 ];
 
 /// The shown form of a secret that is set.
@@ -176,11 +219,16 @@ mod tests {
         config.control.socket = Some("/r/s.sock".into());
         config.control.group = Some("g".into());
         config.storage.path = Some("/s/db".into());
+        config.provider.base_url = Some("https://x".into());
+        config.provider.model = Some("m".into());
+        config.provider.api_key = Some(super::super::Secret("k".into()));
+        config.agent.system_prompt_file = Some("/p.md".into());
+        config.tools.files.workspace = Some("/w".into());
         let tree = Value::serialize(&config).unwrap();
         let mut leaves = BTreeSet::new();
         fn walk(prefix: &str, value: &Value, leaves: &mut BTreeSet<String>) {
             match value {
-                Value::Dict(_, dict) => {
+                Value::Dict(_, dict) if prefix != "pricing" => {
                     for (key, value) in dict {
                         let path = if prefix.is_empty() {
                             key.clone()

@@ -5,6 +5,7 @@
 //! restart; tests keep that registry, the struct tree and `packaging/blufiod.example.toml` in
 //! step. This module never touches the network, the database or the control socket.
 
+mod agent;
 mod file;
 mod keys;
 
@@ -15,6 +16,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use agent::{
+    AgentConfig, BudgetConfig, FilesConfig, HttpGetConfig, ModelPrice, ProviderConfig, ProviderKind, RunCommandConfig,
+    Secret, ToolsConfig, default_pricing,
+};
 pub use file::{ConfigWriteError, set_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec};
 
@@ -38,7 +43,7 @@ const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_READ_CONNECTIONS: u32 = 4;
 
 /// The whole configuration of `blufiod`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Process-level settings: directories and shutdown.
@@ -49,6 +54,32 @@ pub struct Config {
     pub control: ControlConfig,
     /// The SQLite database.
     pub storage: StorageConfig,
+    /// The LLM provider.
+    pub provider: ProviderConfig,
+    /// The turn loop.
+    pub agent: AgentConfig,
+    /// Spending caps.
+    pub budget: BudgetConfig,
+    /// Prices per model, USD per million tokens; merged over the built-in table.
+    pub pricing: std::collections::BTreeMap<String, ModelPrice>,
+    /// Built-in tools, each off unless enabled.
+    pub tools: ToolsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            daemon: DaemonConfig::default(),
+            log: LogConfig::default(),
+            control: ControlConfig::default(),
+            storage: StorageConfig::default(),
+            provider: ProviderConfig::default(),
+            agent: AgentConfig::default(),
+            budget: BudgetConfig::default(),
+            pricing: default_pricing(),
+            tools: ToolsConfig::default(),
+        }
+    }
 }
 
 /// `[daemon]`
@@ -326,6 +357,8 @@ impl Config {
             ("daemon.runtime_dir", &self.daemon.runtime_dir),
             ("control.socket", &self.control.socket),
             ("storage.path", &self.storage.path),
+            ("agent.system_prompt_file", &self.agent.system_prompt_file),
+            ("tools.files.workspace", &self.tools.files.workspace),
         ];
         for (key, path) in paths {
             if let Some(path) = path
@@ -352,8 +385,47 @@ impl Config {
                 Err(error) => problems.push(format!("control.group: cannot look up group {group:?}: {error}")),
             }
         }
-        if self.storage.read_connections == 0 {
-            problems.push("storage.read_connections: must be at least 1".to_owned());
+        let at_least_one = [
+            ("storage.read_connections", u64::from(self.storage.read_connections)),
+            ("provider.max_tokens", u64::from(self.provider.max_tokens)),
+            ("provider.request_timeout_secs", self.provider.request_timeout_secs),
+            ("provider.idle_timeout_secs", self.provider.idle_timeout_secs),
+            ("provider.connect_timeout_secs", self.provider.connect_timeout_secs),
+            ("agent.max_tool_iterations", u64::from(self.agent.max_tool_iterations)),
+            ("agent.max_concurrent_turns", u64::from(self.agent.max_concurrent_turns)),
+            ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
+            ("agent.context_tokens", u64::from(self.agent.context_tokens)),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        if let Some(base_url) = &self.provider.base_url
+            && !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+        {
+            problems.push(format!(
+                "provider.base_url: {base_url:?} is not an http(s) URL; use for example \"https://api.openai.com/v1\""
+            ));
+        }
+        for (key, value) in [("budget.daily_usd", self.budget.daily_usd), ("budget.monthly_usd", self.budget.monthly_usd)] {
+            if !value.is_finite() || value < 0.0 {
+                problems.push(format!("{key}: must be a non-negative number of US dollars (0 means no cap)"));
+            }
+        }
+        for (model, price) in &self.pricing {
+            let parts = [Some(price.input), Some(price.output), price.cache_write, price.cache_read];
+            if parts.into_iter().flatten().any(|part| !part.is_finite() || part < 0.0) {
+                problems.push(format!("pricing.\"{model}\": prices must be non-negative USD per million tokens"));
+            }
+        }
+        for program in &self.tools.run_command.allow {
+            if !program.is_absolute() {
+                problems.push(format!(
+                    "tools.run_command.allow: {} is not an absolute path; list programs by full path",
+                    program.display()
+                ));
+            }
         }
         problems
     }
@@ -472,7 +544,7 @@ mod tests {
             .lines()
             .map(|line| {
                 line.strip_prefix("# ")
-                    .filter(|rest| rest.contains(" = "))
+                    .filter(|rest| rest.contains(" = ") || (rest.starts_with('[') && rest.ends_with(']')))
                     .unwrap_or(line)
             })
             .map(|line| format!("{line}\n"))
