@@ -158,7 +158,9 @@ impl ProviderConfig {
 
     /// The effective model.
     pub fn model(&self) -> String {
-        self.model.clone().unwrap_or_else(|| self.kind.default_model().to_owned())
+        self.model
+            .clone()
+            .unwrap_or_else(|| self.kind.default_model().to_owned())
     }
 }
 

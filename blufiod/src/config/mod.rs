@@ -408,15 +408,27 @@ impl Config {
                 "provider.base_url: {base_url:?} is not an http(s) URL; use for example \"https://api.openai.com/v1\""
             ));
         }
-        for (key, value) in [("budget.daily_usd", self.budget.daily_usd), ("budget.monthly_usd", self.budget.monthly_usd)] {
+        for (key, value) in [
+            ("budget.daily_usd", self.budget.daily_usd),
+            ("budget.monthly_usd", self.budget.monthly_usd),
+        ] {
             if !value.is_finite() || value < 0.0 {
-                problems.push(format!("{key}: must be a non-negative number of US dollars (0 means no cap)"));
+                problems.push(format!(
+                    "{key}: must be a non-negative number of US dollars (0 means no cap)"
+                ));
             }
         }
         for (model, price) in &self.pricing {
-            let parts = [Some(price.input), Some(price.output), price.cache_write, price.cache_read];
+            let parts = [
+                Some(price.input),
+                Some(price.output),
+                price.cache_write,
+                price.cache_read,
+            ];
             if parts.into_iter().flatten().any(|part| !part.is_finite() || part < 0.0) {
-                problems.push(format!("pricing.\"{model}\": prices must be non-negative USD per million tokens"));
+                problems.push(format!(
+                    "pricing.\"{model}\": prices must be non-negative USD per million tokens"
+                ));
             }
         }
         for program in &self.tools.run_command.allow {

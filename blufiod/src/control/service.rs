@@ -158,6 +158,51 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    type SendMessageStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SendMessageResponse, Status>> + Send + 'static>>;
+
+    async fn create_session(
+        &self,
+        _request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn list_sessions(
+        &self,
+        _request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn get_session(
+        &self,
+        _request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn delete_session(
+        &self,
+        _request: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn send_message(
+        &self,
+        _request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<Self::SendMessageStream>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn get_usage(
+        &self,
+        _request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        Err(Status::unimplemented("in progress"))
+    }
+
     async fn reload_config(
         &self,
         request: Request<pb::ReloadConfigRequest>,
