@@ -13,13 +13,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Agent;
 use crate::config::{ConfigSource, Loaded};
 use crate::control::{self, Policy, socket};
 use crate::lockfile::{LockError, LockFile};
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
 use crate::paths::Paths;
-use crate::state::{Phase, Shared, SharedParts, VERSION};
+use crate::state::{ConfigHandle, Phase, Shared, SharedParts, VERSION};
 use crate::storage::{Storage, StorageError, StorageOptions};
 use crate::watchdog::{self, Probe};
 
@@ -190,17 +191,22 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     }
     tracing::info!(database = %paths.database.display(), "database open and migrated");
 
+    let token = CancellationToken::new();
+    let config = ConfigHandle::new(startup.loaded);
+    let agent = Agent::start(storage.clone(), config.clone(), paths.state_dir.clone(), token.child_token())
+        .await
+        .map_err(DaemonError::Storage)?;
     let shared = Arc::new(Shared::new(SharedParts {
         started: startup.started,
         paths: paths.clone(),
         storage: storage.clone(),
         previous_run_unclean,
         source: startup.source,
-        loaded: startup.loaded,
+        config,
+        agent: Arc::new(agent),
         log: startup.log,
     }));
 
-    let token = CancellationToken::new();
     let mut subsystems = Subsystems::new();
     let policy = Policy {
         daemon_uid: euid,

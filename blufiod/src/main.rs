@@ -5,7 +5,6 @@
 //! storage or the socket cannot be used, another daemon is running); 2 for a usage error or an
 //! invalid configuration (systemd should not restart into the same mistake).
 
-#[allow(dead_code, reason = "the agent is being wired in")]
 mod agent;
 mod config;
 mod control;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, watch};
 
+use crate::agent::Agent;
 use crate::config::{self, ConfigEntry, ConfigSource, ConfigWriteError, KeySpec, Loaded, ValueSource};
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
@@ -89,6 +90,26 @@ pub struct DaemonStatus {
     pub subsystems: Vec<(&'static str, String)>,
 }
 
+/// The live configuration, shared by everything that reads it; replaced whole on reload.
+#[derive(Debug, Clone)]
+pub struct ConfigHandle(Arc<RwLock<Arc<Loaded>>>);
+
+impl ConfigHandle {
+    /// A handle holding `loaded`.
+    pub fn new(loaded: Loaded) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(loaded))))
+    }
+
+    /// The configuration now in effect.
+    pub fn get(&self) -> Arc<Loaded> {
+        self.0.read().expect("config lock poisoned").clone()
+    }
+
+    fn replace(&self, loaded: Loaded) {
+        *self.0.write().expect("config lock poisoned") = Arc::new(loaded);
+    }
+}
+
 /// State shared by all subsystems.
 #[derive(Debug)]
 pub struct Shared {
@@ -106,9 +127,11 @@ pub struct Shared {
     pub notifier: Notifier,
     /// What the watchdog last saw.
     pub watchdog: WatchdogStatus,
+    /// The agent.
+    pub agent: Arc<Agent>,
     source: ConfigSource,
     startup: Arc<Loaded>,
-    current: RwLock<Arc<Loaded>>,
+    current: ConfigHandle,
     phase: watch::Sender<Phase>,
     log: Option<LogHandle>,
     change_lock: Mutex<()>,
@@ -127,8 +150,10 @@ pub struct SharedParts {
     pub previous_run_unclean: bool,
     /// Where the config comes from.
     pub source: ConfigSource,
-    /// The config loaded at startup.
-    pub loaded: Loaded,
+    /// The live configuration (holding the config loaded at startup).
+    pub config: ConfigHandle,
+    /// The agent.
+    pub agent: Arc<Agent>,
     /// The live log filter, when logging is installed.
     pub log: Option<LogHandle>,
 }
@@ -136,7 +161,6 @@ pub struct SharedParts {
 impl Shared {
     /// Assembles the shared state.
     pub fn new(parts: SharedParts) -> Self {
-        let loaded = Arc::new(parts.loaded);
         Self {
             pid: std::process::id(),
             started: parts.started,
@@ -145,9 +169,10 @@ impl Shared {
             previous_run_unclean: parts.previous_run_unclean,
             notifier: Notifier,
             watchdog: WatchdogStatus::default(),
+            agent: parts.agent,
             source: parts.source,
-            startup: loaded.clone(),
-            current: RwLock::new(loaded),
+            startup: parts.config.get(),
+            current: parts.config,
             phase: watch::Sender::new(Phase::Starting),
             log: parts.log,
             change_lock: Mutex::new(()),
@@ -156,7 +181,7 @@ impl Shared {
 
     /// The configuration now in effect.
     pub fn config(&self) -> Arc<Loaded> {
-        self.current.read().expect("config lock poisoned").clone()
+        self.current.get()
     }
 
     /// The lifecycle phase.
@@ -259,7 +284,7 @@ impl Shared {
         {
             tracing::error!(%error, "cannot apply log.level");
         }
-        *self.current.write().expect("config lock poisoned") = Arc::new(loaded);
+        self.current.replace(loaded);
         ConfigChange {
             applied: changed
                 .iter()
@@ -327,13 +352,18 @@ mod tests {
         .await
         .unwrap();
         let paths = Paths::resolve(&loaded.config, &path, |_| None, 1000);
+        let config = ConfigHandle::new(loaded);
+        let agent = Agent::start(storage.clone(), config.clone(), dir.to_owned(), Default::default())
+            .await
+            .unwrap();
         Shared::new(SharedParts {
             started: Instant::now(),
             paths,
             storage,
             previous_run_unclean: false,
             source,
-            loaded,
+            config,
+            agent: Arc::new(agent),
             log: None,
         })
     }

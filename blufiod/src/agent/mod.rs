@@ -1,5 +1,871 @@
 //! The agent: sessions, the turn loop, LLM providers, tools, and the cost ledger with hard
 //! budget caps.
+//!
+//! A turn: persist the inbound message (only then is the caller told `Accepted`) → take the
+//! session's lock (turns of one session run in order) → take one of `max_concurrent_turns`
+//! slots → assemble the context → reserve the worst-case cost → stream the provider's answer →
+//! write the ledger row and settle → run requested tools → call again, up to
+//! `max_tool_iterations` → persist the answer → `Completed`. Every failure is recorded on the
+//! turn and reported to the caller; nothing persisted is ever rolled back.
+//!
+//! Memory: only per-session locks live in memory, in a cache bounded by `max_cached_sessions`
+//! (idle entries are evicted); history is read from the database for each turn and trimmed to
+//! `context_tokens`. Waiting turns are bounded by `max_queued_turns`; beyond that callers are
+//! told to retry.
 
+pub mod budget;
+mod context;
 pub mod provider;
 pub mod tools;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use self::budget::{Budget, BudgetError, BudgetSnapshot, Micros, Period};
+use self::context::StoredBlocks;
+use self::provider::{ContentBlock, Provider, ProviderError, ProviderSettings, StopReason, StreamEvent, Usage};
+use self::tools::Tools;
+use crate::config::{Config, ProviderConfig, ToolsConfig};
+use crate::state::ConfigHandle;
+use crate::storage::{LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, TurnEnd, UsageReport};
+
+/// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
+/// make the daemon store and send.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Events buffered per streaming caller; a slow reader slows its own turn, nothing else.
+const TURN_EVENT_BUFFER: usize = 64;
+/// Messages read back per turn before trimming to the token budget.
+const HISTORY_MESSAGES: u32 = 1_000;
+/// Characters of a tool result echoed in `ToolActivity.summary`.
+const TOOL_SUMMARY_CHARS: usize = 200;
+
+/// Errors of agent operations, each mapped to a precise status by the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such session.
+    #[error("no session {id:?}; list sessions with `blufioctl sessions list`")]
+    SessionNotFound {
+        /// The id given.
+        id: String,
+    },
+    /// The message is empty or too long.
+    #[error("invalid message: {reason}")]
+    InvalidMessage {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The provider cannot be called as configured.
+    #[error("the provider is not usable: {problem}")]
+    ProviderNotConfigured {
+        /// What is missing and how to fix it.
+        problem: String,
+    },
+    /// A budget cap or a missing price stopped the call.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    /// Too many turns are waiting.
+    #[error("{waiting} turns are already waiting for one of {slots} slots; retry in a few seconds")]
+    QueueFull {
+        /// Turns waiting.
+        waiting: usize,
+        /// Concurrent turn slots.
+        slots: usize,
+    },
+    /// The session has a turn in flight.
+    #[error("session {id:?} has a turn in flight; wait for it to finish")]
+    SessionBusy {
+        /// The session.
+        id: String,
+    },
+    /// The provider call failed.
+    #[error("the provider call failed")]
+    Provider(#[from] ProviderError),
+    /// The database failed.
+    #[error("storage failed")]
+    Storage(#[from] StorageError),
+    /// The daemon is stopping.
+    #[error("blufiod is shutting down; the message is stored and the turn is marked interrupted")]
+    ShuttingDown,
+}
+
+/// What a caller of `send_message` receives.
+#[derive(Debug)]
+pub enum TurnEvent {
+    /// The inbound message is durable.
+    Accepted {
+        /// The session (new or given).
+        session_id: String,
+        /// The stored message.
+        message_id: String,
+    },
+    /// A piece of the answer.
+    TextDelta(String),
+    /// A tool started or finished.
+    Tool {
+        /// Call id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// `started` or `finished`.
+        phase: &'static str,
+        /// Whether it failed (for `finished`).
+        is_error: bool,
+        /// Start of the result (for `finished`).
+        summary: String,
+    },
+    /// The turn is over.
+    Completed(TurnSummary),
+    /// The turn failed; the stream ends.
+    Failed(AgentError),
+}
+
+/// Totals of a finished turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnSummary {
+    /// The stored final answer.
+    pub message_id: String,
+    /// Tokens over all calls.
+    pub usage: Usage,
+    /// Cost over all calls, micro-dollars.
+    pub cost_micros: Micros,
+    /// Provider calls made.
+    pub provider_calls: u32,
+    /// `end_turn`, `max_tokens`, `tool_limit` or the provider's reason.
+    pub stop_reason: String,
+    /// The model.
+    pub model: String,
+}
+
+/// A stored message, decoded.
+#[derive(Debug, Clone)]
+pub struct SessionMessage {
+    /// Id.
+    pub id: String,
+    /// `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Blocks.
+    pub blocks: Vec<ContentBlock>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Numbers for `GetStatus`.
+#[derive(Debug, Clone)]
+pub struct AgentStatus {
+    /// Sessions with a turn running or waiting.
+    pub active_sessions: usize,
+    /// Turns running.
+    pub turns_in_flight: usize,
+    /// Turns waiting for a slot or for their session.
+    pub turns_queued: usize,
+    /// Provider kind.
+    pub provider: &'static str,
+    /// Model.
+    pub model: String,
+    /// Why the provider cannot be called, if it cannot.
+    pub provider_problem: Option<String>,
+    /// Spend.
+    pub budget: BudgetSnapshot,
+}
+
+/// The agent.
+pub struct Agent {
+    storage: Storage,
+    config: ConfigHandle,
+    state_dir: PathBuf,
+    budget: Budget,
+    slots: Arc<Semaphore>,
+    slot_count: usize,
+    max_queued: usize,
+    queued: AtomicUsize,
+    running: AtomicUsize,
+    sessions: Mutex<SessionLocks>,
+    provider: Mutex<Option<(ProviderConfig, Arc<dyn Provider>)>>,
+    tools: Mutex<Option<(ToolsConfig, Arc<Tools>)>>,
+    token: CancellationToken,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Agent")
+            .field("running", &self.running)
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-session locks, bounded: idle entries beyond `capacity` are evicted, oldest use first.
+struct SessionLocks {
+    capacity: usize,
+    clock: u64,
+    entries: HashMap<String, (Arc<tokio::sync::Mutex<()>>, u64)>,
+}
+
+impl SessionLocks {
+    fn lock_for(&mut self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.clock += 1;
+        let clock = self.clock;
+        let lock = {
+            let entry = self
+                .entries
+                .entry(id.to_owned())
+                .or_insert_with(|| (Arc::default(), clock));
+            entry.1 = clock;
+            entry.0.clone()
+        };
+        while self.entries.len() > self.capacity {
+            // Only entries nobody holds can go; if every entry is in use the map briefly exceeds
+            // its capacity, bounded by the running and queued turns.
+            let idle = self
+                .entries
+                .iter()
+                .filter(|(_, (lock, _))| Arc::strong_count(lock) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(key, _)| key.clone());
+            match idle {
+                Some(key) => {
+                    self.entries.remove(&key);
+                }
+                None => break,
+            }
+        }
+        lock
+    }
+
+    fn active(&self) -> usize {
+        self.entries.values().filter(|(lock, _)| Arc::strong_count(lock) > 1).count()
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.entries
+            .get(id)
+            .is_some_and(|(lock, _)| Arc::strong_count(lock) > 1 || lock.try_lock().is_err())
+    }
+}
+
+impl Agent {
+    /// Builds the agent over `storage`, marking turns a crash left running as interrupted and
+    /// loading today's and this month's spend from the ledger.
+    pub async fn start(
+        storage: Storage,
+        config: ConfigHandle,
+        state_dir: PathBuf,
+        token: CancellationToken,
+    ) -> Result<Self, StorageError> {
+        let interrupted = storage.interrupt_running_turns().await?;
+        if interrupted > 0 {
+            tracing::warn!(turns = interrupted, "turns interrupted by the previous shutdown are marked interrupted");
+        }
+        let period = Period::now();
+        let (spent_day, spent_month) = storage.spend(&period.day, &period.month).await?;
+        let snapshot = config.get();
+        let agent = &snapshot.config.agent;
+        let slot_count = usize::try_from(agent.max_concurrent_turns).unwrap_or(1).max(1);
+        Ok(Self {
+            storage,
+            config,
+            state_dir,
+            budget: Budget::new(&period, spent_day, spent_month),
+            slots: Arc::new(Semaphore::new(slot_count)),
+            slot_count,
+            max_queued: usize::try_from(agent.max_queued_turns).unwrap_or(0),
+            queued: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            sessions: Mutex::new(SessionLocks {
+                capacity: usize::try_from(agent.max_cached_sessions).unwrap_or(1).max(1),
+                clock: 0,
+                entries: HashMap::new(),
+            }),
+            provider: Mutex::new(None),
+            tools: Mutex::new(None),
+            token,
+        })
+    }
+
+    /// Creates an empty session.
+    pub async fn create_session(&self, title: &str) -> Result<SessionRecord, AgentError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let title = if title.trim().is_empty() { "new session" } else { title.trim() };
+        Ok(self.storage.create_session(&id, &title_of(title)).await?)
+    }
+
+    /// A page of sessions and the cursor of the next page.
+    pub async fn list_sessions(
+        &self,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<SessionRecord>, Option<String>), AgentError> {
+        let parsed = match cursor {
+            None => None,
+            Some(cursor) => Some(parse_cursor(cursor).ok_or_else(|| AgentError::InvalidMessage {
+                reason: format!("{cursor:?} is not a cursor from a previous ListSessions reply"),
+            })?),
+        };
+        let sessions = self
+            .storage
+            .list_sessions(limit, parsed.as_ref().map(|(at, id)| (*at, id.as_str())))
+            .await?;
+        let next = (sessions.len() == limit as usize)
+            .then(|| sessions.last().map(|last| format!("{}:{}", last.updated_at, last.id)))
+            .flatten();
+        Ok((sessions, next))
+    }
+
+    /// One session with its latest `limit` messages.
+    pub async fn get_session(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> Result<(SessionRecord, Vec<SessionMessage>), AgentError> {
+        let session = self.session(id).await?;
+        let messages = self
+            .storage
+            .recent_messages(id, limit)
+            .await?
+            .into_iter()
+            .map(|record| SessionMessage {
+                blocks: StoredBlocks::decode(&record.content_json),
+                id: record.id,
+                role: record.role,
+                created_at: record.created_at,
+            })
+            .collect();
+        Ok((session, messages))
+    }
+
+    /// Deletes a session that has no turn in flight.
+    pub async fn delete_session(&self, id: &str) -> Result<(), AgentError> {
+        if self.sessions.lock().expect("session locks poisoned").is_busy(id) {
+            return Err(AgentError::SessionBusy { id: id.to_owned() });
+        }
+        if self.storage.delete_session(id).await? {
+            Ok(())
+        } else {
+            Err(AgentError::SessionNotFound { id: id.to_owned() })
+        }
+    }
+
+    /// Usage since `days` days ago (UTC) and the budget now.
+    pub async fn usage(&self, days: u32) -> Result<(UsageReport, BudgetSnapshot), AgentError> {
+        let now = time::OffsetDateTime::now_utc();
+        let first = now - time::Duration::days(i64::from(days.saturating_sub(1)));
+        let report = self.storage.usage_report(&Period::of(first).day).await?;
+        Ok((report, self.budget.snapshot(&Period::of(now))))
+    }
+
+    /// Numbers for `GetStatus`.
+    pub fn status(&self) -> AgentStatus {
+        let config = self.config.get();
+        let provider = &config.config.provider;
+        AgentStatus {
+            active_sessions: self.sessions.lock().expect("session locks poisoned").active(),
+            turns_in_flight: self.running.load(Ordering::Relaxed),
+            turns_queued: self.queued.load(Ordering::Relaxed),
+            provider: provider.kind.as_str(),
+            model: provider.model(),
+            provider_problem: provider_problem(&config.config).err(),
+            budget: self.budget.snapshot(&Period::now()),
+        }
+    }
+
+    async fn session(&self, id: &str) -> Result<SessionRecord, AgentError> {
+        self.storage
+            .get_session(id)
+            .await?
+            .ok_or_else(|| AgentError::SessionNotFound { id: id.to_owned() })
+    }
+
+    /// Accepts a message: checks it, stores it durably, then runs the turn in the background.
+    /// The returned channel starts with `Accepted`; dropping it cancels the turn (the message
+    /// stays stored).
+    pub async fn send_message(
+        self: &Arc<Self>,
+        session_id: Option<&str>,
+        text: &str,
+    ) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
+        if text.trim().is_empty() {
+            return Err(AgentError::InvalidMessage {
+                reason: "the message is empty".to_owned(),
+            });
+        }
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(AgentError::InvalidMessage {
+                reason: format!(
+                    "the message is {} bytes; the limit is {MAX_MESSAGE_BYTES}; send a shorter message or a file",
+                    text.len()
+                ),
+            });
+        }
+        if self.token.is_cancelled() {
+            return Err(AgentError::ShuttingDown);
+        }
+        let config = self.config.get();
+        if let Err(problem) = provider_problem(&config.config) {
+            return Err(AgentError::ProviderNotConfigured { problem });
+        }
+        // Refuse early when no call could fit: there is no point storing a message that cannot
+        // be answered. The real reservation happens per call.
+        let model = config.config.provider.model();
+        let price = budget::price_of(&config.config.pricing, &model)?;
+        self.budget.check(
+            budget::worst_case(0, config.config.provider.max_tokens, price),
+            &config.config.budget,
+            &Period::now(),
+        )?;
+        let queued = self.queued.load(Ordering::Relaxed);
+        if self.slots.available_permits() == 0 && queued >= self.max_queued {
+            return Err(AgentError::QueueFull {
+                waiting: queued,
+                slots: self.slot_count,
+            });
+        }
+
+        let session_id = match session_id {
+            Some(id) => self.session(id).await?.id,
+            None => self.create_session(text).await?.id,
+        };
+        let turn_id = uuid::Uuid::now_v7().to_string();
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let content = StoredBlocks::encode(&[ContentBlock::Text { text: text.to_owned() }]);
+        self.storage
+            .begin_turn(NewMessage {
+                id: &message_id,
+                session_id: &session_id,
+                turn_id: &turn_id,
+                role: "user",
+                content_json: &content,
+            })
+            .await?;
+
+        let (events, receiver) = mpsc::channel(TURN_EVENT_BUFFER);
+        events
+            .send(TurnEvent::Accepted {
+                session_id: session_id.clone(),
+                message_id,
+            })
+            .await
+            .ok();
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            agent.run_turn(session_id, turn_id, events).await;
+        });
+        Ok(receiver)
+    }
+
+    /// Runs one accepted turn to its end and records how it ended.
+    async fn run_turn(self: Arc<Self>, session_id: String, turn_id: String, events: mpsc::Sender<TurnEvent>) {
+        let session_lock = self
+            .sessions
+            .lock()
+            .expect("session locks poisoned")
+            .lock_for(&session_id);
+        let admitted = async {
+            let guard = session_lock.lock().await;
+            let permit = self.slots.clone().acquire_owned().await;
+            (guard, permit)
+        };
+        let (guard, permit) = tokio::select! {
+            admitted = admitted => admitted,
+            () = events.closed() => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.end_turn(&session_id, &turn_id, TurnEnd::Cancelled, Some("the caller went away before the turn started")).await;
+                return;
+            }
+            () = self.token.cancelled() => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                // Left as running: the next start marks it interrupted.
+                return;
+            }
+        };
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let Ok(permit) = permit else {
+            return;
+        };
+        self.running.fetch_add(1, Ordering::Relaxed);
+        // The body watches for a departed caller and for shutdown itself, so that a call in
+        // flight is always written to the ledger before the turn stops.
+        let outcome = self.turn_body(&session_id, &turn_id, &events, &permit).await;
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+        match outcome {
+            Ok(summary) => {
+                self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
+                let _ = events.send(TurnEvent::Completed(summary)).await;
+            }
+            Err(TurnStop::Cancelled) => {
+                tracing::info!(session = %session_id, turn = %turn_id, "turn cancelled by the caller");
+                self.end_turn(&session_id, &turn_id, TurnEnd::Cancelled, Some("cancelled by the caller"))
+                    .await;
+            }
+            Err(TurnStop::ShuttingDown) => {
+                // Left as running on purpose: the next start marks it interrupted.
+                let _ = events.send(TurnEvent::Failed(AgentError::ShuttingDown)).await;
+            }
+            Err(TurnStop::Failed(error)) => {
+                let message = crate::error_chain(&error);
+                tracing::warn!(session = %session_id, turn = %turn_id, error = %message, "turn failed");
+                self.end_turn(&session_id, &turn_id, TurnEnd::Failed, Some(&message)).await;
+                let _ = events.send(TurnEvent::Failed(error)).await;
+            }
+        }
+        drop(guard);
+    }
+
+    async fn end_turn(&self, session_id: &str, turn_id: &str, end: TurnEnd, error: Option<&str>) {
+        if let Err(error) = self.storage.finish_turn(session_id, turn_id, end, error).await {
+            tracing::error!(error = %crate::error_chain(&error), turn = %turn_id, "cannot record the end of a turn");
+        }
+    }
+
+    /// The provider calls and tool runs of one turn.
+    async fn turn_body(
+        &self,
+        session_id: &str,
+        turn_id: &str,
+        events: &mpsc::Sender<TurnEvent>,
+        _permit: &OwnedSemaphorePermit,
+    ) -> Result<TurnSummary, TurnStop> {
+        let snapshot = self.config.get();
+        let config = &snapshot.config;
+        let provider = self.provider_for(config).map_err(TurnStop::Failed)?;
+        let tools = self.tools_for(&config.tools);
+        let model = config.provider.model();
+        let price = *budget::price_of(&config.pricing, &model).map_err(|error| TurnStop::Failed(error.into()))?;
+        let system = context::system_prompt(&config.agent);
+        let records = self
+            .storage
+            .recent_messages(session_id, HISTORY_MESSAGES)
+            .await
+            .map_err(|error| TurnStop::Failed(error.into()))?;
+        let mut history = context::History::from_records(&records);
+        let specs = tools.specs();
+
+        let mut summary = TurnSummary {
+            message_id: String::new(),
+            usage: Usage::default(),
+            cost_micros: 0,
+            provider_calls: 0,
+            stop_reason: String::new(),
+            model: model.clone(),
+        };
+        let provider_name = provider.kind().as_str();
+        loop {
+            let request = provider::ChatRequest {
+                model: model.clone(),
+                system: system.clone(),
+                messages: history.context(config.agent.context_tokens),
+                tools: specs.clone(),
+                max_tokens: config.provider.max_tokens,
+            };
+            let estimate = context::estimate_request_tokens(&request);
+            let reservation = self
+                .budget
+                .reserve(
+                    budget::worst_case(estimate, request.max_tokens, &price),
+                    &config.budget,
+                    &Period::now(),
+                )
+                .map_err(|error| TurnStop::Failed(error.into()))?;
+            let period = reservation.period().clone();
+            summary.provider_calls += 1;
+            let streamed = stream_call(provider.as_ref(), request, events, &self.token).await;
+            let (usage, ok) = match &streamed {
+                Ok(completion) => (completion.usage, true),
+                // The answer never completed, so its usage is unknown; charge the estimated
+                // input (which providers bill even for failed streams) so spend is not hidden.
+                Err(_) => (
+                    Usage {
+                        input_tokens: estimate,
+                        ..Usage::default()
+                    },
+                    false,
+                ),
+            };
+            let cost = budget::cost_of(&usage, &price);
+            let ledger = self
+                .storage
+                .record_call(&LedgerEntry {
+                    session_id,
+                    turn_id,
+                    provider: provider_name,
+                    model: &model,
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cache_creation_tokens: usage.cache_creation_input_tokens,
+                    cache_read_tokens: usage.cache_read_input_tokens,
+                    cost_micros: cost,
+                    ok,
+                    day: &period.day,
+                    month: &period.month,
+                })
+                .await;
+            reservation.settle(cost);
+            summary.cost_micros += cost;
+            add_usage(&mut summary.usage, &usage);
+            ledger.map_err(|error| TurnStop::Failed(error.into()))?;
+            let completion = streamed?;
+            if !completion.model.is_empty() {
+                summary.model.clone_from(&completion.model);
+            }
+
+            let answer_id = uuid::Uuid::now_v7().to_string();
+            self.store(session_id, turn_id, &answer_id, "assistant", &completion.content, &summary.model)
+                .await?;
+            summary.message_id = answer_id;
+            history.push_assistant(completion.content.clone());
+
+            let calls: Vec<(String, String, serde_json::Value)> = completion
+                .content
+                .iter()
+                .filter_map(|block| match block {
+                    ContentBlock::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+                    _ => None,
+                })
+                .collect();
+            let wants_tools = completion.stop_reason == StopReason::ToolUse && !calls.is_empty();
+            if !wants_tools {
+                summary.stop_reason = stop_reason_name(&completion.stop_reason);
+                return Ok(summary);
+            }
+            let limit_reached = summary.provider_calls >= config.agent.max_tool_iterations;
+            let mut results = Vec::with_capacity(calls.len());
+            for (id, name, input) in calls {
+                let output = if limit_reached {
+                    tools::ToolOutput {
+                        content: "not run: the turn reached agent.max_tool_iterations".to_owned(),
+                        is_error: true,
+                    }
+                } else {
+                    if events.is_closed() {
+                        return Err(TurnStop::Cancelled);
+                    }
+                    let _ = events
+                        .send(TurnEvent::Tool {
+                            id: id.clone(),
+                            name: name.clone(),
+                            phase: "started",
+                            is_error: false,
+                            summary: String::new(),
+                        })
+                        .await;
+                    let output = tools.call(&name, &input, &self.token).await;
+                    let _ = events
+                        .send(TurnEvent::Tool {
+                            id: id.clone(),
+                            name: name.clone(),
+                            phase: "finished",
+                            is_error: output.is_error,
+                            summary: output.content.chars().take(TOOL_SUMMARY_CHARS).collect(),
+                        })
+                        .await;
+                    output
+                };
+                results.push(ContentBlock::ToolResult {
+                    tool_use_id: id,
+                    content: output.content,
+                    is_error: output.is_error,
+                });
+            }
+            let results_id = uuid::Uuid::now_v7().to_string();
+            self.store(session_id, turn_id, &results_id, "tool", &results, &summary.model)
+                .await?;
+            history.push_tool_results(results);
+            if limit_reached {
+                summary.stop_reason = "tool_limit".to_owned();
+                return Ok(summary);
+            }
+        }
+    }
+
+    async fn store(
+        &self,
+        session_id: &str,
+        turn_id: &str,
+        id: &str,
+        role: &str,
+        blocks: &[ContentBlock],
+        model: &str,
+    ) -> Result<(), TurnStop> {
+        let content = StoredBlocks::encode(blocks);
+        self.storage
+            .append_message(
+                NewMessage {
+                    id,
+                    session_id,
+                    turn_id,
+                    role,
+                    content_json: &content,
+                },
+                model,
+            )
+            .await
+            .map_err(|error| TurnStop::Failed(error.into()))
+    }
+
+    /// The provider for the current config, rebuilt only when the config changed.
+    fn provider_for(&self, config: &Config) -> Result<Arc<dyn Provider>, AgentError> {
+        let mut cached = self.provider.lock().expect("provider cache poisoned");
+        if let Some((built_for, provider)) = cached.as_ref()
+            && *built_for == config.provider
+        {
+            return Ok(provider.clone());
+        }
+        provider_problem(config).map_err(|problem| AgentError::ProviderNotConfigured { problem })?;
+        let settings = ProviderSettings::from_config(&config.provider, |name| std::env::var(name).ok());
+        let provider: Arc<dyn Provider> = provider::build(config.provider.kind, settings).into();
+        *cached = Some((config.provider.clone(), provider.clone()));
+        Ok(provider)
+    }
+
+    /// The tools for the current config, rebuilt only when the config changed.
+    fn tools_for(&self, config: &ToolsConfig) -> Arc<Tools> {
+        let mut cached = self.tools.lock().expect("tools cache poisoned");
+        if let Some((built_for, tools)) = cached.as_ref()
+            && built_for == config
+        {
+            return tools.clone();
+        }
+        let tools = Arc::new(Tools::from_config(config, &self.state_dir));
+        *cached = Some((config.clone(), tools.clone()));
+        tools
+    }
+}
+
+/// Why a running turn stopped early.
+enum TurnStop {
+    Cancelled,
+    ShuttingDown,
+    Failed(AgentError),
+}
+
+impl From<ProviderError> for TurnStop {
+    fn from(error: ProviderError) -> Self {
+        TurnStop::Failed(error.into())
+    }
+}
+
+/// Streams one provider call, forwarding text to the caller. Stops (dropping the provider's
+/// stream, which aborts the request) when the caller goes away or the daemon shuts down.
+async fn stream_call(
+    provider: &dyn Provider,
+    request: provider::ChatRequest,
+    events: &mpsc::Sender<TurnEvent>,
+    token: &CancellationToken,
+) -> Result<provider::Completion, TurnStop> {
+    let mut stream = provider.stream(request);
+    loop {
+        let event = tokio::select! {
+            event = stream.recv() => event,
+            () = events.closed() => return Err(TurnStop::Cancelled),
+            () = token.cancelled() => return Err(TurnStop::ShuttingDown),
+        };
+        match event {
+            None => return Err(ProviderError::Truncated.into()),
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(StreamEvent::TextDelta(text))) => {
+                // If the caller is gone, the select above notices on the next event.
+                let _ = events.send(TurnEvent::TextDelta(text)).await;
+            }
+            Some(Ok(StreamEvent::ToolUseStarted { .. })) => {}
+            Some(Ok(StreamEvent::Completed(completion))) => return Ok(completion),
+        }
+    }
+}
+
+fn add_usage(total: &mut Usage, usage: &Usage) {
+    total.input_tokens += usage.input_tokens;
+    total.output_tokens += usage.output_tokens;
+    total.cache_creation_input_tokens += usage.cache_creation_input_tokens;
+    total.cache_read_input_tokens += usage.cache_read_input_tokens;
+}
+
+fn stop_reason_name(reason: &StopReason) -> String {
+    match reason {
+        StopReason::EndTurn => "end_turn".to_owned(),
+        StopReason::ToolUse => "tool_use".to_owned(),
+        StopReason::MaxTokens => "max_tokens".to_owned(),
+        StopReason::Other(other) => other.clone(),
+    }
+}
+
+/// Why the configured provider cannot be called, with the fix.
+pub fn provider_problem(config: &Config) -> Result<(), String> {
+    let provider = &config.provider;
+    let has_key = provider
+        .api_key
+        .as_ref()
+        .is_some_and(|key| !key.expose().is_empty())
+        || std::env::var(provider.kind.api_key_env()).is_ok_and(|key| !key.is_empty());
+    let official = provider.base_url() == provider.kind.default_base_url();
+    // Local OpenAI-compatible servers (Ollama, llama.cpp, vLLM) need no key.
+    if !has_key && (provider.kind == crate::config::ProviderKind::Anthropic || official) {
+        return Err(format!(
+            "no API key for the {} provider: run `blufioctl config set provider.api_key <KEY>` or set {} in blufiod's environment",
+            provider.kind.as_str(),
+            provider.kind.api_key_env()
+        ));
+    }
+    let model = provider.model();
+    budget::price_of(&config.pricing, &model).map_err(|error| error.to_string())?;
+    Ok(())
+}
+
+/// A session title from the first words of a message.
+fn title_of(text: &str) -> String {
+    const TITLE_CHARS: usize = 60;
+    let line = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
+    if line.chars().count() <= TITLE_CHARS {
+        return line.to_owned();
+    }
+    let cut: String = line.chars().take(TITLE_CHARS).collect();
+    format!("{}…", cut.trim_end())
+}
+
+fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+    let (at, id) = cursor.split_once(':')?;
+    Some((at.parse().ok()?, id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_the_first_line_cut_to_sixty_chars() {
+        assert_eq!(title_of("\n  hello there\nsecond"), "hello there");
+        let long = "a".repeat(100);
+        assert_eq!(title_of(&long).chars().count(), 61);
+        assert!(title_of(&long).ends_with('…'));
+    }
+
+    #[test]
+    fn session_locks_evict_idle_entries_beyond_capacity() {
+        let mut locks = SessionLocks {
+            capacity: 2,
+            clock: 0,
+            entries: HashMap::new(),
+        };
+        let held = locks.lock_for("a");
+        drop(locks.lock_for("b"));
+        drop(locks.lock_for("c"));
+        assert_eq!(locks.entries.len(), 2, "idle b was evicted, held a stays");
+        assert!(locks.entries.contains_key("a") && locks.entries.contains_key("c"));
+        assert_eq!(locks.active(), 1);
+        assert!(locks.is_busy("a"));
+        drop(held);
+        assert!(!locks.is_busy("a"));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(parse_cursor("1700000000:abc"), Some((1_700_000_000, "abc".to_owned())));
+        assert_eq!(parse_cursor("nope"), None);
+    }
+}

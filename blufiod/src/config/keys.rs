@@ -221,7 +221,7 @@ mod tests {
         config.storage.path = Some("/s/db".into());
         config.provider.base_url = Some("https://x".into());
         config.provider.model = Some("m".into());
-        config.provider.api_key = Some(super::super::Secret("k".into()));
+        config.provider.api_key = Some(super::super::agent::Secret("k".into()));
         config.agent.system_prompt_file = Some("/p.md".into());
         config.tools.files.workspace = Some("/w".into());
         let tree = Value::serialize(&config).unwrap();

@@ -17,8 +17,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{
-    AgentConfig, BudgetConfig, FilesConfig, HttpGetConfig, ModelPrice, ProviderConfig, ProviderKind, RunCommandConfig,
-    Secret, ToolsConfig, default_pricing,
+    AgentConfig, BudgetConfig, HttpGetConfig, ModelPrice, ProviderConfig, ProviderKind, RunCommandConfig, ToolsConfig,
+    default_pricing,
 };
 pub use file::{ConfigWriteError, set_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec};

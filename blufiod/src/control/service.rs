@@ -7,7 +7,13 @@ use blufio_proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Peer, Policy};
+use tokio_stream::StreamExt as _;
+
+use crate::agent::budget::{BudgetError, dollars};
+use crate::agent::provider::{ContentBlock, Usage};
+use crate::agent::{AgentError, SessionMessage, TurnEvent};
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
+use crate::storage::{SessionRecord, StorageError, UsageTotals};
 use crate::error_chain;
 use crate::state::{Phase, ReloadError, Shared};
 
@@ -63,6 +69,9 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let access = self.authorize(&request, Access::ReadOnly, "GetStatus")?;
         let status = self.shared.status();
+        let agent = self.shared.agent.status();
+        let caps = self.shared.config().config.budget.clone();
+        let total_sessions = self.shared.storage.count_sessions().await;
         Ok(Response::new(pb::GetStatusResponse {
             state: phase_to_proto(status.phase) as i32,
             version: status.version.to_owned(),
@@ -82,9 +91,23 @@ impl pb::control_server::Control for ControlService {
                     status,
                 })
                 .collect(),
-            sessions: None,
+            sessions: Some(pb::SessionsStatus {
+                active_sessions: agent.active_sessions as u64,
+                turns_in_flight: agent.turns_in_flight as u64,
+                total_sessions: total_sessions.map_err(|error| agent_error_to_status(&error.into()))?,
+                turns_queued: agent.turns_queued as u64,
+                provider: agent.provider.to_owned(),
+                model: agent.model,
+                provider_problem: agent.provider_problem.unwrap_or_default(),
+            }),
             memory: None,
-            cost: None,
+            cost: Some(pb::CostStatus {
+                today_usd: agent.budget.today_usd,
+                month_usd: agent.budget.month_usd,
+                daily_cap_usd: caps.daily_usd,
+                monthly_cap_usd: caps.monthly_usd,
+                reserved_usd: agent.budget.reserved_usd,
+            }),
             previous_run_unclean: status.previous_run_unclean,
             caller_access: access.as_str().to_owned(),
         }))
@@ -163,44 +186,142 @@ impl pb::control_server::Control for ControlService {
 
     async fn create_session(
         &self,
-        _request: Request<pb::CreateSessionRequest>,
+        request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        Err(Status::unimplemented("in progress"))
+        self.authorize(&request, Access::Full, "CreateSession")?;
+        let session = self
+            .shared
+            .agent
+            .create_session(&request.into_inner().title)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        Ok(Response::new(pb::CreateSessionResponse {
+            session: Some(session_to_proto(session)),
+        }))
     }
 
     async fn list_sessions(
         &self,
-        _request: Request<pb::ListSessionsRequest>,
+        request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Err(Status::unimplemented("in progress"))
+        self.authorize(&request, Access::ReadOnly, "ListSessions")?;
+        let pb::ListSessionsRequest { limit, cursor } = request.into_inner();
+        let limit = if limit == 0 { DEFAULT_SESSION_PAGE } else { limit.min(MAX_SESSION_PAGE) };
+        let cursor = (!cursor.is_empty()).then_some(cursor);
+        let (sessions, next) = self
+            .shared
+            .agent
+            .list_sessions(limit, cursor.as_deref())
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions.into_iter().map(session_to_proto).collect(),
+            next_cursor: next.unwrap_or_default(),
+        }))
     }
 
     async fn get_session(
         &self,
-        _request: Request<pb::GetSessionRequest>,
+        request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        Err(Status::unimplemented("in progress"))
+        self.authorize(&request, Access::ReadOnly, "GetSession")?;
+        let pb::GetSessionRequest { id, message_limit } = request.into_inner();
+        let limit = if message_limit == 0 { DEFAULT_MESSAGE_PAGE } else { message_limit.min(MAX_MESSAGE_PAGE) };
+        let (session, messages) = self
+            .shared
+            .agent
+            .get_session(&id, limit)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(session_to_proto(session)),
+            messages: messages.into_iter().map(message_to_proto).collect(),
+        }))
     }
 
     async fn delete_session(
         &self,
-        _request: Request<pb::DeleteSessionRequest>,
+        request: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
-        Err(Status::unimplemented("in progress"))
+        self.authorize(&request, Access::Full, "DeleteSession")?;
+        self.shared
+            .agent
+            .delete_session(&request.into_inner().id)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        Ok(Response::new(pb::DeleteSessionResponse {}))
     }
 
     async fn send_message(
         &self,
-        _request: Request<pb::SendMessageRequest>,
+        request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
-        Err(Status::unimplemented("in progress"))
+        self.authorize(&request, Access::Full, "SendMessage")?;
+        let pb::SendMessageRequest { session_id, text } = request.into_inner();
+        let session_id = (!session_id.is_empty()).then_some(session_id);
+        let events = self
+            .shared
+            .agent
+            .send_message(session_id.as_deref(), &text)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        // Dropping this stream (the client went away or cancelled) drops the receiver, which
+        // cancels the turn; the stored message stays.
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(turn_event_to_proto);
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn get_usage(
-        &self,
-        _request: Request<pb::GetUsageRequest>,
-    ) -> Result<Response<pb::GetUsageResponse>, Status> {
-        Err(Status::unimplemented("in progress"))
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.authorize(&request, Access::ReadOnly, "GetUsage")?;
+        let days = request.into_inner().days;
+        let days = if days == 0 { DEFAULT_USAGE_DAYS } else { days.min(MAX_USAGE_DAYS) };
+        let (report, budget) = self
+            .shared
+            .agent
+            .usage(days)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        let caps = self.shared.config().config.budget.clone();
+        Ok(Response::new(pb::GetUsageResponse {
+            days: report
+                .days
+                .into_iter()
+                .map(|(day, totals)| pb::DayUsage {
+                    day,
+                    cost_usd: dollars(totals.cost_micros),
+                    usage: Some(totals_to_proto(&totals)),
+                    calls: u64::try_from(totals.calls).unwrap_or(0),
+                })
+                .collect(),
+            models: report
+                .models
+                .into_iter()
+                .map(|(provider, model, totals)| pb::ModelUsage {
+                    provider,
+                    model,
+                    cost_usd: dollars(totals.cost_micros),
+                    usage: Some(totals_to_proto(&totals)),
+                    calls: u64::try_from(totals.calls).unwrap_or(0),
+                })
+                .collect(),
+            sessions: report
+                .sessions
+                .into_iter()
+                .map(|(session_id, title, totals)| pb::SessionUsage {
+                    session_id,
+                    title,
+                    cost_usd: dollars(totals.cost_micros),
+                    calls: u64::try_from(totals.calls).unwrap_or(0),
+                })
+                .collect(),
+            cost: Some(pb::CostStatus {
+                today_usd: budget.today_usd,
+                month_usd: budget.month_usd,
+                daily_cap_usd: caps.daily_usd,
+                monthly_cap_usd: caps.monthly_usd,
+                reserved_usd: budget.reserved_usd,
+            }),
+        }))
     }
 
     async fn reload_config(
@@ -215,6 +336,138 @@ impl pb::control_server::Control for ControlService {
             applied: change.applied.into_iter().map(str::to_owned).collect(),
             restart_required: change.restart_required.into_iter().map(str::to_owned).collect(),
         }))
+    }
+}
+
+/// Sessions per ListSessions page by default, and at most.
+const DEFAULT_SESSION_PAGE: u32 = 50;
+const MAX_SESSION_PAGE: u32 = 500;
+/// Messages per GetSession by default, and at most.
+const DEFAULT_MESSAGE_PAGE: u32 = 200;
+const MAX_MESSAGE_PAGE: u32 = 2_000;
+/// Days per GetUsage by default, and at most.
+const DEFAULT_USAGE_DAYS: u32 = 30;
+const MAX_USAGE_DAYS: u32 = 366;
+
+fn session_to_proto(session: SessionRecord) -> pb::Session {
+    pb::Session {
+        id: session.id,
+        title: session.title,
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+        model: session.model,
+        state: session.state,
+        message_count: u64::try_from(session.message_count).unwrap_or(0),
+    }
+}
+
+fn message_to_proto(message: SessionMessage) -> pb::ChatMessage {
+    let mut proto = pb::ChatMessage {
+        id: message.id,
+        role: message.role,
+        created_at: message.created_at,
+        ..pb::ChatMessage::default()
+    };
+    let mut texts = Vec::new();
+    for block in message.blocks {
+        match block {
+            ContentBlock::Text { text } => texts.push(text),
+            ContentBlock::ToolUse { id, name, input } => proto.tool_calls.push(pb::ToolCall {
+                id,
+                name,
+                input_json: input.to_string(),
+            }),
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                // A stored tool message holds the results of one model request; each is shown
+                // with its call id, the first one also in the message's own fields.
+                if proto.tool_call_id.is_empty() {
+                    proto.tool_call_id = tool_use_id;
+                    proto.is_error = is_error;
+                }
+                texts.push(content);
+            }
+        }
+    }
+    proto.text = texts.join("\n");
+    proto
+}
+
+fn usage_to_proto(usage: &Usage) -> pb::TokenUsage {
+    pb::TokenUsage {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cache_creation_input_tokens: usage.cache_creation_input_tokens,
+        cache_read_input_tokens: usage.cache_read_input_tokens,
+    }
+}
+
+fn totals_to_proto(totals: &UsageTotals) -> pb::TokenUsage {
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    pb::TokenUsage {
+        input_tokens: count(totals.input_tokens),
+        output_tokens: count(totals.output_tokens),
+        cache_creation_input_tokens: count(totals.cache_creation_tokens),
+        cache_read_input_tokens: count(totals.cache_read_tokens),
+    }
+}
+
+fn turn_event_to_proto(event: TurnEvent) -> Result<pb::SendMessageResponse, Status> {
+    use pb::send_message_response::Event;
+    let event = match event {
+        TurnEvent::Accepted { session_id, message_id } => Event::Accepted(pb::Accepted { session_id, message_id }),
+        TurnEvent::TextDelta(text) => Event::TextDelta(pb::TextDelta { text }),
+        TurnEvent::Tool {
+            id,
+            name,
+            phase,
+            is_error,
+            summary,
+        } => Event::Tool(pb::ToolActivity {
+            id,
+            name,
+            phase: phase.to_owned(),
+            is_error,
+            summary,
+        }),
+        TurnEvent::Completed(summary) => Event::Completed(pb::TurnCompleted {
+            message_id: summary.message_id,
+            usage: Some(usage_to_proto(&summary.usage)),
+            cost_usd: dollars(summary.cost_micros),
+            provider_calls: summary.provider_calls,
+            stop_reason: summary.stop_reason,
+            model: summary.model,
+        }),
+        TurnEvent::Failed(error) => return Err(agent_error_to_status(&error)),
+    };
+    Ok(pb::SendMessageResponse { event: Some(event) })
+}
+
+/// Maps an agent failure to the status code a client can act on.
+fn agent_error_to_status(error: &AgentError) -> Status {
+    let message = error_chain(error);
+    match error {
+        AgentError::SessionNotFound { .. } => Status::not_found(message),
+        AgentError::InvalidMessage { .. } => Status::invalid_argument(message),
+        AgentError::ProviderNotConfigured { .. } | AgentError::SessionBusy { .. } => {
+            Status::failed_precondition(message)
+        }
+        AgentError::Budget(BudgetError::Exhausted { .. }) | AgentError::QueueFull { .. } => {
+            Status::resource_exhausted(message)
+        }
+        AgentError::Budget(BudgetError::Unpriced { .. }) => Status::failed_precondition(message),
+        AgentError::Provider(_) | AgentError::ShuttingDown => Status::unavailable(message),
+        AgentError::Storage(StorageError::Query { source, .. })
+            if source
+                .as_database_error()
+                .is_some_and(|database| database.message().contains("full")) =>
+        {
+            Status::resource_exhausted(message)
+        }
+        AgentError::Storage(_) => Status::internal(message),
     }
 }
 

@@ -5,6 +5,8 @@
 //! PostgreSQL backend can be added behind the same methods. Nothing else in the daemon opens the
 //! database file.
 
+mod agent;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +16,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 /// The schema, embedded in the binary: (version, description, SQL). Append only; never edit a
 /// migration that has shipped (sqlx checks their checksums).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "daemon runs", include_str!("migrations/0001_daemon_runs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "daemon runs", include_str!("migrations/0001_daemon_runs.sql")),
+    (2, "agent", include_str!("migrations/0002_agent.sql")),
+];
+
+pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
 
 /// How storage is opened.
 #[derive(Debug, Clone)]

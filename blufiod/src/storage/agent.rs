@@ -1,0 +1,577 @@
+//! Sessions, messages, turns and the cost ledger. Message content is stored as JSON text that
+//! the agent owns; this module never interprets it.
+
+use sqlx::AssertSqlSafe;
+
+use super::{Storage, StorageError, unix_now};
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Model of the latest turn.
+    pub model: String,
+    /// `idle`, `running` or `interrupted`.
+    pub state: String,
+    /// Messages stored.
+    pub message_count: i64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Session.
+    pub session_id: &'a str,
+    /// The turn it belongs to.
+    pub turn_id: &'a str,
+    /// `user`, `assistant` or `tool`.
+    pub role: &'a str,
+    /// JSON array of content blocks.
+    pub content_json: &'a str,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// Id.
+    pub id: String,
+    /// The turn it belongs to.
+    pub turn_id: String,
+    /// `user`, `assistant` or `tool`.
+    pub role: String,
+    /// JSON array of content blocks.
+    pub content_json: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// The answer is stored.
+    Completed,
+    /// An error ended it.
+    Failed,
+    /// The caller went away.
+    Cancelled,
+}
+
+impl TurnEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            TurnEnd::Completed => "completed",
+            TurnEnd::Failed => "failed",
+            TurnEnd::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One provider call for the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerEntry<'a> {
+    /// Session.
+    pub session_id: &'a str,
+    /// Turn.
+    pub turn_id: &'a str,
+    /// Provider kind.
+    pub provider: &'a str,
+    /// Model.
+    pub model: &'a str,
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cache write tokens.
+    pub cache_creation_tokens: u64,
+    /// Cache read tokens.
+    pub cache_read_tokens: u64,
+    /// Cost in millionths of a dollar.
+    pub cost_micros: i64,
+    /// Whether the call completed.
+    pub ok: bool,
+    /// UTC day `YYYY-MM-DD` the call is charged to.
+    pub day: &'a str,
+    /// UTC month `YYYY-MM` the call is charged to.
+    pub month: &'a str,
+}
+
+/// Tokens and cost of a group of calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Calls.
+    pub calls: i64,
+    /// Uncached input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cache write tokens.
+    pub cache_creation_tokens: i64,
+    /// Cache read tokens.
+    pub cache_read_tokens: i64,
+    /// Cost in millionths of a dollar.
+    pub cost_micros: i64,
+}
+
+/// Usage grouped three ways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageReport {
+    /// Per UTC day, oldest first.
+    pub days: Vec<(String, UsageTotals)>,
+    /// Per (provider, model), most expensive first.
+    pub models: Vec<(String, String, UsageTotals)>,
+    /// Per session (id, title or empty when deleted), most expensive first.
+    pub sessions: Vec<(String, String, UsageTotals)>,
+}
+
+/// Largest page of sessions or messages one query returns.
+pub const MAX_PAGE: u32 = 2_000;
+
+// Queries below are assembled with `format!` only from the constant column lists here; every
+// value is bound, which is why wrapping them in `AssertSqlSafe` is sound.
+
+/// Row shape of [`SESSION_COLUMNS`].
+type SessionRow = (String, String, i64, i64, String, String, i64);
+
+impl From<SessionRow> for SessionRecord {
+    fn from((id, title, created_at, updated_at, model, state, message_count): SessionRow) -> Self {
+        Self {
+            id,
+            title,
+            created_at,
+            updated_at,
+            model,
+            state,
+            message_count,
+        }
+    }
+}
+
+/// Row shape of a usage group: two key columns, then the totals.
+type UsageRow = (String, String, i64, i64, i64, i64, i64, i64);
+
+fn split_usage_row(row: UsageRow) -> (String, String, UsageTotals) {
+    let (a, b, calls, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, cost_micros) = row;
+    (
+        a,
+        b,
+        UsageTotals {
+            calls,
+            input_tokens,
+            output_tokens,
+            cache_creation_tokens,
+            cache_read_tokens,
+            cost_micros,
+        },
+    )
+}
+
+fn query_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
+    move |source| StorageError::Query { operation, source }
+}
+
+const SESSION_COLUMNS: &str = "s.id, s.title, s.created_at, s.updated_at, s.model, s.state, \
+     (SELECT count(*) FROM messages m WHERE m.session_id = s.id) AS message_count";
+
+impl Storage {
+    /// Creates an empty session.
+    pub async fn create_session(&self, id: &str, title: &str) -> Result<SessionRecord, StorageError> {
+        let now = unix_now();
+        sqlx::query("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(title)
+            .bind(now)
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .map_err(query_error("create a session"))?;
+        Ok(SessionRecord {
+            id: id.to_owned(),
+            title: title.to_owned(),
+            created_at: now,
+            updated_at: now,
+            model: String::new(),
+            state: "idle".to_owned(),
+            message_count: 0,
+        })
+    }
+
+    /// One session.
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
+        let row: Option<SessionRow> = sqlx::query_as(AssertSqlSafe(format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?")))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(query_error("read a session"))?;
+        Ok(row.map(SessionRecord::from))
+    }
+
+    /// Sessions by most recent update, after `cursor` (`updated_at`, `id`) when given.
+    pub async fn list_sessions(
+        &self,
+        limit: u32,
+        cursor: Option<(i64, &str)>,
+    ) -> Result<Vec<SessionRecord>, StorageError> {
+        let limit = i64::from(limit.min(MAX_PAGE));
+        let (updated_at, id) = cursor.unwrap_or((i64::MAX, ""));
+        let rows: Vec<SessionRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s \
+             WHERE (s.updated_at, s.id) < (?, ?) OR ? \
+             ORDER BY s.updated_at DESC, s.id DESC LIMIT ?"
+        )))
+        .bind(updated_at)
+        .bind(id)
+        .bind(cursor.is_none())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(query_error("list sessions"))?;
+        Ok(rows.into_iter().map(SessionRecord::from).collect())
+    }
+
+    /// Sessions stored.
+    pub async fn count_sessions(&self) -> Result<u64, StorageError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(query_error("count sessions"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Deletes a session with its messages and turns; returns whether it existed.
+    pub async fn delete_session(&self, id: &str) -> Result<bool, StorageError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(query_error("delete a session"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Stores the inbound message of a new turn, the turn itself (running) and marks the
+    /// session running, in one transaction: once this returns the message is durable.
+    pub async fn begin_turn(&self, inbound: NewMessage<'_>) -> Result<(), StorageError> {
+        let now = unix_now();
+        let mut transaction = self.writer.begin().await.map_err(query_error("begin a turn"))?;
+        insert_message(&mut transaction, inbound, now).await?;
+        sqlx::query("INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)")
+            .bind(inbound.turn_id)
+            .bind(inbound.session_id)
+            .bind(inbound.id)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("record a turn"))?;
+        sqlx::query("UPDATE sessions SET state = 'running', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(inbound.session_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("mark a session running"))?;
+        transaction.commit().await.map_err(query_error("commit a turn"))
+    }
+
+    /// Appends a message (an answer or tool results) to a running turn.
+    pub async fn append_message(&self, message: NewMessage<'_>, model: &str) -> Result<(), StorageError> {
+        let now = unix_now();
+        let mut transaction = self.writer.begin().await.map_err(query_error("begin an append"))?;
+        insert_message(&mut transaction, message, now).await?;
+        sqlx::query("UPDATE sessions SET updated_at = ?, model = ? WHERE id = ?")
+            .bind(now)
+            .bind(model)
+            .bind(message.session_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("touch a session"))?;
+        transaction.commit().await.map_err(query_error("commit a message"))
+    }
+
+    /// Ends a turn and sets its session idle.
+    pub async fn finish_turn(
+        &self,
+        session_id: &str,
+        turn_id: &str,
+        end: TurnEnd,
+        error: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let now = unix_now();
+        let mut transaction = self.writer.begin().await.map_err(query_error("begin finishing a turn"))?;
+        sqlx::query("UPDATE turns SET state = ?, error = ?, finished_at = ? WHERE id = ?")
+            .bind(end.as_str())
+            .bind(error)
+            .bind(now)
+            .bind(turn_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("finish a turn"))?;
+        sqlx::query("UPDATE sessions SET state = 'idle', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(session_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("mark a session idle"))?;
+        transaction.commit().await.map_err(query_error("commit a finished turn"))
+    }
+
+    /// Marks turns left running by a crash as interrupted (their sessions too); returns how
+    /// many there were. Called once at startup, before any new turn.
+    pub async fn interrupt_running_turns(&self) -> Result<u64, StorageError> {
+        let now = unix_now();
+        let mut transaction = self.writer.begin().await.map_err(query_error("begin recovery"))?;
+        let done = sqlx::query(
+            "UPDATE turns SET state = 'interrupted', finished_at = ?, \
+             error = 'the daemon stopped during the turn' WHERE state = 'running'",
+        )
+        .bind(now)
+        .execute(&mut *transaction)
+        .await
+        .map_err(query_error("mark interrupted turns"))?;
+        sqlx::query("UPDATE sessions SET state = 'interrupted' WHERE state = 'running'")
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("mark interrupted sessions"))?;
+        transaction.commit().await.map_err(query_error("commit recovery"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// The latest `limit` messages of a session, oldest first.
+    pub async fn recent_messages(&self, session_id: &str, limit: u32) -> Result<Vec<MessageRecord>, StorageError> {
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, turn_id, role, content AS content_json, created_at FROM messages \
+             WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(session_id)
+        .bind(i64::from(limit.min(MAX_PAGE)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(query_error("read messages"))?;
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|(id, turn_id, role, content_json, created_at)| MessageRecord {
+                id,
+                turn_id,
+                role,
+                content_json,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Writes a ledger row.
+    pub async fn record_call(&self, entry: &LedgerEntry<'_>) -> Result<(), StorageError> {
+        let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO ledger (at, day, month, session_id, turn_id, provider, model, input_tokens, output_tokens, \
+             cache_creation_tokens, cache_read_tokens, cost_micros, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(unix_now())
+        .bind(entry.day)
+        .bind(entry.month)
+        .bind(entry.session_id)
+        .bind(entry.turn_id)
+        .bind(entry.provider)
+        .bind(entry.model)
+        .bind(as_i64(entry.input_tokens))
+        .bind(as_i64(entry.output_tokens))
+        .bind(as_i64(entry.cache_creation_tokens))
+        .bind(as_i64(entry.cache_read_tokens))
+        .bind(entry.cost_micros)
+        .bind(if entry.ok { "ok" } else { "failed" })
+        .execute(&self.writer)
+        .await
+        .map_err(query_error("write a ledger row"))?;
+        Ok(())
+    }
+
+    /// Money spent on `day` and in `month`, in millionths of a dollar.
+    pub async fn spend(&self, day: &str, month: &str) -> Result<(i64, i64), StorageError> {
+        sqlx::query_as(
+            "SELECT coalesce(sum(CASE WHEN day = ? THEN cost_micros END), 0), coalesce(sum(cost_micros), 0) \
+             FROM ledger WHERE month = ?",
+        )
+        .bind(day)
+        .bind(month)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(query_error("sum the ledger"))
+    }
+
+    /// Usage on and after `first_day` (`YYYY-MM-DD`).
+    pub async fn usage_report(&self, first_day: &str) -> Result<UsageReport, StorageError> {
+        const TOTALS: &str = "count(*), sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens), \
+             sum(cache_read_tokens), sum(cost_micros)";
+        let days: Vec<UsageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT day AS a, '' AS b, {TOTALS} FROM ledger WHERE day >= ? GROUP BY day ORDER BY day"
+        )))
+        .bind(first_day)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(query_error("report usage per day"))?;
+        let models: Vec<UsageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT provider AS a, model AS b, {TOTALS} FROM ledger WHERE day >= ? \
+             GROUP BY provider, model ORDER BY sum(cost_micros) DESC"
+        )))
+        .bind(first_day)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(query_error("report usage per model"))?;
+        let sessions: Vec<UsageRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT l.session_id AS a, coalesce(s.title, '') AS b, {TOTALS} FROM ledger l \
+             LEFT JOIN sessions s ON s.id = l.session_id WHERE l.day >= ? \
+             GROUP BY l.session_id ORDER BY sum(l.cost_micros) DESC LIMIT 50"
+        )))
+        .bind(first_day)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(query_error("report usage per session"))?;
+        Ok(UsageReport {
+            days: days
+                .into_iter()
+                .map(|row| {
+                    let (day, _, totals) = split_usage_row(row);
+                    (day, totals)
+                })
+                .collect(),
+            models: models.into_iter().map(split_usage_row).collect(),
+            sessions: sessions.into_iter().map(split_usage_row).collect(),
+        })
+    }
+}
+
+async fn insert_message(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    message: NewMessage<'_>,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(message.id)
+        .bind(message.session_id)
+        .bind(message.turn_id)
+        .bind(message.role)
+        .bind(message.content_json)
+        .bind(now)
+        .execute(&mut **transaction)
+        .await
+        .map_err(query_error("store a message"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::StorageOptions;
+    use super::*;
+
+    async fn open(dir: &std::path::Path) -> Storage {
+        Storage::open(&StorageOptions {
+            path: dir.join("blufio.db"),
+            busy_timeout: Duration::from_secs(1),
+            read_connections: 2,
+        })
+        .await
+        .unwrap()
+    }
+
+    fn message<'a>(id: &'a str, turn: &'a str, role: &'a str) -> NewMessage<'a> {
+        NewMessage {
+            id,
+            session_id: "s1",
+            turn_id: turn,
+            role,
+            content_json: "[]",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_stores_messages_in_order_and_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        storage.create_session("s1", "hello").await.unwrap();
+        storage.begin_turn(message("m1", "t1", "user")).await.unwrap();
+        assert_eq!(storage.get_session("s1").await.unwrap().unwrap().state, "running");
+        storage.append_message(message("m2", "t1", "assistant"), "model-x").await.unwrap();
+        storage.finish_turn("s1", "t1", TurnEnd::Completed, None).await.unwrap();
+        storage.begin_turn(message("m3", "t2", "user")).await.unwrap();
+        storage.close().await;
+
+        // The second turn was in flight when the daemon died.
+        let storage = open(dir.path()).await;
+        assert_eq!(storage.interrupt_running_turns().await.unwrap(), 1);
+        let session = storage.get_session("s1").await.unwrap().unwrap();
+        assert_eq!(session.state, "interrupted");
+        assert_eq!(session.model, "model-x");
+        assert_eq!(session.message_count, 3);
+        let ids: Vec<String> = storage
+            .recent_messages("s1", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|message| message.id)
+            .collect();
+        assert_eq!(ids, ["m1", "m2", "m3"], "the inbound message of the interrupted turn is kept");
+        assert_eq!(storage.recent_messages("s1", 2).await.unwrap()[0].id, "m2");
+    }
+
+    #[tokio::test]
+    async fn sessions_page_by_update_and_delete_cascades() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        for index in 0..5 {
+            storage.create_session(&format!("s{index}"), "t").await.unwrap();
+        }
+        let first = storage.list_sessions(2, None).await.unwrap();
+        assert_eq!(first.len(), 2);
+        let last = first.last().unwrap();
+        let rest = storage.list_sessions(10, Some((last.updated_at, &last.id))).await.unwrap();
+        assert_eq!(first.len() + rest.len(), 5);
+        assert!(rest.iter().all(|session| !first.contains(session)));
+        storage.begin_turn(message("m1", "t1", "user")).await.unwrap();
+        assert!(storage.delete_session("s1").await.unwrap());
+        assert!(!storage.delete_session("s1").await.unwrap());
+        assert!(storage.recent_messages("s1", 10).await.unwrap().is_empty());
+        assert_eq!(storage.count_sessions().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_sums_by_day_month_model_and_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        storage.create_session("s1", "budget talk").await.unwrap();
+        let entry = |day: &'static str, model: &'static str, cost_micros| LedgerEntry {
+            session_id: "s1",
+            turn_id: "t",
+            provider: "anthropic",
+            model,
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_creation_tokens: 1,
+            cache_read_tokens: 2,
+            cost_micros,
+            ok: true,
+            day,
+            month: &day[..7],
+        };
+        storage.record_call(&entry("2026-11-27", "a", 100)).await.unwrap();
+        storage.record_call(&entry("2026-11-28", "a", 250)).await.unwrap();
+        storage.record_call(&entry("2026-11-28", "b", 1_000)).await.unwrap();
+        storage.record_call(&entry("2026-10-31", "b", 7)).await.unwrap();
+        assert_eq!(storage.spend("2026-11-28", "2026-11").await.unwrap(), (1_250, 1_350));
+        let report = storage.usage_report("2026-11-28").await.unwrap();
+        assert_eq!(report.days.len(), 1);
+        assert_eq!(report.days[0].1.cost_micros, 1_250);
+        assert_eq!(report.days[0].1.calls, 2);
+        assert_eq!(report.models[0].1, "b", "most expensive first");
+        assert_eq!(report.sessions[0].1, "budget talk");
+        assert_eq!(report.sessions[0].2.cache_read_tokens, 4);
+    }
+}

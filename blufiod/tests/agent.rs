@@ -1,0 +1,319 @@
+//! The agent end to end: the real daemon talking to a fake provider on 127.0.0.1 that speaks the
+//! Anthropic and OpenAI streaming wire formats, driven by the real `blufioctl`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::fake_provider::{FakeProvider, FakeUsage, Script};
+use support::{Daemon, DaemonOptions, describe, new_dir};
+
+/// Config for a daemon whose provider is `fake`, with prices that make costs easy to check:
+/// $1 per million input tokens, $2 per million output tokens.
+fn agent_config(fake: &FakeProvider, extra: &str) -> String {
+    format!(
+        "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"test-key\"\nmodel = \"fake-model\"\n\
+         max_tokens = 1000\nidle_timeout_secs = 5\nmax_retries = 1\nretry_base_delay_ms = 10\n\
+         [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n{extra}",
+        fake.url()
+    )
+}
+
+fn start(fake: &FakeProvider, extra: &str) -> Daemon {
+    Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: agent_config(fake, extra),
+            ..DaemonOptions::default()
+        },
+    )
+}
+
+fn text_reply(text: &str, input: u64, output: u64) -> Script {
+    Script::Text {
+        text: text.to_owned(),
+        chunks: 3,
+        usage: FakeUsage {
+            input,
+            output,
+            ..FakeUsage::default()
+        },
+    }
+}
+
+#[test]
+fn a_streamed_chat_is_answered_stored_and_charged() {
+    let fake = FakeProvider::start();
+    fake.push(Script::Text {
+        text: "Hello from the fake model.".to_owned(),
+        chunks: 4,
+        usage: FakeUsage {
+            input: 1_000,
+            output: 500,
+            cache_creation: 2_000,
+            cache_read: 3_000,
+        },
+    });
+    let daemon = start(&fake, "");
+    let chat = daemon.ctl_json(&["chat", "hi there"]);
+    assert_eq!(chat["text"], "Hello from the fake model.");
+    assert_eq!(chat["stop_reason"], "end_turn");
+    assert_eq!(chat["usage"]["cache_read_input_tokens"], 3_000);
+    // 1000 * $1 + 500 * $2 + 2000 * $1 (cache writes default to the input price) + 3000 * $1,
+    // per million tokens.
+    let cost = chat["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.007).abs() < 1e-9, "cost {cost}");
+
+    // The request carried the wire contract: key, version, system prompt as a cache breakpoint.
+    let request = &fake.requests()[0];
+    assert_eq!(request.path, "/v1/messages");
+    assert!(request.headers.iter().any(|(name, value)| name == "x-api-key" && value == "test-key"));
+    assert!(request.headers.iter().any(|(name, _)| name == "anthropic-version"));
+    assert_eq!(request.body["stream"], true);
+    assert_eq!(request.body["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(request.body["messages"][0]["content"][0]["text"], "hi there");
+
+    let session = chat["session_id"].as_str().unwrap().to_owned();
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    let roles: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant"]);
+
+    // A second message in the same session carries the history.
+    fake.push(text_reply("Second answer.", 10, 5));
+    let again = daemon.ctl_json(&["chat", "--session", &session, "and again"]);
+    assert_eq!(again["session_id"], session.as_str());
+    let messages = &fake.requests()[1].body["messages"];
+    assert_eq!(messages.as_array().unwrap().len(), 3, "{messages}");
+
+    let usage = daemon.ctl_json(&["usage"]);
+    let spent = usage["cost"]["today_usd"].as_f64().unwrap();
+    assert!((spent - (0.007 + 0.00002)).abs() < 1e-9, "{usage}");
+    let status = daemon.ctl_json(&["status"]);
+    assert_eq!(status["sessions"]["total_sessions"], 1);
+    assert_eq!(status["sessions"]["provider_problem"], "");
+}
+
+#[test]
+fn a_tool_round_trip_runs_the_tool_and_feeds_the_result_back() {
+    let echo = ["/bin/echo", "/usr/bin/echo"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .expect("echo exists");
+    let fake = FakeProvider::start();
+    fake.push(Script::ToolUse {
+        id: "toolu_1".to_owned(),
+        name: "run_command".to_owned(),
+        input: serde_json::json!({"program": echo, "args": ["tool", "output"]}),
+        usage: FakeUsage {
+            input: 100,
+            output: 30,
+            ..FakeUsage::default()
+        },
+    });
+    fake.push(text_reply("The command said: tool output.", 150, 10));
+    let daemon = start(
+        &fake,
+        &format!("[tools.run_command]\nenabled = true\nallow = [\"{echo}\"]\n"),
+    );
+    let chat = daemon.ctl_json(&["chat", "run echo for me"]);
+    assert_eq!(chat["text"], "The command said: tool output.");
+    assert_eq!(chat["provider_calls"], 2);
+    assert_eq!(chat["tools"][0]["name"], "run_command");
+    assert_eq!(chat["tools"][0]["is_error"], false);
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].body["tools"][0]["name"], "run_command");
+    let second = requests[1].body["messages"].as_array().unwrap();
+    let result = &second.last().unwrap()["content"][0];
+    assert_eq!(result["type"], "tool_result");
+    assert_eq!(result["tool_use_id"], "toolu_1");
+    assert!(result["content"].as_str().unwrap().contains("tool output"), "{result}");
+
+    let session = chat["session_id"].as_str().unwrap().to_owned();
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    let roles: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+}
+
+#[test]
+fn an_exhausted_budget_makes_no_provider_call() {
+    let fake = FakeProvider::start();
+    // 1000 output tokens at $2 per million is $0.002 per call; the cap is below that.
+    let daemon = start(&fake, "[budget]\ndaily_usd = 0.001\n");
+    let chat = daemon.ctl(&["chat", "expensive question"]);
+    assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
+    let stderr = String::from_utf8_lossy(&chat.stderr);
+    assert!(stderr.contains("daily budget exhausted until"), "{stderr}");
+    assert!(stderr.contains("T00:00:00Z"), "{stderr}");
+    assert_eq!(fake.request_count(), 0, "the provider must not be called");
+}
+
+#[test]
+fn concurrent_turns_cannot_overshoot_the_cap() {
+    let fake = FakeProvider::start();
+    // Every call uses its whole reservation: 1000 output tokens at $2/M = $0.002. A cap of
+    // $0.007 fits three such calls and never a fourth, however the turns interleave.
+    for _ in 0..8 {
+        fake.push(Script::Delay {
+            per_chunk: Duration::from_millis(100),
+            then: Box::new(text_reply("slow answer", 0, 1_000)),
+        });
+    }
+    let daemon = start(
+        &fake,
+        "[budget]\ndaily_usd = 0.007\n[agent]\nmax_concurrent_turns = 8\nmax_queued_turns = 8\n",
+    );
+    let children: Vec<_> = (0..8)
+        .map(|index| {
+            Command::new(support::blufioctl_bin())
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .args(["chat", "--json", &format!("question {index}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|child| child.wait_with_output().unwrap()).collect();
+    let succeeded = outputs.iter().filter(|output| output.status.success()).count();
+    for output in outputs.iter().filter(|output| !output.status.success()) {
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("budget exhausted"),
+            "{}",
+            describe(output)
+        );
+    }
+    assert_eq!(succeeded, 3, "exactly three calls fit under the cap");
+    assert_eq!(fake.request_count(), 3);
+    let spent = daemon.ctl_json(&["usage"])["cost"]["today_usd"].as_f64().unwrap();
+    assert!(spent <= 0.007 + 1e-12, "spent {spent}");
+    assert!((spent - 0.006).abs() < 1e-9, "spent {spent}");
+}
+
+#[test]
+fn a_provider_error_is_reported_and_the_message_is_kept() {
+    let fake = FakeProvider::start();
+    fake.push(Script::HttpError {
+        status: 400,
+        message: "messages: text content blocks must be non-empty".to_owned(),
+        retry_after_secs: None,
+    });
+    let daemon = start(&fake, "");
+    let chat = daemon.ctl(&["chat", "this will fail"]);
+    assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
+    let stderr = String::from_utf8_lossy(&chat.stderr);
+    assert!(stderr.contains("text content blocks must be non-empty"), "{stderr}");
+    let sessions = daemon.ctl_json(&["sessions", "list"]);
+    let session = sessions["sessions"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(sessions["sessions"][0]["state"], "idle");
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    assert_eq!(shown["messages"][0]["text"], "this will fail");
+    // The daemon keeps serving.
+    fake.push(text_reply("recovered", 5, 5));
+    assert_eq!(daemon.ctl_json(&["chat", "--session", &session, "retry"])["text"], "recovered");
+}
+
+#[test]
+fn a_missing_api_key_names_the_fix() {
+    let fake = FakeProvider::start();
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: format!("[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\n", fake.url()),
+            ..DaemonOptions::default()
+        },
+    );
+    let chat = daemon.ctl(&["chat", "hello"]);
+    assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
+    let stderr = String::from_utf8_lossy(&chat.stderr);
+    assert!(stderr.contains("provider.api_key") && stderr.contains("ANTHROPIC_API_KEY"), "{stderr}");
+    assert_eq!(fake.request_count(), 0);
+    let status = daemon.ctl_json(&["status"]);
+    assert!(status["sessions"]["provider_problem"].as_str().unwrap().contains("provider.api_key"));
+}
+
+#[test]
+fn the_openai_wire_format_works_end_to_end() {
+    let fake = FakeProvider::start();
+    fake.push(text_reply("Hello over chat completions.", 40, 8));
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: format!(
+                "[provider]\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"local-model\"\n\
+                 [pricing.\"local-model\"]\ninput = 0.0\noutput = 0.0\n",
+                fake.url()
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    let chat = daemon.ctl_json(&["chat", "hi"]);
+    assert_eq!(chat["text"], "Hello over chat completions.");
+    assert_eq!(chat["usage"]["output_tokens"], 8);
+    let request = &fake.requests()[0];
+    assert_eq!(request.path, "/v1/chat/completions");
+    assert_eq!(request.body["stream_options"]["include_usage"], true);
+    assert_eq!(request.body["messages"][0]["role"], "system");
+}
+
+#[test]
+fn history_survives_a_restart_and_a_crash_mid_turn_keeps_the_message() {
+    let fake = FakeProvider::start();
+    fake.push(text_reply("first answer", 5, 5));
+    let dir = new_dir();
+    let options = || DaemonOptions {
+        config: agent_config(&fake, ""),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start_with(dir.clone(), options());
+    let chat = daemon.ctl_json(&["chat", "remember this"]);
+    let session = chat["session_id"].as_str().unwrap().to_owned();
+    assert!(daemon.stop().success());
+
+    let mut daemon = Daemon::start_with(dir.clone(), options());
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    assert_eq!(shown["messages"][1]["text"], "first answer", "history survives a restart");
+
+    // Now the provider stalls mid-answer and the daemon is killed during the turn.
+    fake.push(Script::Stall { after_chunks: 1 });
+    let mut chat = Command::new(support::blufioctl_bin())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["chat", "--session", &session, "do not lose me"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + support::PATIENCE;
+    while fake.request_count() < 2 {
+        assert!(Instant::now() < deadline, "the turn never reached the provider");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.kill();
+    let _ = chat.wait();
+
+    let daemon = Daemon::start_with(dir, options());
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    assert_eq!(shown["session"]["state"], "interrupted");
+    let texts: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["remember this", "first answer", "do not lose me"]);
+    assert_eq!(daemon.ctl_json(&["status"])["previous_run_unclean"], true);
+}
