@@ -14,8 +14,9 @@ pub const SOCKET_ENV: &str = "BLUFIO_SOCKET";
 pub const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
-  1  the operation failed: the daemon refused it (for example permission denied or an invalid
-     value), the configuration is invalid, or the daemon did not answer in time
+  1  the operation failed: the daemon refused it (for example permission denied, an invalid
+     value, a budget cap reached or no provider configured), the configuration is invalid, a
+     chat turn ended without an answer, or the daemon did not answer in time
   2  usage error: the command line could not be parsed
   3  blufiod is not reachable: its socket is missing, the connection was refused, or permission
      to connect was denied";
@@ -37,7 +38,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub plain: bool,
 
-    /// Seconds to wait for the daemon to answer one request before giving up (exit code 1)
+    /// Seconds to wait for the daemon to answer one request before giving up (exit code 1); chat
+    /// and shell turns have no deadline
+    ///
+    /// Applies to every call except the turns of `chat` and `shell`, which may run for minutes:
+    /// for those only connecting is bounded (press Ctrl-C to stop waiting).
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
@@ -55,6 +60,38 @@ pub enum Command {
     /// Read, change, validate or reload the daemon's configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+
+    /// Send one message to the agent and stream its answer to stdout
+    ///
+    /// Tool activity and a summary line (session, tokens, cost, model) go to stderr. Without
+    /// --session the daemon starts a new session; the summary names it so that the conversation
+    /// can continue with --session. The turn has no deadline (--timeout does not apply).
+    Chat(ChatArgs),
+
+    /// Talk to the agent interactively, one message per line, in one session
+    ///
+    /// Lines starting with `/` are commands: /new, /session, /help, /quit. Ctrl-C cancels a
+    /// streaming answer or clears the line; Ctrl-D quits. History is kept in
+    /// $XDG_STATE_HOME/blufio/shell_history (default ~/.local/state/blufio/shell_history).
+    Shell {
+        /// Continue this session instead of starting a new one with the first message
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+    },
+
+    /// List, show or delete chat sessions
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+
+    /// Show spend against the budget caps, and tokens and cost per day, model and session
+    Usage {
+        /// Days back from today (UTC) to report
+        #[arg(long, value_name = "N", default_value_t = 30,
+              value_parser = clap::value_parser!(u32).range(1..=366))]
+        days: u32,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
 
     /// Print a shell completion script to stdout
     Completions {
@@ -104,6 +141,57 @@ pub enum ConfigCommand {
     Reload(JsonArgs),
 }
 
+/// `blufioctl chat ...`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Continue this session; a new session is started when omitted
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+
+    /// The message; its words are joined with spaces. A lone `-` reads the message from stdin
+    #[arg(required = true, value_name = "MESSAGE")]
+    pub message: Vec<String>,
+
+    /// Print one JSON document with the whole answer at the end instead of streaming text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `blufioctl sessions ...`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions, most recently updated first
+    List {
+        /// Sessions to list (the daemon's default is 50)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: Option<u32>,
+        /// Continue after this cursor (the `next_cursor` of a previous `--json` listing)
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Show one session and its most recent messages
+    Show {
+        /// The session id
+        id: String,
+        /// Most recent messages to show (the daemon's default is 200)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2000))]
+        limit: Option<u32>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Delete a session and its messages (spend stays in the usage ledger)
+    Delete {
+        /// The session id
+        id: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+}
+
 /// The `--json` flag shared by every data-printing command.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct JsonArgs {
@@ -134,5 +222,34 @@ mod tests {
             }
             other => panic!("unexpected command {other:?}"),
         }
+    }
+
+    #[test]
+    fn chat_takes_words_and_flags_anywhere() {
+        let cli = Cli::try_parse_from(["blufioctl", "chat", "what", "is", "--json", "up?", "--session", "s1"])
+            .expect("chat should parse");
+        match cli.command {
+            Command::Chat(args) => {
+                assert_eq!(args.message, ["what", "is", "up?"]);
+                assert!(args.json);
+                assert_eq!(args.session.as_deref(), Some("s1"));
+            }
+            other => panic!("unexpected command {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["blufioctl", "chat", "-"]).expect("a lone dash is a message");
+        assert!(matches!(cli.command, Command::Chat(args) if args.message == ["-"]));
+        assert!(
+            Cli::try_parse_from(["blufioctl", "chat"]).is_err(),
+            "a message is required"
+        );
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert!(Cli::try_parse_from(["blufioctl", "sessions", "list", "--limit", "0"]).is_err());
+        assert!(Cli::try_parse_from(["blufioctl", "sessions", "list", "--limit", "501"]).is_err());
+        assert!(Cli::try_parse_from(["blufioctl", "usage", "--days", "367"]).is_err());
+        let cli = Cli::try_parse_from(["blufioctl", "usage"]).expect("usage parses");
+        assert!(matches!(cli.command, Command::Usage { days: 30, .. }));
     }
 }

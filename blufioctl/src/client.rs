@@ -1,6 +1,9 @@
 //! The connection to blufiod: a tonic channel over the daemon's Unix control socket, with connect
 //! and per-call timeouts, and errors classified so that `main` can pick the exit code.
 //!
+//! Unary calls wait at most the per-call timeout. `SendMessage` streams a whole agent turn, which
+//! can take minutes, so it has no deadline of its own; only connecting is bounded.
+//!
 //! This module never prints and never decides exit codes itself; it only says whether a failure
 //! means "the daemon is not reachable" ([`ClientError::Unreachable`]) or something else.
 
@@ -13,12 +16,16 @@ use std::time::Duration;
 
 use blufio_proto::UNIX_SOCKET_AUTHORITY;
 use blufio_proto::control::v1::control_client::ControlClient;
+use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    GetConfigRequest, GetConfigResponse, GetStatusRequest, GetStatusResponse, ReloadConfigRequest,
-    ReloadConfigResponse, SetConfigRequest, SetConfigResponse, ValidateConfigRequest, ValidateConfigResponse,
+    DeleteSessionRequest, GetConfigRequest, GetConfigResponse, GetSessionRequest, GetSessionResponse, GetStatusRequest,
+    GetStatusResponse, GetUsageRequest, GetUsageResponse, ListSessionsRequest, ListSessionsResponse,
+    ReloadConfigRequest, ReloadConfigResponse, SendMessageRequest, SendMessageResponse, SetConfigRequest,
+    SetConfigResponse, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long to wait for the socket connection and the HTTP/2 handshake.
@@ -151,6 +158,69 @@ impl Client {
         let request = tonic::Request::new(ReloadConfigRequest {});
         call(&self.socket, self.call_timeout, self.inner.reload_config(request)).await
     }
+
+    /// `ListSessions`; `limit` 0 asks for the daemon's default page size, an empty `cursor` for
+    /// the first page.
+    pub async fn list_sessions(&mut self, limit: u32, cursor: String) -> Result<ListSessionsResponse, ClientError> {
+        let request = tonic::Request::new(ListSessionsRequest { limit, cursor });
+        call(&self.socket, self.call_timeout, self.inner.list_sessions(request)).await
+    }
+
+    /// `GetSession`; `message_limit` 0 asks for the daemon's default.
+    pub async fn get_session(&mut self, id: String, message_limit: u32) -> Result<GetSessionResponse, ClientError> {
+        let request = tonic::Request::new(GetSessionRequest { id, message_limit });
+        call(&self.socket, self.call_timeout, self.inner.get_session(request)).await
+    }
+
+    /// `DeleteSession`.
+    pub async fn delete_session(&mut self, id: String) -> Result<(), ClientError> {
+        let request = tonic::Request::new(DeleteSessionRequest { id });
+        call(&self.socket, self.call_timeout, self.inner.delete_session(request)).await?;
+        Ok(())
+    }
+
+    /// `GetUsage` for the last `days` days.
+    pub async fn get_usage(&mut self, days: u32) -> Result<GetUsageResponse, ClientError> {
+        let request = tonic::Request::new(GetUsageRequest { days });
+        call(&self.socket, self.call_timeout, self.inner.get_usage(request)).await
+    }
+
+    /// `SendMessage`: starts a turn and returns its event stream. An empty `session_id` asks the
+    /// daemon to create a session. Deliberately without the per-call timeout: a turn may run for
+    /// minutes, and the user (or Ctrl-C) decides how long to wait. Dropping the returned
+    /// [`TurnStream`] cancels the RPC.
+    pub async fn send_message(&mut self, session_id: String, text: String) -> Result<TurnStream, ClientError> {
+        let request = tonic::Request::new(SendMessageRequest { session_id, text });
+        match self.inner.send_message(request).await {
+            Ok(response) => Ok(TurnStream {
+                inner: response.into_inner(),
+                socket: self.socket.clone(),
+            }),
+            Err(status) => Err(classify_status(&self.socket, status)),
+        }
+    }
+}
+
+/// The events of one streamed turn.
+pub struct TurnStream {
+    inner: Streaming<SendMessageResponse>,
+    socket: PathBuf,
+}
+
+impl TurnStream {
+    /// The next event, or `None` when the daemon closed the stream without an error.
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        loop {
+            match self.inner.message().await {
+                Ok(Some(SendMessageResponse { event: Some(event) })) => return Ok(Some(event)),
+                // An event of a kind added to the proto after this client was built: skip it, as
+                // the compatibility rules allow the daemon to grow the oneof.
+                Ok(Some(SendMessageResponse { event: None })) => {}
+                Ok(None) => return Ok(None),
+                Err(status) => return Err(classify_status(&self.socket, status)),
+            }
+        }
+    }
 }
 
 /// Runs one RPC under `timeout` and classifies its failure.
@@ -164,24 +234,26 @@ async fn call<T>(
 ) -> Result<T, ClientError> {
     match tokio::time::timeout(timeout, rpc).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => {
-            // A status made by the client's own transport (the daemon went away between connect
-            // and call) carries the io error in its source chain.
-            if let Some(io_error) = find_io_error(&status)
-                && is_unreachable_kind(io_error.kind())
-            {
-                return Err(ClientError::Unreachable {
-                    socket: socket.to_path_buf(),
-                    source: copy_io_error(io_error),
-                });
-            }
-            Err(ClientError::Status(status))
-        }
+        Ok(Err(status)) => Err(classify_status(socket, status)),
         Err(_elapsed) => Err(ClientError::Timeout {
             socket: socket.to_path_buf(),
             after: timeout,
         }),
     }
+}
+
+/// Maps a failed call's status. A status made by the client's own transport (the daemon went
+/// away between connect and call) carries the io error in its source chain.
+fn classify_status(socket: &Path, status: tonic::Status) -> ClientError {
+    if let Some(io_error) = find_io_error(&status)
+        && is_unreachable_kind(io_error.kind())
+    {
+        return ClientError::Unreachable {
+            socket: socket.to_path_buf(),
+            source: copy_io_error(io_error),
+        };
+    }
+    ClientError::Status(status)
 }
 
 /// Maps an io error seen on `socket` to `Unreachable` when its kind says so.

@@ -1,24 +1,27 @@
 //! `blufioctl`, the thin control client of blufiod: parses the command line, makes one gRPC call
-//! over the daemon's Unix socket, prints the answer and maps failures to the documented exit
-//! codes (see [`cli::EXIT_CODES_HELP`]).
+//! over the daemon's Unix socket (or, for `chat` and `shell`, streams agent turns), prints the
+//! answer and maps failures to the documented exit codes (see [`cli::EXIT_CODES_HELP`]).
 //!
 //! This binary depends on `blufio-proto` only; it never opens the daemon's database or config
 //! file itself (`config validate FILE` reads FILE and sends its text to the daemon).
 
+mod chat;
 mod cli;
 mod client;
 mod output;
+mod shell;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::chat::{Echo, Transcript, TurnError};
+use crate::cli::{ChatArgs, Cli, Command, ConfigCommand, SessionsCommand};
 use crate::client::{Client, ClientError};
 use crate::output::{Human, Paint, Style};
 
@@ -48,11 +51,7 @@ async fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Invalid) => ExitCode::from(EXIT_FAILED),
         Err(failure) => {
-            // `{:#}` prints the whole cause chain once, joined with ": ".
-            printer.error(&format!("{:#}", failure.error));
-            if let Some(hint) = &failure.hint {
-                eprintln!("{}: {hint}", stderr_style.paint(Paint::Bold, "hint"));
-            }
+            printer.failure(&failure);
             ExitCode::from(failure.code)
         }
     }
@@ -110,6 +109,37 @@ impl From<ClientError> for Failure {
     }
 }
 
+impl From<TurnError> for Failure {
+    fn from(error: TurnError) -> Self {
+        match error {
+            TurnError::Client(error) => session_failure(error),
+            TurnError::NoAnswer => anyhow::anyhow!("the turn ended without an answer").into(),
+        }
+    }
+}
+
+/// A failed call about sessions or turns, with the hints that only make sense there.
+fn session_failure(error: ClientError) -> Failure {
+    let hint = match &error {
+        ClientError::Status(status) if status.code() == tonic::Code::NotFound => {
+            Some("'blufioctl sessions list' shows the sessions")
+        }
+        // RESOURCE_EXHAUSTED also means a full turn queue, where the daemon's "retry later" says
+        // it all; only a budget cap gets the pointer to the spend.
+        ClientError::Status(status)
+            if status.code() == tonic::Code::ResourceExhausted && status.message().contains("budget") =>
+        {
+            Some("'blufioctl usage' shows the spend against the caps")
+        }
+        _ => None,
+    };
+    let mut failure = Failure::from(error);
+    if let Some(hint) = hint {
+        failure.hint.get_or_insert_with(|| hint.to_owned());
+    }
+    failure
+}
+
 /// Writes command output: stdout text, and `warning:`/`error:` lines on stderr.
 struct Printer {
     stdout_style: Style,
@@ -137,7 +167,7 @@ impl Printer {
     fn human(&self, human: &Human) -> Result<bool, Failure> {
         self.stdout(&human.stdout)?;
         for warning in &human.warnings {
-            eprintln!("{}: {warning}", self.stderr_style.paint(Paint::Yellow, "warning"));
+            self.warning(warning);
         }
         for error in &human.errors {
             self.error(error);
@@ -145,8 +175,26 @@ impl Printer {
         Ok(!human.errors.is_empty())
     }
 
+    fn warning(&self, message: &str) {
+        eprintln!("{}: {message}", self.stderr_style.paint(Paint::Yellow, "warning"));
+    }
+
     fn error(&self, message: &str) {
         eprintln!("{}: {message}", self.stderr_style.paint(Paint::Red, "error"));
+    }
+
+    /// Prints a failure: its `error:` line and its `hint:` line, if any.
+    fn failure(&self, failure: &Failure) {
+        // `{:#}` prints the whole cause chain once, joined with ": ".
+        self.error(&format!("{:#}", failure.error));
+        if let Some(hint) = &failure.hint {
+            eprintln!("{}: {hint}", self.stderr_style.paint(Paint::Bold, "hint"));
+        }
+    }
+
+    /// Live output for a streamed turn.
+    fn echo(&self) -> Echo {
+        Echo::new(self.stderr_style)
     }
 }
 
@@ -215,6 +263,63 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
                 printer.human(&output::config_reload_human(&reload, style))?;
             }
         }
+        Command::Chat(args) => return chat(args, &socket, call_timeout, printer).await,
+        Command::Shell { session } => {
+            let client = Client::connect(&socket, call_timeout).await?;
+            return shell::run(client, session, printer).await;
+        }
+        Command::Sessions(SessionsCommand::List {
+            limit,
+            cursor,
+            output: args,
+        }) => {
+            let list = Client::connect(&socket, call_timeout)
+                .await?
+                .list_sessions(limit.unwrap_or(0), cursor.unwrap_or_default())
+                .await?;
+            if args.json {
+                printer.json(&output::sessions_list_json(&list))?;
+            } else {
+                let width = terminal_width(style);
+                printer.human(&output::sessions_list_human(&list, unix_now(), width, style))?;
+            }
+        }
+        Command::Sessions(SessionsCommand::Show {
+            id,
+            limit,
+            output: args,
+        }) => {
+            let session = Client::connect(&socket, call_timeout)
+                .await?
+                .get_session(id, limit.unwrap_or(0))
+                .await
+                .map_err(session_failure)?;
+            if args.json {
+                printer.json(&output::session_show_json(&session))?;
+            } else {
+                printer.human(&output::session_show_human(&session, unix_now(), style))?;
+            }
+        }
+        Command::Sessions(SessionsCommand::Delete { id, output: args }) => {
+            Client::connect(&socket, call_timeout)
+                .await?
+                .delete_session(id.clone())
+                .await
+                .map_err(session_failure)?;
+            if args.json {
+                printer.json(&output::session_delete_json(&id))?;
+            } else {
+                printer.human(&output::session_delete_human(&id))?;
+            }
+        }
+        Command::Usage { days, output: args } => {
+            let usage = Client::connect(&socket, call_timeout).await?.get_usage(days).await?;
+            if args.json {
+                printer.json(&output::usage_json(&usage))?;
+            } else {
+                printer.human(&output::usage_human(&usage, days, style))?;
+            }
+        }
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "blufioctl", &mut script);
@@ -231,6 +336,68 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         }
     }
     Ok(Outcome::Success)
+}
+
+/// `blufioctl chat`: one turn, streamed, or collected into one JSON document with `--json`.
+async fn chat(args: ChatArgs, socket: &Path, call_timeout: Duration, printer: &Printer) -> Result<Outcome, Failure> {
+    // Read the message before connecting: an empty one is the user's to fix first.
+    let text = chat_message(&args.message)?;
+    let mut client = Client::connect(socket, call_timeout).await?;
+    let mut transcript = Transcript::new(args.session.unwrap_or_default());
+    let mut echo = (!args.json).then(|| printer.echo());
+    let result = chat::run_turn(&mut client, text, &mut transcript, echo.as_mut()).await;
+    let Some(mut echo) = echo else {
+        let completed = result?;
+        printer.json(&output::chat_json(&transcript, &completed))?;
+        return Ok(Outcome::Success);
+    };
+    echo.end_text();
+    let completed = result?;
+    echo.note(&output::chat_summary(&transcript.session_id, &completed));
+    if let Some(warning) = output::chat_stop_warning(&completed) {
+        echo.warning(&warning);
+    }
+    if let Some(error) = echo.take_write_error() {
+        return Err(anyhow::Error::new(error).context("cannot write to stdout").into());
+    }
+    Ok(Outcome::Success)
+}
+
+/// The chat message: the words joined with spaces, or stdin for a lone `-`.
+fn chat_message(words: &[String]) -> anyhow::Result<String> {
+    let text = if words == ["-"] {
+        io::read_to_string(io::stdin()).context("cannot read the message from stdin")?
+    } else {
+        words.join(" ")
+    };
+    let text = text.trim();
+    anyhow::ensure!(!text.is_empty(), "the message is empty");
+    Ok(text.to_owned())
+}
+
+/// The current Unix time, for "3m ago".
+fn unix_now() -> i64 {
+    // A clock before 1970 only makes every age read "just now".
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+/// The width of the terminal on stdout, when aligned output goes to one.
+fn terminal_width(style: Style) -> Option<usize> {
+    if !style.align || !io::stdout().is_terminal() {
+        return None;
+    }
+    // rustyline (already here for `shell`) asks the terminal through its safe TIOCGWINSZ wrapper,
+    // which spares this crate `unsafe` or another dependency. $COLUMNS is the fallback.
+    let from_terminal = rustyline::DefaultEditor::new()
+        .ok()
+        .and_then(|mut editor| editor.dimensions())
+        .map(|(columns, _rows)| usize::from(columns));
+    from_terminal
+        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
+        .filter(|columns| *columns > 0)
 }
 
 /// `--socket` / `BLUFIO_SOCKET` when given (and not empty), else the shared default location.

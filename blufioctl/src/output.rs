@@ -26,9 +26,18 @@
 //!   "state_dir": "/var/lib/blufio",
 //!   "previous_run_unclean": false,
 //!   "subsystems": [{ "name": "control", "status": "listening on /run/blufio/blufiod.sock" }],
-//!   "sessions": { "active_sessions": 2, "turns_in_flight": 1 },
+//!   "sessions": {
+//!     "active_sessions": 2,
+//!     "turns_in_flight": 1,
+//!     "turns_queued": 0,
+//!     "total_sessions": 15,
+//!     "provider": "anthropic",
+//!     "model": "claude-sonnet-4-5",
+//!     "provider_problem": null
+//!   },
 //!   "memory": { "rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 536870912 },
-//!   "cost": { "today_usd": 0.12, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0 },
+//!   "cost": { "today_usd": 0.12, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
+//!             "reserved_usd": 0.01 },
 //!   "caller_access": "full"
 //! }
 //! ```
@@ -36,7 +45,14 @@
 //! - `state`: one of `"unspecified"`, `"starting"`, `"ready"`, `"reloading"`, `"stopping"`, or
 //!   `"unknown"` for a state this client does not know.
 //! - `sessions`, `memory` and `cost` are `null` until the daemon has the subsystem that fills them.
+//! - `sessions.active_sessions`: sessions with state held in memory; `total_sessions`: sessions
+//!   stored; `turns_in_flight` / `turns_queued`: turns running now / waiting for a slot.
+//! - `sessions.provider` and `sessions.model`: the configured provider kind and model.
+//! - `sessions.provider_problem`: `null` when the provider can be called; otherwise what is
+//!   missing and how to fix it (for example which key to set).
 //! - `memory.limit_bytes`, `cost.daily_cap_usd` and `cost.monthly_cap_usd` are `0` for "no limit".
+//! - `cost` amounts are US dollars; days and months are UTC. `cost.reserved_usd` is the worst-case
+//!   cost held by provider calls in flight.
 //! - `caller_access`: `"full"` or `"read-only"`.
 //!
 //! ## `blufioctl config get [KEY] --json`
@@ -101,15 +117,136 @@
 //!
 //! - `applied`: keys whose new values are now in effect.
 //! - `restart_required`: keys that changed but need a restart of blufiod to take effect.
+//!
+//! ## `blufioctl chat [--session ID] MESSAGE... --json`
+//!
+//! ```json
+//! {
+//!   "session_id": "0193a5e0-7c1e-7d2a-9f3b-5b1c2d3e4f50",
+//!   "message_id": "0193a5e0-8a44-7b10-8c2d-1e2f3a4b5c6d",
+//!   "user_message_id": "0193a5e0-7c20-7f00-a1b2-c3d4e5f60718",
+//!   "text": "It is sunny in Paris, 21 °C.",
+//!   "tools": [{ "id": "toolu_01", "name": "http_get", "is_error": false, "summary": "200 OK ..." }],
+//!   "usage": { "input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 0,
+//!              "cache_read_input_tokens": 1024 },
+//!   "cost_usd": 0.0123,
+//!   "stop_reason": "end_turn",
+//!   "model": "claude-sonnet-4-5",
+//!   "provider_calls": 2
+//! }
+//! ```
+//!
+//! - Printed once, when the turn has completed; nothing is streamed. A failed turn prints no
+//!   document and exits 1 (for example a budget cap reached, no provider credentials, or a
+//!   stream that ended without an answer).
+//! - `session_id`: the session of the turn; without `--session`, the one the daemon created.
+//! - `message_id`: the stored answer; `user_message_id`: the stored message that was sent
+//!   (`null` if the daemon did not say).
+//! - `text`: the whole answer, the text deltas joined.
+//! - `tools`: the tools the agent ran, in the order they started; `summary` is the start of the
+//!   tool's result, `null` when there is none (or the tool never finished).
+//! - `usage`: tokens summed over the turn's provider calls (`provider_calls` of them).
+//! - `stop_reason`: `"end_turn"`, `"max_tokens"`, `"tool_limit"` or the provider's own reason.
+//!
+//! ## `blufioctl sessions list [--limit N] [--cursor CURSOR] --json`
+//!
+//! ```json
+//! {
+//!   "sessions": [
+//!     {
+//!       "id": "0193a5e0-7c1e-7d2a-9f3b-5b1c2d3e4f50",
+//!       "title": "Weather in Paris",
+//!       "created_at": 1764316800,
+//!       "updated_at": 1764317000,
+//!       "model": "claude-sonnet-4-5",
+//!       "state": "idle",
+//!       "message_count": 4
+//!     }
+//!   ],
+//!   "next_cursor": null
+//! }
+//! ```
+//!
+//! - Most recently updated first. `created_at` and `updated_at` are Unix seconds.
+//! - `title` may be `""`; `model` is `null` before the session's first turn.
+//! - `state`: `"idle"`, `"running"` (a turn is in flight) or `"interrupted"` (the last turn was
+//!   cut short by a crash or restart; its message is kept).
+//! - `next_cursor`: pass it as `--cursor` for the next page; `null` on the last page.
+//!
+//! ## `blufioctl sessions show ID [--limit N] --json`
+//!
+//! ```json
+//! {
+//!   "session": { "id": "0193a5e0-...", "title": "Weather in Paris", "created_at": 1764316800,
+//!                "updated_at": 1764317000, "model": "claude-sonnet-4-5", "state": "idle",
+//!                "message_count": 4 },
+//!   "messages": [
+//!     { "id": "m1", "role": "user", "text": "Weather in Paris?", "tool_calls": [],
+//!       "tool_call_id": null, "is_error": false, "created_at": 1764316800 },
+//!     { "id": "m2", "role": "assistant", "text": "",
+//!       "tool_calls": [{ "id": "toolu_01", "name": "http_get", "input": { "url": "https://wttr.in/Paris" } }],
+//!       "tool_call_id": null, "is_error": false, "created_at": 1764316801 },
+//!     { "id": "m3", "role": "tool", "text": "Sunny, 21 °C", "tool_calls": [],
+//!       "tool_call_id": "toolu_01", "is_error": false, "created_at": 1764316802 }
+//!   ]
+//! }
+//! ```
+//!
+//! - `session` has the shape of a `sessions list` entry (`null` if the daemon sent none).
+//! - `messages`: the most recent ones (`--limit`, the daemon's default is 200), oldest first.
+//! - `role`: `"user"`, `"assistant"` or `"tool"`. For `"tool"`, `text` is the tool's result,
+//!   `tool_call_id` names the call it answers and `is_error` says whether the tool failed.
+//! - `tool_calls[].input`: the arguments as JSON.
+//! - An unknown ID exits 1 (`NOT_FOUND`).
+//!
+//! ## `blufioctl sessions delete ID --json`
+//!
+//! ```json
+//! { "session_id": "0193a5e0-7c1e-7d2a-9f3b-5b1c2d3e4f50", "deleted": true }
+//! ```
+//!
+//! - `deleted` is always `true`: a session that could not be deleted exits 1 with no document.
+//!
+//! ## `blufioctl usage [--days N] --json`
+//!
+//! ```json
+//! {
+//!   "cost": { "today_usd": 0.12, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
+//!             "reserved_usd": 0.0 },
+//!   "days": [
+//!     { "day": "2026-11-27", "calls": 12, "cost_usd": 0.5,
+//!       "usage": { "input_tokens": 12345, "output_tokens": 678, "cache_creation_input_tokens": 0,
+//!                  "cache_read_input_tokens": 2000 } }
+//!   ],
+//!   "models": [
+//!     { "provider": "anthropic", "model": "claude-sonnet-4-5", "calls": 12, "cost_usd": 0.5,
+//!       "usage": { "input_tokens": 12345, "output_tokens": 678, "cache_creation_input_tokens": 0,
+//!                  "cache_read_input_tokens": 2000 } }
+//!   ],
+//!   "sessions": [
+//!     { "session_id": "0193a5e0-7c1e-7d2a-9f3b-5b1c2d3e4f50", "title": "Weather in Paris",
+//!       "calls": 12, "cost_usd": 0.5 }
+//!   ]
+//! }
+//! ```
+//!
+//! - `cost`: spend against the caps, as in `status` (`null` if the daemon sent none).
+//! - `days`: the last `--days` days (default 30), UTC, oldest first; days without calls are
+//!   omitted.
+//! - `models` and `sessions` cover the same period; `sessions` is most expensive first, at most
+//!   50. A `session_id` of `null` stands for calls of deleted sessions.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 
 use blufio_proto::control::v1::{
-    ConfigEntry, CostStatus, DaemonState, GetConfigResponse, GetStatusResponse, MemoryStatus, ReloadConfigResponse,
-    SessionsStatus, SetConfigResponse, SubsystemStatus, ValidateConfigResponse,
+    ChatMessage, ConfigEntry, CostStatus, DaemonState, GetConfigResponse, GetSessionResponse, GetStatusResponse,
+    GetUsageResponse, ListSessionsResponse, MemoryStatus, ReloadConfigResponse, Session, SessionsStatus,
+    SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity, TurnCompleted, ValidateConfigResponse,
 };
 use serde::Serialize;
+
+use crate::chat::Transcript;
 
 /// The command to suggest when a change needs a restart.
 const RESTART_HINT: &str = "restart blufiod to apply (systemctl restart blufiod)";
@@ -253,8 +390,20 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
             rows.push((format!("  {}", subsystem.name), Cell::plain(&subsystem.status)));
         }
     }
+    let mut warnings = Vec::new();
     if let Some(sessions) = &status.sessions {
         rows.push(("sessions".into(), Cell::plain(&describe_sessions(sessions))));
+        if !sessions.provider.is_empty() || !sessions.model.is_empty() {
+            let provider = [sessions.provider.as_str(), sessions.model.as_str()]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(" / ");
+            rows.push(("provider".into(), Cell::plain(&provider)));
+        }
+        if !sessions.provider_problem.is_empty() {
+            warnings.push(sessions.provider_problem.clone());
+        }
     }
     if let Some(memory) = &status.memory {
         rows.push(("memory".into(), Cell::plain(&describe_memory(memory))));
@@ -266,6 +415,7 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
 
     Human {
         stdout: render_pairs(style, &rows),
+        warnings,
         ..Human::default()
     }
 }
@@ -285,8 +435,8 @@ pub fn state_name(state: i32) -> &'static str {
 fn describe_sessions(sessions: &SessionsStatus) -> String {
     let turns = if sessions.turns_in_flight == 1 { "turn" } else { "turns" };
     format!(
-        "{} active, {} {turns} in flight",
-        sessions.active_sessions, sessions.turns_in_flight
+        "{} active, {} {turns} in flight, {} queued, {} total",
+        sessions.active_sessions, sessions.turns_in_flight, sessions.turns_queued, sessions.total_sessions
     )
 }
 
@@ -304,20 +454,23 @@ fn describe_memory(memory: &MemoryStatus) -> String {
 }
 
 fn describe_cost(cost: &CostStatus) -> String {
-    fn cap(usd: f64) -> String {
-        if usd > 0.0 {
-            format!("cap {}", usd_amount(usd))
-        } else {
-            "no cap".to_owned()
-        }
-    }
     format!(
-        "{} today ({}), {} this month ({})",
+        "{} today {}, {} this month {}, {} reserved",
         usd_amount(cost.today_usd),
-        cap(cost.daily_cap_usd),
+        of_cap(cost.daily_cap_usd),
         usd_amount(cost.month_usd),
-        cap(cost.monthly_cap_usd)
+        of_cap(cost.monthly_cap_usd),
+        usd_amount(cost.reserved_usd)
     )
+}
+
+/// "of $1.00" for a cap, "(no cap)" for 0.
+fn of_cap(cap_usd: f64) -> String {
+    if cap_usd > 0.0 {
+        format!("of {}", usd_amount(cap_usd))
+    } else {
+        "(no cap)".to_owned()
+    }
 }
 
 fn usd_amount(usd: f64) -> String {
@@ -490,6 +643,464 @@ pub fn config_reload_human(reload: &ReloadConfigResponse, style: Style) -> Human
 }
 
 // ---------------------------------------------------------------------------------------------
+// chat
+
+/// The dim stderr line for one tool event: `[tool http_get started]`,
+/// `[tool http_get finished: error]`.
+pub fn tool_line(tool: &ToolActivity) -> String {
+    match (tool.phase.as_str(), tool.is_error) {
+        ("finished", true) => format!("[tool {} finished: error]", tool.name),
+        (phase, _) => format!("[tool {} {phase}]", tool.name),
+    }
+}
+
+/// The one-line summary after a turn:
+/// `session <id> · <in>/<out> tokens (cache w/r a/b) · $0.0123 · <model>`.
+pub fn chat_summary(session_id: &str, completed: &TurnCompleted) -> String {
+    let usage = completed.usage.unwrap_or_default();
+    let mut line = format!(
+        "session {session_id} · {}/{} tokens (cache w/r {}/{}) · {}",
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+        usd_precise(completed.cost_usd)
+    );
+    if !completed.model.is_empty() {
+        let _ = write!(line, " · {}", completed.model);
+    }
+    line
+}
+
+/// A warning when the answer was cut short, for the stop reasons that mean so.
+pub fn chat_stop_warning(completed: &TurnCompleted) -> Option<String> {
+    match completed.stop_reason.as_str() {
+        "max_tokens" => Some("the answer was cut short: the model reached its output token limit".to_owned()),
+        "tool_limit" => Some("the turn stopped at the limit of tool calls per turn".to_owned()),
+        _ => None,
+    }
+}
+
+/// `chat --json`: the whole turn, built once it completed.
+pub fn chat_json<'a>(transcript: &'a Transcript, completed: &'a TurnCompleted) -> ChatJson<'a> {
+    ChatJson {
+        session_id: &transcript.session_id,
+        message_id: &completed.message_id,
+        user_message_id: non_empty(&transcript.user_message_id),
+        text: &transcript.text,
+        tools: transcript.tools.iter().map(ChatToolJson::from).collect(),
+        usage: UsageJson::from(completed.usage.as_ref()),
+        cost_usd: completed.cost_usd,
+        stop_reason: &completed.stop_reason,
+        model: &completed.model,
+        provider_calls: completed.provider_calls,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sessions
+
+/// `sessions list --json`.
+pub fn sessions_list_json(list: &ListSessionsResponse) -> SessionsListJson<'_> {
+    SessionsListJson {
+        sessions: list.sessions.iter().map(SessionJson::from).collect(),
+        next_cursor: non_empty(&list.next_cursor),
+    }
+}
+
+/// `sessions list` as a table. `now` is the current Unix time, for the UPDATED column;
+/// `max_width` is the terminal's width when known, to which TITLE is truncated.
+pub fn sessions_list_human(list: &ListSessionsResponse, now: i64, max_width: Option<usize>, style: Style) -> Human {
+    if list.sessions.is_empty() {
+        return Human {
+            stdout: "no sessions yet; start one with 'blufioctl chat MESSAGE'\n".to_owned(),
+            ..Human::default()
+        };
+    }
+    let mut rows = vec![
+        ["ID", "UPDATED", "STATE", "MESSAGES", "TITLE"]
+            .iter()
+            .map(|title| Cell::painted(style, Paint::Bold, title))
+            .collect::<Vec<_>>(),
+    ];
+    for session in &list.sessions {
+        rows.push(vec![
+            Cell::plain(&session.id),
+            Cell::plain(&humanize_age(now, session.updated_at)),
+            session_state_cell(style, &session.state),
+            Cell::plain(&session.message_count.to_string()),
+            Cell::plain(""),
+        ]);
+    }
+    // TITLE is last, so it gets whatever width the other columns leave.
+    let title_width = max_width.filter(|_| style.align).map(|max_width| {
+        let others: usize = (0..4)
+            .map(|column_idx| rows.iter().map(|row| row[column_idx].width).max().unwrap_or(0) + 2)
+            .sum();
+        max_width.saturating_sub(others).max(MIN_TITLE_WIDTH)
+    });
+    for (row, session) in rows.iter_mut().skip(1).zip(&list.sessions) {
+        row[4] = if session.title.is_empty() {
+            Cell::painted(style, Paint::Dim, "(untitled)")
+        } else {
+            let title = one_line(&session.title);
+            Cell::plain(&match title_width {
+                Some(width) => truncate(&title, width),
+                None => title,
+            })
+        };
+    }
+    let mut stdout = render_table(style, &rows);
+    if !list.next_cursor.is_empty() {
+        let note = format!("more sessions: --limit N, or --cursor {}", list.next_cursor);
+        let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &note));
+    }
+    Human {
+        stdout,
+        ..Human::default()
+    }
+}
+
+/// `sessions show --json`.
+pub fn session_show_json(session: &GetSessionResponse) -> SessionShowJson<'_> {
+    SessionShowJson {
+        session: session.session.as_ref().map(SessionJson::from),
+        messages: session.messages.iter().map(MessageJson::from).collect(),
+    }
+}
+
+/// `sessions show`: a header, then the messages as `you:`, `blufio:` and `tool NAME:` paragraphs.
+pub fn session_show_human(response: &GetSessionResponse, now: i64, style: Style) -> Human {
+    let mut stdout = String::new();
+    if let Some(session) = &response.session {
+        let _ = writeln!(
+            stdout,
+            "{}",
+            style.paint(Paint::Bold, &format!("session {}", session.id))
+        );
+        let title = if session.title.is_empty() {
+            Cell::painted(style, Paint::Dim, "(untitled)")
+        } else {
+            Cell::plain(&one_line(&session.title))
+        };
+        let mut messages = Cell::plain(&session.message_count.to_string());
+        let shown = response.messages.len() as u64;
+        if shown < session.message_count {
+            messages.push(
+                style,
+                Paint::Dim,
+                &format!(" (showing the last {shown}; --limit N for more)"),
+            );
+        }
+        let mut rows = vec![
+            ("title".to_owned(), title),
+            ("created".to_owned(), Cell::plain(&format_utc(session.created_at))),
+            (
+                "updated".to_owned(),
+                Cell::plain(&humanize_age(now, session.updated_at)),
+            ),
+            ("state".to_owned(), session_state_cell(style, &session.state)),
+            ("messages".to_owned(), messages),
+        ];
+        if !session.model.is_empty() {
+            rows.push(("model".to_owned(), Cell::plain(&session.model)));
+        }
+        stdout.push_str(&render_pairs(style, &rows));
+    }
+
+    // Tool results name their call by id; the calls (and so the tool names) are on the assistant
+    // message before them.
+    let mut tool_names: Vec<(&str, &str)> = Vec::new();
+    for message in &response.messages {
+        stdout.push('\n');
+        match message.role.as_str() {
+            "user" => {
+                let _ = writeln!(stdout, "{} {}", style.paint(Paint::Bold, "you:"), message.text);
+            }
+            "assistant" => {
+                let label = style.paint(Paint::Bold, "blufio:");
+                if message.text.is_empty() {
+                    let _ = writeln!(stdout, "{label}");
+                } else {
+                    let _ = writeln!(stdout, "{label} {}", message.text);
+                }
+                for call in &message.tool_calls {
+                    tool_names.push((&call.id, &call.name));
+                    let input = truncate(&compact_json(&call.input_json), TOOL_INPUT_WIDTH);
+                    let line = format!("  → {} {input}", call.name);
+                    let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &line));
+                }
+            }
+            "tool" => {
+                let name = tool_names
+                    .iter()
+                    .rev()
+                    .find(|(id, _)| *id == message.tool_call_id)
+                    .map_or("?", |(_, name)| name);
+                let label = if message.is_error {
+                    style.paint(Paint::Red, &format!("tool {name} (error):"))
+                } else {
+                    style.paint(Paint::Bold, &format!("tool {name}:"))
+                };
+                let result = style.paint(Paint::Dim, &first_line(&message.text, TOOL_RESULT_WIDTH));
+                let _ = writeln!(stdout, "{label} {result}");
+            }
+            other => {
+                let _ = writeln!(
+                    stdout,
+                    "{} {}",
+                    style.paint(Paint::Bold, &format!("{other}:")),
+                    message.text
+                );
+            }
+        }
+    }
+    if response.messages.is_empty() {
+        let _ = writeln!(stdout, "\n{}", style.paint(Paint::Dim, "no messages"));
+    }
+    Human {
+        stdout,
+        ..Human::default()
+    }
+}
+
+/// `sessions delete --json`.
+pub fn session_delete_json(id: &str) -> SessionDeleteJson<'_> {
+    SessionDeleteJson {
+        session_id: id,
+        deleted: true,
+    }
+}
+
+/// `sessions delete`.
+pub fn session_delete_human(id: &str) -> Human {
+    Human {
+        stdout: format!("deleted session {id}\n"),
+        ..Human::default()
+    }
+}
+
+/// Shortest TITLE column, even on a narrow terminal.
+const MIN_TITLE_WIDTH: usize = 16;
+/// Characters of a tool call's input shown by `sessions show`.
+const TOOL_INPUT_WIDTH: usize = 100;
+/// Characters of a tool's result shown by `sessions show`.
+const TOOL_RESULT_WIDTH: usize = 100;
+
+fn session_state_cell(style: Style, state: &str) -> Cell {
+    let paint = match state {
+        "running" => Paint::Bold,
+        "interrupted" => Paint::Yellow,
+        _ => Paint::None,
+    };
+    Cell::painted(style, paint, state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// usage
+
+/// `usage --json`.
+pub fn usage_json(usage: &GetUsageResponse) -> UsageReportJson<'_> {
+    UsageReportJson {
+        cost: usage.cost.as_ref().map(CostJson::from),
+        days: usage
+            .days
+            .iter()
+            .map(|day| DayJson {
+                day: &day.day,
+                calls: day.calls,
+                usage: UsageJson::from(day.usage.as_ref()),
+                cost_usd: day.cost_usd,
+            })
+            .collect(),
+        models: usage
+            .models
+            .iter()
+            .map(|model| ModelJson {
+                provider: &model.provider,
+                model: &model.model,
+                calls: model.calls,
+                usage: UsageJson::from(model.usage.as_ref()),
+                cost_usd: model.cost_usd,
+            })
+            .collect(),
+        sessions: usage
+            .sessions
+            .iter()
+            .map(|session| SessionUsageJson {
+                session_id: non_empty(&session.session_id),
+                title: &session.title,
+                calls: session.calls,
+                cost_usd: session.cost_usd,
+            })
+            .collect(),
+    }
+}
+
+/// `usage`: spend against the caps, then tables per day, per model and the top sessions.
+/// `days` is the period asked for.
+pub fn usage_human(usage: &GetUsageResponse, days: u32, style: Style) -> Human {
+    let mut stdout = String::new();
+    if let Some(cost) = &usage.cost {
+        let rows = vec![
+            (
+                "today".to_owned(),
+                spend_cell(style, cost.today_usd, cost.daily_cap_usd),
+            ),
+            (
+                "this month".to_owned(),
+                spend_cell(style, cost.month_usd, cost.monthly_cap_usd),
+            ),
+            (
+                "reserved".to_owned(),
+                Cell::plain(&format!("{} by calls in flight", usd_amount(cost.reserved_usd))),
+            ),
+        ];
+        stdout.push_str(&render_pairs(style, &rows));
+    }
+    let period = if days == 1 {
+        "today".to_owned()
+    } else {
+        format!("the last {days} days")
+    };
+    if usage.days.is_empty() {
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        let _ = writeln!(stdout, "no provider calls in {period}");
+        return Human {
+            stdout,
+            ..Human::default()
+        };
+    }
+
+    let heading = |stdout: &mut String, text: &str| {
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        let _ = writeln!(stdout, "{}", style.paint(Paint::Bold, text));
+    };
+
+    heading(&mut stdout, &format!("per day, {period} (UTC)"));
+    let mut rows = vec![token_header(style, "DAY")];
+    let mut total = (0, TokenUsage::default(), 0.0);
+    for day in &usage.days {
+        let tokens = day.usage.unwrap_or_default();
+        rows.push(token_row(&day.day, day.calls, &tokens, day.cost_usd));
+        total.0 += day.calls;
+        total.1.input_tokens += tokens.input_tokens;
+        total.1.output_tokens += tokens.output_tokens;
+        total.1.cache_creation_input_tokens += tokens.cache_creation_input_tokens;
+        total.1.cache_read_input_tokens += tokens.cache_read_input_tokens;
+        total.2 += day.cost_usd;
+    }
+    if usage.days.len() > 1 {
+        let mut row = token_row("total", total.0, &total.1, total.2);
+        for cell in &mut row {
+            *cell = Cell::painted(style, Paint::Bold, &cell.text);
+        }
+        rows.push(row);
+    }
+    stdout.push_str(&render_table(style, &rows));
+
+    if !usage.models.is_empty() {
+        heading(&mut stdout, "per model");
+        let mut rows = vec![token_header(style, "MODEL")];
+        for model in &usage.models {
+            let name = if model.provider.is_empty() {
+                model.model.clone()
+            } else {
+                format!("{}/{}", model.provider, model.model)
+            };
+            rows.push(token_row(
+                &name,
+                model.calls,
+                &model.usage.unwrap_or_default(),
+                model.cost_usd,
+            ));
+        }
+        stdout.push_str(&render_table(style, &rows));
+    }
+
+    if !usage.sessions.is_empty() {
+        heading(&mut stdout, "top sessions");
+        let mut rows = vec![
+            ["SESSION", "CALLS", "COST", "TITLE"]
+                .iter()
+                .map(|title| Cell::painted(style, Paint::Bold, title))
+                .collect::<Vec<_>>(),
+        ];
+        for session in usage.sessions.iter().take(TOP_SESSIONS) {
+            let id = if session.session_id.is_empty() {
+                Cell::painted(style, Paint::Dim, "(deleted)")
+            } else {
+                Cell::plain(&session.session_id)
+            };
+            rows.push(vec![
+                id,
+                Cell::plain(&session.calls.to_string()),
+                Cell::plain(&usd_precise(session.cost_usd)),
+                Cell::plain(&truncate(&one_line(&session.title), USAGE_TITLE_WIDTH)),
+            ]);
+        }
+        stdout.push_str(&render_table(style, &rows));
+    }
+    Human {
+        stdout,
+        ..Human::default()
+    }
+}
+
+/// Sessions shown by `usage` (the JSON has all the daemon sent).
+const TOP_SESSIONS: usize = 10;
+/// Characters of a session title shown by `usage`.
+const USAGE_TITLE_WIDTH: usize = 48;
+
+/// "$0.42 of $1.00 (42%)", yellow from 80% of the cap and red at it; "$3.40 (no cap)".
+fn spend_cell(style: Style, spent_usd: f64, cap_usd: f64) -> Cell {
+    if cap_usd <= 0.0 {
+        return Cell::plain(&format!("{} (no cap)", usd_amount(spent_usd)));
+    }
+    let ratio = spent_usd / cap_usd;
+    let paint = if ratio >= 1.0 {
+        Paint::Red
+    } else if ratio >= 0.8 {
+        Paint::Yellow
+    } else {
+        Paint::None
+    };
+    let text = format!(
+        "{} of {} ({:.0}%)",
+        usd_amount(spent_usd),
+        usd_amount(cap_usd),
+        ratio * 100.0
+    );
+    Cell::painted(style, paint, &text)
+}
+
+fn token_header(style: Style, first: &str) -> Vec<Cell> {
+    [first, "CALLS", "IN", "OUT", "CACHE W/R", "COST"]
+        .iter()
+        .map(|title| Cell::painted(style, Paint::Bold, title))
+        .collect()
+}
+
+fn token_row(name: &str, calls: u64, tokens: &TokenUsage, cost_usd: f64) -> Vec<Cell> {
+    vec![
+        Cell::plain(name),
+        Cell::plain(&calls.to_string()),
+        Cell::plain(&humanize_count(tokens.input_tokens)),
+        Cell::plain(&humanize_count(tokens.output_tokens)),
+        Cell::plain(&format!(
+            "{}/{}",
+            humanize_count(tokens.cache_creation_input_tokens),
+            humanize_count(tokens.cache_read_input_tokens)
+        )),
+        Cell::plain(&usd_precise(cost_usd)),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
 // humanizing
 
 /// A duration as its two most significant units: "45s", "3m 12s", "2h 5m", "4d 1h".
@@ -522,6 +1133,112 @@ pub fn humanize_bytes(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Dollars with four decimals, for single turns and table rows where cents are too coarse.
+pub fn usd_precise(usd: f64) -> String {
+    format!("${usd:.4}")
+}
+
+/// A token count: "950", "12.3k", "4.5M", "1.2G".
+pub fn humanize_count(count: u64) -> String {
+    #[allow(clippy::cast_precision_loss, reason = "display only; one decimal is shown")]
+    let value = count as f64;
+    if count < 1000 {
+        count.to_string()
+    } else if count < 1_000_000 {
+        format!("{:.1}k", value / 1e3)
+    } else if count < 1_000_000_000 {
+        format!("{:.1}M", value / 1e6)
+    } else {
+        format!("{:.1}G", value / 1e9)
+    }
+}
+
+/// How long ago `then` was, seen at `now` (both Unix seconds): "just now", "45s ago", "3m ago",
+/// "5h ago", "12d ago", and the UTC date for anything older than 30 days.
+pub fn humanize_age(now: i64, then: i64) -> String {
+    const MINUTE: i64 = 60;
+    const HOUR: i64 = 60 * MINUTE;
+    const DAY: i64 = 24 * HOUR;
+    let ago = now.saturating_sub(then);
+    // A timestamp slightly in the future is clock skew between the daemon and us, not news.
+    if ago < 10 {
+        "just now".to_owned()
+    } else if ago < MINUTE {
+        format!("{ago}s ago")
+    } else if ago < HOUR {
+        format!("{}m ago", ago / MINUTE)
+    } else if ago < DAY {
+        format!("{}h ago", ago / HOUR)
+    } else if ago < 30 * DAY {
+        format!("{}d ago", ago / DAY)
+    } else {
+        let (year, month, day) = civil_from_days(then.div_euclid(DAY));
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+}
+
+/// Unix seconds as "2026-11-28 08:05 UTC".
+pub fn format_utc(unix_seconds: i64) -> String {
+    let days = unix_seconds.div_euclid(86_400);
+    let seconds_of_day = unix_seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        seconds_of_day / 3600,
+        seconds_of_day % 3600 / 60
+    )
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01, after Howard
+/// Hinnant's `civil_from_days`; it saves a date-time dependency for two columns.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// At most `width` characters of `text`, ending in "…" when cut.
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// `text` with runs of whitespace (newlines included) folded to single spaces.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The first line of `text`, at most `width` characters, marked "…" when there is more.
+fn first_line(text: &str, width: usize) -> String {
+    let trimmed = text.trim();
+    let first = trimmed.lines().next().unwrap_or("");
+    if first.len() < trimmed.len() {
+        truncate(&format!("{first} …"), width)
+    } else {
+        truncate(first, width)
+    }
+}
+
+/// JSON text re-serialized without whitespace; other text folded to one line.
+fn compact_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text).map_or_else(|_| one_line(text), |value| value.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +1349,7 @@ pub struct StatusJson<'a> {
     state_dir: &'a str,
     previous_run_unclean: bool,
     subsystems: Vec<SubsystemJson<'a>>,
-    sessions: Option<SessionsJson>,
+    sessions: Option<SessionsJson<'a>>,
     memory: Option<MemoryJson>,
     cost: Option<CostJson>,
     caller_access: &'a str,
@@ -654,16 +1371,26 @@ impl<'a> From<&'a SubsystemStatus> for SubsystemJson<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct SessionsJson {
+struct SessionsJson<'a> {
     active_sessions: u64,
     turns_in_flight: u64,
+    turns_queued: u64,
+    total_sessions: u64,
+    provider: &'a str,
+    model: &'a str,
+    provider_problem: Option<&'a str>,
 }
 
-impl From<&SessionsStatus> for SessionsJson {
-    fn from(sessions: &SessionsStatus) -> Self {
+impl<'a> From<&'a SessionsStatus> for SessionsJson<'a> {
+    fn from(sessions: &'a SessionsStatus) -> Self {
         SessionsJson {
             active_sessions: sessions.active_sessions,
             turns_in_flight: sessions.turns_in_flight,
+            turns_queued: sessions.turns_queued,
+            total_sessions: sessions.total_sessions,
+            provider: &sessions.provider,
+            model: &sessions.model,
+            provider_problem: non_empty(&sessions.provider_problem),
         }
     }
 }
@@ -691,6 +1418,7 @@ struct CostJson {
     month_usd: f64,
     daily_cap_usd: f64,
     monthly_cap_usd: f64,
+    reserved_usd: f64,
 }
 
 impl From<&CostStatus> for CostJson {
@@ -700,6 +1428,7 @@ impl From<&CostStatus> for CostJson {
             month_usd: cost.month_usd,
             daily_cap_usd: cost.daily_cap_usd,
             monthly_cap_usd: cost.monthly_cap_usd,
+            reserved_usd: cost.reserved_usd,
         }
     }
 }
@@ -765,8 +1494,187 @@ pub struct ReloadJson<'a> {
     restart_required: &'a [String],
 }
 
+#[derive(Debug, Serialize)]
+pub struct ChatJson<'a> {
+    session_id: &'a str,
+    message_id: &'a str,
+    user_message_id: Option<&'a str>,
+    text: &'a str,
+    tools: Vec<ChatToolJson<'a>>,
+    usage: UsageJson,
+    cost_usd: f64,
+    stop_reason: &'a str,
+    model: &'a str,
+    provider_calls: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ChatToolJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    is_error: bool,
+    summary: Option<&'a str>,
+}
+
+impl<'a> From<&'a ToolActivity> for ChatToolJson<'a> {
+    fn from(tool: &'a ToolActivity) -> Self {
+        ChatToolJson {
+            id: &tool.id,
+            name: &tool.name,
+            is_error: tool.is_error,
+            summary: non_empty(&tool.summary),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct UsageJson {
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+}
+
+impl From<Option<&TokenUsage>> for UsageJson {
+    fn from(usage: Option<&TokenUsage>) -> Self {
+        let usage = usage.copied().unwrap_or_default();
+        UsageJson {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_creation_input_tokens: usage.cache_creation_input_tokens,
+            cache_read_input_tokens: usage.cache_read_input_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionsListJson<'a> {
+    sessions: Vec<SessionJson<'a>>,
+    next_cursor: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionJson<'a> {
+    id: &'a str,
+    title: &'a str,
+    created_at: i64,
+    updated_at: i64,
+    model: Option<&'a str>,
+    state: &'a str,
+    message_count: u64,
+}
+
+impl<'a> From<&'a Session> for SessionJson<'a> {
+    fn from(session: &'a Session) -> Self {
+        SessionJson {
+            id: &session.id,
+            title: &session.title,
+            created_at: session.created_at,
+            updated_at: session.updated_at,
+            model: non_empty(&session.model),
+            state: &session.state,
+            message_count: session.message_count,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionShowJson<'a> {
+    session: Option<SessionJson<'a>>,
+    messages: Vec<MessageJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct MessageJson<'a> {
+    id: &'a str,
+    role: &'a str,
+    text: &'a str,
+    tool_calls: Vec<ToolCallJson<'a>>,
+    tool_call_id: Option<&'a str>,
+    is_error: bool,
+    created_at: i64,
+}
+
+impl<'a> From<&'a ChatMessage> for MessageJson<'a> {
+    fn from(message: &'a ChatMessage) -> Self {
+        MessageJson {
+            id: &message.id,
+            role: &message.role,
+            text: &message.text,
+            tool_calls: message
+                .tool_calls
+                .iter()
+                .map(|call| ToolCallJson {
+                    id: &call.id,
+                    name: &call.name,
+                    input: json_or_text(&call.input_json),
+                })
+                .collect(),
+            tool_call_id: non_empty(&message.tool_call_id),
+            is_error: message.is_error,
+            created_at: message.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ToolCallJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    input: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionDeleteJson<'a> {
+    session_id: &'a str,
+    deleted: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UsageReportJson<'a> {
+    cost: Option<CostJson>,
+    days: Vec<DayJson<'a>>,
+    models: Vec<ModelJson<'a>>,
+    sessions: Vec<SessionUsageJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct DayJson<'a> {
+    day: &'a str,
+    calls: u64,
+    usage: UsageJson,
+    cost_usd: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelJson<'a> {
+    provider: &'a str,
+    model: &'a str,
+    calls: u64,
+    usage: UsageJson,
+    cost_usd: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionUsageJson<'a> {
+    session_id: Option<&'a str>,
+    title: &'a str,
+    calls: u64,
+    cost_usd: f64,
+}
+
+/// JSON text from the daemon as a value; should it ever not parse, keep the text rather than fail
+/// the whole command.
+fn json_or_text(text: &str) -> serde_json::Value {
+    if text.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
+    use blufio_proto::control::v1::{DayUsage, ModelUsage, SessionUsage, ToolCall};
     use serde_json::json;
 
     use super::*;
@@ -1047,12 +1955,18 @@ access:        read-only
             sessions: Some(SessionsStatus {
                 active_sessions: 2,
                 turns_in_flight: 1,
+                total_sessions: 15,
+                turns_queued: 3,
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4-5".into(),
+                provider_problem: "no API key: set BLUFIO_PROVIDER__API_KEY".into(),
             }),
             cost: Some(CostStatus {
                 today_usd: 0.125,
                 month_usd: 3.4,
                 daily_cap_usd: 1.0,
                 monthly_cap_usd: 0.0,
+                reserved_usd: 0.05,
             }),
             subsystems: vec![],
             state: 99,
@@ -1063,8 +1977,34 @@ access:        read-only
         assert!(stdout.contains("\nconfig: /etc/blufio/blufiod.toml\n"), "{stdout}");
         assert!(!stdout.contains("previous run"));
         assert!(stdout.contains("\nsubsystems: none\n"));
-        assert!(stdout.contains("\nsessions: 2 active, 1 turn in flight\n"));
-        assert!(stdout.contains("\ncost: $0.12 today (cap $1.00), $3.40 this month (no cap)\n"));
+        assert!(stdout.contains("\nsessions: 2 active, 1 turn in flight, 3 queued, 15 total\n"));
+        assert!(
+            stdout.contains("\nprovider: anthropic / claude-sonnet-4-5\n"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("\ncost: $0.12 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
+        let human = status_human(&status, Style::PLAIN);
+        assert_eq!(human.warnings, ["no API key: set BLUFIO_PROVIDER__API_KEY"]);
+
+        let value = serde_json::to_value(status_json(&status)).expect("serializes");
+        assert_eq!(
+            value["sessions"],
+            json!({"active_sessions": 2, "turns_in_flight": 1, "turns_queued": 3, "total_sessions": 15,
+                   "provider": "anthropic", "model": "claude-sonnet-4-5",
+                   "provider_problem": "no API key: set BLUFIO_PROVIDER__API_KEY"})
+        );
+        assert_eq!(
+            value["cost"],
+            json!({"today_usd": 0.125, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
+                   "reserved_usd": 0.05})
+        );
+        let healthy = GetStatusResponse {
+            sessions: Some(SessionsStatus::default()),
+            ..sample_status()
+        };
+        assert!(status_human(&healthy, Style::PLAIN).warnings.is_empty());
+        let value = serde_json::to_value(status_json(&healthy)).expect("serializes");
+        assert_eq!(value["sessions"]["provider_problem"], serde_json::Value::Null);
     }
 
     #[test]
@@ -1150,6 +2090,426 @@ access:        read-only
         );
         let nothing = config_reload_human(&ReloadConfigResponse::default(), ALIGNED).stdout;
         assert_eq!(nothing, "configuration reloaded; nothing changed\n");
+    }
+
+    const NOW: i64 = 1_795_852_800; // 2026-11-28 08:00 UTC
+
+    fn sample_session(id: &str, title: &str, updated_at: i64, state: &str) -> Session {
+        Session {
+            id: id.into(),
+            title: title.into(),
+            created_at: 1_764_000_000,
+            updated_at,
+            model: "claude-sonnet-4-5".into(),
+            state: state.into(),
+            message_count: 12,
+        }
+    }
+
+    fn sample_completed() -> TurnCompleted {
+        TurnCompleted {
+            message_id: "m-out".into(),
+            usage: Some(TokenUsage {
+                input_tokens: 1200,
+                output_tokens: 80,
+                cache_creation_input_tokens: 10,
+                cache_read_input_tokens: 1024,
+            }),
+            cost_usd: 0.012_34,
+            provider_calls: 2,
+            stop_reason: "end_turn".into(),
+            model: "claude-sonnet-4-5".into(),
+        }
+    }
+
+    fn sample_usage() -> GetUsageResponse {
+        let tokens = TokenUsage {
+            input_tokens: 12_345,
+            output_tokens: 678,
+            cache_creation_input_tokens: 1_500_000,
+            cache_read_input_tokens: 20_000,
+        };
+        GetUsageResponse {
+            days: vec![
+                DayUsage {
+                    day: "2026-11-27".into(),
+                    cost_usd: 0.5,
+                    usage: Some(tokens),
+                    calls: 12,
+                },
+                DayUsage {
+                    day: "2026-11-28".into(),
+                    cost_usd: 0.25,
+                    usage: Some(TokenUsage::default()),
+                    calls: 3,
+                },
+            ],
+            models: vec![ModelUsage {
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4-5".into(),
+                cost_usd: 0.75,
+                usage: Some(tokens),
+                calls: 15,
+            }],
+            sessions: vec![
+                SessionUsage {
+                    session_id: "s1".into(),
+                    title: "Weather\nin Paris".into(),
+                    cost_usd: 0.7,
+                    calls: 14,
+                },
+                SessionUsage {
+                    session_id: String::new(),
+                    title: String::new(),
+                    cost_usd: 0.05,
+                    calls: 1,
+                },
+            ],
+            cost: Some(CostStatus {
+                today_usd: 0.9,
+                month_usd: 3.5,
+                daily_cap_usd: 1.0,
+                monthly_cap_usd: 0.0,
+                reserved_usd: 0.02,
+            }),
+        }
+    }
+
+    #[test]
+    fn ages_and_dates() {
+        assert_eq!(humanize_age(NOW, NOW), "just now");
+        assert_eq!(humanize_age(NOW, NOW + 30), "just now", "clock skew");
+        assert_eq!(humanize_age(NOW, NOW - 45), "45s ago");
+        assert_eq!(humanize_age(NOW, NOW - 3 * 60 - 59), "3m ago");
+        assert_eq!(humanize_age(NOW, NOW - 5 * 3600), "5h ago");
+        assert_eq!(humanize_age(NOW, NOW - 12 * 86_400), "12d ago");
+        assert_eq!(humanize_age(NOW, 1_764_000_000), "2025-11-24");
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(format_utc(-1), "1969-12-31 23:59 UTC");
+        assert_eq!(format_utc(NOW), "2026-11-28 08:00 UTC");
+    }
+
+    #[test]
+    fn counts_money_and_text_helpers() {
+        assert_eq!(humanize_count(999), "999");
+        assert_eq!(humanize_count(12_345), "12.3k");
+        assert_eq!(humanize_count(1_500_000), "1.5M");
+        assert_eq!(humanize_count(2_000_000_000), "2.0G");
+        assert_eq!(usd_precise(0.012_34), "$0.0123");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abcd", 4), "abcd");
+        assert_eq!(truncate("héllo", 3), "hé…", "characters, not bytes");
+        assert_eq!(one_line(" a\n b\tc "), "a b c");
+        assert_eq!(first_line("one\ntwo", 100), "one …");
+        assert_eq!(first_line("  only  ", 100), "only");
+        assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
+        assert_eq!(compact_json("not\njson"), "not json");
+    }
+
+    #[test]
+    fn tool_lines_and_summary() {
+        let started = ToolActivity {
+            id: "c1".into(),
+            name: "http_get".into(),
+            phase: "started".into(),
+            ..ToolActivity::default()
+        };
+        assert_eq!(tool_line(&started), "[tool http_get started]");
+        let failed = ToolActivity {
+            phase: "finished".into(),
+            is_error: true,
+            ..started.clone()
+        };
+        assert_eq!(tool_line(&failed), "[tool http_get finished: error]");
+        let finished = ToolActivity {
+            phase: "finished".into(),
+            ..started
+        };
+        assert_eq!(tool_line(&finished), "[tool http_get finished]");
+
+        assert_eq!(
+            chat_summary("s1", &sample_completed()),
+            "session s1 · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · claude-sonnet-4-5"
+        );
+        let bare = TurnCompleted {
+            usage: None,
+            model: String::new(),
+            cost_usd: 0.0,
+            ..sample_completed()
+        };
+        assert_eq!(
+            chat_summary("s1", &bare),
+            "session s1 · 0/0 tokens (cache w/r 0/0) · $0.0000"
+        );
+        assert_eq!(chat_stop_warning(&sample_completed()), None);
+        let cut = TurnCompleted {
+            stop_reason: "max_tokens".into(),
+            ..sample_completed()
+        };
+        assert!(chat_stop_warning(&cut).is_some_and(|warning| warning.contains("cut short")));
+    }
+
+    #[test]
+    fn chat_json_shape() {
+        let transcript = Transcript {
+            session_id: "s1".into(),
+            user_message_id: "m-in".into(),
+            text: "It is sunny.".into(),
+            tools: vec![
+                ToolActivity {
+                    id: "c1".into(),
+                    name: "http_get".into(),
+                    phase: "finished".into(),
+                    is_error: false,
+                    summary: "200 OK".into(),
+                },
+                ToolActivity {
+                    id: "c2".into(),
+                    name: "shell".into(),
+                    phase: "started".into(),
+                    ..ToolActivity::default()
+                },
+            ],
+        };
+        let completed = sample_completed();
+        let value = serde_json::to_value(chat_json(&transcript, &completed)).expect("serializes");
+        assert_eq!(
+            value,
+            json!({
+                "session_id": "s1",
+                "message_id": "m-out",
+                "user_message_id": "m-in",
+                "text": "It is sunny.",
+                "tools": [
+                    {"id": "c1", "name": "http_get", "is_error": false, "summary": "200 OK"},
+                    {"id": "c2", "name": "shell", "is_error": false, "summary": null}
+                ],
+                "usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 10,
+                          "cache_read_input_tokens": 1024},
+                "cost_usd": 0.012_34,
+                "stop_reason": "end_turn",
+                "model": "claude-sonnet-4-5",
+                "provider_calls": 2
+            })
+        );
+    }
+
+    #[test]
+    fn sessions_table_truncates_titles_to_the_terminal() {
+        let list = ListSessionsResponse {
+            sessions: vec![
+                sample_session(
+                    "s1",
+                    "What is the weather in Paris tomorrow morning?",
+                    NOW - 180,
+                    "running",
+                ),
+                sample_session("s22", "", NOW - 2 * 86_400, "interrupted"),
+            ],
+            next_cursor: String::new(),
+        };
+        let stdout = sessions_list_human(&list, NOW, Some(60), ALIGNED).stdout;
+        let expected = [
+            "ID   UPDATED  STATE        MESSAGES  TITLE",
+            "s1   3m ago   running      12        What is the weather in…",
+            "s22  2d ago   interrupted  12        (untitled)",
+            "",
+        ]
+        .join("\n");
+        assert_eq!(stdout, expected);
+        assert!(stdout.lines().all(|line| line.chars().count() <= 60), "{stdout}");
+        // A narrow terminal still gets a readable title; the line may wrap.
+        let narrow = sessions_list_human(&list, NOW, Some(40), ALIGNED).stdout;
+        assert!(narrow.contains("  What is the wea…\n"), "{narrow}");
+
+        // Without a terminal width, or in plain output, titles stay whole for scripts.
+        let whole = sessions_list_human(&list, NOW, None, ALIGNED).stdout;
+        assert!(
+            whole.contains("What is the weather in Paris tomorrow morning?\n"),
+            "{whole}"
+        );
+        let plain = sessions_list_human(&list, NOW, Some(50), Style::PLAIN).stdout;
+        assert!(plain.starts_with("ID\tUPDATED\tSTATE\tMESSAGES\tTITLE\ns1\t3m ago\trunning\t12\tWhat is"));
+        assert!(plain.contains("tomorrow morning?\n"), "{plain}");
+
+        let paged = ListSessionsResponse {
+            next_cursor: "c-2".into(),
+            ..list
+        };
+        let stdout = sessions_list_human(&paged, NOW, None, ALIGNED).stdout;
+        assert!(
+            stdout.ends_with("more sessions: --limit N, or --cursor c-2\n"),
+            "{stdout}"
+        );
+        let empty = sessions_list_human(&ListSessionsResponse::default(), NOW, None, ALIGNED).stdout;
+        assert!(empty.starts_with("no sessions yet"), "{empty}");
+    }
+
+    #[test]
+    fn sessions_json_shapes() {
+        let list = ListSessionsResponse {
+            sessions: vec![Session {
+                model: String::new(),
+                ..sample_session("s1", "", 1_764_000_100, "idle")
+            }],
+            next_cursor: "c-2".into(),
+        };
+        let value = serde_json::to_value(sessions_list_json(&list)).expect("serializes");
+        assert_eq!(
+            value,
+            json!({
+                "sessions": [{"id": "s1", "title": "", "created_at": 1_764_000_000, "updated_at": 1_764_000_100,
+                              "model": null, "state": "idle", "message_count": 12}],
+                "next_cursor": "c-2"
+            })
+        );
+        let value = serde_json::to_value(session_delete_json("s1")).expect("serializes");
+        assert_eq!(value, json!({"session_id": "s1", "deleted": true}));
+        assert_eq!(session_delete_human("s1").stdout, "deleted session s1\n");
+    }
+
+    fn sample_conversation() -> GetSessionResponse {
+        let message = |id: &str, role: &str, text: &str| ChatMessage {
+            id: id.into(),
+            role: role.into(),
+            text: text.into(),
+            created_at: 1_764_000_000,
+            ..ChatMessage::default()
+        };
+        GetSessionResponse {
+            session: Some(sample_session("s1", "Weather", NOW - 180, "idle")),
+            messages: vec![
+                message("m1", "user", "Weather in Paris?"),
+                ChatMessage {
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "http_get".into(),
+                        input_json: "{\"url\": \"https://wttr.in/Paris\"}".into(),
+                    }],
+                    ..message("m2", "assistant", "")
+                },
+                ChatMessage {
+                    tool_call_id: "c1".into(),
+                    is_error: true,
+                    ..message("m3", "tool", "timeout\nafter 30s")
+                },
+                message("m4", "assistant", "I could not check."),
+            ],
+        }
+    }
+
+    #[test]
+    fn session_show_lines() {
+        let stdout = session_show_human(&sample_conversation(), NOW, ALIGNED).stdout;
+        let expected = "\
+session s1
+title:     Weather
+created:   2025-11-24 16:00 UTC
+updated:   3m ago
+state:     idle
+messages:  12 (showing the last 4; --limit N for more)
+model:     claude-sonnet-4-5
+
+you: Weather in Paris?
+
+blufio:
+  → http_get {\"url\":\"https://wttr.in/Paris\"}
+
+tool http_get (error): timeout …
+
+blufio: I could not check.
+";
+        assert_eq!(stdout, expected);
+    }
+
+    #[test]
+    fn session_show_json_shape() {
+        let conversation = sample_conversation();
+        let value = serde_json::to_value(session_show_json(&conversation)).expect("serializes");
+        assert_eq!(value["session"]["id"], "s1");
+        assert_eq!(
+            value["messages"][1],
+            json!({"id": "m2", "role": "assistant", "text": "",
+                   "tool_calls": [{"id": "c1", "name": "http_get", "input": {"url": "https://wttr.in/Paris"}}],
+                   "tool_call_id": null, "is_error": false, "created_at": 1_764_000_000})
+        );
+        assert_eq!(
+            value["messages"][2],
+            json!({"id": "m3", "role": "tool", "text": "timeout\nafter 30s", "tool_calls": [],
+                   "tool_call_id": "c1", "is_error": true, "created_at": 1_764_000_000})
+        );
+    }
+
+    #[test]
+    fn usage_tables() {
+        let stdout = usage_human(&sample_usage(), 30, ALIGNED).stdout;
+        let expected = "\
+today:       $0.90 of $1.00 (90%)
+this month:  $3.50 (no cap)
+reserved:    $0.02 by calls in flight
+
+per day, the last 30 days (UTC)
+DAY         CALLS  IN     OUT  CACHE W/R   COST
+2026-11-27  12     12.3k  678  1.5M/20.0k  $0.5000
+2026-11-28  3      0      0    0/0         $0.2500
+total       15     12.3k  678  1.5M/20.0k  $0.7500
+
+per model
+MODEL                        CALLS  IN     OUT  CACHE W/R   COST
+anthropic/claude-sonnet-4-5  15     12.3k  678  1.5M/20.0k  $0.7500
+
+top sessions
+SESSION    CALLS  COST     TITLE
+s1         14     $0.7000  Weather in Paris
+(deleted)  1      $0.0500
+";
+        assert_eq!(stdout, expected);
+
+        // Near the cap is yellow; colour never shifts the columns.
+        let coloured = usage_human(&sample_usage(), 30, COLOR).stdout;
+        assert!(coloured.contains("\x1b[33m$0.90 of $1.00 (90%)\x1b[0m"), "{coloured}");
+        assert_eq!(strip_ansi(&coloured), stdout);
+
+        let quiet = GetUsageResponse {
+            days: vec![],
+            cost: None,
+            ..sample_usage()
+        };
+        assert_eq!(
+            usage_human(&quiet, 7, ALIGNED).stdout,
+            "no provider calls in the last 7 days\n"
+        );
+    }
+
+    #[test]
+    fn usage_json_shape() {
+        let usage = sample_usage();
+        let value = serde_json::to_value(usage_json(&usage)).expect("serializes");
+        let tokens = json!({"input_tokens": 12_345, "output_tokens": 678,
+                            "cache_creation_input_tokens": 1_500_000, "cache_read_input_tokens": 20_000});
+        assert_eq!(
+            value["days"][0],
+            json!({"day": "2026-11-27", "calls": 12, "usage": tokens, "cost_usd": 0.5})
+        );
+        assert_eq!(
+            value["models"],
+            json!([{"provider": "anthropic", "model": "claude-sonnet-4-5", "calls": 15, "usage": tokens,
+                    "cost_usd": 0.75}])
+        );
+        assert_eq!(
+            value["sessions"],
+            json!([{"session_id": "s1", "title": "Weather\nin Paris", "calls": 14, "cost_usd": 0.7},
+                   {"session_id": null, "title": "", "calls": 1, "cost_usd": 0.05}])
+        );
+        assert_eq!(
+            value["cost"],
+            json!({"today_usd": 0.9, "month_usd": 3.5, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
+                   "reserved_usd": 0.02})
+        );
+        let value = serde_json::to_value(usage_json(&GetUsageResponse::default())).expect("serializes");
+        assert_eq!(value, json!({"cost": null, "days": [], "models": [], "sessions": []}));
     }
 
     fn strip_ansi(text: &str) -> String {

@@ -79,6 +79,12 @@ fn unreachable_with_json_prints_nothing_on_stdout() {
         &["config", "get", "log.level", "--json"],
         &["config", "reload", "--json"],
         &["config", "validate", "--json"],
+        &["sessions", "list", "--json"],
+        &["sessions", "show", "s1", "--json"],
+        &["sessions", "delete", "s1", "--json"],
+        &["usage", "--json"],
+        &["chat", "--json", "hi"],
+        &["shell"],
     ] {
         let output = run(blufioctl().args(args).arg("--socket").arg(&socket));
         assert_unreachable(&output, &socket);
@@ -176,7 +182,7 @@ fn help_lists_commands_and_exit_codes() {
     let output = run(blufioctl().arg("--help"));
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let help = stdout(&output);
-    for command in ["status", "config", "completions"] {
+    for command in ["status", "config", "chat", "shell", "sessions", "usage", "completions"] {
         assert!(help.contains(command), "missing {command}: {help}");
     }
     assert!(!help.contains("\n  man "), "man is hidden: {help}");
@@ -206,10 +212,15 @@ mod fake {
     use std::time::Duration;
 
     use blufio_proto::control::v1::control_server::{Control, ControlServer};
+    use blufio_proto::control::v1::send_message_response::Event;
     use blufio_proto::control::v1::{
-        ConfigEntry, DaemonState, GetConfigRequest, GetConfigResponse, GetStatusRequest, GetStatusResponse,
-        ReloadConfigRequest, ReloadConfigResponse, SetConfigRequest, SetConfigResponse, SubsystemStatus,
-        ValidateConfigRequest, ValidateConfigResponse,
+        Accepted, ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest, CreateSessionResponse, DaemonState,
+        DayUsage, DeleteSessionRequest, DeleteSessionResponse, GetConfigRequest, GetConfigResponse, GetSessionRequest,
+        GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
+        ListSessionsRequest, ListSessionsResponse, ModelUsage, ReloadConfigRequest, ReloadConfigResponse,
+        SendMessageRequest, SendMessageResponse, Session, SessionUsage, SetConfigRequest, SetConfigResponse,
+        SubsystemStatus, TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest,
+        ValidateConfigResponse,
     };
     use tokio::sync::oneshot;
     use tonic::{Request, Response, Status};
@@ -288,8 +299,233 @@ mod fake {
         }
     }
 
+    /// The canned sessions; "s1" has messages.
+    fn session(id: &str, title: &str, updated_at: i64) -> Session {
+        Session {
+            id: id.into(),
+            title: title.into(),
+            created_at: 1_764_000_000,
+            updated_at,
+            model: "fake-model".into(),
+            state: "idle".into(),
+            message_count: 4,
+        }
+    }
+
+    fn event(event: Event) -> Result<SendMessageResponse, Status> {
+        Ok(SendMessageResponse { event: Some(event) })
+    }
+
+    /// Session ids that make `SendMessage` misbehave, for the error paths.
+    pub const OVER_BUDGET: &str = "over-budget";
+    pub const NO_CREDENTIALS: &str = "no-credentials";
+    pub const NO_ANSWER: &str = "no-answer";
+    pub const FAILS_MIDWAY: &str = "fails-midway";
+    pub const HANGS: &str = "hangs";
+
     #[tonic::async_trait]
     impl Control for Fake {
+        type SendMessageStream =
+            std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SendMessageResponse, Status>> + Send>>;
+
+        /// accepted → two text deltas ("echo: ", then the message) → a tool that started and
+        /// failed → completed; or an error, chosen by the session id.
+        async fn send_message(
+            &self,
+            request: Request<SendMessageRequest>,
+        ) -> Result<Response<Self::SendMessageStream>, Status> {
+            let request = request.into_inner();
+            let session_id = match request.session_id.as_str() {
+                "" => "sess-new".to_owned(),
+                OVER_BUDGET => {
+                    return Err(Status::resource_exhausted(
+                        "budget exhausted until 2026-11-29T00:00:00Z",
+                    ));
+                }
+                NO_CREDENTIALS => {
+                    return Err(Status::failed_precondition(
+                        "no provider credentials: set BLUFIO_PROVIDER__API_KEY",
+                    ));
+                }
+                "missing" => return Err(Status::not_found("unknown session `missing`")),
+                other => other.to_owned(),
+            };
+            let mut events = vec![
+                event(Event::Accepted(Accepted {
+                    session_id: session_id.clone(),
+                    message_id: "msg-in".into(),
+                })),
+                event(Event::TextDelta(TextDelta { text: "echo: ".into() })),
+                event(Event::TextDelta(TextDelta { text: request.text })),
+            ];
+            match session_id.as_str() {
+                NO_ANSWER => {}
+                HANGS => {
+                    use tokio_stream::StreamExt as _;
+                    let events = tokio_stream::iter(events).chain(tokio_stream::pending());
+                    return Ok(Response::new(Box::pin(events)));
+                }
+                FAILS_MIDWAY => events.push(Err(Status::unavailable("the provider failed: overloaded"))),
+                _ => {
+                    let tool = ToolActivity {
+                        id: "call-1".into(),
+                        name: "http_get".into(),
+                        phase: "started".into(),
+                        is_error: false,
+                        summary: String::new(),
+                    };
+                    events.push(event(Event::Tool(tool.clone())));
+                    events.push(event(Event::Tool(ToolActivity {
+                        phase: "finished".into(),
+                        is_error: true,
+                        summary: "connection refused".into(),
+                        ..tool
+                    })));
+                    events.push(event(Event::Completed(TurnCompleted {
+                        message_id: "msg-out".into(),
+                        usage: Some(TokenUsage {
+                            input_tokens: 1200,
+                            output_tokens: 80,
+                            cache_creation_input_tokens: 10,
+                            cache_read_input_tokens: 1024,
+                        }),
+                        cost_usd: 0.0123,
+                        provider_calls: 2,
+                        stop_reason: "end_turn".into(),
+                        model: "fake-model".into(),
+                    })));
+                }
+            }
+            Ok(Response::new(Box::pin(tokio_stream::iter(events))))
+        }
+
+        async fn create_session(
+            &self,
+            request: Request<CreateSessionRequest>,
+        ) -> Result<Response<CreateSessionResponse>, Status> {
+            Ok(Response::new(CreateSessionResponse {
+                session: Some(session("sess-new", &request.into_inner().title, 1_764_000_000)),
+            }))
+        }
+
+        /// Two sessions; `limit` 1 returns the first with a cursor, so tests see the flag arrive.
+        async fn list_sessions(
+            &self,
+            request: Request<ListSessionsRequest>,
+        ) -> Result<Response<ListSessionsResponse>, Status> {
+            let mut sessions = vec![
+                session("s1", "Weather in Paris", 1_764_000_100),
+                session("s2", "", 1_764_000_000),
+            ];
+            let mut next_cursor = String::new();
+            if request.into_inner().limit == 1 {
+                sessions.truncate(1);
+                next_cursor = "cursor-1".into();
+            }
+            Ok(Response::new(ListSessionsResponse { sessions, next_cursor }))
+        }
+
+        async fn get_session(
+            &self,
+            request: Request<GetSessionRequest>,
+        ) -> Result<Response<GetSessionResponse>, Status> {
+            let request = request.into_inner();
+            if request.id != "s1" {
+                return Err(Status::not_found(format!("unknown session `{}`", request.id)));
+            }
+            let message = |id: &str, role: &str, text: &str| ChatMessage {
+                id: id.into(),
+                role: role.into(),
+                text: text.into(),
+                created_at: 1_764_000_000,
+                ..ChatMessage::default()
+            };
+            Ok(Response::new(GetSessionResponse {
+                session: Some(session("s1", "Weather in Paris", 1_764_000_100)),
+                messages: vec![
+                    message("m1", "user", "Weather in Paris?"),
+                    ChatMessage {
+                        tool_calls: vec![ToolCall {
+                            id: "call-1".into(),
+                            name: "http_get".into(),
+                            input_json: r#"{"url": "https://wttr.in/Paris"}"#.into(),
+                        }],
+                        ..message("m2", "assistant", "Let me check.")
+                    },
+                    ChatMessage {
+                        tool_call_id: "call-1".into(),
+                        ..message("m3", "tool", "Sunny, 21 C")
+                    },
+                    message("m4", "assistant", "It is sunny."),
+                ],
+            }))
+        }
+
+        async fn delete_session(
+            &self,
+            request: Request<DeleteSessionRequest>,
+        ) -> Result<Response<DeleteSessionResponse>, Status> {
+            let id = request.into_inner().id;
+            if id != "s1" {
+                return Err(Status::not_found(format!("unknown session `{id}`")));
+            }
+            Ok(Response::new(DeleteSessionResponse {}))
+        }
+
+        /// Canned usage; the first day's `calls` echo the requested days, so tests see the flag.
+        async fn get_usage(&self, request: Request<GetUsageRequest>) -> Result<Response<GetUsageResponse>, Status> {
+            let tokens = TokenUsage {
+                input_tokens: 12_345,
+                output_tokens: 678,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 2_000,
+            };
+            Ok(Response::new(GetUsageResponse {
+                days: vec![
+                    DayUsage {
+                        day: "2026-11-27".into(),
+                        cost_usd: 0.5,
+                        usage: Some(tokens),
+                        calls: u64::from(request.into_inner().days),
+                    },
+                    DayUsage {
+                        day: "2026-11-28".into(),
+                        cost_usd: 0.25,
+                        usage: Some(tokens),
+                        calls: 3,
+                    },
+                ],
+                models: vec![ModelUsage {
+                    provider: "anthropic".into(),
+                    model: "fake-model".into(),
+                    cost_usd: 0.75,
+                    usage: Some(tokens),
+                    calls: 10,
+                }],
+                sessions: vec![
+                    SessionUsage {
+                        session_id: "s1".into(),
+                        title: "Weather in Paris".into(),
+                        cost_usd: 0.7,
+                        calls: 9,
+                    },
+                    SessionUsage {
+                        session_id: String::new(),
+                        title: String::new(),
+                        cost_usd: 0.05,
+                        calls: 1,
+                    },
+                ],
+                cost: Some(CostStatus {
+                    today_usd: 0.25,
+                    month_usd: 3.5,
+                    daily_cap_usd: 1.0,
+                    monthly_cap_usd: 0.0,
+                    reserved_usd: 0.02,
+                }),
+            }))
+        }
+
         async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
             Ok(Response::new(GetStatusResponse {
                 state: DaemonState::Ready as i32,
@@ -527,6 +763,351 @@ fn hung_daemon_times_out_with_exit_1() {
         stderr(&output)
     );
     assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
+fn chat_streams_text_and_summarizes_on_stderr() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["chat", "hello", "world"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    // The deltas in order, and a final newline so the shell prompt starts on its own line.
+    assert_eq!(stdout(&output), "echo: hello world\n");
+    assert_eq!(
+        stderr(&output),
+        "[tool http_get started]\n\
+         [tool http_get finished: error]\n\
+         session sess-new · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · fake-model\n"
+    );
+
+    let output = run(against(&daemon).args(["chat", "--session", "s7", "again"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert!(stderr(&output).contains("session s7 · "), "stderr: {}", stderr(&output));
+}
+
+#[test]
+fn chat_reads_the_message_from_stdin() {
+    let daemon = fake::FakeDaemon::start();
+    let mut child = against(&daemon)
+        .args(["chat", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"from\nstdin\n").expect("write stdin");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["text"], "echo: from\nstdin");
+
+    let output = run(against(&daemon).args(["chat", "-"]).stdin(std::process::Stdio::null()));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(stderr(&output), "error: the message is empty\n");
+}
+
+#[test]
+fn chat_json_is_one_document() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["chat", "--json", "hi"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert!(output.stderr.is_empty(), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one json document");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "session_id": "sess-new",
+            "message_id": "msg-out",
+            "user_message_id": "msg-in",
+            "text": "echo: hi",
+            "tools": [{"id": "call-1", "name": "http_get", "is_error": true, "summary": "connection refused"}],
+            "usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 10,
+                      "cache_read_input_tokens": 1024},
+            "cost_usd": 0.0123,
+            "stop_reason": "end_turn",
+            "model": "fake-model",
+            "provider_calls": 2
+        })
+    );
+}
+
+#[test]
+fn chat_errors_exit_1_with_the_daemons_message() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["chat", "--session", fake::OVER_BUDGET, "hi"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        stderr(&output),
+        "error: budget exhausted until 2026-11-29T00:00:00Z\n\
+         hint: 'blufioctl usage' shows the spend against the caps\n"
+    );
+
+    let output = run(against(&daemon).args(["chat", "--json", "--session", fake::OVER_BUDGET, "hi"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty(), "no json document for a failed turn");
+
+    let output = run(against(&daemon).args(["chat", "--session", fake::NO_CREDENTIALS, "hi"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "error: no provider credentials: set BLUFIO_PROVIDER__API_KEY\n"
+    );
+
+    let output = run(against(&daemon).args(["chat", "--session", "missing", "hi"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "error: unknown session `missing`\nhint: 'blufioctl sessions list' shows the sessions\n"
+    );
+}
+
+#[test]
+fn chat_that_ends_without_completed_fails() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["chat", "--session", fake::NO_ANSWER, "hi"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    // What streamed stays visible, on a line of its own.
+    assert_eq!(stdout(&output), "echo: hi\n");
+    assert_eq!(stderr(&output), "error: the turn ended without an answer\n");
+
+    let output = run(against(&daemon).args(["chat", "--session", fake::FAILS_MIDWAY, "hi"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), "echo: hi\n");
+    assert_eq!(stderr(&output), "error: the provider failed: overloaded\n");
+}
+
+#[test]
+fn chat_is_not_bound_by_the_call_timeout_but_needs_a_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("missing.sock");
+    let output = run(blufioctl().args(["chat", "hi", "--socket"]).arg(&socket));
+    assert_unreachable(&output, &socket);
+
+    let output = run(blufioctl().args(["chat", "--help"]));
+    assert!(stdout(&output).contains("no deadline"), "{}", stdout(&output));
+}
+
+#[test]
+fn shell_reads_lines_and_runs_commands() {
+    let daemon = fake::FakeDaemon::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = against(&daemon)
+        .arg("shell")
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let lines = "/session\nhello there\n/session\nsecond\n/new\n/session\n/bogus\n\n/quit\nnot sent\n";
+    std::io::Write::write_all(&mut stdin, lines.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "no session yet; the next message starts one\n\
+         echo: hello there\n\
+         sess-new\n\
+         echo: second\n\
+         the next message starts a new session\n\
+         no session yet; the next message starts one\n"
+    );
+    let stderr = stderr(&output);
+    // The second message went to the session the first one created.
+    assert_eq!(
+        stderr.matches("session sess-new · 1200/80 tokens").count(),
+        2,
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("error: unknown command /bogus"), "stderr: {stderr}");
+    let history = std::fs::read_to_string(state.path().join("blufio/shell_history")).expect("history file");
+    assert!(
+        history.contains("hello there\n") && history.contains("/quit"),
+        "{history}"
+    );
+    assert!(!history.contains("not sent"), "{history}");
+}
+
+#[test]
+fn shell_keeps_going_after_a_failed_turn_and_exits_0_on_eof() {
+    let daemon = fake::FakeDaemon::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = against(&daemon)
+        .args(["shell", "--session", fake::OVER_BUDGET])
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"one\n/session\n").expect("write stdin");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), format!("{}\n", fake::OVER_BUDGET));
+    assert!(
+        stderr(&output).contains("error: budget exhausted until 2026-11-29T00:00:00Z\n"),
+        "stderr: {}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn shell_ctrl_c_cancels_the_streaming_turn() {
+    use std::io::{Read as _, Write as _};
+
+    let daemon = fake::FakeDaemon::start();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = against(&daemon)
+        .args(["shell", "--session", fake::HANGS])
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut child_stdout = child.stdout.take().expect("stdout");
+    let (chunks, received) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buffer = [0u8; 256];
+        while let Ok(n_read @ 1..) = child_stdout.read(&mut buffer) {
+            if chunks.send(buffer[..n_read].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    stdin.write_all(b"hi\n").expect("write stdin");
+    stdin.flush().expect("flush stdin");
+
+    // Wait until the turn is streaming (its first text arrived), then press Ctrl-C.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("echo: hi") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let chunk = received.recv_timeout(left).expect("the turn should start streaming");
+        seen.extend(chunk);
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+
+    // The shell survives and keeps its session.
+    stdin.write_all(b"/session\n").expect("write stdin");
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    reader.join().expect("reader");
+    seen.extend(received.try_iter().flatten());
+    let mut child_stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut child_stderr).expect("stderr");
+    }
+    assert_eq!(status.code(), Some(0), "stderr: {child_stderr}");
+    assert_eq!(String::from_utf8_lossy(&seen), format!("echo: hi\n{}\n", fake::HANGS));
+    assert!(child_stderr.contains("[cancelled]\n"), "stderr: {child_stderr}");
+}
+
+#[test]
+fn sessions_list_show_delete_json() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["sessions", "list", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["next_cursor"], serde_json::Value::Null);
+    assert_eq!(json["sessions"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        json["sessions"][0],
+        serde_json::json!({"id": "s1", "title": "Weather in Paris", "created_at": 1_764_000_000,
+                           "updated_at": 1_764_000_100, "model": "fake-model", "state": "idle",
+                           "message_count": 4})
+    );
+
+    let output = run(against(&daemon).args(["sessions", "list", "--limit", "1", "--json"]));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["next_cursor"], "cursor-1");
+    assert_eq!(json["sessions"].as_array().map(Vec::len), Some(1));
+
+    let output = run(against(&daemon).args(["sessions", "show", "s1", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["session"]["id"], "s1");
+    assert_eq!(json["messages"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        json["messages"][1]["tool_calls"],
+        serde_json::json!([{"id": "call-1", "name": "http_get", "input": {"url": "https://wttr.in/Paris"}}])
+    );
+    assert_eq!(json["messages"][2]["tool_call_id"], "call-1");
+    assert_eq!(json["messages"][0]["tool_call_id"], serde_json::Value::Null);
+
+    let output = run(against(&daemon).args(["sessions", "delete", "s1", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json, serde_json::json!({"session_id": "s1", "deleted": true}));
+
+    let output = run(against(&daemon).args(["sessions", "delete", "nope", "--json"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        stderr(&output),
+        "error: unknown session `nope`\nhint: 'blufioctl sessions list' shows the sessions\n"
+    );
+}
+
+#[test]
+fn sessions_human_output() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["sessions", "list", "--plain"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("ID\tUPDATED\tSTATE\tMESSAGES\tTITLE\ns1\t"), "{text}");
+    assert!(text.contains("\tidle\t4\tWeather in Paris\n"), "{text}");
+
+    let output = run(against(&daemon).args(["sessions", "show", "s1"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("session s1\n"), "{text}");
+    assert!(text.contains("\nyou: Weather in Paris?\n"), "{text}");
+    assert!(
+        text.contains("\nblufio: Let me check.\n  → http_get {\"url\":\"https://wttr.in/Paris\"}\n"),
+        "{text}"
+    );
+    assert!(text.contains("\ntool http_get: Sunny, 21 C\n"), "{text}");
+}
+
+#[test]
+fn usage_json_and_tables() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["usage", "--days", "7", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["days"][0]["calls"], 7, "--days reaches the daemon");
+    assert_eq!(
+        json["days"][1],
+        serde_json::json!({"day": "2026-11-28", "calls": 3, "cost_usd": 0.25,
+                           "usage": {"input_tokens": 12345, "output_tokens": 678,
+                                     "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2000}})
+    );
+    assert_eq!(json["models"][0]["model"], "fake-model");
+    assert_eq!(json["sessions"][1]["session_id"], serde_json::Value::Null);
+    assert_eq!(
+        json["cost"],
+        serde_json::json!({"today_usd": 0.25, "month_usd": 3.5, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
+                           "reserved_usd": 0.02})
+    );
+
+    let output = run(against(&daemon).arg("usage"));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("today:       $0.25 of $1.00 (25%)\n"), "{text}");
+    assert!(
+        text.contains("\n2026-11-28  3      12.3k  678   0/2.0k     $0.2500\n"),
+        "{text}"
+    );
+    assert!(text.contains("(deleted)"), "{text}");
 }
 
 /// docs/cli-json.md is the `# JSON output` section of output.rs, so the two cannot drift.
