@@ -193,9 +193,14 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
 
     let token = CancellationToken::new();
     let config = ConfigHandle::new(startup.loaded);
-    let agent = Agent::start(storage.clone(), config.clone(), paths.state_dir.clone(), token.child_token())
-        .await
-        .map_err(DaemonError::Storage)?;
+    let agent = Agent::start(
+        storage.clone(),
+        config.clone(),
+        paths.state_dir.clone(),
+        token.child_token(),
+    )
+    .await
+    .map_err(DaemonError::Storage)?;
     let shared = Arc::new(Shared::new(SharedParts {
         started: startup.started,
         paths: paths.clone(),

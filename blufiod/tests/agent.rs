@@ -68,7 +68,12 @@ fn a_streamed_chat_is_answered_stored_and_charged() {
     // The request carried the wire contract: key, version, system prompt as a cache breakpoint.
     let request = &fake.requests()[0];
     assert_eq!(request.path, "/v1/messages");
-    assert!(request.headers.iter().any(|(name, value)| name == "x-api-key" && value == "test-key"));
+    assert!(
+        request
+            .headers
+            .iter()
+            .any(|(name, value)| name == "x-api-key" && value == "test-key")
+    );
     assert!(request.headers.iter().any(|(name, _)| name == "anthropic-version"));
     assert_eq!(request.body["stream"], true);
     assert_eq!(request.body["system"][0]["cache_control"]["type"], "ephemeral");
@@ -187,7 +192,10 @@ fn concurrent_turns_cannot_overshoot_the_cap() {
                 .unwrap()
         })
         .collect();
-    let outputs: Vec<_> = children.into_iter().map(|child| child.wait_with_output().unwrap()).collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
     let succeeded = outputs.iter().filter(|output| output.status.success()).count();
     for output in outputs.iter().filter(|output| !output.status.success()) {
         assert!(
@@ -223,7 +231,10 @@ fn a_provider_error_is_reported_and_the_message_is_kept() {
     assert_eq!(shown["messages"][0]["text"], "this will fail");
     // The daemon keeps serving.
     fake.push(text_reply("recovered", 5, 5));
-    assert_eq!(daemon.ctl_json(&["chat", "--session", &session, "retry"])["text"], "recovered");
+    assert_eq!(
+        daemon.ctl_json(&["chat", "--session", &session, "retry"])["text"],
+        "recovered"
+    );
 }
 
 #[test]
@@ -239,10 +250,18 @@ fn a_missing_api_key_names_the_fix() {
     let chat = daemon.ctl(&["chat", "hello"]);
     assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
     let stderr = String::from_utf8_lossy(&chat.stderr);
-    assert!(stderr.contains("provider.api_key") && stderr.contains("ANTHROPIC_API_KEY"), "{stderr}");
+    assert!(
+        stderr.contains("provider.api_key") && stderr.contains("ANTHROPIC_API_KEY"),
+        "{stderr}"
+    );
     assert_eq!(fake.request_count(), 0);
     let status = daemon.ctl_json(&["status"]);
-    assert!(status["sessions"]["provider_problem"].as_str().unwrap().contains("provider.api_key"));
+    assert!(
+        status["sessions"]["provider_problem"]
+            .as_str()
+            .unwrap()
+            .contains("provider.api_key")
+    );
 }
 
 #[test]
@@ -285,7 +304,10 @@ fn history_survives_a_restart_and_a_crash_mid_turn_keeps_the_message() {
 
     let mut daemon = Daemon::start_with(dir.clone(), options());
     let shown = daemon.ctl_json(&["sessions", "show", &session]);
-    assert_eq!(shown["messages"][1]["text"], "first answer", "history survives a restart");
+    assert_eq!(
+        shown["messages"][1]["text"], "first answer",
+        "history survives a restart"
+    );
 
     // Now the provider stalls mid-answer and the daemon is killed during the turn.
     fake.push(Script::Stall { after_chunks: 1 });

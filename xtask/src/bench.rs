@@ -6,6 +6,8 @@
 //!   database is created and migrated), and on an existing one.
 //! - `idle [SECONDS]`: RSS of an idle daemon after SECONDS (default 30).
 //! - `size`: sizes of the release binaries as built and fully stripped.
+//! - `turns [CLIENTS] [TURNS]`: turn throughput and the daemon's added latency per turn against
+//!   the fake provider (`blufiod/benches/turns.rs`).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -23,12 +25,13 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["idle"] => idle(30),
         ["idle", seconds] => idle(seconds.parse().context("SECONDS must be a number")?),
         ["size"] => size(),
+        ["turns", rest @ ..] => turns(rest),
         ["all"] => {
             size()?;
             startup(20)?;
             idle(30)
         }
-        _ => bail!("usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | all"),
+        _ => bail!("usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | all"),
     }
 }
 
@@ -188,6 +191,15 @@ fn rss(pid: u32) -> Result<String> {
             .unwrap_or_default()
     };
     Ok(format!("VmRSS {} (peak VmHWM {})", field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Many concurrent turns against the fake provider: `blufiod/benches/turns.rs`.
+fn turns(args: &[&str]) -> Result<()> {
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["bench", "--locked", "-p", "blufiod", "--bench", "turns", "--"])
+            .args(args),
+    )
 }
 
 fn size() -> Result<()> {

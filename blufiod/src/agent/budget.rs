@@ -180,12 +180,23 @@ impl Budget {
     }
 
     /// Reserves `micros` in `period` under `caps`, or says which cap forbids it.
-    pub fn reserve(&self, micros: Micros, caps: &BudgetConfig, period: &Period) -> Result<Reservation<'_>, BudgetError> {
+    pub fn reserve(
+        &self,
+        micros: Micros,
+        caps: &BudgetConfig,
+        period: &Period,
+    ) -> Result<Reservation<'_>, BudgetError> {
         let mut state = self.lock();
         state.roll_to(period);
         let checks = [
             ("daily", "daily_usd", caps.daily_usd, state.spent_day, &period.day_ends),
-            ("monthly", "monthly_usd", caps.monthly_usd, state.spent_month, &period.month_ends),
+            (
+                "monthly",
+                "monthly_usd",
+                caps.monthly_usd,
+                state.spent_month,
+                &period.month_ends,
+            ),
         ];
         for (which, key, cap, spent, until) in checks {
             // A cap of 0 means "no cap".
@@ -326,7 +337,11 @@ mod tests {
         assert!(budget.reserve(90_000, &caps, &period).is_err());
         let second = budget.reserve(60_000, &caps, &period).unwrap();
         drop(second);
-        assert_eq!(budget.snapshot(&period).reserved_usd, 0.0, "an unsettled reservation is released");
+        assert_eq!(
+            budget.snapshot(&period).reserved_usd,
+            0.0,
+            "an unsettled reservation is released"
+        );
         assert!((budget.snapshot(&period).today_usd - 0.02).abs() < 1e-9);
     }
 
@@ -336,7 +351,12 @@ mod tests {
         let budget = Budget::new(&day_one, 0, 900_000);
         let caps = caps(0.0, 1.0);
         let error = budget.reserve(200_000, &caps, &day_one).unwrap_err();
-        assert!(error.to_string().starts_with("monthly budget exhausted until 2026-12-01T00:00:00Z"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("monthly budget exhausted until 2026-12-01T00:00:00Z"),
+            "{error}"
+        );
         let next_month = Period::of(datetime!(2026-12-01 00:00 UTC));
         budget.reserve(200_000, &caps, &next_month).unwrap().settle(200_000);
         assert!((budget.snapshot(&next_month).month_usd - 0.2).abs() < 1e-9);
@@ -346,7 +366,10 @@ mod tests {
     fn a_zero_cap_means_no_cap_and_unpriced_models_are_refused() {
         let period = Period::now();
         let budget = Budget::new(&period, 0, 0);
-        budget.reserve(Micros::MAX / 4, &caps(0.0, 0.0), &period).unwrap().settle(1);
+        budget
+            .reserve(Micros::MAX / 4, &caps(0.0, 0.0), &period)
+            .unwrap()
+            .settle(1);
         let pricing = BTreeMap::new();
         let error = price_of(&pricing, "mystery-7b").unwrap_err();
         assert!(error.to_string().contains("[pricing.\"mystery-7b\"]"), "{error}");

@@ -90,7 +90,9 @@ pub fn system_prompt(config: &AgentConfig) -> String {
     if let Some(path) = &config.system_prompt_file {
         match std::fs::read_to_string(path) {
             Ok(text) if !text.trim().is_empty() => return text,
-            Ok(_) => tracing::warn!(file = %path.display(), "agent.system_prompt_file is empty; using agent.system_prompt"),
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "agent.system_prompt_file is empty; using agent.system_prompt")
+            }
             Err(error) => {
                 tracing::warn!(file = %path.display(), %error, "cannot read agent.system_prompt_file; using agent.system_prompt");
             }
@@ -123,7 +125,11 @@ pub fn estimate_request_tokens(request: &ChatRequest) -> u64 {
         + request
             .tools
             .iter()
-            .map(|tool| estimate_tokens(&tool.name) + estimate_tokens(&tool.description) + estimate_tokens(&tool.input_schema.to_string()))
+            .map(|tool| {
+                estimate_tokens(&tool.name)
+                    + estimate_tokens(&tool.description)
+                    + estimate_tokens(&tool.input_schema.to_string())
+            })
             .sum::<u64>()
         + request.messages.iter().map(estimate_message).sum::<u64>()
 }
@@ -264,7 +270,9 @@ mod tests {
             },
         ];
         assert_eq!(StoredBlocks::decode(&StoredBlocks::encode(&blocks)), blocks);
-        assert!(matches!(&StoredBlocks::decode("not json")[0], ContentBlock::Text { text } if text.contains("unreadable")));
+        assert!(
+            matches!(&StoredBlocks::decode("not json")[0], ContentBlock::Text { text } if text.contains("unreadable"))
+        );
     }
 
     #[test]
@@ -274,10 +282,17 @@ mod tests {
             name: "read_file".into(),
             input: serde_json::json!({}),
         };
-        let history = History::from_records(&[record("user", &[text("read it")]), record("assistant", &[call]), record("user", &[text("again")])]);
+        let history = History::from_records(&[
+            record("user", &[text("read it")]),
+            record("assistant", &[call]),
+            record("user", &[text("again")]),
+        ]);
         let roles: Vec<Role> = history.messages.iter().map(|message| message.role).collect();
         assert_eq!(roles, [Role::User, Role::Assistant, Role::User, Role::User]);
-        assert!(matches!(&history.messages[2].content[0], ContentBlock::ToolResult { is_error: true, .. }));
+        assert!(matches!(
+            &history.messages[2].content[0],
+            ContentBlock::ToolResult { is_error: true, .. }
+        ));
     }
 
     #[test]

@@ -239,7 +239,10 @@ impl SessionLocks {
     }
 
     fn active(&self) -> usize {
-        self.entries.values().filter(|(lock, _)| Arc::strong_count(lock) > 1).count()
+        self.entries
+            .values()
+            .filter(|(lock, _)| Arc::strong_count(lock) > 1)
+            .count()
     }
 
     fn is_busy(&self, id: &str) -> bool {
@@ -260,7 +263,10 @@ impl Agent {
     ) -> Result<Self, StorageError> {
         let interrupted = storage.interrupt_running_turns().await?;
         if interrupted > 0 {
-            tracing::warn!(turns = interrupted, "turns interrupted by the previous shutdown are marked interrupted");
+            tracing::warn!(
+                turns = interrupted,
+                "turns interrupted by the previous shutdown are marked interrupted"
+            );
         }
         let period = Period::now();
         let (spent_day, spent_month) = storage.spend(&period.day, &period.month).await?;
@@ -291,7 +297,11 @@ impl Agent {
     /// Creates an empty session.
     pub async fn create_session(&self, title: &str) -> Result<SessionRecord, AgentError> {
         let id = uuid::Uuid::now_v7().to_string();
-        let title = if title.trim().is_empty() { "new session" } else { title.trim() };
+        let title = if title.trim().is_empty() {
+            "new session"
+        } else {
+            title.trim()
+        };
         Ok(self.storage.create_session(&id, &title_of(title)).await?)
     }
 
@@ -318,11 +328,7 @@ impl Agent {
     }
 
     /// One session with its latest `limit` messages.
-    pub async fn get_session(
-        &self,
-        id: &str,
-        limit: u32,
-    ) -> Result<(SessionRecord, Vec<SessionMessage>), AgentError> {
+    pub async fn get_session(&self, id: &str, limit: u32) -> Result<(SessionRecord, Vec<SessionMessage>), AgentError> {
         let session = self.session(id).await?;
         let messages = self
             .storage
@@ -501,8 +507,13 @@ impl Agent {
             }
             Err(TurnStop::Cancelled) => {
                 tracing::info!(session = %session_id, turn = %turn_id, "turn cancelled by the caller");
-                self.end_turn(&session_id, &turn_id, TurnEnd::Cancelled, Some("cancelled by the caller"))
-                    .await;
+                self.end_turn(
+                    &session_id,
+                    &turn_id,
+                    TurnEnd::Cancelled,
+                    Some("cancelled by the caller"),
+                )
+                .await;
             }
             Err(TurnStop::ShuttingDown) => {
                 // Left as running on purpose: the next start marks it interrupted.
@@ -511,7 +522,8 @@ impl Agent {
             Err(TurnStop::Failed(error)) => {
                 let message = crate::error_chain(&error);
                 tracing::warn!(session = %session_id, turn = %turn_id, error = %message, "turn failed");
-                self.end_turn(&session_id, &turn_id, TurnEnd::Failed, Some(&message)).await;
+                self.end_turn(&session_id, &turn_id, TurnEnd::Failed, Some(&message))
+                    .await;
                 let _ = events.send(TurnEvent::Failed(error)).await;
             }
         }
@@ -616,8 +628,15 @@ impl Agent {
             }
 
             let answer_id = uuid::Uuid::now_v7().to_string();
-            self.store(session_id, turn_id, &answer_id, "assistant", &completion.content, &summary.model)
-                .await?;
+            self.store(
+                session_id,
+                turn_id,
+                &answer_id,
+                "assistant",
+                &completion.content,
+                &summary.model,
+            )
+            .await?;
             summary.message_id = answer_id;
             history.push_assistant(completion.content.clone());
 
@@ -798,10 +817,7 @@ fn stop_reason_name(reason: &StopReason) -> String {
 /// Why the configured provider cannot be called, with the fix.
 pub fn provider_problem(config: &Config) -> Result<(), String> {
     let provider = &config.provider;
-    let has_key = provider
-        .api_key
-        .as_ref()
-        .is_some_and(|key| !key.expose().is_empty())
+    let has_key = provider.api_key.as_ref().is_some_and(|key| !key.expose().is_empty())
         || std::env::var(provider.kind.api_key_env()).is_ok_and(|key| !key.is_empty());
     let official = provider.base_url() == provider.kind.default_base_url();
     // Local OpenAI-compatible servers (Ollama, llama.cpp, vLLM) need no key.

@@ -13,9 +13,9 @@ use crate::agent::budget::{BudgetError, dollars};
 use crate::agent::provider::{ContentBlock, Usage};
 use crate::agent::{AgentError, SessionMessage, TurnEvent};
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
-use crate::storage::{SessionRecord, StorageError, UsageTotals};
 use crate::error_chain;
 use crate::state::{Phase, ReloadError, Shared};
+use crate::storage::{SessionRecord, StorageError, UsageTotals};
 
 /// The control service.
 pub struct ControlService {
@@ -206,7 +206,11 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         self.authorize(&request, Access::ReadOnly, "ListSessions")?;
         let pb::ListSessionsRequest { limit, cursor } = request.into_inner();
-        let limit = if limit == 0 { DEFAULT_SESSION_PAGE } else { limit.min(MAX_SESSION_PAGE) };
+        let limit = if limit == 0 {
+            DEFAULT_SESSION_PAGE
+        } else {
+            limit.min(MAX_SESSION_PAGE)
+        };
         let cursor = (!cursor.is_empty()).then_some(cursor);
         let (sessions, next) = self
             .shared
@@ -226,7 +230,11 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         self.authorize(&request, Access::ReadOnly, "GetSession")?;
         let pb::GetSessionRequest { id, message_limit } = request.into_inner();
-        let limit = if message_limit == 0 { DEFAULT_MESSAGE_PAGE } else { message_limit.min(MAX_MESSAGE_PAGE) };
+        let limit = if message_limit == 0 {
+            DEFAULT_MESSAGE_PAGE
+        } else {
+            message_limit.min(MAX_MESSAGE_PAGE)
+        };
         let (session, messages) = self
             .shared
             .agent
@@ -274,7 +282,11 @@ impl pb::control_server::Control for ControlService {
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
         self.authorize(&request, Access::ReadOnly, "GetUsage")?;
         let days = request.into_inner().days;
-        let days = if days == 0 { DEFAULT_USAGE_DAYS } else { days.min(MAX_USAGE_DAYS) };
+        let days = if days == 0 {
+            DEFAULT_USAGE_DAYS
+        } else {
+            days.min(MAX_USAGE_DAYS)
+        };
         let (report, budget) = self
             .shared
             .agent

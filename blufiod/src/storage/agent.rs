@@ -206,11 +206,13 @@ impl Storage {
 
     /// One session.
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
-        let row: Option<SessionRow> = sqlx::query_as(AssertSqlSafe(format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?")))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(query_error("read a session"))?;
+        let row: Option<SessionRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(query_error("read a session"))?;
         Ok(row.map(SessionRecord::from))
     }
 
@@ -262,14 +264,16 @@ impl Storage {
         let now = unix_now();
         let mut transaction = self.writer.begin().await.map_err(query_error("begin a turn"))?;
         insert_message(&mut transaction, inbound, now).await?;
-        sqlx::query("INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)")
-            .bind(inbound.turn_id)
-            .bind(inbound.session_id)
-            .bind(inbound.id)
-            .bind(now)
-            .execute(&mut *transaction)
-            .await
-            .map_err(query_error("record a turn"))?;
+        sqlx::query(
+            "INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)",
+        )
+        .bind(inbound.turn_id)
+        .bind(inbound.session_id)
+        .bind(inbound.id)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await
+        .map_err(query_error("record a turn"))?;
         sqlx::query("UPDATE sessions SET state = 'running', updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(inbound.session_id)
@@ -303,7 +307,11 @@ impl Storage {
         error: Option<&str>,
     ) -> Result<(), StorageError> {
         let now = unix_now();
-        let mut transaction = self.writer.begin().await.map_err(query_error("begin finishing a turn"))?;
+        let mut transaction = self
+            .writer
+            .begin()
+            .await
+            .map_err(query_error("begin finishing a turn"))?;
         sqlx::query("UPDATE turns SET state = ?, error = ?, finished_at = ? WHERE id = ?")
             .bind(end.as_str())
             .bind(error)
@@ -318,7 +326,10 @@ impl Storage {
             .execute(&mut *transaction)
             .await
             .map_err(query_error("mark a session idle"))?;
-        transaction.commit().await.map_err(query_error("commit a finished turn"))
+        transaction
+            .commit()
+            .await
+            .map_err(query_error("commit a finished turn"))
     }
 
     /// Marks turns left running by a crash as interrupted (their sessions too); returns how
@@ -499,7 +510,10 @@ mod tests {
         storage.create_session("s1", "hello").await.unwrap();
         storage.begin_turn(message("m1", "t1", "user")).await.unwrap();
         assert_eq!(storage.get_session("s1").await.unwrap().unwrap().state, "running");
-        storage.append_message(message("m2", "t1", "assistant"), "model-x").await.unwrap();
+        storage
+            .append_message(message("m2", "t1", "assistant"), "model-x")
+            .await
+            .unwrap();
         storage.finish_turn("s1", "t1", TurnEnd::Completed, None).await.unwrap();
         storage.begin_turn(message("m3", "t2", "user")).await.unwrap();
         storage.close().await;
@@ -518,7 +532,11 @@ mod tests {
             .into_iter()
             .map(|message| message.id)
             .collect();
-        assert_eq!(ids, ["m1", "m2", "m3"], "the inbound message of the interrupted turn is kept");
+        assert_eq!(
+            ids,
+            ["m1", "m2", "m3"],
+            "the inbound message of the interrupted turn is kept"
+        );
         assert_eq!(storage.recent_messages("s1", 2).await.unwrap()[0].id, "m2");
     }
 
@@ -532,7 +550,10 @@ mod tests {
         let first = storage.list_sessions(2, None).await.unwrap();
         assert_eq!(first.len(), 2);
         let last = first.last().unwrap();
-        let rest = storage.list_sessions(10, Some((last.updated_at, &last.id))).await.unwrap();
+        let rest = storage
+            .list_sessions(10, Some((last.updated_at, &last.id)))
+            .await
+            .unwrap();
         assert_eq!(first.len() + rest.len(), 5);
         assert!(rest.iter().all(|session| !first.contains(session)));
         storage.begin_turn(message("m1", "t1", "user")).await.unwrap();

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+pub mod fake_provider;
+
 use std::io::Read as _;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt as _;

@@ -1,18 +1,943 @@
-//! placeholder
-use super::{ChatRequest, Provider, ProviderError, ProviderSettings, StreamEvent};
+//! The Anthropic Messages API adapter: builds `POST /v1/messages` with prompt-cache
+//! breakpoints on the system prompt and the tool list, and decodes its streamed events.
+//!
+//! It must never send a request without an API key, log the key, or follow a redirect with it;
+//! anything the stream sends out of protocol order becomes [`ProviderError::Malformed`], never a
+//! panic.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::sse::SseEvent;
+use super::{
+    ChatRequest, Completion, ContentBlock, Decoder, HttpCall, Message, Provider, ProviderError, ProviderSettings, Role,
+    StopReason, StreamEvent, Usage, failed_stream, http_client, secret_header,
+};
+use crate::config::ProviderKind;
+
+/// The Anthropic Messages API.
 pub struct Anthropic {
-    _settings: ProviderSettings,
+    settings: ProviderSettings,
+    client: reqwest::Client,
 }
+
 impl Anthropic {
+    /// An adapter with its own HTTP client.
     pub fn new(settings: ProviderSettings) -> Self {
-        Self { _settings: settings }
+        let client = http_client(&settings);
+        Self { settings, client }
+    }
+
+    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
+        let kind = ProviderKind::Anthropic;
+        let api_key = self.settings.api_key.as_deref().ok_or(ProviderError::MissingApiKey {
+            kind: kind.as_str(),
+            env: kind.api_key_env(),
+        })?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-api-key", secret_header(kind.as_str(), api_key)?);
+        let version = reqwest::header::HeaderValue::from_str(&self.settings.anthropic_version).map_err(|_| {
+            ProviderError::Malformed {
+                reason: "provider.anthropic_version is not a valid header value".to_owned(),
+            }
+        })?;
+        headers.insert("anthropic-version", version);
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("text/event-stream"),
+        );
+        let body = serde_json::to_vec(&request_body(request)).map_err(|error| ProviderError::Malformed {
+            reason: format!("cannot encode the request: {error}"),
+        })?;
+        let url = format!("{}/v1/messages", self.settings.base_url);
+        Ok(HttpCall::new(&self.client, &self.settings, url, headers, body))
     }
 }
+
 impl Provider for Anthropic {
-    fn kind(&self) -> crate::config::ProviderKind {
-        crate::config::ProviderKind::Anthropic
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Anthropic
     }
-    fn stream(&self, _request: ChatRequest) -> tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>> {
-        unimplemented!()
+
+    fn stream(&self, request: ChatRequest) -> tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>> {
+        match self.prepare(&request) {
+            Ok(call) => call.spawn(AnthropicDecoder::default()),
+            Err(error) => failed_stream(error),
+        }
+    }
+}
+
+/// The JSON body of a streamed Messages call.
+fn request_body(request: &ChatRequest) -> Value {
+    let mut body = json!({
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "stream": true,
+    });
+    // The API rejects an empty text block, so an empty system prompt is left out.
+    if !request.system.is_empty() {
+        // Breakpoint 1: everything up to the end of the system prompt (tools come first in the
+        // cache prefix) is cached.
+        body["system"] = json!([{
+            "type": "text",
+            "text": request.system,
+            "cache_control": {"type": "ephemeral"},
+        }]);
+    }
+    if !request.tools.is_empty() {
+        let mut tools: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|tool| {
+                json!({
+                    "name": tool.name,
+                    "description": tool.description,
+                    "input_schema": tool.input_schema,
+                })
+            })
+            .collect();
+        // Breakpoint 2: the tool list, which is stable across turns, so it is cached even when
+        // the system prompt is absent.
+        if let Some(last) = tools.last_mut() {
+            last["cache_control"] = json!({"type": "ephemeral"});
+        }
+        body["tools"] = Value::Array(tools);
+    }
+    body
+}
+
+fn message_json(message: &Message) -> Value {
+    let role = match message.role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    };
+    let content: Vec<Value> = message
+        .content
+        .iter()
+        .map(|block| match block {
+            ContentBlock::Text { text } => json!({"type": "text", "text": text}),
+            ContentBlock::ToolUse { id, name, input } => {
+                json!({"type": "tool_use", "id": id, "name": name, "input": input})
+            }
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => json!({
+                "type": "tool_result",
+                "tool_use_id": tool_use_id,
+                "content": content,
+                "is_error": is_error,
+            }),
+        })
+        .collect();
+    json!({"role": role, "content": content})
+}
+
+/// Events of the Messages stream, by their `type`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireEvent {
+    MessageStart {
+        message: WireMessage,
+    },
+    ContentBlockStart {
+        index: usize,
+        content_block: WireBlock,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: WireDelta,
+    },
+    ContentBlockStop {
+        index: usize,
+    },
+    MessageDelta {
+        delta: WireMessageDelta,
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    },
+    MessageStop,
+    Ping,
+    Error {
+        error: WireError,
+    },
+    /// Anthropic's versioning policy allows new event types; they are skipped.
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// Token counts; any field may be absent or null depending on the event and API version.
+#[derive(Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    /// Thinking and server-side blocks, which the turn loop does not use.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    /// Thinking, signature and citation deltas.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WireMessageDelta {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A content block being assembled.
+enum Block {
+    Text(String),
+    ToolUse { id: String, name: String, json: String },
+    Ignored,
+}
+
+struct OpenBlock {
+    block: Block,
+    /// The block's input once `content_block_stop` parsed it (tool calls only).
+    input: Option<Value>,
+    closed: bool,
+}
+
+/// The Messages stream's state machine.
+#[derive(Default)]
+struct AnthropicDecoder {
+    started: bool,
+    model: String,
+    usage: Usage,
+    blocks: Vec<OpenBlock>,
+    stop_reason: Option<StopReason>,
+}
+
+fn malformed(reason: impl Into<String>) -> ProviderError {
+    ProviderError::Malformed { reason: reason.into() }
+}
+
+impl AnthropicDecoder {
+    fn apply_usage(&mut self, usage: &WireUsage) {
+        // message_delta counts are cumulative, so the latest value wins.
+        if let Some(tokens) = usage.input_tokens {
+            self.usage.input_tokens = tokens;
+        }
+        if let Some(tokens) = usage.output_tokens {
+            self.usage.output_tokens = tokens;
+        }
+        if let Some(tokens) = usage.cache_creation_input_tokens {
+            self.usage.cache_creation_input_tokens = tokens;
+        }
+        if let Some(tokens) = usage.cache_read_input_tokens {
+            self.usage.cache_read_input_tokens = tokens;
+        }
+    }
+
+    fn open_block(&mut self, index: usize, event: &str) -> Result<&mut OpenBlock, ProviderError> {
+        match self.blocks.get_mut(index) {
+            Some(block) if !block.closed => Ok(block),
+            Some(_) => Err(malformed(format!("{event} for closed content block {index}"))),
+            None => Err(malformed(format!("{event} for unknown content block {index}"))),
+        }
+    }
+
+    fn complete(&mut self) -> Result<Completion, ProviderError> {
+        let stop_reason = self
+            .stop_reason
+            .take()
+            .ok_or_else(|| malformed("message_stop without a stop_reason"))?;
+        let mut content = Vec::new();
+        for open in std::mem::take(&mut self.blocks) {
+            if !open.closed {
+                return Err(malformed("message_stop with an open content block"));
+            }
+            match (open.block, open.input) {
+                // The API rejects empty text blocks when the answer is sent back next turn.
+                (Block::Text(text), _) if text.is_empty() => {}
+                (Block::Text(text), _) => content.push(ContentBlock::Text { text }),
+                (Block::ToolUse { id, name, .. }, Some(input)) => {
+                    content.push(ContentBlock::ToolUse { id, name, input })
+                }
+                (Block::ToolUse { .. }, None) | (Block::Ignored, _) => {}
+            }
+        }
+        Ok(Completion {
+            content,
+            stop_reason,
+            usage: self.usage,
+            model: std::mem::take(&mut self.model),
+        })
+    }
+}
+
+impl Decoder for AnthropicDecoder {
+    fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, ProviderError> {
+        let wire: WireEvent = serde_json::from_str(&event.data)
+            .map_err(|error| malformed(format!("invalid {} event: {error}", event.event)))?;
+        match wire {
+            WireEvent::Ping | WireEvent::Unknown => return Ok(false),
+            WireEvent::Error { error } => {
+                return Err(ProviderError::Stream {
+                    kind: error.kind,
+                    message: error.message,
+                });
+            }
+            WireEvent::MessageStart { .. } if self.started => return Err(malformed("a second message_start")),
+            WireEvent::MessageStart { .. } => {}
+            _ if !self.started => return Err(malformed(format!("{} before message_start", event.event))),
+            _ => {}
+        }
+        match wire {
+            WireEvent::MessageStart { message } => {
+                self.started = true;
+                self.model = message.model;
+                if let Some(usage) = &message.usage {
+                    self.apply_usage(usage);
+                }
+            }
+            WireEvent::ContentBlockStart { index, content_block } => {
+                if index != self.blocks.len() {
+                    return Err(malformed(format!(
+                        "content block {index} started, expected {}",
+                        self.blocks.len()
+                    )));
+                }
+                let block = match content_block {
+                    WireBlock::Text { text } => {
+                        if !text.is_empty() {
+                            out.push(StreamEvent::TextDelta(text.clone()));
+                        }
+                        Block::Text(text)
+                    }
+                    WireBlock::ToolUse { id, name } => {
+                        out.push(StreamEvent::ToolUseStarted {
+                            id: id.clone(),
+                            name: name.clone(),
+                        });
+                        Block::ToolUse {
+                            id,
+                            name,
+                            json: String::new(),
+                        }
+                    }
+                    WireBlock::Other => Block::Ignored,
+                };
+                self.blocks.push(OpenBlock {
+                    block,
+                    input: None,
+                    closed: false,
+                });
+            }
+            WireEvent::ContentBlockDelta { index, delta } => {
+                let open = self.open_block(index, "content_block_delta")?;
+                match (&mut open.block, delta) {
+                    (Block::Text(text), WireDelta::TextDelta { text: piece }) => {
+                        text.push_str(&piece);
+                        if !piece.is_empty() {
+                            out.push(StreamEvent::TextDelta(piece));
+                        }
+                    }
+                    (Block::ToolUse { json, .. }, WireDelta::InputJsonDelta { partial_json }) => {
+                        json.push_str(&partial_json);
+                    }
+                    (_, WireDelta::Other) | (Block::Ignored, _) => {}
+                    (_, WireDelta::TextDelta { .. }) => return Err(malformed("text_delta for a non-text block")),
+                    (_, WireDelta::InputJsonDelta { .. }) => {
+                        return Err(malformed("input_json_delta for a non-tool_use block"));
+                    }
+                }
+            }
+            WireEvent::ContentBlockStop { index } => {
+                let open = self.open_block(index, "content_block_stop")?;
+                open.closed = true;
+                if let Block::ToolUse { json, name, .. } = &open.block {
+                    // A tool without parameters streams no input at all.
+                    let input = if json.trim().is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(json)
+                            .map_err(|error| malformed(format!("invalid input JSON for tool {name}: {error}")))?
+                    };
+                    if !input.is_object() {
+                        return Err(malformed(format!("the input of tool {name} is not a JSON object")));
+                    }
+                    open.input = Some(input);
+                }
+            }
+            WireEvent::MessageDelta { delta, usage } => {
+                if let Some(reason) = delta.stop_reason {
+                    self.stop_reason = Some(match reason.as_str() {
+                        "end_turn" => StopReason::EndTurn,
+                        "tool_use" => StopReason::ToolUse,
+                        "max_tokens" => StopReason::MaxTokens,
+                        _ => StopReason::Other(reason),
+                    });
+                }
+                if let Some(usage) = &usage {
+                    self.apply_usage(usage);
+                }
+            }
+            WireEvent::MessageStop => {
+                out.push(StreamEvent::Completed(self.complete()?));
+                return Ok(true);
+            }
+            WireEvent::Ping | WireEvent::Unknown | WireEvent::Error { .. } => {}
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::agent::provider::ToolSpec;
+    use crate::agent::provider::fake_provider::{FakeProvider, FakeUsage, Script};
+
+    const KEY: &str = "sk-ant-test-key";
+
+    fn settings(fake: &FakeProvider) -> ProviderSettings {
+        ProviderSettings {
+            base_url: fake.url(),
+            api_key: Some(KEY.to_owned()),
+            anthropic_version: "2023-06-01".to_owned(),
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            max_retries: 2,
+            retry_base_delay: Duration::from_millis(10),
+        }
+    }
+
+    fn text(text: &str) -> ContentBlock {
+        ContentBlock::Text { text: text.to_owned() }
+    }
+
+    /// A conversation with a finished tool round, so every block kind is encoded.
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: "claude-test".to_owned(),
+            system: "You are a test.".to_owned(),
+            messages: vec![
+                Message {
+                    role: Role::User,
+                    content: vec![text("what time is it?")],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![
+                        text("Let me check."),
+                        ContentBlock::ToolUse {
+                            id: "toolu_1".to_owned(),
+                            name: "get_time".to_owned(),
+                            input: json!({"zone": "UTC"}),
+                        },
+                    ],
+                },
+                Message {
+                    role: Role::User,
+                    content: vec![ContentBlock::ToolResult {
+                        tool_use_id: "toolu_1".to_owned(),
+                        content: "12:00".to_owned(),
+                        is_error: false,
+                    }],
+                },
+            ],
+            tools: vec![
+                ToolSpec {
+                    name: "get_time".to_owned(),
+                    description: "Tells the time.".to_owned(),
+                    input_schema: json!({"type": "object", "properties": {"zone": {"type": "string"}}}),
+                },
+                ToolSpec {
+                    name: "echo".to_owned(),
+                    description: "Echoes.".to_owned(),
+                    input_schema: json!({"type": "object"}),
+                },
+            ],
+            max_tokens: 256,
+        }
+    }
+
+    /// Everything the stream yields: the events, then the error if it ended with one.
+    async fn collect(
+        mut receiver: mpsc::Receiver<Result<StreamEvent, ProviderError>>,
+    ) -> (Vec<StreamEvent>, Option<ProviderError>) {
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
+            match item {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    // Nothing may follow an error.
+                    assert!(receiver.recv().await.is_none(), "an item after the error");
+                    return (events, Some(error));
+                }
+            }
+        }
+        (events, None)
+    }
+
+    fn completion(events: &[StreamEvent]) -> &Completion {
+        match events.last() {
+            Some(StreamEvent::Completed(completion)) => completion,
+            other => panic!("expected Completed last, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_text_deltas_in_order_and_completes_with_usage() {
+        let fake = FakeProvider::start();
+        let usage = FakeUsage {
+            input: 11,
+            output: 7,
+            cache_creation: 500,
+            cache_read: 1200,
+        };
+        fake.push(Script::Text {
+            text: "Hello, wörld! 😀".to_owned(),
+            chunks: 4,
+            usage,
+        });
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert!(error.is_none(), "{error:?}");
+        let deltas: Vec<&str> = events
+            .iter()
+            .filter_map(|event| match event {
+                StreamEvent::TextDelta(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas.len(), 4);
+        assert_eq!(deltas.concat(), "Hello, wörld! 😀");
+        let completion = completion(&events);
+        assert_eq!(completion.content, vec![text("Hello, wörld! 😀")]);
+        assert_eq!(completion.stop_reason, StopReason::EndTurn);
+        assert_eq!(completion.model, "claude-test");
+        assert_eq!(
+            completion.usage,
+            Usage {
+                input_tokens: 11,
+                output_tokens: 7,
+                cache_creation_input_tokens: 500,
+                cache_read_input_tokens: 1200,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn tool_use_input_is_assembled_from_fragments() {
+        let fake = FakeProvider::start();
+        let input = json!({"zone": "Europe/Paris", "formats": ["iso", "unix"], "nested": {"deep": true}});
+        fake.push(Script::tool_use("toolu_9", "get_time", input.clone()));
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(
+            events[0],
+            StreamEvent::ToolUseStarted {
+                id: "toolu_9".to_owned(),
+                name: "get_time".to_owned()
+            }
+        );
+        let completion = completion(&events);
+        assert_eq!(completion.stop_reason, StopReason::ToolUse);
+        assert_eq!(
+            completion.content,
+            vec![ContentBlock::ToolUse {
+                id: "toolu_9".to_owned(),
+                name: "get_time".to_owned(),
+                input
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn request_has_headers_cache_breakpoints_and_block_shapes() {
+        let fake = FakeProvider::start();
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert!(error.is_none(), "{error:?}");
+        // The fake's default answer echoes the last user text, skipping the tool result.
+        assert_eq!(
+            completion(&events).content,
+            vec![text("fake answer to: what time is it?")]
+        );
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 1);
+        let sent = &requests[0];
+        assert_eq!(sent.path, "/v1/messages");
+        assert_eq!(sent.header("x-api-key"), Some(KEY));
+        assert_eq!(sent.header("anthropic-version"), Some("2023-06-01"));
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(sent.header("authorization"), None);
+        let body = &sent.body;
+        assert_eq!(body["model"], "claude-test");
+        assert_eq!(body["max_tokens"], 256);
+        assert_eq!(body["stream"], true);
+        assert_eq!(
+            body["system"],
+            json!([{"type": "text", "text": "You are a test.", "cache_control": {"type": "ephemeral"}}])
+        );
+        assert_eq!(
+            body["tools"][0].get("cache_control"),
+            None,
+            "only the last tool is a breakpoint"
+        );
+        assert_eq!(body["tools"][0]["input_schema"]["properties"]["zone"]["type"], "string");
+        assert_eq!(
+            body["tools"][1],
+            json!({
+                "name": "echo",
+                "description": "Echoes.",
+                "input_schema": {"type": "object"},
+                "cache_control": {"type": "ephemeral"},
+            })
+        );
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "what time is it?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {"zone": "UTC"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12:00", "is_error": false},
+                ]},
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn no_tools_means_no_tools_key() {
+        let fake = FakeProvider::start();
+        let mut request = request();
+        request.tools.clear();
+        let (_, error) = collect(Anthropic::new(settings(&fake)).stream(request)).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(fake.requests()[0].body.get("tools"), None);
+    }
+
+    #[tokio::test]
+    async fn rate_limit_is_retried_after_the_servers_delay() {
+        let fake = FakeProvider::start();
+        fake.push(Script::http_error(429, "slow down", Some(1)));
+        fake.push(Script::text("finally", 1));
+        let started = Instant::now();
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(completion(&events).content, vec![text("finally")]);
+        assert_eq!(fake.request_count(), 2);
+        // The base delay is 10 ms: waiting a second shows retry-after was honoured.
+        assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn retries_stop_after_max_retries() {
+        let fake = FakeProvider::start();
+        for _ in 0..3 {
+            fake.push(Script::http_error(529, "Overloaded", None));
+        }
+        fake.push(Script::text("too late", 1));
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert!(events.is_empty());
+        match error {
+            Some(ProviderError::Http { status: 529, message }) => assert_eq!(message, "Overloaded"),
+            other => panic!("expected Http 529, got {other:?}"),
+        }
+        assert_eq!(fake.request_count(), 3, "one try and two retries");
+    }
+
+    #[tokio::test]
+    async fn bad_request_is_not_retried_and_carries_the_message() {
+        let fake = FakeProvider::start();
+        fake.push(Script::http_error(400, "messages: roles must alternate", None));
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert!(events.is_empty());
+        match error {
+            Some(ProviderError::Http { status: 400, message }) => {
+                assert_eq!(message, "messages: roles must alternate");
+            }
+            other => panic!("expected Http 400, got {other:?}"),
+        }
+        assert_eq!(fake.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn error_event_mid_stream_is_a_stream_error() {
+        let fake = FakeProvider::start();
+        fake.push(Script::StreamError {
+            after_chunks: 2,
+            error_type: "overloaded_error".to_owned(),
+            message: "Overloaded".to_owned(),
+        });
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert_eq!(
+            events,
+            vec![
+                StreamEvent::TextDelta("chunk 0 ".to_owned()),
+                StreamEvent::TextDelta("chunk 1 ".to_owned())
+            ]
+        );
+        match error {
+            Some(ProviderError::Stream { kind, message }) => {
+                assert_eq!((kind.as_str(), message.as_str()), ("overloaded_error", "Overloaded"));
+            }
+            other => panic!("expected Stream, got {other:?}"),
+        }
+        assert_eq!(fake.request_count(), 1, "no retry once the answer started");
+    }
+
+    #[tokio::test]
+    async fn stream_ending_early_is_truncated() {
+        let fake = FakeProvider::start();
+        fake.push(Script::Truncated { after_chunks: 1 });
+        let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
+        assert_eq!(events.len(), 1);
+        assert!(matches!(error, Some(ProviderError::Truncated)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn silent_stream_hits_the_idle_timeout() {
+        let fake = FakeProvider::start();
+        fake.push(Script::Stall { after_chunks: 1 });
+        let mut settings = settings(&fake);
+        settings.idle_timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let (events, error) = collect(Anthropic::new(settings).stream(request())).await;
+        assert_eq!(events.len(), 1);
+        assert!(
+            matches!(error, Some(ProviderError::IdleTimeout(timeout)) if timeout == Duration::from_millis(300)),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn slow_stream_hits_the_total_timeout() {
+        let fake = FakeProvider::start();
+        fake.push(Script::Delay {
+            // Fourteen events 50 ms apart: the first deltas arrive, the end does not.
+            per_chunk: Duration::from_millis(50),
+            then: Box::new(Script::text("one two three four five six seven eight", 8)),
+        });
+        let mut settings = settings(&fake);
+        settings.request_timeout = Duration::from_millis(400);
+        let (events, error) = collect(Anthropic::new(settings).stream(request())).await;
+        assert!(!events.is_empty(), "some deltas arrive before the deadline");
+        assert!(matches!(error, Some(ProviderError::Timeout(_))), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_receiver_stops_the_call() {
+        let fake = FakeProvider::start();
+        // About 0.9 s of stream if it were read to the end.
+        fake.push(Script::Delay {
+            per_chunk: Duration::from_millis(10),
+            then: Box::new(Script::text(&"word ".repeat(80), 80)),
+        });
+        let mut receiver = Anthropic::new(settings(&fake)).stream(request());
+        assert!(matches!(receiver.recv().await, Some(Ok(StreamEvent::TextDelta(_)))));
+        drop(receiver);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // The fake counts a response only once its last byte went out.
+        assert!(fake.service_times().is_empty(), "the stream was read to the end");
+        assert_eq!(fake.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn missing_key_fails_without_a_request() {
+        let fake = FakeProvider::start();
+        let mut settings = settings(&fake);
+        settings.api_key = None;
+        let (events, error) = collect(Anthropic::new(settings).stream(request())).await;
+        assert!(events.is_empty());
+        assert!(
+            matches!(
+                error,
+                Some(ProviderError::MissingApiKey {
+                    kind: "anthropic",
+                    env: "ANTHROPIC_API_KEY"
+                })
+            ),
+            "{error:?}"
+        );
+        assert_eq!(fake.request_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_connect_error_after_retries() {
+        // A port that was free a moment ago: connections are refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let fake = FakeProvider::start();
+        let mut settings = settings(&fake);
+        settings.base_url = format!("http://127.0.0.1:{port}");
+        let (_, error) = collect(Anthropic::new(settings).stream(request())).await;
+        assert!(matches!(error, Some(ProviderError::Connect { .. })), "{error:?}");
+    }
+
+    fn decode_all(events: &[(&str, serde_json::Value)]) -> Result<Vec<StreamEvent>, ProviderError> {
+        let mut decoder = AnthropicDecoder::default();
+        let mut out = Vec::new();
+        for (name, data) in events {
+            let event = SseEvent {
+                event: (*name).to_owned(),
+                data: data.to_string(),
+                id: None,
+            };
+            decoder.decode(&event, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn start() -> (&'static str, serde_json::Value) {
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 1}}}),
+        )
+    }
+
+    #[test]
+    fn events_out_of_order_are_malformed() {
+        let delta = (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}),
+        );
+        let cases = [
+            vec![delta.clone()],
+            vec![start(), delta.clone()],
+            vec![start(), start()],
+            vec![start(), ("message_stop", json!({"type": "message_stop"}))],
+            vec![
+                start(),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text"}}),
+                ),
+            ],
+        ];
+        for case in cases {
+            let result = decode_all(&case);
+            assert!(
+                matches!(result, Err(ProviderError::Malformed { .. })),
+                "{case:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_json_and_bad_tool_input_are_malformed() {
+        let mut decoder = AnthropicDecoder::default();
+        let event = SseEvent {
+            event: "message_start".to_owned(),
+            data: "{not json".to_owned(),
+            id: None,
+        };
+        let result = decoder.decode(&event, &mut Vec::new());
+        assert!(matches!(result, Err(ProviderError::Malformed { .. })), "{result:?}");
+
+        let tool = |partial: &str| {
+            decode_all(&[
+                start(),
+                (
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "tool_use", "id": "t", "name": "n", "input": {}}}),
+                ),
+                (
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "input_json_delta", "partial_json": partial}}),
+                ),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+            ])
+        };
+        assert!(matches!(tool("{\"a\":"), Err(ProviderError::Malformed { .. })));
+        assert!(matches!(tool("[1]"), Err(ProviderError::Malformed { .. })));
+        assert!(tool("").is_ok(), "an empty input is {{}}");
+    }
+
+    #[test]
+    fn unknown_events_and_blocks_are_skipped() {
+        let out = decode_all(&[
+            start(),
+            ("future_event", json!({"type": "future_event"})),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "thinking", "thinking": ""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "thinking_delta", "thinking": "hm"}}),
+            ),
+            ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "refusal"}, "usage": {"output_tokens": 3}}),
+            ),
+            ("message_stop", json!({"type": "message_stop"})),
+        ])
+        .unwrap();
+        let [StreamEvent::Completed(completion)] = out.as_slice() else {
+            panic!("expected only Completed, got {out:?}");
+        };
+        assert!(completion.content.is_empty());
+        assert_eq!(completion.stop_reason, StopReason::Other("refusal".to_owned()));
+        assert_eq!(completion.usage.output_tokens, 3);
+        assert_eq!(completion.usage.input_tokens, 1);
     }
 }

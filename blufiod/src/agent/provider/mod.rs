@@ -11,9 +11,17 @@ mod anthropic;
 mod openai;
 mod sse;
 
+// Shared with the integration tests; included once here for both adapters' unit tests.
+#[cfg(test)]
+#[path = "../../../tests/support/fake_provider.rs"]
+#[allow(dead_code, reason = "the adapters' tests use part of the fake")]
+mod fake_provider;
+
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{ProviderConfig, ProviderKind};
 
@@ -208,6 +216,12 @@ pub enum ProviderError {
         #[source]
         source: reqwest::Error,
     },
+    /// The configured API key cannot be sent in an HTTP header (it has control characters).
+    #[error("the {kind} API key contains characters that cannot be sent in an HTTP header: check provider.api_key")]
+    InvalidApiKey {
+        /// Provider kind name.
+        kind: &'static str,
+    },
 }
 
 /// A model provider.
@@ -263,10 +277,270 @@ impl ProviderSettings {
     }
 }
 
+/// Installs rustls' ring crypto provider once per process; reqwest is built without one.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Builds the provider for `kind`.
 pub fn build(kind: ProviderKind, settings: ProviderSettings) -> Box<dyn Provider> {
     match kind {
         ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(settings)),
         ProviderKind::Openai => Box::new(openai::OpenAi::new(settings)),
     }
+}
+
+// The transport both adapters share: one HTTP client, retries before the answer starts, the
+// total and idle timeouts, and the SSE read loop. The adapters only build the request and
+// decode events.
+
+/// HTTP statuses worth retrying: rate limits, transient server failures, Anthropic's overload.
+const RETRYABLE_STATUSES: [u16; 5] = [429, 500, 502, 503, 529];
+
+/// Longest backoff between two attempts when the server does not say (`retry-after` wins).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Most of an error body read to find the provider's message; error bodies are small JSON.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Builds an adapter's HTTP client; one per adapter so connections are reused across calls.
+fn http_client(settings: &ProviderSettings) -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        // A redirect would resend the API key (`x-api-key` is not stripped) to another host.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("blufiod/", env!("CARGO_PKG_VERSION")))
+        .build()
+        // Building fails only when the TLS backend cannot initialise, which the installed
+        // crypto provider rules out: a defect of the build, not a runtime condition.
+        .expect("build the provider's HTTP client")
+}
+
+/// Turns an API key into a header value that `Debug` and logs never show.
+fn secret_header(kind: &'static str, value: &str) -> Result<reqwest::header::HeaderValue, ProviderError> {
+    let mut header =
+        reqwest::header::HeaderValue::from_str(value).map_err(|_| ProviderError::InvalidApiKey { kind })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// The wire-protocol half of an adapter: turns SSE events into stream events.
+trait Decoder: Send + 'static {
+    /// Handles one event, appending what to deliver to `out`. Returns `true` once the answer is
+    /// complete (the last event appended is then [`StreamEvent::Completed`]).
+    fn decode(&mut self, event: &sse::SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, ProviderError>;
+}
+
+/// One prepared streamed call.
+struct HttpCall {
+    client: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    max_retries: u32,
+    retry_base_delay: Duration,
+}
+
+impl HttpCall {
+    fn new(
+        client: &reqwest::Client,
+        settings: &ProviderSettings,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            client: client.clone(),
+            url,
+            headers,
+            body: body.into(),
+            request_timeout: settings.request_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_retries: settings.max_retries,
+            retry_base_delay: settings.retry_base_delay,
+        }
+    }
+
+    /// Runs the call on a task; the receiver gets the decoded events and at most one error.
+    fn spawn(self, decoder: impl Decoder) -> mpsc::Receiver<Result<StreamEvent, ProviderError>> {
+        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(async move {
+            let total = self.request_timeout;
+            let outcome = tokio::select! {
+                // Nobody listens any more: stop at once and free the connection.
+                () = sender.closed() => return,
+                outcome = tokio::time::timeout(total, self.run(decoder, &sender)) => outcome,
+            };
+            let error = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => error,
+                Err(_elapsed) => ProviderError::Timeout(total),
+            };
+            tracing::debug!(url = %self.url, error = %error, "provider call failed");
+            let _ = sender.send(Err(error)).await;
+        });
+        receiver
+    }
+
+    async fn run(
+        &self,
+        mut decoder: impl Decoder,
+        sender: &mpsc::Sender<Result<StreamEvent, ProviderError>>,
+    ) -> Result<(), ProviderError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let response = self.send_with_retries(deadline).await?;
+        if let Some(content_type) = response.headers().get(reqwest::header::CONTENT_TYPE) {
+            let content_type = content_type.to_str().unwrap_or_default();
+            if !content_type.starts_with("text/event-stream") {
+                return Err(ProviderError::Malformed {
+                    reason: format!("expected an event stream, got content-type {content_type:?}"),
+                });
+            }
+        }
+        let mut body = response.bytes_stream();
+        let mut parser = sse::SseParser::new();
+        let mut out = Vec::new();
+        loop {
+            // No answer is ever retried from here on: part of it may already be delivered.
+            let chunk = match tokio::time::timeout(self.idle_timeout, body.next()).await {
+                Err(_elapsed) => return Err(ProviderError::IdleTimeout(self.idle_timeout)),
+                Ok(None) => return Err(ProviderError::Truncated),
+                Ok(Some(Err(source))) => return Err(ProviderError::Read { source }),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            let events = parser.feed(&chunk).map_err(|error| ProviderError::Malformed {
+                reason: error.to_string(),
+            })?;
+            for event in events {
+                let done = decoder.decode(&event, &mut out)?;
+                for item in out.drain(..) {
+                    if sender.send(Ok(item)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if done {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends the request until it gets a success status, retrying transient failures while
+    /// time is left before `deadline`.
+    async fn send_with_retries(&self, deadline: Instant) -> Result<reqwest::Response, ProviderError> {
+        let mut attempt = 0;
+        loop {
+            let request = self
+                .client
+                .post(&self.url)
+                .headers(self.headers.clone())
+                .body(self.body.clone());
+            let (error, server_delay) = match request.send().await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = retry_after(response.headers());
+                    let error = self.http_error(response).await;
+                    if !RETRYABLE_STATUSES.contains(&status) {
+                        return Err(error);
+                    }
+                    (error, retry_after)
+                }
+                // A request that cannot even be built will not get better by retrying.
+                Err(source) if source.is_builder() => {
+                    return Err(ProviderError::Connect {
+                        url: self.url.clone(),
+                        source,
+                    });
+                }
+                Err(source) => (
+                    ProviderError::Connect {
+                        url: self.url.clone(),
+                        source,
+                    },
+                    None,
+                ),
+            };
+            if attempt >= self.max_retries {
+                return Err(error);
+            }
+            let delay = server_delay.unwrap_or_else(|| backoff(self.retry_base_delay, attempt));
+            // Waiting past the deadline only to time out would hide the real cause.
+            if Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            attempt += 1;
+            tracing::warn!(
+                attempt,
+                max_retries = self.max_retries,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                error = %error,
+                "provider call failed before the answer started; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Reads a bounded prefix of an error response and extracts the provider's message.
+    async fn http_error(&self, mut response: reqwest::Response) -> ProviderError {
+        let status = response.status();
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY_BYTES {
+            match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                // A body that fails or stalls still leaves the status to report.
+                _ => break,
+            }
+        }
+        ProviderError::Http {
+            status: status.as_u16(),
+            message: error_message(&body).unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned()),
+        }
+    }
+}
+
+/// `retry-after` in seconds (the form both providers use); HTTP dates are ignored.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let seconds: f64 = value.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(86_400.0)))
+}
+
+/// Exponential backoff: `base`, `2 * base`, `4 * base`, ... capped at [`MAX_BACKOFF`].
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt)).min(MAX_BACKOFF)
+}
+
+/// The message of a `{"error":{"type","message"}}` body (both providers' shape), else a short
+/// excerpt of the body as text.
+fn error_message(body: &[u8]) -> Option<String> {
+    const EXCERPT_CHARS: usize = 300;
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        let error = value.get("error");
+        let message = error
+            .and_then(|error| error.get("message"))
+            .and_then(serde_json::Value::as_str)
+            // Some OpenAI-compatible servers send `{"error": "text"}`.
+            .or_else(|| error.and_then(serde_json::Value::as_str));
+        if let Some(message) = message {
+            return Some(message.to_owned());
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.chars().take(EXCERPT_CHARS).collect())
+}
+
+/// A stream that fails at once, for calls rejected before any request is made.
+fn failed_stream(error: ProviderError) -> mpsc::Receiver<Result<StreamEvent, ProviderError>> {
+    let (sender, receiver) = mpsc::channel(1);
+    // Cannot fail: the channel is new, has room for one item, and its receiver is alive.
+    let _ = sender.try_send(Err(error));
+    receiver
 }

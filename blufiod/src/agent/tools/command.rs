@@ -1,0 +1,560 @@
+//! `run_command`: runs one allowed program with arguments and returns its exit status and output.
+//!
+//! It must never run anything but a program listed in `tools.run_command.allow` (compared after
+//! resolving links on both sides), never through a shell, and never leave processes behind: the
+//! program runs in its own process group with a cleared environment and no stdin, the whole group
+//! is killed on timeout, on cancellation (when the call is dropped) and when the call ends, and
+//! output beyond the cap is drained but not kept, so a chatty program neither blocks nor grows
+//! memory.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{ToolOutput, error_chain, parse_input};
+use crate::agent::provider::ToolSpec;
+use crate::config::RunCommandConfig;
+
+/// The environment a program gets; nothing of the daemon's own environment (API keys) leaks.
+const COMMAND_PATH: &str = "/usr/bin:/bin";
+const COMMAND_LANG: &str = "C.UTF-8";
+
+/// The tool's spec.
+pub(super) fn spec() -> ToolSpec {
+    ToolSpec {
+        name: "run_command".to_owned(),
+        description: "Run one of the programs the owner allowed, by absolute path, with arguments. There is no \
+shell: no pipes, globbing, redirection or variables. Returns the exit status, stdout and stderr (each cut at a \
+size limit). The program is killed if it runs too long."
+            .to_owned(),
+        input_schema: json!({
+            "type": "object",
+            "properties": {
+                "program": {"type": "string", "description": "Absolute path of an allowed program, e.g. /usr/bin/df"},
+                "args": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Arguments, each passed to the program as is"
+                }
+            },
+            "required": ["program"],
+            "additionalProperties": false
+        }),
+    }
+}
+
+/// `run_command`, configured.
+pub(super) struct RunCommand {
+    allow: Vec<PathBuf>,
+    timeout: Duration,
+    max_output_bytes: usize,
+    /// The working directory when it exists, else `/`.
+    workspace: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+impl RunCommand {
+    /// Builds the tool from its config; commands run in `workspace` when it exists.
+    pub(super) fn from_config(config: &RunCommandConfig, workspace: PathBuf) -> Self {
+        Self {
+            allow: config.allow.clone(),
+            timeout: Duration::from_secs(config.timeout_secs),
+            max_output_bytes: usize::try_from(config.max_output_bytes).unwrap_or(usize::MAX),
+            workspace,
+        }
+    }
+
+    /// Runs one call.
+    pub(super) async fn call(&self, input: &serde_json::Value) -> ToolOutput {
+        let input: Input = match parse_input(
+            "run_command",
+            input,
+            r#"{"program": "/absolute/path", "args": ["..."]}"#,
+        ) {
+            Ok(input) => input,
+            Err(output) => return output,
+        };
+        let program = match self.resolve_program(&input.program) {
+            Ok(program) => program,
+            Err(message) => return ToolOutput::error(message),
+        };
+        let working_directory = if self.workspace.is_dir() {
+            self.workspace.as_path()
+        } else {
+            Path::new("/")
+        };
+
+        // The resolved path runs (what was vetted), under the name the model asked for.
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .arg0(&input.program)
+            .args(&input.args)
+            .env_clear()
+            .env("PATH", COMMAND_PATH)
+            .env("LANG", COMMAND_LANG)
+            .current_dir(working_directory)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                return ToolOutput::error(format!(
+                    "run_command cannot start {}: {}",
+                    input.program,
+                    error_chain(&error)
+                ));
+            }
+        };
+        // From here on the process group dies with this call, however the call ends.
+        let group_guard = ProcessGroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return ToolOutput::error("run_command lost the program's output pipes");
+        };
+
+        let mut stdout_capture = Capture::new(self.max_output_bytes);
+        let mut stderr_capture = Capture::new(self.max_output_bytes);
+        let finished = tokio::time::timeout(self.timeout, async {
+            // Waiting for the pipes to close as well as for the exit collects all output, and
+            // catches a background child that keeps them open (it runs into the timeout).
+            let (status, (), ()) = tokio::join!(
+                child.wait(),
+                stdout_capture.read_all(stdout),
+                stderr_capture.read_all(stderr)
+            );
+            status
+        })
+        .await;
+
+        let (mut content, is_error) = match finished {
+            Ok(Ok(status)) => (describe_status(status), !status.success()),
+            Ok(Err(error)) => (
+                format!("run_command lost track of {}: {}", input.program, error_chain(&error)),
+                true,
+            ),
+            Err(_elapsed) => {
+                ProcessGroupGuard::kill(group_guard.0);
+                // Reap the killed program so it does not linger as a zombie.
+                let _ = child.wait().await;
+                (
+                    format!(
+                        "run_command killed {} after {} s: it ran longer than tools.run_command.timeout_secs",
+                        input.program,
+                        self.timeout.as_secs()
+                    ),
+                    true,
+                )
+            }
+        };
+        content.push_str("\n--- stdout ---\n");
+        stdout_capture.append_to(&mut content, "stdout");
+        content.push_str("\n--- stderr ---\n");
+        stderr_capture.append_to(&mut content, "stderr");
+        ToolOutput { content, is_error }
+    }
+
+    /// The resolved path of `requested` if it is one of the allowed programs, else a message.
+    fn resolve_program(&self, requested: &str) -> Result<PathBuf, String> {
+        let allowed_list = || {
+            if self.allow.is_empty() {
+                "none".to_owned()
+            } else {
+                self.allow
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        if !Path::new(requested).is_absolute() {
+            return Err(format!(
+                "run_command refused {requested:?}: give the program's absolute path; allowed programs: {}",
+                allowed_list()
+            ));
+        }
+        let refused = || {
+            format!(
+                "run_command refused {requested}: it is not in tools.run_command.allow (allowed programs: {}); \
+the owner can add it there",
+                allowed_list()
+            )
+        };
+        // A program that does not exist cannot be one of the allowed ones; say so in the same words,
+        // so probing reveals nothing about the file system.
+        let resolved = std::fs::canonicalize(requested).map_err(|_| refused())?;
+        // Both sides are resolved now rather than at startup, so a program installed or moved
+        // later is matched by what it is at the time of the call.
+        let is_allowed = self
+            .allow
+            .iter()
+            .any(|allowed| std::fs::canonicalize(allowed).is_ok_and(|allowed| allowed == resolved));
+        if is_allowed { Ok(resolved) } else { Err(refused()) }
+    }
+}
+
+/// Kills the process group when dropped: when the call ends normally, times out, or is dropped
+/// because it was cancelled. Stragglers a program left in the background die with it.
+struct ProcessGroupGuard(Option<i32>);
+
+impl ProcessGroupGuard {
+    fn kill(group: Option<i32>) {
+        if let Some(group) = group {
+            // ESRCH (the group is gone) is the normal case after a clean exit.
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        Self::kill(self.0);
+    }
+}
+
+/// One output stream: the first `cap` bytes, and how many there were in all.
+struct Capture {
+    cap: usize,
+    kept: Vec<u8>,
+    total: u64,
+    read_error: Option<String>,
+}
+
+impl Capture {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            kept: Vec::new(),
+            total: 0,
+            read_error: None,
+        }
+    }
+
+    /// Reads to the end, keeping up to the cap and discarding the rest (the pipe must keep
+    /// draining, or the program would block on a full pipe).
+    async fn read_all(&mut self, mut reader: impl AsyncRead + Unpin) {
+        let mut buffer = [0_u8; 8192];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    self.total += n as u64;
+                    let room = self.cap.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&buffer[..n.min(room)]);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    self.read_error = Some(error_chain(&error));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn append_to(&self, content: &mut String, name: &str) {
+        if self.total == 0 && self.read_error.is_none() {
+            content.push_str("(empty)");
+            return;
+        }
+        content.push_str(&String::from_utf8_lossy(&self.kept));
+        let dropped = self.total - self.kept.len() as u64;
+        if dropped > 0 {
+            content.push_str(&format!(
+                "\n[... {name} cut: {dropped} more bytes were not kept (tools.run_command.max_output_bytes)]"
+            ));
+        }
+        if let Some(error) = &self.read_error {
+            content.push_str(&format!("\n[... reading {name} failed: {error}]"));
+        }
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(name) => format!("killed by signal {signal} ({name})"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        (None, None) => "ended without an exit status".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::agent::tools::Tools;
+    use crate::config::ToolsConfig;
+
+    /// The first of `candidates` that exists; Debian has all the programs these tests use.
+    fn program(candidates: &[&str]) -> String {
+        candidates
+            .iter()
+            .find(|candidate| Path::new(candidate).exists())
+            .unwrap_or_else(|| panic!("none of {candidates:?} exists"))
+            .to_string()
+    }
+
+    fn tool(allow: &[&str], timeout_secs: u64, max_output_bytes: u64, workspace: &Path) -> RunCommand {
+        RunCommand::from_config(
+            &RunCommandConfig {
+                enabled: true,
+                allow: allow.iter().map(PathBuf::from).collect(),
+                timeout_secs,
+                max_output_bytes,
+            },
+            workspace.to_owned(),
+        )
+    }
+
+    async fn run(tool: &RunCommand, program: &str, args: &[&str]) -> ToolOutput {
+        tool.call(&json!({"program": program, "args": args})).await
+    }
+
+    #[tokio::test]
+    async fn an_allowed_program_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let echo = program(&["/bin/echo", "/usr/bin/echo"]);
+        let tool = tool(&[&echo], 10, 1024, dir.path());
+        let output = run(&tool, &echo, &["hello", "world; rm -rf /"]).await;
+        assert_eq!(
+            output,
+            ToolOutput::ok("exit status 0\n--- stdout ---\nhello world; rm -rf /\n\n--- stderr ---\n(empty)")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_cleared_and_the_workspace_is_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = program(&["/usr/bin/env", "/bin/env"]);
+        let pwd = program(&["/bin/pwd", "/usr/bin/pwd"]);
+        let workspace = dir.path().join("workspace");
+        let tool = tool(&[&env, &pwd], 10, 1024, &workspace);
+
+        let environment = run(&tool, &env, &[]).await;
+        assert!(!environment.is_error, "{}", environment.content);
+        let mut variables: Vec<&str> = environment.content.lines().skip(2).take(2).collect();
+        variables.sort_unstable();
+        assert_eq!(
+            variables,
+            ["LANG=C.UTF-8", "PATH=/usr/bin:/bin"],
+            "{}",
+            environment.content
+        );
+        assert!(
+            environment.content.contains("--- stderr ---\n(empty)"),
+            "{}",
+            environment.content
+        );
+
+        let without_workspace = run(&tool, &pwd, &[]).await;
+        assert!(
+            without_workspace.content.contains("--- stdout ---\n/\n"),
+            "{}",
+            without_workspace.content
+        );
+        std::fs::create_dir(&workspace).unwrap();
+        let with_workspace = run(&tool, &pwd, &[]).await;
+        let expected = format!("--- stdout ---\n{}\n", workspace.canonicalize().unwrap().display());
+        assert!(with_workspace.content.contains(&expected), "{}", with_workspace.content);
+    }
+
+    #[tokio::test]
+    async fn programs_not_in_the_list_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let echo = program(&["/bin/echo", "/usr/bin/echo"]);
+        let sleep = program(&["/bin/sleep", "/usr/bin/sleep"]);
+        let tool = tool(&[&echo], 10, 1024, dir.path());
+
+        let other = run(&tool, &sleep, &["0"]).await;
+        assert!(other.is_error);
+        assert!(
+            other.content.contains("not in tools.run_command.allow"),
+            "{}",
+            other.content
+        );
+        let relative = run(&tool, "echo", &["hi"]).await;
+        assert!(relative.is_error);
+        assert!(relative.content.contains("absolute path"), "{}", relative.content);
+        let missing = run(&tool, "/nonexistent/echo", &[]).await;
+        assert!(missing.is_error);
+        assert!(
+            missing.content.contains("not in tools.run_command.allow"),
+            "{}",
+            missing.content
+        );
+        let traversal = run(&tool, &format!("{sleep}/../echo"), &[]).await;
+        assert!(traversal.is_error, "{}", traversal.content);
+    }
+
+    #[tokio::test]
+    async fn links_are_resolved_on_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        let echo = program(&["/bin/echo", "/usr/bin/echo"]);
+        let link = dir.path().join("say");
+        std::os::unix::fs::symlink(&echo, &link).unwrap();
+        let link = link.to_str().unwrap();
+
+        let allow_link = tool(&[link], 10, 1024, dir.path());
+        assert!(!run(&allow_link, &echo, &["a"]).await.is_error);
+        let allow_target = tool(&[&echo], 10, 1024, dir.path());
+        let through_link = run(&allow_target, link, &["b"]).await;
+        assert!(!through_link.is_error, "{}", through_link.content);
+        assert!(through_link.content.contains("\nb\n"), "{}", through_link.content);
+    }
+
+    #[tokio::test]
+    async fn a_failing_program_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = program(&["/bin/sleep", "/usr/bin/sleep"]);
+        let tool = tool(&[&sleep], 10, 1024, dir.path());
+        let output = run(&tool, &sleep, &["--no-such-option"]).await;
+        assert!(output.is_error);
+        assert!(output.content.starts_with("exit status 1\n"), "{}", output.content);
+        assert!(
+            !output.content.ends_with("(empty)"),
+            "stderr has the complaint: {}",
+            output.content
+        );
+    }
+
+    #[tokio::test]
+    async fn a_program_that_runs_too_long_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = program(&["/bin/sleep", "/usr/bin/sleep"]);
+        let tool = tool(&[&sleep], 1, 1024, dir.path());
+        let started = Instant::now();
+        let output = run(&tool, &sleep, &["5"]).await;
+        assert!(output.is_error);
+        assert!(output.content.contains("killed"), "{}", output.content);
+        assert!(
+            output.content.contains("tools.run_command.timeout_secs"),
+            "{}",
+            output.content
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn background_children_holding_the_output_are_killed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let shell = program(&["/bin/sh", "/usr/bin/sh"]);
+        let tool = tool(&[&shell], 1, 1024, dir.path());
+        let started = Instant::now();
+        // The shell exits at once, but its background sleep keeps stdout open.
+        let output = run(&tool, &shell, &["-c", "echo started; exec sleep 31.2468 &"]).await;
+        assert!(output.is_error);
+        assert!(output.content.contains("killed"), "{}", output.content);
+        assert!(
+            output.content.contains("--- stdout ---\nstarted\n"),
+            "{}",
+            output.content
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(gone(&["31.2468"]).await, "the background child is still running");
+    }
+
+    #[tokio::test]
+    async fn stragglers_die_when_the_program_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let shell = program(&["/bin/sh", "/usr/bin/sh"]);
+        let tool = tool(&[&shell], 10, 1024, dir.path());
+        // The background sleep lets go of the output, so the call ends when the shell does.
+        let output = run(&tool, &shell, &["-c", "exec sleep 31.3579 >/dev/null 2>&1 &"]).await;
+        assert!(!output.is_error, "{}", output.content);
+        assert!(gone(&["31.3579"]).await, "the background child is still running");
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_but_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq = program(&["/usr/bin/seq", "/bin/seq"]);
+        let tool = tool(&[&seq], 10, 20, dir.path());
+        // About 590 kB: far more than a pipe holds, so the program only finishes if it is drained.
+        let output = run(&tool, &seq, &["1", "100000"]).await;
+        assert!(!output.is_error, "{}", output.content);
+        let expected = "exit status 0\n--- stdout ---\n1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n[... stdout cut: 588875 more \
+bytes were not kept (tools.run_command.max_output_bytes)]\n--- stderr ---\n(empty)";
+        assert_eq!(output.content, expected);
+    }
+
+    /// Whether a process whose last arguments are exactly `arguments` is alive (not a zombie).
+    fn running(arguments: &[&str]) -> bool {
+        let wanted: Vec<u8> = arguments
+            .iter()
+            .flat_map(|argument| [argument.as_bytes(), b"\0"].concat())
+            .collect();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| cmdline.ends_with(&wanted)))
+    }
+
+    /// Waits up to two seconds for such a process to be gone (a kill takes a moment to land).
+    async fn gone(arguments: &[&str]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while running(arguments) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !running(arguments)
+    }
+
+    #[tokio::test]
+    async fn cancellation_stops_the_call_and_kills_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = program(&["/bin/sleep", "/usr/bin/sleep"]);
+        let mut config = ToolsConfig::default();
+        config.run_command.enabled = true;
+        config.run_command.allow = vec![PathBuf::from(&sleep)];
+        config.run_command.timeout_secs = 30;
+        let tools = Tools::from_config(&config, dir.path());
+        let cancel = CancellationToken::new();
+        // An unusual duration marks this test's process in /proc.
+        let marker = ["29.4321"];
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            canceller.cancel();
+        });
+
+        let started = Instant::now();
+        let input = json!({"program": sleep, "args": marker});
+        let output = tools.call("run_command", &input, &cancel).await;
+        assert!(output.is_error);
+        assert!(output.content.contains("cancelled"), "{}", output.content);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+
+        assert!(gone(&marker).await, "the cancelled program is still running");
+    }
+}
