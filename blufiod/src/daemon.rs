@@ -237,13 +237,14 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     }
 
     shared.set_phase(Phase::Ready);
-    notifier.ready(&shared.ready_line());
+    // Log first: whoever reacts to READY=1 then finds the line already written.
     tracing::info!(
         version = VERSION,
         pid = shared.pid,
         elapsed_ms = startup.started.elapsed().as_millis(),
         "ready"
     );
+    notifier.ready(&shared.ready_line());
 
     let outcome = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM received; shutting down"); Ok(()) }

@@ -38,7 +38,15 @@ fn starts_ready_reports_status_and_stops_cleanly() {
     assert_eq!(status["caller_access"], "full");
     assert_eq!(status["previous_run_unclean"], false);
     assert!(status["database_size_bytes"].as_u64().unwrap() > 0);
-    assert!(status["sessions"].is_null() && status["memory"].is_null() && status["cost"].is_null());
+    assert_eq!(status["sessions"]["total_sessions"], 0, "{status}");
+    assert_eq!(
+        status["cost"]["daily_cap_usd"], 1.0,
+        "the default daily cap is on: {status}"
+    );
+    assert!(
+        status["memory"].is_null(),
+        "the memory monitor does not exist yet: {status}"
+    );
     let subsystems: Vec<&str> = status["subsystems"]
         .as_array()
         .unwrap()
