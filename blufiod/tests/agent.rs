@@ -339,3 +339,66 @@ fn history_survives_a_restart_and_a_crash_mid_turn_keeps_the_message() {
     assert_eq!(texts, ["remember this", "first answer", "do not lose me"]);
     assert_eq!(daemon.ctl_json(&["status"])["previous_run_unclean"], true);
 }
+
+/// Starts `blufioctl chat` in the background.
+fn chat_in_background(daemon: &Daemon, args: &[&str]) -> std::process::Child {
+    Command::new(support::blufioctl_bin())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("chat")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_requests(fake: &FakeProvider, count: usize) {
+    let deadline = Instant::now() + support::PATIENCE;
+    while fake.request_count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "the provider saw fewer than {count} requests"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
+    let fake = FakeProvider::start();
+    fake.push(Script::Stall { after_chunks: 1 });
+    let daemon = start(&fake, "[agent]\nmax_concurrent_turns = 2\nmax_queued_turns = 0\n");
+    let mut stalled = chat_in_background(&daemon, &["slow session"]);
+    wait_for_requests(&fake, 1);
+
+    // Another session runs while the first one's provider call hangs.
+    fake.push(text_reply("quick answer", 5, 5));
+    assert_eq!(daemon.ctl_json(&["chat", "fast session"])["text"], "quick answer");
+
+    // With both slots taken and no room to queue, a third turn is told to retry.
+    fake.push(Script::Stall { after_chunks: 1 });
+    let mut second_stall = chat_in_background(&daemon, &["another slow one"]);
+    wait_for_requests(&fake, 3);
+    let refused = daemon.ctl(&["chat", "one too many"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("retry"),
+        "{}",
+        describe(&refused)
+    );
+    assert_eq!(fake.request_count(), 3, "the refused turn made no call");
+
+    // Cancelling the client (as Ctrl-C does) cancels its turn and frees its slot.
+    stalled.kill().unwrap();
+    second_stall.kill().unwrap();
+    let _ = stalled.wait();
+    let _ = second_stall.wait();
+    let deadline = Instant::now() + support::PATIENCE;
+    while daemon.ctl_json(&["status"])["sessions"]["turns_in_flight"] != 0 {
+        assert!(Instant::now() < deadline, "cancelled turns still hold their slots");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fake.push(text_reply("after the storm", 5, 5));
+    assert_eq!(daemon.ctl_json(&["chat", "anyone there?"])["text"], "after the storm");
+}
