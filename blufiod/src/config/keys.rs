@@ -248,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_masked_in_every_view() {
+        let loaded = load_from(Some("[provider]\napi_key = \"sk-ant-very-secret\"\n"), None, false).unwrap();
+        let entry = entries(&loaded, Some("provider.api_key")).unwrap().remove(0);
+        assert!(entry.spec.secret);
+        assert_eq!(entry.value_toml, "\"********\"");
+        assert_eq!(entry.value_json, "\"********\"");
+        let all = entries(&loaded, None).unwrap();
+        assert!(all.iter().all(|entry| !entry.value_toml.contains("very-secret")));
+        assert!(
+            !format!("{:?}", loaded.config).contains("very-secret"),
+            "Debug must not show secrets"
+        );
+    }
+
+    #[test]
     fn registry_matches_the_struct_tree() {
         let registry: BTreeSet<String> = KEYS.iter().map(|spec| spec.key.to_owned()).collect();
         assert_eq!(registry, leaves_of_full_config());

@@ -257,6 +257,9 @@ pub struct ProviderSettings {
 
 impl ProviderSettings {
     /// Resolves settings from config, reading the API key from `env` when the config has none.
+    ///
+    /// This is the one place an API key is resolved: when the secrets vault exists, a
+    /// `provider.api_key` that names a vault entry is looked up here, and nothing else changes.
     pub fn from_config(config: &ProviderConfig, env: impl Fn(&str) -> Option<String>) -> Self {
         let api_key = config
             .api_key
