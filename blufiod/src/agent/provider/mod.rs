@@ -547,3 +547,40 @@ fn failed_stream(error: ProviderError) -> mpsc::Receiver<Result<StreamEvent, Pro
     let _ = sender.try_send(Err(error));
     receiver
 }
+
+/// Helpers shared by the adapters' tests.
+#[cfg(test)]
+mod testing {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::{Completion, ProviderError, StreamEvent};
+
+    /// Everything the stream yields: the events, then the error if it ended with one.
+    pub async fn collect(
+        mut receiver: mpsc::Receiver<Result<StreamEvent, ProviderError>>,
+    ) -> (Vec<StreamEvent>, Option<ProviderError>) {
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
+            match item {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    // Nothing may follow an error.
+                    assert!(receiver.recv().await.is_none(), "an item after the error");
+                    return (events, Some(error));
+                }
+            }
+        }
+        (events, None)
+    }
+
+    /// The `Completed` that must end `events`.
+    pub fn completion(events: &[StreamEvent]) -> &Completion {
+        match events.last() {
+            Some(StreamEvent::Completed(completion)) => completion,
+            other => panic!("expected Completed last, got {other:?}"),
+        }
+    }
+}

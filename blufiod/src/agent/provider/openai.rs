@@ -431,6 +431,7 @@ impl Decoder for OpenAiDecoder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{collect, completion};
     use std::time::{Duration, Instant};
 
     use serde_json::json;
@@ -495,31 +496,6 @@ mod tests {
                 input_schema: json!({"type": "object", "properties": {"zone": {"type": "string"}}}),
             }],
             max_tokens: 256,
-        }
-    }
-
-    /// Everything the stream yields: the events, then the error if it ended with one.
-    async fn collect(
-        mut receiver: mpsc::Receiver<Result<StreamEvent, ProviderError>>,
-    ) -> (Vec<StreamEvent>, Option<ProviderError>) {
-        let mut events = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
-            match item {
-                Ok(event) => events.push(event),
-                Err(error) => {
-                    assert!(receiver.recv().await.is_none(), "an item after the error");
-                    return (events, Some(error));
-                }
-            }
-        }
-        (events, None)
-    }
-
-    fn completion(events: &[StreamEvent]) -> &Completion {
-        match events.last() {
-            Some(StreamEvent::Completed(completion)) => completion,
-            other => panic!("expected Completed last, got {other:?}"),
         }
     }
 
