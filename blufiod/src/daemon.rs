@@ -276,6 +276,13 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         tracing::warn!(timeout = ?drain_timeout, "drain timed out; abandoning the remaining work");
         subsystems.tasks.abort_all();
     }
+    // Turns saw the cancelled token too; let them record their calls before storage closes.
+    if tokio::time::timeout(drain_timeout, shared.agent.wait_for_turns())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?drain_timeout, "turns did not stop in time");
+    }
 
     if outcome.is_ok() {
         if let Err(error) = storage.record_clean_stop(run).await {

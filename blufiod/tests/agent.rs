@@ -402,3 +402,39 @@ fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
     fake.push(text_reply("after the storm", 5, 5));
     assert_eq!(daemon.ctl_json(&["chat", "anyone there?"])["text"], "after the storm");
 }
+
+#[test]
+fn sigterm_during_a_turn_stops_cleanly_and_charges_the_call() {
+    let fake = FakeProvider::start();
+    fake.push(Script::Stall { after_chunks: 1 });
+    let dir = new_dir();
+    let options = || DaemonOptions {
+        config: agent_config(&fake, ""),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start_with(dir.clone(), options());
+    let mut chat = chat_in_background(&daemon, &["stop in the middle"]);
+    wait_for_requests(&fake, 1);
+    let exit = daemon.stop();
+    assert!(exit.success(), "{exit}\n{}", daemon.stderr());
+    let output = chat.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("shutting down"),
+        "{}",
+        describe(&output)
+    );
+
+    let daemon = Daemon::start_with(dir, options());
+    let sessions = daemon.ctl_json(&["sessions", "list"]);
+    assert_eq!(sessions["sessions"][0]["state"], "interrupted", "{sessions}");
+    let usage = daemon.ctl_json(&["usage"]);
+    assert_eq!(
+        usage["days"][0]["calls"], 1,
+        "the interrupted call is in the ledger: {usage}"
+    );
+    assert!(
+        usage["cost"]["today_usd"].as_f64().unwrap() > 0.0,
+        "its estimated input is charged: {usage}"
+    );
+}

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::budget::{Budget, BudgetError, BudgetSnapshot, Micros, Period};
 use self::context::StoredBlocks;
@@ -188,6 +189,7 @@ pub struct Agent {
     provider: Mutex<Option<(ProviderConfig, Arc<dyn Provider>)>>,
     tools: Mutex<Option<(ToolsConfig, Arc<Tools>)>>,
     token: CancellationToken,
+    turns: TaskTracker,
 }
 
 impl std::fmt::Debug for Agent {
@@ -291,7 +293,16 @@ impl Agent {
             provider: Mutex::new(None),
             tools: Mutex::new(None),
             token,
+            turns: TaskTracker::new(),
         })
+    }
+
+    /// Waits for every turn task to end. Called after the shutdown token is cancelled, so turns
+    /// are already stopping: each writes its ledger row for a call in flight and leaves its turn
+    /// marked running, which the next start turns into `interrupted`.
+    pub async fn wait_for_turns(&self) {
+        self.turns.close();
+        self.turns.wait().await;
     }
 
     /// Creates an empty session.
@@ -459,7 +470,7 @@ impl Agent {
             .ok();
         self.queued.fetch_add(1, Ordering::Relaxed);
         let agent = self.clone();
-        tokio::spawn(async move {
+        self.turns.spawn(async move {
             agent.run_turn(session_id, turn_id, events).await;
         });
         Ok(receiver)
@@ -487,6 +498,7 @@ impl Agent {
             () = self.token.cancelled() => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 // Left as running: the next start marks it interrupted.
+                let _ = events.send(TurnEvent::Failed(AgentError::ShuttingDown)).await;
                 return;
             }
         };
