@@ -413,7 +413,7 @@ fn sigterm_during_a_turn_stops_cleanly_and_charges_the_call() {
         ..DaemonOptions::default()
     };
     let mut daemon = Daemon::start_with(dir.clone(), options());
-    let mut chat = chat_in_background(&daemon, &["stop in the middle"]);
+    let chat = chat_in_background(&daemon, &["stop in the middle"]);
     wait_for_requests(&fake, 1);
     let exit = daemon.stop();
     assert!(exit.success(), "{exit}\n{}", daemon.stderr());
