@@ -435,7 +435,6 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use serde_json::json;
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::agent::provider::ToolSpec;
