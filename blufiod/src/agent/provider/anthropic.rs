@@ -73,10 +73,21 @@ impl Provider for Anthropic {
 
 /// The JSON body of a streamed Messages call.
 fn request_body(request: &ChatRequest) -> Value {
+    let mut messages: Vec<Value> = request.messages.iter().map(message_json).collect();
+    // Breakpoint 3: the conversation so far. History is only ever appended to (and trimmed from
+    // the oldest end when over budget), so the next call of this turn, and the next turn, read
+    // this prefix from the cache instead of paying for it again.
+    if let Some(block) = messages
+        .last_mut()
+        .and_then(|message| message["content"].as_array_mut())
+        .and_then(|content| content.last_mut())
+    {
+        block["cache_control"] = json!({"type": "ephemeral"});
+    }
     let mut body = json!({
         "model": request.model,
         "max_tokens": request.max_tokens,
-        "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "messages": messages,
         "stream": true,
     });
     // The API rejects an empty text block, so an empty system prompt is left out.
@@ -624,7 +635,8 @@ mod tests {
                     {"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {"zone": "UTC"}},
                 ]},
                 {"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12:00", "is_error": false},
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12:00", "is_error": false,
+                     "cache_control": {"type": "ephemeral"}},
                 ]},
             ])
         );
