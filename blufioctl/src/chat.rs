@@ -1,6 +1,7 @@
 //! One agent turn over `SendMessage`, shared by `chat` and `shell`: drives the event stream,
 //! echoes text deltas to stdout and tool activity to stderr as they arrive, and collects the
-//! turn into a [`Transcript`] for the summary line and `--json`.
+//! turn into a [`Transcript`] for the summary line and `--json`. `remote chat` converts the
+//! gateway's events to the same proto events and reuses [`Transcript`] and [`Echo`].
 //!
 //! This module never decides exit codes and never applies a deadline to a turn: a turn ends when
 //! the daemon ends it, or when the caller drops the future (Ctrl-C in the shell), which cancels
@@ -37,7 +38,8 @@ impl Transcript {
         }
     }
 
-    fn record(&mut self, event: &Event) {
+    /// Adds one event of the turn.
+    pub fn record(&mut self, event: &Event) {
         match event {
             Event::Accepted(accepted) => {
                 if !accepted.session_id.is_empty() {
@@ -124,7 +126,8 @@ impl Echo {
         }
     }
 
-    fn event(&mut self, event: &Event) {
+    /// Echoes one event of the turn: text to stdout, tool activity to stderr.
+    pub fn event(&mut self, event: &Event) {
         match event {
             Event::TextDelta(delta) => self.text(&delta.text),
             Event::Tool(tool) => self.note(&output::tool_line(tool)),

@@ -5,10 +5,17 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+use crate::remote::Pin;
 
 /// Environment variable that names the control socket, like `--socket`.
 pub const SOCKET_ENV: &str = "BLUFIO_SOCKET";
+/// Environment variables for `remote`'s `--url`, `--key`, `--pin` and `--keyid`.
+pub const REMOTE_URL_ENV: &str = "BLUFIO_REMOTE_URL";
+pub const REMOTE_KEY_ENV: &str = "BLUFIO_REMOTE_KEY";
+pub const REMOTE_PIN_ENV: &str = "BLUFIO_REMOTE_PIN";
+pub const REMOTE_KEYID_ENV: &str = "BLUFIO_REMOTE_KEYID";
 
 /// The exit status table, shown at the end of `--help` and in the man page.
 pub const EXIT_CODES_HELP: &str = "\
@@ -19,7 +26,8 @@ Exit status:
      chat turn ended without an answer, or the daemon did not answer in time
   2  usage error: the command line could not be parsed
   3  blufiod is not reachable: its socket is missing, the connection was refused, or permission
-     to connect was denied";
+     to connect was denied; for `remote`, the gateway cannot be reached (connection refused, name
+     not resolved, TLS failure) or its certificate does not match --pin";
 
 /// Control client for blufiod, the blufio agent daemon.
 ///
@@ -82,6 +90,18 @@ pub enum Command {
     /// List, show or delete chat sessions
     #[command(subcommand)]
     Sessions(SessionsCommand),
+
+    /// Register, list or revoke the devices whose keys may sign requests to the HTTPS gateway
+    #[command(subcommand)]
+    Device(DeviceCommand),
+
+    /// Talk to a blufiod HTTPS gateway instead of the local socket, signing every request with a
+    /// device key
+    ///
+    /// Every request is signed (RFC 9421, ed25519) with the private key in --key, which must have
+    /// been registered on the daemon's host with `blufioctl device add`. --timeout bounds each
+    /// request except the answer of `chat`.
+    Remote(RemoteArgs),
 
     /// Show spend against the budget caps, and tokens and cost per day, model and session
     Usage {
@@ -192,6 +212,99 @@ pub enum SessionsCommand {
     },
 }
 
+/// `blufioctl device ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device: generate a key pair and keep its private half in --key-out, or register
+    /// an existing public key with --public-key
+    ///
+    /// Only the public key is sent to the daemon. --key-out creates a new file readable only by
+    /// you (mode 0600) and never overwrites an existing one.
+    #[command(group(ArgGroup::new("key").required(true).args(["key_out", "public_key"])))]
+    Add {
+        /// A name for the device (letters, digits, '-', '_', '.'; at most 64)
+        name: String,
+        /// Generate a new ed25519 key and write its private half here (PKCS#8 PEM)
+        #[arg(long, value_name = "FILE")]
+        key_out: Option<PathBuf>,
+        /// Register this existing ed25519 public key (PEM "PUBLIC KEY") instead
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// List the registered devices, revoked ones included
+    List(JsonArgs),
+
+    /// Revoke a device: the gateway refuses its next request
+    Revoke {
+        /// The device's name
+        name: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+}
+
+/// `blufioctl remote ...`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The gateway's base URL, such as https://host.example:8443
+    #[arg(long, env = REMOTE_URL_ENV, value_name = "URL")]
+    pub url: String,
+
+    /// The device's private key (PKCS#8 PEM), as written by `blufioctl device add --key-out`
+    #[arg(long, env = REMOTE_KEY_ENV, value_name = "FILE")]
+    pub key: PathBuf,
+
+    /// Trust the gateway only if the SHA-256 fingerprint of its certificate is this (hex pairs,
+    /// as `blufioctl status` shows); without it the system's certificate authorities decide
+    #[arg(long, env = REMOTE_PIN_ENV, value_name = "SHA256")]
+    pub pin: Option<Pin>,
+
+    /// The keyid to sign with [default: the key's fingerprint, which is what `device add`
+    /// registers]
+    #[arg(long, env = REMOTE_KEYID_ENV, value_name = "KEYID")]
+    pub keyid: Option<String>,
+
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+/// The commands `remote` runs against the gateway.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Send one message to the agent and stream its answer to stdout, like `blufioctl chat`
+    Chat(ChatArgs),
+
+    /// List, show or delete chat sessions, like `blufioctl sessions`
+    #[command(subcommand)]
+    Sessions(RemoteSessionsCommand),
+}
+
+/// `blufioctl remote ... sessions ...`.
+#[derive(Debug, Subcommand)]
+pub enum RemoteSessionsCommand {
+    /// List sessions, most recently updated first (at most 100)
+    List(JsonArgs),
+
+    /// Show one session and its most recent messages (at most 200)
+    Show {
+        /// The session id
+        id: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Delete a session and its messages
+    Delete {
+        /// The session id
+        id: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+}
+
 /// The `--json` flag shared by every data-printing command.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct JsonArgs {
@@ -241,6 +354,52 @@ mod tests {
         assert!(
             Cli::try_parse_from(["blufioctl", "chat"]).is_err(),
             "a message is required"
+        );
+    }
+
+    #[test]
+    fn device_add_needs_exactly_one_key_source() {
+        let cli = Cli::try_parse_from(["blufioctl", "device", "add", "laptop", "--key-out", "k.pem"])
+            .expect("--key-out parses");
+        assert!(matches!(cli.command, Command::Device(DeviceCommand::Add { key_out: Some(_), .. })));
+        let cli = Cli::try_parse_from(["blufioctl", "device", "add", "laptop", "--public-key", "k.pub", "--json"])
+            .expect("--public-key parses");
+        assert!(matches!(cli.command, Command::Device(DeviceCommand::Add { public_key: Some(_), .. })));
+        assert!(Cli::try_parse_from(["blufioctl", "device", "add", "laptop"]).is_err());
+        assert!(
+            Cli::try_parse_from(["blufioctl", "device", "add", "x", "--key-out", "a", "--public-key", "b"]).is_err()
+        );
+    }
+
+    #[test]
+    fn remote_takes_connection_flags_then_a_command() {
+        let pin = ["AB"; 32].join(":");
+        let cli = Cli::try_parse_from([
+            "blufioctl", "remote", "--url", "https://h:8443", "--key", "k.pem", "--pin", &pin, "chat", "--json",
+            "hi", "there",
+        ])
+        .expect("remote chat parses");
+        let Command::Remote(remote) = cli.command else {
+            panic!("expected remote");
+        };
+        assert_eq!(remote.url, "https://h:8443");
+        assert_eq!(remote.pin.map(|pin| pin.to_string()), Some(pin));
+        assert!(matches!(remote.command, RemoteCommand::Chat(args) if args.json && args.message == ["hi", "there"]));
+        let cli = Cli::try_parse_from([
+            "blufioctl", "remote", "--url", "https://h", "--key", "k", "sessions", "show", "s1", "--json",
+        ])
+        .expect("remote sessions parses");
+        assert!(matches!(
+            cli.command,
+            Command::Remote(RemoteArgs {
+                command: RemoteCommand::Sessions(RemoteSessionsCommand::Show { .. }),
+                ..
+            })
+        ));
+        assert!(
+            Cli::try_parse_from(["blufioctl", "remote", "--url", "u", "--key", "k", "--pin", "zz", "sessions", "list"])
+                .is_err(),
+            "a malformed pin is a usage error"
         );
     }
 

@@ -18,10 +18,11 @@ use blufio_proto::UNIX_SOCKET_AUTHORITY;
 use blufio_proto::control::v1::control_client::ControlClient;
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    DeleteSessionRequest, GetConfigRequest, GetConfigResponse, GetSessionRequest, GetSessionResponse, GetStatusRequest,
-    GetStatusResponse, GetUsageRequest, GetUsageResponse, ListSessionsRequest, ListSessionsResponse,
-    ReloadConfigRequest, ReloadConfigResponse, SendMessageRequest, SendMessageResponse, SetConfigRequest,
-    SetConfigResponse, ValidateConfigRequest, ValidateConfigResponse,
+    AddDeviceRequest, DeleteSessionRequest, Device, GetConfigRequest, GetConfigResponse, GetSessionRequest,
+    GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
+    ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, ReloadConfigRequest, ReloadConfigResponse,
+    RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse,
+    ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -185,6 +186,27 @@ impl Client {
         call(&self.socket, self.call_timeout, self.inner.get_usage(request)).await
     }
 
+    /// `AddDevice`: registers `public_key_pem` (a PEM "PUBLIC KEY") under `name`. The daemon
+    /// always answers with the device; a missing one is reported as an internal error.
+    pub async fn add_device(&mut self, name: String, public_key_pem: String) -> Result<Device, ClientError> {
+        let request = tonic::Request::new(AddDeviceRequest { name, public_key_pem });
+        let response = call(&self.socket, self.call_timeout, self.inner.add_device(request)).await?;
+        response.device.ok_or_else(missing_device)
+    }
+
+    /// `ListDevices`.
+    pub async fn list_devices(&mut self) -> Result<ListDevicesResponse, ClientError> {
+        let request = tonic::Request::new(ListDevicesRequest {});
+        call(&self.socket, self.call_timeout, self.inner.list_devices(request)).await
+    }
+
+    /// `RevokeDevice`.
+    pub async fn revoke_device(&mut self, name: String) -> Result<Device, ClientError> {
+        let request = tonic::Request::new(RevokeDeviceRequest { name });
+        let response = call(&self.socket, self.call_timeout, self.inner.revoke_device(request)).await?;
+        response.device.ok_or_else(missing_device)
+    }
+
     /// `SendMessage`: starts a turn and returns its event stream. An empty `session_id` asks the
     /// daemon to create a session. Deliberately without the per-call timeout: a turn may run for
     /// minutes, and the user (or Ctrl-C) decides how long to wait. Dropping the returned
@@ -221,6 +243,11 @@ impl TurnStream {
             }
         }
     }
+}
+
+/// A device RPC answered without its device, which this client cannot show.
+fn missing_device() -> ClientError {
+    ClientError::Status(tonic::Status::internal("the daemon's answer carries no device"))
 }
 
 /// Runs one RPC under `timeout` and classifies its failure.

@@ -38,7 +38,14 @@
 //!   "memory": { "rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 536870912 },
 //!   "cost": { "today_usd": 0.12, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
 //!             "reserved_usd": 0.01 },
-//!   "caller_access": "full"
+//!   "caller_access": "full",
+//!   "gateway": {
+//!     "listen": "0.0.0.0:8443",
+//!     "scheme": "https",
+//!     "tls_fingerprint_sha256": "3F:A2:...:9C",
+//!     "active_devices": 2,
+//!     "problem": null
+//!   }
 //! }
 //! ```
 //!
@@ -54,6 +61,11 @@
 //! - `cost` amounts are US dollars; days and months are UTC. `cost.reserved_usd` is the worst-case
 //!   cost held by provider calls in flight.
 //! - `caller_access`: `"full"` or `"read-only"`.
+//! - `gateway`: the HTTPS gateway, `null` when it is disabled. `scheme` is `"https"`, or `"http"`
+//!   for a loopback listener behind a reverse proxy. `tls_fingerprint_sha256` is the SHA-256 of
+//!   the certificate as upper-case hex pairs joined by `:` (what `remote --pin` takes), `null`
+//!   without TLS. `active_devices`: devices not revoked. `problem`: `null` when the gateway can
+//!   serve; otherwise what is wrong (for example that no device is registered).
 //!
 //! ## `blufioctl config get [KEY] --json`
 //!
@@ -235,14 +247,75 @@
 //!   omitted.
 //! - `models` and `sessions` cover the same period; `sessions` is most expensive first, at most
 //!   50. A `session_id` of `null` stands for calls of deleted sessions.
+//!
+//! ## `blufioctl device add NAME (--key-out FILE | --public-key FILE) --json`
+//!
+//! ```json
+//! {
+//!   "device": {
+//!     "name": "laptop",
+//!     "keyid": "SHA256:q3kZ0cRj1V0b2m8xWmJXo7cYl9P5QkqkM0mN9sI3bLk",
+//!     "fingerprint": "SHA256:q3kZ0cRj1V0b2m8xWmJXo7cYl9P5QkqkM0mN9sI3bLk",
+//!     "added_at": 1764316800,
+//!     "last_used_at": null,
+//!     "revoked_at": null,
+//!     "state": "active"
+//!   },
+//!   "key_file": "/home/me/.config/blufio/laptop.pem"
+//! }
+//! ```
+//!
+//! - `keyid`: what the device puts in its signatures' `keyid` parameter; `fingerprint`: `SHA256:`
+//!   and the unpadded base64 of the SHA-256 of the raw public key (by default the two are equal).
+//! - `added_at`, `last_used_at` and `revoked_at` are Unix seconds; `last_used_at` is `null` until
+//!   the device's first verified request, `revoked_at` while the device is active.
+//! - `state`: `"active"` or `"revoked"`.
+//! - `key_file`: the new private key (PKCS#8 PEM, mode 0600) written for `--key-out`; `null` with
+//!   `--public-key`. An existing FILE is never overwritten: the command exits 1 instead.
+//!
+//! ## `blufioctl device list --json`
+//!
+//! ```json
+//! { "devices": [{ "name": "laptop", "keyid": "SHA256:q3kZ...", "fingerprint": "SHA256:q3kZ...",
+//!                 "added_at": 1764316800, "last_used_at": 1764317000, "revoked_at": null,
+//!                 "state": "active" }] }
+//! ```
+//!
+//! - Each entry has the shape of `device add`'s `device`. Active devices come first, then revoked
+//!   ones; each group by name.
+//!
+//! ## `blufioctl device revoke NAME --json`
+//!
+//! ```json
+//! { "device": { "name": "laptop", "keyid": "SHA256:q3kZ...", "fingerprint": "SHA256:q3kZ...",
+//!               "added_at": 1764316800, "last_used_at": 1764317000, "revoked_at": 1764318000,
+//!               "state": "revoked" } }
+//! ```
+//!
+//! - An unknown NAME exits 1 (`NOT_FOUND`).
+//!
+//! ## `blufioctl remote --url URL --key FILE ... --json`
+//!
+//! `remote chat --json`, `remote sessions list --json`, `remote sessions show ID --json` and
+//! `remote sessions delete ID --json` print the same documents as `chat`, `sessions list`,
+//! `sessions show` and `sessions delete`, with these differences in what the gateway reports:
+//!
+//! - `sessions list`: at most 100 sessions; `next_cursor` is what the gateway sent (`null` on the
+//!   last page), but `remote` has no `--cursor`.
+//! - `sessions show`: at most the 200 most recent messages; the gateway reports no tool calls, so
+//!   `tool_calls` is `[]`, `tool_call_id` is `null` and `is_error` is `false`.
+//! - A problem reported by the gateway (RFC 9457) prints `error: <detail>` on stderr, no document,
+//!   and exits 1; a gateway that cannot be reached, or whose certificate does not match `--pin`,
+//!   exits 3.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 
 use blufio_proto::control::v1::{
-    ChatMessage, ConfigEntry, CostStatus, DaemonState, GetConfigResponse, GetSessionResponse, GetStatusResponse,
-    GetUsageResponse, ListSessionsResponse, MemoryStatus, ReloadConfigResponse, Session, SessionsStatus,
-    SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity, TurnCompleted, ValidateConfigResponse,
+    ChatMessage, ConfigEntry, CostStatus, DaemonState, Device, GatewayStatus, GetConfigResponse, GetSessionResponse,
+    GetStatusResponse, GetUsageResponse, ListDevicesResponse, ListSessionsResponse, MemoryStatus,
+    ReloadConfigResponse, Session, SessionsStatus, SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity,
+    TurnCompleted, ValidateConfigResponse,
 };
 use serde::Serialize;
 
@@ -343,6 +416,7 @@ pub fn status_json(status: &GetStatusResponse) -> StatusJson<'_> {
         memory: status.memory.as_ref().map(MemoryJson::from),
         cost: status.cost.as_ref().map(CostJson::from),
         caller_access: &status.caller_access,
+        gateway: status.gateway.as_ref().map(GatewayJson::from),
     }
 }
 
@@ -411,6 +485,18 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
     if let Some(cost) = &status.cost {
         rows.push(("cost".into(), Cell::plain(&describe_cost(cost))));
     }
+    if let Some(gateway) = &status.gateway {
+        rows.push(("gateway".into(), Cell::plain(&describe_gateway(gateway))));
+        if !gateway.tls_fingerprint_sha256.is_empty() {
+            rows.push((
+                "  pin (sha256)".into(),
+                Cell::plain(&gateway.tls_fingerprint_sha256),
+            ));
+        }
+        if !gateway.problem.is_empty() {
+            warnings.push(format!("gateway: {}", gateway.problem));
+        }
+    }
     rows.push(("access".into(), Cell::plain(&status.caller_access)));
 
     Human {
@@ -437,6 +523,14 @@ fn describe_sessions(sessions: &SessionsStatus) -> String {
     format!(
         "{} active, {} {turns} in flight, {} queued, {} total",
         sessions.active_sessions, sessions.turns_in_flight, sessions.turns_queued, sessions.total_sessions
+    )
+}
+
+fn describe_gateway(gateway: &GatewayStatus) -> String {
+    let devices = if gateway.active_devices == 1 { "device" } else { "devices" };
+    format!(
+        "{}://{}, {} active {devices}",
+        gateway.scheme, gateway.listen, gateway.active_devices
     )
 }
 
@@ -1101,6 +1195,143 @@ fn token_row(name: &str, calls: u64, tokens: &TokenUsage, cost_usd: f64) -> Vec<
 }
 
 // ---------------------------------------------------------------------------------------------
+// devices
+
+/// `device add --json`; `key_file` is the private key written for `--key-out`.
+pub fn device_add_json<'a>(device: &'a Device, key_file: Option<&'a str>) -> DeviceAddJson<'a> {
+    DeviceAddJson {
+        device: DeviceJson::from(device),
+        key_file,
+    }
+}
+
+/// `device add`: the device, where its private key is, and the command that uses it.
+/// `remote_command` is that command, from [`remote_command_hint`].
+pub fn device_add_human(device: &Device, key_file: Option<&str>, remote_command: &str, style: Style) -> Human {
+    let mut stdout = format!("added device {}\n", style.paint(Paint::Bold, &device.name));
+    let mut rows = vec![
+        ("keyid".to_owned(), Cell::plain(&device.keyid)),
+        ("fingerprint".to_owned(), Cell::plain(&device.fingerprint)),
+    ];
+    if let Some(key_file) = key_file {
+        let mut cell = Cell::plain(key_file);
+        cell.push(style, Paint::Dim, " (private key, mode 0600: keep it secret)");
+        rows.push(("key file".to_owned(), cell));
+    }
+    stdout.push_str(&render_pairs(style, &rows));
+    let _ = writeln!(stdout, "\nnext, on the device that holds the private key:");
+    let _ = writeln!(stdout, "  {remote_command}");
+    Human {
+        stdout,
+        ..Human::default()
+    }
+}
+
+/// The `blufioctl remote` command that uses a new device key: the gateway's address and pin
+/// when the daemon reported them, placeholders otherwise. `key_file` is the private key's path,
+/// when known.
+pub fn remote_command_hint(gateway: Option<&GatewayStatus>, key_file: Option<&str>) -> String {
+    let key = key_file.map_or_else(|| "PRIVATE_KEY_FILE".to_owned(), shell_word);
+    let (url, pin) = match gateway {
+        Some(gateway) => {
+            // A wildcard listen address says nothing about the name clients reach it by.
+            let port = gateway.listen.rsplit_once(':').map_or("PORT", |(_, port)| port);
+            let host = match gateway.listen.rsplit_once(':') {
+                Some(("0.0.0.0" | "[::]", _)) | None => "HOST",
+                Some((host, _)) => host,
+            };
+            let pin = non_empty(&gateway.tls_fingerprint_sha256).map(str::to_owned);
+            (format!("{}://{host}:{port}", gateway.scheme), pin)
+        }
+        None => ("https://HOST:PORT".to_owned(), Some("SHA256".to_owned())),
+    };
+    let mut command = format!("blufioctl remote --url {url} --key {key}");
+    if let Some(pin) = pin {
+        let _ = write!(command, " --pin {pin}");
+    }
+    command.push_str(" sessions list");
+    command
+}
+
+/// `device list --json`.
+pub fn device_list_json(list: &ListDevicesResponse) -> DeviceListJson<'_> {
+    DeviceListJson {
+        devices: list.devices.iter().map(DeviceJson::from).collect(),
+    }
+}
+
+/// `device list` as a table: NAME, KEYID, ADDED, LAST USED, STATE. `now` is the current Unix
+/// time, for the ages.
+pub fn device_list_human(list: &ListDevicesResponse, now: i64, style: Style) -> Human {
+    if list.devices.is_empty() {
+        return Human {
+            stdout: "no devices registered; add one with 'blufioctl device add NAME --key-out FILE'\n".to_owned(),
+            ..Human::default()
+        };
+    }
+    let mut rows = vec![
+        ["NAME", "KEYID", "ADDED", "LAST USED", "STATE"]
+            .iter()
+            .map(|title| Cell::painted(style, Paint::Bold, title))
+            .collect::<Vec<_>>(),
+    ];
+    for device in &list.devices {
+        let last_used = if device.last_used_at == 0 {
+            Cell::painted(style, Paint::Dim, "never")
+        } else {
+            Cell::plain(&humanize_age(now, device.last_used_at))
+        };
+        let state = if device.revoked_at == 0 {
+            Cell::plain("active")
+        } else {
+            Cell::painted(style, Paint::Yellow, "revoked")
+        };
+        rows.push(vec![
+            Cell::plain(&device.name),
+            Cell::plain(&device.keyid),
+            Cell::plain(&humanize_age(now, device.added_at)),
+            last_used,
+            state,
+        ]);
+    }
+    Human {
+        stdout: render_table(style, &rows),
+        ..Human::default()
+    }
+}
+
+/// `device revoke --json`.
+pub fn device_revoke_json(device: &Device) -> DeviceRevokeJson<'_> {
+    DeviceRevokeJson {
+        device: DeviceJson::from(device),
+    }
+}
+
+/// `device revoke`.
+pub fn device_revoke_human(device: &Device) -> Human {
+    Human {
+        stdout: format!(
+            "revoked device {} (keyid {}); the gateway refuses its requests from now on\n",
+            device.name, device.keyid
+        ),
+        ..Human::default()
+    }
+}
+
+/// `text` as one shell word: as is when it needs no quoting, single-quoted otherwise.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+' | ',' | ':' | '@' | '%'));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // humanizing
 
 /// A duration as its two most significant units: "45s", "3m 12s", "2h 5m", "4d 1h".
@@ -1353,6 +1584,28 @@ pub struct StatusJson<'a> {
     memory: Option<MemoryJson>,
     cost: Option<CostJson>,
     caller_access: &'a str,
+    gateway: Option<GatewayJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct GatewayJson<'a> {
+    listen: &'a str,
+    scheme: &'a str,
+    tls_fingerprint_sha256: Option<&'a str>,
+    active_devices: u64,
+    problem: Option<&'a str>,
+}
+
+impl<'a> From<&'a GatewayStatus> for GatewayJson<'a> {
+    fn from(gateway: &'a GatewayStatus) -> Self {
+        GatewayJson {
+            listen: &gateway.listen,
+            scheme: &gateway.scheme,
+            tls_fingerprint_sha256: non_empty(&gateway.tls_fingerprint_sha256),
+            active_devices: gateway.active_devices,
+            problem: non_empty(&gateway.problem),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -1663,6 +1916,47 @@ struct SessionUsageJson<'a> {
     cost_usd: f64,
 }
 
+#[derive(Debug, Serialize)]
+struct DeviceJson<'a> {
+    name: &'a str,
+    keyid: &'a str,
+    fingerprint: &'a str,
+    added_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    state: &'static str,
+}
+
+impl<'a> From<&'a Device> for DeviceJson<'a> {
+    fn from(device: &'a Device) -> Self {
+        DeviceJson {
+            name: &device.name,
+            keyid: &device.keyid,
+            fingerprint: &device.fingerprint,
+            added_at: device.added_at,
+            last_used_at: (device.last_used_at != 0).then_some(device.last_used_at),
+            revoked_at: (device.revoked_at != 0).then_some(device.revoked_at),
+            state: if device.revoked_at == 0 { "active" } else { "revoked" },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceAddJson<'a> {
+    device: DeviceJson<'a>,
+    key_file: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceListJson<'a> {
+    devices: Vec<DeviceJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceRevokeJson<'a> {
+    device: DeviceJson<'a>,
+}
+
 /// JSON text from the daemon as a value; should it ever not parse, keep the text rather than fail
 /// the whole command.
 fn json_or_text(text: &str) -> serde_json::Value {
@@ -1757,6 +2051,7 @@ mod tests {
             cost: None,
             previous_run_unclean: true,
             caller_access: "read-only".into(),
+            gateway: None,
         }
     }
 
@@ -1918,7 +2213,8 @@ mod tests {
                 "sessions": null,
                 "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 0},
                 "cost": null,
-                "caller_access": "read-only"
+                "caller_access": "read-only",
+                "gateway": null
             })
         );
     }
@@ -2005,6 +2301,144 @@ access:        read-only
         assert!(status_human(&healthy, Style::PLAIN).warnings.is_empty());
         let value = serde_json::to_value(status_json(&healthy)).expect("serializes");
         assert_eq!(value["sessions"]["provider_problem"], serde_json::Value::Null);
+    }
+
+    fn sample_gateway() -> GatewayStatus {
+        GatewayStatus {
+            listen: "0.0.0.0:8443".into(),
+            scheme: "https".into(),
+            tls_fingerprint_sha256: "AB:CD:EF".into(),
+            active_devices: 0,
+            problem: "no device is registered".into(),
+        }
+    }
+
+    #[test]
+    fn status_shows_the_gateway_and_its_problem() {
+        let status = GetStatusResponse {
+            gateway: Some(sample_gateway()),
+            ..sample_status()
+        };
+        let human = status_human(&status, ALIGNED);
+        assert!(
+            human.stdout.contains("\ngateway:        https://0.0.0.0:8443, 0 active devices\n  pin (sha256):  AB:CD:EF\n"),
+            "{}",
+            human.stdout
+        );
+        assert_eq!(human.warnings, ["gateway: no device is registered"]);
+        let value = serde_json::to_value(status_json(&status)).expect("serializes");
+        assert_eq!(
+            value["gateway"],
+            json!({"listen": "0.0.0.0:8443", "scheme": "https", "tls_fingerprint_sha256": "AB:CD:EF",
+                   "active_devices": 0, "problem": "no device is registered"})
+        );
+
+        let plain_http = GetStatusResponse {
+            gateway: Some(GatewayStatus {
+                listen: "127.0.0.1:8080".into(),
+                scheme: "http".into(),
+                tls_fingerprint_sha256: String::new(),
+                active_devices: 1,
+                problem: String::new(),
+            }),
+            ..sample_status()
+        };
+        let human = status_human(&plain_http, Style::PLAIN);
+        assert!(human.stdout.contains("\ngateway: http://127.0.0.1:8080, 1 active device\n"), "{}", human.stdout);
+        assert!(!human.stdout.contains("pin"), "{}", human.stdout);
+        assert!(human.warnings.is_empty());
+        let value = serde_json::to_value(status_json(&plain_http)).expect("serializes");
+        assert_eq!(value["gateway"]["tls_fingerprint_sha256"], serde_json::Value::Null);
+        assert_eq!(value["gateway"]["problem"], serde_json::Value::Null);
+    }
+
+    fn sample_device(name: &str, last_used_at: i64, revoked_at: i64) -> Device {
+        Device {
+            name: name.into(),
+            keyid: format!("SHA256:{name}-key"),
+            fingerprint: format!("SHA256:{name}-key"),
+            added_at: 1_764_316_800,
+            last_used_at,
+            revoked_at,
+        }
+    }
+
+    #[test]
+    fn device_json_shapes() {
+        let device = sample_device("laptop", 0, 0);
+        let value = serde_json::to_value(device_add_json(&device, Some("/k.pem"))).expect("serializes");
+        assert_eq!(
+            value,
+            json!({"device": {"name": "laptop", "keyid": "SHA256:laptop-key", "fingerprint": "SHA256:laptop-key",
+                              "added_at": 1_764_316_800, "last_used_at": null, "revoked_at": null,
+                              "state": "active"},
+                   "key_file": "/k.pem"})
+        );
+        let list = ListDevicesResponse {
+            devices: vec![sample_device("a", 1_764_316_900, 0), sample_device("b", 0, 1_764_317_000)],
+        };
+        let value = serde_json::to_value(device_list_json(&list)).expect("serializes");
+        assert_eq!(value["devices"][0]["last_used_at"], 1_764_316_900);
+        assert_eq!(value["devices"][1]["revoked_at"], 1_764_317_000);
+        assert_eq!(value["devices"][1]["state"], "revoked");
+        let value = serde_json::to_value(device_revoke_json(&list.devices[1])).expect("serializes");
+        assert_eq!(value["device"]["name"], "b");
+        let value = serde_json::to_value(device_list_json(&ListDevicesResponse::default())).expect("serializes");
+        assert_eq!(value, json!({"devices": []}));
+    }
+
+    #[test]
+    fn device_tables_and_hints() {
+        let list = ListDevicesResponse {
+            devices: vec![sample_device("a", 1_764_316_900, 0), sample_device("b", 0, 1_764_317_000)],
+        };
+        let text = device_list_human(&list, 1_764_320_000, ALIGNED).stdout;
+        let expected = "\
+NAME  KEYID          ADDED   LAST USED  STATE
+a     SHA256:a-key   53m ago  53m ago    active
+b     SHA256:b-key   53m ago  never      revoked
+";
+        assert_eq!(strip_spaces(&text), strip_spaces(expected), "{text}");
+        assert!(text.starts_with("NAME  KEYID "), "{text}");
+        assert!(
+            device_list_human(&ListDevicesResponse::default(), 0, ALIGNED)
+                .stdout
+                .contains("blufioctl device add")
+        );
+
+        let device = sample_device("laptop", 0, 0);
+        let hint = remote_command_hint(Some(&sample_gateway()), Some("/home/me/k.pem"));
+        assert_eq!(
+            hint,
+            "blufioctl remote --url https://HOST:8443 --key /home/me/k.pem --pin AB:CD:EF sessions list"
+        );
+        let text = device_add_human(&device, Some("/home/me/k.pem"), &hint, Style::PLAIN).stdout;
+        assert!(text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"), "{text}");
+        assert!(text.contains("\nkey file: /home/me/k.pem (private key"), "{text}");
+        assert!(text.ends_with(&format!("\n  {hint}\n")), "{text}");
+
+        let loopback = GatewayStatus {
+            listen: "127.0.0.1:8080".into(),
+            scheme: "http".into(),
+            ..GatewayStatus::default()
+        };
+        assert_eq!(
+            remote_command_hint(Some(&loopback), Some("my key.pem")),
+            "blufioctl remote --url http://127.0.0.1:8080 --key 'my key.pem' sessions list"
+        );
+        assert_eq!(
+            remote_command_hint(None, None),
+            "blufioctl remote --url https://HOST:PORT --key PRIVATE_KEY_FILE --pin SHA256 sessions list"
+        );
+        assert!(device_revoke_human(&device).stdout.starts_with("revoked device laptop (keyid SHA256:laptop-key)"));
+    }
+
+    /// Runs of spaces folded to one, to compare tables without counting padding.
+    fn strip_spaces(text: &str) -> String {
+        text.lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn main() {
             "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[log]\nlevel = \"warn\"\n\
              [provider]\nkind = \"anthropic\"\nbase_url = \"{1}\"\napi_key = \"bench\"\nmodel = \"bench-model\"\n\
              [pricing.\"bench-model\"]\ninput = 0.0\noutput = 0.0\n[budget]\ndaily_usd = 0.0\nmonthly_usd = 0.0\n\
-             [agent]\nmax_concurrent_turns = {2}\nmax_queued_turns = {2}\n",
+             [agent]\nmax_concurrent_turns = {2}\nmax_queued_turns = {2}\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().display(),
             fake.url(),
             clients.max(1)

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::config::{ConfigSource, Loaded};
 use crate::control::{self, Policy, socket};
+use crate::gateway;
 use crate::lockfile::{LockError, LockFile};
 use crate::logging::LogHandle;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::paths::Paths;
 use crate::state::{ConfigHandle, Phase, Shared, SharedParts, VERSION};
@@ -68,6 +70,9 @@ pub enum DaemonError {
     /// The configured group vanished between validation and use.
     #[error("control.group {0:?} does not exist")]
     MissingGroup(String),
+    /// The gateway could not be set up.
+    #[error("cannot start the HTTPS gateway")]
+    BindGateway(#[source] gateway::GatewayError),
     /// Storage could not be opened or used.
     #[error("storage failed")]
     Storage(#[source] StorageError),
@@ -191,6 +196,20 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     }
     tracing::info!(database = %paths.database.display(), "database open and migrated");
 
+    let bound_gateway = if config.gateway.enabled {
+        notifier.status("starting: binding the gateway");
+        let bound = gateway::bind(&config.gateway, &paths.state_dir).map_err(DaemonError::BindGateway)?;
+        tracing::info!(
+            address = %bound.info.address,
+            scheme = bound.info.scheme,
+            fingerprint = bound.info.cert.as_ref().map(|cert| cert.fingerprint()).unwrap_or_default(),
+            "gateway bound"
+        );
+        Some(bound)
+    } else {
+        None
+    };
+
     let token = CancellationToken::new();
     let config = ConfigHandle::new(startup.loaded);
     let agent = Agent::start(
@@ -209,6 +228,7 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         source: startup.source,
         config,
         agent: Arc::new(agent),
+        gateway: bound_gateway.as_ref().map(|bound| bound.info.clone()),
         log: startup.log,
     }));
 
@@ -223,6 +243,13 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         control::serve(shared.clone(), bound.listener, policy, token.child_token()),
     );
     subsystems.spawn("reload", reload_on_sighup(shared.clone(), sighup, token.child_token()));
+    if let Some(bound) = bound_gateway {
+        let metrics = Arc::new(Metrics::new());
+        subsystems.spawn(
+            "gateway",
+            gateway::serve(bound, shared.clone(), metrics, token.child_token()),
+        );
+    }
     if let Some(timeout) = sd_notify::watchdog_enabled() {
         let interval = timeout / 2;
         tracing::info!(?interval, "systemd watchdog enabled");

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::agent::Agent;
 use crate::config::{self, ConfigEntry, ConfigSource, ConfigWriteError, KeySpec, Loaded, ValueSource};
+use crate::gateway::GatewayInfo;
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
 use crate::paths::Paths;
@@ -129,6 +130,8 @@ pub struct Shared {
     pub watchdog: WatchdogStatus,
     /// The agent.
     pub agent: Arc<Agent>,
+    /// The HTTPS gateway, when enabled.
+    pub gateway: Option<GatewayInfo>,
     source: ConfigSource,
     startup: Arc<Loaded>,
     current: ConfigHandle,
@@ -154,6 +157,8 @@ pub struct SharedParts {
     pub config: ConfigHandle,
     /// The agent.
     pub agent: Arc<Agent>,
+    /// The HTTPS gateway, when enabled.
+    pub gateway: Option<GatewayInfo>,
     /// The live log filter, when logging is installed.
     pub log: Option<LogHandle>,
 }
@@ -170,6 +175,7 @@ impl Shared {
             notifier: Notifier,
             watchdog: WatchdogStatus::default(),
             agent: parts.agent,
+            gateway: parts.gateway,
             source: parts.source,
             startup: parts.config.get(),
             current: parts.config,
@@ -218,6 +224,11 @@ impl Shared {
         self.notifier.reloading();
         self.set_phase(Phase::Reloading);
         let outcome = self.source.load().map(|loaded| self.apply(loaded));
+        if let Some(gateway) = &self.gateway
+            && let Err(error) = gateway.reload_certificate()
+        {
+            tracing::error!(error = %crate::error_chain(&error), "cannot reload the gateway certificate; keeping the old one");
+        }
         self.set_phase(Phase::Ready);
         match outcome {
             Ok(change) => {
@@ -322,6 +333,13 @@ impl Shared {
             previous_run_unclean: self.previous_run_unclean,
             subsystems: vec![
                 ("control", format!("listening on {}", self.paths.socket.display())),
+                (
+                    "gateway",
+                    match &self.gateway {
+                        Some(gateway) => format!("{} on {}", gateway.scheme, gateway.address),
+                        None => "disabled (gateway.enabled = false)".to_owned(),
+                    },
+                ),
                 ("storage", format!("sqlite (WAL) at {}", self.storage.path().display())),
                 ("watchdog", self.watchdog.describe()),
                 ("config", config_line),
@@ -364,6 +382,7 @@ mod tests {
             source,
             config,
             agent: Arc::new(agent),
+            gateway: None,
             log: None,
         })
     }

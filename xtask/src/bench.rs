@@ -64,7 +64,7 @@ impl Instance {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n",
+                "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
                 dir.display()
             ),
         )?;

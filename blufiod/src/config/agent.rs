@@ -366,3 +366,68 @@ impl Default for RunCommandConfig {
         }
     }
 }
+
+/// Default gateway address: loopback only, so nothing is exposed until the owner decides.
+const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8443";
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Whether the HTTPS gateway runs.
+    pub enabled: bool,
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Must be true to listen on a non-loopback address.
+    pub allow_public_bind: bool,
+    /// Serve plain HTTP instead of HTTPS; allowed only on loopback (behind a local reverse proxy).
+    pub plain_http: bool,
+    /// PEM certificate chain; with `key_file`. Default: a self-signed certificate kept in
+    /// `<state_dir>/tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Largest request header block, in bytes.
+    pub max_header_bytes: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Seconds a client has to send the request head and body.
+    pub request_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Requests per minute per device key.
+    pub rate_limit_per_minute: u32,
+    /// Seconds a signature's `created` may differ from the daemon's clock.
+    pub max_clock_skew_secs: u64,
+    /// Nonces remembered for replay protection; when full, new requests are refused.
+    pub replay_cache_entries: u32,
+    /// A bearer token required to scrape `/metrics`; unset: open (loopback by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<Secret>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_GATEWAY_LISTEN.to_owned(),
+            allow_public_bind: false,
+            plain_http: false,
+            cert_file: None,
+            key_file: None,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 256,
+            rate_limit_per_minute: 120,
+            max_clock_skew_secs: 300,
+            replay_cache_entries: 100_000,
+            metrics_token: None,
+        }
+    }
+}

@@ -58,6 +58,21 @@ pub const KEYS: &[KeySpec] = &[
     restart("daemon.runtime_dir"),
     live("daemon.shutdown_timeout_secs"),
     restart("daemon.state_dir"),
+    restart("gateway.allow_public_bind"),
+    restart("gateway.cert_file"),
+    restart("gateway.enabled"),
+    live("gateway.idle_timeout_secs"),
+    restart("gateway.key_file"),
+    restart("gateway.listen"),
+    live("gateway.max_body_bytes"),
+    live("gateway.max_clock_skew_secs"),
+    restart("gateway.max_connections"),
+    live("gateway.max_header_bytes"),
+    secret("gateway.metrics_token"),
+    restart("gateway.plain_http"),
+    restart("gateway.rate_limit_per_minute"),
+    restart("gateway.replay_cache_entries"),
+    live("gateway.request_timeout_secs"),
     restart("log.format"),
     live("log.level"),
     live("pricing"),
@@ -224,6 +239,9 @@ mod tests {
         config.provider.api_key = Some(super::super::agent::Secret("k".into()));
         config.agent.system_prompt_file = Some("/p.md".into());
         config.tools.files.workspace = Some("/w".into());
+        config.gateway.cert_file = Some("/c.pem".into());
+        config.gateway.key_file = Some("/k.pem".into());
+        config.gateway.metrics_token = Some(super::super::agent::Secret("t".into()));
         let tree = Value::serialize(&config).unwrap();
         let mut leaves = BTreeSet::new();
         fn walk(prefix: &str, value: &Value, leaves: &mut BTreeSet<String>) {

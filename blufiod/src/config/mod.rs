@@ -17,8 +17,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{
-    AgentConfig, BudgetConfig, HttpGetConfig, ModelPrice, ProviderConfig, ProviderKind, RunCommandConfig, ToolsConfig,
-    default_pricing,
+    AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, ModelPrice, ProviderConfig, ProviderKind,
+    RunCommandConfig, ToolsConfig, default_pricing,
 };
 pub use file::{ConfigWriteError, set_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec};
@@ -64,6 +64,8 @@ pub struct Config {
     pub pricing: std::collections::BTreeMap<String, ModelPrice>,
     /// Built-in tools, each off unless enabled.
     pub tools: ToolsConfig,
+    /// The HTTPS gateway for remote clients.
+    pub gateway: GatewayConfig,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             budget: BudgetConfig::default(),
             pricing: default_pricing(),
             tools: ToolsConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -359,6 +362,8 @@ impl Config {
             ("storage.path", &self.storage.path),
             ("agent.system_prompt_file", &self.agent.system_prompt_file),
             ("tools.files.workspace", &self.tools.files.workspace),
+            ("gateway.cert_file", &self.gateway.cert_file),
+            ("gateway.key_file", &self.gateway.key_file),
         ];
         for (key, path) in paths {
             if let Some(path) = path
@@ -395,6 +400,19 @@ impl Config {
             ("agent.max_concurrent_turns", u64::from(self.agent.max_concurrent_turns)),
             ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
             ("agent.context_tokens", u64::from(self.agent.context_tokens)),
+            ("gateway.max_header_bytes", self.gateway.max_header_bytes),
+            ("gateway.max_body_bytes", self.gateway.max_body_bytes),
+            ("gateway.request_timeout_secs", self.gateway.request_timeout_secs),
+            ("gateway.idle_timeout_secs", self.gateway.idle_timeout_secs),
+            ("gateway.max_connections", u64::from(self.gateway.max_connections)),
+            (
+                "gateway.rate_limit_per_minute",
+                u64::from(self.gateway.rate_limit_per_minute),
+            ),
+            (
+                "gateway.replay_cache_entries",
+                u64::from(self.gateway.replay_cache_entries),
+            ),
         ];
         for (key, value) in at_least_one {
             if value == 0 {
@@ -431,6 +449,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.gateway_problems());
         for program in &self.tools.run_command.allow {
             if !program.is_absolute() {
                 problems.push(format!(
@@ -438,6 +457,40 @@ impl Config {
                     program.display()
                 ));
             }
+        }
+        problems
+    }
+}
+
+impl Config {
+    /// The gateway's own rules: a parseable address, public binds only when opted in, plain HTTP
+    /// only on loopback, certificate and key together.
+    fn gateway_problems(&self) -> Vec<String> {
+        let gateway = &self.gateway;
+        let mut problems = Vec::new();
+        match gateway.listen.parse::<std::net::SocketAddr>() {
+            Err(_) => problems.push(format!(
+                "gateway.listen: {:?} is not an address with a port; use for example \"127.0.0.1:8443\"",
+                gateway.listen
+            )),
+            Ok(address) if !address.ip().is_loopback() => {
+                if !gateway.allow_public_bind {
+                    problems.push(format!(
+                        "gateway.listen: {address} is not a loopback address; set gateway.allow_public_bind = true to expose the gateway on purpose"
+                    ));
+                }
+                if gateway.plain_http {
+                    problems.push(format!(
+                        "gateway.plain_http: plain HTTP is allowed only on a loopback address (behind a local reverse proxy), not on {address}"
+                    ));
+                }
+            }
+            Ok(_) => {}
+        }
+        if gateway.cert_file.is_some() != gateway.key_file.is_some() {
+            problems.push(
+                "gateway.cert_file and gateway.key_file: set both, or neither for a self-signed certificate".to_owned(),
+            );
         }
         problems
     }

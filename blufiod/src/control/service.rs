@@ -13,9 +13,10 @@ use crate::agent::budget::{BudgetError, dollars};
 use crate::agent::provider::{ContentBlock, Usage};
 use crate::agent::{AgentError, SessionMessage, TurnEvent};
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
+use crate::devices::{DeviceError, Devices};
 use crate::error_chain;
 use crate::state::{Phase, ReloadError, Shared};
-use crate::storage::{SessionRecord, StorageError, UsageTotals};
+use crate::storage::{DeviceRecord, SessionRecord, StorageError, UsageTotals};
 
 /// The control service.
 pub struct ControlService {
@@ -26,6 +27,10 @@ pub struct ControlService {
 impl ControlService {
     pub(super) fn new(shared: Arc<Shared>, policy: Policy) -> Self {
         Self { shared, policy }
+    }
+
+    fn devices(&self) -> Devices {
+        Devices::new(self.shared.storage.clone())
     }
 
     /// Checks that the caller may make a call needing `needed`; returns the caller's access.
@@ -110,6 +115,32 @@ impl pb::control_server::Control for ControlService {
             }),
             previous_run_unclean: status.previous_run_unclean,
             caller_access: access.as_str().to_owned(),
+            gateway: match &self.shared.gateway {
+                None => None,
+                Some(gateway) => {
+                    let active_devices = self
+                        .devices()
+                        .count_active()
+                        .await
+                        .map_err(|error| device_error_to_status(&error))?;
+                    Some(pb::GatewayStatus {
+                        listen: gateway.address.to_string(),
+                        scheme: gateway.scheme.to_owned(),
+                        tls_fingerprint_sha256: gateway
+                            .cert
+                            .as_ref()
+                            .map(|cert| cert.fingerprint())
+                            .unwrap_or_default(),
+                        active_devices,
+                        problem: if active_devices == 0 {
+                            "no device is registered, so every /v1/ request is refused; add one with `blufioctl device add NAME`"
+                                .to_owned()
+                        } else {
+                            String::new()
+                        },
+                    })
+                }
+            },
         }))
     }
 
@@ -336,6 +367,54 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn add_device(
+        &self,
+        request: Request<pb::AddDeviceRequest>,
+    ) -> Result<Response<pb::AddDeviceResponse>, Status> {
+        self.authorize(&request, Access::Full, "AddDevice")?;
+        let pb::AddDeviceRequest { name, public_key_pem } = request.into_inner();
+        let device = self
+            .devices()
+            .add(&name, &public_key_pem)
+            .await
+            .map_err(|error| device_error_to_status(&error))?;
+        tracing::info!(name = %device.name, fingerprint = %device.fingerprint, "device registered");
+        Ok(Response::new(pb::AddDeviceResponse {
+            device: Some(device_to_proto(device)),
+        }))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        self.authorize(&request, Access::ReadOnly, "ListDevices")?;
+        let devices = self
+            .devices()
+            .list()
+            .await
+            .map_err(|error| device_error_to_status(&error))?;
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: devices.into_iter().map(device_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
+        self.authorize(&request, Access::Full, "RevokeDevice")?;
+        let device = self
+            .devices()
+            .revoke(&request.into_inner().name)
+            .await
+            .map_err(|error| device_error_to_status(&error))?;
+        tracing::info!(name = %device.name, "device revoked");
+        Ok(Response::new(pb::RevokeDeviceResponse {
+            device: Some(device_to_proto(device)),
+        }))
+    }
+
     async fn reload_config(
         &self,
         request: Request<pb::ReloadConfigRequest>,
@@ -456,6 +535,27 @@ fn turn_event_to_proto(event: TurnEvent) -> Result<pb::SendMessageResponse, Stat
         TurnEvent::Failed(error) => return Err(agent_error_to_status(&error)),
     };
     Ok(pb::SendMessageResponse { event: Some(event) })
+}
+
+fn device_to_proto(device: DeviceRecord) -> pb::Device {
+    pb::Device {
+        name: device.name,
+        keyid: device.keyid,
+        fingerprint: device.fingerprint,
+        added_at: device.added_at,
+        last_used_at: device.last_used_at.unwrap_or(0),
+        revoked_at: device.revoked_at.unwrap_or(0),
+    }
+}
+
+fn device_error_to_status(error: &DeviceError) -> Status {
+    let message = error_chain(error);
+    match error {
+        DeviceError::InvalidName { .. } | DeviceError::InvalidKey { .. } => Status::invalid_argument(message),
+        DeviceError::Duplicate { .. } => Status::already_exists(message),
+        DeviceError::NotFound { .. } => Status::not_found(message),
+        DeviceError::Storage(_) => Status::internal(message),
+    }
 }
 
 /// Maps an agent failure to the status code a client can act on.

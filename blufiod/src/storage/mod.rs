@@ -6,6 +6,7 @@
 //! database file.
 
 mod agent;
+mod devices;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,9 +20,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "daemon runs", include_str!("migrations/0001_daemon_runs.sql")),
     (2, "agent", include_str!("migrations/0002_agent.sql")),
+    (3, "devices", include_str!("migrations/0003_devices.sql")),
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
+pub use devices::DeviceRecord;
 
 /// How storage is opened.
 #[derive(Debug, Clone)]
@@ -60,6 +63,14 @@ pub enum StorageError {
         path: PathBuf,
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+    /// A row would duplicate a unique value.
+    #[error("database operation failed: {operation}: already exists")]
+    Duplicate {
+        /// What was being done.
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
     },
     /// A query failed.
     #[error("database operation failed: {operation}")]

@@ -181,6 +181,8 @@ impl Daemon {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &root)
             .env("RUST_BACKTRACE", "1")
+            // Each test daemon gets its own port; tests read it from `status`.
+            .env("BLUFIO_GATEWAY__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap());

@@ -1,0 +1,812 @@
+//! `blufioctl remote`: the same conversations and session commands as over the local socket, but
+//! against a blufiod HTTPS gateway, with every request signed by a device key (RFC 9421).
+//!
+//! The gateway's JSON is converted into the proto types the local commands use, so that
+//! rendering (tables, streamed turns, `--json` documents) is shared with them. This module never
+//! reads the daemon's files and never sends the private key anywhere; it decides no exit codes
+//! (`main` maps [`RemoteError`]).
+
+mod sign;
+mod sse;
+mod tls;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blufio_proto::control::v1::send_message_response::Event;
+use blufio_proto::control::v1::{
+    Accepted, ChatMessage, GetSessionResponse, ListSessionsResponse, Session, TextDelta, TokenUsage, ToolActivity,
+    TurnCompleted,
+};
+use blufio_proto::httpsig::{self, KeyError};
+use ed25519_dalek::SigningKey;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+
+use crate::chat::{Echo, Transcript};
+pub use tls::Pin;
+
+/// How long to wait for the TCP connection and the TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of an unexpected (non-problem) error body quoted in a message.
+const QUOTED_BODY: usize = 200;
+
+/// Parses `--url`: an `http` or `https` URL with a host, and without credentials, query or
+/// fragment. A path is kept as a prefix (for a gateway behind a reverse proxy under a path).
+pub fn parse_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("not a URL ({error}); expected https://HOST:PORT"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(format!("the scheme must be https (or http), not {:?}", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host; expected https://HOST:PORT".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the URL must not carry credentials; requests are signed with --key".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or fragment".to_owned());
+    }
+    Ok(url)
+}
+
+/// Why a remote command failed.
+#[derive(Debug)]
+pub enum RemoteError {
+    /// `--key` cannot be read.
+    ReadKey { path: PathBuf, source: io::Error },
+    /// `--key` is not a PKCS#8 ed25519 private key.
+    ParseKey { path: PathBuf, source: KeyError },
+    /// The HTTP client could not be set up.
+    Setup { source: Box<dyn StdError + Send + Sync> },
+    /// A request could not be signed.
+    Sign(sign::SignError),
+    /// Nothing usable answers at the URL: connection refused, name not resolved, TLS failure.
+    Unreachable {
+        url: Url,
+        reason: String,
+        /// The server's certificate was refused by the default (non-pinned) verification.
+        certificate_refused: bool,
+    },
+    /// The server's certificate is not the one `--pin` names.
+    PinMismatch { url: Url, actual: Pin, pin: Pin },
+    /// The gateway did not answer in time.
+    Timeout { url: Url, after: Duration },
+    /// The gateway refused the request with an RFC 9457 problem document (or a turn failed with
+    /// the same fields in an `error` event).
+    Problem { status: u16, kind: String, title: String, detail: String },
+    /// The answer is not what the gateway sends: the URL is probably not a blufio gateway.
+    Protocol { url: Url, detail: String },
+    /// The connection broke while reading the answer.
+    Transport { url: Url, reason: String },
+    /// The turn's stream ended without `completed`.
+    NoAnswer,
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteError::ReadKey { path, .. } => write!(f, "cannot read key file {}", path.display()),
+            RemoteError::ParseKey { path, .. } => write!(f, "cannot use key file {}", path.display()),
+            RemoteError::Setup { .. } => f.write_str("cannot set up the HTTPS client"),
+            RemoteError::Sign(error) => error.fmt(f),
+            RemoteError::Unreachable { url, reason, .. } => {
+                write!(f, "cannot reach the gateway at {}: {reason}", origin(url))
+            }
+            RemoteError::PinMismatch { url, actual, .. } => write!(
+                f,
+                "the certificate of {} has the SHA-256 fingerprint {actual}, which does not match --pin",
+                origin(url)
+            ),
+            RemoteError::Timeout { url, after } => write!(
+                f,
+                "the gateway at {} did not answer within {}s",
+                origin(url),
+                after.as_secs()
+            ),
+            RemoteError::Problem { status, title, detail, .. } => {
+                if !detail.is_empty() {
+                    f.write_str(detail)
+                } else if !title.is_empty() {
+                    f.write_str(title)
+                } else {
+                    write!(f, "the gateway answered {status}")
+                }
+            }
+            RemoteError::Protocol { url, detail } => {
+                write!(f, "unexpected answer from {}: {detail}", origin(url))
+            }
+            RemoteError::Transport { url, reason } => {
+                write!(f, "the connection to {} broke: {reason}", origin(url))
+            }
+            RemoteError::NoAnswer => f.write_str("the turn ended without an answer"),
+        }
+    }
+}
+
+impl StdError for RemoteError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            RemoteError::ReadKey { source, .. } => Some(source),
+            RemoteError::ParseKey { source, .. } => Some(source),
+            RemoteError::Setup { source } => Some(source.as_ref()),
+            RemoteError::Sign(error) => error.source(),
+            _ => None,
+        }
+    }
+}
+
+impl RemoteError {
+    /// The last segment of a problem's `type` (such as `key-unknown`), for hints.
+    pub fn problem_kind(&self) -> Option<&str> {
+        match self {
+            RemoteError::Problem { kind, .. } => Some(kind.rsplit('/').next().unwrap_or(kind)),
+            _ => None,
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL, for messages.
+fn origin(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), sign::authority(url))
+}
+
+/// Reads a device's private key. Returns the key, and a warning when the file is readable by
+/// others than its owner.
+pub fn read_key(path: &Path) -> Result<(SigningKey, Option<String>), RemoteError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let text = std::fs::read_to_string(path).map_err(|source| RemoteError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = httpsig::signing_key_from_pkcs8_pem(&text).map_err(|source| RemoteError::ParseKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let warning = std::fs::metadata(path)
+        .ok()
+        .filter(|metadata| metadata.permissions().mode() & 0o077 != 0)
+        .map(|metadata| {
+            format!(
+                "key file {} is accessible by others (mode {:04o}); restrict it with chmod 600",
+                path.display(),
+                metadata.permissions().mode() & 0o7777
+            )
+        });
+    Ok((key, warning))
+}
+
+/// A client of one gateway.
+pub struct Gateway {
+    http: reqwest::Client,
+    base: Url,
+    signer: sign::Signer,
+    pin: Option<(Pin, Arc<tls::PinRecord>)>,
+    call_timeout: Duration,
+}
+
+impl Gateway {
+    /// A client for the gateway at `base`, signing with `key` as `keyid` (default: the key's
+    /// fingerprint). With `pin`, only the certificate it names is trusted; without, the system's
+    /// certificate authorities. Each non-streaming request waits at most `call_timeout`.
+    pub fn new(
+        base: Url,
+        key: SigningKey,
+        keyid: Option<String>,
+        pin: Option<Pin>,
+        call_timeout: Duration,
+    ) -> Result<Gateway, RemoteError> {
+        // reqwest's own (non-pinned) rustls setup uses the process-wide provider; a second call
+        // finds it installed already, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("blufioctl/", env!("CARGO_PKG_VERSION")))
+            // A signature covers the authority and path it was made for; following a redirect
+            // would only produce a refused request elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
+        let pin = match pin {
+            Some(pin) => {
+                let record = Arc::new(tls::PinRecord::default());
+                let config = tls::pinned_client_config(pin, Arc::clone(&record))
+                    .map_err(|source| RemoteError::Setup { source: Box::new(source) })?;
+                builder = builder.tls_backend_preconfigured(config);
+                Some((pin, record))
+            }
+            None => None,
+        };
+        let http = builder
+            .build()
+            .map_err(|source| RemoteError::Setup { source: Box::new(source) })?;
+        Ok(Gateway {
+            http,
+            base,
+            signer: sign::Signer::new(key, keyid),
+            pin,
+            call_timeout,
+        })
+    }
+
+    /// The keyid requests are signed as.
+    pub fn keyid(&self) -> &str {
+        self.signer.keyid()
+    }
+
+    /// `GET /v1/sessions`.
+    pub async fn list_sessions(&self) -> Result<ListSessionsResponse, RemoteError> {
+        let (url, response) = self.send(Method::GET, &["v1", "sessions"], None, true).await?;
+        let list: SessionListJson = read_json(&url, response, self.call_timeout).await?;
+        Ok(ListSessionsResponse {
+            sessions: list.sessions.into_iter().map(Session::from).collect(),
+            next_cursor: list.next_cursor.unwrap_or_default(),
+        })
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub async fn get_session(&self, id: &str) -> Result<GetSessionResponse, RemoteError> {
+        let (url, response) = self.send(Method::GET, &["v1", "sessions", id], None, true).await?;
+        let shown: SessionShowJson = read_json(&url, response, self.call_timeout).await?;
+        Ok(GetSessionResponse {
+            session: Some(Session::from(shown.session)),
+            messages: shown
+                .messages
+                .into_iter()
+                .map(|message| ChatMessage {
+                    id: message.id,
+                    role: message.role,
+                    text: message.text,
+                    created_at: message.created_at,
+                    ..ChatMessage::default()
+                })
+                .collect(),
+        })
+    }
+
+    /// `DELETE /v1/sessions/{id}`.
+    pub async fn delete_session(&self, id: &str) -> Result<(), RemoteError> {
+        self.send(Method::DELETE, &["v1", "sessions", id], None, true).await?;
+        Ok(())
+    }
+
+    /// One turn: creates a session first when `transcript.session_id` is empty, then posts `text`
+    /// and follows the event stream to its end, echoing it through `echo` when given. The stream
+    /// has no deadline, like a local turn.
+    pub async fn run_turn(
+        &self,
+        text: &str,
+        transcript: &mut Transcript,
+        mut echo: Option<&mut Echo>,
+    ) -> Result<TurnCompleted, RemoteError> {
+        if transcript.session_id.is_empty() {
+            let (url, response) = self.send(Method::POST, &["v1", "sessions"], None, true).await?;
+            let session: SessionJson = read_json(&url, response, self.call_timeout).await?;
+            transcript.session_id = session.id;
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "text": text })).map_err(|error| RemoteError::Setup {
+            source: Box::new(error),
+        })?;
+        let session_id = transcript.session_id.clone();
+        let (url, mut response) = self
+            .send(Method::POST, &["v1", "sessions", &session_id, "messages"], Some(body), false)
+            .await?;
+        let mut parser = sse::SseParser::default();
+        let mut completed = None;
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // The answer is stored once `completed` arrived; a hiccup while the stream
+                // closes does not undo that.
+                Err(_) if completed.is_some() => break,
+                Err(error) => {
+                    return Err(RemoteError::Transport {
+                        url,
+                        reason: root_cause(&error),
+                    });
+                }
+            };
+            let events = parser.push(&chunk).map_err(|sse::LineTooLong| RemoteError::Protocol {
+                url: url.clone(),
+                detail: "an event stream line is too long".to_owned(),
+            })?;
+            for sse_event in events {
+                let Some(event) = turn_event(&url, &sse_event)? else {
+                    continue;
+                };
+                if let Some(echo) = echo.as_deref_mut() {
+                    echo.event(&event);
+                }
+                transcript.record(&event);
+                if let Event::Completed(done) = event {
+                    completed = Some(done);
+                }
+            }
+        }
+        completed.ok_or(RemoteError::NoAnswer)
+    }
+
+    /// The URL of the API path made of `segments` (each percent-encoded as needed) under the
+    /// base URL's path.
+    fn endpoint(&self, segments: &[&str]) -> Result<Url, RemoteError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| RemoteError::Protocol {
+                url: self.base.clone(),
+                detail: "the URL cannot have a path".to_owned(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Signs and sends one request; a non-success answer becomes an error. `deadline` bounds
+    /// the whole exchange (answer included) by the call timeout.
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<Vec<u8>>,
+        deadline: bool,
+    ) -> Result<(Url, reqwest::Response), RemoteError> {
+        let url = self.endpoint(segments)?;
+        let mut headers = HeaderMap::new();
+        let body = body.unwrap_or_default();
+        if !body.is_empty() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        self.signer
+            .sign(method.as_str(), &url, &mut headers, &body)
+            .map_err(RemoteError::Sign)?;
+        let mut request = self.http.request(method, url.clone()).headers(headers);
+        if !body.is_empty() {
+            request = request.body(body);
+        }
+        if deadline {
+            request = request.timeout(self.call_timeout);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Err(self.classify(&url, &error)),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok((url, response));
+        }
+        Err(problem(&url, status, response, self.call_timeout).await)
+    }
+
+    /// Maps a failed request: pin mismatch, timeout, unreachable, or a broken exchange.
+    fn classify(&self, url: &Url, error: &reqwest::Error) -> RemoteError {
+        if let Some((pin, record)) = &self.pin
+            && let Some(actual) = record.mismatch()
+        {
+            return RemoteError::PinMismatch {
+                url: url.clone(),
+                actual,
+                pin: *pin,
+            };
+        }
+        if error.is_timeout() {
+            return RemoteError::Timeout {
+                url: url.clone(),
+                after: self.call_timeout,
+            };
+        }
+        if error.is_connect() {
+            return RemoteError::Unreachable {
+                url: url.clone(),
+                reason: root_cause(error),
+                certificate_refused: find_rustls_error(error)
+                    .is_some_and(|error| matches!(error, rustls::Error::InvalidCertificate(_))),
+            };
+        }
+        RemoteError::Transport {
+            url: url.clone(),
+            reason: root_cause(error),
+        }
+    }
+}
+
+/// Reads a JSON answer.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    url: &Url,
+    response: reqwest::Response,
+    call_timeout: Duration,
+) -> Result<T, RemoteError> {
+    let bytes = response.bytes().await.map_err(|error| {
+        if error.is_timeout() {
+            RemoteError::Timeout {
+                url: url.clone(),
+                after: call_timeout,
+            }
+        } else {
+            RemoteError::Transport {
+                url: url.clone(),
+                reason: root_cause(&error),
+            }
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|error| RemoteError::Protocol {
+        url: url.clone(),
+        detail: format!("the answer is not the expected JSON ({error})"),
+    })
+}
+
+/// The error of a non-success answer: its problem document, or a description of what came.
+async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, timeout: Duration) -> RemoteError {
+    let body = tokio::time::timeout(timeout, response.bytes()).await;
+    let body = match body {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) | Err(_) => Default::default(),
+    };
+    #[derive(Deserialize)]
+    struct ProblemJson {
+        #[serde(default, rename = "type")]
+        kind: String,
+        #[serde(default)]
+        title: String,
+        #[serde(default)]
+        detail: String,
+    }
+    match serde_json::from_slice::<ProblemJson>(&body) {
+        Ok(document) if !document.detail.is_empty() || !document.title.is_empty() => RemoteError::Problem {
+            status: status.as_u16(),
+            kind: document.kind,
+            title: document.title,
+            detail: document.detail,
+        },
+        _ => {
+            let text = String::from_utf8_lossy(&body);
+            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let quoted: String = text.chars().take(QUOTED_BODY).collect();
+            let detail = if quoted.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {quoted}")
+            };
+            RemoteError::Protocol { url: url.clone(), detail }
+        }
+    }
+}
+
+/// The proto event for one SSE event of the native stream; `None` for kinds this client does not
+/// know (the gateway may add some). An `error` event is the turn's failure.
+fn turn_event(url: &Url, sse_event: &sse::SseEvent) -> Result<Option<Event>, RemoteError> {
+    let bad = |error: serde_json::Error| RemoteError::Protocol {
+        url: url.clone(),
+        detail: format!("the `{}` event is not the expected JSON ({error})", sse_event.name),
+    };
+    let data = sse_event.data.as_bytes();
+    let event = match sse_event.name.as_str() {
+        "accepted" => {
+            let accepted: AcceptedJson = serde_json::from_slice(data).map_err(bad)?;
+            Event::Accepted(Accepted {
+                session_id: accepted.session_id,
+                message_id: accepted.message_id,
+            })
+        }
+        "text_delta" => {
+            let delta: TextDeltaJson = serde_json::from_slice(data).map_err(bad)?;
+            Event::TextDelta(TextDelta { text: delta.text })
+        }
+        "tool" => {
+            let tool: ToolJson = serde_json::from_slice(data).map_err(bad)?;
+            Event::Tool(ToolActivity {
+                id: tool.id,
+                name: tool.name,
+                phase: tool.phase,
+                is_error: tool.is_error,
+                summary: tool.summary.unwrap_or_default(),
+            })
+        }
+        "completed" => {
+            let done: CompletedJson = serde_json::from_slice(data).map_err(bad)?;
+            Event::Completed(TurnCompleted {
+                message_id: done.message_id,
+                usage: Some(TokenUsage {
+                    input_tokens: done.usage.input_tokens,
+                    output_tokens: done.usage.output_tokens,
+                    cache_creation_input_tokens: done.usage.cache_creation_input_tokens,
+                    cache_read_input_tokens: done.usage.cache_read_input_tokens,
+                }),
+                cost_usd: done.cost_usd,
+                provider_calls: done.provider_calls,
+                stop_reason: done.stop_reason,
+                model: done.model,
+            })
+        }
+        "error" => {
+            let error: ErrorEventJson = serde_json::from_slice(data).map_err(bad)?;
+            return Err(RemoteError::Problem {
+                status: error.status,
+                kind: error.kind,
+                title: String::new(),
+                detail: error.detail,
+            });
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(event))
+}
+
+/// The message of the innermost error in `error`'s source chain (which says what actually
+/// happened: "Connection refused (os error 111)", "invalid peer certificate: UnknownIssuer"),
+/// rather than the whole chain of wrappers.
+fn root_cause(error: &(dyn StdError + 'static)) -> String {
+    let mut current = error;
+    loop {
+        // `io::Error::source` skips the error it wraps, so look inside it explicitly.
+        if let Some(io_error) = current.downcast_ref::<io::Error>()
+            && let Some(inner) = io_error.get_ref()
+        {
+            return root_cause(inner);
+        }
+        match current.source() {
+            Some(next) => current = next,
+            None => return current.to_string(),
+        }
+    }
+}
+
+/// The rustls error in `error`'s source chain, if any.
+fn find_rustls_error(error: &(dyn StdError + 'static)) -> Option<&rustls::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(io_error) = error.downcast_ref::<io::Error>()
+            && let Some(inner) = io_error.get_ref()
+        {
+            return find_rustls_error(inner);
+        }
+        current = error.source();
+    }
+    None
+}
+
+// The gateway's JSON (blufiod's `gateway::api`). Fields are lenient (defaults for anything
+// missing), since the daemon may be older or newer than this client.
+
+#[derive(Debug, Deserialize)]
+struct SessionJson {
+    id: String,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    created_at: i64,
+    #[serde(default)]
+    updated_at: i64,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    message_count: u64,
+}
+
+impl From<SessionJson> for Session {
+    fn from(session: SessionJson) -> Session {
+        Session {
+            id: session.id,
+            title: session.title.unwrap_or_default(),
+            created_at: session.created_at,
+            updated_at: session.updated_at,
+            model: session.model.unwrap_or_default(),
+            state: session.state.unwrap_or_default(),
+            message_count: session.message_count,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionListJson {
+    sessions: Vec<SessionJson>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionShowJson {
+    session: SessionJson,
+    #[serde(default)]
+    messages: Vec<MessageJson>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageJson {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    created_at: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct AcceptedJson {
+    #[serde(default)]
+    session_id: String,
+    #[serde(default)]
+    message_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TextDeltaJson {
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ToolJson {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    phase: String,
+    #[serde(default)]
+    is_error: bool,
+    #[serde(default)]
+    summary: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UsageJson {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletedJson {
+    #[serde(default)]
+    message_id: String,
+    #[serde(default)]
+    usage: UsageJson,
+    #[serde(default)]
+    cost_usd: f64,
+    #[serde(default)]
+    provider_calls: u32,
+    #[serde(default)]
+    stop_reason: String,
+    #[serde(default)]
+    model: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorEventJson {
+    #[serde(default)]
+    status: u16,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(parse_url("https://gateway.example:8443").is_ok());
+        assert!(parse_url("http://127.0.0.1:8080/prefix/").is_ok());
+        for bad in [
+            "gateway.example:8443",
+            "ftp://gateway.example",
+            "https://user:secret@gateway.example",
+            "https://gateway.example/?x=1",
+            "https://gateway.example/#top",
+            "not a url",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn gateway(base: &str) -> Gateway {
+        Gateway::new(
+            parse_url(base).expect("url"),
+            SigningKey::from_bytes(&[1; 32]),
+            None,
+            None,
+            Duration::from_secs(5),
+        )
+        .expect("client")
+    }
+
+    #[test]
+    fn endpoints_keep_the_prefix_and_encode_ids() {
+        let plain = gateway("https://h:8443");
+        assert_eq!(
+            plain.endpoint(&["v1", "sessions"]).expect("url").as_str(),
+            "https://h:8443/v1/sessions"
+        );
+        let prefixed = gateway("https://h/blufio/");
+        assert_eq!(
+            prefixed.endpoint(&["v1", "sessions", "a/b?c"]).expect("url").as_str(),
+            "https://h/blufio/v1/sessions/a%2Fb%3Fc"
+        );
+    }
+
+    #[test]
+    fn stream_events_become_proto_events() {
+        let url = parse_url("https://h").expect("url");
+        let event = |name: &str, data: &str| {
+            turn_event(
+                &url,
+                &sse::SseEvent {
+                    name: name.into(),
+                    data: data.into(),
+                },
+            )
+        };
+        assert_eq!(
+            event("accepted", r#"{"session_id":"s1","message_id":"m1"}"#).expect("ok"),
+            Some(Event::Accepted(Accepted {
+                session_id: "s1".into(),
+                message_id: "m1".into()
+            }))
+        );
+        assert_eq!(
+            event("tool", r#"{"id":"c1","name":"http_get","phase":"started","is_error":false,"summary":null}"#)
+                .expect("ok"),
+            Some(Event::Tool(ToolActivity {
+                id: "c1".into(),
+                name: "http_get".into(),
+                phase: "started".into(),
+                ..ToolActivity::default()
+            }))
+        );
+        let completed = event(
+            "completed",
+            r#"{"message_id":"m2","usage":{"input_tokens":5,"output_tokens":2,"cache_creation_input_tokens":0,
+               "cache_read_input_tokens":1},"cost_usd":0.5,"provider_calls":1,"stop_reason":"end_turn","model":"m"}"#,
+        )
+        .expect("ok");
+        let Some(Event::Completed(done)) = completed else {
+            panic!("expected completed: {completed:?}");
+        };
+        assert_eq!(done.usage.map(|usage| usage.cache_read_input_tokens), Some(1));
+        assert_eq!(done.provider_calls, 1);
+        assert_eq!(event("future_kind", "{}").expect("skipped"), None);
+        let error = event("error", r#"{"status":402,"type":"budget-exhausted","detail":"over budget"}"#)
+            .expect_err("an error event fails the turn");
+        assert_eq!(error.to_string(), "over budget");
+        assert_eq!(error.problem_kind(), Some("budget-exhausted"));
+        assert!(matches!(event("text_delta", "nope"), Err(RemoteError::Protocol { .. })));
+    }
+
+    #[test]
+    fn problem_kinds_are_the_last_segment_of_the_type() {
+        let error = RemoteError::Problem {
+            status: 401,
+            kind: "https://blufio.invalid/problems/key-unknown".into(),
+            title: "Request not authenticated".into(),
+            detail: String::new(),
+        };
+        assert_eq!(error.problem_kind(), Some("key-unknown"));
+        assert_eq!(error.to_string(), "Request not authenticated");
+    }
+
+    #[test]
+    fn root_causes_look_inside_io_errors() {
+        let inner = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::General("boom".into()));
+        assert_eq!(root_cause(&inner), "unexpected error: boom");
+        assert!(find_rustls_error(&inner).is_some());
+        let plain = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(root_cause(&plain), "connection refused");
+        assert!(find_rustls_error(&plain).is_none());
+    }
+}

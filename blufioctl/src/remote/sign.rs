@@ -1,0 +1,274 @@
+//! Signing gateway requests (RFC 9421, `alg="ed25519"`) with the shared code in
+//! `blufio_proto::httpsig`, so that what blufioctl signs is exactly what blufiod verifies.
+//!
+//! Every request covers `@method`, `@authority` and `@path`, plus `@query` when the URL has a
+//! query and `content-digest` (RFC 9530, SHA-256) when it has a body; its parameters are
+//! `created`, a fresh random `nonce`, `keyid` and `alg`. This module never sees the network and
+//! never prints the private key.
+
+use base64::Engine as _;
+use blufio_proto::httpsig::{self, Component, RequestParts, SignatureError, SignatureParams};
+use ed25519_dalek::SigningKey;
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// The signature's label in `Signature-Input` and `Signature`.
+pub const LABEL: &str = "sig1";
+/// Random bytes in a nonce (encoded as unpadded base64url).
+const NONCE_BYTES: usize = 16;
+
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+const SIGNATURE_INPUT: HeaderName = HeaderName::from_static("signature-input");
+const SIGNATURE: HeaderName = HeaderName::from_static("signature");
+
+/// Why a request could not be signed.
+#[derive(Debug)]
+pub enum SignError {
+    /// The system's random number generator failed.
+    Random(getrandom::Error),
+    /// The signature could not be built (for example a `--keyid` that is not printable ASCII).
+    Signature(SignatureError),
+}
+
+impl std::fmt::Display for SignError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignError::Random(_) => f.write_str("cannot get random bytes for the signature's nonce"),
+            SignError::Signature(_) => f.write_str("cannot sign the request"),
+        }
+    }
+}
+
+impl std::error::Error for SignError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SignError::Random(error) => Some(error),
+            SignError::Signature(error) => Some(error),
+        }
+    }
+}
+
+/// A device key and the keyid it signs as.
+pub struct Signer {
+    key: SigningKey,
+    keyid: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.debug_struct("Signer").field("keyid", &self.keyid).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// Signs with `key` as `keyid`; by default as the key's fingerprint, which is the keyid
+    /// `blufioctl device add` registers.
+    pub fn new(key: SigningKey, keyid: Option<String>) -> Signer {
+        let keyid = keyid.unwrap_or_else(|| httpsig::key_fingerprint(&key.verifying_key()));
+        Signer { key, keyid }
+    }
+
+    /// The keyid the signatures carry.
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    /// Adds `Content-Digest` (when `body` is not empty), `Signature-Input` and `Signature` to
+    /// `headers` for a request of `method` to `url`, signed now with a fresh nonce.
+    pub fn sign(&self, method: &str, url: &Url, headers: &mut HeaderMap, body: &[u8]) -> Result<(), SignError> {
+        let mut nonce = [0; NONCE_BYTES];
+        getrandom::fill(&mut nonce).map_err(SignError::Random)?;
+        let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce);
+        self.sign_at(method, url, headers, body, unix_now(), nonce)
+            .map_err(SignError::Signature)
+    }
+
+    /// [`Signer::sign`] with a given time and nonce.
+    fn sign_at(
+        &self,
+        method: &str,
+        url: &Url,
+        headers: &mut HeaderMap,
+        body: &[u8],
+        created: i64,
+        nonce: String,
+    ) -> Result<(), SignatureError> {
+        let mut components = vec![Component::Method, Component::Authority, Component::Path];
+        if url.query().is_some() {
+            components.push(Component::Query);
+        }
+        if !body.is_empty() {
+            let digest = httpsig::digest::content_digest(body, httpsig::digest::Algorithm::Sha256);
+            headers.insert(CONTENT_DIGEST, header_value(&digest, "content-digest")?);
+            components.push(Component::Field("content-digest".to_owned()));
+        }
+        let params = SignatureParams {
+            components,
+            created: Some(created),
+            nonce: Some(nonce),
+            keyid: Some(self.keyid.clone()),
+            alg: Some(httpsig::ALGORITHM.to_owned()),
+            ..SignatureParams::default()
+        };
+        let authority = authority(url);
+        let parts = RequestParts {
+            method,
+            scheme: url.scheme(),
+            authority: &authority,
+            path: url.path(),
+            query: url.query(),
+            headers,
+        };
+        let (input, signature) = httpsig::sign(&parts, LABEL, &params, &self.key)?;
+        headers.insert(SIGNATURE_INPUT, header_value(&input, "signature-input")?);
+        headers.insert(SIGNATURE, header_value(&signature, "signature")?);
+        Ok(())
+    }
+}
+
+/// `host[:port]` exactly as reqwest sends it in `Host` (HTTP/1.1) and `:authority` (HTTP/2): the
+/// port only when it is not the scheme's default, IPv6 addresses in brackets.
+pub fn authority(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+/// Structured-field serializations are ASCII, so this cannot fail in practice; if it did, the
+/// request is not sent rather than sent half-signed.
+fn header_value(text: &str, component: &str) -> Result<HeaderValue, SignatureError> {
+    HeaderValue::from_str(text).map_err(|_| SignatureError::InvalidComponentValue {
+        component: component.to_owned(),
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        Signer::new(SigningKey::from_bytes(&[7; 32]), None)
+    }
+
+    /// Verifies `headers` the way the daemon does: parse the headers back, apply blufio's
+    /// policy, check the digest, verify the signature.
+    fn verify(method: &str, url: &Url, headers: &HeaderMap, body: &[u8], key: &SigningKey) -> Result<(), String> {
+        let signatures = httpsig::parse(&headers[SIGNATURE_INPUT], &headers[SIGNATURE]).map_err(|e| e.to_string())?;
+        let [signature] = signatures.as_slice() else {
+            return Err(format!("expected one signature, got {}", signatures.len()));
+        };
+        assert_eq!(signature.label(), LABEL);
+        let params = signature.params();
+        assert_eq!(params.alg.as_deref(), Some("ed25519"));
+        assert!(params.created.is_some());
+        assert!(params.nonce.is_some());
+        let covered = |component: &Component| params.components.contains(component);
+        assert!(covered(&Component::Method) && covered(&Component::Authority) && covered(&Component::Path));
+        assert_eq!(covered(&Component::Query), url.query().is_some());
+        assert_eq!(covered(&Component::Field("content-digest".into())), !body.is_empty());
+        if !body.is_empty() {
+            httpsig::digest::verify_content_digest(&headers[CONTENT_DIGEST], body).map_err(|e| e.to_string())?;
+        }
+        let authority = authority(url);
+        let parts = RequestParts {
+            method,
+            scheme: url.scheme(),
+            authority: &authority,
+            path: url.path(),
+            query: url.query(),
+            headers,
+        };
+        httpsig::verify(&parts, signature, &key.verifying_key()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn signed_requests_verify_with_the_shared_code() {
+        let signer = signer();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        for (method, url, body) in [
+            ("GET", "https://gateway.example:8443/v1/sessions", &b""[..]),
+            ("POST", "https://gateway.example/v1/sessions/s1/messages", br#"{"text":"hi"}"#),
+            ("DELETE", "http://127.0.0.1:8080/v1/sessions/s%201?force=1", b""),
+            ("GET", "https://[::1]:8443/prefix/v1/sessions?", b""),
+        ] {
+            let url = Url::parse(url).expect("url");
+            let mut headers = HeaderMap::new();
+            signer.sign(method, &url, &mut headers, body).expect("signs");
+            verify(method, &url, &headers, body, &key).unwrap_or_else(|error| panic!("{method} {url}: {error}"));
+        }
+    }
+
+    #[test]
+    fn the_signature_binds_method_path_and_body() {
+        let signer = signer();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let url = Url::parse("https://gateway.example:8443/v1/sessions/s1/messages").expect("url");
+        let mut headers = HeaderMap::new();
+        signer.sign("POST", &url, &mut headers, b"{}").expect("signs");
+        assert!(verify("PUT", &url, &headers, b"{}", &key).is_err(), "another method");
+        let other = Url::parse("https://gateway.example:8443/v1/sessions/s2/messages").expect("url");
+        assert!(verify("POST", &other, &headers, b"{}", &key).is_err(), "another path");
+        let other = Url::parse("https://gateway.example:9443/v1/sessions/s1/messages").expect("url");
+        assert!(verify("POST", &other, &headers, b"{}", &key).is_err(), "another authority");
+        assert!(verify("POST", &url, &headers, b"{ }", &key).is_err(), "another body");
+        assert!(
+            verify("POST", &url, &headers, b"{}", &SigningKey::from_bytes(&[8; 32])).is_err(),
+            "another key"
+        );
+    }
+
+    #[test]
+    fn keyid_defaults_to_the_fingerprint_and_nonces_are_fresh() {
+        let signer = signer();
+        let fingerprint = httpsig::key_fingerprint(&SigningKey::from_bytes(&[7; 32]).verifying_key());
+        assert_eq!(signer.keyid(), fingerprint);
+        assert_eq!(Signer::new(SigningKey::from_bytes(&[7; 32]), Some("k1".into())).keyid(), "k1");
+
+        let url = Url::parse("https://h/v1/sessions").expect("url");
+        let nonce = |signer: &Signer| {
+            let mut headers = HeaderMap::new();
+            signer.sign("GET", &url, &mut headers, b"").expect("signs");
+            let signatures = httpsig::parse(&headers[SIGNATURE_INPUT], &headers[SIGNATURE]).expect("parses");
+            let nonce = signatures[0].params().nonce.clone().expect("a nonce");
+            assert_eq!(signatures[0].params().keyid.as_deref(), Some(signer.keyid()));
+            nonce
+        };
+        let first = nonce(&signer);
+        assert_eq!(first.len(), 22, "16 bytes as unpadded base64url: {first}");
+        assert!(first.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(first, nonce(&signer));
+    }
+
+    #[test]
+    fn the_signature_input_has_the_documented_shape() {
+        let url = Url::parse("https://h:8443/v1/sessions?x=1").expect("url");
+        let mut headers = HeaderMap::new();
+        signer()
+            .sign_at("POST", &url, &mut headers, b"{}", 1_764_316_800, "bm9uY2U".into())
+            .expect("signs");
+        assert_eq!(
+            headers[SIGNATURE_INPUT],
+            format!(
+                "sig1=(\"@method\" \"@authority\" \"@path\" \"@query\" \"content-digest\");created=1764316800;\
+                 nonce=\"bm9uY2U\";alg=\"ed25519\";keyid=\"{}\"",
+                signer().keyid()
+            )
+            .as_str()
+        );
+        assert_eq!(
+            headers[CONTENT_DIGEST],
+            "sha-256=:RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o=:"
+        );
+        assert_eq!(authority(&Url::parse("https://h:443/").expect("url")), "h");
+        assert_eq!(authority(&Url::parse("http://[::1]:80/").expect("url")), "[::1]");
+    }
+}

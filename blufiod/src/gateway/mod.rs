@@ -1,0 +1,287 @@
+//! The HTTPS gateway for remote clients: hyper (HTTP/1.1 and HTTP/2) over rustls, every `/v1/`
+//! request authenticated by an RFC 9421 Ed25519 signature of a registered device.
+//!
+//! Fail closed: there is no setting that turns authentication off; with no device registered,
+//! every `/v1/` request is refused. Only `/health`, `/ready`, `/metrics` (optionally behind a
+//! bearer token) and `/openapi.json` are open. Bounded: connections, header and body sizes, time
+//! to send a request, requests per key per minute, remembered nonces.
+//!
+//! This module never sees a private key and never bypasses the agent's budget or queue: remote
+//! turns go through the same `Agent::send_message` as local ones.
+
+mod api;
+mod auth;
+pub mod problem;
+mod replay;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use self::tls::{CertSource, ReloadableCert, TlsError};
+use crate::config::GatewayConfig;
+use crate::devices::Devices;
+use crate::metrics::Metrics;
+use crate::state::Shared;
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time connections get to finish their requests once shutdown begins.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listen address does not parse (config validation normally catches this).
+    #[error("gateway.listen {listen:?} is not an address with a port")]
+    ParseListen {
+        /// The configured value.
+        listen: String,
+    },
+    /// Binding the listener failed.
+    #[error("cannot listen on {address} (gateway.listen); is another program using the port?")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded or generated.
+    #[error("cannot set up TLS for the gateway")]
+    Tls(#[source] TlsError),
+    /// The accept loop failed.
+    #[error("the gateway's listener failed")]
+    Accept(#[source] std::io::Error),
+}
+
+/// What `GetStatus` shows of the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayInfo {
+    /// The bound address (with the real port when 0 was configured).
+    pub address: SocketAddr,
+    /// `https` or `http`.
+    pub scheme: &'static str,
+    /// The serving certificate (absent for plain HTTP).
+    pub cert: Option<Arc<ReloadableCert>>,
+    /// Where the certificate comes from, for reloads.
+    pub cert_source: Option<CertSource>,
+}
+
+impl GatewayInfo {
+    /// Re-reads the certificate (SIGHUP). New handshakes use the new one; established
+    /// connections keep theirs.
+    pub fn reload_certificate(&self) -> Result<(), TlsError> {
+        match (&self.cert, &self.cert_source) {
+            (Some(cert), Some(source)) => cert.reload(source),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A bound listener, ready to serve after `READY=1` is sent.
+#[derive(Debug)]
+pub struct BoundGateway {
+    listener: std::net::TcpListener,
+    /// What status shows.
+    pub info: GatewayInfo,
+}
+
+/// Binds the gateway and loads (or generates) its certificate: done before READY so that every
+/// problem stops startup with a clear message.
+pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, GatewayError> {
+    let address: SocketAddr = config.listen.parse().map_err(|_| GatewayError::ParseListen {
+        listen: config.listen.clone(),
+    })?;
+    let (scheme, cert, cert_source) = if config.plain_http {
+        ("http", None, None)
+    } else {
+        let source = match (&config.cert_file, &config.key_file) {
+            (Some(cert), Some(key)) => CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => {
+                let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+                // A wildcard address names no host; the machine's own name is what clients use.
+                if !address.ip().is_unspecified() {
+                    names.push(address.ip().to_string());
+                }
+                if let Ok(host) = nix::unistd::gethostname()
+                    && let Some(host) = host.to_str()
+                    && !host.is_empty()
+                {
+                    names.push(host.to_owned());
+                }
+                CertSource::SelfSigned {
+                    dir: state_dir.join("tls"),
+                    names,
+                }
+            }
+        };
+        let cert = ReloadableCert::load(&source).map_err(GatewayError::Tls)?;
+        ("https", Some(cert), Some(source))
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(|source| GatewayError::Bind { address, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| GatewayError::Bind { address, source })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| GatewayError::Bind { address, source })?;
+    Ok(BoundGateway {
+        listener,
+        info: GatewayInfo {
+            address,
+            scheme,
+            cert,
+            cert_source,
+        },
+    })
+}
+
+/// Everything a request handler needs.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    devices: Devices,
+    replay: replay::ReplayCache,
+    limiter: auth::RateLimiter,
+    metrics: Arc<Metrics>,
+    scheme: &'static str,
+}
+
+/// Serves until `token` is cancelled, then lets open requests finish for a few seconds.
+pub async fn serve(
+    bound: BoundGateway,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+) -> Result<(), GatewayError> {
+    let config = shared.config().config.gateway.clone();
+    let listener = tokio::net::TcpListener::from_std(bound.listener).map_err(GatewayError::Accept)?;
+    let acceptor = match &bound.info.cert {
+        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::server_config(cert.clone()).map_err(GatewayError::Tls)?,
+        )),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway {
+        devices: Devices::new(shared.storage.clone()),
+        replay: replay::ReplayCache::new(usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX)),
+        limiter: auth::RateLimiter::new(config.rate_limit_per_minute),
+        metrics,
+        scheme: bound.info.scheme,
+        shared,
+    });
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(config.max_connections).unwrap_or(1).max(1),
+    ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_timeout)
+        // hyper refuses a request head larger than its read buffer (431).
+        .max_buf_size(usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(config.idle_timeout_secs)))
+        .max_concurrent_streams(64);
+    tracing::info!(address = %bound.info.address, scheme = bound.info.scheme, "gateway serving");
+
+    loop {
+        // At the connection cap, stop accepting: further clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            () = token.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            gateway.metrics.open_connections.inc();
+            let service = hyper::service::service_fn({
+                let gateway = gateway.clone();
+                move |request| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+                }
+            });
+            let outcome = match acceptor {
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let connection = builder.serve_connection(TokioIo::new(tls), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = outcome {
+                tracing::debug!(%peer, %error, "gateway connection ended with an error");
+            }
+            gateway.metrics.open_connections.dec();
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(CONNECTION_DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gateway connections did not finish within {CONNECTION_DRAIN:?}; closing them");
+    }
+    tracing::info!("gateway drained");
+    Ok(())
+}
+
+impl Gateway {
+    /// Routes one request and records its metrics.
+    async fn handle(self: &Arc<Self>, request: http::Request<Incoming>) -> http::Response<problem::Body> {
+        let started = Instant::now();
+        let (route, response) = api::route(self, request).await;
+        self.metrics
+            .http_requests
+            .with_label_values(&[route, response.status().as_str()])
+            .inc();
+        self.metrics
+            .http_duration
+            .with_label_values(&[route])
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+}

@@ -1,0 +1,116 @@
+//! Prometheus metrics: one registry for the daemon, exposed as text on the gateway's `/metrics`.
+//!
+//! Label values come from fixed sets (route templates, status classes, check names), never from
+//! request data, so the number of series is bounded. This module only counts; it never decides.
+
+use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// The daemon's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Gateway requests by route template and status code.
+    pub http_requests: IntCounterVec,
+    /// Gateway request durations by route template.
+    pub http_duration: HistogramVec,
+    /// Refused gateway requests by the check that failed.
+    pub auth_failures: IntCounterVec,
+    /// Gateway connections open now.
+    pub open_connections: IntGauge,
+}
+
+impl Metrics {
+    /// A registry with every metric, and the process collector (RSS, CPU, file descriptors).
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("blufio".to_owned()), None).expect("a valid prefix");
+        let http_requests = IntCounterVec::new(
+            Opts::new("gateway_requests_total", "Gateway requests by route and HTTP status."),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Gateway request handling time by route.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "gateway_auth_failures_total",
+                "Refused gateway requests by the check that failed.",
+            ),
+            &["check"],
+        )
+        .expect("valid metric");
+        let open_connections =
+            IntGauge::new("gateway_open_connections", "Gateway connections open now.").expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            auth_failures,
+            open_connections,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding to memory cannot fail");
+        let mut text = String::from_utf8(buffer).expect("the text format is UTF-8");
+        // Gauges read at scrape time from other subsystems (spend, sessions).
+        for (name, help, value) in extra {
+            text.push_str(&format!(
+                "# HELP blufio_{name} {help}\n# TYPE blufio_{name} gauge\nblufio_{name} {value}\n"
+            ));
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_help_type_and_values() {
+        let metrics = Metrics::new();
+        metrics.http_requests.with_label_values(&["/health", "200"]).inc();
+        metrics.auth_failures.with_label_values(&["signature"]).inc_by(2);
+        let text = metrics.render(&[("spend_today_usd", "Spend today in US dollars.", 0.25)]);
+        assert!(text.contains("# TYPE blufio_gateway_requests_total counter"), "{text}");
+        assert!(
+            text.contains("blufio_gateway_requests_total{route=\"/health\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blufio_gateway_auth_failures_total{check=\"signature\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("blufio_spend_today_usd 0.25"), "{text}");
+        assert!(
+            text.contains("process_resident_memory_bytes"),
+            "the process collector is registered: {text}"
+        );
+    }
+}
