@@ -1,6 +1,7 @@
 //! `blufioctl`, the thin control client of blufiod: parses the command line, makes one gRPC call
 //! over the daemon's Unix socket (or, for `chat` and `shell`, streams agent turns), prints the
 //! answer and maps failures to the documented exit codes (see [`cli::EXIT_CODES_HELP`]).
+//! `remote` does the same over the daemon's HTTPS gateway, with signed requests.
 //!
 //! This binary depends on `blufio-proto` only; it never opens the daemon's database or config
 //! file itself (`config validate FILE` reads FILE and sends its text to the daemon).
@@ -8,7 +9,9 @@
 mod chat;
 mod cli;
 mod client;
+mod device;
 mod output;
+mod remote;
 mod shell;
 
 use std::io::{self, IsTerminal, Write};
@@ -20,10 +23,17 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
 use serde::Serialize;
 
+use blufio_proto::control::v1::TurnCompleted;
+
 use crate::chat::{Echo, Transcript, TurnError};
-use crate::cli::{ChatArgs, Cli, Command, ConfigCommand, SessionsCommand};
+use crate::cli::{
+    ChatArgs, Cli, Command, ConfigCommand, DeviceCommand, RemoteArgs, RemoteCommand, RemoteSessionsCommand,
+    SessionsCommand,
+};
 use crate::client::{Client, ClientError};
+use crate::device::{KeyFile, KeyFileError};
 use crate::output::{Human, Paint, Style};
+use crate::remote::{Gateway, RemoteError};
 
 /// The operation failed: the daemon refused it, the config is invalid, a timeout, or a local
 /// error such as an unreadable FILE.
@@ -116,6 +126,103 @@ impl From<TurnError> for Failure {
             TurnError::NoAnswer => anyhow::anyhow!("the turn ended without an answer").into(),
         }
     }
+}
+
+impl From<KeyFileError> for Failure {
+    fn from(error: KeyFileError) -> Self {
+        let hint = match &error {
+            KeyFileError::Exists { .. } => {
+                "choose another --key-out path, or remove the file if it holds no key you still need"
+            }
+            KeyFileError::Create { .. } => "check that the directory exists and that you may write there",
+        };
+        Failure {
+            code: EXIT_FAILED,
+            error: anyhow::Error::new(error),
+            hint: Some(hint.to_owned()),
+        }
+    }
+}
+
+impl From<RemoteError> for Failure {
+    fn from(error: RemoteError) -> Self {
+        let (code, hint) = match &error {
+            RemoteError::Unreachable {
+                url,
+                certificate_refused: true,
+                ..
+            } => (
+                EXIT_UNREACHABLE,
+                Some(format!(
+                    "the certificate of {url} is not trusted here; if it is blufiod's own certificate, pass                      --pin with the fingerprint that 'blufioctl status' shows on the daemon's host"
+                )),
+            ),
+            RemoteError::Unreachable { url, .. } => (
+                EXIT_UNREACHABLE,
+                Some(format!(
+                    "check --url {url}: is blufiod running there with [gateway] enabled? 'blufioctl status' on                      its host shows the gateway's address"
+                )),
+            ),
+            RemoteError::PinMismatch { pin, .. } => (
+                EXIT_UNREACHABLE,
+                Some(format!(
+                    "--pin is {pin}; compare with what 'blufioctl status' shows on the daemon's host: if its                      certificate was replaced, pin the new fingerprint, otherwise something intercepts the                      connection"
+                )),
+            ),
+            RemoteError::ParseKey { .. } => (
+                EXIT_FAILED,
+                Some("--key takes the private key file written by 'blufioctl device add NAME --key-out FILE'".into()),
+            ),
+            RemoteError::Protocol { url, .. } => (EXIT_FAILED, Some(format!("is {url} a blufiod gateway?"))),
+            RemoteError::Timeout { .. } => (
+                EXIT_FAILED,
+                Some("the gateway or blufiod may be overloaded or hung; --timeout waits longer".into()),
+            ),
+            RemoteError::Problem { .. } => (EXIT_FAILED, problem_hint(&error).map(str::to_owned)),
+            RemoteError::ReadKey { .. }
+            | RemoteError::Setup { .. }
+            | RemoteError::Sign(_)
+            | RemoteError::Transport { .. }
+            | RemoteError::NoAnswer => (EXIT_FAILED, None),
+        };
+        Failure {
+            code,
+            error: anyhow::Error::new(error),
+            hint,
+        }
+    }
+}
+
+/// The hint for a problem the gateway reported, by its type.
+fn problem_hint(error: &RemoteError) -> Option<&'static str> {
+    Some(match error.problem_kind()? {
+        "key-unknown" => {
+            "register this key on the daemon's host with 'blufioctl device add NAME --public-key FILE'              ('blufioctl device list' shows the registered keyids), or check --keyid"
+        }
+        "signature-expired" => {
+            "check this machine's clock: a signature is accepted only within gateway.max_clock_skew_secs              of the daemon's clock"
+        }
+        "session-not-found" => "'blufioctl remote ... sessions list' shows the sessions",
+        "budget-exhausted" => "'blufioctl usage' on the daemon's host shows the spend against the caps",
+        _ => return None,
+    })
+}
+
+/// A failed device RPC, with the hints that only make sense there.
+fn device_failure(error: ClientError) -> Failure {
+    let hint = match &error {
+        ClientError::Status(status)
+            if matches!(status.code(), tonic::Code::NotFound | tonic::Code::AlreadyExists) =>
+        {
+            Some("'blufioctl device list' shows the registered devices")
+        }
+        _ => None,
+    };
+    let mut failure = Failure::from(error);
+    if let Some(hint) = hint {
+        failure.hint.get_or_insert_with(|| hint.to_owned());
+    }
+    failure
 }
 
 /// A failed call about sessions or turns, with the hints that only make sense there.
@@ -312,6 +419,70 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
                 printer.human(&output::session_delete_human(&id))?;
             }
         }
+        Command::Device(DeviceCommand::Add {
+            name,
+            key_out,
+            public_key,
+            output: args,
+        }) => {
+            // Settle the key locally first: a file that exists or a bad public key is the user's
+            // to fix before anything is registered.
+            let (new_key, public_key_pem) = match (key_out, public_key) {
+                (Some(path), _) => {
+                    let file = KeyFile::create(&path)?;
+                    let key = device::generate_key()?;
+                    let pem = blufio_proto::httpsig::verifying_key_to_pem(&key.verifying_key())
+                        .context("cannot encode the public key")?;
+                    (Some((file, key)), pem)
+                }
+                (None, Some(path)) => (None, device::read_public_key(&path)?),
+                (None, None) => return Err(anyhow::anyhow!("--key-out FILE or --public-key FILE is required").into()),
+            };
+            // Dropping the key file on any failure from here on removes it.
+            let mut client = Client::connect(&socket, call_timeout).await?;
+            let device = client.add_device(name, public_key_pem).await.map_err(device_failure)?;
+            let key_file = match new_key {
+                Some((file, key)) => Some(file.write(&key).map_err(|error| Failure {
+                    code: EXIT_FAILED,
+                    error,
+                    hint: Some(format!(
+                        "the device is registered but its key is lost: 'blufioctl device revoke {}', then add it                          again",
+                        device.name
+                    )),
+                })?),
+                None => None,
+            };
+            let key_file = key_file.as_ref().map(|path| path.display().to_string());
+            if args.json {
+                printer.json(&output::device_add_json(&device, key_file.as_deref()))?;
+            } else {
+                // Best effort: the gateway's address and pin make the next step copyable.
+                let gateway = client.get_status().await.ok().and_then(|status| status.gateway);
+                let remote = output::remote_command_hint(gateway.as_ref(), key_file.as_deref());
+                printer.human(&output::device_add_human(&device, key_file.as_deref(), &remote, style))?;
+            }
+        }
+        Command::Device(DeviceCommand::List(args)) => {
+            let list = Client::connect(&socket, call_timeout).await?.list_devices().await?;
+            if args.json {
+                printer.json(&output::device_list_json(&list))?;
+            } else {
+                printer.human(&output::device_list_human(&list, unix_now(), style))?;
+            }
+        }
+        Command::Device(DeviceCommand::Revoke { name, output: args }) => {
+            let device = Client::connect(&socket, call_timeout)
+                .await?
+                .revoke_device(name)
+                .await
+                .map_err(device_failure)?;
+            if args.json {
+                printer.json(&output::device_revoke_json(&device))?;
+            } else {
+                printer.human(&output::device_revoke_human(&device))?;
+            }
+        }
+        Command::Remote(args) => return remote(args, call_timeout, printer).await,
         Command::Usage { days, output: args } => {
             let usage = Client::connect(&socket, call_timeout).await?.get_usage(days).await?;
             if args.json {
@@ -346,9 +517,23 @@ async fn chat(args: ChatArgs, socket: &Path, call_timeout: Duration, printer: &P
     let mut transcript = Transcript::new(args.session.unwrap_or_default());
     let mut echo = (!args.json).then(|| printer.echo());
     let result = chat::run_turn(&mut client, text, &mut transcript, echo.as_mut()).await;
+    finish_turn(printer, echo, &transcript, result)
+}
+
+/// Reports a turn of `chat` or `remote chat`: the `--json` document (when there is no `echo`),
+/// or the end of the streamed text, the summary line and any warning.
+fn finish_turn<E>(
+    printer: &Printer,
+    echo: Option<Echo>,
+    transcript: &Transcript,
+    result: Result<TurnCompleted, E>,
+) -> Result<Outcome, Failure>
+where
+    Failure: From<E>,
+{
     let Some(mut echo) = echo else {
         let completed = result?;
-        printer.json(&output::chat_json(&transcript, &completed))?;
+        printer.json(&output::chat_json(transcript, &completed))?;
         return Ok(Outcome::Success);
     };
     echo.end_text();
@@ -359,6 +544,56 @@ async fn chat(args: ChatArgs, socket: &Path, call_timeout: Duration, printer: &P
     }
     if let Some(error) = echo.take_write_error() {
         return Err(anyhow::Error::new(error).context("cannot write to stdout").into());
+    }
+    Ok(Outcome::Success)
+}
+
+/// `blufioctl remote ...`: the command against the gateway at `--url`.
+async fn remote(args: RemoteArgs, call_timeout: Duration, printer: &Printer) -> Result<Outcome, Failure> {
+    let style = printer.stdout_style;
+    // Read a chat message before anything else: an empty one is the user's to fix first.
+    let message = match &args.command {
+        RemoteCommand::Chat(chat) => Some(chat_message(&chat.message)?),
+        RemoteCommand::Sessions(_) => None,
+    };
+    let (key, warning) = remote::read_key(&args.key)?;
+    if let Some(warning) = warning {
+        printer.warning(&warning);
+    }
+    let gateway = Gateway::new(args.url, key, args.keyid, args.pin, call_timeout)?;
+    match args.command {
+        RemoteCommand::Chat(chat) => {
+            let text = message.unwrap_or_default();
+            let mut transcript = Transcript::new(chat.session.unwrap_or_default());
+            let mut echo = (!chat.json).then(|| printer.echo());
+            let result = gateway.run_turn(&text, &mut transcript, echo.as_mut()).await;
+            return finish_turn(printer, echo, &transcript, result);
+        }
+        RemoteCommand::Sessions(RemoteSessionsCommand::List(args)) => {
+            let list = gateway.list_sessions().await?;
+            if args.json {
+                printer.json(&output::sessions_list_json(&list))?;
+            } else {
+                let width = terminal_width(style);
+                printer.human(&output::sessions_list_human(&list, unix_now(), width, style))?;
+            }
+        }
+        RemoteCommand::Sessions(RemoteSessionsCommand::Show { id, output: args }) => {
+            let session = gateway.get_session(&id).await?;
+            if args.json {
+                printer.json(&output::session_show_json(&session))?;
+            } else {
+                printer.human(&output::session_show_human(&session, unix_now(), style))?;
+            }
+        }
+        RemoteCommand::Sessions(RemoteSessionsCommand::Delete { id, output: args }) => {
+            gateway.delete_session(&id).await?;
+            if args.json {
+                printer.json(&output::session_delete_json(&id))?;
+            } else {
+                printer.human(&output::session_delete_human(&id))?;
+            }
+        }
     }
     Ok(Outcome::Success)
 }

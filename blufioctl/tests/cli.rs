@@ -12,7 +12,11 @@ fn blufioctl() -> Command {
     command
         .env_remove("BLUFIO_SOCKET")
         .env_remove("RUNTIME_DIRECTORY")
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        .env_remove("BLUFIO_REMOTE_URL")
+        .env_remove("BLUFIO_REMOTE_KEY")
+        .env_remove("BLUFIO_REMOTE_PIN")
+        .env_remove("BLUFIO_REMOTE_KEYID");
     command
 }
 
@@ -214,14 +218,16 @@ mod fake {
     use blufio_proto::control::v1::control_server::{Control, ControlServer};
     use blufio_proto::control::v1::send_message_response::Event;
     use blufio_proto::control::v1::{
-        Accepted, ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest, CreateSessionResponse, DaemonState,
-        DayUsage, DeleteSessionRequest, DeleteSessionResponse, GetConfigRequest, GetConfigResponse, GetSessionRequest,
-        GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
+        Accepted, AddDeviceRequest, AddDeviceResponse, ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest,
+        CreateSessionResponse, DaemonState, DayUsage, DeleteSessionRequest, DeleteSessionResponse, Device,
+        GatewayStatus, GetConfigRequest, GetConfigResponse, GetSessionRequest, GetSessionResponse, GetStatusRequest,
+        GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest, ListDevicesResponse,
         ListSessionsRequest, ListSessionsResponse, ModelUsage, ReloadConfigRequest, ReloadConfigResponse,
-        SendMessageRequest, SendMessageResponse, Session, SessionUsage, SetConfigRequest, SetConfigResponse,
-        SubsystemStatus, TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest,
-        ValidateConfigResponse,
+        RevokeDeviceRequest, RevokeDeviceResponse, SendMessageRequest, SendMessageResponse, Session, SessionUsage,
+        SetConfigRequest, SetConfigResponse, SubsystemStatus, TextDelta, TokenUsage, ToolActivity, ToolCall,
+        TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
     };
+    use blufio_proto::httpsig;
     use tokio::sync::oneshot;
     use tonic::{Request, Response, Status};
 
@@ -315,6 +321,23 @@ mod fake {
     fn event(event: Event) -> Result<SendMessageResponse, Status> {
         Ok(SendMessageResponse { event: Some(event) })
     }
+
+    /// A registered device; "laptop" is active and was used, "old-phone" is revoked.
+    fn device(name: &str, last_used_at: i64, revoked_at: i64) -> Device {
+        Device {
+            name: name.into(),
+            keyid: format!("SHA256:{name}"),
+            fingerprint: format!("SHA256:{name}"),
+            added_at: 1_764_000_000,
+            last_used_at,
+            revoked_at,
+        }
+    }
+
+    /// The certificate fingerprint the fake's gateway reports.
+    pub const GATEWAY_PIN: &str = "3F:A2:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:20:30:40:50:9C";
+    /// A device name `AddDevice` refuses as taken.
+    pub const TAKEN: &str = "taken";
 
     /// Session ids that make `SendMessage` misbehave, for the error paths.
     pub const OVER_BUDGET: &str = "over-budget";
@@ -543,7 +566,59 @@ mod fake {
                     status: "listening".into(),
                 }],
                 caller_access: "read-only".into(),
+                gateway: Some(GatewayStatus {
+                    listen: "0.0.0.0:8443".into(),
+                    scheme: "https".into(),
+                    tls_fingerprint_sha256: GATEWAY_PIN.into(),
+                    active_devices: 0,
+                    problem: "no device is registered, so every /v1/ request is refused".into(),
+                }),
                 ..GetStatusResponse::default()
+            }))
+        }
+
+        /// Registers nothing: answers with a device whose keyid and fingerprint are computed
+        /// from the PEM received, so tests can check which key arrived. A private key (or
+        /// anything else that is not a public key) is refused.
+        async fn add_device(&self, request: Request<AddDeviceRequest>) -> Result<Response<AddDeviceResponse>, Status> {
+            let request = request.into_inner();
+            if request.name == TAKEN {
+                return Err(Status::already_exists(format!("device `{TAKEN}` exists already")));
+            }
+            let key = httpsig::verifying_key_from_pem(&request.public_key_pem)
+                .map_err(|error| Status::invalid_argument(format!("public_key_pem: {error}")))?;
+            let fingerprint = httpsig::key_fingerprint(&key);
+            Ok(Response::new(AddDeviceResponse {
+                device: Some(Device {
+                    name: request.name,
+                    keyid: fingerprint.clone(),
+                    fingerprint,
+                    added_at: 1_764_000_000,
+                    last_used_at: 0,
+                    revoked_at: 0,
+                }),
+            }))
+        }
+
+        async fn list_devices(
+            &self,
+            _request: Request<ListDevicesRequest>,
+        ) -> Result<Response<ListDevicesResponse>, Status> {
+            Ok(Response::new(ListDevicesResponse {
+                devices: vec![device("laptop", 1_764_000_100, 0), device("old-phone", 0, 1_764_000_200)],
+            }))
+        }
+
+        async fn revoke_device(
+            &self,
+            request: Request<RevokeDeviceRequest>,
+        ) -> Result<Response<RevokeDeviceResponse>, Status> {
+            let name = request.into_inner().name;
+            if name != "laptop" {
+                return Err(Status::not_found(format!("no active device `{name}`")));
+            }
+            Ok(Response::new(RevokeDeviceResponse {
+                device: Some(device("laptop", 1_764_000_100, 1_764_000_300)),
             }))
         }
 
@@ -1108,6 +1183,198 @@ fn usage_json_and_tables() {
         "{text}"
     );
     assert!(text.contains("(deleted)"), "{text}");
+}
+
+#[test]
+fn status_shows_the_gateway() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["status", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json["gateway"],
+        serde_json::json!({"listen": "0.0.0.0:8443", "scheme": "https",
+                           "tls_fingerprint_sha256": fake::GATEWAY_PIN, "active_devices": 0,
+                           "problem": "no device is registered, so every /v1/ request is refused"})
+    );
+
+    let output = run(against(&daemon).args(["status", "--plain"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("\ngateway: https://0.0.0.0:8443, 0 active devices\n"), "{text}");
+    assert!(text.contains(&format!("\n  pin (sha256): {}\n", fake::GATEWAY_PIN)), "{text}");
+    assert_eq!(
+        stderr(&output),
+        "warning: gateway: no device is registered, so every /v1/ request is refused\n"
+    );
+}
+
+#[test]
+fn device_add_writes_a_private_key_and_registers_only_its_public_half() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("laptop.pem");
+    let output = run(against(&daemon)
+        .args(["device", "add", "laptop", "--json", "--key-out"])
+        .arg(&key_file));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+
+    let mode = std::fs::metadata(&key_file).expect("key file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let pem = std::fs::read_to_string(&key_file).expect("reads");
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+    let key = blufio_proto::httpsig::signing_key_from_pkcs8_pem(&pem).expect("PKCS#8 PEM");
+    // The fake answers with the fingerprint of the public key it received.
+    let fingerprint = blufio_proto::httpsig::key_fingerprint(&key.verifying_key());
+    let canonical = std::fs::canonicalize(&key_file).expect("canonical");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "device": {"name": "laptop", "keyid": fingerprint, "fingerprint": fingerprint,
+                       "added_at": 1_764_000_000, "last_used_at": null, "revoked_at": null, "state": "active"},
+            "key_file": canonical.display().to_string(),
+        })
+    );
+
+    // Never overwrite, and say so before talking to the daemon.
+    let output = run(against(&daemon)
+        .args(["device", "add", "again", "--key-out"])
+        .arg(&key_file));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with(&format!(
+            "error: key file {} already exists; refusing to overwrite it\nhint: ",
+            key_file.display()
+        )),
+        "stderr: {}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).expect("reads"), pem, "left alone");
+
+    // A refused registration leaves no key file behind.
+    let refused = dir.path().join("taken.pem");
+    let output = run(against(&daemon)
+        .args(["device", "add", fake::TAKEN, "--key-out"])
+        .arg(&refused));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(stderr(&output).starts_with("error: device `taken` exists already\n"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("hint: 'blufioctl device list'"), "{}", stderr(&output));
+    assert!(!refused.exists());
+
+    // So does an unreachable daemon.
+    let missing = dir.path().join("missing.sock");
+    let output = run(blufioctl()
+        .args(["device", "add", "x", "--socket"])
+        .arg(&missing)
+        .arg("--key-out")
+        .arg(&refused));
+    assert_eq!(output.status.code(), Some(3), "stderr: {}", stderr(&output));
+    assert!(!refused.exists());
+}
+
+#[test]
+fn device_add_human_output_names_the_next_step() {
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("laptop.pem");
+    let output = run(against(&daemon)
+        .args(["device", "add", "laptop", "--plain", "--key-out"])
+        .arg(&key_file));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    let canonical = std::fs::canonicalize(&key_file).expect("canonical");
+    assert!(text.starts_with("added device laptop\nkeyid: SHA256:"), "{text}");
+    assert!(text.contains("\nfingerprint: SHA256:"), "{text}");
+    assert!(
+        text.ends_with(&format!(
+            "  blufioctl remote --url https://HOST:8443 --key {} --pin {} sessions list\n",
+            canonical.display(),
+            fake::GATEWAY_PIN
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn device_add_registers_an_existing_public_key() {
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let public = dir.path().join("phone.pub");
+    std::fs::write(
+        &public,
+        blufio_proto::httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem"),
+    )
+    .expect("writes");
+    let output = run(against(&daemon)
+        .args(["device", "add", "phone", "--json", "--public-key"])
+        .arg(&public));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json["device"]["fingerprint"],
+        blufio_proto::httpsig::key_fingerprint(&key.verifying_key())
+    );
+    assert_eq!(json["key_file"], serde_json::Value::Null);
+
+    // A private key is not sent, not even by mistake.
+    let private = dir.path().join("phone.pem");
+    std::fs::write(
+        &private,
+        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key).expect("pem").as_bytes(),
+    )
+    .expect("writes");
+    let output = run(against(&daemon)
+        .args(["device", "add", "phone", "--public-key"])
+        .arg(&private));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(stderr(&output).contains("holds a private key"), "{}", stderr(&output));
+
+    let output = run(against(&daemon).args(["device", "add", "phone"]));
+    assert_eq!(output.status.code(), Some(2), "a key source is required");
+}
+
+#[test]
+fn device_list_and_revoke() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["device", "list", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"devices": [
+            {"name": "laptop", "keyid": "SHA256:laptop", "fingerprint": "SHA256:laptop", "added_at": 1_764_000_000,
+             "last_used_at": 1_764_000_100, "revoked_at": null, "state": "active"},
+            {"name": "old-phone", "keyid": "SHA256:old-phone", "fingerprint": "SHA256:old-phone",
+             "added_at": 1_764_000_000, "last_used_at": null, "revoked_at": 1_764_000_200, "state": "revoked"}
+        ]})
+    );
+
+    let output = run(against(&daemon).args(["device", "list", "--plain"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("NAME\tKEYID\tADDED\tLAST USED\tSTATE\nlaptop\tSHA256:laptop\t"), "{text}");
+    assert!(text.contains("\tnever\trevoked\n"), "{text}");
+
+    let output = run(against(&daemon).args(["device", "revoke", "laptop", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["device"]["state"], "revoked");
+    assert_eq!(json["device"]["revoked_at"], 1_764_000_300);
+
+    let output = run(against(&daemon).args(["device", "revoke", "laptop"]));
+    assert!(stdout(&output).starts_with("revoked device laptop (keyid SHA256:laptop)"), "{}", stdout(&output));
+
+    let output = run(against(&daemon).args(["device", "revoke", "nope", "--json"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        stderr(&output),
+        "error: no active device `nope`\nhint: 'blufioctl device list' shows the registered devices\n"
+    );
 }
 
 /// docs/cli-json.md is the `# JSON output` section of output.rs, so the two cannot drift.

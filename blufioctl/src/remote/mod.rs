@@ -232,11 +232,6 @@ impl Gateway {
         })
     }
 
-    /// The keyid requests are signed as.
-    pub fn keyid(&self) -> &str {
-        self.signer.keyid()
-    }
-
     /// `GET /v1/sessions`.
     pub async fn list_sessions(&self) -> Result<ListSessionsResponse, RemoteError> {
         let (url, response) = self.send(Method::GET, &["v1", "sessions"], None, true).await?;
@@ -554,7 +549,7 @@ fn root_cause(error: &(dyn StdError + 'static)) -> String {
 }
 
 /// The rustls error in `error`'s source chain, if any.
-fn find_rustls_error(error: &(dyn StdError + 'static)) -> Option<&rustls::Error> {
+fn find_rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(error) = current {
         if let Some(found) = error.downcast_ref::<rustls::Error>() {

@@ -70,6 +70,7 @@ impl Signer {
     }
 
     /// The keyid the signatures carry.
+    #[cfg(test)]
     pub fn keyid(&self) -> &str {
         &self.keyid
     }

@@ -1,0 +1,557 @@
+//! The HTTPS gateway over real TLS: every way a request can fail authentication, limits, and
+//! good signed requests (streaming included), against the real daemon and a fake provider.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blufio_proto::control::v1 as pb;
+use blufio_proto::httpsig::{self, Component, SignatureParams, digest};
+use ed25519_dalek::SigningKey;
+use support::fake_provider::{FakeProvider, FakeUsage, Script};
+use support::{Daemon, DaemonOptions, new_dir};
+
+/// A daemon with a gateway and a registered device.
+struct Setup {
+    daemon: Daemon,
+    fake: FakeProvider,
+    base: String,
+    client: reqwest::Client,
+    key: SigningKey,
+    keyid: String,
+}
+
+fn now() -> i64 {
+    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
+}
+
+async fn control(socket: &std::path::Path) -> pb::control_client::ControlClient<tonic::transport::Channel> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    pb::control_client::ControlClient::new(channel)
+}
+
+async fn setup(extra: &str) -> Setup {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeProvider::start();
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: format!(
+                "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\nmodel = \"fake-model\"\n\
+                 [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n{extra}",
+                fake.url()
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    let status = control(&daemon.socket)
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let gateway = status.gateway.expect("the gateway is on");
+    assert!(
+        gateway.problem.contains("no device is registered"),
+        "{}",
+        gateway.problem
+    );
+    assert_eq!(gateway.scheme, "https");
+    assert_eq!(gateway.tls_fingerprint_sha256.len(), 95, "32 hex pairs with colons");
+    let listen = gateway.listen;
+    let cert = std::fs::read(daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+        .build()
+        .unwrap();
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let device = control(&daemon.socket)
+        .await
+        .add_device(pb::AddDeviceRequest {
+            name: "laptop".into(),
+            public_key_pem: httpsig::verifying_key_to_pem(&key.verifying_key()).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .device
+        .unwrap();
+    Setup {
+        base: format!("https://{listen}"),
+        daemon,
+        fake,
+        client,
+        key,
+        keyid: device.keyid,
+    }
+}
+
+/// What a test may change in an otherwise good signature.
+#[derive(Default)]
+struct Tweak {
+    drop_component: Option<&'static str>,
+    created_offset: i64,
+    expires_offset: Option<i64>,
+    nonce: Option<String>,
+    sign_path: Option<&'static str>,
+    sign_body: Option<&'static [u8]>,
+    key: Option<SigningKey>,
+    keyid: Option<String>,
+}
+
+impl Setup {
+    /// A signed request: `@method`, `@authority`, `@path`, `@query` (if any), `content-digest`
+    /// (if a body), with created, nonce and keyid, unless `tweak` says otherwise.
+    fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&[u8]>,
+        tweak: Tweak,
+    ) -> reqwest::RequestBuilder {
+        let url: reqwest::Url = format!("{}{path_and_query}", self.base).parse().unwrap();
+        let authority = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+        let mut headers = http::HeaderMap::new();
+        let mut components = vec![Component::Method, Component::Authority, Component::Path];
+        if url.query().is_some() {
+            components.push(Component::Query);
+        }
+        if let Some(body) = body {
+            let signed_body = tweak.sign_body.unwrap_or(body);
+            headers.insert(
+                "content-digest",
+                digest::content_digest(signed_body, digest::Algorithm::Sha256)
+                    .parse()
+                    .unwrap(),
+            );
+            headers.insert("content-type", "application/json".parse().unwrap());
+            components.push(Component::Field("content-digest".into()));
+        }
+        if let Some(dropped) = tweak.drop_component {
+            components.retain(|component| component.name() != dropped);
+        }
+        let params = SignatureParams {
+            components,
+            created: Some(now() + tweak.created_offset),
+            expires: tweak.expires_offset.map(|offset| now() + offset),
+            nonce: Some(tweak.nonce.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())),
+            keyid: Some(tweak.keyid.unwrap_or_else(|| self.keyid.clone())),
+            alg: Some("ed25519".into()),
+            tag: None,
+        };
+        let parts = httpsig::RequestParts {
+            method,
+            scheme: "https",
+            authority: &authority,
+            path: tweak.sign_path.unwrap_or(url.path()),
+            query: url.query(),
+            headers: &headers,
+        };
+        let key = tweak.key.unwrap_or_else(|| self.key.clone());
+        let (input, signature) = httpsig::sign(&parts, "sig1", &params, &key).unwrap();
+        let mut builder = self
+            .client
+            .request(method.parse().unwrap(), url)
+            .headers(headers)
+            .header("signature-input", input)
+            .header("signature", signature);
+        if let Some(body) = body {
+            builder = builder.body(body.to_vec());
+        }
+        builder
+    }
+
+    async fn expect_problem(&self, builder: reqwest::RequestBuilder, status: u16, kind: &str) -> serde_json::Value {
+        let response = builder.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "expected {kind}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            problem["type"].as_str().unwrap().ends_with(&format!("/{kind}")),
+            "expected {kind}, got {problem}"
+        );
+        problem
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_authentication_failure_is_refused_with_its_reason() {
+    let setup = setup("").await;
+    let get = |tweak| setup.request("GET", "/v1/sessions", None, tweak);
+
+    let unsigned = setup.client.get(format!("{}/v1/sessions", setup.base));
+    setup.expect_problem(unsigned, 401, "signature-missing").await;
+
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let wrong_key = get(Tweak {
+        key: Some(stranger.clone()),
+        ..Tweak::default()
+    });
+    setup.expect_problem(wrong_key, 401, "signature-invalid").await;
+    let unknown = get(Tweak {
+        key: Some(stranger.clone()),
+        keyid: Some(httpsig::key_fingerprint(&stranger.verifying_key())),
+        ..Tweak::default()
+    });
+    setup.expect_problem(unknown, 401, "key-unknown").await;
+
+    let missing = get(Tweak {
+        drop_component: Some("@authority"),
+        ..Tweak::default()
+    });
+    let problem = setup.expect_problem(missing, 401, "signature-components").await;
+    assert!(problem["detail"].as_str().unwrap().contains("@authority"), "{problem}");
+    let missing_query = setup.request(
+        "GET",
+        "/v1/sessions?limit=5",
+        None,
+        Tweak {
+            drop_component: Some("@query"),
+            ..Tweak::default()
+        },
+    );
+    setup.expect_problem(missing_query, 401, "signature-components").await;
+
+    let skewed = get(Tweak {
+        created_offset: -3_600,
+        ..Tweak::default()
+    });
+    setup.expect_problem(skewed, 401, "signature-expired").await;
+    let future = get(Tweak {
+        created_offset: 3_600,
+        ..Tweak::default()
+    });
+    setup.expect_problem(future, 401, "signature-expired").await;
+    let expired = get(Tweak {
+        created_offset: -10,
+        expires_offset: Some(-5),
+        ..Tweak::default()
+    });
+    setup.expect_problem(expired, 401, "signature-expired").await;
+
+    let tampered_path = setup.request(
+        "GET",
+        "/v1/sessions/other",
+        None,
+        Tweak {
+            sign_path: Some("/v1/sessions"),
+            ..Tweak::default()
+        },
+    );
+    setup.expect_problem(tampered_path, 401, "signature-invalid").await;
+
+    let body = br#"{"title":"mine"}"#;
+    let tampered_body = setup.request(
+        "POST",
+        "/v1/sessions",
+        Some(body),
+        Tweak {
+            sign_body: Some(br#"{"title":"theirs"}"#),
+            ..Tweak::default()
+        },
+    );
+    setup.expect_problem(tampered_body, 401, "content-digest").await;
+    let undigested = setup.request(
+        "POST",
+        "/v1/sessions",
+        Some(body),
+        Tweak {
+            drop_component: Some("content-digest"),
+            ..Tweak::default()
+        },
+    );
+    setup.expect_problem(undigested, 401, "signature-components").await;
+
+    // A good request succeeds once; the same nonce again is a replay.
+    let nonce = "replay-me-0123456789".to_owned();
+    let first = get(Tweak {
+        nonce: Some(nonce.clone()),
+        ..Tweak::default()
+    });
+    assert_eq!(first.send().await.unwrap().status(), 200);
+    let replayed = get(Tweak {
+        nonce: Some(nonce),
+        ..Tweak::default()
+    });
+    setup.expect_problem(replayed, 401, "signature-replayed").await;
+
+    // Revocation is immediate.
+    control(&setup.daemon.socket)
+        .await
+        .revoke_device(pb::RevokeDeviceRequest { name: "laptop".into() })
+        .await
+        .unwrap();
+    setup.expect_problem(get(Tweak::default()), 401, "key-unknown").await;
+    let gateway = control(&setup.daemon.socket)
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .gateway
+        .unwrap();
+    assert_eq!(gateway.active_devices, 0);
+    assert!(
+        gateway.problem.contains("no device is registered"),
+        "{}",
+        gateway.problem
+    );
+
+    let metrics = setup
+        .client
+        .get(format!("{}/metrics", setup.base))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("blufio_gateway_auth_failures_total{check=\"signature-replayed\"} 1"),
+        "{text}"
+    );
+    assert_eq!(setup.fake.request_count(), 0, "no refused request reached the agent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_requests_reach_the_agent_streaming_included() {
+    let setup = setup("").await;
+    let health = setup.client.get(format!("{}/health", setup.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = setup.client.get(format!("{}/ready", setup.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let openapi: serde_json::Value = setup
+        .client
+        .get(format!("{}/openapi.json", setup.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(openapi["paths"]["/v1/chat/completions"]["post"].is_object());
+
+    let models: serde_json::Value = setup
+        .request("GET", "/v1/models", None, Tweak::default())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "fake-model");
+
+    // OpenAI-compatible, not streamed.
+    setup.fake.push(Script::Text {
+        text: "Hello over HTTPS.".into(),
+        chunks: 3,
+        usage: FakeUsage {
+            input: 10,
+            output: 4,
+            ..FakeUsage::default()
+        },
+    });
+    let body = serde_json::to_vec(
+        &serde_json::json!({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    let response = setup
+        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["blufio-session"].to_str().unwrap().to_owned();
+    let completion: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["choices"][0]["message"]["content"], "Hello over HTTPS.");
+    assert_eq!(completion["usage"]["completion_tokens"], 4);
+
+    // Streamed, in the same session: SSE chunks, the usage chunk, then [DONE].
+    setup.fake.push(Script::Text {
+        text: "Streaming works.".into(),
+        chunks: 3,
+        usage: FakeUsage::default(),
+    });
+    let body = serde_json::to_vec(&serde_json::json!({
+        "messages": [{"role": "user", "content": "again"}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    }))
+    .unwrap();
+    let response = setup
+        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
+        .header("blufio-session", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let data: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("data: ")).collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]", "{text}");
+    let streamed: String = data
+        .iter()
+        .filter(|line| **line != "[DONE]")
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(streamed, "Streaming works.");
+    assert!(data.iter().any(|line| line.contains("\"usage\"")), "{text}");
+    assert_eq!(
+        setup.fake.requests()[1].body["messages"].as_array().unwrap().len(),
+        3,
+        "same session"
+    );
+
+    // The native session API streams the gRPC events as SSE.
+    setup.fake.push(Script::Text {
+        text: "Native.".into(),
+        chunks: 2,
+        usage: FakeUsage::default(),
+    });
+    let body = br#"{"text":"native please"}"#;
+    let response = setup
+        .request(
+            "POST",
+            &format!("/v1/sessions/{session}/messages"),
+            Some(body),
+            Tweak::default(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("event: ")).collect();
+    assert_eq!(events.first(), Some(&"accepted"), "{text}");
+    assert_eq!(events.last(), Some(&"completed"), "{text}");
+    assert!(events.contains(&"text_delta"), "{text}");
+
+    let shown: serde_json::Value = setup
+        .request("GET", &format!("/v1/sessions/{session}"), None, Tweak::default())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 6);
+
+    // Budget exhaustion over HTTP is 402 with the reset time.
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "budget.daily_usd", "0.000001"]);
+    let body = serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": "costly"}]})).unwrap();
+    let problem = setup
+        .expect_problem(
+            setup.request("POST", "/v1/chat/completions", Some(&body), Tweak::default()),
+            402,
+            "budget-exhausted",
+        )
+        .await;
+    assert!(problem["detail"].as_str().unwrap().contains("until"), "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_refuse_oversized_bodies_slow_clients_and_floods() {
+    let setup = setup("[gateway]\nmax_body_bytes = 1024\nrequest_timeout_secs = 1\nrate_limit_per_minute = 3\n").await;
+    let big = vec![b'x'; 4096];
+    setup
+        .expect_problem(
+            setup.request("POST", "/v1/sessions", Some(&big), Tweak::default()),
+            413,
+            "body-too-large",
+        )
+        .await;
+
+    // A slow client that never finishes its request head is disconnected.
+    let address = setup.base.trim_start_matches("https://").to_owned();
+    let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut tls = connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buffer)).await;
+    let closed_or_refused = match read {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(len)) => String::from_utf8_lossy(&buffer[..len]).starts_with("HTTP/1.1 408"),
+        Err(_) => false,
+    };
+    assert!(closed_or_refused, "a client that stalls mid-request is dropped");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Three requests a minute per key, then 429 with Retry-After.
+    for _ in 0..3 {
+        let response = setup
+            .request("GET", "/v1/models", None, Tweak::default())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let response = setup
+        .request("GET", "/v1/models", None, Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+}
+
+#[test]
+fn a_public_bind_needs_an_explicit_opt_in() {
+    let dir = new_dir();
+    let path = dir.path().join("public.toml");
+    std::fs::write(&path, "[gateway]\nlisten = \"0.0.0.0:8443\"\n").unwrap();
+    let output = std::process::Command::new(support::blufiod_bin())
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", support::describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gateway.allow_public_bind"), "{stderr}");
+
+    std::fs::write(
+        &path,
+        "[gateway]\nlisten = \"0.0.0.0:8443\"\nplain_http = true\nallow_public_bind = true\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(support::blufiod_bin())
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "plain HTTP only on loopback: {}",
+        support::describe(&output)
+    );
+}
