@@ -148,19 +148,19 @@ impl From<RemoteError> for Failure {
     fn from(error: RemoteError) -> Self {
         let (code, hint) = match &error {
             RemoteError::Unreachable {
-                url,
+                origin,
                 certificate_refused: true,
                 ..
             } => (
                 EXIT_UNREACHABLE,
                 Some(format!(
-                    "the certificate of {url} is not trusted here; if it is blufiod's own certificate, pass                      --pin with the fingerprint that 'blufioctl status' shows on the daemon's host"
+                    "the certificate of {origin} is not trusted here; if it is blufiod's own certificate, pass                      --pin with the fingerprint that 'blufioctl status' shows on the daemon's host"
                 )),
             ),
-            RemoteError::Unreachable { url, .. } => (
+            RemoteError::Unreachable { origin, .. } => (
                 EXIT_UNREACHABLE,
                 Some(format!(
-                    "check --url {url}: is blufiod running there with [gateway] enabled? 'blufioctl status' on                      its host shows the gateway's address"
+                    "check --url {origin}: is blufiod running there with [gateway] enabled? 'blufioctl status' on                      its host shows the gateway's address"
                 )),
             ),
             RemoteError::PinMismatch { pin, .. } => (
@@ -173,7 +173,7 @@ impl From<RemoteError> for Failure {
                 EXIT_FAILED,
                 Some("--key takes the private key file written by 'blufioctl device add NAME --key-out FILE'".into()),
             ),
-            RemoteError::Protocol { url, .. } => (EXIT_FAILED, Some(format!("is {url} a blufiod gateway?"))),
+            RemoteError::Protocol { origin, .. } => (EXIT_FAILED, Some(format!("is {origin} a blufiod gateway?"))),
             RemoteError::Timeout { .. } => (
                 EXIT_FAILED,
                 Some("the gateway or blufiod may be overloaded or hung; --timeout waits longer".into()),

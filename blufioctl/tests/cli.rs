@@ -1202,7 +1202,7 @@ fn status_shows_the_gateway() {
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let text = stdout(&output);
     assert!(text.contains("\ngateway: https://0.0.0.0:8443, 0 active devices\n"), "{text}");
-    assert!(text.contains(&format!("\n  pin (sha256): {}\n", fake::GATEWAY_PIN)), "{text}");
+    assert!(text.contains(&format!("\n  pin sha256: {}\n", fake::GATEWAY_PIN)), "{text}");
     assert_eq!(
         stderr(&output),
         "warning: gateway: no device is registered, so every /v1/ request is refused\n"

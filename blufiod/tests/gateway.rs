@@ -26,19 +26,7 @@ fn now() -> i64 {
 }
 
 async fn control(socket: &std::path::Path) -> pb::control_client::ControlClient<tonic::transport::Channel> {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    pb::control_client::ControlClient::new(channel)
+    support::control_client(socket).await
 }
 
 async fn setup(extra: &str) -> Setup {

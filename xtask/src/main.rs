@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <task>`:
 //!
-//! - `test`: installs what the test suite needs beyond Rust (Python's grpcio, for the stock-tool
-//!   interop test) into `target/xtask/venv`, then runs `cargo test --workspace`.
+//! - `test`: installs what the test suite needs beyond Rust (Python's grpcio and
+//!   http-message-signatures, for the interop tests with stock tools) into `target/xtask/venv`,
+//!   then runs `cargo test --workspace`.
 //! - `ci`: formatting, clippy with `-D warnings`, then `test`: what `.ci/run` does.
 //! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
 //! - `bench startup|idle|size|all`: measurements for `docs/benchmarks.md`.
@@ -15,7 +16,15 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 
 /// Python packages the tests need.
-const PYTHON_PACKAGES: &[&str] = &["grpcio", "grpcio-health-checking", "grpcio-reflection"];
+const PYTHON_PACKAGES: &[&str] = &[
+    "grpcio",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "http-message-signatures",
+    "requests",
+];
+/// The import that proves every package is there.
+const PYTHON_IMPORTS: &str = "import grpc, grpc_health, grpc_reflection, http_message_signatures, requests";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -135,7 +144,7 @@ fn python_env() -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let ready = python.exists()
         && Command::new(&python)
-            .args(["-c", "import grpc, grpc_health, grpc_reflection"])
+            .args(["-c", PYTHON_IMPORTS])
             .output()
             .is_ok_and(|output| output.status.success());
     if ready {

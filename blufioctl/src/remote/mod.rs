@@ -68,22 +68,23 @@ pub enum RemoteError {
     Sign(sign::SignError),
     /// Nothing usable answers at the URL: connection refused, name not resolved, TLS failure.
     Unreachable {
-        url: Url,
+        /// `scheme://host[:port]` of the gateway, as in all variants that name it.
+        origin: String,
         reason: String,
         /// The server's certificate was refused by the default (non-pinned) verification.
         certificate_refused: bool,
     },
     /// The server's certificate is not the one `--pin` names.
-    PinMismatch { url: Url, actual: Pin, pin: Pin },
+    PinMismatch { origin: String, actual: Pin, pin: Pin },
     /// The gateway did not answer in time.
-    Timeout { url: Url, after: Duration },
+    Timeout { origin: String, after: Duration },
     /// The gateway refused the request with an RFC 9457 problem document (or a turn failed with
     /// the same fields in an `error` event).
     Problem { status: u16, kind: String, title: String, detail: String },
     /// The answer is not what the gateway sends: the URL is probably not a blufio gateway.
-    Protocol { url: Url, detail: String },
+    Protocol { origin: String, detail: String },
     /// The connection broke while reading the answer.
-    Transport { url: Url, reason: String },
+    Transport { origin: String, reason: String },
     /// The turn's stream ended without `completed`.
     NoAnswer,
 }
@@ -95,20 +96,16 @@ impl fmt::Display for RemoteError {
             RemoteError::ParseKey { path, .. } => write!(f, "cannot use key file {}", path.display()),
             RemoteError::Setup { .. } => f.write_str("cannot set up the HTTPS client"),
             RemoteError::Sign(error) => error.fmt(f),
-            RemoteError::Unreachable { url, reason, .. } => {
-                write!(f, "cannot reach the gateway at {}: {reason}", origin(url))
+            RemoteError::Unreachable { origin, reason, .. } => {
+                write!(f, "cannot reach the gateway at {origin}: {reason}")
             }
-            RemoteError::PinMismatch { url, actual, .. } => write!(
+            RemoteError::PinMismatch { origin, actual, .. } => write!(
                 f,
-                "the certificate of {} has the SHA-256 fingerprint {actual}, which does not match --pin",
-                origin(url)
+                "the certificate of {origin} has the SHA-256 fingerprint {actual}, which does not match --pin"
             ),
-            RemoteError::Timeout { url, after } => write!(
-                f,
-                "the gateway at {} did not answer within {}s",
-                origin(url),
-                after.as_secs()
-            ),
+            RemoteError::Timeout { origin, after } => {
+                write!(f, "the gateway at {origin} did not answer within {}s", after.as_secs())
+            }
             RemoteError::Problem { status, title, detail, .. } => {
                 if !detail.is_empty() {
                     f.write_str(detail)
@@ -118,12 +115,8 @@ impl fmt::Display for RemoteError {
                     write!(f, "the gateway answered {status}")
                 }
             }
-            RemoteError::Protocol { url, detail } => {
-                write!(f, "unexpected answer from {}: {detail}", origin(url))
-            }
-            RemoteError::Transport { url, reason } => {
-                write!(f, "the connection to {} broke: {reason}", origin(url))
-            }
+            RemoteError::Protocol { origin, detail } => write!(f, "unexpected answer from {origin}: {detail}"),
+            RemoteError::Transport { origin, reason } => write!(f, "the connection to {origin} broke: {reason}"),
             RemoteError::NoAnswer => f.write_str("the turn ended without an answer"),
         }
     }
@@ -300,13 +293,13 @@ impl Gateway {
                 Err(_) if completed.is_some() => break,
                 Err(error) => {
                     return Err(RemoteError::Transport {
-                        url,
+                        origin: origin(&url),
                         reason: root_cause(&error),
                     });
                 }
             };
             let events = parser.push(&chunk).map_err(|sse::LineTooLong| RemoteError::Protocol {
-                url: url.clone(),
+                origin: origin(&url),
                 detail: "an event stream line is too long".to_owned(),
             })?;
             for sse_event in events {
@@ -331,7 +324,7 @@ impl Gateway {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| RemoteError::Protocol {
-                url: self.base.clone(),
+                origin: origin(&self.base),
                 detail: "the URL cannot have a path".to_owned(),
             })?
             .pop_if_empty()
@@ -381,27 +374,27 @@ impl Gateway {
             && let Some(actual) = record.mismatch()
         {
             return RemoteError::PinMismatch {
-                url: url.clone(),
+                origin: origin(url),
                 actual,
                 pin: *pin,
             };
         }
         if error.is_timeout() {
             return RemoteError::Timeout {
-                url: url.clone(),
+                origin: origin(url),
                 after: self.call_timeout,
             };
         }
         if error.is_connect() {
             return RemoteError::Unreachable {
-                url: url.clone(),
+                origin: origin(url),
                 reason: root_cause(error),
                 certificate_refused: find_rustls_error(error)
                     .is_some_and(|error| matches!(error, rustls::Error::InvalidCertificate(_))),
             };
         }
         RemoteError::Transport {
-            url: url.clone(),
+            origin: origin(url),
             reason: root_cause(error),
         }
     }
@@ -416,18 +409,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     let bytes = response.bytes().await.map_err(|error| {
         if error.is_timeout() {
             RemoteError::Timeout {
-                url: url.clone(),
+                origin: origin(url),
                 after: call_timeout,
             }
         } else {
             RemoteError::Transport {
-                url: url.clone(),
+                origin: origin(url),
                 reason: root_cause(&error),
             }
         }
     })?;
     serde_json::from_slice(&bytes).map_err(|error| RemoteError::Protocol {
-        url: url.clone(),
+        origin: origin(url),
         detail: format!("the answer is not the expected JSON ({error})"),
     })
 }
@@ -464,7 +457,7 @@ async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, tim
             } else {
                 format!("HTTP {status}: {quoted}")
             };
-            RemoteError::Protocol { url: url.clone(), detail }
+            RemoteError::Protocol { origin: origin(url), detail }
         }
     }
 }
@@ -473,7 +466,7 @@ async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, tim
 /// know (the gateway may add some). An `error` event is the turn's failure.
 fn turn_event(url: &Url, sse_event: &sse::SseEvent) -> Result<Option<Event>, RemoteError> {
     let bad = |error: serde_json::Error| RemoteError::Protocol {
-        url: url.clone(),
+        origin: origin(url),
         detail: format!("the `{}` event is not the expected JSON ({error})", sse_event.name),
     };
     let data = sse_event.data.as_bytes();

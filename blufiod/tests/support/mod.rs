@@ -367,3 +367,22 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A gRPC client of the control socket, for tests that need an RPC blufioctl does not offer.
+pub async fn control_client(
+    socket: &Path,
+) -> blufio_proto::control::v1::control_client::ControlClient<tonic::transport::Channel> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the control socket");
+    blufio_proto::control::v1::control_client::ControlClient::new(channel)
+}

@@ -48,7 +48,13 @@ pub fn signing_key_from_pkcs8_pem(pem: &str) -> Result<SigningKey, KeyError> {
 /// Writes a PEM `-----BEGIN PRIVATE KEY-----` (PKCS#8) with LF line endings. The text is zeroed
 /// when dropped, since it is the private key.
 pub fn signing_key_to_pkcs8_pem(key: &SigningKey) -> Result<Zeroizing<String>, KeyError> {
-    key.to_pkcs8_pem(LineEnding::LF).map_err(KeyError::EncodePrivateKey)
+    // PKCS#8 v1 (RFC 8410 without the optional public key): what OpenSSL writes and what every
+    // library reads; Python's `cryptography`, for one, refuses the v2 form with the public key.
+    let keypair = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    keypair.to_pkcs8_pem(LineEnding::LF).map_err(KeyError::EncodePrivateKey)
 }
 
 /// The key's fingerprint: `SHA256:` followed by the unpadded standard base64 of the SHA-256 of the
