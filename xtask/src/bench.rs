@@ -8,6 +8,8 @@
 //! - `size`: sizes of the release binaries as built and fully stripped.
 //! - `turns [CLIENTS] [TURNS]`: turn throughput and the daemon's added latency per turn against
 //!   the fake provider (`blufiod/benches/turns.rs`).
+//! - `gateway [CLIENTS] [REQUESTS]`: signed-request throughput and latency through the HTTPS
+//!   gateway (`blufiod/benches/gateway.rs`).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -25,13 +27,16 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["idle"] => idle(30),
         ["idle", seconds] => idle(seconds.parse().context("SECONDS must be a number")?),
         ["size"] => size(),
-        ["turns", rest @ ..] => turns(rest),
+        ["turns", rest @ ..] => cargo_bench("turns", rest),
+        ["gateway", rest @ ..] => cargo_bench("gateway", rest),
         ["all"] => {
             size()?;
             startup(20)?;
             idle(30)
         }
-        _ => bail!("usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | all"),
+        _ => bail!(
+            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | all"
+        ),
     }
 }
 
@@ -193,11 +198,11 @@ fn rss(pid: u32) -> Result<String> {
     Ok(format!("VmRSS {} (peak VmHWM {})", field("VmRSS:"), field("VmHWM:")))
 }
 
-/// Many concurrent turns against the fake provider: `blufiod/benches/turns.rs`.
-fn turns(args: &[&str]) -> Result<()> {
+/// A benchmark program of `blufiod/benches/` (turns, gateway), in the release profile.
+fn cargo_bench(name: &str, args: &[&str]) -> Result<()> {
     run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["bench", "--locked", "-p", "blufiod", "--bench", "turns", "--"])
+            .args(["bench", "--locked", "-p", "blufiod", "--bench", name, "--"])
             .args(args),
     )
 }

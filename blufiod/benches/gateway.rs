@@ -1,0 +1,220 @@
+//! Signed-request throughput and latency through the HTTPS gateway: the release `blufiod`, a
+//! registered device, and concurrent HTTP/2 clients signing every request (RFC 9421, ed25519),
+//! against the fake provider on 127.0.0.1.
+//!
+//! Run with `cargo xtask bench gateway [CLIENTS] [REQUESTS_PER_CLIENT]`. Two workloads:
+//! `GET /v1/models` (TLS, signature verification, replay check, routing: the gateway's own cost)
+//! and `POST /v1/chat/completions` (a whole agent turn with an instant fake provider).
+
+#[path = "../tests/support/fake_provider.rs"]
+#[allow(dead_code, reason = "the bench uses part of the fake provider")]
+mod fake_provider;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use blufio_proto::control::v1 as pb;
+use blufio_proto::httpsig::{self, Component, SignatureParams, digest};
+use ed25519_dalek::SigningKey;
+use fake_provider::FakeProvider;
+use tokio::net::UnixStream;
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .filter_map(|arg| arg.parse().ok())
+        .collect();
+    let clients = args.first().copied().unwrap_or(16);
+    let per_client = args.get(1).copied().unwrap_or(50);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    // The fake answers every request at once with its default reply.
+    let fake = FakeProvider::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("blufiod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[log]\nlevel = \"warn\"\n\
+             [provider]\nkind = \"anthropic\"\nbase_url = \"{1}\"\napi_key = \"bench\"\nmodel = \"bench-model\"\n\
+             [pricing.\"bench-model\"]\ninput = 0.0\noutput = 0.0\n[budget]\ndaily_usd = 0.0\nmonthly_usd = 0.0\n\
+             [agent]\nmax_concurrent_turns = {2}\nmax_queued_turns = {2}\n\
+             [gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\n",
+            dir.path().display(),
+            fake.url(),
+            clients.max(1)
+        ),
+    )
+    .expect("write config");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_blufiod"))
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start blufiod");
+    let socket = dir.path().join("run/blufiod.sock");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&socket).await.is_err() {
+            assert!(Instant::now() < deadline, "blufiod did not come up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let path = socket.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .expect("connect");
+        let mut control = pb::control_client::ControlClient::new(channel);
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let keyid = control
+            .add_device(pb::AddDeviceRequest {
+                name: "bench".into(),
+                public_key_pem: httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem"),
+            })
+            .await
+            .expect("add device")
+            .into_inner()
+            .device
+            .expect("device")
+            .keyid;
+        let listen = control
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .gateway
+            .expect("gateway")
+            .listen;
+        let cert = std::fs::read(dir.path().join("state/tls/cert.pem")).expect("cert");
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&cert).expect("pem")])
+            .build()
+            .expect("client");
+        let target = Target {
+            client,
+            base: format!("https://{listen}"),
+            authority: listen,
+            key,
+            keyid,
+        };
+        for (label, method, path, body) in [
+            ("GET /v1/models", "GET", "/v1/models", None),
+            (
+                "POST /v1/chat/completions",
+                "POST",
+                "/v1/chat/completions",
+                Some(br#"{"messages":[{"role":"user","content":"benchmark"}]}"#.as_slice()),
+            ),
+        ] {
+            run(&target, label, method, path, body, clients, per_client).await;
+        }
+    });
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let _ = daemon.wait();
+}
+
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    base: String,
+    authority: String,
+    key: SigningKey,
+    keyid: String,
+}
+
+impl Target {
+    fn signed(&self, method: &str, path: &str, body: Option<&[u8]>) -> reqwest::RequestBuilder {
+        let mut headers = http::HeaderMap::new();
+        let mut components = vec![Component::Method, Component::Authority, Component::Path];
+        if let Some(body) = body {
+            headers.insert(
+                "content-digest",
+                digest::content_digest(body, digest::Algorithm::Sha256)
+                    .parse()
+                    .expect("header"),
+            );
+            headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+            components.push(Component::Field("content-digest".into()));
+        }
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let params = SignatureParams {
+            components,
+            created: Some(i64::try_from(created).expect("time")),
+            nonce: Some(uuid::Uuid::now_v7().simple().to_string()),
+            keyid: Some(self.keyid.clone()),
+            alg: Some("ed25519".into()),
+            ..SignatureParams::default()
+        };
+        let parts = httpsig::RequestParts {
+            method,
+            scheme: "https",
+            authority: &self.authority,
+            path,
+            query: None,
+            headers: &headers,
+        };
+        let (input, signature) = httpsig::sign(&parts, "sig1", &params, &self.key).expect("sign");
+        let mut builder = self
+            .client
+            .request(method.parse().expect("method"), format!("{}{path}", self.base))
+            .headers(headers)
+            .header("signature-input", input)
+            .header("signature", signature);
+        if let Some(body) = body {
+            builder = builder.body(body.to_vec());
+        }
+        builder
+    }
+}
+
+async fn run(
+    target: &Target,
+    label: &str,
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static [u8]>,
+    clients: usize,
+    per_client: usize,
+) {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let sent = Instant::now();
+                let response = target.signed(method, path, body).send().await.expect("send");
+                assert!(response.status().is_success(), "{}", response.status());
+                let _ = response.bytes().await.expect("body");
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        latencies.extend(result.expect("client"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let pct = |quantile: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * quantile).round() as usize;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    println!(
+        "{label}: {} requests ({clients} clients x {per_client}), {:.1} requests/s, p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99)
+    );
+}
