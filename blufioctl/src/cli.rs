@@ -361,10 +361,27 @@ mod tests {
     fn device_add_needs_exactly_one_key_source() {
         let cli = Cli::try_parse_from(["blufioctl", "device", "add", "laptop", "--key-out", "k.pem"])
             .expect("--key-out parses");
-        assert!(matches!(cli.command, Command::Device(DeviceCommand::Add { key_out: Some(_), .. })));
-        let cli = Cli::try_parse_from(["blufioctl", "device", "add", "laptop", "--public-key", "k.pub", "--json"])
-            .expect("--public-key parses");
-        assert!(matches!(cli.command, Command::Device(DeviceCommand::Add { public_key: Some(_), .. })));
+        assert!(matches!(
+            cli.command,
+            Command::Device(DeviceCommand::Add { key_out: Some(_), .. })
+        ));
+        let cli = Cli::try_parse_from([
+            "blufioctl",
+            "device",
+            "add",
+            "laptop",
+            "--public-key",
+            "k.pub",
+            "--json",
+        ])
+        .expect("--public-key parses");
+        assert!(matches!(
+            cli.command,
+            Command::Device(DeviceCommand::Add {
+                public_key: Some(_),
+                ..
+            })
+        ));
         assert!(Cli::try_parse_from(["blufioctl", "device", "add", "laptop"]).is_err());
         assert!(
             Cli::try_parse_from(["blufioctl", "device", "add", "x", "--key-out", "a", "--public-key", "b"]).is_err()
@@ -375,8 +392,18 @@ mod tests {
     fn remote_takes_connection_flags_then_a_command() {
         let pin = ["AB"; 32].join(":");
         let cli = Cli::try_parse_from([
-            "blufioctl", "remote", "--url", "https://h:8443", "--key", "k.pem", "--pin", &pin, "chat", "--json",
-            "hi", "there",
+            "blufioctl",
+            "remote",
+            "--url",
+            "https://h:8443",
+            "--key",
+            "k.pem",
+            "--pin",
+            &pin,
+            "chat",
+            "--json",
+            "hi",
+            "there",
         ])
         .expect("remote chat parses");
         let Command::Remote(remote) = cli.command else {
@@ -386,7 +413,16 @@ mod tests {
         assert_eq!(remote.pin.map(|pin| pin.to_string()), Some(pin));
         assert!(matches!(remote.command, RemoteCommand::Chat(args) if args.json && args.message == ["hi", "there"]));
         let cli = Cli::try_parse_from([
-            "blufioctl", "remote", "--url", "https://h", "--key", "k", "sessions", "show", "s1", "--json",
+            "blufioctl",
+            "remote",
+            "--url",
+            "https://h",
+            "--key",
+            "k",
+            "sessions",
+            "show",
+            "s1",
+            "--json",
         ])
         .expect("remote sessions parses");
         assert!(matches!(
@@ -397,8 +433,19 @@ mod tests {
             })
         ));
         assert!(
-            Cli::try_parse_from(["blufioctl", "remote", "--url", "u", "--key", "k", "--pin", "zz", "sessions", "list"])
-                .is_err(),
+            Cli::try_parse_from([
+                "blufioctl",
+                "remote",
+                "--url",
+                "u",
+                "--key",
+                "k",
+                "--pin",
+                "zz",
+                "sessions",
+                "list"
+            ])
+            .is_err(),
             "a malformed pin is a usage error"
         );
     }

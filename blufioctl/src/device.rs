@@ -31,7 +31,11 @@ impl std::fmt::Display for KeyFileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeyFileError::Exists { path } => {
-                write!(f, "key file {} already exists; refusing to overwrite it", path.display())
+                write!(
+                    f,
+                    "key file {} already exists; refusing to overwrite it",
+                    path.display()
+                )
             }
             KeyFileError::Create { path, .. } => write!(f, "cannot create key file {}", path.display()),
         }
@@ -116,7 +120,8 @@ pub fn generate_key() -> anyhow::Result<SigningKey> {
 
 /// The public key in `path` (PEM "PUBLIC KEY"), checked and re-encoded for `AddDevice`.
 pub fn read_public_key(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read public key file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read public key file {}", path.display()))?;
     anyhow::ensure!(
         !text.contains("PRIVATE KEY"),
         "{} holds a private key; --public-key takes the public half only (for example from \
@@ -152,7 +157,10 @@ mod tests {
         assert_eq!(read.to_bytes(), key.to_bytes());
 
         let error = KeyFile::create(&path).expect_err("never overwrites");
-        assert!(error.to_string().contains("already exists; refusing to overwrite"), "{error}");
+        assert!(
+            error.to_string().contains("already exists; refusing to overwrite"),
+            "{error}"
+        );
         assert_eq!(std::fs::read_to_string(&path).expect("reads"), text, "left alone");
 
         let abandoned = dir.path().join("abandoned.pem");
@@ -180,8 +188,11 @@ mod tests {
         assert_eq!(read_public_key(&public).expect("reads"), pem);
 
         let private = dir.path().join("device.pem");
-        std::fs::write(&private, httpsig::signing_key_to_pkcs8_pem(&key).expect("encodes").as_bytes())
-            .expect("writes");
+        std::fs::write(
+            &private,
+            httpsig::signing_key_to_pkcs8_pem(&key).expect("encodes").as_bytes(),
+        )
+        .expect("writes");
         let error = read_public_key(&private).expect_err("a private key is refused");
         assert!(error.to_string().contains("holds a private key"), "{error}");
 

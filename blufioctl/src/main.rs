@@ -154,19 +154,23 @@ impl From<RemoteError> for Failure {
             } => (
                 EXIT_UNREACHABLE,
                 Some(format!(
-                    "the certificate of {origin} is not trusted here; if it is blufiod's own certificate, pass                      --pin with the fingerprint that 'blufioctl status' shows on the daemon's host"
+                    "the certificate of {origin} is not trusted here; if it is blufiod's own certificate, pass \
+                     --pin with the fingerprint that 'blufioctl status' shows on the daemon's host"
                 )),
             ),
             RemoteError::Unreachable { origin, .. } => (
                 EXIT_UNREACHABLE,
                 Some(format!(
-                    "check --url {origin}: is blufiod running there with [gateway] enabled? 'blufioctl status' on                      its host shows the gateway's address"
+                    "check --url {origin}: is blufiod running there with [gateway] enabled? 'blufioctl status' on \
+                     its host shows the gateway's address"
                 )),
             ),
             RemoteError::PinMismatch { pin, .. } => (
                 EXIT_UNREACHABLE,
                 Some(format!(
-                    "--pin is {pin}; compare with what 'blufioctl status' shows on the daemon's host: if its                      certificate was replaced, pin the new fingerprint, otherwise something intercepts the                      connection"
+                    "--pin is {pin}; compare with what 'blufioctl status' shows on the daemon's host: if its \
+                     certificate was replaced, pin the new fingerprint, otherwise something intercepts the \
+                     connection"
                 )),
             ),
             RemoteError::ParseKey { .. } => (
@@ -197,10 +201,12 @@ impl From<RemoteError> for Failure {
 fn problem_hint(error: &RemoteError) -> Option<&'static str> {
     Some(match error.problem_kind()? {
         "key-unknown" => {
-            "register this key on the daemon's host with 'blufioctl device add NAME --public-key FILE'              ('blufioctl device list' shows the registered keyids), or check --keyid"
+            "register this key on the daemon's host with 'blufioctl device add NAME --public-key FILE' \
+             ('blufioctl device list' shows the registered keyids), or check --keyid"
         }
         "signature-expired" => {
-            "check this machine's clock: a signature is accepted only within gateway.max_clock_skew_secs              of the daemon's clock"
+            "check this machine's clock: a signature is accepted only within gateway.max_clock_skew_secs \
+             of the daemon's clock"
         }
         "session-not-found" => "'blufioctl remote ... sessions list' shows the sessions",
         "budget-exhausted" => "'blufioctl usage' on the daemon's host shows the spend against the caps",
@@ -211,9 +217,7 @@ fn problem_hint(error: &RemoteError) -> Option<&'static str> {
 /// A failed device RPC, with the hints that only make sense there.
 fn device_failure(error: ClientError) -> Failure {
     let hint = match &error {
-        ClientError::Status(status)
-            if matches!(status.code(), tonic::Code::NotFound | tonic::Code::AlreadyExists) =>
-        {
+        ClientError::Status(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::AlreadyExists) => {
             Some("'blufioctl device list' shows the registered devices")
         }
         _ => None,
@@ -446,7 +450,8 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
                     code: EXIT_FAILED,
                     error,
                     hint: Some(format!(
-                        "the device is registered but its key is lost: 'blufioctl device revoke {}', then add it                          again",
+                        "the device is registered but its key is lost: 'blufioctl device revoke {}', then add it \
+                         again",
                         device.name
                     )),
                 })?),

@@ -313,9 +313,9 @@ use std::fmt::Write as _;
 
 use blufio_proto::control::v1::{
     ChatMessage, ConfigEntry, CostStatus, DaemonState, Device, GatewayStatus, GetConfigResponse, GetSessionResponse,
-    GetStatusResponse, GetUsageResponse, ListDevicesResponse, ListSessionsResponse, MemoryStatus,
-    ReloadConfigResponse, Session, SessionsStatus, SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity,
-    TurnCompleted, ValidateConfigResponse,
+    GetStatusResponse, GetUsageResponse, ListDevicesResponse, ListSessionsResponse, MemoryStatus, ReloadConfigResponse,
+    Session, SessionsStatus, SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity, TurnCompleted,
+    ValidateConfigResponse,
 };
 use serde::Serialize;
 
@@ -488,10 +488,7 @@ pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
     if let Some(gateway) = &status.gateway {
         rows.push(("gateway".into(), Cell::plain(&describe_gateway(gateway))));
         if !gateway.tls_fingerprint_sha256.is_empty() {
-            rows.push((
-                "  pin sha256".into(),
-                Cell::plain(&gateway.tls_fingerprint_sha256),
-            ));
+            rows.push(("  pin sha256".into(), Cell::plain(&gateway.tls_fingerprint_sha256)));
         }
         if !gateway.problem.is_empty() {
             warnings.push(format!("gateway: {}", gateway.problem));
@@ -527,7 +524,11 @@ fn describe_sessions(sessions: &SessionsStatus) -> String {
 }
 
 fn describe_gateway(gateway: &GatewayStatus) -> String {
-    let devices = if gateway.active_devices == 1 { "device" } else { "devices" };
+    let devices = if gateway.active_devices == 1 {
+        "device"
+    } else {
+        "devices"
+    };
     format!(
         "{}://{}, {} active {devices}",
         gateway.scheme, gateway.listen, gateway.active_devices
@@ -2346,7 +2347,13 @@ access:        read-only
             ..sample_status()
         };
         let human = status_human(&plain_http, Style::PLAIN);
-        assert!(human.stdout.contains("\ngateway: http://127.0.0.1:8080, 1 active device\n"), "{}", human.stdout);
+        assert!(
+            human
+                .stdout
+                .contains("\ngateway: http://127.0.0.1:8080, 1 active device\n"),
+            "{}",
+            human.stdout
+        );
         assert!(!human.stdout.contains("pin sha256"), "{}", human.stdout);
         assert!(human.warnings.is_empty());
         let value = serde_json::to_value(status_json(&plain_http)).expect("serializes");
@@ -2377,7 +2384,10 @@ access:        read-only
                    "key_file": "/k.pem"})
         );
         let list = ListDevicesResponse {
-            devices: vec![sample_device("a", 1_764_316_900, 0), sample_device("b", 0, 1_764_317_000)],
+            devices: vec![
+                sample_device("a", 1_764_316_900, 0),
+                sample_device("b", 0, 1_764_317_000),
+            ],
         };
         let value = serde_json::to_value(device_list_json(&list)).expect("serializes");
         assert_eq!(value["devices"][0]["last_used_at"], 1_764_316_900);
@@ -2392,7 +2402,10 @@ access:        read-only
     #[test]
     fn device_tables_and_hints() {
         let list = ListDevicesResponse {
-            devices: vec![sample_device("a", 1_764_316_900, 0), sample_device("b", 0, 1_764_317_000)],
+            devices: vec![
+                sample_device("a", 1_764_316_900, 0),
+                sample_device("b", 0, 1_764_317_000),
+            ],
         };
         let text = device_list_human(&list, 1_764_320_000, ALIGNED).stdout;
         let expected = "\
@@ -2414,7 +2427,10 @@ b     SHA256:b-key  53m ago  never      revoked
             "blufioctl remote --url https://HOST:8443 --key /home/me/k.pem --pin AB:CD:EF sessions list"
         );
         let text = device_add_human(&device, Some("/home/me/k.pem"), &hint, Style::PLAIN).stdout;
-        assert!(text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"), "{text}");
+        assert!(
+            text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"),
+            "{text}"
+        );
         assert!(text.contains("\nkey file: /home/me/k.pem (private key"), "{text}");
         assert!(text.ends_with(&format!("\n  {hint}\n")), "{text}");
 
@@ -2431,7 +2447,11 @@ b     SHA256:b-key  53m ago  never      revoked
             remote_command_hint(None, None),
             "blufioctl remote --url https://HOST:PORT --key PRIVATE_KEY_FILE --pin SHA256 sessions list"
         );
-        assert!(device_revoke_human(&device).stdout.starts_with("revoked device laptop (keyid SHA256:laptop-key)"));
+        assert!(
+            device_revoke_human(&device)
+                .stdout
+                .starts_with("revoked device laptop (keyid SHA256:laptop-key)")
+        );
     }
 
     #[test]

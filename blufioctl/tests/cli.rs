@@ -335,7 +335,8 @@ mod fake {
     }
 
     /// The certificate fingerprint the fake's gateway reports.
-    pub const GATEWAY_PIN: &str = "3F:A2:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:20:30:40:50:9C";
+    pub const GATEWAY_PIN: &str =
+        "3F:A2:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:20:30:40:50:9C";
     /// A device name `AddDevice` refuses as taken.
     pub const TAKEN: &str = "taken";
 
@@ -605,7 +606,10 @@ mod fake {
             _request: Request<ListDevicesRequest>,
         ) -> Result<Response<ListDevicesResponse>, Status> {
             Ok(Response::new(ListDevicesResponse {
-                devices: vec![device("laptop", 1_764_000_100, 0), device("old-phone", 0, 1_764_000_200)],
+                devices: vec![
+                    device("laptop", 1_764_000_100, 0),
+                    device("old-phone", 0, 1_764_000_200),
+                ],
             }))
         }
 
@@ -1201,8 +1205,14 @@ fn status_shows_the_gateway() {
     let output = run(against(&daemon).args(["status", "--plain"]));
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let text = stdout(&output);
-    assert!(text.contains("\ngateway: https://0.0.0.0:8443, 0 active devices\n"), "{text}");
-    assert!(text.contains(&format!("\n  pin sha256: {}\n", fake::GATEWAY_PIN)), "{text}");
+    assert!(
+        text.contains("\ngateway: https://0.0.0.0:8443, 0 active devices\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\n  pin sha256: {}\n", fake::GATEWAY_PIN)),
+        "{text}"
+    );
     assert_eq!(
         stderr(&output),
         "warning: gateway: no device is registered, so every /v1/ request is refused\n"
@@ -1260,8 +1270,16 @@ fn device_add_writes_a_private_key_and_registers_only_its_public_half() {
         .args(["device", "add", fake::TAKEN, "--key-out"])
         .arg(&refused));
     assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
-    assert!(stderr(&output).starts_with("error: device `taken` exists already\n"), "{}", stderr(&output));
-    assert!(stderr(&output).contains("hint: 'blufioctl device list'"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with("error: device `taken` exists already\n"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("hint: 'blufioctl device list'"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!refused.exists());
 
     // So does an unreachable daemon.
@@ -1324,7 +1342,9 @@ fn device_add_registers_an_existing_public_key() {
     let private = dir.path().join("phone.pem");
     std::fs::write(
         &private,
-        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key).expect("pem").as_bytes(),
+        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key)
+            .expect("pem")
+            .as_bytes(),
     )
     .expect("writes");
     let output = run(against(&daemon)
@@ -1356,7 +1376,10 @@ fn device_list_and_revoke() {
     let output = run(against(&daemon).args(["device", "list", "--plain"]));
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let text = stdout(&output);
-    assert!(text.starts_with("NAME\tKEYID\tADDED\tLAST USED\tSTATE\nlaptop\tSHA256:laptop\t"), "{text}");
+    assert!(
+        text.starts_with("NAME\tKEYID\tADDED\tLAST USED\tSTATE\nlaptop\tSHA256:laptop\t"),
+        "{text}"
+    );
     assert!(text.contains("\tnever\trevoked\n"), "{text}");
 
     let output = run(against(&daemon).args(["device", "revoke", "laptop", "--json"]));
@@ -1366,7 +1389,11 @@ fn device_list_and_revoke() {
     assert_eq!(json["device"]["revoked_at"], 1_764_000_300);
 
     let output = run(against(&daemon).args(["device", "revoke", "laptop"]));
-    assert!(stdout(&output).starts_with("revoked device laptop (keyid SHA256:laptop)"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).starts_with("revoked device laptop (keyid SHA256:laptop)"),
+        "{}",
+        stdout(&output)
+    );
 
     let output = run(against(&daemon).args(["device", "revoke", "nope", "--json"]));
     assert_eq!(output.status.code(), Some(1));
@@ -1394,4 +1421,376 @@ fn json_docs_match_the_source() {
         docs.contains(section.trim()),
         "docs/cli-json.md differs from the `# JSON output` section of blufioctl/src/output.rs; copy it over"
     );
+}
+
+/// A stand-in for blufiod's gateway over plain HTTP (which `remote` accepts for a loopback
+/// gateway behind a proxy): a thread that answers canned responses, after checking each request's
+/// signature with the shared verifier and the one registered key. It tests the client's signing,
+/// problem documents and event stream, not the daemon's behaviour (blufiod/tests has those).
+mod fake_gateway {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    use blufio_proto::httpsig;
+    use ed25519_dalek::VerifyingKey;
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+    pub struct FakeGateway {
+        pub url: String,
+        /// Every request as "METHOD /path body", in order.
+        pub requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeGateway {
+        pub fn start(key: VerifyingKey) -> FakeGateway {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("address"));
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&requests);
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let seen = Arc::clone(&seen);
+                    std::thread::spawn(move || serve(stream, key, &seen));
+                }
+            });
+            FakeGateway { url, requests }
+        }
+    }
+
+    fn serve(stream: TcpStream, key: VerifyingKey, seen: &Mutex<Vec<String>>) {
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let mut headers = HeaderMap::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() || line.trim_end().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.trim_end().split_once(':')
+                && let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.trim().as_bytes()),
+                    HeaderValue::from_str(value.trim()),
+                )
+            {
+                headers.append(name, value);
+            }
+        }
+        let length = headers
+            .get("content-length")
+            .and_then(|value| value.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock()
+            .expect("lock")
+            .push(format!("{method} {target} {}", String::from_utf8_lossy(&body)));
+        let response = match check_signature(&method, &target, &headers, &body, &key) {
+            Err(detail) => problem(401, "signature-invalid", &detail),
+            Ok(()) => respond(&method, &target, &body),
+        };
+        let mut stream = stream;
+        let _ = stream.write_all(response.as_bytes());
+    }
+
+    fn check_signature(
+        method: &str,
+        target: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        key: &VerifyingKey,
+    ) -> Result<(), String> {
+        let input = headers.get("signature-input").ok_or("no signature-input")?;
+        let signature = headers.get("signature").ok_or("no signature")?;
+        let parsed = httpsig::parse(input, signature).map_err(|error| error.to_string())?;
+        let signature = parsed.first().ok_or("no signature")?;
+        if signature.params().keyid.as_deref() != Some(httpsig::key_fingerprint(key).as_str()) {
+            return Err("unknown keyid".into());
+        }
+        if !body.is_empty() {
+            let digest = headers.get("content-digest").ok_or("no content-digest")?;
+            httpsig::digest::verify_content_digest(digest, body).map_err(|error| error.to_string())?;
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let authority = headers.get("host").and_then(|value| value.to_str().ok()).unwrap_or("");
+        let parts = httpsig::RequestParts {
+            method,
+            scheme: "http",
+            authority,
+            path,
+            query,
+            headers,
+        };
+        httpsig::verify(&parts, signature, key).map_err(|error| error.to_string())
+    }
+
+    fn respond(method: &str, target: &str, body: &[u8]) -> String {
+        let session = |id: &str, title: &str| {
+            serde_json::json!({"id": id, "title": title, "created_at": 1_764_000_000, "updated_at": 1_764_000_100,
+                               "model": "fake-model", "state": "idle", "message_count": 2})
+        };
+        match (method, target) {
+            ("GET", "/v1/sessions") => json(
+                200,
+                &serde_json::json!({"sessions": [session("r1", "Remote one")], "next_cursor": null}),
+            ),
+            ("POST", "/v1/sessions") => {
+                let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                let title = request["title"].as_str().unwrap_or("new session").to_owned();
+                json(201, &session("r-new", &title))
+            }
+            ("GET", "/v1/sessions/r1") => json(
+                200,
+                &serde_json::json!({"session": session("r1", "Remote one"), "messages": [
+                    {"id": "m1", "role": "user", "created_at": 1_764_000_000, "text": "Hi?"},
+                    {"id": "m2", "role": "assistant", "created_at": 1_764_000_001, "text": "Hello."}
+                ]}),
+            ),
+            ("DELETE", "/v1/sessions/r1" | "/v1/sessions/r-new") => {
+                "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
+            }
+            ("POST", "/v1/sessions/over-budget/messages") => {
+                problem(402, "budget-exhausted", "the daily budget of $1.00 is spent")
+            }
+            ("POST", "/v1/sessions/fails/messages") => sse(&[
+                ("accepted", serde_json::json!({"session_id": "fails", "message_id": "in"})),
+                ("text_delta", serde_json::json!({"text": "partial"})),
+                (
+                    "error",
+                    serde_json::json!({"status": 502, "type": "provider-failed", "detail": "the provider failed"}),
+                ),
+            ]),
+            ("POST", path) if path.starts_with("/v1/sessions/") && path.ends_with("/messages") => {
+                let id = path.trim_start_matches("/v1/sessions/").trim_end_matches("/messages");
+                let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                let text = request["text"].as_str().unwrap_or("").to_owned();
+                sse(&[
+                    ("accepted", serde_json::json!({"session_id": id, "message_id": "msg-in"})),
+                    ("text_delta", serde_json::json!({"text": "echo: "})),
+                    ("text_delta", serde_json::json!({"text": text})),
+                    (
+                        "tool",
+                        serde_json::json!({"id": "c1", "name": "http_get", "phase": "started", "is_error": false,
+                                           "summary": null}),
+                    ),
+                    (
+                        "completed",
+                        serde_json::json!({"message_id": "msg-out", "usage": {"input_tokens": 12,
+                            "output_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4},
+                            "cost_usd": 0.001, "provider_calls": 1, "stop_reason": "end_turn",
+                            "model": "fake-model"}),
+                    ),
+                ])
+            }
+            (_, path) => problem(404, "session-not-found", &format!("no session at {path}")),
+        }
+    }
+
+    fn json(status: u16, value: &serde_json::Value) -> String {
+        let body = value.to_string();
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn problem(status: u16, kind: &str, detail: &str) -> String {
+        let body = serde_json::json!({"type": format!("https://blufio.invalid/problems/{kind}"), "title": "Refused",
+                                      "status": status, "detail": detail})
+        .to_string();
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn sse(events: &[(&str, serde_json::Value)]) -> String {
+        let mut out = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n".to_owned();
+        for (name, data) in events {
+            out.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+        }
+        out
+    }
+}
+
+/// A key file for `remote --key`, and the gateway that knows its public half.
+fn remote_setup() -> (tempfile::TempDir, std::path::PathBuf, fake_gateway::FakeGateway) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let path = dir.path().join("device.pem");
+    std::fs::write(
+        &path,
+        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key).expect("pem").as_bytes(),
+    )
+    .expect("writes");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let gateway = fake_gateway::FakeGateway::start(key.verifying_key());
+    (dir, path, gateway)
+}
+
+fn remote_against(gateway: &fake_gateway::FakeGateway, key: &Path) -> Command {
+    let mut command = blufioctl();
+    command.args(["remote", "--url", &gateway.url, "--key"]).arg(key);
+    command
+}
+
+#[test]
+fn remote_chat_creates_a_session_and_streams_signed() {
+    let (_dir, key, gateway) = remote_setup();
+    let output = run(remote_against(&gateway, &key).args(["chat", "hello", "there"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), "echo: hello there\n");
+    let errors = stderr(&output);
+    assert!(errors.contains("[tool http_get started]\n"), "{errors}");
+    assert!(
+        errors.contains("session r-new · 12/3 tokens (cache w/r 0/4) · $0.0010 · fake-model\n"),
+        "{errors}"
+    );
+    let requests = gateway.requests.lock().expect("lock").clone();
+    assert_eq!(
+        requests,
+        [
+            r#"POST /v1/sessions {"title":"hello there"}"#,
+            r#"POST /v1/sessions/r-new/messages {"text":"hello there"}"#
+        ]
+    );
+
+    let output = run(remote_against(&gateway, &key).args(["chat", "--session", "r1", "--json", "again"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"session_id": "r1", "message_id": "msg-out", "user_message_id": "msg-in",
+                           "text": "echo: again",
+                           "tools": [{"id": "c1", "name": "http_get", "is_error": false, "summary": null}],
+                           "usage": {"input_tokens": 12, "output_tokens": 3, "cache_creation_input_tokens": 0,
+                                     "cache_read_input_tokens": 4},
+                           "cost_usd": 0.001, "stop_reason": "end_turn", "model": "fake-model",
+                           "provider_calls": 1})
+    );
+}
+
+#[test]
+fn remote_chat_failures_exit_1_with_the_detail() {
+    let (_dir, key, gateway) = remote_setup();
+    let output = run(remote_against(&gateway, &key).args(["chat", "--session", "over-budget", "hi"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "error: the daily budget of $1.00 is spent\n\
+         hint: 'blufioctl usage' on the daemon's host shows the spend against the caps\n"
+    );
+
+    let output = run(remote_against(&gateway, &key).args(["chat", "--session", "fails", "--json", "hi"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "no document for a failed turn");
+    assert_eq!(stderr(&output), "error: the provider failed\n");
+}
+
+#[test]
+fn remote_sessions_list_show_delete() {
+    let (_dir, key, gateway) = remote_setup();
+    let output = run(remote_against(&gateway, &key).args(["sessions", "list", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"sessions": [{"id": "r1", "title": "Remote one", "created_at": 1_764_000_000,
+                                         "updated_at": 1_764_000_100, "model": "fake-model", "state": "idle",
+                                         "message_count": 2}],
+                           "next_cursor": null})
+    );
+
+    let output = run(remote_against(&gateway, &key).args(["sessions", "show", "r1"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("session r1\n"), "{text}");
+    assert!(text.contains("\nyou: Hi?\n\nblufio: Hello.\n"), "{text}");
+
+    let output = run(remote_against(&gateway, &key).args(["sessions", "delete", "r1", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json, serde_json::json!({"session_id": "r1", "deleted": true}));
+
+    let output = run(remote_against(&gateway, &key).args(["sessions", "show", "nope"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "error: no session at /v1/sessions/nope\nhint: 'blufioctl remote ... sessions list' shows the sessions\n"
+    );
+    let requests = gateway.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+}
+
+#[test]
+fn remote_with_an_unregistered_key_is_refused() {
+    let (dir, _key, gateway) = remote_setup();
+    let other = dir.path().join("other.pem");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
+    std::fs::write(
+        &other,
+        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key).expect("pem").as_bytes(),
+    )
+    .expect("writes");
+    let output = run(remote_against(&gateway, &other).args(["sessions", "list"]));
+    assert_eq!(output.status.code(), Some(1));
+    let errors = stderr(&output);
+    assert!(errors.contains("error: unknown keyid\n"), "{errors}");
+    assert!(
+        errors.starts_with("warning: key file"),
+        "a key file others may read is warned about: {errors}"
+    );
+}
+
+#[test]
+fn remote_unreachable_exits_3_and_names_the_url() {
+    let (dir, key, _gateway) = remote_setup();
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let output = run(blufioctl()
+        .args(["remote", "--url", &url, "--key"])
+        .arg(&key)
+        .args(["sessions", "list", "--json"]));
+    assert_eq!(output.status.code(), Some(3), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    let errors = stderr(&output);
+    assert!(
+        errors.starts_with(&format!("error: cannot reach the gateway at {url}: ")),
+        "{errors}"
+    );
+    assert!(errors.contains(&format!("hint: check --url {url}")), "{errors}");
+
+    let output = run(blufioctl()
+        .args(["remote", "--url", &url, "--key"])
+        .arg(dir.path().join("absent.pem"))
+        .args(["sessions", "list"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).starts_with("error: cannot read key file "),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(blufioctl()
+        .args(["remote", "--url", &url, "--key"])
+        .arg(&key)
+        .args(["--pin", "not-a-pin", "sessions", "list"]));
+    assert_eq!(output.status.code(), Some(2), "a malformed pin is a usage error");
 }

@@ -543,3 +543,77 @@ fn a_public_bind_needs_an_explicit_opt_in() {
         support::describe(&output)
     );
 }
+
+fn write_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_certificates_reload_on_sighup_and_metrics_have_their_own_listener() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = new_dir();
+    let tls_dir = dir.path().join("tls-files");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (cert, key) = write_certificate(&tls_dir);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let daemon = Daemon::start_with(
+        dir,
+        DaemonOptions {
+            config: format!(
+                "[gateway]\ncert_file = \"{}\"\nkey_file = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    let fingerprint = || async {
+        control(&daemon.socket)
+            .await
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .gateway
+            .unwrap()
+            .tls_fingerprint_sha256
+    };
+    let before = fingerprint().await;
+
+    let plain = reqwest::Client::new();
+    let metrics = plain
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("process_resident_memory_bytes"));
+    let other = plain
+        .get(format!("http://127.0.0.1:{metrics_port}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404, "the metrics listener serves nothing else");
+
+    // New files, then SIGHUP: new handshakes get the new certificate.
+    write_certificate(&tls_dir);
+    let notify = daemon.notify.clone().unwrap();
+    let ready_before = notify.count(|message| message.lines().any(|line| line == "READY=1"));
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    while notify.count(|message| message.lines().any(|line| line == "READY=1")) == ready_before {
+        assert!(std::time::Instant::now() < deadline, "no READY=1 after SIGHUP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = fingerprint().await;
+    assert_ne!(before, after, "the reloaded certificate is served");
+}

@@ -80,7 +80,12 @@ pub enum RemoteError {
     Timeout { origin: String, after: Duration },
     /// The gateway refused the request with an RFC 9457 problem document (or a turn failed with
     /// the same fields in an `error` event).
-    Problem { status: u16, kind: String, title: String, detail: String },
+    Problem {
+        status: u16,
+        kind: String,
+        title: String,
+        detail: String,
+    },
     /// The answer is not what the gateway sends: the URL is probably not a blufio gateway.
     Protocol { origin: String, detail: String },
     /// The connection broke while reading the answer.
@@ -93,7 +98,8 @@ impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RemoteError::ReadKey { path, .. } => write!(f, "cannot read key file {}", path.display()),
-            RemoteError::ParseKey { path, .. } => write!(f, "cannot use key file {}", path.display()),
+            // The key error alone: the PEM/ASN.1 causes below it repeat themselves.
+            RemoteError::ParseKey { path, source } => write!(f, "cannot use key file {}: {source}", path.display()),
             RemoteError::Setup { .. } => f.write_str("cannot set up the HTTPS client"),
             RemoteError::Sign(error) => error.fmt(f),
             RemoteError::Unreachable { origin, reason, .. } => {
@@ -106,7 +112,9 @@ impl fmt::Display for RemoteError {
             RemoteError::Timeout { origin, after } => {
                 write!(f, "the gateway at {origin} did not answer within {}s", after.as_secs())
             }
-            RemoteError::Problem { status, title, detail, .. } => {
+            RemoteError::Problem {
+                status, title, detail, ..
+            } => {
                 if !detail.is_empty() {
                     f.write_str(detail)
                 } else if !title.is_empty() {
@@ -126,7 +134,6 @@ impl StdError for RemoteError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             RemoteError::ReadKey { source, .. } => Some(source),
-            RemoteError::ParseKey { source, .. } => Some(source),
             RemoteError::Setup { source } => Some(source.as_ref()),
             RemoteError::Sign(error) => error.source(),
             _ => None,
@@ -206,16 +213,18 @@ impl Gateway {
         let pin = match pin {
             Some(pin) => {
                 let record = Arc::new(tls::PinRecord::default());
-                let config = tls::pinned_client_config(pin, Arc::clone(&record))
-                    .map_err(|source| RemoteError::Setup { source: Box::new(source) })?;
+                let config =
+                    tls::pinned_client_config(pin, Arc::clone(&record)).map_err(|source| RemoteError::Setup {
+                        source: Box::new(source),
+                    })?;
                 builder = builder.tls_backend_preconfigured(config);
                 Some((pin, record))
             }
             None => None,
         };
-        let http = builder
-            .build()
-            .map_err(|source| RemoteError::Setup { source: Box::new(source) })?;
+        let http = builder.build().map_err(|source| RemoteError::Setup {
+            source: Box::new(source),
+        })?;
         Ok(Gateway {
             http,
             base,
@@ -270,18 +279,36 @@ impl Gateway {
         transcript: &mut Transcript,
         mut echo: Option<&mut Echo>,
     ) -> Result<TurnCompleted, RemoteError> {
-        if transcript.session_id.is_empty() {
-            let (url, response) = self.send(Method::POST, &["v1", "sessions"], None, true).await?;
+        let created = transcript.session_id.is_empty();
+        if created {
+            // The daemon titles a session after (the start of) its text, as for a local chat.
+            let body = json_body(&serde_json::json!({ "title": text }))?;
+            let (url, response) = self.send(Method::POST, &["v1", "sessions"], Some(body), true).await?;
             let session: SessionJson = read_json(&url, response, self.call_timeout).await?;
             transcript.session_id = session.id;
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "text": text })).map_err(|error| RemoteError::Setup {
-            source: Box::new(error),
-        })?;
+        let body = json_body(&serde_json::json!({ "text": text }))?;
         let session_id = transcript.session_id.clone();
-        let (url, mut response) = self
-            .send(Method::POST, &["v1", "sessions", &session_id, "messages"], Some(body), false)
-            .await?;
+        let sent = self
+            .send(
+                Method::POST,
+                &["v1", "sessions", &session_id, "messages"],
+                Some(body),
+                false,
+            )
+            .await;
+        let (url, mut response) = match sent {
+            Ok(sent) => sent,
+            Err(error) => {
+                // A session made only for a message that was refused (no provider, budget
+                // exhausted) would stay behind empty; remove it, best effort.
+                if created && matches!(error, RemoteError::Problem { .. }) {
+                    let _ = self.delete_session(&session_id).await;
+                    transcript.session_id.clear();
+                }
+                return Err(error);
+            }
+        };
         let mut parser = sse::SseParser::default();
         let mut completed = None;
         loop {
@@ -400,6 +427,13 @@ impl Gateway {
     }
 }
 
+/// A request body of JSON.
+fn json_body(value: &serde_json::Value) -> Result<Vec<u8>, RemoteError> {
+    serde_json::to_vec(value).map_err(|error| RemoteError::Setup {
+        source: Box::new(error),
+    })
+}
+
 /// Reads a JSON answer.
 async fn read_json<T: serde::de::DeserializeOwned>(
     url: &Url,
@@ -457,7 +491,10 @@ async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, tim
             } else {
                 format!("HTTP {status}: {quoted}")
             };
-            RemoteError::Protocol { origin: origin(url), detail }
+            RemoteError::Protocol {
+                origin: origin(url),
+                detail,
+            }
         }
     }
 }
@@ -748,8 +785,11 @@ mod tests {
             }))
         );
         assert_eq!(
-            event("tool", r#"{"id":"c1","name":"http_get","phase":"started","is_error":false,"summary":null}"#)
-                .expect("ok"),
+            event(
+                "tool",
+                r#"{"id":"c1","name":"http_get","phase":"started","is_error":false,"summary":null}"#
+            )
+            .expect("ok"),
             Some(Event::Tool(ToolActivity {
                 id: "c1".into(),
                 name: "http_get".into(),
@@ -769,8 +809,11 @@ mod tests {
         assert_eq!(done.usage.map(|usage| usage.cache_read_input_tokens), Some(1));
         assert_eq!(done.provider_calls, 1);
         assert_eq!(event("future_kind", "{}").expect("skipped"), None);
-        let error = event("error", r#"{"status":402,"type":"budget-exhausted","detail":"over budget"}"#)
-            .expect_err("an error event fails the turn");
+        let error = event(
+            "error",
+            r#"{"status":402,"type":"budget-exhausted","detail":"over budget"}"#,
+        )
+        .expect_err("an error event fails the turn");
         assert_eq!(error.to_string(), "over budget");
         assert_eq!(error.problem_kind(), Some("budget-exhausted"));
         assert!(matches!(event("text_delta", "nope"), Err(RemoteError::Protocol { .. })));

@@ -57,7 +57,9 @@ pub struct Signer {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key itself.
-        f.debug_struct("Signer").field("keyid", &self.keyid).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("keyid", &self.keyid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -197,7 +199,11 @@ mod tests {
         let key = SigningKey::from_bytes(&[7; 32]);
         for (method, url, body) in [
             ("GET", "https://gateway.example:8443/v1/sessions", &b""[..]),
-            ("POST", "https://gateway.example/v1/sessions/s1/messages", br#"{"text":"hi"}"#),
+            (
+                "POST",
+                "https://gateway.example/v1/sessions/s1/messages",
+                br#"{"text":"hi"}"#,
+            ),
             ("DELETE", "http://127.0.0.1:8080/v1/sessions/s%201?force=1", b""),
             ("GET", "https://[::1]:8443/prefix/v1/sessions?", b""),
         ] {
@@ -219,7 +225,10 @@ mod tests {
         let other = Url::parse("https://gateway.example:8443/v1/sessions/s2/messages").expect("url");
         assert!(verify("POST", &other, &headers, b"{}", &key).is_err(), "another path");
         let other = Url::parse("https://gateway.example:9443/v1/sessions/s1/messages").expect("url");
-        assert!(verify("POST", &other, &headers, b"{}", &key).is_err(), "another authority");
+        assert!(
+            verify("POST", &other, &headers, b"{}", &key).is_err(),
+            "another authority"
+        );
         assert!(verify("POST", &url, &headers, b"{ }", &key).is_err(), "another body");
         assert!(
             verify("POST", &url, &headers, b"{}", &SigningKey::from_bytes(&[8; 32])).is_err(),
@@ -232,7 +241,10 @@ mod tests {
         let signer = signer();
         let fingerprint = httpsig::key_fingerprint(&SigningKey::from_bytes(&[7; 32]).verifying_key());
         assert_eq!(signer.keyid(), fingerprint);
-        assert_eq!(Signer::new(SigningKey::from_bytes(&[7; 32]), Some("k1".into())).keyid(), "k1");
+        assert_eq!(
+            Signer::new(SigningKey::from_bytes(&[7; 32]), Some("k1".into())).keyid(),
+            "k1"
+        );
 
         let url = Url::parse("https://h/v1/sessions").expect("url");
         let nonce = |signer: &Signer| {
@@ -245,7 +257,11 @@ mod tests {
         };
         let first = nonce(&signer);
         assert_eq!(first.len(), 22, "16 bytes as unpadded base64url: {first}");
-        assert!(first.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            first
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_ne!(first, nonce(&signer));
     }
 

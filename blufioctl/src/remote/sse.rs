@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn events_split_across_chunks() {
-        let stream = b"event: accepted\ndata: {\"a\":1}\n\n: keep-alive\n\nevent: text_delta\ndata: {\"text\":\"hi\"}\n\n";
+        let stream =
+            b"event: accepted\ndata: {\"a\":1}\n\n: keep-alive\n\nevent: text_delta\ndata: {\"text\":\"hi\"}\n\n";
         for split in 0..stream.len() {
             let mut parser = SseParser::default();
             let mut events = parser.push(&stream[..split]).expect("parses");

@@ -181,7 +181,8 @@ impl ServerCertVerifier for PinVerifier {
 mod tests {
     use super::*;
 
-    const UPPER: &str = "3F:A2:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:20:30:40:50:9C";
+    const UPPER: &str =
+        "3F:A2:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:20:30:40:50:9C";
 
     #[test]
     fn pins_parse_in_every_accepted_spelling() {
@@ -190,7 +191,11 @@ mod tests {
         assert_eq!(UPPER.to_lowercase().parse::<Pin>(), Ok(pin));
         assert_eq!(UPPER.replace(':', "").parse::<Pin>(), Ok(pin));
         assert_eq!(UPPER.replace(':', "").to_lowercase().parse::<Pin>(), Ok(pin));
-        assert_eq!(format!("  {UPPER}\n").parse::<Pin>(), Ok(pin), "surrounding blanks are ignored");
+        assert_eq!(
+            format!("  {UPPER}\n").parse::<Pin>(),
+            Ok(pin),
+            "surrounding blanks are ignored"
+        );
     }
 
     #[test]
@@ -198,12 +203,12 @@ mod tests {
         for bad in [
             "",
             "zz",
-            &UPPER[3..],                           // 31 pairs
-            &format!("{UPPER}:00"),                // 33 pairs
-            &UPPER.replacen("3F", "3", 1),         // a short pair
-            &UPPER.replacen("3F", "+F", 1),        // a sign
-            &UPPER.replacen("3F", "G1", 1),        // not hex
-            &UPPER.replace(':', "")[1..],          // 63 digits
+            &UPPER[3..],                                          // 31 pairs
+            &format!("{UPPER}:00"),                               // 33 pairs
+            &UPPER.replacen("3F", "3", 1),                        // a short pair
+            &UPPER.replacen("3F", "+F", 1),                       // a sign
+            &UPPER.replacen("3F", "G1", 1),                       // not hex
+            &UPPER.replace(':', "")[1..],                         // 63 digits
             "SHA256:q3kZ0cRj1V0b2m8xWmJXo7cYl9P5QkqkM0mN9sI3bLk", // a key fingerprint, not a pin
             &"é".repeat(32),
         ] {

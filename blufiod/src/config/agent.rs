@@ -408,6 +408,10 @@ pub struct GatewayConfig {
     /// A bearer token required to scrape `/metrics`; unset: open (loopback by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_token: Option<Secret>,
+    /// A second, plain-HTTP loopback listener serving only `/metrics` and `/health`, for a local
+    /// Prometheus that should not need TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -428,6 +432,7 @@ impl Default for GatewayConfig {
             max_clock_skew_secs: 300,
             replay_cache_entries: 100_000,
             metrics_token: None,
+            metrics_listen: None,
         }
     }
 }

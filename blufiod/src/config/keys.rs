@@ -68,6 +68,7 @@ pub const KEYS: &[KeySpec] = &[
     live("gateway.max_clock_skew_secs"),
     restart("gateway.max_connections"),
     live("gateway.max_header_bytes"),
+    restart("gateway.metrics_listen"),
     secret("gateway.metrics_token"),
     restart("gateway.plain_http"),
     restart("gateway.rate_limit_per_minute"),
@@ -242,6 +243,7 @@ mod tests {
         config.gateway.cert_file = Some("/c.pem".into());
         config.gateway.key_file = Some("/k.pem".into());
         config.gateway.metrics_token = Some(super::super::agent::Secret("t".into()));
+        config.gateway.metrics_listen = Some("127.0.0.1:9464".into());
         let tree = Value::serialize(&config).unwrap();
         let mut leaves = BTreeSet::new();
         fn walk(prefix: &str, value: &Value, leaves: &mut BTreeSet<String>) {

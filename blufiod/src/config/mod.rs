@@ -487,6 +487,17 @@ impl Config {
             }
             Ok(_) => {}
         }
+        if let Some(listen) = &gateway.metrics_listen {
+            match listen.parse::<std::net::SocketAddr>() {
+                Ok(address) if address.ip().is_loopback() => {}
+                Ok(address) => problems.push(format!(
+                    "gateway.metrics_listen: {address} is not a loopback address; the plain-HTTP metrics listener is for local scrapers only"
+                )),
+                Err(_) => problems.push(format!(
+                    "gateway.metrics_listen: {listen:?} is not an address with a port; use for example \"127.0.0.1:9464\""
+                )),
+            }
+        }
         if gateway.cert_file.is_some() != gateway.key_file.is_some() {
             problems.push(
                 "gateway.cert_file and gateway.key_file: set both, or neither for a self-signed certificate".to_owned(),

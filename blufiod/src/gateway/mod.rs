@@ -90,6 +90,7 @@ impl GatewayInfo {
 #[derive(Debug)]
 pub struct BoundGateway {
     listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
     /// What status shows.
     pub info: GatewayInfo,
 }
@@ -136,8 +137,24 @@ pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, Ga
     let address = listener
         .local_addr()
         .map_err(|source| GatewayError::Bind { address, source })?;
+    let metrics_listener = match &config.metrics_listen {
+        None => None,
+        Some(listen) => {
+            let metrics_address: SocketAddr = listen
+                .parse()
+                .map_err(|_| GatewayError::ParseListen { listen: listen.clone() })?;
+            let bind_error = |source| GatewayError::Bind {
+                address: metrics_address,
+                source,
+            };
+            let listener = std::net::TcpListener::bind(metrics_address).map_err(bind_error)?;
+            listener.set_nonblocking(true).map_err(bind_error)?;
+            Some(listener)
+        }
+    };
     Ok(BoundGateway {
         listener,
+        metrics_listener,
         info: GatewayInfo {
             address,
             scheme,
@@ -180,6 +197,10 @@ pub async fn serve(
         scheme: bound.info.scheme,
         shared,
     });
+    if let Some(listener) = bound.metrics_listener {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(GatewayError::Accept)?;
+        tokio::spawn(serve_metrics(listener, gateway.clone(), token.clone()));
+    }
     let slots = Arc::new(Semaphore::new(
         usize::try_from(config.max_connections).unwrap_or(1).max(1),
     ));
@@ -267,6 +288,65 @@ pub async fn serve(
     }
     tracing::info!("gateway drained");
     Ok(())
+}
+
+/// Connections the metrics listener serves at once: scrapers are few.
+const METRICS_CONNECTIONS: usize = 8;
+
+/// The plain-HTTP loopback listener for local scrapers: `/metrics` and `/health` only. It stops
+/// on the same token as the gateway.
+async fn serve_metrics(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, token: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "metrics listener serving");
+    }
+    loop {
+        let permit = tokio::select! {
+            () = token.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = token.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let gateway = gateway.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let gateway = gateway.clone();
+                async move {
+                    let response = match request.uri().path() {
+                        "/metrics" | "/health" => api::route(&gateway, request).await.1,
+                        path => problem::Problem::new(
+                            http::StatusCode::NOT_FOUND,
+                            "not-found",
+                            "Not found",
+                            format!("the metrics listener serves /metrics and /health only, not {path}"),
+                        )
+                        .response(),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = token.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+        });
+    }
 }
 
 impl Gateway {
