@@ -1,6 +1,8 @@
 //! `blufioctl` as users meet it, without a daemon: exit codes and messages when blufiod is not
-//! reachable, usage errors, completions, the man page and `--help`. Tests against a live daemon
-//! live in `blufiod/tests`.
+//! reachable, usage errors, completions, the man page and `--help`, and every command against a
+//! fake daemon (the generated gRPC service with canned answers) and, for `remote`, a fake gateway
+//! that checks signatures with the shared verifier. Tests against a live daemon live in
+//! `blufiod/tests`.
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -186,7 +188,17 @@ fn help_lists_commands_and_exit_codes() {
     let output = run(blufioctl().arg("--help"));
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
     let help = stdout(&output);
-    for command in ["status", "config", "chat", "shell", "sessions", "usage", "completions"] {
+    for command in [
+        "status",
+        "config",
+        "chat",
+        "shell",
+        "sessions",
+        "device",
+        "remote",
+        "usage",
+        "completions",
+    ] {
         assert!(help.contains(command), "missing {command}: {help}");
     }
     assert!(!help.contains("\n  man "), "man is hidden: {help}");
@@ -1465,7 +1477,10 @@ mod fake_gateway {
             return;
         }
         let mut parts = request_line.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let (method, target) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
         let mut headers = HeaderMap::new();
         loop {
             let mut line = String::new();
@@ -1563,7 +1578,10 @@ mod fake_gateway {
                 problem(402, "budget-exhausted", "the daily budget of $1.00 is spent")
             }
             ("POST", "/v1/sessions/fails/messages") => sse(&[
-                ("accepted", serde_json::json!({"session_id": "fails", "message_id": "in"})),
+                (
+                    "accepted",
+                    serde_json::json!({"session_id": "fails", "message_id": "in"}),
+                ),
                 ("text_delta", serde_json::json!({"text": "partial"})),
                 (
                     "error",
@@ -1575,7 +1593,10 @@ mod fake_gateway {
                 let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
                 let text = request["text"].as_str().unwrap_or("").to_owned();
                 sse(&[
-                    ("accepted", serde_json::json!({"session_id": id, "message_id": "msg-in"})),
+                    (
+                        "accepted",
+                        serde_json::json!({"session_id": id, "message_id": "msg-in"}),
+                    ),
                     ("text_delta", serde_json::json!({"text": "echo: "})),
                     ("text_delta", serde_json::json!({"text": text})),
                     (
@@ -1599,7 +1620,8 @@ mod fake_gateway {
     fn json(status: u16, value: &serde_json::Value) -> String {
         let body = value.to_string();
         format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
             body.len()
         )
     }
@@ -1632,7 +1654,9 @@ fn remote_setup() -> (tempfile::TempDir, std::path::PathBuf, fake_gateway::FakeG
     let path = dir.path().join("device.pem");
     std::fs::write(
         &path,
-        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key).expect("pem").as_bytes(),
+        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key)
+            .expect("pem")
+            .as_bytes(),
     )
     .expect("writes");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -1741,7 +1765,9 @@ fn remote_with_an_unregistered_key_is_refused() {
     let key = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
     std::fs::write(
         &other,
-        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key).expect("pem").as_bytes(),
+        blufio_proto::httpsig::signing_key_to_pkcs8_pem(&key)
+            .expect("pem")
+            .as_bytes(),
     )
     .expect("writes");
     let output = run(remote_against(&gateway, &other).args(["sessions", "list"]));
@@ -1788,9 +1814,11 @@ fn remote_unreachable_exits_3_and_names_the_url() {
         stderr(&output)
     );
 
-    let output = run(blufioctl()
-        .args(["remote", "--url", &url, "--key"])
-        .arg(&key)
-        .args(["--pin", "not-a-pin", "sessions", "list"]));
+    let output = run(blufioctl().args(["remote", "--url", &url, "--key"]).arg(&key).args([
+        "--pin",
+        "not-a-pin",
+        "sessions",
+        "list",
+    ]));
     assert_eq!(output.status.code(), Some(2), "a malformed pin is a usage error");
 }

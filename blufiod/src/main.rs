@@ -13,6 +13,7 @@ mod devices;
 mod gateway;
 mod lockfile;
 mod logging;
+mod memory;
 mod metrics;
 mod notify;
 mod paths;

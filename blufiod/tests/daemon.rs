@@ -44,8 +44,15 @@ fn starts_ready_reports_status_and_stops_cleanly() {
         "the default daily cap is on: {status}"
     );
     assert!(
-        status["memory"].is_null(),
-        "the memory monitor does not exist yet: {status}"
+        status["memory"]["rss_bytes"].as_u64().unwrap() > 0 && status["memory"]["limit_bytes"] == 256 * 1024 * 1024,
+        "the memory monitor reports use against the default limit: {status}"
+    );
+    assert!(
+        status["gateway"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no device is registered"),
+        "status says that no device is registered: {status}"
     );
     let subsystems: Vec<&str> = status["subsystems"]
         .as_array()

@@ -617,3 +617,113 @@ async fn configured_certificates_reload_on_sighup_and_metrics_have_their_own_lis
     let after = fingerprint().await;
     assert_ne!(before, after, "the reloaded certificate is served");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_pressure_is_503_with_retry_after() {
+    // A 1 MiB limit is always exceeded, so every new turn meets memory pressure.
+    let setup = setup("[memory]\nlimit_mib = 1\n").await;
+    let body = serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}]})).unwrap();
+    let response = setup
+        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("memory.limit_mib"),
+        "{problem}"
+    );
+    assert_eq!(setup.fake.request_count(), 0);
+    let status = control(&setup.daemon.socket)
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let memory = status.memory.unwrap();
+    assert!(
+        memory.rss_bytes > memory.limit_bytes && memory.allocated_bytes > 0,
+        "{memory:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blufioctl_registers_a_device_and_talks_through_the_gateway() {
+    let fake = FakeProvider::start();
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: format!(
+                "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\nmodel = \"fake-model\"\n\
+                 [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n",
+                fake.url()
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    let key_file = daemon.dir.path().join("phone.pem");
+    let added = daemon.ctl_json(&["device", "add", "phone", "--key-out", key_file.to_str().unwrap()]);
+    assert_eq!(added["device"]["name"], "phone");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let status = daemon.ctl_json(&["status"]);
+    let listen = status["gateway"]["listen"].as_str().unwrap().to_owned();
+    let pin = status["gateway"]["tls_fingerprint_sha256"].as_str().unwrap().to_owned();
+    assert!(
+        status["gateway"]["problem"].is_null(),
+        "a device is registered now: {status}"
+    );
+
+    let url = format!("https://{listen}");
+    let remote = |args: &[&str]| {
+        let mut full = vec![
+            "remote",
+            "--url",
+            &url,
+            "--key",
+            key_file.to_str().unwrap(),
+            "--pin",
+            &pin,
+        ];
+        full.extend_from_slice(args);
+        daemon.ctl(&full)
+    };
+    fake.push(Script::Text {
+        text: "Remote hello.".into(),
+        chunks: 2,
+        usage: FakeUsage::default(),
+    });
+    let chat = remote(&["chat", "--json", "hello from afar"]);
+    assert!(chat.status.success(), "{}", support::describe(&chat));
+    let chat: serde_json::Value = serde_json::from_slice(&chat.stdout).unwrap();
+    assert_eq!(chat["text"], "Remote hello.");
+    let listed = remote(&["sessions", "list", "--json"]);
+    assert!(listed.status.success(), "{}", support::describe(&listed));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1);
+
+    let devices = daemon.ctl_json(&["device", "list"]);
+    assert!(devices["devices"][0]["last_used_at"].is_number(), "{devices}");
+
+    // A wrong pin is refused before anything is sent, and a revoked key right after revocation.
+    let wrong_pin = daemon.ctl(&[
+        "remote",
+        "--url",
+        &format!("https://{listen}"),
+        "--key",
+        key_file.to_str().unwrap(),
+        "--pin",
+        &format!("{}AB", "AB:".repeat(31)),
+        "sessions",
+        "list",
+    ]);
+    assert_eq!(wrong_pin.status.code(), Some(3), "{}", support::describe(&wrong_pin));
+    daemon.ctl_json(&["device", "revoke", "phone"]);
+    let revoked = remote(&["sessions", "list"]);
+    assert_eq!(revoked.status.code(), Some(1), "{}", support::describe(&revoked));
+}

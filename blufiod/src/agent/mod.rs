@@ -92,6 +92,16 @@ pub enum AgentError {
     /// The daemon is stopping.
     #[error("blufiod is shutting down; the message is stored and the turn is marked interrupted")]
     ShuttingDown,
+    /// The daemon is near its memory limit.
+    #[error(
+        "blufiod uses {rss_mib} MiB of its {limit_mib} MiB limit (memory.limit_mib); new turns wait until running ones finish, retry in a few seconds"
+    )]
+    MemoryPressure {
+        /// Resident set in MiB.
+        rss_mib: u64,
+        /// The limit in MiB.
+        limit_mib: u64,
+    },
 }
 
 /// What a caller of `send_message` receives.
@@ -425,6 +435,13 @@ impl Agent {
         let config = self.config.get();
         if let Err(problem) = provider_problem(&config.config) {
             return Err(AgentError::ProviderNotConfigured { problem });
+        }
+        let memory = crate::memory::MemoryUse::now(&config.config.memory);
+        if memory.under_pressure(&config.config.memory) {
+            return Err(AgentError::MemoryPressure {
+                rss_mib: memory.rss_bytes / (1024 * 1024),
+                limit_mib: config.config.memory.limit_mib,
+            });
         }
         // Refuse early when no call could fit: there is no point storing a message that cannot
         // be answered. The real reservation happens per call.

@@ -436,3 +436,28 @@ impl Default for GatewayConfig {
         }
     }
 }
+
+/// `[memory]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// The daemon's own memory limit in MiB (resident set); 0 means no limit. Above
+    /// `pressure_percent` of it, new turns are refused with a retry hint until memory is back
+    /// under it.
+    pub limit_mib: u64,
+    /// Percentage of `limit_mib` at which new turns are refused.
+    pub pressure_percent: u8,
+}
+
+/// A $4 VPS has 512 MiB to 1 GiB for everything; an idle daemon uses about 13 MiB. 256 MiB leaves
+/// room for many concurrent turns and stops a runaway long before the OOM killer would.
+const DEFAULT_MEMORY_LIMIT_MIB: u64 = 256;
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            limit_mib: DEFAULT_MEMORY_LIMIT_MIB,
+            pressure_percent: 90,
+        }
+    }
+}

@@ -76,6 +76,8 @@ pub const KEYS: &[KeySpec] = &[
     live("gateway.request_timeout_secs"),
     restart("log.format"),
     live("log.level"),
+    live("memory.limit_mib"),
+    live("memory.pressure_percent"),
     live("pricing"),
     live("provider.anthropic_version"),
     secret("provider.api_key"),

@@ -17,7 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{
-    AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, ModelPrice, ProviderConfig, ProviderKind,
+    AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig, ProviderKind,
     RunCommandConfig, ToolsConfig, default_pricing,
 };
 pub use file::{ConfigWriteError, set_key_in_file};
@@ -66,6 +66,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// The HTTPS gateway for remote clients.
     pub gateway: GatewayConfig,
+    /// The daemon's own memory limit.
+    pub memory: MemoryConfig,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             pricing: default_pricing(),
             tools: ToolsConfig::default(),
             gateway: GatewayConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -450,6 +453,9 @@ impl Config {
             }
         }
         problems.extend(self.gateway_problems());
+        if !(1..=100).contains(&self.memory.pressure_percent) {
+            problems.push("memory.pressure_percent: must be between 1 and 100".to_owned());
+        }
         for program in &self.tools.run_command.allow {
             if !program.is_absolute() {
                 problems.push(format!(

@@ -105,7 +105,14 @@ impl pb::control_server::Control for ControlService {
                 model: agent.model,
                 provider_problem: agent.provider_problem.unwrap_or_default(),
             }),
-            memory: None,
+            memory: Some({
+                let memory = crate::memory::MemoryUse::now(&self.shared.config().config.memory);
+                pb::MemoryStatus {
+                    rss_bytes: memory.rss_bytes,
+                    allocated_bytes: memory.allocated_bytes,
+                    limit_bytes: memory.limit_bytes,
+                }
+            }),
             cost: Some(pb::CostStatus {
                 today_usd: agent.budget.today_usd,
                 month_usd: agent.budget.month_usd,
@@ -567,9 +574,9 @@ fn agent_error_to_status(error: &AgentError) -> Status {
         AgentError::ProviderNotConfigured { .. } | AgentError::SessionBusy { .. } => {
             Status::failed_precondition(message)
         }
-        AgentError::Budget(BudgetError::Exhausted { .. }) | AgentError::QueueFull { .. } => {
-            Status::resource_exhausted(message)
-        }
+        AgentError::Budget(BudgetError::Exhausted { .. })
+        | AgentError::QueueFull { .. }
+        | AgentError::MemoryPressure { .. } => Status::resource_exhausted(message),
         AgentError::Budget(BudgetError::Unpriced { .. }) => Status::failed_precondition(message),
         AgentError::Provider(_) | AgentError::ShuttingDown => Status::unavailable(message),
         AgentError::Storage(StorageError::Query { source, .. })

@@ -713,6 +713,13 @@ fn agent_problem(error: &AgentError) -> Problem {
             detail,
         )
         .retry_after(5),
+        AgentError::MemoryPressure { .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memory-pressure",
+            "Memory pressure",
+            detail,
+        )
+        .retry_after(10),
         AgentError::Storage(_) => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage-failed",
