@@ -4,6 +4,10 @@
 //! This module never sees a private key and never decides whether a request is authentic; the
 //! gateway does, with the key it gets from here.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use blufio_proto::httpsig;
 use ed25519_dalek::VerifyingKey;
 
@@ -59,12 +63,21 @@ pub struct ActiveDevice {
 #[derive(Debug, Clone)]
 pub struct Devices {
     storage: Storage,
+    /// When each key's use was last written, so that a busy device costs one database write a
+    /// minute rather than one per request. Keys are verified keyids: bounded by the devices.
+    touched: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// How often a device's `last_used_at` is written at most.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Devices {
     /// The registry over `storage`.
     pub fn new(storage: Storage) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            touched: Arc::default(),
+        }
     }
 
     /// Registers `name` with a PEM public key. The keyid is the key's fingerprint, so it is
@@ -121,8 +134,16 @@ impl Devices {
         Ok(Some(ActiveDevice { record, key }))
     }
 
-    /// Records a verified request of `keyid`.
+    /// Records a verified request of `keyid` (in the database at most once a minute).
     pub async fn touch(&self, keyid: &str) {
+        {
+            let mut touched = self.touched.lock().expect("device touch map poisoned");
+            if touched.get(keyid).is_some_and(|at| at.elapsed() < TOUCH_INTERVAL) {
+                return;
+            }
+            touched.retain(|_, at| at.elapsed() < TOUCH_INTERVAL);
+            touched.insert(keyid.to_owned(), Instant::now());
+        }
         if let Err(error) = self.storage.touch_device(keyid).await {
             tracing::warn!(error = %crate::error_chain(&error), "cannot record a device's use");
         }

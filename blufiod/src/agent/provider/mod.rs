@@ -370,6 +370,29 @@ impl HttpCall {
         }
     }
 
+    /// A streamed JSON POST: adds the content negotiation headers both APIs expect and encodes
+    /// `body`.
+    fn json(
+        client: &reqwest::Client,
+        settings: &ProviderSettings,
+        url: String,
+        mut headers: reqwest::header::HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<Self, ProviderError> {
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("text/event-stream"),
+        );
+        let body = serde_json::to_vec(body).map_err(|error| ProviderError::Malformed {
+            reason: format!("cannot encode the request: {error}"),
+        })?;
+        Ok(Self::new(client, settings, url, headers, body))
+    }
+
     /// Runs the call on a task; the receiver gets the decoded events and at most one error.
     fn spawn(self, decoder: impl Decoder) -> mpsc::Receiver<Result<StreamEvent, ProviderError>> {
         let (sender, receiver) = mpsc::channel(EVENT_BUFFER);

@@ -34,19 +34,13 @@ impl OpenAi {
             let value = secret_header(ProviderKind::Openai.as_str(), &format!("Bearer {api_key}"))?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            reqwest::header::ACCEPT,
-            reqwest::header::HeaderValue::from_static("text/event-stream"),
-        );
-        let body = serde_json::to_vec(&request_body(request)).map_err(|error| ProviderError::Malformed {
-            reason: format!("cannot encode the request: {error}"),
-        })?;
-        let url = format!("{}/chat/completions", self.settings.base_url);
-        Ok(HttpCall::new(&self.client, &self.settings, url, headers, body))
+        HttpCall::json(
+            &self.client,
+            &self.settings,
+            format!("{}/chat/completions", self.settings.base_url),
+            headers,
+            &request_body(request),
+        )
     }
 }
 
