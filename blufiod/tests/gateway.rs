@@ -462,6 +462,21 @@ async fn limits_refuse_oversized_bodies_slow_clients_and_floods() {
         )
         .await;
 
+    // A request head over gateway.max_header_bytes (16 KiB by default) is refused.
+    let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+    let http1 = reqwest::Client::builder()
+        .http1_only()
+        .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+        .build()
+        .unwrap();
+    let huge = http1
+        .get(format!("{}/health", setup.base))
+        .header("x-padding", "p".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 431);
+
     // A slow client that never finishes its request head is disconnected.
     let address = setup.base.trim_start_matches("https://").to_owned();
     let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
