@@ -5,7 +5,9 @@
 //!   then runs `cargo test --workspace`.
 //! - `ci`: formatting, clippy with `-D warnings`, then `test`: what `.ci/run` does.
 //! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
-//! - `bench startup|idle|size|all`: measurements for `docs/benchmarks.md`.
+//! - `bench startup|idle|size|turns|gateway|all`: measurements for `docs/benchmarks.md`.
+//! - `fuzz [SECONDS]`: the cargo-fuzz target over signature-header parsing and verification
+//!   (`proto/fuzz`), for SECONDS (default 60).
 
 mod bench;
 
@@ -34,9 +36,11 @@ fn main() -> Result<()> {
         ["ci"] => ci(),
         ["dist"] => dist(),
         ["bench", rest @ ..] => bench::main(rest),
+        ["fuzz"] => fuzz("60"),
+        ["fuzz", seconds] => fuzz(seconds),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, test\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | all (see docs/benchmarks.md)"
+                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, test\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | turns | gateway | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
             );
             bail!("unknown or missing task")
         }
@@ -159,6 +163,17 @@ fn python_env() -> Result<PathBuf> {
         .args(PYTHON_PACKAGES))
     .context("cannot install the Python test packages from PyPI")?;
     Ok(python)
+}
+
+/// libFuzzer needs nightly-only compiler flags; `RUSTC_BOOTSTRAP` lets the stable toolchain
+/// (the only one this project's machines have) accept them for this run.
+fn fuzz(seconds: &str) -> Result<()> {
+    let seconds: u64 = seconds.parse().context("SECONDS must be a number")?;
+    run(cargo()
+        .args(["fuzz", "run", "--fuzz-dir", "proto/fuzz", "signature_headers", "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        .env("RUSTC_BOOTSTRAP", "1"))
+    .context("the fuzz run failed; install cargo-fuzz with `cargo install cargo-fuzz` if it is missing")
 }
 
 fn dist() -> Result<()> {
