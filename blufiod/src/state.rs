@@ -229,7 +229,14 @@ impl Shared {
         {
             tracing::error!(error = %crate::error_chain(&error), "cannot reload the gateway certificate; keeping the old one");
         }
-        self.set_phase(Phase::Ready);
+        // Back to Ready only if shutdown has not begun meanwhile.
+        self.phase.send_if_modified(|phase| {
+            let reloading = *phase == Phase::Reloading;
+            if reloading {
+                *phase = Phase::Ready;
+            }
+            reloading
+        });
         match outcome {
             Ok(change) => {
                 tracing::info!(applied = ?change.applied, restart_required = ?change.restart_required, "configuration reloaded");

@@ -96,6 +96,8 @@ struct Tweak {
     sign_body: Option<&'static [u8]>,
     key: Option<SigningKey>,
     keyid: Option<String>,
+    session: Option<String>,
+    cover_session: bool,
 }
 
 impl Setup {
@@ -125,6 +127,12 @@ impl Setup {
             );
             headers.insert("content-type", "application/json".parse().unwrap());
             components.push(Component::Field("content-digest".into()));
+        }
+        if let Some(session) = &tweak.session {
+            headers.insert("blufio-session", session.parse().unwrap());
+            if tweak.cover_session {
+                components.push(Component::Field("blufio-session".into()));
+            }
         }
         if let Some(dropped) = tweak.drop_component {
             components.retain(|component| component.name() != dropped);
@@ -376,9 +384,30 @@ async fn signed_requests_reach_the_agent_streaming_included() {
         "stream_options": {"include_usage": true},
     }))
     .unwrap();
+    // The session header picks whose conversation is read, so it must be signed.
+    let unsigned_session = setup.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&body),
+        Tweak {
+            session: Some(session.clone()),
+            ..Tweak::default()
+        },
+    );
+    setup
+        .expect_problem(unsigned_session, 401, "signature-components")
+        .await;
     let response = setup
-        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
-        .header("blufio-session", &session)
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&body),
+            Tweak {
+                session: Some(session.clone()),
+                cover_session: true,
+                ..Tweak::default()
+            },
+        )
         .send()
         .await
         .unwrap();

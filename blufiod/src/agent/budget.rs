@@ -238,13 +238,15 @@ impl Budget {
 }
 
 impl State {
-    /// Starts a new day or month when `period` is later than the one counted.
+    /// Starts a new day or month when `period` is later than the one counted; never goes back
+    /// (`YYYY-MM-DD` and `YYYY-MM` order as strings), so a call reserved before midnight and
+    /// settled after it cannot wipe the new day's spend.
     fn roll_to(&mut self, period: &Period) {
-        if period.month != self.month {
+        if period.month > self.month {
             self.month.clone_from(&period.month);
             self.spent_month = 0;
         }
-        if period.day != self.day {
+        if period.day > self.day {
             self.day.clone_from(&period.day);
             self.spent_day = 0;
         }
@@ -262,8 +264,14 @@ impl Reservation<'_> {
         let mut state = self.budget.lock();
         state.reserved -= self.micros;
         state.roll_to(&self.period);
-        state.spent_day += actual;
-        state.spent_month += actual;
+        // Charged to the period it was reserved in (as its ledger row is): after a rollover
+        // that period is over and no longer counts against today's or this month's cap.
+        if state.day == self.period.day {
+            state.spent_day += actual;
+        }
+        if state.month == self.period.month {
+            state.spent_month += actual;
+        }
         self.micros = 0;
     }
 }
@@ -360,6 +368,21 @@ mod tests {
         let next_month = Period::of(datetime!(2026-12-01 00:00 UTC));
         budget.reserve(200_000, &caps, &next_month).unwrap().settle(200_000);
         assert!((budget.snapshot(&next_month).month_usd - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_call_settled_after_midnight_does_not_wipe_the_new_day() {
+        let before = Period::of(datetime!(2026-11-30 23:59 UTC));
+        let after = Period::of(datetime!(2026-12-01 00:04 UTC));
+        let budget = Budget::new(&before, 0, 0);
+        let caps = caps(1.0, 10.0);
+        let late = budget.reserve(100, &caps, &before).unwrap();
+        budget.reserve(500, &caps, &after).unwrap().settle(500);
+        late.settle(100);
+        let snapshot = budget.snapshot(&after);
+        assert!((snapshot.today_usd - 0.0005).abs() < 1e-12, "{snapshot:?}");
+        assert!((snapshot.month_usd - 0.0005).abs() < 1e-12, "{snapshot:?}");
+        assert_eq!(snapshot.reserved_usd, 0.0);
     }
 
     #[test]

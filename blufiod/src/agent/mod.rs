@@ -452,18 +452,31 @@ impl Agent {
             &config.config.budget,
             &Period::now(),
         )?;
-        let queued = self.queued.load(Ordering::Relaxed);
-        if self.slots.available_permits() == 0 && queued >= self.max_queued {
+        // Take a place in the queue before anything is stored, atomically, so that concurrent
+        // callers cannot all slip past the bound. Free slots count as places: those turns start
+        // at once. Turns waiting for their session count as queued too.
+        let capacity = self.max_queued + self.slots.available_permits();
+        if let Err(waiting) = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+            (queued < capacity).then_some(queued + 1)
+        }) {
             return Err(AgentError::QueueFull {
-                waiting: queued,
+                waiting,
                 slots: self.slot_count,
             });
         }
+        let place = QueuePlace(&self.queued);
 
         let session_id = match session_id {
             Some(id) => self.session(id).await?.id,
             None => self.create_session(text).await?.id,
         };
+        // Held from here until the turn ends, so that the session counts as busy (and cannot be
+        // deleted) from the moment its message is stored.
+        let session_lock = self
+            .sessions
+            .lock()
+            .expect("session locks poisoned")
+            .lock_for(&session_id);
         let turn_id = uuid::Uuid::now_v7().to_string();
         let message_id = uuid::Uuid::now_v7().to_string();
         let content = StoredBlocks::encode(&[ContentBlock::Text { text: text.to_owned() }]);
@@ -485,21 +498,23 @@ impl Agent {
             })
             .await
             .ok();
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        // The turn task now owns the queue place and gives it up when the turn starts.
+        std::mem::forget(place);
         let agent = self.clone();
         self.turns.spawn(async move {
-            agent.run_turn(session_id, turn_id, events).await;
+            agent.run_turn(session_lock, session_id, turn_id, events).await;
         });
         Ok(receiver)
     }
 
     /// Runs one accepted turn to its end and records how it ended.
-    async fn run_turn(self: Arc<Self>, session_id: String, turn_id: String, events: mpsc::Sender<TurnEvent>) {
-        let session_lock = self
-            .sessions
-            .lock()
-            .expect("session locks poisoned")
-            .lock_for(&session_id);
+    async fn run_turn(
+        self: Arc<Self>,
+        session_lock: Arc<tokio::sync::Mutex<()>>,
+        session_id: String,
+        turn_id: String,
+        events: mpsc::Sender<TurnEvent>,
+    ) {
         let admitted = async {
             let guard = session_lock.lock().await;
             let permit = self.slots.clone().acquire_owned().await;
@@ -582,7 +597,7 @@ impl Agent {
         let system = context::system_prompt(&config.agent);
         let records = self
             .storage
-            .recent_messages(session_id, HISTORY_MESSAGES)
+            .history_of_turn(session_id, turn_id, HISTORY_MESSAGES)
             .await
             .map_err(|error| TurnStop::Failed(error.into()))?;
         let mut history = context::History::from_records(&records);
@@ -616,14 +631,19 @@ impl Agent {
                 .map_err(|error| TurnStop::Failed(error.into()))?;
             let period = reservation.period().clone();
             summary.provider_calls += 1;
-            let streamed = stream_call(provider.as_ref(), request, events, &self.token).await;
+            let max_tokens = request.max_tokens;
+            let mut streamed_bytes = 0;
+            let streamed = stream_call(provider.as_ref(), request, events, &self.token, &mut streamed_bytes).await;
             let (usage, ok) = match &streamed {
                 Ok(completion) => (completion.usage, true),
-                // The answer never completed, so its usage is unknown; charge the estimated
-                // input (which providers bill even for failed streams) so spend is not hidden.
+                // The answer never completed, so the provider's count is unknown. Providers bill
+                // the input and whatever output they produced even for a broken stream: charge
+                // the estimated input and the output seen so far, so that cancelling a turn
+                // cannot hide spend.
                 Err(_) => (
                     Usage {
                         input_tokens: estimate,
+                        output_tokens: streamed_bytes.div_ceil(3).min(u64::from(max_tokens)),
                         ..Usage::default()
                     },
                     false,
@@ -786,6 +806,16 @@ impl Agent {
     }
 }
 
+/// A place in the turn queue, given back when dropped (on every early return of
+/// `send_message`).
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Why a running turn stopped early.
 enum TurnStop {
     Cancelled,
@@ -801,12 +831,17 @@ impl From<ProviderError> for TurnStop {
 
 /// Streams one provider call, forwarding text to the caller. Stops (dropping the provider's
 /// stream, which aborts the request) when the caller goes away or the daemon shuts down.
+/// `streamed_bytes` counts the answer seen so far (text, and a rough size per tool call whose
+/// input streams unseen), for charging a call that never completes.
 async fn stream_call(
     provider: &dyn Provider,
     request: provider::ChatRequest,
     events: &mpsc::Sender<TurnEvent>,
     token: &CancellationToken,
+    streamed_bytes: &mut u64,
 ) -> Result<provider::Completion, TurnStop> {
+    /// Bytes charged for a tool call whose input was streamed but not seen.
+    const TOOL_CALL_BYTES: u64 = 192;
     let mut stream = provider.stream(request);
     loop {
         let event = tokio::select! {
@@ -818,10 +853,11 @@ async fn stream_call(
             None => return Err(ProviderError::Truncated.into()),
             Some(Err(error)) => return Err(error.into()),
             Some(Ok(StreamEvent::TextDelta(text))) => {
+                *streamed_bytes += text.len() as u64;
                 // If the caller is gone, the select above notices on the next event.
                 let _ = events.send(TurnEvent::TextDelta(text)).await;
             }
-            Some(Ok(StreamEvent::ToolUseStarted { .. })) => {}
+            Some(Ok(StreamEvent::ToolUseStarted { .. })) => *streamed_bytes += TOOL_CALL_BYTES,
             Some(Ok(StreamEvent::Completed(completion))) => return Ok(completion),
         }
     }

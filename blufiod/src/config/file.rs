@@ -115,6 +115,14 @@ pub enum ConfigWriteError {
         #[source]
         source: toml_edit::TomlError,
     },
+    /// A section name holds a plain value in the file.
+    #[error("cannot edit {path}: `{key}` is a value, not a section; fix it by hand first")]
+    NotATable {
+        /// The config file.
+        path: PathBuf,
+        /// The dotted prefix that is not a table.
+        key: String,
+    },
     /// The changed configuration would be invalid; nothing was written.
     #[error("the new value is rejected; nothing was written")]
     Rejected {
@@ -171,9 +179,17 @@ pub fn set_key_in_file(
             .entry(segment)
             .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
         if !entry.is_table() {
-            // An inline table or a scalar where a section belongs: the schema check below reports
-            // it precisely, so replace it with a section to let that check run.
-            *entry = toml_edit::Item::Table(toml_edit::Table::new());
+            // An inline table becomes a section with the same entries; anything else where a
+            // section belongs is an error the owner must fix, never silently dropped.
+            match std::mem::take(entry).into_table() {
+                Ok(section) => *entry = toml_edit::Item::Table(section),
+                Err(_) => {
+                    return Err(ConfigWriteError::NotATable {
+                        path: path.to_owned(),
+                        key: (*segment).to_owned(),
+                    });
+                }
+            }
         }
         table = entry.as_table_mut().expect("just made a table");
     }
@@ -233,6 +249,23 @@ mod tests {
         );
         assert!(after.contains("level = \"debug\""), "{after}");
         assert!(after.contains("[daemon]\nshutdown_timeout_secs = 7"), "{after}");
+    }
+
+    #[test]
+    fn inline_tables_keep_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.toml");
+        let before = "provider = { kind = \"openai\", model = \"m1\" }\n";
+        std::fs::write(&path, before).unwrap();
+        let loaded = set_key_in_file(&path, Some(before), "provider.max_tokens", "100").unwrap();
+        assert_eq!(loaded.config.provider.kind, super::super::ProviderKind::Openai);
+        assert_eq!(loaded.config.provider.model.as_deref(), Some("m1"));
+        assert_eq!(loaded.config.provider.max_tokens, 100);
+        let scalar = "provider = 5\n";
+        assert!(matches!(
+            set_key_in_file(&path, Some(scalar), "provider.model", "x"),
+            Err(ConfigWriteError::NotATable { .. })
+        ));
     }
 
     #[test]

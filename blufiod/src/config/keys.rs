@@ -65,7 +65,7 @@ pub const KEYS: &[KeySpec] = &[
     restart("gateway.key_file"),
     restart("gateway.listen"),
     live("gateway.max_body_bytes"),
-    live("gateway.max_clock_skew_secs"),
+    restart("gateway.max_clock_skew_secs"),
     restart("gateway.max_connections"),
     live("gateway.max_header_bytes"),
     restart("gateway.metrics_listen"),

@@ -617,7 +617,9 @@ fn write_error_to_status(error: &ConfigWriteError) -> Status {
     let message = error_chain(error);
     match error {
         ConfigWriteError::UnknownKey { .. } | ConfigWriteError::Rejected { .. } => Status::invalid_argument(message),
-        ConfigWriteError::ParseFile { .. } | ConfigWriteError::Read { .. } => Status::failed_precondition(message),
+        ConfigWriteError::ParseFile { .. } | ConfigWriteError::NotATable { .. } | ConfigWriteError::Read { .. } => {
+            Status::failed_precondition(message)
+        }
         ConfigWriteError::Write { source, .. } => match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Status::resource_exhausted(message),
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {

@@ -39,7 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Header naming the session of an OpenAI-compatible request (and of its response).
-const SESSION_HEADER: &str = "blufio-session";
+pub const SESSION_HEADER: &str = "blufio-session";
 /// Events buffered between a turn and its HTTP stream.
 const STREAM_BUFFER: usize = 64;
 
@@ -101,6 +101,10 @@ fn not_routed(method: &Method, path: &str) -> Response<Body> {
 async fn signed(gateway: &Arc<Gateway>, request: http::Request<Incoming>) -> (&'static str, Response<Body>) {
     let (parts, body) = request.into_parts();
     let template = template_of(&parts.method, parts.uri.path());
+    let identified = match gateway.identify(&parts).await {
+        Ok(identified) => identified,
+        Err(problem) => return (template, problem.response()),
+    };
     let config = gateway.shared.config();
     let limit = usize::try_from(config.config.gateway.max_body_bytes).unwrap_or(usize::MAX);
     let timeout = Duration::from_secs(config.config.gateway.request_timeout_secs);
@@ -146,7 +150,7 @@ async fn signed(gateway: &Arc<Gateway>, request: http::Request<Incoming>) -> (&'
             );
         }
     };
-    if let Err(problem) = gateway.authenticate(&parts, &body).await {
+    if let Err(problem) = gateway.authenticate(&parts, &body, identified).await {
         return (template, problem.response());
     }
     let response = match dispatch(gateway, &parts, body).await {
@@ -545,12 +549,18 @@ async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
     let phase = gateway.shared.phase();
     let storage = gateway.shared.storage.probe_reader().await;
     let agent = gateway.shared.agent.status();
-    let problems: Vec<String> = [
-        (phase != Phase::Ready && phase != Phase::Reloading).then(|| format!("the daemon is {phase:?}")),
-        storage
-            .err()
-            .map(|error| format!("the database is not reachable: {}", crate::error_chain(&error))),
-        agent.provider_problem.clone(),
+    // Unauthenticated: say what is wrong, but not the details (paths, errors, config hints),
+    // which the owner finds in the log and in `blufioctl status`.
+    if let Err(error) = &storage {
+        tracing::warn!(error = %crate::error_chain(error), "readiness: the database is not reachable");
+    }
+    let problems: Vec<&str> = [
+        (phase != Phase::Ready && phase != Phase::Reloading).then_some("the daemon is not serving yet or is stopping"),
+        storage.is_err().then_some("the database is not reachable"),
+        agent
+            .provider_problem
+            .is_some()
+            .then_some("the LLM provider is not configured"),
     ]
     .into_iter()
     .flatten()
@@ -576,8 +586,8 @@ fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Respons
         let given = request
             .headers()
             .get(http::header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        if given != Some(expected.as_bytes()) {
+            .map_or(&[][..], HeaderValue::as_bytes);
+        if !constant_time_eq(given, expected.as_bytes()) {
             let mut response = Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "metrics-token",
@@ -637,6 +647,16 @@ fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Respons
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// Compares secrets without an early exit, so response time says nothing about how much of a
+/// guess was right.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = u8::from(given.len() != expected.len());
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= byte ^ given.get(index).copied().unwrap_or(0);
+    }
+    difference == 0
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -720,12 +740,15 @@ fn agent_problem(error: &AgentError) -> Problem {
             detail,
         )
         .retry_after(10),
-        AgentError::Storage(_) => Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage-failed",
-            "Internal error",
-            detail,
-        ),
+        AgentError::Storage(_) => {
+            tracing::error!(error = %detail, "a gateway request failed in storage");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage-failed",
+                "Internal error",
+                "the daemon's database failed; the owner finds the cause in blufiod's log",
+            )
+        }
     }
 }
 
@@ -768,6 +791,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"Bearer abc", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer ab", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer abd", b"Bearer abc"));
+        assert!(!constant_time_eq(b"", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer abcd", b"Bearer abc"));
     }
 
     #[test]

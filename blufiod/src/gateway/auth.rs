@@ -15,6 +15,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use http::StatusCode;
 
 use super::Gateway;
+use super::api::SESSION_HEADER;
 use super::problem::Problem;
 use super::replay::ReplayError;
 use crate::devices::ActiveDevice;
@@ -65,14 +66,38 @@ fn unix_now() -> i64 {
         .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// A request whose signature headers parse and name a registered device; its body has not been
+/// read yet.
+pub struct Identified {
+    parsed: httpsig::ParsedSignature,
+    keyid: String,
+    device: ActiveDevice,
+}
+
+/// Longest nonce accepted: far more than any random nonce needs, and it bounds what each
+/// remembered nonce costs.
+const MAX_NONCE_BYTES: usize = 128;
+
 impl Gateway {
-    /// Runs every check on a request whose body has been read.
+    /// The checks that need no body: signature headers present and parseable, key known and not
+    /// revoked. Run before the body is read, so that unsigned traffic cannot make the daemon
+    /// buffer bodies.
+    pub(super) async fn identify(&self, parts: &http::request::Parts) -> Result<Identified, Problem> {
+        let outcome = self.identify_inner(parts).await;
+        if let Err(problem) = &outcome {
+            self.metrics.auth_failures.with_label_values(&[problem.kind]).inc();
+        }
+        outcome
+    }
+
+    /// The remaining checks, in order, on the read body; then the per-key rate limit.
     pub(super) async fn authenticate(
         &self,
         parts: &http::request::Parts,
         body: &[u8],
+        identified: Identified,
     ) -> Result<Authenticated, Problem> {
-        let outcome = self.check_signature(parts, body).await;
+        let outcome = self.check_signature(parts, body, identified);
         if let Err(problem) = &outcome {
             self.metrics.auth_failures.with_label_values(&[problem.kind]).inc();
         }
@@ -94,7 +119,7 @@ impl Gateway {
         Ok(authenticated)
     }
 
-    async fn check_signature(&self, parts: &http::request::Parts, body: &[u8]) -> Result<Authenticated, Problem> {
+    async fn identify_inner(&self, parts: &http::request::Parts) -> Result<Identified, Problem> {
         let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
         let (Some(input), Some(signature)) = (header("signature-input"), header("signature")) else {
             return Err(unauthorized(
@@ -134,37 +159,61 @@ impl Gateway {
                     format!("keyid {keyid:?} is not a registered, unrevoked device; see blufioctl device list"),
                 )
             })?;
+        Ok(Identified { parsed, keyid, device })
+    }
+
+    fn check_signature(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+        identified: Identified,
+    ) -> Result<Authenticated, Problem> {
+        let Identified { parsed, keyid, device } = identified;
+        let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
         let query = parts.uri.query();
         let has_query = query.is_some();
         let has_body = !body.is_empty();
         httpsig::policy::check_components(&parsed, has_body, has_query)
             .map_err(|error| unauthorized("signature-components", error.to_string()))?;
+        // The session header chooses whose conversation the request reads and extends, so it must
+        // be signed whenever it is sent.
+        if parts.headers.contains_key(SESSION_HEADER)
+            && !parsed
+                .params()
+                .components
+                .iter()
+                .any(|component| component.name() == SESSION_HEADER)
+        {
+            return Err(unauthorized(
+                "signature-components",
+                format!("the request carries {SESSION_HEADER}, so the signature must cover it"),
+            ));
+        }
         httpsig::policy::check_params(&parsed).map_err(|error| unauthorized("signature-params", error.to_string()))?;
-        let config = self.shared.config();
-        let skew = i64::try_from(config.config.gateway.max_clock_skew_secs).unwrap_or(i64::MAX);
+        let nonce = parsed.params().nonce.clone().unwrap_or_default();
+        if nonce.len() > MAX_NONCE_BYTES {
+            return Err(unauthorized(
+                "signature-params",
+                format!(
+                    "the nonce is {} bytes; at most {MAX_NONCE_BYTES} are accepted",
+                    nonce.len()
+                ),
+            ));
+        }
+        let skew = self.max_skew_secs;
         let now = unix_now();
         httpsig::policy::check_time(&parsed, now, skew)
             .map_err(|error| unauthorized("signature-expired", error.to_string()))?;
-        let nonce = parsed.params().nonce.clone().unwrap_or_default();
-        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
-        // remembered for twice that.
-        match self.replay.accept(&keyid, &nonce, now, skew.saturating_mul(2)) {
-            Ok(()) => {}
-            Err(ReplayError::Replayed) => {
-                return Err(unauthorized(
-                    "signature-replayed",
-                    "this nonce was already used with this key; sign every request with a fresh nonce",
-                ));
-            }
-            Err(ReplayError::Full) => {
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "replay-cache-full",
-                    "Service unavailable",
-                    "too many recent requests to remember their nonces safely; retry shortly",
-                )
-                .retry_after(5));
-            }
+        let replayed = || {
+            unauthorized(
+                "signature-replayed",
+                "this nonce was already used with this key; sign every request with a fresh nonce",
+            )
+        };
+        // Only look here: the nonce is remembered after the signature verifies, so that nobody
+        // without the key can fill the cache.
+        if self.replay.seen(&keyid, &nonce, now) {
+            return Err(replayed());
         }
         if has_body {
             let digest = header("content-digest").ok_or_else(|| {
@@ -192,7 +241,20 @@ impl Gateway {
         };
         httpsig::verify(&request, &parsed, &device.key)
             .map_err(|error| unauthorized("signature-invalid", error.to_string()))?;
-        Ok(Authenticated { device })
+        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
+        // remembered for twice that. `accept` checks again under its lock: of two concurrent
+        // copies of one request, exactly one gets through.
+        match self.replay.accept(&keyid, &nonce, now, skew.saturating_mul(2)) {
+            Ok(()) => Ok(Authenticated { device }),
+            Err(ReplayError::Replayed) => Err(replayed()),
+            Err(ReplayError::Full) => Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay-cache-full",
+                "Service unavailable",
+                "too many recent requests to remember their nonces safely; retry shortly",
+            )
+            .retry_after(5)),
+        }
     }
 }
 

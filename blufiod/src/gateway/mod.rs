@@ -172,6 +172,9 @@ pub struct Gateway {
     limiter: auth::RateLimiter,
     metrics: Arc<Metrics>,
     scheme: &'static str,
+    /// Fixed at start: remembered nonces were sized for it (`gateway.max_clock_skew_secs` is
+    /// restart-only).
+    max_skew_secs: i64,
 }
 
 /// Serves until `token` is cancelled, then lets open requests finish for a few seconds.
@@ -195,6 +198,7 @@ pub async fn serve(
         limiter: auth::RateLimiter::new(config.rate_limit_per_minute),
         metrics,
         scheme: bound.info.scheme,
+        max_skew_secs: i64::try_from(config.max_clock_skew_secs).unwrap_or(i64::MAX),
         shared,
     });
     if let Some(listener) = bound.metrics_listener {

@@ -38,14 +38,17 @@ impl ReplayCache {
         }
     }
 
-    /// Accepts `nonce` of `keyid` once; it is remembered until `now + window_secs`.
+    /// Whether `nonce` of `keyid` was accepted and is still remembered.
+    pub fn seen(&self, keyid: &str, nonce: &str, now: i64) -> bool {
+        let mut inner = self.inner.lock().expect("replay cache poisoned");
+        inner.expire(now);
+        inner.seen.contains(&(keyid.to_owned(), nonce.to_owned()))
+    }
+
+    /// Accepts `nonce` of `keyid` once; it is remembered through `now + window_secs`.
     pub fn accept(&self, keyid: &str, nonce: &str, now: i64, window_secs: i64) -> Result<(), ReplayError> {
         let mut inner = self.inner.lock().expect("replay cache poisoned");
-        while inner.order.front().is_some_and(|(expires, _)| *expires <= now) {
-            if let Some((_, key)) = inner.order.pop_front() {
-                inner.seen.remove(&key);
-            }
-        }
+        inner.expire(now);
         let key = (keyid.to_owned(), nonce.to_owned());
         if inner.seen.contains(&key) {
             return Err(ReplayError::Replayed);
@@ -64,6 +67,18 @@ impl ReplayCache {
     }
 }
 
+impl Inner {
+    /// Forgets nonces whose window ended before `now`. The window's last second is inclusive,
+    /// like the skew check it mirrors.
+    fn expire(&mut self, now: i64) {
+        while self.order.front().is_some_and(|(expires, _)| *expires < now) {
+            if let Some((_, key)) = self.order.pop_front() {
+                self.seen.remove(&key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,8 +89,10 @@ mod tests {
         cache.accept("k1", "n1", 1_000, 600).unwrap();
         assert_eq!(cache.accept("k1", "n1", 1_001, 600), Err(ReplayError::Replayed));
         cache.accept("k2", "n1", 1_001, 600).unwrap();
+        assert!(cache.seen("k1", "n1", 1_600), "the window's last second still counts");
         // After the window the signature itself would fail the skew check, so the nonce may go.
-        cache.accept("k1", "n1", 1_600, 600).unwrap();
+        assert!(!cache.seen("k1", "n1", 1_601));
+        cache.accept("k1", "n1", 1_601, 600).unwrap();
         assert_eq!(cache.len(), 2);
     }
 
@@ -90,6 +107,6 @@ mod tests {
             Err(ReplayError::Replayed),
             "old nonces are still known"
         );
-        cache.accept("k", "c", 600, 600).unwrap();
+        cache.accept("k", "c", 601, 600).unwrap();
     }
 }

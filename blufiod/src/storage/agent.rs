@@ -320,12 +320,19 @@ impl Storage {
             .execute(&mut *transaction)
             .await
             .map_err(query_error("finish a turn"))?;
-        sqlx::query("UPDATE sessions SET state = 'idle', updated_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(session_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(query_error("mark a session idle"))?;
+        // Another turn of the session may already be stored and waiting: the session is idle
+        // only when none is left running.
+        sqlx::query(
+            "UPDATE sessions SET updated_at = ?, state = CASE WHEN EXISTS \
+             (SELECT 1 FROM turns WHERE session_id = ? AND state = 'running') THEN 'running' ELSE 'idle' END \
+             WHERE id = ?",
+        )
+        .bind(now)
+        .bind(session_id)
+        .bind(session_id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(query_error("update a session's state"))?;
         transaction
             .commit()
             .await
@@ -353,13 +360,38 @@ impl Storage {
         Ok(done.rows_affected())
     }
 
-    /// The latest `limit` messages of a session, oldest first.
+    /// The latest `limit` messages of a session, oldest first, in turn order: a message sent
+    /// while an earlier turn was still running follows that turn's answer, not its middle.
     pub async fn recent_messages(&self, session_id: &str, limit: u32) -> Result<Vec<MessageRecord>, StorageError> {
+        self.messages(session_id, None, limit).await
+    }
+
+    /// Like [`Storage::recent_messages`], but only of turns up to and including `turn_id`: the
+    /// history a turn answers, without messages of turns queued behind it.
+    pub async fn history_of_turn(
+        &self,
+        session_id: &str,
+        turn_id: &str,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StorageError> {
+        self.messages(session_id, Some(turn_id), limit).await
+    }
+
+    async fn messages(
+        &self,
+        session_id: &str,
+        until_turn: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StorageError> {
         let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, turn_id, role, content AS content_json, created_at FROM messages \
-             WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+            "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
+             JOIN turns t ON t.id = m.turn_id \
+             WHERE m.session_id = ? AND (? IS NULL OR t.rowid <= (SELECT rowid FROM turns WHERE id = ?)) \
+             ORDER BY t.rowid DESC, m.seq DESC LIMIT ?",
         )
         .bind(session_id)
+        .bind(until_turn)
+        .bind(until_turn)
         .bind(i64::from(limit.min(MAX_PAGE)))
         .fetch_all(&self.reader)
         .await
@@ -538,6 +570,42 @@ mod tests {
             "the inbound message of the interrupted turn is kept"
         );
         assert_eq!(storage.recent_messages("s1", 2).await.unwrap()[0].id, "m2");
+    }
+
+    #[tokio::test]
+    async fn a_message_queued_during_a_turn_follows_that_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        storage.create_session("s1", "t").await.unwrap();
+        storage.begin_turn(message("a1", "tA", "user")).await.unwrap();
+        storage
+            .append_message(message("a2", "tA", "assistant"), "m")
+            .await
+            .unwrap();
+        // Turn B's message arrives while turn A is still running its tools.
+        storage.begin_turn(message("b1", "tB", "user")).await.unwrap();
+        storage.append_message(message("a3", "tA", "tool"), "m").await.unwrap();
+        storage
+            .append_message(message("a4", "tA", "assistant"), "m")
+            .await
+            .unwrap();
+        storage.finish_turn("s1", "tA", TurnEnd::Completed, None).await.unwrap();
+        assert_eq!(
+            storage.get_session("s1").await.unwrap().unwrap().state,
+            "running",
+            "turn B is still to run"
+        );
+        let ids = |records: Vec<MessageRecord>| records.into_iter().map(|record| record.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(storage.recent_messages("s1", 10).await.unwrap()),
+            ["a1", "a2", "a3", "a4", "b1"]
+        );
+        assert_eq!(
+            ids(storage.history_of_turn("s1", "tA", 10).await.unwrap()),
+            ["a1", "a2", "a3", "a4"]
+        );
+        storage.finish_turn("s1", "tB", TurnEnd::Completed, None).await.unwrap();
+        assert_eq!(storage.get_session("s1").await.unwrap().unwrap().state, "idle");
     }
 
     #[tokio::test]

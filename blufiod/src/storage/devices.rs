@@ -93,15 +93,16 @@ impl Storage {
         Ok(rows.into_iter().map(DeviceRecord::from).collect())
     }
 
-    /// The active device with `keyid`. Reads go to the writer connection so that a revocation
-    /// that just committed is seen by the very next request.
+    /// The active device with `keyid`. A read transaction sees every committed write, so a
+    /// revocation is seen by the very next request; reading from the pool keeps unauthenticated
+    /// lookups off the single writer connection.
     pub async fn active_device(&self, keyid: &str) -> Result<Option<DeviceRecord>, StorageError> {
         let row: Option<DeviceRow> = sqlx::query_as(
             "SELECT keyid, name, public_key, fingerprint, added_at, last_used_at, revoked_at FROM devices \
              WHERE keyid = ? AND revoked_at IS NULL",
         )
         .bind(keyid)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.reader)
         .await
         .map_err(query_error("look up a device"))?;
         Ok(row.map(DeviceRecord::from))
