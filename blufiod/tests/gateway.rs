@@ -481,7 +481,10 @@ async fn signed_requests_reach_the_agent_streaming_included() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_refuse_oversized_bodies_slow_clients_and_floods() {
-    let setup = setup("[gateway]\nmax_body_bytes = 1024\nrequest_timeout_secs = 1\nrate_limit_per_minute = 3\n").await;
+    let setup = setup(
+        "[gateway]\nmax_body_bytes = 1024\nrequest_timeout_secs = 1\nidle_timeout_secs = 1\nrate_limit_per_minute = 3\n",
+    )
+    .await;
     let big = vec![b'x'; 4096];
     setup
         .expect_problem(
@@ -533,6 +536,17 @@ async fn limits_refuse_oversized_bodies_slow_clients_and_floods() {
         Err(_) => false,
     };
     assert!(closed_or_refused, "a client that stalls mid-request is dropped");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // A client that completes the handshake and then sends nothing does not keep its slot.
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut silent = connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap();
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buffer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "an idle connection is closed by the server: {read:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
 
     // Three requests a minute per key, then 429 with Retry-After.

@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -208,7 +209,9 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(
         usize::try_from(config.max_connections).unwrap_or(1).max(1),
     ));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task, so that shutdown can wait for them.
+    let connections = tokio_util::task::TaskTracker::new();
+    let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let request_timeout = Duration::from_secs(config.request_timeout_secs);
     builder
@@ -222,6 +225,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(config.idle_timeout_secs)))
+        .keep_alive_timeout(Duration::from_secs(config.request_timeout_secs))
         .max_concurrent_streams(64);
     tracing::info!(address = %bound.info.address, scheme = bound.info.scheme, "gateway serving");
 
@@ -246,13 +250,16 @@ pub async fn serve(
         let gateway = gateway.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let token = token.clone();
+        connections.spawn(async move {
             let _permit = permit;
             gateway.metrics.open_connections.inc();
+            let requests = Arc::new(AtomicU64::new(0));
             let service = hyper::service::service_fn({
                 let gateway = gateway.clone();
+                let requests = requests.clone();
                 move |request| {
+                    requests.fetch_add(1, Ordering::Relaxed);
                     let gateway = gateway.clone();
                     async move { Ok::<_, Infallible>(gateway.handle(request).await) }
                 }
@@ -261,7 +268,7 @@ pub async fn serve(
                 Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let connection = builder.serve_connection(TokioIo::new(tls), service);
-                        watcher.watch(connection.into_owned()).await
+                        drive(connection, &requests, idle_timeout, &token).await
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -274,7 +281,7 @@ pub async fn serve(
                 },
                 None => {
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    drive(connection, &requests, idle_timeout, &token).await
                 }
             };
             if let Err(error) = outcome {
@@ -284,7 +291,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(CONNECTION_DRAIN, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(CONNECTION_DRAIN, connections.wait())
         .await
         .is_err()
     {
@@ -292,6 +300,59 @@ pub async fn serve(
     }
     tracing::info!("gateway drained");
     Ok(())
+}
+
+/// Serves one connection until it ends. It is closed gracefully (in-flight responses finish,
+/// streams included) when shutdown begins, or when a whole `idle_timeout` passes without a new
+/// request: a client that connects and sends nothing, or keeps an idle connection open, cannot
+/// hold one of the connection slots for ever.
+async fn drive<C>(
+    connection: C,
+    requests: &AtomicU64,
+    idle_timeout: Duration,
+    token: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
+{
+    tokio::pin!(connection);
+    let mut seen = requests.load(Ordering::Relaxed);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            outcome = connection.as_mut() => return outcome,
+            () = token.cancelled(), if !closing => {
+                connection.as_mut().shut_down();
+                closing = true;
+            }
+            () = tokio::time::sleep(idle_timeout), if !closing => {
+                let now = requests.load(Ordering::Relaxed);
+                if now == seen {
+                    connection.as_mut().shut_down();
+                    closing = true;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish its work and close.
+trait GracefulConnection {
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for hyper_util::server::conn::auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<problem::Body>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, problem::Body>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// Connections the metrics listener serves at once: scrapers are few.
