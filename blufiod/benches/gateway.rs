@@ -6,73 +6,37 @@
 //! `GET /v1/models` (TLS, signature verification, replay check, routing: the gateway's own cost)
 //! and `POST /v1/chat/completions` (a whole agent turn with an instant fake provider).
 
+mod common;
+
 #[path = "../tests/support/fake_provider.rs"]
 #[allow(dead_code, reason = "the bench uses part of the fake provider")]
 mod fake_provider;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use blufio_proto::control::v1 as pb;
 use blufio_proto::httpsig::{self, Component, SignatureParams, digest};
+use common::BenchDaemon;
 use ed25519_dalek::SigningKey;
 use fake_provider::FakeProvider;
-use tokio::net::UnixStream;
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
+    let args = common::numbers();
     let clients = args.first().copied().unwrap_or(16);
     let per_client = args.get(1).copied().unwrap_or(50);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     // The fake answers every request at once with its default reply.
     let fake = FakeProvider::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("blufiod.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[log]\nlevel = \"warn\"\n\
-             [provider]\nkind = \"anthropic\"\nbase_url = \"{1}\"\napi_key = \"bench\"\nmodel = \"bench-model\"\n\
-             [pricing.\"bench-model\"]\ninput = 0.0\noutput = 0.0\n[budget]\ndaily_usd = 0.0\nmonthly_usd = 0.0\n\
-             [agent]\nmax_concurrent_turns = {2}\nmax_queued_turns = {2}\n\
-             [gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\n",
-            dir.path().display(),
-            fake.url(),
-            clients.max(1)
-        ),
-    )
-    .expect("write config");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_blufiod"))
-        .arg("--config")
-        .arg(&config)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start blufiod");
-    let socket = dir.path().join("run/blufiod.sock");
+    let daemon = BenchDaemon::start(
+        &fake.url(),
+        clients,
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\n",
+    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&socket).await.is_err() {
-            assert!(Instant::now() < deadline, "blufiod did not come up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let path = socket.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .expect("connect");
-        let mut control = pb::control_client::ControlClient::new(channel);
+        daemon.wait_ready().await;
+        let mut control = common::control(&daemon.socket).await;
         let key = SigningKey::from_bytes(&[1; 32]);
         let keyid = control
             .add_device(pb::AddDeviceRequest {
@@ -93,7 +57,7 @@ fn main() {
             .gateway
             .expect("gateway")
             .listen;
-        let cert = std::fs::read(dir.path().join("state/tls/cert.pem")).expect("cert");
+        let cert = std::fs::read(daemon.dir.path().join("state/tls/cert.pem")).expect("cert");
         let client = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&cert).expect("pem")])
             .build()
@@ -117,8 +81,7 @@ fn main() {
             run(&target, label, method, path, body, clients, per_client).await;
         }
     });
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    let _ = daemon.wait();
+    drop(daemon);
 }
 
 #[derive(Clone)]
@@ -206,10 +169,7 @@ async fn run(
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    let pct = |quantile: f64| {
-        let index = ((latencies.len() as f64 - 1.0) * quantile).round() as usize;
-        latencies[index].as_secs_f64() * 1000.0
-    };
+    let pct = |quantile| common::quantile_ms(&latencies, quantile);
     println!(
         "{label}: {} requests ({clients} clients x {per_client}), {:.1} requests/s, p50 {:.2} ms, p99 {:.2} ms",
         latencies.len(),

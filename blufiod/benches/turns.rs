@@ -6,24 +6,21 @@
 //! (measured at the fake server, request received → last byte written) and their difference:
 //! the latency the daemon adds (storage, context, budget, ledger, streaming), p50 and p99.
 
+mod common;
+
 #[path = "../tests/support/fake_provider.rs"]
 #[allow(dead_code, reason = "the bench uses part of the fake provider")]
 mod fake_provider;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blufio_proto::control::v1 as pb;
+use common::BenchDaemon;
 use fake_provider::{FakeProvider, FakeUsage, Script};
-use tokio::net::UnixStream;
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
+    let args = common::numbers();
     let clients = args.first().copied().unwrap_or(16);
     let turns_per_client = args.get(1).copied().unwrap_or(25);
     let total = clients * turns_per_client;
@@ -44,39 +41,14 @@ fn main() {
             }),
         });
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("blufiod.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[log]\nlevel = \"warn\"\n\
-             [provider]\nkind = \"anthropic\"\nbase_url = \"{1}\"\napi_key = \"bench\"\nmodel = \"bench-model\"\n\
-             [pricing.\"bench-model\"]\ninput = 0.0\noutput = 0.0\n[budget]\ndaily_usd = 0.0\nmonthly_usd = 0.0\n\
-             [agent]\nmax_concurrent_turns = {2}\nmax_queued_turns = {2}\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path().display(),
-            fake.url(),
-            clients.max(1)
-        ),
-    )
-    .expect("write config");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_blufiod"))
-        .arg("--config")
-        .arg(&config)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start blufiod");
-    let socket = dir.path().join("run/blufiod.sock");
-
+    let daemon = BenchDaemon::start(&fake.url(), clients, "[gateway]\nlisten = \"127.0.0.1:0\"\n");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let latencies = runtime.block_on(async {
-        wait_for_socket(&socket).await;
+        daemon.wait_ready().await;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..clients {
-            let socket = socket.clone();
+            let socket = daemon.socket.clone();
             tasks.spawn(async move { client(&socket, turns_per_client).await });
         }
         let mut latencies = Vec::with_capacity(total);
@@ -86,16 +58,12 @@ fn main() {
         (latencies, started.elapsed())
     });
     let (mut end_to_end, elapsed) = latencies;
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    let _ = daemon.wait();
+    drop(daemon);
 
     let mut provider = fake.service_times();
     end_to_end.sort_unstable();
     provider.sort_unstable();
-    let pct = |samples: &[Duration], quantile: f64| {
-        let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
-        samples[index].as_secs_f64() * 1000.0
-    };
+    let pct = common::quantile_ms;
     // Added latency per turn: end-to-end minus the provider's time, both taken at the same
     // quantile (the turns are identical, so the provider's distribution is nearly constant).
     println!(
@@ -113,25 +81,9 @@ fn main() {
     }
 }
 
-async fn wait_for_socket(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while UnixStream::connect(socket).await.is_err() {
-        assert!(Instant::now() < deadline, "blufiod did not come up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// One client: a session, then `turns` sequential messages in it. Returns each turn's latency.
 async fn client(socket: &Path, turns: usize) -> Vec<Duration> {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .expect("connect");
-    let mut control = pb::control_client::ControlClient::new(channel);
+    let mut control = common::control(socket).await;
     let session = control
         .create_session(pb::CreateSessionRequest { title: "bench".into() })
         .await

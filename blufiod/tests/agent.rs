@@ -7,24 +7,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::fake_provider::{FakeProvider, FakeUsage, Script};
-use support::{Daemon, DaemonOptions, describe, new_dir};
-
-/// Config for a daemon whose provider is `fake`, with prices that make costs easy to check:
-/// $1 per million input tokens, $2 per million output tokens.
-fn agent_config(fake: &FakeProvider, extra: &str) -> String {
-    format!(
-        "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"test-key\"\nmodel = \"fake-model\"\n\
-         max_tokens = 1000\nidle_timeout_secs = 5\nmax_retries = 1\nretry_base_delay_ms = 10\n\
-         [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n{extra}",
-        fake.url()
-    )
-}
+use support::{Daemon, DaemonOptions, describe, fake_provider_config, new_dir};
 
 fn start(fake: &FakeProvider, extra: &str) -> Daemon {
     Daemon::start_with(
         new_dir(),
         DaemonOptions {
-            config: agent_config(fake, extra),
+            config: fake_provider_config(fake, extra),
             ..DaemonOptions::default()
         },
     )
@@ -294,7 +283,7 @@ fn history_survives_a_restart_and_a_crash_mid_turn_keeps_the_message() {
     fake.push(text_reply("first answer", 5, 5));
     let dir = new_dir();
     let options = || DaemonOptions {
-        config: agent_config(&fake, ""),
+        config: fake_provider_config(&fake, ""),
         ..DaemonOptions::default()
     };
     let mut daemon = Daemon::start_with(dir.clone(), options());
@@ -409,7 +398,7 @@ fn sigterm_during_a_turn_stops_cleanly_and_charges_the_call() {
     fake.push(Script::Stall { after_chunks: 1 });
     let dir = new_dir();
     let options = || DaemonOptions {
-        config: agent_config(&fake, ""),
+        config: fake_provider_config(&fake, ""),
         ..DaemonOptions::default()
     };
     let mut daemon = Daemon::start_with(dir.clone(), options());

@@ -35,11 +35,7 @@ async fn setup(extra: &str) -> Setup {
     let daemon = Daemon::start_with(
         new_dir(),
         DaemonOptions {
-            config: format!(
-                "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\nmodel = \"fake-model\"\n\
-                 [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n{extra}",
-                fake.url()
-            ),
+            config: support::fake_provider_config(&fake, extra),
             ..DaemonOptions::default()
         },
     );
@@ -713,11 +709,7 @@ async fn blufioctl_registers_a_device_and_talks_through_the_gateway() {
     let daemon = Daemon::start_with(
         new_dir(),
         DaemonOptions {
-            config: format!(
-                "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\nmodel = \"fake-model\"\n\
-                 [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n",
-                fake.url()
-            ),
+            config: support::fake_provider_config(&fake, ""),
             ..DaemonOptions::default()
         },
     );

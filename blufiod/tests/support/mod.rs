@@ -386,3 +386,14 @@ pub async fn control_client(
         .expect("connect to the control socket");
     blufio_proto::control::v1::control_client::ControlClient::new(channel)
 }
+
+/// Config for a daemon whose provider is `fake`, with prices that make costs easy to check:
+/// $1 per million input tokens, $2 per million output tokens; `extra` is appended.
+pub fn fake_provider_config(fake: &fake_provider::FakeProvider, extra: &str) -> String {
+    format!(
+        "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"test-key\"\nmodel = \"fake-model\"\n\
+         max_tokens = 1000\nidle_timeout_secs = 5\nmax_retries = 1\nretry_base_delay_ms = 10\n\
+         [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n{extra}",
+        fake.url()
+    )
+}
