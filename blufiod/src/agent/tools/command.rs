@@ -1,14 +1,17 @@
 //! `run_command`: runs one allowed program with arguments and returns its exit status and output.
 //!
-//! It must never run anything but a program listed in `tools.run_command.allow` (compared after
-//! resolving links on both sides), never through a shell, and never leave processes behind: the
-//! program runs in its own process group with a cleared environment and no stdin, the whole group
-//! is killed on timeout, on cancellation (when the call is dropped) and when the call ends, and
-//! output beyond the cap is drained but not kept, so a chatty program neither blocks nor grows
-//! memory.
+//! It must never run anything but a program listed in `tools.run_command.allow`, never through a
+//! shell, and never leave processes behind. Paths are compared as written, only lexically
+//! normalized (`//`, `.` and a trailing slash; any `..` is refused), never by resolving links:
+//! multi-call binaries (busybox, uutils, toybox) pick what to do from the name they are run as, so
+//! allowing `/x/uptime` must not allow `/x/sh` just because both link to one binary. The entry as
+//! written in the config is what runs, under its own name as argv[0]. The program runs in its own
+//! process group with a cleared environment and no stdin, the whole group is killed on timeout, on
+//! cancellation (when the call is dropped) and when the call ends, and output beyond the cap is
+//! drained but not kept, so a chatty program neither blocks nor grows memory.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -88,7 +91,7 @@ impl RunCommand {
             Ok(input) => input,
             Err(output) => return output,
         };
-        let program = match self.resolve_program(&input.program) {
+        let program = match self.allowed_entry(&input.program) {
             Ok(program) => program,
             Err(message) => return ToolOutput::error(message),
         };
@@ -98,10 +101,11 @@ impl RunCommand {
             Path::new("/")
         };
 
-        // The resolved path runs (what was vetted), under the name the model asked for.
-        let mut command = tokio::process::Command::new(&program);
+        // The allowed entry runs exactly as written, under its own name: a multi-call binary then
+        // behaves as the program the owner allowed, whatever name the model used for it.
+        let mut command = tokio::process::Command::new(program);
         command
-            .arg0(&input.program)
+            .arg0(program)
             .args(&input.args)
             .env_clear()
             .env("PATH", COMMAND_PATH)
@@ -169,8 +173,11 @@ impl RunCommand {
         ToolOutput { content, is_error }
     }
 
-    /// The resolved path of `requested` if it is one of the allowed programs, else a message.
-    fn resolve_program(&self, requested: &str) -> Result<PathBuf, String> {
+    /// The entry of `tools.run_command.allow` that `requested` names, else a message for the model.
+    ///
+    /// Both sides are compared lexically normalized and never resolved: a link is allowed only
+    /// under the name the owner wrote, and what runs is that entry, not the file it resolves to.
+    fn allowed_entry(&self, requested: &str) -> Result<&Path, String> {
         let allowed_list = || {
             if self.allow.is_empty() {
                 "none".to_owned()
@@ -182,30 +189,47 @@ impl RunCommand {
                     .join(", ")
             }
         };
-        if !Path::new(requested).is_absolute() {
-            return Err(format!(
-                "run_command refused {requested:?}: give the program's absolute path; allowed programs: {}",
-                allowed_list()
-            ));
-        }
-        let refused = || {
-            format!(
-                "run_command refused {requested}: it is not in tools.run_command.allow (allowed programs: {}); \
-the owner can add it there",
-                allowed_list()
-            )
+        let requested_path = match normalize_program_path(Path::new(requested)) {
+            Ok(path) => path,
+            Err(reason) => {
+                return Err(format!(
+                    "run_command refused {requested:?}: {reason}; allowed programs: {}",
+                    allowed_list()
+                ));
+            }
         };
-        // A program that does not exist cannot be one of the allowed ones; say so in the same words,
-        // so probing reveals nothing about the file system.
-        let resolved = std::fs::canonicalize(requested).map_err(|_| refused())?;
-        // Both sides are resolved now rather than at startup, so a program installed or moved
-        // later is matched by what it is at the time of the call.
-        let is_allowed = self
-            .allow
+        self.allow
             .iter()
-            .any(|allowed| std::fs::canonicalize(allowed).is_ok_and(|allowed| allowed == resolved));
-        if is_allowed { Ok(resolved) } else { Err(refused()) }
+            .find(|allowed| normalize_program_path(allowed).is_ok_and(|allowed| allowed == requested_path))
+            .map(PathBuf::as_path)
+            .ok_or_else(|| {
+                format!(
+                    "run_command refused {requested}: it is not in tools.run_command.allow (allowed programs: {}); \
+the owner can add it there",
+                    allowed_list()
+                )
+            })
     }
+}
+
+/// `path` with `//`, `.` components and a trailing slash removed, if it is absolute and has no `..`.
+///
+/// Lexical only: `..` is refused rather than folded, because folding it is only right when the
+/// component before it is not a link, which only resolving could tell.
+fn normalize_program_path(path: &Path) -> Result<PathBuf, &'static str> {
+    if !path.is_absolute() {
+        return Err("give the program's absolute path");
+    }
+    let mut normalized = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir | Component::Normal(_) => normalized.push(component),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("'..' is not allowed in a program path; give the path as listed"),
+            Component::Prefix(_) => return Err("give the program's absolute path"),
+        }
+    }
+    Ok(normalized)
 }
 
 /// Kills the process group when dropped: when the call ends normally, times out, or is dropped
@@ -407,19 +431,90 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn links_are_resolved_on_both_sides() {
+    async fn links_are_matched_by_name_never_by_target() {
         let dir = tempfile::tempdir().unwrap();
         let echo = program(&["/bin/echo", "/usr/bin/echo"]);
         let link = dir.path().join("say");
         std::os::unix::fs::symlink(&echo, &link).unwrap();
         let link = link.to_str().unwrap();
 
+        // Allowing a link allows that name only, not the file it points to ...
         let allow_link = tool(&[link], 10, 1024, dir.path());
-        assert!(!run(&allow_link, &echo, &["a"]).await.is_error);
-        let allow_target = tool(&[&echo], 10, 1024, dir.path());
-        let through_link = run(&allow_target, link, &["b"]).await;
+        let through_link = run(&allow_link, link, &["a"]).await;
         assert!(!through_link.is_error, "{}", through_link.content);
-        assert!(through_link.content.contains("\nb\n"), "{}", through_link.content);
+        assert!(through_link.content.contains("\na\n"), "{}", through_link.content);
+        let target = run(&allow_link, &echo, &["b"]).await;
+        assert!(target.is_error, "{}", target.content);
+        assert!(
+            target.content.contains("not in tools.run_command.allow"),
+            "{}",
+            target.content
+        );
+        // ... and allowing a file does not allow links to it.
+        let allow_target = tool(&[&echo], 10, 1024, dir.path());
+        let other_name = run(&allow_target, link, &["c"]).await;
+        assert!(other_name.is_error, "{}", other_name.content);
+        assert!(!other_name.content.contains("\nc\n"), "{}", other_name.content);
+    }
+
+    #[tokio::test]
+    async fn the_allowed_entry_runs_under_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let shell = program(&["/bin/sh", "/usr/bin/sh"]);
+        let tool = tool(&[&shell], 10, 1024, dir.path());
+        // $0 is the name the program was started as: the entry as listed, whatever the spelling
+        // of the request.
+        let requested = format!("/{}/./", shell.replace('/', "//"));
+        let output = run(&tool, &requested, &["-c", "echo \"$0\""]).await;
+        assert!(!output.is_error, "{}", output.content);
+        assert!(
+            output.content.contains(&format!("--- stdout ---\n{shell}\n")),
+            "{}",
+            output.content
+        );
+    }
+
+    #[tokio::test]
+    async fn a_multi_call_binary_runs_only_as_the_allowed_name() {
+        let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "busybox is missing; CI installs it (.ci/run)"
+            );
+            eprintln!("skipped: busybox is not installed");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let uptime = dir.path().join("uptime");
+        let shell = dir.path().join("sh");
+        std::os::unix::fs::symlink(busybox, &uptime).unwrap();
+        std::os::unix::fs::symlink(busybox, &shell).unwrap();
+        let uptime = uptime.to_str().unwrap();
+        let tool = tool(&[uptime], 10, 1024, dir.path());
+
+        let refused = run(&tool, shell.to_str().unwrap(), &["-c", "echo pwned"]).await;
+        assert!(refused.is_error, "{}", refused.content);
+        assert!(!refused.content.contains("pwned"), "{}", refused.content);
+        let allowed = run(&tool, uptime, &[]).await;
+        assert!(!allowed.is_error, "{}", allowed.content);
+        assert!(allowed.content.contains("load average"), "{}", allowed.content);
+    }
+
+    #[test]
+    fn program_paths_are_normalized_lexically() {
+        let normalized = |path: &str| normalize_program_path(Path::new(path)).map(|path| path.display().to_string());
+        assert_eq!(normalized("/usr/bin/ls").as_deref(), Ok("/usr/bin/ls"));
+        assert_eq!(normalized("//usr///bin/ls").as_deref(), Ok("/usr/bin/ls"));
+        assert_eq!(normalized("/usr/./bin/./ls").as_deref(), Ok("/usr/bin/ls"));
+        assert_eq!(normalized("/usr/bin/ls/").as_deref(), Ok("/usr/bin/ls"));
+        assert!(normalized("/usr/bin/../bin/ls").is_err());
+        assert!(normalized("/usr/bin/ls/..").is_err());
+        assert!(normalized("usr/bin/ls").is_err());
+        assert!(normalized("./ls").is_err());
+        assert!(normalized("").is_err());
     }
 
     #[tokio::test]
