@@ -3,8 +3,10 @@
 
 mod support;
 
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use serde_json::{Value, json};
 use support::fake_provider::{FakeProvider, Script};
 use support::{Daemon, DaemonOptions, fake_provider_config, new_dir};
@@ -111,4 +113,62 @@ fn run_command_does_not_let_one_busybox_name_stand_for_another() {
     let allowed = &results[1];
     assert!(!allowed.is_error, "{allowed:?}");
     assert!(allowed.content.contains("load average"), "{allowed:?}");
+}
+
+/// Finding: programs that `run_command` starts inherited every descriptor the daemon itself had
+/// inherited without close-on-exec (from a service manager, a shell, a careless parent).
+#[test]
+fn run_command_programs_get_no_descriptor_the_daemon_inherited() {
+    let ls = first_existing(&["/bin/ls", "/usr/bin/ls"]).expect("ls exists");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("inherited-descriptor-marker");
+    let file = std::fs::File::create(&marker).unwrap();
+    let inherited = file.as_raw_fd();
+    // std opens files close-on-exec; clearing the flag makes the daemon spawned below inherit it,
+    // as it would from a parent that leaks descriptors. (Daemons other tests of this binary
+    // start meanwhile inherit it too, which does them no harm.)
+    fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+
+    let fake = FakeProvider::start();
+    let daemon = start(
+        &fake,
+        &format!("[tools.run_command]\nenabled = true\nallow = [\"{ls}\"]\n"),
+    );
+    // The setup worked: the daemon holds the descriptor.
+    let held = std::fs::read_link(format!("/proc/{}/fd/{inherited}", daemon.pid()));
+    assert_eq!(
+        held.ok().as_deref(),
+        Some(marker.as_path()),
+        "the daemon did not inherit it"
+    );
+
+    let (results, _) = run_tools(
+        &fake,
+        &daemon,
+        &[("run_command", json!({"program": ls, "args": ["-l", "/proc/self/fd"]}))],
+    );
+    let listing = &results[0];
+    assert!(!listing.is_error, "{listing:?}");
+    // `ls -l` shows one line per descriptor: `... <fd> -> <target>`.
+    let descriptors: Vec<(u32, &str)> = listing
+        .content
+        .lines()
+        .filter_map(|line| {
+            let (left, target) = line.split_once(" -> ")?;
+            let fd = left.split_whitespace().last()?.parse().ok()?;
+            Some((fd, target))
+        })
+        .collect();
+    // ls sorts the names as text (10 before 2), so look them up rather than expect an order.
+    let numbers: Vec<u32> = descriptors.iter().map(|(fd, _)| *fd).collect();
+    assert!([0, 1, 2].iter().all(|fd| numbers.contains(fd)), "{listing:?}");
+    for (fd, target) in &descriptors {
+        // Beyond stdio, only the directory ls itself opened to list /proc/self/fd.
+        assert!(
+            *fd <= 2 || target.starts_with("/proc/"),
+            "descriptor {fd} -> {target} leaked into the program: {listing:?}"
+        );
+    }
+    assert!(!listing.content.contains("inherited-descriptor-marker"), "{listing:?}");
+    drop(file);
 }

@@ -116,6 +116,7 @@ impl RunCommand {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
+        close_inherited_descriptors_on_exec(&mut command);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
@@ -230,6 +231,32 @@ fn normalize_program_path(path: &Path) -> Result<PathBuf, &'static str> {
         }
     }
     Ok(normalized)
+}
+
+/// Makes the program start with only stdin, stdout and stderr open.
+///
+/// The daemon's own descriptors are close-on-exec already, but one it inherited without that flag
+/// (from a service manager, a shell or a careless parent) would otherwise pass on to every program
+/// it runs. They are marked close-on-exec in the child rather than closed, so std's pipe that
+/// reports a failed exec to the parent keeps working until the exec. If the kernel cannot do
+/// that, the program does not start.
+#[allow(unsafe_code, reason = "pre_exec registers code that runs in the forked child")]
+fn close_inherited_descriptors_on_exec(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // functions may be called: it makes one system call and reads errno, and neither allocates
+    // nor takes a lock.
+    unsafe {
+        command.pre_exec(|| {
+            // SAFETY: close_range only changes descriptor flags of this (child) process; 3 and
+            // u32::MAX are a valid range and CLOSE_RANGE_CLOEXEC a valid flag.
+            let result = unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+            if result == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
 }
 
 /// Kills the process group when dropped: when the call ends normally, times out, or is dropped
@@ -501,6 +528,25 @@ mod tests {
         let allowed = run(&tool, uptime, &[]).await;
         assert!(!allowed.is_error, "{}", allowed.content);
         assert!(allowed.content.contains("load average"), "{}", allowed.content);
+    }
+
+    #[tokio::test]
+    async fn descriptors_inherited_without_cloexec_do_not_reach_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let ls = program(&["/bin/ls", "/usr/bin/ls"]);
+        let marker = dir.path().join("inherited-descriptor-marker");
+        let file = std::fs::File::create(&marker).unwrap();
+        // As if the daemon had inherited it: std opens files close-on-exec, so clear the flag.
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let tool = tool(&[&ls], 10, 64 * 1024, dir.path());
+        let output = run(&tool, &ls, &["-l", "/proc/self/fd"]).await;
+        assert!(!output.is_error, "{}", output.content);
+        assert!(
+            !output.content.contains("inherited-descriptor-marker"),
+            "{}",
+            output.content
+        );
+        drop(file);
     }
 
     #[test]
