@@ -172,3 +172,39 @@ fn run_command_programs_get_no_descriptor_the_daemon_inherited() {
     assert!(!listing.content.contains("inherited-descriptor-marker"), "{listing:?}");
     drop(file);
 }
+
+/// Finding: `read_file` followed a hard link made inside the workspace to a file outside it.
+#[test]
+fn read_file_refuses_a_hard_link_to_a_file_outside_the_workspace() {
+    let fake = FakeProvider::start();
+    let daemon = start(&fake, "[tools.files]\nenabled = true\n");
+    // Both under the test's temp dir, so on one file system, as a hard link needs.
+    let outside = daemon.dir.path().join("outside-secret.txt");
+    std::fs::write(&outside, "hard-link-secret-7f3a").unwrap();
+    let workspace = daemon.dir.path().join("state/workspace");
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::hard_link(&outside, workspace.join("notes.txt")).unwrap();
+
+    let (results, transcript) = run_tools(
+        &fake,
+        &daemon,
+        &[
+            ("read_file", json!({"path": "notes.txt"})),
+            ("write_file", json!({"path": "notes.txt", "content": "replaced"})),
+        ],
+    );
+    let read = &results[0];
+    assert!(read.is_error, "{read:?}");
+    assert!(read.content.contains("hard links"), "{read:?}");
+    assert!(!transcript.contains("hard-link-secret"), "{transcript}");
+    assert!(
+        results
+            .iter()
+            .all(|result| !result.content.contains("hard-link-secret")),
+        "{results:?}"
+    );
+    let write = &results[1];
+    assert!(write.is_error, "{write:?}");
+    assert!(write.content.contains("hard links"), "{write:?}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "hard-link-secret-7f3a");
+}

@@ -5,13 +5,16 @@
 //! open the resolved path with `O_NOFOLLOW`, and writes go to a fresh temporary file (created with
 //! `O_EXCL`, which never follows a link) renamed over the target, so a link is never written
 //! through. Directories are created one at a time and checked as they go, so a link cannot make
-//! them appear elsewhere. A process that swaps path components for links while a call runs could
-//! still race the checks; only the agent's own tools write in the workspace.
+//! them appear elsewhere. Files with more than one hard link are refused for reading and for
+//! replacing: a hard link cannot be told from the original, so one made inside the workspace to
+//! a file outside would otherwise lead out of it unseen. A process that swaps path components for
+//! links while a call runs could still race the checks; only the agent's own tools write in the
+//! workspace.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -90,6 +93,15 @@ enum FileError {
     Escapes { tool: &'static str, path: String },
     #[error("{tool} refused {path:?}: it is a symbolic link, which {tool} does not follow or replace")]
     Symlink { tool: &'static str, path: String },
+    #[error(
+        "{tool} refused {path:?}: it has {links} hard links, so it may be a file outside the workspace \
+linked in; {tool} only handles files with a single link"
+    )]
+    HardLinked {
+        tool: &'static str,
+        path: String,
+        links: u64,
+    },
     #[error("{tool} refused {path:?}: it is not a regular file")]
     NotAFile { tool: &'static str, path: String },
     #[error("{tool} refused {path:?}: {component:?} is not a directory")]
@@ -199,6 +211,8 @@ fn read_file(workspace: &Path, raw_path: &str, max_bytes: u64) -> Result<String,
             path: raw_path.to_owned(),
         });
     }
+    // Checked on the open file, so the link count is that of what is read.
+    refuse_hard_links(TOOL, raw_path, &metadata)?;
     let mut bytes = Vec::new();
     file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -279,7 +293,9 @@ fn write_file(workspace: &Path, raw_path: &str, content: &str, max_bytes: u64) -
                 path: raw_path.to_owned(),
             });
         }
-        Ok(_) => {}
+        // The rename below would not write through the link, but it would silently split the
+        // file in two; refusing keeps reads and writes consistent.
+        Ok(metadata) => refuse_hard_links(TOOL, raw_path, &metadata)?,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(io_error(TOOL, "inspect", raw_path, &error)),
     }
@@ -302,6 +318,20 @@ fn write_file(workspace: &Path, raw_path: &str, content: &str, max_bytes: u64) -
         .and_then(|directory| directory.sync_all())
         .map_err(|error| io_error(TOOL, "sync the directory of", raw_path, &error))?;
     Ok(format!("wrote {} bytes to {raw_path}", content.len()))
+}
+
+/// Refuses a file with more than one hard link: it cannot be told whether another of its names
+/// lies outside the workspace.
+fn refuse_hard_links(tool: &'static str, raw_path: &str, metadata: &fs::Metadata) -> Result<(), FileError> {
+    let links = metadata.nlink();
+    if links > 1 {
+        return Err(FileError::HardLinked {
+            tool,
+            path: raw_path.to_owned(),
+            links,
+        });
+    }
+    Ok(())
 }
 
 /// The path's parts, if it is relative and has no `..`.
@@ -516,6 +546,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read(&fixture.files, "inside-link").await, ToolOutput::ok("inside"));
+    }
+
+    #[tokio::test]
+    async fn hard_links_are_refused() {
+        let fixture = fixture(1024);
+        assert!(!write(&fixture.files, "placeholder", "").await.is_error);
+        let outside = fixture.root.path().join("secret.txt");
+        fs::write(&outside, "secret").unwrap();
+        fs::hard_link(&outside, fixture.workspace.join("linked.txt")).unwrap();
+
+        let read_linked = read(&fixture.files, "linked.txt").await;
+        assert!(read_linked.is_error);
+        assert!(read_linked.content.contains("2 hard links"), "{}", read_linked.content);
+        assert!(!read_linked.content.contains("secret"), "{}", read_linked.content);
+        let write_linked = write(&fixture.files, "linked.txt", "overwritten").await;
+        assert!(write_linked.is_error);
+        assert!(write_linked.content.contains("hard links"), "{}", write_linked.content);
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret");
+        assert_eq!(
+            fs::read_to_string(fixture.workspace.join("linked.txt")).unwrap(),
+            "secret"
+        );
+
+        // Once the other name is gone, the file is the workspace's own again.
+        fs::remove_file(&outside).unwrap();
+        assert_eq!(read(&fixture.files, "linked.txt").await, ToolOutput::ok("secret"));
+        assert!(!write(&fixture.files, "linked.txt", "mine").await.is_error);
     }
 
     #[tokio::test]
