@@ -35,7 +35,8 @@
 //!     "model": "claude-sonnet-4-5",
 //!     "provider_problem": null
 //!   },
-//!   "memory": { "rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 536870912 },
+//!   "memory": { "rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 536870912,
+//!     "under_pressure": false },
 //!   "cost": { "today_usd": 0.12, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
 //!             "reserved_usd": 0.01 },
 //!   "caller_access": "full",
@@ -541,8 +542,13 @@ fn describe_memory(memory: &MemoryStatus) -> String {
     } else {
         format!("limit {}", humanize_bytes(memory.limit_bytes))
     };
+    let pressure = if memory.under_pressure {
+        "; UNDER PRESSURE: new turns are refused until memory falls (raise memory.limit_mib?)"
+    } else {
+        ""
+    };
     format!(
-        "{} resident, {} allocated, {limit}",
+        "{} resident, {} allocated, {limit}{pressure}",
         humanize_bytes(memory.rss_bytes),
         humanize_bytes(memory.allocated_bytes)
     )
@@ -1654,6 +1660,7 @@ struct MemoryJson {
     rss_bytes: u64,
     allocated_bytes: u64,
     limit_bytes: u64,
+    under_pressure: bool,
 }
 
 impl From<&MemoryStatus> for MemoryJson {
@@ -1662,6 +1669,7 @@ impl From<&MemoryStatus> for MemoryJson {
             rss_bytes: memory.rss_bytes,
             allocated_bytes: memory.allocated_bytes,
             limit_bytes: memory.limit_bytes,
+            under_pressure: memory.under_pressure,
         }
     }
 }
@@ -2048,6 +2056,7 @@ mod tests {
                 rss_bytes: 50 * 1024 * 1024,
                 allocated_bytes: 30 * 1024 * 1024,
                 limit_bytes: 0,
+                under_pressure: false,
             }),
             cost: None,
             previous_run_unclean: true,

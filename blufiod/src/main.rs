@@ -60,6 +60,13 @@ fn main() -> ExitCode {
     // Everything the daemon creates (database, keys, config) is private unless a step widens it
     // on purpose, as the control socket does for its group.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // The process will hold the API key and the TLS private key, and a panic aborts it: no core
+    // dump may carry them to disk, and no other process of the same user may ptrace it or read
+    // its memory through /proc (the unit also sets LimitCORE=0).
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("blufiod: cannot disable core dumps (PR_SET_DUMPABLE): {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let args = Args::parse();
     let source = config::ConfigSource::resolve(
         args.config,
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
         }
     };
     install_panic_hook();
+    memory::start_background_purge();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,7 +2,10 @@
 //! allocated through jemalloc, and whether the configured limit is under pressure.
 //!
 //! This module measures and judges; the agent refuses new turns under pressure, and the status
-//! RPC reports the numbers. It never frees or kills anything.
+//! RPC and `/ready` report it. What it frees is only the allocator's own cache of pages: jemalloc
+//! runs a background thread that returns unused pages to the system on its decay schedule even
+//! when the daemon is idle, and [`release`] returns them at once after large transient work. It
+//! never kills anything.
 
 use crate::config::MemoryConfig;
 
@@ -27,10 +30,53 @@ impl MemoryUse {
         }
     }
 
+    /// Measures now; when that is under pressure, returns the allocator's unused pages to the
+    /// system first and measures again, so that pages a past burst left behind never count.
+    pub fn check(config: &MemoryConfig) -> Self {
+        let used = Self::now(config);
+        if used.under_pressure(config) {
+            release();
+            return Self::now(config);
+        }
+        used
+    }
+
     /// Whether the resident set is above `pressure_percent` of the limit.
     pub fn under_pressure(&self, config: &MemoryConfig) -> bool {
         self.limit_bytes > 0
             && u128::from(self.rss_bytes) * 100 > u128::from(self.limit_bytes) * u128::from(config.pressure_percent)
+    }
+}
+
+/// Starts jemalloc's background purging thread, so that pages freed after a burst go back to the
+/// system on jemalloc's decay schedule (10 s) even when no allocation happens afterwards. Without
+/// it, purging only runs inside allocation calls, and an idle daemon keeps the pages of its last
+/// burst resident indefinitely.
+pub fn start_background_purge() {
+    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(%error, "cannot start jemalloc's background thread; freed memory returns to the system only when the daemon allocates");
+    }
+}
+
+/// Returns every unused dirty page of every arena to the system now. Call after large transient
+/// work (a big document parsed for a client) and when memory is under pressure.
+pub fn release() {
+    // MALLCTL_ARENAS_ALL: the pseudo-index that addresses every arena.
+    const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+    #[allow(unsafe_code)] // reason: the one mallctl without a safe wrapper in tikv-jemalloc-ctl
+    // SAFETY: `arena.<i>.purge` takes no input and produces no output, so all four pointer
+    // arguments are null/zero as jemalloc requires; the name is NUL-terminated.
+    let status = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr().cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if status != 0 {
+        tracing::debug!(status, "jemalloc purge failed");
     }
 }
 
@@ -51,6 +97,25 @@ fn allocated_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_returns_freed_pages() {
+        let before = rss_bytes().unwrap();
+        let mut blocks: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 1024 * 1024]).collect();
+        blocks.iter_mut().for_each(|block| block[0] = 2);
+        let peak = rss_bytes().unwrap();
+        drop(blocks);
+        release();
+        let after = rss_bytes().unwrap();
+        assert!(
+            peak > before + 32 * 1024 * 1024,
+            "the blocks were resident: {before} -> {peak}"
+        );
+        assert!(
+            after < peak - 32 * 1024 * 1024,
+            "the freed pages left the resident set: {peak} -> {after}"
+        );
+    }
 
     #[test]
     fn measures_this_process_and_judges_pressure() {

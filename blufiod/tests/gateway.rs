@@ -94,6 +94,8 @@ struct Tweak {
     keyid: Option<String>,
     session: Option<String>,
     cover_session: bool,
+    /// Sign for this authority instead of the URL's.
+    authority: Option<String>,
 }
 
 impl Setup {
@@ -107,7 +109,22 @@ impl Setup {
         tweak: Tweak,
     ) -> reqwest::RequestBuilder {
         let url: reqwest::Url = format!("{}{path_and_query}", self.base).parse().unwrap();
-        let authority = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+        let headers = self.signed_headers(method, path_and_query, body, tweak);
+        let mut builder = self.client.request(method.parse().unwrap(), url).headers(headers);
+        if let Some(body) = body {
+            builder = builder.body(body.to_vec());
+        }
+        builder
+    }
+
+    /// The headers of a signed request (see [`Setup::request`]), for clients that send them
+    /// themselves.
+    fn signed_headers(&self, method: &str, path_and_query: &str, body: Option<&[u8]>, tweak: Tweak) -> http::HeaderMap {
+        let url: reqwest::Url = format!("{}{path_and_query}", self.base).parse().unwrap();
+        let authority = tweak
+            .authority
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()));
         let mut headers = http::HeaderMap::new();
         let mut components = vec![Component::Method, Component::Authority, Component::Path];
         if url.query().is_some() {
@@ -152,16 +169,9 @@ impl Setup {
         };
         let key = tweak.key.unwrap_or_else(|| self.key.clone());
         let (input, signature) = httpsig::sign(&parts, "sig1", &params, &key).unwrap();
-        let mut builder = self
-            .client
-            .request(method.parse().unwrap(), url)
-            .headers(headers)
-            .header("signature-input", input)
-            .header("signature", signature);
-        if let Some(body) = body {
-            builder = builder.body(body.to_vec());
-        }
-        builder
+        headers.insert("signature-input", input.parse().unwrap());
+        headers.insert("signature", signature.parse().unwrap());
+        headers
     }
 
     async fn expect_problem(&self, builder: reqwest::RequestBuilder, status: u16, kind: &str) -> serde_json::Value {
@@ -701,6 +711,12 @@ async fn memory_pressure_is_503_with_retry_after() {
         memory.rss_bytes > memory.limit_bytes && memory.allocated_bytes > 0,
         "{memory:?}"
     );
+    // Status and /ready tell the truth about it.
+    assert!(memory.under_pressure, "{memory:?}");
+    let ready = setup.client.get(format!("{}/ready", setup.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert!(ready["problems"].to_string().contains("memory"), "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -776,4 +792,361 @@ async fn blufioctl_registers_a_device_and_talks_through_the_gateway() {
     daemon.ctl_json(&["device", "revoke", "phone"]);
     let revoked = remote(&["sessions", "list"]);
     assert_eq!(revoked.status.code(), Some(1), "{}", support::describe(&revoked));
+}
+
+/// A raw TLS connection to the gateway, for requests that well-behaved clients never send.
+async fn raw_tls(setup: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject as _;
+    let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(setup.base.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+}
+
+/// Sends `head` (and nothing more) on a fresh connection and returns what comes back within
+/// `wait`: the first response, or the empty string.
+async fn raw_exchange(setup: &Setup, head: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tls = raw_tls(setup).await;
+    tls.write_all(head).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tls.read(&mut buffer)).await {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        if reply.windows(4).any(|window| window == b"\r\n\r\n") && reply.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// An HTTP/1.1 head with `headers`, then any extra raw header lines.
+fn raw_head(method: &str, path: &str, host: &str, headers: &http::HeaderMap, extra: &str) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    head.push_str(extra);
+    head.push_str("\r\n");
+    head
+}
+
+fn rss_bytes(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_signature_is_refused_before_any_of_the_body_is_read() {
+    let setup = setup("[gateway]\nrequest_timeout_secs = 60\nmax_body_bytes = 2000000\n").await;
+    let body = vec![b'x'; 1_000_000];
+    // The keyid is public (a fingerprint); the signature is made with a key that is not the
+    // device's.
+    let headers = setup.signed_headers(
+        "POST",
+        "/v1/chat/completions",
+        Some(&body),
+        Tweak {
+            key: Some(SigningKey::from_bytes(&[9; 32])),
+            ..Tweak::default()
+        },
+    );
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+    let head = raw_head(
+        "POST",
+        "/v1/chat/completions",
+        &authority,
+        &headers,
+        &format!("Content-Length: {}\r\n", body.len()),
+    );
+    // Only the head is sent: a daemon that waited for the body before checking the signature
+    // would answer nothing until the request timeout.
+    let reply = raw_exchange(&setup, head.as_bytes(), Duration::from_secs(10)).await;
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply:?}");
+    assert!(reply.contains("signature-invalid"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_forged_bodies_does_not_grow_the_daemon() {
+    let setup = setup("[gateway]\nmax_body_bytes = 2000000\nrate_limit_per_minute = 100000\n").await;
+    let pid = setup.daemon.pid();
+    let before = rss_bytes(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+    let body = vec![b'x'; 1024 * 1024];
+    let url = format!("{}/v1/chat/completions", setup.base);
+    let mut flood = Vec::new();
+    // 8 HTTP/2 connections with 32 streams each, every stream a 1 MiB body under an all-zero
+    // signature for the registered keyid.
+    for _ in 0..8 {
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        for _ in 0..32 {
+            let mut headers = setup.signed_headers("POST", "/v1/chat/completions", Some(&body), Tweak::default());
+            let input = headers["signature-input"].to_str().unwrap().to_owned();
+            let label = input.split('=').next().unwrap().to_owned();
+            let zero = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0u8; 64]);
+            headers.insert("signature", format!("{label}=:{zero}:").parse().unwrap());
+            let request = client.post(&url).headers(headers).body(body.clone());
+            flood.push(tokio::spawn(async move {
+                request.send().await.map(|response| response.status().as_u16()).ok()
+            }));
+        }
+    }
+    let mut refused = 0;
+    for request in flood {
+        if let Some(status) = request.await.unwrap() {
+            assert_eq!(status, 401);
+            refused += 1;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert!(refused > 0, "some forged requests got their 401");
+    let growth = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
+    // The flood offered 256 MiB of bodies; none of it may be buffered.
+    assert!(growth < 48 * 1024 * 1024, "RSS grew by {} MiB", growth / (1024 * 1024));
+    // And good requests still pass.
+    let response = setup
+        .request("GET", "/v1/models", None, Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_device_cannot_fill_the_replay_cache_for_the_others() {
+    let setup = setup("[gateway]\nrate_limit_per_minute = 10\nreplay_cache_entries = 50\n").await;
+    let other = SigningKey::from_bytes(&[7; 32]);
+    let other_keyid = control(&setup.daemon.socket)
+        .await
+        .add_device(pb::AddDeviceRequest {
+            name: "phone".into(),
+            public_key_pem: httpsig::verifying_key_to_pem(&other.verifying_key()).unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .device
+        .unwrap()
+        .keyid;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..80 {
+        let response = setup
+            .request("GET", "/v1/models", None, Tweak::default())
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(response.status().as_u16()).or_default() += 1;
+    }
+    assert_eq!(statuses.get(&200), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&70), "{statuses:?}");
+    let response = setup
+        .request(
+            "GET",
+            "/v1/models",
+            None,
+            Tweak {
+                key: Some(other),
+                keyid: Some(other_keyid),
+                ..Tweak::default()
+            },
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_unauthenticated_connections_cannot_lock_out_a_signed_client() {
+    let setup = setup("[gateway]\nmax_connections = 8\nidle_timeout_secs = 600\n").await;
+    // Every slot taken by connections that finished the handshake and then sit idle.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(raw_tls(&setup).await);
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(8),
+        setup.request("GET", "/v1/models", None, Tweak::default()).send(),
+    )
+    .await
+    .expect("a signed client gets a slot")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_holds_a_bounded_share_of_the_connections() {
+    let setup = setup("[gateway]\nmax_connections = 100\n").await;
+    // One address holds at most 32 connections: the 33rd is closed at once.
+    let address = setup.base.trim_start_matches("https://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = [0u8; 16];
+    let last = held.last_mut().unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(3), last.read(&mut buffer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a connection over the address's share is closed: {read:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_for_other_hosts_and_ambiguous_heads_are_refused() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let setup = setup(&format!(
+        "[gateway]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nserver_names = [\"agent.example\"]\n"
+    ))
+    .await;
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+
+    // Signed for, and sent to, another host: a capture from another daemon with this device key.
+    let evil = setup.signed_headers(
+        "GET",
+        "/v1/models",
+        None,
+        Tweak {
+            authority: Some("evil.example".into()),
+            ..Tweak::default()
+        },
+    );
+    let reply = raw_exchange(
+        &setup,
+        raw_head("GET", "/v1/models", "evil.example", &evil, "").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 421"), "{reply}");
+    // The same in absolute form.
+    let reply = raw_exchange(
+        &setup,
+        raw_head("GET", "https://evil.example/v1/models", "evil.example", &evil, "").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 421") || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+    // A configured name passes.
+    let named = setup.signed_headers(
+        "GET",
+        "/v1/models",
+        None,
+        Tweak {
+            authority: Some("agent.example".into()),
+            ..Tweak::default()
+        },
+    );
+    let reply = raw_exchange(
+        &setup,
+        raw_head("GET", "/v1/models", "agent.example", &named, "").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // Two Host headers, and Transfer-Encoding spellings other than "chunked".
+    let good = setup.signed_headers("GET", "/v1/models", None, Tweak::default());
+    let reply = raw_exchange(
+        &setup,
+        raw_head(
+            "GET",
+            "/v1/models",
+            &authority,
+            &good,
+            &format!("Host: {authority}\r\n"),
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    for encoding in ["identity, chunked", " Chunked\t"] {
+        let body = b"{}";
+        let headers = setup.signed_headers("POST", "/v1/sessions", Some(body), Tweak::default());
+        let mut head = raw_head(
+            "POST",
+            "/v1/sessions",
+            &authority,
+            &headers,
+            &format!("Transfer-Encoding:{encoding}\r\n"),
+        );
+        head.push_str("2\r\n{}\r\n0\r\n\r\n");
+        let reply = raw_exchange(&setup, head.as_bytes(), Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{encoding:?}: {reply}");
+    }
+    // Two Content-Digest lines: the signature covers both, only one could be compared.
+    let body = b"{}";
+    let headers = setup.signed_headers("POST", "/v1/sessions", Some(body), Tweak::default());
+    let mut head = raw_head(
+        "POST",
+        "/v1/sessions",
+        &authority,
+        &headers,
+        "Content-Length: 2\r\nContent-Digest: sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:\r\n",
+    );
+    head.push_str("{}");
+    let reply = raw_exchange(&setup, head.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    assert!(reply.contains("content-digest"), "{reply}");
+
+    // The plain-HTTP metrics listener answers only to its own names (DNS rebinding).
+    let metrics = |host: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        stream
+            .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(metrics("rebound.evil.example").starts_with("HTTP/1.1 421"));
+    assert!(metrics(&format!("127.0.0.1:{metrics_port}")).starts_with("HTTP/1.1 200"));
 }

@@ -436,7 +436,7 @@ impl Agent {
         if let Err(problem) = provider_problem(&config.config) {
             return Err(AgentError::ProviderNotConfigured { problem });
         }
-        let memory = crate::memory::MemoryUse::now(&config.config.memory);
+        let memory = crate::memory::MemoryUse::check(&config.config.memory);
         if memory.under_pressure(&config.config.memory) {
             return Err(AgentError::MemoryPressure {
                 rss_mib: memory.rss_bytes / (1024 * 1024),

@@ -412,6 +412,10 @@ pub struct GatewayConfig {
     /// Prometheus that should not need TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// Host names (or addresses) clients may address the gateway by, besides `localhost`, the
+    /// listen address and the names of the certificate: a request for any other host is refused
+    /// (421), so it cannot be a request meant for another server or a DNS-rebinding attempt.
+    pub server_names: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -433,6 +437,7 @@ impl Default for GatewayConfig {
             replay_cache_entries: 100_000,
             metrics_token: None,
             metrics_listen: None,
+            server_names: Vec::new(),
         }
     }
 }

@@ -74,6 +74,7 @@ pub const KEYS: &[KeySpec] = &[
     restart("gateway.rate_limit_per_minute"),
     restart("gateway.replay_cache_entries"),
     live("gateway.request_timeout_secs"),
+    live("gateway.server_names"),
     restart("log.format"),
     live("log.level"),
     live("memory.limit_mib"),

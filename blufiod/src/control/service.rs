@@ -106,11 +106,13 @@ impl pb::control_server::Control for ControlService {
                 provider_problem: agent.provider_problem.unwrap_or_default(),
             }),
             memory: Some({
-                let memory = crate::memory::MemoryUse::now(&self.shared.config().config.memory);
+                let config = self.shared.config();
+                let memory = crate::memory::MemoryUse::check(&config.config.memory);
                 pb::MemoryStatus {
                     rss_bytes: memory.rss_bytes,
                     allocated_bytes: memory.allocated_bytes,
                     limit_bytes: memory.limit_bytes,
+                    under_pressure: memory.under_pressure(&config.config.memory),
                 }
             }),
             cost: Some(pb::CostStatus {

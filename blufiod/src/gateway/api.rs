@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -97,7 +97,8 @@ fn not_routed(method: &Method, path: &str) -> Response<Body> {
     response
 }
 
-/// Reads the body (bounded in size and time), authenticates, then dispatches a `/v1/` route.
+/// Authenticates the head, then reads the body (bounded in size, time and total buffered bytes,
+/// and checked against the signed digest as it streams), then dispatches a `/v1/` route.
 async fn signed(gateway: &Arc<Gateway>, request: http::Request<Incoming>) -> (&'static str, Response<Body>) {
     let (parts, body) = request.into_parts();
     let template = template_of(&parts.method, parts.uri.path());
@@ -105,59 +106,126 @@ async fn signed(gateway: &Arc<Gateway>, request: http::Request<Incoming>) -> (&'
         Ok(identified) => identified,
         Err(problem) => return (template, problem.response()),
     };
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    // A declared size over the cap is refused before the signature costs anything.
+    let limit = gateway.shared.config().config.gateway.max_body_bytes;
+    if declared_length(&parts).is_some_and(|declared| declared > limit) {
+        return (template, body_too_large(limit).response());
+    }
+    let authenticated = match gateway.authenticate(&parts, has_body, identified).await {
+        Ok(authenticated) => authenticated,
+        Err(problem) => return (template, problem.response()),
+    };
+    if let Some(connection) = parts.extensions.get::<super::connections::Connection>() {
+        connection.mark_authenticated();
+    }
+    let (body, _permit) = match authenticated.digest {
+        None => (Bytes::new(), None),
+        Some(digest) => match read_body(gateway, &parts, body, digest).await {
+            Ok((body, permit)) => (body, Some(permit)),
+            Err(problem) => {
+                if problem.status == StatusCode::UNAUTHORIZED {
+                    gateway.metrics.auth_failures.with_label_values(&[problem.kind]).inc();
+                }
+                return (template, problem.response());
+            }
+        },
+    };
+    let response = match dispatch(gateway, &parts, body).await {
+        Ok(response) => response,
+        Err(problem) => problem.response(),
+    };
+    (template, response)
+}
+
+/// Reads a verified request's body: at most `gateway.max_body_bytes`, within
+/// `gateway.request_timeout_secs`, holding its size in the gateway-wide body budget while it is
+/// buffered, and hashing it as it streams; a body that does not match the signed
+/// `Content-Digest` is refused.
+async fn read_body(
+    gateway: &Gateway,
+    parts: &http::request::Parts,
+    mut body: Incoming,
+    mut digest: blufio_proto::httpsig::digest::DigestVerifier,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Problem> {
     let config = gateway.shared.config();
     let limit = usize::try_from(config.config.gateway.max_body_bytes).unwrap_or(usize::MAX);
     let timeout = Duration::from_secs(config.config.gateway.request_timeout_secs);
-    let body = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            return (
-                template,
-                Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "Request body too large",
-                    format!("the body exceeds gateway.max_body_bytes ({limit} bytes)"),
-                )
-                .response(),
-            );
-        }
-        Ok(Err(error)) => {
-            return (
-                template,
+    let too_large = || body_too_large(config.config.gateway.max_body_bytes);
+    let declared = declared_length(parts);
+    if declared.is_some_and(|declared| declared > limit as u64) {
+        return Err(too_large());
+    }
+    let reserve = declared
+        .and_then(|declared| usize::try_from(declared).ok())
+        .unwrap_or(limit)
+        .min(super::BODY_BUFFER_TOTAL)
+        .max(1);
+    let reading = async {
+        let permit = gateway
+            .body_budget
+            .clone()
+            .acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
+            .await
+            .expect("the body budget is never closed");
+        let mut buffer = bytes::BytesMut::with_capacity(reserve.min(limit));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
                 Problem::new(
                     StatusCode::BAD_REQUEST,
                     "body-unreadable",
                     "Bad request",
                     format!("cannot read the body: {error}"),
                 )
-                .response(),
-            );
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buffer.len().saturating_add(data.len()) > limit {
+                    return Err(too_large());
+                }
+                digest.update(&data);
+                buffer.extend_from_slice(&data);
+            }
         }
-        Err(_) => {
-            return (
-                template,
-                Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request-timeout",
-                    "Request timeout",
-                    format!(
-                        "the body did not arrive within gateway.request_timeout_secs ({} s)",
-                        timeout.as_secs()
-                    ),
-                )
-                .response(),
-            );
-        }
+        Ok((buffer.freeze(), permit))
     };
-    if let Err(problem) = gateway.authenticate(&parts, &body, identified).await {
-        return (template, problem.response());
-    }
-    let response = match dispatch(gateway, &parts, body).await {
-        Ok(response) => response,
-        Err(problem) => problem.response(),
-    };
-    (template, response)
+    let (body, permit) = tokio::time::timeout(timeout, reading).await.map_err(|_| {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!(
+                "the body did not arrive within gateway.request_timeout_secs ({} s)",
+                timeout.as_secs()
+            ),
+        )
+    })??;
+    digest.finish().map_err(|error| {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "content-digest",
+            "Request not authenticated",
+            error.to_string(),
+        )
+    })?;
+    Ok((body, permit))
+}
+
+/// The `Content-Length` a request declares, if any.
+fn declared_length(parts: &http::request::Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+}
+
+fn body_too_large(limit: u64) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Request body too large",
+        format!("the body exceeds gateway.max_body_bytes ({limit} bytes)"),
+    )
 }
 
 fn template_of(method: &Method, path: &str) -> &'static str {
@@ -561,6 +629,12 @@ async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
             .provider_problem
             .is_some()
             .then_some("the LLM provider is not configured"),
+        {
+            let memory = &gateway.shared.config().config.memory;
+            crate::memory::MemoryUse::check(memory)
+                .under_pressure(memory)
+                .then_some("the daemon is over its memory limit and refuses new turns")
+        },
     ]
     .into_iter()
     .flatten()

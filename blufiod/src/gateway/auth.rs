@@ -3,14 +3,19 @@
 //!
 //! Checks run in a fixed order and the first failure is reported by name: headers present and
 //! parseable → key known and not revoked → required components covered → required parameters
-//! present → `created` within the skew window and not expired → nonce unseen → content digest
-//! matches the body → signature verifies (strict). Only then is the key charged against its rate
-//! limit, so unsigned traffic cannot exhaust a device's quota.
+//! present → `created` within the skew window and not expired → nonce unseen → exactly one
+//! parseable `Content-Digest` when there is a body → signature verifies (strict). All of this
+//! runs on the request head: not a byte of the body is read before the signature verifies. Only
+//! then is the key charged against its rate limit, and only after that is the nonce remembered
+//! (within the device's share of the cache), so unsigned or refused traffic can exhaust neither a
+//! device's quota nor the replay cache. The body is read last, hashed as it streams, and compared
+//! with the signed digest at its end.
 
 use std::num::NonZeroU32;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use blufio_proto::httpsig;
+use blufio_proto::httpsig::digest::DigestVerifier;
 use governor::clock::{Clock as _, DefaultClock};
 use http::StatusCode;
 
@@ -20,11 +25,12 @@ use super::problem::Problem;
 use super::replay::ReplayError;
 use crate::devices::ActiveDevice;
 
-/// A request that passed every check.
-#[derive(Debug, Clone)]
+/// A request whose head passed every check.
+#[derive(Debug)]
 pub struct Authenticated {
-    /// The device that signed it.
-    pub device: ActiveDevice,
+    /// The check of the body against the signed `Content-Digest`, when the request has a body:
+    /// feed it every piece as it is read, and refuse the request if `finish` fails.
+    pub digest: Option<DigestVerifier>,
 }
 
 /// Requests per minute per key.
@@ -90,20 +96,26 @@ impl Gateway {
         outcome
     }
 
-    /// The remaining checks, in order, on the read body; then the per-key rate limit.
+    /// The remaining checks, in order, on the request head alone: the signature covers the
+    /// `Content-Digest` header, not the body, so it is verified before a byte of the body is read.
+    /// Then the key is charged against its rate limit, and only then is the nonce remembered, so
+    /// that refused requests use up neither a device's quota nor room in the replay cache.
+    ///
+    /// `has_body` says whether the request may carry a body; if so, the returned
+    /// [`Authenticated::digest`] must check it as it is read.
     pub(super) async fn authenticate(
         &self,
         parts: &http::request::Parts,
-        body: &[u8],
+        has_body: bool,
         identified: Identified,
     ) -> Result<Authenticated, Problem> {
-        let outcome = self.check_signature(parts, body, identified);
+        let outcome = self.check_signature(parts, has_body, identified);
         if let Err(problem) = &outcome {
             self.metrics.auth_failures.with_label_values(&[problem.kind]).inc();
         }
-        let authenticated = outcome?;
-        self.devices.touch(&authenticated.device.record.keyid).await;
-        if let Err(retry_after) = self.limiter.check(&authenticated.device.record.keyid) {
+        let (device, digest, nonce, now) = outcome?;
+        let keyid = device.record.keyid.clone();
+        if let Err(retry_after) = self.limiter.check(&keyid) {
             self.metrics.auth_failures.with_label_values(&["rate-limited"]).inc();
             return Err(Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -111,12 +123,41 @@ impl Gateway {
                 "Too many requests",
                 format!(
                     "device {:?} exceeded gateway.rate_limit_per_minute; retry in {retry_after} s",
-                    authenticated.device.record.name
+                    device.record.name
                 ),
             )
             .retry_after(retry_after));
         }
-        Ok(authenticated)
+        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
+        // remembered for twice that. `accept` checks again under its lock: of two concurrent
+        // copies of one request, exactly one gets through.
+        let window = self.max_skew_secs.saturating_mul(2);
+        if let Err(error) = self.replay.accept(&keyid, &nonce, now, window) {
+            let problem = match error {
+                ReplayError::Replayed => replayed(),
+                ReplayError::Full => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "replay-cache-full",
+                    "Service unavailable",
+                    "too many recent requests to remember their nonces safely; retry shortly",
+                )
+                .retry_after(5),
+                ReplayError::KeyFull { retry_after } => Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                    format!(
+                        "device {:?} has used its share of the replay cache (its rate limit over the clock-skew window); retry in {retry_after} s",
+                        device.record.name
+                    ),
+                )
+                .retry_after(retry_after),
+            };
+            self.metrics.auth_failures.with_label_values(&[problem.kind]).inc();
+            return Err(problem);
+        }
+        self.devices.touch(&keyid).await;
+        Ok(Authenticated { digest })
     }
 
     async fn identify_inner(&self, parts: &http::request::Parts) -> Result<Identified, Problem> {
@@ -162,18 +203,17 @@ impl Gateway {
         Ok(Identified { parsed, keyid, device })
     }
 
+    /// Every check of the head, up to and including the signature itself. Returns the device, the
+    /// body's digest check (when there is a body), and the nonce with the time it was checked at.
     fn check_signature(
         &self,
         parts: &http::request::Parts,
-        body: &[u8],
+        has_body: bool,
         identified: Identified,
-    ) -> Result<Authenticated, Problem> {
+    ) -> Result<(ActiveDevice, Option<DigestVerifier>, String, i64), Problem> {
         let Identified { parsed, keyid, device } = identified;
-        let header = |name: &str| parts.headers.get(name).and_then(|value| value.to_str().ok());
         let query = parts.uri.query();
-        let has_query = query.is_some();
-        let has_body = !body.is_empty();
-        httpsig::policy::check_components(&parsed, has_body, has_query)
+        httpsig::policy::check_components(&parsed, has_body, query.is_some())
             .map_err(|error| unauthorized("signature-components", error.to_string()))?;
         // The session header chooses whose conversation the request reads and extends, so it must
         // be signed whenever it is sent.
@@ -204,33 +244,26 @@ impl Gateway {
         let now = unix_now();
         httpsig::policy::check_time(&parsed, now, skew)
             .map_err(|error| unauthorized("signature-expired", error.to_string()))?;
-        let replayed = || {
-            unauthorized(
-                "signature-replayed",
-                "this nonce was already used with this key; sign every request with a fresh nonce",
-            )
-        };
-        // Only look here: the nonce is remembered after the signature verifies, so that nobody
-        // without the key can fill the cache.
+        // Only look here: the nonce is remembered after the signature verifies and the rate limit
+        // is charged, so that nobody without the key can fill the cache.
         if self.replay.seen(&keyid, &nonce, now) {
             return Err(replayed());
         }
-        if has_body {
-            let digest = header("content-digest").ok_or_else(|| {
-                unauthorized(
+        // The signature covers every line of `Content-Digest` together, so exactly one line is
+        // accepted: the one that is then compared with the body.
+        let digest = if has_body {
+            let mut lines = parts.headers.get_all("content-digest").iter();
+            let (Some(line), None) = (lines.next(), lines.next()) else {
+                return Err(unauthorized(
                     "content-digest",
-                    "a request with a body must carry a Content-Digest header (RFC 9530)",
-                )
-            })?;
-            httpsig::digest::verify_content_digest(digest, body)
-                .map_err(|error| unauthorized("content-digest", error.to_string()))?;
-        }
-        let authority = parts
-            .uri
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .or_else(|| header("host").map(str::to_owned))
-            .unwrap_or_default();
+                    "a request with a body must carry exactly one Content-Digest header (RFC 9530)",
+                ));
+            };
+            Some(DigestVerifier::new(line).map_err(|error| unauthorized("content-digest", error.to_string()))?)
+        } else {
+            None
+        };
+        let authority = super::host::authority_of(parts).unwrap_or_default();
         let request = httpsig::RequestParts {
             method: parts.method.as_str(),
             scheme: self.scheme,
@@ -241,21 +274,15 @@ impl Gateway {
         };
         httpsig::verify(&request, &parsed, &device.key)
             .map_err(|error| unauthorized("signature-invalid", error.to_string()))?;
-        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
-        // remembered for twice that. `accept` checks again under its lock: of two concurrent
-        // copies of one request, exactly one gets through.
-        match self.replay.accept(&keyid, &nonce, now, skew.saturating_mul(2)) {
-            Ok(()) => Ok(Authenticated { device }),
-            Err(ReplayError::Replayed) => Err(replayed()),
-            Err(ReplayError::Full) => Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "replay-cache-full",
-                "Service unavailable",
-                "too many recent requests to remember their nonces safely; retry shortly",
-            )
-            .retry_after(5)),
-        }
+        Ok((device, digest, nonce, now))
     }
+}
+
+fn replayed() -> Problem {
+    unauthorized(
+        "signature-replayed",
+        "this nonce was already used with this key; sign every request with a fresh nonce",
+    )
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 
 mod api;
 mod auth;
+mod connections;
+mod host;
 pub mod problem;
 mod replay;
 pub mod tls;
@@ -165,11 +167,25 @@ pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, Ga
     })
 }
 
+/// Bytes of request bodies buffered at once across all connections (at least one whole body of
+/// `gateway.max_body_bytes`): only signed requests of registered devices get this far, and even
+/// they cannot make the daemon hold more.
+const BODY_BUFFER_TOTAL: usize = 16 * 1024 * 1024;
+/// HTTP/2 flow-control windows: what a client may send before the daemon reads it. The
+/// connection window bounds what one connection can make hyper buffer, however many streams it
+/// opens, including streams whose bodies are never read because their heads were refused.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+
 /// Everything a request handler needs.
 pub struct Gateway {
     shared: Arc<Shared>,
     devices: Devices,
     replay: replay::ReplayCache,
+    /// The names requests must be addressed to (besides the live `gateway.server_names`).
+    names: host::ServerNames,
+    /// Permits are bytes of request bodies being buffered.
+    body_budget: Arc<Semaphore>,
     limiter: auth::RateLimiter,
     metrics: Arc<Metrics>,
     scheme: &'static str,
@@ -195,7 +211,17 @@ pub async fn serve(
     };
     let gateway = Arc::new(Gateway {
         devices: Devices::new(shared.storage.clone()),
-        replay: replay::ReplayCache::new(usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX)),
+        replay: replay::ReplayCache::new(
+            usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX),
+            replay::ReplayCache::share_for(
+                config.rate_limit_per_minute,
+                i64::try_from(config.max_clock_skew_secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(2),
+            ),
+        ),
+        names: host::ServerNames::new(bound.info.address, bound.info.cert.clone()),
+        body_budget: Arc::new(Semaphore::new(BODY_BUFFER_TOTAL)),
         limiter: auth::RateLimiter::new(config.rate_limit_per_minute),
         metrics,
         scheme: bound.info.scheme,
@@ -204,37 +230,22 @@ pub async fn serve(
     });
     if let Some(listener) = bound.metrics_listener {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(GatewayError::Accept)?;
-        tokio::spawn(serve_metrics(listener, gateway.clone(), token.clone()));
+        let address = listener.local_addr().map_err(GatewayError::Accept)?;
+        tokio::spawn(serve_metrics(
+            listener,
+            host::ServerNames::new(address, None),
+            gateway.clone(),
+            token.clone(),
+        ));
     }
-    let slots = Arc::new(Semaphore::new(
+    let registry = Arc::new(connections::Connections::new(
         usize::try_from(config.max_connections).unwrap_or(1).max(1),
     ));
     // Every connection task, so that shutdown can wait for them.
     let connections = tokio_util::task::TaskTracker::new();
-    let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let request_timeout = Duration::from_secs(config.request_timeout_secs);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(request_timeout)
-        // hyper refuses a request head larger than its read buffer (431).
-        .max_buf_size(usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(config.idle_timeout_secs)))
-        .keep_alive_timeout(Duration::from_secs(config.request_timeout_secs))
-        .max_concurrent_streams(64);
     tracing::info!(address = %bound.info.address, scheme = bound.info.scheme, "gateway serving");
 
     loop {
-        // At the connection cap, stop accepting: further clients wait in the kernel's backlog.
-        let permit = tokio::select! {
-            () = token.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let (stream, peer) = tokio::select! {
             () = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -247,46 +258,69 @@ pub async fn serve(
                 }
             },
         };
+        // At a cap the connection is closed at once: a client over its address's share, or
+        // arriving when every slot is held by an authenticated client, must not hold a
+        // descriptor while it waits.
+        let connection = match registry.admit(peer.ip()) {
+            Ok(connection) => connection,
+            Err(refusal) => {
+                gateway.metrics.auth_failures.with_label_values(&[refusal.kind()]).inc();
+                tracing::debug!(%peer, %refusal, "gateway connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let gateway = gateway.clone();
-        let builder = builder.clone();
         let acceptor = acceptor.clone();
         let token = token.clone();
+        let registry = registry.clone();
         connections.spawn(async move {
-            let _permit = permit;
             gateway.metrics.open_connections.inc();
+            // The builder is made per connection from the configuration of the moment, so the
+            // live keys (header size, timeouts) apply to every new connection.
+            let builder = connection_builder(&gateway.shared.config().config.gateway);
             let requests = Arc::new(AtomicU64::new(0));
             let service = hyper::service::service_fn({
                 let gateway = gateway.clone();
                 let requests = requests.clone();
-                move |request| {
+                let connection = connection.clone();
+                move |mut request: http::Request<Incoming>| {
                     requests.fetch_add(1, Ordering::Relaxed);
+                    request.extensions_mut().insert(connection.clone());
                     let gateway = gateway.clone();
                     async move { Ok::<_, Infallible>(gateway.handle(request).await) }
                 }
             });
             let outcome = match acceptor {
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let connection = builder.serve_connection(TokioIo::new(tls), service);
-                        drive(connection, &requests, idle_timeout, &token).await
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake.ok(),
+                        () = connection.evicted() => None,
+                    };
+                    match handshake {
+                        Some(Ok(tls)) => {
+                            let served = builder.serve_connection(TokioIo::new(tls), service);
+                            drive(served, &requests, &gateway, &connection, &token).await
+                        }
+                        Some(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        None => {
+                            tracing::debug!(%peer, "TLS handshake timed out or was evicted");
+                            Ok(())
+                        }
                     }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        Ok(())
-                    }
-                },
+                }
                 None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    drive(connection, &requests, idle_timeout, &token).await
+                    let served = builder.serve_connection(TokioIo::new(stream), service);
+                    drive(served, &requests, &gateway, &connection, &token).await
                 }
             };
             if let Err(error) = outcome {
                 tracing::debug!(%peer, %error, "gateway connection ended with an error");
             }
+            registry.release(&connection);
             gateway.metrics.open_connections.dec();
         });
     }
@@ -302,33 +336,64 @@ pub async fn serve(
     Ok(())
 }
 
+/// A hyper connection builder for the gateway's current configuration.
+fn connection_builder(config: &GatewayConfig) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let request_timeout = Duration::from_secs(config.request_timeout_secs);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_timeout)
+        // hyper refuses a request head larger than its read buffer (431).
+        .max_buf_size(usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .keep_alive_interval(Some(Duration::from_secs(config.idle_timeout_secs)))
+        .keep_alive_timeout(request_timeout)
+        .max_concurrent_streams(64);
+    builder
+}
+
 /// Serves one connection until it ends. It is closed gracefully (in-flight responses finish,
-/// streams included) when shutdown begins, or when a whole `idle_timeout` passes without a new
-/// request: a client that connects and sends nothing, or keeps an idle connection open, cannot
-/// hold one of the connection slots for ever.
+/// streams included) when shutdown begins, or when a whole idle period passes without a new
+/// request: `gateway.idle_timeout_secs` once a request on it authenticated, a much shorter
+/// [`connections::UNAUTHENTICATED_IDLE`] before that. A client that connects and sends nothing,
+/// or only unsigned requests, cannot hold one of the connection slots; and at the cap, the oldest
+/// unauthenticated connection is evicted (dropped at once) to make room.
 async fn drive<C>(
-    connection: C,
+    served: C,
     requests: &AtomicU64,
-    idle_timeout: Duration,
+    gateway: &Gateway,
+    connection: &connections::Connection,
     token: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
 {
-    tokio::pin!(connection);
+    tokio::pin!(served);
     let mut seen = requests.load(Ordering::Relaxed);
     let mut closing = false;
     loop {
+        let idle = if connection.is_authenticated() {
+            Duration::from_secs(gateway.shared.config().config.gateway.idle_timeout_secs)
+        } else {
+            connections::UNAUTHENTICATED_IDLE
+        };
         tokio::select! {
-            outcome = connection.as_mut() => return outcome,
+            outcome = served.as_mut() => return outcome,
+            () = connection.evicted() => return Ok(()),
             () = token.cancelled(), if !closing => {
-                connection.as_mut().shut_down();
+                served.as_mut().shut_down();
                 closing = true;
             }
-            () = tokio::time::sleep(idle_timeout), if !closing => {
+            () = tokio::time::sleep(idle), if !closing => {
                 let now = requests.load(Ordering::Relaxed);
                 if now == seen {
-                    connection.as_mut().shut_down();
+                    served.as_mut().shut_down();
                     closing = true;
                 }
                 seen = now;
@@ -360,7 +425,13 @@ const METRICS_CONNECTIONS: usize = 8;
 
 /// The plain-HTTP loopback listener for local scrapers: `/metrics` and `/health` only. It stops
 /// on the same token as the gateway.
-async fn serve_metrics(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, token: CancellationToken) {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    names: host::ServerNames,
+    gateway: Arc<Gateway>,
+    token: CancellationToken,
+) {
+    let names = Arc::new(names);
     let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "metrics listener serving");
@@ -383,11 +454,19 @@ async fn serve_metrics(listener: tokio::net::TcpListener, gateway: Arc<Gateway>,
         };
         let gateway = gateway.clone();
         let token = token.clone();
+        let names = names.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let gateway = gateway.clone();
+                let names = names.clone();
                 async move {
+                    let (parts, body) = request.into_parts();
+                    let configured = gateway.shared.config().config.gateway.server_names.clone();
+                    if let Err(problem) = host::check(&parts, &names, &configured) {
+                        return Ok::<_, Infallible>(problem.response());
+                    }
+                    let request = http::Request::from_parts(parts, body);
                     let response = match request.uri().path() {
                         "/metrics" | "/health" => api::route(&gateway, request).await.1,
                         path => problem::Problem::new(
@@ -415,10 +494,18 @@ async fn serve_metrics(listener: tokio::net::TcpListener, gateway: Arc<Gateway>,
 }
 
 impl Gateway {
-    /// Routes one request and records its metrics.
+    /// Checks the head's target, routes one request and records its metrics.
     async fn handle(self: &Arc<Self>, request: http::Request<Incoming>) -> http::Response<problem::Body> {
         let started = Instant::now();
-        let (route, response) = api::route(self, request).await;
+        let (parts, body) = request.into_parts();
+        let configured = self.shared.config().config.gateway.server_names.clone();
+        let (route, response) = match host::check(&parts, &self.names, &configured) {
+            Ok(()) => api::route(self, http::Request::from_parts(parts, body)).await,
+            Err(problem) => {
+                self.metrics.auth_failures.with_label_values(&[problem.kind]).inc();
+                ("unknown", problem.response())
+            }
+        };
         self.metrics
             .http_requests
             .with_label_values(&[route, response.status().as_str()])

@@ -147,6 +147,19 @@ impl ReloadableCert {
         self.read().fingerprint.clone()
     }
 
+    /// Whether the serving leaf certificate is valid for `host` (a DNS name or an IP address), by
+    /// the same rules a TLS client applies.
+    pub fn is_valid_for(&self, host: &str) -> bool {
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host) else {
+            return false;
+        };
+        let current = self.read();
+        let Some(leaf) = current.key.cert.first() else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Current> {
         // A poisoned lock can only mean a panic while swapping two fields; both are always valid.
         self.current.read().unwrap_or_else(PoisonError::into_inner)

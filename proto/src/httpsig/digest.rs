@@ -76,34 +76,99 @@ pub fn content_digest(body: &[u8], algorithm: Algorithm) -> String {
 ///
 /// Accepts `&str`, `&[u8]` or `&http::HeaderValue`.
 pub fn verify_content_digest(header_value: impl AsRef<[u8]>, body: &[u8]) -> Result<(), DigestError> {
-    let members: Dictionary = Parser::new(header_value.as_ref())
-        .with_version(sfv::Version::Rfc8941)
-        .parse()
-        .map_err(DigestError::Parse)?;
-    let mut n_checked = 0;
-    for (key, entry) in &members {
-        let Some(algorithm) = Algorithm::from_key(key.as_str()) else {
-            continue;
-        };
-        let received = match entry {
-            ListEntry::Item(item) => item.bare_item.as_byte_sequence(),
-            ListEntry::InnerList(_) => None,
-        }
-        .ok_or(DigestError::NotByteSequence {
-            algorithm: algorithm.key(),
-        })?;
-        // Digests are not secrets, so a plain comparison is fine.
-        if received != algorithm.digest(body).as_slice() {
-            return Err(DigestError::Mismatch {
+    let mut verifier = DigestVerifier::new(header_value)?;
+    verifier.update(body);
+    verifier.finish()
+}
+
+/// A `Content-Digest` check over a body that arrives in pieces: parse the header first (so that a
+/// malformed one is refused before any of the body is read), feed each piece, then compare.
+///
+/// Unknown algorithms are ignored; at least one of `sha-256` and `sha-512` must be present, and
+/// every one present must match.
+pub struct DigestVerifier {
+    /// (algorithm, expected digest, running hash)
+    expected: Vec<(Algorithm, Vec<u8>, Hasher)>,
+}
+
+impl std::fmt::Debug for DigestVerifier {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DigestVerifier")
+            .field(
+                "algorithms",
+                &self
+                    .expected
+                    .iter()
+                    .map(|(algorithm, ..)| algorithm.key())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl DigestVerifier {
+    /// Parses a received `Content-Digest` value.
+    pub fn new(header_value: impl AsRef<[u8]>) -> Result<Self, DigestError> {
+        let members: Dictionary = Parser::new(header_value.as_ref())
+            .with_version(sfv::Version::Rfc8941)
+            .parse()
+            .map_err(DigestError::Parse)?;
+        let mut expected = Vec::new();
+        for (key, entry) in &members {
+            let Some(algorithm) = Algorithm::from_key(key.as_str()) else {
+                continue;
+            };
+            let received = match entry {
+                ListEntry::Item(item) => item.bare_item.as_byte_sequence(),
+                ListEntry::InnerList(_) => None,
+            }
+            .ok_or(DigestError::NotByteSequence {
                 algorithm: algorithm.key(),
-            });
+            })?;
+            let hasher = match algorithm {
+                Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+                Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+            };
+            expected.push((algorithm, received.to_vec(), hasher));
         }
-        n_checked += 1;
+        if expected.is_empty() {
+            return Err(DigestError::NoSupportedAlgorithm);
+        }
+        Ok(Self { expected })
     }
-    if n_checked == 0 {
-        return Err(DigestError::NoSupportedAlgorithm);
+
+    /// Feeds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        for (_, _, hasher) in &mut self.expected {
+            match hasher {
+                Hasher::Sha256(hasher) => hasher.update(piece),
+                Hasher::Sha512(hasher) => hasher.update(piece),
+            }
+        }
     }
-    Ok(())
+
+    /// Compares every digest with the body fed so far.
+    pub fn finish(self) -> Result<(), DigestError> {
+        for (algorithm, received, hasher) in self.expected {
+            let computed = match hasher {
+                Hasher::Sha256(hasher) => hasher.finalize().to_vec(),
+                Hasher::Sha512(hasher) => hasher.finalize().to_vec(),
+            };
+            // Digests are not secrets, so a plain comparison is fine.
+            if received != computed {
+                return Err(DigestError::Mismatch {
+                    algorithm: algorithm.key(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +237,23 @@ mod tests {
             verify_content_digest(b"\xff", HELLO),
             Err(DigestError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn a_body_fed_in_pieces_checks_like_a_whole_one() {
+        let both = format!(
+            "{}, {}",
+            content_digest(HELLO, Algorithm::Sha256),
+            content_digest(HELLO, Algorithm::Sha512)
+        );
+        let mut verifier = DigestVerifier::new(&both).unwrap();
+        for piece in HELLO.chunks(5) {
+            verifier.update(piece);
+        }
+        verifier.finish().unwrap();
+        let mut short = DigestVerifier::new(&both).unwrap();
+        short.update(&HELLO[..HELLO.len() - 1]);
+        assert!(matches!(short.finish(), Err(DigestError::Mismatch { .. })));
     }
 
     #[test]
