@@ -242,20 +242,21 @@ fn normalize_program_path(path: &Path) -> Result<PathBuf, &'static str> {
 /// that, the program does not start.
 #[allow(unsafe_code, reason = "pre_exec registers code that runs in the forked child")]
 fn close_inherited_descriptors_on_exec(command: &mut tokio::process::Command) {
+    let mark_close_on_exec = || {
+        // SAFETY: close_range only changes descriptor flags of the calling (child) process; 3 and
+        // u32::MAX are a valid range and CLOSE_RANGE_CLOEXEC a valid flag.
+        let result = unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
     // functions may be called: it makes one system call and reads errno, and neither allocates
     // nor takes a lock.
     unsafe {
-        command.pre_exec(|| {
-            // SAFETY: close_range only changes descriptor flags of this (child) process; 3 and
-            // u32::MAX are a valid range and CLOSE_RANGE_CLOEXEC a valid flag.
-            let result = unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
-            if result == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
+        command.pre_exec(mark_close_on_exec);
     }
 }
 
