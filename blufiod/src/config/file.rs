@@ -36,6 +36,12 @@ impl Provider for NamedToml {
     }
 }
 
+/// A parser's message with the values of secret keys masked (see
+/// [`super::keys::mask_secrets_in`]): parse errors quote whole lines of the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MaskedError(String);
+
 /// Turns a figment error into one line per problem: the dotted key, what is wrong, and where it
 /// came from (`file:line`, or the environment variable).
 pub(super) fn describe_errors(error: figment::Error, text: Option<&str>) -> Vec<String> {
@@ -77,6 +83,7 @@ pub(super) fn describe_errors(error: figment::Error, text: Option<&str>) -> Vec<
                 ),
                 kind => kind.to_string(),
             };
+            let what = super::keys::mask_secrets_in(&what);
             if key.is_empty() {
                 format!("{what} (in {origin})")
             } else {
@@ -113,7 +120,7 @@ pub enum ConfigWriteError {
         /// The config file.
         path: PathBuf,
         #[source]
-        source: toml_edit::TomlError,
+        source: MaskedError,
     },
     /// A section name holds a plain value in the file.
     #[error("cannot edit {path}: `{key}` is a value, not a section; fix it by hand first")]
@@ -159,18 +166,58 @@ pub fn set_key_in_file(
     if key_spec(key).is_none() {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
     }
-    let mut document: toml_edit::DocumentMut =
+    let document: toml_edit::DocumentMut =
         current
             .unwrap_or_default()
             .parse()
-            .map_err(|source| ConfigWriteError::ParseFile {
+            .map_err(|source: toml_edit::TomlError| ConfigWriteError::ParseFile {
                 path: path.to_owned(),
-                source,
+                source: MaskedError(super::keys::mask_secrets_in(&source.to_string())),
             })?;
-    let value = raw_value
-        .trim()
-        .parse::<toml_edit::Value>()
-        .unwrap_or_else(|_| toml_edit::Value::from(raw_value));
+    // The value as TOML first (`30`, `true`, `["a"]`), then as a plain string: a key that takes a
+    // string gets one even when the text happens to read as another TOML type (`2023-06-01` is a
+    // TOML date, `42` an integer).
+    let mut candidates: Vec<toml_edit::Value> = raw_value.trim().parse::<toml_edit::Value>().into_iter().collect();
+    if candidates
+        .first()
+        .is_none_or(|parsed| parsed.as_str() != Some(raw_value))
+    {
+        candidates.push(toml_edit::Value::from(raw_value));
+    }
+    let mut first_error = None;
+    let mut accepted = None;
+    for value in candidates {
+        let new_text = with_value(&document, path, key, value)?;
+        match load_from(Some(&new_text), Some(path), true) {
+            Ok(loaded) => {
+                accepted = Some((new_text, loaded));
+                break;
+            }
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    let Some((new_text, loaded)) = accepted else {
+        return Err(ConfigWriteError::Rejected {
+            source: first_error.expect("there is always a candidate"),
+        });
+    };
+    write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(loaded)
+}
+
+/// The text of `document` with `key` set to `value`.
+fn with_value(
+    document: &toml_edit::DocumentMut,
+    path: &Path,
+    key: &str,
+    value: toml_edit::Value,
+) -> Result<String, ConfigWriteError> {
+    let mut document = document.clone();
     let segments: Vec<&str> = key.split('.').collect();
     let (last, parents) = segments.split_last().expect("keys are never empty");
     let mut table = document.as_table_mut();
@@ -194,14 +241,7 @@ pub fn set_key_in_file(
         table = entry.as_table_mut().expect("just made a table");
     }
     table.insert(last, toml_edit::value(value));
-    let new_text = document.to_string();
-    let loaded =
-        load_from(Some(&new_text), Some(path), true).map_err(|source| ConfigWriteError::Rejected { source })?;
-    write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(loaded)
+    Ok(document.to_string())
 }
 
 /// Replaces `path` with `contents` so that a reader sees either the old or the new file, never a
@@ -277,6 +317,36 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "a new config file may hold secrets");
+    }
+
+    #[test]
+    fn string_keys_take_text_that_reads_as_another_toml_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.toml");
+        let loaded = set_key_in_file(&path, None, "provider.anthropic_version", "2023-06-01").unwrap();
+        assert_eq!(loaded.config.provider.anthropic_version, "2023-06-01");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = set_key_in_file(&path, Some(&text), "agent.system_prompt", "42").unwrap();
+        assert_eq!(loaded.config.agent.system_prompt, "42");
+        // Numbers stay numbers where numbers belong.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = set_key_in_file(&path, Some(&text), "provider.max_tokens", "42").unwrap();
+        assert_eq!(loaded.config.provider.max_tokens, 42);
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.toml");
+        let broken = "[provider]\napi_key = sk-ant-api03-SECRETVALUE\n";
+        let error = set_key_in_file(&path, Some(broken), "log.level", "debug").unwrap_err();
+        let shown = crate::error_chain(&error);
+        assert!(!shown.contains("SECRETVALUE"), "{shown}");
+        let Err(error) = super::super::load_from(Some(broken), Some(&path), false) else {
+            panic!("the file is invalid");
+        };
+        let shown = crate::error_chain(&error);
+        assert!(!shown.contains("SECRETVALUE") && shown.contains("api_key"), "{shown}");
     }
 
     #[test]

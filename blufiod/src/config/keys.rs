@@ -186,6 +186,43 @@ pub fn entries(loaded: &Loaded, key: Option<&str>) -> Option<Vec<ConfigEntry>> {
     Some(entries)
 }
 
+/// `text` (an error message that may quote lines of a config file) with the value of every secret
+/// key masked: on any line where a secret key's name (its last segment, or the whole dotted key)
+/// is followed by `=`, everything after the `=` becomes [`MASK`]. Parse errors quote the offending
+/// line whole, and an unquoted `api_key = sk-...` is exactly such a line.
+pub fn mask_secrets_in(text: &str) -> String {
+    let names: Vec<&str> = KEYS
+        .iter()
+        .filter(|spec| spec.secret)
+        .flat_map(|spec| [spec.key, spec.key.rsplit('.').next().unwrap_or(spec.key)])
+        .collect();
+    let mut masked = String::with_capacity(text.len());
+    for (index, line) in text.split('\n').enumerate() {
+        if index > 0 {
+            masked.push('\n');
+        }
+        let secret_at = names.iter().find_map(|name| {
+            line.match_indices(name).find_map(|(at, _)| {
+                let before_ok = line[..at]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+                let rest = line[at + name.len()..].trim_start_matches([' ', '\t', '"', '\'']);
+                (before_ok && rest.starts_with('=')).then(|| line.len() - rest.len() + 1)
+            })
+        });
+        match secret_at {
+            Some(after_equals) => {
+                masked.push_str(&line[..after_equals]);
+                masked.push(' ');
+                masked.push_str(MASK);
+            }
+            None => masked.push_str(line),
+        }
+    }
+    masked
+}
+
 /// Every key whose value differs between two configurations, in [`KEYS`] order.
 pub fn changed_keys(old: &super::Config, new: &super::Config) -> Vec<&'static KeySpec> {
     let old = Value::serialize(old).expect("config serializes to a figment value");
@@ -225,6 +262,28 @@ fn to_toml(value: &Value) -> toml_edit::Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_values_are_masked_in_quoted_config_lines() {
+        let error = "TOML parse error at line 3, column 11\n  |\n3 | api_key = sk-ant-api03-SECRET\n  |           ^\ninvalid string";
+        let masked = mask_secrets_in(error);
+        assert!(!masked.contains("SECRET"), "{masked}");
+        assert!(masked.contains("3 | api_key = ********"), "{masked}");
+        assert!(masked.starts_with("TOML parse error at line 3"), "{masked}");
+        for line in [
+            "provider.api_key=sk-1 # x",
+            "provider = { api_key = \"sk-2\" }",
+            "\"metrics_token\" = abc",
+            "metrics_token =abc",
+        ] {
+            assert!(
+                !mask_secrets_in(line).contains("sk-") && !mask_secrets_in(line).contains("abc"),
+                "{line}"
+            );
+        }
+        assert_eq!(mask_secrets_in("my_api_key_hint = 3"), "my_api_key_hint = 3");
+        assert_eq!(mask_secrets_in("level = debug"), "level = debug");
+    }
+
     use std::collections::BTreeSet;
 
     use super::super::{Config, load_from};

@@ -353,7 +353,93 @@ fn extract(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Lo
     Ok(Loaded { config, figment })
 }
 
+/// The largest dollar amount a budget cap or price may be: far above any real one, and small
+/// enough that micro-dollar arithmetic cannot overflow.
+pub const MAX_USD: f64 = 1e9;
+
+/// The documented range of every numeric key, inclusive. Validation enforces it, so no value can
+/// overflow where it meets time (deadlines, timers) or sizes; a test keeps it in step with the
+/// registry, and the example config states the same bounds.
+pub const RANGES: &[(&str, u64, u64)] = &[
+    ("agent.context_tokens", 1, 10_000_000),
+    ("agent.max_cached_sessions", 1, 1_000_000),
+    ("agent.max_concurrent_turns", 1, 1_024),
+    ("agent.max_queued_turns", 0, 100_000),
+    ("agent.max_tool_iterations", 1, 1_000),
+    ("daemon.shutdown_timeout_secs", 1, 3_600),
+    ("gateway.idle_timeout_secs", 1, 86_400),
+    ("gateway.max_body_bytes", 1, 64 * 1024 * 1024),
+    // Nonces are remembered for twice the skew; an hour either way is already generous.
+    ("gateway.max_clock_skew_secs", 1, 3_600),
+    ("gateway.max_connections", 1, 65_536),
+    ("gateway.max_header_bytes", 1_024, 1024 * 1024),
+    ("gateway.rate_limit_per_minute", 1, 1_000_000),
+    ("gateway.replay_cache_entries", 1, 10_000_000),
+    ("gateway.request_timeout_secs", 1, 3_600),
+    ("memory.limit_mib", 0, 1024 * 1024),
+    ("memory.pressure_percent", 1, 100),
+    ("provider.connect_timeout_secs", 1, 600),
+    ("provider.idle_timeout_secs", 1, 3_600),
+    ("provider.max_retries", 0, 20),
+    ("provider.max_tokens", 1, 1_000_000),
+    ("provider.request_timeout_secs", 1, 86_400),
+    ("provider.retry_base_delay_ms", 0, 600_000),
+    ("storage.busy_timeout_ms", 0, 600_000),
+    ("storage.read_connections", 1, 64),
+    ("tools.files.max_bytes", 1, 1024 * 1024 * 1024),
+    ("tools.http_get.max_bytes", 1, 1024 * 1024 * 1024),
+    ("tools.http_get.timeout_secs", 1, 3_600),
+    ("tools.max_result_bytes", 1, 16 * 1024 * 1024),
+    ("tools.run_command.max_output_bytes", 1, 1024 * 1024 * 1024),
+    ("tools.run_command.timeout_secs", 1, 86_400),
+];
+
 impl Config {
+    /// Every integer key with its value, for the range checks.
+    fn numeric_values(&self) -> [(&'static str, u64); 30] {
+        [
+            ("agent.context_tokens", u64::from(self.agent.context_tokens)),
+            ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
+            ("agent.max_concurrent_turns", u64::from(self.agent.max_concurrent_turns)),
+            ("agent.max_queued_turns", u64::from(self.agent.max_queued_turns)),
+            ("agent.max_tool_iterations", u64::from(self.agent.max_tool_iterations)),
+            ("daemon.shutdown_timeout_secs", self.daemon.shutdown_timeout_secs),
+            ("gateway.idle_timeout_secs", self.gateway.idle_timeout_secs),
+            ("gateway.max_body_bytes", self.gateway.max_body_bytes),
+            ("gateway.max_clock_skew_secs", self.gateway.max_clock_skew_secs),
+            ("gateway.max_connections", u64::from(self.gateway.max_connections)),
+            ("gateway.max_header_bytes", self.gateway.max_header_bytes),
+            (
+                "gateway.rate_limit_per_minute",
+                u64::from(self.gateway.rate_limit_per_minute),
+            ),
+            (
+                "gateway.replay_cache_entries",
+                u64::from(self.gateway.replay_cache_entries),
+            ),
+            ("gateway.request_timeout_secs", self.gateway.request_timeout_secs),
+            ("memory.limit_mib", self.memory.limit_mib),
+            ("memory.pressure_percent", u64::from(self.memory.pressure_percent)),
+            ("provider.connect_timeout_secs", self.provider.connect_timeout_secs),
+            ("provider.idle_timeout_secs", self.provider.idle_timeout_secs),
+            ("provider.max_retries", u64::from(self.provider.max_retries)),
+            ("provider.max_tokens", u64::from(self.provider.max_tokens)),
+            ("provider.request_timeout_secs", self.provider.request_timeout_secs),
+            ("provider.retry_base_delay_ms", self.provider.retry_base_delay_ms),
+            ("storage.busy_timeout_ms", self.storage.busy_timeout_ms),
+            ("storage.read_connections", u64::from(self.storage.read_connections)),
+            ("tools.files.max_bytes", self.tools.files.max_bytes),
+            ("tools.http_get.max_bytes", self.tools.http_get.max_bytes),
+            ("tools.http_get.timeout_secs", self.tools.http_get.timeout_secs),
+            ("tools.max_result_bytes", self.tools.max_result_bytes),
+            (
+                "tools.run_command.max_output_bytes",
+                self.tools.run_command.max_output_bytes,
+            ),
+            ("tools.run_command.timeout_secs", self.tools.run_command.timeout_secs),
+        ]
+    }
+
     /// Checks what serde cannot: paths absolute, filter directives valid, group present.
     /// Returns one line per problem.
     pub fn validate(&self) -> Vec<String> {
@@ -393,33 +479,15 @@ impl Config {
                 Err(error) => problems.push(format!("control.group: cannot look up group {group:?}: {error}")),
             }
         }
-        let at_least_one = [
-            ("storage.read_connections", u64::from(self.storage.read_connections)),
-            ("provider.max_tokens", u64::from(self.provider.max_tokens)),
-            ("provider.request_timeout_secs", self.provider.request_timeout_secs),
-            ("provider.idle_timeout_secs", self.provider.idle_timeout_secs),
-            ("provider.connect_timeout_secs", self.provider.connect_timeout_secs),
-            ("agent.max_tool_iterations", u64::from(self.agent.max_tool_iterations)),
-            ("agent.max_concurrent_turns", u64::from(self.agent.max_concurrent_turns)),
-            ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
-            ("agent.context_tokens", u64::from(self.agent.context_tokens)),
-            ("gateway.max_header_bytes", self.gateway.max_header_bytes),
-            ("gateway.max_body_bytes", self.gateway.max_body_bytes),
-            ("gateway.request_timeout_secs", self.gateway.request_timeout_secs),
-            ("gateway.idle_timeout_secs", self.gateway.idle_timeout_secs),
-            ("gateway.max_connections", u64::from(self.gateway.max_connections)),
-            (
-                "gateway.rate_limit_per_minute",
-                u64::from(self.gateway.rate_limit_per_minute),
-            ),
-            (
-                "gateway.replay_cache_entries",
-                u64::from(self.gateway.replay_cache_entries),
-            ),
-        ];
-        for (key, value) in at_least_one {
-            if value == 0 {
-                problems.push(format!("{key}: must be at least 1"));
+        for (key, value) in self.numeric_values() {
+            let (_, min, max) = RANGES
+                .iter()
+                .find(|(ranged, ..)| *ranged == key)
+                .expect("every numeric key has a range (tested)");
+            if !(*min..=*max).contains(&value) {
+                problems.push(format!(
+                    "{key}: {value} is out of range; use a whole number from {min} to {max}"
+                ));
             }
         }
         if let Some(base_url) = &self.provider.base_url
@@ -433,9 +501,9 @@ impl Config {
             ("budget.daily_usd", self.budget.daily_usd),
             ("budget.monthly_usd", self.budget.monthly_usd),
         ] {
-            if !value.is_finite() || value < 0.0 {
+            if !value.is_finite() || !(0.0..=MAX_USD).contains(&value) {
                 problems.push(format!(
-                    "{key}: must be a non-negative number of US dollars (0 means no cap)"
+                    "{key}: must be a number of US dollars from 0 to {MAX_USD} (0 means no cap)"
                 ));
             }
         }
@@ -446,16 +514,17 @@ impl Config {
                 price.cache_write,
                 price.cache_read,
             ];
-            if parts.into_iter().flatten().any(|part| !part.is_finite() || part < 0.0) {
+            if parts
+                .into_iter()
+                .flatten()
+                .any(|part| !part.is_finite() || !(0.0..=MAX_USD).contains(&part))
+            {
                 problems.push(format!(
-                    "pricing.\"{model}\": prices must be non-negative USD per million tokens"
+                    "pricing.\"{model}\": prices must be USD per million tokens from 0 to {MAX_USD}"
                 ));
             }
         }
         problems.extend(self.gateway_problems());
-        if !(1..=100).contains(&self.memory.pressure_percent) {
-            problems.push("memory.pressure_percent: must be between 1 and 100".to_owned());
-        }
         for program in &self.tools.run_command.allow {
             if !program.is_absolute() {
                 problems.push(format!(
@@ -581,6 +650,39 @@ mod tests {
         .to_string();
         assert!(error.contains("daemon.shutdown_timeout_secs"), "{error}");
         assert!(error.contains("/c.toml:2"), "{error}");
+    }
+
+    #[test]
+    fn every_integer_key_of_the_registry_has_a_range_that_holds_its_default() {
+        let loaded = load_from(None, None, false).unwrap();
+        let integer_keys: Vec<String> = keys::entries(&loaded, None)
+            .unwrap()
+            .into_iter()
+            .filter(|entry| serde_json::from_str::<u64>(&entry.value_json).is_ok())
+            .map(|entry| entry.spec.key.to_owned())
+            .collect();
+        let ranged: Vec<String> = RANGES.iter().map(|(key, ..)| (*key).to_owned()).collect();
+        assert_eq!(integer_keys, ranged);
+        for (key, value) in Config::default().numeric_values() {
+            let (_, min, max) = RANGES.iter().find(|(ranged, ..)| *ranged == key).unwrap();
+            assert!((*min..=*max).contains(&value), "{key} = {value}");
+        }
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_with_the_range() {
+        let text = "[provider]\nrequest_timeout_secs = 9223372036854775807\n[gateway]\nmax_clock_skew_secs = 4611686018427387904\n";
+        let Err(ConfigError::Invalid { problems }) = load_from(Some(text), None, false) else {
+            panic!("expected invalid config");
+        };
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems.iter().any(|problem| problem.starts_with("gateway.max_clock_skew_secs") && problem.contains("from 1 to 3600")), "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.starts_with("provider.request_timeout_secs")),
+            "{problems:#?}"
+        );
     }
 
     #[test]

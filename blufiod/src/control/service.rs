@@ -3,6 +3,10 @@
 
 use std::sync::Arc;
 
+/// Largest TOML document `ValidateConfig` parses for a client: parsing costs memory in proportion
+/// to the document, and any caller with read access may send one.
+const MAX_CLIENT_DOCUMENT_BYTES: usize = 64 * 1024;
+
 use blufio_proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -202,6 +206,13 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ValidateConfigResponse>, Status> {
         self.authorize(&request, Access::ReadOnly, "ValidateConfig")?;
         let pb::ValidateConfigRequest { toml, name } = request.into_inner();
+        if toml.len() > MAX_CLIENT_DOCUMENT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the document is {} bytes; the daemon checks documents of at most {MAX_CLIENT_DOCUMENT_BYTES} bytes (a real config file is a few KiB); check a larger file offline with blufiod --check-config --config FILE",
+                toml.len()
+            )));
+        }
+        let parsed_client_document = !toml.is_empty();
         let outcome = if toml.is_empty() {
             self.shared.validate_own_file()
         } else {
@@ -215,6 +226,10 @@ impl pb::control_server::Control for ControlService {
             Err(ConfigError::Invalid { problems }) => problems,
             Err(other) => vec![error_chain(&other)],
         };
+        if parsed_client_document {
+            // Parsing is transient work whose pages the allocator would otherwise keep.
+            crate::memory::release();
+        }
         Ok(Response::new(pb::ValidateConfigResponse {
             valid: errors.is_empty(),
             errors,

@@ -419,7 +419,11 @@ impl HttpCall {
         mut decoder: impl Decoder,
         sender: &mpsc::Sender<Result<StreamEvent, ProviderError>>,
     ) -> Result<(), ProviderError> {
-        let deadline = Instant::now() + self.request_timeout;
+        // Config ranges keep this far from overflow; if it ever were not, no deadline is the
+        // only sound reading of "longer than an Instant can hold".
+        let deadline = Instant::now()
+            .checked_add(self.request_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         let response = self.send_with_retries(deadline).await?;
         if let Some(content_type) = response.headers().get(reqwest::header::CONTENT_TYPE) {
             let content_type = content_type.to_str().unwrap_or_default();
@@ -498,7 +502,10 @@ impl HttpCall {
             }
             let delay = server_delay.unwrap_or_else(|| backoff(self.retry_base_delay, attempt));
             // Waiting past the deadline only to time out would hide the real cause.
-            if Instant::now() + delay >= deadline {
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|resume| resume >= deadline)
+            {
                 return Err(error);
             }
             attempt += 1;
