@@ -3,10 +3,15 @@
 
 mod support;
 
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::net::if_::InterfaceFlags;
 use serde_json::{Value, json};
 use support::fake_provider::{FakeProvider, Script};
 use support::{Daemon, DaemonOptions, fake_provider_config, new_dir};
@@ -207,4 +212,110 @@ fn read_file_refuses_a_hard_link_to_a_file_outside_the_workspace() {
     assert!(write.is_error, "{write:?}");
     assert!(write.content.contains("hard links"), "{write:?}");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "hard-link-secret-7f3a");
+}
+
+/// A non-loopback, non-link-local address of one of this machine's interfaces (IPv4 first).
+fn interface_address() -> Option<IpAddr> {
+    let mut candidates: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .expect("list interface addresses")
+        .filter(|interface| interface.flags.contains(InterfaceFlags::IFF_UP))
+        .filter_map(|interface| {
+            let address = interface.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified(),
+        })
+        .collect();
+    candidates.sort_by_key(IpAddr::is_ipv6);
+    candidates.into_iter().next()
+}
+
+/// Serves `body` over plain HTTP on every address of this machine (the wildcard address) and
+/// counts connections; returns the port. The thread ends with the test process.
+fn serve_everywhere(ipv6: bool, body: &'static str) -> (u16, Arc<AtomicUsize>) {
+    let wildcard = if ipv6 { "[::]:0" } else { "0.0.0.0:0" };
+    let listener = TcpListener::bind(wildcard).expect("bind the wildcard address");
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connections);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut request = [0_u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, connections)
+}
+
+/// A port on which nothing listens (bound for a moment, then released).
+fn closed_port(ipv6: bool) -> u16 {
+    let wildcard = if ipv6 { "[::]:0" } else { "0.0.0.0:0" };
+    TcpListener::bind(wildcard).unwrap().local_addr().unwrap().port()
+}
+
+/// Finding: `http_get` refused private and loopback addresses but not the machine's own public
+/// address, so a service bound to 0.0.0.0 answered through it; and its messages told a blocked
+/// address, a closed port and a silent one apart.
+#[test]
+fn http_get_refuses_this_machines_own_addresses() {
+    let Some(own) = interface_address() else {
+        skip_unless_ci("this machine has no non-loopback interface address");
+        return;
+    };
+    const SECRET: &str = "own-address-secret-5b1e";
+    let (port, connections) = serve_everywhere(own.is_ipv6(), SECRET);
+    let url = |port: u16| format!("http://{}/", SocketAddr::new(own, port));
+    let fetch = |port: u16| ("http_get", json!({"url": url(port)}));
+    let fetch_with = |allow_private: &str, calls: &[(&str, Value)]| {
+        let fake = FakeProvider::start();
+        let daemon = start(
+            &fake,
+            &format!("[tools.http_get]\nenabled = true\nallow_http = true\nallow_private = {allow_private}\n"),
+        );
+        run_tools(&fake, &daemon, calls)
+    };
+
+    // Refused by default: whether the address is public or not, it is this machine's.
+    let (results, transcript) = fetch_with("[]", &[fetch(port)]);
+    let by_default = &results[0];
+    assert!(by_default.is_error, "{by_default:?}");
+    assert!(by_default.content.contains("could not fetch"), "{by_default:?}");
+    assert!(!transcript.contains(SECRET), "{transcript}");
+    // Refused even when allowed networks cover every address: they never open this machine.
+    let (results, transcript) = fetch_with("[\"0.0.0.0/0\", \"::/0\"]", &[fetch(port)]);
+    assert!(results[0].is_error, "{:?}", results[0]);
+    assert!(!transcript.contains(SECRET), "{transcript}");
+    assert!(
+        results.iter().all(|result| !result.content.contains(SECRET)),
+        "{results:?}"
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a refused fetch must not connect"
+    );
+
+    // Control: the owner can open the address by naming it, so the server was reachable; and a
+    // closed port there reads exactly like the refusal above.
+    let closed = closed_port(own.is_ipv6());
+    let (results, _) = fetch_with(&format!("[\"{own}\"]"), &[fetch(port), fetch(closed)]);
+    assert!(!results[0].is_error, "{:?}", results[0]);
+    assert!(results[0].content.contains(SECRET), "{:?}", results[0]);
+    assert!(results[1].is_error, "{:?}", results[1]);
+    assert_eq!(
+        results[1].content.replace(&url(closed), "URL"),
+        by_default.content.replace(&url(port), "URL")
+    );
 }

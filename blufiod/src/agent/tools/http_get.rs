@@ -1,10 +1,17 @@
 //! `http_get`: fetches one URL with a GET request and returns its status, content type and body.
 //!
 //! It must never connect to an address it has not vetted: it resolves the host itself, refuses
-//! loopback, private, link-local, unspecified, broadcast and CGNAT addresses (and IPv4-mapped
-//! forms of them) unless `allow_private` allows the host or address, and then pins the connection
-//! to exactly the vetted addresses so DNS rebinding cannot slip past the check. It never follows a
-//! redirect (the target was not vetted) and never uses a proxy (the proxy would resolve the host).
+//! every address outside the public internet (the IANA IPv4 and IPv6 special-purpose registries,
+//! multicast, anything outside IPv6 global unicast, and IPv4-mapped and NAT64 forms of them) and
+//! this machine's own addresses (loopback and every interface address, read at each call) unless
+//! `allow_private` allows the host or address, and then pins the connection to exactly the vetted
+//! addresses so DNS rebinding cannot slip past the check. An allowed network never opens this
+//! machine: that takes an entry naming the host or the very address. It never follows a redirect
+//! (the target was not vetted) and never uses a proxy (the proxy would resolve the host).
+//!
+//! Until a response arrives, every failure (no such name, a refused address, a refused or timed
+//! out connection, a TLS failure) reads the same to the model, so it cannot map which hosts and
+//! ports exist behind the machine; the cause goes to the debug log for the owner.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -14,6 +21,7 @@ use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, LOCATION};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::{ToolOutput, error_chain, parse_input};
 use crate::agent::provider::{ToolSpec, install_crypto_provider};
@@ -68,17 +76,19 @@ tools.http_get.allow_http = true"
     UnsupportedScheme { url: String },
     #[error("http_get refused {url}: the URL has no host")]
     NoHost { url: String },
-    #[error("http_get cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
+    /// Anything that kept a response from arriving. `detail` is for the debug log only: the
+    /// model sees the same words whatever the cause, so it cannot probe the network with them.
     #[error(
-        "http_get refused {target}: {blocked} addresses are blocked; add the host to \
-tools.http_get.allow_private to allow it"
+        "http_get could not fetch {url}: no response (the name may not resolve, the host may be down, slow or \
+refusing connections, or the address may be one http_get does not fetch: private and special-purpose networks \
+and this machine, unless the owner lists them in tools.http_get.allow_private)"
     )]
-    Refused { target: String, blocked: Blocked },
-    #[error("http_get cannot set up its HTTP client: {reason}")]
-    BuildClient { reason: String },
-    #[error("http_get request to {url} failed: {reason}")]
-    Request { url: String, reason: String },
+    NoResponse { url: String, detail: String },
+    #[error(
+        "http_get gave up reading the response from {url} after {secs} s (tools.http_get.timeout_secs); try \
+again later or another URL"
+    )]
+    BodyTimeout { url: String, secs: u64 },
     #[error("http_get failed reading the response from {url}: {reason}")]
     ReadBody { url: String, reason: String },
 }
@@ -114,18 +124,18 @@ impl HttpGet {
             Ok(input) => input,
             Err(output) => return output,
         };
-        match tokio::time::timeout(self.timeout, self.fetch(&input.url)).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(error)) => ToolOutput::error(error.to_string()),
-            Err(_elapsed) => ToolOutput::error(format!(
-                "http_get gave up on {} after {} s (tools.http_get.timeout_secs); try again later or another URL",
-                input.url,
-                self.timeout.as_secs()
-            )),
+        match self.fetch(&input.url, Instant::now() + self.timeout).await {
+            Ok(output) => output,
+            Err(error) => {
+                if let FetchError::NoResponse { url, detail } = &error {
+                    tracing::debug!(%url, %detail, "http_get could not fetch");
+                }
+                ToolOutput::error(error.to_string())
+            }
         }
     }
 
-    async fn fetch(&self, raw_url: &str) -> Result<ToolOutput, FetchError> {
+    async fn fetch(&self, raw_url: &str, deadline: Instant) -> Result<ToolOutput, FetchError> {
         let url = Url::parse(raw_url).map_err(|error| FetchError::ParseUrl {
             url: raw_url.to_owned(),
             reason: error.to_string(),
@@ -136,57 +146,24 @@ impl HttpGet {
             "http" => return Err(FetchError::PlainHttp { url: url.to_string() }),
             _ => return Err(FetchError::UnsupportedScheme { url: url.to_string() }),
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| FetchError::NoHost { url: url.to_string() })?;
-        let port = url.port_or_known_default().unwrap_or(443);
+        if url.host_str().is_none() {
+            return Err(FetchError::NoHost { url: url.to_string() });
+        }
 
-        // An IP literal is vetted as it is; a name is resolved here, and the client below may
-        // only connect to what this lookup returned.
-        let literal = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .ok();
-        let addresses: Vec<SocketAddr> = match literal {
-            Some(address) => vec![SocketAddr::new(address, port)],
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|error| FetchError::Resolve {
-                    host: host.to_owned(),
-                    reason: error_chain(&error),
-                })?
-                .collect(),
+        let no_response = |detail: String| FetchError::NoResponse {
+            url: url.to_string(),
+            detail,
         };
-        if addresses.is_empty() {
-            return Err(FetchError::Resolve {
-                host: host.to_owned(),
-                reason: "no addresses found".to_owned(),
-            });
-        }
-        self.vet(host, literal.is_some(), &addresses)?;
-
-        install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(self.timeout)
-            .user_agent(concat!("blufiod/", env!("CARGO_PKG_VERSION"), " (http_get tool)"));
-        if literal.is_none() {
-            builder = builder.resolve_to_addrs(host, &addresses);
-        }
-        let client = builder.build().map_err(|error| FetchError::BuildClient {
-            reason: error_chain(&error),
-        })?;
-
-        let mut response = client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|error| FetchError::Request {
-                url: url.to_string(),
-                reason: error_chain(&error),
-            })?;
+        let mut response = match tokio::time::timeout_at(deadline, self.send(&url)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(detail)) => return Err(no_response(detail)),
+            Err(_elapsed) => {
+                return Err(no_response(format!(
+                    "no response within {} s (tools.http_get.timeout_secs)",
+                    self.timeout.as_secs()
+                )));
+            }
+        };
         let status = response.status();
         let mut content = format!(
             "HTTP {} {}\n",
@@ -222,10 +199,18 @@ impl HttpGet {
         let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
         let mut body = Vec::new();
         let mut cut = false;
-        while let Some(chunk) = response.chunk().await.map_err(|error| FetchError::ReadBody {
-            url: url.to_string(),
-            reason: error_chain(&error),
-        })? {
+        loop {
+            let chunk = tokio::time::timeout_at(deadline, response.chunk())
+                .await
+                .map_err(|_elapsed| FetchError::BodyTimeout {
+                    url: url.to_string(),
+                    secs: self.timeout.as_secs(),
+                })?
+                .map_err(|error| FetchError::ReadBody {
+                    url: url.to_string(),
+                    reason: error_chain(&error),
+                })?;
+            let Some(chunk) = chunk else { break };
             let room = limit - body.len();
             if chunk.len() > room {
                 body.extend_from_slice(&chunk[..room]);
@@ -248,38 +233,107 @@ impl HttpGet {
         })
     }
 
-    /// Refuses the fetch if any address is blocked and neither the host nor the address is allowed.
-    fn vet(&self, host: &str, is_literal: bool, addresses: &[SocketAddr]) -> Result<(), FetchError> {
+    /// Resolves the host, vets its addresses and sends the request to exactly those; every
+    /// failure is a detail for the debug log.
+    async fn send(&self, url: &Url) -> Result<reqwest::Response, String> {
+        let host = url.host_str().ok_or("the URL has no host")?;
+        let port = url.port_or_known_default().unwrap_or(443);
+
+        // An IP literal is vetted as it is; a name is resolved here, and the client below may
+        // only connect to what this lookup returned.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        let addresses: Vec<SocketAddr> = match literal {
+            Some(address) => vec![SocketAddr::new(address, port)],
+            None => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|error| format!("cannot resolve {host}: {}", error_chain(&error)))?
+                .collect(),
+        };
+        if addresses.is_empty() {
+            return Err(format!("cannot resolve {host}: no addresses found"));
+        }
+        // Read now, not at startup: interfaces and their addresses change while the daemon runs.
+        let this_machine = local_addresses()?;
+        self.vet(host, literal.is_some(), &addresses, &this_machine)?;
+
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(self.timeout)
+            .user_agent(concat!("blufiod/", env!("CARGO_PKG_VERSION"), " (http_get tool)"));
+        if literal.is_none() {
+            builder = builder.resolve_to_addrs(host, &addresses);
+        }
+        let client = builder
+            .build()
+            .map_err(|error| format!("cannot set up the HTTP client: {}", error_chain(&error)))?;
+        client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|error| format!("request failed: {}", error_chain(&error)))
+    }
+
+    /// Refuses the fetch if any address is blocked (special-purpose or `this_machine`'s) and not
+    /// allowed; the message says which and why, for the debug log.
+    fn vet(
+        &self,
+        host: &str,
+        is_literal: bool,
+        addresses: &[SocketAddr],
+        this_machine: &[IpAddr],
+    ) -> Result<(), String> {
         if !is_literal && self.allow_hosts.contains(&normalize_host(host)) {
             return Ok(());
         }
         for address in addresses {
             let ip = address.ip();
-            let Some(blocked) = blocked_kind(ip) else {
-                continue;
+            let target = || {
+                if is_literal {
+                    ip.to_string()
+                } else {
+                    format!("{host} ({ip})")
+                }
             };
-            if self.network_allowed(ip) {
+            if is_this_machine(ip, this_machine) {
+                if !self.names_address(ip) {
+                    return Err(format!(
+                        "refused {}: it is an address of this machine, which only an allow_private entry naming \
+that address or host opens",
+                        target()
+                    ));
+                }
                 continue;
             }
-            let target = if is_literal {
-                ip.to_string()
-            } else {
-                format!("{host} ({ip})")
-            };
-            return Err(FetchError::Refused { target, blocked });
+            if let Some(blocked) = blocked_kind(ip)
+                && !self.network_allowed(ip)
+            {
+                return Err(format!("refused {}: {blocked} addresses are blocked", target()));
+            }
         }
         Ok(())
     }
 
     fn network_allowed(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped IPv6 address reaches the IPv4 host, so an IPv4 network allows it too.
-        let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
-            IpAddr::V4(_) => None,
-        };
+        // A mapped or NAT64 IPv6 address reaches the IPv4 host, so an IPv4 network allows it too.
+        let embedded = embedded_v4(ip).map(|(_, v4)| IpAddr::V4(v4));
         self.allow_networks
             .iter()
-            .any(|network| network.contains(&ip) || mapped.is_some_and(|v4| network.contains(&v4)))
+            .any(|network| network.contains(&ip) || embedded.is_some_and(|v4| network.contains(&v4)))
+    }
+
+    /// Whether an allow_private network is exactly `ip` (a single address), in either form.
+    fn names_address(&self, ip: IpAddr) -> bool {
+        let embedded = embedded_v4(ip).map(|(_, v4)| IpAddr::V4(v4));
+        self.allow_networks.iter().any(|network| {
+            network.prefix_len() == network.max_prefix_len()
+                && (network.addr() == ip || embedded.is_some_and(|v4| network.addr() == v4))
+        })
     }
 }
 
@@ -287,82 +341,189 @@ fn normalize_host(host: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Why an address is blocked: its kind and whether it was embedded in an IPv6 address.
+/// This machine's interface addresses, read afresh (a failure refuses the fetch: without the
+/// list, no address can be shown not to be this machine's).
+fn local_addresses() -> Result<Vec<IpAddr>, String> {
+    let interfaces = nix::ifaddrs::getifaddrs()
+        .map_err(|error| format!("cannot list this machine's addresses: {}", error_chain(&error)))?;
+    Ok(interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect())
+}
+
+/// Whether `ip` reaches this machine: loopback, "this network" / unspecified, or one of its
+/// interface addresses, also in IPv4-mapped or NAT64 form.
+fn is_this_machine(ip: IpAddr, this_machine: &[IpAddr]) -> bool {
+    let reaches_self = |ip: IpAddr| {
+        let inherent = match ip {
+            IpAddr::V4(v4) => v4.is_loopback() || v4.octets()[0] == 0,
+            IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
+        };
+        inherent || this_machine.contains(&ip)
+    };
+    reaches_self(ip) || embedded_v4(ip).is_some_and(|(_, v4)| reaches_self(IpAddr::V4(v4)))
+}
+
+/// Why an address is blocked: its kind and, for an IPv6 address that embeds an IPv4 one, how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Blocked {
     kind: &'static str,
-    embedded_v4: bool,
+    embedded: Option<&'static str>,
 }
 
 impl std::fmt::Display for Blocked {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.embedded_v4 {
-            formatter.write_str("IPv4-mapped ")?;
+        if let Some(embedded) = self.embedded {
+            write!(formatter, "{embedded} ")?;
         }
         formatter.write_str(self.kind)
     }
 }
 
+/// The IANA IPv4 Special-Purpose Address Registry, plus multicast and the limited broadcast
+/// address: (network, prefix length, kind). The first match names the kind.
+const SPECIAL_V4: &[(Ipv4Addr, u8, &str)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" (0.0.0.0/8)"),
+    (Ipv4Addr::new(10, 0, 0, 0), 8, "private"),
+    (Ipv4Addr::new(100, 64, 0, 0), 10, "shared (CGNAT, 100.64.0.0/10)"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
+    (Ipv4Addr::new(172, 16, 0, 0), 12, "private"),
+    (
+        Ipv4Addr::new(192, 0, 0, 0),
+        24,
+        "IETF protocol assignment (192.0.0.0/24)",
+    ),
+    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation (192.0.2.0/24)"),
+    (Ipv4Addr::new(192, 31, 196, 0), 24, "AS112 (192.31.196.0/24)"),
+    (Ipv4Addr::new(192, 52, 193, 0), 24, "AMT (192.52.193.0/24)"),
+    (Ipv4Addr::new(192, 88, 99, 0), 24, "6to4 relay anycast (192.88.99.0/24)"),
+    (Ipv4Addr::new(192, 168, 0, 0), 16, "private"),
+    (
+        Ipv4Addr::new(192, 175, 48, 0),
+        24,
+        "AS112 direct delegation (192.175.48.0/24)",
+    ),
+    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking (198.18.0.0/15)"),
+    (Ipv4Addr::new(198, 51, 100, 0), 24, "documentation (198.51.100.0/24)"),
+    (Ipv4Addr::new(203, 0, 113, 0), 24, "documentation (203.0.113.0/24)"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(255, 255, 255, 255), 32, "broadcast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved (240.0.0.0/4)"),
+];
+
+/// The IANA IPv6 Special-Purpose Address Registry and the other non-global blocks (multicast,
+/// unique local, link-local, the deprecated site-local). `::ffff:0:0/96` and `64:ff9b::/96` are
+/// judged by the IPv4 address they embed, and anything else outside global unicast (2000::/3)
+/// is refused too (see [`blocked_v6`]).
+const SPECIAL_V6: &[(Ipv6Addr, u8, &str)] = &[
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128, "unspecified"),
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128, "loopback"),
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),
+        48,
+        "local-use NAT64 (64:ff9b:1::/48)",
+    ),
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "discard-only (100::/64)"),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        23,
+        "IETF protocol assignment (2001::/23)",
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+        32,
+        "documentation (2001:db8::/32)",
+    ),
+    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16, "6to4 (2002::/16)"),
+    (
+        Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
+        20,
+        "documentation (3fff::/20)",
+    ),
+    (
+        Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0),
+        16,
+        "segment routing SIDs (5f00::/16)",
+    ),
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "unique local (private)"),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10, "site-local"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast"),
+];
+
+/// Global unicast, the only IPv6 space IANA allocates from (2000::/3).
+const GLOBAL_UNICAST_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3);
+
 /// The reason `ip` must not be fetched without an allow rule, or `None` if it is a public address.
 fn blocked_kind(ip: IpAddr) -> Option<Blocked> {
     match ip {
-        IpAddr::V4(v4) => blocked_v4(v4).map(|kind| Blocked {
-            kind,
-            embedded_v4: false,
-        }),
+        IpAddr::V4(v4) => blocked_v4(v4).map(|kind| Blocked { kind, embedded: None }),
         IpAddr::V6(v6) => blocked_v6(v6),
     }
 }
 
 fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let octets = ip.octets();
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_private() {
-        Some("private")
-    } else if ip.is_link_local() {
-        Some("link-local")
-    } else if octets[0] == 0 {
-        // 0.0.0.0/8 means "this network"; connecting to 0.0.0.0 reaches the local host.
-        Some("unspecified")
-    } else if ip.is_broadcast() {
-        Some("broadcast")
-    } else if octets[0] == 100 && octets[1] & 0xc0 == 64 {
-        Some("shared (CGNAT, 100.64.0.0/10)")
-    } else {
-        None
-    }
+    SPECIAL_V4
+        .iter()
+        .find(|(network, prefix_len, _)| in_v4_network(ip, *network, *prefix_len))
+        .map(|(_, _, kind)| *kind)
 }
 
 fn blocked_v6(ip: Ipv6Addr) -> Option<Blocked> {
-    let plain = |kind| {
-        Some(Blocked {
+    // IPv4-mapped addresses reach the IPv4 host; NAT64 (RFC 6052) ones reach it through the
+    // translator. Both are as good as the IPv4 address they carry.
+    if let Some((how, v4)) = embedded_v4(IpAddr::V6(ip)) {
+        return blocked_v4(v4).map(|kind| Blocked {
             kind,
-            embedded_v4: false,
-        })
-    };
-    let first = ip.segments()[0];
-    if ip.is_loopback() {
-        return plain("loopback");
+            embedded: Some(how),
+        });
     }
-    if ip.is_unspecified() {
-        return plain("unspecified");
+    let plain = |kind| Blocked { kind, embedded: None };
+    if let Some((_, _, kind)) = SPECIAL_V6
+        .iter()
+        .find(|(network, prefix_len, _)| in_v6_network(ip, *network, *prefix_len))
+    {
+        return Some(plain(kind));
     }
-    if first & 0xfe00 == 0xfc00 {
-        return plain("unique local (private)");
+    let (global, global_len) = GLOBAL_UNICAST_V6;
+    if !in_v6_network(ip, global, global_len) {
+        // Including the deprecated IPv4-compatible form (::a.b.c.d).
+        return Some(plain("reserved (outside global unicast 2000::/3)"));
     }
-    if first & 0xffc0 == 0xfe80 {
-        return plain("link-local");
+    None
+}
+
+/// The IPv4 address an IPv6 one stands for, and the form: IPv4-mapped (`::ffff:0:0/96`) or NAT64
+/// well-known prefix (`64:ff9b::/96`).
+fn embedded_v4(ip: IpAddr) -> Option<(&'static str, Ipv4Addr)> {
+    let IpAddr::V6(v6) = ip else { return None };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(("IPv4-mapped", v4));
     }
-    if first & 0xffc0 == 0xfec0 {
-        return plain("site-local");
+    let nat64 = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
+    if in_v6_network(v6, nat64, 96) {
+        let [.., a, b, c, d] = v6.octets();
+        return Some(("NAT64", Ipv4Addr::new(a, b, c, d)));
     }
-    // IPv4-mapped (::ffff:a.b.c.d) and the deprecated IPv4-compatible (::a.b.c.d) forms reach the
-    // IPv4 address they embed.
-    ip.to_ipv4().and_then(blocked_v4).map(|kind| Blocked {
-        kind,
-        embedded_v4: true,
-    })
+    None
+}
+
+fn in_v4_network(ip: Ipv4Addr, network: Ipv4Addr, prefix_len: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+    ip.to_bits() & mask == network.to_bits() & mask
+}
+
+fn in_v6_network(ip: Ipv6Addr, network: Ipv6Addr, prefix_len: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
+    ip.to_bits() & mask == network.to_bits() & mask
 }
 
 #[cfg(test)]
@@ -379,63 +540,99 @@ mod tests {
         blocked_kind(address.parse().unwrap()).map(|blocked| blocked.to_string())
     }
 
+    /// Every special-purpose block the tool must refuse, written out independently of the tables
+    /// (IANA IPv4 and IPv6 Special-Purpose Address Registries, multicast, broadcast).
+    const REFUSED_RANGES: &[&str] = &[
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.31.196.0/24",
+        "192.52.193.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "192.175.48.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+        // Outside global unicast: IPv4-compatible (deprecated) and unassigned space.
+        "::/96",
+        "4000::/3",
+    ];
+
     #[test]
-    fn ipv4_classification() {
-        assert_eq!(kind("127.0.0.1").as_deref(), Some("loopback"));
-        assert_eq!(kind("127.255.0.9").as_deref(), Some("loopback"));
-        assert_eq!(kind("10.1.2.3").as_deref(), Some("private"));
-        assert_eq!(kind("172.16.0.1").as_deref(), Some("private"));
-        assert_eq!(kind("172.31.255.255").as_deref(), Some("private"));
-        assert_eq!(kind("192.168.1.1").as_deref(), Some("private"));
-        assert_eq!(kind("169.254.169.254").as_deref(), Some("link-local"));
-        assert_eq!(kind("0.0.0.0").as_deref(), Some("unspecified"));
-        assert_eq!(kind("255.255.255.255").as_deref(), Some("broadcast"));
-        assert_eq!(kind("100.64.0.1").as_deref(), Some("shared (CGNAT, 100.64.0.0/10)"));
-        assert_eq!(
-            kind("100.127.255.255").as_deref(),
-            Some("shared (CGNAT, 100.64.0.0/10)")
-        );
+    fn every_special_purpose_range_is_refused_from_first_to_last_address() {
+        for range in REFUSED_RANGES {
+            let network: IpNet = range.parse().unwrap();
+            for address in [network.network(), network.broadcast()] {
+                assert!(blocked_kind(address).is_some(), "{address} ({range}) is not refused");
+            }
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
         for public in [
             "8.8.8.8",
             "1.1.1.1",
-            "172.32.0.1",
-            "172.15.0.1",
+            "9.9.9.9",
+            "172.15.255.255",
+            "172.32.0.0",
             "100.63.255.255",
-            "100.128.0.1",
+            "100.128.0.0",
+            "192.0.1.255",
+            "192.0.3.0",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "2606:4700:4700::1111",
+            "2001:4860:4860::8888",
+            "2001:200::",
+            "2a00:1450:4001::1",
+            "3fff:1000::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
         ] {
             assert_eq!(kind(public), None, "{public}");
         }
     }
 
     #[test]
-    fn ipv6_classification() {
-        assert_eq!(kind("::1").as_deref(), Some("loopback"));
-        assert_eq!(kind("::").as_deref(), Some("unspecified"));
-        assert_eq!(kind("fc00::1").as_deref(), Some("unique local (private)"));
+    fn kinds_are_named() {
+        assert_eq!(kind("127.0.0.1").as_deref(), Some("loopback"));
+        assert_eq!(kind("10.1.2.3").as_deref(), Some("private"));
+        assert_eq!(kind("169.254.169.254").as_deref(), Some("link-local"));
+        assert_eq!(kind("255.255.255.255").as_deref(), Some("broadcast"));
+        assert_eq!(kind("192.0.2.7").as_deref(), Some("documentation (192.0.2.0/24)"));
         assert_eq!(kind("fd12:3456::1").as_deref(), Some("unique local (private)"));
-        assert_eq!(kind("fe80::1").as_deref(), Some("link-local"));
-        assert_eq!(kind("febf::1").as_deref(), Some("link-local"));
-        assert_eq!(kind("fec0::1").as_deref(), Some("site-local"));
-        for public in ["2606:4700:4700::1111", "2001:4860:4860::8888", "fe00::1"] {
-            assert_eq!(kind(public), None, "{public}");
-        }
-    }
-
-    #[test]
-    fn ipv4_mapped_classification() {
         assert_eq!(kind("::ffff:127.0.0.1").as_deref(), Some("IPv4-mapped loopback"));
-        assert_eq!(kind("::ffff:10.0.0.1").as_deref(), Some("IPv4-mapped private"));
+        assert_eq!(kind("64:ff9b::10.0.0.1").as_deref(), Some("NAT64 private"));
         assert_eq!(
-            kind("::ffff:169.254.169.254").as_deref(),
-            Some("IPv4-mapped link-local")
+            kind("::127.0.0.1").as_deref(),
+            Some("reserved (outside global unicast 2000::/3)")
         );
-        assert_eq!(
-            kind("::ffff:100.64.0.1").as_deref(),
-            Some("IPv4-mapped shared (CGNAT, 100.64.0.0/10)")
-        );
-        assert_eq!(kind("::ffff:0.0.0.0").as_deref(), Some("IPv4-mapped unspecified"));
-        assert_eq!(kind("::127.0.0.1").as_deref(), Some("IPv4-mapped loopback"));
-        assert_eq!(kind("::ffff:8.8.8.8"), None);
     }
 
     fn tool(allow_http: bool, allow_private: &[&str], max_bytes: u64) -> HttpGet {
@@ -461,30 +658,72 @@ mod tests {
             &["Intranet.Example", "10.0.0.0/8", "192.168.1.5", "fd00::/8"],
             1024,
         );
+        let vet = |host: &str, is_literal: bool, list: &[&str]| tool.vet(host, is_literal, &addresses(list), &[]);
         // Host names match exactly and case-insensitively, and allow every address they resolve to.
-        assert!(tool.vet("intranet.example", false, &addresses(&["127.0.0.1"])).is_ok());
-        assert!(tool.vet("INTRANET.example.", false, &addresses(&["127.0.0.1"])).is_ok());
-        assert!(
-            tool.vet("other.intranet.example", false, &addresses(&["127.0.0.1"]))
-                .is_err()
-        );
-        // Networks allow the addresses inside them, also in IPv4-mapped form.
-        assert!(
-            tool.vet("a.example", false, &addresses(&["10.9.8.7", "fd00::5"]))
-                .is_ok()
-        );
-        assert!(tool.vet("a.example", false, &addresses(&["::ffff:10.9.8.7"])).is_ok());
-        assert!(tool.vet("192.168.1.5", true, &addresses(&["192.168.1.5"])).is_ok());
+        assert!(vet("intranet.example", false, &["127.0.0.1"]).is_ok());
+        assert!(vet("INTRANET.example.", false, &["127.0.0.1"]).is_ok());
+        assert!(vet("other.intranet.example", false, &["127.0.0.1"]).is_err());
+        // Networks allow the addresses inside them, also in IPv4-mapped and NAT64 form.
+        assert!(vet("a.example", false, &["10.9.8.7", "fd00::5"]).is_ok());
+        assert!(vet("a.example", false, &["::ffff:10.9.8.7"]).is_ok());
+        assert!(vet("a.example", false, &["64:ff9b::10.9.8.7"]).is_ok());
+        assert!(vet("192.168.1.5", true, &["192.168.1.5"]).is_ok());
         // One blocked address among public ones refuses the whole host.
-        let error = tool
-            .vet("b.example", false, &addresses(&["8.8.8.8", "192.168.1.6"]))
-            .unwrap_err()
-            .to_string();
+        let error = vet("b.example", false, &["8.8.8.8", "192.168.1.6"]).unwrap_err();
         assert!(error.contains("b.example (192.168.1.6): private"), "{error}");
+        let error = vet("c.example", false, &["8.8.8.8", "2001:db8::1"]).unwrap_err();
+        assert!(error.contains("documentation"), "{error}");
+        assert!(vet("d.example", false, &["8.8.8.8", "2606:4700::1"]).is_ok());
+    }
+
+    #[test]
+    fn this_machine_is_refused_even_inside_an_allowed_network() {
+        let this_machine: Vec<IpAddr> = ["93.184.215.14", "10.1.2.3", "2a01:4f8::9", "127.0.0.1", "::1"]
+            .iter()
+            .map(|address| address.parse().unwrap())
+            .collect();
+        let vet = |tool: &HttpGet, list: &[&str]| tool.vet("host.example", false, &addresses(list), &this_machine);
+
+        // The machine's own public address is refused though it is public, in every form.
+        let none = tool(false, &[], 1024);
+        for own in [
+            "93.184.215.14",
+            "::ffff:93.184.215.14",
+            "64:ff9b::93.184.215.14",
+            "2a01:4f8::9",
+        ] {
+            let error = vet(&none, &[own]).unwrap_err();
+            assert!(error.contains("this machine"), "{own}: {error}");
+        }
+        // Loopback and "this network" reach the machine whatever the interfaces say.
+        for own in ["127.0.0.2", "0.0.0.0", "::1", "::"] {
+            assert!(vet(&none, &[own]).is_err(), "{own}");
+        }
         assert!(
-            tool.vet("c.example", false, &addresses(&["8.8.8.8", "2001:db8::1"]))
-                .is_ok()
+            vet(&none, &["203.0.113.10", "2a01:4f8::10"]).is_err(),
+            "documentation range"
         );
+        assert!(vet(&none, &["93.184.215.15", "2a01:4f8::10"]).is_ok());
+
+        // An allowed network opens its other addresses, never this machine's ...
+        let networks = tool(false, &["10.0.0.0/8", "0.0.0.0/0", "::/0", "127.0.0.0/8"], 1024);
+        assert!(vet(&networks, &["10.1.2.4"]).is_ok());
+        for own in ["10.1.2.3", "93.184.215.14", "2a01:4f8::9", "127.0.0.1", "::1"] {
+            assert!(vet(&networks, &[own]).is_err(), "{own}");
+        }
+        // ... but an entry naming the very address or the host does.
+        let exact = tool(false, &["10.1.2.3", "127.0.0.1/32", "[::1]"], 1024);
+        for own in ["10.1.2.3", "::ffff:10.1.2.3", "127.0.0.1", "::1"] {
+            assert!(vet(&exact, &[own]).is_ok(), "{own}");
+        }
+        let host = tool(false, &["host.example"], 1024);
+        assert!(vet(&host, &["10.1.2.3", "127.0.0.1"]).is_ok());
+    }
+
+    #[test]
+    fn this_machines_interface_addresses_are_listed() {
+        let addresses = local_addresses().unwrap();
+        assert!(addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
     }
 
     /// Serves `response` to every connection on 127.0.0.1 and counts the connections.
@@ -531,9 +770,9 @@ mod tests {
         let refused = tool(true, &[], 1024).call(&input).await;
         assert!(refused.is_error);
         assert!(
-            refused
-                .content
-                .contains("refused 127.0.0.1: loopback addresses are blocked"),
+            refused.content.starts_with(&format!(
+                "http_get could not fetch http://127.0.0.1:{port}/page: no response"
+            )),
             "{}",
             refused.content
         );
@@ -633,21 +872,62 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_server_times_out() {
+        let port = silent_server().await;
+        let mut tool = tool(true, &["127.0.0.1/32"], 1024);
+        tool.timeout = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let output = tool.call(&json!({"url": format!("http://127.0.0.1:{port}/")})).await;
+        assert!(output.is_error);
+        assert!(output.content.contains("could not fetch"), "{}", output.content);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Accepts and holds connections on 127.0.0.1 without ever answering; returns the port.
+    async fn silent_server() -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        // Accept and hold connections without ever answering.
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((stream, _)) = listener.accept().await {
                 held.push(stream);
             }
         });
-        let mut tool = tool(true, &["127.0.0.1/32"], 1024);
-        tool.timeout = Duration::from_millis(300);
-        let started = std::time::Instant::now();
-        let output = tool.call(&json!({"url": format!("http://127.0.0.1:{port}/")})).await;
-        assert!(output.is_error);
-        assert!(output.content.contains("gave up"), "{}", output.content);
-        assert!(started.elapsed() < Duration::from_secs(3));
+        port
+    }
+
+    #[tokio::test]
+    async fn failures_before_a_response_all_read_the_same() {
+        // A closed port: bound for a moment, then released.
+        let closed_port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let silent_port = silent_server().await;
+        let (open_port, _) = serve(response("200 OK", "", "hello")).await;
+        let mut allowed = tool(true, &["127.0.0.1"], 1024);
+        allowed.timeout = Duration::from_millis(300);
+        let mut blocked = tool(true, &[], 1024);
+        blocked.timeout = Duration::from_millis(300);
+
+        let message = |output: ToolOutput, port: u16| {
+            assert!(output.is_error, "{}", output.content);
+            output.content.replace(&port.to_string(), "PORT")
+        };
+        let get = |port: u16| json!({"url": format!("http://127.0.0.1:{port}/")});
+        let refused_connection = message(allowed.call(&get(closed_port)).await, closed_port);
+        let timed_out = message(allowed.call(&get(silent_port)).await, silent_port);
+        let blocked_open = message(blocked.call(&get(open_port)).await, open_port);
+        let blocked_closed = message(blocked.call(&get(closed_port)).await, closed_port);
+        let unresolvable = blocked
+            .call(&json!({"url": "http://no-such-host.invalid:9/"}))
+            .await
+            .content
+            .replace("no-such-host.invalid:9", "127.0.0.1:PORT");
+        assert!(refused_connection.contains("could not fetch"), "{refused_connection}");
+        for other in [&timed_out, &blocked_open, &blocked_closed, &unresolvable] {
+            assert_eq!(other, &refused_connection);
+        }
     }
 }
