@@ -59,6 +59,8 @@
 //! - `sessions.provider_problem`: `null` when the provider can be called; otherwise what is
 //!   missing and how to fix it (for example which key to set).
 //! - `memory.limit_bytes`, `cost.daily_cap_usd` and `cost.monthly_cap_usd` are `0` for "no limit".
+//! - `memory.under_pressure`: the resident set is above `memory.pressure_percent` of the limit; new
+//!   turns are refused and the gateway's `/ready` answers 503 until it falls.
 //! - `cost` amounts are US dollars; days and months are UTC. `cost.reserved_usd` is the worst-case
 //!   cost held by provider calls in flight.
 //! - `caller_access`: `"full"` or `"read-only"`.
@@ -2221,7 +2223,7 @@ mod tests {
                     {"name": "watchdog", "status": "pinging every 10s"}
                 ],
                 "sessions": null,
-                "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 0},
+                "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 0, "under_pressure": false},
                 "cost": null,
                 "caller_access": "read-only",
                 "gateway": null

@@ -275,8 +275,11 @@ fn the_watchdog_is_fed_while_the_daemon_makes_progress() {
 #[test]
 fn peer_credentials_decide_what_a_caller_may_do() {
     if !nix::unistd::geteuid().is_root() {
-        // Switching to another uid needs root; CI runs as root. Without it the policy is still
-        // covered by the unit tests in control::auth.
+        // Switching to another uid needs root; CI runs as root, and must not skip silently.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root under CI to run blufioctl as another user"
+        );
         eprintln!("skipping: needs root to run blufioctl as another user");
         return;
     }
@@ -310,6 +313,22 @@ fn peer_credentials_decide_what_a_caller_may_do() {
     assert_eq!(set.status.code(), Some(1), "{}", describe(&set));
     let stderr = String::from_utf8_lossy(&set.stderr);
     assert!(stderr.contains("read-only") && stderr.contains("SetConfig"), "{stderr}");
+    // Read-only watches the daemon; conversations, spend and devices need full access.
+    for (args, method) in [
+        (&["sessions", "list"][..], "ListSessions"),
+        (&["usage"], "GetUsage"),
+        (&["device", "list"], "ListDevices"),
+    ] {
+        let refused = daemon.ctl_as(nobody, gid, args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {}", describe(&refused));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(method),
+            "{args:?}: {}",
+            describe(&refused)
+        );
+    }
+    let config = daemon.ctl_as(nobody, gid, &["config", "get"]);
+    assert!(config.status.success(), "{}", describe(&config));
 
     // Now take read access away too: the member is refused outright.
     daemon.ctl_json(&["config", "set", "control.group_access", "none"]);
@@ -320,6 +339,61 @@ fn peer_credentials_decide_what_a_caller_may_do() {
         "{}",
         describe(&denied)
     );
+
+    // Nor do health and reflection answer a member without access. The stock Python client
+    // starts as root (its interpreter may live where nobody cannot read) and becomes the member
+    // before it connects, so the socket sees the member's credentials.
+    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let health = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import os, sys, grpc\nfrom grpc_health.v1 import health_pb2, health_pb2_grpc\n\
+os.setgroups([]); os.setgid(int(sys.argv[3])); os.setuid(int(sys.argv[2]))\n\
+channel = grpc.insecure_channel('unix:' + sys.argv[1], options=[('grpc.default_authority', 'localhost')])\n\
+try:\n    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)\n    print('SERVED')\n\
+except grpc.RpcError as error:\n    print(error.code())\n",
+        ])
+        .arg(&daemon.socket)
+        .arg(nobody.to_string())
+        .arg(gid.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&health.stdout);
+    assert!(said.contains("PERMISSION_DENIED"), "{}", describe(&health));
+
+    // A member cannot exhaust the daemon's descriptors: it keeps at most its share of
+    // connections open, and the owner is still served while it holds them.
+    let mut hog = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, socket, sys, time\n\
+os.setgroups([]); os.setgid(int(sys.argv[3])); os.setuid(int(sys.argv[2]))\n\
+held = []\n\
+for _ in range(400):\n    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)\n\
+time.sleep(1)\n\
+open_ = 0\n\
+for s in held:\n    s.setblocking(False)\n    try:\n        open_ += s.recv(1, socket.MSG_PEEK) != b''\n    except BlockingIOError:\n        open_ += 1\n    except OSError:\n        pass\n\
+print(open_, flush=True)\n\
+sys.stdin.read()\n",
+        ])
+        .arg(&daemon.socket)
+        .arg(nobody.to_string())
+        .arg(gid.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hog.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let still_open: usize = line.trim().parse().unwrap_or_else(|_| panic!("hog said {line:?}"));
+    assert!(
+        (1..=16).contains(&still_open),
+        "a uid keeps at most 16 control connections: {still_open}"
+    );
+    let owner = daemon.ctl(&["status"]);
+    assert!(owner.status.success(), "{}", describe(&owner));
+    drop(hog.stdin.take());
+    hog.wait().unwrap();
 
     // A user outside the group cannot even open the socket.
     let stranger = daemon.ctl_as(4242, 4242, &["status"]);

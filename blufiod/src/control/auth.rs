@@ -5,7 +5,76 @@
 //! configured access. Everybody else gets nothing. This module only decides; it never logs
 //! secrets and never consults anything but credentials and the group database.
 
+use tonic::Status;
+
 use crate::config::Access;
+
+/// What each call needs: the one authorization table. Read-only access is for watching the
+/// daemon's health and settings: status, the (masked) configuration and config checks, the gRPC
+/// health service and reflection. Conversations, spend, devices and every change need full
+/// access. A method missing here needs full access.
+pub const ACCESS: &[(&str, Access)] = &[
+    ("GetStatus", Access::ReadOnly),
+    ("GetConfig", Access::ReadOnly),
+    ("ValidateConfig", Access::ReadOnly),
+    ("grpc.health.v1.Health", Access::ReadOnly),
+    ("grpc.reflection", Access::ReadOnly),
+    ("SetConfig", Access::Full),
+    ("ReloadConfig", Access::Full),
+    ("CreateSession", Access::Full),
+    ("ListSessions", Access::Full),
+    ("GetSession", Access::Full),
+    ("DeleteSession", Access::Full),
+    ("SendMessage", Access::Full),
+    ("GetUsage", Access::Full),
+    ("AddDevice", Access::Full),
+    ("ListDevices", Access::Full),
+    ("RevokeDevice", Access::Full),
+];
+
+/// The access `method` needs.
+pub fn needed_for(method: &str) -> Access {
+    ACCESS
+        .iter()
+        .find(|(name, _)| *name == method)
+        .map_or(Access::Full, |(_, access)| *access)
+}
+
+/// Checks that the peer of a request (its `SO_PEERCRED`, which tonic puts in the request's
+/// extensions) may call `method`; returns the peer's access. No credentials means no access.
+pub fn authorize(
+    policy: &Policy,
+    group_access: Access,
+    extensions: &http::Extensions,
+    method: &str,
+) -> Result<Access, Status> {
+    let credentials = extensions
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|info| info.peer_cred);
+    let Some(credentials) = credentials else {
+        return Err(Status::permission_denied(
+            "the caller's credentials are unknown, so the call is refused; connect over the Unix socket",
+        ));
+    };
+    let peer = Peer {
+        uid: credentials.uid(),
+        gid: credentials.gid(),
+        pid: credentials.pid(),
+    };
+    let access = policy.access_of(peer, group_access);
+    let needed = needed_for(method);
+    if access >= needed {
+        return Ok(access);
+    }
+    tracing::warn!(uid = peer.uid, method, "control call denied");
+    Err(Status::permission_denied(format!(
+        "uid {} has {} access but {method} needs {}: {}",
+        peer.uid,
+        access.as_str(),
+        needed.as_str(),
+        policy.hint(peer)
+    )))
+}
 
 /// Who may do what, fixed at startup except for the group's access level.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@
 //! internal types. It never opens the database or the config file itself: it asks [`Shared`].
 
 mod auth;
+mod incoming;
 mod service;
 pub mod socket;
 
@@ -26,6 +27,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent requests per connection: a local client never needs more, and a runaway one
 /// cannot queue without bound.
 const CONCURRENCY_PER_CONNECTION: usize = 32;
+/// Connections are closed gracefully (GOAWAY; calls in flight finish, turns included) at this
+/// age, so idle ones do not hold a slot for ever; clients reconnect on their next call.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
+/// HTTP/2 pings find peers that went away without closing.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Errors from the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -75,17 +82,40 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|source| ControlError::Reflection { source })?;
+    // Health and reflection answer only peers the authorization table lets in (read-only and
+    // up), like every control call.
+    let guard = |method: &'static str| {
+        let policy = policy.clone();
+        let shared = shared.clone();
+        move |request: tonic::Request<()>| {
+            auth::authorize(
+                &policy,
+                shared.config().config.control.group_access,
+                request.extensions(),
+                method,
+            )?;
+            Ok(request)
+        }
+    };
+    let health = tonic::service::interceptor::InterceptedService::new(health, guard("grpc.health.v1.Health"));
+    let reflection_v1 = tonic::service::interceptor::InterceptedService::new(reflection_v1, guard("grpc.reflection"));
+    let reflection_v1alpha =
+        tonic::service::interceptor::InterceptedService::new(reflection_v1alpha, guard("grpc.reflection"));
+    let slots = incoming::Slots::new(policy.daemon_uid);
     let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, policy));
 
     tracing::info!("control plane serving");
     tonic::transport::Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(control)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming::incoming(listener, slots), async move {
             token.cancelled().await;
             health_reporter
                 .set_not_serving::<pb::control_server::ControlServer<service::ControlService>>()

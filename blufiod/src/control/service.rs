@@ -10,7 +10,7 @@ const MAX_CLIENT_DOCUMENT_BYTES: usize = 64 * 1024;
 use blufio_proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::auth::{Peer, Policy};
+use super::auth::{self, Policy};
 use tokio_stream::StreamExt as _;
 
 use crate::agent::budget::{BudgetError, dollars};
@@ -37,36 +37,15 @@ impl ControlService {
         Devices::new(self.shared.storage.clone())
     }
 
-    /// Checks that the caller may make a call needing `needed`; returns the caller's access.
-    fn authorize<T>(&self, request: &Request<T>, needed: Access, method: &str) -> Result<Access, Status> {
-        let credentials = request
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|info| info.peer_cred);
-        let Some(credentials) = credentials else {
-            return Err(Status::permission_denied(
-                "the caller's credentials are unknown, so the call is refused; connect over the Unix socket",
-            ));
-        };
-        let peer = Peer {
-            uid: credentials.uid(),
-            gid: credentials.gid(),
-            pid: credentials.pid(),
-        };
-        let access = self
-            .policy
-            .access_of(peer, self.shared.config().config.control.group_access);
-        if access >= needed {
-            return Ok(access);
-        }
-        tracing::warn!(uid = peer.uid, method, "control call denied");
-        Err(Status::permission_denied(format!(
-            "uid {} has {} access but {method} needs {}: {}",
-            peer.uid,
-            access.as_str(),
-            needed.as_str(),
-            self.policy.hint(peer)
-        )))
+    /// Checks that the caller may make `method` (see [`auth::ACCESS`]); returns the caller's
+    /// access.
+    fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<Access, Status> {
+        auth::authorize(
+            &self.policy,
+            self.shared.config().config.control.group_access,
+            request.extensions(),
+            method,
+        )
     }
 }
 
@@ -76,7 +55,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let access = self.authorize(&request, Access::ReadOnly, "GetStatus")?;
+        let access = self.authorize(&request, "GetStatus")?;
         let status = self.shared.status();
         let agent = self.shared.agent.status();
         let caps = self.shared.config().config.budget.clone();
@@ -161,7 +140,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::GetConfigResponse>, Status> {
-        self.authorize(&request, Access::ReadOnly, "GetConfig")?;
+        self.authorize(&request, "GetConfig")?;
         let key = request.into_inner().key;
         let key = (!key.is_empty()).then_some(key);
         let entries = self.shared.config_entries(key.as_deref()).ok_or_else(|| {
@@ -183,7 +162,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::SetConfigRequest>,
     ) -> Result<Response<pb::SetConfigResponse>, Status> {
-        self.authorize(&request, Access::Full, "SetConfig")?;
+        self.authorize(&request, "SetConfig")?;
         let pb::SetConfigRequest { key, value } = request.into_inner();
         let outcome = self
             .shared
@@ -204,7 +183,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ValidateConfigRequest>,
     ) -> Result<Response<pb::ValidateConfigResponse>, Status> {
-        self.authorize(&request, Access::ReadOnly, "ValidateConfig")?;
+        self.authorize(&request, "ValidateConfig")?;
         let pb::ValidateConfigRequest { toml, name } = request.into_inner();
         if toml.len() > MAX_CLIENT_DOCUMENT_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -243,7 +222,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        self.authorize(&request, Access::Full, "CreateSession")?;
+        self.authorize(&request, "CreateSession")?;
         let session = self
             .shared
             .agent
@@ -259,7 +238,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        self.authorize(&request, Access::ReadOnly, "ListSessions")?;
+        self.authorize(&request, "ListSessions")?;
         let pb::ListSessionsRequest { limit, cursor } = request.into_inner();
         let limit = if limit == 0 {
             DEFAULT_SESSION_PAGE
@@ -283,7 +262,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        self.authorize(&request, Access::ReadOnly, "GetSession")?;
+        self.authorize(&request, "GetSession")?;
         let pb::GetSessionRequest { id, message_limit } = request.into_inner();
         let limit = if message_limit == 0 {
             DEFAULT_MESSAGE_PAGE
@@ -306,7 +285,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
-        self.authorize(&request, Access::Full, "DeleteSession")?;
+        self.authorize(&request, "DeleteSession")?;
         self.shared
             .agent
             .delete_session(&request.into_inner().id)
@@ -319,7 +298,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
-        self.authorize(&request, Access::Full, "SendMessage")?;
+        self.authorize(&request, "SendMessage")?;
         let pb::SendMessageRequest { session_id, text } = request.into_inner();
         let session_id = (!session_id.is_empty()).then_some(session_id);
         let events = self
@@ -335,7 +314,7 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
-        self.authorize(&request, Access::ReadOnly, "GetUsage")?;
+        self.authorize(&request, "GetUsage")?;
         let days = request.into_inner().days;
         let days = if days == 0 {
             DEFAULT_USAGE_DAYS
@@ -395,7 +374,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::AddDeviceRequest>,
     ) -> Result<Response<pb::AddDeviceResponse>, Status> {
-        self.authorize(&request, Access::Full, "AddDevice")?;
+        self.authorize(&request, "AddDevice")?;
         let pb::AddDeviceRequest { name, public_key_pem } = request.into_inner();
         let device = self
             .devices()
@@ -412,7 +391,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
-        self.authorize(&request, Access::ReadOnly, "ListDevices")?;
+        self.authorize(&request, "ListDevices")?;
         let devices = self
             .devices()
             .list()
@@ -427,7 +406,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::RevokeDeviceRequest>,
     ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
-        self.authorize(&request, Access::Full, "RevokeDevice")?;
+        self.authorize(&request, "RevokeDevice")?;
         let device = self
             .devices()
             .revoke(&request.into_inner().name)
@@ -443,7 +422,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        self.authorize(&request, Access::Full, "ReloadConfig")?;
+        self.authorize(&request, "ReloadConfig")?;
         let change = self.shared.reload().await.map_err(|error| match &error {
             ReloadError::Load { source } => Status::failed_precondition(format!("{}:\n{}", error, error_chain(source))),
         })?;

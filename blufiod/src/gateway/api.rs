@@ -159,8 +159,7 @@ async fn read_body(
     let reserve = declared
         .and_then(|declared| usize::try_from(declared).ok())
         .unwrap_or(limit)
-        .min(super::BODY_BUFFER_TOTAL)
-        .max(1);
+        .clamp(1, super::BODY_BUFFER_TOTAL);
     let reading = async {
         let permit = gateway
             .body_budget
