@@ -99,6 +99,9 @@ fn every_numeric_key_refuses_or_survives_its_edge_values() {
         }
     }
     survives(&daemon, &fake, "after all keys");
+    // A release build aborts on a panic; a debug build only loses the task, so look for it.
+    let log = daemon.stderr();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -477,4 +478,82 @@ fn logs_follow_the_journald_and_json_conventions() {
             serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
         assert!(event["level"].is_string() && event["timestamp"].is_string(), "{line}");
     }
+}
+
+#[test]
+fn the_daemon_cannot_be_read_or_dumped_by_its_own_user() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root under CI to run blufiod as another user"
+        );
+        eprintln!("skipping: needs root to run blufiod as another user");
+        return;
+    }
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    let dir = new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(nobody), Some(nogroup)).unwrap();
+    let config = home.join("blufiod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[gateway]\nenabled = false\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    nix::unistd::chown(&config, Some(nobody), Some(nogroup)).unwrap();
+    let mut daemon = std::process::Command::new(support::blufiod_bin())
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("HOME", &home)
+        .env("ANTHROPIC_API_KEY", "sk-ant-in-the-environment")
+        .uid(65534)
+        .gid(65534)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = home.join("run/blufiod.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "blufiod did not start as nobody");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Another process of the same user tries to read the daemon's environment (where a
+    // container passes the API key) and its memory.
+    let probe = std::process::Command::new("python3")
+        .args([
+            "-c",
+            concat!(
+                "import os, sys\n",
+                "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n",
+                "for name in ('environ', 'mem'):\n",
+                "    try:\n",
+                "        open('/proc/%s/%s' % (sys.argv[1], name), 'rb').read(1)\n",
+                "        print(name, 'READ')\n",
+                "    except OSError as error:\n",
+                "        print(name, 'DENIED', error.errno)\n",
+            ),
+        ])
+        .arg(daemon.id().to_string())
+        .output()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(daemon.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = daemon.wait().unwrap();
+    let said = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        said.contains("environ DENIED") && said.contains("mem DENIED"),
+        "{}",
+        describe(&probe)
+    );
+    assert!(status.success(), "{status:?}");
 }

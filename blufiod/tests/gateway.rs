@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use blufio_proto::control::v1 as pb;
 use blufio_proto::httpsig::{self, Component, SignatureParams, digest};
 use ed25519_dalek::SigningKey;
+use futures_util::StreamExt as _;
 use support::fake_provider::{FakeProvider, FakeUsage, Script};
 use support::{Daemon, DaemonOptions, new_dir};
 
@@ -905,11 +906,11 @@ async fn a_flood_of_forged_bodies_does_not_grow_the_daemon() {
         })
     };
     let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
-    let body = vec![b'x'; 1024 * 1024];
     let url = format!("{}/v1/chat/completions", setup.base);
     let mut flood = Vec::new();
-    // 8 HTTP/2 connections with 32 streams each, every stream a 1 MiB body under an all-zero
-    // signature for the registered keyid.
+    // 8 HTTP/2 connections with 32 streams each, every stream under an all-zero signature for
+    // the registered keyid, each sending 896 KiB of its body and then holding the stream open:
+    // a daemon that read bodies before verifying would hold all of them at once.
     for _ in 0..8 {
         let client = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
@@ -917,29 +918,45 @@ async fn a_flood_of_forged_bodies_does_not_grow_the_daemon() {
             .build()
             .unwrap();
         for _ in 0..32 {
-            let mut headers = setup.signed_headers("POST", "/v1/chat/completions", Some(&body), Tweak::default());
+            let mut headers = setup.signed_headers("POST", "/v1/chat/completions", Some(b"{}"), Tweak::default());
             let input = headers["signature-input"].to_str().unwrap().to_owned();
             let label = input.split('=').next().unwrap().to_owned();
             let zero = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0u8; 64]);
             headers.insert("signature", format!("{label}=:{zero}:").parse().unwrap());
-            let request = client.post(&url).headers(headers).body(body.clone());
+            let chunks = futures_util::stream::iter(
+                (0..14).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 * 1024]))),
+            )
+            .chain(futures_util::stream::pending());
+            let request = client
+                .post(&url)
+                .headers(headers)
+                .body(reqwest::Body::wrap_stream(chunks));
             flood.push(tokio::spawn(async move {
                 request.send().await.map(|response| response.status().as_u16()).ok()
             }));
         }
     }
+    // Give the flood time to arrive, then count the answers that came.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut refused = 0;
     for request in flood {
-        if let Some(status) = request.await.unwrap() {
-            assert_eq!(status, 401);
-            refused += 1;
+        if request.is_finished() {
+            if let Some(status) = request.await.unwrap() {
+                assert_eq!(status, 401);
+                refused += 1;
+            }
+        } else {
+            request.abort();
         }
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     sampler.join().unwrap();
-    assert!(refused > 0, "some forged requests got their 401");
+    assert!(
+        refused >= 200,
+        "the forged requests got their 401 at once: {refused} of 256"
+    );
     let growth = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
-    // The flood offered 256 MiB of bodies; none of it may be buffered.
+    // The flood offered 224 MiB of bodies; none of it may be buffered.
     assert!(growth < 48 * 1024 * 1024, "RSS grew by {} MiB", growth / (1024 * 1024));
     // And good requests still pass.
     let response = setup
@@ -1149,4 +1166,54 @@ async fn requests_for_other_hosts_and_ambiguous_heads_are_refused() {
     };
     assert!(metrics("rebound.evil.example").starts_with("HTTP/1.1 421"));
     assert!(metrics(&format!("127.0.0.1:{metrics_port}")).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_gateway_keys_apply_to_a_running_daemon() {
+    let setup = setup("").await;
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+    let padded = |bytes: usize| {
+        format!(
+            "GET /health HTTP/1.1\r\nHost: {authority}\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(bytes)
+        )
+    };
+    let reply = raw_exchange(&setup, padded(12 * 1024).as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "12 KiB of header fit the default 16 KiB: {reply}"
+    );
+    let set = setup
+        .daemon
+        .ctl_json(&["config", "set", "gateway.max_header_bytes", "8192"]);
+    assert_eq!(set["restart_required"], serde_json::json!([]), "{set}");
+    let reply = raw_exchange(&setup, padded(12 * 1024).as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "the lowered limit applies: {reply}");
+
+    // The idle timeout of an authenticated connection follows the live value.
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "gateway.idle_timeout_secs", "1"]);
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tls = raw_tls(&setup).await;
+    let headers = setup.signed_headers("GET", "/v1/models", None, Tweak::default());
+    tls.write_all(raw_head("GET", "/v1/models", &authority, &headers, "").as_bytes())
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let n = tls.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tls.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle authenticated connection is closed");
+    // Well before the default of 60 s: the value set live was used.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }

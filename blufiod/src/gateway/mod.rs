@@ -37,6 +37,8 @@ use crate::state::Shared;
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection checks whether it has been idle too long.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Time connections get to finish their requests once shutdown begins.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
@@ -376,8 +378,11 @@ where
 {
     tokio::pin!(served);
     let mut seen = requests.load(Ordering::Relaxed);
+    let mut last_request = Instant::now();
     let mut closing = false;
     loop {
+        // The allowed idle time is judged afresh on each tick: it changes when a request
+        // authenticates and when `gateway.idle_timeout_secs` is set live.
         let idle = if connection.is_authenticated() {
             Duration::from_secs(gateway.shared.config().config.gateway.idle_timeout_secs)
         } else {
@@ -390,13 +395,15 @@ where
                 served.as_mut().shut_down();
                 closing = true;
             }
-            () = tokio::time::sleep(idle), if !closing => {
+            () = tokio::time::sleep(IDLE_TICK.min(idle)), if !closing => {
                 let now = requests.load(Ordering::Relaxed);
-                if now == seen {
+                if now != seen {
+                    seen = now;
+                    last_request = Instant::now();
+                } else if last_request.elapsed() >= idle {
                     served.as_mut().shut_down();
                     closing = true;
                 }
-                seen = now;
             }
         }
     }
