@@ -104,6 +104,27 @@ fn every_numeric_key_refuses_or_survives_its_edge_values() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+#[test]
+fn string_keys_take_values_that_read_as_other_toml_types() {
+    let fake = FakeProvider::start();
+    let daemon = start(&fake);
+    let set = daemon.ctl_json(&["config", "set", "provider.anthropic_version", "2023-06-01"]);
+    assert_eq!(set["entry"]["value"], "2023-06-01", "{set}");
+    let set = daemon.ctl_json(&["config", "set", "agent.system_prompt", "42"]);
+    assert_eq!(set["entry"]["value"], "42", "{set}");
+    fake.push(Script::text("ok", 1));
+    daemon.ctl_json(&["chat", "hello"]);
+    let sent = fake.requests();
+    let version = sent
+        .last()
+        .unwrap()
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("anthropic-version"))
+        .map(|(_, value)| value.clone());
+    assert_eq!(version.as_deref(), Some("2023-06-01"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_refuses_to_parse_huge_documents_for_a_client() {
     let fake = FakeProvider::start();
@@ -160,7 +181,12 @@ fn config_errors_never_quote_a_secret() {
         file.to_str().unwrap(),
     ])));
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Wait until the failed reload is logged (it names the key), then look at the whole log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !daemon.stderr().contains("api_key") {
+        assert!(std::time::Instant::now() < deadline, "the failed reload was not logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     std::fs::write(&daemon.config_path, &good).unwrap();
     daemon.stop();
     shown.push_str(&daemon.stderr());

@@ -53,6 +53,8 @@ fn the_systemd_unit_verifies_and_stays_hardened() {
         "WatchdogSec=",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "RestartPreventExitStatus=2",
+        // No core dump may carry the API key or the TLS key to disk.
+        "LimitCORE=0",
     ] {
         assert!(text.contains(line), "the unit lost {line:?}");
     }
