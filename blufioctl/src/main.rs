@@ -17,7 +17,7 @@ mod shell;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
@@ -615,14 +615,7 @@ fn chat_message(words: &[String]) -> anyhow::Result<String> {
     Ok(text.to_owned())
 }
 
-/// The current Unix time, for "3m ago".
-fn unix_now() -> i64 {
-    // A clock before 1970 only makes every age read "just now".
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    i64::try_from(seconds).unwrap_or(i64::MAX)
-}
+use blufio_proto::httpsig::unix_now;
 
 /// The width of the terminal on stdout, when aligned output goes to one.
 fn terminal_width(style: Style) -> Option<usize> {

@@ -19,6 +19,7 @@ mod notify;
 mod paths;
 mod state;
 mod storage;
+mod util;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -153,14 +154,4 @@ fn install_panic_hook() {
     }));
 }
 
-/// An error and its sources as one line: `outer: inner: root`.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+pub(crate) use util::error_chain;

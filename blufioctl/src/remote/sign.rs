@@ -148,11 +148,7 @@ fn header_value(text: &str, component: &str) -> Result<HeaderValue, SignatureErr
     })
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
-}
+use blufio_proto::httpsig::unix_now;
 
 #[cfg(test)]
 mod tests {

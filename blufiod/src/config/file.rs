@@ -1,7 +1,6 @@
 //! The config file on disk: naming its problems by key, file and line, and changing one key with
 //! an atomic, comment-preserving write.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Data, Toml};
@@ -244,30 +243,9 @@ fn with_value(
     Ok(document.to_string())
 }
 
-/// Replaces `path` with `contents` so that a reader sees either the old or the new file, never a
-/// mix, even across a crash. A new file gets mode 0600 (it may hold secrets); an existing file
-/// keeps its mode.
+/// The config file may hold secrets: a new one is 0600, an existing one keeps its mode.
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mode = match std::fs::metadata(path) {
-        Ok(metadata) => metadata.permissions().mode() & 0o7777,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0o600,
-        Err(error) => return Err(error),
-    };
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".blufiod.toml.")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
-    temporary.write_all(contents)?;
-    temporary.as_file().sync_all()?;
-    temporary.persist(path).map_err(|error| error.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::util::write_atomically(path, contents, crate::util::FileMode::KeepOr(0o600))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! Every route is listed in [`ROUTES`], which the OpenAPI document is tested against.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -825,11 +825,7 @@ fn agent_problem(error: &AgentError) -> Problem {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
-}
+use crate::util::unix_now;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,6 @@
 //! with the signed digest at its end.
 
 use std::num::NonZeroU32;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use blufio_proto::httpsig;
 use blufio_proto::httpsig::digest::DigestVerifier;
@@ -66,11 +65,7 @@ fn unauthorized(kind: &'static str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::UNAUTHORIZED, kind, "Request not authenticated", detail)
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
-}
+use crate::util::unix_now;
 
 /// A request whose signature headers parse and name a registered device; its body has not been
 /// read yet.

@@ -8,9 +8,9 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
@@ -379,21 +379,13 @@ fn generate_self_signed(dir: &Path, cert_path: &Path, key_path: &Path, names: &[
     Ok(())
 }
 
-/// Writes `contents` to a temporary file next to `path` with `mode`, then renames it over `path`.
+/// Writes `contents` atomically (with the directory fsync) with `mode`.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let write = || -> io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        // tempfile creates the file 0600, so the key is never readable by others, even briefly.
-        let mut file = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-        file.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.as_file().sync_all()?;
-        file.persist(path).map_err(|error| error.error)?;
-        Ok(())
-    };
-    write().map_err(|source| TlsError::WriteSelfSigned {
-        path: path.to_owned(),
-        source,
+    crate::util::write_atomically(path, contents, crate::util::FileMode::Exactly(mode)).map_err(|source| {
+        TlsError::WriteSelfSigned {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 
@@ -407,6 +399,7 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     /// A certificate and key made with rcgen, as PEM, plus the certificate's DER.
     struct Made {

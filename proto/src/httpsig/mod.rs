@@ -33,6 +33,14 @@ pub use keys::{
 };
 pub use params::{Component, ParsedSignature, SignatureParams, parse};
 
+/// Seconds since the Unix epoch: the clock `created`, `expires` and the skew check use (0 before
+/// the epoch, `i64::MAX` far after it). Signer and verifier, daemon and client share this one.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+}
+
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 /// The only signature algorithm blufio signs and verifies with (RFC 9421 §3.3.6).

@@ -191,21 +191,7 @@ fn floor_char_boundary(text: &str, index: usize) -> usize {
     (0..=index).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
-/// An error and its causes on one line, for tool messages (reqwest and io errors hide the useful
-/// part in the chain).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
+use crate::util::error_chain;
 
 #[cfg(test)]
 mod tests {
