@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::config::LiveConfig;
 use crate::config::{ConfigSource, Loaded};
 use crate::control::{self, Policy, socket};
 use crate::gateway;
@@ -22,7 +23,7 @@ use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::paths::Paths;
-use crate::state::{ConfigHandle, Phase, Shared, SharedParts, VERSION};
+use crate::state::{Phase, Shared, SharedParts, VERSION};
 use crate::storage::{Storage, StorageError, StorageOptions};
 use crate::watchdog::{self, Probe};
 
@@ -211,10 +212,25 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     };
 
     let token = CancellationToken::new();
-    let config = ConfigHandle::new(startup.loaded);
+    let live = Arc::new(LiveConfig::new(startup.source, startup.loaded));
+    // What a configuration change must do beyond a fresh read, registered by what owns it.
+    if let Some(log) = startup.log {
+        live.on_change("log", move |old, new| {
+            if old.config.log.level != new.config.log.level
+                && let Err(error) = log.set_level(&new.config.log.level)
+            {
+                tracing::error!(%error, "cannot apply log.level");
+            }
+        });
+    }
+    if let Some(info) = bound_gateway.as_ref().map(|bound| bound.info.clone()) {
+        live.on_reload("gateway-certificate", move || {
+            info.reload_certificate().map_err(|error| crate::error_chain(&error))
+        });
+    }
     let agent = Agent::start(
         storage.clone(),
-        config.clone(),
+        live.handle(),
         paths.state_dir.clone(),
         token.child_token(),
     )
@@ -225,11 +241,9 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         paths: paths.clone(),
         storage: storage.clone(),
         previous_run_unclean,
-        source: startup.source,
-        config,
+        live,
         agent: Arc::new(agent),
         gateway: bound_gateway.as_ref().map(|bound| bound.info.clone()),
-        log: startup.log,
     }));
 
     let mut subsystems = Subsystems::new();

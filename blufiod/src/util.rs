@@ -75,7 +75,10 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("cannot read: root")]
         struct Repeating(#[source] std::io::Error);
-        assert_eq!(error_chain(&Repeating(std::io::Error::other("root"))), "cannot read: root");
+        assert_eq!(
+            error_chain(&Repeating(std::io::Error::other("root"))),
+            "cannot read: root"
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ use self::budget::{Budget, BudgetError, BudgetSnapshot, Micros, Period};
 use self::context::StoredBlocks;
 use self::provider::{ContentBlock, Provider, ProviderError, ProviderSettings, StopReason, StreamEvent, Usage};
 use self::tools::Tools;
+use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
-use crate::state::ConfigHandle;
 use crate::storage::{LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, TurnEnd, UsageReport};
 
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can

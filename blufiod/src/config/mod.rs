@@ -8,6 +8,7 @@
 mod agent;
 mod file;
 mod keys;
+mod live;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use agent::{
 };
 pub use file::{ConfigWriteError, set_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec};
+pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError};
 
 /// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).
 pub const ENV_PREFIX: &str = "BLUFIO_";

@@ -16,10 +16,11 @@ use tokio_stream::StreamExt as _;
 use crate::agent::budget::{BudgetError, dollars};
 use crate::agent::provider::{ContentBlock, Usage};
 use crate::agent::{AgentError, SessionMessage, TurnEvent};
+use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, Devices};
 use crate::error_chain;
-use crate::state::{Phase, ReloadError, Shared};
+use crate::state::{Phase, Shared};
 use crate::storage::{DeviceRecord, SessionRecord, StorageError, UsageTotals};
 
 /// The control service.
@@ -143,7 +144,7 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "GetConfig")?;
         let key = request.into_inner().key;
         let key = (!key.is_empty()).then_some(key);
-        let entries = self.shared.config_entries(key.as_deref()).ok_or_else(|| {
+        let entries = self.shared.live.entries(key.as_deref()).ok_or_else(|| {
             Status::not_found(format!(
                 "no config key {:?}; run `blufioctl config get` to list the keys",
                 key.unwrap_or_default()
@@ -166,6 +167,7 @@ impl pb::control_server::Control for ControlService {
         let pb::SetConfigRequest { key, value } = request.into_inner();
         let outcome = self
             .shared
+            .live
             .set_key(&key, &value)
             .await
             .map_err(|error| write_error_to_status(&error))?;
@@ -193,7 +195,7 @@ impl pb::control_server::Control for ControlService {
         }
         let parsed_client_document = !toml.is_empty();
         let outcome = if toml.is_empty() {
-            self.shared.validate_own_file()
+            self.shared.live.validate_file()
         } else {
             let name = (!name.is_empty()).then(|| std::path::PathBuf::from(name));
             // A client's document is checked on its own: the daemon's environment is not the
