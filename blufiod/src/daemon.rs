@@ -17,7 +17,9 @@ use crate::agent::Agent;
 use crate::config::LiveConfig;
 use crate::config::{ConfigSource, Loaded};
 use crate::control::{self, Policy, socket};
+use crate::events::{Event, EventBus};
 use crate::gateway;
+use crate::health::{Check, Finding, Health};
 use crate::lockfile::{LockError, LockFile};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
@@ -25,7 +27,7 @@ use crate::notify::Notifier;
 use crate::paths::Paths;
 use crate::state::{Phase, Shared, SharedParts, VERSION};
 use crate::storage::{Storage, StorageError, StorageOptions};
-use crate::watchdog::{self, Probe};
+use crate::watchdog;
 
 /// What `main` hands to the daemon.
 #[derive(Debug)]
@@ -150,6 +152,10 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
     let sighup = install(SignalKind::hangup(), "SIGHUP")?;
 
+    // The cross-cutting registries, made once and unconditionally; subsystems register into them.
+    let events = EventBus::new();
+    let health = Health::new();
+    events.publish(Event::Starting);
     let config = startup.loaded.config.clone();
     let euid = nix::unistd::geteuid().as_raw();
     let paths = Paths::resolve(&config, &startup.source.path, |name| std::env::var_os(name), euid);
@@ -232,6 +238,7 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         storage.clone(),
         live.handle(),
         paths.state_dir.clone(),
+        events.clone(),
         token.child_token(),
     )
     .await
@@ -244,9 +251,21 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         live,
         agent: Arc::new(agent),
         gateway: bound_gateway.as_ref().map(|bound| bound.info.clone()),
+        events: events.clone(),
+        health: health.clone(),
     }));
+    register_checks(&health, &shared);
 
     let mut subsystems = Subsystems::new();
+    let metrics = Arc::new(Metrics::new());
+    subsystems.spawn(
+        "events",
+        crate::metrics::count_events(metrics.clone(), events.clone(), token.child_token()),
+    );
+    subsystems.spawn(
+        "memory",
+        crate::memory::watch(shared.live.handle(), events.clone(), token.child_token()),
+    );
     let policy = Policy {
         daemon_uid: euid,
         group,
@@ -258,16 +277,15 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     );
     subsystems.spawn("reload", reload_on_sighup(shared.clone(), sighup, token.child_token()));
     if let Some(bound) = bound_gateway {
-        let metrics = Arc::new(Metrics::new());
         subsystems.spawn(
             "gateway",
-            gateway::serve(bound, shared.clone(), metrics, token.child_token()),
+            gateway::serve(bound, shared.clone(), metrics, health.clone(), token.child_token()),
         );
     }
     if let Some(timeout) = sd_notify::watchdog_enabled() {
         let interval = timeout / 2;
         tracing::info!(?interval, "systemd watchdog enabled");
-        let probes = liveness_probes(&shared);
+        let probes = health.probes();
         let status = shared.watchdog.clone();
         let notifier = shared.notifier;
         let token = token.child_token();
@@ -286,6 +304,7 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         "ready"
     );
     notifier.ready(&shared.ready_line());
+    events.publish(Event::Ready);
 
     let outcome = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM received; shutting down"); Ok(()) }
@@ -302,6 +321,7 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
 
     let drain_timeout = Duration::from_secs(shared.config().config.daemon.shutdown_timeout_secs);
     shared.set_phase(Phase::Stopping);
+    events.publish(Event::Stopping);
     notifier.stopping(&format!("stopping: draining (up to {}s)", drain_timeout.as_secs()));
     token.cancel();
     let drained = tokio::time::timeout(drain_timeout, async {
@@ -359,34 +379,104 @@ async fn reload_on_sighup(
     }
 }
 
-/// The probes that must all pass for the watchdog to be fed.
-fn liveness_probes(shared: &Arc<Shared>) -> Vec<Probe> {
+/// The daemon's own checks: liveness (the watchdog feeds systemd only while all pass) and
+/// readiness (`/ready`).
+fn register_checks(health: &Health, shared: &Arc<Shared>) {
+    // The scheduler runs a freshly spawned task: no worker is wedged by blocking code.
+    health.register(
+        Check::new("runtime", || async {
+            match tokio::spawn(async {}).await {
+                Ok(()) => Finding::ok("the runtime schedules tasks"),
+                Err(error) => Finding::fail(
+                    format!("a spawned task did not complete: {error}"),
+                    "see the log for a panic",
+                ),
+            }
+        })
+        .liveness(),
+    );
+    // The single database writer is free and answers, and a reader can be had.
     let storage = shared.storage.clone();
-    let socket = shared.paths.socket.clone();
-    vec![
-        // The scheduler runs a freshly spawned task: no worker is wedged by blocking code.
-        Probe::new("runtime", || async {
-            tokio::spawn(async {})
-                .await
-                .map_err(|error| format!("a spawned task did not complete: {error}"))
-        }),
-        // The single database writer is free and answers, and a reader can be had.
-        Probe::new("storage", move || {
+    health.register(
+        Check::new("storage", move || {
             let storage = storage.clone();
             async move {
-                storage
-                    .probe_writer()
-                    .await
-                    .map_err(|error| crate::error_chain(&error))?;
-                storage.probe_reader().await.map_err(|error| crate::error_chain(&error))
+                let outcome = match storage.probe_writer().await {
+                    Ok(()) => storage.probe_reader().await,
+                    Err(error) => Err(error),
+                };
+                match outcome {
+                    Ok(()) => Finding::ok("the writer and a reader answer"),
+                    Err(error) => Finding::fail(
+                        crate::error_chain(&error),
+                        "check the disk and the database file's permissions; see the log",
+                    ),
+                }
             }
-        }),
-        // The control socket accepts a connection and serves a health check.
-        Probe::new("control", move || {
+        })
+        .liveness()
+        .readiness("the database is not reachable"),
+    );
+    // The whole database reads back consistently: too slow for every status call.
+    let storage = shared.storage.clone();
+    health.register(
+        Check::new("integrity", move || {
+            let storage = storage.clone();
+            async move {
+                match storage.integrity_problems().await {
+                    Ok(None) => Finding::ok("the database passes SQLite's integrity check"),
+                    Ok(Some(problems)) => Finding::fail(
+                        format!("the database is damaged: {problems}"),
+                        "stop blufiod and restore the database from a backup",
+                    ),
+                    Err(error) => Finding::fail(crate::error_chain(&error), "see the log"),
+                }
+            }
+        })
+        .deep(),
+    );
+    // The control socket accepts a connection and serves a health check.
+    let socket = shared.paths.socket.clone();
+    health.register(
+        Check::new("control", move || {
             let socket = socket.clone();
-            async move { control::probe(&socket).await }
-        }),
-    ]
+            async move {
+                match control::probe(&socket).await {
+                    Ok(()) => Finding::ok("the control socket serves"),
+                    Err(error) => Finding::fail(error, "check the socket path and its directory"),
+                }
+            }
+        })
+        .liveness(),
+    );
+    let phase = shared.clone();
+    health.register(
+        Check::new("phase", move || {
+            let phase = phase.phase();
+            async move {
+                match phase {
+                    Phase::Ready | Phase::Reloading => Finding::ok("serving"),
+                    Phase::Starting => Finding::fail("starting", "wait for startup to finish"),
+                    Phase::Stopping => Finding::fail("stopping", "the daemon is shutting down"),
+                }
+            }
+        })
+        .readiness("the daemon is not serving yet or is stopping"),
+    );
+    let agent = shared.agent.clone();
+    health.register(
+        Check::new("provider", move || {
+            let problem = agent.status().provider_problem;
+            async move {
+                match problem {
+                    None => Finding::ok("configured"),
+                    Some(problem) => Finding::fail("the LLM provider is not configured", problem),
+                }
+            }
+        })
+        .readiness("the LLM provider is not configured"),
+    );
+    crate::memory::register_checks(health, shared.live.handle());
 }
 
 #[cfg(test)]

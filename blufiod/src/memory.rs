@@ -41,6 +41,13 @@ impl MemoryUse {
         used
     }
 
+    /// Whether the resident set is above three quarters of the pressure threshold.
+    pub fn near_pressure(&self, config: &MemoryConfig) -> bool {
+        self.limit_bytes > 0
+            && u128::from(self.rss_bytes) * 100 * 4
+                > u128::from(self.limit_bytes) * u128::from(config.pressure_percent) * 3
+    }
+
     /// Whether the resident set is above `pressure_percent` of the limit.
     pub fn under_pressure(&self, config: &MemoryConfig) -> bool {
         self.limit_bytes > 0
@@ -77,6 +84,78 @@ pub fn release() {
     };
     if status != 0 {
         tracing::debug!(status, "jemalloc purge failed");
+    }
+}
+
+/// Registers the memory check: fails while the resident set is above the pressure threshold.
+pub fn register_checks(health: &crate::health::Health, config: crate::config::ConfigHandle) {
+    health.register(
+        crate::health::Check::new("memory", move || {
+            let memory = config.get().config.memory.clone();
+            async move {
+                let used = MemoryUse::check(&memory);
+                let detail = format!(
+                    "{} MiB resident of a {} MiB limit",
+                    used.rss_bytes / (1024 * 1024),
+                    memory.limit_mib
+                );
+                if used.under_pressure(&memory) {
+                    crate::health::Finding::fail(
+                        detail,
+                        "new turns are refused until memory falls; raise memory.limit_mib if this persists",
+                    )
+                } else if used.near_pressure(&memory) {
+                    crate::health::Finding::warn(
+                        detail,
+                        "memory is near the pressure threshold; raise memory.limit_mib if this persists",
+                    )
+                } else {
+                    crate::health::Finding::ok(detail)
+                }
+            }
+        })
+        .readiness("the daemon is over its memory limit and refuses new turns"),
+    );
+}
+
+/// How often [`watch`] measures.
+const WATCH_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Measures every few seconds until `token` is cancelled, and announces each change of the
+/// pressure state once: a log line and an event.
+pub async fn watch(
+    config: crate::config::ConfigHandle,
+    events: std::sync::Arc<crate::events::EventBus>,
+    token: tokio_util::sync::CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    let mut under = false;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(WATCH_TICK) => {}
+        }
+        let memory = config.get().config.memory.clone();
+        let used = MemoryUse::check(&memory);
+        let now = used.under_pressure(&memory);
+        if now != under {
+            under = now;
+            if now {
+                tracing::warn!(
+                    rss_mib = used.rss_bytes / (1024 * 1024),
+                    limit_mib = memory.limit_mib,
+                    "memory under pressure: new turns are refused"
+                );
+            } else {
+                tracing::info!(
+                    rss_mib = used.rss_bytes / (1024 * 1024),
+                    "memory back under the pressure threshold"
+                );
+            }
+            events.publish(crate::events::Event::MemoryPressureChanged {
+                under_pressure: now,
+                rss_bytes: used.rss_bytes,
+            });
+        }
     }
 }
 

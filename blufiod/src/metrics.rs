@@ -3,7 +3,9 @@
 //! Label values come from fixed sets (route templates, status classes, check names), never from
 //! request data, so the number of series is bounded. This module only counts; it never decides.
 
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// The daemon's metrics.
 #[derive(Debug, Clone)]
@@ -17,6 +19,10 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Gateway connections open now.
     pub open_connections: IntGauge,
+    /// Lifecycle events by name.
+    pub events: IntCounterVec,
+    /// Events subscribers lost by falling behind.
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -47,11 +53,20 @@ impl Metrics {
         .expect("valid metric");
         let open_connections =
             IntGauge::new("gateway_open_connections", "Gateway connections open now.").expect("valid metric");
+        let events = IntCounterVec::new(Opts::new("events_total", "Lifecycle events by name."), &["event"])
+            .expect("valid metric");
+        let events_dropped = IntCounter::new(
+            "events_dropped_total",
+            "Lifecycle events a subscriber lost because it fell behind.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(auth_failures.clone()),
             Box::new(open_connections.clone()),
+            Box::new(events.clone()),
+            Box::new(events_dropped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -62,6 +77,8 @@ impl Metrics {
             http_duration,
             auth_failures,
             open_connections,
+            events,
+            events_dropped,
         }
     }
 
@@ -79,6 +96,29 @@ impl Metrics {
             ));
         }
         text
+    }
+}
+
+/// Counts every lifecycle event by name, and the events subscribers lost, until `token` is
+/// cancelled or the bus is gone.
+pub async fn count_events(
+    metrics: std::sync::Arc<Metrics>,
+    bus: std::sync::Arc<crate::events::EventBus>,
+    token: tokio_util::sync::CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    let mut events = bus.subscribe();
+    loop {
+        let event = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            event = events.next() => event,
+        };
+        let Some(event) = event else { return Ok(()) };
+        metrics.events.with_label_values(&[event.name()]).inc();
+        let dropped = bus.dropped();
+        let counted = metrics.events_dropped.get();
+        if dropped > counted {
+            metrics.events_dropped.inc_by(dropped - counted);
+        }
     }
 }
 
@@ -112,5 +152,26 @@ mod tests {
             text.contains("process_resident_memory_bytes"),
             "the process collector is registered: {text}"
         );
+    }
+
+    #[tokio::test]
+    async fn events_are_counted_by_name() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let bus = crate::events::EventBus::new();
+        let token = tokio_util::sync::CancellationToken::new();
+        let counter = tokio::spawn(count_events(metrics.clone(), bus.clone(), token.clone()));
+        // Let the counter subscribe before publishing.
+        while bus.receivers() == 0 {
+            tokio::task::yield_now().await;
+        }
+        bus.publish(crate::events::Event::Ready);
+        bus.publish(crate::events::Event::Reloaded { ok: true });
+        bus.publish(crate::events::Event::Reloaded { ok: false });
+        while metrics.events.with_label_values(&["reloaded"]).get() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.events.with_label_values(&["ready"]).get(), 1);
+        token.cancel();
+        counter.await.unwrap().unwrap();
     }
 }

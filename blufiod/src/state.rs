@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::agent::Agent;
 use crate::config::{ConfigChange, LiveConfig, Loaded, ReloadError};
+use crate::events::{Event, EventBus};
 use crate::gateway::GatewayInfo;
+use crate::health::Health;
 use crate::notify::Notifier;
 use crate::paths::Paths;
 use crate::storage::Storage;
@@ -79,6 +81,10 @@ pub struct Shared {
     pub gateway: Option<GatewayInfo>,
     /// The live configuration.
     pub live: Arc<LiveConfig>,
+    /// Lifecycle events.
+    pub events: Arc<EventBus>,
+    /// The health checks.
+    pub health: Arc<Health>,
     phase: watch::Sender<Phase>,
 }
 
@@ -99,6 +105,10 @@ pub struct SharedParts {
     pub agent: Arc<Agent>,
     /// The HTTPS gateway, when enabled.
     pub gateway: Option<GatewayInfo>,
+    /// Lifecycle events.
+    pub events: Arc<EventBus>,
+    /// The health checks.
+    pub health: Arc<Health>,
 }
 
 impl Shared {
@@ -115,6 +125,8 @@ impl Shared {
             agent: parts.agent,
             gateway: parts.gateway,
             live: parts.live,
+            events: parts.events,
+            health: parts.health,
             phase: watch::Sender::new(Phase::Starting),
         }
     }
@@ -138,6 +150,7 @@ impl Shared {
     /// systemd hears `RELOADING=1` then `READY=1`. An invalid file changes nothing.
     pub async fn reload(&self) -> Result<ConfigChange, ReloadError> {
         self.notifier.reloading();
+        self.events.publish(Event::Reloading);
         // Only a serving daemon is "reloading"; a reload never hides that shutdown has begun.
         self.phase.send_if_modified(|phase| {
             let serving = *phase == Phase::Ready;
@@ -155,6 +168,7 @@ impl Shared {
             }
             reloading
         });
+        self.events.publish(Event::Reloaded { ok: outcome.is_ok() });
         match &outcome {
             Ok(change) => {
                 tracing::info!(applied = ?change.applied, restart_required = ?change.restart_required, "configuration reloaded");
@@ -241,6 +255,7 @@ mod tests {
             storage.clone(),
             live.handle(),
             dir.path().to_owned(),
+            EventBus::new(),
             Default::default(),
         )
         .await
@@ -253,11 +268,16 @@ mod tests {
             live,
             agent: Arc::new(agent),
             gateway: None,
+            events: EventBus::new(),
+            health: Health::new(),
         });
+        let mut events = shared.events.subscribe();
         shared.set_phase(Phase::Ready);
         std::fs::write(&path, "[daemon]\nshutdown_timeout_secs = 3\n").unwrap();
         shared.reload().await.unwrap();
         assert_eq!(shared.phase(), Phase::Ready);
+        assert_eq!(*events.next().await.unwrap(), Event::Reloading);
+        assert_eq!(*events.next().await.unwrap(), Event::Reloaded { ok: true });
         assert_eq!(shared.config().config.daemon.shutdown_timeout_secs, 3);
         shared.set_phase(Phase::Stopping);
         std::fs::write(&path, "[daemon]\nshutdown_timeout_secs = \"x\"\n").unwrap();

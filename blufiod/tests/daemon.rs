@@ -274,6 +274,70 @@ fn the_watchdog_is_fed_while_the_daemon_makes_progress() {
 }
 
 #[test]
+fn the_watchdog_starves_while_the_database_writer_is_blocked() {
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: "[storage]\nbusy_timeout_ms = 4000\n".into(),
+            env: vec![("WATCHDOG_USEC".into(), "400000".into())],
+            ..DaemonOptions::default()
+        },
+    );
+    let notify = daemon.notify.clone().unwrap();
+    let pings = || notify.count(|message| message.lines().any(|line| line == "WATCHDOG=1"));
+    let deadline = Instant::now() + support::PATIENCE;
+    while pings() < 2 {
+        assert!(Instant::now() < deadline, "no pings: {:?}", notify.lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another process takes the database's write lock; the daemon's one writer then waits in
+    // its busy timeout on the next write (registering a device), and cannot answer the probe.
+    let database = daemon.dir.path().join("state/blufio.db");
+    let mut locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
+        ])
+        .arg(&database)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(locker.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    let socket = daemon.socket.clone();
+    let key = daemon.dir.path().join("blocked.pem");
+    let writer = std::thread::spawn(move || {
+        support::ctl(
+            &socket,
+            &["device", "add", "blocked", "--key-out", key.to_str().unwrap()],
+        )
+    });
+    // Give the write a moment to take the writer, then count pings over 2 s: none may come.
+    std::thread::sleep(Duration::from_millis(600));
+    let before = pings();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = pings() - before;
+    drop(locker.stdin.take());
+    locker.wait().unwrap();
+    let _ = writer.join();
+    assert_eq!(
+        during,
+        0,
+        "the watchdog was fed while the writer was stuck: {:?}",
+        notify.lines()
+    );
+    // Once the writer is free again, the pings come back.
+    let resumed = pings();
+    let deadline = Instant::now() + support::PATIENCE;
+    while pings() < resumed + 2 {
+        assert!(Instant::now() < deadline, "pings did not resume: {:?}", notify.lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn peer_credentials_decide_what_a_caller_may_do() {
     if !nix::unistd::geteuid().is_root() {
         // Switching to another uid needs root; CI runs as root, and must not skip silently.

@@ -33,6 +33,7 @@ use self::provider::{ContentBlock, Provider, ProviderError, ProviderSettings, St
 use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
+use crate::events::{Event, EventBus};
 use crate::storage::{LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, TurnEnd, UsageReport};
 
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
@@ -102,6 +103,26 @@ pub enum AgentError {
         /// The limit in MiB.
         limit_mib: u64,
     },
+}
+
+impl AgentError {
+    /// A stable name for the kind of failure: event payloads and metric labels, and the one
+    /// place each transport maps from (to a gRPC code, to an HTTP status).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SessionNotFound { .. } => "session_not_found",
+            Self::InvalidMessage { .. } => "invalid_message",
+            Self::ProviderNotConfigured { .. } => "provider_not_configured",
+            Self::Budget(BudgetError::Unpriced { .. }) => "unpriced_model",
+            Self::Budget(_) => "budget_exhausted",
+            Self::QueueFull { .. } => "queue_full",
+            Self::SessionBusy { .. } => "session_busy",
+            Self::Provider(_) => "provider",
+            Self::Storage(_) => "storage",
+            Self::ShuttingDown => "shutting_down",
+            Self::MemoryPressure { .. } => "memory_pressure",
+        }
+    }
 }
 
 /// What a caller of `send_message` receives.
@@ -189,6 +210,7 @@ pub struct Agent {
     storage: Storage,
     config: ConfigHandle,
     state_dir: PathBuf,
+    events: Arc<EventBus>,
     budget: Budget,
     slots: Arc<Semaphore>,
     slot_count: usize,
@@ -271,6 +293,7 @@ impl Agent {
         storage: Storage,
         config: ConfigHandle,
         state_dir: PathBuf,
+        events: Arc<EventBus>,
         token: CancellationToken,
     ) -> Result<Self, StorageError> {
         let interrupted = storage.interrupt_running_turns().await?;
@@ -289,6 +312,7 @@ impl Agent {
             storage,
             config,
             state_dir,
+            events,
             budget: Budget::new(&period, spent_day, spent_month),
             slots: Arc::new(Semaphore::new(slot_count)),
             slot_count,
@@ -447,11 +471,17 @@ impl Agent {
         // be answered. The real reservation happens per call.
         let model = config.config.provider.model();
         let price = budget::price_of(&config.config.pricing, &model)?;
-        self.budget.check(
-            budget::worst_case(0, config.config.provider.max_tokens, price),
-            &config.config.budget,
-            &Period::now(),
-        )?;
+        self.budget
+            .check(
+                budget::worst_case(0, config.config.provider.max_tokens, price),
+                &config.config.budget,
+                &Period::now(),
+            )
+            .inspect_err(|error| {
+                if let BudgetError::Exhausted { which, .. } = error {
+                    self.events.publish(Event::BudgetExhausted { period: which });
+                }
+            })?;
         // Take a place in the queue before anything is stored, atomically, so that concurrent
         // callers cannot all slip past the bound. Free slots count as places: those turns start
         // at once. Turns waiting for their session count as queued too.
@@ -547,6 +577,11 @@ impl Agent {
         match outcome {
             Ok(summary) => {
                 self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
+                self.events.publish(Event::TurnFinished {
+                    session_id: session_id.clone(),
+                    model: summary.model.clone(),
+                    cost_micros: summary.cost_micros,
+                });
                 let _ = events.send(TurnEvent::Completed(summary)).await;
             }
             Err(TurnStop::Cancelled) => {
@@ -568,10 +603,22 @@ impl Agent {
                 tracing::warn!(session = %session_id, turn = %turn_id, error = %message, "turn failed");
                 self.end_turn(&session_id, &turn_id, TurnEnd::Failed, Some(&message))
                     .await;
+                self.publish_failure(&session_id, &error);
                 let _ = events.send(TurnEvent::Failed(error)).await;
             }
         }
         drop(guard);
+    }
+
+    /// Tells the event bus that a turn of `session_id` failed (and that a cap refused it).
+    fn publish_failure(&self, session_id: &str, error: &AgentError) {
+        if let AgentError::Budget(BudgetError::Exhausted { which, .. }) = error {
+            self.events.publish(Event::BudgetExhausted { period: which });
+        }
+        self.events.publish(Event::TurnFailed {
+            session_id: session_id.to_owned(),
+            kind: error.kind(),
+        });
     }
 
     async fn end_turn(&self, session_id: &str, turn_id: &str, end: TurnEnd, error: Option<&str>) {

@@ -20,6 +20,7 @@ use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, Devices};
 use crate::error_chain;
+use crate::events::Event;
 use crate::state::{Phase, Shared};
 use crate::storage::{DeviceRecord, SessionRecord, StorageError, UsageTotals};
 
@@ -57,7 +58,10 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let access = self.authorize(&request, "GetStatus")?;
-        let status = self.shared.status();
+        let mut status = self.shared.status();
+        status
+            .subsystems
+            .push(("health", health_line(&self.shared.health).await));
         let agent = self.shared.agent.status();
         let caps = self.shared.config().config.budget.clone();
         let total_sessions = self.shared.storage.count_sessions().await;
@@ -384,6 +388,10 @@ impl pb::control_server::Control for ControlService {
             .await
             .map_err(|error| device_error_to_status(&error))?;
         tracing::info!(name = %device.name, fingerprint = %device.fingerprint, "device registered");
+        self.shared.events.publish(Event::DeviceAdded {
+            name: device.name.clone(),
+            keyid: device.keyid.clone(),
+        });
         Ok(Response::new(pb::AddDeviceResponse {
             device: Some(device_to_proto(device)),
         }))
@@ -415,6 +423,10 @@ impl pb::control_server::Control for ControlService {
             .await
             .map_err(|error| device_error_to_status(&error))?;
         tracing::info!(name = %device.name, "device revoked");
+        self.shared.events.publish(Event::DeviceRevoked {
+            name: device.name.clone(),
+            keyid: device.keyid.clone(),
+        });
         Ok(Response::new(pb::RevokeDeviceResponse {
             device: Some(device_to_proto(device)),
         }))
@@ -432,6 +444,41 @@ impl pb::control_server::Control for ControlService {
             applied: change.applied.into_iter().map(str::to_owned).collect(),
             restart_required: change.restart_required.into_iter().map(str::to_owned).collect(),
         }))
+    }
+}
+
+/// The status line of the health registry: `ok`, or each readiness check that is not ok with
+/// what it found and how long it took.
+async fn health_line(health: &crate::health::Health) -> String {
+    let reports = health
+        .run(|check| check.readiness.is_some(), crate::health::CHEAP_DEADLINE)
+        .await;
+    let problems: Vec<String> = reports
+        .iter()
+        .filter(|report| report.finding.level != crate::health::Level::Ok)
+        .map(|report| {
+            let level = match report.finding.level {
+                crate::health::Level::Fail => "fail",
+                _ => "warn",
+            };
+            let hint = report
+                .finding
+                .hint
+                .as_deref()
+                .map(|hint| format!("; {hint}"))
+                .unwrap_or_default();
+            format!(
+                "{}: {level}, {}{hint} ({:.1} ms)",
+                report.name,
+                report.finding.detail,
+                report.duration.as_secs_f64() * 1000.0
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        format!("ok ({} checks)", reports.len())
+    } else {
+        problems.join(" | ")
     }
 }
 

@@ -18,7 +18,6 @@ use super::Gateway;
 use super::problem::{Body, Problem, full};
 use crate::agent::budget::{BudgetError, dollars};
 use crate::agent::{AgentError, TurnEvent};
-use crate::state::Phase;
 
 /// Every route as (method, path template); `/openapi.json` documents exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -613,31 +612,9 @@ fn native_stream(mut events: mpsc::Receiver<TurnEvent>) -> Response<Body> {
 }
 
 async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
-    let phase = gateway.shared.phase();
-    let storage = gateway.shared.storage.probe_reader().await;
-    let agent = gateway.shared.agent.status();
     // Unauthenticated: say what is wrong, but not the details (paths, errors, config hints),
     // which the owner finds in the log and in `blufioctl status`.
-    if let Err(error) = &storage {
-        tracing::warn!(error = %crate::error_chain(error), "readiness: the database is not reachable");
-    }
-    let problems: Vec<&str> = [
-        (phase != Phase::Ready && phase != Phase::Reloading).then_some("the daemon is not serving yet or is stopping"),
-        storage.is_err().then_some("the database is not reachable"),
-        agent
-            .provider_problem
-            .is_some()
-            .then_some("the LLM provider is not configured"),
-        {
-            let memory = &gateway.shared.config().config.memory;
-            crate::memory::MemoryUse::check(memory)
-                .under_pressure(memory)
-                .then_some("the daemon is over its memory limit and refuses new turns")
-        },
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let problems = gateway.health.readiness_problems().await;
     if problems.is_empty() {
         json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
     } else {

@@ -188,6 +188,8 @@ pub struct Gateway {
     names: host::ServerNames,
     /// Permits are bytes of request bodies being buffered.
     body_budget: Arc<Semaphore>,
+    /// The readiness checks `/ready` runs.
+    health: Arc<crate::health::Health>,
     limiter: auth::RateLimiter,
     metrics: Arc<Metrics>,
     scheme: &'static str,
@@ -201,6 +203,7 @@ pub async fn serve(
     bound: BoundGateway,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    health: Arc<crate::health::Health>,
     token: CancellationToken,
 ) -> Result<(), GatewayError> {
     let config = shared.config().config.gateway.clone();
@@ -224,6 +227,7 @@ pub async fn serve(
         ),
         names: host::ServerNames::new(bound.info.address, bound.info.cert.clone()),
         body_budget: Arc::new(Semaphore::new(BODY_BUFFER_TOTAL)),
+        health,
         limiter: auth::RateLimiter::new(config.rate_limit_per_minute),
         metrics,
         scheme: bound.info.scheme,

@@ -212,6 +212,20 @@ impl Storage {
         Ok(())
     }
 
+    /// SQLite's `integrity_check` on the live database, through a reader: `Ok(None)` when the
+    /// database is sound, else the first problems it reports.
+    pub async fn integrity_problems(&self) -> Result<Option<String>, StorageError> {
+        let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check(10)")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|source| StorageError::Query {
+                operation: "check the database's integrity",
+                source,
+            })?;
+        let problems: Vec<String> = rows.into_iter().map(|(row,)| row).collect();
+        Ok((problems != ["ok"]).then(|| problems.join("; ")))
+    }
+
     /// Proves that a read connection can be had and answers.
     pub async fn probe_reader(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT count(*) FROM daemon_runs")

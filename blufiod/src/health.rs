@@ -1,0 +1,272 @@
+//! The health registry: one list of named checks that every consumer reads. The watchdog runs
+//! the liveness checks, `/ready` the readiness checks, `GetStatus` shows their summary, and
+//! `doctor` will run them all. A subsystem adds a check in one place, here, at startup.
+//!
+//! A check answers ok, warn or fail with a one-line detail and a hint on how to fix it. It may
+//! look, never change anything, and it must finish quickly: every run has a deadline, and a check
+//! that misses it fails.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::watchdog::Probe;
+
+/// How expensive a check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Cheap enough for every status call and `/ready`.
+    Cheap,
+    /// Only on request (`doctor --deep`).
+    Deep,
+}
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// All is well.
+    Ok,
+    /// Works, but needs attention.
+    Warn,
+    /// Does not work.
+    Fail,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The verdict.
+    pub level: Level,
+    /// One line: what was seen.
+    pub detail: String,
+    /// How to fix it, when there is something to fix.
+    pub hint: Option<String>,
+}
+
+impl Finding {
+    /// All is well.
+    pub fn ok(detail: impl Into<String>) -> Self {
+        Self {
+            level: Level::Ok,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    /// Works, but needs attention.
+    pub fn warn(detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            level: Level::Warn,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    /// Something is wrong.
+    pub fn fail(detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            level: Level::Fail,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// The future a check returns.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Finding> + Send>>;
+
+/// One registered check.
+#[derive(Clone)]
+pub struct Check {
+    /// Short, stable name, for example `storage`.
+    pub name: &'static str,
+    /// How expensive it is.
+    pub cost: Cost,
+    /// Whether the watchdog needs it to pass before it feeds systemd.
+    pub liveness: bool,
+    /// When it is part of readiness: what `/ready` may tell an unauthenticated caller when it
+    /// fails (no paths, no error text).
+    pub readiness: Option<&'static str>,
+    run: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Check")
+            .field("name", &self.name)
+            .field("cost", &self.cost)
+            .field("liveness", &self.liveness)
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Check {
+    /// A cheap check that is neither liveness nor readiness (yet).
+    pub fn new<F, Fut>(name: &'static str, run: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Finding> + Send + 'static,
+    {
+        Self {
+            name,
+            cost: Cost::Cheap,
+            liveness: false,
+            readiness: None,
+            run: Arc::new(move || Box::pin(run())),
+        }
+    }
+
+    /// The watchdog needs it.
+    pub fn liveness(mut self) -> Self {
+        self.liveness = true;
+        self
+    }
+
+    /// `/ready` needs it; `public` is what `/ready` says when it fails.
+    pub fn readiness(mut self, public: &'static str) -> Self {
+        self.readiness = Some(public);
+        self
+    }
+
+    /// Only on request.
+    pub fn deep(mut self) -> Self {
+        self.cost = Cost::Deep;
+        self
+    }
+}
+
+/// A finding with its check's name and how long the check took.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The check.
+    pub name: &'static str,
+    /// What `/ready` may say when this readiness check fails.
+    pub public: Option<&'static str>,
+    /// What it found.
+    pub finding: Finding,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Health {
+    checks: RwLock<Vec<Check>>,
+}
+
+/// Time a cheap check may take in a status call or `/ready`.
+pub const CHEAP_DEADLINE: Duration = Duration::from_secs(2);
+
+impl Health {
+    /// An empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds a check. Names are unique.
+    pub fn register(&self, check: Check) {
+        let mut checks = self.checks.write().unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            checks.iter().all(|existing| existing.name != check.name),
+            "health check {} registered twice",
+            check.name
+        );
+        checks.push(check);
+    }
+
+    /// Runs the checks `select` picks, concurrently, each within `deadline`, in registration
+    /// order.
+    pub async fn run(&self, select: impl Fn(&Check) -> bool, deadline: Duration) -> Vec<Report> {
+        let checks: Vec<Check> = self
+            .checks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|check| select(check))
+            .cloned()
+            .collect();
+        futures_util::future::join_all(checks.into_iter().map(|check| async move {
+            let started = Instant::now();
+            let finding = tokio::time::timeout(deadline, (check.run)()).await.unwrap_or_else(|_| {
+                Finding::fail(
+                    format!("no answer within {deadline:?}"),
+                    "the part it checks is stuck or overloaded; see the log",
+                )
+            });
+            Report {
+                name: check.name,
+                public: check.readiness,
+                finding,
+                duration: started.elapsed(),
+            }
+        }))
+        .await
+    }
+
+    /// What `/ready` reports: the public line of every failing readiness check.
+    pub async fn readiness_problems(&self) -> Vec<&'static str> {
+        self.run(|check| check.readiness.is_some(), CHEAP_DEADLINE)
+            .await
+            .into_iter()
+            .filter(|report| report.finding.level == Level::Fail)
+            .filter_map(|report| report.public)
+            .collect()
+    }
+
+    /// The liveness checks as watchdog probes.
+    pub fn probes(self: &Arc<Self>) -> Vec<Probe> {
+        self.checks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|check| check.liveness)
+            .map(|check| {
+                let run = check.run.clone();
+                Probe::new(check.name, move || {
+                    let run = run.clone();
+                    async move {
+                        let finding = run().await;
+                        match finding.level {
+                            Level::Fail => Err(finding.detail),
+                            Level::Ok | Level::Warn => Ok(()),
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn consumers_see_the_checks_they_need() {
+        let health = Health::new();
+        health.register(Check::new("fine", || async { Finding::ok("fine") }).liveness());
+        health.register(
+            Check::new("broken", || async { Finding::fail("the disk is gone", "mount it") })
+                .readiness("the disk is not there"),
+        );
+        health.register(
+            Check::new("slow", || async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Finding::ok("late")
+            })
+            .deep(),
+        );
+        assert_eq!(health.readiness_problems().await, vec!["the disk is not there"]);
+        let probes = health.probes();
+        assert_eq!(probes.len(), 1);
+        assert_eq!((probes[0].check)().await, Ok(()));
+        let all = health.run(|_| true, Duration::from_millis(50)).await;
+        let names: Vec<_> = all.iter().map(|report| report.name).collect();
+        assert_eq!(names, ["fine", "broken", "slow"]);
+        assert_eq!(all[2].finding.level, Level::Fail, "a check past its deadline fails");
+        assert!(all[1].finding.hint.is_some());
+    }
+}
