@@ -426,6 +426,50 @@ except grpc.RpcError as error:\n    print(error.code())\n",
     let said = String::from_utf8_lossy(&health.stdout);
     assert!(said.contains("PERMISSION_DENIED"), "{}", describe(&health));
 
+    // A member without access is refused before the daemon reads the request's body: the head
+    // of a ValidateConfig call alone, its message never sent, is answered at once.
+    let early = std::process::Command::new("python3")
+        .args([
+            "-c",
+            concat!(
+                "import os, socket, struct, sys, time\n",
+                "os.setgroups([]); os.setgid(int(sys.argv[3])); os.setuid(int(sys.argv[2]))\n",
+                "def frame(kind, flags, stream, payload):\n",
+                "    return struct.pack('>I', len(payload))[1:] + bytes([kind, flags]) + struct.pack('>I', stream) + payload\n",
+                "def literal(name, value):\n",
+                "    return b'\\x00' + bytes([len(name)]) + name + bytes([len(value)]) + value\n",
+                "block = b''.join(literal(n, v) for n, v in [(b':method', b'POST'), (b':scheme', b'http'),\n",
+                "    (b':path', b'/blufio.control.v1.Control/ValidateConfig'), (b':authority', b'localhost'),\n",
+                "    (b'content-type', b'application/grpc'), (b'te', b'trailers')])\n",
+                "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5)\n",
+                "s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + frame(4, 0, 0, b'') + frame(1, 4, 1, block))\n",
+                "data = b''\n",
+                "try:\n",
+                "    while True:\n",
+                "        chunk = s.recv(65536)\n",
+                "        if not chunk: break\n",
+                "        data += chunk\n",
+                "        i = 0; answered = False\n",
+                "        while i + 9 <= len(data):\n",
+                "            length = int.from_bytes(data[i:i+3], 'big'); kind = data[i+3]; stream = int.from_bytes(data[i+5:i+9], 'big') & 0x7fffffff\n",
+                "            if kind == 1 and stream == 1: answered = True\n",
+                "            i += 9 + length\n",
+                "        if answered: print('ANSWERED'); break\n",
+                "except socket.timeout:\n",
+                "    print('WAITING')\n",
+            ),
+        ])
+        .arg(&daemon.socket)
+        .arg(nobody.to_string())
+        .arg(gid.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&early.stdout).contains("ANSWERED"),
+        "{}",
+        describe(&early)
+    );
+
     // A member cannot exhaust the daemon's descriptors: it keeps at most its share of
     // connections open, and the owner is still served while it holds them.
     let mut hog = std::process::Command::new("python3")

@@ -6,6 +6,7 @@
 //! internal types. It never opens the database or the config file itself: it asks [`Shared`].
 
 mod auth;
+mod guard;
 mod incoming;
 mod service;
 pub mod socket;
@@ -27,6 +28,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent requests per connection: a local client never needs more, and a runaway one
 /// cannot queue without bound.
 const CONCURRENCY_PER_CONNECTION: usize = 32;
+/// Largest request message the daemon decodes: the largest legitimate one is a 256 KiB chat
+/// message, and tonic's default (4 MiB) would let a caller make the daemon buffer far more.
+const MAX_MESSAGE_BYTES: usize = 320 * 1024;
 /// Connections are closed gracefully (GOAWAY; calls in flight finish, turns included) at this
 /// age, so idle ones do not hold a slot for ever; clients reconnect on their next call.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
@@ -82,30 +86,15 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|source| ControlError::Reflection { source })?;
-    // Health and reflection answer only peers the authorization table lets in (read-only and
-    // up), like every control call.
-    let guard = |method: &'static str| {
-        let policy = policy.clone();
-        let shared = shared.clone();
-        move |request: tonic::Request<()>| {
-            auth::authorize(
-                &policy,
-                shared.config().config.control.group_access,
-                request.extensions(),
-                method,
-            )?;
-            Ok(request)
-        }
-    };
-    let health = tonic::service::interceptor::InterceptedService::new(health, guard("grpc.health.v1.Health"));
-    let reflection_v1 = tonic::service::interceptor::InterceptedService::new(reflection_v1, guard("grpc.reflection"));
-    let reflection_v1alpha =
-        tonic::service::interceptor::InterceptedService::new(reflection_v1alpha, guard("grpc.reflection"));
     let slots = incoming::Slots::new(policy.daemon_uid);
-    let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, policy));
+    // Every call, of every service, is authorized before its body is read.
+    let guard = guard::GuardLayer::new(policy.clone(), shared.live.handle());
+    let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, policy))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!("control plane serving");
     tonic::transport::Server::builder()
+        .layer(guard)
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .max_connection_age(MAX_CONNECTION_AGE)
