@@ -1217,3 +1217,62 @@ async fn live_gateway_keys_apply_to_a_running_daemon() {
     // Well before the default of 60 s: the value set live was used.
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_reads_no_answers_cannot_hold_its_connection() {
+    let setup = setup("").await;
+    // HTTP/2 over TLS, announcing a stream window of 0: the daemon can send the headers of its
+    // answers but none of their bodies.
+    let tls = {
+        use rustls::pki_types::pem::PemObject as _;
+        let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(setup.base.trim_start_matches("https://"))
+            .await
+            .unwrap();
+        connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+    };
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let connection = tokio::spawn(connection);
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+    let long_path = format!("/x{}", "A".repeat(15_000));
+    let mut answers = Vec::new();
+    for _ in 0..32 {
+        let request = http::Request::builder()
+            .uri(format!("https://{authority}{long_path}"))
+            .body(())
+            .unwrap();
+        let Ok((answer, _)) = client.send_request(request, true) else {
+            break;
+        };
+        answers.push(answer);
+    }
+    // The answers are 404s whose bodies are stuck behind the closed window; their documents
+    // quote at most 100 bytes of the path.
+    let first = answers.remove(0).await.unwrap();
+    assert_eq!(first.status(), 404);
+    let length: usize = first.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(length < 1024, "a 15 KB path made a {length}-byte answer");
+    // The unsigned connection is closed after its idle time and a short grace, however many
+    // answers it leaves unread.
+    let closed = tokio::time::timeout(Duration::from_secs(40), connection).await;
+    assert!(closed.is_ok(), "the connection was still open after 40 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+}

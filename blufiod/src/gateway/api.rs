@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::Gateway;
-use super::problem::{Body, Problem, full};
+use super::problem::{self, Body, Problem, full};
 use crate::agent::budget::{BudgetError, dollars};
 use crate::agent::{AgentError, TurnEvent};
 
@@ -79,7 +79,7 @@ fn not_routed(method: &Method, path: &str) -> Response<Body> {
             StatusCode::NOT_FOUND,
             "not-found",
             "Not found",
-            format!("no route {method} {path}; see /openapi.json"),
+            format!("no route {method} {}; see /openapi.json", problem::shown(path)),
         )
         .response();
     }
@@ -87,7 +87,7 @@ fn not_routed(method: &Method, path: &str) -> Response<Body> {
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "Method not allowed",
-        format!("{path} allows {}", allowed.join(", ")),
+        format!("{} allows {}", problem::shown(path), allowed.join(", ")),
     )
     .response();
     if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {

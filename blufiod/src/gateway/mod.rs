@@ -178,6 +178,11 @@ const BODY_BUFFER_TOTAL: usize = 16 * 1024 * 1024;
 /// opens, including streams whose bodies are never read because their heads were refused.
 const H2_STREAM_WINDOW: u32 = 64 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+const H2_SEND_BUFFER: usize = 16 * 1024;
+/// Once an unauthenticated connection is being closed for idleness, how long its in-flight
+/// responses get before it is dropped: a client that neither reads them nor acknowledges the
+/// close cannot keep it.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a request handler needs.
 pub struct Gateway {
@@ -358,6 +363,8 @@ fn connection_builder(config: &GatewayConfig) -> hyper_util::server::conn::auto:
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        // What hyper buffers per stream for a client that does not read its responses.
+        .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(config.idle_timeout_secs)))
         .keep_alive_timeout(request_timeout)
         .max_concurrent_streams(64);
@@ -384,6 +391,8 @@ where
     let mut seen = requests.load(Ordering::Relaxed);
     let mut last_request = Instant::now();
     let mut closing = false;
+    let close_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(close_deadline);
     loop {
         // The allowed idle time is judged afresh on each tick: it changes when a request
         // authenticates and when `gateway.idle_timeout_secs` is set live.
@@ -395,7 +404,9 @@ where
         tokio::select! {
             outcome = served.as_mut() => return outcome,
             () = connection.evicted() => return Ok(()),
+            () = &mut close_deadline, if closing => return Ok(()),
             () = token.cancelled(), if !closing => {
+                // Shutdown: responses in flight (streams included) get the whole drain time.
                 served.as_mut().shut_down();
                 closing = true;
             }
@@ -407,6 +418,12 @@ where
                 } else if last_request.elapsed() >= idle {
                     served.as_mut().shut_down();
                     closing = true;
+                    // An unauthenticated connection has nothing worth waiting for (its answers
+                    // are short refusals): one that neither reads them nor acknowledges the close
+                    // is dropped. An authenticated one may be streaming a turn; it finishes.
+                    if !connection.is_authenticated() {
+                        close_deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                    }
                 }
             }
         }
@@ -484,7 +501,10 @@ async fn serve_metrics(
                             http::StatusCode::NOT_FOUND,
                             "not-found",
                             "Not found",
-                            format!("the metrics listener serves /metrics and /health only, not {path}"),
+                            format!(
+                                "the metrics listener serves /metrics and /health only, not {}",
+                                problem::shown(path)
+                            ),
                         )
                         .response(),
                     };

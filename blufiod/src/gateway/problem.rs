@@ -15,6 +15,23 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
+/// Longest piece of a request (a path) that a problem document quotes back.
+const MAX_QUOTED: usize = 100;
+
+/// `text` as a problem may quote it: at most [`MAX_QUOTED`] bytes (on a character boundary),
+/// marked when cut. A client must not make the daemon hold a large response just by sending a
+/// large path.
+pub fn shown(text: &str) -> String {
+    if text.len() <= MAX_QUOTED {
+        return text.to_owned();
+    }
+    let end = (0..=MAX_QUOTED)
+        .rev()
+        .find(|&index| text.is_char_boundary(index))
+        .unwrap_or(0);
+    format!("{}...", &text[..end])
+}
+
 /// A problem to report.
 #[derive(Debug, Clone)]
 pub struct Problem {
