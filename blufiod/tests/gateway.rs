@@ -1276,3 +1276,77 @@ async fn a_client_that_reads_no_answers_cannot_hold_its_connection() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_flood_from_other_networks_does_not_evict_a_slow_signed_client() {
+    let setup = setup("[gateway]\nmax_connections = 16\nrate_limit_per_minute = 1000\n").await;
+    let address: std::net::SocketAddr = setup.base.trim_start_matches("https://").parse().unwrap();
+    // Bare connections from two other networks (127.1.0.0/24 and 127.2.0.0/24; all of 127/8 is
+    // loopback), about 500 a second, each held until the daemon closes it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut held = std::collections::VecDeque::new();
+            let mut n: u32 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let source = std::net::Ipv4Addr::new(
+                    127,
+                    1 + u8::try_from(n % 2).unwrap(),
+                    0,
+                    1 + u8::try_from((n / 2) % 30).unwrap(),
+                );
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                if socket.bind((source, 0).into()).is_ok()
+                    && let Ok(stream) = socket.connect(address).await
+                {
+                    held.push_back(stream);
+                    if held.len() > 200 {
+                        held.pop_front();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A signed client on a slow network: 300 ms between connecting and its TLS handshake.
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+    let mut answered = 0;
+    for _ in 0..5 {
+        use rustls::pki_types::pem::PemObject as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Ok(mut tls) = connector.connect("127.0.0.1".try_into().unwrap(), tcp).await else {
+            continue;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let headers = setup.signed_headers("GET", "/v1/models", None, Tweak::default());
+        if tls
+            .write_all(raw_head("GET", "/v1/models", &authority, &headers, "Connection: close\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+        if reply.starts_with(b"HTTP/1.1 200") {
+            answered += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.await.unwrap();
+    assert_eq!(answered, 5, "the signed client was evicted by the flood");
+}

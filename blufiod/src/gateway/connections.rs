@@ -1,13 +1,16 @@
 //! The gateway's connection slots: at most `gateway.max_connections` at once, at most
-//! [`PER_ADDRESS`] from one IP address, and unauthenticated connections evictable.
+//! [`PER_ADDRESS`] from one address (an IPv4 address, an IPv6 /64), and unauthenticated
+//! connections evictable.
 //!
 //! A connection counts as authenticated once one of its requests passed signature verification.
-//! Until then it is idle-closed after [`UNAUTHENTICATED_IDLE`], and when every slot is taken, the
-//! oldest unauthenticated connection is evicted to make room for a new one. So idle or unsigned
-//! clients, however many addresses they come from, can delay a signed client by one handshake at
-//! most; they can never lock it out. Only when every slot holds an authenticated connection is a
-//! new connection refused.
+//! Until then it is idle-closed after [`UNAUTHENTICATED_IDLE`], and when every slot is taken, an
+//! unauthenticated connection is evicted to make room: the oldest one of the network (an IPv4
+//! /24, an IPv6 /48) that holds the most connections. A flood from a few networks therefore
+//! evicts itself, and a signed client still in its handshake (counted as unauthenticated) is only
+//! at risk from an attacker holding as many networks as there are slots. Only when every slot
+//! holds an authenticated connection is a new connection refused.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +28,8 @@ pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct ConnectionState {
     id: u64,
-    address: IpAddr,
+    address: Prefix,
+    network: Prefix,
     authenticated: AtomicBool,
     evicted: CancellationToken,
 }
@@ -87,7 +91,33 @@ struct Inner {
     next_id: u64,
     /// Admitted connections by id: ids grow, so the first is the oldest.
     open: BTreeMap<u64, Connection>,
-    per_address: HashMap<IpAddr, usize>,
+    per_address: HashMap<Prefix, usize>,
+    per_network: HashMap<Prefix, usize>,
+}
+
+/// The leading bits of an address: what counts as one client ([`Prefix::address`]) and as one
+/// network ([`Prefix::network`]). An IPv6 holder gets a /64 at least, so single IPv6 addresses
+/// mean nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Prefix(u128, u8);
+
+impl Prefix {
+    fn of(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> Self {
+        let (bits, length, keep) = match ip.to_canonical() {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32, v4_bits),
+            IpAddr::V6(v6) => (u128::from(v6), 128, v6_bits),
+        };
+        let shift = u32::from(length - keep);
+        Self(bits >> shift, length)
+    }
+
+    fn address(ip: IpAddr) -> Self {
+        Self::of(ip, 32, 64)
+    }
+
+    fn network(ip: IpAddr) -> Self {
+        Self::of(ip, 24, 48)
+    }
 }
 
 impl Connections {
@@ -103,17 +133,25 @@ impl Connections {
     /// is taken.
     pub fn admit(&self, address: IpAddr) -> Result<Connection, Refusal> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.per_address.get(&address).copied().unwrap_or(0) >= PER_ADDRESS {
+        let (client, network) = (Prefix::address(address), Prefix::network(address));
+        if inner.per_address.get(&client).copied().unwrap_or(0) >= PER_ADDRESS {
             return Err(Refusal::PerAddress { address });
         }
         if inner.open.len() >= self.max {
-            let oldest = inner
+            // The largest network's oldest unauthenticated connection.
+            let victim = inner
                 .open
                 .values()
-                .find(|connection| !connection.is_authenticated())
+                .filter(|connection| !connection.is_authenticated())
+                .max_by_key(|connection| {
+                    (
+                        inner.per_network.get(&connection.network).copied().unwrap_or(0),
+                        Reverse(connection.id),
+                    )
+                })
                 .map(|connection| connection.id)
                 .ok_or(Refusal::Full)?;
-            if let Some(evicted) = inner.remove(oldest) {
+            if let Some(evicted) = inner.remove(victim) {
                 evicted.evicted.cancel();
             }
         }
@@ -121,12 +159,14 @@ impl Connections {
         inner.next_id += 1;
         let connection = Arc::new(ConnectionState {
             id,
-            address,
+            address: client,
+            network,
             authenticated: AtomicBool::new(false),
             evicted: CancellationToken::new(),
         });
         inner.open.insert(id, connection.clone());
-        *inner.per_address.entry(address).or_default() += 1;
+        *inner.per_address.entry(client).or_default() += 1;
+        *inner.per_network.entry(network).or_default() += 1;
         Ok(connection)
     }
 
@@ -148,10 +188,15 @@ impl Connections {
 impl Inner {
     fn remove(&mut self, id: u64) -> Option<Connection> {
         let connection = self.open.remove(&id)?;
-        if let Some(count) = self.per_address.get_mut(&connection.address) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_address.remove(&connection.address);
+        for (counts, key) in [
+            (&mut self.per_address, connection.address),
+            (&mut self.per_network, connection.network),
+        ] {
+            if let Some(count) = counts.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&key);
+                }
             }
         }
         Some(connection)
@@ -174,6 +219,33 @@ mod tests {
         slots.admit(address(2)).unwrap();
         slots.release(&held[0]);
         slots.admit(address(1)).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let slots = Connections::new(1_000);
+        for host in 0..PER_ADDRESS {
+            let ip = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, u16::try_from(host).unwrap()]);
+            slots.admit(ip).unwrap();
+        }
+        let next = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 1]);
+        assert!(matches!(slots.admit(next), Err(Refusal::PerAddress { .. })));
+        slots.admit(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1])).unwrap();
+    }
+
+    #[test]
+    fn a_flood_from_a_few_networks_evicts_itself_not_a_client_in_its_handshake() {
+        let slots = Connections::new(8);
+        // A signed client's fresh connection, not yet authenticated, from its own network.
+        let client = slots.admit(IpAddr::from([203, 0, 113, 7])).unwrap();
+        // Connections from two other networks fill the slots, then keep coming.
+        let mut flood = Vec::new();
+        for n in 0..200u8 {
+            let network = 1 + n % 2;
+            flood.push(slots.admit(IpAddr::from([198, 51, network, n % 30])).unwrap());
+        }
+        assert!(!client.evicted.is_cancelled(), "the client was evicted by the flood");
+        assert_eq!(slots.len(), 8);
     }
 
     #[test]
