@@ -193,3 +193,17 @@ fn config_errors_never_quote_a_secret() {
     assert!(shown.contains("api_key"), "the errors still say where: {shown}");
     assert!(!shown.contains("TOPSECRET"), "{shown}");
 }
+
+#[test]
+fn credentials_in_a_base_url_are_never_shown() {
+    let fake = FakeProvider::start();
+    let daemon = start(&fake);
+    let url = fake.url().replace("http://", "http://owner:hunter2@");
+    let set = daemon.ctl(&["config", "set", "provider.base_url", &url]);
+    assert!(set.status.success(), "{}", support::describe(&set));
+    let mut shown = support::describe(&set);
+    shown.push_str(&support::describe(&daemon.ctl(&["config", "get", "--json"])));
+    shown.push_str(&support::describe(&daemon.ctl(&["config", "get"])));
+    assert!(shown.contains("********@127.0.0.1"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}

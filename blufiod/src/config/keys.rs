@@ -169,6 +169,14 @@ pub fn entries(loaded: &Loaded, key: Option<&str>) -> Option<Vec<ConfigEntry>> {
             let (value_toml, value_json) = match value {
                 None => (String::new(), "null".to_owned()),
                 Some(_) if spec.secret => (format!("\"{MASK}\""), format!("\"{MASK}\"")),
+                // A URL may carry credentials (`https://user:pass@host`, `?key=`): never shown.
+                Some(Value::String(tag, text)) if text.contains("://") => {
+                    let shown = Value::String(*tag, mask_url_credentials(text));
+                    (
+                        to_toml(&shown).to_string().trim().to_owned(),
+                        serde_json::to_string(&shown).expect("figment values serialize to JSON"),
+                    )
+                }
                 Some(value) => (
                     to_toml(value).to_string().trim().to_owned(),
                     serde_json::to_string(value).expect("figment values serialize to JSON"),
@@ -223,6 +231,24 @@ pub fn mask_secrets_in(text: &str) -> String {
     masked
 }
 
+/// `url` with its user info and its query masked: `https://********@host/path?********`.
+pub fn mask_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{MASK}@{host}"),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?{MASK}"),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// Every key whose value differs between two configurations, in [`KEYS`] order.
 pub fn changed_keys(old: &super::Config, new: &super::Config) -> Vec<&'static KeySpec> {
     let old = Value::serialize(old).expect("config serializes to a figment value");
@@ -262,6 +288,24 @@ fn to_toml(value: &Value) -> toml_edit::Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(
+            mask_url_credentials("http://user:hunter2@127.0.0.1:9/v1?key=abc"),
+            "http://********@127.0.0.1:9/v1?********"
+        );
+        assert_eq!(mask_url_credentials("https://api.example/v1"), "https://api.example/v1");
+        let loaded = super::super::load_from(
+            Some("[provider]\nbase_url = \"https://me:hunter2@api.example/v1\"\n"),
+            None,
+            false,
+        )
+        .unwrap();
+        let shown = entries(&loaded, Some("provider.base_url")).unwrap().remove(0);
+        assert!(!shown.value_json.contains("hunter2"), "{}", shown.value_json);
+        assert!(shown.value_json.contains("api.example"), "{}", shown.value_json);
+    }
+
     #[test]
     fn secret_values_are_masked_in_quoted_config_lines() {
         let error = "TOML parse error at line 3, column 11\n  |\n3 | api_key = sk-ant-api03-SECRET\n  |           ^\ninvalid string";

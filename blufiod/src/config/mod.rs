@@ -503,9 +503,11 @@ impl Config {
             ("budget.daily_usd", self.budget.daily_usd),
             ("budget.monthly_usd", self.budget.monthly_usd),
         ] {
-            if !value.is_finite() || !(0.0..=MAX_USD).contains(&value) {
+            // A cap below a micro-dollar (the ledger's unit) could never be met; -0.0 is not 0.
+            let below_unit = value > 0.0 && value < 1e-6;
+            if !value.is_finite() || value.is_sign_negative() || below_unit || value > MAX_USD {
                 problems.push(format!(
-                    "{key}: must be a number of US dollars from 0 to {MAX_USD} (0 means no cap)"
+                    "{key}: must be 0 (no cap) or a number of US dollars from 0.000001 to {MAX_USD}"
                 ));
             }
         }
@@ -519,7 +521,7 @@ impl Config {
             if parts
                 .into_iter()
                 .flatten()
-                .any(|part| !part.is_finite() || !(0.0..=MAX_USD).contains(&part))
+                .any(|part| !part.is_finite() || part.is_sign_negative() || part > MAX_USD)
             {
                 problems.push(format!(
                     "pricing.\"{model}\": prices must be USD per million tokens from 0 to {MAX_USD}"
@@ -668,6 +670,18 @@ mod tests {
         for (key, value) in Config::default().numeric_values() {
             let (_, min, max) = RANGES.iter().find(|(ranged, ..)| *ranged == key).unwrap();
             assert!((*min..=*max).contains(&value), "{key} = {value}");
+        }
+    }
+
+    #[test]
+    fn budget_caps_are_zero_or_at_least_a_micro_dollar() {
+        for cap in ["-0.0", "1e-320", "-1.0", "1e10"] {
+            let text = format!("[budget]\ndaily_usd = {cap}\n");
+            assert!(load_from(Some(&text), None, false).is_err(), "{cap} was accepted");
+        }
+        for cap in ["0.0", "0.000001", "12.5"] {
+            let text = format!("[budget]\ndaily_usd = {cap}\n");
+            load_from(Some(&text), None, false).unwrap();
         }
     }
 

@@ -121,6 +121,12 @@ pub fn check(parts: &http::request::Parts, names: &ServerNames, configured: &[St
     let Some(authority) = authority_of(parts) else {
         return Err(bad("the request names no host; send a Host header".to_owned()));
     };
+    if authority.contains('@') {
+        // RFC 9110 and 9113: no user info in a request's authority.
+        return Err(bad(
+            "the request's authority carries user info (`user@`); send only the host".to_owned(),
+        ));
+    }
     let host = host_of(&authority);
     if names.accepts(&host, configured) {
         Ok(())
@@ -207,6 +213,12 @@ mod tests {
                 "{encoding:?}"
             );
         }
+        assert_eq!(
+            check(&parts("https://x@localhost/", &[]), &names(), &[])
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
         check(
             &parts("/", &[("host", "localhost"), ("transfer-encoding", "chunked")]),
             &names(),

@@ -449,7 +449,11 @@ where
 }
 
 /// Connections the metrics listener serves at once: scrapers are few.
-const METRICS_CONNECTIONS: usize = 8;
+const METRICS_CONNECTIONS: usize = 16;
+/// Time a metrics client has to send its request head.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a metrics connection lives.
+const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The plain-HTTP loopback listener for local scrapers: `/metrics` and `/health` only. It stops
 /// on the same token as the gateway.
@@ -465,10 +469,6 @@ async fn serve_metrics(
         tracing::info!(%address, "metrics listener serving");
     }
     loop {
-        let permit = tokio::select! {
-            () = token.cancelled() => return,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let stream = tokio::select! {
             () = token.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -479,6 +479,11 @@ async fn serve_metrics(
                     continue;
                 }
             },
+        };
+        // Over the cap a connection is closed at once rather than left waiting in the backlog.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
         };
         let gateway = gateway.clone();
         let token = token.clone();
@@ -511,15 +516,21 @@ async fn serve_metrics(
                     Ok::<_, Infallible>(response)
                 }
             });
+            // One request per connection, a short time to send it and a short life: a local
+            // client cannot hold a slot by keeping a connection alive.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = token.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
+            let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, async {
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = token.cancelled() => connection.as_mut().graceful_shutdown(),
+                }
+            })
+            .await;
         });
     }
 }
