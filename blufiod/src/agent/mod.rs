@@ -34,7 +34,9 @@ use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
-use crate::storage::{LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, TurnEnd, UsageReport};
+use crate::storage::{
+    LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, StorageErrorKind, TurnEnd, UsageReport,
+};
 
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
 /// make the daemon store and send.
@@ -105,22 +107,74 @@ pub enum AgentError {
     },
 }
 
-impl AgentError {
-    /// A stable name for the kind of failure: event payloads and metric labels, and the one
-    /// place each transport maps from (to a gRPC code, to an HTTP status).
-    pub fn kind(&self) -> &'static str {
+/// What kind of failure an [`AgentError`] is: the one thing each transport maps from (to a gRPC
+/// code, to an HTTP problem), and the stable name events and metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No such session.
+    SessionNotFound,
+    /// The message is empty or too large.
+    InvalidMessage,
+    /// The provider has no key or model.
+    ProviderNotConfigured,
+    /// The model has no price.
+    UnpricedModel,
+    /// A budget cap would be exceeded.
+    BudgetExhausted,
+    /// The turn queue is full.
+    QueueFull,
+    /// The session is running a turn.
+    SessionBusy,
+    /// The provider call failed.
+    ProviderFailed,
+    /// The daemon is stopping.
+    ShuttingDown,
+    /// Memory is under pressure.
+    MemoryPressure,
+    /// The disk is full.
+    StorageFull,
+    /// The database failed otherwise.
+    StorageFailed,
+}
+
+impl ErrorKind {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::SessionNotFound { .. } => "session_not_found",
-            Self::InvalidMessage { .. } => "invalid_message",
-            Self::ProviderNotConfigured { .. } => "provider_not_configured",
-            Self::Budget(BudgetError::Unpriced { .. }) => "unpriced_model",
-            Self::Budget(_) => "budget_exhausted",
-            Self::QueueFull { .. } => "queue_full",
-            Self::SessionBusy { .. } => "session_busy",
-            Self::Provider(_) => "provider",
-            Self::Storage(_) => "storage",
+            Self::SessionNotFound => "session_not_found",
+            Self::InvalidMessage => "invalid_message",
+            Self::ProviderNotConfigured => "provider_not_configured",
+            Self::UnpricedModel => "unpriced_model",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::QueueFull => "queue_full",
+            Self::SessionBusy => "session_busy",
+            Self::ProviderFailed => "provider_failed",
             Self::ShuttingDown => "shutting_down",
-            Self::MemoryPressure { .. } => "memory_pressure",
+            Self::MemoryPressure => "memory_pressure",
+            Self::StorageFull => "storage_full",
+            Self::StorageFailed => "storage_failed",
+        }
+    }
+}
+
+impl AgentError {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::SessionNotFound { .. } => ErrorKind::SessionNotFound,
+            Self::InvalidMessage { .. } => ErrorKind::InvalidMessage,
+            Self::ProviderNotConfigured { .. } => ErrorKind::ProviderNotConfigured,
+            Self::Budget(BudgetError::Unpriced { .. }) => ErrorKind::UnpricedModel,
+            Self::Budget(_) => ErrorKind::BudgetExhausted,
+            Self::QueueFull { .. } => ErrorKind::QueueFull,
+            Self::SessionBusy { .. } => ErrorKind::SessionBusy,
+            Self::Provider(_) => ErrorKind::ProviderFailed,
+            Self::ShuttingDown => ErrorKind::ShuttingDown,
+            Self::MemoryPressure { .. } => ErrorKind::MemoryPressure,
+            Self::Storage(error) => match error.kind() {
+                StorageErrorKind::Full => ErrorKind::StorageFull,
+                StorageErrorKind::Duplicate | StorageErrorKind::Other => ErrorKind::StorageFailed,
+            },
         }
     }
 }
@@ -617,7 +671,7 @@ impl Agent {
         }
         self.events.publish(Event::TurnFailed {
             session_id: session_id.to_owned(),
-            kind: error.kind(),
+            kind: error.kind().as_str(),
         });
     }
 

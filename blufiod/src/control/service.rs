@@ -13,16 +13,16 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, Policy};
 use tokio_stream::StreamExt as _;
 
-use crate::agent::budget::{BudgetError, dollars};
+use crate::agent::budget::dollars;
 use crate::agent::provider::{ContentBlock, Usage};
-use crate::agent::{AgentError, SessionMessage, TurnEvent};
+use crate::agent::{AgentError, ErrorKind, SessionMessage, TurnEvent};
 use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, Devices};
 use crate::error_chain;
 use crate::events::Event;
 use crate::state::{Phase, Shared};
-use crate::storage::{DeviceRecord, SessionRecord, StorageError, UsageTotals};
+use crate::storage::{DeviceRecord, SessionRecord, UsageTotals};
 
 /// The control service.
 pub struct ControlService {
@@ -610,28 +610,21 @@ fn device_error_to_status(error: &DeviceError) -> Status {
     }
 }
 
-/// Maps an agent failure to the status code a client can act on.
+/// Maps an agent failure to the status code a client can act on: by its kind, the one mapping
+/// of this transport.
 fn agent_error_to_status(error: &AgentError) -> Status {
     let message = error_chain(error);
-    match error {
-        AgentError::SessionNotFound { .. } => Status::not_found(message),
-        AgentError::InvalidMessage { .. } => Status::invalid_argument(message),
-        AgentError::ProviderNotConfigured { .. } | AgentError::SessionBusy { .. } => {
+    match error.kind() {
+        ErrorKind::SessionNotFound => Status::not_found(message),
+        ErrorKind::InvalidMessage => Status::invalid_argument(message),
+        ErrorKind::ProviderNotConfigured | ErrorKind::UnpricedModel | ErrorKind::SessionBusy => {
             Status::failed_precondition(message)
         }
-        AgentError::Budget(BudgetError::Exhausted { .. })
-        | AgentError::QueueFull { .. }
-        | AgentError::MemoryPressure { .. } => Status::resource_exhausted(message),
-        AgentError::Budget(BudgetError::Unpriced { .. }) => Status::failed_precondition(message),
-        AgentError::Provider(_) | AgentError::ShuttingDown => Status::unavailable(message),
-        AgentError::Storage(StorageError::Query { source, .. })
-            if source
-                .as_database_error()
-                .is_some_and(|database| database.message().contains("full")) =>
-        {
+        ErrorKind::BudgetExhausted | ErrorKind::QueueFull | ErrorKind::MemoryPressure | ErrorKind::StorageFull => {
             Status::resource_exhausted(message)
         }
-        AgentError::Storage(_) => Status::internal(message),
+        ErrorKind::ProviderFailed | ErrorKind::ShuttingDown => Status::unavailable(message),
+        ErrorKind::StorageFailed => Status::internal(message),
     }
 }
 

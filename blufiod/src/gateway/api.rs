@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::Gateway;
 use super::problem::{self, Body, Problem, full};
-use crate::agent::budget::{BudgetError, dollars};
-use crate::agent::{AgentError, TurnEvent};
+use crate::agent::budget::dollars;
+use crate::agent::{AgentError, ErrorKind, TurnEvent};
 
 /// Every route as (method, path template); `/openapi.json` documents exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -754,43 +754,43 @@ fn message_text(blocks: &[crate::agent::provider::ContentBlock]) -> String {
 /// Maps an agent failure to an HTTP problem.
 fn agent_problem(error: &AgentError) -> Problem {
     let detail = crate::error_chain(error);
-    match error {
-        AgentError::SessionNotFound { .. } => {
-            Problem::new(StatusCode::NOT_FOUND, "session-not-found", "Not found", detail)
-        }
-        AgentError::InvalidMessage { .. } => bad_request(detail),
-        AgentError::Budget(BudgetError::Exhausted { .. }) => Problem::new(
+    match error.kind() {
+        ErrorKind::SessionNotFound => Problem::new(StatusCode::NOT_FOUND, "session-not-found", "Not found", detail),
+        ErrorKind::InvalidMessage => bad_request(detail),
+        ErrorKind::BudgetExhausted => Problem::new(
             StatusCode::PAYMENT_REQUIRED,
             "budget-exhausted",
             "Budget exhausted",
             detail,
         ),
-        AgentError::QueueFull { .. } => {
+        ErrorKind::QueueFull => {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "queue-full", "Too many turns", detail).retry_after(5)
         }
-        AgentError::SessionBusy { .. } => Problem::new(StatusCode::CONFLICT, "session-busy", "Session busy", detail),
-        AgentError::ProviderNotConfigured { .. } | AgentError::Budget(BudgetError::Unpriced { .. }) => Problem::new(
+        ErrorKind::SessionBusy => Problem::new(StatusCode::CONFLICT, "session-busy", "Session busy", detail),
+        ErrorKind::ProviderNotConfigured | ErrorKind::UnpricedModel => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "provider-not-configured",
             "Provider not configured",
             detail,
         ),
-        AgentError::Provider(_) => Problem::new(StatusCode::BAD_GATEWAY, "provider-failed", "Provider failed", detail),
-        AgentError::ShuttingDown => Problem::new(
+        ErrorKind::ProviderFailed => {
+            Problem::new(StatusCode::BAD_GATEWAY, "provider-failed", "Provider failed", detail)
+        }
+        ErrorKind::ShuttingDown => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting-down",
             "Shutting down",
             detail,
         )
         .retry_after(5),
-        AgentError::MemoryPressure { .. } => Problem::new(
+        ErrorKind::MemoryPressure => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "memory-pressure",
             "Memory pressure",
             detail,
         )
         .retry_after(10),
-        AgentError::Storage(_) => {
+        ErrorKind::StorageFull | ErrorKind::StorageFailed => {
             tracing::error!(error = %detail, "a gateway request failed in storage");
             Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

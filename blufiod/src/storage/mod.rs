@@ -82,6 +82,38 @@ pub enum StorageError {
     },
 }
 
+/// What kind of failure a [`StorageError`] is, so that callers never look inside the database
+/// library's errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The disk (or the database's size limit) is full.
+    Full,
+    /// A unique value already exists.
+    Duplicate,
+    /// Anything else.
+    Other,
+}
+
+impl StorageError {
+    /// The kind of failure.
+    pub fn kind(&self) -> StorageErrorKind {
+        let source = match self {
+            Self::Duplicate { .. } => return StorageErrorKind::Duplicate,
+            Self::Open { source, .. } | Self::Query { source, .. } => source,
+            _ => return StorageErrorKind::Other,
+        };
+        let full = source.as_database_error().is_some_and(|database| {
+            // SQLITE_FULL (13), however the driver words it.
+            database.code().as_deref() == Some("13") || database.message().contains("full")
+        });
+        if full {
+            StorageErrorKind::Full
+        } else {
+            StorageErrorKind::Other
+        }
+    }
+}
+
 /// Identifies one run of the daemon in the `daemon_runs` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunId(i64);
