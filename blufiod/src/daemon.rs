@@ -17,6 +17,7 @@ use crate::agent::Agent;
 use crate::config::LiveConfig;
 use crate::config::{ConfigSource, Loaded};
 use crate::control::{self, Policy, socket};
+use crate::devices::Devices;
 use crate::events::{Event, EventBus};
 use crate::gateway;
 use crate::health::{Check, Finding, Health};
@@ -271,15 +272,32 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         group,
     };
     let socket_path = bound.path().to_owned();
+    // One device registry: the control plane changes it, the gateway reads it.
+    let devices = Devices::new(storage.clone());
     subsystems.spawn(
         "control",
-        control::serve(shared.clone(), bound.listener, policy, token.child_token()),
+        control::serve(
+            shared.clone(),
+            devices.clone(),
+            bound.listener,
+            policy,
+            token.child_token(),
+        ),
     );
     subsystems.spawn("reload", reload_on_sighup(shared.clone(), sighup, token.child_token()));
     if let Some(bound) = bound_gateway {
         subsystems.spawn(
             "gateway",
-            gateway::serve(bound, shared.clone(), metrics, health.clone(), token.child_token()),
+            gateway::serve(
+                bound,
+                gateway::GatewayDeps {
+                    shared: shared.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    devices: devices.clone(),
+                },
+                token.child_token(),
+            ),
         );
     }
     if let Some(timeout) = sd_notify::watchdog_enabled() {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{Policy, resolve_group};
 
+use crate::devices::Devices;
 use crate::state::Shared;
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a
@@ -64,6 +65,7 @@ pub enum ControlError {
 /// Serves the control plane on `listener` until `token` is cancelled, then drains.
 pub async fn serve(
     shared: Arc<Shared>,
+    devices: Devices,
     listener: std::os::unix::net::UnixListener,
     policy: Policy,
     token: CancellationToken,
@@ -89,7 +91,7 @@ pub async fn serve(
     let slots = incoming::Slots::new(policy.daemon_uid);
     // Every call, of every service, is authorized before its body is read.
     let guard = guard::GuardLayer::new(policy.clone(), shared.live.handle());
-    let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, policy))
+    let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, devices, policy))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!("control plane serving");

@@ -27,16 +27,17 @@ use crate::storage::{DeviceRecord, SessionRecord, UsageTotals};
 /// The control service.
 pub struct ControlService {
     shared: Arc<Shared>,
+    devices: Devices,
     policy: Policy,
 }
 
 impl ControlService {
-    pub(super) fn new(shared: Arc<Shared>, policy: Policy) -> Self {
-        Self { shared, policy }
-    }
-
-    fn devices(&self) -> Devices {
-        Devices::new(self.shared.storage.clone())
+    pub(super) fn new(shared: Arc<Shared>, devices: Devices, policy: Policy) -> Self {
+        Self {
+            shared,
+            devices,
+            policy,
+        }
     }
 
     /// Checks that the caller may make `method` (see [`auth::ACCESS`]); returns the caller's
@@ -116,7 +117,7 @@ impl pb::control_server::Control for ControlService {
                 None => None,
                 Some(gateway) => {
                     let active_devices = self
-                        .devices()
+                        .devices
                         .count_active()
                         .await
                         .map_err(|error| device_error_to_status(&error))?;
@@ -383,7 +384,7 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "AddDevice")?;
         let pb::AddDeviceRequest { name, public_key_pem } = request.into_inner();
         let device = self
-            .devices()
+            .devices
             .add(&name, &public_key_pem)
             .await
             .map_err(|error| device_error_to_status(&error))?;
@@ -403,7 +404,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         self.authorize(&request, "ListDevices")?;
         let devices = self
-            .devices()
+            .devices
             .list()
             .await
             .map_err(|error| device_error_to_status(&error))?;
@@ -418,7 +419,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
         self.authorize(&request, "RevokeDevice")?;
         let device = self
-            .devices()
+            .devices
             .revoke(&request.into_inner().name)
             .await
             .map_err(|error| device_error_to_status(&error))?;

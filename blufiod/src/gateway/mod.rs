@@ -203,14 +203,26 @@ pub struct Gateway {
     max_skew_secs: i64,
 }
 
+/// What the gateway uses of the rest of the daemon.
+pub struct GatewayDeps {
+    /// Identity, live configuration, lifecycle and the agent.
+    pub shared: Arc<Shared>,
+    /// The one metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The readiness checks `/ready` runs.
+    pub health: Arc<crate::health::Health>,
+    /// The device registry (the same one the control plane changes).
+    pub devices: Devices,
+}
+
 /// Serves until `token` is cancelled, then lets open requests finish for a few seconds.
-pub async fn serve(
-    bound: BoundGateway,
-    shared: Arc<Shared>,
-    metrics: Arc<Metrics>,
-    health: Arc<crate::health::Health>,
-    token: CancellationToken,
-) -> Result<(), GatewayError> {
+pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationToken) -> Result<(), GatewayError> {
+    let GatewayDeps {
+        shared,
+        metrics,
+        health,
+        devices,
+    } = deps;
     let config = shared.config().config.gateway.clone();
     let listener = tokio::net::TcpListener::from_std(bound.listener).map_err(GatewayError::Accept)?;
     let acceptor = match &bound.info.cert {
@@ -220,7 +232,7 @@ pub async fn serve(
         None => None,
     };
     let gateway = Arc::new(Gateway {
-        devices: Devices::new(shared.storage.clone()),
+        devices,
         replay: replay::ReplayCache::new(
             usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX),
             replay::ReplayCache::share_for(
