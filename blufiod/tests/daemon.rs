@@ -665,3 +665,97 @@ fn the_daemon_cannot_be_read_or_dumped_by_its_own_user() {
     );
     assert!(status.success(), "{status:?}");
 }
+
+/// Every RPC of the control plane, with the access it needs (the table in ARCHITECTURE.md), and
+/// whether it streams its answer.
+const ACCESS_TABLE: &[(&str, &str, bool)] = &[
+    ("GetStatus", "read-only", false),
+    ("GetConfig", "read-only", false),
+    ("ValidateConfig", "read-only", false),
+    ("SetConfig", "full", false),
+    ("ReloadConfig", "full", false),
+    ("CreateSession", "full", false),
+    ("ListSessions", "full", false),
+    ("GetSession", "full", false),
+    ("DeleteSession", "full", false),
+    ("SendMessage", "full", true),
+    ("GetUsage", "full", false),
+    ("AddDevice", "full", false),
+    ("ListDevices", "full", false),
+    ("RevokeDevice", "full", false),
+];
+
+#[test]
+fn every_rpc_obeys_the_access_table_at_every_level() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root under CI to call as another user"
+        );
+        eprintln!("skipping: needs root to call as another user");
+        return;
+    }
+    let gid = 65534;
+    let dir = new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_with(
+        dir,
+        DaemonOptions {
+            config: "[control]\ngroup = \"nogroup\"\ngroup_access = \"none\"\n".to_owned(),
+            ..DaemonOptions::default()
+        },
+    );
+    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    // Each method is called with an empty request (raw bytes, no stubs): what matters is whether
+    // the answer is PERMISSION_DENIED.
+    let script = concat!(
+        "import os, sys, grpc\n",
+        // The channel connects lazily, at the first call: after the switch to the member's uid.
+        "channel = grpc.insecure_channel('unix:' + sys.argv[1], options=[('grpc.default_authority', 'localhost')])\n",
+        "os.setgroups([]); os.setgid(int(sys.argv[3])); os.setuid(int(sys.argv[2]))\n",
+        "for spec in sys.argv[4:]:\n",
+        "    method, streaming = spec.split(':')\n",
+        "    path = '/blufio.control.v1.Control/' + method\n",
+        "    try:\n",
+        "        if streaming == '1':\n",
+        "            list(channel.unary_stream(path)(b'', timeout=10))\n",
+        "        else:\n",
+        "            channel.unary_unary(path)(b'', timeout=10)\n",
+        "        print(method, 'OK')\n",
+        "    except grpc.RpcError as error:\n",
+        "        print(method, error.code().name)\n",
+    );
+    let rank = |level: &str| {
+        ["none", "read-only", "full"]
+            .iter()
+            .position(|known| *known == level)
+            .unwrap()
+    };
+    for level in ["none", "read-only", "full"] {
+        daemon.ctl_json(&["config", "set", "control.group_access", level]);
+        let output = std::process::Command::new(&python)
+            .args(["-c", script])
+            .arg(&daemon.socket)
+            .arg("65534")
+            .arg(gid.to_string())
+            .args(
+                ACCESS_TABLE
+                    .iter()
+                    .map(|(method, _, streaming)| format!("{method}:{}", u8::from(*streaming))),
+            )
+            .output()
+            .unwrap();
+        let answers = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(answers.lines().count(), ACCESS_TABLE.len(), "{}", describe(&output));
+        for (line, (method, needed, _)) in answers.lines().zip(ACCESS_TABLE) {
+            let (called, code) = line.split_once(' ').unwrap();
+            assert_eq!(called, *method);
+            let denied = code == "PERMISSION_DENIED";
+            assert_eq!(
+                denied,
+                rank(level) < rank(needed),
+                "{method} at {level} (needs {needed}) answered {code}"
+            );
+        }
+    }
+}

@@ -176,6 +176,23 @@ pub fn resolve_group(name: &str) -> Option<GroupInfo> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_peer_without_credentials_gets_nothing() {
+        let policy = Policy {
+            daemon_uid: 1000,
+            group: None,
+        };
+        for method in ["GetStatus", "grpc.health.v1.Health", "SetConfig", "Unknown"] {
+            let status = authorize(&policy, Access::Full, &http::Extensions::new(), method).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{method}");
+        }
+        assert_eq!(
+            needed_for("Unknown"),
+            Access::Full,
+            "a method missing from the table needs full access"
+        );
+    }
+
     fn policy(group: Option<GroupInfo>) -> Policy {
         Policy { daemon_uid: 998, group }
     }
