@@ -1371,3 +1371,97 @@ async fn a_connection_flood_from_other_networks_does_not_evict_a_slow_signed_cli
     flood.await.unwrap();
     assert_eq!(answered, 5, "the signed client was evicted by the flood");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_signatures_cost_nothing_and_unknown_routes_learn_nothing() {
+    let setup = setup("[gateway]\nrate_limit_per_minute = 3\n").await;
+    // An unsigned request to a route that does not exist is refused like any other /v1/ one.
+    let unknown = setup.client.get(format!("{}/v1/no-such-route", setup.base));
+    setup.expect_problem(unknown, 401, "signature-missing").await;
+    // Forged signatures under the device's (public) keyid use none of its quota.
+    for _ in 0..10 {
+        let forged = setup.request(
+            "GET",
+            "/v1/models",
+            None,
+            Tweak {
+                key: Some(SigningKey::from_bytes(&[9; 32])),
+                ..Tweak::default()
+            },
+        );
+        setup.expect_problem(forged, 401, "signature-invalid").await;
+    }
+    for _ in 0..3 {
+        let response = setup
+            .request("GET", "/v1/models", None, Tweak::default())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nonce_is_remembered_for_twice_the_clock_skew() {
+    let setup = setup("[gateway]\nmax_clock_skew_secs = 5\n").await;
+    // A signature with this nonce could be made to pass the skew check until 10 s after it was
+    // accepted (created up to 5 s ahead, checked up to 5 s late): the nonce must be refused that
+    // long. Probe it after 6 s, past one skew window but well within two.
+    let nonce = uuid::Uuid::now_v7().simple().to_string();
+    let with_nonce = || {
+        setup.request(
+            "GET",
+            "/v1/models",
+            None,
+            Tweak {
+                nonce: Some(nonce.clone()),
+                ..Tweak::default()
+            },
+        )
+    };
+    let accepted_at = now();
+    assert_eq!(with_nonce().send().await.unwrap().status(), 200);
+    while now() < accepted_at + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        now() < accepted_at + 4,
+        "the machine was too slow to probe inside the window"
+    );
+    setup.expect_problem(with_nonce(), 401, "signature-replayed").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_token_and_the_connection_cap_are_enforced() {
+    let setup = setup("[gateway]\nmetrics_token = \"scrape-me\"\nmax_connections = 2\n").await;
+    let url = format!("{}/metrics", setup.base);
+    let refused = setup.client.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = setup.client.get(&url).bearer_auth("guess").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let scraped = setup.client.get(&url).bearer_auth("scrape-me").send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("blufio_gateway_requests_total"));
+    // Two authenticated connections fill the cap; a third connection is closed at once.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tls = raw_tls(&setup).await;
+        let headers = setup.signed_headers("GET", "/v1/models", None, Tweak::default());
+        tls.write_all(raw_head("GET", "/v1/models", &authority, &headers, "").as_bytes())
+            .await
+            .unwrap();
+        let mut buffer = vec![0u8; 16 * 1024];
+        let n = tls.read(&mut buffer).await.unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(tls);
+    }
+    let mut third = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a connection over the cap: {read:?}"
+    );
+}
