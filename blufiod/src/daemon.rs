@@ -156,6 +156,9 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     // The cross-cutting registries, made once and unconditionally; subsystems register into them.
     let events = EventBus::new();
     let health = Health::new();
+    let metrics = Arc::new(Metrics::new());
+    // Subscribed before the first event, so that the counts start at the start.
+    let counted_events = events.subscribe();
     events.publish(Event::Starting);
     let config = startup.loaded.config.clone();
     let euid = nix::unistd::geteuid().as_raw();
@@ -258,10 +261,9 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     register_checks(&health, &shared);
 
     let mut subsystems = Subsystems::new();
-    let metrics = Arc::new(Metrics::new());
     subsystems.spawn(
         "events",
-        crate::metrics::count_events(metrics.clone(), events.clone(), token.child_token()),
+        crate::metrics::count_events(metrics.clone(), events.clone(), counted_events, token.child_token()),
     );
     subsystems.spawn(
         "memory",

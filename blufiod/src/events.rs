@@ -125,12 +125,6 @@ impl EventBus {
         }
     }
 
-    /// Subscriptions open now.
-    #[cfg(test)]
-    pub fn receivers(&self) -> usize {
-        self.sender.receiver_count()
-    }
-
     /// Events lost by subscribers that fell behind, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

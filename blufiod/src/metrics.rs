@@ -104,9 +104,9 @@ impl Metrics {
 pub async fn count_events(
     metrics: std::sync::Arc<Metrics>,
     bus: std::sync::Arc<crate::events::EventBus>,
+    mut events: crate::events::Subscription,
     token: tokio_util::sync::CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
-    let mut events = bus.subscribe();
     loop {
         let event = tokio::select! {
             () = token.cancelled() => return Ok(()),
@@ -159,11 +159,12 @@ mod tests {
         let metrics = std::sync::Arc::new(Metrics::new());
         let bus = crate::events::EventBus::new();
         let token = tokio_util::sync::CancellationToken::new();
-        let counter = tokio::spawn(count_events(metrics.clone(), bus.clone(), token.clone()));
-        // Let the counter subscribe before publishing.
-        while bus.receivers() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let counter = tokio::spawn(count_events(
+            metrics.clone(),
+            bus.clone(),
+            bus.subscribe(),
+            token.clone(),
+        ));
         bus.publish(crate::events::Event::Ready);
         bus.publish(crate::events::Event::Reloaded { ok: true });
         bus.publish(crate::events::Event::Reloaded { ok: false });

@@ -1461,3 +1461,27 @@ async fn the_metrics_token_and_the_connection_cap_are_enforced() {
         "a connection over the cap: {read:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_events_reach_the_metrics() {
+    let setup = setup("").await;
+    setup.fake.push(Script::text("counted", 2));
+    setup.daemon.ctl_json(&["chat", "hello"]);
+    let metrics = setup
+        .client
+        .get(format!("{}/metrics", setup.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "blufio_events_total{event=\"ready\"} 1",
+        "blufio_events_total{event=\"device_added\"} 1",
+        "blufio_events_total{event=\"turn_finished\"} 1",
+        "blufio_events_dropped_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+}
