@@ -759,3 +759,19 @@ fn every_rpc_obeys_the_access_table_at_every_level() {
         }
     }
 }
+
+#[test]
+fn a_database_made_by_the_first_release_opens_with_its_data() {
+    // Made by blufiod 0.1.0 (migrations 1 to 3) with one device registered, then vacuumed.
+    let dir = new_dir();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/blufio-0.1.0.db"),
+        dir.path().join("state/blufio.db"),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(dir, DaemonOptions::default());
+    let devices = daemon.ctl_json(&["device", "list"]);
+    assert!(devices.to_string().contains("fixture-phone"), "{devices}");
+    assert_eq!(daemon.ctl_json(&["status"])["state"], "ready");
+}

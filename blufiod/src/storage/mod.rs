@@ -290,6 +290,56 @@ use crate::util::unix_now;
 mod tests {
     use super::*;
 
+    /// SHA-256 of every migration as it shipped. Migrations are append-only: a database that
+    /// applied one keeps sqlx's checksum of it, so an edited migration would stop every existing
+    /// daemon from starting. Add a line when a new migration ships; never change one.
+    const SHIPPED: &[(&str, &str)] = &[
+        (
+            "0001_daemon_runs.sql",
+            "fc0b4ea121721eccd708e7c237484557982be54fbbce7c0747db40c824453a3d",
+        ),
+        (
+            "0002_agent.sql",
+            "533f4c1587b62dd8ef1eff5e783dcb48f7c0b1883e53bebc6e96ed126bc43555",
+        ),
+        (
+            "0003_devices.sql",
+            "a33d67bf2c103814e775003e699952ab32c4084ba4811e0f2c4bcc5fe9af3908",
+        ),
+    ];
+
+    #[test]
+    fn migrations_are_append_only() {
+        use sha2::Digest as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/storage/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        for (index, (name, checksum)) in SHIPPED.iter().enumerate() {
+            assert_eq!(
+                files.get(index).map(String::as_str),
+                Some(*name),
+                "shipped migrations are never removed or renamed"
+            );
+            let text = std::fs::read(dir.join(name)).unwrap();
+            let actual: String = sha2::Sha256::digest(&text)
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect();
+            assert_eq!(
+                actual, *checksum,
+                "{name} changed after it shipped; add a new migration instead"
+            );
+        }
+        assert_eq!(
+            files.len(),
+            SHIPPED.len(),
+            "a new migration: add its checksum to SHIPPED when it ships"
+        );
+    }
+
     fn options(dir: &Path) -> StorageOptions {
         StorageOptions {
             path: dir.join("nested/blufio.db"),
