@@ -3,13 +3,15 @@
 //! - `test`: installs what the test suite needs beyond Rust (Python's grpcio and
 //!   http-message-signatures, for the interop tests with stock tools) into `target/xtask/venv`,
 //!   then runs `cargo test --workspace`.
-//! - `ci`: formatting, clippy with `-D warnings`, then `test`: what `.ci/run` does.
+//! - `ci`: formatting, clippy with `-D warnings`, `tidy`, then `test`: what `.ci/run` does.
+//! - `tidy`: the written invariants of ARCHITECTURE.md as checks (see `tidy.rs`).
 //! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
 //! - `bench startup|idle|size|turns|gateway|all`: measurements for `docs/benchmarks.md`.
 //! - `fuzz [SECONDS]`: the cargo-fuzz target over signature-header parsing and verification
 //!   (`proto/fuzz`), for SECONDS (default 60).
 
 mod bench;
+mod tidy;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,13 +36,14 @@ fn main() -> Result<()> {
     match args.as_slice() {
         ["test", rest @ ..] => test(rest),
         ["ci"] => ci(),
+        ["tidy"] => tidy::main(),
         ["dist"] => dist(),
         ["bench", rest @ ..] => bench::main(rest),
         ["fuzz"] => fuzz("60"),
         ["fuzz", seconds] => fuzz(seconds),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, test\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | turns | gateway | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
+                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, tidy, test\n  tidy             the architecture's written invariants, checked\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | turns | gateway | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
             );
             bail!("unknown or missing task")
         }
@@ -139,6 +142,7 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    tidy::main()?;
     test(&[])
 }
 
