@@ -35,9 +35,29 @@ pub const DEFAULT_SYSTEM_PROMPT: &str = "You are blufio, a personal assistant th
 Be concise and accurate. Use the tools you are given when they help, and say so when you cannot do something.";
 
 /// A secret string: shown masked in every view and in `Debug`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(transparent)]
+///
+/// Serialized with a leading [`SECRET_MARK`], so that the views (which work on the serialized
+/// tree) mask it whatever the key registry says, and a test can tie the registry's `secret` flag
+/// to this type: a new secret field cannot be shown in clear by forgetting the flag.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(pub String);
+
+/// The character a serialized [`Secret`] starts with (from Unicode's private use area, which no
+/// real key or token contains).
+pub const SECRET_MARK: char = '\u{F8FF}';
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{SECRET_MARK}{}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(Self(text.strip_prefix(SECRET_MARK).map_or(text.clone(), str::to_owned)))
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -168,7 +168,7 @@ pub fn entries(loaded: &Loaded, key: Option<&str>) -> Option<Vec<ConfigEntry>> {
             let value = tree.find_ref(spec.key);
             let (value_toml, value_json) = match value {
                 None => (String::new(), "null".to_owned()),
-                Some(_) if spec.secret => (format!("\"{MASK}\""), format!("\"{MASK}\"")),
+                Some(value) if spec.secret || is_secret(value) => (format!("\"{MASK}\""), format!("\"{MASK}\"")),
                 // A URL may carry credentials (`https://user:pass@host`, `?key=`): never shown.
                 Some(Value::String(tag, text)) if text.contains("://") => {
                     let shown = Value::String(*tag, mask_url_credentials(text));
@@ -229,6 +229,11 @@ pub fn mask_secrets_in(text: &str) -> String {
         }
     }
     masked
+}
+
+/// Whether a serialized value is a [`super::agent::Secret`].
+fn is_secret(value: &Value) -> bool {
+    matches!(value, Value::String(_, text) if text.starts_with(super::agent::SECRET_MARK))
 }
 
 /// `url` with its user info and its query masked: `https://********@host/path?********`.
@@ -333,8 +338,8 @@ mod tests {
     use super::super::{Config, load_from};
     use super::*;
 
-    /// Every leaf of the struct tree, with every optional field set.
-    fn leaves_of_full_config() -> BTreeSet<String> {
+    /// A config with every optional field set.
+    fn full_config() -> Config {
         let mut config = Config::default();
         config.daemon.state_dir = Some("/s".into());
         config.daemon.runtime_dir = Some("/r".into());
@@ -350,7 +355,12 @@ mod tests {
         config.gateway.key_file = Some("/k.pem".into());
         config.gateway.metrics_token = Some(super::super::agent::Secret("t".into()));
         config.gateway.metrics_listen = Some("127.0.0.1:9464".into());
-        let tree = Value::serialize(&config).unwrap();
+        config
+    }
+
+    /// Every leaf of the struct tree, with every optional field set.
+    fn leaves_of_full_config() -> BTreeSet<String> {
+        let tree = Value::serialize(full_config()).unwrap();
         let mut leaves = BTreeSet::new();
         fn walk(prefix: &str, value: &Value, leaves: &mut BTreeSet<String>) {
             match value {
@@ -386,6 +396,23 @@ mod tests {
             !format!("{:?}", loaded.config).contains("very-secret"),
             "Debug must not show secrets"
         );
+    }
+
+    #[test]
+    fn the_secret_flag_follows_the_secret_type() {
+        // Every key whose serialized value is a Secret, in a config with every optional key set.
+        let tree = Value::serialize(full_config()).unwrap();
+        let of_type: BTreeSet<&str> = KEYS
+            .iter()
+            .filter(|spec| tree.find_ref(spec.key).is_some_and(is_secret))
+            .map(|spec| spec.key)
+            .collect();
+        let flagged: BTreeSet<&str> = KEYS.iter().filter(|spec| spec.secret).map(|spec| spec.key).collect();
+        assert_eq!(of_type, flagged);
+        // A marked value is masked even under a key the registry forgot to flag.
+        assert!(is_secret(
+            &Value::serialize(super::super::agent::Secret("x".into())).unwrap()
+        ));
     }
 
     #[test]
