@@ -218,6 +218,9 @@ fn a_provider_error_is_reported_and_the_message_is_kept() {
     assert_eq!(sessions["sessions"][0]["state"], "idle");
     let shown = daemon.ctl_json(&["sessions", "show", &session]);
     assert_eq!(shown["messages"][0]["text"], "this will fail");
+    // The failed call was dispatched, so it has its ledger row.
+    let usage = daemon.ctl_json(&["usage"]);
+    assert_eq!(usage["days"][0]["calls"], 1, "{usage}");
     // The daemon keeps serving.
     fake.push(text_reply("recovered", 5, 5));
     assert_eq!(
@@ -357,7 +360,16 @@ fn wait_for_requests(fake: &FakeProvider, count: usize) {
 fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
     let fake = FakeProvider::start();
     fake.push(Script::Stall { after_chunks: 1 });
-    let daemon = start(&fake, "[agent]\nmax_concurrent_turns = 2\nmax_queued_turns = 0\n");
+    // The provider's idle timeout is far beyond the test's patience, so stalled turns end only
+    // because their callers went away, never because the provider timed out.
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: fake_provider_config(&fake, "[agent]\nmax_concurrent_turns = 2\nmax_queued_turns = 0\n"),
+            env: vec![("BLUFIO_PROVIDER__IDLE_TIMEOUT_SECS".into(), "600".into())],
+            ..DaemonOptions::default()
+        },
+    );
     let mut stalled = chat_in_background(&daemon, &["slow session"]);
     wait_for_requests(&fake, 1);
 
@@ -390,6 +402,9 @@ fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
     }
     fake.push(text_reply("after the storm", 5, 5));
     assert_eq!(daemon.ctl_json(&["chat", "anyone there?"])["text"], "after the storm");
+    // Every dispatched call is in the ledger, the cancelled ones included.
+    let usage = daemon.ctl_json(&["usage"]);
+    assert_eq!(usage["days"][0]["calls"], 4, "{usage}");
 }
 
 #[test]
