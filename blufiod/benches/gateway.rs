@@ -12,10 +12,10 @@ mod common;
 #[allow(dead_code, reason = "the bench uses part of the fake provider")]
 mod fake_provider;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use blufio_proto::control::v1 as pb;
-use blufio_proto::httpsig::{self, Component, SignatureParams, digest};
+use blufio_proto::httpsig;
 use common::BenchDaemon;
 use ed25519_dalek::SigningKey;
 use fake_provider::FakeProvider;
@@ -96,41 +96,27 @@ struct Target {
 impl Target {
     fn signed(&self, method: &str, path: &str, body: Option<&[u8]>) -> reqwest::RequestBuilder {
         let mut headers = http::HeaderMap::new();
-        let mut components = vec![Component::Method, Component::Authority, Component::Path];
-        if let Some(body) = body {
-            headers.insert(
-                "content-digest",
-                digest::content_digest(body, digest::Algorithm::Sha256)
-                    .parse()
-                    .expect("header"),
-            );
+        if body.is_some() {
             headers.insert("content-type", http::HeaderValue::from_static("application/json"));
-            components.push(Component::Field("content-digest".into()));
         }
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
-        let params = SignatureParams {
-            components,
-            created: Some(i64::try_from(created).expect("time")),
-            nonce: Some(uuid::Uuid::now_v7().simple().to_string()),
-            keyid: Some(self.keyid.clone()),
-            alg: Some("ed25519".into()),
-            ..SignatureParams::default()
-        };
-        let parts = httpsig::RequestParts {
+        let nonce = uuid::Uuid::now_v7().simple().to_string();
+        let request = httpsig::SignRequest {
             method,
             scheme: "https",
             authority: &self.authority,
             path,
             query: None,
-            headers: &headers,
+            body: body.unwrap_or_default(),
+            fields: &[],
+            keyid: &self.keyid,
+            nonce: &nonce,
+            created: httpsig::unix_now(),
         };
-        let (input, signature) = httpsig::sign(&parts, "sig1", &params, &self.key).expect("sign");
+        httpsig::sign_request(&request, &mut headers, &self.key).expect("sign");
         let mut builder = self
             .client
             .request(method.parse().expect("method"), format!("{}{path}", self.base))
-            .headers(headers)
-            .header("signature-input", input)
-            .header("signature", signature);
+            .headers(headers);
         if let Some(body) = body {
             builder = builder.body(body.to_vec());
         }

@@ -7,19 +7,16 @@
 //! never prints the private key.
 
 use base64::Engine as _;
-use blufio_proto::httpsig::{self, Component, RequestParts, SignatureError, SignatureParams};
+use blufio_proto::httpsig::{self, SignatureError};
 use ed25519_dalek::SigningKey;
 use reqwest::Url;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 
-/// The signature's label in `Signature-Input` and `Signature`.
-pub const LABEL: &str = "sig1";
+/// The signature's label in `Signature-Input` and `Signature` (what `httpsig::sign_request` uses).
+#[cfg(test)]
+const LABEL: &str = "sig1";
 /// Random bytes in a nonce (encoded as unpadded base64url).
 const NONCE_BYTES: usize = 16;
-
-const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
-const SIGNATURE_INPUT: HeaderName = HeaderName::from_static("signature-input");
-const SIGNATURE: HeaderName = HeaderName::from_static("signature");
 
 /// Why a request could not be signed.
 #[derive(Debug)]
@@ -97,36 +94,20 @@ impl Signer {
         created: i64,
         nonce: String,
     ) -> Result<(), SignatureError> {
-        let mut components = vec![Component::Method, Component::Authority, Component::Path];
-        if url.query().is_some() {
-            components.push(Component::Query);
-        }
-        if !body.is_empty() {
-            let digest = httpsig::digest::content_digest(body, httpsig::digest::Algorithm::Sha256);
-            headers.insert(CONTENT_DIGEST, header_value(&digest, "content-digest")?);
-            components.push(Component::Field("content-digest".to_owned()));
-        }
-        let params = SignatureParams {
-            components,
-            created: Some(created),
-            nonce: Some(nonce),
-            keyid: Some(self.keyid.clone()),
-            alg: Some(httpsig::ALGORITHM.to_owned()),
-            ..SignatureParams::default()
-        };
         let authority = authority(url);
-        let parts = RequestParts {
+        let request = httpsig::SignRequest {
             method,
             scheme: url.scheme(),
             authority: &authority,
             path: url.path(),
             query: url.query(),
-            headers,
+            body,
+            fields: &[],
+            keyid: &self.keyid,
+            nonce: &nonce,
+            created,
         };
-        let (input, signature) = httpsig::sign(&parts, LABEL, &params, &self.key)?;
-        headers.insert(SIGNATURE_INPUT, header_value(&input, "signature-input")?);
-        headers.insert(SIGNATURE, header_value(&signature, "signature")?);
-        Ok(())
+        httpsig::sign_request(&request, headers, &self.key)
     }
 }
 
@@ -140,19 +121,12 @@ pub fn authority(url: &Url) -> String {
     }
 }
 
-/// Structured-field serializations are ASCII, so this cannot fail in practice; if it did, the
-/// request is not sent rather than sent half-signed.
-fn header_value(text: &str, component: &str) -> Result<HeaderValue, SignatureError> {
-    HeaderValue::from_str(text).map_err(|_| SignatureError::InvalidComponentValue {
-        component: component.to_owned(),
-    })
-}
-
 use blufio_proto::httpsig::unix_now;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blufio_proto::httpsig::{Component, RequestParts};
 
     fn signer() -> Signer {
         Signer::new(SigningKey::from_bytes(&[7; 32]), None)
@@ -161,7 +135,8 @@ mod tests {
     /// Verifies `headers` the way the daemon does: parse the headers back, apply blufio's
     /// policy, check the digest, verify the signature.
     fn verify(method: &str, url: &Url, headers: &HeaderMap, body: &[u8], key: &SigningKey) -> Result<(), String> {
-        let signatures = httpsig::parse(&headers[SIGNATURE_INPUT], &headers[SIGNATURE]).map_err(|e| e.to_string())?;
+        let signatures =
+            httpsig::parse(&headers["signature-input"], &headers["signature"]).map_err(|e| e.to_string())?;
         let [signature] = signatures.as_slice() else {
             return Err(format!("expected one signature, got {}", signatures.len()));
         };
@@ -175,7 +150,7 @@ mod tests {
         assert_eq!(covered(&Component::Query), url.query().is_some());
         assert_eq!(covered(&Component::Field("content-digest".into())), !body.is_empty());
         if !body.is_empty() {
-            httpsig::digest::verify_content_digest(&headers[CONTENT_DIGEST], body).map_err(|e| e.to_string())?;
+            httpsig::digest::verify_content_digest(&headers["content-digest"], body).map_err(|e| e.to_string())?;
         }
         let authority = authority(url);
         let parts = RequestParts {
@@ -246,7 +221,7 @@ mod tests {
         let nonce = |signer: &Signer| {
             let mut headers = HeaderMap::new();
             signer.sign("GET", &url, &mut headers, b"").expect("signs");
-            let signatures = httpsig::parse(&headers[SIGNATURE_INPUT], &headers[SIGNATURE]).expect("parses");
+            let signatures = httpsig::parse(&headers["signature-input"], &headers["signature"]).expect("parses");
             let nonce = signatures[0].params().nonce.clone().expect("a nonce");
             assert_eq!(signatures[0].params().keyid.as_deref(), Some(signer.keyid()));
             nonce
@@ -269,7 +244,7 @@ mod tests {
             .sign_at("POST", &url, &mut headers, b"{}", 1_764_316_800, "bm9uY2U".into())
             .expect("signs");
         assert_eq!(
-            headers[SIGNATURE_INPUT],
+            headers["signature-input"],
             format!(
                 "sig1=(\"@method\" \"@authority\" \"@path\" \"@query\" \"content-digest\");created=1764316800;\
                  nonce=\"bm9uY2U\";alg=\"ed25519\";keyid=\"{}\"",
@@ -278,7 +253,7 @@ mod tests {
             .as_str()
         );
         assert_eq!(
-            headers[CONTENT_DIGEST],
+            headers["content-digest"],
             "sha-256=:RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o=:"
         );
         assert_eq!(authority(&Url::parse("https://h:443/").expect("url")), "h");
