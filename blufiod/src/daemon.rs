@@ -71,6 +71,18 @@ pub enum DaemonError {
     /// Another daemon uses the state directory.
     #[error("cannot lock the state directory; is another blufiod using it?")]
     LockState(#[source] LockError),
+    /// The process may not open enough files for the configured connections.
+    #[error(
+        "the daemon may open {limit} files, but gateway.max_connections = {connections} needs about {needed}; raise LimitNOFILE (ulimit -n) or lower gateway.max_connections"
+    )]
+    TooFewDescriptors {
+        /// The open-files limit after raising it as far as allowed.
+        limit: u64,
+        /// The configured gateway connections.
+        connections: u32,
+        /// What they and everything else need.
+        needed: u64,
+    },
     /// The configured group vanished between validation and use.
     #[error("control.group {0:?} does not exist")]
     MissingGroup(String),
@@ -142,6 +154,24 @@ impl Subsystems {
     }
 }
 
+/// Descriptors the daemon needs besides the gateway's connections: the control socket's
+/// connections (at most 256), the metrics listener's (16), the database, logs, listeners, tool
+/// pipes, provider connections.
+const DESCRIPTOR_RESERVE: u64 = 400;
+
+/// Raises the soft open-files limit to the hard one (the soft default is often 1024) and returns
+/// the limit now in effect.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return u64::MAX;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
 /// Runs the daemon until it is told to stop (`Ok`) or something fatal happens (`Err`).
 pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     let notifier = Notifier;
@@ -161,6 +191,15 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     let counted_events = events.subscribe();
     events.publish(Event::Starting);
     let config = startup.loaded.config.clone();
+    let limit = raise_open_files_limit();
+    let needed = u64::from(config.gateway.max_connections) + DESCRIPTOR_RESERVE;
+    if config.gateway.enabled && needed > limit {
+        return Err(DaemonError::TooFewDescriptors {
+            limit,
+            connections: config.gateway.max_connections,
+            needed,
+        });
+    }
     let euid = nix::unistd::geteuid().as_raw();
     let paths = Paths::resolve(&config, &startup.source.path, |name| std::env::var_os(name), euid);
     let group = match &config.control.group {

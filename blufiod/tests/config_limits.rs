@@ -219,4 +219,18 @@ fn credentials_in_a_base_url_are_never_shown() {
     shown.push_str(&support::describe(&daemon.ctl(&["config", "get"])));
     assert!(shown.contains("********@127.0.0.1"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
+    // Nor in the error of a call that cannot connect, nor in the daemon's log.
+    let set = daemon.ctl(&[
+        "config",
+        "set",
+        "provider.base_url",
+        "http://owner:hunter2@127.0.0.1:1/v1?key=hunter3",
+    ]);
+    assert!(set.status.success(), "{}", support::describe(&set));
+    let chat = daemon.ctl(&["chat", "is anyone there?"]);
+    assert_eq!(chat.status.code(), Some(1), "{}", support::describe(&chat));
+    let mut shown = support::describe(&chat);
+    shown.push_str(&daemon.stderr());
+    assert!(shown.contains("cannot reach the provider"), "{shown}");
+    assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
 }

@@ -775,3 +775,35 @@ fn a_database_made_by_the_first_release_opens_with_its_data() {
     assert!(devices.to_string().contains("fixture-phone"), "{devices}");
     assert_eq!(daemon.ctl_json(&["status"])["state"], "ready");
 }
+
+#[test]
+fn too_few_descriptors_for_the_connections_stop_startup_with_the_fix() {
+    let dir = new_dir();
+    let config = dir.path().join("blufiod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2000\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    // A hard limit of 1024 open files, which the daemon cannot raise.
+    let output = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 1024 && ulimit -Hn 1024 && exec \"$0\" --config \"$1\"",
+        ])
+        .arg(support::blufiod_bin())
+        .arg(&config)
+        .env_clear()
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("LimitNOFILE") && stderr.contains("gateway.max_connections"),
+        "{stderr}"
+    );
+}

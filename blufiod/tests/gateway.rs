@@ -1187,6 +1187,13 @@ async fn requests_for_other_hosts_and_ambiguous_heads_are_refused() {
         assert!(reply.starts_with(b"HTTP/1.1 200"));
     }
     assert!(metrics(&format!("127.0.0.1:{metrics_port}")).starts_with("HTTP/1.1 200"));
+    // Nor can silent connections: at the cap the oldest one that has not spoken makes room.
+    let silent: Vec<_> = (0..16)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(metrics(&format!("127.0.0.1:{metrics_port}")).starts_with("HTTP/1.1 200"));
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1484,4 +1491,38 @@ async fn lifecycle_events_reach_the_metrics() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_requests_do_not_keep_a_connection_alive() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let setup = setup("").await;
+    let authority = setup.base.trim_start_matches("https://").to_owned();
+    let mut tls = raw_tls(&setup).await;
+    let started = std::time::Instant::now();
+    let mut buffer = vec![0u8; 16 * 1024];
+    // A keep-alive client asking an open route every 2 s, never signing anything.
+    let closed_after = loop {
+        let asked = tls
+            .write_all(format!("GET /health HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+            .await;
+        let answered = match asked {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buffer)).await,
+            Err(_) => break started.elapsed(),
+        };
+        match answered {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break started.elapsed(),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    // 10 s of unauthenticated life, checked each second.
+    assert!(
+        closed_after < Duration::from_secs(25),
+        "closed only after {closed_after:?}"
+    );
 }

@@ -22,7 +22,7 @@ pub use agent::{
     RunCommandConfig, ToolsConfig, default_pricing,
 };
 pub use file::{ConfigWriteError, set_key_in_file};
-pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec};
+pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials};
 pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError};
 
 /// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).
@@ -493,10 +493,12 @@ impl Config {
             }
         }
         if let Some(base_url) = &self.provider.base_url
-            && !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+            && (!(base_url.starts_with("https://") || base_url.starts_with("http://"))
+                || reqwest::Url::parse(base_url).is_err())
         {
             problems.push(format!(
-                "provider.base_url: {base_url:?} is not an http(s) URL; use for example \"https://api.openai.com/v1\""
+                "provider.base_url: {:?} is not an http(s) URL; use for example \"https://api.openai.com/v1\"",
+                mask_url_credentials(base_url)
             ));
         }
         for (key, value) in [
@@ -670,6 +672,18 @@ mod tests {
         for (key, value) in Config::default().numeric_values() {
             let (_, min, max) = RANGES.iter().find(|(ranged, ..)| *ranged == key).unwrap();
             assert!((*min..=*max).contains(&value), "{key} = {value}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_must_parse_and_is_never_echoed_with_its_credentials() {
+        for url in ["ftp://u:hunter5@h/", "http://u:hunter5@[::1"] {
+            let text = format!("[provider]\nbase_url = \"{url}\"\n");
+            let Err(ConfigError::Invalid { problems }) = load_from(Some(&text), None, false) else {
+                panic!("{url} was accepted");
+            };
+            assert!(problems[0].starts_with("provider.base_url"), "{problems:?}");
+            assert!(!problems[0].contains("hunter5"), "{problems:?}");
         }
     }
 

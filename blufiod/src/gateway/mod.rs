@@ -385,10 +385,10 @@ fn connection_builder(config: &GatewayConfig) -> hyper_util::server::conn::auto:
 
 /// Serves one connection until it ends. It is closed gracefully (in-flight responses finish,
 /// streams included) when shutdown begins, or when a whole idle period passes without a new
-/// request: `gateway.idle_timeout_secs` once a request on it authenticated, a much shorter
-/// [`connections::UNAUTHENTICATED_IDLE`] before that. A client that connects and sends nothing,
-/// or only unsigned requests, cannot hold one of the connection slots; and at the cap, the oldest
-/// unauthenticated connection is evicted (dropped at once) to make room.
+/// request: `gateway.idle_timeout_secs` once a request on it authenticated; before that, it lives
+/// [`connections::UNAUTHENTICATED_IDLE`] from its start whatever unsigned requests it sends. A
+/// client that connects and sends nothing, or only unsigned requests, cannot hold one of the
+/// connection slots; and at the cap, an unauthenticated connection is evicted to make room.
 async fn drive<C>(
     served: C,
     requests: &AtomicU64,
@@ -400,6 +400,7 @@ where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
 {
     tokio::pin!(served);
+    let opened = Instant::now();
     let mut seen = requests.load(Ordering::Relaxed);
     let mut last_request = Instant::now();
     let mut closing = false;
@@ -427,7 +428,11 @@ where
                 if now != seen {
                     seen = now;
                     last_request = Instant::now();
-                } else if last_request.elapsed() >= idle {
+                }
+                // Until a request authenticates, the clock runs from the connection's start:
+                // unsigned requests (to open routes or refused ones) do not keep it alive.
+                let quiet_since = if connection.is_authenticated() { last_request } else { opened };
+                if quiet_since.elapsed() >= idle {
                     served.as_mut().shut_down();
                     closing = true;
                     // An unauthenticated connection has nothing worth waiting for (its answers
@@ -463,7 +468,7 @@ where
 /// Connections the metrics listener serves at once: scrapers are few.
 const METRICS_CONNECTIONS: usize = 16;
 /// Time a metrics client has to send its request head.
-const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a metrics connection lives.
 const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -477,6 +482,10 @@ async fn serve_metrics(
 ) {
     let names = Arc::new(names);
     let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    // Connections that have not sent a request head yet, oldest first: at the cap, the oldest of
+    // them makes room, so silent connections cannot keep a scraper out.
+    let silent: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>> = Arc::default();
+    let mut next_id: u64 = 0;
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "metrics listener serving");
     }
@@ -492,19 +501,55 @@ async fn serve_metrics(
                 }
             },
         };
-        // Over the cap a connection is closed at once rather than left waiting in the backlog.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
+        // At the cap the oldest silent connection is dropped to make room; with none, the
+        // newcomer is closed at once rather than left waiting in the backlog.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = silent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop_front();
+                let Some((_, evict)) = oldest else {
+                    drop(stream);
+                    continue;
+                };
+                evict.cancel();
+                match tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let evicted = CancellationToken::new();
+        silent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back((id, evicted.clone()));
+        let spoke = {
+            let silent = silent.clone();
+            move || {
+                silent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .retain(|(waiting, _)| *waiting != id);
+            }
         };
         let gateway = gateway.clone();
         let token = token.clone();
         let names = names.clone();
+        let forget = spoke.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let gateway = gateway.clone();
                 let names = names.clone();
+                spoke();
                 async move {
                     let (parts, body) = request.into_parts();
                     let configured = gateway.shared.config().config.gateway.server_names.clone();
@@ -539,10 +584,12 @@ async fn serve_metrics(
                 tokio::pin!(connection);
                 tokio::select! {
                     _ = connection.as_mut() => {}
+                    () = evicted.cancelled() => {}
                     () = token.cancelled() => connection.as_mut().graceful_shutdown(),
                 }
             })
             .await;
+            forget();
         });
     }
 }

@@ -174,7 +174,7 @@ pub enum ProviderError {
     /// The request could not be sent or the connection failed.
     #[error("cannot reach the provider at {url}")]
     Connect {
-        /// The URL called.
+        /// The URL called, with any user info and query masked.
         url: String,
         #[source]
         source: reqwest::Error,
@@ -408,7 +408,7 @@ impl HttpCall {
                 Ok(Err(error)) => error,
                 Err(_elapsed) => ProviderError::Timeout(total),
             };
-            tracing::debug!(url = %self.url, error = %error, "provider call failed");
+            tracing::debug!(url = %crate::config::mask_url_credentials(&self.url), error = %error, "provider call failed");
             let _ = sender.send(Err(error)).await;
         });
         receiver
@@ -485,14 +485,14 @@ impl HttpCall {
                 // A request that cannot even be built will not get better by retrying.
                 Err(source) if source.is_builder() => {
                     return Err(ProviderError::Connect {
-                        url: self.url.clone(),
-                        source,
+                        url: crate::config::mask_url_credentials(&self.url),
+                        source: source.without_url(),
                     });
                 }
                 Err(source) => (
                     ProviderError::Connect {
-                        url: self.url.clone(),
-                        source,
+                        url: crate::config::mask_url_credentials(&self.url),
+                        source: source.without_url(),
                     },
                     None,
                 ),
