@@ -339,13 +339,7 @@ fn the_watchdog_starves_while_the_database_writer_is_blocked() {
 
 #[test]
 fn peer_credentials_decide_what_a_caller_may_do() {
-    if !nix::unistd::geteuid().is_root() {
-        // Switching to another uid needs root; CI runs as root, and must not skip silently.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root under CI to run blufioctl as another user"
-        );
-        eprintln!("skipping: needs root to run blufioctl as another user");
+    if !running_as_root() {
         return;
     }
     let Ok(Some(group)) = nix::unistd::Group::from_name("nogroup") else {
@@ -590,12 +584,7 @@ fn logs_follow_the_journald_and_json_conventions() {
 
 #[test]
 fn the_daemon_cannot_be_read_or_dumped_by_its_own_user() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root under CI to run blufiod as another user"
-        );
-        eprintln!("skipping: needs root to run blufiod as another user");
+    if !running_as_root() {
         return;
     }
     let nobody = nix::unistd::Uid::from_raw(65534);
@@ -687,12 +676,7 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
 
 #[test]
 fn every_rpc_obeys_the_access_table_at_every_level() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root under CI to call as another user"
-        );
-        eprintln!("skipping: needs root to call as another user");
+    if !running_as_root() {
         return;
     }
     let gid = 65534;
@@ -806,4 +790,18 @@ fn too_few_descriptors_for_the_connections_stop_startup_with_the_fix() {
         stderr.contains("LimitNOFILE") && stderr.contains("gateway.max_connections"),
         "{stderr}"
     );
+}
+
+/// Whether the test runs as root, which switching to another uid needs. Outside CI a non-root
+/// run skips with a message; under CI (which runs as root) it fails rather than pass silently.
+fn running_as_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root under CI, to act as another user"
+    );
+    eprintln!("skipping: needs root to act as another user");
+    false
 }

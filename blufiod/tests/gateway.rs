@@ -518,16 +518,7 @@ async fn limits_refuse_oversized_bodies_slow_clients_and_floods() {
 
     // A slow client that never finishes its request head is disconnected.
     let address = setup.base.trim_start_matches("https://").to_owned();
-    let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject as _;
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tls_connector(&setup, &[]);
     let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
     let mut tls = connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -795,22 +786,30 @@ async fn blufioctl_registers_a_device_and_talks_through_the_gateway() {
     assert_eq!(revoked.status.code(), Some(1), "{}", support::describe(&revoked));
 }
 
-/// A raw TLS connection to the gateway, for requests that well-behaved clients never send.
-async fn raw_tls(setup: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+/// A TLS client that trusts the daemon's self-signed certificate and offers `alpn`.
+fn tls_connector(setup: &Setup, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::pem::PemObject as _;
     let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder()
+    let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A raw TLS connection to the gateway, for requests that well-behaved clients never send.
+async fn raw_tls(setup: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(setup.base.trim_start_matches("https://"))
         .await
         .unwrap();
-    connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+    tls_connector(setup, &[])
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 /// Sends `head` (and nothing more) on a fresh connection and returns what comes back within
@@ -1252,21 +1251,13 @@ async fn a_client_that_reads_no_answers_cannot_hold_its_connection() {
     // HTTP/2 over TLS, announcing a stream window of 0: the daemon can send the headers of its
     // answers but none of their bodies.
     let tls = {
-        use rustls::pki_types::pem::PemObject as _;
-        let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(setup.base.trim_start_matches("https://"))
             .await
             .unwrap();
-        connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+        tls_connector(&setup, &[b"h2"])
+            .connect("127.0.0.1".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
     };
     let (mut client, connection) = h2::client::Builder::new()
         .initial_window_size(0)
@@ -1343,17 +1334,8 @@ async fn a_connection_flood_from_other_networks_does_not_evict_a_slow_signed_cli
     let authority = setup.base.trim_start_matches("https://").to_owned();
     let mut answered = 0;
     for _ in 0..5 {
-        use rustls::pki_types::pem::PemObject as _;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let cert = std::fs::read(setup.daemon.dir.path().join("state/tls/cert.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let connector = tls_connector(&setup, &[]);
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Ok(mut tls) = connector.connect("127.0.0.1".try_into().unwrap(), tcp).await else {
