@@ -417,7 +417,8 @@ pub struct GatewayConfig {
     pub request_timeout_secs: u64,
     /// Seconds an idle keep-alive connection stays open.
     pub idle_timeout_secs: u64,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections served at once. At the cap an unauthenticated connection is evicted to make
+    /// room, or the newcomer is closed; at most 32 come from one address.
     pub max_connections: u32,
     /// Requests per minute per device key.
     pub rate_limit_per_minute: u32,
