@@ -1508,3 +1508,118 @@ async fn unsigned_requests_do_not_keep_a_connection_alive() {
         "closed only after {closed_after:?}"
     );
 }
+
+/// The status code each kind of agent failure gets through the control socket and through the
+/// gateway: one contract, checked on the real daemon through both transports.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
+    let setup = setup("").await;
+    let mut control = control(&setup.daemon.socket).await;
+    /// The gRPC code of a turn: the call's error, or the stream's first error.
+    async fn turn_code(
+        control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+        session_id: &str,
+        text: &str,
+    ) -> tonic::Code {
+        let request = pb::SendMessageRequest {
+            session_id: session_id.to_owned(),
+            text: text.to_owned(),
+        };
+        match control.send_message(request).await {
+            Err(status) => status.code(),
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Err(status) => return status.code(),
+                        Ok(None) => return tonic::Code::Ok,
+                        Ok(Some(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+    let http_status = |method: &'static str, path: String, body: Option<Vec<u8>>| {
+        let request = setup.request(method, &path, body.as_deref(), Tweak::default());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let turn = |text: &str| serde_json::to_vec(&serde_json::json!({"text": text})).unwrap();
+
+    // session_not_found: NOT_FOUND and 404.
+    let code = control
+        .get_session(pb::GetSessionRequest {
+            id: "no-such-session".into(),
+            message_limit: 0,
+        })
+        .await
+        .unwrap_err()
+        .code();
+    assert_eq!(code, tonic::Code::NotFound);
+    assert_eq!(
+        http_status("GET", "/v1/sessions/no-such-session".into(), None).await,
+        404
+    );
+
+    // invalid_message: INVALID_ARGUMENT and 400.
+    let session = control
+        .create_session(pb::CreateSessionRequest { title: "kinds".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .id;
+    assert_eq!(
+        turn_code(&mut control, &session, "").await,
+        tonic::Code::InvalidArgument
+    );
+    let path = format!("/v1/sessions/{session}/messages");
+    assert_eq!(http_status("POST", path.clone(), Some(turn(""))).await, 400);
+
+    // budget_exhausted: RESOURCE_EXHAUSTED and 402.
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "budget.daily_usd", "0.000001"]);
+    assert_eq!(
+        turn_code(&mut control, &session, "costly").await,
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(http_status("POST", path.clone(), Some(turn("costly"))).await, 402);
+    setup.daemon.ctl_json(&["config", "set", "budget.daily_usd", "0"]);
+
+    // memory_pressure: RESOURCE_EXHAUSTED and 503.
+    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "1"]);
+    assert_eq!(
+        turn_code(&mut control, &session, "big").await,
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(http_status("POST", path.clone(), Some(turn("big"))).await, 503);
+    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "256"]);
+
+    // provider_failed: UNAVAILABLE and 502.
+    setup.fake.push(Script::HttpError {
+        status: 400,
+        message: "bad request".into(),
+        retry_after_secs: None,
+    });
+    assert_eq!(
+        turn_code(&mut control, &session, "fail").await,
+        tonic::Code::Unavailable
+    );
+    setup.fake.push(Script::HttpError {
+        status: 400,
+        message: "bad request".into(),
+        retry_after_secs: None,
+    });
+    let failed = setup
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": "fail"}]})).unwrap()),
+            Tweak::default(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status().as_u16(), 502);
+}
