@@ -1,0 +1,109 @@
+//! The open probes that need more than a constant answer: `/ready` (the health registry's
+//! readiness checks, without details) and `/metrics` (the Prometheus exposition, behind the
+//! optional bearer token).
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{Gateway, json};
+use crate::gateway::problem::{Body, Problem, full};
+
+pub(super) async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
+    // Unauthenticated: say what is wrong, but not the details (paths, errors, config hints),
+    // which the owner finds in the log and in `blufioctl status`.
+    let problems = gateway.health.readiness_problems().await;
+    if problems.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        let mut response = json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not ready", "problems": problems}),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response
+    }
+}
+
+pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Response<Body> {
+    let config = gateway.shared.config();
+    if let Some(token) = &config.config.gateway.metrics_token {
+        let expected = format!("Bearer {}", token.expose());
+        let given = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map_or(&[][..], HeaderValue::as_bytes);
+        if !constant_time_eq(given, expected.as_bytes()) {
+            let mut response = Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "metrics-token",
+                "Metrics need a token",
+                "send Authorization: Bearer <gateway.metrics_token>",
+            )
+            .response();
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"blufio-metrics\""),
+            );
+            return response;
+        }
+    }
+    let agent = gateway.shared.agent.status();
+    let text = gateway.metrics.render(&[
+        (
+            "spend_today_usd",
+            "Spend today (UTC) in US dollars.",
+            agent.budget.today_usd,
+        ),
+        (
+            "spend_month_usd",
+            "Spend this month (UTC) in US dollars.",
+            agent.budget.month_usd,
+        ),
+        (
+            "budget_reserved_usd",
+            "Worst-case cost reserved by calls in flight, in US dollars.",
+            agent.budget.reserved_usd,
+        ),
+        ("turns_in_flight", "Agent turns running.", agent.turns_in_flight as f64),
+        (
+            "turns_queued",
+            "Agent turns waiting for a slot.",
+            agent.turns_queued as f64,
+        ),
+        (
+            "daily_cap_usd",
+            "The daily budget cap in US dollars (0: none).",
+            config.config.budget.daily_usd,
+        ),
+        (
+            "monthly_cap_usd",
+            "The monthly budget cap in US dollars (0: none).",
+            config.config.budget.monthly_usd,
+        ),
+        (
+            "gateway_replay_cache_entries",
+            "Nonces remembered for replay protection.",
+            gateway.replay.len() as f64,
+        ),
+    ]);
+    let mut response = Response::new(full(text));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Compares secrets without an early exit, so response time says nothing about how much of a
+/// guess was right.
+pub(super) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = u8::from(given.len() != expected.len());
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= byte ^ given.get(index).copied().unwrap_or(0);
+    }
+    difference == 0
+}

@@ -1,0 +1,190 @@
+//! The native session API under `/v1/sessions`: create, list, show, delete, and send a message
+//! whose turn streams back as SSE events named like the gRPC `SendMessage` events.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{Gateway, STREAM_BUFFER, agent_problem, json, parse_json, sse_response};
+use crate::agent::TurnEvent;
+use crate::agent::budget::dollars;
+use crate::gateway::problem::{Body, Problem, full};
+
+/// `POST /v1/sessions`.
+pub(super) async fn create(gateway: &Arc<Gateway>, body: &[u8]) -> Result<Response<Body>, Problem> {
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Create {
+        #[serde(default)]
+        title: String,
+    }
+    let create: Create = if body.is_empty() {
+        Create::default()
+    } else {
+        parse_json(body)?
+    };
+    let session = gateway
+        .shared
+        .agent
+        .create_session(&create.title)
+        .await
+        .map_err(|error| agent_problem(&error))?;
+    Ok(json(StatusCode::CREATED, &session_json(&session)))
+}
+
+/// `GET /v1/sessions`.
+pub(super) async fn list(gateway: &Arc<Gateway>) -> Result<Response<Body>, Problem> {
+    let (sessions, next) = gateway
+        .shared
+        .agent
+        .list_sessions(100, None)
+        .await
+        .map_err(|error| agent_problem(&error))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(),
+            "next_cursor": next,
+        }),
+    ))
+}
+
+/// `GET /v1/sessions/{id}`.
+pub(super) async fn show(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Body>, Problem> {
+    let (session, messages) = gateway
+        .shared
+        .agent
+        .get_session(id, 200)
+        .await
+        .map_err(|error| agent_problem(&error))?;
+    let messages: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|message| {
+            serde_json::json!({
+                "id": message.id,
+                "role": message.role,
+                "created_at": message.created_at,
+                "text": message_text(&message.blocks),
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"session": session_json(&session), "messages": messages}),
+    ))
+}
+
+/// `DELETE /v1/sessions/{id}`.
+pub(super) async fn delete(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Body>, Problem> {
+    gateway
+        .shared
+        .agent
+        .delete_session(id)
+        .await
+        .map_err(|error| agent_problem(&error))?;
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+/// `POST /v1/sessions/{id}/messages`.
+pub(super) async fn send(gateway: &Arc<Gateway>, id: &str, body: &[u8]) -> Result<Response<Body>, Problem> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Send {
+        text: String,
+    }
+    let send: Send = parse_json(body)?;
+    let events = gateway
+        .shared
+        .agent
+        .send_message(Some(id), &send.text)
+        .await
+        .map_err(|error| agent_problem(&error))?;
+    Ok(native_stream(events))
+}
+
+/// The native stream: SSE events named like the gRPC `SendMessage` events.
+fn native_stream(mut events: mpsc::Receiver<TurnEvent>) -> Response<Body> {
+    let (lines, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let (name, value) = match event {
+                TurnEvent::Accepted { session_id, message_id } => (
+                    "accepted",
+                    serde_json::json!({"session_id": session_id, "message_id": message_id}),
+                ),
+                TurnEvent::TextDelta(text) => ("text_delta", serde_json::json!({"text": text})),
+                TurnEvent::Tool {
+                    id,
+                    name,
+                    phase,
+                    is_error,
+                    summary,
+                } => (
+                    "tool",
+                    serde_json::json!({"id": id, "name": name, "phase": phase, "is_error": is_error, "summary": summary}),
+                ),
+                TurnEvent::Completed(summary) => (
+                    "completed",
+                    serde_json::json!({
+                        "message_id": summary.message_id,
+                        "usage": {
+                            "input_tokens": summary.usage.input_tokens,
+                            "output_tokens": summary.usage.output_tokens,
+                            "cache_creation_input_tokens": summary.usage.cache_creation_input_tokens,
+                            "cache_read_input_tokens": summary.usage.cache_read_input_tokens,
+                        },
+                        "cost_usd": dollars(summary.cost_micros),
+                        "provider_calls": summary.provider_calls,
+                        "stop_reason": summary.stop_reason,
+                        "model": summary.model,
+                    }),
+                ),
+                TurnEvent::Failed(error) => {
+                    let problem = agent_problem(&error);
+                    (
+                        "error",
+                        serde_json::json!({"status": problem.status.as_u16(), "type": problem.kind, "detail": problem.detail}),
+                    )
+                }
+            };
+            if lines
+                .send(Bytes::from(format!("event: {name}\ndata: {value}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    sse_response(receiver)
+}
+
+pub(super) fn session_json(session: &crate::storage::SessionRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": session.id,
+        "title": session.title,
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "model": session.model,
+        "state": session.state,
+        "message_count": session.message_count,
+    })
+}
+
+pub(super) fn message_text(blocks: &[crate::agent::provider::ContentBlock]) -> String {
+    use crate::agent::provider::ContentBlock;
+    blocks
+        .iter()
+        .filter_map(|block| match block {
+            ContentBlock::Text { text } => Some(text.as_str()),
+            ContentBlock::ToolResult { content, .. } => Some(content.as_str()),
+            ContentBlock::ToolUse { .. } => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
