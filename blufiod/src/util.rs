@@ -1,11 +1,24 @@
 //! Small helpers the daemon's modules share, one copy each: the Unix clock, atomic file
-//! replacement, and an error's chain as one line. Nothing here knows any subsystem.
+//! replacement, an error's chain as one line, and this machine's interface addresses. Nothing here knows any subsystem.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 pub use blufio_proto::httpsig::unix_now;
+
+/// Every address of this machine's network interfaces (IPv4 and IPv6), read now.
+pub fn interface_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|interface| {
+            let address = interface.address?;
+            match address.as_sockaddr_in() {
+                Some(v4) => Some(std::net::IpAddr::V4(v4.ip())),
+                None => address.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())),
+            }
+        })
+        .collect())
+}
 
 /// The permissions of a file written by [`write_atomically`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use support::fake_provider::{FakeProvider, FakeUsage, Script};
 use support::{Daemon, DaemonOptions, describe, fake_provider_config, new_dir};
 
-fn start(fake: &FakeProvider, extra: &str) -> Daemon {
-    Daemon::start_with(
-        new_dir(),
-        DaemonOptions {
-            config: fake_provider_config(fake, extra),
-            ..DaemonOptions::default()
-        },
-    )
-}
-
 fn text_reply(text: &str, input: u64, output: u64) -> Script {
     Script::Text {
         text: text.to_owned(),
@@ -44,7 +34,7 @@ fn a_streamed_chat_is_answered_stored_and_charged() {
             cache_read: 3_000,
         },
     });
-    let daemon = start(&fake, "");
+    let daemon = support::start_with_fake(&fake, "");
     let chat = daemon.ctl_json(&["chat", "hi there"]);
     assert_eq!(chat["text"], "Hello from the fake model.");
     assert_eq!(chat["stop_reason"], "end_turn");
@@ -111,7 +101,7 @@ fn a_tool_round_trip_runs_the_tool_and_feeds_the_result_back() {
         },
     });
     fake.push(text_reply("The command said: tool output.", 150, 10));
-    let daemon = start(
+    let daemon = support::start_with_fake(
         &fake,
         &format!("[tools.run_command]\nenabled = true\nallow = [\"{echo}\"]\n"),
     );
@@ -145,7 +135,7 @@ fn a_tool_round_trip_runs_the_tool_and_feeds_the_result_back() {
 fn an_exhausted_budget_makes_no_provider_call() {
     let fake = FakeProvider::start();
     // 1000 output tokens at $2 per million is $0.002 per call; the cap is below that.
-    let daemon = start(&fake, "[budget]\ndaily_usd = 0.001\n");
+    let daemon = support::start_with_fake(&fake, "[budget]\ndaily_usd = 0.001\n");
     let chat = daemon.ctl(&["chat", "expensive question"]);
     assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
     let stderr = String::from_utf8_lossy(&chat.stderr);
@@ -165,7 +155,7 @@ fn concurrent_turns_cannot_overshoot_the_cap() {
             then: Box::new(text_reply("slow answer", 0, 1_000)),
         });
     }
-    let daemon = start(
+    let daemon = support::start_with_fake(
         &fake,
         "[budget]\ndaily_usd = 0.007\n[agent]\nmax_concurrent_turns = 8\nmax_queued_turns = 8\n",
     );
@@ -208,7 +198,7 @@ fn a_provider_error_is_reported_and_the_message_is_kept() {
         message: "messages: text content blocks must be non-empty".to_owned(),
         retry_after_secs: None,
     });
-    let daemon = start(&fake, "");
+    let daemon = support::start_with_fake(&fake, "");
     let chat = daemon.ctl(&["chat", "this will fail"]);
     assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
     let stderr = String::from_utf8_lossy(&chat.stderr);

@@ -4,17 +4,12 @@
 mod support;
 
 use blufio_proto::control::v1 as pb;
+use support::Daemon;
 use support::fake_provider::{FakeProvider, Script};
-use support::{Daemon, DaemonOptions, new_dir};
 
+/// A daemon on `fake` with a plain-HTTP loopback gateway, so tests can reach it without TLS.
 fn start(fake: &FakeProvider) -> Daemon {
-    Daemon::start_with(
-        new_dir(),
-        DaemonOptions {
-            config: support::fake_provider_config(fake, "[gateway]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n"),
-            ..DaemonOptions::default()
-        },
-    )
+    support::start_with_fake(fake, "[gateway]\nlisten = \"127.0.0.1:0\"\nplain_http = true\n")
 }
 
 /// The daemon still serves: status answers, a turn completes (or is refused cleanly), and the

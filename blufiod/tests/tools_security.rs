@@ -13,25 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::net::if_::InterfaceFlags;
 use serde_json::{Value, json};
+use support::Daemon;
 use support::fake_provider::{FakeProvider, Script};
-use support::{Daemon, DaemonOptions, fake_provider_config, new_dir};
 
 /// What one tool call returned to the model.
 #[derive(Debug)]
 struct ToolResult {
     content: String,
     is_error: bool,
-}
-
-/// Starts a daemon whose provider is `fake`, with `extra` config appended.
-fn start(fake: &FakeProvider, extra: &str) -> Daemon {
-    Daemon::start_with(
-        new_dir(),
-        DaemonOptions {
-            config: fake_provider_config(fake, extra),
-            ..DaemonOptions::default()
-        },
-    )
 }
 
 /// Runs one chat turn in which the model calls `calls` (tool name, input) one after the other,
@@ -89,7 +78,7 @@ fn run_command_does_not_let_one_busybox_name_stand_for_another() {
     let (uptime, shell) = (uptime.to_str().unwrap(), shell.to_str().unwrap());
 
     let fake = FakeProvider::start();
-    let daemon = start(
+    let daemon = support::start_with_fake(
         &fake,
         &format!("[tools.run_command]\nenabled = true\nallow = [\"{uptime}\"]\n"),
     );
@@ -135,7 +124,7 @@ fn run_command_programs_get_no_descriptor_the_daemon_inherited() {
     fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
 
     let fake = FakeProvider::start();
-    let daemon = start(
+    let daemon = support::start_with_fake(
         &fake,
         &format!("[tools.run_command]\nenabled = true\nallow = [\"{ls}\"]\n"),
     );
@@ -182,7 +171,7 @@ fn run_command_programs_get_no_descriptor_the_daemon_inherited() {
 #[test]
 fn read_file_refuses_a_hard_link_to_a_file_outside_the_workspace() {
     let fake = FakeProvider::start();
-    let daemon = start(&fake, "[tools.files]\nenabled = true\n");
+    let daemon = support::start_with_fake(&fake, "[tools.files]\nenabled = true\n");
     // Both under the test's temp dir, so on one file system, as a hard link needs.
     let outside = daemon.dir.path().join("outside-secret.txt");
     std::fs::write(&outside, "hard-link-secret-7f3a").unwrap();
@@ -280,7 +269,7 @@ fn http_get_refuses_this_machines_own_addresses() {
     let fetch = |port: u16| ("http_get", json!({"url": url(port)}));
     let fetch_with = |allow_private: &str, calls: &[(&str, Value)]| {
         let fake = FakeProvider::start();
-        let daemon = start(
+        let daemon = support::start_with_fake(
             &fake,
             &format!("[tools.http_get]\nenabled = true\nallow_http = true\nallow_private = {allow_private}\n"),
         );

@@ -37,16 +37,8 @@ impl ServerNames {
             // A wildcard listener is reached through any address of the machine.
             add_ip(IpAddr::from([127, 0, 0, 1]));
             add_ip(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
-            if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
-                for interface in interfaces {
-                    if let Some(address) = interface.address {
-                        if let Some(v4) = address.as_sockaddr_in() {
-                            add_ip(IpAddr::V4(v4.ip()));
-                        } else if let Some(v6) = address.as_sockaddr_in6() {
-                            add_ip(IpAddr::V6(v6.ip()));
-                        }
-                    }
-                }
+            for ip in crate::util::interface_addresses().unwrap_or_default() {
+                add_ip(ip);
             }
             if let Ok(host) = nix::unistd::gethostname()
                 && let Some(host) = host.to_str()

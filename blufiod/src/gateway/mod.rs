@@ -552,8 +552,8 @@ async fn serve_metrics(
                 spoke();
                 async move {
                     let (parts, body) = request.into_parts();
-                    let configured = gateway.shared.config().config.gateway.server_names.clone();
-                    if let Err(problem) = host::check(&parts, &names, &configured) {
+                    let config = gateway.shared.config();
+                    if let Err(problem) = host::check(&parts, &names, &config.config.gateway.server_names) {
                         return Ok::<_, Infallible>(problem.response());
                     }
                     let request = http::Request::from_parts(parts, body);
@@ -599,8 +599,10 @@ impl Gateway {
     async fn handle(self: &Arc<Self>, request: http::Request<Incoming>) -> http::Response<problem::Body> {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let configured = self.shared.config().config.gateway.server_names.clone();
-        let (route, response) = match host::check(&parts, &self.names, &configured) {
+        let config = self.shared.config();
+        let checked = host::check(&parts, &self.names, &config.config.gateway.server_names);
+        drop(config);
+        let (route, response) = match checked {
             Ok(()) => api::route(self, http::Request::from_parts(parts, body)).await,
             Err(problem) => {
                 self.metrics.auth_failures.with_label_values(&[problem.kind]).inc();

@@ -389,6 +389,17 @@ pub async fn control_client(
 
 /// Config for a daemon whose provider is `fake`, with prices that make costs easy to check:
 /// $1 per million input tokens, $2 per million output tokens; `extra` is appended.
+/// Starts a daemon in a fresh directory whose provider is `fake`, with `extra` config appended.
+pub fn start_with_fake(fake: &fake_provider::FakeProvider, extra: &str) -> Daemon {
+    Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: fake_provider_config(fake, extra),
+            ..DaemonOptions::default()
+        },
+    )
+}
+
 pub fn fake_provider_config(fake: &fake_provider::FakeProvider, extra: &str) -> String {
     format!(
         "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"test-key\"\nmodel = \"fake-model\"\n\

@@ -344,18 +344,8 @@ fn normalize_host(host: &str) -> String {
 /// This machine's interface addresses, read afresh (a failure refuses the fetch: without the
 /// list, no address can be shown not to be this machine's).
 fn local_addresses() -> Result<Vec<IpAddr>, String> {
-    let interfaces = nix::ifaddrs::getifaddrs()
-        .map_err(|error| format!("cannot list this machine's addresses: {}", error_chain(&error)))?;
-    Ok(interfaces
-        .filter_map(|interface| {
-            let address = interface.address?;
-            if let Some(v4) = address.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .collect())
+    crate::util::interface_addresses()
+        .map_err(|error| format!("cannot list this machine's addresses: {}", error_chain(&error)))
 }
 
 /// Whether `ip` reaches this machine: loopback, "this network" / unspecified, or one of its
