@@ -32,9 +32,12 @@ impl MemoryUse {
 
     /// Measures now; when that is under pressure, returns the allocator's unused pages to the
     /// system first and measures again, so that pages a past burst left behind never count.
+    ///
+    /// The purge runs at most once per [`PURGE_INTERVAL`]: under sustained pressure every turn,
+    /// `/ready` and status call measures, and a purge walks every arena.
     pub fn check(config: &MemoryConfig) -> Self {
         let used = Self::now(config);
-        if used.under_pressure(config) {
+        if used.under_pressure(config) && purge_due() {
             release();
             return Self::now(config);
         }
@@ -157,6 +160,26 @@ pub async fn watch(
             });
         }
     }
+}
+
+/// The shortest time between two purges that [`MemoryUse::check`] starts.
+const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a pressure purge may run now (and, if so, records that it does).
+fn purge_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Milliseconds since the process's first call, + 1 so that 0 means "never".
+    static LAST_PURGE: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let last = LAST_PURGE.load(Ordering::Relaxed);
+    let interval = u64::try_from(PURGE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+    (last == 0 || now.saturating_sub(last) >= interval)
+        && LAST_PURGE
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Resident set size from `/proc/self/statm` (second field, in pages).

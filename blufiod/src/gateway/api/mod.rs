@@ -156,14 +156,13 @@ async fn read_body(
     let limit = usize::try_from(config.config.gateway.max_body_bytes).unwrap_or(usize::MAX);
     let timeout = Duration::from_secs(config.config.gateway.request_timeout_secs);
     let too_large = || body_too_large(config.config.gateway.max_body_bytes);
-    let declared = declared_length(parts);
-    if declared.is_some_and(|declared| declared > limit as u64) {
-        return Err(too_large());
-    }
-    let reserve = declared
-        .and_then(|declared| usize::try_from(declared).ok())
-        .unwrap_or(limit)
-        .clamp(1, super::BODY_BUFFER_TOTAL);
+    // A declared length over the cap (or over what the platform can address) is refused now.
+    let declared = match declared_length(parts).map(usize::try_from) {
+        Some(Ok(declared)) if declared <= limit => Some(declared),
+        Some(_) => return Err(too_large()),
+        None => None,
+    };
+    let reserve = declared.unwrap_or(limit).clamp(1, super::BODY_BUFFER_TOTAL);
     let reading = async {
         let permit = gateway
             .body_budget
@@ -171,7 +170,8 @@ async fn read_body(
             .acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
             .await
             .expect("the body budget is never closed");
-        let mut buffer = bytes::BytesMut::with_capacity(reserve.min(limit));
+        // Room for what the client declared; a body of unknown length grows as it arrives.
+        let mut buffer = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|error| {
                 Problem::new(
