@@ -512,9 +512,20 @@ async fn limits_refuse_oversized_bodies_slow_clients_and_floods() {
         .get(format!("{}/health", setup.base))
         .header("x-padding", "p".repeat(64 * 1024))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(huge.status(), 431);
+        .await;
+    match huge {
+        Ok(response) => assert_eq!(response.status(), 431),
+        // The daemon answers 431 and closes after reading 16 KiB; a client still writing the rest
+        // of its 64 KiB head may see the close (broken pipe, reset) before it reads the answer.
+        // Either way the head was refused, not served.
+        Err(error) => {
+            let chain = format!("{error:?}");
+            assert!(
+                chain.contains("BrokenPipe") || chain.contains("ConnectionReset"),
+                "{chain}"
+            );
+        }
+    }
 
     // A slow client that never finishes its request head is disconnected.
     let address = setup.base.trim_start_matches("https://").to_owned();
