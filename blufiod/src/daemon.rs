@@ -6,28 +6,30 @@
 //! Afterwards wait for SIGTERM/SIGINT or for the first subsystem to end (which is fatal), drain
 //! under the configured timeout, and remove the socket only on a clean exit.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentDeps};
 use crate::config::LiveConfig;
 use crate::config::{ConfigSource, Loaded};
-use crate::control::{self, Policy, socket};
+use crate::control::{self, ControlDeps, Policy, socket};
 use crate::devices::Devices;
 use crate::events::{Event, EventBus};
 use crate::gateway;
 use crate::health::{Check, Finding, Health};
+use crate::lifecycle::{Lifecycle, Phase, VERSION};
 use crate::lockfile::{LockError, LockFile};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::paths::Paths;
-use crate::state::{Phase, Shared, SharedParts, VERSION};
-use crate::storage::{Storage, StorageError, StorageOptions};
+use crate::secrets::Secrets;
+use crate::storage::{RunId, Storage, StorageError, StorageOptions};
 use crate::watchdog;
 
 /// What `main` hands to the daemon.
@@ -174,19 +176,66 @@ fn raise_open_files_limit() -> u64 {
 
 /// Runs the daemon until it is told to stop (`Ok`) or something fatal happens (`Err`).
 pub async fn run(startup: Startup) -> Result<(), DaemonError> {
-    let notifier = Notifier;
     // Handlers first: SIGHUP's default action is to terminate, and systemd may send it early.
-    let install = |kind: SignalKind, name: &'static str| {
-        signal(kind).map_err(|source| DaemonError::InstallSignal { signal: name, source })
+    let mut signals = Signals::install()?;
+    let mut daemon = start(startup, signals.hangup.take()).await?;
+    let outcome = tokio::select! {
+        _ = signals.terminate.recv() => { tracing::info!("SIGTERM received; shutting down"); Ok(()) }
+        _ = signals.interrupt.recv() => { tracing::info!("SIGINT received; shutting down"); Ok(()) }
+        ended = daemon.subsystems.next() => match ended {
+            Some(Ok(name)) => Err(DaemonError::SubsystemExited { name }),
+            Some(Err(error)) => Err(error),
+            None => Err(DaemonError::SubsystemExited { name: "all" }),
+        },
     };
-    let mut sigterm = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut sigint = install(SignalKind::interrupt(), "SIGINT")?;
-    let sighup = install(SignalKind::hangup(), "SIGHUP")?;
+    if let Err(error) = &outcome {
+        tracing::error!(error = %crate::error_chain(error), "fatal; shutting down");
+    }
+    daemon.drain(outcome.is_ok()).await;
+    outcome
+}
 
+/// The signals the daemon acts on.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Result<Self, DaemonError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| DaemonError::InstallSignal { signal: name, source })
+        };
+        Ok(Self {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            hangup: Some(install(SignalKind::hangup(), "SIGHUP")?),
+        })
+    }
+}
+
+/// A started daemon: what `drain` needs to stop it.
+struct Running {
+    lifecycle: Arc<Lifecycle>,
+    agent: Arc<Agent>,
+    storage: Storage,
+    events: Arc<EventBus>,
+    run: RunId,
+    subsystems: Subsystems,
+    token: CancellationToken,
+    socket_path: PathBuf,
+    state_lock: LockFile,
+}
+
+/// Binds, opens and wires everything, spawns each subsystem, and sends `READY=1`.
+async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, DaemonError> {
+    let notifier = Notifier;
     // The cross-cutting registries, made once and unconditionally; subsystems register into them.
     let events = EventBus::new();
     let health = Health::new();
     let metrics = Arc::new(Metrics::new());
+    let secrets = Secrets::from_env(|name| std::env::var(name).ok());
     // Subscribed before the first event, so that the counts start at the start.
     let counted_events = events.subscribe();
     events.publish(Event::Starting);
@@ -216,20 +265,7 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     tracing::info!(socket = %bound.path().display(), "control socket bound");
 
     notifier.status("starting: opening the database");
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        // 0700: the state directory holds the database and keys. An existing directory (made by
-        // systemd's StateDirectory= or an administrator) is left as it is.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&paths.state_dir)
-            .map_err(|source| DaemonError::CreateStateDir {
-                path: paths.state_dir.clone(),
-                source,
-            })?;
-    }
-    let state_lock = LockFile::acquire(&paths.state_dir.join("blufiod.lock")).map_err(DaemonError::LockState)?;
+    let state_lock = lock_state_dir(&paths.state_dir)?;
     let storage = Storage::open(&StorageOptions {
         path: paths.database.clone(),
         busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
@@ -272,32 +308,33 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
             }
         });
     }
-    if let Some(info) = bound_gateway.as_ref().map(|bound| bound.info.clone()) {
+    let gateway_info = bound_gateway.as_ref().map(|bound| bound.info.clone());
+    if let Some(info) = gateway_info.clone() {
         live.on_reload("gateway-certificate", move || {
             info.reload_certificate().map_err(|error| crate::error_chain(&error))
         });
     }
-    let agent = Agent::start(
-        storage.clone(),
-        live.handle(),
-        paths.state_dir.clone(),
-        events.clone(),
-        token.child_token(),
-    )
-    .await
-    .map_err(DaemonError::Storage)?;
-    let shared = Arc::new(Shared::new(SharedParts {
-        started: startup.started,
-        paths: paths.clone(),
-        storage: storage.clone(),
+    let agent = Arc::new(
+        Agent::start(AgentDeps {
+            storage: storage.clone(),
+            config: live.handle(),
+            secrets: secrets.clone(),
+            events: events.clone(),
+            state_dir: paths.state_dir.clone(),
+            token: token.child_token(),
+        })
+        .await
+        .map_err(DaemonError::Storage)?,
+    );
+    agent.register_metrics(&metrics);
+    let lifecycle = Arc::new(Lifecycle::new(
+        startup.started,
+        paths.clone(),
         previous_run_unclean,
-        live,
-        agent: Arc::new(agent),
-        gateway: bound_gateway.as_ref().map(|bound| bound.info.clone()),
-        events: events.clone(),
-        health: health.clone(),
-    }));
-    register_checks(&health, &shared);
+        live.clone(),
+        events.clone(),
+    ));
+    register_checks(&health, &lifecycle, &storage, &agent, &live);
 
     let mut subsystems = Subsystems::new();
     subsystems.spawn(
@@ -306,36 +343,51 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     );
     subsystems.spawn(
         "memory",
-        crate::memory::watch(shared.live.handle(), events.clone(), token.child_token()),
+        crate::memory::watch(live.handle(), events.clone(), token.child_token()),
     );
-    let policy = Policy {
-        daemon_uid: euid,
-        group,
-    };
-    let socket_path = bound.path().to_owned();
     // One device registry: the control plane changes it, the gateway reads it.
     let devices = Devices::new(storage.clone());
+    let socket_path = bound.path().to_owned();
     subsystems.spawn(
         "control",
         control::serve(
-            shared.clone(),
-            devices.clone(),
+            ControlDeps {
+                lifecycle: lifecycle.clone(),
+                live: live.clone(),
+                agent: agent.clone(),
+                storage: storage.clone(),
+                devices: devices.clone(),
+                health: health.clone(),
+                events: events.clone(),
+                metrics: metrics.clone(),
+                gateway: gateway_info,
+            },
             bound.listener,
-            policy,
+            Policy {
+                daemon_uid: euid,
+                group,
+            },
             token.child_token(),
         ),
     );
-    subsystems.spawn("reload", reload_on_sighup(shared.clone(), sighup, token.child_token()));
+    if let Some(sighup) = sighup {
+        subsystems.spawn(
+            "reload",
+            reload_on_sighup(lifecycle.clone(), sighup, token.child_token()),
+        );
+    }
     if let Some(bound) = bound_gateway {
         subsystems.spawn(
             "gateway",
             gateway::serve(
                 bound,
                 gateway::GatewayDeps {
-                    shared: shared.clone(),
-                    metrics: metrics.clone(),
+                    agent: agent.clone(),
+                    config: live.handle(),
+                    secrets,
+                    metrics,
                     health: health.clone(),
-                    devices: devices.clone(),
+                    devices,
                 },
                 token.child_token(),
             ),
@@ -345,8 +397,8 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         let interval = timeout / 2;
         tracing::info!(?interval, "systemd watchdog enabled");
         let probes = health.probes();
-        let status = shared.watchdog.clone();
-        let notifier = shared.notifier;
+        let status = lifecycle.watchdog.clone();
+        let notifier = lifecycle.notifier;
         let token = token.child_token();
         subsystems.spawn("watchdog", async move {
             watchdog::run(interval, probes, move || notifier.watchdog(), status, token).await;
@@ -354,73 +406,92 @@ pub async fn run(startup: Startup) -> Result<(), DaemonError> {
         });
     }
 
-    shared.set_phase(Phase::Ready);
+    lifecycle.set_phase(Phase::Ready);
     // Log first: whoever reacts to READY=1 then finds the line already written.
     tracing::info!(
         version = VERSION,
-        pid = shared.pid,
+        pid = lifecycle.pid,
         elapsed_ms = startup.started.elapsed().as_millis(),
         "ready"
     );
-    notifier.ready(&shared.ready_line());
+    notifier.ready(&lifecycle.ready_line());
     events.publish(Event::Ready);
-
-    let outcome = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM received; shutting down"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT received; shutting down"); Ok(()) }
-        ended = subsystems.next() => match ended {
-            Some(Ok(name)) => Err(DaemonError::SubsystemExited { name }),
-            Some(Err(error)) => Err(error),
-            None => Err(DaemonError::SubsystemExited { name: "all" }),
-        },
-    };
-    if let Err(error) = &outcome {
-        tracing::error!(error = %crate::error_chain(error), "fatal; shutting down");
-    }
-
-    let drain_timeout = Duration::from_secs(shared.config().config.daemon.shutdown_timeout_secs);
-    shared.set_phase(Phase::Stopping);
-    events.publish(Event::Stopping);
-    notifier.stopping(&format!("stopping: draining (up to {}s)", drain_timeout.as_secs()));
-    token.cancel();
-    let drained = tokio::time::timeout(drain_timeout, async {
-        while let Some(ended) = subsystems.next().await {
-            match ended {
-                Ok(name) => tracing::info!(subsystem = name, "stopped"),
-                Err(error) => tracing::warn!(error = %crate::error_chain(&error), "stopped with an error"),
-            }
-        }
+    Ok(Running {
+        lifecycle,
+        agent,
+        storage,
+        events,
+        run,
+        subsystems,
+        token,
+        socket_path,
+        state_lock,
     })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(timeout = ?drain_timeout, "drain timed out; abandoning the remaining work");
-        subsystems.tasks.abort_all();
-    }
-    // Turns saw the cancelled token too; let them record their calls before storage closes.
-    if tokio::time::timeout(drain_timeout, shared.agent.wait_for_turns())
-        .await
-        .is_err()
-    {
-        tracing::warn!(timeout = ?drain_timeout, "turns did not stop in time");
-    }
+}
 
-    if outcome.is_ok() {
-        if let Err(error) = storage.record_clean_stop(run).await {
-            tracing::warn!(error = %crate::error_chain(&error), "cannot record the clean stop");
+/// Creates the state directory (0700: it holds the database and keys) and locks it. An existing
+/// directory (made by systemd's `StateDirectory=` or an administrator) is left as it is.
+fn lock_state_dir(dir: &Path) -> Result<LockFile, DaemonError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DaemonError::CreateStateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    LockFile::acquire(&dir.join("blufiod.lock")).map_err(DaemonError::LockState)
+}
+
+impl Running {
+    /// Stops everything under the configured timeout: subsystems first, then the turns (which
+    /// record their calls), then storage. Only a clean stop records itself and removes the socket.
+    async fn drain(mut self, clean: bool) {
+        let drain_timeout = Duration::from_secs(self.lifecycle.config().config.daemon.shutdown_timeout_secs);
+        self.lifecycle.set_phase(Phase::Stopping);
+        self.events.publish(Event::Stopping);
+        self.lifecycle
+            .notifier
+            .stopping(&format!("stopping: draining (up to {}s)", drain_timeout.as_secs()));
+        self.token.cancel();
+        let drained = tokio::time::timeout(drain_timeout, async {
+            while let Some(ended) = self.subsystems.next().await {
+                match ended {
+                    Ok(name) => tracing::info!(subsystem = name, "stopped"),
+                    Err(error) => tracing::warn!(error = %crate::error_chain(&error), "stopped with an error"),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(timeout = ?drain_timeout, "drain timed out; abandoning the remaining work");
+            self.subsystems.tasks.abort_all();
         }
-        socket::remove(&socket_path);
+        // Turns saw the cancelled token too; let them record their calls before storage closes.
+        if tokio::time::timeout(drain_timeout, self.agent.wait_for_turns())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?drain_timeout, "turns did not stop in time");
+        }
+        if clean {
+            if let Err(error) = self.storage.record_clean_stop(self.run).await {
+                tracing::warn!(error = %crate::error_chain(&error), "cannot record the clean stop");
+            }
+            socket::remove(&self.socket_path);
+        }
+        self.storage.close().await;
+        drop(self.state_lock);
+        tracing::info!("stopped");
     }
-    storage.close().await;
-    drop(state_lock);
-    tracing::info!("stopped");
-    outcome
 }
 
 /// Reloads the configuration on each SIGHUP until cancelled. A failed reload is logged and
 /// reported to systemd; the daemon keeps running on its previous configuration.
 async fn reload_on_sighup(
-    shared: Arc<Shared>,
-    mut sighup: tokio::signal::unix::Signal,
+    lifecycle: Arc<Lifecycle>,
+    mut sighup: Signal,
     token: CancellationToken,
 ) -> Result<(), SubsystemError> {
     loop {
@@ -432,7 +503,7 @@ async fn reload_on_sighup(
                 }
                 tracing::info!("SIGHUP received; reloading the configuration");
                 // Errors are logged and reported by reload itself.
-                let _ = shared.reload().await;
+                let _ = lifecycle.reload().await;
             }
         }
     }
@@ -440,7 +511,13 @@ async fn reload_on_sighup(
 
 /// The daemon's own checks: liveness (the watchdog feeds systemd only while all pass) and
 /// readiness (`/ready`).
-fn register_checks(health: &Health, shared: &Arc<Shared>) {
+fn register_checks(
+    health: &Health,
+    lifecycle: &Arc<Lifecycle>,
+    storage: &Storage,
+    agent: &Arc<Agent>,
+    live: &LiveConfig,
+) {
     // The scheduler runs a freshly spawned task: no worker is wedged by blocking code.
     health.register(
         Check::new("runtime", || async {
@@ -455,10 +532,10 @@ fn register_checks(health: &Health, shared: &Arc<Shared>) {
         .liveness(),
     );
     // The single database writer is free and answers, and a reader can be had.
-    let storage = shared.storage.clone();
+    let probed = storage.clone();
     health.register(
         Check::new("storage", move || {
-            let storage = storage.clone();
+            let storage = probed.clone();
             async move {
                 let outcome = match storage.probe_writer().await {
                     Ok(()) => storage.probe_reader().await,
@@ -477,10 +554,10 @@ fn register_checks(health: &Health, shared: &Arc<Shared>) {
         .readiness("the database is not reachable"),
     );
     // The whole database reads back consistently: too slow for every status call.
-    let storage = shared.storage.clone();
+    let checked = storage.clone();
     health.register(
         Check::new("integrity", move || {
-            let storage = storage.clone();
+            let storage = checked.clone();
             async move {
                 match storage.integrity_problems().await {
                     Ok(None) => Finding::ok("the database passes SQLite's integrity check"),
@@ -495,7 +572,7 @@ fn register_checks(health: &Health, shared: &Arc<Shared>) {
         .deep(),
     );
     // The control socket accepts a connection and serves a health check.
-    let socket = shared.paths.socket.clone();
+    let socket = lifecycle.paths.socket.clone();
     health.register(
         Check::new("control", move || {
             let socket = socket.clone();
@@ -508,7 +585,7 @@ fn register_checks(health: &Health, shared: &Arc<Shared>) {
         })
         .liveness(),
     );
-    let phase = shared.clone();
+    let phase = lifecycle.clone();
     health.register(
         Check::new("phase", move || {
             let phase = phase.phase();
@@ -522,7 +599,7 @@ fn register_checks(health: &Health, shared: &Arc<Shared>) {
         })
         .readiness("the daemon is not serving yet or is stopping"),
     );
-    let agent = shared.agent.clone();
+    let agent = agent.clone();
     health.register(
         Check::new("provider", move || {
             let problem = agent.status().provider_problem;
@@ -535,7 +612,7 @@ fn register_checks(health: &Health, shared: &Arc<Shared>) {
         })
         .readiness("the LLM provider is not configured"),
     );
-    crate::memory::register_checks(health, shared.live.handle());
+    crate::memory::register_checks(health, live.handle());
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! Label values come from fixed sets (route templates, status classes, check names), never from
 //! request data, so the number of series is bounded. This module only counts; it never decides.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// The daemon's metrics.
@@ -23,6 +25,10 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// Events subscribers lost by falling behind.
     pub events_dropped: IntCounter,
+    /// Control-socket calls by method and gRPC status.
+    pub grpc_requests: IntCounterVec,
+    /// Control-socket call durations by method (a stream lasts until its end).
+    pub grpc_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -60,6 +66,20 @@ impl Metrics {
             "Lifecycle events a subscriber lost because it fell behind.",
         )
         .expect("valid metric");
+        let grpc_requests = IntCounterVec::new(
+            Opts::new("grpc_requests_total", "Control-socket calls by method and gRPC status."),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_request_duration_seconds",
+                "Control-socket call durations by method; a stream lasts until its end.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
+            &["method"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -67,6 +87,8 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(events.clone()),
             Box::new(events_dropped.clone()),
+            Box::new(grpc_requests.clone()),
+            Box::new(grpc_duration.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -79,23 +101,64 @@ impl Metrics {
             open_connections,
             events,
             events_dropped,
+            grpc_requests,
+            grpc_duration,
         }
     }
 
+    /// Registers gauges whose values `read` gives at scrape time, in the order of `gauges`
+    /// (name, help). For figures another subsystem already keeps (spend, queue lengths): the
+    /// subsystem registers them itself, and `read` returns `None` once it is gone.
+    pub fn register_scraped(
+        &self,
+        gauges: &[(&str, &str)],
+        read: impl Fn() -> Option<Vec<f64>> + Send + Sync + 'static,
+    ) {
+        let gauges = gauges
+            .iter()
+            .map(|(name, help)| Gauge::new(*name, *help).expect("valid metric"))
+            .collect();
+        self.registry
+            .register(Box::new(Scraped {
+                gauges,
+                read: Box::new(read),
+            }))
+            .expect("metric names are unique");
+    }
+
     /// The text exposition format.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+    pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("encoding to memory cannot fail");
-        let mut text = String::from_utf8(buffer).expect("the text format is UTF-8");
-        // Gauges read at scrape time from other subsystems (spend, sessions).
-        for (name, help, value) in extra {
-            text.push_str(&format!(
-                "# HELP blufio_{name} {help}\n# TYPE blufio_{name} gauge\nblufio_{name} {value}\n"
-            ));
-        }
-        text
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// Gauges set from their owner's figures at each scrape.
+struct Scraped {
+    gauges: Vec<Gauge>,
+    read: Box<dyn Fn() -> Option<Vec<f64>> + Send + Sync>,
+}
+
+impl Collector for Scraped {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauges.iter().flat_map(Collector::desc).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(values) = (self.read)() else {
+            return Vec::new();
+        };
+        self.gauges
+            .iter()
+            .zip(values)
+            .flat_map(|(gauge, value)| {
+                gauge.set(value);
+                gauge.collect()
+            })
+            .collect()
     }
 }
 
@@ -137,7 +200,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.http_requests.with_label_values(&["/health", "200"]).inc();
         metrics.auth_failures.with_label_values(&["signature"]).inc_by(2);
-        let text = metrics.render(&[("spend_today_usd", "Spend today in US dollars.", 0.25)]);
+        let spend = std::sync::Arc::new(std::sync::Mutex::new(0.25));
+        let read = spend.clone();
+        metrics.register_scraped(&[("spend_today_usd", "Spend today in US dollars.")], move || {
+            Some(vec![*read.lock().unwrap()])
+        });
+        let text = metrics.render();
         assert!(text.contains("# TYPE blufio_gateway_requests_total counter"), "{text}");
         assert!(
             text.contains("blufio_gateway_requests_total{route=\"/health\",status=\"200\"} 1"),
@@ -148,6 +216,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("blufio_spend_today_usd 0.25"), "{text}");
+        *spend.lock().unwrap() = 1.5;
+        assert!(
+            metrics.render().contains("blufio_spend_today_usd 1.5"),
+            "scraped gauges are read at each scrape"
+        );
         assert!(
             text.contains("process_resident_memory_bytes"),
             "the process collector is registered: {text}"

@@ -311,6 +311,15 @@ async fn every_authentication_failure_is_refused_with_its_reason() {
         gateway.problem
     );
 
+    let unknown = control(&setup.daemon.socket)
+        .await
+        .revoke_device(pb::RevokeDeviceRequest {
+            name: "never-added".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
     let metrics = setup
         .client
         .get(format!("{}/metrics", setup.base))
@@ -322,6 +331,17 @@ async fn every_authentication_failure_is_refused_with_its_reason() {
         text.contains("blufio_gateway_auth_failures_total{check=\"signature-replayed\"} 1"),
         "{text}"
     );
+    // Control-socket calls are counted by method and status, failures included.
+    for line in [
+        // (the test's setup asks for the status too)
+        "blufio_grpc_requests_total{code=\"OK\",method=\"GetStatus\"} ",
+        "blufio_grpc_requests_total{code=\"OK\",method=\"RevokeDevice\"} 1",
+        "blufio_grpc_requests_total{code=\"NOT_FOUND\",method=\"RevokeDevice\"} 1",
+        "blufio_spend_today_usd 0",
+        "blufio_gateway_replay_cache_entries ",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
     assert_eq!(setup.fake.request_count(), 0, "no refused request reached the agent");
 }
 

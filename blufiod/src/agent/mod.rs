@@ -34,6 +34,8 @@ use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
+use crate::metrics::Metrics;
+use crate::secrets::Secrets;
 use crate::storage::{
     LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, StorageErrorKind, TurnEnd, UsageReport,
 };
@@ -259,12 +261,30 @@ pub struct AgentStatus {
     pub budget: BudgetSnapshot,
 }
 
+/// What the agent is built from, handed over by the composition root.
+#[derive(Debug)]
+pub struct AgentDeps {
+    /// The database.
+    pub storage: Storage,
+    /// The live configuration.
+    pub config: ConfigHandle,
+    /// The one secrets resolver (provider keys).
+    pub secrets: Arc<Secrets>,
+    /// Where turn and budget events go.
+    pub events: Arc<EventBus>,
+    /// The state directory (the file tools' default root).
+    pub state_dir: PathBuf,
+    /// Cancelled at shutdown: turns stop, leaving their ledger rows written.
+    pub token: CancellationToken,
+}
+
 /// The agent.
 pub struct Agent {
     storage: Storage,
     config: ConfigHandle,
     state_dir: PathBuf,
     events: Arc<EventBus>,
+    secrets: Arc<Secrets>,
     budget: Budget,
     slots: Arc<Semaphore>,
     slot_count: usize,
@@ -341,15 +361,17 @@ impl SessionLocks {
 }
 
 impl Agent {
-    /// Builds the agent over `storage`, marking turns a crash left running as interrupted and
+    /// Builds the agent over its storage, marking turns a crash left running as interrupted and
     /// loading today's and this month's spend from the ledger.
-    pub async fn start(
-        storage: Storage,
-        config: ConfigHandle,
-        state_dir: PathBuf,
-        events: Arc<EventBus>,
-        token: CancellationToken,
-    ) -> Result<Self, StorageError> {
+    pub async fn start(deps: AgentDeps) -> Result<Self, StorageError> {
+        let AgentDeps {
+            storage,
+            config,
+            secrets,
+            events,
+            state_dir,
+            token,
+        } = deps;
         let interrupted = storage.interrupt_running_turns().await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -367,6 +389,7 @@ impl Agent {
             config,
             state_dir,
             events,
+            secrets,
             budget: Budget::new(&period, spent_day, spent_month),
             slots: Arc::new(Semaphore::new(slot_count)),
             slot_count,
@@ -383,6 +406,40 @@ impl Agent {
             token,
             turns: TaskTracker::new(),
         })
+    }
+
+    /// Registers the agent's figures (spend, caps, turns) on the daemon's metrics, read at each
+    /// scrape.
+    pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) {
+        let agent = Arc::downgrade(self);
+        metrics.register_scraped(
+            &[
+                ("spend_today_usd", "Spend today (UTC) in US dollars."),
+                ("spend_month_usd", "Spend this month (UTC) in US dollars."),
+                (
+                    "budget_reserved_usd",
+                    "Worst-case cost reserved by calls in flight, in US dollars.",
+                ),
+                ("turns_in_flight", "Agent turns running."),
+                ("turns_queued", "Agent turns waiting for a slot."),
+                ("daily_cap_usd", "The daily budget cap in US dollars (0: none)."),
+                ("monthly_cap_usd", "The monthly budget cap in US dollars (0: none)."),
+            ],
+            move || {
+                let agent = agent.upgrade()?;
+                let status = agent.status();
+                let caps = agent.config.get().config.budget.clone();
+                Some(vec![
+                    status.budget.today_usd,
+                    status.budget.month_usd,
+                    status.budget.reserved_usd,
+                    status.turns_in_flight as f64,
+                    status.turns_queued as f64,
+                    caps.daily_usd,
+                    caps.monthly_usd,
+                ])
+            },
+        );
     }
 
     /// Waits for every turn task to end. Called after the shutdown token is cancelled, so turns
@@ -474,7 +531,7 @@ impl Agent {
             turns_queued: self.queued.load(Ordering::Relaxed),
             provider: provider.kind.as_str(),
             model: provider.model(),
-            provider_problem: provider_problem(&config.config).err(),
+            provider_problem: provider_problem(&config.config, &self.secrets).err(),
             budget: self.budget.snapshot(&Period::now()),
         }
     }
@@ -511,7 +568,7 @@ impl Agent {
             return Err(AgentError::ShuttingDown);
         }
         let config = self.config.get();
-        if let Err(problem) = provider_problem(&config.config) {
+        if let Err(problem) = provider_problem(&config.config, &self.secrets) {
             return Err(AgentError::ProviderNotConfigured { problem });
         }
         let memory = crate::memory::MemoryUse::check(&config.config.memory);
@@ -886,9 +943,17 @@ impl Agent {
         {
             return Ok(provider.clone());
         }
-        provider_problem(config).map_err(|problem| AgentError::ProviderNotConfigured { problem })?;
-        let settings = ProviderSettings::from_config(&config.provider, |name| std::env::var(name).ok());
+        provider_problem(config, &self.secrets).map_err(|problem| AgentError::ProviderNotConfigured { problem })?;
+        let key = self.secrets.provider_key(&config.provider);
+        let settings = ProviderSettings::from_config(&config.provider, key.as_ref().map(|key| &key.value));
+        let settings_url = settings.base_url.clone();
         let provider: Arc<dyn Provider> = provider::build(config.provider.kind, settings).into();
+        tracing::info!(
+            provider = config.provider.kind.as_str(),
+            base_url = %crate::config::mask_url_credentials(&settings_url),
+            key = key.as_ref().map_or("none", |key| key.source.describe()),
+            "provider client built"
+        );
         *cached = Some((config.provider.clone(), provider.clone()));
         Ok(provider)
     }
@@ -981,10 +1046,9 @@ fn stop_reason_name(reason: &StopReason) -> String {
 }
 
 /// Why the configured provider cannot be called, with the fix.
-pub fn provider_problem(config: &Config) -> Result<(), String> {
+pub fn provider_problem(config: &Config, secrets: &Secrets) -> Result<(), String> {
     let provider = &config.provider;
-    let has_key = provider.api_key.as_ref().is_some_and(|key| !key.expose().is_empty())
-        || std::env::var(provider.kind.api_key_env()).is_ok_and(|key| !key.is_empty());
+    let has_key = secrets.provider_key(provider).is_some();
     let official = provider.base_url() == provider.kind.default_base_url();
     // Local OpenAI-compatible servers (Ollama, llama.cpp, vLLM) need no key.
     if !has_key && (provider.kind == crate::config::ProviderKind::Anthropic || official) {

@@ -83,6 +83,9 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every kind.
+    pub const ALL: [ProviderKind; 2] = [ProviderKind::Anthropic, ProviderKind::Openai];
+
     /// The name used in config and the ledger.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::{
     AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig, ProviderKind,
-    RunCommandConfig, ToolsConfig, default_pricing,
+    RunCommandConfig, Secret, ToolsConfig, default_pricing,
 };
 pub use file::{ConfigWriteError, set_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials};

@@ -89,7 +89,7 @@ impl Drop for Slot {
 }
 
 /// The name a gRPC path has in the authorization table.
-fn method_of(path: &str) -> &str {
+pub(super) fn method_of(path: &str) -> &str {
     let path = path.trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     match service {

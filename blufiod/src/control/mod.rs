@@ -3,11 +3,13 @@
 //! such as grpcurl work against the socket.
 //!
 //! This is the only module of the daemon that sees proto types; it converts them to and from
-//! internal types. It never opens the database or the config file itself: it asks [`Shared`].
+//! internal types. It never opens the database or the config file itself: it asks the subsystems in
+//! [`ControlDeps`].
 
 mod auth;
 mod guard;
 mod incoming;
+mod metered;
 mod service;
 pub mod socket;
 
@@ -20,8 +22,38 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{Policy, resolve_group};
 
+use crate::agent::Agent;
+use crate::config::LiveConfig;
 use crate::devices::Devices;
-use crate::state::Shared;
+use crate::events::EventBus;
+use crate::gateway::GatewayInfo;
+use crate::health::Health;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// What the control plane uses of the rest of the daemon.
+#[derive(Debug)]
+pub struct ControlDeps {
+    /// Identity, paths, phase and reload.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The live configuration (get, set, validate).
+    pub live: Arc<LiveConfig>,
+    /// Sessions and turns.
+    pub agent: Arc<Agent>,
+    /// The database (status figures).
+    pub storage: Storage,
+    /// The device registry (the same one the gateway reads).
+    pub devices: Devices,
+    /// The health checks (`GetStatus`'s health line).
+    pub health: Arc<Health>,
+    /// Where device changes are announced.
+    pub events: Arc<EventBus>,
+    /// The gateway's address and certificate, when it is enabled.
+    pub gateway: Option<GatewayInfo>,
+    /// The one metrics registry (calls on the socket).
+    pub metrics: Arc<Metrics>,
+}
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a
 /// config write on a slow disk; streaming RPCs of later subsystems set their own deadlines.
@@ -64,8 +96,7 @@ pub enum ControlError {
 
 /// Serves the control plane on `listener` until `token` is cancelled, then drains.
 pub async fn serve(
-    shared: Arc<Shared>,
-    devices: Devices,
+    deps: ControlDeps,
     listener: std::os::unix::net::UnixListener,
     policy: Policy,
     token: CancellationToken,
@@ -90,12 +121,15 @@ pub async fn serve(
         .map_err(|source| ControlError::Reflection { source })?;
     let slots = incoming::Slots::new(policy.daemon_uid);
     // Every call, of every service, is authorized before its body is read.
-    let guard = guard::GuardLayer::new(policy.clone(), shared.live.handle());
-    let control = pb::control_server::ControlServer::new(service::ControlService::new(shared, devices, policy))
+    let guard = guard::GuardLayer::new(policy.clone(), deps.live.handle());
+    let metered = metered::MeteredLayer::new(deps.metrics.clone());
+    let control = pb::control_server::ControlServer::new(service::ControlService::new(deps, policy))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!("control plane serving");
     tonic::transport::Server::builder()
+        // Outermost: refused calls are counted too.
+        .layer(metered)
         .layer(guard)
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)

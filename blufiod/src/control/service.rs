@@ -1,8 +1,6 @@
 //! The `blufio.control.v1.Control` service: authorization of each call, then conversion between
 //! proto messages and the daemon's internal types, and precise status codes for failures.
 
-use std::sync::Arc;
-
 /// Largest TOML document `ValidateConfig` parses for a client: parsing costs memory in proportion
 /// to the document, and any caller with read access may send one.
 const MAX_CLIENT_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -10,6 +8,7 @@ const MAX_CLIENT_DOCUMENT_BYTES: usize = 64 * 1024;
 use blufio_proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::ControlDeps;
 use super::auth::{self, Policy};
 use tokio_stream::StreamExt as _;
 
@@ -18,26 +17,21 @@ use crate::agent::provider::{ContentBlock, Usage};
 use crate::agent::{AgentError, ErrorKind, SessionMessage, TurnEvent};
 use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
-use crate::devices::{DeviceError, Devices};
+use crate::devices::DeviceError;
 use crate::error_chain;
 use crate::events::Event;
-use crate::state::{Phase, Shared};
+use crate::lifecycle::{Phase, VERSION};
 use crate::storage::{DeviceRecord, SessionRecord, UsageTotals};
 
 /// The control service.
 pub struct ControlService {
-    shared: Arc<Shared>,
-    devices: Devices,
+    deps: ControlDeps,
     policy: Policy,
 }
 
 impl ControlService {
-    pub(super) fn new(shared: Arc<Shared>, devices: Devices, policy: Policy) -> Self {
-        Self {
-            shared,
-            devices,
-            policy,
-        }
+    pub(super) fn new(deps: ControlDeps, policy: Policy) -> Self {
+        Self { deps, policy }
     }
 
     /// Checks that the caller may make `method` (see [`auth::ACCESS`]); returns the caller's
@@ -45,7 +39,7 @@ impl ControlService {
     fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<Access, Status> {
         auth::authorize(
             &self.policy,
-            self.shared.config().config.control.group_access,
+            self.deps.live.get().config.control.group_access,
             request.extensions(),
             method,
         )
@@ -59,32 +53,23 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let access = self.authorize(&request, "GetStatus")?;
-        let mut status = self.shared.status();
-        status
-            .subsystems
-            .push(("health", health_line(&self.shared.health).await));
-        let agent = self.shared.agent.status();
-        let caps = self.shared.config().config.budget.clone();
-        let total_sessions = self.shared.storage.count_sessions().await;
+        let lifecycle = &self.deps.lifecycle;
+        let paths = &lifecycle.paths;
+        let agent = self.deps.agent.status();
+        let caps = self.deps.live.get().config.budget.clone();
+        let total_sessions = self.deps.storage.count_sessions().await;
         Ok(Response::new(pb::GetStatusResponse {
-            state: phase_to_proto(status.phase) as i32,
-            version: status.version.to_owned(),
-            pid: status.pid,
-            uptime_seconds: status.uptime.as_secs(),
-            config_path: status.paths.config.display().to_string(),
-            config_file_present: status.config_file_present,
-            database_path: status.paths.database.display().to_string(),
-            database_size_bytes: status.database_size_bytes,
-            socket_path: status.paths.socket.display().to_string(),
-            state_dir: status.paths.state_dir.display().to_string(),
-            subsystems: status
-                .subsystems
-                .into_iter()
-                .map(|(name, status)| pb::SubsystemStatus {
-                    name: name.to_owned(),
-                    status,
-                })
-                .collect(),
+            state: phase_to_proto(lifecycle.phase()) as i32,
+            version: VERSION.to_owned(),
+            pid: lifecycle.pid,
+            uptime_seconds: lifecycle.uptime().as_secs(),
+            config_path: paths.config.display().to_string(),
+            config_file_present: paths.config.exists(),
+            database_path: paths.database.display().to_string(),
+            database_size_bytes: self.deps.storage.size_bytes(),
+            socket_path: paths.socket.display().to_string(),
+            state_dir: paths.state_dir.display().to_string(),
+            subsystems: subsystem_lines(&self.deps, health_line(&self.deps.health).await),
             sessions: Some(pb::SessionsStatus {
                 active_sessions: agent.active_sessions as u64,
                 turns_in_flight: agent.turns_in_flight as u64,
@@ -95,7 +80,7 @@ impl pb::control_server::Control for ControlService {
                 provider_problem: agent.provider_problem.unwrap_or_default(),
             }),
             memory: Some({
-                let config = self.shared.config();
+                let config = self.deps.live.get();
                 let memory = crate::memory::MemoryUse::check(&config.config.memory);
                 pb::MemoryStatus {
                     rss_bytes: memory.rss_bytes,
@@ -111,12 +96,13 @@ impl pb::control_server::Control for ControlService {
                 monthly_cap_usd: caps.monthly_usd,
                 reserved_usd: agent.budget.reserved_usd,
             }),
-            previous_run_unclean: status.previous_run_unclean,
+            previous_run_unclean: lifecycle.previous_run_unclean,
             caller_access: access.as_str().to_owned(),
-            gateway: match &self.shared.gateway {
+            gateway: match &self.deps.gateway {
                 None => None,
                 Some(gateway) => {
                     let active_devices = self
+                        .deps
                         .devices
                         .count_active()
                         .await
@@ -149,7 +135,7 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "GetConfig")?;
         let key = request.into_inner().key;
         let key = (!key.is_empty()).then_some(key);
-        let entries = self.shared.live.entries(key.as_deref()).ok_or_else(|| {
+        let entries = self.deps.live.entries(key.as_deref()).ok_or_else(|| {
             Status::not_found(format!(
                 "no config key {:?}; run `blufioctl config get` to list the keys",
                 key.unwrap_or_default()
@@ -160,7 +146,7 @@ impl pb::control_server::Control for ControlService {
                 .into_iter()
                 .map(|(entry, pending)| entry_to_proto(entry, pending))
                 .collect(),
-            config_path: self.shared.paths.config.display().to_string(),
+            config_path: self.deps.lifecycle.paths.config.display().to_string(),
         }))
     }
 
@@ -171,14 +157,14 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "SetConfig")?;
         let pb::SetConfigRequest { key, value } = request.into_inner();
         let outcome = self
-            .shared
+            .deps
             .live
             .set_key(&key, &value)
             .await
             .map_err(|error| write_error_to_status(&error))?;
         let pending = !outcome.applied_live && outcome.entry.spec.restart_required;
         Ok(Response::new(pb::SetConfigResponse {
-            config_path: self.shared.paths.config.display().to_string(),
+            config_path: self.deps.lifecycle.paths.config.display().to_string(),
             entry: Some(entry_to_proto(outcome.entry, pending)),
             applied_live: outcome.applied_live,
             restart_required: outcome.restart_required.into_iter().map(str::to_owned).collect(),
@@ -200,7 +186,7 @@ impl pb::control_server::Control for ControlService {
         }
         let parsed_client_document = !toml.is_empty();
         let outcome = if toml.is_empty() {
-            self.shared.live.validate_file()
+            self.deps.live.validate_file()
         } else {
             let name = (!name.is_empty()).then(|| std::path::PathBuf::from(name));
             // A client's document is checked on its own: the daemon's environment is not the
@@ -231,7 +217,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         self.authorize(&request, "CreateSession")?;
         let session = self
-            .shared
+            .deps
             .agent
             .create_session(&request.into_inner().title)
             .await
@@ -254,7 +240,7 @@ impl pb::control_server::Control for ControlService {
         };
         let cursor = (!cursor.is_empty()).then_some(cursor);
         let (sessions, next) = self
-            .shared
+            .deps
             .agent
             .list_sessions(limit, cursor.as_deref())
             .await
@@ -277,7 +263,7 @@ impl pb::control_server::Control for ControlService {
             message_limit.min(MAX_MESSAGE_PAGE)
         };
         let (session, messages) = self
-            .shared
+            .deps
             .agent
             .get_session(&id, limit)
             .await
@@ -293,7 +279,7 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
         self.authorize(&request, "DeleteSession")?;
-        self.shared
+        self.deps
             .agent
             .delete_session(&request.into_inner().id)
             .await
@@ -309,7 +295,7 @@ impl pb::control_server::Control for ControlService {
         let pb::SendMessageRequest { session_id, text } = request.into_inner();
         let session_id = (!session_id.is_empty()).then_some(session_id);
         let events = self
-            .shared
+            .deps
             .agent
             .send_message(session_id.as_deref(), &text)
             .await
@@ -329,12 +315,12 @@ impl pb::control_server::Control for ControlService {
             days.min(MAX_USAGE_DAYS)
         };
         let (report, budget) = self
-            .shared
+            .deps
             .agent
             .usage(days)
             .await
             .map_err(|error| agent_error_to_status(&error))?;
-        let caps = self.shared.config().config.budget.clone();
+        let caps = self.deps.live.get().config.budget.clone();
         Ok(Response::new(pb::GetUsageResponse {
             days: report
                 .days
@@ -384,12 +370,13 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "AddDevice")?;
         let pb::AddDeviceRequest { name, public_key_pem } = request.into_inner();
         let device = self
+            .deps
             .devices
             .add(&name, &public_key_pem)
             .await
             .map_err(|error| device_error_to_status(&error))?;
         tracing::info!(name = %device.name, fingerprint = %device.fingerprint, "device registered");
-        self.shared.events.publish(Event::DeviceAdded {
+        self.deps.events.publish(Event::DeviceAdded {
             name: device.name.clone(),
             keyid: device.keyid.clone(),
         });
@@ -404,6 +391,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         self.authorize(&request, "ListDevices")?;
         let devices = self
+            .deps
             .devices
             .list()
             .await
@@ -419,12 +407,13 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
         self.authorize(&request, "RevokeDevice")?;
         let device = self
+            .deps
             .devices
             .revoke(&request.into_inner().name)
             .await
             .map_err(|error| device_error_to_status(&error))?;
         tracing::info!(name = %device.name, "device revoked");
-        self.shared.events.publish(Event::DeviceRevoked {
+        self.deps.events.publish(Event::DeviceRevoked {
             name: device.name.clone(),
             keyid: device.keyid.clone(),
         });
@@ -438,7 +427,7 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         self.authorize(&request, "ReloadConfig")?;
-        let change = self.shared.reload().await.map_err(|error| match &error {
+        let change = self.deps.lifecycle.reload().await.map_err(|error| match &error {
             ReloadError::Load { source } => Status::failed_precondition(format!("{}:\n{}", error, error_chain(source))),
         })?;
         Ok(Response::new(pb::ReloadConfigResponse {
@@ -446,6 +435,37 @@ impl pb::control_server::Control for ControlService {
             restart_required: change.restart_required.into_iter().map(str::to_owned).collect(),
         }))
     }
+}
+
+/// What each subsystem is doing, a line each, for `GetStatus`.
+fn subsystem_lines(deps: &ControlDeps, health: String) -> Vec<pb::SubsystemStatus> {
+    let pending = deps.live.pending_restart();
+    let config = if pending.is_empty() {
+        "up to date".to_owned()
+    } else {
+        format!("restart needed for {}", pending.join(", "))
+    };
+    let gateway = match &deps.gateway {
+        Some(gateway) => format!("{} on {}", gateway.scheme, gateway.address),
+        None => "disabled (gateway.enabled = false)".to_owned(),
+    };
+    [
+        (
+            "control",
+            format!("listening on {}", deps.lifecycle.paths.socket.display()),
+        ),
+        ("gateway", gateway),
+        ("storage", format!("sqlite (WAL) at {}", deps.storage.path().display())),
+        ("watchdog", deps.lifecycle.watchdog.describe()),
+        ("config", config),
+        ("health", health),
+    ]
+    .into_iter()
+    .map(|(name, status)| pb::SubsystemStatus {
+        name: name.to_owned(),
+        status,
+    })
+    .collect()
 }
 
 /// The status line of the health registry: `ok`, or each readiness check that is not ok with

@@ -30,10 +30,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use self::tls::{CertSource, ReloadableCert, TlsError};
+use crate::agent::Agent;
+use crate::config::ConfigHandle;
 use crate::config::GatewayConfig;
 use crate::devices::Devices;
 use crate::metrics::Metrics;
-use crate::state::Shared;
+use crate::secrets::Secrets;
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -186,7 +188,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a request handler needs.
 pub struct Gateway {
-    shared: Arc<Shared>,
+    agent: Arc<Agent>,
+    config: ConfigHandle,
+    secrets: Arc<Secrets>,
     devices: Devices,
     replay: replay::ReplayCache,
     /// The names requests must be addressed to (besides the live `gateway.server_names`).
@@ -205,8 +209,12 @@ pub struct Gateway {
 
 /// What the gateway uses of the rest of the daemon.
 pub struct GatewayDeps {
-    /// Identity, live configuration, lifecycle and the agent.
-    pub shared: Arc<Shared>,
+    /// The agent remote turns and sessions go to.
+    pub agent: Arc<Agent>,
+    /// The live configuration.
+    pub config: ConfigHandle,
+    /// The secrets resolver (the metrics token).
+    pub secrets: Arc<Secrets>,
     /// The one metrics registry.
     pub metrics: Arc<Metrics>,
     /// The readiness checks `/ready` runs.
@@ -218,12 +226,14 @@ pub struct GatewayDeps {
 /// Serves until `token` is cancelled, then lets open requests finish for a few seconds.
 pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationToken) -> Result<(), GatewayError> {
     let GatewayDeps {
-        shared,
+        agent,
+        config: live,
+        secrets,
         metrics,
         health,
         devices,
     } = deps;
-    let config = shared.config().config.gateway.clone();
+    let config = live.get().config.gateway.clone();
     let listener = tokio::net::TcpListener::from_std(bound.listener).map_err(GatewayError::Accept)?;
     let acceptor = match &bound.info.cert {
         Some(cert) => Some(tokio_rustls::TlsAcceptor::from(
@@ -249,8 +259,18 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         metrics,
         scheme: bound.info.scheme,
         max_skew_secs: i64::try_from(config.max_clock_skew_secs).unwrap_or(i64::MAX),
-        shared,
+        agent,
+        config: live,
+        secrets,
     });
+    let replay = Arc::downgrade(&gateway);
+    gateway.metrics.register_scraped(
+        &[(
+            "gateway_replay_cache_entries",
+            "Nonces remembered for replay protection.",
+        )],
+        move || Some(vec![replay.upgrade()?.replay.len() as f64]),
+    );
     if let Some(listener) = bound.metrics_listener {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(GatewayError::Accept)?;
         let address = listener.local_addr().map_err(GatewayError::Accept)?;
@@ -301,7 +321,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
             gateway.metrics.open_connections.inc();
             // The builder is made per connection from the configuration of the moment, so the
             // live keys (header size, timeouts) apply to every new connection.
-            let builder = connection_builder(&gateway.shared.config().config.gateway);
+            let builder = connection_builder(&gateway.config.get().config.gateway);
             let requests = Arc::new(AtomicU64::new(0));
             let service = hyper::service::service_fn({
                 let gateway = gateway.clone();
@@ -410,7 +430,7 @@ where
         // The allowed idle time is judged afresh on each tick: it changes when a request
         // authenticates and when `gateway.idle_timeout_secs` is set live.
         let idle = if connection.is_authenticated() {
-            Duration::from_secs(gateway.shared.config().config.gateway.idle_timeout_secs)
+            Duration::from_secs(gateway.config.get().config.gateway.idle_timeout_secs)
         } else {
             connections::UNAUTHENTICATED_IDLE
         };
@@ -552,7 +572,7 @@ async fn serve_metrics(
                 spoke();
                 async move {
                     let (parts, body) = request.into_parts();
-                    let config = gateway.shared.config();
+                    let config = gateway.config.get();
                     if let Err(problem) = host::check(&parts, &names, &config.config.gateway.server_names) {
                         return Ok::<_, Infallible>(problem.response());
                     }
@@ -599,7 +619,7 @@ impl Gateway {
     async fn handle(self: &Arc<Self>, request: http::Request<Incoming>) -> http::Response<problem::Body> {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let config = self.shared.config();
+        let config = self.config.get();
         let checked = host::check(&parts, &self.names, &config.config.gateway.server_names);
         drop(config);
         let (route, response) = match checked {

@@ -184,13 +184,14 @@ const SESSION_COLUMNS: &str = "s.id, s.title, s.created_at, s.updated_at, s.mode
 impl Storage {
     /// Creates an empty session.
     pub async fn create_session(&self, id: &str, title: &str) -> Result<SessionRecord, StorageError> {
+        let pools = self.pools.read().await;
         let now = unix_now();
         sqlx::query("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)")
             .bind(id)
             .bind(title)
             .bind(now)
             .bind(now)
-            .execute(&self.writer)
+            .execute(&pools.writer)
             .await
             .map_err(query_error("create a session"))?;
         Ok(SessionRecord {
@@ -206,11 +207,12 @@ impl Storage {
 
     /// One session.
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
+        let pools = self.pools.read().await;
         let row: Option<SessionRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?"
         )))
         .bind(id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&pools.reader)
         .await
         .map_err(query_error("read a session"))?;
         Ok(row.map(SessionRecord::from))
@@ -222,6 +224,7 @@ impl Storage {
         limit: u32,
         cursor: Option<(i64, &str)>,
     ) -> Result<Vec<SessionRecord>, StorageError> {
+        let pools = self.pools.read().await;
         let limit = i64::from(limit.min(MAX_PAGE));
         let (updated_at, id) = cursor.unwrap_or((i64::MAX, ""));
         let rows: Vec<SessionRow> = sqlx::query_as(AssertSqlSafe(format!(
@@ -233,7 +236,7 @@ impl Storage {
         .bind(id)
         .bind(cursor.is_none())
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&pools.reader)
         .await
         .map_err(query_error("list sessions"))?;
         Ok(rows.into_iter().map(SessionRecord::from).collect())
@@ -241,8 +244,9 @@ impl Storage {
 
     /// Sessions stored.
     pub async fn count_sessions(&self) -> Result<u64, StorageError> {
+        let pools = self.pools.read().await;
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM sessions")
-            .fetch_one(&self.reader)
+            .fetch_one(&pools.reader)
             .await
             .map_err(query_error("count sessions"))?;
         Ok(u64::try_from(count).unwrap_or(0))
@@ -250,9 +254,10 @@ impl Storage {
 
     /// Deletes a session with its messages and turns; returns whether it existed.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StorageError> {
+        let pools = self.pools.read().await;
         let done = sqlx::query("DELETE FROM sessions WHERE id = ?")
             .bind(id)
-            .execute(&self.writer)
+            .execute(&pools.writer)
             .await
             .map_err(query_error("delete a session"))?;
         Ok(done.rows_affected() > 0)
@@ -261,8 +266,9 @@ impl Storage {
     /// Stores the inbound message of a new turn, the turn itself (running) and marks the
     /// session running, in one transaction: once this returns the message is durable.
     pub async fn begin_turn(&self, inbound: NewMessage<'_>) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         let now = unix_now();
-        let mut transaction = self.writer.begin().await.map_err(query_error("begin a turn"))?;
+        let mut transaction = pools.writer.begin().await.map_err(query_error("begin a turn"))?;
         insert_message(&mut transaction, inbound, now).await?;
         sqlx::query(
             "INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)",
@@ -285,8 +291,9 @@ impl Storage {
 
     /// Appends a message (an answer or tool results) to a running turn.
     pub async fn append_message(&self, message: NewMessage<'_>, model: &str) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         let now = unix_now();
-        let mut transaction = self.writer.begin().await.map_err(query_error("begin an append"))?;
+        let mut transaction = pools.writer.begin().await.map_err(query_error("begin an append"))?;
         insert_message(&mut transaction, message, now).await?;
         sqlx::query("UPDATE sessions SET updated_at = ?, model = ? WHERE id = ?")
             .bind(now)
@@ -307,7 +314,8 @@ impl Storage {
         error: Option<&str>,
     ) -> Result<(), StorageError> {
         let now = unix_now();
-        let mut transaction = self
+        let pools = self.pools.read().await;
+        let mut transaction = pools
             .writer
             .begin()
             .await
@@ -342,8 +350,9 @@ impl Storage {
     /// Marks turns left running by a crash as interrupted (their sessions too); returns how
     /// many there were. Called once at startup, before any new turn.
     pub async fn interrupt_running_turns(&self) -> Result<u64, StorageError> {
+        let pools = self.pools.read().await;
         let now = unix_now();
-        let mut transaction = self.writer.begin().await.map_err(query_error("begin recovery"))?;
+        let mut transaction = pools.writer.begin().await.map_err(query_error("begin recovery"))?;
         let done = sqlx::query(
             "UPDATE turns SET state = 'interrupted', finished_at = ?, \
              error = 'the daemon stopped during the turn' WHERE state = 'running'",
@@ -383,6 +392,7 @@ impl Storage {
         until_turn: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
+        let pools = self.pools.read().await;
         let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
             "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
              JOIN turns t ON t.id = m.turn_id \
@@ -393,7 +403,7 @@ impl Storage {
         .bind(until_turn)
         .bind(until_turn)
         .bind(i64::from(limit.min(MAX_PAGE)))
-        .fetch_all(&self.reader)
+        .fetch_all(&pools.reader)
         .await
         .map_err(query_error("read messages"))?;
         Ok(rows
@@ -411,6 +421,7 @@ impl Storage {
 
     /// Writes a ledger row.
     pub async fn record_call(&self, entry: &LedgerEntry<'_>) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         sqlx::query(
             "INSERT INTO ledger (at, day, month, session_id, turn_id, provider, model, input_tokens, output_tokens, \
@@ -429,7 +440,7 @@ impl Storage {
         .bind(as_i64(entry.cache_read_tokens))
         .bind(entry.cost_micros)
         .bind(if entry.ok { "ok" } else { "failed" })
-        .execute(&self.writer)
+        .execute(&pools.writer)
         .await
         .map_err(query_error("write a ledger row"))?;
         Ok(())
@@ -437,26 +448,28 @@ impl Storage {
 
     /// Money spent on `day` and in `month`, in millionths of a dollar.
     pub async fn spend(&self, day: &str, month: &str) -> Result<(i64, i64), StorageError> {
+        let pools = self.pools.read().await;
         sqlx::query_as(
             "SELECT coalesce(sum(CASE WHEN day = ? THEN cost_micros END), 0), coalesce(sum(cost_micros), 0) \
              FROM ledger WHERE month = ?",
         )
         .bind(day)
         .bind(month)
-        .fetch_one(&self.writer)
+        .fetch_one(&pools.writer)
         .await
         .map_err(query_error("sum the ledger"))
     }
 
     /// Usage on and after `first_day` (`YYYY-MM-DD`).
     pub async fn usage_report(&self, first_day: &str) -> Result<UsageReport, StorageError> {
+        let pools = self.pools.read().await;
         const TOTALS: &str = "count(*), sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens), \
              sum(cache_read_tokens), sum(cost_micros)";
         let days: Vec<UsageRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT day AS a, '' AS b, {TOTALS} FROM ledger WHERE day >= ? GROUP BY day ORDER BY day"
         )))
         .bind(first_day)
-        .fetch_all(&self.reader)
+        .fetch_all(&pools.reader)
         .await
         .map_err(query_error("report usage per day"))?;
         let models: Vec<UsageRow> = sqlx::query_as(AssertSqlSafe(format!(
@@ -464,7 +477,7 @@ impl Storage {
              GROUP BY provider, model ORDER BY sum(cost_micros) DESC"
         )))
         .bind(first_day)
-        .fetch_all(&self.reader)
+        .fetch_all(&pools.reader)
         .await
         .map_err(query_error("report usage per model"))?;
         let sessions: Vec<UsageRow> = sqlx::query_as(AssertSqlSafe(format!(
@@ -473,7 +486,7 @@ impl Storage {
              GROUP BY l.session_id ORDER BY sum(l.cost_micros) DESC LIMIT 50"
         )))
         .bind(first_day)
-        .fetch_all(&self.reader)
+        .fetch_all(&pools.reader)
         .await
         .map_err(query_error("report usage per session"))?;
         Ok(UsageReport {

@@ -60,6 +60,7 @@ impl Storage {
         public_key: &[u8; 32],
         fingerprint: &str,
     ) -> Result<DeviceRecord, StorageError> {
+        let pools = self.pools.read().await;
         let now = unix_now();
         sqlx::query("INSERT INTO devices (keyid, name, public_key, fingerprint, added_at) VALUES (?, ?, ?, ?, ?)")
             .bind(keyid)
@@ -67,7 +68,7 @@ impl Storage {
             .bind(public_key.as_slice())
             .bind(fingerprint)
             .bind(now)
-            .execute(&self.writer)
+            .execute(&pools.writer)
             .await
             .map_err(query_error("register a device"))?;
         Ok(DeviceRecord {
@@ -83,11 +84,12 @@ impl Storage {
 
     /// Every device, active first, then by name.
     pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StorageError> {
+        let pools = self.pools.read().await;
         let rows: Vec<DeviceRow> = sqlx::query_as(
             "SELECT keyid, name, public_key, fingerprint, added_at, last_used_at, revoked_at FROM devices \
              ORDER BY revoked_at IS NOT NULL, name, id",
         )
-        .fetch_all(&self.reader)
+        .fetch_all(&pools.reader)
         .await
         .map_err(query_error("list devices"))?;
         Ok(rows.into_iter().map(DeviceRecord::from).collect())
@@ -97,12 +99,13 @@ impl Storage {
     /// revocation is seen by the very next request; reading from the pool keeps unauthenticated
     /// lookups off the single writer connection.
     pub async fn active_device(&self, keyid: &str) -> Result<Option<DeviceRecord>, StorageError> {
+        let pools = self.pools.read().await;
         let row: Option<DeviceRow> = sqlx::query_as(
             "SELECT keyid, name, public_key, fingerprint, added_at, last_used_at, revoked_at FROM devices \
              WHERE keyid = ? AND revoked_at IS NULL",
         )
         .bind(keyid)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&pools.reader)
         .await
         .map_err(query_error("look up a device"))?;
         Ok(row.map(DeviceRecord::from))
@@ -110,8 +113,9 @@ impl Storage {
 
     /// Active devices.
     pub async fn count_active_devices(&self) -> Result<u64, StorageError> {
+        let pools = self.pools.read().await;
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM devices WHERE revoked_at IS NULL")
-            .fetch_one(&self.reader)
+            .fetch_one(&pools.reader)
             .await
             .map_err(query_error("count devices"))?;
         Ok(u64::try_from(count).unwrap_or(0))
@@ -119,13 +123,14 @@ impl Storage {
 
     /// Revokes the active device `name`; returns it, or `None` when there is none.
     pub async fn revoke_device(&self, name: &str) -> Result<Option<DeviceRecord>, StorageError> {
+        let pools = self.pools.read().await;
         let row: Option<DeviceRow> = sqlx::query_as(
             "UPDATE devices SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL \
              RETURNING keyid, name, public_key, fingerprint, added_at, last_used_at, revoked_at",
         )
         .bind(unix_now())
         .bind(name)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&pools.writer)
         .await
         .map_err(query_error("revoke a device"))?;
         Ok(row.map(DeviceRecord::from))
@@ -133,6 +138,7 @@ impl Storage {
 
     /// Records that `keyid` signed a verified request (at most once a minute per device).
     pub async fn touch_device(&self, keyid: &str) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         let now = unix_now();
         sqlx::query(
             "UPDATE devices SET last_used_at = ? WHERE keyid = ? AND revoked_at IS NULL \
@@ -141,7 +147,7 @@ impl Storage {
         .bind(now)
         .bind(keyid)
         .bind(now - LAST_USED_GRANULARITY_SECS)
-        .execute(&self.writer)
+        .execute(&pools.writer)
         .await
         .map_err(query_error("record a device's use"))?;
         Ok(())

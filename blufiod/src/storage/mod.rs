@@ -9,11 +9,13 @@ mod agent;
 mod devices;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{RwLock, RwLockWriteGuard};
 
 /// The schema, embedded in the binary: (version, description, SQL). Append only; never edit a
 /// migration that has shipped (sqlx checks their checksums).
@@ -118,17 +120,84 @@ impl StorageError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunId(i64);
 
-/// The database. Cheap to clone: the pools are shared.
+/// The database. Cheap to clone: every clone is a handle on the same pools, which one lock
+/// owns. Each method holds a read guard for its whole unit of work (a query or a transaction)
+/// and never takes a second guard while holding one, so [`Storage::pause`] waits for the work in
+/// flight, holds new work back, and can swap the file under every handle at once.
 #[derive(Debug, Clone)]
 pub struct Storage {
+    pools: Arc<RwLock<Pools>>,
+    options: StorageOptions,
+}
+
+/// The connections: exactly one writer, a few read-only readers.
+#[derive(Debug)]
+struct Pools {
     writer: SqlitePool,
     reader: SqlitePool,
-    path: PathBuf,
+}
+
+/// Every handle's database work held back, with the work that was in flight finished. Dropping
+/// it lets the held work run.
+#[derive(Debug)]
+pub struct Paused<'a> {
+    pools: RwLockWriteGuard<'a, Pools>,
+    options: &'a StorageOptions,
+}
+
+impl Paused<'_> {
+    /// Closes the database (checkpointing the WAL), lets `replace` change the file at `path`
+    /// (for example rename a restored copy over it), then opens and migrates it again. On any
+    /// failure the database at `path` is opened as it then is, or the error says why not.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the seam online restore (the backup issue) swaps the file through"
+        )
+    )]
+    pub async fn reopen_with<E>(
+        &mut self,
+        replace: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StorageError> {
+        self.pools.reader.close().await;
+        self.pools.writer.close().await;
+        let replaced = replace(&self.options.path);
+        *self.pools = Pools::open(self.options).await?;
+        Ok(replaced)
+    }
 }
 
 impl Storage {
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(options: &StorageOptions) -> Result<Self, StorageError> {
+        Ok(Self {
+            pools: Arc::new(RwLock::new(Pools::open(options).await?)),
+            options: options.clone(),
+        })
+    }
+
+    /// Waits for the database work in flight to finish and holds new work back until the
+    /// returned guard is dropped. Never call it while holding a result that borrows storage.
+    pub async fn pause(&self) -> Paused<'_> {
+        Paused {
+            pools: self.pools.write().await,
+            options: &self.options,
+        }
+    }
+
+    /// Waits for the work in flight, then closes the pools, checkpointing the WAL. Work that
+    /// comes later fails with a closed-pool error.
+    pub async fn close(&self) {
+        let paused = self.pause().await;
+        paused.pools.reader.close().await;
+        paused.pools.writer.close().await;
+    }
+}
+
+impl Pools {
+    /// Opens (creating if needed) and migrates the database.
+    async fn open(options: &StorageOptions) -> Result<Self, StorageError> {
         let path = options.path.clone();
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             create_private_dir(dir).map_err(|source| StorageError::CreateDir {
@@ -180,26 +249,30 @@ impl Storage {
             .connect_with(base.read_only(true))
             .await
             .map_err(open_error)?;
-        Ok(Self { writer, reader, path })
+        Ok(Self { writer, reader })
     }
+}
 
+impl Storage {
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.options.path
     }
 
     /// Bytes on disk: the database file plus its write-ahead log.
     pub fn size_bytes(&self) -> u64 {
         let size = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
-        let mut wal = self.path.clone().into_os_string();
+        let path = &self.options.path;
+        let mut wal = path.clone().into_os_string();
         wal.push("-wal");
-        size(&self.path) + size(Path::new(&wal))
+        size(path) + size(Path::new(&wal))
     }
 
     /// Records the start of this run and reports whether the previous run ended uncleanly.
     pub async fn record_start(&self, pid: u32, version: &str) -> Result<(RunId, bool), StorageError> {
+        let pools = self.pools.read().await;
         let query_error = |operation| move |source| StorageError::Query { operation, source };
-        let mut transaction = self.writer.begin().await.map_err(query_error("begin run record"))?;
+        let mut transaction = pools.writer.begin().await.map_err(query_error("begin run record"))?;
         let previous: Option<(Option<i64>,)> =
             sqlx::query_as("SELECT stopped_at FROM daemon_runs ORDER BY id DESC LIMIT 1")
                 .fetch_optional(&mut *transaction)
@@ -220,10 +293,11 @@ impl Storage {
 
     /// Marks this run as cleanly stopped.
     pub async fn record_clean_stop(&self, run: RunId) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         sqlx::query("UPDATE daemon_runs SET stopped_at = ? WHERE id = ?")
             .bind(unix_now())
             .bind(run.0)
-            .execute(&self.writer)
+            .execute(&pools.writer)
             .await
             .map_err(|source| StorageError::Query {
                 operation: "record a clean stop",
@@ -234,8 +308,9 @@ impl Storage {
 
     /// Proves that the writer connection is free and answers: the watchdog's storage probe.
     pub async fn probe_writer(&self) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         sqlx::query("SELECT 1")
-            .execute(&self.writer)
+            .execute(&pools.writer)
             .await
             .map_err(|source| StorageError::Query {
                 operation: "probe the writer",
@@ -247,8 +322,9 @@ impl Storage {
     /// SQLite's `integrity_check` on the live database, through a reader: `Ok(None)` when the
     /// database is sound, else the first problems it reports.
     pub async fn integrity_problems(&self) -> Result<Option<String>, StorageError> {
+        let pools = self.pools.read().await;
         let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check(10)")
-            .fetch_all(&self.reader)
+            .fetch_all(&pools.reader)
             .await
             .map_err(|source| StorageError::Query {
                 operation: "check the database's integrity",
@@ -260,20 +336,15 @@ impl Storage {
 
     /// Proves that a read connection can be had and answers.
     pub async fn probe_reader(&self) -> Result<(), StorageError> {
+        let pools = self.pools.read().await;
         sqlx::query("SELECT count(*) FROM daemon_runs")
-            .execute(&self.reader)
+            .execute(&pools.reader)
             .await
             .map_err(|source| StorageError::Query {
                 operation: "probe a reader",
                 source,
             })?;
         Ok(())
-    }
-
-    /// Closes the pools, checkpointing the WAL.
-    pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
     }
 }
 
@@ -377,10 +448,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&options(dir.path())).await.unwrap();
         let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-            .fetch_one(&storage.writer)
+            .fetch_one(&storage.pools.read().await.writer)
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_handle_and_a_reopen_swaps_the_file_under_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file to swap in: a database with one session.
+        let other = dir.path().join("other");
+        let restored = Storage::open(&options(&other)).await.unwrap();
+        restored.create_session("from-the-copy", "copy").await.unwrap();
+        restored.close().await;
+
+        let storage = Storage::open(&options(dir.path())).await.unwrap();
+        storage.create_session("original", "live").await.unwrap();
+        let handle = storage.clone();
+        let mut paused = storage.pause().await;
+        let held = tokio::spawn(async move { handle.count_sessions().await });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished(), "work on another handle waits while paused");
+        let swapped = paused
+            .reopen_with(|path| {
+                std::fs::rename(other.join("nested/blufio.db"), path)?;
+                // The old WAL belongs to the old file.
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                match std::fs::remove_file(&wal) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .unwrap();
+        swapped.unwrap();
+        drop(paused);
+        assert_eq!(held.await.unwrap().unwrap(), 1);
+        assert!(storage.get_session("from-the-copy").await.unwrap().is_some());
+        assert!(storage.get_session("original").await.unwrap().is_none());
     }
 
     #[tokio::test]

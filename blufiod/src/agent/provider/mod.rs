@@ -23,7 +23,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderKind, Secret};
 
 /// Events buffered between a provider's task and the turn loop; the task waits when it is full,
 /// so a slow consumer slows the read from the network instead of growing memory.
@@ -256,17 +256,10 @@ pub struct ProviderSettings {
 }
 
 impl ProviderSettings {
-    /// Resolves settings from config, reading the API key from `env` when the config has none.
-    ///
-    /// This is the one place an API key is resolved: when the secrets vault exists, a
-    /// `provider.api_key` that names a vault entry is looked up here, and nothing else changes.
-    pub fn from_config(config: &ProviderConfig, env: impl Fn(&str) -> Option<String>) -> Self {
-        let api_key = config
-            .api_key
-            .as_ref()
-            .map(|key| key.expose().to_owned())
-            .filter(|key| !key.is_empty())
-            .or_else(|| env(config.kind.api_key_env()).filter(|key| !key.is_empty()));
+    /// Settings from config, with the API key the secrets resolver found
+    /// ([`crate::secrets::Secrets::provider_key`], the one place a key is resolved).
+    pub fn from_config(config: &ProviderConfig, api_key: Option<&Secret>) -> Self {
+        let api_key = api_key.map(|key| key.expose().to_owned());
         Self {
             base_url: config.base_url(),
             api_key,

@@ -112,7 +112,7 @@ async fn signed(gateway: &Arc<Gateway>, request: http::Request<Incoming>) -> (&'
     };
     let has_body = !hyper::body::Body::is_end_stream(&body);
     // A declared size over the cap is refused before the signature costs anything.
-    let limit = gateway.shared.config().config.gateway.max_body_bytes;
+    let limit = gateway.config.get().config.gateway.max_body_bytes;
     if declared_length(&parts).is_some_and(|declared| declared > limit) {
         return (template, body_too_large(limit).response());
     }
@@ -152,7 +152,7 @@ async fn read_body(
     mut body: Incoming,
     mut digest: blufio_proto::httpsig::digest::DigestVerifier,
 ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Problem> {
-    let config = gateway.shared.config();
+    let config = gateway.config.get();
     let limit = usize::try_from(config.config.gateway.max_body_bytes).unwrap_or(usize::MAX);
     let timeout = Duration::from_secs(config.config.gateway.request_timeout_secs);
     let too_large = || body_too_large(config.config.gateway.max_body_bytes);

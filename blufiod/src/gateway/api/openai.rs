@@ -15,7 +15,7 @@ use crate::util::unix_now;
 
 /// `GET /v1/models`: the one model this daemon serves.
 pub(super) fn models(gateway: &Arc<Gateway>) -> Response<Body> {
-    let model = gateway.shared.config().config.provider.model();
+    let model = gateway.config.get().config.provider.model();
     json(
         StatusCode::OK,
         &serde_json::json!({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "blufio"}]}),
@@ -70,7 +70,7 @@ pub(super) async fn chat_completions(
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let model = gateway.shared.config().config.provider.model();
+    let model = gateway.config.get().config.provider.model();
     if let Some(requested) = &request.model
         && !requested.is_empty()
         && *requested != model
@@ -80,7 +80,6 @@ pub(super) async fn chat_completions(
         )));
     }
     let mut events = gateway
-        .shared
         .agent
         .send_message(session.as_deref(), &text)
         .await

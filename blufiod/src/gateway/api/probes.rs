@@ -29,8 +29,8 @@ pub(super) async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
 }
 
 pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Response<Body> {
-    let config = gateway.shared.config();
-    if let Some(token) = &config.config.gateway.metrics_token {
+    let config = gateway.config.get();
+    if let Some(token) = gateway.secrets.metrics_token(&config.config.gateway) {
         let expected = format!("Bearer {}", token.expose());
         let given = request
             .headers()
@@ -51,45 +51,7 @@ pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>)
             return response;
         }
     }
-    let agent = gateway.shared.agent.status();
-    let text = gateway.metrics.render(&[
-        (
-            "spend_today_usd",
-            "Spend today (UTC) in US dollars.",
-            agent.budget.today_usd,
-        ),
-        (
-            "spend_month_usd",
-            "Spend this month (UTC) in US dollars.",
-            agent.budget.month_usd,
-        ),
-        (
-            "budget_reserved_usd",
-            "Worst-case cost reserved by calls in flight, in US dollars.",
-            agent.budget.reserved_usd,
-        ),
-        ("turns_in_flight", "Agent turns running.", agent.turns_in_flight as f64),
-        (
-            "turns_queued",
-            "Agent turns waiting for a slot.",
-            agent.turns_queued as f64,
-        ),
-        (
-            "daily_cap_usd",
-            "The daily budget cap in US dollars (0: none).",
-            config.config.budget.daily_usd,
-        ),
-        (
-            "monthly_cap_usd",
-            "The monthly budget cap in US dollars (0: none).",
-            config.config.budget.monthly_usd,
-        ),
-        (
-            "gateway_replay_cache_entries",
-            "Nonces remembered for replay protection.",
-            gateway.replay.len() as f64,
-        ),
-    ]);
+    let text = gateway.metrics.render();
     let mut response = Response::new(full(text));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -27,7 +27,6 @@ pub(super) async fn create(gateway: &Arc<Gateway>, body: &[u8]) -> Result<Respon
         parse_json(body)?
     };
     let session = gateway
-        .shared
         .agent
         .create_session(&create.title)
         .await
@@ -38,7 +37,6 @@ pub(super) async fn create(gateway: &Arc<Gateway>, body: &[u8]) -> Result<Respon
 /// `GET /v1/sessions`.
 pub(super) async fn list(gateway: &Arc<Gateway>) -> Result<Response<Body>, Problem> {
     let (sessions, next) = gateway
-        .shared
         .agent
         .list_sessions(100, None)
         .await
@@ -55,7 +53,6 @@ pub(super) async fn list(gateway: &Arc<Gateway>) -> Result<Response<Body>, Probl
 /// `GET /v1/sessions/{id}`.
 pub(super) async fn show(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Body>, Problem> {
     let (session, messages) = gateway
-        .shared
         .agent
         .get_session(id, 200)
         .await
@@ -80,7 +77,6 @@ pub(super) async fn show(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Bo
 /// `DELETE /v1/sessions/{id}`.
 pub(super) async fn delete(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Body>, Problem> {
     gateway
-        .shared
         .agent
         .delete_session(id)
         .await
@@ -99,7 +95,6 @@ pub(super) async fn send(gateway: &Arc<Gateway>, id: &str, body: &[u8]) -> Resul
     }
     let send: Send = parse_json(body)?;
     let events = gateway
-        .shared
         .agent
         .send_message(Some(id), &send.text)
         .await

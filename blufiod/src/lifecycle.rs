@@ -1,22 +1,20 @@
-//! The daemon's shared state: identity, resolved paths, the lifecycle phase, and a reload that
-//! moves the phase and tells systemd around the live configuration's own reload
-//! ([`crate::config::LiveConfig`], which owns every configuration change).
+//! The daemon's identity and lifecycle: who it is (pid, start time, resolved paths), which phase
+//! it is in, and the reload that moves the phase and tells systemd around the live configuration's
+//! own reload ([`crate::config::LiveConfig`], which owns every configuration change).
 //!
-//! This module knows nothing of gRPC: the control module converts what it returns.
+//! This is all that is shared by everyone. Each subsystem gets the rest (the agent, storage,
+//! devices, registries) in its own dependency struct from the composition root, so nothing here
+//! points at a subsystem.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::agent::Agent;
 use crate::config::{ConfigChange, LiveConfig, Loaded, ReloadError};
 use crate::events::{Event, EventBus};
-use crate::gateway::GatewayInfo;
-use crate::health::Health;
 use crate::notify::Notifier;
 use crate::paths::Paths;
-use crate::storage::Storage;
 use crate::watchdog::WatchdogStatus;
 
 /// The daemon's version.
@@ -35,98 +33,44 @@ pub enum Phase {
     Stopping,
 }
 
-/// A snapshot for `GetStatus`.
-#[derive(Debug, Clone)]
-pub struct DaemonStatus {
-    /// Lifecycle phase.
-    pub phase: Phase,
-    /// Version.
-    pub version: &'static str,
-    /// Process id.
-    pub pid: u32,
-    /// Time since start.
-    pub uptime: Duration,
-    /// Resolved paths.
-    pub paths: Paths,
-    /// Whether the config file exists.
-    pub config_file_present: bool,
-    /// Database bytes on disk.
-    pub database_size_bytes: u64,
-    /// Whether the previous run ended uncleanly.
-    pub previous_run_unclean: bool,
-    /// Subsystem names and what each is doing.
-    pub subsystems: Vec<(&'static str, String)>,
-}
-
-/// State shared by all subsystems.
+/// The daemon's identity, paths and phase.
 #[derive(Debug)]
-pub struct Shared {
+pub struct Lifecycle {
     /// Process id.
     pub pid: u32,
-    /// When the process started serving requests from main.
+    /// When the process started.
     pub started: Instant,
     /// Resolved paths (fixed until restart).
     pub paths: Paths,
-    /// The database.
-    pub storage: Storage,
     /// Whether the previous run ended uncleanly.
     pub previous_run_unclean: bool,
     /// systemd notifications.
     pub notifier: Notifier,
     /// What the watchdog last saw.
     pub watchdog: WatchdogStatus,
-    /// The agent.
-    pub agent: Arc<Agent>,
-    /// The HTTPS gateway, when enabled.
-    pub gateway: Option<GatewayInfo>,
-    /// The live configuration.
-    pub live: Arc<LiveConfig>,
-    /// Lifecycle events.
-    pub events: Arc<EventBus>,
-    /// The health checks.
-    pub health: Arc<Health>,
+    live: Arc<LiveConfig>,
+    events: Arc<EventBus>,
     phase: watch::Sender<Phase>,
 }
 
-/// What `Shared::new` needs.
-#[derive(Debug)]
-pub struct SharedParts {
-    /// When main started.
-    pub started: Instant,
-    /// Resolved paths.
-    pub paths: Paths,
-    /// The database.
-    pub storage: Storage,
-    /// Whether the previous run ended uncleanly.
-    pub previous_run_unclean: bool,
-    /// The live configuration.
-    pub live: Arc<LiveConfig>,
-    /// The agent.
-    pub agent: Arc<Agent>,
-    /// The HTTPS gateway, when enabled.
-    pub gateway: Option<GatewayInfo>,
-    /// Lifecycle events.
-    pub events: Arc<EventBus>,
-    /// The health checks.
-    pub health: Arc<Health>,
-}
-
-impl Shared {
-    /// Assembles the shared state.
-    pub fn new(parts: SharedParts) -> Self {
+impl Lifecycle {
+    /// A daemon in `Starting`.
+    pub fn new(
+        started: Instant,
+        paths: Paths,
+        previous_run_unclean: bool,
+        live: Arc<LiveConfig>,
+        events: Arc<EventBus>,
+    ) -> Self {
         Self {
             pid: std::process::id(),
-            started: parts.started,
-            paths: parts.paths,
-            storage: parts.storage,
-            previous_run_unclean: parts.previous_run_unclean,
+            started,
+            paths,
+            previous_run_unclean,
             notifier: Notifier,
             watchdog: WatchdogStatus::default(),
-            agent: parts.agent,
-            gateway: parts.gateway,
-            live: parts.live,
-            events: parts.events,
-            health: parts.health,
+            live,
+            events,
             phase: watch::Sender::new(Phase::Starting),
         }
     }
@@ -134,6 +78,11 @@ impl Shared {
     /// The configuration now in effect.
     pub fn config(&self) -> Arc<Loaded> {
         self.live.get()
+    }
+
+    /// Time since the process started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The lifecycle phase.
@@ -189,46 +138,12 @@ impl Shared {
     pub fn ready_line(&self) -> String {
         format!("ready: serving on {}", self.paths.socket.display())
     }
-
-    /// A snapshot for `GetStatus`.
-    pub fn status(&self) -> DaemonStatus {
-        let pending = self.live.pending_restart();
-        let config_line = if pending.is_empty() {
-            "up to date".to_owned()
-        } else {
-            format!("restart needed for {}", pending.join(", "))
-        };
-        DaemonStatus {
-            phase: self.phase(),
-            version: VERSION,
-            pid: self.pid,
-            uptime: self.started.elapsed(),
-            config_file_present: self.paths.config.exists(),
-            database_size_bytes: self.storage.size_bytes(),
-            previous_run_unclean: self.previous_run_unclean,
-            subsystems: vec![
-                ("control", format!("listening on {}", self.paths.socket.display())),
-                (
-                    "gateway",
-                    match &self.gateway {
-                        Some(gateway) => format!("{} on {}", gateway.scheme, gateway.address),
-                        None => "disabled (gateway.enabled = false)".to_owned(),
-                    },
-                ),
-                ("storage", format!("sqlite (WAL) at {}", self.storage.path().display())),
-                ("watchdog", self.watchdog.describe()),
-                ("config", config_line),
-            ],
-            paths: self.paths.clone(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{self, ConfigSource};
-    use crate::storage::{Storage, StorageOptions};
 
     #[tokio::test]
     async fn reload_moves_the_phase_back_to_ready_unless_stopping() {
@@ -236,13 +151,6 @@ mod tests {
         let path = dir.path().join("blufiod.toml");
         std::fs::write(&path, "").unwrap();
         let loaded = config::load_from(Some(""), Some(&path), false).unwrap();
-        let storage = Storage::open(&StorageOptions {
-            path: dir.path().join("blufio.db"),
-            busy_timeout: Duration::from_secs(1),
-            read_connections: 1,
-        })
-        .await
-        .unwrap();
         let paths = Paths::resolve(&loaded.config, &path, |_| None, 1000);
         let live = Arc::new(LiveConfig::new(
             ConfigSource {
@@ -251,27 +159,9 @@ mod tests {
             },
             loaded,
         ));
-        let agent = Agent::start(
-            storage.clone(),
-            live.handle(),
-            dir.path().to_owned(),
-            EventBus::new(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let shared = Shared::new(SharedParts {
-            started: Instant::now(),
-            paths,
-            storage,
-            previous_run_unclean: false,
-            live,
-            agent: Arc::new(agent),
-            gateway: None,
-            events: EventBus::new(),
-            health: Health::new(),
-        });
-        let mut events = shared.events.subscribe();
+        let events = EventBus::new();
+        let shared = Lifecycle::new(Instant::now(), paths, false, live, events.clone());
+        let mut events = events.subscribe();
         shared.set_phase(Phase::Ready);
         std::fs::write(&path, "[daemon]\nshutdown_timeout_secs = 3\n").unwrap();
         shared.reload().await.unwrap();
