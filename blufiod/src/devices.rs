@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use blufio_proto::httpsig;
 use ed25519_dalek::VerifyingKey;
 
-use crate::storage::{DeviceRecord, Storage, StorageError};
+/// A registered device as the registry hands it out: storage's plain row (no database type),
+/// which the transports convert.
+pub use crate::storage::DeviceRecord;
+use crate::storage::{Storage, StorageError};
 
 /// Longest device name.
 const MAX_NAME_CHARS: usize = 64;

@@ -4,8 +4,11 @@
 //! - no sqlx outside `blufiod/src/storage/`;
 //! - every control RPC authorizes before anything else (besides the guard layer in front);
 //! - every dependency a crate declares is used by its sources (rough, textual);
-//! - every module opens with a `//!` line.
+//! - every module opens with a `//!` line;
+//! - no import cycle between blufiod's top-level modules; the agent knows no transport, and the
+//!   transports see the agent's model, never storage rows or provider wire types.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -19,6 +22,9 @@ pub fn main() -> Result<()> {
     problems.extend(rpcs_authorize_first(&root)?);
     problems.extend(dependencies_are_used(&root)?);
     problems.extend(modules_open_with_docs(&root)?);
+    let graph = module_graph(&root)?;
+    problems.extend(module_cycles(&graph));
+    problems.extend(module_boundaries(&root, &graph)?);
     if problems.is_empty() {
         eprintln!("tidy: ok");
         return Ok(());
@@ -190,4 +196,172 @@ fn modules_open_with_docs(root: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(problems)
+}
+
+/// blufiod's top-level modules and the modules each names (`crate::name`), outside its tests.
+fn module_graph(root: &Path) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let src = root.join("blufiod/src");
+    let module_of = |file: &Path| -> String {
+        let relative = file.strip_prefix(&src).unwrap_or(file);
+        let first = relative
+            .components()
+            .next()
+            .map(|part| part.as_os_str().to_string_lossy().into_owned());
+        first.unwrap_or_default().trim_end_matches(".rs").to_owned()
+    };
+    let files = rust_files(&src)?;
+    let modules: BTreeSet<String> = files.iter().map(|file| module_of(file)).collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let module = module_of(file);
+        let text = read(file)?;
+        // Unit tests may reach anything; only the code itself makes the module's shape.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let named = graph.entry(module.clone()).or_default();
+        for name in crate_paths(code) {
+            if name != module && modules.contains(&name) {
+                named.insert(name);
+            }
+        }
+    }
+    Ok(graph)
+}
+
+/// The first segment of every `crate::` path in `code`, groups (`crate::{a, b::c}`) included.
+fn crate_paths(code: &str) -> Vec<String> {
+    let ident = |text: &str| -> String {
+        text.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = Vec::new();
+    for (start, _) in code.match_indices("crate::") {
+        let rest = &code[start + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item_start = true;
+            for (index, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && !c.is_whitespace() => {
+                        names.push(ident(&group[index..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            names.push(ident(rest));
+        }
+    }
+    names
+}
+
+fn module_cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    fn visit<'a>(
+        module: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|seen| *seen == module) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(module);
+            found.push(format!(
+                "blufiod modules import each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+            return;
+        }
+        if !done.insert(module) {
+            return;
+        }
+        path.push(module);
+        for next in graph.get(module).into_iter().flatten() {
+            visit(next, graph, path, done, found);
+        }
+        path.pop();
+    }
+    let mut found = Vec::new();
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        visit(module, graph, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
+fn module_boundaries(root: &Path, graph: &BTreeMap<String, BTreeSet<String>>) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for transport in ["control", "gateway", "lifecycle", "daemon", "main"] {
+        if graph.get("agent").is_some_and(|named| named.contains(transport)) {
+            problems.push(format!(
+                "blufiod/src/agent names crate::{transport}; the agent knows no transport"
+            ));
+        }
+    }
+    let src = root.join("blufiod/src");
+    for file in rust_files(&src.join("agent"))? {
+        if read(&file)?.contains("blufio_proto") {
+            problems.push(format!(
+                "{} names blufio_proto; the agent knows no wire format",
+                file.display()
+            ));
+        }
+    }
+    for transport in ["control", "gateway"] {
+        for file in rust_files(&src.join(transport))? {
+            let text = read(&file)?;
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let shown = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+            if code.contains("agent::provider") {
+                problems.push(format!(
+                    "{shown} names agent::provider; transports use the agent's model"
+                ));
+            }
+            let rows = code
+                .match_indices("storage::")
+                .any(|(at, _)| !code[at + "storage::".len()..].starts_with("Storage"));
+            if rows {
+                problems.push(format!(
+                    "{shown} names a storage type other than the Storage handle; transports use the agent's model"
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_paths_see_plain_paths_and_groups() {
+        let code =
+            "use crate::agent::{Agent, AgentDeps};\nuse crate::{config::Live, events};\nlet x = crate::util::now();";
+        assert_eq!(crate_paths(code), ["agent", "config", "events", "util"]);
+    }
+
+    #[test]
+    fn a_cycle_is_reported_with_its_path() {
+        let graph: BTreeMap<String, BTreeSet<String>> = [
+            ("agent", &["storage"][..]),
+            ("gateway", &["agent"][..]),
+            ("storage", &["gateway"][..]),
+            ("util", &[][..]),
+        ]
+        .into_iter()
+        .map(|(module, named)| (module.to_owned(), named.iter().map(|name| (*name).to_owned()).collect()))
+        .collect();
+        let found = module_cycles(&graph);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with("agent -> storage -> gateway -> agent"), "{found:?}");
+        let acyclic: BTreeMap<String, BTreeSet<String>> =
+            [("agent".to_owned(), BTreeSet::from(["storage".to_owned()]))].into();
+        assert!(module_cycles(&acyclic).is_empty());
+    }
 }

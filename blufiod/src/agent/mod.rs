@@ -15,6 +15,7 @@
 
 pub mod budget;
 mod context;
+pub mod model;
 pub mod provider;
 pub mod tools;
 
@@ -27,18 +28,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::budget::{Budget, BudgetError, BudgetSnapshot, Micros, Period};
+use self::budget::{Budget, BudgetError, BudgetSnapshot, Period};
 use self::context::StoredBlocks;
-use self::provider::{ContentBlock, Provider, ProviderError, ProviderSettings, StopReason, StreamEvent, Usage};
+use self::model::{
+    ContentBlock, Message, ModelUsage, Role, Session, SessionState, SessionUsage, StopReason, ToolPhase, TurnEvent,
+    TurnSummary, Usage, UsageReport, UsageTotals,
+};
+use self::provider::{Provider, ProviderError, ProviderSettings, StreamEvent};
 use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
-use crate::storage::{
-    LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, StorageErrorKind, TurnEnd, UsageReport,
-};
+use crate::storage::{self, LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, StorageErrorKind, TurnEnd};
 
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
 /// make the daemon store and send.
@@ -94,6 +97,12 @@ pub enum AgentError {
     /// The database failed.
     #[error("storage failed")]
     Storage(#[from] StorageError),
+    /// The database holds a value this version does not know (it was changed outside blufiod).
+    #[error("the database holds {what}, which this version of blufiod does not know; restore it from a backup")]
+    Stored {
+        /// What was found.
+        what: String,
+    },
     /// The daemon is stopping.
     #[error("blufiod is shutting down; the message is stored and the turn is marked interrupted")]
     ShuttingDown,
@@ -177,69 +186,9 @@ impl AgentError {
                 StorageErrorKind::Full => ErrorKind::StorageFull,
                 StorageErrorKind::Duplicate | StorageErrorKind::Other => ErrorKind::StorageFailed,
             },
+            Self::Stored { .. } => ErrorKind::StorageFailed,
         }
     }
-}
-
-/// What a caller of `send_message` receives.
-#[derive(Debug)]
-pub enum TurnEvent {
-    /// The inbound message is durable.
-    Accepted {
-        /// The session (new or given).
-        session_id: String,
-        /// The stored message.
-        message_id: String,
-    },
-    /// A piece of the answer.
-    TextDelta(String),
-    /// A tool started or finished.
-    Tool {
-        /// Call id.
-        id: String,
-        /// Tool name.
-        name: String,
-        /// `started` or `finished`.
-        phase: &'static str,
-        /// Whether it failed (for `finished`).
-        is_error: bool,
-        /// Start of the result (for `finished`).
-        summary: String,
-    },
-    /// The turn is over.
-    Completed(TurnSummary),
-    /// The turn failed; the stream ends.
-    Failed(AgentError),
-}
-
-/// Totals of a finished turn.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TurnSummary {
-    /// The stored final answer.
-    pub message_id: String,
-    /// Tokens over all calls.
-    pub usage: Usage,
-    /// Cost over all calls, micro-dollars.
-    pub cost_micros: Micros,
-    /// Provider calls made.
-    pub provider_calls: u32,
-    /// `end_turn`, `max_tokens`, `tool_limit` or the provider's reason.
-    pub stop_reason: String,
-    /// The model.
-    pub model: String,
-}
-
-/// A stored message, decoded.
-#[derive(Debug, Clone)]
-pub struct SessionMessage {
-    /// Id.
-    pub id: String,
-    /// `user`, `assistant` or `tool`.
-    pub role: String,
-    /// Blocks.
-    pub blocks: Vec<ContentBlock>,
-    /// Unix seconds.
-    pub created_at: i64,
 }
 
 /// Numbers for `GetStatus`.
@@ -451,14 +400,14 @@ impl Agent {
     }
 
     /// Creates an empty session.
-    pub async fn create_session(&self, title: &str) -> Result<SessionRecord, AgentError> {
+    pub async fn create_session(&self, title: &str) -> Result<Session, AgentError> {
         let id = uuid::Uuid::now_v7().to_string();
         let title = if title.trim().is_empty() {
             "new session"
         } else {
             title.trim()
         };
-        Ok(self.storage.create_session(&id, &title_of(title)).await?)
+        session_of(self.storage.create_session(&id, &title_of(title)).await?)
     }
 
     /// A page of sessions and the cursor of the next page.
@@ -466,7 +415,7 @@ impl Agent {
         &self,
         limit: u32,
         cursor: Option<&str>,
-    ) -> Result<(Vec<SessionRecord>, Option<String>), AgentError> {
+    ) -> Result<(Vec<Session>, Option<String>), AgentError> {
         let parsed = match cursor {
             None => None,
             Some(cursor) => Some(parse_cursor(cursor).ok_or_else(|| AgentError::InvalidMessage {
@@ -480,24 +429,28 @@ impl Agent {
         let next = (sessions.len() == limit as usize)
             .then(|| sessions.last().map(|last| format!("{}:{}", last.updated_at, last.id)))
             .flatten();
-        Ok((sessions, next))
+        Ok((sessions.into_iter().map(session_of).collect::<Result<_, _>>()?, next))
     }
 
     /// One session with its latest `limit` messages.
-    pub async fn get_session(&self, id: &str, limit: u32) -> Result<(SessionRecord, Vec<SessionMessage>), AgentError> {
-        let session = self.session(id).await?;
+    pub async fn get_session(&self, id: &str, limit: u32) -> Result<(Session, Vec<Message>), AgentError> {
+        let session = session_of(self.session(id).await?)?;
         let messages = self
             .storage
             .recent_messages(id, limit)
             .await?
             .into_iter()
-            .map(|record| SessionMessage {
-                blocks: StoredBlocks::decode(&record.content_json),
-                id: record.id,
-                role: record.role,
-                created_at: record.created_at,
+            .map(|record| {
+                Ok(Message {
+                    blocks: StoredBlocks::decode(&record.content_json),
+                    role: Role::parse(&record.role).ok_or_else(|| AgentError::Stored {
+                        what: format!("a message with role {:?}", record.role),
+                    })?,
+                    id: record.id,
+                    created_at: record.created_at,
+                })
             })
-            .collect();
+            .collect::<Result<_, AgentError>>()?;
         Ok((session, messages))
     }
 
@@ -518,7 +471,12 @@ impl Agent {
         let now = time::OffsetDateTime::now_utc();
         let first = now - time::Duration::days(i64::from(days.saturating_sub(1)));
         let report = self.storage.usage_report(&Period::of(first).day).await?;
-        Ok((report, self.budget.snapshot(&Period::of(now))))
+        Ok((report_of(report), self.budget.snapshot(&Period::of(now))))
+    }
+
+    /// Sessions stored.
+    pub async fn count_sessions(&self) -> Result<u64, AgentError> {
+        Ok(self.storage.count_sessions().await?)
     }
 
     /// Numbers for `GetStatus`.
@@ -626,7 +584,7 @@ impl Agent {
                 id: &message_id,
                 session_id: &session_id,
                 turn_id: &turn_id,
-                role: "user",
+                role: Role::User.as_str(),
                 content_json: &content,
             })
             .await?;
@@ -738,7 +696,8 @@ impl Agent {
         }
     }
 
-    /// The provider calls and tool runs of one turn.
+    /// The provider calls and tool runs of one turn: prepare, then call the provider and run the
+    /// tools it asks for, until it answers or `agent.max_tool_iterations` is reached.
     async fn turn_body(
         &self,
         session_id: &str,
@@ -746,106 +705,23 @@ impl Agent {
         events: &mpsc::Sender<TurnEvent>,
         _permit: &OwnedSemaphorePermit,
     ) -> Result<TurnSummary, TurnStop> {
-        let snapshot = self.config.get();
-        let config = &snapshot.config;
-        let provider = self.provider_for(config).map_err(TurnStop::Failed)?;
-        let tools = self.tools_for(&config.tools);
-        let model = config.provider.model();
-        let price = *budget::price_of(&config.pricing, &model).map_err(|error| TurnStop::Failed(error.into()))?;
-        let system = context::system_prompt(&config.agent);
-        let records = self
-            .storage
-            .history_of_turn(session_id, turn_id, HISTORY_MESSAGES)
-            .await
-            .map_err(|error| TurnStop::Failed(error.into()))?;
-        let mut history = context::History::from_records(&records);
-        let specs = tools.specs();
-
+        let ids = TurnIds { session_id, turn_id };
+        let mut turn = self.prepare_turn(ids).await?;
         let mut summary = TurnSummary {
             message_id: String::new(),
             usage: Usage::default(),
             cost_micros: 0,
             provider_calls: 0,
-            stop_reason: String::new(),
-            model: model.clone(),
+            stop_reason: StopReason::EndTurn,
+            model: turn.model.clone(),
         };
-        let provider_name = provider.kind().as_str();
         loop {
-            let request = provider::ChatRequest {
-                model: model.clone(),
-                system: system.clone(),
-                messages: history.context(config.agent.context_tokens),
-                tools: specs.clone(),
-                max_tokens: config.provider.max_tokens,
-            };
-            let estimate = context::estimate_request_tokens(&request);
-            let reservation = self
-                .budget
-                .reserve(
-                    budget::worst_case(estimate, request.max_tokens, &price),
-                    &config.budget,
-                    &Period::now(),
-                )
-                .map_err(|error| TurnStop::Failed(error.into()))?;
-            let period = reservation.period().clone();
-            summary.provider_calls += 1;
-            let max_tokens = request.max_tokens;
-            let mut streamed_bytes = 0;
-            let streamed = stream_call(provider.as_ref(), request, events, &self.token, &mut streamed_bytes).await;
-            let (usage, ok) = match &streamed {
-                Ok(completion) => (completion.usage, true),
-                // The answer never completed, so the provider's count is unknown. Providers bill
-                // the input and whatever output they produced even for a broken stream: charge
-                // the estimated input and the output seen so far, so that cancelling a turn
-                // cannot hide spend.
-                Err(_) => (
-                    Usage {
-                        input_tokens: estimate,
-                        output_tokens: streamed_bytes.div_ceil(3).min(u64::from(max_tokens)),
-                        ..Usage::default()
-                    },
-                    false,
-                ),
-            };
-            let cost = budget::cost_of(&usage, &price);
-            let ledger = self
-                .storage
-                .record_call(&LedgerEntry {
-                    session_id,
-                    turn_id,
-                    provider: provider_name,
-                    model: &model,
-                    input_tokens: usage.input_tokens,
-                    output_tokens: usage.output_tokens,
-                    cache_creation_tokens: usage.cache_creation_input_tokens,
-                    cache_read_tokens: usage.cache_read_input_tokens,
-                    cost_micros: cost,
-                    ok,
-                    day: &period.day,
-                    month: &period.month,
-                })
-                .await;
-            reservation.settle(cost);
-            summary.cost_micros += cost;
-            add_usage(&mut summary.usage, &usage);
-            ledger.map_err(|error| TurnStop::Failed(error.into()))?;
-            let completion = streamed?;
-            if !completion.model.is_empty() {
-                summary.model.clone_from(&completion.model);
-            }
-
+            let completion = self.call_provider(&mut turn, ids, events, &mut summary).await?;
             let answer_id = uuid::Uuid::now_v7().to_string();
-            self.store(
-                session_id,
-                turn_id,
-                &answer_id,
-                "assistant",
-                &completion.content,
-                &summary.model,
-            )
-            .await?;
+            self.store(ids, &answer_id, Role::Assistant, &completion.content, &summary.model)
+                .await?;
             summary.message_id = answer_id;
-            history.push_assistant(completion.content.clone());
+            turn.history.push_assistant(completion.content.clone());
 
             let calls: Vec<(String, String, serde_json::Value)> = completion
                 .content
@@ -855,67 +731,187 @@ impl Agent {
                     _ => None,
                 })
                 .collect();
-            let wants_tools = completion.stop_reason == StopReason::ToolUse && !calls.is_empty();
-            if !wants_tools {
-                summary.stop_reason = stop_reason_name(&completion.stop_reason);
+            if completion.stop_reason != StopReason::ToolUse || calls.is_empty() {
+                summary.stop_reason = completion.stop_reason;
                 return Ok(summary);
             }
-            let limit_reached = summary.provider_calls >= config.agent.max_tool_iterations;
-            let mut results = Vec::with_capacity(calls.len());
-            for (id, name, input) in calls {
-                let output = if limit_reached {
-                    tools::ToolOutput {
-                        content: "not run: the turn reached agent.max_tool_iterations".to_owned(),
-                        is_error: true,
-                    }
-                } else {
-                    if events.is_closed() {
-                        return Err(TurnStop::Cancelled);
-                    }
-                    let _ = events
-                        .send(TurnEvent::Tool {
-                            id: id.clone(),
-                            name: name.clone(),
-                            phase: "started",
-                            is_error: false,
-                            summary: String::new(),
-                        })
-                        .await;
-                    let output = tools.call(&name, &input, &self.token).await;
-                    let _ = events
-                        .send(TurnEvent::Tool {
-                            id: id.clone(),
-                            name: name.clone(),
-                            phase: "finished",
-                            is_error: output.is_error,
-                            summary: output.content.chars().take(TOOL_SUMMARY_CHARS).collect(),
-                        })
-                        .await;
-                    output
-                };
-                results.push(ContentBlock::ToolResult {
-                    tool_use_id: id,
-                    content: output.content,
-                    is_error: output.is_error,
-                });
-            }
+            let limit_reached = summary.provider_calls >= turn.config.config.agent.max_tool_iterations;
+            let results = self.run_tools(&turn.tools, calls, limit_reached, events).await?;
             let results_id = uuid::Uuid::now_v7().to_string();
-            self.store(session_id, turn_id, &results_id, "tool", &results, &summary.model)
+            self.store(ids, &results_id, Role::Tool, &results, &summary.model)
                 .await?;
-            history.push_tool_results(results);
+            turn.history.push_tool_results(results);
             if limit_reached {
-                summary.stop_reason = "tool_limit".to_owned();
+                summary.stop_reason = StopReason::ToolLimit;
                 return Ok(summary);
             }
         }
     }
 
+    /// What the turn works with, fixed at its start: the configuration, provider, tools, price
+    /// and the history it answers.
+    async fn prepare_turn(&self, ids: TurnIds<'_>) -> Result<Turn, TurnStop> {
+        let config = self.config.get();
+        let provider = self.provider_for(&config.config).map_err(TurnStop::Failed)?;
+        let tools = self.tools_for(&config.config.tools);
+        let model = config.config.provider.model();
+        let price =
+            *budget::price_of(&config.config.pricing, &model).map_err(|error| TurnStop::Failed(error.into()))?;
+        let records = self
+            .storage
+            .history_of_turn(ids.session_id, ids.turn_id, HISTORY_MESSAGES)
+            .await
+            .map_err(|error| TurnStop::Failed(error.into()))?;
+        Ok(Turn {
+            system: context::system_prompt(&config.config.agent),
+            specs: tools.specs(),
+            history: context::History::from_records(&records),
+            config,
+            provider,
+            tools,
+            model,
+            price,
+        })
+    }
+
+    /// One provider call under a budget reservation, streamed to the caller, with its ledger row
+    /// written whatever happens (a call that never completed is charged its estimated input and
+    /// the output seen).
+    async fn call_provider(
+        &self,
+        turn: &mut Turn,
+        ids: TurnIds<'_>,
+        events: &mpsc::Sender<TurnEvent>,
+        summary: &mut TurnSummary,
+    ) -> Result<provider::Completion, TurnStop> {
+        let config = &turn.config.config;
+        let request = provider::ChatRequest {
+            model: turn.model.clone(),
+            system: turn.system.clone(),
+            messages: turn.history.context(config.agent.context_tokens),
+            tools: turn.specs.clone(),
+            max_tokens: config.provider.max_tokens,
+        };
+        let estimate = context::estimate_request_tokens(&request);
+        let reservation = self
+            .budget
+            .reserve(
+                budget::worst_case(estimate, request.max_tokens, &turn.price),
+                &config.budget,
+                &Period::now(),
+            )
+            .map_err(|error| TurnStop::Failed(error.into()))?;
+        let period = reservation.period().clone();
+        summary.provider_calls += 1;
+        let max_tokens = request.max_tokens;
+        let mut streamed_bytes = 0;
+        let streamed = stream_call(
+            turn.provider.as_ref(),
+            request,
+            events,
+            &self.token,
+            &mut streamed_bytes,
+        )
+        .await;
+        let (usage, ok) = match &streamed {
+            Ok(completion) => (completion.usage, true),
+            // The answer never completed, so the provider's count is unknown. Providers bill the
+            // input and whatever output they produced even for a broken stream: charge the
+            // estimated input and the output seen so far, so that cancelling a turn cannot hide
+            // spend.
+            Err(_) => (
+                Usage {
+                    input_tokens: estimate,
+                    output_tokens: streamed_bytes.div_ceil(3).min(u64::from(max_tokens)),
+                    ..Usage::default()
+                },
+                false,
+            ),
+        };
+        let cost = budget::cost_of(&usage, &turn.price);
+        let ledger = self
+            .storage
+            .record_call(&LedgerEntry {
+                session_id: ids.session_id,
+                turn_id: ids.turn_id,
+                provider: turn.provider.kind().as_str(),
+                model: &turn.model,
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cache_creation_tokens: usage.cache_creation_input_tokens,
+                cache_read_tokens: usage.cache_read_input_tokens,
+                cost_micros: cost,
+                ok,
+                day: &period.day,
+                month: &period.month,
+            })
+            .await;
+        reservation.settle(cost);
+        summary.cost_micros += cost;
+        summary.usage.add(&usage);
+        ledger.map_err(|error| TurnStop::Failed(error.into()))?;
+        let completion = streamed?;
+        if !completion.model.is_empty() {
+            summary.model.clone_from(&completion.model);
+        }
+        Ok(completion)
+    }
+
+    /// Runs the tool calls the model asked for, in order, telling the caller as each starts and
+    /// finishes. Past the iteration limit none runs: each gets an error result instead.
+    async fn run_tools(
+        &self,
+        tools: &Tools,
+        calls: Vec<(String, String, serde_json::Value)>,
+        limit_reached: bool,
+        events: &mpsc::Sender<TurnEvent>,
+    ) -> Result<Vec<ContentBlock>, TurnStop> {
+        let mut results = Vec::with_capacity(calls.len());
+        for (id, name, input) in calls {
+            let output = if limit_reached {
+                tools::ToolOutput {
+                    content: "not run: the turn reached agent.max_tool_iterations".to_owned(),
+                    is_error: true,
+                }
+            } else {
+                if events.is_closed() {
+                    return Err(TurnStop::Cancelled);
+                }
+                let _ = events
+                    .send(TurnEvent::Tool {
+                        id: id.clone(),
+                        name: name.clone(),
+                        phase: ToolPhase::Started,
+                        is_error: false,
+                        summary: String::new(),
+                    })
+                    .await;
+                let output = tools.call(&name, &input, &self.token).await;
+                let _ = events
+                    .send(TurnEvent::Tool {
+                        id: id.clone(),
+                        name: name.clone(),
+                        phase: ToolPhase::Finished,
+                        is_error: output.is_error,
+                        summary: output.content.chars().take(TOOL_SUMMARY_CHARS).collect(),
+                    })
+                    .await;
+                output
+            };
+            results.push(ContentBlock::ToolResult {
+                tool_use_id: id,
+                content: output.content,
+                is_error: output.is_error,
+            });
+        }
+        Ok(results)
+    }
+
     async fn store(
         &self,
-        session_id: &str,
-        turn_id: &str,
+        ids: TurnIds<'_>,
         id: &str,
-        role: &str,
+        role: Role,
         blocks: &[ContentBlock],
         model: &str,
     ) -> Result<(), TurnStop> {
@@ -924,9 +920,9 @@ impl Agent {
             .append_message(
                 NewMessage {
                     id,
-                    session_id,
-                    turn_id,
-                    role,
+                    session_id: ids.session_id,
+                    turn_id: ids.turn_id,
+                    role: role.as_str(),
                     content_json: &content,
                 },
                 model,
@@ -982,6 +978,25 @@ impl Drop for QueuePlace<'_> {
     }
 }
 
+/// The session and turn a piece of turn work belongs to.
+#[derive(Clone, Copy)]
+struct TurnIds<'a> {
+    session_id: &'a str,
+    turn_id: &'a str,
+}
+
+/// What a running turn works with (see [`Agent::prepare_turn`]).
+struct Turn {
+    config: Arc<crate::config::Loaded>,
+    provider: Arc<dyn Provider>,
+    tools: Arc<Tools>,
+    model: String,
+    price: crate::config::ModelPrice,
+    system: String,
+    specs: Vec<provider::ToolSpec>,
+    history: context::History,
+}
+
 /// Why a running turn stopped early.
 enum TurnStop {
     Cancelled,
@@ -1029,19 +1044,61 @@ async fn stream_call(
     }
 }
 
-fn add_usage(total: &mut Usage, usage: &Usage) {
-    total.input_tokens += usage.input_tokens;
-    total.output_tokens += usage.output_tokens;
-    total.cache_creation_input_tokens += usage.cache_creation_input_tokens;
-    total.cache_read_input_tokens += usage.cache_read_input_tokens;
+/// A stored session in the agent's model.
+fn session_of(record: SessionRecord) -> Result<Session, AgentError> {
+    Ok(Session {
+        state: SessionState::parse(&record.state).ok_or_else(|| AgentError::Stored {
+            what: format!("a session in state {:?}", record.state),
+        })?,
+        id: record.id,
+        title: record.title,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        model: record.model,
+        message_count: u64::try_from(record.message_count).unwrap_or(0),
+    })
 }
 
-fn stop_reason_name(reason: &StopReason) -> String {
-    match reason {
-        StopReason::EndTurn => "end_turn".to_owned(),
-        StopReason::ToolUse => "tool_use".to_owned(),
-        StopReason::MaxTokens => "max_tokens".to_owned(),
-        StopReason::Other(other) => other.clone(),
+/// Ledger totals in the agent's model (counts are never negative).
+fn totals_of(totals: &storage::UsageTotals) -> UsageTotals {
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    UsageTotals {
+        calls: count(totals.calls),
+        usage: Usage {
+            input_tokens: count(totals.input_tokens),
+            output_tokens: count(totals.output_tokens),
+            cache_creation_input_tokens: count(totals.cache_creation_tokens),
+            cache_read_input_tokens: count(totals.cache_read_tokens),
+        },
+        cost_micros: totals.cost_micros,
+    }
+}
+
+fn report_of(report: storage::UsageReport) -> UsageReport {
+    UsageReport {
+        days: report
+            .days
+            .iter()
+            .map(|(day, totals)| (day.clone(), totals_of(totals)))
+            .collect(),
+        models: report
+            .models
+            .into_iter()
+            .map(|(provider, model, totals)| ModelUsage {
+                provider,
+                model,
+                totals: totals_of(&totals),
+            })
+            .collect(),
+        sessions: report
+            .sessions
+            .into_iter()
+            .map(|(session_id, title, totals)| SessionUsage {
+                session_id,
+                title,
+                totals: totals_of(&totals),
+            })
+            .collect(),
     }
 }
 

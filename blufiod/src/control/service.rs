@@ -13,15 +13,14 @@ use super::auth::{self, Policy};
 use tokio_stream::StreamExt as _;
 
 use crate::agent::budget::dollars;
-use crate::agent::provider::{ContentBlock, Usage};
-use crate::agent::{AgentError, ErrorKind, SessionMessage, TurnEvent};
+use crate::agent::model::{ContentBlock, Message, Session, TurnEvent, Usage, UsageTotals};
+use crate::agent::{AgentError, ErrorKind};
 use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
-use crate::devices::DeviceError;
+use crate::devices::{DeviceError, DeviceRecord};
 use crate::error_chain;
 use crate::events::Event;
 use crate::lifecycle::{Phase, VERSION};
-use crate::storage::{DeviceRecord, SessionRecord, UsageTotals};
 
 /// The control service.
 pub struct ControlService {
@@ -57,7 +56,7 @@ impl pb::control_server::Control for ControlService {
         let paths = &lifecycle.paths;
         let agent = self.deps.agent.status();
         let caps = self.deps.live.get().config.budget.clone();
-        let total_sessions = self.deps.storage.count_sessions().await;
+        let total_sessions = self.deps.agent.count_sessions().await;
         Ok(Response::new(pb::GetStatusResponse {
             state: phase_to_proto(lifecycle.phase()) as i32,
             version: VERSION.to_owned(),
@@ -73,7 +72,7 @@ impl pb::control_server::Control for ControlService {
             sessions: Some(pb::SessionsStatus {
                 active_sessions: agent.active_sessions as u64,
                 turns_in_flight: agent.turns_in_flight as u64,
-                total_sessions: total_sessions.map_err(|error| agent_error_to_status(&error.into()))?,
+                total_sessions: total_sessions.map_err(|error| agent_error_to_status(&error))?,
                 turns_queued: agent.turns_queued as u64,
                 provider: agent.provider.to_owned(),
                 model: agent.model,
@@ -329,28 +328,28 @@ impl pb::control_server::Control for ControlService {
                     day,
                     cost_usd: dollars(totals.cost_micros),
                     usage: Some(totals_to_proto(&totals)),
-                    calls: u64::try_from(totals.calls).unwrap_or(0),
+                    calls: totals.calls,
                 })
                 .collect(),
             models: report
                 .models
                 .into_iter()
-                .map(|(provider, model, totals)| pb::ModelUsage {
-                    provider,
-                    model,
-                    cost_usd: dollars(totals.cost_micros),
-                    usage: Some(totals_to_proto(&totals)),
-                    calls: u64::try_from(totals.calls).unwrap_or(0),
+                .map(|usage| pb::ModelUsage {
+                    provider: usage.provider,
+                    model: usage.model,
+                    cost_usd: dollars(usage.totals.cost_micros),
+                    usage: Some(totals_to_proto(&usage.totals)),
+                    calls: usage.totals.calls,
                 })
                 .collect(),
             sessions: report
                 .sessions
                 .into_iter()
-                .map(|(session_id, title, totals)| pb::SessionUsage {
-                    session_id,
-                    title,
-                    cost_usd: dollars(totals.cost_micros),
-                    calls: u64::try_from(totals.calls).unwrap_or(0),
+                .map(|usage| pb::SessionUsage {
+                    session_id: usage.session_id,
+                    title: usage.title,
+                    cost_usd: dollars(usage.totals.cost_micros),
+                    calls: usage.totals.calls,
                 })
                 .collect(),
             cost: Some(pb::CostStatus {
@@ -513,22 +512,22 @@ const MAX_MESSAGE_PAGE: u32 = 2_000;
 const DEFAULT_USAGE_DAYS: u32 = 30;
 const MAX_USAGE_DAYS: u32 = 366;
 
-fn session_to_proto(session: SessionRecord) -> pb::Session {
+fn session_to_proto(session: Session) -> pb::Session {
     pb::Session {
         id: session.id,
         title: session.title,
         created_at: session.created_at,
         updated_at: session.updated_at,
         model: session.model,
-        state: session.state,
-        message_count: u64::try_from(session.message_count).unwrap_or(0),
+        state: session.state.as_str().to_owned(),
+        message_count: session.message_count,
     }
 }
 
-fn message_to_proto(message: SessionMessage) -> pb::ChatMessage {
+fn message_to_proto(message: Message) -> pb::ChatMessage {
     let mut proto = pb::ChatMessage {
         id: message.id,
-        role: message.role,
+        role: message.role.as_str().to_owned(),
         created_at: message.created_at,
         ..pb::ChatMessage::default()
     };
@@ -570,13 +569,7 @@ fn usage_to_proto(usage: &Usage) -> pb::TokenUsage {
 }
 
 fn totals_to_proto(totals: &UsageTotals) -> pb::TokenUsage {
-    let count = |value: i64| u64::try_from(value).unwrap_or(0);
-    pb::TokenUsage {
-        input_tokens: count(totals.input_tokens),
-        output_tokens: count(totals.output_tokens),
-        cache_creation_input_tokens: count(totals.cache_creation_tokens),
-        cache_read_input_tokens: count(totals.cache_read_tokens),
-    }
+    usage_to_proto(&totals.usage)
 }
 
 fn turn_event_to_proto(event: TurnEvent) -> Result<pb::SendMessageResponse, Status> {
@@ -593,7 +586,7 @@ fn turn_event_to_proto(event: TurnEvent) -> Result<pb::SendMessageResponse, Stat
         } => Event::Tool(pb::ToolActivity {
             id,
             name,
-            phase: phase.to_owned(),
+            phase: phase.as_str().to_owned(),
             is_error,
             summary,
         }),
@@ -602,7 +595,7 @@ fn turn_event_to_proto(event: TurnEvent) -> Result<pb::SendMessageResponse, Stat
             usage: Some(usage_to_proto(&summary.usage)),
             cost_usd: dollars(summary.cost_micros),
             provider_calls: summary.provider_calls,
-            stop_reason: summary.stop_reason,
+            stop_reason: summary.stop_reason.as_str().to_owned(),
             model: summary.model,
         }),
         TurnEvent::Failed(error) => return Err(agent_error_to_status(&error)),

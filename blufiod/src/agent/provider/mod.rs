@@ -23,6 +23,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use super::model::{ContentBlock, StopReason, Usage};
 use crate::config::{ProviderConfig, ProviderKind, Secret};
 
 /// Events buffered between a provider's task and the turn loop; the task waits when it is full,
@@ -36,34 +37,6 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
-}
-
-/// One block of a message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ContentBlock {
-    /// Text.
-    Text {
-        /// The text.
-        text: String,
-    },
-    /// The model asks for a tool call.
-    ToolUse {
-        /// Provider-assigned call id.
-        id: String,
-        /// Tool name.
-        name: String,
-        /// Arguments (a JSON object).
-        input: serde_json::Value,
-    },
-    /// The result of a tool call, sent back to the model.
-    ToolResult {
-        /// The call id it answers.
-        tool_use_id: String,
-        /// The result text.
-        content: String,
-        /// Whether the tool failed.
-        is_error: bool,
-    },
 }
 
 /// One message of the conversation.
@@ -100,32 +73,6 @@ pub struct ChatRequest {
     pub tools: Vec<ToolSpec>,
     /// Output token limit.
     pub max_tokens: u32,
-}
-
-/// Why the model stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// A final answer.
-    EndTurn,
-    /// It wants tool results.
-    ToolUse,
-    /// It hit `max_tokens`.
-    MaxTokens,
-    /// Anything else the provider reported.
-    Other(String),
-}
-
-/// Token counts of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    /// Uncached input tokens.
-    pub input_tokens: u64,
-    /// Output tokens.
-    pub output_tokens: u64,
-    /// Input tokens written to the prompt cache.
-    pub cache_creation_input_tokens: u64,
-    /// Input tokens read from the prompt cache.
-    pub cache_read_input_tokens: u64,
 }
 
 /// A finished call.

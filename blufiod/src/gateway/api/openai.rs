@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{Gateway, SESSION_HEADER, STREAM_BUFFER, agent_problem, bad_request, json, parse_json, sse_response};
-use crate::agent::TurnEvent;
+use crate::agent::model::{StopReason, TurnEvent, Usage};
 use crate::gateway::problem::{Body, Problem};
 use crate::util::unix_now;
 
@@ -149,14 +149,14 @@ pub(super) fn content_text(content: &serde_json::Value) -> String {
     }
 }
 
-fn finish_reason(stop_reason: &str) -> &'static str {
+fn finish_reason(stop_reason: &StopReason) -> &'static str {
     match stop_reason {
-        "max_tokens" => "length",
+        StopReason::MaxTokens => "length",
         _ => "stop",
     }
 }
 
-fn openai_usage(usage: &crate::agent::provider::Usage) -> serde_json::Value {
+fn openai_usage(usage: &Usage) -> serde_json::Value {
     let cached = usage.cache_read_input_tokens;
     let prompt = usage.input_tokens + usage.cache_creation_input_tokens + cached;
     serde_json::json!({

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{Gateway, STREAM_BUFFER, agent_problem, json, parse_json, sse_response};
-use crate::agent::TurnEvent;
 use crate::agent::budget::dollars;
+use crate::agent::model::{ContentBlock, Session, TurnEvent};
 use crate::gateway::problem::{Body, Problem, full};
 
 /// `POST /v1/sessions`.
@@ -62,7 +62,7 @@ pub(super) async fn show(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Bo
         .map(|message| {
             serde_json::json!({
                 "id": message.id,
-                "role": message.role,
+                "role": message.role.as_str(),
                 "created_at": message.created_at,
                 "text": message_text(&message.blocks),
             })
@@ -121,7 +121,7 @@ fn native_stream(mut events: mpsc::Receiver<TurnEvent>) -> Response<Body> {
                     summary,
                 } => (
                     "tool",
-                    serde_json::json!({"id": id, "name": name, "phase": phase, "is_error": is_error, "summary": summary}),
+                    serde_json::json!({"id": id, "name": name, "phase": phase.as_str(), "is_error": is_error, "summary": summary}),
                 ),
                 TurnEvent::Completed(summary) => (
                     "completed",
@@ -135,7 +135,7 @@ fn native_stream(mut events: mpsc::Receiver<TurnEvent>) -> Response<Body> {
                         },
                         "cost_usd": dollars(summary.cost_micros),
                         "provider_calls": summary.provider_calls,
-                        "stop_reason": summary.stop_reason,
+                        "stop_reason": summary.stop_reason.as_str(),
                         "model": summary.model,
                     }),
                 ),
@@ -159,20 +159,19 @@ fn native_stream(mut events: mpsc::Receiver<TurnEvent>) -> Response<Body> {
     sse_response(receiver)
 }
 
-pub(super) fn session_json(session: &crate::storage::SessionRecord) -> serde_json::Value {
+pub(super) fn session_json(session: &Session) -> serde_json::Value {
     serde_json::json!({
         "id": session.id,
         "title": session.title,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
         "model": session.model,
-        "state": session.state,
+        "state": session.state.as_str(),
         "message_count": session.message_count,
     })
 }
 
-pub(super) fn message_text(blocks: &[crate::agent::provider::ContentBlock]) -> String {
-    use crate::agent::provider::ContentBlock;
+pub(super) fn message_text(blocks: &[ContentBlock]) -> String {
     blocks
         .iter()
         .filter_map(|block| match block {
