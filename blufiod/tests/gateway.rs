@@ -1274,6 +1274,69 @@ async fn live_gateway_keys_apply_to_a_running_daemon() {
     assert!(closed.is_ok(), "an idle authenticated connection is closed");
     // Well before the default of 60 s: the value set live was used.
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
+    // A body over the lowered limit is refused.
+    let body = vec![b'x'; 4096];
+    let created = setup
+        .request("POST", "/v1/sessions", Some(b"{}"), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let accepted = setup
+        .request("POST", "/v1/sessions", Some(&body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(accepted.status(), 413, "4 KiB fit the default limit");
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "gateway.max_body_bytes", "1024"]);
+    setup
+        .expect_problem(
+            setup.request("POST", "/v1/sessions", Some(&body), Tweak::default()),
+            413,
+            "body-too-large",
+        )
+        .await;
+
+    // A head sent too slowly is cut off at the lowered time limit (the default is 30 s).
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "gateway.request_timeout_secs", "1"]);
+    let mut slow = raw_tls(&setup).await;
+    slow.write_all(format!("GET /health HTTP/1.1\r\nHost: {authority}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(25), slow.read(&mut buffer)).await;
+    assert!(read.is_ok(), "the slow client was dropped");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+
+    // A new name is served at once.
+    let named = |host: &str| format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let reply = raw_exchange(&setup, named("agent.example").as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 421"), "{reply}");
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "gateway.server_names", "[\"agent.example\"]"]);
+    let reply = raw_exchange(&setup, named("agent.example").as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // Metrics close behind a token set live.
+    let metrics = |token: Option<&str>| {
+        let mut request = setup.client.get(format!("{}/metrics", setup.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(metrics(None).await.unwrap().status(), 200);
+    setup
+        .daemon
+        .ctl_json(&["config", "set", "gateway.metrics_token", "a-long-metrics-token"]);
+    assert_eq!(metrics(None).await.unwrap().status(), 401);
+    assert_eq!(metrics(Some("a-long-metrics-token")).await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
