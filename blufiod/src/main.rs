@@ -85,8 +85,15 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        print_config(&source, &loaded);
-        return ExitCode::SUCCESS;
+        return match print_config(&mut std::io::stdout().lock(), &source, &loaded) {
+            Ok(()) => ExitCode::SUCCESS,
+            // The reader has gone (`blufiod --check-config | head`): nothing is wrong.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("blufiod: cannot write the configuration to standard output: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
     }
     let log = match logging::init(&loaded.config.log) {
         Ok(handle) => handle,
@@ -127,13 +134,17 @@ fn main() -> ExitCode {
 }
 
 /// `--check-config`: the effective configuration, one key per line.
-fn print_config(source: &config::ConfigSource, loaded: &config::Loaded) {
+fn print_config(
+    out: &mut impl std::io::Write,
+    source: &config::ConfigSource,
+    loaded: &config::Loaded,
+) -> std::io::Result<()> {
     let present = if source.path.exists() {
         ""
     } else {
         " (not present; defaults and environment only)"
     };
-    println!("configuration OK: {}{present}", source.path.display());
+    writeln!(out, "configuration OK: {}{present}", source.path.display())?;
     let entries = config::entries(loaded, None).expect("listing all keys cannot fail");
     let width = entries.iter().map(|entry| entry.spec.key.len()).max().unwrap_or(0);
     for entry in entries {
@@ -142,8 +153,9 @@ fn print_config(source: &config::ConfigSource, loaded: &config::Loaded) {
         } else {
             entry.value_toml.as_str()
         };
-        println!("{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str());
+        writeln!(out, "{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str())?;
     }
+    out.flush()
 }
 
 /// Logs panics through tracing (so they reach the journal with the daemon's format) before the

@@ -29,6 +29,9 @@ pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError};
 pub const ENV_PREFIX: &str = "BLUFIO_";
 /// Environment variables with the prefix that are not config keys: the binaries' own options.
 const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SOCKET"];
+/// The start (after `BLUFIO_`, lower-cased) of blufioctl's older variables, which the daemon
+/// ignores.
+const CLIENT_ENV_PREFIX: &str = "remote_";
 /// File name of the config file inside a configuration directory.
 pub const CONFIG_FILE_NAME: &str = "blufiod.toml";
 /// File name of the database inside the state directory.
@@ -347,7 +350,14 @@ fn extract(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Lo
         };
     }
     if with_env {
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(ENV_NOT_KEYS).split("__"));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .ignore(ENV_NOT_KEYS)
+                // blufioctl's own variables (BLUFIO_REMOTE_*, from before it had BLUFIOCTL_*)
+                // may be exported in the same shell: they are not the daemon's keys.
+                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with(CLIENT_ENV_PREFIX))
+                .split("__"),
+        );
     }
     let config: Config = figment.extract().map_err(|error| ConfigError::Invalid {
         problems: file::describe_errors(error, text),
@@ -442,6 +452,14 @@ impl Config {
         ]
     }
 
+    /// Every secret key with its value (a test ties the list to the registry's secret flag).
+    pub fn secrets(&self) -> [(&'static str, Option<&Secret>); 2] {
+        [
+            ("gateway.metrics_token", self.gateway.metrics_token.as_ref()),
+            ("provider.api_key", self.provider.api_key.as_ref()),
+        ]
+    }
+
     /// Checks what serde cannot: paths absolute, filter directives valid, group present.
     /// Returns one line per problem.
     pub fn validate(&self) -> Vec<String> {
@@ -463,6 +481,22 @@ impl Config {
                 problems.push(format!(
                     "{key}: {} is not an absolute path; give a path that starts with /",
                     path.display()
+                ));
+            }
+        }
+        if let Some(path) = &self.agent.system_prompt_file
+            && path.is_absolute()
+            && let Err(error) = std::fs::read_to_string(path)
+        {
+            problems.push(format!(
+                "agent.system_prompt_file: cannot read {}: {error}; create the file (UTF-8 text) or remove the key",
+                path.display()
+            ));
+        }
+        for (key, secret) in self.secrets() {
+            if secret.is_some_and(|secret| secret.expose().is_empty()) {
+                problems.push(format!(
+                    "{key}: an empty secret is not a value; give the secret, or remove the key to have none"
                 ));
             }
         }
@@ -713,6 +747,44 @@ mod tests {
                 .any(|problem| problem.starts_with("provider.request_timeout_secs")),
             "{problems:#?}"
         );
+    }
+
+    #[test]
+    fn every_secret_of_the_registry_is_checked_and_an_empty_one_is_refused() {
+        let registry: Vec<&str> = keys::KEYS
+            .iter()
+            .filter(|spec| spec.secret)
+            .map(|spec| spec.key)
+            .collect();
+        let checked: Vec<&str> = Config::default().secrets().iter().map(|(key, _)| *key).collect();
+        assert_eq!(checked, registry);
+        for key in registry {
+            let (section, name) = key.split_once('.').unwrap();
+            let text = format!("[{section}]\n{name} = \"\"\n");
+            let Err(ConfigError::Invalid { problems }) = load_from(Some(&text), None, false) else {
+                panic!("an empty {key} was accepted");
+            };
+            assert!(
+                problems[0].starts_with(key) && problems[0].contains("empty secret"),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_system_prompt_file_must_be_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.md");
+        let text = format!("[agent]\nsystem_prompt_file = \"{}\"\n", missing.display());
+        let Err(ConfigError::Invalid { problems }) = load_from(Some(&text), None, false) else {
+            panic!("a missing prompt file was accepted");
+        };
+        assert!(
+            problems[0].starts_with("agent.system_prompt_file: cannot read"),
+            "{problems:?}"
+        );
+        std::fs::write(&missing, "You are helpful.").unwrap();
+        load_from(Some(&text), None, false).unwrap();
     }
 
     #[test]

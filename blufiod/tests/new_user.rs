@@ -1,0 +1,61 @@
+//! What a new user hit (the defects of the new-user report), each against the real binaries.
+
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn closed_pipe() -> OwnedFd {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    write
+}
+
+#[test]
+fn check_config_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("blufiod.toml");
+    std::fs::write(&config, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_blufiod"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .stdout(Stdio::from(closed_pipe()))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_clients_variables_do_not_stop_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("blufiod.toml");
+    std::fs::write(&config, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_blufiod"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .env("BLUFIO_REMOTE_URL", "https://agent.example:8443")
+        .env("BLUFIO_REMOTE_KEY", "/home/me/.config/blufio/device.pem")
+        .env("BLUFIO_REMOTE_PIN", "ab:cd")
+        .env("BLUFIO_REMOTE_KEYID", "laptop")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A misspelt key of the daemon's own is still an error.
+    let output = Command::new(env!("CARGO_BIN_EXE_blufiod"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .env("BLUFIO_LOG__LEVLE", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
