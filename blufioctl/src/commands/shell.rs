@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use rustyline::error::ReadlineError;
 use rustyline::{Config, DefaultEditor};
 
+use super::Context;
 use crate::chat::{self, Transcript};
-use crate::client::Client;
 use crate::output::{self, Paint};
 use crate::{Failure, Outcome, Printer};
 
@@ -37,7 +37,9 @@ Ctrl-C cancels an answer while it streams, or clears the line being typed.
 ";
 
 /// Runs the shell until Ctrl-D or `/quit`; `session` continues an existing session.
-pub async fn run(mut client: Client, session: Option<String>, printer: &Printer) -> Result<Outcome, Failure> {
+pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outcome, Failure> {
+    let printer = context.printer;
+    let mut client = context.connect().await?;
     let config = Config::builder()
         .max_history_size(HISTORY_ENTRIES)
         .context("cannot configure the line editor")?
