@@ -29,7 +29,7 @@ use crate::cli::{Cli, Command};
 use crate::client::ClientError;
 use crate::commands::Context;
 use crate::device::KeyFileError;
-use crate::output::{Human, Paint, Style};
+use crate::output::{Human, Paint, Render, Style};
 use crate::remote::RemoteError;
 
 /// The operation failed: the daemon refused it, the config is invalid, a timeout, or a local
@@ -271,8 +271,8 @@ impl Printer {
         self.stdout(&text)
     }
 
-    /// Prints human output; returns whether it carried error lines.
-    fn human(&self, human: &Human) -> Result<bool, Failure> {
+    /// Prints human output: its text on stdout, then its warning and error lines on stderr.
+    fn human(&self, human: &Human) -> Result<(), Failure> {
         self.stdout(&human.stdout)?;
         for warning in &human.warnings {
             self.warning(warning);
@@ -280,7 +280,17 @@ impl Printer {
         for error in &human.errors {
             self.error(error);
         }
-        Ok(!human.errors.is_empty())
+        Ok(())
+    }
+
+    /// Prints a command's answer: its `--json` document when `json`, otherwise its human output.
+    /// This is the one place where a command's two renderings part ways.
+    fn emit(&self, view: &impl Render, json: bool) -> Result<(), Failure> {
+        if json {
+            self.json(&view.json())
+        } else {
+            self.human(&view.human(self.stdout_style))
+        }
     }
 
     fn warning(&self, message: &str) {

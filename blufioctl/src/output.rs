@@ -1,26 +1,35 @@
-//! Everything `blufioctl` prints: human-readable text (aligned, optionally coloured) and the
-//! stable `--json` documents. Rendering builds strings and never writes or talks to the daemon,
-//! so it is unit-tested here without a socket.
+//! What every command's output is made of: the [`Render`] trait that each command's view
+//! implements, once for `--json` and once for people, and the presentation helpers the commands
+//! share (styles, table layout, humanized numbers and dates, the JSON shapes several commands
+//! use). Rendering builds strings and never writes or talks to the daemon, so it is unit-tested
+//! without a socket; `main`'s `Printer` writes what it builds.
 //!
 //! The `--json` shapes are documented in `docs/cli-json.md`, included below: that file is the
-//! one copy, so the docs and these sources cannot drift apart.
+//! one copy, so the docs and these sources cannot drift apart. Each command's shapes live in its
+//! module under `commands/`, next to its human output.
 #![doc = include_str!("../../docs/cli-json.md")]
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 
 use blufio_proto::control::v1::{
-    ChatMessage, ConfigEntry, CostStatus, DaemonState, Device, GatewayStatus, GetConfigResponse, GetSessionResponse,
-    GetStatusResponse, GetUsageResponse, ListDevicesResponse, ListSessionsResponse, MemoryStatus, ReloadConfigResponse,
-    Session, SessionsStatus, SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity, TurnCompleted,
-    ValidateConfigResponse,
+    ChatMessage, ConfigEntry, CostStatus, Device, GatewayStatus, GetConfigResponse, GetSessionResponse,
+    GetUsageResponse, ListDevicesResponse, ListSessionsResponse, ReloadConfigResponse, Session, SetConfigResponse,
+    TokenUsage, ToolActivity, TurnCompleted, ValidateConfigResponse,
 };
 use serde::Serialize;
 
 use crate::chat::Transcript;
 
-/// The command to suggest when a change needs a restart.
-const RESTART_HINT: &str = "restart blufiod to apply (systemctl restart blufiod)";
+/// A command's answer, ready to print either way. `--json` and human output are two renderings
+/// of one view, so a command builds its view once and `Printer::emit` picks the rendering.
+pub trait Render {
+    /// The `--json` document, in the shape documented above.
+    fn json(&self) -> impl Serialize;
+
+    /// Human-readable output, decorated with `style`.
+    fn human(&self, style: Style) -> Human;
+}
 
 /// How human-readable output is decorated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,188 +101,8 @@ pub fn json_document(value: &impl Serialize) -> serde_json::Result<String> {
     Ok(text)
 }
 
-// ---------------------------------------------------------------------------------------------
-// status
-
-/// `status --json`.
-pub fn status_json(status: &GetStatusResponse) -> StatusJson<'_> {
-    StatusJson {
-        state: state_name(status.state),
-        version: &status.version,
-        pid: status.pid,
-        uptime_seconds: status.uptime_seconds,
-        config_path: &status.config_path,
-        config_file_present: status.config_file_present,
-        database_path: &status.database_path,
-        database_size_bytes: status.database_size_bytes,
-        socket_path: &status.socket_path,
-        state_dir: &status.state_dir,
-        previous_run_unclean: status.previous_run_unclean,
-        subsystems: status.subsystems.iter().map(SubsystemJson::from).collect(),
-        sessions: status.sessions.as_ref().map(SessionsJson::from),
-        memory: status.memory.as_ref().map(MemoryJson::from),
-        cost: status.cost.as_ref().map(CostJson::from),
-        caller_access: &status.caller_access,
-        gateway: status.gateway.as_ref().map(GatewayJson::from),
-    }
-}
-
-/// `status` as aligned `key: value` lines.
-pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
-    let mut rows: Vec<(String, Cell)> = Vec::new();
-    let state = state_name(status.state);
-    let state_paint = match status.state() {
-        DaemonState::Ready => Paint::Bold,
-        DaemonState::Unspecified => Paint::Red,
-        DaemonState::Starting | DaemonState::Reloading | DaemonState::Stopping => Paint::Yellow,
-    };
-    rows.push(("state".into(), Cell::painted(style, state_paint, state)));
-    rows.push(("version".into(), Cell::plain(&status.version)));
-    rows.push(("pid".into(), Cell::plain(&status.pid.to_string())));
-    rows.push(("uptime".into(), Cell::plain(&humanize_duration(status.uptime_seconds))));
-
-    let mut config = Cell::plain(&status.config_path);
-    if !status.config_file_present {
-        config.push(style, Paint::Dim, " (not present, using defaults)");
-    }
-    rows.push(("config".into(), config));
-
-    let mut database = Cell::plain(&status.database_path);
-    database.push(
-        style,
-        Paint::None,
-        &format!(" ({})", humanize_bytes(status.database_size_bytes)),
-    );
-    rows.push(("database".into(), database));
-    rows.push(("socket".into(), Cell::plain(&status.socket_path)));
-    rows.push(("state dir".into(), Cell::plain(&status.state_dir)));
-    if status.previous_run_unclean {
-        rows.push((
-            "previous run".into(),
-            Cell::painted(style, Paint::Yellow, "did not shut down cleanly (see the journal)"),
-        ));
-    }
-
-    if status.subsystems.is_empty() {
-        rows.push(("subsystems".into(), Cell::painted(style, Paint::Dim, "none")));
-    } else {
-        rows.push(("subsystems".into(), Cell::plain("")));
-        for subsystem in &status.subsystems {
-            rows.push((format!("  {}", subsystem.name), Cell::plain(&subsystem.status)));
-        }
-    }
-    let mut warnings = Vec::new();
-    if let Some(sessions) = &status.sessions {
-        rows.push(("sessions".into(), Cell::plain(&describe_sessions(sessions))));
-        if !sessions.provider.is_empty() || !sessions.model.is_empty() {
-            let provider = [sessions.provider.as_str(), sessions.model.as_str()]
-                .into_iter()
-                .filter(|part| !part.is_empty())
-                .collect::<Vec<_>>()
-                .join(" / ");
-            rows.push(("provider".into(), Cell::plain(&provider)));
-        }
-        if !sessions.provider_problem.is_empty() {
-            warnings.push(sessions.provider_problem.clone());
-        }
-    }
-    if let Some(memory) = &status.memory {
-        rows.push(("memory".into(), Cell::plain(&describe_memory(memory))));
-    }
-    if let Some(cost) = &status.cost {
-        rows.push(("cost".into(), Cell::plain(&describe_cost(cost))));
-    }
-    if let Some(gateway) = &status.gateway {
-        rows.push(("gateway".into(), Cell::plain(&describe_gateway(gateway))));
-        if !gateway.tls_fingerprint_sha256.is_empty() {
-            rows.push(("  pin sha256".into(), Cell::plain(&gateway.tls_fingerprint_sha256)));
-        }
-        if !gateway.problem.is_empty() {
-            warnings.push(format!("gateway: {}", gateway.problem));
-        }
-    }
-    rows.push(("access".into(), Cell::plain(&status.caller_access)));
-
-    Human {
-        stdout: render_pairs(style, &rows),
-        warnings,
-        ..Human::default()
-    }
-}
-
-/// The lower-case name of a `DaemonState` value, as used in JSON and human output.
-pub fn state_name(state: i32) -> &'static str {
-    match DaemonState::try_from(state) {
-        Ok(DaemonState::Unspecified) => "unspecified",
-        Ok(DaemonState::Starting) => "starting",
-        Ok(DaemonState::Ready) => "ready",
-        Ok(DaemonState::Reloading) => "reloading",
-        Ok(DaemonState::Stopping) => "stopping",
-        Err(_) => "unknown",
-    }
-}
-
-fn describe_sessions(sessions: &SessionsStatus) -> String {
-    let turns = if sessions.turns_in_flight == 1 { "turn" } else { "turns" };
-    format!(
-        "{} active, {} {turns} in flight, {} queued, {} total",
-        sessions.active_sessions, sessions.turns_in_flight, sessions.turns_queued, sessions.total_sessions
-    )
-}
-
-fn describe_gateway(gateway: &GatewayStatus) -> String {
-    let devices = if gateway.active_devices == 1 {
-        "device"
-    } else {
-        "devices"
-    };
-    format!(
-        "{}://{}, {} active {devices}",
-        gateway.scheme, gateway.listen, gateway.active_devices
-    )
-}
-
-fn describe_memory(memory: &MemoryStatus) -> String {
-    let limit = if memory.limit_bytes == 0 {
-        "no limit".to_owned()
-    } else {
-        format!("limit {}", humanize_bytes(memory.limit_bytes))
-    };
-    let pressure = if memory.under_pressure {
-        "; UNDER PRESSURE: new turns are refused until memory falls (raise memory.limit_mib?)"
-    } else {
-        ""
-    };
-    format!(
-        "{} resident, {} allocated, {limit}{pressure}",
-        humanize_bytes(memory.rss_bytes),
-        humanize_bytes(memory.allocated_bytes)
-    )
-}
-
-fn describe_cost(cost: &CostStatus) -> String {
-    format!(
-        "{} today {}, {} this month {}, {} reserved",
-        usd_amount(cost.today_usd),
-        of_cap(cost.daily_cap_usd),
-        usd_amount(cost.month_usd),
-        of_cap(cost.monthly_cap_usd),
-        usd_amount(cost.reserved_usd)
-    )
-}
-
-/// "of $1.00" for a cap, "(no cap)" for 0.
-fn of_cap(cap_usd: f64) -> String {
-    if cap_usd > 0.0 {
-        format!("of {}", usd_amount(cap_usd))
-    } else {
-        "(no cap)".to_owned()
-    }
-}
-
-fn usd_amount(usd: f64) -> String {
-    format!("${usd:.2}")
-}
+/// The command to suggest when a change needs a restart.
+const RESTART_HINT: &str = "restart blufiod to apply (systemctl restart blufiod)";
 
 // ---------------------------------------------------------------------------------------------
 // config get
@@ -1070,6 +899,11 @@ pub fn humanize_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Whole dollars and cents: "$3.40".
+pub fn usd_amount(usd: f64) -> String {
+    format!("${usd:.2}")
+}
+
 /// Dollars with four decimals, for single turns and table rows where cents are too coarse.
 pub fn usd_precise(usd: f64) -> String {
     format!("${usd:.4}")
@@ -1146,7 +980,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// At most `width` characters of `text`, ending in "…" when cut.
-fn truncate(text: &str, width: usize) -> String {
+pub fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_owned();
     }
@@ -1156,12 +990,12 @@ fn truncate(text: &str, width: usize) -> String {
 }
 
 /// `text` with runs of whitespace (newlines included) folded to single spaces.
-fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The first line of `text`, at most `width` characters, marked "…" when there is more.
-fn first_line(text: &str, width: usize) -> String {
+pub fn first_line(text: &str, width: usize) -> String {
     let trimmed = text.trim();
     let first = trimmed.lines().next().unwrap_or("");
     if first.len() < trimmed.len() {
@@ -1172,7 +1006,7 @@ fn first_line(text: &str, width: usize) -> String {
 }
 
 /// JSON text re-serialized without whitespace; other text folded to one line.
-fn compact_json(text: &str) -> String {
+pub fn compact_json(text: &str) -> String {
     serde_json::from_str::<serde_json::Value>(text).map_or_else(|_| one_line(text), |value| value.to_string())
 }
 
@@ -1181,27 +1015,32 @@ fn compact_json(text: &str) -> String {
 
 /// One table cell: text that may contain escapes, and its visible width.
 #[derive(Debug, Clone)]
-struct Cell {
-    text: String,
-    width: usize,
+pub struct Cell {
+    /// The text, with escapes when painted.
+    pub text: String,
+    /// How many columns the text takes on screen.
+    pub width: usize,
 }
 
 impl Cell {
-    fn plain(text: &str) -> Cell {
+    /// A cell of undecorated text.
+    pub fn plain(text: &str) -> Cell {
         Cell {
             text: text.to_owned(),
             width: text.chars().count(),
         }
     }
 
-    fn painted(style: Style, paint: Paint, text: &str) -> Cell {
+    /// A cell of text decorated with `paint` (when `style` has colour).
+    pub fn painted(style: Style, paint: Paint, text: &str) -> Cell {
         Cell {
             text: style.paint(paint, text),
             width: text.chars().count(),
         }
     }
 
-    fn push(&mut self, style: Style, paint: Paint, text: &str) {
+    /// Appends `text`, decorated with `paint`.
+    pub fn push(&mut self, style: Style, paint: Paint, text: &str) {
         self.text.push_str(&style.paint(paint, text));
         self.width += text.chars().count();
     }
@@ -1209,7 +1048,7 @@ impl Cell {
 
 /// Rows of cells as columns: padded with two spaces between them when aligning, separated by a
 /// tab otherwise. Trailing blanks are dropped.
-fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
+pub fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
     let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; n_columns];
     for row in rows {
@@ -1243,7 +1082,7 @@ fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
 }
 
 /// `label: value` lines, with the values lined up when aligning.
-fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
+pub fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
     let label_width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
     let mut out = String::new();
     for (label, value) in rows {
@@ -1263,116 +1102,17 @@ fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
     out
 }
 
-fn non_empty(text: &str) -> Option<&str> {
+/// `text`, or none when it is empty: the JSON shapes' `null` for an absent string.
+pub fn non_empty(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON shapes (the stable contract documented at the top of this file)
+// JSON shapes used by several commands (the stable contract documented at the top of this file)
 
 #[derive(Debug, Serialize)]
-pub struct StatusJson<'a> {
-    state: &'static str,
-    version: &'a str,
-    pid: u32,
-    uptime_seconds: u64,
-    config_path: &'a str,
-    config_file_present: bool,
-    database_path: &'a str,
-    database_size_bytes: u64,
-    socket_path: &'a str,
-    state_dir: &'a str,
-    previous_run_unclean: bool,
-    subsystems: Vec<SubsystemJson<'a>>,
-    sessions: Option<SessionsJson<'a>>,
-    memory: Option<MemoryJson>,
-    cost: Option<CostJson>,
-    caller_access: &'a str,
-    gateway: Option<GatewayJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct GatewayJson<'a> {
-    listen: &'a str,
-    scheme: &'a str,
-    tls_fingerprint_sha256: Option<&'a str>,
-    active_devices: u64,
-    problem: Option<&'a str>,
-}
-
-impl<'a> From<&'a GatewayStatus> for GatewayJson<'a> {
-    fn from(gateway: &'a GatewayStatus) -> Self {
-        GatewayJson {
-            listen: &gateway.listen,
-            scheme: &gateway.scheme,
-            tls_fingerprint_sha256: non_empty(&gateway.tls_fingerprint_sha256),
-            active_devices: gateway.active_devices,
-            problem: non_empty(&gateway.problem),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct SubsystemJson<'a> {
-    name: &'a str,
-    status: &'a str,
-}
-
-impl<'a> From<&'a SubsystemStatus> for SubsystemJson<'a> {
-    fn from(subsystem: &'a SubsystemStatus) -> Self {
-        SubsystemJson {
-            name: &subsystem.name,
-            status: &subsystem.status,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct SessionsJson<'a> {
-    active_sessions: u64,
-    turns_in_flight: u64,
-    turns_queued: u64,
-    total_sessions: u64,
-    provider: &'a str,
-    model: &'a str,
-    provider_problem: Option<&'a str>,
-}
-
-impl<'a> From<&'a SessionsStatus> for SessionsJson<'a> {
-    fn from(sessions: &'a SessionsStatus) -> Self {
-        SessionsJson {
-            active_sessions: sessions.active_sessions,
-            turns_in_flight: sessions.turns_in_flight,
-            turns_queued: sessions.turns_queued,
-            total_sessions: sessions.total_sessions,
-            provider: &sessions.provider,
-            model: &sessions.model,
-            provider_problem: non_empty(&sessions.provider_problem),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct MemoryJson {
-    rss_bytes: u64,
-    allocated_bytes: u64,
-    limit_bytes: u64,
-    under_pressure: bool,
-}
-
-impl From<&MemoryStatus> for MemoryJson {
-    fn from(memory: &MemoryStatus) -> Self {
-        MemoryJson {
-            rss_bytes: memory.rss_bytes,
-            allocated_bytes: memory.allocated_bytes,
-            limit_bytes: memory.limit_bytes,
-            under_pressure: memory.under_pressure,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct CostJson {
+/// The spend against the caps, in `status` and `usage`.
+pub struct CostJson {
     today_usd: f64,
     month_usd: f64,
     daily_cap_usd: f64,
@@ -1487,7 +1227,8 @@ impl<'a> From<&'a ToolActivity> for ChatToolJson<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct UsageJson {
+/// Tokens of a turn, a day or a model, in `chat` and `usage`.
+pub struct UsageJson {
     input_tokens: u64,
     output_tokens: u64,
     cache_creation_input_tokens: u64,
@@ -1665,11 +1406,78 @@ pub struct DeviceRevokeJson<'a> {
 
 /// JSON text from the daemon as a value; should it ever not parse, keep the text rather than fail
 /// the whole command.
-fn json_or_text(text: &str) -> serde_json::Value {
+pub fn json_or_text(text: &str) -> serde_json::Value {
     if text.is_empty() {
         return serde_json::Value::Null;
     }
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+/// Styles, a clock and samples for the rendering tests of every command.
+#[cfg(test)]
+pub mod testing {
+    use blufio_proto::control::v1::{GatewayStatus, TokenUsage, TurnCompleted};
+
+    use super::Style;
+
+    /// Aligned output without colour, comparable byte for byte.
+    pub const ALIGNED: Style = Style {
+        color: false,
+        align: true,
+    };
+    /// Aligned output with colour.
+    pub const COLOR: Style = Style {
+        color: true,
+        align: true,
+    };
+
+    pub const NOW: i64 = 1_795_852_800; // 2026-11-28 08:00 UTC
+
+    /// A gateway on a wildcard address, with a pin and a problem.
+    pub fn sample_gateway() -> GatewayStatus {
+        GatewayStatus {
+            listen: "0.0.0.0:8443".into(),
+            scheme: "https".into(),
+            tls_fingerprint_sha256: "AB:CD:EF".into(),
+            active_devices: 0,
+            problem: "no device is registered".into(),
+        }
+    }
+
+    /// A completed turn with usage, cost and model.
+    pub fn sample_completed() -> TurnCompleted {
+        TurnCompleted {
+            message_id: "m-out".into(),
+            usage: Some(TokenUsage {
+                input_tokens: 1200,
+                output_tokens: 80,
+                cache_creation_input_tokens: 10,
+                cache_read_input_tokens: 1024,
+            }),
+            cost_usd: 0.012_34,
+            provider_calls: 2,
+            stop_reason: "end_turn".into(),
+            model: "claude-sonnet-4-5".into(),
+        }
+    }
+
+    /// `text` without its ANSI escapes.
+    pub fn strip_ansi(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -1678,89 +1486,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    const ALIGNED: Style = Style {
-        color: false,
-        align: true,
-    };
-    const COLOR: Style = Style {
-        color: true,
-        align: true,
-    };
-
-    fn entry(key: &str, value: &str, value_json: &str, source: &str) -> ConfigEntry {
-        ConfigEntry {
-            key: key.into(),
-            value: value.into(),
-            value_json: value_json.into(),
-            source: source.into(),
-            ..ConfigEntry::default()
-        }
-    }
-
-    fn sample_config() -> GetConfigResponse {
-        GetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entries: vec![
-                ConfigEntry {
-                    restart_required: true,
-                    pending_restart: true,
-                    ..entry(
-                        "control.socket",
-                        "\"/run/blufio/blufiod.sock\"",
-                        "\"/run/blufio/blufiod.sock\"",
-                        "default",
-                    )
-                },
-                entry("log.level", "\"debug\"", "\"debug\"", "file"),
-                ConfigEntry {
-                    unset: true,
-                    ..entry("notify.webhook", "", "", "default")
-                },
-                ConfigEntry {
-                    secret: true,
-                    ..entry("provider.api_key", "\"********\"", "\"********\"", "env")
-                },
-                entry("agent.max_turns", "30", "30", "file"),
-            ],
-        }
-    }
-
-    fn sample_status() -> GetStatusResponse {
-        GetStatusResponse {
-            state: DaemonState::Ready as i32,
-            version: "0.1.0".into(),
-            pid: 4242,
-            uptime_seconds: 192,
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            config_file_present: false,
-            database_path: "/var/lib/blufio/blufio.db".into(),
-            database_size_bytes: 1536,
-            socket_path: "/run/blufio/blufiod.sock".into(),
-            state_dir: "/var/lib/blufio".into(),
-            subsystems: vec![
-                SubsystemStatus {
-                    name: "control".into(),
-                    status: "listening".into(),
-                },
-                SubsystemStatus {
-                    name: "watchdog".into(),
-                    status: "pinging every 10s".into(),
-                },
-            ],
-            sessions: None,
-            memory: Some(MemoryStatus {
-                rss_bytes: 50 * 1024 * 1024,
-                allocated_bytes: 30 * 1024 * 1024,
-                limit_bytes: 0,
-                under_pressure: false,
-            }),
-            cost: None,
-            previous_run_unclean: true,
-            caller_access: "read-only".into(),
-            gateway: None,
-        }
-    }
+    use crate::output::testing::{ALIGNED, COLOR, NOW, sample_completed, sample_gateway, strip_ansi};
 
     #[test]
     fn durations_use_two_units() {
@@ -1801,6 +1527,89 @@ mod tests {
         assert_eq!(COLOR.paint(Paint::Red, "x"), "\x1b[31mx\x1b[0m");
         assert_eq!(ALIGNED.paint(Paint::Red, "x"), "x");
         assert_eq!(COLOR.paint(Paint::None, "x"), "x");
+    }
+
+    #[test]
+    fn json_document_is_one_line_terminated_document() {
+        let text = json_document(&config_reload_json(&ReloadConfigResponse {
+            applied: vec!["log.level".into()],
+            restart_required: vec![],
+        }))
+        .expect("serializes");
+        assert!(text.ends_with("}\n") && !text.ends_with("\n\n"));
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("parses back");
+        assert_eq!(parsed, json!({"applied": ["log.level"], "restart_required": []}));
+    }
+
+    #[test]
+    fn ages_and_dates() {
+        assert_eq!(humanize_age(NOW, NOW), "just now");
+        assert_eq!(humanize_age(NOW, NOW + 30), "just now", "clock skew");
+        assert_eq!(humanize_age(NOW, NOW - 45), "45s ago");
+        assert_eq!(humanize_age(NOW, NOW - 3 * 60 - 59), "3m ago");
+        assert_eq!(humanize_age(NOW, NOW - 5 * 3600), "5h ago");
+        assert_eq!(humanize_age(NOW, NOW - 12 * 86_400), "12d ago");
+        assert_eq!(humanize_age(NOW, 1_764_000_000), "2025-11-24");
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(format_utc(-1), "1969-12-31 23:59 UTC");
+        assert_eq!(format_utc(NOW), "2026-11-28 08:00 UTC");
+    }
+
+    #[test]
+    fn counts_money_and_text_helpers() {
+        assert_eq!(humanize_count(999), "999");
+        assert_eq!(humanize_count(12_345), "12.3k");
+        assert_eq!(humanize_count(1_500_000), "1.5M");
+        assert_eq!(humanize_count(2_000_000_000), "2.0G");
+        assert_eq!(usd_precise(0.012_34), "$0.0123");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abcd", 4), "abcd");
+        assert_eq!(truncate("héllo", 3), "hé…", "characters, not bytes");
+        assert_eq!(one_line(" a\n b\tc "), "a b c");
+        assert_eq!(first_line("one\ntwo", 100), "one …");
+        assert_eq!(first_line("  only  ", 100), "only");
+        assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
+        assert_eq!(compact_json("not\njson"), "not json");
+    }
+
+    fn entry(key: &str, value: &str, value_json: &str, source: &str) -> ConfigEntry {
+        ConfigEntry {
+            key: key.into(),
+            value: value.into(),
+            value_json: value_json.into(),
+            source: source.into(),
+            ..ConfigEntry::default()
+        }
+    }
+
+    fn sample_config() -> GetConfigResponse {
+        GetConfigResponse {
+            config_path: "/etc/blufio/blufiod.toml".into(),
+            entries: vec![
+                ConfigEntry {
+                    restart_required: true,
+                    pending_restart: true,
+                    ..entry(
+                        "control.socket",
+                        "\"/run/blufio/blufiod.sock\"",
+                        "\"/run/blufio/blufiod.sock\"",
+                        "default",
+                    )
+                },
+                entry("log.level", "\"debug\"", "\"debug\"", "file"),
+                ConfigEntry {
+                    unset: true,
+                    ..entry("notify.webhook", "", "", "default")
+                },
+                ConfigEntry {
+                    secret: true,
+                    ..entry("provider.api_key", "\"********\"", "\"********\"", "env")
+                },
+                entry("agent.max_turns", "30", "30", "file"),
+            ],
+        }
     }
 
     #[test]
@@ -1880,283 +1689,6 @@ mod tests {
                      "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
                 ]
             })
-        );
-    }
-
-    #[test]
-    fn json_document_is_one_line_terminated_document() {
-        let text = json_document(&config_reload_json(&ReloadConfigResponse {
-            applied: vec!["log.level".into()],
-            restart_required: vec![],
-        }))
-        .expect("serializes");
-        assert!(text.ends_with("}\n") && !text.ends_with("\n\n"));
-        let parsed: serde_json::Value = serde_json::from_str(&text).expect("parses back");
-        assert_eq!(parsed, json!({"applied": ["log.level"], "restart_required": []}));
-    }
-
-    #[test]
-    fn status_json_shape() {
-        let status = sample_status();
-        let value = serde_json::to_value(status_json(&status)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "state": "ready",
-                "version": "0.1.0",
-                "pid": 4242,
-                "uptime_seconds": 192,
-                "config_path": "/etc/blufio/blufiod.toml",
-                "config_file_present": false,
-                "database_path": "/var/lib/blufio/blufio.db",
-                "database_size_bytes": 1536,
-                "socket_path": "/run/blufio/blufiod.sock",
-                "state_dir": "/var/lib/blufio",
-                "previous_run_unclean": true,
-                "subsystems": [
-                    {"name": "control", "status": "listening"},
-                    {"name": "watchdog", "status": "pinging every 10s"}
-                ],
-                "sessions": null,
-                "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 0, "under_pressure": false},
-                "cost": null,
-                "caller_access": "read-only",
-                "gateway": null
-            })
-        );
-    }
-
-    #[test]
-    fn status_human_lines() {
-        let human = status_human(&sample_status(), ALIGNED);
-        let expected = "\
-state:         ready
-version:       0.1.0
-pid:           4242
-uptime:        3m 12s
-config:        /etc/blufio/blufiod.toml (not present, using defaults)
-database:      /var/lib/blufio/blufio.db (1.5 KiB)
-socket:        /run/blufio/blufiod.sock
-state dir:     /var/lib/blufio
-previous run:  did not shut down cleanly (see the journal)
-subsystems:
-  control:     listening
-  watchdog:    pinging every 10s
-memory:        50.0 MiB resident, 30.0 MiB allocated, no limit
-access:        read-only
-";
-        assert_eq!(human.stdout, expected);
-        assert!(!human.stdout.contains("sessions"), "absent sections stay out");
-        assert!(!human.stdout.contains("cost"));
-    }
-
-    #[test]
-    fn status_human_plain_and_optional_sections() {
-        let status = GetStatusResponse {
-            config_file_present: true,
-            previous_run_unclean: false,
-            sessions: Some(SessionsStatus {
-                active_sessions: 2,
-                turns_in_flight: 1,
-                total_sessions: 15,
-                turns_queued: 3,
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4-5".into(),
-                provider_problem: "no API key: set BLUFIO_PROVIDER__API_KEY".into(),
-            }),
-            cost: Some(CostStatus {
-                today_usd: 0.125,
-                month_usd: 3.4,
-                daily_cap_usd: 1.0,
-                monthly_cap_usd: 0.0,
-                reserved_usd: 0.05,
-            }),
-            subsystems: vec![],
-            state: 99,
-            ..sample_status()
-        };
-        let stdout = status_human(&status, Style::PLAIN).stdout;
-        assert!(stdout.starts_with("state: unknown\nversion: 0.1.0\n"), "{stdout}");
-        assert!(stdout.contains("\nconfig: /etc/blufio/blufiod.toml\n"), "{stdout}");
-        assert!(!stdout.contains("previous run"));
-        assert!(stdout.contains("\nsubsystems: none\n"));
-        assert!(stdout.contains("\nsessions: 2 active, 1 turn in flight, 3 queued, 15 total\n"));
-        assert!(
-            stdout.contains("\nprovider: anthropic / claude-sonnet-4-5\n"),
-            "{stdout}"
-        );
-        assert!(stdout.contains("\ncost: $0.12 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
-        let human = status_human(&status, Style::PLAIN);
-        assert_eq!(human.warnings, ["no API key: set BLUFIO_PROVIDER__API_KEY"]);
-
-        let value = serde_json::to_value(status_json(&status)).expect("serializes");
-        assert_eq!(
-            value["sessions"],
-            json!({"active_sessions": 2, "turns_in_flight": 1, "turns_queued": 3, "total_sessions": 15,
-                   "provider": "anthropic", "model": "claude-sonnet-4-5",
-                   "provider_problem": "no API key: set BLUFIO_PROVIDER__API_KEY"})
-        );
-        assert_eq!(
-            value["cost"],
-            json!({"today_usd": 0.125, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
-                   "reserved_usd": 0.05})
-        );
-        let healthy = GetStatusResponse {
-            sessions: Some(SessionsStatus::default()),
-            ..sample_status()
-        };
-        assert!(status_human(&healthy, Style::PLAIN).warnings.is_empty());
-        let value = serde_json::to_value(status_json(&healthy)).expect("serializes");
-        assert_eq!(value["sessions"]["provider_problem"], serde_json::Value::Null);
-    }
-
-    fn sample_gateway() -> GatewayStatus {
-        GatewayStatus {
-            listen: "0.0.0.0:8443".into(),
-            scheme: "https".into(),
-            tls_fingerprint_sha256: "AB:CD:EF".into(),
-            active_devices: 0,
-            problem: "no device is registered".into(),
-        }
-    }
-
-    #[test]
-    fn status_shows_the_gateway_and_its_problem() {
-        let status = GetStatusResponse {
-            gateway: Some(sample_gateway()),
-            ..sample_status()
-        };
-        let human = status_human(&status, ALIGNED);
-        assert!(
-            human
-                .stdout
-                .contains("\ngateway:       https://0.0.0.0:8443, 0 active devices\n  pin sha256:  AB:CD:EF\n"),
-            "{}",
-            human.stdout
-        );
-        assert_eq!(human.warnings, ["gateway: no device is registered"]);
-        let value = serde_json::to_value(status_json(&status)).expect("serializes");
-        assert_eq!(
-            value["gateway"],
-            json!({"listen": "0.0.0.0:8443", "scheme": "https", "tls_fingerprint_sha256": "AB:CD:EF",
-                   "active_devices": 0, "problem": "no device is registered"})
-        );
-
-        let plain_http = GetStatusResponse {
-            gateway: Some(GatewayStatus {
-                listen: "127.0.0.1:8080".into(),
-                scheme: "http".into(),
-                tls_fingerprint_sha256: String::new(),
-                active_devices: 1,
-                problem: String::new(),
-            }),
-            ..sample_status()
-        };
-        let human = status_human(&plain_http, Style::PLAIN);
-        assert!(
-            human
-                .stdout
-                .contains("\ngateway: http://127.0.0.1:8080, 1 active device\n"),
-            "{}",
-            human.stdout
-        );
-        assert!(!human.stdout.contains("pin sha256"), "{}", human.stdout);
-        assert!(human.warnings.is_empty());
-        let value = serde_json::to_value(status_json(&plain_http)).expect("serializes");
-        assert_eq!(value["gateway"]["tls_fingerprint_sha256"], serde_json::Value::Null);
-        assert_eq!(value["gateway"]["problem"], serde_json::Value::Null);
-    }
-
-    fn sample_device(name: &str, last_used_at: i64, revoked_at: i64) -> Device {
-        Device {
-            name: name.into(),
-            keyid: format!("SHA256:{name}-key"),
-            fingerprint: format!("SHA256:{name}-key"),
-            added_at: 1_764_316_800,
-            last_used_at,
-            revoked_at,
-        }
-    }
-
-    #[test]
-    fn device_json_shapes() {
-        let device = sample_device("laptop", 0, 0);
-        let value = serde_json::to_value(device_add_json(&device, Some("/k.pem"))).expect("serializes");
-        assert_eq!(
-            value,
-            json!({"device": {"name": "laptop", "keyid": "SHA256:laptop-key", "fingerprint": "SHA256:laptop-key",
-                              "added_at": 1_764_316_800, "last_used_at": null, "revoked_at": null,
-                              "state": "active"},
-                   "key_file": "/k.pem"})
-        );
-        let list = ListDevicesResponse {
-            devices: vec![
-                sample_device("a", 1_764_316_900, 0),
-                sample_device("b", 0, 1_764_317_000),
-            ],
-        };
-        let value = serde_json::to_value(device_list_json(&list)).expect("serializes");
-        assert_eq!(value["devices"][0]["last_used_at"], 1_764_316_900);
-        assert_eq!(value["devices"][1]["revoked_at"], 1_764_317_000);
-        assert_eq!(value["devices"][1]["state"], "revoked");
-        let value = serde_json::to_value(device_revoke_json(&list.devices[1])).expect("serializes");
-        assert_eq!(value["device"]["name"], "b");
-        let value = serde_json::to_value(device_list_json(&ListDevicesResponse::default())).expect("serializes");
-        assert_eq!(value, json!({"devices": []}));
-    }
-
-    #[test]
-    fn device_tables_and_hints() {
-        let list = ListDevicesResponse {
-            devices: vec![
-                sample_device("a", 1_764_316_900, 0),
-                sample_device("b", 0, 1_764_317_000),
-            ],
-        };
-        let text = device_list_human(&list, 1_764_320_000, ALIGNED).stdout;
-        let expected = "\
-NAME  KEYID         ADDED    LAST USED  STATE
-a     SHA256:a-key  53m ago  51m ago    active
-b     SHA256:b-key  53m ago  never      revoked
-";
-        assert_eq!(text, expected);
-        assert!(
-            device_list_human(&ListDevicesResponse::default(), 0, ALIGNED)
-                .stdout
-                .contains("blufioctl device add")
-        );
-
-        let device = sample_device("laptop", 0, 0);
-        let hint = remote_command_hint(Some(&sample_gateway()), Some("/home/me/k.pem"));
-        assert_eq!(
-            hint,
-            "blufioctl remote --url https://HOST:8443 --key /home/me/k.pem --pin AB:CD:EF sessions list"
-        );
-        let text = device_add_human(&device, Some("/home/me/k.pem"), &hint, Style::PLAIN).stdout;
-        assert!(
-            text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nkey file: /home/me/k.pem (private key"), "{text}");
-        assert!(text.ends_with(&format!("\n  {hint}\n")), "{text}");
-
-        let loopback = GatewayStatus {
-            listen: "127.0.0.1:8080".into(),
-            scheme: "http".into(),
-            ..GatewayStatus::default()
-        };
-        assert_eq!(
-            remote_command_hint(Some(&loopback), Some("my key.pem")),
-            "blufioctl remote --url http://127.0.0.1:8080 --key 'my key.pem' sessions list"
-        );
-        assert_eq!(
-            remote_command_hint(None, None),
-            "blufioctl remote --url https://HOST:PORT --key PRIVATE_KEY_FILE --pin SHA256 sessions list"
-        );
-        assert!(
-            device_revoke_human(&device)
-                .stdout
-                .starts_with("revoked device laptop (keyid SHA256:laptop-key)")
         );
     }
 
@@ -2245,8 +1777,6 @@ b     SHA256:b-key  53m ago  never      revoked
         assert_eq!(nothing, "configuration reloaded; nothing changed\n");
     }
 
-    const NOW: i64 = 1_795_852_800; // 2026-11-28 08:00 UTC
-
     fn sample_session(id: &str, title: &str, updated_at: i64, state: &str) -> Session {
         Session {
             id: id.into(),
@@ -2257,196 +1787,6 @@ b     SHA256:b-key  53m ago  never      revoked
             state: state.into(),
             message_count: 12,
         }
-    }
-
-    fn sample_completed() -> TurnCompleted {
-        TurnCompleted {
-            message_id: "m-out".into(),
-            usage: Some(TokenUsage {
-                input_tokens: 1200,
-                output_tokens: 80,
-                cache_creation_input_tokens: 10,
-                cache_read_input_tokens: 1024,
-            }),
-            cost_usd: 0.012_34,
-            provider_calls: 2,
-            stop_reason: "end_turn".into(),
-            model: "claude-sonnet-4-5".into(),
-        }
-    }
-
-    fn sample_usage() -> GetUsageResponse {
-        let tokens = TokenUsage {
-            input_tokens: 12_345,
-            output_tokens: 678,
-            cache_creation_input_tokens: 1_500_000,
-            cache_read_input_tokens: 20_000,
-        };
-        GetUsageResponse {
-            days: vec![
-                DayUsage {
-                    day: "2026-11-27".into(),
-                    cost_usd: 0.5,
-                    usage: Some(tokens),
-                    calls: 12,
-                },
-                DayUsage {
-                    day: "2026-11-28".into(),
-                    cost_usd: 0.25,
-                    usage: Some(TokenUsage::default()),
-                    calls: 3,
-                },
-            ],
-            models: vec![ModelUsage {
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4-5".into(),
-                cost_usd: 0.75,
-                usage: Some(tokens),
-                calls: 15,
-            }],
-            sessions: vec![
-                SessionUsage {
-                    session_id: "s1".into(),
-                    title: "Weather\nin Paris".into(),
-                    cost_usd: 0.7,
-                    calls: 14,
-                },
-                SessionUsage {
-                    session_id: String::new(),
-                    title: String::new(),
-                    cost_usd: 0.05,
-                    calls: 1,
-                },
-            ],
-            cost: Some(CostStatus {
-                today_usd: 0.9,
-                month_usd: 3.5,
-                daily_cap_usd: 1.0,
-                monthly_cap_usd: 0.0,
-                reserved_usd: 0.02,
-            }),
-        }
-    }
-
-    #[test]
-    fn ages_and_dates() {
-        assert_eq!(humanize_age(NOW, NOW), "just now");
-        assert_eq!(humanize_age(NOW, NOW + 30), "just now", "clock skew");
-        assert_eq!(humanize_age(NOW, NOW - 45), "45s ago");
-        assert_eq!(humanize_age(NOW, NOW - 3 * 60 - 59), "3m ago");
-        assert_eq!(humanize_age(NOW, NOW - 5 * 3600), "5h ago");
-        assert_eq!(humanize_age(NOW, NOW - 12 * 86_400), "12d ago");
-        assert_eq!(humanize_age(NOW, 1_764_000_000), "2025-11-24");
-        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13 UTC");
-        assert_eq!(format_utc(-1), "1969-12-31 23:59 UTC");
-        assert_eq!(format_utc(NOW), "2026-11-28 08:00 UTC");
-    }
-
-    #[test]
-    fn counts_money_and_text_helpers() {
-        assert_eq!(humanize_count(999), "999");
-        assert_eq!(humanize_count(12_345), "12.3k");
-        assert_eq!(humanize_count(1_500_000), "1.5M");
-        assert_eq!(humanize_count(2_000_000_000), "2.0G");
-        assert_eq!(usd_precise(0.012_34), "$0.0123");
-        assert_eq!(truncate("abcdef", 4), "abc…");
-        assert_eq!(truncate("abcd", 4), "abcd");
-        assert_eq!(truncate("héllo", 3), "hé…", "characters, not bytes");
-        assert_eq!(one_line(" a\n b\tc "), "a b c");
-        assert_eq!(first_line("one\ntwo", 100), "one …");
-        assert_eq!(first_line("  only  ", 100), "only");
-        assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
-        assert_eq!(compact_json("not\njson"), "not json");
-    }
-
-    #[test]
-    fn tool_lines_and_summary() {
-        let started = ToolActivity {
-            id: "c1".into(),
-            name: "http_get".into(),
-            phase: "started".into(),
-            ..ToolActivity::default()
-        };
-        assert_eq!(tool_line(&started), "[tool http_get started]");
-        let failed = ToolActivity {
-            phase: "finished".into(),
-            is_error: true,
-            ..started.clone()
-        };
-        assert_eq!(tool_line(&failed), "[tool http_get finished: error]");
-        let finished = ToolActivity {
-            phase: "finished".into(),
-            ..started
-        };
-        assert_eq!(tool_line(&finished), "[tool http_get finished]");
-
-        assert_eq!(
-            chat_summary("s1", &sample_completed()),
-            "session s1 · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · claude-sonnet-4-5"
-        );
-        let bare = TurnCompleted {
-            usage: None,
-            model: String::new(),
-            cost_usd: 0.0,
-            ..sample_completed()
-        };
-        assert_eq!(
-            chat_summary("s1", &bare),
-            "session s1 · 0/0 tokens (cache w/r 0/0) · $0.0000"
-        );
-        assert_eq!(chat_stop_warning(&sample_completed()), None);
-        let cut = TurnCompleted {
-            stop_reason: "max_tokens".into(),
-            ..sample_completed()
-        };
-        assert!(chat_stop_warning(&cut).is_some_and(|warning| warning.contains("cut short")));
-    }
-
-    #[test]
-    fn chat_json_shape() {
-        let transcript = Transcript {
-            session_id: "s1".into(),
-            user_message_id: "m-in".into(),
-            text: "It is sunny.".into(),
-            tools: vec![
-                ToolActivity {
-                    id: "c1".into(),
-                    name: "http_get".into(),
-                    phase: "finished".into(),
-                    is_error: false,
-                    summary: "200 OK".into(),
-                },
-                ToolActivity {
-                    id: "c2".into(),
-                    name: "shell".into(),
-                    phase: "started".into(),
-                    ..ToolActivity::default()
-                },
-            ],
-        };
-        let completed = sample_completed();
-        let value = serde_json::to_value(chat_json(&transcript, &completed)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "session_id": "s1",
-                "message_id": "m-out",
-                "user_message_id": "m-in",
-                "text": "It is sunny.",
-                "tools": [
-                    {"id": "c1", "name": "http_get", "is_error": false, "summary": "200 OK"},
-                    {"id": "c2", "name": "shell", "is_error": false, "summary": null}
-                ],
-                "usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 10,
-                          "cache_read_input_tokens": 1024},
-                "cost_usd": 0.012_34,
-                "stop_reason": "end_turn",
-                "model": "claude-sonnet-4-5",
-                "provider_calls": 2
-            })
-        );
     }
 
     #[test]
@@ -2595,6 +1935,59 @@ blufio: I could not check.
         );
     }
 
+    fn sample_usage() -> GetUsageResponse {
+        let tokens = TokenUsage {
+            input_tokens: 12_345,
+            output_tokens: 678,
+            cache_creation_input_tokens: 1_500_000,
+            cache_read_input_tokens: 20_000,
+        };
+        GetUsageResponse {
+            days: vec![
+                DayUsage {
+                    day: "2026-11-27".into(),
+                    cost_usd: 0.5,
+                    usage: Some(tokens),
+                    calls: 12,
+                },
+                DayUsage {
+                    day: "2026-11-28".into(),
+                    cost_usd: 0.25,
+                    usage: Some(TokenUsage::default()),
+                    calls: 3,
+                },
+            ],
+            models: vec![ModelUsage {
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4-5".into(),
+                cost_usd: 0.75,
+                usage: Some(tokens),
+                calls: 15,
+            }],
+            sessions: vec![
+                SessionUsage {
+                    session_id: "s1".into(),
+                    title: "Weather\nin Paris".into(),
+                    cost_usd: 0.7,
+                    calls: 14,
+                },
+                SessionUsage {
+                    session_id: String::new(),
+                    title: String::new(),
+                    cost_usd: 0.05,
+                    calls: 1,
+                },
+            ],
+            cost: Some(CostStatus {
+                today_usd: 0.9,
+                month_usd: 3.5,
+                daily_cap_usd: 1.0,
+                monthly_cap_usd: 0.0,
+                reserved_usd: 0.02,
+            }),
+        }
+    }
+
     #[test]
     fn usage_tables() {
         let stdout = usage_human(&sample_usage(), 30, ALIGNED).stdout;
@@ -2665,20 +2058,184 @@ s1         14     $0.7000  Weather in Paris
         assert_eq!(value, json!({"cost": null, "days": [], "models": [], "sessions": []}));
     }
 
-    fn strip_ansi(text: &str) -> String {
-        let mut out = String::new();
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
+    fn sample_device(name: &str, last_used_at: i64, revoked_at: i64) -> Device {
+        Device {
+            name: name.into(),
+            keyid: format!("SHA256:{name}-key"),
+            fingerprint: format!("SHA256:{name}-key"),
+            added_at: 1_764_316_800,
+            last_used_at,
+            revoked_at,
         }
-        out
+    }
+
+    #[test]
+    fn device_json_shapes() {
+        let device = sample_device("laptop", 0, 0);
+        let value = serde_json::to_value(device_add_json(&device, Some("/k.pem"))).expect("serializes");
+        assert_eq!(
+            value,
+            json!({"device": {"name": "laptop", "keyid": "SHA256:laptop-key", "fingerprint": "SHA256:laptop-key",
+                              "added_at": 1_764_316_800, "last_used_at": null, "revoked_at": null,
+                              "state": "active"},
+                   "key_file": "/k.pem"})
+        );
+        let list = ListDevicesResponse {
+            devices: vec![
+                sample_device("a", 1_764_316_900, 0),
+                sample_device("b", 0, 1_764_317_000),
+            ],
+        };
+        let value = serde_json::to_value(device_list_json(&list)).expect("serializes");
+        assert_eq!(value["devices"][0]["last_used_at"], 1_764_316_900);
+        assert_eq!(value["devices"][1]["revoked_at"], 1_764_317_000);
+        assert_eq!(value["devices"][1]["state"], "revoked");
+        let value = serde_json::to_value(device_revoke_json(&list.devices[1])).expect("serializes");
+        assert_eq!(value["device"]["name"], "b");
+        let value = serde_json::to_value(device_list_json(&ListDevicesResponse::default())).expect("serializes");
+        assert_eq!(value, json!({"devices": []}));
+    }
+
+    #[test]
+    fn device_tables_and_hints() {
+        let list = ListDevicesResponse {
+            devices: vec![
+                sample_device("a", 1_764_316_900, 0),
+                sample_device("b", 0, 1_764_317_000),
+            ],
+        };
+        let text = device_list_human(&list, 1_764_320_000, ALIGNED).stdout;
+        let expected = "\
+NAME  KEYID         ADDED    LAST USED  STATE
+a     SHA256:a-key  53m ago  51m ago    active
+b     SHA256:b-key  53m ago  never      revoked
+";
+        assert_eq!(text, expected);
+        assert!(
+            device_list_human(&ListDevicesResponse::default(), 0, ALIGNED)
+                .stdout
+                .contains("blufioctl device add")
+        );
+
+        let device = sample_device("laptop", 0, 0);
+        let hint = remote_command_hint(Some(&sample_gateway()), Some("/home/me/k.pem"));
+        assert_eq!(
+            hint,
+            "blufioctl remote --url https://HOST:8443 --key /home/me/k.pem --pin AB:CD:EF sessions list"
+        );
+        let text = device_add_human(&device, Some("/home/me/k.pem"), &hint, Style::PLAIN).stdout;
+        assert!(
+            text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nkey file: /home/me/k.pem (private key"), "{text}");
+        assert!(text.ends_with(&format!("\n  {hint}\n")), "{text}");
+
+        let loopback = GatewayStatus {
+            listen: "127.0.0.1:8080".into(),
+            scheme: "http".into(),
+            ..GatewayStatus::default()
+        };
+        assert_eq!(
+            remote_command_hint(Some(&loopback), Some("my key.pem")),
+            "blufioctl remote --url http://127.0.0.1:8080 --key 'my key.pem' sessions list"
+        );
+        assert_eq!(
+            remote_command_hint(None, None),
+            "blufioctl remote --url https://HOST:PORT --key PRIVATE_KEY_FILE --pin SHA256 sessions list"
+        );
+        assert!(
+            device_revoke_human(&device)
+                .stdout
+                .starts_with("revoked device laptop (keyid SHA256:laptop-key)")
+        );
+    }
+
+    #[test]
+    fn tool_lines_and_summary() {
+        let started = ToolActivity {
+            id: "c1".into(),
+            name: "http_get".into(),
+            phase: "started".into(),
+            ..ToolActivity::default()
+        };
+        assert_eq!(tool_line(&started), "[tool http_get started]");
+        let failed = ToolActivity {
+            phase: "finished".into(),
+            is_error: true,
+            ..started.clone()
+        };
+        assert_eq!(tool_line(&failed), "[tool http_get finished: error]");
+        let finished = ToolActivity {
+            phase: "finished".into(),
+            ..started
+        };
+        assert_eq!(tool_line(&finished), "[tool http_get finished]");
+
+        assert_eq!(
+            chat_summary("s1", &sample_completed()),
+            "session s1 · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · claude-sonnet-4-5"
+        );
+        let bare = TurnCompleted {
+            usage: None,
+            model: String::new(),
+            cost_usd: 0.0,
+            ..sample_completed()
+        };
+        assert_eq!(
+            chat_summary("s1", &bare),
+            "session s1 · 0/0 tokens (cache w/r 0/0) · $0.0000"
+        );
+        assert_eq!(chat_stop_warning(&sample_completed()), None);
+        let cut = TurnCompleted {
+            stop_reason: "max_tokens".into(),
+            ..sample_completed()
+        };
+        assert!(chat_stop_warning(&cut).is_some_and(|warning| warning.contains("cut short")));
+    }
+
+    #[test]
+    fn chat_json_shape() {
+        let transcript = Transcript {
+            session_id: "s1".into(),
+            user_message_id: "m-in".into(),
+            text: "It is sunny.".into(),
+            tools: vec![
+                ToolActivity {
+                    id: "c1".into(),
+                    name: "http_get".into(),
+                    phase: "finished".into(),
+                    is_error: false,
+                    summary: "200 OK".into(),
+                },
+                ToolActivity {
+                    id: "c2".into(),
+                    name: "shell".into(),
+                    phase: "started".into(),
+                    ..ToolActivity::default()
+                },
+            ],
+        };
+        let completed = sample_completed();
+        let value = serde_json::to_value(chat_json(&transcript, &completed)).expect("serializes");
+        assert_eq!(
+            value,
+            json!({
+                "session_id": "s1",
+                "message_id": "m-out",
+                "user_message_id": "m-in",
+                "text": "It is sunny.",
+                "tools": [
+                    {"id": "c1", "name": "http_get", "is_error": false, "summary": "200 OK"},
+                    {"id": "c2", "name": "shell", "is_error": false, "summary": null}
+                ],
+                "usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 10,
+                          "cache_read_input_tokens": 1024},
+                "cost_usd": 0.012_34,
+                "stop_reason": "end_turn",
+                "model": "claude-sonnet-4-5",
+                "provider_calls": 2
+            })
+        );
     }
 }
