@@ -13,9 +13,8 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 
 use blufio_proto::control::v1::{
-    ChatMessage, ConfigEntry, CostStatus, Device, GatewayStatus, GetConfigResponse, GetSessionResponse,
-    GetUsageResponse, ListDevicesResponse, ListSessionsResponse, ReloadConfigResponse, Session, SetConfigResponse,
-    TokenUsage, ToolActivity, TurnCompleted, ValidateConfigResponse,
+    ChatMessage, CostStatus, Device, GatewayStatus, GetSessionResponse, GetUsageResponse, ListDevicesResponse,
+    ListSessionsResponse, Session, TokenUsage, ToolActivity, TurnCompleted,
 };
 use serde::Serialize;
 
@@ -99,174 +98,6 @@ pub fn json_document(value: &impl Serialize) -> serde_json::Result<String> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     Ok(text)
-}
-
-/// The command to suggest when a change needs a restart.
-const RESTART_HINT: &str = "restart blufiod to apply (systemctl restart blufiod)";
-
-// ---------------------------------------------------------------------------------------------
-// config get
-
-/// `config get --json`, for one key or all of them.
-pub fn config_get_json(config: &GetConfigResponse) -> ConfigGetJson<'_> {
-    ConfigGetJson {
-        config_path: &config.config_path,
-        entries: config.entries.iter().map(EntryJson::from).collect(),
-    }
-}
-
-/// `config get` as a table: a restart marker, KEY, VALUE and SOURCE.
-pub fn config_get_human(config: &GetConfigResponse, style: Style) -> Human {
-    let any_restart_required = config.entries.iter().any(|entry| entry.restart_required);
-    // The marker column is dropped from aligned output when it would be empty; plain output keeps
-    // it so that its columns are always the same four.
-    let with_marker = any_restart_required || !style.align;
-    let mut rows = vec![vec![
-        Cell::plain(""),
-        Cell::painted(style, Paint::Bold, "KEY"),
-        Cell::painted(style, Paint::Bold, "VALUE"),
-        Cell::painted(style, Paint::Bold, "SOURCE"),
-    ]];
-    for entry in &config.entries {
-        let marker = if entry.restart_required { "*" } else { "" };
-        let value = if entry.unset {
-            Cell::painted(style, Paint::Dim, "(unset)")
-        } else if entry.secret {
-            Cell::painted(style, Paint::Dim, &entry.value)
-        } else {
-            Cell::plain(&entry.value)
-        };
-        // SOURCE is the last column, so a note there never disturbs the alignment.
-        let mut source = Cell::plain(&entry.source);
-        if entry.pending_restart {
-            source.push(style, Paint::Yellow, " (restart pending)");
-        }
-        rows.push(vec![
-            Cell::painted(style, Paint::Yellow, marker),
-            Cell::plain(&entry.key),
-            value,
-            source,
-        ]);
-    }
-    if !with_marker {
-        for row in &mut rows {
-            row.remove(0);
-        }
-    }
-
-    let mut stdout = render_table(style, &rows);
-    if any_restart_required {
-        let note = "* takes effect only after a restart of blufiod";
-        let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
-    }
-    let _ = writeln!(
-        stdout,
-        "{}",
-        style.paint(Paint::Dim, &format!("config file: {}", config.config_path))
-    );
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// config set
-
-/// `config set --json`.
-pub fn config_set_json(set: &SetConfigResponse) -> ConfigSetJson<'_> {
-    ConfigSetJson {
-        config_path: &set.config_path,
-        entry: set.entry.as_ref().map(EntryJson::from),
-        applied_live: set.applied_live,
-        restart_required: &set.restart_required,
-        overridden_by_env: non_empty(&set.overridden_by_env),
-    }
-}
-
-/// `config set`: what was written where, and whether it is in effect. `key` and `value` are what
-/// the user asked for, used when the daemon's response carries no entry.
-pub fn config_set_human(set: &SetConfigResponse, key: &str, value: &str, style: Style) -> Human {
-    let (key, value) = match &set.entry {
-        Some(entry) => (entry.key.as_str(), entry.value.as_str()),
-        None => (key, value),
-    };
-    let mut human = Human::default();
-    let _ = writeln!(
-        human.stdout,
-        "set {} = {value} in {}",
-        style.paint(Paint::Bold, key),
-        set.config_path
-    );
-    if set.applied_live {
-        let _ = writeln!(human.stdout, "applied live");
-    } else {
-        let _ = writeln!(human.stdout, "{}", style.paint(Paint::Yellow, RESTART_HINT));
-    }
-    if let Some(variable) = non_empty(&set.overridden_by_env) {
-        human.warnings.push(format!(
-            "{variable} overrides {key} in the environment, so the value in the file is not in effect while it is set"
-        ));
-    }
-    human
-}
-
-// ---------------------------------------------------------------------------------------------
-// config validate
-
-/// `config validate --json`; `file` is the FILE argument, if any.
-pub fn config_validate_json<'a>(validation: &'a ValidateConfigResponse, file: Option<&'a str>) -> ValidateJson<'a> {
-    ValidateJson {
-        valid: validation.valid,
-        file,
-        errors: &validation.errors,
-    }
-}
-
-/// `config validate`: a line on stdout when valid, the problems as error lines otherwise.
-pub fn config_validate_human(validation: &ValidateConfigResponse, file: Option<&str>, style: Style) -> Human {
-    let subject = match file {
-        Some(file) => file.to_owned(),
-        None => "the daemon's configuration".to_owned(),
-    };
-    let mut human = Human::default();
-    if validation.valid {
-        let _ = writeln!(human.stdout, "{subject} is {}", style.paint(Paint::Bold, "valid"));
-    } else if validation.errors.is_empty() {
-        human.errors.push(format!("{subject} is invalid"));
-    } else {
-        human.errors.extend(validation.errors.iter().cloned());
-    }
-    human
-}
-
-// ---------------------------------------------------------------------------------------------
-// config reload
-
-/// `config reload --json`.
-pub fn config_reload_json(reload: &ReloadConfigResponse) -> ReloadJson<'_> {
-    ReloadJson {
-        applied: &reload.applied,
-        restart_required: &reload.restart_required,
-    }
-}
-
-/// `config reload`: which keys took effect and which wait for a restart.
-pub fn config_reload_human(reload: &ReloadConfigResponse, style: Style) -> Human {
-    let mut human = Human::default();
-    if reload.applied.is_empty() && reload.restart_required.is_empty() {
-        let _ = writeln!(human.stdout, "configuration reloaded; nothing changed");
-        return human;
-    }
-    let _ = writeln!(human.stdout, "configuration reloaded");
-    if !reload.applied.is_empty() {
-        let _ = writeln!(human.stdout, "applied live: {}", reload.applied.join(", "));
-    }
-    if !reload.restart_required.is_empty() {
-        let _ = writeln!(human.stdout, "needs a restart: {}", reload.restart_required.join(", "));
-        let _ = writeln!(human.stdout, "{}", style.paint(Paint::Yellow, RESTART_HINT));
-    }
-    human
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1133,67 +964,6 @@ impl From<&CostStatus> for CostJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ConfigGetJson<'a> {
-    config_path: &'a str,
-    entries: Vec<EntryJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct EntryJson<'a> {
-    key: &'a str,
-    value: serde_json::Value,
-    source: &'a str,
-    secret: bool,
-    restart_required: bool,
-    unset: bool,
-    pending_restart: bool,
-}
-
-impl<'a> From<&'a ConfigEntry> for EntryJson<'a> {
-    fn from(entry: &'a ConfigEntry) -> Self {
-        let value = if entry.unset || entry.value_json.is_empty() {
-            serde_json::Value::Null
-        } else {
-            // The daemon sends valid JSON; should it ever not, keep the text rather than fail
-            // the whole command.
-            serde_json::from_str(&entry.value_json)
-                .unwrap_or_else(|_| serde_json::Value::String(entry.value_json.clone()))
-        };
-        EntryJson {
-            key: &entry.key,
-            value,
-            source: &entry.source,
-            secret: entry.secret,
-            restart_required: entry.restart_required,
-            unset: entry.unset,
-            pending_restart: entry.pending_restart,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct ConfigSetJson<'a> {
-    config_path: &'a str,
-    entry: Option<EntryJson<'a>>,
-    applied_live: bool,
-    restart_required: &'a [String],
-    overridden_by_env: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ValidateJson<'a> {
-    valid: bool,
-    file: Option<&'a str>,
-    errors: &'a [String],
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReloadJson<'a> {
-    applied: &'a [String],
-    restart_required: &'a [String],
-}
-
-#[derive(Debug, Serialize)]
 pub struct ChatJson<'a> {
     session_id: &'a str,
     message_id: &'a str,
@@ -1482,10 +1252,11 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use blufio_proto::control::v1::{DayUsage, ModelUsage, SessionUsage, ToolCall};
+    use blufio_proto::control::v1::{DayUsage, ModelUsage, ReloadConfigResponse, SessionUsage, ToolCall};
     use serde_json::json;
 
     use super::*;
+    use crate::commands::config::ConfigReload;
     use crate::output::testing::{ALIGNED, COLOR, NOW, sample_completed, sample_gateway, strip_ansi};
 
     #[test]
@@ -1531,11 +1302,11 @@ mod tests {
 
     #[test]
     fn json_document_is_one_line_terminated_document() {
-        let text = json_document(&config_reload_json(&ReloadConfigResponse {
+        let reload = ReloadConfigResponse {
             applied: vec!["log.level".into()],
             restart_required: vec![],
-        }))
-        .expect("serializes");
+        };
+        let text = json_document(&ConfigReload(&reload).json()).expect("serializes");
         assert!(text.ends_with("}\n") && !text.ends_with("\n\n"));
         let parsed: serde_json::Value = serde_json::from_str(&text).expect("parses back");
         assert_eq!(parsed, json!({"applied": ["log.level"], "restart_required": []}));
@@ -1572,209 +1343,6 @@ mod tests {
         assert_eq!(first_line("  only  ", 100), "only");
         assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
         assert_eq!(compact_json("not\njson"), "not json");
-    }
-
-    fn entry(key: &str, value: &str, value_json: &str, source: &str) -> ConfigEntry {
-        ConfigEntry {
-            key: key.into(),
-            value: value.into(),
-            value_json: value_json.into(),
-            source: source.into(),
-            ..ConfigEntry::default()
-        }
-    }
-
-    fn sample_config() -> GetConfigResponse {
-        GetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entries: vec![
-                ConfigEntry {
-                    restart_required: true,
-                    pending_restart: true,
-                    ..entry(
-                        "control.socket",
-                        "\"/run/blufio/blufiod.sock\"",
-                        "\"/run/blufio/blufiod.sock\"",
-                        "default",
-                    )
-                },
-                entry("log.level", "\"debug\"", "\"debug\"", "file"),
-                ConfigEntry {
-                    unset: true,
-                    ..entry("notify.webhook", "", "", "default")
-                },
-                ConfigEntry {
-                    secret: true,
-                    ..entry("provider.api_key", "\"********\"", "\"********\"", "env")
-                },
-                entry("agent.max_turns", "30", "30", "file"),
-            ],
-        }
-    }
-
-    #[test]
-    fn config_table_is_aligned() {
-        let human = config_get_human(&sample_config(), ALIGNED);
-        // A string continuation would eat the leading blanks of the header, so join lines.
-        let expected = [
-            "   KEY               VALUE                       SOURCE",
-            "*  control.socket    \"/run/blufio/blufiod.sock\"  default (restart pending)",
-            "   log.level         \"debug\"                     file",
-            "   notify.webhook    (unset)                     default",
-            "   provider.api_key  \"********\"                  env",
-            "   agent.max_turns   30                          file",
-            "* takes effect only after a restart of blufiod",
-            "config file: /etc/blufio/blufiod.toml",
-            "",
-        ]
-        .join("\n");
-        assert_eq!(human.stdout, expected);
-        assert!(human.warnings.is_empty() && human.errors.is_empty());
-    }
-
-    #[test]
-    fn config_table_without_restart_keys_has_no_marker_column() {
-        let config = GetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entries: vec![entry("log.level", "\"debug\"", "\"debug\"", "file")],
-        };
-        let aligned = config_get_human(&config, ALIGNED).stdout;
-        assert_eq!(
-            aligned,
-            "KEY        VALUE    SOURCE\nlog.level  \"debug\"  file\nconfig file: /etc/blufio/blufiod.toml\n"
-        );
-        let plain = config_get_human(&config, Style::PLAIN).stdout;
-        assert!(plain.starts_with("\tKEY\tVALUE\tSOURCE\n\tlog.level\t"), "{plain:?}");
-    }
-
-    #[test]
-    fn config_table_plain_uses_tabs() {
-        let human = config_get_human(&sample_config(), Style::PLAIN);
-        let lines: Vec<&str> = human.stdout.lines().collect();
-        assert_eq!(lines[0], "\tKEY\tVALUE\tSOURCE");
-        assert_eq!(
-            lines[1],
-            "*\tcontrol.socket\t\"/run/blufio/blufiod.sock\"\tdefault (restart pending)"
-        );
-        assert_eq!(lines[3], "\tnotify.webhook\t(unset)\tdefault");
-    }
-
-    #[test]
-    fn colour_does_not_break_alignment() {
-        let plain = config_get_human(&sample_config(), ALIGNED).stdout;
-        let coloured = config_get_human(&sample_config(), COLOR).stdout;
-        assert!(coloured.contains('\x1b'));
-        assert_eq!(strip_ansi(&coloured), plain);
-    }
-
-    #[test]
-    fn config_json_shape() {
-        let config = sample_config();
-        let value = serde_json::to_value(config_get_json(&config)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "config_path": "/etc/blufio/blufiod.toml",
-                "entries": [
-                    {"key": "control.socket", "value": "/run/blufio/blufiod.sock",
-                     "source": "default", "secret": false, "restart_required": true, "unset": false,
-                     "pending_restart": true},
-                    {"key": "log.level", "value": "debug",
-                     "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
-                    {"key": "notify.webhook", "value": null,
-                     "source": "default", "secret": false, "restart_required": false, "unset": true, "pending_restart": false},
-                    {"key": "provider.api_key", "value": "********",
-                     "source": "env", "secret": true, "restart_required": false, "unset": false, "pending_restart": false},
-                    {"key": "agent.max_turns", "value": 30,
-                     "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
-                ]
-            })
-        );
-    }
-
-    #[test]
-    fn set_reports_restart_and_env_override() {
-        let set = SetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entry: Some(ConfigEntry {
-                restart_required: true,
-                ..entry("control.socket", "\"/tmp/x.sock\"", "\"/tmp/x.sock\"", "file")
-            }),
-            applied_live: false,
-            restart_required: vec!["control.socket".into()],
-            overridden_by_env: "BLUFIO_CONTROL__SOCKET".into(),
-        };
-        let human = config_set_human(&set, "control.socket", "/tmp/x.sock", ALIGNED);
-        assert_eq!(
-            human.stdout,
-            "set control.socket = \"/tmp/x.sock\" in /etc/blufio/blufiod.toml\n\
-             restart blufiod to apply (systemctl restart blufiod)\n"
-        );
-        assert_eq!(human.warnings.len(), 1);
-        assert!(human.warnings[0].starts_with("BLUFIO_CONTROL__SOCKET overrides control.socket"));
-
-        let value = serde_json::to_value(config_set_json(&set)).expect("serializes");
-        assert_eq!(value["overridden_by_env"], "BLUFIO_CONTROL__SOCKET");
-        assert_eq!(value["entry"]["value"], "/tmp/x.sock");
-        assert_eq!(value["restart_required"], json!(["control.socket"]));
-
-        let live = SetConfigResponse {
-            applied_live: true,
-            overridden_by_env: String::new(),
-            entry: None,
-            ..set
-        };
-        let human = config_set_human(&live, "log.level", "debug", ALIGNED);
-        assert_eq!(
-            human.stdout,
-            "set log.level = debug in /etc/blufio/blufiod.toml\napplied live\n"
-        );
-        assert!(human.warnings.is_empty());
-        let value = serde_json::to_value(config_set_json(&live)).expect("serializes");
-        assert_eq!(value["overridden_by_env"], serde_json::Value::Null);
-        assert_eq!(value["entry"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn validate_reports_each_error() {
-        let invalid = ValidateConfigResponse {
-            valid: false,
-            errors: vec!["log.level: unknown variant".into(), "line 3: bad".into()],
-        };
-        let human = config_validate_human(&invalid, Some("x.toml"), ALIGNED);
-        assert!(human.stdout.is_empty());
-        assert_eq!(human.errors, invalid.errors);
-        let value = serde_json::to_value(config_validate_json(&invalid, None)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({"valid": false, "file": null, "errors": ["log.level: unknown variant", "line 3: bad"]})
-        );
-
-        let valid = ValidateConfigResponse {
-            valid: true,
-            errors: vec![],
-        };
-        let human = config_validate_human(&valid, Some("x.toml"), ALIGNED);
-        assert_eq!(human.stdout, "x.toml is valid\n");
-        assert!(human.errors.is_empty());
-    }
-
-    #[test]
-    fn reload_lists_keys() {
-        let reload = ReloadConfigResponse {
-            applied: vec!["log.level".into(), "agent.max_turns".into()],
-            restart_required: vec!["control.socket".into()],
-        };
-        let stdout = config_reload_human(&reload, ALIGNED).stdout;
-        assert_eq!(
-            stdout,
-            "configuration reloaded\n\
-             applied live: log.level, agent.max_turns\n\
-             needs a restart: control.socket\n\
-             restart blufiod to apply (systemctl restart blufiod)\n"
-        );
-        let nothing = config_reload_human(&ReloadConfigResponse::default(), ALIGNED).stdout;
-        assert_eq!(nothing, "configuration reloaded; nothing changed\n");
     }
 
     fn sample_session(id: &str, title: &str, updated_at: i64, state: &str) -> Session {
