@@ -3,17 +3,16 @@
 
 use blufio_proto::httpsig::unix_now;
 
+use super::sessions::{SessionsDelete, SessionsList, SessionsShow};
 use super::{Context, chat, terminal_width};
 use crate::chat::Transcript;
 use crate::cli::{RemoteArgs, RemoteCommand, RemoteSessionsCommand};
-use crate::output;
 use crate::remote::{self, Gateway};
 use crate::{Failure, Outcome};
 
 /// Runs one `remote` command.
 pub async fn run(context: &Context<'_>, args: RemoteArgs) -> Result<Outcome, Failure> {
     let printer = context.printer;
-    let style = printer.stdout_style;
     // Read a chat message before anything else: an empty one is the user's to fix first.
     let message = match &args.command {
         RemoteCommand::Chat(chat) => Some(chat::message(&chat.message)?),
@@ -34,28 +33,24 @@ pub async fn run(context: &Context<'_>, args: RemoteArgs) -> Result<Outcome, Fai
         }
         RemoteCommand::Sessions(RemoteSessionsCommand::List(args)) => {
             let list = gateway.list_sessions().await?;
-            if args.json {
-                printer.json(&output::sessions_list_json(&list))?;
-            } else {
-                let width = terminal_width(style);
-                printer.human(&output::sessions_list_human(&list, unix_now(), width, style))?;
-            }
+            let view = SessionsList {
+                list: &list,
+                now: unix_now(),
+                max_width: terminal_width(printer.stdout_style),
+            };
+            printer.emit(&view, args.json)?;
         }
         RemoteCommand::Sessions(RemoteSessionsCommand::Show { id, output: args }) => {
             let session = gateway.get_session(&id).await?;
-            if args.json {
-                printer.json(&output::session_show_json(&session))?;
-            } else {
-                printer.human(&output::session_show_human(&session, unix_now(), style))?;
-            }
+            let view = SessionsShow {
+                response: &session,
+                now: unix_now(),
+            };
+            printer.emit(&view, args.json)?;
         }
         RemoteCommand::Sessions(RemoteSessionsCommand::Delete { id, output: args }) => {
             gateway.delete_session(&id).await?;
-            if args.json {
-                printer.json(&output::session_delete_json(&id))?;
-            } else {
-                printer.human(&output::session_delete_human(&id))?;
-            }
+            printer.emit(&SessionsDelete(&id), args.json)?;
         }
     }
     Ok(Outcome::Success)
