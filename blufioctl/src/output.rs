@@ -12,9 +12,7 @@
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 
-use blufio_proto::control::v1::{
-    CostStatus, Device, GatewayStatus, ListDevicesResponse, TokenUsage, ToolActivity, TurnCompleted,
-};
+use blufio_proto::control::v1::{CostStatus, TokenUsage, ToolActivity, TurnCompleted};
 use serde::Serialize;
 
 use crate::chat::Transcript;
@@ -151,143 +149,6 @@ pub fn chat_json<'a>(transcript: &'a Transcript, completed: &'a TurnCompleted) -
         stop_reason: &completed.stop_reason,
         model: &completed.model,
         provider_calls: completed.provider_calls,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// devices
-
-/// `device add --json`; `key_file` is the private key written for `--key-out`.
-pub fn device_add_json<'a>(device: &'a Device, key_file: Option<&'a str>) -> DeviceAddJson<'a> {
-    DeviceAddJson {
-        device: DeviceJson::from(device),
-        key_file,
-    }
-}
-
-/// `device add`: the device, where its private key is, and the command that uses it.
-/// `remote_command` is that command, from [`remote_command_hint`].
-pub fn device_add_human(device: &Device, key_file: Option<&str>, remote_command: &str, style: Style) -> Human {
-    let mut stdout = format!("added device {}\n", style.paint(Paint::Bold, &device.name));
-    let mut rows = vec![
-        ("keyid".to_owned(), Cell::plain(&device.keyid)),
-        ("fingerprint".to_owned(), Cell::plain(&device.fingerprint)),
-    ];
-    if let Some(key_file) = key_file {
-        let mut cell = Cell::plain(key_file);
-        cell.push(style, Paint::Dim, " (private key, mode 0600: keep it secret)");
-        rows.push(("key file".to_owned(), cell));
-    }
-    stdout.push_str(&render_pairs(style, &rows));
-    let _ = writeln!(stdout, "\nnext, on the device that holds the private key:");
-    let _ = writeln!(stdout, "  {remote_command}");
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-/// The `blufioctl remote` command that uses a new device key: the gateway's address and pin
-/// when the daemon reported them, placeholders otherwise. `key_file` is the private key's path,
-/// when known.
-pub fn remote_command_hint(gateway: Option<&GatewayStatus>, key_file: Option<&str>) -> String {
-    let key = key_file.map_or_else(|| "PRIVATE_KEY_FILE".to_owned(), shell_word);
-    let (url, pin) = match gateway {
-        Some(gateway) => {
-            // A wildcard listen address says nothing about the name clients reach it by.
-            let port = gateway.listen.rsplit_once(':').map_or("PORT", |(_, port)| port);
-            let host = match gateway.listen.rsplit_once(':') {
-                Some(("0.0.0.0" | "[::]", _)) | None => "HOST",
-                Some((host, _)) => host,
-            };
-            let pin = non_empty(&gateway.tls_fingerprint_sha256).map(str::to_owned);
-            (format!("{}://{host}:{port}", gateway.scheme), pin)
-        }
-        None => ("https://HOST:PORT".to_owned(), Some("SHA256".to_owned())),
-    };
-    let mut command = format!("blufioctl remote --url {url} --key {key}");
-    if let Some(pin) = pin {
-        let _ = write!(command, " --pin {pin}");
-    }
-    command.push_str(" sessions list");
-    command
-}
-
-/// `device list --json`.
-pub fn device_list_json(list: &ListDevicesResponse) -> DeviceListJson<'_> {
-    DeviceListJson {
-        devices: list.devices.iter().map(DeviceJson::from).collect(),
-    }
-}
-
-/// `device list` as a table: NAME, KEYID, ADDED, LAST USED, STATE. `now` is the current Unix
-/// time, for the ages.
-pub fn device_list_human(list: &ListDevicesResponse, now: i64, style: Style) -> Human {
-    if list.devices.is_empty() {
-        return Human {
-            stdout: "no devices registered; add one with 'blufioctl device add NAME --key-out FILE'\n".to_owned(),
-            ..Human::default()
-        };
-    }
-    let mut rows = vec![
-        ["NAME", "KEYID", "ADDED", "LAST USED", "STATE"]
-            .iter()
-            .map(|title| Cell::painted(style, Paint::Bold, title))
-            .collect::<Vec<_>>(),
-    ];
-    for device in &list.devices {
-        let last_used = if device.last_used_at == 0 {
-            Cell::painted(style, Paint::Dim, "never")
-        } else {
-            Cell::plain(&humanize_age(now, device.last_used_at))
-        };
-        let state = if device.revoked_at == 0 {
-            Cell::plain("active")
-        } else {
-            Cell::painted(style, Paint::Yellow, "revoked")
-        };
-        rows.push(vec![
-            Cell::plain(&device.name),
-            Cell::plain(&device.keyid),
-            Cell::plain(&humanize_age(now, device.added_at)),
-            last_used,
-            state,
-        ]);
-    }
-    Human {
-        stdout: render_table(style, &rows),
-        ..Human::default()
-    }
-}
-
-/// `device revoke --json`.
-pub fn device_revoke_json(device: &Device) -> DeviceRevokeJson<'_> {
-    DeviceRevokeJson {
-        device: DeviceJson::from(device),
-    }
-}
-
-/// `device revoke`.
-pub fn device_revoke_human(device: &Device) -> Human {
-    Human {
-        stdout: format!(
-            "revoked device {} (keyid {}); the gateway refuses its requests from now on\n",
-            device.name, device.keyid
-        ),
-        ..Human::default()
-    }
-}
-
-/// `text` as one shell word: as is when it needs no quoting, single-quoted otherwise.
-fn shell_word(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+' | ',' | ':' | '@' | '%'));
-    if plain {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -613,47 +474,6 @@ impl From<Option<&TokenUsage>> for UsageJson {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct DeviceJson<'a> {
-    name: &'a str,
-    keyid: &'a str,
-    fingerprint: &'a str,
-    added_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    state: &'static str,
-}
-
-impl<'a> From<&'a Device> for DeviceJson<'a> {
-    fn from(device: &'a Device) -> Self {
-        DeviceJson {
-            name: &device.name,
-            keyid: &device.keyid,
-            fingerprint: &device.fingerprint,
-            added_at: device.added_at,
-            last_used_at: (device.last_used_at != 0).then_some(device.last_used_at),
-            revoked_at: (device.revoked_at != 0).then_some(device.revoked_at),
-            state: if device.revoked_at == 0 { "active" } else { "revoked" },
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceAddJson<'a> {
-    device: DeviceJson<'a>,
-    key_file: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceListJson<'a> {
-    devices: Vec<DeviceJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceRevokeJson<'a> {
-    device: DeviceJson<'a>,
-}
-
 /// JSON text from the daemon as a value; should it ever not parse, keep the text rather than fail
 /// the whole command.
 pub fn json_or_text(text: &str) -> serde_json::Value {
@@ -737,7 +557,7 @@ mod tests {
 
     use super::*;
     use crate::commands::config::ConfigReload;
-    use crate::output::testing::{ALIGNED, COLOR, NOW, sample_completed, sample_gateway};
+    use crate::output::testing::{ALIGNED, COLOR, NOW, sample_completed};
 
     #[test]
     fn durations_use_two_units() {
@@ -823,99 +643,6 @@ mod tests {
         assert_eq!(first_line("  only  ", 100), "only");
         assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
         assert_eq!(compact_json("not\njson"), "not json");
-    }
-
-    fn sample_device(name: &str, last_used_at: i64, revoked_at: i64) -> Device {
-        Device {
-            name: name.into(),
-            keyid: format!("SHA256:{name}-key"),
-            fingerprint: format!("SHA256:{name}-key"),
-            added_at: 1_764_316_800,
-            last_used_at,
-            revoked_at,
-        }
-    }
-
-    #[test]
-    fn device_json_shapes() {
-        let device = sample_device("laptop", 0, 0);
-        let value = serde_json::to_value(device_add_json(&device, Some("/k.pem"))).expect("serializes");
-        assert_eq!(
-            value,
-            json!({"device": {"name": "laptop", "keyid": "SHA256:laptop-key", "fingerprint": "SHA256:laptop-key",
-                              "added_at": 1_764_316_800, "last_used_at": null, "revoked_at": null,
-                              "state": "active"},
-                   "key_file": "/k.pem"})
-        );
-        let list = ListDevicesResponse {
-            devices: vec![
-                sample_device("a", 1_764_316_900, 0),
-                sample_device("b", 0, 1_764_317_000),
-            ],
-        };
-        let value = serde_json::to_value(device_list_json(&list)).expect("serializes");
-        assert_eq!(value["devices"][0]["last_used_at"], 1_764_316_900);
-        assert_eq!(value["devices"][1]["revoked_at"], 1_764_317_000);
-        assert_eq!(value["devices"][1]["state"], "revoked");
-        let value = serde_json::to_value(device_revoke_json(&list.devices[1])).expect("serializes");
-        assert_eq!(value["device"]["name"], "b");
-        let value = serde_json::to_value(device_list_json(&ListDevicesResponse::default())).expect("serializes");
-        assert_eq!(value, json!({"devices": []}));
-    }
-
-    #[test]
-    fn device_tables_and_hints() {
-        let list = ListDevicesResponse {
-            devices: vec![
-                sample_device("a", 1_764_316_900, 0),
-                sample_device("b", 0, 1_764_317_000),
-            ],
-        };
-        let text = device_list_human(&list, 1_764_320_000, ALIGNED).stdout;
-        let expected = "\
-NAME  KEYID         ADDED    LAST USED  STATE
-a     SHA256:a-key  53m ago  51m ago    active
-b     SHA256:b-key  53m ago  never      revoked
-";
-        assert_eq!(text, expected);
-        assert!(
-            device_list_human(&ListDevicesResponse::default(), 0, ALIGNED)
-                .stdout
-                .contains("blufioctl device add")
-        );
-
-        let device = sample_device("laptop", 0, 0);
-        let hint = remote_command_hint(Some(&sample_gateway()), Some("/home/me/k.pem"));
-        assert_eq!(
-            hint,
-            "blufioctl remote --url https://HOST:8443 --key /home/me/k.pem --pin AB:CD:EF sessions list"
-        );
-        let text = device_add_human(&device, Some("/home/me/k.pem"), &hint, Style::PLAIN).stdout;
-        assert!(
-            text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nkey file: /home/me/k.pem (private key"), "{text}");
-        assert!(text.ends_with(&format!("\n  {hint}\n")), "{text}");
-
-        let loopback = GatewayStatus {
-            listen: "127.0.0.1:8080".into(),
-            scheme: "http".into(),
-            ..GatewayStatus::default()
-        };
-        assert_eq!(
-            remote_command_hint(Some(&loopback), Some("my key.pem")),
-            "blufioctl remote --url http://127.0.0.1:8080 --key 'my key.pem' sessions list"
-        );
-        assert_eq!(
-            remote_command_hint(None, None),
-            "blufioctl remote --url https://HOST:PORT --key PRIVATE_KEY_FILE --pin SHA256 sessions list"
-        );
-        assert!(
-            device_revoke_human(&device)
-                .stdout
-                .starts_with("revoked device laptop (keyid SHA256:laptop-key)")
-        );
     }
 
     #[test]
