@@ -10,17 +10,14 @@
 #![doc = include_str!("../../docs/cli-json.md")]
 
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 
-use blufio_proto::control::v1::{CostStatus, TokenUsage, ToolActivity, TurnCompleted};
+use blufio_proto::control::v1::{CostStatus, TokenUsage};
 use serde::Serialize;
-
-use crate::chat::Transcript;
 
 /// A command's answer, ready to print either way. `--json` and human output are two renderings
 /// of one view, so a command builds its view once and `Printer::emit` picks the rendering.
 pub trait Render {
-    /// The `--json` document, in the shape documented above.
+    /// The `--json` document, in the shape that `docs/cli-json.md` documents.
     fn json(&self) -> impl Serialize;
 
     /// Human-readable output, decorated with `style`.
@@ -95,61 +92,6 @@ pub fn json_document(value: &impl Serialize) -> serde_json::Result<String> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     Ok(text)
-}
-
-// ---------------------------------------------------------------------------------------------
-// chat
-
-/// The dim stderr line for one tool event: `[tool http_get started]`,
-/// `[tool http_get finished: error]`.
-pub fn tool_line(tool: &ToolActivity) -> String {
-    match (tool.phase.as_str(), tool.is_error) {
-        ("finished", true) => format!("[tool {} finished: error]", tool.name),
-        (phase, _) => format!("[tool {} {phase}]", tool.name),
-    }
-}
-
-/// The one-line summary after a turn:
-/// `session <id> · <in>/<out> tokens (cache w/r a/b) · $0.0123 · <model>`.
-pub fn chat_summary(session_id: &str, completed: &TurnCompleted) -> String {
-    let usage = completed.usage.unwrap_or_default();
-    let mut line = format!(
-        "session {session_id} · {}/{} tokens (cache w/r {}/{}) · {}",
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_creation_input_tokens,
-        usage.cache_read_input_tokens,
-        usd_precise(completed.cost_usd)
-    );
-    if !completed.model.is_empty() {
-        let _ = write!(line, " · {}", completed.model);
-    }
-    line
-}
-
-/// A warning when the answer was cut short, for the stop reasons that mean so.
-pub fn chat_stop_warning(completed: &TurnCompleted) -> Option<String> {
-    match completed.stop_reason.as_str() {
-        "max_tokens" => Some("the answer was cut short: the model reached its output token limit".to_owned()),
-        "tool_limit" => Some("the turn stopped at the limit of tool calls per turn".to_owned()),
-        _ => None,
-    }
-}
-
-/// `chat --json`: the whole turn, built once it completed.
-pub fn chat_json<'a>(transcript: &'a Transcript, completed: &'a TurnCompleted) -> ChatJson<'a> {
-    ChatJson {
-        session_id: &transcript.session_id,
-        message_id: &completed.message_id,
-        user_message_id: non_empty(&transcript.user_message_id),
-        text: &transcript.text,
-        tools: transcript.tools.iter().map(ChatToolJson::from).collect(),
-        usage: UsageJson::from(completed.usage.as_ref()),
-        cost_usd: completed.cost_usd,
-        stop_reason: &completed.stop_reason,
-        model: &completed.model,
-        provider_calls: completed.provider_calls,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -398,8 +340,8 @@ pub fn non_empty(text: &str) -> Option<&str> {
 // ---------------------------------------------------------------------------------------------
 // JSON shapes used by several commands (the stable contract documented at the top of this file)
 
-#[derive(Debug, Serialize)]
 /// The spend against the caps, in `status` and `usage`.
+#[derive(Debug, Serialize)]
 pub struct CostJson {
     today_usd: f64,
     month_usd: f64,
@@ -420,41 +362,8 @@ impl From<&CostStatus> for CostJson {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct ChatJson<'a> {
-    session_id: &'a str,
-    message_id: &'a str,
-    user_message_id: Option<&'a str>,
-    text: &'a str,
-    tools: Vec<ChatToolJson<'a>>,
-    usage: UsageJson,
-    cost_usd: f64,
-    stop_reason: &'a str,
-    model: &'a str,
-    provider_calls: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct ChatToolJson<'a> {
-    id: &'a str,
-    name: &'a str,
-    is_error: bool,
-    summary: Option<&'a str>,
-}
-
-impl<'a> From<&'a ToolActivity> for ChatToolJson<'a> {
-    fn from(tool: &'a ToolActivity) -> Self {
-        ChatToolJson {
-            id: &tool.id,
-            name: &tool.name,
-            is_error: tool.is_error,
-            summary: non_empty(&tool.summary),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
 /// Tokens of a turn, a day or a model, in `chat` and `usage`.
+#[derive(Debug, Serialize)]
 pub struct UsageJson {
     input_tokens: u64,
     output_tokens: u64,
@@ -501,7 +410,8 @@ pub mod testing {
         align: true,
     };
 
-    pub const NOW: i64 = 1_795_852_800; // 2026-11-28 08:00 UTC
+    /// The tests' clock: 2026-11-28 08:00 UTC.
+    pub const NOW: i64 = 1_795_852_800;
 
     /// A gateway on a wildcard address, with a pin and a problem.
     pub fn sample_gateway() -> GatewayStatus {
@@ -555,9 +465,9 @@ mod tests {
     use blufio_proto::control::v1::ReloadConfigResponse;
     use serde_json::json;
 
+    use super::testing::{ALIGNED, COLOR, NOW};
     use super::*;
     use crate::commands::config::ConfigReload;
-    use crate::output::testing::{ALIGNED, COLOR, NOW, sample_completed};
 
     #[test]
     fn durations_use_two_units() {
@@ -643,93 +553,5 @@ mod tests {
         assert_eq!(first_line("  only  ", 100), "only");
         assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
         assert_eq!(compact_json("not\njson"), "not json");
-    }
-
-    #[test]
-    fn tool_lines_and_summary() {
-        let started = ToolActivity {
-            id: "c1".into(),
-            name: "http_get".into(),
-            phase: "started".into(),
-            ..ToolActivity::default()
-        };
-        assert_eq!(tool_line(&started), "[tool http_get started]");
-        let failed = ToolActivity {
-            phase: "finished".into(),
-            is_error: true,
-            ..started.clone()
-        };
-        assert_eq!(tool_line(&failed), "[tool http_get finished: error]");
-        let finished = ToolActivity {
-            phase: "finished".into(),
-            ..started
-        };
-        assert_eq!(tool_line(&finished), "[tool http_get finished]");
-
-        assert_eq!(
-            chat_summary("s1", &sample_completed()),
-            "session s1 · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · claude-sonnet-4-5"
-        );
-        let bare = TurnCompleted {
-            usage: None,
-            model: String::new(),
-            cost_usd: 0.0,
-            ..sample_completed()
-        };
-        assert_eq!(
-            chat_summary("s1", &bare),
-            "session s1 · 0/0 tokens (cache w/r 0/0) · $0.0000"
-        );
-        assert_eq!(chat_stop_warning(&sample_completed()), None);
-        let cut = TurnCompleted {
-            stop_reason: "max_tokens".into(),
-            ..sample_completed()
-        };
-        assert!(chat_stop_warning(&cut).is_some_and(|warning| warning.contains("cut short")));
-    }
-
-    #[test]
-    fn chat_json_shape() {
-        let transcript = Transcript {
-            session_id: "s1".into(),
-            user_message_id: "m-in".into(),
-            text: "It is sunny.".into(),
-            tools: vec![
-                ToolActivity {
-                    id: "c1".into(),
-                    name: "http_get".into(),
-                    phase: "finished".into(),
-                    is_error: false,
-                    summary: "200 OK".into(),
-                },
-                ToolActivity {
-                    id: "c2".into(),
-                    name: "shell".into(),
-                    phase: "started".into(),
-                    ..ToolActivity::default()
-                },
-            ],
-        };
-        let completed = sample_completed();
-        let value = serde_json::to_value(chat_json(&transcript, &completed)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "session_id": "s1",
-                "message_id": "m-out",
-                "user_message_id": "m-in",
-                "text": "It is sunny.",
-                "tools": [
-                    {"id": "c1", "name": "http_get", "is_error": false, "summary": "200 OK"},
-                    {"id": "c2", "name": "shell", "is_error": false, "summary": null}
-                ],
-                "usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 10,
-                          "cache_read_input_tokens": 1024},
-                "cost_usd": 0.012_34,
-                "stop_reason": "end_turn",
-                "model": "claude-sonnet-4-5",
-                "provider_calls": 2
-            })
-        );
     }
 }

@@ -17,7 +17,7 @@ use rustyline::{Config, DefaultEditor};
 
 use super::Context;
 use crate::chat::{self, Transcript};
-use crate::output::{self, Paint};
+use crate::output::Paint;
 use crate::{Failure, Outcome, Printer};
 
 /// Lines of history kept on disk and in memory.
@@ -125,8 +125,8 @@ pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outco
         match result {
             None => echo.note("[cancelled]"),
             Some(Ok(completed)) => {
-                echo.note(&output::chat_summary(&transcript.session_id, &completed));
-                if let Some(warning) = output::chat_stop_warning(&completed) {
+                echo.note(&chat::summary(&transcript.session_id, &completed));
+                if let Some(warning) = chat::stop_warning(&completed) {
                     echo.warning(&warning);
                 }
             }
