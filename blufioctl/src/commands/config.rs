@@ -49,8 +49,8 @@ impl Render for ConfigGet<'_> {
     fn human(&self, style: Style) -> Human {
         let config = self.0;
         let any_restart_required = config.entries.iter().any(|entry| entry.restart_required);
-        // The marker column is dropped from aligned output when it would be empty; plain output keeps
-        // it so that its columns are always the same four.
+        // The marker column is dropped from aligned output when it would be empty; plain output
+        // keeps it so that its columns are always the same four.
         let with_marker = any_restart_required || !style.align;
         let mut rows = vec![vec![
             Cell::plain(""),

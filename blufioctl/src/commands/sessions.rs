@@ -122,7 +122,8 @@ impl Render for SessionsShow<'_> {
         }
     }
 
-    /// `sessions show`: a header, then the messages as `you:`, `blufio:` and `tool NAME:` paragraphs.
+    /// `sessions show`: a header, then the messages as `you:`, `blufio:` and `tool NAME:`
+    /// paragraphs.
     fn human(&self, style: Style) -> Human {
         let SessionsShow { response, now } = *self;
         let mut stdout = String::new();
@@ -162,8 +163,8 @@ impl Render for SessionsShow<'_> {
             stdout.push_str(&render_pairs(style, &rows));
         }
 
-        // Tool results name their call by id; the calls (and so the tool names) are on the assistant
-        // message before them.
+        // Tool results name their call by id; the calls (and so the tool names) are on the
+        // assistant message before them.
         let mut tool_names: Vec<(&str, &str)> = Vec::new();
         for message in &response.messages {
             stdout.push('\n');
