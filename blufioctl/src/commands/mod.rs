@@ -1,5 +1,8 @@
 //! The commands of `blufioctl`, one module per command group of [`crate::cli::Command`]: each
-//! makes its calls to the daemon (or, for `remote`, to the gateway) and prints the answer.
+//! makes its calls to the daemon (or, for `remote`, to the gateway), builds a view of the answer
+//! that implements [`Render`](crate::output::Render), and prints it with `Printer::emit`, which
+//! picks the `--json` document or the human output. A view's JSON shape, its human text and
+//! their tests live in the command's module.
 //!
 //! Errors leave a command as a [`Failure`](crate::Failure), whose exit code and hint come from
 //! the conversions in `main`; a command only adds a hint that needs its own context.
