@@ -1,19 +1,21 @@
 //! One agent turn over `SendMessage`, shared by `chat` and `shell`: drives the event stream,
 //! echoes text deltas to stdout and tool activity to stderr as they arrive, and collects the
 //! turn into a [`Transcript`] for the summary line and `--json`. `remote chat` converts the
-//! gateway's events to the same proto events and reuses [`Transcript`] and [`Echo`].
+//! gateway's events to the same proto events and reuses [`Transcript`] and [`Echo`]. The lines
+//! that describe a turn to people (a tool event, the summary, a stop warning) are built here too.
 //!
 //! This module never decides exit codes and never applies a deadline to a turn: a turn ends when
 //! the daemon ends it, or when the caller drops the future (Ctrl-C in the shell), which cancels
 //! the RPC.
 
+use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{ToolActivity, TurnCompleted};
 
 use crate::client::{Client, ClientError};
-use crate::output::{self, Paint, Style};
+use crate::output::{Paint, Style, usd_precise};
 
 /// What one turn produced so far. It stays meaningful when the turn fails or is cancelled: once
 /// `accepted` arrived, `session_id` names the session the message went to.
@@ -130,7 +132,7 @@ impl Echo {
     pub fn event(&mut self, event: &Event) {
         match event {
             Event::TextDelta(delta) => self.text(&delta.text),
-            Event::Tool(tool) => self.note(&output::tool_line(tool)),
+            Event::Tool(tool) => self.note(&tool_line(tool)),
             Event::Accepted(_) | Event::Completed(_) => {}
         }
     }
@@ -181,11 +183,48 @@ impl Echo {
     }
 }
 
+/// The dim stderr line for one tool event: `[tool http_get started]`,
+/// `[tool http_get finished: error]`.
+pub fn tool_line(tool: &ToolActivity) -> String {
+    match (tool.phase.as_str(), tool.is_error) {
+        ("finished", true) => format!("[tool {} finished: error]", tool.name),
+        (phase, _) => format!("[tool {} {phase}]", tool.name),
+    }
+}
+
+/// The one-line summary after a turn:
+/// `session <id> · <in>/<out> tokens (cache w/r a/b) · $0.0123 · <model>`.
+pub fn summary(session_id: &str, completed: &TurnCompleted) -> String {
+    let usage = completed.usage.unwrap_or_default();
+    let mut line = format!(
+        "session {session_id} · {}/{} tokens (cache w/r {}/{}) · {}",
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+        usd_precise(completed.cost_usd)
+    );
+    if !completed.model.is_empty() {
+        let _ = write!(line, " · {}", completed.model);
+    }
+    line
+}
+
+/// A warning when the answer was cut short, for the stop reasons that mean so.
+pub fn stop_warning(completed: &TurnCompleted) -> Option<String> {
+    match completed.stop_reason.as_str() {
+        "max_tokens" => Some("the answer was cut short: the model reached its output token limit".to_owned()),
+        "tool_limit" => Some("the turn stopped at the limit of tool calls per turn".to_owned()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use blufio_proto::control::v1::{Accepted, TextDelta};
 
     use super::*;
+    use crate::output::testing::sample_completed;
 
     #[test]
     fn transcript_follows_the_events() {
@@ -229,5 +268,48 @@ mod tests {
         let mut transcript = Transcript::new("s9".into());
         transcript.record(&Event::Accepted(Accepted::default()));
         assert_eq!(transcript.session_id, "s9");
+    }
+
+    #[test]
+    fn tool_lines_and_summary() {
+        let started = ToolActivity {
+            id: "c1".into(),
+            name: "http_get".into(),
+            phase: "started".into(),
+            ..ToolActivity::default()
+        };
+        assert_eq!(tool_line(&started), "[tool http_get started]");
+        let failed = ToolActivity {
+            phase: "finished".into(),
+            is_error: true,
+            ..started.clone()
+        };
+        assert_eq!(tool_line(&failed), "[tool http_get finished: error]");
+        let finished = ToolActivity {
+            phase: "finished".into(),
+            ..started
+        };
+        assert_eq!(tool_line(&finished), "[tool http_get finished]");
+
+        assert_eq!(
+            summary("s1", &sample_completed()),
+            "session s1 · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · claude-sonnet-4-5"
+        );
+        let bare = TurnCompleted {
+            usage: None,
+            model: String::new(),
+            cost_usd: 0.0,
+            ..sample_completed()
+        };
+        assert_eq!(
+            summary("s1", &bare),
+            "session s1 · 0/0 tokens (cache w/r 0/0) · $0.0000"
+        );
+        assert_eq!(stop_warning(&sample_completed()), None);
+        let cut = TurnCompleted {
+            stop_reason: "max_tokens".into(),
+            ..sample_completed()
+        };
+        assert!(stop_warning(&cut).is_some_and(|warning| warning.contains("cut short")));
     }
 }

@@ -1,7 +1,8 @@
-//! `blufioctl`, the thin control client of blufiod: parses the command line, makes one gRPC call
-//! over the daemon's Unix socket (or, for `chat` and `shell`, streams agent turns), prints the
-//! answer and maps failures to the documented exit codes (see [`cli::EXIT_CODES_HELP`]).
-//! `remote` does the same over the daemon's HTTPS gateway, with signed requests.
+//! `blufioctl`, the thin control client of blufiod: parses the command line, runs the command
+//! (one module per command group in [`commands`]: one gRPC call over the daemon's Unix socket, or
+//! for `chat` and `shell` streamed agent turns), and maps failures to the documented exit codes
+//! (see [`cli::EXIT_CODES_HELP`]). `remote` does the same over the daemon's HTTPS gateway, with
+//! signed requests.
 //!
 //! This binary depends on `blufio-proto` only; it never opens the daemon's database or config
 //! file itself (`config validate FILE` reads FILE and sends its text to the daemon).
@@ -9,31 +10,27 @@
 mod chat;
 mod cli;
 mod client;
+mod commands;
 mod device;
 mod output;
 mod remote;
-mod shell;
 
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{CommandFactory as _, Parser as _};
+use clap::Parser as _;
 use serde::Serialize;
 
-use blufio_proto::control::v1::TurnCompleted;
-
-use crate::chat::{Echo, Transcript, TurnError};
-use crate::cli::{
-    ChatArgs, Cli, Command, ConfigCommand, DeviceCommand, RemoteArgs, RemoteCommand, RemoteSessionsCommand,
-    SessionsCommand,
-};
-use crate::client::{Client, ClientError};
-use crate::device::{KeyFile, KeyFileError};
-use crate::output::{Human, Paint, Style};
-use crate::remote::{Gateway, RemoteError};
+use crate::chat::{Echo, TurnError};
+use crate::cli::{Cli, Command};
+use crate::client::ClientError;
+use crate::commands::Context;
+use crate::device::KeyFileError;
+use crate::output::{Human, Paint, Render, Style};
+use crate::remote::RemoteError;
 
 /// The operation failed: the daemon refused it, the config is invalid, a timeout, or a local
 /// error such as an unreadable FILE.
@@ -274,8 +271,8 @@ impl Printer {
         self.stdout(&text)
     }
 
-    /// Prints human output; returns whether it carried error lines.
-    fn human(&self, human: &Human) -> Result<bool, Failure> {
+    /// Prints human output: its text on stdout, then its warning and error lines on stderr.
+    fn human(&self, human: &Human) -> Result<(), Failure> {
         self.stdout(&human.stdout)?;
         for warning in &human.warnings {
             self.warning(warning);
@@ -283,7 +280,17 @@ impl Printer {
         for error in &human.errors {
             self.error(error);
         }
-        Ok(!human.errors.is_empty())
+        Ok(())
+    }
+
+    /// Prints a command's answer: its `--json` document when `json`, otherwise its human output.
+    /// This is the one place where a command's two renderings part ways.
+    fn emit(&self, view: &impl Render, json: bool) -> Result<(), Failure> {
+        if json {
+            self.json(&view.json())
+        } else {
+            self.human(&view.human(self.stdout_style))
+        }
     }
 
     fn warning(&self, message: &str) {
@@ -309,328 +316,25 @@ impl Printer {
     }
 }
 
+/// Runs the command of `cli`; the global flags reach it as a [`Context`].
 async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
-    let style = printer.stdout_style;
-    let socket = socket_path(cli.socket);
-    let call_timeout = Duration::from_secs(cli.timeout);
+    let context = Context {
+        socket: socket_path(cli.socket),
+        call_timeout: Duration::from_secs(cli.timeout),
+        printer,
+    };
     match cli.command {
-        Command::Status(args) => {
-            let status = Client::connect(&socket, call_timeout).await?.get_status().await?;
-            if args.json {
-                printer.json(&output::status_json(&status))?;
-            } else {
-                printer.human(&output::status_human(&status, style))?;
-            }
-        }
-        Command::Config(ConfigCommand::Get { key, output: args }) => {
-            let key = key.unwrap_or_default();
-            let config = Client::connect(&socket, call_timeout).await?.get_config(key).await?;
-            if args.json {
-                printer.json(&output::config_get_json(&config))?;
-            } else {
-                printer.human(&output::config_get_human(&config, style))?;
-            }
-        }
-        Command::Config(ConfigCommand::Set {
-            key,
-            value,
-            output: args,
-        }) => {
-            let set = Client::connect(&socket, call_timeout)
-                .await?
-                .set_config(key.clone(), value.clone())
-                .await?;
-            if args.json {
-                printer.json(&output::config_set_json(&set))?;
-            } else {
-                printer.human(&output::config_set_human(&set, &key, &value, style))?;
-            }
-        }
-        Command::Config(ConfigCommand::Validate { file, output: args }) => {
-            // Read FILE before connecting: a typo in the path is the user's to fix first.
-            let (toml, name) = match &file {
-                Some(path) => (read_config_document(path)?, path.display().to_string()),
-                None => (String::new(), String::new()),
-            };
-            let validation = Client::connect(&socket, call_timeout)
-                .await?
-                .validate_config(toml, name.clone())
-                .await?;
-            let file_name = file.as_ref().map(|_| name.as_str());
-            if args.json {
-                printer.json(&output::config_validate_json(&validation, file_name))?;
-            } else {
-                printer.human(&output::config_validate_human(&validation, file_name, style))?;
-            }
-            if !validation.valid {
-                return Ok(Outcome::Invalid);
-            }
-        }
-        Command::Config(ConfigCommand::Reload(args)) => {
-            let reload = Client::connect(&socket, call_timeout).await?.reload_config().await?;
-            if args.json {
-                printer.json(&output::config_reload_json(&reload))?;
-            } else {
-                printer.human(&output::config_reload_human(&reload, style))?;
-            }
-        }
-        Command::Chat(args) => return chat(args, &socket, call_timeout, printer).await,
-        Command::Shell { session } => {
-            let client = Client::connect(&socket, call_timeout).await?;
-            return shell::run(client, session, printer).await;
-        }
-        Command::Sessions(SessionsCommand::List {
-            limit,
-            cursor,
-            output: args,
-        }) => {
-            let list = Client::connect(&socket, call_timeout)
-                .await?
-                .list_sessions(limit.unwrap_or(0), cursor.unwrap_or_default())
-                .await?;
-            if args.json {
-                printer.json(&output::sessions_list_json(&list))?;
-            } else {
-                let width = terminal_width(style);
-                printer.human(&output::sessions_list_human(&list, unix_now(), width, style))?;
-            }
-        }
-        Command::Sessions(SessionsCommand::Show {
-            id,
-            limit,
-            output: args,
-        }) => {
-            let session = Client::connect(&socket, call_timeout)
-                .await?
-                .get_session(id, limit.unwrap_or(0))
-                .await
-                .map_err(session_failure)?;
-            if args.json {
-                printer.json(&output::session_show_json(&session))?;
-            } else {
-                printer.human(&output::session_show_human(&session, unix_now(), style))?;
-            }
-        }
-        Command::Sessions(SessionsCommand::Delete { id, output: args }) => {
-            Client::connect(&socket, call_timeout)
-                .await?
-                .delete_session(id.clone())
-                .await
-                .map_err(session_failure)?;
-            if args.json {
-                printer.json(&output::session_delete_json(&id))?;
-            } else {
-                printer.human(&output::session_delete_human(&id))?;
-            }
-        }
-        Command::Device(DeviceCommand::Add {
-            name,
-            key_out,
-            public_key,
-            output: args,
-        }) => {
-            // Settle the key locally first: a file that exists or a bad public key is the user's
-            // to fix before anything is registered.
-            let (new_key, public_key_pem) = match (key_out, public_key) {
-                (Some(path), _) => {
-                    let file = KeyFile::create(&path)?;
-                    let key = device::generate_key()?;
-                    let pem = blufio_proto::httpsig::verifying_key_to_pem(&key.verifying_key())
-                        .context("cannot encode the public key")?;
-                    (Some((file, key)), pem)
-                }
-                (None, Some(path)) => (None, device::read_public_key(&path)?),
-                (None, None) => return Err(anyhow::anyhow!("--key-out FILE or --public-key FILE is required").into()),
-            };
-            // Dropping the key file on any failure from here on removes it.
-            let mut client = Client::connect(&socket, call_timeout).await?;
-            let device = client.add_device(name, public_key_pem).await.map_err(device_failure)?;
-            let key_file = match new_key {
-                Some((file, key)) => Some(file.write(&key).map_err(|error| Failure {
-                    code: EXIT_FAILED,
-                    error,
-                    hint: Some(format!(
-                        "the device is registered but its key is lost: 'blufioctl device revoke {}', then add it \
-                         again",
-                        device.name
-                    )),
-                })?),
-                None => None,
-            };
-            let key_file = key_file.as_ref().map(|path| path.display().to_string());
-            if args.json {
-                printer.json(&output::device_add_json(&device, key_file.as_deref()))?;
-            } else {
-                // Best effort: the gateway's address and pin make the next step copyable.
-                let gateway = client.get_status().await.ok().and_then(|status| status.gateway);
-                let remote = output::remote_command_hint(gateway.as_ref(), key_file.as_deref());
-                printer.human(&output::device_add_human(&device, key_file.as_deref(), &remote, style))?;
-            }
-        }
-        Command::Device(DeviceCommand::List(args)) => {
-            let list = Client::connect(&socket, call_timeout).await?.list_devices().await?;
-            if args.json {
-                printer.json(&output::device_list_json(&list))?;
-            } else {
-                printer.human(&output::device_list_human(&list, unix_now(), style))?;
-            }
-        }
-        Command::Device(DeviceCommand::Revoke { name, output: args }) => {
-            let device = Client::connect(&socket, call_timeout)
-                .await?
-                .revoke_device(name)
-                .await
-                .map_err(device_failure)?;
-            if args.json {
-                printer.json(&output::device_revoke_json(&device))?;
-            } else {
-                printer.human(&output::device_revoke_human(&device))?;
-            }
-        }
-        Command::Remote(args) => return remote(args, call_timeout, printer).await,
-        Command::Usage { days, output: args } => {
-            let usage = Client::connect(&socket, call_timeout).await?.get_usage(days).await?;
-            if args.json {
-                printer.json(&output::usage_json(&usage))?;
-            } else {
-                printer.human(&output::usage_human(&usage, days, style))?;
-            }
-        }
-        Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "blufioctl", &mut script);
-            let script = String::from_utf8(script).context("completion script is not utf-8")?;
-            printer.stdout(&script)?;
-        }
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut page)
-                .context("cannot render the man page")?;
-            let page = String::from_utf8(page).context("man page is not utf-8")?;
-            printer.stdout(&page)?;
-        }
+        Command::Status(args) => commands::status::run(&context, args).await,
+        Command::Config(command) => commands::config::run(&context, command).await,
+        Command::Chat(args) => commands::chat::run(&context, args).await,
+        Command::Shell { session } => commands::shell::run(&context, session).await,
+        Command::Sessions(command) => commands::sessions::run(&context, command).await,
+        Command::Device(command) => commands::device::run(&context, command).await,
+        Command::Remote(args) => commands::remote::run(&context, args).await,
+        Command::Usage { days, output } => commands::usage::run(&context, days, output).await,
+        Command::Completions { shell } => commands::generate::completions(&context, shell),
+        Command::Man => commands::generate::man(&context),
     }
-    Ok(Outcome::Success)
-}
-
-/// `blufioctl chat`: one turn, streamed, or collected into one JSON document with `--json`.
-async fn chat(args: ChatArgs, socket: &Path, call_timeout: Duration, printer: &Printer) -> Result<Outcome, Failure> {
-    // Read the message before connecting: an empty one is the user's to fix first.
-    let text = chat_message(&args.message)?;
-    let mut client = Client::connect(socket, call_timeout).await?;
-    let mut transcript = Transcript::new(args.session.unwrap_or_default());
-    let mut echo = (!args.json).then(|| printer.echo());
-    let result = chat::run_turn(&mut client, text, &mut transcript, echo.as_mut()).await;
-    finish_turn(printer, echo, &transcript, result)
-}
-
-/// Reports a turn of `chat` or `remote chat`: the `--json` document (when there is no `echo`),
-/// or the end of the streamed text, the summary line and any warning.
-fn finish_turn<E>(
-    printer: &Printer,
-    echo: Option<Echo>,
-    transcript: &Transcript,
-    result: Result<TurnCompleted, E>,
-) -> Result<Outcome, Failure>
-where
-    Failure: From<E>,
-{
-    let Some(mut echo) = echo else {
-        let completed = result?;
-        printer.json(&output::chat_json(transcript, &completed))?;
-        return Ok(Outcome::Success);
-    };
-    echo.end_text();
-    let completed = result?;
-    echo.note(&output::chat_summary(&transcript.session_id, &completed));
-    if let Some(warning) = output::chat_stop_warning(&completed) {
-        echo.warning(&warning);
-    }
-    if let Some(error) = echo.take_write_error() {
-        return Err(anyhow::Error::new(error).context("cannot write to stdout").into());
-    }
-    Ok(Outcome::Success)
-}
-
-/// `blufioctl remote ...`: the command against the gateway at `--url`.
-async fn remote(args: RemoteArgs, call_timeout: Duration, printer: &Printer) -> Result<Outcome, Failure> {
-    let style = printer.stdout_style;
-    // Read a chat message before anything else: an empty one is the user's to fix first.
-    let message = match &args.command {
-        RemoteCommand::Chat(chat) => Some(chat_message(&chat.message)?),
-        RemoteCommand::Sessions(_) => None,
-    };
-    let (key, warning) = remote::read_key(&args.key)?;
-    if let Some(warning) = warning {
-        printer.warning(&warning);
-    }
-    let gateway = Gateway::new(args.url, key, args.keyid, args.pin, call_timeout)?;
-    match args.command {
-        RemoteCommand::Chat(chat) => {
-            let text = message.unwrap_or_default();
-            let mut transcript = Transcript::new(chat.session.unwrap_or_default());
-            let mut echo = (!chat.json).then(|| printer.echo());
-            let result = gateway.run_turn(&text, &mut transcript, echo.as_mut()).await;
-            return finish_turn(printer, echo, &transcript, result);
-        }
-        RemoteCommand::Sessions(RemoteSessionsCommand::List(args)) => {
-            let list = gateway.list_sessions().await?;
-            if args.json {
-                printer.json(&output::sessions_list_json(&list))?;
-            } else {
-                let width = terminal_width(style);
-                printer.human(&output::sessions_list_human(&list, unix_now(), width, style))?;
-            }
-        }
-        RemoteCommand::Sessions(RemoteSessionsCommand::Show { id, output: args }) => {
-            let session = gateway.get_session(&id).await?;
-            if args.json {
-                printer.json(&output::session_show_json(&session))?;
-            } else {
-                printer.human(&output::session_show_human(&session, unix_now(), style))?;
-            }
-        }
-        RemoteCommand::Sessions(RemoteSessionsCommand::Delete { id, output: args }) => {
-            gateway.delete_session(&id).await?;
-            if args.json {
-                printer.json(&output::session_delete_json(&id))?;
-            } else {
-                printer.human(&output::session_delete_human(&id))?;
-            }
-        }
-    }
-    Ok(Outcome::Success)
-}
-
-/// The chat message: the words joined with spaces, or stdin for a lone `-`.
-fn chat_message(words: &[String]) -> anyhow::Result<String> {
-    let text = if words == ["-"] {
-        io::read_to_string(io::stdin()).context("cannot read the message from stdin")?
-    } else {
-        words.join(" ")
-    };
-    let text = text.trim();
-    anyhow::ensure!(!text.is_empty(), "the message is empty");
-    Ok(text.to_owned())
-}
-
-use blufio_proto::httpsig::unix_now;
-
-/// The width of the terminal on stdout, when aligned output goes to one.
-fn terminal_width(style: Style) -> Option<usize> {
-    if !style.align || !io::stdout().is_terminal() {
-        return None;
-    }
-    // rustyline (already here for `shell`) asks the terminal through its safe TIOCGWINSZ wrapper,
-    // which spares this crate `unsafe` or another dependency. $COLUMNS is the fallback.
-    let from_terminal = rustyline::DefaultEditor::new()
-        .ok()
-        .and_then(|mut editor| editor.dimensions())
-        .map(|(columns, _rows)| usize::from(columns));
-    from_terminal
-        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
-        .filter(|columns| *columns > 0)
 }
 
 /// `--socket` / `BLUFIO_SOCKET` when given (and not empty), else the shared default location.
@@ -638,12 +342,4 @@ fn socket_path(given: Option<PathBuf>) -> PathBuf {
     given.filter(|path| !path.as_os_str().is_empty()).unwrap_or_else(|| {
         blufio_proto::paths::default_socket_path(|name| std::env::var_os(name), nix::unistd::geteuid().as_raw())
     })
-}
-
-/// Reads a config file for `config validate FILE`.
-fn read_config_document(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    // An empty `toml` field asks the daemon to validate its own file instead. An empty file is a
-    // valid (all-defaults) document, so send it as a lone newline, which parses the same.
-    Ok(if text.is_empty() { "\n".to_owned() } else { text })
 }

@@ -1,26 +1,28 @@
-//! Everything `blufioctl` prints: human-readable text (aligned, optionally coloured) and the
-//! stable `--json` documents. Rendering builds strings and never writes or talks to the daemon,
-//! so it is unit-tested here without a socket.
+//! What every command's output is made of: the [`Render`] trait that each command's view
+//! implements, once for `--json` and once for people, and the presentation helpers the commands
+//! share (styles, table layout, humanized numbers and dates, the JSON shapes several commands
+//! use). Rendering builds strings and never writes or talks to the daemon, so it is unit-tested
+//! without a socket; `main`'s `Printer` writes what it builds.
 //!
 //! The `--json` shapes are documented in `docs/cli-json.md`, included below: that file is the
-//! one copy, so the docs and these sources cannot drift apart.
+//! one copy, so the docs and these sources cannot drift apart. Each command's shapes live in its
+//! module under `commands/`, next to its human output.
 #![doc = include_str!("../../docs/cli-json.md")]
 
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 
-use blufio_proto::control::v1::{
-    ChatMessage, ConfigEntry, CostStatus, DaemonState, Device, GatewayStatus, GetConfigResponse, GetSessionResponse,
-    GetStatusResponse, GetUsageResponse, ListDevicesResponse, ListSessionsResponse, MemoryStatus, ReloadConfigResponse,
-    Session, SessionsStatus, SetConfigResponse, SubsystemStatus, TokenUsage, ToolActivity, TurnCompleted,
-    ValidateConfigResponse,
-};
+use blufio_proto::control::v1::{CostStatus, TokenUsage};
 use serde::Serialize;
 
-use crate::chat::Transcript;
+/// A command's answer, ready to print either way. `--json` and human output are two renderings
+/// of one view, so a command builds its view once and `Printer::emit` picks the rendering.
+pub trait Render {
+    /// The `--json` document, in the shape that `docs/cli-json.md` documents.
+    fn json(&self) -> impl Serialize;
 
-/// The command to suggest when a change needs a restart.
-const RESTART_HINT: &str = "restart blufiod to apply (systemctl restart blufiod)";
+    /// Human-readable output, decorated with `style`.
+    fn human(&self, style: Style) -> Human;
+}
 
 /// How human-readable output is decorated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,949 +95,6 @@ pub fn json_document(value: &impl Serialize) -> serde_json::Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// status
-
-/// `status --json`.
-pub fn status_json(status: &GetStatusResponse) -> StatusJson<'_> {
-    StatusJson {
-        state: state_name(status.state),
-        version: &status.version,
-        pid: status.pid,
-        uptime_seconds: status.uptime_seconds,
-        config_path: &status.config_path,
-        config_file_present: status.config_file_present,
-        database_path: &status.database_path,
-        database_size_bytes: status.database_size_bytes,
-        socket_path: &status.socket_path,
-        state_dir: &status.state_dir,
-        previous_run_unclean: status.previous_run_unclean,
-        subsystems: status.subsystems.iter().map(SubsystemJson::from).collect(),
-        sessions: status.sessions.as_ref().map(SessionsJson::from),
-        memory: status.memory.as_ref().map(MemoryJson::from),
-        cost: status.cost.as_ref().map(CostJson::from),
-        caller_access: &status.caller_access,
-        gateway: status.gateway.as_ref().map(GatewayJson::from),
-    }
-}
-
-/// `status` as aligned `key: value` lines.
-pub fn status_human(status: &GetStatusResponse, style: Style) -> Human {
-    let mut rows: Vec<(String, Cell)> = Vec::new();
-    let state = state_name(status.state);
-    let state_paint = match status.state() {
-        DaemonState::Ready => Paint::Bold,
-        DaemonState::Unspecified => Paint::Red,
-        DaemonState::Starting | DaemonState::Reloading | DaemonState::Stopping => Paint::Yellow,
-    };
-    rows.push(("state".into(), Cell::painted(style, state_paint, state)));
-    rows.push(("version".into(), Cell::plain(&status.version)));
-    rows.push(("pid".into(), Cell::plain(&status.pid.to_string())));
-    rows.push(("uptime".into(), Cell::plain(&humanize_duration(status.uptime_seconds))));
-
-    let mut config = Cell::plain(&status.config_path);
-    if !status.config_file_present {
-        config.push(style, Paint::Dim, " (not present, using defaults)");
-    }
-    rows.push(("config".into(), config));
-
-    let mut database = Cell::plain(&status.database_path);
-    database.push(
-        style,
-        Paint::None,
-        &format!(" ({})", humanize_bytes(status.database_size_bytes)),
-    );
-    rows.push(("database".into(), database));
-    rows.push(("socket".into(), Cell::plain(&status.socket_path)));
-    rows.push(("state dir".into(), Cell::plain(&status.state_dir)));
-    if status.previous_run_unclean {
-        rows.push((
-            "previous run".into(),
-            Cell::painted(style, Paint::Yellow, "did not shut down cleanly (see the journal)"),
-        ));
-    }
-
-    if status.subsystems.is_empty() {
-        rows.push(("subsystems".into(), Cell::painted(style, Paint::Dim, "none")));
-    } else {
-        rows.push(("subsystems".into(), Cell::plain("")));
-        for subsystem in &status.subsystems {
-            rows.push((format!("  {}", subsystem.name), Cell::plain(&subsystem.status)));
-        }
-    }
-    let mut warnings = Vec::new();
-    if let Some(sessions) = &status.sessions {
-        rows.push(("sessions".into(), Cell::plain(&describe_sessions(sessions))));
-        if !sessions.provider.is_empty() || !sessions.model.is_empty() {
-            let provider = [sessions.provider.as_str(), sessions.model.as_str()]
-                .into_iter()
-                .filter(|part| !part.is_empty())
-                .collect::<Vec<_>>()
-                .join(" / ");
-            rows.push(("provider".into(), Cell::plain(&provider)));
-        }
-        if !sessions.provider_problem.is_empty() {
-            warnings.push(sessions.provider_problem.clone());
-        }
-    }
-    if let Some(memory) = &status.memory {
-        rows.push(("memory".into(), Cell::plain(&describe_memory(memory))));
-    }
-    if let Some(cost) = &status.cost {
-        rows.push(("cost".into(), Cell::plain(&describe_cost(cost))));
-    }
-    if let Some(gateway) = &status.gateway {
-        rows.push(("gateway".into(), Cell::plain(&describe_gateway(gateway))));
-        if !gateway.tls_fingerprint_sha256.is_empty() {
-            rows.push(("  pin sha256".into(), Cell::plain(&gateway.tls_fingerprint_sha256)));
-        }
-        if !gateway.problem.is_empty() {
-            warnings.push(format!("gateway: {}", gateway.problem));
-        }
-    }
-    rows.push(("access".into(), Cell::plain(&status.caller_access)));
-
-    Human {
-        stdout: render_pairs(style, &rows),
-        warnings,
-        ..Human::default()
-    }
-}
-
-/// The lower-case name of a `DaemonState` value, as used in JSON and human output.
-pub fn state_name(state: i32) -> &'static str {
-    match DaemonState::try_from(state) {
-        Ok(DaemonState::Unspecified) => "unspecified",
-        Ok(DaemonState::Starting) => "starting",
-        Ok(DaemonState::Ready) => "ready",
-        Ok(DaemonState::Reloading) => "reloading",
-        Ok(DaemonState::Stopping) => "stopping",
-        Err(_) => "unknown",
-    }
-}
-
-fn describe_sessions(sessions: &SessionsStatus) -> String {
-    let turns = if sessions.turns_in_flight == 1 { "turn" } else { "turns" };
-    format!(
-        "{} active, {} {turns} in flight, {} queued, {} total",
-        sessions.active_sessions, sessions.turns_in_flight, sessions.turns_queued, sessions.total_sessions
-    )
-}
-
-fn describe_gateway(gateway: &GatewayStatus) -> String {
-    let devices = if gateway.active_devices == 1 {
-        "device"
-    } else {
-        "devices"
-    };
-    format!(
-        "{}://{}, {} active {devices}",
-        gateway.scheme, gateway.listen, gateway.active_devices
-    )
-}
-
-fn describe_memory(memory: &MemoryStatus) -> String {
-    let limit = if memory.limit_bytes == 0 {
-        "no limit".to_owned()
-    } else {
-        format!("limit {}", humanize_bytes(memory.limit_bytes))
-    };
-    let pressure = if memory.under_pressure {
-        "; UNDER PRESSURE: new turns are refused until memory falls (raise memory.limit_mib?)"
-    } else {
-        ""
-    };
-    format!(
-        "{} resident, {} allocated, {limit}{pressure}",
-        humanize_bytes(memory.rss_bytes),
-        humanize_bytes(memory.allocated_bytes)
-    )
-}
-
-fn describe_cost(cost: &CostStatus) -> String {
-    format!(
-        "{} today {}, {} this month {}, {} reserved",
-        usd_amount(cost.today_usd),
-        of_cap(cost.daily_cap_usd),
-        usd_amount(cost.month_usd),
-        of_cap(cost.monthly_cap_usd),
-        usd_amount(cost.reserved_usd)
-    )
-}
-
-/// "of $1.00" for a cap, "(no cap)" for 0.
-fn of_cap(cap_usd: f64) -> String {
-    if cap_usd > 0.0 {
-        format!("of {}", usd_amount(cap_usd))
-    } else {
-        "(no cap)".to_owned()
-    }
-}
-
-fn usd_amount(usd: f64) -> String {
-    format!("${usd:.2}")
-}
-
-// ---------------------------------------------------------------------------------------------
-// config get
-
-/// `config get --json`, for one key or all of them.
-pub fn config_get_json(config: &GetConfigResponse) -> ConfigGetJson<'_> {
-    ConfigGetJson {
-        config_path: &config.config_path,
-        entries: config.entries.iter().map(EntryJson::from).collect(),
-    }
-}
-
-/// `config get` as a table: a restart marker, KEY, VALUE and SOURCE.
-pub fn config_get_human(config: &GetConfigResponse, style: Style) -> Human {
-    let any_restart_required = config.entries.iter().any(|entry| entry.restart_required);
-    // The marker column is dropped from aligned output when it would be empty; plain output keeps
-    // it so that its columns are always the same four.
-    let with_marker = any_restart_required || !style.align;
-    let mut rows = vec![vec![
-        Cell::plain(""),
-        Cell::painted(style, Paint::Bold, "KEY"),
-        Cell::painted(style, Paint::Bold, "VALUE"),
-        Cell::painted(style, Paint::Bold, "SOURCE"),
-    ]];
-    for entry in &config.entries {
-        let marker = if entry.restart_required { "*" } else { "" };
-        let value = if entry.unset {
-            Cell::painted(style, Paint::Dim, "(unset)")
-        } else if entry.secret {
-            Cell::painted(style, Paint::Dim, &entry.value)
-        } else {
-            Cell::plain(&entry.value)
-        };
-        // SOURCE is the last column, so a note there never disturbs the alignment.
-        let mut source = Cell::plain(&entry.source);
-        if entry.pending_restart {
-            source.push(style, Paint::Yellow, " (restart pending)");
-        }
-        rows.push(vec![
-            Cell::painted(style, Paint::Yellow, marker),
-            Cell::plain(&entry.key),
-            value,
-            source,
-        ]);
-    }
-    if !with_marker {
-        for row in &mut rows {
-            row.remove(0);
-        }
-    }
-
-    let mut stdout = render_table(style, &rows);
-    if any_restart_required {
-        let note = "* takes effect only after a restart of blufiod";
-        let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
-    }
-    let _ = writeln!(
-        stdout,
-        "{}",
-        style.paint(Paint::Dim, &format!("config file: {}", config.config_path))
-    );
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// config set
-
-/// `config set --json`.
-pub fn config_set_json(set: &SetConfigResponse) -> ConfigSetJson<'_> {
-    ConfigSetJson {
-        config_path: &set.config_path,
-        entry: set.entry.as_ref().map(EntryJson::from),
-        applied_live: set.applied_live,
-        restart_required: &set.restart_required,
-        overridden_by_env: non_empty(&set.overridden_by_env),
-    }
-}
-
-/// `config set`: what was written where, and whether it is in effect. `key` and `value` are what
-/// the user asked for, used when the daemon's response carries no entry.
-pub fn config_set_human(set: &SetConfigResponse, key: &str, value: &str, style: Style) -> Human {
-    let (key, value) = match &set.entry {
-        Some(entry) => (entry.key.as_str(), entry.value.as_str()),
-        None => (key, value),
-    };
-    let mut human = Human::default();
-    let _ = writeln!(
-        human.stdout,
-        "set {} = {value} in {}",
-        style.paint(Paint::Bold, key),
-        set.config_path
-    );
-    if set.applied_live {
-        let _ = writeln!(human.stdout, "applied live");
-    } else {
-        let _ = writeln!(human.stdout, "{}", style.paint(Paint::Yellow, RESTART_HINT));
-    }
-    if let Some(variable) = non_empty(&set.overridden_by_env) {
-        human.warnings.push(format!(
-            "{variable} overrides {key} in the environment, so the value in the file is not in effect while it is set"
-        ));
-    }
-    human
-}
-
-// ---------------------------------------------------------------------------------------------
-// config validate
-
-/// `config validate --json`; `file` is the FILE argument, if any.
-pub fn config_validate_json<'a>(validation: &'a ValidateConfigResponse, file: Option<&'a str>) -> ValidateJson<'a> {
-    ValidateJson {
-        valid: validation.valid,
-        file,
-        errors: &validation.errors,
-    }
-}
-
-/// `config validate`: a line on stdout when valid, the problems as error lines otherwise.
-pub fn config_validate_human(validation: &ValidateConfigResponse, file: Option<&str>, style: Style) -> Human {
-    let subject = match file {
-        Some(file) => file.to_owned(),
-        None => "the daemon's configuration".to_owned(),
-    };
-    let mut human = Human::default();
-    if validation.valid {
-        let _ = writeln!(human.stdout, "{subject} is {}", style.paint(Paint::Bold, "valid"));
-    } else if validation.errors.is_empty() {
-        human.errors.push(format!("{subject} is invalid"));
-    } else {
-        human.errors.extend(validation.errors.iter().cloned());
-    }
-    human
-}
-
-// ---------------------------------------------------------------------------------------------
-// config reload
-
-/// `config reload --json`.
-pub fn config_reload_json(reload: &ReloadConfigResponse) -> ReloadJson<'_> {
-    ReloadJson {
-        applied: &reload.applied,
-        restart_required: &reload.restart_required,
-    }
-}
-
-/// `config reload`: which keys took effect and which wait for a restart.
-pub fn config_reload_human(reload: &ReloadConfigResponse, style: Style) -> Human {
-    let mut human = Human::default();
-    if reload.applied.is_empty() && reload.restart_required.is_empty() {
-        let _ = writeln!(human.stdout, "configuration reloaded; nothing changed");
-        return human;
-    }
-    let _ = writeln!(human.stdout, "configuration reloaded");
-    if !reload.applied.is_empty() {
-        let _ = writeln!(human.stdout, "applied live: {}", reload.applied.join(", "));
-    }
-    if !reload.restart_required.is_empty() {
-        let _ = writeln!(human.stdout, "needs a restart: {}", reload.restart_required.join(", "));
-        let _ = writeln!(human.stdout, "{}", style.paint(Paint::Yellow, RESTART_HINT));
-    }
-    human
-}
-
-// ---------------------------------------------------------------------------------------------
-// chat
-
-/// The dim stderr line for one tool event: `[tool http_get started]`,
-/// `[tool http_get finished: error]`.
-pub fn tool_line(tool: &ToolActivity) -> String {
-    match (tool.phase.as_str(), tool.is_error) {
-        ("finished", true) => format!("[tool {} finished: error]", tool.name),
-        (phase, _) => format!("[tool {} {phase}]", tool.name),
-    }
-}
-
-/// The one-line summary after a turn:
-/// `session <id> · <in>/<out> tokens (cache w/r a/b) · $0.0123 · <model>`.
-pub fn chat_summary(session_id: &str, completed: &TurnCompleted) -> String {
-    let usage = completed.usage.unwrap_or_default();
-    let mut line = format!(
-        "session {session_id} · {}/{} tokens (cache w/r {}/{}) · {}",
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_creation_input_tokens,
-        usage.cache_read_input_tokens,
-        usd_precise(completed.cost_usd)
-    );
-    if !completed.model.is_empty() {
-        let _ = write!(line, " · {}", completed.model);
-    }
-    line
-}
-
-/// A warning when the answer was cut short, for the stop reasons that mean so.
-pub fn chat_stop_warning(completed: &TurnCompleted) -> Option<String> {
-    match completed.stop_reason.as_str() {
-        "max_tokens" => Some("the answer was cut short: the model reached its output token limit".to_owned()),
-        "tool_limit" => Some("the turn stopped at the limit of tool calls per turn".to_owned()),
-        _ => None,
-    }
-}
-
-/// `chat --json`: the whole turn, built once it completed.
-pub fn chat_json<'a>(transcript: &'a Transcript, completed: &'a TurnCompleted) -> ChatJson<'a> {
-    ChatJson {
-        session_id: &transcript.session_id,
-        message_id: &completed.message_id,
-        user_message_id: non_empty(&transcript.user_message_id),
-        text: &transcript.text,
-        tools: transcript.tools.iter().map(ChatToolJson::from).collect(),
-        usage: UsageJson::from(completed.usage.as_ref()),
-        cost_usd: completed.cost_usd,
-        stop_reason: &completed.stop_reason,
-        model: &completed.model,
-        provider_calls: completed.provider_calls,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// sessions
-
-/// `sessions list --json`.
-pub fn sessions_list_json(list: &ListSessionsResponse) -> SessionsListJson<'_> {
-    SessionsListJson {
-        sessions: list.sessions.iter().map(SessionJson::from).collect(),
-        next_cursor: non_empty(&list.next_cursor),
-    }
-}
-
-/// `sessions list` as a table. `now` is the current Unix time, for the UPDATED column;
-/// `max_width` is the terminal's width when known, to which TITLE is truncated.
-pub fn sessions_list_human(list: &ListSessionsResponse, now: i64, max_width: Option<usize>, style: Style) -> Human {
-    if list.sessions.is_empty() {
-        return Human {
-            stdout: "no sessions yet; start one with 'blufioctl chat MESSAGE'\n".to_owned(),
-            ..Human::default()
-        };
-    }
-    let mut rows = vec![
-        ["ID", "UPDATED", "STATE", "MESSAGES", "TITLE"]
-            .iter()
-            .map(|title| Cell::painted(style, Paint::Bold, title))
-            .collect::<Vec<_>>(),
-    ];
-    for session in &list.sessions {
-        rows.push(vec![
-            Cell::plain(&session.id),
-            Cell::plain(&humanize_age(now, session.updated_at)),
-            session_state_cell(style, &session.state),
-            Cell::plain(&session.message_count.to_string()),
-            Cell::plain(""),
-        ]);
-    }
-    // TITLE is last, so it gets whatever width the other columns leave.
-    let title_width = max_width.filter(|_| style.align).map(|max_width| {
-        let others: usize = (0..4)
-            .map(|column_idx| rows.iter().map(|row| row[column_idx].width).max().unwrap_or(0) + 2)
-            .sum();
-        max_width.saturating_sub(others).max(MIN_TITLE_WIDTH)
-    });
-    for (row, session) in rows.iter_mut().skip(1).zip(&list.sessions) {
-        row[4] = if session.title.is_empty() {
-            Cell::painted(style, Paint::Dim, "(untitled)")
-        } else {
-            let title = one_line(&session.title);
-            Cell::plain(&match title_width {
-                Some(width) => truncate(&title, width),
-                None => title,
-            })
-        };
-    }
-    let mut stdout = render_table(style, &rows);
-    if !list.next_cursor.is_empty() {
-        let note = format!("more sessions: --limit N, or --cursor {}", list.next_cursor);
-        let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &note));
-    }
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-/// `sessions show --json`.
-pub fn session_show_json(session: &GetSessionResponse) -> SessionShowJson<'_> {
-    SessionShowJson {
-        session: session.session.as_ref().map(SessionJson::from),
-        messages: session.messages.iter().map(MessageJson::from).collect(),
-    }
-}
-
-/// `sessions show`: a header, then the messages as `you:`, `blufio:` and `tool NAME:` paragraphs.
-pub fn session_show_human(response: &GetSessionResponse, now: i64, style: Style) -> Human {
-    let mut stdout = String::new();
-    if let Some(session) = &response.session {
-        let _ = writeln!(
-            stdout,
-            "{}",
-            style.paint(Paint::Bold, &format!("session {}", session.id))
-        );
-        let title = if session.title.is_empty() {
-            Cell::painted(style, Paint::Dim, "(untitled)")
-        } else {
-            Cell::plain(&one_line(&session.title))
-        };
-        let mut messages = Cell::plain(&session.message_count.to_string());
-        let shown = response.messages.len() as u64;
-        if shown < session.message_count {
-            messages.push(
-                style,
-                Paint::Dim,
-                &format!(" (showing the last {shown}; --limit N for more)"),
-            );
-        }
-        let mut rows = vec![
-            ("title".to_owned(), title),
-            ("created".to_owned(), Cell::plain(&format_utc(session.created_at))),
-            (
-                "updated".to_owned(),
-                Cell::plain(&humanize_age(now, session.updated_at)),
-            ),
-            ("state".to_owned(), session_state_cell(style, &session.state)),
-            ("messages".to_owned(), messages),
-        ];
-        if !session.model.is_empty() {
-            rows.push(("model".to_owned(), Cell::plain(&session.model)));
-        }
-        stdout.push_str(&render_pairs(style, &rows));
-    }
-
-    // Tool results name their call by id; the calls (and so the tool names) are on the assistant
-    // message before them.
-    let mut tool_names: Vec<(&str, &str)> = Vec::new();
-    for message in &response.messages {
-        stdout.push('\n');
-        match message.role.as_str() {
-            "user" => {
-                let _ = writeln!(stdout, "{} {}", style.paint(Paint::Bold, "you:"), message.text);
-            }
-            "assistant" => {
-                let label = style.paint(Paint::Bold, "blufio:");
-                if message.text.is_empty() {
-                    let _ = writeln!(stdout, "{label}");
-                } else {
-                    let _ = writeln!(stdout, "{label} {}", message.text);
-                }
-                for call in &message.tool_calls {
-                    tool_names.push((&call.id, &call.name));
-                    let input = truncate(&compact_json(&call.input_json), TOOL_INPUT_WIDTH);
-                    let line = format!("  → {} {input}", call.name);
-                    let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &line));
-                }
-            }
-            "tool" => {
-                let name = tool_names
-                    .iter()
-                    .rev()
-                    .find(|(id, _)| *id == message.tool_call_id)
-                    .map_or("?", |(_, name)| name);
-                let label = if message.is_error {
-                    style.paint(Paint::Red, &format!("tool {name} (error):"))
-                } else {
-                    style.paint(Paint::Bold, &format!("tool {name}:"))
-                };
-                let result = style.paint(Paint::Dim, &first_line(&message.text, TOOL_RESULT_WIDTH));
-                let _ = writeln!(stdout, "{label} {result}");
-            }
-            other => {
-                let _ = writeln!(
-                    stdout,
-                    "{} {}",
-                    style.paint(Paint::Bold, &format!("{other}:")),
-                    message.text
-                );
-            }
-        }
-    }
-    if response.messages.is_empty() {
-        let _ = writeln!(stdout, "\n{}", style.paint(Paint::Dim, "no messages"));
-    }
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-/// `sessions delete --json`.
-pub fn session_delete_json(id: &str) -> SessionDeleteJson<'_> {
-    SessionDeleteJson {
-        session_id: id,
-        deleted: true,
-    }
-}
-
-/// `sessions delete`.
-pub fn session_delete_human(id: &str) -> Human {
-    Human {
-        stdout: format!("deleted session {id}\n"),
-        ..Human::default()
-    }
-}
-
-/// Shortest TITLE column, even on a narrow terminal.
-const MIN_TITLE_WIDTH: usize = 16;
-/// Characters of a tool call's input shown by `sessions show`.
-const TOOL_INPUT_WIDTH: usize = 100;
-/// Characters of a tool's result shown by `sessions show`.
-const TOOL_RESULT_WIDTH: usize = 100;
-
-fn session_state_cell(style: Style, state: &str) -> Cell {
-    let paint = match state {
-        "running" => Paint::Bold,
-        "interrupted" => Paint::Yellow,
-        _ => Paint::None,
-    };
-    Cell::painted(style, paint, state)
-}
-
-// ---------------------------------------------------------------------------------------------
-// usage
-
-/// `usage --json`.
-pub fn usage_json(usage: &GetUsageResponse) -> UsageReportJson<'_> {
-    UsageReportJson {
-        cost: usage.cost.as_ref().map(CostJson::from),
-        days: usage
-            .days
-            .iter()
-            .map(|day| DayJson {
-                day: &day.day,
-                calls: day.calls,
-                usage: UsageJson::from(day.usage.as_ref()),
-                cost_usd: day.cost_usd,
-            })
-            .collect(),
-        models: usage
-            .models
-            .iter()
-            .map(|model| ModelJson {
-                provider: &model.provider,
-                model: &model.model,
-                calls: model.calls,
-                usage: UsageJson::from(model.usage.as_ref()),
-                cost_usd: model.cost_usd,
-            })
-            .collect(),
-        sessions: usage
-            .sessions
-            .iter()
-            .map(|session| SessionUsageJson {
-                session_id: non_empty(&session.session_id),
-                title: &session.title,
-                calls: session.calls,
-                cost_usd: session.cost_usd,
-            })
-            .collect(),
-    }
-}
-
-/// `usage`: spend against the caps, then tables per day, per model and the top sessions.
-/// `days` is the period asked for.
-pub fn usage_human(usage: &GetUsageResponse, days: u32, style: Style) -> Human {
-    let mut stdout = String::new();
-    if let Some(cost) = &usage.cost {
-        let rows = vec![
-            (
-                "today".to_owned(),
-                spend_cell(style, cost.today_usd, cost.daily_cap_usd),
-            ),
-            (
-                "this month".to_owned(),
-                spend_cell(style, cost.month_usd, cost.monthly_cap_usd),
-            ),
-            (
-                "reserved".to_owned(),
-                Cell::plain(&format!("{} by calls in flight", usd_amount(cost.reserved_usd))),
-            ),
-        ];
-        stdout.push_str(&render_pairs(style, &rows));
-    }
-    let period = if days == 1 {
-        "today".to_owned()
-    } else {
-        format!("the last {days} days")
-    };
-    if usage.days.is_empty() {
-        if !stdout.is_empty() {
-            stdout.push('\n');
-        }
-        let _ = writeln!(stdout, "no provider calls in {period}");
-        return Human {
-            stdout,
-            ..Human::default()
-        };
-    }
-
-    let heading = |stdout: &mut String, text: &str| {
-        if !stdout.is_empty() {
-            stdout.push('\n');
-        }
-        let _ = writeln!(stdout, "{}", style.paint(Paint::Bold, text));
-    };
-
-    heading(&mut stdout, &format!("per day, {period} (UTC)"));
-    let mut rows = vec![token_header(style, "DAY")];
-    let mut total = (0, TokenUsage::default(), 0.0);
-    for day in &usage.days {
-        let tokens = day.usage.unwrap_or_default();
-        rows.push(token_row(&day.day, day.calls, &tokens, day.cost_usd));
-        total.0 += day.calls;
-        total.1.input_tokens += tokens.input_tokens;
-        total.1.output_tokens += tokens.output_tokens;
-        total.1.cache_creation_input_tokens += tokens.cache_creation_input_tokens;
-        total.1.cache_read_input_tokens += tokens.cache_read_input_tokens;
-        total.2 += day.cost_usd;
-    }
-    if usage.days.len() > 1 {
-        let mut row = token_row("total", total.0, &total.1, total.2);
-        for cell in &mut row {
-            *cell = Cell::painted(style, Paint::Bold, &cell.text);
-        }
-        rows.push(row);
-    }
-    stdout.push_str(&render_table(style, &rows));
-
-    if !usage.models.is_empty() {
-        heading(&mut stdout, "per model");
-        let mut rows = vec![token_header(style, "MODEL")];
-        for model in &usage.models {
-            let name = if model.provider.is_empty() {
-                model.model.clone()
-            } else {
-                format!("{}/{}", model.provider, model.model)
-            };
-            rows.push(token_row(
-                &name,
-                model.calls,
-                &model.usage.unwrap_or_default(),
-                model.cost_usd,
-            ));
-        }
-        stdout.push_str(&render_table(style, &rows));
-    }
-
-    if !usage.sessions.is_empty() {
-        heading(&mut stdout, "top sessions");
-        let mut rows = vec![
-            ["SESSION", "CALLS", "COST", "TITLE"]
-                .iter()
-                .map(|title| Cell::painted(style, Paint::Bold, title))
-                .collect::<Vec<_>>(),
-        ];
-        for session in usage.sessions.iter().take(TOP_SESSIONS) {
-            let id = if session.session_id.is_empty() {
-                Cell::painted(style, Paint::Dim, "(deleted)")
-            } else {
-                Cell::plain(&session.session_id)
-            };
-            rows.push(vec![
-                id,
-                Cell::plain(&session.calls.to_string()),
-                Cell::plain(&usd_precise(session.cost_usd)),
-                Cell::plain(&truncate(&one_line(&session.title), USAGE_TITLE_WIDTH)),
-            ]);
-        }
-        stdout.push_str(&render_table(style, &rows));
-    }
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-/// Sessions shown by `usage` (the JSON has all the daemon sent).
-const TOP_SESSIONS: usize = 10;
-/// Characters of a session title shown by `usage`.
-const USAGE_TITLE_WIDTH: usize = 48;
-
-/// "$0.42 of $1.00 (42%)", yellow from 80% of the cap and red at it; "$3.40 (no cap)".
-fn spend_cell(style: Style, spent_usd: f64, cap_usd: f64) -> Cell {
-    if cap_usd <= 0.0 {
-        return Cell::plain(&format!("{} (no cap)", usd_amount(spent_usd)));
-    }
-    let ratio = spent_usd / cap_usd;
-    let paint = if ratio >= 1.0 {
-        Paint::Red
-    } else if ratio >= 0.8 {
-        Paint::Yellow
-    } else {
-        Paint::None
-    };
-    let text = format!(
-        "{} of {} ({:.0}%)",
-        usd_amount(spent_usd),
-        usd_amount(cap_usd),
-        ratio * 100.0
-    );
-    Cell::painted(style, paint, &text)
-}
-
-fn token_header(style: Style, first: &str) -> Vec<Cell> {
-    [first, "CALLS", "IN", "OUT", "CACHE W/R", "COST"]
-        .iter()
-        .map(|title| Cell::painted(style, Paint::Bold, title))
-        .collect()
-}
-
-fn token_row(name: &str, calls: u64, tokens: &TokenUsage, cost_usd: f64) -> Vec<Cell> {
-    vec![
-        Cell::plain(name),
-        Cell::plain(&calls.to_string()),
-        Cell::plain(&humanize_count(tokens.input_tokens)),
-        Cell::plain(&humanize_count(tokens.output_tokens)),
-        Cell::plain(&format!(
-            "{}/{}",
-            humanize_count(tokens.cache_creation_input_tokens),
-            humanize_count(tokens.cache_read_input_tokens)
-        )),
-        Cell::plain(&usd_precise(cost_usd)),
-    ]
-}
-
-// ---------------------------------------------------------------------------------------------
-// devices
-
-/// `device add --json`; `key_file` is the private key written for `--key-out`.
-pub fn device_add_json<'a>(device: &'a Device, key_file: Option<&'a str>) -> DeviceAddJson<'a> {
-    DeviceAddJson {
-        device: DeviceJson::from(device),
-        key_file,
-    }
-}
-
-/// `device add`: the device, where its private key is, and the command that uses it.
-/// `remote_command` is that command, from [`remote_command_hint`].
-pub fn device_add_human(device: &Device, key_file: Option<&str>, remote_command: &str, style: Style) -> Human {
-    let mut stdout = format!("added device {}\n", style.paint(Paint::Bold, &device.name));
-    let mut rows = vec![
-        ("keyid".to_owned(), Cell::plain(&device.keyid)),
-        ("fingerprint".to_owned(), Cell::plain(&device.fingerprint)),
-    ];
-    if let Some(key_file) = key_file {
-        let mut cell = Cell::plain(key_file);
-        cell.push(style, Paint::Dim, " (private key, mode 0600: keep it secret)");
-        rows.push(("key file".to_owned(), cell));
-    }
-    stdout.push_str(&render_pairs(style, &rows));
-    let _ = writeln!(stdout, "\nnext, on the device that holds the private key:");
-    let _ = writeln!(stdout, "  {remote_command}");
-    Human {
-        stdout,
-        ..Human::default()
-    }
-}
-
-/// The `blufioctl remote` command that uses a new device key: the gateway's address and pin
-/// when the daemon reported them, placeholders otherwise. `key_file` is the private key's path,
-/// when known.
-pub fn remote_command_hint(gateway: Option<&GatewayStatus>, key_file: Option<&str>) -> String {
-    let key = key_file.map_or_else(|| "PRIVATE_KEY_FILE".to_owned(), shell_word);
-    let (url, pin) = match gateway {
-        Some(gateway) => {
-            // A wildcard listen address says nothing about the name clients reach it by.
-            let port = gateway.listen.rsplit_once(':').map_or("PORT", |(_, port)| port);
-            let host = match gateway.listen.rsplit_once(':') {
-                Some(("0.0.0.0" | "[::]", _)) | None => "HOST",
-                Some((host, _)) => host,
-            };
-            let pin = non_empty(&gateway.tls_fingerprint_sha256).map(str::to_owned);
-            (format!("{}://{host}:{port}", gateway.scheme), pin)
-        }
-        None => ("https://HOST:PORT".to_owned(), Some("SHA256".to_owned())),
-    };
-    let mut command = format!("blufioctl remote --url {url} --key {key}");
-    if let Some(pin) = pin {
-        let _ = write!(command, " --pin {pin}");
-    }
-    command.push_str(" sessions list");
-    command
-}
-
-/// `device list --json`.
-pub fn device_list_json(list: &ListDevicesResponse) -> DeviceListJson<'_> {
-    DeviceListJson {
-        devices: list.devices.iter().map(DeviceJson::from).collect(),
-    }
-}
-
-/// `device list` as a table: NAME, KEYID, ADDED, LAST USED, STATE. `now` is the current Unix
-/// time, for the ages.
-pub fn device_list_human(list: &ListDevicesResponse, now: i64, style: Style) -> Human {
-    if list.devices.is_empty() {
-        return Human {
-            stdout: "no devices registered; add one with 'blufioctl device add NAME --key-out FILE'\n".to_owned(),
-            ..Human::default()
-        };
-    }
-    let mut rows = vec![
-        ["NAME", "KEYID", "ADDED", "LAST USED", "STATE"]
-            .iter()
-            .map(|title| Cell::painted(style, Paint::Bold, title))
-            .collect::<Vec<_>>(),
-    ];
-    for device in &list.devices {
-        let last_used = if device.last_used_at == 0 {
-            Cell::painted(style, Paint::Dim, "never")
-        } else {
-            Cell::plain(&humanize_age(now, device.last_used_at))
-        };
-        let state = if device.revoked_at == 0 {
-            Cell::plain("active")
-        } else {
-            Cell::painted(style, Paint::Yellow, "revoked")
-        };
-        rows.push(vec![
-            Cell::plain(&device.name),
-            Cell::plain(&device.keyid),
-            Cell::plain(&humanize_age(now, device.added_at)),
-            last_used,
-            state,
-        ]);
-    }
-    Human {
-        stdout: render_table(style, &rows),
-        ..Human::default()
-    }
-}
-
-/// `device revoke --json`.
-pub fn device_revoke_json(device: &Device) -> DeviceRevokeJson<'_> {
-    DeviceRevokeJson {
-        device: DeviceJson::from(device),
-    }
-}
-
-/// `device revoke`.
-pub fn device_revoke_human(device: &Device) -> Human {
-    Human {
-        stdout: format!(
-            "revoked device {} (keyid {}); the gateway refuses its requests from now on\n",
-            device.name, device.keyid
-        ),
-        ..Human::default()
-    }
-}
-
-/// `text` as one shell word: as is when it needs no quoting, single-quoted otherwise.
-fn shell_word(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+' | ',' | ':' | '@' | '%'));
-    if plain {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // humanizing
 
 /// A duration as its two most significant units: "45s", "3m 12s", "2h 5m", "4d 1h".
@@ -1068,6 +127,11 @@ pub fn humanize_bytes(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Whole dollars and cents: "$3.40".
+pub fn usd_amount(usd: f64) -> String {
+    format!("${usd:.2}")
 }
 
 /// Dollars with four decimals, for single turns and table rows where cents are too coarse.
@@ -1146,7 +210,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// At most `width` characters of `text`, ending in "…" when cut.
-fn truncate(text: &str, width: usize) -> String {
+pub fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_owned();
     }
@@ -1156,12 +220,12 @@ fn truncate(text: &str, width: usize) -> String {
 }
 
 /// `text` with runs of whitespace (newlines included) folded to single spaces.
-fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The first line of `text`, at most `width` characters, marked "…" when there is more.
-fn first_line(text: &str, width: usize) -> String {
+pub fn first_line(text: &str, width: usize) -> String {
     let trimmed = text.trim();
     let first = trimmed.lines().next().unwrap_or("");
     if first.len() < trimmed.len() {
@@ -1172,7 +236,7 @@ fn first_line(text: &str, width: usize) -> String {
 }
 
 /// JSON text re-serialized without whitespace; other text folded to one line.
-fn compact_json(text: &str) -> String {
+pub fn compact_json(text: &str) -> String {
     serde_json::from_str::<serde_json::Value>(text).map_or_else(|_| one_line(text), |value| value.to_string())
 }
 
@@ -1181,27 +245,32 @@ fn compact_json(text: &str) -> String {
 
 /// One table cell: text that may contain escapes, and its visible width.
 #[derive(Debug, Clone)]
-struct Cell {
-    text: String,
-    width: usize,
+pub struct Cell {
+    /// The text, with escapes when painted.
+    pub text: String,
+    /// How many columns the text takes on screen.
+    pub width: usize,
 }
 
 impl Cell {
-    fn plain(text: &str) -> Cell {
+    /// A cell of undecorated text.
+    pub fn plain(text: &str) -> Cell {
         Cell {
             text: text.to_owned(),
             width: text.chars().count(),
         }
     }
 
-    fn painted(style: Style, paint: Paint, text: &str) -> Cell {
+    /// A cell of text decorated with `paint` (when `style` has colour).
+    pub fn painted(style: Style, paint: Paint, text: &str) -> Cell {
         Cell {
             text: style.paint(paint, text),
             width: text.chars().count(),
         }
     }
 
-    fn push(&mut self, style: Style, paint: Paint, text: &str) {
+    /// Appends `text`, decorated with `paint`.
+    pub fn push(&mut self, style: Style, paint: Paint, text: &str) {
         self.text.push_str(&style.paint(paint, text));
         self.width += text.chars().count();
     }
@@ -1209,7 +278,7 @@ impl Cell {
 
 /// Rows of cells as columns: padded with two spaces between them when aligning, separated by a
 /// tab otherwise. Trailing blanks are dropped.
-fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
+pub fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
     let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; n_columns];
     for row in rows {
@@ -1243,7 +312,7 @@ fn render_table(style: Style, rows: &[Vec<Cell>]) -> String {
 }
 
 /// `label: value` lines, with the values lined up when aligning.
-fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
+pub fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
     let label_width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
     let mut out = String::new();
     for (label, value) in rows {
@@ -1263,116 +332,17 @@ fn render_pairs(style: Style, rows: &[(String, Cell)]) -> String {
     out
 }
 
-fn non_empty(text: &str) -> Option<&str> {
+/// `text`, or none when it is empty: the JSON shapes' `null` for an absent string.
+pub fn non_empty(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON shapes (the stable contract documented at the top of this file)
+// JSON shapes used by several commands (the stable contract documented at the top of this file)
 
+/// The spend against the caps, in `status` and `usage`.
 #[derive(Debug, Serialize)]
-pub struct StatusJson<'a> {
-    state: &'static str,
-    version: &'a str,
-    pid: u32,
-    uptime_seconds: u64,
-    config_path: &'a str,
-    config_file_present: bool,
-    database_path: &'a str,
-    database_size_bytes: u64,
-    socket_path: &'a str,
-    state_dir: &'a str,
-    previous_run_unclean: bool,
-    subsystems: Vec<SubsystemJson<'a>>,
-    sessions: Option<SessionsJson<'a>>,
-    memory: Option<MemoryJson>,
-    cost: Option<CostJson>,
-    caller_access: &'a str,
-    gateway: Option<GatewayJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct GatewayJson<'a> {
-    listen: &'a str,
-    scheme: &'a str,
-    tls_fingerprint_sha256: Option<&'a str>,
-    active_devices: u64,
-    problem: Option<&'a str>,
-}
-
-impl<'a> From<&'a GatewayStatus> for GatewayJson<'a> {
-    fn from(gateway: &'a GatewayStatus) -> Self {
-        GatewayJson {
-            listen: &gateway.listen,
-            scheme: &gateway.scheme,
-            tls_fingerprint_sha256: non_empty(&gateway.tls_fingerprint_sha256),
-            active_devices: gateway.active_devices,
-            problem: non_empty(&gateway.problem),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct SubsystemJson<'a> {
-    name: &'a str,
-    status: &'a str,
-}
-
-impl<'a> From<&'a SubsystemStatus> for SubsystemJson<'a> {
-    fn from(subsystem: &'a SubsystemStatus) -> Self {
-        SubsystemJson {
-            name: &subsystem.name,
-            status: &subsystem.status,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct SessionsJson<'a> {
-    active_sessions: u64,
-    turns_in_flight: u64,
-    turns_queued: u64,
-    total_sessions: u64,
-    provider: &'a str,
-    model: &'a str,
-    provider_problem: Option<&'a str>,
-}
-
-impl<'a> From<&'a SessionsStatus> for SessionsJson<'a> {
-    fn from(sessions: &'a SessionsStatus) -> Self {
-        SessionsJson {
-            active_sessions: sessions.active_sessions,
-            turns_in_flight: sessions.turns_in_flight,
-            turns_queued: sessions.turns_queued,
-            total_sessions: sessions.total_sessions,
-            provider: &sessions.provider,
-            model: &sessions.model,
-            provider_problem: non_empty(&sessions.provider_problem),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct MemoryJson {
-    rss_bytes: u64,
-    allocated_bytes: u64,
-    limit_bytes: u64,
-    under_pressure: bool,
-}
-
-impl From<&MemoryStatus> for MemoryJson {
-    fn from(memory: &MemoryStatus) -> Self {
-        MemoryJson {
-            rss_bytes: memory.rss_bytes,
-            allocated_bytes: memory.allocated_bytes,
-            limit_bytes: memory.limit_bytes,
-            under_pressure: memory.under_pressure,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct CostJson {
+pub struct CostJson {
     today_usd: f64,
     month_usd: f64,
     daily_cap_usd: f64,
@@ -1392,102 +362,9 @@ impl From<&CostStatus> for CostJson {
     }
 }
 
+/// Tokens of a turn, a day or a model, in `chat` and `usage`.
 #[derive(Debug, Serialize)]
-pub struct ConfigGetJson<'a> {
-    config_path: &'a str,
-    entries: Vec<EntryJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct EntryJson<'a> {
-    key: &'a str,
-    value: serde_json::Value,
-    source: &'a str,
-    secret: bool,
-    restart_required: bool,
-    unset: bool,
-    pending_restart: bool,
-}
-
-impl<'a> From<&'a ConfigEntry> for EntryJson<'a> {
-    fn from(entry: &'a ConfigEntry) -> Self {
-        let value = if entry.unset || entry.value_json.is_empty() {
-            serde_json::Value::Null
-        } else {
-            // The daemon sends valid JSON; should it ever not, keep the text rather than fail
-            // the whole command.
-            serde_json::from_str(&entry.value_json)
-                .unwrap_or_else(|_| serde_json::Value::String(entry.value_json.clone()))
-        };
-        EntryJson {
-            key: &entry.key,
-            value,
-            source: &entry.source,
-            secret: entry.secret,
-            restart_required: entry.restart_required,
-            unset: entry.unset,
-            pending_restart: entry.pending_restart,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct ConfigSetJson<'a> {
-    config_path: &'a str,
-    entry: Option<EntryJson<'a>>,
-    applied_live: bool,
-    restart_required: &'a [String],
-    overridden_by_env: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ValidateJson<'a> {
-    valid: bool,
-    file: Option<&'a str>,
-    errors: &'a [String],
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReloadJson<'a> {
-    applied: &'a [String],
-    restart_required: &'a [String],
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChatJson<'a> {
-    session_id: &'a str,
-    message_id: &'a str,
-    user_message_id: Option<&'a str>,
-    text: &'a str,
-    tools: Vec<ChatToolJson<'a>>,
-    usage: UsageJson,
-    cost_usd: f64,
-    stop_reason: &'a str,
-    model: &'a str,
-    provider_calls: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct ChatToolJson<'a> {
-    id: &'a str,
-    name: &'a str,
-    is_error: bool,
-    summary: Option<&'a str>,
-}
-
-impl<'a> From<&'a ToolActivity> for ChatToolJson<'a> {
-    fn from(tool: &'a ToolActivity) -> Self {
-        ChatToolJson {
-            id: &tool.id,
-            name: &tool.name,
-            is_error: tool.is_error,
-            summary: non_empty(&tool.summary),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct UsageJson {
+pub struct UsageJson {
     input_tokens: u64,
     output_tokens: u64,
     cache_creation_input_tokens: u64,
@@ -1506,261 +383,91 @@ impl From<Option<&TokenUsage>> for UsageJson {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct SessionsListJson<'a> {
-    sessions: Vec<SessionJson<'a>>,
-    next_cursor: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-struct SessionJson<'a> {
-    id: &'a str,
-    title: &'a str,
-    created_at: i64,
-    updated_at: i64,
-    model: Option<&'a str>,
-    state: &'a str,
-    message_count: u64,
-}
-
-impl<'a> From<&'a Session> for SessionJson<'a> {
-    fn from(session: &'a Session) -> Self {
-        SessionJson {
-            id: &session.id,
-            title: &session.title,
-            created_at: session.created_at,
-            updated_at: session.updated_at,
-            model: non_empty(&session.model),
-            state: &session.state,
-            message_count: session.message_count,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct SessionShowJson<'a> {
-    session: Option<SessionJson<'a>>,
-    messages: Vec<MessageJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct MessageJson<'a> {
-    id: &'a str,
-    role: &'a str,
-    text: &'a str,
-    tool_calls: Vec<ToolCallJson<'a>>,
-    tool_call_id: Option<&'a str>,
-    is_error: bool,
-    created_at: i64,
-}
-
-impl<'a> From<&'a ChatMessage> for MessageJson<'a> {
-    fn from(message: &'a ChatMessage) -> Self {
-        MessageJson {
-            id: &message.id,
-            role: &message.role,
-            text: &message.text,
-            tool_calls: message
-                .tool_calls
-                .iter()
-                .map(|call| ToolCallJson {
-                    id: &call.id,
-                    name: &call.name,
-                    input: json_or_text(&call.input_json),
-                })
-                .collect(),
-            tool_call_id: non_empty(&message.tool_call_id),
-            is_error: message.is_error,
-            created_at: message.created_at,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct ToolCallJson<'a> {
-    id: &'a str,
-    name: &'a str,
-    input: serde_json::Value,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SessionDeleteJson<'a> {
-    session_id: &'a str,
-    deleted: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct UsageReportJson<'a> {
-    cost: Option<CostJson>,
-    days: Vec<DayJson<'a>>,
-    models: Vec<ModelJson<'a>>,
-    sessions: Vec<SessionUsageJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct DayJson<'a> {
-    day: &'a str,
-    calls: u64,
-    usage: UsageJson,
-    cost_usd: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct ModelJson<'a> {
-    provider: &'a str,
-    model: &'a str,
-    calls: u64,
-    usage: UsageJson,
-    cost_usd: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct SessionUsageJson<'a> {
-    session_id: Option<&'a str>,
-    title: &'a str,
-    calls: u64,
-    cost_usd: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct DeviceJson<'a> {
-    name: &'a str,
-    keyid: &'a str,
-    fingerprint: &'a str,
-    added_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    state: &'static str,
-}
-
-impl<'a> From<&'a Device> for DeviceJson<'a> {
-    fn from(device: &'a Device) -> Self {
-        DeviceJson {
-            name: &device.name,
-            keyid: &device.keyid,
-            fingerprint: &device.fingerprint,
-            added_at: device.added_at,
-            last_used_at: (device.last_used_at != 0).then_some(device.last_used_at),
-            revoked_at: (device.revoked_at != 0).then_some(device.revoked_at),
-            state: if device.revoked_at == 0 { "active" } else { "revoked" },
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceAddJson<'a> {
-    device: DeviceJson<'a>,
-    key_file: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceListJson<'a> {
-    devices: Vec<DeviceJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeviceRevokeJson<'a> {
-    device: DeviceJson<'a>,
-}
-
 /// JSON text from the daemon as a value; should it ever not parse, keep the text rather than fail
 /// the whole command.
-fn json_or_text(text: &str) -> serde_json::Value {
+pub fn json_or_text(text: &str) -> serde_json::Value {
     if text.is_empty() {
         return serde_json::Value::Null;
     }
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
+/// Styles, a clock and samples for the rendering tests of every command.
 #[cfg(test)]
-mod tests {
-    use blufio_proto::control::v1::{DayUsage, ModelUsage, SessionUsage, ToolCall};
-    use serde_json::json;
+pub mod testing {
+    use blufio_proto::control::v1::{GatewayStatus, TokenUsage, TurnCompleted};
 
-    use super::*;
+    use super::Style;
 
-    const ALIGNED: Style = Style {
+    /// Aligned output without colour, comparable byte for byte.
+    pub const ALIGNED: Style = Style {
         color: false,
         align: true,
     };
-    const COLOR: Style = Style {
+    /// Aligned output with colour.
+    pub const COLOR: Style = Style {
         color: true,
         align: true,
     };
 
-    fn entry(key: &str, value: &str, value_json: &str, source: &str) -> ConfigEntry {
-        ConfigEntry {
-            key: key.into(),
-            value: value.into(),
-            value_json: value_json.into(),
-            source: source.into(),
-            ..ConfigEntry::default()
+    /// The tests' clock: 2026-11-28 08:00 UTC.
+    pub const NOW: i64 = 1_795_852_800;
+
+    /// A gateway on a wildcard address, with a pin and a problem.
+    pub fn sample_gateway() -> GatewayStatus {
+        GatewayStatus {
+            listen: "0.0.0.0:8443".into(),
+            scheme: "https".into(),
+            tls_fingerprint_sha256: "AB:CD:EF".into(),
+            active_devices: 0,
+            problem: "no device is registered".into(),
         }
     }
 
-    fn sample_config() -> GetConfigResponse {
-        GetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entries: vec![
-                ConfigEntry {
-                    restart_required: true,
-                    pending_restart: true,
-                    ..entry(
-                        "control.socket",
-                        "\"/run/blufio/blufiod.sock\"",
-                        "\"/run/blufio/blufiod.sock\"",
-                        "default",
-                    )
-                },
-                entry("log.level", "\"debug\"", "\"debug\"", "file"),
-                ConfigEntry {
-                    unset: true,
-                    ..entry("notify.webhook", "", "", "default")
-                },
-                ConfigEntry {
-                    secret: true,
-                    ..entry("provider.api_key", "\"********\"", "\"********\"", "env")
-                },
-                entry("agent.max_turns", "30", "30", "file"),
-            ],
-        }
-    }
-
-    fn sample_status() -> GetStatusResponse {
-        GetStatusResponse {
-            state: DaemonState::Ready as i32,
-            version: "0.1.0".into(),
-            pid: 4242,
-            uptime_seconds: 192,
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            config_file_present: false,
-            database_path: "/var/lib/blufio/blufio.db".into(),
-            database_size_bytes: 1536,
-            socket_path: "/run/blufio/blufiod.sock".into(),
-            state_dir: "/var/lib/blufio".into(),
-            subsystems: vec![
-                SubsystemStatus {
-                    name: "control".into(),
-                    status: "listening".into(),
-                },
-                SubsystemStatus {
-                    name: "watchdog".into(),
-                    status: "pinging every 10s".into(),
-                },
-            ],
-            sessions: None,
-            memory: Some(MemoryStatus {
-                rss_bytes: 50 * 1024 * 1024,
-                allocated_bytes: 30 * 1024 * 1024,
-                limit_bytes: 0,
-                under_pressure: false,
+    /// A completed turn with usage, cost and model.
+    pub fn sample_completed() -> TurnCompleted {
+        TurnCompleted {
+            message_id: "m-out".into(),
+            usage: Some(TokenUsage {
+                input_tokens: 1200,
+                output_tokens: 80,
+                cache_creation_input_tokens: 10,
+                cache_read_input_tokens: 1024,
             }),
-            cost: None,
-            previous_run_unclean: true,
-            caller_access: "read-only".into(),
-            gateway: None,
+            cost_usd: 0.012_34,
+            provider_calls: 2,
+            stop_reason: "end_turn".into(),
+            model: "claude-sonnet-4-5".into(),
         }
     }
+
+    /// `text` without its ANSI escapes.
+    pub fn strip_ansi(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use blufio_proto::control::v1::ReloadConfigResponse;
+    use serde_json::json;
+
+    use super::testing::{ALIGNED, COLOR, NOW};
+    use super::*;
+    use crate::commands::config::ConfigReload;
 
     #[test]
     fn durations_use_two_units() {
@@ -1804,528 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn config_table_is_aligned() {
-        let human = config_get_human(&sample_config(), ALIGNED);
-        // A string continuation would eat the leading blanks of the header, so join lines.
-        let expected = [
-            "   KEY               VALUE                       SOURCE",
-            "*  control.socket    \"/run/blufio/blufiod.sock\"  default (restart pending)",
-            "   log.level         \"debug\"                     file",
-            "   notify.webhook    (unset)                     default",
-            "   provider.api_key  \"********\"                  env",
-            "   agent.max_turns   30                          file",
-            "* takes effect only after a restart of blufiod",
-            "config file: /etc/blufio/blufiod.toml",
-            "",
-        ]
-        .join("\n");
-        assert_eq!(human.stdout, expected);
-        assert!(human.warnings.is_empty() && human.errors.is_empty());
-    }
-
-    #[test]
-    fn config_table_without_restart_keys_has_no_marker_column() {
-        let config = GetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entries: vec![entry("log.level", "\"debug\"", "\"debug\"", "file")],
-        };
-        let aligned = config_get_human(&config, ALIGNED).stdout;
-        assert_eq!(
-            aligned,
-            "KEY        VALUE    SOURCE\nlog.level  \"debug\"  file\nconfig file: /etc/blufio/blufiod.toml\n"
-        );
-        let plain = config_get_human(&config, Style::PLAIN).stdout;
-        assert!(plain.starts_with("\tKEY\tVALUE\tSOURCE\n\tlog.level\t"), "{plain:?}");
-    }
-
-    #[test]
-    fn config_table_plain_uses_tabs() {
-        let human = config_get_human(&sample_config(), Style::PLAIN);
-        let lines: Vec<&str> = human.stdout.lines().collect();
-        assert_eq!(lines[0], "\tKEY\tVALUE\tSOURCE");
-        assert_eq!(
-            lines[1],
-            "*\tcontrol.socket\t\"/run/blufio/blufiod.sock\"\tdefault (restart pending)"
-        );
-        assert_eq!(lines[3], "\tnotify.webhook\t(unset)\tdefault");
-    }
-
-    #[test]
-    fn colour_does_not_break_alignment() {
-        let plain = config_get_human(&sample_config(), ALIGNED).stdout;
-        let coloured = config_get_human(&sample_config(), COLOR).stdout;
-        assert!(coloured.contains('\x1b'));
-        assert_eq!(strip_ansi(&coloured), plain);
-    }
-
-    #[test]
-    fn config_json_shape() {
-        let config = sample_config();
-        let value = serde_json::to_value(config_get_json(&config)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "config_path": "/etc/blufio/blufiod.toml",
-                "entries": [
-                    {"key": "control.socket", "value": "/run/blufio/blufiod.sock",
-                     "source": "default", "secret": false, "restart_required": true, "unset": false,
-                     "pending_restart": true},
-                    {"key": "log.level", "value": "debug",
-                     "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
-                    {"key": "notify.webhook", "value": null,
-                     "source": "default", "secret": false, "restart_required": false, "unset": true, "pending_restart": false},
-                    {"key": "provider.api_key", "value": "********",
-                     "source": "env", "secret": true, "restart_required": false, "unset": false, "pending_restart": false},
-                    {"key": "agent.max_turns", "value": 30,
-                     "source": "file", "secret": false, "restart_required": false, "unset": false, "pending_restart": false},
-                ]
-            })
-        );
-    }
-
-    #[test]
     fn json_document_is_one_line_terminated_document() {
-        let text = json_document(&config_reload_json(&ReloadConfigResponse {
+        let reload = ReloadConfigResponse {
             applied: vec!["log.level".into()],
             restart_required: vec![],
-        }))
-        .expect("serializes");
+        };
+        let text = json_document(&ConfigReload(&reload).json()).expect("serializes");
         assert!(text.ends_with("}\n") && !text.ends_with("\n\n"));
         let parsed: serde_json::Value = serde_json::from_str(&text).expect("parses back");
         assert_eq!(parsed, json!({"applied": ["log.level"], "restart_required": []}));
-    }
-
-    #[test]
-    fn status_json_shape() {
-        let status = sample_status();
-        let value = serde_json::to_value(status_json(&status)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "state": "ready",
-                "version": "0.1.0",
-                "pid": 4242,
-                "uptime_seconds": 192,
-                "config_path": "/etc/blufio/blufiod.toml",
-                "config_file_present": false,
-                "database_path": "/var/lib/blufio/blufio.db",
-                "database_size_bytes": 1536,
-                "socket_path": "/run/blufio/blufiod.sock",
-                "state_dir": "/var/lib/blufio",
-                "previous_run_unclean": true,
-                "subsystems": [
-                    {"name": "control", "status": "listening"},
-                    {"name": "watchdog", "status": "pinging every 10s"}
-                ],
-                "sessions": null,
-                "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 0, "under_pressure": false},
-                "cost": null,
-                "caller_access": "read-only",
-                "gateway": null
-            })
-        );
-    }
-
-    #[test]
-    fn status_human_lines() {
-        let human = status_human(&sample_status(), ALIGNED);
-        let expected = "\
-state:         ready
-version:       0.1.0
-pid:           4242
-uptime:        3m 12s
-config:        /etc/blufio/blufiod.toml (not present, using defaults)
-database:      /var/lib/blufio/blufio.db (1.5 KiB)
-socket:        /run/blufio/blufiod.sock
-state dir:     /var/lib/blufio
-previous run:  did not shut down cleanly (see the journal)
-subsystems:
-  control:     listening
-  watchdog:    pinging every 10s
-memory:        50.0 MiB resident, 30.0 MiB allocated, no limit
-access:        read-only
-";
-        assert_eq!(human.stdout, expected);
-        assert!(!human.stdout.contains("sessions"), "absent sections stay out");
-        assert!(!human.stdout.contains("cost"));
-    }
-
-    #[test]
-    fn status_human_plain_and_optional_sections() {
-        let status = GetStatusResponse {
-            config_file_present: true,
-            previous_run_unclean: false,
-            sessions: Some(SessionsStatus {
-                active_sessions: 2,
-                turns_in_flight: 1,
-                total_sessions: 15,
-                turns_queued: 3,
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4-5".into(),
-                provider_problem: "no API key: set BLUFIO_PROVIDER__API_KEY".into(),
-            }),
-            cost: Some(CostStatus {
-                today_usd: 0.125,
-                month_usd: 3.4,
-                daily_cap_usd: 1.0,
-                monthly_cap_usd: 0.0,
-                reserved_usd: 0.05,
-            }),
-            subsystems: vec![],
-            state: 99,
-            ..sample_status()
-        };
-        let stdout = status_human(&status, Style::PLAIN).stdout;
-        assert!(stdout.starts_with("state: unknown\nversion: 0.1.0\n"), "{stdout}");
-        assert!(stdout.contains("\nconfig: /etc/blufio/blufiod.toml\n"), "{stdout}");
-        assert!(!stdout.contains("previous run"));
-        assert!(stdout.contains("\nsubsystems: none\n"));
-        assert!(stdout.contains("\nsessions: 2 active, 1 turn in flight, 3 queued, 15 total\n"));
-        assert!(
-            stdout.contains("\nprovider: anthropic / claude-sonnet-4-5\n"),
-            "{stdout}"
-        );
-        assert!(stdout.contains("\ncost: $0.12 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
-        let human = status_human(&status, Style::PLAIN);
-        assert_eq!(human.warnings, ["no API key: set BLUFIO_PROVIDER__API_KEY"]);
-
-        let value = serde_json::to_value(status_json(&status)).expect("serializes");
-        assert_eq!(
-            value["sessions"],
-            json!({"active_sessions": 2, "turns_in_flight": 1, "turns_queued": 3, "total_sessions": 15,
-                   "provider": "anthropic", "model": "claude-sonnet-4-5",
-                   "provider_problem": "no API key: set BLUFIO_PROVIDER__API_KEY"})
-        );
-        assert_eq!(
-            value["cost"],
-            json!({"today_usd": 0.125, "month_usd": 3.4, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
-                   "reserved_usd": 0.05})
-        );
-        let healthy = GetStatusResponse {
-            sessions: Some(SessionsStatus::default()),
-            ..sample_status()
-        };
-        assert!(status_human(&healthy, Style::PLAIN).warnings.is_empty());
-        let value = serde_json::to_value(status_json(&healthy)).expect("serializes");
-        assert_eq!(value["sessions"]["provider_problem"], serde_json::Value::Null);
-    }
-
-    fn sample_gateway() -> GatewayStatus {
-        GatewayStatus {
-            listen: "0.0.0.0:8443".into(),
-            scheme: "https".into(),
-            tls_fingerprint_sha256: "AB:CD:EF".into(),
-            active_devices: 0,
-            problem: "no device is registered".into(),
-        }
-    }
-
-    #[test]
-    fn status_shows_the_gateway_and_its_problem() {
-        let status = GetStatusResponse {
-            gateway: Some(sample_gateway()),
-            ..sample_status()
-        };
-        let human = status_human(&status, ALIGNED);
-        assert!(
-            human
-                .stdout
-                .contains("\ngateway:       https://0.0.0.0:8443, 0 active devices\n  pin sha256:  AB:CD:EF\n"),
-            "{}",
-            human.stdout
-        );
-        assert_eq!(human.warnings, ["gateway: no device is registered"]);
-        let value = serde_json::to_value(status_json(&status)).expect("serializes");
-        assert_eq!(
-            value["gateway"],
-            json!({"listen": "0.0.0.0:8443", "scheme": "https", "tls_fingerprint_sha256": "AB:CD:EF",
-                   "active_devices": 0, "problem": "no device is registered"})
-        );
-
-        let plain_http = GetStatusResponse {
-            gateway: Some(GatewayStatus {
-                listen: "127.0.0.1:8080".into(),
-                scheme: "http".into(),
-                tls_fingerprint_sha256: String::new(),
-                active_devices: 1,
-                problem: String::new(),
-            }),
-            ..sample_status()
-        };
-        let human = status_human(&plain_http, Style::PLAIN);
-        assert!(
-            human
-                .stdout
-                .contains("\ngateway: http://127.0.0.1:8080, 1 active device\n"),
-            "{}",
-            human.stdout
-        );
-        assert!(!human.stdout.contains("pin sha256"), "{}", human.stdout);
-        assert!(human.warnings.is_empty());
-        let value = serde_json::to_value(status_json(&plain_http)).expect("serializes");
-        assert_eq!(value["gateway"]["tls_fingerprint_sha256"], serde_json::Value::Null);
-        assert_eq!(value["gateway"]["problem"], serde_json::Value::Null);
-    }
-
-    fn sample_device(name: &str, last_used_at: i64, revoked_at: i64) -> Device {
-        Device {
-            name: name.into(),
-            keyid: format!("SHA256:{name}-key"),
-            fingerprint: format!("SHA256:{name}-key"),
-            added_at: 1_764_316_800,
-            last_used_at,
-            revoked_at,
-        }
-    }
-
-    #[test]
-    fn device_json_shapes() {
-        let device = sample_device("laptop", 0, 0);
-        let value = serde_json::to_value(device_add_json(&device, Some("/k.pem"))).expect("serializes");
-        assert_eq!(
-            value,
-            json!({"device": {"name": "laptop", "keyid": "SHA256:laptop-key", "fingerprint": "SHA256:laptop-key",
-                              "added_at": 1_764_316_800, "last_used_at": null, "revoked_at": null,
-                              "state": "active"},
-                   "key_file": "/k.pem"})
-        );
-        let list = ListDevicesResponse {
-            devices: vec![
-                sample_device("a", 1_764_316_900, 0),
-                sample_device("b", 0, 1_764_317_000),
-            ],
-        };
-        let value = serde_json::to_value(device_list_json(&list)).expect("serializes");
-        assert_eq!(value["devices"][0]["last_used_at"], 1_764_316_900);
-        assert_eq!(value["devices"][1]["revoked_at"], 1_764_317_000);
-        assert_eq!(value["devices"][1]["state"], "revoked");
-        let value = serde_json::to_value(device_revoke_json(&list.devices[1])).expect("serializes");
-        assert_eq!(value["device"]["name"], "b");
-        let value = serde_json::to_value(device_list_json(&ListDevicesResponse::default())).expect("serializes");
-        assert_eq!(value, json!({"devices": []}));
-    }
-
-    #[test]
-    fn device_tables_and_hints() {
-        let list = ListDevicesResponse {
-            devices: vec![
-                sample_device("a", 1_764_316_900, 0),
-                sample_device("b", 0, 1_764_317_000),
-            ],
-        };
-        let text = device_list_human(&list, 1_764_320_000, ALIGNED).stdout;
-        let expected = "\
-NAME  KEYID         ADDED    LAST USED  STATE
-a     SHA256:a-key  53m ago  51m ago    active
-b     SHA256:b-key  53m ago  never      revoked
-";
-        assert_eq!(text, expected);
-        assert!(
-            device_list_human(&ListDevicesResponse::default(), 0, ALIGNED)
-                .stdout
-                .contains("blufioctl device add")
-        );
-
-        let device = sample_device("laptop", 0, 0);
-        let hint = remote_command_hint(Some(&sample_gateway()), Some("/home/me/k.pem"));
-        assert_eq!(
-            hint,
-            "blufioctl remote --url https://HOST:8443 --key /home/me/k.pem --pin AB:CD:EF sessions list"
-        );
-        let text = device_add_human(&device, Some("/home/me/k.pem"), &hint, Style::PLAIN).stdout;
-        assert!(
-            text.starts_with("added device laptop\nkeyid: SHA256:laptop-key\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nkey file: /home/me/k.pem (private key"), "{text}");
-        assert!(text.ends_with(&format!("\n  {hint}\n")), "{text}");
-
-        let loopback = GatewayStatus {
-            listen: "127.0.0.1:8080".into(),
-            scheme: "http".into(),
-            ..GatewayStatus::default()
-        };
-        assert_eq!(
-            remote_command_hint(Some(&loopback), Some("my key.pem")),
-            "blufioctl remote --url http://127.0.0.1:8080 --key 'my key.pem' sessions list"
-        );
-        assert_eq!(
-            remote_command_hint(None, None),
-            "blufioctl remote --url https://HOST:PORT --key PRIVATE_KEY_FILE --pin SHA256 sessions list"
-        );
-        assert!(
-            device_revoke_human(&device)
-                .stdout
-                .starts_with("revoked device laptop (keyid SHA256:laptop-key)")
-        );
-    }
-
-    #[test]
-    fn set_reports_restart_and_env_override() {
-        let set = SetConfigResponse {
-            config_path: "/etc/blufio/blufiod.toml".into(),
-            entry: Some(ConfigEntry {
-                restart_required: true,
-                ..entry("control.socket", "\"/tmp/x.sock\"", "\"/tmp/x.sock\"", "file")
-            }),
-            applied_live: false,
-            restart_required: vec!["control.socket".into()],
-            overridden_by_env: "BLUFIO_CONTROL__SOCKET".into(),
-        };
-        let human = config_set_human(&set, "control.socket", "/tmp/x.sock", ALIGNED);
-        assert_eq!(
-            human.stdout,
-            "set control.socket = \"/tmp/x.sock\" in /etc/blufio/blufiod.toml\n\
-             restart blufiod to apply (systemctl restart blufiod)\n"
-        );
-        assert_eq!(human.warnings.len(), 1);
-        assert!(human.warnings[0].starts_with("BLUFIO_CONTROL__SOCKET overrides control.socket"));
-
-        let value = serde_json::to_value(config_set_json(&set)).expect("serializes");
-        assert_eq!(value["overridden_by_env"], "BLUFIO_CONTROL__SOCKET");
-        assert_eq!(value["entry"]["value"], "/tmp/x.sock");
-        assert_eq!(value["restart_required"], json!(["control.socket"]));
-
-        let live = SetConfigResponse {
-            applied_live: true,
-            overridden_by_env: String::new(),
-            entry: None,
-            ..set
-        };
-        let human = config_set_human(&live, "log.level", "debug", ALIGNED);
-        assert_eq!(
-            human.stdout,
-            "set log.level = debug in /etc/blufio/blufiod.toml\napplied live\n"
-        );
-        assert!(human.warnings.is_empty());
-        let value = serde_json::to_value(config_set_json(&live)).expect("serializes");
-        assert_eq!(value["overridden_by_env"], serde_json::Value::Null);
-        assert_eq!(value["entry"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn validate_reports_each_error() {
-        let invalid = ValidateConfigResponse {
-            valid: false,
-            errors: vec!["log.level: unknown variant".into(), "line 3: bad".into()],
-        };
-        let human = config_validate_human(&invalid, Some("x.toml"), ALIGNED);
-        assert!(human.stdout.is_empty());
-        assert_eq!(human.errors, invalid.errors);
-        let value = serde_json::to_value(config_validate_json(&invalid, None)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({"valid": false, "file": null, "errors": ["log.level: unknown variant", "line 3: bad"]})
-        );
-
-        let valid = ValidateConfigResponse {
-            valid: true,
-            errors: vec![],
-        };
-        let human = config_validate_human(&valid, Some("x.toml"), ALIGNED);
-        assert_eq!(human.stdout, "x.toml is valid\n");
-        assert!(human.errors.is_empty());
-    }
-
-    #[test]
-    fn reload_lists_keys() {
-        let reload = ReloadConfigResponse {
-            applied: vec!["log.level".into(), "agent.max_turns".into()],
-            restart_required: vec!["control.socket".into()],
-        };
-        let stdout = config_reload_human(&reload, ALIGNED).stdout;
-        assert_eq!(
-            stdout,
-            "configuration reloaded\n\
-             applied live: log.level, agent.max_turns\n\
-             needs a restart: control.socket\n\
-             restart blufiod to apply (systemctl restart blufiod)\n"
-        );
-        let nothing = config_reload_human(&ReloadConfigResponse::default(), ALIGNED).stdout;
-        assert_eq!(nothing, "configuration reloaded; nothing changed\n");
-    }
-
-    const NOW: i64 = 1_795_852_800; // 2026-11-28 08:00 UTC
-
-    fn sample_session(id: &str, title: &str, updated_at: i64, state: &str) -> Session {
-        Session {
-            id: id.into(),
-            title: title.into(),
-            created_at: 1_764_000_000,
-            updated_at,
-            model: "claude-sonnet-4-5".into(),
-            state: state.into(),
-            message_count: 12,
-        }
-    }
-
-    fn sample_completed() -> TurnCompleted {
-        TurnCompleted {
-            message_id: "m-out".into(),
-            usage: Some(TokenUsage {
-                input_tokens: 1200,
-                output_tokens: 80,
-                cache_creation_input_tokens: 10,
-                cache_read_input_tokens: 1024,
-            }),
-            cost_usd: 0.012_34,
-            provider_calls: 2,
-            stop_reason: "end_turn".into(),
-            model: "claude-sonnet-4-5".into(),
-        }
-    }
-
-    fn sample_usage() -> GetUsageResponse {
-        let tokens = TokenUsage {
-            input_tokens: 12_345,
-            output_tokens: 678,
-            cache_creation_input_tokens: 1_500_000,
-            cache_read_input_tokens: 20_000,
-        };
-        GetUsageResponse {
-            days: vec![
-                DayUsage {
-                    day: "2026-11-27".into(),
-                    cost_usd: 0.5,
-                    usage: Some(tokens),
-                    calls: 12,
-                },
-                DayUsage {
-                    day: "2026-11-28".into(),
-                    cost_usd: 0.25,
-                    usage: Some(TokenUsage::default()),
-                    calls: 3,
-                },
-            ],
-            models: vec![ModelUsage {
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4-5".into(),
-                cost_usd: 0.75,
-                usage: Some(tokens),
-                calls: 15,
-            }],
-            sessions: vec![
-                SessionUsage {
-                    session_id: "s1".into(),
-                    title: "Weather\nin Paris".into(),
-                    cost_usd: 0.7,
-                    calls: 14,
-                },
-                SessionUsage {
-                    session_id: String::new(),
-                    title: String::new(),
-                    cost_usd: 0.05,
-                    calls: 1,
-                },
-            ],
-            cost: Some(CostStatus {
-                today_usd: 0.9,
-                month_usd: 3.5,
-                daily_cap_usd: 1.0,
-                monthly_cap_usd: 0.0,
-                reserved_usd: 0.02,
-            }),
-        }
     }
 
     #[test]
@@ -2359,326 +553,5 @@ b     SHA256:b-key  53m ago  never      revoked
         assert_eq!(first_line("  only  ", 100), "only");
         assert_eq!(compact_json("{ \"a\" : [1, 2] }"), "{\"a\":[1,2]}");
         assert_eq!(compact_json("not\njson"), "not json");
-    }
-
-    #[test]
-    fn tool_lines_and_summary() {
-        let started = ToolActivity {
-            id: "c1".into(),
-            name: "http_get".into(),
-            phase: "started".into(),
-            ..ToolActivity::default()
-        };
-        assert_eq!(tool_line(&started), "[tool http_get started]");
-        let failed = ToolActivity {
-            phase: "finished".into(),
-            is_error: true,
-            ..started.clone()
-        };
-        assert_eq!(tool_line(&failed), "[tool http_get finished: error]");
-        let finished = ToolActivity {
-            phase: "finished".into(),
-            ..started
-        };
-        assert_eq!(tool_line(&finished), "[tool http_get finished]");
-
-        assert_eq!(
-            chat_summary("s1", &sample_completed()),
-            "session s1 · 1200/80 tokens (cache w/r 10/1024) · $0.0123 · claude-sonnet-4-5"
-        );
-        let bare = TurnCompleted {
-            usage: None,
-            model: String::new(),
-            cost_usd: 0.0,
-            ..sample_completed()
-        };
-        assert_eq!(
-            chat_summary("s1", &bare),
-            "session s1 · 0/0 tokens (cache w/r 0/0) · $0.0000"
-        );
-        assert_eq!(chat_stop_warning(&sample_completed()), None);
-        let cut = TurnCompleted {
-            stop_reason: "max_tokens".into(),
-            ..sample_completed()
-        };
-        assert!(chat_stop_warning(&cut).is_some_and(|warning| warning.contains("cut short")));
-    }
-
-    #[test]
-    fn chat_json_shape() {
-        let transcript = Transcript {
-            session_id: "s1".into(),
-            user_message_id: "m-in".into(),
-            text: "It is sunny.".into(),
-            tools: vec![
-                ToolActivity {
-                    id: "c1".into(),
-                    name: "http_get".into(),
-                    phase: "finished".into(),
-                    is_error: false,
-                    summary: "200 OK".into(),
-                },
-                ToolActivity {
-                    id: "c2".into(),
-                    name: "shell".into(),
-                    phase: "started".into(),
-                    ..ToolActivity::default()
-                },
-            ],
-        };
-        let completed = sample_completed();
-        let value = serde_json::to_value(chat_json(&transcript, &completed)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "session_id": "s1",
-                "message_id": "m-out",
-                "user_message_id": "m-in",
-                "text": "It is sunny.",
-                "tools": [
-                    {"id": "c1", "name": "http_get", "is_error": false, "summary": "200 OK"},
-                    {"id": "c2", "name": "shell", "is_error": false, "summary": null}
-                ],
-                "usage": {"input_tokens": 1200, "output_tokens": 80, "cache_creation_input_tokens": 10,
-                          "cache_read_input_tokens": 1024},
-                "cost_usd": 0.012_34,
-                "stop_reason": "end_turn",
-                "model": "claude-sonnet-4-5",
-                "provider_calls": 2
-            })
-        );
-    }
-
-    #[test]
-    fn sessions_table_truncates_titles_to_the_terminal() {
-        let list = ListSessionsResponse {
-            sessions: vec![
-                sample_session(
-                    "s1",
-                    "What is the weather in Paris tomorrow morning?",
-                    NOW - 180,
-                    "running",
-                ),
-                sample_session("s22", "", NOW - 2 * 86_400, "interrupted"),
-            ],
-            next_cursor: String::new(),
-        };
-        let stdout = sessions_list_human(&list, NOW, Some(60), ALIGNED).stdout;
-        let expected = [
-            "ID   UPDATED  STATE        MESSAGES  TITLE",
-            "s1   3m ago   running      12        What is the weather in…",
-            "s22  2d ago   interrupted  12        (untitled)",
-            "",
-        ]
-        .join("\n");
-        assert_eq!(stdout, expected);
-        assert!(stdout.lines().all(|line| line.chars().count() <= 60), "{stdout}");
-        // A narrow terminal still gets a readable title; the line may wrap.
-        let narrow = sessions_list_human(&list, NOW, Some(40), ALIGNED).stdout;
-        assert!(narrow.contains("  What is the wea…\n"), "{narrow}");
-
-        // Without a terminal width, or in plain output, titles stay whole for scripts.
-        let whole = sessions_list_human(&list, NOW, None, ALIGNED).stdout;
-        assert!(
-            whole.contains("What is the weather in Paris tomorrow morning?\n"),
-            "{whole}"
-        );
-        let plain = sessions_list_human(&list, NOW, Some(50), Style::PLAIN).stdout;
-        assert!(plain.starts_with("ID\tUPDATED\tSTATE\tMESSAGES\tTITLE\ns1\t3m ago\trunning\t12\tWhat is"));
-        assert!(plain.contains("tomorrow morning?\n"), "{plain}");
-
-        let paged = ListSessionsResponse {
-            next_cursor: "c-2".into(),
-            ..list
-        };
-        let stdout = sessions_list_human(&paged, NOW, None, ALIGNED).stdout;
-        assert!(
-            stdout.ends_with("more sessions: --limit N, or --cursor c-2\n"),
-            "{stdout}"
-        );
-        let empty = sessions_list_human(&ListSessionsResponse::default(), NOW, None, ALIGNED).stdout;
-        assert!(empty.starts_with("no sessions yet"), "{empty}");
-    }
-
-    #[test]
-    fn sessions_json_shapes() {
-        let list = ListSessionsResponse {
-            sessions: vec![Session {
-                model: String::new(),
-                ..sample_session("s1", "", 1_764_000_100, "idle")
-            }],
-            next_cursor: "c-2".into(),
-        };
-        let value = serde_json::to_value(sessions_list_json(&list)).expect("serializes");
-        assert_eq!(
-            value,
-            json!({
-                "sessions": [{"id": "s1", "title": "", "created_at": 1_764_000_000, "updated_at": 1_764_000_100,
-                              "model": null, "state": "idle", "message_count": 12}],
-                "next_cursor": "c-2"
-            })
-        );
-        let value = serde_json::to_value(session_delete_json("s1")).expect("serializes");
-        assert_eq!(value, json!({"session_id": "s1", "deleted": true}));
-        assert_eq!(session_delete_human("s1").stdout, "deleted session s1\n");
-    }
-
-    fn sample_conversation() -> GetSessionResponse {
-        let message = |id: &str, role: &str, text: &str| ChatMessage {
-            id: id.into(),
-            role: role.into(),
-            text: text.into(),
-            created_at: 1_764_000_000,
-            ..ChatMessage::default()
-        };
-        GetSessionResponse {
-            session: Some(sample_session("s1", "Weather", NOW - 180, "idle")),
-            messages: vec![
-                message("m1", "user", "Weather in Paris?"),
-                ChatMessage {
-                    tool_calls: vec![ToolCall {
-                        id: "c1".into(),
-                        name: "http_get".into(),
-                        input_json: "{\"url\": \"https://wttr.in/Paris\"}".into(),
-                    }],
-                    ..message("m2", "assistant", "")
-                },
-                ChatMessage {
-                    tool_call_id: "c1".into(),
-                    is_error: true,
-                    ..message("m3", "tool", "timeout\nafter 30s")
-                },
-                message("m4", "assistant", "I could not check."),
-            ],
-        }
-    }
-
-    #[test]
-    fn session_show_lines() {
-        let stdout = session_show_human(&sample_conversation(), NOW, ALIGNED).stdout;
-        let expected = "\
-session s1
-title:     Weather
-created:   2025-11-24 16:00 UTC
-updated:   3m ago
-state:     idle
-messages:  12 (showing the last 4; --limit N for more)
-model:     claude-sonnet-4-5
-
-you: Weather in Paris?
-
-blufio:
-  → http_get {\"url\":\"https://wttr.in/Paris\"}
-
-tool http_get (error): timeout …
-
-blufio: I could not check.
-";
-        assert_eq!(stdout, expected);
-    }
-
-    #[test]
-    fn session_show_json_shape() {
-        let conversation = sample_conversation();
-        let value = serde_json::to_value(session_show_json(&conversation)).expect("serializes");
-        assert_eq!(value["session"]["id"], "s1");
-        assert_eq!(
-            value["messages"][1],
-            json!({"id": "m2", "role": "assistant", "text": "",
-                   "tool_calls": [{"id": "c1", "name": "http_get", "input": {"url": "https://wttr.in/Paris"}}],
-                   "tool_call_id": null, "is_error": false, "created_at": 1_764_000_000})
-        );
-        assert_eq!(
-            value["messages"][2],
-            json!({"id": "m3", "role": "tool", "text": "timeout\nafter 30s", "tool_calls": [],
-                   "tool_call_id": "c1", "is_error": true, "created_at": 1_764_000_000})
-        );
-    }
-
-    #[test]
-    fn usage_tables() {
-        let stdout = usage_human(&sample_usage(), 30, ALIGNED).stdout;
-        let expected = "\
-today:       $0.90 of $1.00 (90%)
-this month:  $3.50 (no cap)
-reserved:    $0.02 by calls in flight
-
-per day, the last 30 days (UTC)
-DAY         CALLS  IN     OUT  CACHE W/R   COST
-2026-11-27  12     12.3k  678  1.5M/20.0k  $0.5000
-2026-11-28  3      0      0    0/0         $0.2500
-total       15     12.3k  678  1.5M/20.0k  $0.7500
-
-per model
-MODEL                        CALLS  IN     OUT  CACHE W/R   COST
-anthropic/claude-sonnet-4-5  15     12.3k  678  1.5M/20.0k  $0.7500
-
-top sessions
-SESSION    CALLS  COST     TITLE
-s1         14     $0.7000  Weather in Paris
-(deleted)  1      $0.0500
-";
-        assert_eq!(stdout, expected);
-
-        // Near the cap is yellow; colour never shifts the columns.
-        let coloured = usage_human(&sample_usage(), 30, COLOR).stdout;
-        assert!(coloured.contains("\x1b[33m$0.90 of $1.00 (90%)\x1b[0m"), "{coloured}");
-        assert_eq!(strip_ansi(&coloured), stdout);
-
-        let quiet = GetUsageResponse {
-            days: vec![],
-            cost: None,
-            ..sample_usage()
-        };
-        assert_eq!(
-            usage_human(&quiet, 7, ALIGNED).stdout,
-            "no provider calls in the last 7 days\n"
-        );
-    }
-
-    #[test]
-    fn usage_json_shape() {
-        let usage = sample_usage();
-        let value = serde_json::to_value(usage_json(&usage)).expect("serializes");
-        let tokens = json!({"input_tokens": 12_345, "output_tokens": 678,
-                            "cache_creation_input_tokens": 1_500_000, "cache_read_input_tokens": 20_000});
-        assert_eq!(
-            value["days"][0],
-            json!({"day": "2026-11-27", "calls": 12, "usage": tokens, "cost_usd": 0.5})
-        );
-        assert_eq!(
-            value["models"],
-            json!([{"provider": "anthropic", "model": "claude-sonnet-4-5", "calls": 15, "usage": tokens,
-                    "cost_usd": 0.75}])
-        );
-        assert_eq!(
-            value["sessions"],
-            json!([{"session_id": "s1", "title": "Weather\nin Paris", "calls": 14, "cost_usd": 0.7},
-                   {"session_id": null, "title": "", "calls": 1, "cost_usd": 0.05}])
-        );
-        assert_eq!(
-            value["cost"],
-            json!({"today_usd": 0.9, "month_usd": 3.5, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,
-                   "reserved_usd": 0.02})
-        );
-        let value = serde_json::to_value(usage_json(&GetUsageResponse::default())).expect("serializes");
-        assert_eq!(value, json!({"cost": null, "days": [], "models": [], "sessions": []}));
-    }
-
-    fn strip_ansi(text: &str) -> String {
-        let mut out = String::new();
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 }

@@ -15,9 +15,9 @@ use anyhow::Context as _;
 use rustyline::error::ReadlineError;
 use rustyline::{Config, DefaultEditor};
 
+use super::Context;
 use crate::chat::{self, Transcript};
-use crate::client::Client;
-use crate::output::{self, Paint};
+use crate::output::Paint;
 use crate::{Failure, Outcome, Printer};
 
 /// Lines of history kept on disk and in memory.
@@ -37,7 +37,9 @@ Ctrl-C cancels an answer while it streams, or clears the line being typed.
 ";
 
 /// Runs the shell until Ctrl-D or `/quit`; `session` continues an existing session.
-pub async fn run(mut client: Client, session: Option<String>, printer: &Printer) -> Result<Outcome, Failure> {
+pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outcome, Failure> {
+    let printer = context.printer;
+    let mut client = context.connect().await?;
     let config = Config::builder()
         .max_history_size(HISTORY_ENTRIES)
         .context("cannot configure the line editor")?
@@ -123,8 +125,8 @@ pub async fn run(mut client: Client, session: Option<String>, printer: &Printer)
         match result {
             None => echo.note("[cancelled]"),
             Some(Ok(completed)) => {
-                echo.note(&output::chat_summary(&transcript.session_id, &completed));
-                if let Some(warning) = output::chat_stop_warning(&completed) {
+                echo.note(&chat::summary(&transcript.session_id, &completed));
+                if let Some(warning) = chat::stop_warning(&completed) {
                     echo.warning(&warning);
                 }
             }
