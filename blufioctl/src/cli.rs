@@ -9,13 +9,47 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::remote::Pin;
 
-/// Environment variable that names the control socket, like `--socket`.
-pub const SOCKET_ENV: &str = "BLUFIO_SOCKET";
+/// Environment variable that names the control socket, like `--socket`. blufioctl's variables
+/// start with `BLUFIOCTL_`; `BLUFIO_` is the daemon's configuration.
+pub const SOCKET_ENV: &str = "BLUFIOCTL_SOCKET";
 /// Environment variables for `remote`'s `--url`, `--key`, `--pin` and `--keyid`.
-pub const REMOTE_URL_ENV: &str = "BLUFIO_REMOTE_URL";
-pub const REMOTE_KEY_ENV: &str = "BLUFIO_REMOTE_KEY";
-pub const REMOTE_PIN_ENV: &str = "BLUFIO_REMOTE_PIN";
-pub const REMOTE_KEYID_ENV: &str = "BLUFIO_REMOTE_KEYID";
+pub const REMOTE_URL_ENV: &str = "BLUFIOCTL_REMOTE_URL";
+pub const REMOTE_KEY_ENV: &str = "BLUFIOCTL_REMOTE_KEY";
+pub const REMOTE_PIN_ENV: &str = "BLUFIOCTL_REMOTE_PIN";
+pub const REMOTE_KEYID_ENV: &str = "BLUFIOCTL_REMOTE_KEYID";
+
+/// The names blufioctl's variables had before they left the daemon's `BLUFIO_` namespace: still
+/// read when the new name is not set, with a warning. (subcommand, argument, new name, old name)
+const OLD_ENV_NAMES: &[(Option<&str>, &str, &str, &str)] = &[
+    (None, "socket", SOCKET_ENV, "BLUFIO_SOCKET"),
+    (Some("remote"), "url", REMOTE_URL_ENV, "BLUFIO_REMOTE_URL"),
+    (Some("remote"), "key", REMOTE_KEY_ENV, "BLUFIO_REMOTE_KEY"),
+    (Some("remote"), "pin", REMOTE_PIN_ENV, "BLUFIO_REMOTE_PIN"),
+    (Some("remote"), "keyid", REMOTE_KEYID_ENV, "BLUFIO_REMOTE_KEYID"),
+];
+
+/// Parses the command line (exiting on a usage error, as clap does), reading an old variable name
+/// where only it is set; returns the deprecation warnings to print.
+pub fn parse(env: impl Fn(&str) -> bool, args: impl IntoIterator<Item = std::ffi::OsString>) -> (Cli, Vec<String>) {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let mut command = Cli::command();
+    let mut warnings = Vec::new();
+    for (subcommand, argument, new, old) in OLD_ENV_NAMES {
+        if env(new) || !env(old) {
+            continue;
+        }
+        warnings.push(format!(
+            "{old} is deprecated (BLUFIO_ names the daemon's settings); rename it to {new}"
+        ));
+        command = match subcommand {
+            None => command.mut_arg(*argument, |arg| arg.env(*old)),
+            Some(name) => command.mut_subcommand(*name, |sub| sub.mut_arg(*argument, |arg| arg.env(*old))),
+        };
+    }
+    let matches = command.get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    (cli, warnings)
+}
 
 /// The exit status table, shown at the end of `--help` and in the man page.
 pub const EXIT_CODES_HELP: &str = "\

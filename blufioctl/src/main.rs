@@ -21,7 +21,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use serde::Serialize;
 
 use crate::chat::{Echo, TurnError};
@@ -41,11 +40,14 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 /// Hint printed when the daemon is not running or the socket is wrong.
 const START_HINT: &str =
-    "start it with 'blufiod' (or 'systemctl start blufiod'), or point --socket / BLUFIO_SOCKET at its socket";
+    "start it with 'blufiod' (or 'systemctl start blufiod'), or point --socket / BLUFIOCTL_SOCKET at its socket";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, deprecated) = cli::parse(|name| std::env::var_os(name).is_some(), std::env::args_os());
+    for warning in deprecated {
+        eprintln!("warning: {warning}");
+    }
     let no_color = std::env::var_os("NO_COLOR");
     let stdout_style = Style::detect(cli.plain, io::stdout().is_terminal(), no_color.as_deref());
     let stderr_style = Style::detect(cli.plain, io::stderr().is_terminal(), no_color.as_deref());
@@ -93,7 +95,7 @@ impl From<ClientError> for Failure {
         let (code, hint) = match &error {
             ClientError::Unreachable { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 let hint = "blufiod lets root, its own user and members of its configured group \
-                            connect; run as one of them, or point --socket / BLUFIO_SOCKET at a \
+                            connect; run as one of them, or point --socket / BLUFIOCTL_SOCKET at a \
                             socket you may use";
                 (EXIT_UNREACHABLE, Some(hint.to_owned()))
             }
@@ -337,7 +339,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
     }
 }
 
-/// `--socket` / `BLUFIO_SOCKET` when given (and not empty), else the shared default location.
+/// `--socket` / `BLUFIOCTL_SOCKET` when given (and not empty), else the shared default location.
 fn socket_path(given: Option<PathBuf>) -> PathBuf {
     given.filter(|path| !path.as_os_str().is_empty()).unwrap_or_else(|| {
         blufio_proto::paths::default_socket_path(|name| std::env::var_os(name), nix::unistd::geteuid().as_raw())

@@ -18,7 +18,12 @@ fn blufioctl() -> Command {
         .env_remove("BLUFIO_REMOTE_URL")
         .env_remove("BLUFIO_REMOTE_KEY")
         .env_remove("BLUFIO_REMOTE_PIN")
-        .env_remove("BLUFIO_REMOTE_KEYID");
+        .env_remove("BLUFIO_REMOTE_KEYID")
+        .env_remove("BLUFIOCTL_SOCKET")
+        .env_remove("BLUFIOCTL_REMOTE_URL")
+        .env_remove("BLUFIOCTL_REMOTE_KEY")
+        .env_remove("BLUFIOCTL_REMOTE_PIN")
+        .env_remove("BLUFIOCTL_REMOTE_KEYID");
     command
 }
 
@@ -36,6 +41,12 @@ fn stderr(output: &Output) -> String {
 
 fn assert_unreachable(output: &Output, socket: &Path) {
     let stderr = stderr(output);
+    // Deprecation warnings come first.
+    let stderr: String = stderr
+        .lines()
+        .filter(|line| !line.starts_with("warning: "))
+        .map(|line| format!("{line}\n"))
+        .collect();
     assert_eq!(output.status.code(), Some(3), "stderr: {stderr}");
     assert!(output.stdout.is_empty(), "stdout: {}", stdout(output));
     assert!(
@@ -101,8 +112,24 @@ fn unreachable_with_json_prints_nothing_on_stdout() {
 fn socket_comes_from_env_then_default_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     let from_env = dir.path().join("from-env.sock");
+    let output = run(blufioctl().arg("status").env("BLUFIOCTL_SOCKET", &from_env));
+    assert_unreachable(&output, &from_env);
+
+    // The name from before BLUFIOCTL_ still works, with a warning; the new name wins.
     let output = run(blufioctl().arg("status").env("BLUFIO_SOCKET", &from_env));
     assert_unreachable(&output, &from_env);
+    assert!(
+        stderr(&output).contains("BLUFIO_SOCKET is deprecated") && stderr(&output).contains("BLUFIOCTL_SOCKET"),
+        "{}",
+        stderr(&output)
+    );
+    let newer = dir.path().join("newer.sock");
+    let output = run(blufioctl()
+        .arg("status")
+        .env("BLUFIO_SOCKET", &from_env)
+        .env("BLUFIOCTL_SOCKET", &newer));
+    assert_unreachable(&output, &newer);
+    assert!(!stderr(&output).contains("deprecated"), "{}", stderr(&output));
 
     // Under systemd, $RUNTIME_DIRECTORY wins over everything else in the default.
     let output = run(blufioctl().arg("status").env("RUNTIME_DIRECTORY", dir.path()));
@@ -113,7 +140,7 @@ fn socket_comes_from_env_then_default_location() {
     let output = run(blufioctl()
         .args(["status", "--socket"])
         .arg(&flag)
-        .env("BLUFIO_SOCKET", &from_env));
+        .env("BLUFIOCTL_SOCKET", &from_env));
     assert_unreachable(&output, &flag);
 }
 
@@ -203,7 +230,7 @@ fn help_lists_commands_and_exit_codes() {
     }
     assert!(!help.contains("\n  man "), "man is hidden: {help}");
     assert!(help.contains("--socket"), "{help}");
-    assert!(help.contains("BLUFIO_SOCKET"), "{help}");
+    assert!(help.contains("BLUFIOCTL_SOCKET"), "{help}");
     assert!(help.contains("Exit status:"), "{help}");
     for code in ["  0  ", "  1  ", "  2  ", "  3  "] {
         assert!(help.contains(code), "missing exit code {code:?}: {help}");
@@ -1803,4 +1830,28 @@ fn remote_unreachable_exits_3_and_names_the_url() {
         "list",
     ]));
     assert_eq!(output.status.code(), Some(2), "a malformed pin is a usage error");
+}
+
+#[test]
+fn remote_reads_its_variables_under_both_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("missing-key.pem");
+    for (url, key_name) in [
+        ("BLUFIOCTL_REMOTE_URL", "BLUFIOCTL_REMOTE_KEY"),
+        ("BLUFIO_REMOTE_URL", "BLUFIO_REMOTE_KEY"),
+    ] {
+        let output = run(blufioctl()
+            .args(["remote", "sessions", "list"])
+            .env(url, "https://127.0.0.1:9")
+            .env(key_name, &key));
+        let stderr = stderr(&output);
+        // Both were taken from the environment: the key file is what is missing, not an argument.
+        assert!(!stderr.contains("required"), "{url}: {stderr}");
+        assert!(stderr.contains("missing-key.pem"), "{url}: {stderr}");
+        assert_eq!(
+            stderr.contains(&format!("{url} is deprecated")),
+            url.starts_with("BLUFIO_"),
+            "{url}: {stderr}"
+        );
+    }
 }

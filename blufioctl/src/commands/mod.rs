@@ -27,7 +27,7 @@ use crate::output::Style;
 
 /// What every command gets from the global flags.
 pub struct Context<'a> {
-    /// The daemon's control socket (`--socket`, `BLUFIO_SOCKET` or the default location).
+    /// The daemon's control socket (`--socket`, `BLUFIOCTL_SOCKET` or the default location).
     pub socket: PathBuf,
     /// How long to wait for one answer (`--timeout`); turns have no deadline.
     pub call_timeout: Duration,
