@@ -166,7 +166,7 @@ impl Echo {
         if self.shared_screen {
             self.end_text();
         }
-        eprintln!("{}", self.stderr_style.paint(Paint::Dim, line));
+        crate::output::eprint_line(format_args!("{}", self.stderr_style.paint(Paint::Dim, line)));
     }
 
     /// A `warning:` line on stderr.
@@ -174,7 +174,10 @@ impl Echo {
         if self.shared_screen {
             self.end_text();
         }
-        eprintln!("{}: {message}", self.stderr_style.paint(Paint::Yellow, "warning"));
+        crate::output::eprint_line(format_args!(
+            "{}: {message}",
+            self.stderr_style.paint(Paint::Yellow, "warning")
+        ));
     }
 
     /// A failure to write stdout during the turn, if there was one.

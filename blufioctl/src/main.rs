@@ -46,7 +46,7 @@ const START_HINT: &str =
 async fn main() -> ExitCode {
     let (cli, deprecated) = cli::parse(|name| std::env::var_os(name).is_some(), std::env::args_os());
     for warning in deprecated {
-        eprintln!("warning: {warning}");
+        crate::output::eprint_line(format_args!("warning: {warning}"));
     }
     let no_color = std::env::var_os("NO_COLOR");
     let stdout_style = Style::detect(cli.plain, io::stdout().is_terminal(), no_color.as_deref());
@@ -296,11 +296,17 @@ impl Printer {
     }
 
     fn warning(&self, message: &str) {
-        eprintln!("{}: {message}", self.stderr_style.paint(Paint::Yellow, "warning"));
+        crate::output::eprint_line(format_args!(
+            "{}: {message}",
+            self.stderr_style.paint(Paint::Yellow, "warning")
+        ));
     }
 
     fn error(&self, message: &str) {
-        eprintln!("{}: {message}", self.stderr_style.paint(Paint::Red, "error"));
+        crate::output::eprint_line(format_args!(
+            "{}: {message}",
+            self.stderr_style.paint(Paint::Red, "error")
+        ));
     }
 
     /// Prints a failure: its `error:` line and its `hint:` line, if any.
@@ -308,7 +314,7 @@ impl Printer {
         // `{:#}` prints the whole cause chain once, joined with ": ".
         self.error(&format!("{:#}", failure.error));
         if let Some(hint) = &failure.hint {
-            eprintln!("{}: {hint}", self.stderr_style.paint(Paint::Bold, "hint"));
+            crate::output::eprint_line(format_args!("{}: {hint}", self.stderr_style.paint(Paint::Bold, "hint")));
         }
     }
 

@@ -555,3 +555,10 @@ mod tests {
         assert_eq!(compact_json("not\njson"), "not json");
     }
 }
+
+/// Writes one line to stderr; a closed stderr (`blufioctl ... 2>&1 | head -1`) is not worth a
+/// panic, so the line is dropped.
+pub fn eprint_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

@@ -1855,3 +1855,32 @@ fn remote_reads_its_variables_under_both_names() {
         );
     }
 }
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn closed_pipe() -> std::process::Stdio {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    std::process::Stdio::from(write)
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_is_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Output to stdout: completions are long enough to need several writes.
+    let output = blufioctl()
+        .args(["completions", "bash"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .expect("run blufioctl");
+    assert_eq!(output.status.code(), Some(0));
+    // An error and its hint go to stderr; the exit code still says what happened.
+    let output = blufioctl()
+        .args(["status", "--socket"])
+        .arg(dir.path().join("missing.sock"))
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .expect("run blufioctl");
+    assert_eq!(output.status.code(), Some(3));
+}

@@ -68,7 +68,9 @@ fn main() -> ExitCode {
     // dump may carry them to disk, and no other process of the same user may ptrace it or read
     // its memory through /proc (the unit also sets LimitCORE=0).
     if let Err(error) = nix::sys::prctl::set_dumpable(false) {
-        eprintln!("blufiod: cannot disable core dumps (PR_SET_DUMPABLE): {error}");
+        complain(format_args!(
+            "blufiod: cannot disable core dumps (PR_SET_DUMPABLE): {error}"
+        ));
         return ExitCode::from(EXIT_FAILURE);
     }
     let args = Args::parse();
@@ -80,7 +82,7 @@ fn main() -> ExitCode {
     let loaded = match source.load() {
         Ok(loaded) => loaded,
         Err(error) => {
-            eprintln!("blufiod: {}", error_chain(&error));
+            complain(format_args!("blufiod: {}", error_chain(&error)));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -90,7 +92,9 @@ fn main() -> ExitCode {
             // The reader has gone (`blufiod --check-config | head`): nothing is wrong.
             Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("blufiod: cannot write the configuration to standard output: {error}");
+                complain(format_args!(
+                    "blufiod: cannot write the configuration to standard output: {error}"
+                ));
                 ExitCode::from(EXIT_FAILURE)
             }
         };
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
     let log = match logging::init(&loaded.config.log) {
         Ok(handle) => handle,
         Err(error) => {
-            eprintln!("blufiod: {}", error_chain(&error));
+            complain(format_args!("blufiod: {}", error_chain(&error)));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -156,6 +160,13 @@ fn print_config(
         writeln!(out, "{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str())?;
     }
     out.flush()
+}
+
+/// Writes one line to stderr before the logger exists; a closed stderr drops it rather than
+/// panicking, so the exit code still says what went wrong.
+fn complain(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Logs panics through tracing (so they reach the journal with the daemon's format) before the

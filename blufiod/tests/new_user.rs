@@ -59,3 +59,19 @@ fn the_clients_variables_do_not_stop_the_daemon() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn an_invalid_config_into_a_closed_stderr_still_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("blufiod.toml");
+    std::fs::write(&config, "[log]\nlevel = \"loud\"\n").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_blufiod"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .stdout(Stdio::from(closed_pipe()))
+        .stderr(Stdio::from(closed_pipe()))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}

@@ -60,7 +60,7 @@ pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outco
     let mut session_id = session.filter(|id| !id.is_empty());
     if io::stdin().is_terminal() {
         let intro = "blufio shell: type a message, /help for commands, Ctrl-D to quit";
-        eprintln!("{}", printer.stderr_style.paint(Paint::Dim, intro));
+        crate::output::eprint_line(format_args!("{}", printer.stderr_style.paint(Paint::Dim, intro)));
     }
 
     loop {
