@@ -1,5 +1,7 @@
 //! What a new user hit (the defects of the new-user report), each against the real binaries.
 
+mod support;
+
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
@@ -74,4 +76,37 @@ fn an_invalid_config_into_a_closed_stderr_still_exits_2() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn an_invalid_file_on_disk_is_shown_and_blamed_for_what_it_breaks() {
+    let daemon = support::Daemon::start();
+    let good = std::fs::read_to_string(&daemon.config_path).unwrap_or_default();
+    std::fs::write(&daemon.config_path, format!("{good}\n[log]\nlevel = \"loud\"\n")).unwrap();
+    let reload = daemon.ctl(&["config", "reload"]);
+    assert_eq!(reload.status.code(), Some(1), "{}", support::describe(&reload));
+
+    let status = daemon.ctl_json(&["status"]);
+    let config = status["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["name"] == "config")
+        .unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(config.contains("the file on disk is invalid"), "{config}");
+    assert!(config.contains("log.level"), "{config}");
+
+    // Setting another key names the real problem instead of blaming the new value.
+    let set = daemon.ctl(&["config", "set", "daemon.shutdown_timeout_secs", "5"]);
+    let shown = support::describe(&set);
+    assert_eq!(set.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("already has an error elsewhere"), "{shown}");
+    assert!(shown.contains("log.level"), "{shown}");
+    // Setting the broken key itself repairs the file.
+    daemon.ctl_json(&["config", "set", "log.level", "info"]);
+    let status = daemon.ctl_json(&["status"]);
+    assert!(status.to_string().contains("up to date"), "{status}");
 }

@@ -135,6 +135,18 @@ pub enum ConfigWriteError {
         #[source]
         source: ConfigError,
     },
+    /// The file already fails validation for another reason, and this change does not fix it.
+    #[error(
+        "cannot set `{key}`: {path} already has an error elsewhere; fix it first (`blufioctl config validate` lists it), then set the key again"
+    )]
+    BrokenElsewhere {
+        /// The key being set.
+        key: String,
+        /// The config file.
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
     /// The current config cannot be read.
     #[error("cannot read the current configuration")]
     Read {
@@ -198,6 +210,14 @@ pub fn set_key_in_file(
         }
     }
     let Some((new_text, loaded)) = accepted else {
+        // Blame the value only if the file was valid without it.
+        if let Err(source) = load_from(current, Some(path), true) {
+            return Err(ConfigWriteError::BrokenElsewhere {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                source,
+            });
+        }
         return Err(ConfigWriteError::Rejected {
             source: first_error.expect("there is always a candidate"),
         });

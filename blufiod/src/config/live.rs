@@ -175,6 +175,16 @@ impl LiveConfig {
         self.source.load().map(drop)
     }
 
+    /// What is wrong with the config file on disk now (which the next reload or restart would
+    /// read), or `None` when it is valid.
+    pub fn file_problems(&self) -> Option<Vec<String>> {
+        match self.validate_file() {
+            Ok(()) => None,
+            Err(ConfigError::Invalid { problems }) => Some(problems),
+            Err(other) => Some(vec![crate::error_chain(&other)]),
+        }
+    }
+
     /// Effective entries (all, or one key), with `pending_restart` for keys whose running value
     /// is older than the configured one. `None` when `key` is unknown.
     pub fn entries(&self, key: Option<&str>) -> Option<Vec<(ConfigEntry, bool)>> {

@@ -439,7 +439,16 @@ impl pb::control_server::Control for ControlService {
 /// What each subsystem is doing, a line each, for `GetStatus`.
 fn subsystem_lines(deps: &ControlDeps, health: String) -> Vec<pb::SubsystemStatus> {
     let pending = deps.live.pending_restart();
-    let config = if pending.is_empty() {
+    let config = if let Some(problems) = deps.live.file_problems() {
+        format!(
+            "the file on disk is invalid ({}{}); running on the configuration read before, and a restart would fail: fix the file, then `blufioctl config reload`",
+            problems[0],
+            match problems.len() {
+                1 => String::new(),
+                more => format!(", and {} more", more - 1),
+            }
+        )
+    } else if pending.is_empty() {
         "up to date".to_owned()
     } else {
         format!("restart needed for {}", pending.join(", "))
@@ -669,9 +678,10 @@ fn write_error_to_status(error: &ConfigWriteError) -> Status {
     let message = error_chain(error);
     match error {
         ConfigWriteError::UnknownKey { .. } | ConfigWriteError::Rejected { .. } => Status::invalid_argument(message),
-        ConfigWriteError::ParseFile { .. } | ConfigWriteError::NotATable { .. } | ConfigWriteError::Read { .. } => {
-            Status::failed_precondition(message)
-        }
+        ConfigWriteError::ParseFile { .. }
+        | ConfigWriteError::NotATable { .. }
+        | ConfigWriteError::BrokenElsewhere { .. }
+        | ConfigWriteError::Read { .. } => Status::failed_precondition(message),
         ConfigWriteError::Write { source, .. } => match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Status::resource_exhausted(message),
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
