@@ -182,6 +182,15 @@ pub enum ConfigCommand {
         output: JsonArgs,
     },
 
+    /// Remove one key from the daemon's config file, so that it takes its default (or its
+    /// environment value) again, and apply that live where possible
+    Unset {
+        /// A dotted key such as `gateway.metrics_token`
+        key: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
     /// Validate a configuration file, or the daemon's own file when FILE is omitted; exits 1 when
     /// it is invalid
     Validate {

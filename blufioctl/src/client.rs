@@ -22,7 +22,7 @@ use blufio_proto::control::v1::{
     GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
     ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, ReloadConfigRequest, ReloadConfigResponse,
     RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse,
-    ValidateConfigRequest, ValidateConfigResponse,
+    UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -146,6 +146,12 @@ impl Client {
     pub async fn set_config(&mut self, key: String, value: String) -> Result<SetConfigResponse, ClientError> {
         let request = tonic::Request::new(SetConfigRequest { key, value });
         call(&self.socket, self.call_timeout, self.inner.set_config(request)).await
+    }
+
+    /// `UnsetConfig`.
+    pub async fn unset_config(&mut self, key: String) -> Result<SetConfigResponse, ClientError> {
+        let request = tonic::Request::new(UnsetConfigRequest { key });
+        call(&self.socket, self.call_timeout, self.inner.unset_config(request)).await
     }
 
     /// `ValidateConfig`; an empty `toml` asks the daemon to validate its own config file.

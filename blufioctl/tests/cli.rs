@@ -686,6 +686,13 @@ mod fake {
             }))
         }
 
+        async fn unset_config(
+            &self,
+            _request: Request<blufio_proto::control::v1::UnsetConfigRequest>,
+        ) -> Result<Response<SetConfigResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
         async fn set_config(&self, request: Request<SetConfigRequest>) -> Result<Response<SetConfigResponse>, Status> {
             let request = request.into_inner();
             if request.key != "log.level" {

@@ -662,6 +662,7 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("GetConfig", "read-only", false),
     ("ValidateConfig", "read-only", false),
     ("SetConfig", "full", false),
+    ("UnsetConfig", "full", false),
     ("ReloadConfig", "full", false),
     ("CreateSession", "full", false),
     ("ListSessions", "full", false),
@@ -673,6 +674,23 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("ListDevices", "full", false),
     ("RevokeDevice", "full", false),
 ];
+
+#[test]
+fn the_access_table_names_every_rpc_of_the_contract() {
+    let proto = include_str!("../../proto/proto/blufio/control/v1/control.proto");
+    let mut rpcs: Vec<&str> = proto
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("rpc "))
+        .map(|rest| rest.split('(').next().unwrap().trim())
+        .collect();
+    let mut tabled: Vec<&str> = ACCESS_TABLE.iter().map(|(method, ..)| *method).collect();
+    rpcs.sort_unstable();
+    tabled.sort_unstable();
+    assert_eq!(
+        rpcs, tabled,
+        "a new RPC needs its line in ACCESS_TABLE (and in auth::ACCESS)"
+    );
+}
 
 #[test]
 fn every_rpc_obeys_the_access_table_at_every_level() {

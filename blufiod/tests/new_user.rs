@@ -110,3 +110,31 @@ fn an_invalid_file_on_disk_is_shown_and_blamed_for_what_it_breaks() {
     let status = daemon.ctl_json(&["status"]);
     assert!(status.to_string().contains("up to date"), "{status}");
 }
+
+#[test]
+fn a_key_can_be_unset_and_an_empty_secret_is_refused() {
+    let daemon = support::Daemon::start();
+    let empty = daemon.ctl(&["config", "set", "gateway.metrics_token", ""]);
+    let shown = support::describe(&empty);
+    assert_eq!(empty.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("an empty secret is not a value"), "{shown}");
+
+    daemon.ctl_json(&["config", "set", "gateway.metrics_token", "a-long-metrics-token"]);
+    daemon.ctl_json(&["config", "set", "log.level", "debug"]);
+    let token = daemon.ctl_json(&["config", "get", "gateway.metrics_token"]);
+    assert_eq!(token["entries"][0]["unset"], false, "{token}");
+
+    let unset = daemon.ctl_json(&["config", "unset", "gateway.metrics_token"]);
+    assert_eq!(unset["applied_live"], true, "{unset}");
+    assert_eq!(unset["entry"]["unset"], true, "{unset}");
+    let level = daemon.ctl(&["config", "unset", "log.level"]);
+    let shown = String::from_utf8_lossy(&level.stdout).into_owned();
+    assert!(
+        shown.contains("removed log.level from") && shown.contains("\"info\" (default)"),
+        "{shown}"
+    );
+    let text = std::fs::read_to_string(&daemon.config_path).unwrap();
+    assert!(!text.contains("metrics_token") && !text.contains("debug"), "{text}");
+    let unknown = daemon.ctl(&["config", "unset", "log.colour"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", support::describe(&unknown));
+}

@@ -27,6 +27,7 @@ pub async fn run(context: &Context<'_>, command: ConfigCommand) -> Result<Outcom
             value,
             output: args,
         } => set(context, key, value, args).await,
+        ConfigCommand::Unset { key, output: args } => unset(context, key, args).await,
         ConfigCommand::Validate { file, output: args } => validate(context, file, args).await,
         ConfigCommand::Reload(args) => reload(context, args).await,
     }
@@ -113,14 +114,7 @@ pub struct ConfigSet<'a> {
 impl Render for ConfigSet<'_> {
     /// `config set --json`.
     fn json(&self) -> impl Serialize {
-        let set = self.set;
-        ConfigSetJson {
-            config_path: &set.config_path,
-            entry: set.entry.as_ref().map(EntryJson::from),
-            applied_live: set.applied_live,
-            restart_required: &set.restart_required,
-            overridden_by_env: non_empty(&set.overridden_by_env),
-        }
+        ConfigSetJson::from(self.set)
     }
 
     /// `config set`: what was written where, and whether it is in effect.
@@ -145,6 +139,49 @@ impl Render for ConfigSet<'_> {
         if let Some(variable) = non_empty(&set.overridden_by_env) {
             human.warnings.push(format!(
                 "{variable} overrides {key} in the environment, so the value in the file is not in effect while it is set"
+            ));
+        }
+        human
+    }
+}
+
+/// The daemon's answer to `config unset`: the same document as `config set`, and a human line
+/// that says what the key is now.
+pub struct ConfigUnset<'a> {
+    pub unset: &'a SetConfigResponse,
+    pub key: &'a str,
+}
+
+impl Render for ConfigUnset<'_> {
+    /// `config unset --json`: the shape of `config set --json`.
+    fn json(&self) -> impl Serialize {
+        ConfigSetJson::from(self.unset)
+    }
+
+    /// `config unset`: what the key is now, and whether that is in effect.
+    fn human(&self, style: Style) -> Human {
+        let unset = self.unset;
+        let mut human = Human::default();
+        let now = match &unset.entry {
+            Some(entry) if entry.unset => "unset".to_owned(),
+            Some(entry) => format!("{} ({})", entry.value, entry.source),
+            None => "its default".to_owned(),
+        };
+        let _ = writeln!(
+            human.stdout,
+            "removed {} from {}; it is now {now}",
+            style.paint(Paint::Bold, self.key),
+            unset.config_path
+        );
+        if unset.applied_live {
+            let _ = writeln!(human.stdout, "applied live");
+        } else {
+            let _ = writeln!(human.stdout, "{}", style.paint(Paint::Yellow, RESTART_HINT));
+        }
+        if let Some(variable) = non_empty(&unset.overridden_by_env) {
+            human.warnings.push(format!(
+                "{variable} sets {} in the environment, so its value is still in effect",
+                self.key
             ));
         }
         human
@@ -238,6 +275,18 @@ async fn set(context: &Context<'_>, key: String, value: String, args: JsonArgs) 
     Ok(Outcome::Success)
 }
 
+async fn unset(context: &Context<'_>, key: String, args: JsonArgs) -> Result<Outcome, Failure> {
+    let unset = context.connect().await?.unset_config(key.clone()).await?;
+    context.printer.emit(
+        &ConfigUnset {
+            unset: &unset,
+            key: &key,
+        },
+        args.json,
+    )?;
+    Ok(Outcome::Success)
+}
+
 /// `config validate [FILE]`; the outcome is [`Outcome::Invalid`] when the daemon found problems.
 async fn validate(context: &Context<'_>, file: Option<PathBuf>, args: JsonArgs) -> Result<Outcome, Failure> {
     // Read FILE before connecting: a typo in the path is the user's to fix first.
@@ -317,6 +366,18 @@ struct ConfigSetJson<'a> {
     applied_live: bool,
     restart_required: &'a [String],
     overridden_by_env: Option<&'a str>,
+}
+
+impl<'a> From<&'a SetConfigResponse> for ConfigSetJson<'a> {
+    fn from(set: &'a SetConfigResponse) -> Self {
+        ConfigSetJson {
+            config_path: &set.config_path,
+            entry: set.entry.as_ref().map(EntryJson::from),
+            applied_live: set.applied_live,
+            restart_required: &set.restart_required,
+            overridden_by_env: non_empty(&set.overridden_by_env),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -177,14 +177,7 @@ pub fn set_key_in_file(
     if key_spec(key).is_none() {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
     }
-    let document: toml_edit::DocumentMut =
-        current
-            .unwrap_or_default()
-            .parse()
-            .map_err(|source: toml_edit::TomlError| ConfigWriteError::ParseFile {
-                path: path.to_owned(),
-                source: MaskedError(super::keys::mask_secrets_in(&source.to_string())),
-            })?;
+    let document = parse_document(path, current)?;
     // The value as TOML first (`30`, `true`, `["a"]`), then as a plain string: a key that takes a
     // string gets one even when the text happens to read as another TOML type (`2023-06-01` is a
     // TOML date, `42` an integer).
@@ -211,22 +204,73 @@ pub fn set_key_in_file(
     }
     let Some((new_text, loaded)) = accepted else {
         // Blame the value only if the file was valid without it.
-        if let Err(source) = load_from(current, Some(path), true) {
-            return Err(ConfigWriteError::BrokenElsewhere {
-                key: key.to_owned(),
-                path: path.to_owned(),
-                source,
-            });
-        }
-        return Err(ConfigWriteError::Rejected {
-            source: first_error.expect("there is always a candidate"),
-        });
+        return Err(blame(
+            path,
+            current,
+            key,
+            first_error.expect("there is always a candidate"),
+        ));
     };
     write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
         path: path.to_owned(),
         source,
     })?;
     Ok(loaded)
+}
+
+/// Removes `key` from the config file at `path`, so that it takes its default (or its
+/// environment value) again, after checking that the resulting configuration is valid. A key the
+/// file does not set leaves the file as it is. The write is atomic, as for [`set_key_in_file`].
+pub fn unset_key_in_file(path: &Path, current: Option<&str>, key: &str) -> Result<super::Loaded, ConfigWriteError> {
+    if key_spec(key).is_none() {
+        return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
+    }
+    let mut document = parse_document(path, current)?;
+    let segments: Vec<&str> = key.split('.').collect();
+    let (last, parents) = segments.split_last().expect("keys are never empty");
+    let mut table = Some(document.as_table_mut() as &mut dyn toml_edit::TableLike);
+    for segment in parents {
+        table = table
+            .and_then(|table| table.get_mut(segment))
+            .and_then(toml_edit::Item::as_table_like_mut);
+    }
+    let removed = table.and_then(|table| table.remove(last)).is_some();
+    let new_text = document.to_string();
+    let loaded = match load_from(Some(&new_text), Some(path), true) {
+        Ok(loaded) => loaded,
+        Err(source) => return Err(blame(path, current, key, source)),
+    };
+    if removed {
+        write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(loaded)
+}
+
+/// Why a change to `key` was refused: the file's own error if it was already invalid, else the
+/// change's.
+fn blame(path: &Path, current: Option<&str>, key: &str, change_error: ConfigError) -> ConfigWriteError {
+    match load_from(current, Some(path), true) {
+        Err(source) => ConfigWriteError::BrokenElsewhere {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            source,
+        },
+        Ok(_) => ConfigWriteError::Rejected { source: change_error },
+    }
+}
+
+/// The file's text as an editable document.
+fn parse_document(path: &Path, current: Option<&str>) -> Result<toml_edit::DocumentMut, ConfigWriteError> {
+    current
+        .unwrap_or_default()
+        .parse()
+        .map_err(|source: toml_edit::TomlError| ConfigWriteError::ParseFile {
+            path: path.to_owned(),
+            source: MaskedError(super::keys::mask_secrets_in(&source.to_string())),
+        })
 }
 
 /// The text of `document` with `key` set to `value`.
@@ -271,6 +315,26 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unset_removes_the_key_keeps_the_rest_and_returns_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blufiod.toml");
+        let before = "# mine\n[log]\nlevel = \"debug\" # loud\nformat = \"json\"\n";
+        std::fs::write(&path, before).unwrap();
+        let loaded = unset_key_in_file(&path, Some(before), "log.level").unwrap();
+        assert_eq!(loaded.config.log.level, "info", "back to the default");
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(after, "# mine\n[log]\nformat = \"json\"\n");
+        // A key the file does not set: nothing to do, nothing written.
+        std::fs::remove_file(&path).unwrap();
+        unset_key_in_file(&path, Some(&after), "gateway.metrics_token").unwrap();
+        assert!(!path.exists());
+        assert!(matches!(
+            unset_key_in_file(&path, Some(&after), "log.colour"),
+            Err(ConfigWriteError::UnknownKey { .. })
+        ));
+    }
 
     #[test]
     fn set_key_keeps_comments_and_other_keys() {

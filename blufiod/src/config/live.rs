@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::{
     ConfigEntry, ConfigError, ConfigSource, ConfigWriteError, ENV_PREFIX, KeySpec, Loaded, ValueSource, changed_keys,
-    entries, set_key_in_file,
+    entries, set_key_in_file, unset_key_in_file,
 };
 
 /// The configuration now in effect, replaced whole on each change. Cheap to clone; readers take
@@ -148,16 +148,32 @@ impl LiveConfig {
 
     /// Sets one key in the config file (validated first, written atomically) and applies it.
     pub async fn set_key(&self, key: &str, value: &str) -> Result<SetOutcome, ConfigWriteError> {
+        self.change_key(key, |path, current| set_key_in_file(path, current, key, value))
+            .await
+    }
+
+    /// Removes one key from the config file (validated first, written atomically), so that it
+    /// takes its default or environment value again, and applies that.
+    pub async fn unset_key(&self, key: &str) -> Result<SetOutcome, ConfigWriteError> {
+        self.change_key(key, |path, current| unset_key_in_file(path, current, key))
+            .await
+    }
+
+    async fn change_key(
+        &self,
+        key: &str,
+        edit: impl FnOnce(&std::path::Path, Option<&str>) -> Result<Loaded, ConfigWriteError>,
+    ) -> Result<SetOutcome, ConfigWriteError> {
         let _guard = self.change_lock.lock().await;
         let current_text = self
             .source
             .read_file()
             .map_err(|source| ConfigWriteError::Read { source })?;
-        let loaded = set_key_in_file(&self.source.path, current_text.as_deref(), key, value)?;
+        let loaded = edit(&self.source.path, current_text.as_deref())?;
         let overridden_by_env = (loaded.source_of(key) == ValueSource::Env)
             .then(|| format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase()));
         let change = self.install(loaded);
-        tracing::info!(key, applied = ?change.applied, restart_required = ?change.restart_required, "configuration key set");
+        tracing::info!(key, applied = ?change.applied, restart_required = ?change.restart_required, "configuration key changed");
         let (entry, pending) = self
             .entries(Some(key))
             .and_then(|mut entries| entries.pop())

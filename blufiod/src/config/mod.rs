@@ -21,9 +21,9 @@ pub use agent::{
     AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig, ProviderKind,
     RunCommandConfig, Secret, ToolsConfig, default_pricing,
 };
-pub use file::{ConfigWriteError, set_key_in_file};
+pub use file::{ConfigWriteError, set_key_in_file, unset_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials};
-pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError};
+pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 
 /// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).
 pub const ENV_PREFIX: &str = "BLUFIO_";

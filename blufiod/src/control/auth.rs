@@ -20,6 +20,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("grpc.health.v1.Health", Access::ReadOnly),
     ("grpc.reflection", Access::ReadOnly),
     ("SetConfig", Access::Full),
+    ("UnsetConfig", Access::Full),
     ("ReloadConfig", Access::Full),
     ("CreateSession", Access::Full),
     ("ListSessions", Access::Full),

@@ -33,6 +33,17 @@ impl ControlService {
         Self { deps, policy }
     }
 
+    fn set_response(&self, outcome: config::SetOutcome) -> pb::SetConfigResponse {
+        let pending = !outcome.applied_live && outcome.entry.spec.restart_required;
+        pb::SetConfigResponse {
+            config_path: self.deps.lifecycle.paths.config.display().to_string(),
+            entry: Some(entry_to_proto(outcome.entry, pending)),
+            applied_live: outcome.applied_live,
+            restart_required: outcome.restart_required.into_iter().map(str::to_owned).collect(),
+            overridden_by_env: outcome.overridden_by_env.unwrap_or_default(),
+        }
+    }
+
     /// Checks that the caller may make `method` (see [`auth::ACCESS`]); returns the caller's
     /// access.
     fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<Access, Status> {
@@ -161,14 +172,22 @@ impl pb::control_server::Control for ControlService {
             .set_key(&key, &value)
             .await
             .map_err(|error| write_error_to_status(&error))?;
-        let pending = !outcome.applied_live && outcome.entry.spec.restart_required;
-        Ok(Response::new(pb::SetConfigResponse {
-            config_path: self.deps.lifecycle.paths.config.display().to_string(),
-            entry: Some(entry_to_proto(outcome.entry, pending)),
-            applied_live: outcome.applied_live,
-            restart_required: outcome.restart_required.into_iter().map(str::to_owned).collect(),
-            overridden_by_env: outcome.overridden_by_env.unwrap_or_default(),
-        }))
+        Ok(Response::new(self.set_response(outcome)))
+    }
+
+    async fn unset_config(
+        &self,
+        request: Request<pb::UnsetConfigRequest>,
+    ) -> Result<Response<pb::SetConfigResponse>, Status> {
+        self.authorize(&request, "UnsetConfig")?;
+        let key = request.into_inner().key;
+        let outcome = self
+            .deps
+            .live
+            .unset_key(&key)
+            .await
+            .map_err(|error| write_error_to_status(&error))?;
+        Ok(Response::new(self.set_response(outcome)))
     }
 
     async fn validate_config(
