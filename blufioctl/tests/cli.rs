@@ -995,12 +995,18 @@ fn chat_that_ends_without_completed_fails() {
     assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
     // What streamed stays visible, on a line of its own.
     assert_eq!(stdout(&output), "echo: hi\n");
-    assert_eq!(stderr(&output), "error: the turn ended without an answer\n");
+    assert_eq!(
+        stderr(&output),
+        "error: the turn ended without an answer\nhint: your message is stored in session no-answer; 'chat --session no-answer' continues it\n"
+    );
 
     let output = run(against(&daemon).args(["chat", "--session", fake::FAILS_MIDWAY, "hi"]));
     assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
     assert_eq!(stdout(&output), "echo: hi\n");
-    assert_eq!(stderr(&output), "error: the provider failed: overloaded\n");
+    assert_eq!(
+        stderr(&output),
+        "error: the provider failed: overloaded\nhint: your message is stored in session fails-midway; 'chat --session fails-midway' continues it\n"
+    );
 }
 
 #[test]
@@ -1736,7 +1742,10 @@ fn remote_chat_failures_exit_1_with_the_detail() {
     let output = run(remote_against(&gateway, &key).args(["chat", "--session", "fails", "--json", "hi"]));
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty(), "no document for a failed turn");
-    assert_eq!(stderr(&output), "error: the provider failed\n");
+    assert_eq!(
+        stderr(&output),
+        "error: the provider failed\nhint: your message is stored in session fails; 'chat --session fails' continues it\n"
+    );
 }
 
 #[test]

@@ -138,3 +138,73 @@ fn a_key_can_be_unset_and_an_empty_secret_is_refused() {
     let unknown = daemon.ctl(&["config", "unset", "log.colour"]);
     assert_eq!(unknown.status.code(), Some(1), "{}", support::describe(&unknown));
 }
+
+fn chat_in_background(daemon: &support::Daemon, args: &[&str]) -> std::process::Child {
+    Command::new(support::blufioctl_bin())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("chat")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_requests(fake: &support::fake_provider::FakeProvider, count: usize) {
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    while fake.request_count() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider saw fewer than {count} requests"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_daemon_that_dies_mid_turn_is_reported_with_the_session() {
+    use support::fake_provider::{FakeProvider, Script};
+    let fake = FakeProvider::start();
+    fake.push(Script::Stall { after_chunks: 1 });
+    let mut daemon = support::start_with_fake(&fake, "");
+    let chat = chat_in_background(&daemon, &["are you there?"]);
+    wait_for_requests(&fake, 1);
+    daemon.kill();
+    let output = chat.wait_with_output().unwrap();
+    let shown = support::describe(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("blufiod went away during the turn"), "{shown}");
+    assert!(stderr.contains("blufioctl status"), "{shown}");
+    assert!(!stderr.contains("h2 protocol error"), "{shown}");
+    // The session that holds the message is named.
+    let session = stderr
+        .split_whitespace()
+        .map(|word| word.trim_end_matches([';', ',', '.']))
+        .find(|word| word.len() == 36 && word.matches('-').count() == 4)
+        .unwrap_or_else(|| panic!("no session id in: {shown}"));
+    let daemon = support::Daemon::start_with(
+        daemon.dir.clone(),
+        support::DaemonOptions {
+            config: support::fake_provider_config(&fake, ""),
+            ..support::DaemonOptions::default()
+        },
+    );
+    let shown = daemon.ctl_json(&["sessions", "show", session]);
+    assert_eq!(shown["messages"][0]["text"], "are you there?", "{shown}");
+}
+
+#[test]
+fn a_turn_that_fails_after_acceptance_names_its_session() {
+    use support::fake_provider::{FakeProvider, Script};
+    let fake = FakeProvider::start();
+    fake.push(Script::http_error(401, "invalid x-api-key", None));
+    let daemon = support::start_with_fake(&fake, "");
+    let output = daemon.ctl(&["chat", "hello"]);
+    let shown = support::describe(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    let listed = daemon.ctl_json(&["sessions", "list"]);
+    let id = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
+    assert!(shown.contains(&format!("session {id}")), "{shown}");
+}

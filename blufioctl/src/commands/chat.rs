@@ -41,6 +41,7 @@ pub fn finish_turn<E>(
 where
     Failure: From<E>,
 {
+    let result = result.map_err(|error| after_acceptance(Failure::from(error), transcript));
     let Some(mut echo) = echo else {
         let completed = result?;
         printer.json(&turn_json(transcript, &completed))?;
@@ -56,6 +57,51 @@ where
         return Err(anyhow::Error::new(error).context("cannot write to stdout").into());
     }
     Ok(Outcome::Success)
+}
+
+/// A turn that failed after the daemon accepted its message: the failure names the session that
+/// holds the message, and says plainly when the daemon itself went away (the transport's own
+/// words, an h2 or connection error, mean nothing to the owner).
+fn after_acceptance(mut failure: Failure, transcript: &Transcript) -> Failure {
+    if transcript.user_message_id.is_empty() {
+        return failure;
+    }
+    let id = &transcript.session_id;
+    if connection_lost(&failure.error) {
+        failure.error =
+            anyhow::anyhow!("blufiod went away during the turn: the connection closed before the turn ended");
+        failure.hint = Some(format!(
+            "your message is stored in session {id}; 'blufioctl status' shows whether blufiod is back \
+             ('systemctl status blufiod' and its journal say why it stopped)"
+        ));
+        return failure;
+    }
+    let stored = format!("your message is stored in session {id}; 'chat --session {id}' continues it");
+    failure.hint = Some(match failure.hint.take() {
+        Some(hint) => format!("{hint}; {stored}"),
+        None => stored,
+    });
+    failure
+}
+
+/// Whether `error` is the connection to the daemon (or gateway) breaking, not an answer.
+fn connection_lost(error: &anyhow::Error) -> bool {
+    use crate::client::ClientError;
+    use crate::remote::RemoteError;
+    if let Some(RemoteError::Transport { .. }) = error.downcast_ref::<RemoteError>() {
+        return true;
+    }
+    let Some(ClientError::Status(status)) = error.downcast_ref::<ClientError>() else {
+        return false;
+    };
+    // A status the daemon sent carries its own message; a broken transport is reported by tonic
+    // as UNKNOWN or UNAVAILABLE with the h2 or hyper error as its source.
+    matches!(
+        status.code(),
+        tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Internal
+    ) && (std::error::Error::source(status).is_some()
+        || status.message().contains("h2 protocol error")
+        || status.message().contains("transport error"))
 }
 
 /// The chat message: the words joined with spaces, or stdin for a lone `-`.
