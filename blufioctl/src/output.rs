@@ -129,9 +129,22 @@ pub fn humanize_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// Whole dollars and cents: "$3.40".
+/// Dollars and cents ("$3.40"), with as many more decimals (up to six, a micro-dollar) as an
+/// amount under a cent needs, so that a small cap or spend never reads as "$0.00": "$0.0025".
 pub fn usd_amount(usd: f64) -> String {
-    format!("${usd:.2}")
+    let cents = format!("{usd:.2}");
+    let exact = cents.parse::<f64>().is_ok_and(|rounded| (rounded - usd).abs() < 5e-7);
+    if exact || usd.abs() >= 100.0 {
+        return format!("${cents}");
+    }
+    let fine = format!("{usd:.6}");
+    let trimmed = fine.trim_end_matches('0');
+    let decimals = trimmed.split_once('.').map_or(0, |(_, decimals)| decimals.len());
+    if decimals < 2 {
+        format!("${cents}")
+    } else {
+        format!("${trimmed}")
+    }
 }
 
 /// Dollars with four decimals, for single turns and table rows where cents are too coarse.
@@ -545,6 +558,12 @@ mod tests {
         assert_eq!(humanize_count(1_500_000), "1.5M");
         assert_eq!(humanize_count(2_000_000_000), "2.0G");
         assert_eq!(usd_precise(0.012_34), "$0.0123");
+        assert_eq!(usd_amount(3.4), "$3.40");
+        assert_eq!(usd_amount(0.0), "$0.00");
+        assert_eq!(usd_amount(0.0025), "$0.0025");
+        assert_eq!(usd_amount(0.000001), "$0.000001");
+        assert_eq!(usd_amount(0.123_456_789), "$0.123457");
+        assert_eq!(usd_amount(1234.5678), "$1234.57");
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abcd", 4), "abcd");
         assert_eq!(truncate("héllo", 3), "hé…", "characters, not bytes");

@@ -139,7 +139,13 @@ fn an_exhausted_budget_makes_no_provider_call() {
     let chat = daemon.ctl(&["chat", "expensive question"]);
     assert_eq!(chat.status.code(), Some(1), "{}", describe(&chat));
     let stderr = String::from_utf8_lossy(&chat.stderr);
-    assert!(stderr.contains("daily budget exhausted until"), "{stderr}");
+    // Nothing was spent: the cap is not exhausted, but it cannot hold this call's worst case,
+    // and the refusal says which setting decides that.
+    assert!(
+        stderr.contains("more than the $0.001 left of the daily budget"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("lower provider.max_tokens"), "{stderr}");
     assert!(stderr.contains("T00:00:00Z"), "{stderr}");
     assert_eq!(fake.request_count(), 0, "the provider must not be called");
 }
@@ -178,7 +184,7 @@ fn concurrent_turns_cannot_overshoot_the_cap() {
     let succeeded = outputs.iter().filter(|output| output.status.success()).count();
     for output in outputs.iter().filter(|output| !output.status.success()) {
         assert!(
-            String::from_utf8_lossy(&output.stderr).contains("budget exhausted"),
+            String::from_utf8_lossy(&output.stderr).contains("daily budget"),
             "{}",
             describe(output)
         );

@@ -436,7 +436,7 @@ access:        read-only
             stdout.contains("\nprovider: anthropic / claude-sonnet-4-5\n"),
             "{stdout}"
         );
-        assert!(stdout.contains("\ncost: $0.12 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
+        assert!(stdout.contains("\ncost: $0.125 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
         let human = Status(&status).human(Style::PLAIN);
         assert_eq!(human.warnings, ["no API key: set BLUFIO_PROVIDER__API_KEY"]);
 

@@ -80,9 +80,12 @@ pub enum BudgetError {
         /// The model.
         model: String,
     },
-    /// A cap would be exceeded.
+    /// A cap is reached: what was spent and is held by calls in flight leaves nothing.
     #[error(
-        "{which} budget exhausted until {until}: ${spent:.4} spent and ${reserved:.4} reserved of ${cap:.2}, and this call could cost up to ${needed:.4}; raise budget.{key} to allow more"
+        "{which} budget exhausted until {until}: {} spent and {} reserved of {}; raise budget.{key} to allow more",
+        usd(*spent),
+        usd(*reserved),
+        usd(*cap)
     )]
     Exhausted {
         /// `daily` or `monthly`.
@@ -100,6 +103,49 @@ pub enum BudgetError {
         /// This call's worst case, dollars.
         needed: f64,
     },
+    /// Some of the cap is left, but less than this call's worst case (its input and
+    /// `provider.max_tokens` of output at the model's price), which must be reserved up front.
+    #[error(
+        "this call could cost up to {} (its input and provider.max_tokens of output at the model's price), more than the {} left of the {which} budget of {} until {until}; lower provider.max_tokens, or raise budget.{key}",
+        usd(*needed),
+        usd(cap - spent - reserved),
+        usd(*cap)
+    )]
+    TooCostly {
+        /// `daily` or `monthly`.
+        which: &'static str,
+        /// The config key of the cap.
+        key: &'static str,
+        /// When the cap resets, RFC 3339.
+        until: String,
+        /// Spent in the period, dollars.
+        spent: f64,
+        /// Held by calls in flight, dollars.
+        reserved: f64,
+        /// The cap, dollars.
+        cap: f64,
+        /// This call's worst case, dollars.
+        needed: f64,
+    },
+}
+
+/// Dollars with as many decimals as a small amount needs (cents, down to a micro-dollar), so
+/// that a small cap never reads as "$0.00".
+pub fn usd(dollars: f64) -> String {
+    let cents = format!("{dollars:.2}");
+    let exact = cents
+        .parse::<f64>()
+        .is_ok_and(|rounded| (rounded - dollars).abs() < 5e-7);
+    if exact || dollars.abs() >= 100.0 {
+        return format!("${cents}");
+    }
+    let fine = format!("{dollars:.6}");
+    let trimmed = fine.trim_end_matches('0');
+    if trimmed.split_once('.').is_some_and(|(_, decimals)| decimals.len() >= 2) {
+        format!("${trimmed}")
+    } else {
+        format!("${cents}")
+    }
 }
 
 /// Cost of `usage` under `price`, in micro-dollars, rounded up.
@@ -201,14 +247,28 @@ impl Budget {
         for (which, key, cap, spent, until) in checks {
             // A cap of 0 means "no cap".
             if cap > 0.0 && spent + state.reserved + micros > to_micros(cap) {
-                return Err(BudgetError::Exhausted {
-                    which,
-                    key,
-                    until: until.clone(),
-                    spent: dollars(spent),
-                    reserved: dollars(state.reserved),
-                    cap,
-                    needed: dollars(micros),
+                let (spent, reserved, needed) = (dollars(spent), dollars(state.reserved), dollars(micros));
+                let until = until.clone();
+                return Err(if spent + reserved >= cap {
+                    BudgetError::Exhausted {
+                        which,
+                        key,
+                        until,
+                        spent,
+                        reserved,
+                        cap,
+                        needed,
+                    }
+                } else {
+                    BudgetError::TooCostly {
+                        which,
+                        key,
+                        until,
+                        spent,
+                        reserved,
+                        cap,
+                        needed,
+                    }
                 });
             }
         }
@@ -330,12 +390,29 @@ mod tests {
     }
 
     #[test]
+    fn small_amounts_keep_their_digits() {
+        assert_eq!(usd(0.0025), "$0.0025");
+        assert_eq!(usd(2.5), "$2.50");
+        assert_eq!(usd(0.000001), "$0.000001");
+        let error = Budget::new(&Period::of(datetime!(2026-11-28 10:00 UTC)), 0, 0)
+            .reserve(5_000, &caps(0.0025, 0.0), &Period::of(datetime!(2026-11-28 10:00 UTC)))
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("the $0.0025 left of the daily budget of $0.0025"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn reservations_cannot_overshoot_a_cap() {
         let period = Period::of(datetime!(2026-11-28 10:00 UTC));
         let budget = Budget::new(&period, 0, 0);
         let caps = caps(0.10, 0.0);
         let first = budget.reserve(60_000, &caps, &period).unwrap();
-        let Err(BudgetError::Exhausted { which, until, .. }) = budget.reserve(60_000, &caps, &period) else {
+        // 40_000 are left: the cap is not exhausted, this call is too costly for what is left.
+        let Err(BudgetError::TooCostly { which, until, .. }) = budget.reserve(60_000, &caps, &period) else {
             panic!("the second reservation must not fit");
         };
         assert_eq!(which, "daily");
@@ -360,9 +437,17 @@ mod tests {
         let caps = caps(0.0, 1.0);
         let error = budget.reserve(200_000, &caps, &day_one).unwrap_err();
         assert!(
+            error.to_string().starts_with(
+                "this call could cost up to $0.20 (its input and provider.max_tokens of output at the model's price), more than the $0.10 left of the monthly budget of $1.00 until 2026-12-01T00:00:00Z"
+            ),
+            "{error}"
+        );
+        budget.reserve(100_000, &caps, &day_one).unwrap().settle(100_000);
+        let error = budget.reserve(1, &caps, &day_one).unwrap_err();
+        assert!(
             error
                 .to_string()
-                .starts_with("monthly budget exhausted until 2026-12-01T00:00:00Z"),
+                .starts_with("monthly budget exhausted until 2026-12-01T00:00:00Z: $1.00 spent"),
             "{error}"
         );
         let next_month = Period::of(datetime!(2026-12-01 00:00 UTC));
