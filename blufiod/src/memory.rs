@@ -90,6 +90,28 @@ pub fn release() {
     }
 }
 
+/// Refuses, while the daemon runs, a memory limit whose pressure threshold is already below what
+/// the daemon uses: every turn would be refused at once and for ever. (A file that starts the
+/// daemon under pressure is the owner's choice; status and `/ready` then say so.)
+pub fn register_live_check(live: &crate::config::LiveConfig) {
+    live.on_check("memory", |new| {
+        let memory = &new.config.memory;
+        let used = MemoryUse::check(memory);
+        if !used.under_pressure(memory) {
+            return Ok(());
+        }
+        let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
+        let needed = (u128::from(used.rss_bytes) * 100).div_ceil(u128::from(memory.pressure_percent.max(1)));
+        Err(format!(
+            "memory.limit_mib = {} at memory.pressure_percent = {} puts the pressure threshold below the {} MiB blufiod uses now, so every turn would be refused; set memory.limit_mib to at least {}, or 0 for no limit",
+            memory.limit_mib,
+            memory.pressure_percent,
+            mib(used.rss_bytes),
+            mib(u64::try_from(needed).unwrap_or(u64::MAX)) + 1
+        ))
+    });
+}
+
 /// Registers the memory check: fails while the resident set is above the pressure threshold.
 pub fn register_checks(health: &crate::health::Health, config: crate::config::ConfigHandle) {
     health.register(

@@ -10,7 +10,7 @@ use blufio_proto::httpsig::{self, Component, SignatureParams, digest};
 use ed25519_dalek::SigningKey;
 use futures_util::StreamExt as _;
 use support::fake_provider::{FakeProvider, FakeUsage, Script};
-use support::{Daemon, DaemonOptions, new_dir};
+use support::{Daemon, DaemonOptions, describe, new_dir};
 
 /// A daemon with a gateway and a registered device.
 struct Setup {
@@ -707,8 +707,8 @@ async fn configured_certificates_reload_on_sighup_and_metrics_have_their_own_lis
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_pressure_is_503_with_retry_after() {
-    // A 1 MiB limit is always exceeded, so every new turn meets memory pressure.
-    let setup = setup("[memory]\nlimit_mib = 1\n").await;
+    // A threshold of 1 % of 32 MiB is always exceeded, so every new turn meets memory pressure.
+    let setup = setup("[memory]\nlimit_mib = 32\npressure_percent = 1\n").await;
     let body = serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}]})).unwrap();
     let response = setup
         .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
@@ -731,9 +731,15 @@ async fn memory_pressure_is_503_with_retry_after() {
         .into_inner();
     let memory = status.memory.unwrap();
     assert!(
-        memory.rss_bytes > memory.limit_bytes && memory.allocated_bytes > 0,
+        memory.rss_bytes * 100 > memory.limit_bytes && memory.allocated_bytes > 0,
         "{memory:?}"
     );
+    // A running daemon is not put under pressure by a live change: that is refused, naming what
+    // it uses now.
+    let refused = setup.daemon.ctl(&["config", "set", "memory.pressure_percent", "2"]);
+    let shown = describe(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("MiB blufiod uses now"), "{shown}");
     // Status and /ready tell the truth about it.
     assert!(memory.under_pressure, "{memory:?}");
     let ready = setup.client.get(format!("{}/ready", setup.base)).send().await.unwrap();
@@ -1607,7 +1613,9 @@ async fn unsigned_requests_do_not_keep_a_connection_alive() {
 /// gateway: one contract, checked on the real daemon through both transports.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
-    let setup = setup("").await;
+    // Under memory pressure from the start (a threshold of 1 % of 32 MiB); a running daemon
+    // refuses to be put there, so the memory kind is tested first and then relieved.
+    let setup = setup("[memory]\nlimit_mib = 32\npressure_percent = 1\n").await;
     let mut control = control(&setup.daemon.socket).await;
     /// The gRPC code of a turn: the call's error, or the stream's first error.
     async fn turn_code(
@@ -1670,6 +1678,14 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
     let path = format!("/v1/sessions/{session}/messages");
     assert_eq!(http_status("POST", path.clone(), Some(turn(""))).await, 400);
 
+    // memory_pressure: RESOURCE_EXHAUSTED and 503; then relieved for the kinds that follow.
+    assert_eq!(
+        turn_code(&mut control, &session, "big").await,
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(http_status("POST", path.clone(), Some(turn("big"))).await, 503);
+    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "0"]);
+
     // budget_exhausted: RESOURCE_EXHAUSTED and 402.
     setup
         .daemon
@@ -1680,15 +1696,6 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
     );
     assert_eq!(http_status("POST", path.clone(), Some(turn("costly"))).await, 402);
     setup.daemon.ctl_json(&["config", "set", "budget.daily_usd", "0"]);
-
-    // memory_pressure: RESOURCE_EXHAUSTED and 503.
-    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "1"]);
-    assert_eq!(
-        turn_code(&mut control, &session, "big").await,
-        tonic::Code::ResourceExhausted
-    );
-    assert_eq!(http_status("POST", path.clone(), Some(turn("big"))).await, 503);
-    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "256"]);
 
     // provider_failed: UNAVAILABLE and 502.
     setup.fake.push(Script::HttpError {

@@ -18,8 +18,8 @@ const OBSERVED: &[(&str, &str, &str)] = &[
     ("agent.max_tool_iterations", HERE, "agent_keys_apply_to_the_next_turn"),
     ("agent.system_prompt", HERE, "agent_keys_apply_to_the_next_turn"),
     ("agent.system_prompt_file", HERE, "agent_keys_apply_to_the_next_turn"),
-    ("budget.daily_usd", HERE, "budget_memory_and_log_keys_apply_at_once"),
-    ("budget.monthly_usd", HERE, "budget_memory_and_log_keys_apply_at_once"),
+    ("budget.daily_usd", HERE, "budget_and_log_keys_apply_at_once"),
+    ("budget.monthly_usd", HERE, "budget_and_log_keys_apply_at_once"),
     (
         "control.group_access",
         "daemon.rs",
@@ -60,13 +60,9 @@ const OBSERVED: &[(&str, &str, &str)] = &[
         "gateway.rs",
         "live_gateway_keys_apply_to_a_running_daemon",
     ),
-    ("log.level", HERE, "budget_memory_and_log_keys_apply_at_once"),
-    ("memory.limit_mib", HERE, "budget_memory_and_log_keys_apply_at_once"),
-    (
-        "memory.pressure_percent",
-        HERE,
-        "budget_memory_and_log_keys_apply_at_once",
-    ),
+    ("log.level", HERE, "budget_and_log_keys_apply_at_once"),
+    ("memory.limit_mib", HERE, "memory_keys_relieve_pressure_at_once"),
+    ("memory.pressure_percent", HERE, "memory_keys_relieve_pressure_at_once"),
     ("pricing", HERE, "provider_keys_apply_to_the_next_call"),
     (
         "provider.anthropic_version",
@@ -374,7 +370,7 @@ fn full_listener() -> (std::net::SocketAddr, std::os::fd::OwnedFd, std::net::Tcp
 }
 
 #[test]
-fn budget_memory_and_log_keys_apply_at_once() {
+fn budget_and_log_keys_apply_at_once() {
     let fake = FakeProvider::start();
     let daemon = with_fake(&fake, "");
     chat(&daemon, "spend a little");
@@ -389,21 +385,6 @@ fn budget_memory_and_log_keys_apply_at_once() {
     set(&daemon, "budget.monthly_usd", "0");
     chat(&daemon, "no caps now");
 
-    // Pressure starts at limit × percent: twice the daemon's size at 90 % is none, at 10 % some.
-    let rss_mib = daemon.ctl_json(&["status"])["memory"]["rss_bytes"].as_u64().unwrap() / (1024 * 1024);
-    set(&daemon, "memory.limit_mib", &(rss_mib * 2 + 8).to_string());
-    set(&daemon, "memory.pressure_percent", "90");
-    chat(&daemon, "room to spare");
-    set(&daemon, "memory.pressure_percent", "10");
-    let shown = failed_chat(&daemon, "under pressure");
-    assert!(shown.contains("memory.limit_mib"), "{shown}");
-    set(&daemon, "memory.pressure_percent", "90");
-    chat(&daemon, "room again");
-    set(&daemon, "memory.limit_mib", "1");
-    let shown = failed_chat(&daemon, "a tiny limit");
-    assert!(shown.contains("memory.limit_mib"), "{shown}");
-    set(&daemon, "memory.limit_mib", "0");
-
     assert!(!daemon.stderr().contains("DEBUG"), "the start's level is info");
     set(&daemon, "log.level", "debug");
     chat(&daemon, "log this");
@@ -411,6 +392,25 @@ fn budget_memory_and_log_keys_apply_at_once() {
     while !daemon.stderr().contains("DEBUG") {
         assert!(Instant::now() < deadline, "no debug line after log.level = debug");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn memory_keys_relieve_pressure_at_once() {
+    // A running daemon refuses to be put under pressure, so each daemon starts under it (a
+    // threshold of 1 % of 64 MiB) and one key relieves it.
+    let fake = FakeProvider::start();
+    for (key, value) in [("memory.pressure_percent", "100"), ("memory.limit_mib", "8192")] {
+        let daemon = with_fake(&fake, "[memory]\nlimit_mib = 64\npressure_percent = 1\n");
+        let shown = failed_chat(&daemon, "under pressure");
+        assert!(shown.contains("memory.limit_mib"), "{shown}");
+        set(&daemon, key, value);
+        chat(&daemon, "relieved");
+        // And back under it is refused, naming what the daemon uses now.
+        let back = daemon.ctl(&["config", "set", key, if key == "memory.limit_mib" { "64" } else { "1" }]);
+        let shown = describe(&back);
+        assert_eq!(back.status.code(), Some(1), "{shown}");
+        assert!(shown.contains("MiB blufiod uses now"), "{shown}");
     }
 }
 

@@ -208,3 +208,19 @@ fn a_turn_that_fails_after_acceptance_names_its_session() {
     let id = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
     assert!(shown.contains(&format!("session {id}")), "{shown}");
 }
+
+#[test]
+fn a_memory_limit_below_what_the_daemon_needs_is_refused() {
+    let daemon = support::Daemon::start();
+    let set = daemon.ctl(&["config", "set", "memory.limit_mib", "10"]);
+    let shown = support::describe(&set);
+    assert_eq!(set.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("set at least 32"), "{shown}");
+    // Above the floor, a threshold below what the running daemon uses is refused too.
+    let set = daemon.ctl(&["config", "set", "memory.pressure_percent", "1"]);
+    let shown = support::describe(&set);
+    assert_eq!(set.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("MiB blufiod uses now"), "{shown}");
+    let status = daemon.ctl_json(&["status"]);
+    assert_eq!(status["memory"]["under_pressure"], false, "{status}");
+}

@@ -147,6 +147,14 @@ pub enum ConfigWriteError {
         #[source]
         source: ConfigError,
     },
+    /// A subsystem refused the new value while the daemon runs; nothing was written.
+    #[error("cannot set `{key}` on the running daemon: {reason}; nothing was written")]
+    Refused {
+        /// The key being changed.
+        key: String,
+        /// What the subsystem said.
+        reason: String,
+    },
     /// The current config cannot be read.
     #[error("cannot read the current configuration")]
     Read {
@@ -168,12 +176,40 @@ pub enum ConfigWriteError {
 /// (temporary file, fsync, rename, fsync of the directory) and keeps comments and layout.
 ///
 /// `raw_value` is a TOML value when it parses as one (`30`, `true`, `"text"`), else a string.
+#[cfg(test)]
 pub fn set_key_in_file(
     path: &Path,
     current: Option<&str>,
     key: &str,
     raw_value: &str,
 ) -> Result<super::Loaded, ConfigWriteError> {
+    prepare_set(path, current, key, raw_value)?.write(path)
+}
+
+/// A checked edit of the config file, not yet written: the new text (`None` when the file
+/// stays as it is) and the configuration it gives.
+#[derive(Debug)]
+pub struct Edit {
+    text: Option<String>,
+    /// The configuration the edited file gives.
+    pub loaded: super::Loaded,
+}
+
+impl Edit {
+    /// Writes the new text atomically (temporary file, fsync, rename, fsync of the directory).
+    pub fn write(self, path: &Path) -> Result<super::Loaded, ConfigWriteError> {
+        if let Some(text) = &self.text {
+            write_atomically(path, text.as_bytes()).map_err(|source| ConfigWriteError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(self.loaded)
+    }
+}
+
+/// The edit that sets `key` to `raw_value`, checked like [`set_key_in_file`], without writing it.
+pub fn prepare_set(path: &Path, current: Option<&str>, key: &str, raw_value: &str) -> Result<Edit, ConfigWriteError> {
     if key_spec(key).is_none() {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
     }
@@ -211,17 +247,22 @@ pub fn set_key_in_file(
             first_error.expect("there is always a candidate"),
         ));
     };
-    write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(loaded)
+    Ok(Edit {
+        text: Some(new_text),
+        loaded,
+    })
 }
 
 /// Removes `key` from the config file at `path`, so that it takes its default (or its
 /// environment value) again, after checking that the resulting configuration is valid. A key the
 /// file does not set leaves the file as it is. The write is atomic, as for [`set_key_in_file`].
+#[cfg(test)]
 pub fn unset_key_in_file(path: &Path, current: Option<&str>, key: &str) -> Result<super::Loaded, ConfigWriteError> {
+    prepare_unset(path, current, key)?.write(path)
+}
+
+/// The edit that removes `key`, checked like [`unset_key_in_file`], without writing it.
+pub fn prepare_unset(path: &Path, current: Option<&str>, key: &str) -> Result<Edit, ConfigWriteError> {
     if key_spec(key).is_none() {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
     }
@@ -240,13 +281,10 @@ pub fn unset_key_in_file(path: &Path, current: Option<&str>, key: &str) -> Resul
         Ok(loaded) => loaded,
         Err(source) => return Err(blame(path, current, key, source)),
     };
-    if removed {
-        write_atomically(path, new_text.as_bytes()).map_err(|source| ConfigWriteError::Write {
-            path: path.to_owned(),
-            source,
-        })?;
-    }
-    Ok(loaded)
+    Ok(Edit {
+        text: removed.then_some(new_text),
+        loaded,
+    })
 }
 
 /// Why a change to `key` was refused: the file's own error if it was already invalid, else the

@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::{
-    ConfigEntry, ConfigError, ConfigSource, ConfigWriteError, ENV_PREFIX, KeySpec, Loaded, ValueSource, changed_keys,
-    entries, set_key_in_file, unset_key_in_file,
+    ConfigEntry, ConfigError, ConfigSource, ConfigWriteError, ENV_PREFIX, Edit, KeySpec, Loaded, ValueSource,
+    changed_keys, entries, prepare_set, prepare_unset,
 };
 
 /// The configuration now in effect, replaced whole on each change. Cheap to clone; readers take
@@ -66,10 +66,20 @@ pub enum ReloadError {
         #[source]
         source: ConfigError,
     },
+    /// The configuration on disk is valid, but a subsystem refused it while the daemon runs.
+    #[error(
+        "the configuration on disk cannot be applied to the running daemon: {reason}; still running the previous configuration"
+    )]
+    Refused {
+        /// What the subsystem said.
+        reason: String,
+    },
 }
 
 /// Applies the live keys of a new configuration (old, new).
 type Applier = Box<dyn Fn(&Loaded, &Loaded) + Send + Sync>;
+/// Judges a new configuration against the running daemon; an error refuses the change.
+type Checker = Box<dyn Fn(&Loaded) -> Result<(), String> + Send + Sync>;
 /// Re-reads material outside the config file; an error is logged, the old material kept.
 type Reloader = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -81,6 +91,7 @@ pub struct LiveConfig {
     change_lock: tokio::sync::Mutex<()>,
     appliers: Mutex<Vec<(&'static str, Applier)>>,
     reloaders: Mutex<Vec<(&'static str, Reloader)>>,
+    checks: Mutex<Vec<(&'static str, Checker)>>,
 }
 
 impl std::fmt::Debug for LiveConfig {
@@ -103,6 +114,7 @@ impl LiveConfig {
             change_lock: tokio::sync::Mutex::new(()),
             appliers: Mutex::default(),
             reloaders: Mutex::default(),
+            checks: Mutex::default(),
         }
     }
 
@@ -137,39 +149,67 @@ impl LiveConfig {
     /// An invalid file changes nothing (the reloaders still run).
     pub async fn reload(&self) -> Result<ConfigChange, ReloadError> {
         let _guard = self.change_lock.lock().await;
-        let outcome = self.source.load().map(|loaded| self.install(loaded));
+        let outcome = match self.source.load() {
+            Ok(loaded) => match self.check(&loaded) {
+                Ok(()) => Ok(self.install(loaded)),
+                Err(reason) => Err(ReloadError::Refused { reason }),
+            },
+            Err(source) => Err(ReloadError::Load { source }),
+        };
         for (name, reload) in self.reloaders.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             if let Err(error) = reload() {
                 tracing::error!(reloader = name, %error, "reload failed; keeping what was in use");
             }
         }
-        outcome.map_err(|source| ReloadError::Load { source })
+        outcome
+    }
+
+    /// Registers `check(new)`, run before a change is written or installed: an error refuses
+    /// the change with its reason. For limits that depend on the running daemon's state (its
+    /// memory now), which validation of the file alone cannot know.
+    pub fn on_check(&self, name: &'static str, check: impl Fn(&Loaded) -> Result<(), String> + Send + Sync + 'static) {
+        self.checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((name, Box::new(check)));
+    }
+
+    fn check(&self, new: &Loaded) -> Result<(), String> {
+        for (_, check) in self.checks.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            check(new)?;
+        }
+        Ok(())
     }
 
     /// Sets one key in the config file (validated first, written atomically) and applies it.
     pub async fn set_key(&self, key: &str, value: &str) -> Result<SetOutcome, ConfigWriteError> {
-        self.change_key(key, |path, current| set_key_in_file(path, current, key, value))
+        self.change_key(key, |path, current| prepare_set(path, current, key, value))
             .await
     }
 
     /// Removes one key from the config file (validated first, written atomically), so that it
     /// takes its default or environment value again, and applies that.
     pub async fn unset_key(&self, key: &str) -> Result<SetOutcome, ConfigWriteError> {
-        self.change_key(key, |path, current| unset_key_in_file(path, current, key))
+        self.change_key(key, |path, current| prepare_unset(path, current, key))
             .await
     }
 
     async fn change_key(
         &self,
         key: &str,
-        edit: impl FnOnce(&std::path::Path, Option<&str>) -> Result<Loaded, ConfigWriteError>,
+        edit: impl FnOnce(&std::path::Path, Option<&str>) -> Result<Edit, ConfigWriteError>,
     ) -> Result<SetOutcome, ConfigWriteError> {
         let _guard = self.change_lock.lock().await;
         let current_text = self
             .source
             .read_file()
             .map_err(|source| ConfigWriteError::Read { source })?;
-        let loaded = edit(&self.source.path, current_text.as_deref())?;
+        let edit = edit(&self.source.path, current_text.as_deref())?;
+        self.check(&edit.loaded).map_err(|reason| ConfigWriteError::Refused {
+            key: key.to_owned(),
+            reason,
+        })?;
+        let loaded = edit.write(&self.source.path)?;
         let overridden_by_env = (loaded.source_of(key) == ValueSource::Env)
             .then(|| format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase()));
         let change = self.install(loaded);

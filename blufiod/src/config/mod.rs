@@ -21,7 +21,9 @@ pub use agent::{
     AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig, ProviderKind,
     RunCommandConfig, Secret, ToolsConfig, default_pricing,
 };
-pub use file::{ConfigWriteError, set_key_in_file, unset_key_in_file};
+pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
+#[cfg(test)]
+pub use file::{set_key_in_file, unset_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials};
 pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 
@@ -365,6 +367,10 @@ fn extract(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Lo
     Ok(Loaded { config, figment })
 }
 
+/// The smallest memory limit, in MiB: twice the release daemon's measured idle resident set
+/// (14 to 16 MiB, `cargo xtask bench idle`, docs/benchmarks.md), so that turns have room.
+pub const MEMORY_FLOOR_MIB: u64 = 32;
+
 /// The largest dollar amount a budget cap or price may be: far above any real one, and small
 /// enough that micro-dollar arithmetic cannot overflow.
 pub const MAX_USD: f64 = 1e9;
@@ -483,6 +489,12 @@ impl Config {
                     path.display()
                 ));
             }
+        }
+        if self.memory.limit_mib != 0 && self.memory.limit_mib < MEMORY_FLOOR_MIB {
+            problems.push(format!(
+                "memory.limit_mib: {} MiB is less than blufiod needs; it uses about 16 MiB idle and more per turn, so set at least {MEMORY_FLOOR_MIB}, or 0 for no limit",
+                self.memory.limit_mib
+            ));
         }
         if let Some(path) = &self.agent.system_prompt_file
             && path.is_absolute()

@@ -447,6 +447,7 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "ReloadConfig")?;
         let change = self.deps.lifecycle.reload().await.map_err(|error| match &error {
             ReloadError::Load { source } => Status::failed_precondition(format!("{}:\n{}", error, error_chain(source))),
+            ReloadError::Refused { .. } => Status::failed_precondition(error.to_string()),
         })?;
         Ok(Response::new(pb::ReloadConfigResponse {
             applied: change.applied.into_iter().map(str::to_owned).collect(),
@@ -696,7 +697,9 @@ fn entry_to_proto(entry: ConfigEntry, pending_restart: bool) -> pb::ConfigEntry 
 fn write_error_to_status(error: &ConfigWriteError) -> Status {
     let message = error_chain(error);
     match error {
-        ConfigWriteError::UnknownKey { .. } | ConfigWriteError::Rejected { .. } => Status::invalid_argument(message),
+        ConfigWriteError::UnknownKey { .. } | ConfigWriteError::Rejected { .. } | ConfigWriteError::Refused { .. } => {
+            Status::invalid_argument(message)
+        }
         ConfigWriteError::ParseFile { .. }
         | ConfigWriteError::NotATable { .. }
         | ConfigWriteError::BrokenElsewhere { .. }
