@@ -22,8 +22,6 @@ pub use agent::{
     RunCommandConfig, Secret, ToolsConfig, default_pricing,
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
-#[cfg(test)]
-pub use file::{set_key_in_file, unset_key_in_file};
 pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials};
 pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 
