@@ -1724,3 +1724,104 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         .unwrap();
     assert_eq!(failed.status().as_u16(), 502);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_completions_take_the_whole_conversation_or_the_session_history() {
+    let setup = setup("").await;
+    // Without a session header, the request's messages are the whole conversation.
+    let body = serde_json::to_vec(&serde_json::json!({"messages": [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]}))
+    .unwrap();
+    let response = setup
+        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["blufio-session"].to_str().unwrap().to_owned();
+    let sent = setup.fake.requests().pop().unwrap().body;
+    let messages: Vec<(String, String)> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| {
+            (
+                message["role"].as_str().unwrap().to_owned(),
+                message["content"][0]["text"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            ("user".to_owned(), "My name is Ada.".to_owned()),
+            ("assistant".to_owned(), "Hello Ada.".to_owned()),
+            ("user".to_owned(), "What is my name?".to_owned()),
+        ],
+        "{sent}"
+    );
+    let system = sent["system"][0]["text"].as_str().unwrap();
+    assert!(
+        system.ends_with("\n\nAnswer in French."),
+        "the daemon's prompt comes first: {system}"
+    );
+    assert!(system.len() > "\n\nAnswer in French.".len(), "{system}");
+    // The conversation is a session, and the ledger has the call.
+    let shown = setup.daemon.ctl_json(&["sessions", "show", &session]);
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 4, "{shown}");
+    let usage = setup.daemon.ctl_json(&["usage"]);
+    assert_eq!(usage["sessions"][0]["session_id"], session.as_str(), "{usage}");
+
+    // With the header, the stored history is the conversation and the new messages follow it.
+    let body = serde_json::to_vec(&serde_json::json!({"messages": [
+        {"role": "user", "content": "ignored: the session has its own history"},
+        {"role": "assistant", "content": "ignored too"},
+        {"role": "user", "content": "And my age?"},
+    ]}))
+    .unwrap();
+    let response = setup
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&body),
+            Tweak {
+                session: Some(session.clone()),
+                cover_session: true,
+                ..Tweak::default()
+            },
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sent = setup.fake.requests().pop().unwrap().body;
+    let texts: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["content"][0]["text"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(texts.len(), 5, "{sent}");
+    assert_eq!(texts[0], "My name is Ada.");
+    assert_eq!(texts[4], "And my age?");
+    assert!(!sent.to_string().contains("ignored"), "{sent}");
+
+    // Tool results from the client have no place here, and the last message must be the owner's.
+    for messages in [
+        serde_json::json!([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]),
+        serde_json::json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]),
+    ] {
+        let body = serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap();
+        setup
+            .expect_problem(
+                setup.request("POST", "/v1/chat/completions", Some(&body), Tweak::default()),
+                400,
+                "bad-request",
+            )
+            .await;
+    }
+}

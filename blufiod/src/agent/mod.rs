@@ -46,6 +46,8 @@ use crate::storage::{self, LedgerEntry, NewMessage, SessionRecord, Storage, Stor
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
 /// make the daemon store and send.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Earlier messages a caller may bring with a turn (as many as one turn reads back).
+const MAX_EARLIER_MESSAGES: usize = HISTORY_MESSAGES as usize;
 /// Events buffered per streaming caller; a slow reader slows its own turn, nothing else.
 const TURN_EVENT_BUFFER: usize = 64;
 /// Messages read back per turn before trimming to the token budget.
@@ -509,6 +511,46 @@ impl Agent {
         session_id: Option<&str>,
         text: &str,
     ) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
+        self.send(TurnRequest {
+            session_id,
+            text,
+            ..TurnRequest::default()
+        })
+        .await
+    }
+
+    /// Accepts a turn: like [`Agent::send_message`], with what an OpenAI-style caller may bring:
+    /// the conversation before the message (stored in a new session with it, as the history the
+    /// turn answers) and system text for this turn (after the daemon's own prompt).
+    pub async fn send(self: &Arc<Self>, request: TurnRequest<'_>) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
+        let TurnRequest {
+            session_id,
+            earlier,
+            text,
+            system,
+        } = request;
+        if session_id.is_some() && !earlier.is_empty() {
+            return Err(AgentError::InvalidMessage {
+                reason: "a conversation can be brought only to a new session; an existing one has its own history"
+                    .to_owned(),
+            });
+        }
+        if earlier.len() > MAX_EARLIER_MESSAGES {
+            return Err(AgentError::InvalidMessage {
+                reason: format!(
+                    "the conversation has {} earlier messages; at most {MAX_EARLIER_MESSAGES} are taken",
+                    earlier.len()
+                ),
+            });
+        }
+        let brought: usize = earlier.iter().map(|(_, text)| text.len()).sum::<usize>() + system.map_or(0, str::len);
+        if brought > MAX_MESSAGE_BYTES {
+            return Err(AgentError::InvalidMessage {
+                reason: format!(
+                    "the earlier messages and system text are {brought} bytes; the limit is {MAX_MESSAGE_BYTES}; send a shorter conversation"
+                ),
+            });
+        }
         if text.trim().is_empty() {
             return Err(AgentError::InvalidMessage {
                 reason: "the message is empty".to_owned(),
@@ -567,7 +609,14 @@ impl Agent {
 
         let session_id = match session_id {
             Some(id) => self.session(id).await?.id,
-            None => self.create_session(text).await?.id,
+            None => {
+                // A brought conversation is titled by its first message from the owner.
+                let first = earlier
+                    .iter()
+                    .find(|(role, _)| *role == Role::User)
+                    .map_or(text, |(_, first)| first.as_str());
+                self.create_session(first).await?.id
+            }
         };
         // Held from here until the turn ends, so that the session counts as busy (and cannot be
         // deleted) from the moment its message is stored.
@@ -579,14 +628,37 @@ impl Agent {
         let turn_id = uuid::Uuid::now_v7().to_string();
         let message_id = uuid::Uuid::now_v7().to_string();
         let content = StoredBlocks::encode(&[ContentBlock::Text { text: text.to_owned() }]);
-        self.storage
-            .begin_turn(NewMessage {
-                id: &message_id,
+        let earlier: Vec<(String, &'static str, String)> = earlier
+            .iter()
+            .map(|(role, text)| {
+                (
+                    uuid::Uuid::now_v7().to_string(),
+                    role.as_str(),
+                    StoredBlocks::encode(&[ContentBlock::Text { text: text.clone() }]),
+                )
+            })
+            .collect();
+        let earlier: Vec<NewMessage<'_>> = earlier
+            .iter()
+            .map(|(id, role, content)| NewMessage {
+                id,
                 session_id: &session_id,
                 turn_id: &turn_id,
-                role: Role::User.as_str(),
-                content_json: &content,
+                role,
+                content_json: content,
             })
+            .collect();
+        self.storage
+            .begin_turn(
+                &earlier,
+                NewMessage {
+                    id: &message_id,
+                    session_id: &session_id,
+                    turn_id: &turn_id,
+                    role: Role::User.as_str(),
+                    content_json: &content,
+                },
+            )
             .await?;
 
         let (events, receiver) = mpsc::channel(TURN_EVENT_BUFFER);
@@ -600,8 +672,9 @@ impl Agent {
         // The turn task now owns the queue place and gives it up when the turn starts.
         std::mem::forget(place);
         let agent = self.clone();
+        let system = system.map(str::to_owned);
         self.turns.spawn(async move {
-            agent.run_turn(session_lock, session_id, turn_id, events).await;
+            agent.run_turn(session_lock, session_id, turn_id, system, events).await;
         });
         Ok(receiver)
     }
@@ -612,6 +685,7 @@ impl Agent {
         session_lock: Arc<tokio::sync::Mutex<()>>,
         session_id: String,
         turn_id: String,
+        system: Option<String>,
         events: mpsc::Sender<TurnEvent>,
     ) {
         let admitted = async {
@@ -640,7 +714,11 @@ impl Agent {
         self.running.fetch_add(1, Ordering::Relaxed);
         // The body watches for a departed caller and for shutdown itself, so that a call in
         // flight is always written to the ledger before the turn stops.
-        let outcome = self.turn_body(&session_id, &turn_id, &events, &permit).await;
+        let ids = TurnIds {
+            session_id: &session_id,
+            turn_id: &turn_id,
+        };
+        let outcome = self.turn_body(ids, system.as_deref(), &events, &permit).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
         match outcome {
@@ -700,13 +778,12 @@ impl Agent {
     /// tools it asks for, until it answers or `agent.max_tool_iterations` is reached.
     async fn turn_body(
         &self,
-        session_id: &str,
-        turn_id: &str,
+        ids: TurnIds<'_>,
+        system: Option<&str>,
         events: &mpsc::Sender<TurnEvent>,
         _permit: &OwnedSemaphorePermit,
     ) -> Result<TurnSummary, TurnStop> {
-        let ids = TurnIds { session_id, turn_id };
-        let mut turn = self.prepare_turn(ids).await?;
+        let mut turn = self.prepare_turn(ids, system).await?;
         let mut summary = TurnSummary {
             message_id: String::new(),
             usage: Usage::default(),
@@ -750,7 +827,7 @@ impl Agent {
 
     /// What the turn works with, fixed at its start: the configuration, provider, tools, price
     /// and the history it answers.
-    async fn prepare_turn(&self, ids: TurnIds<'_>) -> Result<Turn, TurnStop> {
+    async fn prepare_turn(&self, ids: TurnIds<'_>, extra_system: Option<&str>) -> Result<Turn, TurnStop> {
         let config = self.config.get();
         let provider = self.provider_for(&config.config).map_err(TurnStop::Failed)?;
         let tools = self.tools_for(&config.config.tools);
@@ -763,7 +840,12 @@ impl Agent {
             .await
             .map_err(|error| TurnStop::Failed(error.into()))?;
         Ok(Turn {
-            system: context::system_prompt(&config.config.agent),
+            system: match extra_system.filter(|extra| !extra.trim().is_empty()) {
+                // The daemon's prompt first and unchanged, so that a provider's prompt cache
+                // still matches it.
+                Some(extra) => format!("{}\n\n{extra}", context::system_prompt(&config.config.agent)),
+                None => context::system_prompt(&config.config.agent),
+            },
             specs: tools.specs(),
             history: context::History::from_records(&records),
             config,
@@ -976,6 +1058,19 @@ impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// What a caller asks a turn to answer (see [`Agent::send`]).
+#[derive(Debug, Default)]
+pub struct TurnRequest<'a> {
+    /// The session to continue; a new one when `None`.
+    pub session_id: Option<&'a str>,
+    /// The conversation before `text`, oldest first (only for a new session).
+    pub earlier: Vec<(Role, String)>,
+    /// The message to answer.
+    pub text: &'a str,
+    /// System text for this turn, after the daemon's own prompt.
+    pub system: Option<&'a str>,
 }
 
 /// The session and turn a piece of turn work belongs to.

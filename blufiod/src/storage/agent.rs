@@ -265,10 +265,15 @@ impl Storage {
 
     /// Stores the inbound message of a new turn, the turn itself (running) and marks the
     /// session running, in one transaction: once this returns the message is durable.
-    pub async fn begin_turn(&self, inbound: NewMessage<'_>) -> Result<(), StorageError> {
+    /// `earlier` is a conversation the caller brought, oldest first (usually none): it is stored
+    /// in the same turn before the inbound message, in the same transaction.
+    pub async fn begin_turn(&self, earlier: &[NewMessage<'_>], inbound: NewMessage<'_>) -> Result<(), StorageError> {
         let pools = self.pools.read().await;
         let now = unix_now();
         let mut transaction = pools.writer.begin().await.map_err(query_error("begin a turn"))?;
+        for message in earlier {
+            insert_message(&mut transaction, *message, now).await?;
+        }
         insert_message(&mut transaction, inbound, now).await?;
         sqlx::query(
             "INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)",
@@ -553,14 +558,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(dir.path()).await;
         storage.create_session("s1", "hello").await.unwrap();
-        storage.begin_turn(message("m1", "t1", "user")).await.unwrap();
+        storage.begin_turn(&[], message("m1", "t1", "user")).await.unwrap();
         assert_eq!(storage.get_session("s1").await.unwrap().unwrap().state, "running");
         storage
             .append_message(message("m2", "t1", "assistant"), "model-x")
             .await
             .unwrap();
         storage.finish_turn("s1", "t1", TurnEnd::Completed, None).await.unwrap();
-        storage.begin_turn(message("m3", "t2", "user")).await.unwrap();
+        storage.begin_turn(&[], message("m3", "t2", "user")).await.unwrap();
         storage.close().await;
 
         // The second turn was in flight when the daemon died.
@@ -590,13 +595,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(dir.path()).await;
         storage.create_session("s1", "t").await.unwrap();
-        storage.begin_turn(message("a1", "tA", "user")).await.unwrap();
+        storage.begin_turn(&[], message("a1", "tA", "user")).await.unwrap();
         storage
             .append_message(message("a2", "tA", "assistant"), "m")
             .await
             .unwrap();
         // Turn B's message arrives while turn A is still running its tools.
-        storage.begin_turn(message("b1", "tB", "user")).await.unwrap();
+        storage.begin_turn(&[], message("b1", "tB", "user")).await.unwrap();
         storage.append_message(message("a3", "tA", "tool"), "m").await.unwrap();
         storage
             .append_message(message("a4", "tA", "assistant"), "m")
@@ -637,7 +642,7 @@ mod tests {
             .unwrap();
         assert_eq!(first.len() + rest.len(), 5);
         assert!(rest.iter().all(|session| !first.contains(session)));
-        storage.begin_turn(message("m1", "t1", "user")).await.unwrap();
+        storage.begin_turn(&[], message("m1", "t1", "user")).await.unwrap();
         assert!(storage.delete_session("s1").await.unwrap());
         assert!(!storage.delete_session("s1").await.unwrap());
         assert!(storage.recent_messages("s1", 10).await.unwrap().is_empty());

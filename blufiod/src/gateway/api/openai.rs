@@ -9,7 +9,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{Gateway, SESSION_HEADER, STREAM_BUFFER, agent_problem, bad_request, json, parse_json, sse_response};
-use crate::agent::model::{StopReason, TurnEvent, Usage};
+use crate::agent::TurnRequest;
+use crate::agent::model::{Role, StopReason, TurnEvent, Usage};
 use crate::gateway::problem::{Body, Problem};
 use crate::util::unix_now;
 
@@ -48,23 +49,22 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// The agent keeps the conversation server-side, per session: the turn's message is the last
-/// user message of the request. The session comes from the `Blufio-Session` header, or a new
-/// one is made (and named in the response's `Blufio-Session` header).
+/// Two modes, as OpenAI clients expect:
+/// - without a `Blufio-Session` header, the request's `messages` are the whole conversation: the
+///   earlier ones are stored with the last (which must be the owner's) in a new session, which
+///   the turn answers and the ledger records; the response names it in `Blufio-Session`;
+/// - with the header, that session's stored history is the conversation, and the request's new
+///   messages (those after its last assistant message) are appended as the owner's next message.
+///
+/// In both, the request's system (or developer) messages follow the daemon's own system prompt
+/// for this turn.
 pub(super) async fn chat_completions(
     gateway: &Arc<Gateway>,
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Result<Response<Body>, Problem> {
     let request: CompletionRequest = parse_json(body)?;
-    let text = request
-        .messages
-        .iter()
-        .rev()
-        .find(|message| message.role == "user")
-        .map(|message| content_text(&message.content))
-        .filter(|text| !text.trim().is_empty())
-        .ok_or_else(|| bad_request("messages must contain a user message with text content"))?;
+    let conversation = Conversation::of(&request.messages)?;
     let session = parts
         .headers
         .get(SESSION_HEADER)
@@ -79,9 +79,19 @@ pub(super) async fn chat_completions(
             "model {requested:?} is not served here; this daemon runs {model:?} (see GET /v1/models)"
         )));
     }
+    let (earlier, text) = match &session {
+        None => conversation.whole()?,
+        Some(_) => (Vec::new(), conversation.new_messages()?),
+    };
+    let system = conversation.system();
     let mut events = gateway
         .agent
-        .send_message(session.as_deref(), &text)
+        .send(TurnRequest {
+            session_id: session.as_deref(),
+            earlier,
+            text: &text,
+            system: system.as_deref(),
+        })
         .await
         .map_err(|error| agent_problem(&error))?;
     let Some(TurnEvent::Accepted { session_id, .. }) = events.recv().await else {
@@ -134,6 +144,72 @@ pub(super) async fn chat_completions(
         "Bad gateway",
         "the turn ended without an answer",
     ))
+}
+
+/// The messages of a request, sorted out.
+struct Conversation {
+    /// System and developer texts, in order.
+    system: Vec<String>,
+    /// The rest, in order.
+    messages: Vec<(Role, String)>,
+}
+
+impl Conversation {
+    fn of(messages: &[CompletionMessage]) -> Result<Self, Problem> {
+        let mut conversation = Conversation {
+            system: Vec::new(),
+            messages: Vec::new(),
+        };
+        for (index, message) in messages.iter().enumerate() {
+            let text = content_text(&message.content);
+            match message.role.as_str() {
+                "system" | "developer" => conversation.system.push(text),
+                "user" => conversation.messages.push((Role::User, text)),
+                "assistant" => conversation.messages.push((Role::Assistant, text)),
+                other => {
+                    return Err(bad_request(format!(
+                        "messages[{index}] has role {other:?}; blufio takes system, developer, user and assistant messages (it runs its own tools, so there are no tool results to send)"
+                    )));
+                }
+            }
+        }
+        Ok(conversation)
+    }
+
+    fn system(&self) -> Option<String> {
+        (!self.system.is_empty()).then(|| self.system.join("\n\n"))
+    }
+
+    /// The whole conversation: the earlier messages and the last, which must be the owner's.
+    fn whole(&self) -> Result<(Vec<(Role, String)>, String), Problem> {
+        match self.messages.split_last() {
+            Some(((Role::User, text), earlier)) if !text.trim().is_empty() => Ok((earlier.to_vec(), text.clone())),
+            _ => Err(bad_request(
+                "the last message must be a user message with text content: it is the one to answer",
+            )),
+        }
+    }
+
+    /// The messages after the last assistant message, joined: what the owner adds to a session.
+    fn new_messages(&self) -> Result<String, Problem> {
+        let start = self
+            .messages
+            .iter()
+            .rposition(|(role, _)| *role == Role::Assistant)
+            .map_or(0, |last| last + 1);
+        let text = self.messages[start..]
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|text| !text.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        if text.is_empty() {
+            return Err(bad_request(
+                "messages must end with user messages with text content (after the last assistant message): they are what to answer",
+            ));
+        }
+        Ok(text)
+    }
 }
 
 /// The text of an OpenAI message `content`: a string, or an array of `{"type":"text","text"}`.
