@@ -6,7 +6,7 @@
 //! Afterwards wait for SIGTERM/SIGINT or for the first subsystem to end (which is fatal), drain
 //! under the configured timeout, and remove the socket only on a clean exit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -224,7 +224,7 @@ struct Running {
     run: RunId,
     subsystems: Subsystems,
     token: CancellationToken,
-    socket_path: PathBuf,
+    socket: socket::SocketHold,
     state_lock: LockFile,
 }
 
@@ -263,6 +263,8 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     )
     .map_err(DaemonError::BindControl)?;
     tracing::info!(socket = %bound.path().display(), "control socket bound");
+    // From here a failed start removes the socket file again (dropping `socket`).
+    let (listener, socket) = bound.into_parts();
 
     notifier.status("starting: opening the database");
     let state_lock = lock_state_dir(&paths.state_dir)?;
@@ -348,7 +350,6 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     );
     // One device registry: the control plane changes it, the gateway reads it.
     let devices = Devices::new(storage.clone());
-    let socket_path = bound.path().to_owned();
     subsystems.spawn(
         "control",
         control::serve(
@@ -363,7 +364,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 metrics: metrics.clone(),
                 gateway: gateway_info,
             },
-            bound.listener,
+            listener,
             Policy {
                 daemon_uid: euid,
                 group,
@@ -425,7 +426,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         run,
         subsystems,
         token,
-        socket_path,
+        socket,
         state_lock,
     })
 }
@@ -480,8 +481,11 @@ impl Running {
             if let Err(error) = self.storage.record_clean_stop(self.run).await {
                 tracing::warn!(error = %crate::error_chain(&error), "cannot record the clean stop");
             }
-            socket::remove(&self.socket_path);
+        } else {
+            // Left for the next start to replace.
+            self.socket.keep_file();
         }
+        drop(self.socket);
         self.storage.close().await;
         drop(self.state_lock);
         tracing::info!("stopped");

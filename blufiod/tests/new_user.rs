@@ -224,3 +224,27 @@ fn a_memory_limit_below_what_the_daemon_needs_is_refused() {
     let status = daemon.ctl_json(&["status"]);
     assert_eq!(status["memory"]["under_pressure"], false, "{status}");
 }
+
+#[test]
+fn a_daemon_that_cannot_bind_its_gateway_leaves_no_socket_behind() {
+    // The port is taken, so the gateway cannot bind after the control socket did.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = support::new_dir();
+    let mut daemon = support::Daemon::start_with(
+        dir,
+        support::DaemonOptions {
+            env: vec![("BLUFIO_GATEWAY__LISTEN".into(), format!("127.0.0.1:{port}"))],
+            wait_ready: false,
+            ..support::DaemonOptions::default()
+        },
+    );
+    let exit = daemon.wait();
+    assert_eq!(exit.code(), Some(1), "{}", daemon.stderr());
+    assert!(
+        daemon.stderr().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        daemon.stderr()
+    );
+    assert!(!daemon.socket.exists(), "the socket file was left behind");
+}

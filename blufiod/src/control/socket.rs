@@ -139,6 +139,44 @@ impl BoundSocket {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The listener, and the socket file with its lock, which the daemon holds for its life.
+    pub fn into_parts(self) -> (std::os::unix::net::UnixListener, SocketHold) {
+        (
+            self.listener,
+            SocketHold {
+                path: self.path,
+                _lock: self._lock,
+                remove_on_drop: true,
+            },
+        )
+    }
+}
+
+/// The bound socket's file and lock. Dropping it releases the lock and, unless
+/// [`SocketHold::keep_file`] was called, removes the file: a daemon that fails to start, or
+/// stops cleanly, leaves no socket behind; one that stops on a fatal error leaves it for the
+/// next start to replace.
+#[derive(Debug)]
+pub struct SocketHold {
+    path: PathBuf,
+    _lock: LockFile,
+    remove_on_drop: bool,
+}
+
+impl SocketHold {
+    /// Leaves the socket file in place when dropped.
+    pub fn keep_file(&mut self) {
+        self.remove_on_drop = false;
+    }
+}
+
+impl Drop for SocketHold {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            remove(&self.path);
+        }
+    }
 }
 
 /// Removes the socket file; called only on a clean exit. The lock is released when the returned
