@@ -500,6 +500,16 @@ fn tool_keys_apply_to_the_next_call() {
     );
     assert!(!is_error && output.contains("hello-from-echo"), "{output}");
     assert!(offered_tools(&fake).contains(&"run_command".to_owned()));
+    // The model is told which programs it may run.
+    let requests = fake.requests();
+    let spec = requests[requests.len() - 2].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|tool| tool["name"] == "run_command")
+        .unwrap()
+        .clone();
+    assert!(spec["description"].as_str().unwrap().contains(echo), "{spec}");
 
     set(&daemon, "tools.run_command.max_output_bytes", "5");
     let (output, _) = call_tool(

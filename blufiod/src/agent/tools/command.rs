@@ -29,14 +29,24 @@ use crate::config::RunCommandConfig;
 const COMMAND_PATH: &str = "/usr/bin:/bin";
 const COMMAND_LANG: &str = "C.UTF-8";
 
-/// The tool's spec.
-pub(super) fn spec() -> ToolSpec {
+/// The tool's spec, naming the programs `allow` lists so that the model does not guess.
+pub(super) fn spec(allow: &[PathBuf]) -> ToolSpec {
+    let programs = if allow.is_empty() {
+        "none yet (the owner lists them in tools.run_command.allow)".to_owned()
+    } else {
+        allow
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     ToolSpec {
         name: "run_command".to_owned(),
-        description: "Run one of the programs the owner allowed, by absolute path, with arguments. There is no \
-shell: no pipes, globbing, redirection or variables. Returns the exit status, stdout and stderr (each cut at a \
-size limit). The program is killed if it runs too long."
-            .to_owned(),
+        description: format!(
+            "Run one of the programs the owner allowed, by absolute path, with arguments. The allowed programs: \
+{programs}. There is no shell: no pipes, globbing, redirection or variables. Returns the exit status, stdout and \
+stderr (each cut at a size limit). The program is killed if it runs too long."
+        ),
         input_schema: json!({
             "type": "object",
             "properties": {
@@ -79,6 +89,11 @@ impl RunCommand {
             max_output_bytes: usize::try_from(config.max_output_bytes).unwrap_or(usize::MAX),
             workspace,
         }
+    }
+
+    /// The spec offered to the model, with the allowed programs.
+    pub(super) fn spec(&self) -> ToolSpec {
+        spec(&self.allow)
     }
 
     /// Runs one call.

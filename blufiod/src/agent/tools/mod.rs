@@ -94,8 +94,8 @@ impl Tools {
             specs.push(files::read_spec());
             specs.push(files::write_spec());
         }
-        if self.run_command.is_some() {
-            specs.push(command::spec());
+        if let Some(run_command) = &self.run_command {
+            specs.push(run_command.spec());
         }
         specs
     }
