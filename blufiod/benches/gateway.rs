@@ -6,37 +6,30 @@
 //! `GET /v1/models` (TLS, signature verification, replay check, routing: the gateway's own cost)
 //! and `POST /v1/chat/completions` (a whole agent turn with an instant fake provider).
 
-mod common;
-
-#[path = "../tests/support/fake_provider.rs"]
-#[allow(dead_code, reason = "the bench uses part of the fake provider")]
-mod fake_provider;
-
 use std::time::Instant;
 
 use blufio_proto::control::v1 as pb;
 use blufio_proto::httpsig;
-use common::BenchDaemon;
+use blufio_testkit::bench;
+use blufio_testkit::fake_provider::FakeProvider;
 use ed25519_dalek::SigningKey;
-use fake_provider::FakeProvider;
 
 fn main() {
-    let args = common::numbers();
+    let args = bench::numbers();
     let clients = args.first().copied().unwrap_or(16);
     let per_client = args.get(1).copied().unwrap_or(50);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     // The fake answers every request at once with its default reply.
     let fake = FakeProvider::start();
-    let daemon = BenchDaemon::start(
+    let daemon = bench::start_under_load(
         &fake.url(),
         clients,
         "[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\n",
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        daemon.wait_ready().await;
-        let mut control = common::control(&daemon.socket).await;
+        let mut control = blufio_testkit::control_client(&daemon.socket).await;
         let key = SigningKey::from_bytes(&[1; 32]);
         let keyid = control
             .add_device(pb::AddDeviceRequest {
@@ -81,7 +74,7 @@ fn main() {
             run(&target, label, method, path, body, clients, per_client).await;
         }
     });
-    drop(daemon);
+    bench::finish(daemon);
 }
 
 #[derive(Clone)]
@@ -155,7 +148,7 @@ async fn run(
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    let pct = |quantile| common::quantile_ms(&latencies, quantile);
+    let pct = |quantile| bench::quantile_ms(&latencies, quantile);
     println!(
         "{label}: {} requests ({clients} clients x {per_client}), {:.1} requests/s, p50 {:.2} ms, p99 {:.2} ms",
         latencies.len(),

@@ -6,21 +6,15 @@
 //! (measured at the fake server, request received → last byte written) and their difference:
 //! the latency the daemon adds (storage, context, budget, ledger, streaming), p50 and p99.
 
-mod common;
-
-#[path = "../tests/support/fake_provider.rs"]
-#[allow(dead_code, reason = "the bench uses part of the fake provider")]
-mod fake_provider;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blufio_proto::control::v1 as pb;
-use common::BenchDaemon;
-use fake_provider::{FakeProvider, FakeUsage, Script};
+use blufio_testkit::bench;
+use blufio_testkit::fake_provider::{FakeProvider, FakeUsage, Script};
 
 fn main() {
-    let args = common::numbers();
+    let args = bench::numbers();
     let clients = args.first().copied().unwrap_or(16);
     let turns_per_client = args.get(1).copied().unwrap_or(25);
     let total = clients * turns_per_client;
@@ -41,10 +35,9 @@ fn main() {
             }),
         });
     }
-    let daemon = BenchDaemon::start(&fake.url(), clients, "[gateway]\nlisten = \"127.0.0.1:0\"\n");
+    let daemon = bench::start_under_load(&fake.url(), clients, "[gateway]\nlisten = \"127.0.0.1:0\"\n");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let latencies = runtime.block_on(async {
-        daemon.wait_ready().await;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..clients {
@@ -58,12 +51,12 @@ fn main() {
         (latencies, started.elapsed())
     });
     let (mut end_to_end, elapsed) = latencies;
-    drop(daemon);
+    bench::finish(daemon);
 
     let mut provider = fake.service_times();
     end_to_end.sort_unstable();
     provider.sort_unstable();
-    let pct = common::quantile_ms;
+    let pct = bench::quantile_ms;
     // Added latency per turn: end-to-end minus the provider's time, both taken at the same
     // quantile (the turns are identical, so the provider's distribution is nearly constant).
     println!(
@@ -83,7 +76,7 @@ fn main() {
 
 /// One client: a session, then `turns` sequential messages in it. Returns each turn's latency.
 async fn client(socket: &Path, turns: usize) -> Vec<Duration> {
-    let mut control = common::control(socket).await;
+    let mut control = blufio_testkit::control_client(socket).await;
     let session = control
         .create_session(pb::CreateSessionRequest { title: "bench".into() })
         .await

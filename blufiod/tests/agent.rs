@@ -1,7 +1,7 @@
 //! The agent end to end: the real daemon talking to a fake provider on 127.0.0.1 that speaks the
 //! Anthropic and OpenAI streaming wire formats, driven by the real `blufioctl`.
 
-mod support;
+use blufio_testkit as support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Configuration as an attack surface, against the real daemon: values at the edges of every
 //! numeric key, documents too large to parse, and parse errors that would quote a secret.
 
-mod support;
+use blufio_testkit as support;
 
 use blufio_proto::control::v1 as pb;
 use support::Daemon;

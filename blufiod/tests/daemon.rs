@@ -1,7 +1,7 @@
 //! The daemon as its users meet it: the real `blufiod` binary on a temp dir and socket, driven by
 //! the real `blufioctl`, observed through a temporary `NOTIFY_SOCKET`, stopped with SIGTERM.
 
-mod support;
+use blufio_testkit as support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;

@@ -1,7 +1,7 @@
 //! The HTTPS gateway over real TLS: every way a request can fail authentication, limits, and
 //! good signed requests (streaming included), against the real daemon and a fake provider.
 
-mod support;
+use blufio_testkit as support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -4,7 +4,7 @@
 //!
 //! `cargo xtask test` installs the packages into a venv and points `BLUFIOTEST_PYTHON` at it.
 
-mod support;
+use blufio_testkit as support;
 
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! Needs Python 3 with `grpcio`, `grpcio-health-checking` and `grpcio-reflection`; `cargo xtask
 //! test` installs them into a venv and points `BLUFIOTEST_PYTHON` at it.
 
-mod support;
+use blufio_testkit as support;
 
 use std::process::Command;
 

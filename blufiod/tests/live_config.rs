@@ -3,7 +3,7 @@
 //! request or stop, without a restart. `every_live_key_is_observed` ties the list below to the
 //! registry, so a new live key without an observation fails the suite.
 
-mod support;
+use blufio_testkit as support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! What a new user hit (the defects of the new-user report), each against the real binaries.
 
-mod support;
+use blufio_testkit as support;
 
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};

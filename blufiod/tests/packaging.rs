@@ -1,7 +1,7 @@
 //! The packaging files as systemd reads them: the unit passes `systemd-analyze verify`, keeps
 //! its hardening, and talks the notify protocol the daemon implements.
 
-mod support;
+use blufio_testkit as support;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! Security regressions of the built-in tools, attacked as a model would: the fake provider asks
 //! the real daemon for tool calls, and each test checks what the tool handed back to the model.
 
-mod support;
+use blufio_testkit as support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener};

@@ -10,13 +10,16 @@
 //!   the fake provider (`blufiod/benches/turns.rs`).
 //! - `gateway [CLIENTS] [REQUESTS]`: signed-request throughput and latency through the HTTPS
 //!   gateway (`blufiod/benches/gateway.rs`).
+//!
+//! Daemons start through `blufio-testkit`, the tests' launcher, with the release binaries.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use blufio_testkit::bench::quantile_ms;
+use blufio_testkit::{Binaries, Daemon, DaemonOptions, describe, new_dir};
 
 use crate::{root, run};
 
@@ -55,100 +58,45 @@ fn build_release() -> Result<PathBuf> {
     Ok(root().join("target/release"))
 }
 
-/// A release daemon in its own temp dir with a notify socket.
-struct Instance {
-    child: Child,
-    notify: UnixDatagram,
-    dir: PathBuf,
+/// How `bench` starts the release daemon that `build_release` built into `bin`: with `extra`
+/// config, a notify socket, and logs in the format it uses under systemd (journald's). The
+/// caller waits for readiness, so it can time it.
+fn release_daemon(bin: &Path, extra: &str) -> DaemonOptions {
+    DaemonOptions {
+        config: extra.to_owned(),
+        env: vec![("JOURNAL_STREAM".to_owned(), "0:0".to_owned())],
+        notify: true,
+        wait_ready: false,
+        binaries: Binaries::in_dir(bin),
+    }
 }
 
-impl Instance {
-    fn start(bin: &Path, dir: &Path) -> Result<(Self, Instant)> {
-        std::fs::create_dir_all(dir)?;
-        let config = dir.join("blufiod.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
-                dir.display()
-            ),
-        )?;
-        let notify_path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path)?;
-        notify.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let started = Instant::now();
-        let child = Command::new(bin.join("blufiod"))
-            .arg("--config")
-            .arg(&config)
-            .env_clear()
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("JOURNAL_STREAM", "0:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start blufiod")?;
-        Ok((
-            Self {
-                child,
-                notify,
-                dir: dir.to_owned(),
-            },
-            started,
-        ))
+/// Stops a daemon with SIGTERM; an unclean exit is an error carrying its log.
+fn stop(mut daemon: Daemon) -> Result<()> {
+    let status = daemon.stop();
+    if !status.success() {
+        bail!("blufiod exited with {status}:\n{}", daemon.stderr());
     }
-
-    /// Waits for READY=1 and returns when it arrived.
-    fn wait_ready(&self) -> Result<Instant> {
-        let mut buffer = [0u8; 4096];
-        loop {
-            let len = self.notify.recv(&mut buffer).context("no READY=1 within 30 s")?;
-            if String::from_utf8_lossy(&buffer[..len])
-                .lines()
-                .any(|line| line == "READY=1")
-            {
-                return Ok(Instant::now());
-            }
-        }
-    }
-
-    fn stop(mut self) -> Result<()> {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("blufiod exited with {status}");
-        }
-        let _ = std::fs::remove_file(self.dir.join("notify.sock"));
-        Ok(())
-    }
+    Ok(())
 }
 
 fn startup(runs: usize) -> Result<()> {
     let bin = build_release()?;
-    let scratch = tempdir()?;
     let mut fresh = Vec::new();
     let mut warm = Vec::new();
-    for run_index in 0..runs {
-        let dir = scratch.join(format!("run-{run_index}"));
+    for _ in 0..runs {
+        // One directory per run: the first start creates and migrates, the second finds it.
+        let dir = new_dir();
         for samples in [&mut fresh, &mut warm] {
-            let (instance, started) = Instance::start(&bin, &dir)?;
-            let ready = instance.wait_ready()?;
-            samples.push(ready - started);
-            instance.stop()?;
+            let daemon = Daemon::start_with(dir.clone(), release_daemon(&bin, ""));
+            samples.push(daemon.wait_ready());
+            stop(daemon)?;
         }
     }
     println!("exec -> READY=1 over {runs} runs (release build)");
     report("  fresh state dir (create + migrate)", &mut fresh);
     report("  existing state dir", &mut warm);
-    std::fs::remove_dir_all(&scratch)?;
     Ok(())
-}
-
-/// The sample at `quantile` (0.0 to 1.0) of sorted samples, nearest rank, in milliseconds.
-fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
-    sorted[index].as_secs_f64() * 1000.0
 }
 
 fn report(label: &str, samples: &mut [Duration]) {
@@ -165,28 +113,23 @@ fn report(label: &str, samples: &mut [Duration]) {
 
 fn idle(seconds: u64) -> Result<()> {
     let bin = build_release()?;
-    let scratch = tempdir()?;
-    let (instance, _) = Instance::start(&bin, &scratch)?;
-    instance.wait_ready()?;
-    let pid = instance.child.id();
+    let daemon = Daemon::start_with(new_dir(), release_daemon(&bin, ""));
+    daemon.wait_ready();
+    let pid = daemon.pid().as_raw();
     let at_ready = rss(pid)?;
     // One status call, so the measured daemon has served the control plane at least once.
-    let socket = scratch.join("run/blufiod.sock");
-    run(Command::new(bin.join("blufioctl"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("status")
-        .stdout(Stdio::null()))?;
+    let status = daemon.ctl(&["status"]);
+    if !status.status.success() {
+        bail!("blufioctl status failed: {}", describe(&status));
+    }
     std::thread::sleep(Duration::from_secs(seconds));
     let idle = rss(pid)?;
     println!("blufiod RSS (release build): at READY=1 {at_ready}; after {seconds} s idle {idle}");
-    instance.stop()?;
-    std::fs::remove_dir_all(&scratch)?;
-    Ok(())
+    stop(daemon)
 }
 
 /// `VmRSS` and `VmHWM` of a process.
-fn rss(pid: u32) -> Result<String> {
+fn rss(pid: i32) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
         status
@@ -235,18 +178,4 @@ fn tempdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("blufio-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_pick_the_nearest_rank() {
-        let samples: Vec<Duration> = (1..=10).map(Duration::from_millis).collect();
-        assert_eq!(quantile_ms(&samples, 0.0), 1.0);
-        assert_eq!(quantile_ms(&samples, 0.5), 6.0);
-        assert_eq!(quantile_ms(&samples, 0.9), 9.0);
-        assert_eq!(quantile_ms(&samples, 1.0), 10.0);
-    }
 }

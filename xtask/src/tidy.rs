@@ -1,6 +1,8 @@
 //! `cargo xtask tidy`: the written invariants of ARCHITECTURE.md turned into checks that CI runs.
 //!
 //! - blufioctl never depends on blufiod;
+//! - test support (`blufio-testkit`) is only ever a dev-dependency of the shipped crates, and never
+//!   depends on blufiod itself;
 //! - no sqlx outside `blufiod/src/storage/`;
 //! - every control RPC authorizes before anything else (besides the guard layer in front);
 //! - every dependency a crate declares is used by its sources (rough, textual);
@@ -18,6 +20,7 @@ pub fn main() -> Result<()> {
     let root = crate::root();
     let mut problems = Vec::new();
     problems.extend(client_is_thin(&root)?);
+    problems.extend(testkit_stays_in_tests(&root)?);
     problems.extend(sqlx_stays_in_storage(&root)?);
     problems.extend(rpcs_authorize_first(&root)?);
     problems.extend(dependencies_are_used(&root)?);
@@ -64,6 +67,33 @@ fn client_is_thin(root: &Path) -> Result<Vec<String>> {
         .then(|| "blufioctl/Cargo.toml depends on blufiod; the client talks to it only over the socket".to_owned())
         .into_iter()
         .collect())
+}
+
+/// The crates that ship, and the test support that must not ship inside them.
+const SHIPPED: [&str; 3] = ["blufiod", "blufioctl", "proto"];
+
+fn testkit_stays_in_tests(root: &Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for krate in SHIPPED {
+        let manifest = read(&root.join(krate).join("Cargo.toml"))?;
+        let mut section = "";
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if line.starts_with("blufio-testkit") && section != "[dev-dependencies]" {
+                problems.push(format!(
+                    "{krate}/Cargo.toml names blufio-testkit under {section}; test support is only a dev-dependency"
+                ));
+            }
+        }
+    }
+    let manifest = read(&root.join("blufiod/testkit/Cargo.toml"))?;
+    if manifest.lines().any(|line| line.trim_start().starts_with("blufiod")) {
+        problems.push(
+            "blufiod/testkit/Cargo.toml depends on blufiod; test support runs the binaries, as users do".to_owned(),
+        );
+    }
+    Ok(problems)
 }
 
 fn sqlx_stays_in_storage(root: &Path) -> Result<Vec<String>> {
@@ -128,16 +158,16 @@ fn rpcs_authorize_first(root: &Path) -> Result<Vec<String>> {
 
 fn dependencies_are_used(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for krate in ["blufiod", "blufioctl", "proto", "xtask"] {
+    for krate in ["blufiod", "blufiod/testkit", "blufioctl", "proto", "xtask"] {
         let manifest = read(&root.join(krate).join("Cargo.toml"))?;
         let mut sources = String::new();
         for dir in ["src", "tests", "benches", "build.rs"] {
             let path = root.join(krate).join(dir);
             if path.is_file() {
-                sources.push_str(&read(&path)?);
+                sources.push_str(&read_with_path_modules(&path)?);
             } else if path.is_dir() {
                 for file in rust_files(&path)? {
-                    sources.push_str(&read(&file)?);
+                    sources.push_str(&read_with_path_modules(&file)?);
                 }
             }
         }
@@ -181,9 +211,35 @@ fn dependencies_are_used(root: &Path) -> Result<Vec<String>> {
     Ok(problems)
 }
 
+/// A source file followed by the files its `#[path = "..."]` modules name (one level), which
+/// may live outside the crate's directories: blufio-testkit's fake provider does.
+fn read_with_path_modules(file: &Path) -> Result<String> {
+    let mut text = read(file)?;
+    let dir = file.parent().unwrap_or(file);
+    let included: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("#[path = \"")?
+                .strip_suffix("\"]")
+                .map(|path| dir.join(path))
+        })
+        .collect();
+    for path in included {
+        text.push_str(&read(&path)?);
+    }
+    Ok(text)
+}
+
 fn modules_open_with_docs(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for krate in ["blufiod/src", "blufioctl/src", "proto/src", "xtask/src"] {
+    for krate in [
+        "blufiod/src",
+        "blufiod/testkit/src",
+        "blufioctl/src",
+        "proto/src",
+        "xtask/src",
+    ] {
         for file in rust_files(&root.join(krate))? {
             let text = read(&file)?;
             let first = text.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();

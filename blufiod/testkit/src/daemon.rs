@@ -1,111 +1,19 @@
-//! Test harness: starts the real `blufiod` on a temp dir and socket, drives it with the real
-//! `blufioctl`, captures its sd_notify datagrams, and stops it with SIGTERM.
-//!
-//! Binaries: `blufiod` comes from `CARGO_BIN_EXE_blufiod`; `blufioctl` from `$BLUFIOCTL_BIN`,
-//! else from the same target directory (built by `cargo test --workspace`, which builds every
-//! package's binaries).
-
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
-
-pub mod fake_provider;
+//! A real `blufiod` in a temp dir: written config, its own socket and gateway port, stderr
+//! captured to a file, optionally its own `NOTIFY_SOCKET`; stopped with SIGTERM, and on drop
+//! asserted to have exited cleanly.
 
 use std::io::Read as _;
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// How long a daemon may take to become ready or to stop before a test fails. Generous: CI
-/// machines are slow and shared; readiness speed is measured by a benchmark, not here.
-pub const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The daemon binary.
-pub fn blufiod_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_blufiod"))
-}
-
-/// The client binary.
-pub fn blufioctl_bin() -> PathBuf {
-    let path = std::env::var_os("BLUFIOCTL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| blufiod_bin().with_file_name("blufioctl"));
-    assert!(
-        path.exists(),
-        "{} does not exist: run the tests with `cargo test --workspace` (which builds blufioctl) or set BLUFIOCTL_BIN",
-        path.display()
-    );
-    path
-}
-
-/// sd_notify datagrams received on a temporary `NOTIFY_SOCKET`.
-#[derive(Clone)]
-pub struct NotifyLog {
-    messages: Arc<(Mutex<Vec<String>>, Condvar)>,
-    pub path: PathBuf,
-}
-
-impl NotifyLog {
-    /// Binds a datagram socket at `path` and collects what arrives on a background thread.
-    pub fn bind(path: &Path) -> Self {
-        let socket = UnixDatagram::bind(path).expect("bind NOTIFY_SOCKET");
-        let messages: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
-        let sink = messages.clone();
-        std::thread::spawn(move || {
-            let mut buffer = vec![0u8; 4096];
-            while let Ok(len) = socket.recv(&mut buffer) {
-                let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
-                let (lock, condvar) = &*sink;
-                lock.lock().unwrap().push(text);
-                condvar.notify_all();
-            }
-        });
-        Self {
-            messages,
-            path: path.to_owned(),
-        }
-    }
-
-    /// Every datagram so far.
-    pub fn all(&self) -> Vec<String> {
-        self.messages.0.lock().unwrap().clone()
-    }
-
-    /// Every line (assignment) so far, in order.
-    pub fn lines(&self) -> Vec<String> {
-        self.all()
-            .iter()
-            .flat_map(|message| message.lines().map(str::to_owned).collect::<Vec<_>>())
-            .collect()
-    }
-
-    /// Waits until some datagram satisfies `predicate`; returns it.
-    pub fn wait_for(&self, what: &str, predicate: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        let (lock, condvar) = &*self.messages;
-        let mut messages = lock.lock().unwrap();
-        loop {
-            if let Some(found) = messages.iter().find(|message| predicate(message)) {
-                return found.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no sd_notify message {what} within {PATIENCE:?}; got {messages:?}"
-            );
-            messages = condvar.wait_timeout(messages, left).unwrap().0;
-        }
-    }
-
-    /// How many datagrams satisfy `predicate`.
-    pub fn count(&self, predicate: impl Fn(&str) -> bool) -> usize {
-        self.all().iter().filter(|message| predicate(message)).count()
-    }
-}
+use crate::ctl::{ctl_command, output_of};
+use crate::{Binaries, NotifyLog, PATIENCE};
 
 /// How to start a daemon.
 pub struct DaemonOptions {
@@ -117,6 +25,9 @@ pub struct DaemonOptions {
     pub notify: bool,
     /// Whether to wait for readiness.
     pub wait_ready: bool,
+    /// Which `blufiod` and `blufioctl` to run: by default those of this test or benchmark's own
+    /// build profile.
+    pub binaries: Binaries,
 }
 
 impl Default for DaemonOptions {
@@ -126,18 +37,22 @@ impl Default for DaemonOptions {
             env: Vec::new(),
             notify: true,
             wait_ready: true,
+            binaries: Binaries::from_env(),
         }
     }
 }
 
 /// A running `blufiod` in its own temp directory.
 pub struct Daemon {
-    pub child: Option<Child>,
+    child: Option<Child>,
     pub dir: Arc<tempfile::TempDir>,
     pub socket: PathBuf,
     pub config_path: PathBuf,
     pub notify: Option<NotifyLog>,
+    binaries: Binaries,
     stderr_path: PathBuf,
+    /// Just before `exec`, for the time to readiness.
+    spawned: Instant,
 }
 
 /// The directory layout of one test, reusable across daemon restarts.
@@ -173,7 +88,7 @@ impl Daemon {
         let notify = options
             .notify
             .then(|| NotifyLog::bind(&root.join(format!("notify-{runs}.sock"))));
-        let mut command = Command::new(blufiod_bin());
+        let mut command = Command::new(options.binaries.blufiod());
         command
             .arg("--config")
             .arg(&config_path)
@@ -181,7 +96,7 @@ impl Daemon {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &root)
             .env("RUST_BACKTRACE", "1")
-            // Each test daemon gets its own port; tests read it from `status`.
+            // Each daemon gets its own port; tests read it from `status`.
             .env("BLUFIO_GATEWAY__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -192,6 +107,7 @@ impl Daemon {
         for (key, value) in &options.env {
             command.env(key, value);
         }
+        let spawned = Instant::now();
         let child = command.spawn().expect("spawn blufiod");
         let daemon = Self {
             child: Some(child),
@@ -199,7 +115,9 @@ impl Daemon {
             socket,
             config_path,
             notify,
+            binaries: options.binaries,
             stderr_path,
+            spawned,
         };
         if options.wait_ready {
             daemon.wait_ready();
@@ -207,19 +125,17 @@ impl Daemon {
         daemon
     }
 
-    /// Waits for `READY=1` (or, without a notify socket, for `status` to answer).
-    pub fn wait_ready(&self) {
+    /// Waits for `READY=1` (or, without a notify socket, for `status` to answer); returns how
+    /// long after `exec` it came.
+    pub fn wait_ready(&self) -> Duration {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let ready = match &self.notify {
-                Some(notify) => notify
-                    .all()
-                    .iter()
-                    .any(|message| message.lines().any(|line| line == "READY=1")),
-                None => self.ctl(&["status"]).status.success(),
+            let ready_at = match &self.notify {
+                Some(notify) => notify.arrival(|message| message.lines().any(|line| line == "READY=1")),
+                None => self.ctl(&["status"]).status.success().then(Instant::now),
             };
-            if ready {
-                return;
+            if let Some(ready_at) = ready_at {
+                return ready_at.saturating_duration_since(self.spawned);
             }
             self.assert_running("before READY=1");
             assert!(
@@ -250,7 +166,7 @@ impl Daemon {
         Pid::from_raw(i32::try_from(self.child.as_ref().expect("daemon running").id()).unwrap())
     }
 
-    /// What the daemon wrote to stderr so far.
+    /// What the daemon wrote to stderr so far (all of it, once it has stopped).
     pub fn stderr(&self) -> String {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(&self.stderr_path) {
@@ -261,15 +177,15 @@ impl Daemon {
 
     /// Runs `blufioctl --socket <socket> args...`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        ctl(&self.socket, args)
+        output_of(ctl_command(self.binaries.blufioctl(), &self.socket, args))
     }
 
     /// Runs blufioctl as another user.
     pub fn ctl_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
-        let mut command = ctl_command(&self.socket, args);
+        let mut command = ctl_command(self.binaries.blufioctl(), &self.socket, args);
         // std drops root's supplementary groups when it switches uid (setgroups(0)).
         command.uid(uid).gid(gid);
-        command.output().expect("run blufioctl")
+        output_of(command)
     }
 
     /// Runs blufioctl, asserts success, and parses its `--json` output.
@@ -339,72 +255,4 @@ impl Drop for Daemon {
             );
         }
     }
-}
-
-fn ctl_command(socket: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(blufioctl_bin());
-    command
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("BLUFIO_SOCKET")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-/// Runs `blufioctl --socket <socket> args...`.
-pub fn ctl(socket: &Path, args: &[&str]) -> Output {
-    ctl_command(socket, args).output().expect("run blufioctl")
-}
-
-/// stdout and stderr of an output, for assertion messages.
-pub fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// A gRPC client of the control socket, for tests that need an RPC blufioctl does not offer.
-pub async fn control_client(
-    socket: &Path,
-) -> blufio_proto::control::v1::control_client::ControlClient<tonic::transport::Channel> {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to the control socket");
-    blufio_proto::control::v1::control_client::ControlClient::new(channel)
-}
-
-/// Config for a daemon whose provider is `fake`, with prices that make costs easy to check:
-/// $1 per million input tokens, $2 per million output tokens; `extra` is appended.
-/// Starts a daemon in a fresh directory whose provider is `fake`, with `extra` config appended.
-pub fn start_with_fake(fake: &fake_provider::FakeProvider, extra: &str) -> Daemon {
-    Daemon::start_with(
-        new_dir(),
-        DaemonOptions {
-            config: fake_provider_config(fake, extra),
-            ..DaemonOptions::default()
-        },
-    )
-}
-
-pub fn fake_provider_config(fake: &fake_provider::FakeProvider, extra: &str) -> String {
-    format!(
-        "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"test-key\"\nmodel = \"fake-model\"\n\
-         max_tokens = 1000\nidle_timeout_secs = 5\nmax_retries = 1\nretry_base_delay_ms = 10\n\
-         [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n{extra}",
-        fake.url()
-    )
 }
