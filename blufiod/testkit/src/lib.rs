@@ -21,10 +21,8 @@ mod notify;
 
 pub mod bench;
 
-// The file stays in blufiod/tests/support/ because blufiod's own adapter unit tests include it
-// from there with `#[path]`; this is its only other user.
+// blufiod's own adapter unit tests include the same file with `#[path]`.
 #[cfg(feature = "fake-provider")]
-#[path = "../../tests/support/fake_provider.rs"]
 pub mod fake_provider;
 
 use std::time::Duration;

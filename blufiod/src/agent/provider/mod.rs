@@ -13,7 +13,7 @@ mod sse;
 
 // Shared with the integration tests; included once here for both adapters' unit tests.
 #[cfg(test)]
-#[path = "../../../tests/support/fake_provider.rs"]
+#[path = "../../../testkit/src/fake_provider.rs"]
 #[allow(dead_code, reason = "the adapters' tests use part of the fake")]
 mod fake_provider;
 

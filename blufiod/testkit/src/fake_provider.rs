@@ -5,9 +5,8 @@
 //! It runs its own tokio runtime on a background thread, so plain `#[test]`s and
 //! `#[tokio::test]`s can both use it, and stops when dropped. It is compiled, through `#[path]`,
 //! both into `blufio-testkit` (as `fake_provider`, for the integration tests and the benchmarks)
-//! and into the adapters' unit tests in `blufiod/src/agent/provider/`, which is why it lives
-//! here; so it must never refer to `crate::` or `super::` and may use only dependencies both
-//! crates have.
+//! and into the adapters' unit tests in `blufiod/src/agent/provider/`; so it must never refer
+//! to `crate::` or `super::` and may use only dependencies both crates have.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
