@@ -43,6 +43,18 @@ pub struct MaskedError(String);
 
 /// Turns a figment error into one line per problem: the dotted key, what is wrong, and where it
 /// came from (`file:line`, or the environment variable).
+/// What serde calls a type, in words an owner reads: "f64" is "a number".
+fn plain_type(expected: &str) -> String {
+    match expected {
+        "f64" | "f32" | "a floating point number" => "a number (such as 2.5)".to_owned(),
+        "u64" | "u32" | "u16" | "u8" | "i64" | "i32" | "usize" => "a whole number (such as 30)".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "a string" => "text in quotes (such as \"text\")".to_owned(),
+        "a sequence" => "a list (such as [\"a\", \"b\"])".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 pub(super) fn describe_errors(error: figment::Error, text: Option<&str>) -> Vec<String> {
     let document = text.and_then(|text| toml_edit::ImDocument::parse(text.to_owned()).ok());
     error
@@ -80,6 +92,16 @@ pub(super) fn describe_errors(error: figment::Error, text: Option<&str>) -> Vec<
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+                figment::error::Kind::InvalidType(actual, expected) => {
+                    // A secret's value is never echoed, whatever its type.
+                    let secret = super::keys::key_spec(&key).is_some_and(|spec| spec.secret);
+                    let found = if secret {
+                        "something else".to_owned()
+                    } else {
+                        actual.to_string()
+                    };
+                    format!("expected {}, found {found}", plain_type(expected))
+                }
                 kind => kind.to_string(),
             };
             let what = super::keys::mask_secrets_in(&what);

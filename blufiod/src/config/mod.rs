@@ -359,10 +359,52 @@ fn extract(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Lo
                 .split("__"),
         );
     }
-    let config: Config = figment.extract().map_err(|error| ConfigError::Invalid {
-        problems: file::describe_errors(error, text),
-    })?;
+    let config: Config = match figment.extract() {
+        Ok(config) => config,
+        Err(error) => {
+            // serde stops at the first bad field of a struct: extract each section on its own,
+            // so that the owner sees every problem of the file at once.
+            let mut problems = file::describe_errors(error, text);
+            for error in section_errors(&figment) {
+                for problem in file::describe_errors(error, text) {
+                    if !problems.contains(&problem) {
+                        problems.push(problem);
+                    }
+                }
+            }
+            return Err(ConfigError::Invalid { problems });
+        }
+    };
     Ok(Loaded { config, figment })
+}
+
+/// The errors of each top-level section extracted alone (each stops at its first bad field).
+fn section_errors(figment: &Figment) -> Vec<figment::Error> {
+    fn errors_of<T: serde::de::DeserializeOwned>(figment: &Figment, section: &str) -> Option<figment::Error> {
+        let mut error = figment.extract_inner::<T>(section).err()?;
+        // figment puts the section after the field in the path of an inner extraction.
+        if error.path.first().map(String::as_str) != Some(section) {
+            error.path.retain(|part| part != section);
+            error.path.insert(0, section.to_owned());
+        }
+        Some(error)
+    }
+    [
+        errors_of::<DaemonConfig>(figment, "daemon"),
+        errors_of::<LogConfig>(figment, "log"),
+        errors_of::<ControlConfig>(figment, "control"),
+        errors_of::<StorageConfig>(figment, "storage"),
+        errors_of::<ProviderConfig>(figment, "provider"),
+        errors_of::<AgentConfig>(figment, "agent"),
+        errors_of::<BudgetConfig>(figment, "budget"),
+        errors_of::<std::collections::BTreeMap<String, ModelPrice>>(figment, "pricing"),
+        errors_of::<ToolsConfig>(figment, "tools"),
+        errors_of::<GatewayConfig>(figment, "gateway"),
+        errors_of::<MemoryConfig>(figment, "memory"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The smallest memory limit, in MiB: twice the release daemon's measured idle resident set
@@ -779,6 +821,25 @@ mod tests {
                 "{problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed_and_types_are_named_in_words() {
+        let text = "[provider]\napi_key = 987654321\n[budget]\ndaily_usd = \"x\"\n";
+        let Err(ConfigError::Invalid { problems }) = load_from(Some(text), None, false) else {
+            panic!("expected invalid config");
+        };
+        let shown = problems.join("\n");
+        assert!(!shown.contains("987654321"), "{shown}");
+        assert!(shown.contains("provider.api_key: expected text in quotes"), "{shown}");
+        let text = "[budget]\ndaily_usd = \"x\"\n";
+        let Err(ConfigError::Invalid { problems }) = load_from(Some(text), None, false) else {
+            panic!("expected invalid config");
+        };
+        assert!(
+            problems[0].starts_with("budget.daily_usd: expected a number (such as 2.5)"),
+            "{problems:?}"
+        );
     }
 
     #[test]
