@@ -221,8 +221,17 @@ fn device_failure(error: ClientError) -> Failure {
         }
         _ => None,
     };
-    let mut failure = Failure::from(error);
-    if let Some(hint) = hint {
+    with_hint(Failure::from(error), hint)
+}
+
+/// Adds `hint` unless the failure has one, or its message already points to the same command
+/// (the daemon's messages often end with the command to run; saying it twice is noise).
+fn with_hint(mut failure: Failure, hint: Option<&str>) -> Failure {
+    let message = failure.error.to_string();
+    let command = |hint: &str| hint.split('\'').nth(1).map(|command| command.to_owned());
+    if let Some(hint) = hint
+        && !command(hint).is_some_and(|command| message.contains(&command))
+    {
         failure.hint.get_or_insert_with(|| hint.to_owned());
     }
     failure
@@ -243,11 +252,7 @@ fn session_failure(error: ClientError) -> Failure {
         }
         _ => None,
     };
-    let mut failure = Failure::from(error);
-    if let Some(hint) = hint {
-        failure.hint.get_or_insert_with(|| hint.to_owned());
-    }
-    failure
+    with_hint(Failure::from(error), hint)
 }
 
 /// Writes command output: stdout text, and `warning:`/`error:` lines on stderr.

@@ -248,3 +248,41 @@ fn a_daemon_that_cannot_bind_its_gateway_leaves_no_socket_behind() {
     );
     assert!(!daemon.socket.exists(), "the socket file was left behind");
 }
+
+#[test]
+fn config_get_suggests_keys_cuts_long_values_and_hints_once() {
+    let daemon = support::Daemon::start();
+    let section = daemon.ctl(&["config", "get", "log"]);
+    let shown = support::describe(&section);
+    assert!(
+        shown.contains("`log` is a section; its keys are log.format, log.level"),
+        "{shown}"
+    );
+    let typo = daemon.ctl(&["config", "get", "provider.apikey"]);
+    let shown = support::describe(&typo);
+    assert!(shown.contains("did you mean `provider.api_key`?"), "{shown}");
+    let typo = daemon.ctl(&["config", "set", "provider.apikey", "x"]);
+    let shown = support::describe(&typo);
+    assert!(shown.contains("did you mean `provider.api_key`?"), "{shown}");
+
+    // The pricing table no longer pads every line of the listing.
+    let listing = daemon.ctl(&["config", "get"]);
+    let text = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let widest = text.lines().map(|line| line.chars().count()).max().unwrap();
+    assert!(widest < 140, "a line of {widest} characters:\n{text}");
+    assert!(text.contains("config get KEY` shows one whole"), "{text}");
+    let pricing = daemon.ctl(&["config", "get", "pricing"]);
+    assert!(
+        String::from_utf8_lossy(&pricing.stdout).contains("claude"),
+        "{}",
+        support::describe(&pricing)
+    );
+
+    // A hint that repeats the daemon's own pointer is not printed.
+    let missing = daemon.ctl(&["sessions", "show", "nope"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr).into_owned();
+    assert_eq!(stderr.matches("blufioctl sessions list").count(), 1, "{stderr}");
+    let missing = daemon.ctl(&["device", "revoke", "nobody"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr).into_owned();
+    assert_eq!(stderr.matches("blufioctl device list").count(), 1, "{stderr}");
+}

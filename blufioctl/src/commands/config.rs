@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::Context;
 use crate::cli::{ConfigCommand, JsonArgs};
-use crate::output::{Cell, Human, Paint, Render, Style, non_empty, render_table};
+use crate::output::{Cell, Human, Paint, Render, Style, non_empty, render_table, truncate};
 use crate::{Failure, Outcome};
 
 /// The command to suggest when a change needs a restart.
@@ -32,6 +32,9 @@ pub async fn run(context: &Context<'_>, command: ConfigCommand) -> Result<Outcom
         ConfigCommand::Reload(args) => reload(context, args).await,
     }
 }
+
+/// Characters of a value shown in a listing of several keys.
+const LISTED_VALUE_CHARS: usize = 60;
 
 /// The daemon's answer to `config get`, for one key or all of them.
 pub struct ConfigGet<'a>(pub &'a GetConfigResponse);
@@ -59,12 +62,19 @@ impl Render for ConfigGet<'_> {
             Cell::painted(style, Paint::Bold, "VALUE"),
             Cell::painted(style, Paint::Bold, "SOURCE"),
         ]];
+        // One long value (the pricing table) would pad every row; in a listing of several keys,
+        // values are cut, and `config get KEY` shows one whole.
+        let listing = config.entries.len() > 1;
+        let mut cut_any = false;
         for entry in &config.entries {
             let marker = if entry.restart_required { "*" } else { "" };
             let value = if entry.unset {
                 Cell::painted(style, Paint::Dim, "(unset)")
             } else if entry.secret {
                 Cell::painted(style, Paint::Dim, &entry.value)
+            } else if listing && entry.value.chars().count() > LISTED_VALUE_CHARS {
+                cut_any = true;
+                Cell::plain(&truncate(&entry.value, LISTED_VALUE_CHARS))
             } else {
                 Cell::plain(&entry.value)
             };
@@ -89,6 +99,10 @@ impl Render for ConfigGet<'_> {
         let mut stdout = render_table(style, &rows);
         if any_restart_required {
             let note = "* takes effect only after a restart of blufiod";
+            let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
+        }
+        if cut_any {
+            let note = "… long values are cut here; `blufioctl config get KEY` shows one whole";
             let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
         }
         let _ = writeln!(

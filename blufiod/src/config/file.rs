@@ -130,7 +130,7 @@ fn line_of(document: &toml_edit::ImDocument<String>, path: &[String]) -> Option<
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigWriteError {
     /// The key is not a config key.
-    #[error("unknown config key `{key}`; run `blufioctl config get` to list the keys")]
+    #[error("unknown config key `{key}`; {}", super::keys::suggest(key))]
     UnknownKey {
         /// The key given.
         key: String,

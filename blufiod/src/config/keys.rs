@@ -117,6 +117,44 @@ pub fn key_spec(key: &str) -> Option<&'static KeySpec> {
     KEYS.iter().find(|spec| spec.key == key)
 }
 
+/// What to tell someone who asked for `key`, which is not a key: the keys of a section they
+/// named, or the nearest key when they mistyped one, else how to list them all.
+pub fn suggest(key: &str) -> String {
+    let section: Vec<&str> = KEYS
+        .iter()
+        .map(|spec| spec.key)
+        .filter(|known| known.strip_prefix(key).is_some_and(|rest| rest.starts_with('.')))
+        .collect();
+    if !section.is_empty() {
+        return format!("`{key}` is a section; its keys are {}", section.join(", "));
+    }
+    let wanted = key.to_ascii_lowercase();
+    let nearest = KEYS
+        .iter()
+        .map(|spec| (edit_distance(&wanted, spec.key), spec.key))
+        .min()
+        .filter(|(distance, _)| *distance <= 3);
+    match nearest {
+        Some((_, known)) => format!("did you mean `{known}`?"),
+        None => "run `blufioctl config get` to list the keys".to_owned(),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 /// Where an effective value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueSource {
@@ -293,6 +331,16 @@ fn to_toml(value: &Value) -> toml_edit::Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unknown_keys_get_the_section_or_the_nearest_key() {
+        assert_eq!(suggest("log"), "`log` is a section; its keys are log.format, log.level");
+        assert_eq!(suggest("provider.apikey"), "did you mean `provider.api_key`?");
+        assert_eq!(
+            suggest("nothing.like.it"),
+            "run `blufioctl config get` to list the keys"
+        );
+    }
+
     #[test]
     fn credentials_in_urls_are_masked() {
         assert_eq!(

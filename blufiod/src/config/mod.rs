@@ -22,7 +22,9 @@ pub use agent::{
     RunCommandConfig, Secret, ToolsConfig, default_pricing,
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
-pub use keys::{ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials};
+pub use keys::{
+    ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials, suggest as keys_suggest,
+};
 pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 
 /// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).

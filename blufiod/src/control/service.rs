@@ -146,10 +146,8 @@ impl pb::control_server::Control for ControlService {
         let key = request.into_inner().key;
         let key = (!key.is_empty()).then_some(key);
         let entries = self.deps.live.entries(key.as_deref()).ok_or_else(|| {
-            Status::not_found(format!(
-                "no config key {:?}; run `blufioctl config get` to list the keys",
-                key.unwrap_or_default()
-            ))
+            let key = key.unwrap_or_default();
+            Status::not_found(format!("no config key {key:?}; {}", config::keys_suggest(&key)))
         })?;
         Ok(Response::new(pb::GetConfigResponse {
             entries: entries
