@@ -286,3 +286,23 @@ fn config_get_suggests_keys_cuts_long_values_and_hints_once() {
     let stderr = String::from_utf8_lossy(&missing.stderr).into_owned();
     assert_eq!(stderr.matches("blufioctl device list").count(), 1, "{stderr}");
 }
+
+#[test]
+fn config_set_errors_speak_of_the_value_and_localhost_is_a_listen_address() {
+    let daemon = support::Daemon::start();
+    let set = daemon.ctl(&["config", "set", "budget.daily_usd", "abc"]);
+    let shown = support::describe(&set);
+    assert!(
+        shown.contains("budget.daily_usd: expected a number (such as 2.5), found string \"abc\""),
+        "{shown}"
+    );
+    let file = daemon.config_path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        !shown.contains(&format!("{file}:")),
+        "no line of a file that was never written: {shown}"
+    );
+    assert!(!shown.contains("f64"), "{shown}");
+
+    let set = daemon.ctl_json(&["config", "set", "gateway.metrics_listen", "localhost:0"]);
+    assert_eq!(set["entry"]["value"], "localhost:0", "{set}");
+}

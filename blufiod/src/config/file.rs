@@ -318,7 +318,21 @@ fn blame(path: &Path, current: Option<&str>, key: &str, change_error: ConfigErro
             path: path.to_owned(),
             source,
         },
-        Ok(_) => ConfigWriteError::Rejected { source: change_error },
+        // The file's line numbers would point into text that was never written.
+        Ok(_) => ConfigWriteError::Rejected {
+            source: match change_error {
+                ConfigError::Invalid { problems } => ConfigError::Invalid {
+                    problems: problems
+                        .into_iter()
+                        .map(|problem| match problem.find(" (in ") {
+                            Some(at) if problem.starts_with(key) => problem[..at].to_owned(),
+                            _ => problem,
+                        })
+                        .collect(),
+                },
+                other => other,
+            },
+        },
     }
 }
 

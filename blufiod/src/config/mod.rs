@@ -631,14 +631,25 @@ impl Config {
     }
 }
 
+/// A listen address: an IP address with a port (`127.0.0.1:8443`, `[::1]:8443`), or
+/// `localhost:PORT`, which is 127.0.0.1. Names that need a resolver are not taken: what the
+/// daemon binds must not depend on DNS.
+pub fn parse_listen(text: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(address) = text.parse() {
+        return Some(address);
+    }
+    let port = text.strip_prefix("localhost:")?.parse().ok()?;
+    Some(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)))
+}
+
 impl Config {
     /// The gateway's own rules: a parseable address, public binds only when opted in, plain HTTP
     /// only on loopback, certificate and key together.
     fn gateway_problems(&self) -> Vec<String> {
         let gateway = &self.gateway;
         let mut problems = Vec::new();
-        match gateway.listen.parse::<std::net::SocketAddr>() {
-            Err(_) => problems.push(format!(
+        match parse_listen(&gateway.listen).ok_or(()) {
+            Err(()) => problems.push(format!(
                 "gateway.listen: {:?} is not an address with a port; use for example \"127.0.0.1:8443\"",
                 gateway.listen
             )),
@@ -657,12 +668,12 @@ impl Config {
             Ok(_) => {}
         }
         if let Some(listen) = &gateway.metrics_listen {
-            match listen.parse::<std::net::SocketAddr>() {
+            match parse_listen(listen).ok_or(()) {
                 Ok(address) if address.ip().is_loopback() => {}
                 Ok(address) => problems.push(format!(
                     "gateway.metrics_listen: {address} is not a loopback address; the plain-HTTP metrics listener is for local scrapers only"
                 )),
-                Err(_) => problems.push(format!(
+                Err(()) => problems.push(format!(
                     "gateway.metrics_listen: {listen:?} is not an address with a port; use for example \"127.0.0.1:9464\""
                 )),
             }

@@ -105,7 +105,7 @@ pub struct BoundGateway {
 /// Binds the gateway and loads (or generates) its certificate: done before READY so that every
 /// problem stops startup with a clear message.
 pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, GatewayError> {
-    let address: SocketAddr = config.listen.parse().map_err(|_| GatewayError::ParseListen {
+    let address: SocketAddr = crate::config::parse_listen(&config.listen).ok_or_else(|| GatewayError::ParseListen {
         listen: config.listen.clone(),
     })?;
     let (scheme, cert, cert_source) = if config.plain_http {
@@ -147,9 +147,8 @@ pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, Ga
     let metrics_listener = match &config.metrics_listen {
         None => None,
         Some(listen) => {
-            let metrics_address: SocketAddr = listen
-                .parse()
-                .map_err(|_| GatewayError::ParseListen { listen: listen.clone() })?;
+            let metrics_address = crate::config::parse_listen(listen)
+                .ok_or_else(|| GatewayError::ParseListen { listen: listen.clone() })?;
             let bind_error = |source| GatewayError::Bind {
                 address: metrics_address,
                 source,
