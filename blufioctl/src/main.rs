@@ -69,7 +69,8 @@ async fn main() -> ExitCode {
 /// How a command that ran to completion ended.
 enum Outcome {
     Success,
-    /// `config validate` found problems; they have been printed and the exit code is 1.
+    /// The command ran but part of it failed, and that has been printed (`config validate` found
+    /// problems, a turn of `shell` failed); the exit code is 1.
     Invalid,
 }
 
@@ -238,7 +239,7 @@ fn with_hint(mut failure: Failure, hint: Option<&str>) -> Failure {
 }
 
 /// A failed call about sessions or turns, with the hints that only make sense there.
-fn session_failure(error: ClientError) -> Failure {
+pub(crate) fn session_failure(error: ClientError) -> Failure {
     let hint = match &error {
         ClientError::Status(status) if status.code() == tonic::Code::NotFound => {
             Some("'blufioctl sessions list' shows the sessions")

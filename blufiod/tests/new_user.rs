@@ -306,3 +306,34 @@ fn config_set_errors_speak_of_the_value_and_localhost_is_a_listen_address() {
     let set = daemon.ctl_json(&["config", "set", "gateway.metrics_listen", "localhost:0"]);
     assert_eq!(set["entry"]["value"], "localhost:0", "{set}");
 }
+
+#[test]
+fn shell_refuses_a_missing_session_at_once_and_exits_1_when_a_turn_failed() {
+    use std::io::Write as _;
+    let daemon = support::Daemon::start();
+    let shell = |args: &[&str], input: &str| {
+        let mut child = Command::new(support::blufioctl_bin())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("shell")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let missing = shell(&["--session", "no-such-session"], "");
+    let shown = support::describe(&missing);
+    assert_eq!(missing.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("no session \"no-such-session\""), "{shown}");
+    // No provider is configured, so the turn fails; the shell carries on and then says so.
+    let failed = shell(&[], "hello\n/quit\n");
+    let shown = support::describe(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("1 turn(s) of this shell failed"), "{shown}");
+    let fine = shell(&[], "/help\n");
+    assert_eq!(fine.status.code(), Some(0), "{}", support::describe(&fine));
+}

@@ -6,7 +6,9 @@
 //! edited the terminal is in raw mode, so Ctrl-C reaches rustyline as a key (clear the line);
 //! while a turn streams it is a SIGINT, which cancels the turn by dropping its RPC.
 //!
-//! A failed turn never ends the shell: its error is printed and the next prompt follows.
+//! A failed turn never ends the shell: its error is printed and the next prompt follows; the
+//! shell then exits 1 at the end, so that scripts feeding it lines learn that something failed.
+//! A `--session` that does not exist is refused before the first prompt.
 
 use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -58,6 +60,14 @@ pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outco
     }
 
     let mut session_id = session.filter(|id| !id.is_empty());
+    // A session that does not exist is said now, not after the first message is typed.
+    if let Some(id) = &session_id {
+        client
+            .get_session(id.clone(), 1)
+            .await
+            .map_err(crate::session_failure)?;
+    }
+    let mut failed_turns = 0_usize;
     if io::stdin().is_terminal() {
         let intro = "blufio shell: type a message, /help for commands, Ctrl-D to quit";
         crate::output::eprint_line(format_args!("{}", printer.stderr_style.paint(Paint::Dim, intro)));
@@ -130,11 +140,21 @@ pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outco
                     echo.warning(&warning);
                 }
             }
-            Some(Err(error)) => printer.failure(&Failure::from(error)),
+            Some(Err(error)) => {
+                failed_turns += 1;
+                printer.failure(&Failure::from(error));
+            }
         }
         if let Some(error) = echo.take_write_error() {
             return Err(anyhow::Error::new(error).context("cannot write to stdout").into());
         }
+    }
+    // Like a shell, the exit status says whether everything asked for was done.
+    if failed_turns > 0 {
+        printer.warning(&format!(
+            "{failed_turns} turn(s) of this shell failed; their messages are stored in their sessions"
+        ));
+        return Ok(Outcome::Invalid);
     }
     Ok(Outcome::Success)
 }
