@@ -493,6 +493,13 @@ mod fake {
             request: Request<GetSessionRequest>,
         ) -> Result<Response<GetSessionResponse>, Status> {
             let request = request.into_inner();
+            // The sessions whose turns the fake scripts exist too, empty (shell checks them).
+            if [OVER_BUDGET, NO_CREDENTIALS, NO_ANSWER, FAILS_MIDWAY, HANGS].contains(&request.id.as_str()) {
+                return Ok(Response::new(GetSessionResponse {
+                    session: Some(session(&request.id, "scripted", 1_764_000_100)),
+                    messages: vec![],
+                }));
+            }
             if request.id != "s1" {
                 return Err(Status::not_found(format!("unknown session `{}`", request.id)));
             }
@@ -1064,7 +1071,7 @@ fn shell_reads_lines_and_runs_commands() {
 }
 
 #[test]
-fn shell_keeps_going_after_a_failed_turn_and_exits_0_on_eof() {
+fn shell_keeps_going_after_a_failed_turn_and_exits_1_on_eof() {
     let daemon = fake::FakeDaemon::start();
     let state = tempfile::tempdir().expect("tempdir");
     let mut child = against(&daemon)
@@ -1079,7 +1086,8 @@ fn shell_keeps_going_after_a_failed_turn_and_exits_0_on_eof() {
     std::io::Write::write_all(&mut stdin, b"one\n/session\n").expect("write stdin");
     drop(stdin);
     let output = child.wait_with_output().expect("wait");
-    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    // It kept going (the /session after the failure ran), and its status says a turn failed.
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
     assert_eq!(stdout(&output), format!("{}\n", fake::OVER_BUDGET));
     assert!(
         stderr(&output).contains("error: budget exhausted until 2026-11-29T00:00:00Z\n"),
