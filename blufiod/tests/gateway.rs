@@ -1825,3 +1825,38 @@ async fn chat_completions_take_the_whole_conversation_or_the_session_history() {
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_listing_pages_with_limit_and_cursor_and_a_new_session_has_no_model() {
+    let setup = setup("").await;
+    for title in ["one", "two", "three"] {
+        let body = serde_json::to_vec(&serde_json::json!({ "title": title })).unwrap();
+        let created: serde_json::Value = setup
+            .request("POST", "/v1/sessions", Some(&body), Tweak::default())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(created["model"].is_null(), "{created}");
+    }
+    let page = |query: String| {
+        let request = setup.request("GET", &format!("/v1/sessions{query}"), None, Tweak::default());
+        async move { request.send().await.unwrap() }
+    };
+    let first: serde_json::Value = page("?limit=2".into()).await.json().await.unwrap();
+    assert_eq!(first["sessions"].as_array().unwrap().len(), 2, "{first}");
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second: serde_json::Value = page(format!("?limit=2&cursor={}", cursor.replace(':', "%3A")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["sessions"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["sessions"][0]["title"], "one", "{second}");
+    for bad in ["?limit=", "?limit=0", "?limit=9999", "?page=2"] {
+        let response = page(bad.into()).await;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+}

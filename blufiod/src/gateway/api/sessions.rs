@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::{Gateway, STREAM_BUFFER, agent_problem, json, parse_json, sse_response};
+use super::{Gateway, STREAM_BUFFER, agent_problem, bad_request, json, parse_json, sse_response};
 use crate::agent::budget::dollars;
 use crate::agent::model::{ContentBlock, Session, TurnEvent};
 use crate::gateway::problem::{Body, Problem, full};
@@ -34,11 +34,43 @@ pub(super) async fn create(gateway: &Arc<Gateway>, body: &[u8]) -> Result<Respon
     Ok(json(StatusCode::CREATED, &session_json(&session)))
 }
 
-/// `GET /v1/sessions`.
-pub(super) async fn list(gateway: &Arc<Gateway>) -> Result<Response<Body>, Problem> {
+/// Sessions in a page of `GET /v1/sessions` unless `limit` says otherwise, and at most.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+
+/// `GET /v1/sessions[?limit=N][&cursor=C]`: a page, most recently updated first; `next_cursor`
+/// (when not null) fetches the next one.
+pub(super) async fn list(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<Response<Body>, Problem> {
+    let mut limit = DEFAULT_PAGE;
+    let mut cursor = None;
+    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                    .ok_or_else(|| bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}")))?;
+            }
+            // A cursor is `SECONDS:ID`; a client may have percent-encoded the colon.
+            "cursor" if !value.is_empty() => cursor = Some(value.replace("%3A", ":").replace("%3a", ":")),
+            "cursor" => {
+                return Err(bad_request(
+                    "cursor is empty; pass the next_cursor of the previous page",
+                ));
+            }
+            other => {
+                return Err(bad_request(format!(
+                    "unknown query parameter {:?}; GET /v1/sessions takes limit and cursor",
+                    crate::gateway::problem::shown(other)
+                )));
+            }
+        }
+    }
     let (sessions, next) = gateway
         .agent
-        .list_sessions(100, None)
+        .list_sessions(limit, cursor.as_deref())
         .await
         .map_err(|error| agent_problem(&error))?;
     Ok(json(
@@ -165,7 +197,8 @@ pub(super) fn session_json(session: &Session) -> serde_json::Value {
         "title": session.title,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
-        "model": session.model,
+        // No model before the first turn: null, as in the CLI's JSON.
+        "model": (!session.model.is_empty()).then_some(&session.model),
         "state": session.state.as_str(),
         "message_count": session.message_count,
     })
