@@ -183,6 +183,18 @@ impl From<RemoteError> for Failure {
                 Some("the gateway or blufiod may be overloaded or hung; --timeout waits longer".into()),
             ),
             RemoteError::Problem { .. } => (EXIT_FAILED, problem_hint(&error).map(str::to_owned)),
+            // Plain HTTP to a TLS port: the server's TLS bytes are no HTTP version hyper knows.
+            RemoteError::Transport { origin, reason }
+                if origin.starts_with("http://") && reason.contains("invalid HTTP version") =>
+            {
+                (
+                    EXIT_FAILED,
+                    Some(format!(
+                        "{origin} answered in TLS: blufiod's gateway speaks HTTPS; use --url https://{}",
+                        origin.trim_start_matches("http://")
+                    )),
+                )
+            }
             RemoteError::ReadKey { .. }
             | RemoteError::Setup { .. }
             | RemoteError::Sign(_)

@@ -337,3 +337,23 @@ fn shell_refuses_a_missing_session_at_once_and_exits_1_when_a_turn_failed() {
     let fine = shell(&[], "/help\n");
     assert_eq!(fine.status.code(), Some(0), "{}", support::describe(&fine));
 }
+
+#[test]
+fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
+    let daemon = support::Daemon::start();
+    let key = daemon.dir.path().join("laptop.pem");
+    daemon.ctl_json(&["device", "add", "laptop", "--key-out", key.to_str().unwrap()]);
+    let listen = daemon.ctl_json(&["status"])["gateway"]["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let output = Command::new(support::blufioctl_bin())
+        .args(["remote", "--url", &format!("http://{listen}"), "--key"])
+        .arg(&key)
+        .args(["sessions", "list"])
+        .output()
+        .unwrap();
+    let shown = support::describe(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(shown.contains(&format!("use --url https://{listen}")), "{shown}");
+}
