@@ -122,11 +122,11 @@ pub enum Command {
     },
 
     /// List, show or delete chat sessions
-    #[command(subcommand)]
+    #[command(subcommand, alias = "session")]
     Sessions(SessionsCommand),
 
     /// Register, list or revoke the devices whose keys may sign requests to the HTTPS gateway
-    #[command(subcommand)]
+    #[command(subcommand, alias = "devices")]
     Device(DeviceCommand),
 
     /// Talk to a blufiod HTTPS gateway instead of the local socket, signing every request with a
@@ -321,7 +321,7 @@ pub enum RemoteCommand {
     Chat(ChatArgs),
 
     /// List, show or delete chat sessions, like `blufioctl sessions`
-    #[command(subcommand)]
+    #[command(subcommand, alias = "session")]
     Sessions(RemoteSessionsCommand),
 }
 

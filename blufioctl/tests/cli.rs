@@ -1908,3 +1908,11 @@ fn a_closed_stdout_or_stderr_is_not_a_crash() {
         .expect("run blufioctl");
     assert_eq!(output.status.code(), Some(3));
 }
+
+#[test]
+fn singular_and_plural_command_names_are_both_taken() {
+    for args in [&["session", "list", "--help"][..], &["devices", "list", "--help"]] {
+        let output = run(blufioctl().args(args));
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
+    }
+}
