@@ -155,7 +155,7 @@ mod tests {
         let live = Arc::new(LiveConfig::new(
             ConfigSource {
                 path: path.clone(),
-                explicit: true,
+                named_by: Some("--config"),
             },
             loaded,
         ));

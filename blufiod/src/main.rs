@@ -50,9 +50,9 @@ const EXIT_CONFIG: u8 = 2;
     after_help = "Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage error or invalid configuration."
 )]
 struct Args {
-    /// Config file. Default: $CONFIGURATION_DIRECTORY/blufiod.toml under systemd, else
-    /// /etc/blufio/blufiod.toml for root, else ~/.config/blufio/blufiod.toml.
-    #[arg(long, env = "BLUFIO_CONFIG", value_name = "PATH")]
+    /// Config file [env: BLUFIO_CONFIG]. Default: $CONFIGURATION_DIRECTORY/blufiod.toml under
+    /// systemd, else /etc/blufio/blufiod.toml for root, else ~/.config/blufio/blufiod.toml.
+    #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Validate the configuration, print the effective values (secrets masked) and exit.
     #[arg(long)]

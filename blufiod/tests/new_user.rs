@@ -357,3 +357,25 @@ fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
     assert_eq!(output.status.code(), Some(1), "{shown}");
     assert!(shown.contains(&format!("use --url https://{listen}")), "{shown}");
 }
+
+#[test]
+fn a_missing_config_file_names_what_named_it() {
+    for (flag, env, named_by, fix) in [
+        (true, false, "named by --config", "drop --config"),
+        (false, true, "named by BLUFIO_CONFIG", "unset BLUFIO_CONFIG"),
+    ] {
+        let mut command = Command::new(support::blufiod_bin());
+        command.env_clear().arg("--check-config");
+        if flag {
+            command.args(["--config", "/nonexistent/blufiod.toml"]);
+        }
+        if env {
+            command.env("BLUFIO_CONFIG", "/nonexistent/blufiod.toml");
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(named_by) && stderr.contains(fix), "{stderr}");
+        assert!(!stderr.contains("packaging/"), "no repository path: {stderr}");
+    }
+}

@@ -301,7 +301,13 @@ mod tests {
         let path = dir.join("blufiod.toml");
         std::fs::write(&path, text).unwrap();
         let loaded = super::super::load_from(Some(text), Some(&path), false).unwrap();
-        LiveConfig::new(ConfigSource { path, explicit: true }, loaded)
+        LiveConfig::new(
+            ConfigSource {
+                path,
+                named_by: Some("--config"),
+            },
+            loaded,
+        )
     }
 
     #[tokio::test]

@@ -233,13 +233,16 @@ pub enum ConfigError {
         /// One line per problem, each naming the key and its source.
         problems: Vec<String>,
     },
-    /// The config file named on the command line does not exist.
+    /// The config file named by `--config` or `BLUFIO_CONFIG` does not exist.
     #[error(
-        "config file {path} does not exist: create it (see packaging/blufiod.example.toml) or drop --config to use the defaults"
+        "config file {path} (named by {named_by}) does not exist: create it (`blufiod --check-config` lists every key; blufiod.example.toml documents them) or {} to use the defaults",
+        if *named_by == "--config" { "drop --config" } else { "unset BLUFIO_CONFIG" }
     )]
     MissingFile {
         /// The path given.
         path: PathBuf,
+        /// `--config` or `BLUFIO_CONFIG`.
+        named_by: &'static str,
     },
     /// The config file exists but cannot be read.
     #[error("cannot read config file {path}")]
@@ -256,17 +259,26 @@ pub enum ConfigError {
 pub struct ConfigSource {
     /// The config file (which may not exist).
     pub path: PathBuf,
-    /// Whether the path was named explicitly (then it must exist).
-    pub explicit: bool,
+    /// What named the path (`--config` or `BLUFIO_CONFIG`), if anything did: then it must exist.
+    pub named_by: Option<&'static str>,
 }
 
 impl ConfigSource {
-    /// Resolves the config file path: `--config`/`BLUFIO_CONFIG`, else
+    /// Resolves the config file path: `--config` (`flag`), else `BLUFIO_CONFIG`, else
     /// `$CONFIGURATION_DIRECTORY/blufiod.toml`, else `/etc/blufio/blufiod.toml` for root, else
     /// `$XDG_CONFIG_HOME/blufio/blufiod.toml` (`~/.config/...`).
-    pub fn resolve(explicit: Option<PathBuf>, env: impl Fn(&str) -> Option<OsString>, euid: u32) -> Self {
-        if let Some(path) = explicit {
-            return Self { path, explicit: true };
+    pub fn resolve(flag: Option<PathBuf>, env: impl Fn(&str) -> Option<OsString>, euid: u32) -> Self {
+        if let Some(path) = flag {
+            return Self {
+                path,
+                named_by: Some("--config"),
+            };
+        }
+        if let Some(path) = env("BLUFIO_CONFIG").filter(|path| !path.is_empty()) {
+            return Self {
+                path: PathBuf::from(path),
+                named_by: Some("BLUFIO_CONFIG"),
+            };
         }
         let path = if let Some(dir) = blufio_proto::paths::first_systemd_dir(env("CONFIGURATION_DIRECTORY")) {
             dir.join(CONFIG_FILE_NAME)
@@ -280,7 +292,7 @@ impl ConfigSource {
                 .unwrap_or_else(|| PathBuf::from("/etc"));
             base.join("blufio").join(CONFIG_FILE_NAME)
         };
-        Self { path, explicit: false }
+        Self { path, named_by: None }
     }
 
     /// Loads the effective configuration: defaults < file < environment.
@@ -294,9 +306,10 @@ impl ConfigSource {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => Ok(Some(text)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                if self.explicit {
+                if let Some(named_by) = self.named_by {
                     Err(ConfigError::MissingFile {
                         path: self.path.clone(),
+                        named_by,
                     })
                 } else {
                     Ok(None)
@@ -889,7 +902,7 @@ mod tests {
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
         };
         let explicit = ConfigSource::resolve(Some("/x.toml".into()), env(&[]), 0);
-        assert!(explicit.explicit);
+        assert_eq!(explicit.named_by, Some("--config"));
         assert_eq!(
             ConfigSource::resolve(None, env(&[("CONFIGURATION_DIRECTORY", "/etc/blufio-sd")]), 0).path,
             PathBuf::from("/etc/blufio-sd/blufiod.toml")
