@@ -578,12 +578,14 @@ mod fake {
                         title: "Weather in Paris".into(),
                         cost_usd: 0.7,
                         calls: 9,
+                        deleted: false,
                     },
                     SessionUsage {
-                        session_id: String::new(),
+                        session_id: "s-gone".into(),
                         title: String::new(),
                         cost_usd: 0.05,
                         calls: 1,
+                        deleted: true,
                     },
                 ],
                 cost: Some(CostStatus {
@@ -1231,7 +1233,9 @@ fn usage_json_and_tables() {
                                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2000}})
     );
     assert_eq!(json["models"][0]["model"], "fake-model");
-    assert_eq!(json["sessions"][1]["session_id"], serde_json::Value::Null);
+    // A deleted session keeps its id, and says it is deleted.
+    assert_eq!(json["sessions"][1]["session_id"], "s-gone");
+    assert_eq!(json["sessions"][1]["deleted"], true);
     assert_eq!(
         json["cost"],
         serde_json::json!({"today_usd": 0.25, "month_usd": 3.5, "daily_cap_usd": 1.0, "monthly_cap_usd": 0.0,

@@ -438,3 +438,17 @@ fn sigterm_during_a_turn_stops_cleanly_and_charges_the_call() {
         "its estimated input is charged: {usage}"
     );
 }
+
+#[test]
+fn usage_shows_a_deleted_sessions_calls_as_deleted() {
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(&fake, "");
+    let chat = daemon.ctl_json(&["chat", "to be deleted"]);
+    let session = chat["session_id"].as_str().unwrap().to_owned();
+    daemon.ctl(&["sessions", "delete", &session]);
+    let usage = daemon.ctl_json(&["usage"]);
+    assert_eq!(usage["sessions"][0]["session_id"], session.as_str(), "{usage}");
+    assert_eq!(usage["sessions"][0]["deleted"], true, "{usage}");
+    let text = String::from_utf8_lossy(&daemon.ctl(&["usage"]).stdout).into_owned();
+    assert!(text.contains(&session) && text.contains("(deleted)"), "{text}");
+}

@@ -60,6 +60,7 @@ impl Render for Usage<'_> {
                 .map(|session| SessionUsageJson {
                     session_id: non_empty(&session.session_id),
                     title: &session.title,
+                    deleted: session.deleted,
                     calls: session.calls,
                     cost_usd: session.cost_usd,
                 })
@@ -161,16 +162,16 @@ impl Render for Usage<'_> {
                     .collect::<Vec<_>>(),
             ];
             for session in usage.sessions.iter().take(TOP_SESSIONS) {
-                let id = if session.session_id.is_empty() {
+                let title = if session.deleted || session.session_id.is_empty() {
                     Cell::painted(style, Paint::Dim, "(deleted)")
                 } else {
-                    Cell::plain(&session.session_id)
+                    Cell::plain(&truncate(&one_line(&session.title), USAGE_TITLE_WIDTH))
                 };
                 rows.push(vec![
-                    id,
+                    Cell::plain(&session.session_id),
                     Cell::plain(&session.calls.to_string()),
                     Cell::plain(&usd_precise(session.cost_usd)),
-                    Cell::plain(&truncate(&one_line(&session.title), USAGE_TITLE_WIDTH)),
+                    title,
                 ]);
             }
             stdout.push_str(&render_table(style, &rows));
@@ -260,6 +261,7 @@ struct ModelJson<'a> {
 struct SessionUsageJson<'a> {
     session_id: Option<&'a str>,
     title: &'a str,
+    deleted: bool,
     calls: u64,
     cost_usd: f64,
 }
@@ -307,12 +309,14 @@ mod tests {
                     title: "Weather\nin Paris".into(),
                     cost_usd: 0.7,
                     calls: 14,
+                    deleted: false,
                 },
                 SessionUsage {
-                    session_id: String::new(),
+                    session_id: "s-gone".into(),
                     title: String::new(),
                     cost_usd: 0.05,
                     calls: 1,
+                    deleted: true,
                 },
             ],
             cost: Some(CostStatus {
@@ -354,9 +358,9 @@ MODEL                        CALLS  IN     OUT  CACHE W/R   COST
 anthropic/claude-sonnet-4-5  15     12.3k  678  1.5M/20.0k  $0.7500
 
 top sessions
-SESSION    CALLS  COST     TITLE
-s1         14     $0.7000  Weather in Paris
-(deleted)  1      $0.0500
+SESSION  CALLS  COST     TITLE
+s1       14     $0.7000  Weather in Paris
+s-gone   1      $0.0500  (deleted)
 ";
         assert_eq!(stdout, expected);
 
@@ -390,8 +394,8 @@ s1         14     $0.7000  Weather in Paris
         );
         assert_eq!(
             value["sessions"],
-            json!([{"session_id": "s1", "title": "Weather\nin Paris", "calls": 14, "cost_usd": 0.7},
-                   {"session_id": null, "title": "", "calls": 1, "cost_usd": 0.05}])
+            json!([{"session_id": "s1", "title": "Weather\nin Paris", "calls": 14, "cost_usd": 0.7, "deleted": false},
+                   {"session_id": "s-gone", "title": "", "calls": 1, "cost_usd": 0.05, "deleted": true}])
         );
         assert_eq!(
             value["cost"],

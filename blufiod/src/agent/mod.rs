@@ -1190,6 +1190,8 @@ fn report_of(report: storage::UsageReport) -> UsageReport {
             .into_iter()
             .map(|(session_id, title, totals)| SessionUsage {
                 session_id,
+                // A live session's title is never empty (an empty one becomes "new session").
+                deleted: title.is_empty(),
                 title,
                 totals: totals_of(&totals),
             })

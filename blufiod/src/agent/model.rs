@@ -269,6 +269,8 @@ pub struct SessionUsage {
     pub session_id: String,
     /// Its title (empty once deleted).
     pub title: String,
+    /// Whether the session has been deleted since (its ledger rows stay).
+    pub deleted: bool,
     /// Totals.
     pub totals: UsageTotals,
 }

@@ -365,6 +365,7 @@ impl pb::control_server::Control for ControlService {
                 .map(|usage| pb::SessionUsage {
                     session_id: usage.session_id,
                     title: usage.title,
+                    deleted: usage.deleted,
                     cost_usd: dollars(usage.totals.cost_micros),
                     calls: usage.totals.calls,
                 })
