@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use blufio_testkit::bench::quantile_ms;
 use blufio_testkit::{Binaries, Daemon, DaemonOptions, describe, new_dir};
 
-use crate::{root, run};
+use crate::run;
 
 pub fn main(args: &[&str]) -> Result<()> {
     match args {
@@ -55,7 +55,7 @@ fn build_release() -> Result<PathBuf> {
             "blufioctl",
         ]),
     )?;
-    Ok(root().join("target/release"))
+    Ok(crate::target_dir().join("release"))
 }
 
 /// How `bench` starts the release daemon that `build_release` built into `bin`: with `extra`

@@ -58,6 +58,15 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) when set, else
+/// `target/` in the workspace root.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
 /// Runs a command in the workspace root, failing on a non-zero exit.
 pub fn run(command: &mut Command) -> Result<()> {
     let shown = format!("{command:?}");
@@ -148,7 +157,7 @@ fn ci() -> Result<()> {
 
 /// A Python with the test packages installed, in a venv under `target/`.
 fn python_env() -> Result<PathBuf> {
-    let venv = root().join("target/xtask/venv");
+    let venv = target_dir().join("xtask/venv");
     let python = venv.join("bin/python");
     let ready = python.exists()
         && Command::new(&python)
@@ -194,7 +203,7 @@ fn dist() -> Result<()> {
     std::fs::create_dir_all(dist.join("completions"))?;
     for binary in ["blufiod", "blufioctl"] {
         let target = dist.join(binary);
-        std::fs::copy(root().join("target/release").join(binary), &target)?;
+        std::fs::copy(target_dir().join("release").join(binary), &target)?;
         run(Command::new("strip").arg(&target))?;
     }
     let blufioctl = dist.join("blufioctl");
@@ -214,15 +223,21 @@ fn dist() -> Result<()> {
         }
         std::fs::write(dist.join("completions").join(file), output.stdout)?;
     }
-    for file in [
-        "blufiod.service",
-        "blufio.sysusers",
-        "blufio.tmpfiles",
-        "blufiod.example.toml",
+    // Every packaging file, as README's install steps name them.
+    for (file, name) in [
+        ("blufiod.service", "blufiod.service"),
+        ("blufio.sysusers", "blufio.sysusers"),
+        ("blufio.tmpfiles", "blufio.tmpfiles"),
+        ("blufiod.example.toml", "blufiod.example.toml"),
+        ("logrotate/blufiod", "blufiod.logrotate"),
+        ("hooks/postinst.sample", "postinst.sample"),
     ] {
-        std::fs::copy(root().join("packaging").join(file), dist.join(file))?;
+        std::fs::copy(root().join("packaging").join(file), dist.join(name))
+            .with_context(|| format!("cannot copy packaging/{file} to dist/"))?;
     }
-    eprintln!("dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, unit and config files");
+    eprintln!(
+        "dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, the unit, sysusers, tmpfiles, logrotate, the example config and hook"
+    );
     Ok(())
 }
 
