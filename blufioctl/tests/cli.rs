@@ -1920,3 +1920,84 @@ fn singular_and_plural_command_names_are_both_taken() {
         assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
     }
 }
+
+/// The `blufioctl ...` lines of the README's `sh` blocks, split into words the way a shell
+/// would for these simple lines (single and double quotes, a trailing `# comment`).
+fn readme_commands() -> Vec<Vec<String>> {
+    let readme = include_str!("../../README.md");
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    for line in readme.lines() {
+        if let Some(info) = line.strip_prefix("```") {
+            in_sh = !in_sh && info.trim() == "sh";
+            continue;
+        }
+        if !in_sh || !line.starts_with("blufioctl ") {
+            continue;
+        }
+        let mut words = Vec::new();
+        let mut word = String::new();
+        let mut quote = None;
+        let mut pending = false;
+        for c in line.chars() {
+            match (quote, c) {
+                (None, '#') if !pending => break,
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    pending = true;
+                }
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if pending {
+                        words.push(std::mem::take(&mut word));
+                        pending = false;
+                    }
+                }
+                (_, c) => {
+                    word.push(c);
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            words.push(word);
+        }
+        // Placeholders stand for what the reader fills in.
+        for word in &mut words {
+            if word == "<fingerprint>" {
+                *word = "ab".repeat(32);
+            } else if word.starts_with('<') && word.ends_with('>') {
+                *word = "placeholder".to_owned();
+            }
+        }
+        commands.push(words.into_iter().skip(1).collect());
+    }
+    commands
+}
+
+#[test]
+fn every_command_in_the_readme_parses() {
+    let commands = readme_commands();
+    assert!(
+        commands.len() >= 10,
+        "the README's examples were not found: {commands:?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in commands {
+        // No daemon and no gateway listen here: a command that parses ends as unreachable (3),
+        // or succeeds; a usage error is 2.
+        let output = run(blufioctl()
+            .current_dir(dir.path())
+            .args(&args)
+            .arg("--socket")
+            .arg(dir.path().join("none.sock"))
+            .stdin(std::process::Stdio::null()));
+        assert_ne!(
+            output.status.code(),
+            Some(2),
+            "README example {args:?}: {}",
+            stderr(&output)
+        );
+        assert!(output.status.code().is_some(), "README example {args:?} crashed");
+    }
+}
