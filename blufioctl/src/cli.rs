@@ -253,6 +253,34 @@ pub enum SessionsCommand {
         #[command(flatten)]
         output: JsonArgs,
     },
+
+    /// Give a session a new title
+    Rename {
+        /// The session id
+        id: String,
+        /// The new title (1 to 200 characters)
+        title: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Delete the sessions not updated for DAYS days (spend stays in the usage ledger)
+    Prune {
+        /// Age in days of the newest activity a pruned session may have
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+        older_than: u32,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Write a whole session (its latest 2000 messages) to stdout, as Markdown or JSON
+    Export {
+        /// The session id
+        id: String,
+        /// `markdown` (a readable transcript) or `json` (the `sessions show --json` document)
+        #[arg(long, value_name = "FORMAT", default_value = "markdown", value_parser = ["markdown", "json"])]
+        format: String,
+    },
 }
 
 /// `blufioctl device ...`.

@@ -20,9 +20,10 @@ use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
     AddDeviceRequest, DeleteSessionRequest, Device, GetConfigRequest, GetConfigResponse, GetSessionRequest,
     GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
-    ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, ReloadConfigRequest, ReloadConfigResponse,
-    RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse,
-    UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
+    ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest, PruneSessionsResponse,
+    ReloadConfigRequest, ReloadConfigResponse, RenameSessionRequest, RenameSessionResponse, RevokeDeviceRequest,
+    SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, UnsetConfigRequest,
+    ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -184,6 +185,18 @@ impl Client {
         let request = tonic::Request::new(DeleteSessionRequest { id });
         call(&self.socket, self.call_timeout, self.inner.delete_session(request)).await?;
         Ok(())
+    }
+
+    /// `RenameSession`.
+    pub async fn rename_session(&mut self, id: String, title: String) -> Result<RenameSessionResponse, ClientError> {
+        let request = tonic::Request::new(RenameSessionRequest { id, title });
+        call(&self.socket, self.call_timeout, self.inner.rename_session(request)).await
+    }
+
+    /// `PruneSessions`.
+    pub async fn prune_sessions(&mut self, older_than_days: u32) -> Result<PruneSessionsResponse, ClientError> {
+        let request = tonic::Request::new(PruneSessionsRequest { older_than_days });
+        call(&self.socket, self.call_timeout, self.inner.prune_sessions(request)).await
     }
 
     /// `GetUsage` for the last `days` days.

@@ -702,6 +702,20 @@ mod fake {
             Err(Status::unimplemented("not faked"))
         }
 
+        async fn rename_session(
+            &self,
+            _request: Request<blufio_proto::control::v1::RenameSessionRequest>,
+        ) -> Result<Response<blufio_proto::control::v1::RenameSessionResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
+        async fn prune_sessions(
+            &self,
+            _request: Request<blufio_proto::control::v1::PruneSessionsRequest>,
+        ) -> Result<Response<blufio_proto::control::v1::PruneSessionsResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
         async fn set_config(&self, request: Request<SetConfigRequest>) -> Result<Response<SetConfigResponse>, Status> {
             let request = request.into_inner();
             if request.key != "log.level" {

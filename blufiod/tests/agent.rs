@@ -452,3 +452,63 @@ fn usage_shows_a_deleted_sessions_calls_as_deleted() {
     let text = String::from_utf8_lossy(&daemon.ctl(&["usage"]).stdout).into_owned();
     assert!(text.contains(&session) && text.contains("(deleted)"), "{text}");
 }
+
+#[test]
+fn sessions_can_be_renamed_exported_and_pruned() {
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(&fake, "");
+    let old = daemon.ctl_json(&["chat", "an old question"])["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recent = daemon.ctl_json(&["chat", "a recent question"])["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let renamed = daemon.ctl_json(&["sessions", "rename", &recent, "Kept for later"]);
+    assert_eq!(renamed["title"], "Kept for later", "{renamed}");
+    let refused = daemon.ctl(&["sessions", "rename", &recent, "   "]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+
+    let markdown = daemon.ctl(&["sessions", "export", &recent]);
+    let text = String::from_utf8_lossy(&markdown.stdout).into_owned();
+    assert!(text.starts_with("# Kept for later\n"), "{text}");
+    assert!(text.contains("## You") && text.contains("a recent question"), "{text}");
+    assert!(
+        text.contains("## blufio") && text.contains("fake answer to: a recent question"),
+        "{text}"
+    );
+    let json = daemon.ctl(&["sessions", "export", &recent, "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["messages"].as_array().unwrap().len(), 2, "{json}");
+
+    // Make the first session ten days old, as if time had passed, then prune what is older
+    // than a week.
+    let database = daemon.dir.path().join("state/blufio.db");
+    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let aged = Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3,sys,time; db=sqlite3.connect(sys.argv[1], timeout=10); \
+             db.execute('UPDATE sessions SET updated_at=? WHERE id=?', (int(time.time())-10*86400, sys.argv[2])); db.commit()",
+        ])
+        .arg(&database)
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(aged.status.success(), "{}", describe(&aged));
+    let pruned = daemon.ctl_json(&["sessions", "prune", "--older-than", "7"]);
+    assert_eq!(pruned["deleted"], 1, "{pruned}");
+    let listed = daemon.ctl_json(&["sessions", "list"]);
+    let ids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|session| session["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [recent.as_str()], "{listed}");
+    // Its spend stays.
+    let usage = daemon.ctl_json(&["usage"]);
+    assert_eq!(usage["days"][0]["calls"], 2, "{usage}");
+}

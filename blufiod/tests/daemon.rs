@@ -668,6 +668,8 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("ListSessions", "full", false),
     ("GetSession", "full", false),
     ("DeleteSession", "full", false),
+    ("RenameSession", "full", false),
+    ("PruneSessions", "full", false),
     ("SendMessage", "full", true),
     ("GetUsage", "full", false),
     ("AddDevice", "full", false),

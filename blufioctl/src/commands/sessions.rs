@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use blufio_proto::control::v1::{ChatMessage, GetSessionResponse, ListSessionsResponse, Session};
+use blufio_proto::control::v1::{
+    ChatMessage, GetSessionResponse, ListSessionsResponse, RenameSessionResponse, Session,
+};
 use blufio_proto::httpsig::unix_now;
 use serde::Serialize;
 
@@ -29,6 +31,135 @@ pub async fn run(context: &Context<'_>, command: SessionsCommand) -> Result<Outc
             output: args,
         } => show(context, id, limit, args).await,
         SessionsCommand::Delete { id, output: args } => delete(context, id, args).await,
+        SessionsCommand::Rename {
+            id,
+            title,
+            output: args,
+        } => {
+            let renamed = context
+                .connect()
+                .await?
+                .rename_session(id, title)
+                .await
+                .map_err(session_failure)?;
+            context.printer.emit(&SessionsRename(&renamed), args.json)?;
+            Ok(Outcome::Success)
+        }
+        SessionsCommand::Prune {
+            older_than,
+            output: args,
+        } => {
+            let pruned = context.connect().await?.prune_sessions(older_than).await?;
+            let view = SessionsPrune {
+                deleted: pruned.deleted,
+                older_than_days: older_than,
+            };
+            context.printer.emit(&view, args.json)?;
+            Ok(Outcome::Success)
+        }
+        SessionsCommand::Export { id, format } => {
+            let response = context
+                .connect()
+                .await?
+                .get_session(id, EXPORT_MESSAGES)
+                .await
+                .map_err(session_failure)?;
+            if format == "json" {
+                context.printer.json(
+                    &SessionsShow {
+                        response: &response,
+                        now: 0,
+                    }
+                    .json(),
+                )?;
+            } else {
+                context.printer.stdout(&markdown(&response))?;
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+/// Messages `sessions export` asks for: the daemon's largest page.
+const EXPORT_MESSAGES: u32 = 2000;
+
+/// A session as a Markdown transcript: a title, then each message under who wrote it.
+fn markdown(response: &GetSessionResponse) -> String {
+    let mut text = String::new();
+    if let Some(session) = &response.session {
+        let _ = writeln!(text, "# {}\n", one_line(&session.title));
+        let _ = writeln!(
+            text,
+            "Session `{}`, started {} (UTC).\n",
+            session.id,
+            format_utc(session.created_at)
+        );
+    }
+    for message in &response.messages {
+        let who = match message.role.as_str() {
+            "user" => "You".to_owned(),
+            "assistant" => "blufio".to_owned(),
+            other => format!("{other} results"),
+        };
+        let _ = writeln!(text, "## {who} · {}\n", format_utc(message.created_at));
+        if !message.text.is_empty() {
+            let _ = writeln!(text, "{}\n", message.text.trim_end());
+        }
+        for call in &message.tool_calls {
+            let _ = writeln!(
+                text,
+                "Tool call `{}`: `{}`\n",
+                call.name,
+                compact_json(&call.input_json)
+            );
+        }
+    }
+    text
+}
+
+/// The daemon's answer to `sessions rename`.
+pub struct SessionsRename<'a>(pub &'a RenameSessionResponse);
+
+impl Render for SessionsRename<'_> {
+    /// `sessions rename --json`: the session, as `sessions list` shows each.
+    fn json(&self) -> impl Serialize {
+        self.0.session.as_ref().map(SessionJson::from)
+    }
+
+    fn human(&self, style: Style) -> Human {
+        let mut human = Human::default();
+        if let Some(session) = &self.0.session {
+            let _ = writeln!(
+                human.stdout,
+                "session {} is now {}",
+                session.id,
+                style.paint(Paint::Bold, &one_line(&session.title))
+            );
+        }
+        human
+    }
+}
+
+/// What `sessions prune` did.
+pub struct SessionsPrune {
+    pub deleted: u64,
+    pub older_than_days: u32,
+}
+
+impl Render for SessionsPrune {
+    /// `sessions prune --json`: `{"deleted": N, "older_than_days": D}`.
+    fn json(&self) -> impl Serialize {
+        serde_json::json!({"deleted": self.deleted, "older_than_days": self.older_than_days})
+    }
+
+    fn human(&self, _style: Style) -> Human {
+        Human {
+            stdout: format!(
+                "deleted {} session(s) not updated for {} day(s); their spend stays in `blufioctl usage`\n",
+                self.deleted, self.older_than_days
+            ),
+            ..Human::default()
+        }
     }
 }
 

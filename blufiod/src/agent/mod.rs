@@ -50,6 +50,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 const MAX_EARLIER_MESSAGES: usize = HISTORY_MESSAGES as usize;
 /// Events buffered per streaming caller; a slow reader slows its own turn, nothing else.
 const TURN_EVENT_BUFFER: usize = 64;
+/// Longest session title, in characters.
+const MAX_TITLE_CHARS: usize = 200;
 /// Messages read back per turn before trimming to the token budget.
 const HISTORY_MESSAGES: u32 = 1_000;
 /// Characters of a tool result echoed in `ToolActivity.summary`.
@@ -466,6 +468,31 @@ impl Agent {
         } else {
             Err(AgentError::SessionNotFound { id: id.to_owned() })
         }
+    }
+
+    /// Gives a session a new title (trimmed, at most 200 characters).
+    pub async fn rename_session(&self, id: &str, title: &str) -> Result<Session, AgentError> {
+        let title = title.trim();
+        if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
+            return Err(AgentError::InvalidMessage {
+                reason: format!("a session title is 1 to {MAX_TITLE_CHARS} characters"),
+            });
+        }
+        if !self.storage.rename_session(id, title).await? {
+            return Err(AgentError::SessionNotFound { id: id.to_owned() });
+        }
+        session_of(self.session(id).await?)
+    }
+
+    /// Deletes the sessions not updated for `days` days (none with a turn in flight); their
+    /// spend stays in the ledger. Returns how many went.
+    pub async fn prune_sessions(&self, days: u32) -> Result<u64, AgentError> {
+        let before = crate::util::unix_now() - i64::from(days) * 86_400;
+        let pruned = self.storage.prune_sessions(before).await?;
+        if pruned > 0 {
+            tracing::info!(sessions = pruned, days, "old sessions pruned");
+        }
+        Ok(pruned)
     }
 
     /// Usage since `days` days ago (UTC) and the budget now.

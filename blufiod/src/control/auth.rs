@@ -26,6 +26,8 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("ListSessions", Access::Full),
     ("GetSession", Access::Full),
     ("DeleteSession", Access::Full),
+    ("RenameSession", Access::Full),
+    ("PruneSessions", Access::Full),
     ("SendMessage", Access::Full),
     ("GetUsage", Access::Full),
     ("AddDevice", Access::Full),

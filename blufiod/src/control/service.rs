@@ -303,6 +303,43 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::DeleteSessionResponse {}))
     }
 
+    async fn rename_session(
+        &self,
+        request: Request<pb::RenameSessionRequest>,
+    ) -> Result<Response<pb::RenameSessionResponse>, Status> {
+        self.authorize(&request, "RenameSession")?;
+        let pb::RenameSessionRequest { id, title } = request.into_inner();
+        let session = self
+            .deps
+            .agent
+            .rename_session(&id, &title)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        Ok(Response::new(pb::RenameSessionResponse {
+            session: Some(session_to_proto(session)),
+        }))
+    }
+
+    async fn prune_sessions(
+        &self,
+        request: Request<pb::PruneSessionsRequest>,
+    ) -> Result<Response<pb::PruneSessionsResponse>, Status> {
+        self.authorize(&request, "PruneSessions")?;
+        let days = request.into_inner().older_than_days;
+        if days == 0 {
+            return Err(Status::invalid_argument(
+                "older_than_days must be at least 1; `sessions delete ID` deletes one session",
+            ));
+        }
+        let deleted = self
+            .deps
+            .agent
+            .prune_sessions(days)
+            .await
+            .map_err(|error| agent_error_to_status(&error))?;
+        Ok(Response::new(pb::PruneSessionsResponse { deleted }))
+    }
+
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,

@@ -263,6 +263,30 @@ impl Storage {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Sets a session's title; `false` when there is no such session.
+    pub async fn rename_session(&self, id: &str, title: &str) -> Result<bool, StorageError> {
+        let pools = self.pools.read().await;
+        let done = sqlx::query("UPDATE sessions SET title = ? WHERE id = ?")
+            .bind(title)
+            .bind(id)
+            .execute(&pools.writer)
+            .await
+            .map_err(query_error("rename a session"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes the sessions last updated before `before` (unix seconds) that have no turn
+    /// running, with their messages; their ledger rows stay. Returns how many went.
+    pub async fn prune_sessions(&self, before: i64) -> Result<u64, StorageError> {
+        let pools = self.pools.read().await;
+        let done = sqlx::query("DELETE FROM sessions WHERE updated_at < ? AND state != 'running'")
+            .bind(before)
+            .execute(&pools.writer)
+            .await
+            .map_err(query_error("prune old sessions"))?;
+        Ok(done.rows_affected())
+    }
+
     /// Stores the inbound message of a new turn, the turn itself (running) and marks the
     /// session running, in one transaction: once this returns the message is durable.
     /// `earlier` is a conversation the caller brought, oldest first (usually none): it is stored
