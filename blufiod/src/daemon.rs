@@ -348,6 +348,17 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         "memory",
         crate::memory::watch(live.handle(), events.clone(), token.child_token()),
     );
+    let retention_changed = Arc::new(tokio::sync::Notify::new());
+    let notify = retention_changed.clone();
+    live.on_change("session-retention", move |old, new| {
+        if old.config.agent.session_retention_days != new.config.agent.session_retention_days {
+            notify.notify_one();
+        }
+    });
+    subsystems.spawn(
+        "retention",
+        agent.clone().keep_retention(retention_changed, token.child_token()),
+    );
     // One device registry: the control plane changes it, the gateway reads it.
     let devices = Devices::new(storage.clone());
     subsystems.spawn(

@@ -16,6 +16,11 @@ use support::{Daemon, DaemonOptions, describe};
 const OBSERVED: &[(&str, &str, &str)] = &[
     ("agent.context_tokens", HERE, "agent_keys_apply_to_the_next_turn"),
     ("agent.max_tool_iterations", HERE, "agent_keys_apply_to_the_next_turn"),
+    (
+        "agent.session_retention_days",
+        HERE,
+        "session_retention_applies_at_once",
+    ),
     ("agent.system_prompt", HERE, "agent_keys_apply_to_the_next_turn"),
     ("agent.system_prompt_file", HERE, "agent_keys_apply_to_the_next_turn"),
     ("budget.daily_usd", HERE, "budget_and_log_keys_apply_at_once"),
@@ -411,6 +416,43 @@ fn memory_keys_relieve_pressure_at_once() {
         let shown = describe(&back);
         assert_eq!(back.status.code(), Some(1), "{shown}");
         assert!(shown.contains("MiB blufiod uses now"), "{shown}");
+    }
+}
+
+#[test]
+fn session_retention_applies_at_once() {
+    let fake = FakeProvider::start();
+    let daemon = with_fake(&fake, "");
+    let old = chat(&daemon, "old news")["session_id"].as_str().unwrap().to_owned();
+    let recent = chat(&daemon, "fresh news")["session_id"].as_str().unwrap().to_owned();
+    // Ten days old, as if time had passed.
+    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let aged = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3,sys,time; db=sqlite3.connect(sys.argv[1], timeout=10); \
+             db.execute('UPDATE sessions SET updated_at=? WHERE id=?', (int(time.time())-10*86400, sys.argv[2])); db.commit()",
+        ])
+        .arg(daemon.dir.path().join("state/blufio.db"))
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(aged.status.success(), "{}", describe(&aged));
+    set(&daemon, "agent.session_retention_days", "7");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = daemon.ctl_json(&["sessions", "list"]);
+        let ids: Vec<String> = listed["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|session| session["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids == [recent.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old session was not pruned: {listed}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

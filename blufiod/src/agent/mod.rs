@@ -495,6 +495,29 @@ impl Agent {
         Ok(pruned)
     }
 
+    /// Applies `agent.session_retention_days` until `token` is cancelled: at once, every hour,
+    /// and whenever `changed` is notified (the key changed).
+    pub async fn keep_retention(
+        self: Arc<Self>,
+        changed: Arc<tokio::sync::Notify>,
+        token: CancellationToken,
+    ) -> Result<(), std::convert::Infallible> {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+        loop {
+            let days = self.config.get().config.agent.session_retention_days;
+            if days > 0
+                && let Err(error) = self.prune_sessions(days).await
+            {
+                tracing::warn!(error = %crate::error_chain(&error), "cannot prune old sessions; retrying later");
+            }
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                () = tokio::time::sleep(EVERY) => {}
+                () = changed.notified() => {}
+            }
+        }
+    }
+
     /// Usage since `days` days ago (UTC) and the budget now.
     pub async fn usage(&self, days: u32) -> Result<(UsageReport, BudgetSnapshot), AgentError> {
         let now = time::OffsetDateTime::now_utc();

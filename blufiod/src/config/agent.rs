@@ -206,6 +206,9 @@ pub struct AgentConfig {
     pub max_queued_turns: u32,
     /// Sessions whose state is kept in memory; the least recently used are evicted.
     pub max_cached_sessions: u32,
+    /// Sessions not updated for this many days are deleted (their spend stays in the ledger);
+    /// 0 keeps them for ever.
+    pub session_retention_days: u32,
 }
 
 impl Default for AgentConfig {
@@ -218,6 +221,7 @@ impl Default for AgentConfig {
             max_concurrent_turns: DEFAULT_MAX_CONCURRENT_TURNS,
             max_queued_turns: DEFAULT_MAX_QUEUED_TURNS,
             max_cached_sessions: DEFAULT_MAX_CACHED_SESSIONS,
+            session_retention_days: 0,
         }
     }
 }

@@ -48,6 +48,7 @@ pub const KEYS: &[KeySpec] = &[
     restart("agent.max_concurrent_turns"),
     restart("agent.max_queued_turns"),
     live("agent.max_tool_iterations"),
+    live("agent.session_retention_days"),
     live("agent.system_prompt"),
     live("agent.system_prompt_file"),
     live("budget.daily_usd"),

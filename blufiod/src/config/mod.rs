@@ -439,6 +439,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
     ("agent.max_concurrent_turns", 1, 1_024),
     ("agent.max_queued_turns", 0, 100_000),
     ("agent.max_tool_iterations", 1, 1_000),
+    ("agent.session_retention_days", 0, 36_500),
     ("daemon.shutdown_timeout_secs", 1, 3_600),
     ("gateway.idle_timeout_secs", 1, 86_400),
     ("gateway.max_body_bytes", 1, 64 * 1024 * 1024),
@@ -469,10 +470,14 @@ pub const RANGES: &[(&str, u64, u64)] = &[
 
 impl Config {
     /// Every integer key with its value, for the range checks.
-    fn numeric_values(&self) -> [(&'static str, u64); 30] {
+    fn numeric_values(&self) -> [(&'static str, u64); 31] {
         [
             ("agent.context_tokens", u64::from(self.agent.context_tokens)),
             ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
+            (
+                "agent.session_retention_days",
+                u64::from(self.agent.session_retention_days),
+            ),
             ("agent.max_concurrent_turns", u64::from(self.agent.max_concurrent_turns)),
             ("agent.max_queued_turns", u64::from(self.agent.max_queued_turns)),
             ("agent.max_tool_iterations", u64::from(self.agent.max_tool_iterations)),
