@@ -315,6 +315,24 @@ pub enum DeviceCommand {
         #[command(flatten)]
         output: JsonArgs,
     },
+
+    /// Rename an active device
+    Rename {
+        /// The device's name
+        name: String,
+        /// Its new name
+        new_name: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// Delete the revoked entries of NAME from the list (revoke an active device first)
+    Remove {
+        /// The revoked devices' name
+        name: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
 }
 
 /// `blufioctl remote ...`.

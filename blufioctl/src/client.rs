@@ -21,9 +21,9 @@ use blufio_proto::control::v1::{
     AddDeviceRequest, DeleteSessionRequest, Device, GetConfigRequest, GetConfigResponse, GetSessionRequest,
     GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
     ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest, PruneSessionsResponse,
-    ReloadConfigRequest, ReloadConfigResponse, RenameSessionRequest, RenameSessionResponse, RevokeDeviceRequest,
-    SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, UnsetConfigRequest,
-    ValidateConfigRequest, ValidateConfigResponse,
+    ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest,
+    RenameSessionResponse, RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest,
+    SetConfigResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -224,6 +224,20 @@ impl Client {
         let request = tonic::Request::new(RevokeDeviceRequest { name });
         let response = call(&self.socket, self.call_timeout, self.inner.revoke_device(request)).await?;
         response.device.ok_or_else(missing_device)
+    }
+
+    /// `RenameDevice`; the device as it now is.
+    pub async fn rename_device(&mut self, name: String, new_name: String) -> Result<Device, ClientError> {
+        let request = tonic::Request::new(RenameDeviceRequest { name, new_name });
+        let response = call(&self.socket, self.call_timeout, self.inner.rename_device(request)).await?;
+        response.device.ok_or_else(missing_device)
+    }
+
+    /// `RemoveDevice`; how many revoked entries went.
+    pub async fn remove_device(&mut self, name: String) -> Result<u64, ClientError> {
+        let request = tonic::Request::new(RemoveDeviceRequest { name });
+        let response = call(&self.socket, self.call_timeout, self.inner.remove_device(request)).await?;
+        Ok(response.removed)
     }
 
     /// `SendMessage`: starts a turn and returns its event stream. An empty `session_id` asks the

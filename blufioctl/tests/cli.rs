@@ -709,6 +709,20 @@ mod fake {
             Err(Status::unimplemented("not faked"))
         }
 
+        async fn rename_device(
+            &self,
+            _request: Request<blufio_proto::control::v1::RenameDeviceRequest>,
+        ) -> Result<Response<blufio_proto::control::v1::RenameDeviceResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
+        async fn remove_device(
+            &self,
+            _request: Request<blufio_proto::control::v1::RemoveDeviceRequest>,
+        ) -> Result<Response<blufio_proto::control::v1::RemoveDeviceResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
         async fn prune_sessions(
             &self,
             _request: Request<blufio_proto::control::v1::PruneSessionsRequest>,

@@ -36,10 +36,21 @@ pub enum DeviceError {
         /// What is wrong.
         reason: String,
     },
-    /// The name or key is already registered.
-    #[error("a device named {name:?} or with this key is already registered; revoke it first or pick another name")]
+    /// An active device already has the name.
+    #[error("an active device is already named {name:?}; pick another name, or revoke that device first")]
     Duplicate {
-        /// The name given.
+        /// The name.
+        name: String,
+    },
+    /// An active device already has the key.
+    #[error("this key is already registered as an active device; `blufioctl device list` shows which")]
+    DuplicateKey,
+    /// `remove` found no revoked entry.
+    #[error(
+        "no revoked device named {name:?}; revoke an active one first (`blufioctl device revoke NAME`), then remove it"
+    )]
+    NothingRevoked {
+        /// The name.
         name: String,
     },
     /// No active device has the name.
@@ -94,10 +105,7 @@ impl Devices {
         self.storage
             .add_device(&fingerprint, name, key.as_bytes(), &fingerprint)
             .await
-            .map_err(|error| match error {
-                StorageError::Duplicate { .. } => DeviceError::Duplicate { name: name.to_owned() },
-                other => DeviceError::Storage(other),
-            })
+            .map_err(|error| duplicate(error, name))
     }
 
     /// Every device, active first.
@@ -112,6 +120,30 @@ impl Devices {
             .await
             .map_err(DeviceError::Storage)?
             .ok_or_else(|| DeviceError::NotFound { name: name.to_owned() })
+    }
+
+    /// Renames the active device `name`.
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<DeviceRecord, DeviceError> {
+        check_name(new_name)?;
+        self.storage
+            .rename_device(name, new_name)
+            .await
+            .map_err(|error| duplicate(error, new_name))?
+            .ok_or_else(|| DeviceError::NotFound { name: name.to_owned() })
+    }
+
+    /// Removes the revoked entries named `name` from the list; an active device must be revoked
+    /// first.
+    pub async fn remove(&self, name: &str) -> Result<u64, DeviceError> {
+        match self
+            .storage
+            .remove_revoked_devices(name)
+            .await
+            .map_err(DeviceError::Storage)?
+        {
+            0 => Err(DeviceError::NothingRevoked { name: name.to_owned() }),
+            removed => Ok(removed),
+        }
     }
 
     /// Active devices.
@@ -150,6 +182,15 @@ impl Devices {
         if let Err(error) = self.storage.touch_device(keyid).await {
             tracing::warn!(error = %crate::error_chain(&error), "cannot record a device's use");
         }
+    }
+}
+
+/// Which unique value a failed insert or rename duplicated.
+fn duplicate(error: StorageError, name: &str) -> DeviceError {
+    match error.duplicate_column() {
+        Some("keyid") => DeviceError::DuplicateKey,
+        Some(_) => DeviceError::Duplicate { name: name.to_owned() },
+        None => DeviceError::Storage(error),
     }
 }
 

@@ -675,6 +675,8 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("AddDevice", "full", false),
     ("ListDevices", "full", false),
     ("RevokeDevice", "full", false),
+    ("RenameDevice", "full", false),
+    ("RemoveDevice", "full", false),
 ];
 
 #[test]

@@ -379,3 +379,33 @@ fn a_missing_config_file_names_what_named_it() {
         assert!(!stderr.contains("packaging/"), "no repository path: {stderr}");
     }
 }
+
+#[test]
+fn devices_can_be_renamed_and_revoked_entries_removed_with_precise_errors() {
+    let daemon = support::Daemon::start();
+    let key = daemon.dir.path().join("laptop.pem");
+    daemon.ctl_json(&["device", "add", "laptop", "--key-out", key.to_str().unwrap()]);
+    // The same name again names the name, not "name or key".
+    let other = daemon.dir.path().join("other.pem");
+    let again = daemon.ctl(&["device", "add", "laptop", "--key-out", other.to_str().unwrap()]);
+    let shown = support::describe(&again);
+    assert!(
+        shown.contains("an active device is already named \"laptop\""),
+        "{shown}"
+    );
+
+    let renamed = daemon.ctl_json(&["device", "rename", "laptop", "work-laptop"]);
+    assert_eq!(renamed["device"]["name"], "work-laptop", "{renamed}");
+    let missing = daemon.ctl(&["device", "rename", "laptop", "x"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", support::describe(&missing));
+
+    // Removing needs a revoked entry; after revoke, the entry goes from the list.
+    let active = daemon.ctl(&["device", "remove", "work-laptop"]);
+    let shown = support::describe(&active);
+    assert!(shown.contains("no revoked device named \"work-laptop\""), "{shown}");
+    daemon.ctl_json(&["device", "revoke", "work-laptop"]);
+    let removed = daemon.ctl_json(&["device", "remove", "work-laptop"]);
+    assert_eq!(removed["removed"], 1, "{removed}");
+    let list = daemon.ctl_json(&["device", "list"]);
+    assert_eq!(list["devices"].as_array().unwrap().len(), 0, "{list}");
+}

@@ -26,6 +26,32 @@ pub async fn run(context: &Context<'_>, command: DeviceCommand) -> Result<Outcom
         } => add(context, name, key_out, public_key, args).await,
         DeviceCommand::List(args) => list(context, args).await,
         DeviceCommand::Revoke { name, output: args } => revoke(context, name, args).await,
+        DeviceCommand::Rename {
+            name,
+            new_name,
+            output: args,
+        } => {
+            let device = context
+                .connect()
+                .await?
+                .rename_device(name, new_name)
+                .await
+                .map_err(device_failure)?;
+            context.printer.emit(&DeviceRename(&device), args.json)?;
+            Ok(Outcome::Success)
+        }
+        DeviceCommand::Remove { name, output: args } => {
+            let removed = context
+                .connect()
+                .await?
+                .remove_device(name.clone())
+                .await
+                .map_err(device_failure)?;
+            context
+                .printer
+                .emit(&DeviceRemove { name: &name, removed }, args.json)?;
+            Ok(Outcome::Success)
+        }
     }
 }
 
@@ -229,6 +255,50 @@ async fn revoke(context: &Context<'_>, name: String, args: JsonArgs) -> Result<O
         .map_err(device_failure)?;
     context.printer.emit(&DeviceRevoke(&device), args.json)?;
     Ok(Outcome::Success)
+}
+
+/// The daemon's answer to `device rename`.
+pub struct DeviceRename<'a>(pub &'a Device);
+
+impl Render for DeviceRename<'_> {
+    /// `device rename --json`: `{"device": ...}`, as `device revoke --json`.
+    fn json(&self) -> impl Serialize {
+        DeviceRevokeJson {
+            device: DeviceJson::from(self.0),
+        }
+    }
+
+    fn human(&self, style: Style) -> Human {
+        Human {
+            stdout: format!(
+                "device {} is now named {}\n",
+                self.0.keyid,
+                style.paint(Paint::Bold, &self.0.name)
+            ),
+            ..Human::default()
+        }
+    }
+}
+
+/// What `device remove` did.
+pub struct DeviceRemove<'a> {
+    pub name: &'a str,
+    pub removed: u64,
+}
+
+impl Render for DeviceRemove<'_> {
+    /// `device remove --json`: `{"name": NAME, "removed": N}`.
+    fn json(&self) -> impl Serialize {
+        serde_json::json!({"name": self.name, "removed": self.removed})
+    }
+
+    fn human(&self, _style: Style) -> Human {
+        let entries = if self.removed == 1 { "entry" } else { "entries" };
+        Human {
+            stdout: format!("removed {} revoked {entries} named {}\n", self.removed, self.name),
+            ..Human::default()
+        }
+    }
 }
 
 /// The `blufioctl remote` command that uses a new device key: the gateway's address and pin

@@ -33,6 +33,8 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("AddDevice", Access::Full),
     ("ListDevices", Access::Full),
     ("RevokeDevice", Access::Full),
+    ("RenameDevice", Access::Full),
+    ("RemoveDevice", Access::Full),
 ];
 
 /// The access `method` needs.

@@ -476,6 +476,40 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn rename_device(
+        &self,
+        request: Request<pb::RenameDeviceRequest>,
+    ) -> Result<Response<pb::RenameDeviceResponse>, Status> {
+        self.authorize(&request, "RenameDevice")?;
+        let pb::RenameDeviceRequest { name, new_name } = request.into_inner();
+        let device = self
+            .deps
+            .devices
+            .rename(&name, &new_name)
+            .await
+            .map_err(|error| device_error_to_status(&error))?;
+        tracing::info!(from = %name, to = %device.name, "device renamed");
+        Ok(Response::new(pb::RenameDeviceResponse {
+            device: Some(device_to_proto(device)),
+        }))
+    }
+
+    async fn remove_device(
+        &self,
+        request: Request<pb::RemoveDeviceRequest>,
+    ) -> Result<Response<pb::RemoveDeviceResponse>, Status> {
+        self.authorize(&request, "RemoveDevice")?;
+        let name = request.into_inner().name;
+        let removed = self
+            .deps
+            .devices
+            .remove(&name)
+            .await
+            .map_err(|error| device_error_to_status(&error))?;
+        tracing::info!(%name, removed, "revoked device entries removed");
+        Ok(Response::new(pb::RemoveDeviceResponse { removed }))
+    }
+
     async fn reload_config(
         &self,
         request: Request<pb::ReloadConfigRequest>,
@@ -683,7 +717,8 @@ fn device_error_to_status(error: &DeviceError) -> Status {
     let message = error_chain(error);
     match error {
         DeviceError::InvalidName { .. } | DeviceError::InvalidKey { .. } => Status::invalid_argument(message),
-        DeviceError::Duplicate { .. } => Status::already_exists(message),
+        DeviceError::Duplicate { .. } | DeviceError::DuplicateKey => Status::already_exists(message),
+        DeviceError::NothingRevoked { .. } => Status::failed_precondition(message),
         DeviceError::NotFound { .. } => Status::not_found(message),
         DeviceError::Storage(_) => Status::internal(message),
     }

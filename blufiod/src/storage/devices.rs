@@ -136,6 +136,34 @@ impl Storage {
         Ok(row.map(DeviceRecord::from))
     }
 
+    /// Renames the active device `name`; returns it, or `None` when there is none. A
+    /// `new_name` already active is [`StorageError::Duplicate`].
+    pub async fn rename_device(&self, name: &str, new_name: &str) -> Result<Option<DeviceRecord>, StorageError> {
+        let pools = self.pools.read().await;
+        let row: Option<DeviceRow> = sqlx::query_as(
+            "UPDATE devices SET name = ? WHERE name = ? AND revoked_at IS NULL \
+             RETURNING keyid, name, public_key, fingerprint, added_at, last_used_at, revoked_at",
+        )
+        .bind(new_name)
+        .bind(name)
+        .fetch_optional(&pools.writer)
+        .await
+        .map_err(query_error("rename a device"))?;
+        Ok(row.map(DeviceRecord::from))
+    }
+
+    /// Deletes the revoked rows named `name` (an active device is never removed: revoke it
+    /// first); returns how many went.
+    pub async fn remove_revoked_devices(&self, name: &str) -> Result<u64, StorageError> {
+        let pools = self.pools.read().await;
+        let done = sqlx::query("DELETE FROM devices WHERE name = ? AND revoked_at IS NOT NULL")
+            .bind(name)
+            .execute(&pools.writer)
+            .await
+            .map_err(query_error("remove revoked devices"))?;
+        Ok(done.rows_affected())
+    }
+
     /// Records that `keyid` signed a verified request (at most once a minute per device).
     pub async fn touch_device(&self, keyid: &str) -> Result<(), StorageError> {
         let pools = self.pools.read().await;

@@ -97,6 +97,18 @@ pub enum StorageErrorKind {
 }
 
 impl StorageError {
+    /// For a [`StorageError::Duplicate`], the column whose value already exists (`"name"`,
+    /// `"keyid"`), when the database says.
+    pub fn duplicate_column(&self) -> Option<&'static str> {
+        let Self::Duplicate { source, .. } = self else {
+            return None;
+        };
+        let message = source.as_database_error()?.message().to_owned();
+        ["keyid", "name"]
+            .into_iter()
+            .find(|column| message.contains(&format!(".{column}")))
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> StorageErrorKind {
         let source = match self {
