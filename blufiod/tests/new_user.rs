@@ -409,3 +409,37 @@ fn devices_can_be_renamed_and_revoked_entries_removed_with_precise_errors() {
     let list = daemon.ctl_json(&["device", "list"]);
     assert_eq!(list["devices"].as_array().unwrap().len(), 0, "{list}");
 }
+
+#[test]
+fn one_models_price_is_set_and_unset_by_its_own_key() {
+    let daemon = support::Daemon::start();
+    // A new model needs both prices; one field of a priced model can then change alone.
+    let half = daemon.ctl(&["config", "set", "pricing.\"local-3.1\".input", "0.5"]);
+    assert!(
+        support::describe(&half).contains("missing field `output`"),
+        "{}",
+        support::describe(&half)
+    );
+    daemon.ctl_json(&[
+        "config",
+        "set",
+        "pricing.\"local-3.1\"",
+        "{ input = 0.5, output = 1.0 }",
+    ]);
+    daemon.ctl_json(&["config", "set", "pricing.\"local-3.1\".output", "1.5"]);
+    daemon.ctl_json(&["config", "set", "pricing.other-model", "{ input = 2.0, output = 4.0 }"]);
+    let pricing = daemon.ctl_json(&["config", "get", "pricing"]);
+    let value = &pricing["entries"][0]["value"];
+    assert_eq!(value["local-3.1"]["input"], 0.5, "{pricing}");
+    assert_eq!(value["local-3.1"]["output"], 1.5, "{pricing}");
+    assert_eq!(
+        value["other-model"]["output"], 4.0,
+        "the second model did not replace the first: {pricing}"
+    );
+    daemon.ctl_json(&["config", "unset", "pricing.other-model"]);
+    let pricing = daemon.ctl_json(&["config", "get", "pricing"]);
+    assert!(pricing["entries"][0]["value"]["other-model"].is_null(), "{pricing}");
+    assert!(pricing["entries"][0]["value"]["local-3.1"].is_object(), "{pricing}");
+    let unknown = daemon.ctl(&["config", "set", "pricing.x.price", "1"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", support::describe(&unknown));
+}

@@ -7,7 +7,7 @@ use figment::providers::{Data, Toml};
 use figment::value::{Dict, Map};
 use figment::{Metadata, Profile, Provider};
 
-use super::{ConfigError, ENV_PREFIX, key_spec, load_from};
+use super::{ConfigError, ENV_PREFIX, load_from};
 
 /// A TOML provider whose text was read by the caller, attributed to a file path so that errors
 /// and `source_of` name the file.
@@ -232,9 +232,9 @@ impl Edit {
 
 /// The edit that sets `key` to `raw_value`, checked like [`set_key_in_file`], without writing it.
 pub fn prepare_set(path: &Path, current: Option<&str>, key: &str, raw_value: &str) -> Result<Edit, ConfigWriteError> {
-    if key_spec(key).is_none() {
+    let Some((_, segments)) = super::keys::key_path(key) else {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
-    }
+    };
     let document = parse_document(path, current)?;
     // The value as TOML first (`30`, `true`, `["a"]`), then as a plain string: a key that takes a
     // string gets one even when the text happens to read as another TOML type (`2023-06-01` is a
@@ -249,7 +249,7 @@ pub fn prepare_set(path: &Path, current: Option<&str>, key: &str, raw_value: &st
     let mut first_error = None;
     let mut accepted = None;
     for value in candidates {
-        let new_text = with_value(&document, path, key, value)?;
+        let new_text = with_value(&document, path, &segments, value)?;
         match load_from(Some(&new_text), Some(path), true) {
             Ok(loaded) => {
                 accepted = Some((new_text, loaded));
@@ -285,11 +285,10 @@ pub fn unset_key_in_file(path: &Path, current: Option<&str>, key: &str) -> Resul
 
 /// The edit that removes `key`, checked like [`unset_key_in_file`], without writing it.
 pub fn prepare_unset(path: &Path, current: Option<&str>, key: &str) -> Result<Edit, ConfigWriteError> {
-    if key_spec(key).is_none() {
+    let Some((_, segments)) = super::keys::key_path(key) else {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
-    }
+    };
     let mut document = parse_document(path, current)?;
-    let segments: Vec<&str> = key.split('.').collect();
     let (last, parents) = segments.split_last().expect("keys are never empty");
     let mut table = Some(document.as_table_mut() as &mut dyn toml_edit::TableLike);
     for segment in parents {
@@ -351,11 +350,10 @@ fn parse_document(path: &Path, current: Option<&str>) -> Result<toml_edit::Docum
 fn with_value(
     document: &toml_edit::DocumentMut,
     path: &Path,
-    key: &str,
+    segments: &[String],
     value: toml_edit::Value,
 ) -> Result<String, ConfigWriteError> {
     let mut document = document.clone();
-    let segments: Vec<&str> = key.split('.').collect();
     let (last, parents) = segments.split_last().expect("keys are never empty");
     let mut table = document.as_table_mut();
     for segment in parents {

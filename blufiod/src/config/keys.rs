@@ -118,6 +118,28 @@ pub fn key_spec(key: &str) -> Option<&'static KeySpec> {
     KEYS.iter().find(|spec| spec.key == key)
 }
 
+/// The registry entry a dotted key belongs to and its path of table names: a registered key, or
+/// one model's prices under `pricing` (`pricing."gpt-4.1"` or `pricing."gpt-4.1".input`, TOML
+/// quoting for names with dots). `None` when the key is none of these.
+pub fn key_path(key: &str) -> Option<(&'static KeySpec, Vec<String>)> {
+    if let Some(spec) = key_spec(key) {
+        return Some((spec, key.split('.').map(str::to_owned).collect()));
+    }
+    const PRICE_FIELDS: [&str; 4] = ["input", "output", "cache_write", "cache_read"];
+    let segments: Vec<String> = toml_edit::Key::parse(key)
+        .ok()?
+        .iter()
+        .map(|segment| segment.get().to_owned())
+        .collect();
+    let model_price = segments.first().is_some_and(|first| first == "pricing")
+        && match segments.len() {
+            2 => true,
+            3 => PRICE_FIELDS.contains(&segments[2].as_str()),
+            _ => false,
+        };
+    model_price.then(|| (key_spec("pricing").expect("pricing is registered"), segments))
+}
+
 /// What to tell someone who asked for `key`, which is not a key: the keys of a section they
 /// named, or the nearest key when they mistyped one, else how to list them all.
 pub fn suggest(key: &str) -> String {

@@ -210,6 +210,8 @@ impl LiveConfig {
             reason,
         })?;
         let loaded = edit.write(&self.source.path)?;
+        // One model's prices (`pricing."m".input`) belong to the registry's `pricing` entry.
+        let key = super::keys::key_path(key).map_or(key, |(spec, _)| spec.key);
         let overridden_by_env = (loaded.source_of(key) == ValueSource::Env)
             .then(|| format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase()));
         let change = self.install(loaded);
@@ -217,7 +219,7 @@ impl LiveConfig {
         let (entry, pending) = self
             .entries(Some(key))
             .and_then(|mut entries| entries.pop())
-            .expect("set_key_in_file accepts only known keys");
+            .expect("an edit is prepared only for known keys");
         Ok(SetOutcome {
             applied_live: !pending && overridden_by_env.is_none(),
             entry,

@@ -23,7 +23,7 @@ pub use agent::{
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
 pub use keys::{
-    ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_spec, mask_url_credentials, suggest as keys_suggest,
+    ConfigEntry, KeySpec, ValueSource, changed_keys, entries, mask_url_credentials, suggest as keys_suggest,
 };
 pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 
