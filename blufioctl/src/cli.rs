@@ -347,7 +347,8 @@ pub struct RemoteArgs {
     pub key: PathBuf,
 
     /// Trust the gateway only if the SHA-256 fingerprint of its certificate is this (hex pairs,
-    /// as `blufioctl status` shows); without it the system's certificate authorities decide
+    /// as `blufioctl status` shows, or `SHA256:base64` like device fingerprints); without it the
+    /// system's certificate authorities decide
     #[arg(long, env = REMOTE_PIN_ENV, value_name = "SHA256")]
     pub pin: Option<Pin>,
 

@@ -50,6 +50,14 @@ impl FromStr for Pin {
 
     fn from_str(text: &str) -> Result<Pin, ParsePinError> {
         let text = text.trim();
+        // The `SHA256:base64` form device fingerprints use (OpenSSH's), for the same digest.
+        if let Some(encoded) = text.strip_prefix("SHA256:") {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .map_err(|_| ParsePinError)?;
+            return bytes.try_into().map(Pin).map_err(|_| ParsePinError);
+        }
         let pairs: Vec<&str> = if text.contains(':') {
             text.split(':').collect()
         } else if text.len() == 64 && text.is_ascii() {
@@ -196,6 +204,15 @@ mod tests {
             Ok(pin),
             "surrounding blanks are ignored"
         );
+        // The fingerprint form of device keys, for the same digest.
+        use base64::Engine as _;
+        let sha256 = format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(pin.0)
+        );
+        assert_eq!(sha256.parse::<Pin>(), Ok(pin));
+        assert_eq!(format!("{sha256}=").parse::<Pin>(), Ok(pin), "padding is ignored");
+        assert!("SHA256:c2hvcnQ".parse::<Pin>().is_err(), "not 32 bytes");
     }
 
     #[test]
@@ -203,13 +220,14 @@ mod tests {
         for bad in [
             "",
             "zz",
-            &UPPER[3..],                                          // 31 pairs
-            &format!("{UPPER}:00"),                               // 33 pairs
-            &UPPER.replacen("3F", "3", 1),                        // a short pair
-            &UPPER.replacen("3F", "+F", 1),                       // a sign
-            &UPPER.replacen("3F", "G1", 1),                       // not hex
-            &UPPER.replace(':', "")[1..],                         // 63 digits
-            "SHA256:q3kZ0cRj1V0b2m8xWmJXo7cYl9P5QkqkM0mN9sI3bLk", // a key fingerprint, not a pin
+            &UPPER[3..],                               // 31 pairs
+            &format!("{UPPER}:00"),                    // 33 pairs
+            &UPPER.replacen("3F", "3", 1),             // a short pair
+            &UPPER.replacen("3F", "+F", 1),            // a sign
+            &UPPER.replacen("3F", "G1", 1),            // not hex
+            &UPPER.replace(':', "")[1..],              // 63 digits
+            "SHA256:q3kZ0cRj1V0b2m8xWmJXo7cYl9P5Qkqk", // base64 of fewer than 32 bytes
+            "SHA256:not base64!",                      // not base64
             &"é".repeat(32),
         ] {
             assert_eq!(bad.parse::<Pin>(), Err(ParsePinError), "{bad:?}");
