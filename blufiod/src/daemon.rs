@@ -311,6 +311,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         });
     }
     crate::memory::register_live_check(&live);
+    Agent::register_live_check(&live);
     let gateway_info = bound_gateway.as_ref().map(|bound| bound.info.clone());
     if let Some(info) = gateway_info.clone() {
         live.on_reload("gateway-certificate", move || {

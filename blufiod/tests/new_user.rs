@@ -443,3 +443,39 @@ fn one_models_price_is_set_and_unset_by_its_own_key() {
     let unknown = daemon.ctl(&["config", "set", "pricing.x.price", "1"]);
     assert_eq!(unknown.status.code(), Some(1), "{}", support::describe(&unknown));
 }
+
+#[test]
+fn a_prompt_file_is_checked_on_set_and_never_read_for_a_callers_document() {
+    let daemon = support::Daemon::start();
+    let missing = daemon.ctl(&["config", "set", "agent.system_prompt_file", "/nonexistent/prompt.md"]);
+    let shown = support::describe(&missing);
+    assert_eq!(missing.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("agent.system_prompt_file: cannot read /nonexistent/prompt.md"),
+        "{shown}"
+    );
+
+    // A FIFO nobody writes to would block whoever reads it.
+    let fifo = daemon.dir.path().join("prompt.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let refused = daemon.ctl(&["config", "set", "agent.system_prompt_file", fifo.to_str().unwrap()]);
+    let shown = support::describe(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("is not a regular file"), "{shown}");
+    // A caller's own document is checked on its own: the daemon opens none of its paths.
+    let document = daemon.dir.path().join("theirs.toml");
+    std::fs::write(
+        &document,
+        format!("[agent]\nsystem_prompt_file = \"{}\"\n", fifo.display()),
+    )
+    .unwrap();
+    let validated = daemon.ctl(&["config", "validate", document.to_str().unwrap()]);
+    assert_eq!(validated.status.code(), Some(0), "{}", support::describe(&validated));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(daemon.ctl_json(&["status"])["state"], "ready");
+}

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::os::unix::fs::OpenOptionsExt as _;
+
 use super::provider::{ChatRequest, ContentBlock, Message, Role};
 use crate::config::AgentConfig;
 use crate::storage::MessageRecord;
@@ -88,17 +90,60 @@ impl StoredBlocks {
 /// `system_prompt`.
 pub fn system_prompt(config: &AgentConfig) -> String {
     if let Some(path) = &config.system_prompt_file {
-        match std::fs::read_to_string(path) {
+        match read_prompt_file(path) {
             Ok(text) if !text.trim().is_empty() => return text,
             Ok(_) => {
                 tracing::warn!(file = %path.display(), "agent.system_prompt_file is empty; using agent.system_prompt")
             }
             Err(error) => {
-                tracing::warn!(file = %path.display(), %error, "cannot read agent.system_prompt_file; using agent.system_prompt");
+                tracing::warn!(file = %path.display(), %error, "cannot use agent.system_prompt_file; using agent.system_prompt");
             }
         }
     }
     config.system_prompt.clone()
+}
+
+/// Longest system prompt file, in bytes: far beyond any real prompt, and small enough that no
+/// file (a sparse one, a device) can make the daemon allocate without bound.
+pub const MAX_PROMPT_FILE_BYTES: u64 = 256 * 1024;
+
+/// Reads a system prompt file: a regular file (never a FIFO, a device or a directory, which could
+/// block or never end) of at most [`MAX_PROMPT_FILE_BYTES`], in UTF-8. The error says what is
+/// wrong, for `config set` and the log.
+pub fn read_prompt_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let metadata = std::fs::metadata(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if metadata.len() > MAX_PROMPT_FILE_BYTES {
+        return Err(format!(
+            "{} is {} bytes; a system prompt file may have at most {MAX_PROMPT_FILE_BYTES}",
+            path.display(),
+            metadata.len()
+        ));
+    }
+    // Opened without blocking, checked again on the open file (the path may have been swapped),
+    // and read no further than the limit.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let opened = file
+        .metadata()
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    if !opened.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PROMPT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    if bytes.len() as u64 > MAX_PROMPT_FILE_BYTES {
+        return Err(format!("{} grew past {MAX_PROMPT_FILE_BYTES} bytes", path.display()));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
 /// A rough token count: about four characters per token for English, three to be safe for code

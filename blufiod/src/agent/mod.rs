@@ -361,6 +361,18 @@ impl Agent {
         })
     }
 
+    /// Refuses, on `config set` and reload, an `agent.system_prompt_file` the agent could not
+    /// use (missing, unreadable, not a regular file, too large, not UTF-8): otherwise every turn
+    /// would fall back to the default prompt with only a log line to say so.
+    pub fn register_live_check(live: &crate::config::LiveConfig) {
+        live.on_check("system-prompt-file", |new| match &new.config.agent.system_prompt_file {
+            Some(path) => context::read_prompt_file(path).map(drop).map_err(|problem| {
+                format!("agent.system_prompt_file: {problem}; create the file (UTF-8 text) or unset the key")
+            }),
+            None => Ok(()),
+        });
+    }
+
     /// Registers the agent's figures (spend, caps, turns) on the daemon's metrics, read at each
     /// scrape.
     pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) {

@@ -556,15 +556,6 @@ impl Config {
                 self.memory.limit_mib
             ));
         }
-        if let Some(path) = &self.agent.system_prompt_file
-            && path.is_absolute()
-            && let Err(error) = std::fs::read_to_string(path)
-        {
-            problems.push(format!(
-                "agent.system_prompt_file: cannot read {}: {error}; create the file (UTF-8 text) or remove the key",
-                path.display()
-            ));
-        }
         for (key, secret) in self.secrets() {
             if secret.is_some_and(|secret| secret.expose().is_empty()) {
                 problems.push(format!(
@@ -871,22 +862,6 @@ mod tests {
             problems[0].starts_with("budget.daily_usd: expected a number (such as 2.5)"),
             "{problems:?}"
         );
-    }
-
-    #[test]
-    fn a_system_prompt_file_must_be_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing.md");
-        let text = format!("[agent]\nsystem_prompt_file = \"{}\"\n", missing.display());
-        let Err(ConfigError::Invalid { problems }) = load_from(Some(&text), None, false) else {
-            panic!("a missing prompt file was accepted");
-        };
-        assert!(
-            problems[0].starts_with("agent.system_prompt_file: cannot read"),
-            "{problems:?}"
-        );
-        std::fs::write(&missing, "You are helpful.").unwrap();
-        load_from(Some(&text), None, false).unwrap();
     }
 
     #[test]
