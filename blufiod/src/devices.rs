@@ -245,8 +245,12 @@ mod tests {
         assert!(added.keyid.starts_with("SHA256:"));
         assert!(matches!(
             devices.add("phone", &pem).await,
-            Err(DeviceError::Duplicate { .. })
+            Err(DeviceError::Duplicate { .. } | DeviceError::DuplicateKey)
         ));
+        assert!(
+            matches!(devices.add("tablet", &pem).await, Err(DeviceError::DuplicateKey)),
+            "the same key under another name is named as the key"
+        );
         let found = devices.lookup(&added.keyid).await.unwrap().unwrap();
         assert_eq!(found.key, key.verifying_key());
         devices.revoke("phone").await.unwrap();
