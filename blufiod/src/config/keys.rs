@@ -140,6 +140,12 @@ pub fn key_path(key: &str) -> Option<(&'static KeySpec, Vec<String>)> {
     model_price.then(|| (key_spec("pricing").expect("pricing is registered"), segments))
 }
 
+/// Whether `line` is a parser's quotation of source: optional digits, then ` |`.
+fn is_excerpt(line: &str) -> bool {
+    let rest = line.trim_start().trim_start_matches(|c: char| c.is_ascii_digit());
+    rest.trim_start().starts_with('|')
+}
+
 /// What to tell someone who asked for `key`, which is not a key: the keys of a section they
 /// named, or the nearest key when they mistyped one, else how to list them all.
 pub fn suggest(key: &str) -> String {
@@ -266,10 +272,18 @@ pub fn mask_secrets_in(text: &str) -> String {
         .flat_map(|spec| [spec.key, spec.key.rsplit('.').next().unwrap_or(spec.key)])
         .collect();
     let mut masked = String::with_capacity(text.len());
-    for (index, line) in text.split('\n').enumerate() {
-        if index > 0 {
+    let mut first = true;
+    for line in text.split('\n') {
+        // A parser's excerpt of the file (`12 | api_key = ...`, `   |   ^`) is dropped whole: a
+        // misspelt, upper-case or escaped key name, or a multi-line string, can carry a secret
+        // past any key-name test. The message keeps the line and column.
+        if is_excerpt(line) {
+            continue;
+        }
+        if !first {
             masked.push('\n');
         }
+        first = false;
         let secret_at = names.iter().find_map(|name| {
             line.match_indices(name).find_map(|(at, _)| {
                 let before_ok = line[..at]
@@ -387,8 +401,21 @@ mod tests {
         let error = "TOML parse error at line 3, column 11\n  |\n3 | api_key = sk-ant-api03-SECRET\n  |           ^\ninvalid string";
         let masked = mask_secrets_in(error);
         assert!(!masked.contains("SECRET"), "{masked}");
-        assert!(masked.contains("3 | api_key = ********"), "{masked}");
-        assert!(masked.starts_with("TOML parse error at line 3"), "{masked}");
+        assert!(!masked.contains(" | "), "the excerpt is dropped whole: {masked}");
+        assert_eq!(masked, "TOML parse error at line 3, column 11\ninvalid string");
+        // What a key-name test misses: another spelling of the key, an escape, a multi-line
+        // string whose last line holds the secret. None of it is quoted.
+        for source in [
+            "API_KEY = sk-ant-LEAK",
+            "apikey = sk-ant-LEAK",
+            "\"api\\u005fkey\" = sk-ant-LEAK",
+            "sk-ant-LEAK\"\"\"",
+        ] {
+            let error = format!(
+                "TOML parse error at line 12, column 11\n   |\n12 | {source}\n   |           ^\ninvalid string"
+            );
+            assert!(!mask_secrets_in(&error).contains("LEAK"), "{source}");
+        }
         for line in [
             "provider.api_key=sk-1 # x",
             "provider = { api_key = \"sk-2\" }",

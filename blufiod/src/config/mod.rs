@@ -378,9 +378,11 @@ fn extract(text: Option<&str>, name: Option<&Path>, with_env: bool) -> Result<Lo
         Ok(config) => config,
         Err(error) => {
             // serde stops at the first bad field of a struct: extract each section on its own,
-            // so that the owner sees every problem of the file at once.
+            // so that the owner sees every problem of the file at once. A syntax error (no key
+            // path) is the same for every section, so it is said once.
+            let syntax = error.path.is_empty();
             let mut problems = file::describe_errors(error, text);
-            for error in section_errors(&figment) {
+            for error in section_errors(&figment).into_iter().filter(|_| !syntax) {
                 for problem in file::describe_errors(error, text) {
                     if !problems.contains(&problem) {
                         problems.push(problem);
