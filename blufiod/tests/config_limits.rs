@@ -189,16 +189,16 @@ fn config_errors_never_quote_a_secret() {
         file.to_str().unwrap(),
     ])));
     daemon.signal(nix::sys::signal::Signal::SIGHUP);
-    // Wait until the failed reload is logged (it names the key), then look at the whole log.
+    // Wait until the failed reload is logged, then look at the whole log.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !daemon.stderr().contains("api_key") {
+    while !daemon.stderr().contains("reload failed") {
         assert!(std::time::Instant::now() < deadline, "the failed reload was not logged");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::fs::write(&daemon.config_path, &good).unwrap();
     daemon.stop();
     shown.push_str(&daemon.stderr());
-    assert!(shown.contains("api_key"), "the errors still say where: {shown}");
+    assert!(shown.contains("line 8, column 11"), "the errors still say where: {shown}");
     assert!(!shown.contains("TOPSECRET"), "{shown}");
 }
 
