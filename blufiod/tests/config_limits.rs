@@ -198,7 +198,10 @@ fn config_errors_never_quote_a_secret() {
     std::fs::write(&daemon.config_path, &good).unwrap();
     daemon.stop();
     shown.push_str(&daemon.stderr());
-    assert!(shown.contains("line 8, column 11"), "the errors still say where: {shown}");
+    assert!(
+        shown.contains("line 8, column 11"),
+        "the errors still say where: {shown}"
+    );
     assert!(!shown.contains("TOPSECRET"), "{shown}");
 }
 

@@ -827,3 +827,65 @@ fn running_as_root() -> bool {
     eprintln!("skipping: needs root to act as another user");
     false
 }
+
+#[test]
+fn an_open_stream_is_a_call_in_flight_for_its_whole_life() {
+    if !running_as_root() {
+        return;
+    }
+    let dir = new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_with(
+        dir,
+        DaemonOptions {
+            config: "[control]\ngroup = \"nogroup\"\ngroup_access = \"read-only\"\n".to_owned(),
+            ..DaemonOptions::default()
+        },
+    );
+    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    // A read-only member opens 8 reflection streams (its in-flight share) and keeps them open,
+    // then asks for the status: the 9th call must wait its turn, not slip past the bound.
+    let script = concat!(
+        "import os, sys, threading, grpc\n",
+        "channel = grpc.insecure_channel('unix:' + sys.argv[1], options=[('grpc.default_authority', 'localhost')])\n",
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n",
+        "hold = threading.Event()\n",
+        "def requests():\n",
+        "    yield bytes([0x3a, 0x00])  # ServerReflectionRequest { list_services: \"\" }\n",
+        "    hold.wait()\n",
+        "streams = []\n",
+        "for _ in range(8):\n",
+        "    call = channel.stream_stream('/grpc.reflection.v1.ServerReflection/ServerReflectionInfo')(requests(), timeout=30)\n",
+        "    next(call)\n",
+        "    streams.append(call)\n",
+        "try:\n",
+        "    channel.unary_unary('/blufio.control.v1.Control/GetStatus')(b'', timeout=10)\n",
+        "    print('OK')\n",
+        "except grpc.RpcError as error:\n",
+        "    print(error.code().name)\n",
+        "hold.set()\n",
+        "for call in streams: call.cancel()\n",
+    );
+    let output = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert_eq!(answer, "RESOURCE_EXHAUSTED", "{}", describe(&output));
+    // Once they close, the member is served again.
+    let output = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import os, sys, grpc\nchannel = grpc.insecure_channel('unix:' + sys.argv[1], options=[('grpc.default_authority', 'localhost')])\nos.setgroups([]); os.setgid(65534); os.setuid(65534)\nchannel.unary_unary('/blufio.control.v1.Control/GetStatus')(b'', timeout=10)\nprint('OK')\n",
+        ])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "OK",
+        "{}",
+        describe(&output)
+    );
+}

@@ -157,10 +157,45 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await;
-            drop(slot);
-            response
+            let response = inner.call(request).await?;
+            // The place is held until the answer's body ends: a stream (reflection, a turn) is
+            // a call in flight for as long as it is open.
+            Ok(match slot {
+                None => response,
+                Some(slot) => response.map(|body| {
+                    tonic::body::Body::new(HeldBody {
+                        inner: body,
+                        _slot: slot,
+                    })
+                }),
+            })
         })
+    }
+}
+
+/// A response body that keeps its call's in-flight place until it is dropped.
+struct HeldBody {
+    inner: tonic::body::Body,
+    _slot: Slot,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -133,12 +133,16 @@ pub async fn serve(
         .layer(guard)
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        // Streams a connection may open at once, bodies or not: without it one connection could
+        // hold hundreds of half-sent messages.
+        .max_concurrent_streams(Some(CONCURRENCY_PER_CONNECTION as u32))
         .max_connection_age(MAX_CONNECTION_AGE)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        // Every service decodes at most MAX_MESSAGE_BYTES, not only Control.
+        .add_service(health.max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(reflection_v1.max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(reflection_v1alpha.max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(control)
         .serve_with_incoming_shutdown(incoming::incoming(listener, slots), async move {
             token.cancelled().await;
