@@ -110,7 +110,11 @@ impl Client {
         let path = socket.to_path_buf();
         let connector = tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move {
+                let stream = UnixStream::connect(&path).await?;
+                check_shared_fallback(&path, &stream)?;
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
         });
         // The endpoint's connect timeout covers the socket connect; this one also bounds the
         // HTTP/2 handshake.
@@ -333,6 +337,37 @@ fn classify_io(socket: &Path, source: io::Error) -> ClientError {
 
 /// Maps a transport error from connecting. tonic wraps the connector's io error (and
 /// hyper-timeout's `TimedOut`) a few levels deep, so walk the source chain.
+/// The per-uid directory in `/tmp` the socket falls back to without `XDG_RUNTIME_DIR` lives in
+/// a directory everybody may write, so another user could create it first and listen there.
+/// A socket in it is trusted only when the directory is the caller's own (or root's) and not
+/// writable by others, and the process listening is the caller or root; otherwise messages,
+/// config values and keys would go to whoever got there first.
+fn check_shared_fallback(path: &Path, stream: &UnixStream) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let euid = nix::unistd::geteuid().as_raw();
+    let fallback = PathBuf::from(format!("/tmp/blufio-{euid}"));
+    if path.parent() != Some(fallback.as_path()) {
+        return Ok(());
+    }
+    let directory = std::fs::symlink_metadata(&fallback)?;
+    let owner_ok = directory.is_dir() && (directory.uid() == euid || directory.uid() == 0);
+    if !owner_ok || directory.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "refusing {}: it belongs to uid {} or others may write to it, so it may not be your blufiod; remove it, or set XDG_RUNTIME_DIR or --socket",
+            fallback.display(),
+            directory.uid()
+        )));
+    }
+    let peer = stream.peer_cred()?.uid();
+    if peer != euid && peer != 0 {
+        return Err(io::Error::other(format!(
+            "refusing {}: the process listening there runs as uid {peer}, not as you; it is not your blufiod",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn classify_transport(socket: &Path, error: Box<dyn StdError + Send + Sync>) -> ClientError {
     match find_io_error(error.as_ref()) {
         Some(io_error) if is_unreachable_kind(io_error.kind()) => ClientError::Unreachable {

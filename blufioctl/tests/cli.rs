@@ -2029,3 +2029,42 @@ fn every_command_in_the_readme_parses() {
         assert!(output.status.code().is_some(), "README example {args:?} crashed");
     }
 }
+
+#[test]
+fn a_fallback_socket_directory_owned_by_another_user_is_refused() {
+    use std::os::unix::process::CommandExt as _;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test switches users"
+        );
+        return;
+    }
+    // uid 65534 has no XDG_RUNTIME_DIR here, so its socket falls back to /tmp/blufio-65534, which
+    // another user (uid 4242) got to first and listens in.
+    let victim = 65534;
+    let squatted = std::path::PathBuf::from(format!("/tmp/blufio-{victim}"));
+    let _ = std::fs::remove_dir_all(&squatted);
+    std::fs::create_dir(&squatted).expect("create the squatted directory");
+    let listener = std::os::unix::net::UnixListener::bind(squatted.join("blufiod.sock")).expect("bind");
+    std::fs::set_permissions(
+        squatted.join("blufiod.sock"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("open the socket to everybody");
+    nix::unistd::chown(&squatted, Some(nix::unistd::Uid::from_raw(4242)), None).expect("chown");
+    std::fs::set_permissions(&squatted, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let output = blufioctl()
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RUNTIME_DIRECTORY")
+        .arg("status")
+        .uid(victim)
+        .gid(victim)
+        .output()
+        .expect("run blufioctl as the victim");
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&squatted);
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing /tmp/blufio-65534"), "{stderr}");
+}
