@@ -34,20 +34,38 @@ pub enum FileMode {
 /// others even briefly), fsync, rename over `path`, fsync of the directory. The directory is
 /// created if missing.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: FileMode) -> std::io::Result<()> {
+    // A symlink (a config file linked from elsewhere) is followed: the file it names is
+    // replaced, and the link stays a link.
+    let resolved;
+    let path = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            resolved = std::fs::canonicalize(path)?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mode = match mode {
-        FileMode::Exactly(mode) => mode,
-        FileMode::KeepOr(new) => match std::fs::metadata(path) {
-            Ok(metadata) => metadata.permissions().mode() & 0o7777,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => new,
-            Err(error) => return Err(error),
-        },
+    let existing = match std::fs::metadata(path) {
+        Ok(metadata) => Some(metadata),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
+    let mode = match (mode, &existing) {
+        (FileMode::Exactly(mode), _) => mode,
+        (FileMode::KeepOr(_), Some(metadata)) => metadata.permissions().mode() & 0o7777,
+        (FileMode::KeepOr(new), None) => new,
     };
     let mut temporary = tempfile::Builder::new().prefix(".tmp-blufiod-").tempfile_in(dir)?;
+    // The replacement keeps the file's owner and group where the process may set them (a
+    // group that may read the config must not lose it on the first `config set`).
+    if let Some(metadata) = &existing {
+        use std::os::unix::fs::MetadataExt as _;
+        let _ = std::os::unix::fs::fchown(temporary.as_file(), Some(metadata.uid()), Some(metadata.gid()));
+    }
     temporary
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -77,6 +95,34 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_through_a_symlink_replaces_its_target_and_keeps_owner_and_mode() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.toml");
+        let link = dir.path().join("blufiod.toml");
+        std::fs::write(&real, "old").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let group = nix::unistd::getegid().as_raw();
+        let group = if nix::unistd::geteuid().is_root() {
+            // As root, a group other than ours shows that it is kept.
+            std::os::unix::fs::chown(&real, None, Some(65534)).unwrap();
+            65534
+        } else {
+            group
+        };
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomically(&link, b"new", FileMode::KeepOr(0o600)).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+            "the link stays a link"
+        );
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+        let metadata = std::fs::metadata(&real).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o640);
+        assert_eq!(metadata.gid(), group);
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

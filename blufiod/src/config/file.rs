@@ -297,6 +297,15 @@ pub fn prepare_unset(path: &Path, current: Option<&str>, key: &str) -> Result<Ed
             .and_then(toml_edit::Item::as_table_like_mut);
     }
     let removed = table.and_then(|table| table.remove(last)).is_some();
+    // A section left empty goes too, rather than staying behind as a bare `[log]`.
+    if let [section] = parents
+        && document
+            .get(section)
+            .and_then(toml_edit::Item::as_table_like)
+            .is_some_and(toml_edit::TableLike::is_empty)
+    {
+        document.remove(section);
+    }
     let new_text = document.to_string();
     let loaded = match load_from(Some(&new_text), Some(path), true) {
         Ok(loaded) => loaded,
@@ -398,6 +407,11 @@ mod tests {
         assert_eq!(loaded.config.log.level, "info", "back to the default");
         let after = std::fs::read_to_string(&path).unwrap();
         assert_eq!(after, "# mine\n[log]\nformat = \"json\"\n");
+        // The last key of a section takes the section with it.
+        let emptied = unset_key_in_file(&path, Some(&after), "log.format").unwrap();
+        assert_eq!(emptied.config.log.format, crate::config::LogFormat::Auto);
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("[log]"));
+        std::fs::write(&path, &after).unwrap();
         // A key the file does not set: nothing to do, nothing written.
         std::fs::remove_file(&path).unwrap();
         unset_key_in_file(&path, Some(&after), "gateway.metrics_token").unwrap();
