@@ -10,7 +10,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
@@ -354,10 +354,20 @@ fn generate_self_signed(dir: &Path, cert_path: &Path, key_path: &Path, names: &[
         .self_signed(&key_pair)
         .map_err(|source| TlsError::Generate { source })?;
 
+    let existed = dir.exists();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
+        // The process umask can only narrow the mode, but it is process-wide and the control
+        // socket's bind narrows it briefly: a new directory is set to 0700 explicitly.
+        .and_then(|()| {
+            if existed {
+                Ok(())
+            } else {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            }
+        })
         .map_err(|source| TlsError::WriteSelfSigned {
             path: dir.to_owned(),
             source,
@@ -399,7 +409,6 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     /// A certificate and key made with rcgen, as PEM, plus the certificate's DER.
     struct Made {
