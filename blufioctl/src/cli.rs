@@ -370,6 +370,16 @@ pub enum RemoteCommand {
     /// List, show or delete chat sessions, like `blufioctl sessions`
     #[command(subcommand, alias = "session")]
     Sessions(RemoteSessionsCommand),
+
+    /// Spend and tokens per day, model and session, against the caps, like `blufioctl usage`
+    Usage {
+        /// Days to cover, counting today (UTC)
+        #[arg(long, value_name = "N", default_value_t = 30,
+              value_parser = clap::value_parser!(u32).range(1..=366))]
+        days: u32,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
 }
 
 /// `blufioctl remote ... sessions ...`.

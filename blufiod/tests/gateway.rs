@@ -802,6 +802,20 @@ async fn blufioctl_registers_a_device_and_talks_through_the_gateway() {
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["sessions"].as_array().unwrap().len(), 1);
 
+    // The remote owner sees the same spend the local one does.
+    let remote_usage = remote(&["usage", "--json", "--days", "7"]);
+    assert!(remote_usage.status.success(), "{}", support::describe(&remote_usage));
+    let remote_usage: serde_json::Value = serde_json::from_slice(&remote_usage.stdout).unwrap();
+    let local_usage = daemon.ctl_json(&["usage", "--days", "7"]);
+    assert_eq!(remote_usage, local_usage);
+    assert_eq!(remote_usage["days"][0]["calls"], 1, "{remote_usage}");
+    let human = remote(&["usage"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("top sessions"),
+        "{}",
+        support::describe(&human)
+    );
+
     let devices = daemon.ctl_json(&["device", "list"]);
     assert!(devices["devices"][0]["last_used_at"].is_number(), "{devices}");
 
@@ -1857,6 +1871,34 @@ async fn session_listing_pages_with_limit_and_cursor_and_a_new_session_has_no_mo
     assert_eq!(second["sessions"][0]["title"], "one", "{second}");
     for bad in ["?limit=", "?limit=0", "?limit=9999", "?page=2"] {
         let response = page(bad.into()).await;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_is_signed_and_its_days_checked() {
+    let setup = setup("").await;
+    let unsigned = setup
+        .client
+        .get(format!("{}/v1/usage", setup.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let ok = setup
+        .request("GET", "/v1/usage?days=7", None, Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let report: serde_json::Value = ok.json().await.unwrap();
+    assert!(report["cost"]["daily_cap_usd"].is_number(), "{report}");
+    for bad in ["?days=0", "?days=367", "?days=", "?week=1"] {
+        let response = setup
+            .request("GET", &format!("/v1/usage{bad}"), None, Tweak::default())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400, "{bad}");
     }
 }

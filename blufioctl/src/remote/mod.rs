@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    Accepted, ChatMessage, GetSessionResponse, ListSessionsResponse, Session, TextDelta, TokenUsage, ToolActivity,
-    TurnCompleted,
+    Accepted, ChatMessage, CostStatus, DayUsage, GetSessionResponse, GetUsageResponse, ListSessionsResponse,
+    ModelUsage, Session, SessionUsage, TextDelta, TokenUsage, ToolActivity, TurnCompleted,
 };
 use blufio_proto::httpsig::{self, KeyError};
 use ed25519_dalek::SigningKey;
@@ -264,6 +264,16 @@ impl Gateway {
         })
     }
 
+    /// `GET /v1/usage?days=N`, as the `GetUsage` answer the local `usage` view renders.
+    pub async fn usage(&self, days: u32) -> Result<GetUsageResponse, RemoteError> {
+        let query = format!("days={days}");
+        let (url, response) = self
+            .send_query(Method::GET, &["v1", "usage"], Some(&query), None, true)
+            .await?;
+        let report: UsageReportJson = read_json(&url, response, self.call_timeout).await?;
+        Ok(report.into())
+    }
+
     /// `DELETE /v1/sessions/{id}`.
     pub async fn delete_session(&self, id: &str) -> Result<(), RemoteError> {
         self.send(Method::DELETE, &["v1", "sessions", id], None, true).await?;
@@ -368,7 +378,20 @@ impl Gateway {
         body: Option<Vec<u8>>,
         deadline: bool,
     ) -> Result<(Url, reqwest::Response), RemoteError> {
-        let url = self.endpoint(segments)?;
+        self.send_query(method, segments, None, body, deadline).await
+    }
+
+    /// Like [`Gateway::send`], with a query string (signed with the rest of the target).
+    async fn send_query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: Option<&str>,
+        body: Option<Vec<u8>>,
+        deadline: bool,
+    ) -> Result<(Url, reqwest::Response), RemoteError> {
+        let mut url = self.endpoint(segments)?;
+        url.set_query(query);
         let mut headers = HeaderMap::new();
         let body = body.unwrap_or_default();
         if !body.is_empty() {
@@ -625,6 +648,116 @@ impl From<SessionJson> for Session {
             model: session.model.unwrap_or_default(),
             state: session.state.unwrap_or_default(),
             message_count: session.message_count,
+        }
+    }
+}
+
+/// `GET /v1/usage`'s document.
+#[derive(Debug, Deserialize)]
+struct UsageReportJson {
+    days: Vec<UsageDayJson>,
+    models: Vec<UsageModelJson>,
+    sessions: Vec<UsageSessionJson>,
+    cost: UsageCostJson,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageDayJson {
+    day: String,
+    calls: u64,
+    usage: TokensJson,
+    cost_usd: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageModelJson {
+    provider: String,
+    model: String,
+    calls: u64,
+    usage: TokensJson,
+    cost_usd: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageSessionJson {
+    session_id: String,
+    title: String,
+    calls: u64,
+    cost_usd: f64,
+    #[serde(default)]
+    deleted: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageCostJson {
+    today_usd: f64,
+    month_usd: f64,
+    daily_cap_usd: f64,
+    monthly_cap_usd: f64,
+    reserved_usd: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokensJson {
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+}
+
+impl From<TokensJson> for TokenUsage {
+    fn from(tokens: TokensJson) -> Self {
+        TokenUsage {
+            input_tokens: tokens.input_tokens,
+            output_tokens: tokens.output_tokens,
+            cache_creation_input_tokens: tokens.cache_creation_input_tokens,
+            cache_read_input_tokens: tokens.cache_read_input_tokens,
+        }
+    }
+}
+
+impl From<UsageReportJson> for GetUsageResponse {
+    fn from(report: UsageReportJson) -> Self {
+        GetUsageResponse {
+            days: report
+                .days
+                .into_iter()
+                .map(|day| DayUsage {
+                    day: day.day,
+                    calls: day.calls,
+                    usage: Some(day.usage.into()),
+                    cost_usd: day.cost_usd,
+                })
+                .collect(),
+            models: report
+                .models
+                .into_iter()
+                .map(|model| ModelUsage {
+                    provider: model.provider,
+                    model: model.model,
+                    calls: model.calls,
+                    usage: Some(model.usage.into()),
+                    cost_usd: model.cost_usd,
+                })
+                .collect(),
+            sessions: report
+                .sessions
+                .into_iter()
+                .map(|session| SessionUsage {
+                    session_id: session.session_id,
+                    title: session.title,
+                    calls: session.calls,
+                    cost_usd: session.cost_usd,
+                    deleted: session.deleted,
+                })
+                .collect(),
+            cost: Some(CostStatus {
+                today_usd: report.cost.today_usd,
+                month_usd: report.cost.month_usd,
+                daily_cap_usd: report.cost.daily_cap_usd,
+                monthly_cap_usd: report.cost.monthly_cap_usd,
+                reserved_usd: report.cost.reserved_usd,
+            }),
         }
     }
 }

@@ -10,6 +10,7 @@
 mod openai;
 mod probes;
 mod sessions;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sessions/{id}"),
     ("DELETE", "/v1/sessions/{id}"),
     ("POST", "/v1/sessions/{id}/messages"),
+    ("GET", "/v1/usage"),
 ];
 
 /// The OpenAPI document, served as is.
@@ -239,6 +241,7 @@ fn template_of(method: &Method, path: &str) -> &'static str {
         (_, ["v1", "sessions"]) => "/v1/sessions",
         (_, ["v1", "sessions", _]) => "/v1/sessions/{id}",
         (_, ["v1", "sessions", _, "messages"]) => "/v1/sessions/{id}/messages",
+        (_, ["v1", "usage"]) => "/v1/usage",
         _ => "unknown",
     }
 }
@@ -258,6 +261,7 @@ async fn dispatch(
         ("GET", ["v1", "sessions", id]) => sessions::show(gateway, id).await,
         ("DELETE", ["v1", "sessions", id]) => sessions::delete(gateway, id).await,
         ("POST", ["v1", "sessions", id, "messages"]) => sessions::send(gateway, id, &body).await,
+        ("GET", ["v1", "usage"]) => usage::report(gateway, parts.uri.query()).await,
         _ => Ok(not_routed(&parts.method, path)),
     }
 }
