@@ -371,6 +371,10 @@ pub enum RemoteCommand {
     #[command(subcommand, alias = "session")]
     Sessions(RemoteSessionsCommand),
 
+    /// The daemon's state, version, uptime, sessions, memory and cost, like `blufioctl status`
+    /// (without what names the host: paths, pid, subsystems)
+    Status(JsonArgs),
+
     /// Spend and tokens per day, model and session, against the caps, like `blufioctl usage`
     Usage {
         /// Days to cover, counting today (UTC)

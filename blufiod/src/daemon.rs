@@ -397,6 +397,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 bound,
                 gateway::GatewayDeps {
                     agent: agent.clone(),
+                    lifecycle: lifecycle.clone(),
                     config: live.handle(),
                     secrets,
                     metrics,

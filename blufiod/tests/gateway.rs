@@ -815,6 +815,34 @@ async fn blufioctl_registers_a_device_and_talks_through_the_gateway() {
         "{}",
         support::describe(&human)
     );
+    // And the part of the status that names nothing of the host.
+    let remote_status = remote(&["status", "--json"]);
+    assert!(remote_status.status.success(), "{}", support::describe(&remote_status));
+    let remote_status: serde_json::Value = serde_json::from_slice(&remote_status.stdout).unwrap();
+    let local_status = daemon.ctl_json(&["status"]);
+    for key in ["state", "version", "sessions", "cost"] {
+        assert_eq!(
+            remote_status[key], local_status[key],
+            "{key}: {remote_status} vs {local_status}"
+        );
+    }
+    assert!(
+        remote_status["memory"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{remote_status}"
+    );
+    for hidden in [
+        "pid",
+        "config_path",
+        "socket_path",
+        "state_dir",
+        "subsystems",
+        "database_path",
+    ] {
+        assert!(
+            remote_status.get(hidden).is_none(),
+            "{hidden} is the host's: {remote_status}"
+        );
+    }
 
     let devices = daemon.ctl_json(&["device", "list"]);
     assert!(devices["devices"][0]["last_used_at"].is_number(), "{devices}");

@@ -16,7 +16,7 @@ pub async fn run(context: &Context<'_>, args: RemoteArgs) -> Result<Outcome, Fai
     // Read a chat message before anything else: an empty one is the user's to fix first.
     let message = match &args.command {
         RemoteCommand::Chat(chat) => Some(chat::message(&chat.message)?),
-        RemoteCommand::Sessions(_) | RemoteCommand::Usage { .. } => None,
+        RemoteCommand::Sessions(_) | RemoteCommand::Usage { .. } | RemoteCommand::Status(_) => None,
     };
     let (key, warning) = remote::read_key(&args.key)?;
     if let Some(warning) = warning {
@@ -51,6 +51,10 @@ pub async fn run(context: &Context<'_>, args: RemoteArgs) -> Result<Outcome, Fai
         RemoteCommand::Sessions(RemoteSessionsCommand::Delete { id, output: args }) => {
             gateway.delete_session(&id).await?;
             printer.emit(&SessionsDelete(&id), args.json)?;
+        }
+        RemoteCommand::Status(args) => {
+            let status = gateway.status().await?;
+            printer.emit(&super::status::RemoteStatus(&status), args.json)?;
         }
         RemoteCommand::Usage { days, output: args } => {
             let usage = gateway.usage(days).await?;

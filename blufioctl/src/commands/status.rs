@@ -132,6 +132,59 @@ impl Render for Status<'_> {
     }
 }
 
+/// What `remote status` shows: the part of a status the gateway gives (no paths, pid or
+/// subsystems, which name the host).
+pub struct RemoteStatus<'a>(pub &'a GetStatusResponse);
+
+impl Render for RemoteStatus<'_> {
+    /// `remote status --json`: the `status --json` fields the gateway gives.
+    fn json(&self) -> impl Serialize {
+        let status = self.0;
+        serde_json::json!({
+            "state": state_name(status.state),
+            "version": status.version,
+            "uptime_seconds": status.uptime_seconds,
+            "sessions": status.sessions.as_ref().map(SessionsJson::from),
+            "memory": status.memory.as_ref().map(MemoryJson::from),
+            "cost": status.cost.as_ref().map(CostJson::from),
+        })
+    }
+
+    fn human(&self, style: Style) -> Human {
+        let status = self.0;
+        let mut rows = vec![
+            ("state".to_owned(), Cell::plain(state_name(status.state))),
+            ("version".to_owned(), Cell::plain(&status.version)),
+            (
+                "uptime".to_owned(),
+                Cell::plain(&humanize_duration(status.uptime_seconds)),
+            ),
+        ];
+        let mut warnings = Vec::new();
+        if let Some(sessions) = &status.sessions {
+            rows.push(("sessions".into(), Cell::plain(&describe_sessions(sessions))));
+            rows.push((
+                "provider".into(),
+                Cell::plain(&format!("{} / {}", sessions.provider, sessions.model)),
+            ));
+            if !sessions.provider_problem.is_empty() {
+                warnings.push(sessions.provider_problem.clone());
+            }
+        }
+        if let Some(memory) = &status.memory {
+            rows.push(("memory".into(), Cell::plain(&describe_memory(memory))));
+        }
+        if let Some(cost) = &status.cost {
+            rows.push(("cost".into(), Cell::plain(&describe_cost(cost))));
+        }
+        Human {
+            stdout: render_pairs(style, &rows),
+            warnings,
+            ..Human::default()
+        }
+    }
+}
+
 /// The lower-case name of a `DaemonState` value, as used in JSON and human output.
 fn state_name(state: i32) -> &'static str {
     match DaemonState::try_from(state) {

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    Accepted, ChatMessage, CostStatus, DayUsage, GetSessionResponse, GetUsageResponse, ListSessionsResponse,
-    ModelUsage, Session, SessionUsage, TextDelta, TokenUsage, ToolActivity, TurnCompleted,
+    Accepted, ChatMessage, CostStatus, DaemonState, DayUsage, GetSessionResponse, GetStatusResponse, GetUsageResponse,
+    ListSessionsResponse, MemoryStatus, ModelUsage, Session, SessionUsage, SessionsStatus, TextDelta, TokenUsage,
+    ToolActivity, TurnCompleted,
 };
 use blufio_proto::httpsig::{self, KeyError};
 use ed25519_dalek::SigningKey;
@@ -262,6 +263,14 @@ impl Gateway {
                 })
                 .collect(),
         })
+    }
+
+    /// `GET /v1/status`, as a `GetStatus` answer holding what the gateway shows (no paths, pid or
+    /// subsystems).
+    pub async fn status(&self) -> Result<GetStatusResponse, RemoteError> {
+        let (url, response) = self.send(Method::GET, &["v1", "status"], None, true).await?;
+        let status: StatusJson = read_json(&url, response, self.call_timeout).await?;
+        Ok(status.into())
     }
 
     /// `GET /v1/usage?days=N`, as the `GetUsage` answer the local `usage` view renders.
@@ -648,6 +657,76 @@ impl From<SessionJson> for Session {
             model: session.model.unwrap_or_default(),
             state: session.state.unwrap_or_default(),
             message_count: session.message_count,
+        }
+    }
+}
+
+/// `GET /v1/status`'s document.
+#[derive(Debug, Deserialize)]
+struct StatusJson {
+    state: String,
+    version: String,
+    uptime_seconds: u64,
+    sessions: StatusSessionsJson,
+    memory: StatusMemoryJson,
+    cost: UsageCostJson,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusSessionsJson {
+    active_sessions: u64,
+    turns_in_flight: u64,
+    turns_queued: u64,
+    total_sessions: u64,
+    provider: String,
+    model: String,
+    provider_problem: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusMemoryJson {
+    rss_bytes: u64,
+    allocated_bytes: u64,
+    limit_bytes: u64,
+    under_pressure: bool,
+}
+
+impl From<StatusJson> for GetStatusResponse {
+    fn from(status: StatusJson) -> Self {
+        let state = match status.state.as_str() {
+            "starting" => DaemonState::Starting,
+            "ready" => DaemonState::Ready,
+            "reloading" => DaemonState::Reloading,
+            "stopping" => DaemonState::Stopping,
+            _ => DaemonState::Unspecified,
+        };
+        GetStatusResponse {
+            state: state as i32,
+            version: status.version,
+            uptime_seconds: status.uptime_seconds,
+            sessions: Some(SessionsStatus {
+                active_sessions: status.sessions.active_sessions,
+                turns_in_flight: status.sessions.turns_in_flight,
+                turns_queued: status.sessions.turns_queued,
+                total_sessions: status.sessions.total_sessions,
+                provider: status.sessions.provider,
+                model: status.sessions.model,
+                provider_problem: status.sessions.provider_problem.unwrap_or_default(),
+            }),
+            memory: Some(MemoryStatus {
+                rss_bytes: status.memory.rss_bytes,
+                allocated_bytes: status.memory.allocated_bytes,
+                limit_bytes: status.memory.limit_bytes,
+                under_pressure: status.memory.under_pressure,
+            }),
+            cost: Some(CostStatus {
+                today_usd: status.cost.today_usd,
+                month_usd: status.cost.month_usd,
+                daily_cap_usd: status.cost.daily_cap_usd,
+                monthly_cap_usd: status.cost.monthly_cap_usd,
+                reserved_usd: status.cost.reserved_usd,
+            }),
+            ..GetStatusResponse::default()
         }
     }
 }

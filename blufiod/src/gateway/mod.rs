@@ -34,6 +34,7 @@ use crate::agent::Agent;
 use crate::config::ConfigHandle;
 use crate::config::GatewayConfig;
 use crate::devices::Devices;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 
@@ -188,6 +189,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Everything a request handler needs.
 pub struct Gateway {
     agent: Arc<Agent>,
+    lifecycle: Arc<Lifecycle>,
     config: ConfigHandle,
     secrets: Arc<Secrets>,
     devices: Devices,
@@ -210,6 +212,8 @@ pub struct Gateway {
 pub struct GatewayDeps {
     /// The agent remote turns and sessions go to.
     pub agent: Arc<Agent>,
+    /// The daemon's phase and uptime (`/v1/status`).
+    pub lifecycle: Arc<Lifecycle>,
     /// The live configuration.
     pub config: ConfigHandle,
     /// The secrets resolver (the metrics token).
@@ -226,6 +230,7 @@ pub struct GatewayDeps {
 pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationToken) -> Result<(), GatewayError> {
     let GatewayDeps {
         agent,
+        lifecycle,
         config: live,
         secrets,
         metrics,
@@ -259,6 +264,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         scheme: bound.info.scheme,
         max_skew_secs: i64::try_from(config.max_clock_skew_secs).unwrap_or(i64::MAX),
         agent,
+        lifecycle,
         config: live,
         secrets,
     });

@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/sessions/{id}"),
     ("POST", "/v1/sessions/{id}/messages"),
     ("GET", "/v1/usage"),
+    ("GET", "/v1/status"),
 ];
 
 /// The OpenAPI document, served as is.
@@ -242,6 +243,7 @@ fn template_of(method: &Method, path: &str) -> &'static str {
         (_, ["v1", "sessions", _]) => "/v1/sessions/{id}",
         (_, ["v1", "sessions", _, "messages"]) => "/v1/sessions/{id}/messages",
         (_, ["v1", "usage"]) => "/v1/usage",
+        (_, ["v1", "status"]) => "/v1/status",
         _ => "unknown",
     }
 }
@@ -262,6 +264,7 @@ async fn dispatch(
         ("DELETE", ["v1", "sessions", id]) => sessions::delete(gateway, id).await,
         ("POST", ["v1", "sessions", id, "messages"]) => sessions::send(gateway, id, &body).await,
         ("GET", ["v1", "usage"]) => usage::report(gateway, parts.uri.query()).await,
+        ("GET", ["v1", "status"]) => usage::status(gateway).await,
         _ => Ok(not_routed(&parts.method, path)),
     }
 }

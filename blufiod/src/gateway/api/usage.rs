@@ -1,6 +1,7 @@
-//! `GET /v1/usage[?days=N]`: spend and tokens per day, per model and per session, against the
-//! caps, as `blufioctl usage --json` shows them locally: a device that may run turns may see what
-//! they cost.
+//! What a device may see of the daemon besides its sessions: `GET /v1/usage[?days=N]` (spend and
+//! tokens per day, model and session, against the caps, as `blufioctl usage --json` shows them)
+//! and `GET /v1/status` (the part of `blufioctl status --json` that names nothing of the host:
+//! state, version, uptime, sessions, memory and cost; no paths, pid or subsystem lines).
 
 use std::sync::Arc;
 
@@ -14,6 +15,56 @@ use crate::gateway::problem::{Body, Problem};
 /// Days a report covers unless `days` says otherwise, and at most.
 const DEFAULT_DAYS: u32 = 30;
 const MAX_DAYS: u32 = 366;
+
+/// `GET /v1/status`.
+pub(super) async fn status(gateway: &Arc<Gateway>) -> Result<Response<Body>, Problem> {
+    use crate::lifecycle::{Phase, VERSION};
+    let agent = gateway.agent.status();
+    let total_sessions = gateway
+        .agent
+        .count_sessions()
+        .await
+        .map_err(|error| agent_problem(&error))?;
+    let config = gateway.config.get();
+    let memory = crate::memory::MemoryUse::check(&config.config.memory);
+    let caps = &config.config.budget;
+    let state = match gateway.lifecycle.phase() {
+        Phase::Starting => "starting",
+        Phase::Ready => "ready",
+        Phase::Reloading => "reloading",
+        Phase::Stopping => "stopping",
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "state": state,
+            "version": VERSION,
+            "uptime_seconds": gateway.lifecycle.uptime().as_secs(),
+            "sessions": {
+                "active_sessions": agent.active_sessions,
+                "turns_in_flight": agent.turns_in_flight,
+                "turns_queued": agent.turns_queued,
+                "total_sessions": total_sessions,
+                "provider": agent.provider,
+                "model": agent.model,
+                "provider_problem": agent.provider_problem,
+            },
+            "memory": {
+                "rss_bytes": memory.rss_bytes,
+                "allocated_bytes": memory.allocated_bytes,
+                "limit_bytes": memory.limit_bytes,
+                "under_pressure": memory.under_pressure(&config.config.memory),
+            },
+            "cost": {
+                "today_usd": agent.budget.today_usd,
+                "month_usd": agent.budget.month_usd,
+                "daily_cap_usd": caps.daily_usd,
+                "monthly_cap_usd": caps.monthly_usd,
+                "reserved_usd": agent.budget.reserved_usd,
+            },
+        }),
+    ))
+}
 
 /// `GET /v1/usage`.
 pub(super) async fn report(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<Response<Body>, Problem> {
