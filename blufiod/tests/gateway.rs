@@ -1906,13 +1906,10 @@ async fn session_listing_pages_with_limit_and_cursor_and_a_new_session_has_no_mo
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_is_signed_and_its_days_checked() {
     let setup = setup("").await;
-    let unsigned = setup
-        .client
-        .get(format!("{}/v1/usage", setup.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unsigned.status(), 401);
+    for path in ["/v1/usage", "/v1/status"] {
+        let unsigned = setup.client.get(format!("{}{path}", setup.base)).send().await.unwrap();
+        assert_eq!(unsigned.status(), 401, "{path}");
+    }
     let ok = setup
         .request("GET", "/v1/usage?days=7", None, Tweak::default())
         .send()
