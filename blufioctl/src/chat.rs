@@ -141,6 +141,8 @@ impl Echo {
         if text.is_empty() || self.stdout_closed {
             return;
         }
+        // A model's answer (or a compromised provider's) must not drive the terminal.
+        let text = &crate::output::printable(text, true);
         let mut stdout = io::stdout().lock();
         match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
             Ok(()) => self.at_line_start = text.ends_with('\n'),
@@ -208,7 +210,7 @@ pub fn summary(session_id: &str, completed: &TurnCompleted) -> String {
         usd_precise(completed.cost_usd)
     );
     if !completed.model.is_empty() {
-        let _ = write!(line, " · {}", completed.model);
+        let _ = write!(line, " · {}", crate::output::printable(&completed.model, false));
     }
     line
 }

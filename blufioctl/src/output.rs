@@ -266,27 +266,53 @@ pub struct Cell {
 }
 
 impl Cell {
-    /// A cell of undecorated text.
+    /// A cell of undecorated text (control characters shown, never sent to the terminal).
     pub fn plain(text: &str) -> Cell {
+        let text = printable(text, false);
         Cell {
-            text: text.to_owned(),
             width: text.chars().count(),
+            text,
         }
     }
 
     /// A cell of text decorated with `paint` (when `style` has colour).
     pub fn painted(style: Style, paint: Paint, text: &str) -> Cell {
+        let text = printable(text, false);
         Cell {
-            text: style.paint(paint, text),
             width: text.chars().count(),
+            text: style.paint(paint, &text),
         }
     }
 
     /// Appends `text`, decorated with `paint`.
     pub fn push(&mut self, style: Style, paint: Paint, text: &str) {
-        self.text.push_str(&style.paint(paint, text));
+        let text = printable(text, false);
+        self.text.push_str(&style.paint(paint, &text));
         self.width += text.chars().count();
     }
+}
+
+/// `text` made safe to print on a terminal: text that came from the daemon, a gateway or a model
+/// (a session title, a model name, an answer) could otherwise carry escape sequences that retitle
+/// the window, clear the screen or write the clipboard, or newlines that forge lines. Control
+/// characters are shown in caret notation (`^[` for ESC) and C1 controls as `�`; newlines (and
+/// tabs) are kept only when `multiline`, else they become spaces.
+pub fn printable(text: &str, multiline: bool) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' if multiline => shown.push(c),
+            '\n' | '\t' | '\r' => shown.push(' '),
+            '\u{7f}' => shown.push_str("^?"),
+            c if u32::from(c) < 0x20 => {
+                shown.push('^');
+                shown.push(char::from_u32(u32::from(c) + 0x40).unwrap_or('?'));
+            }
+            '\u{80}'..='\u{9f}' => shown.push('\u{fffd}'),
+            c => shown.push(c),
+        }
+    }
+    shown
 }
 
 /// Rows of cells as columns: padded with two spaces between them when aligning, separated by a
@@ -557,6 +583,11 @@ mod tests {
         assert_eq!(humanize_count(12_345), "12.3k");
         assert_eq!(humanize_count(1_500_000), "1.5M");
         assert_eq!(humanize_count(2_000_000_000), "2.0G");
+        assert_eq!(printable("a\u{1b}]0;x\u{7}b", false), "a^[]0;x^Gb");
+        assert_eq!(printable("one\ntwo\r", false), "one two ");
+        assert_eq!(printable("one\ntwo", true), "one\ntwo");
+        assert_eq!(printable("\u{9b}2J\u{7f}", false), "\u{fffd}2J^?");
+        assert_eq!(Cell::plain("\u{1b}[2J").width, 5, "^[[2J, as shown");
         assert_eq!(usd_precise(0.012_34), "$0.0123");
         assert_eq!(usd_amount(3.4), "$3.40");
         assert_eq!(usd_amount(0.0), "$0.00");

@@ -479,3 +479,31 @@ fn a_prompt_file_is_checked_on_set_and_never_read_for_a_callers_document() {
     );
     assert_eq!(daemon.ctl_json(&["status"])["state"], "ready");
 }
+
+#[test]
+fn titles_from_others_cannot_drive_the_terminal() {
+    use support::fake_provider::FakeProvider;
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(&fake, "");
+    let session = daemon.ctl_json(&["chat", "hello"])["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    daemon.ctl_json(&[
+        "sessions",
+        "rename",
+        &session,
+        "\u{1b}]0;PWNED\u{7}\u{1b}[2J evil\nforged row",
+    ]);
+    for args in [&["sessions", "list"][..], &["usage"], &["sessions", "show", &session]] {
+        let output = daemon.ctl(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+            "{args:?}: {stdout:?}"
+        );
+        assert!(!stdout.contains("\nforged row"), "{args:?}: {stdout:?}");
+    }
+    let listed = String::from_utf8_lossy(&daemon.ctl(&["sessions", "list"]).stdout).into_owned();
+    assert!(listed.contains("^[]0;PWNED^G"), "shown in caret notation: {listed}");
+}

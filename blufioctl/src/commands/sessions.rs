@@ -13,7 +13,7 @@ use super::{Context, terminal_width};
 use crate::cli::{JsonArgs, SessionsCommand};
 use crate::output::{
     Cell, Human, Paint, Render, Style, compact_json, first_line, format_utc, humanize_age, json_or_text, non_empty,
-    one_line, render_pairs, render_table, truncate,
+    one_line, printable, render_pairs, render_table, truncate,
 };
 use crate::{Failure, Outcome, session_failure};
 
@@ -87,7 +87,7 @@ const EXPORT_MESSAGES: u32 = 2000;
 fn markdown(response: &GetSessionResponse) -> String {
     let mut text = String::new();
     if let Some(session) = &response.session {
-        let _ = writeln!(text, "# {}\n", one_line(&session.title));
+        let _ = writeln!(text, "# {}\n", printable(&one_line(&session.title), false));
         let _ = writeln!(
             text,
             "Session `{}`, started {} (UTC).\n",
@@ -103,7 +103,7 @@ fn markdown(response: &GetSessionResponse) -> String {
         };
         let _ = writeln!(text, "## {who} · {}\n", format_utc(message.created_at));
         if !message.text.is_empty() {
-            let _ = writeln!(text, "{}\n", message.text.trim_end());
+            let _ = writeln!(text, "{}\n", printable(message.text.trim_end(), true));
         }
         for call in &message.tool_calls {
             let _ = writeln!(
@@ -301,20 +301,25 @@ impl Render for SessionsShow<'_> {
             stdout.push('\n');
             match message.role.as_str() {
                 "user" => {
-                    let _ = writeln!(stdout, "{} {}", style.paint(Paint::Bold, "you:"), message.text);
+                    let _ = writeln!(
+                        stdout,
+                        "{} {}",
+                        style.paint(Paint::Bold, "you:"),
+                        printable(&message.text, true)
+                    );
                 }
                 "assistant" => {
                     let label = style.paint(Paint::Bold, "blufio:");
                     if message.text.is_empty() {
                         let _ = writeln!(stdout, "{label}");
                     } else {
-                        let _ = writeln!(stdout, "{label} {}", message.text);
+                        let _ = writeln!(stdout, "{label} {}", printable(&message.text, true));
                     }
                     for call in &message.tool_calls {
                         tool_names.push((&call.id, &call.name));
                         let input = truncate(&compact_json(&call.input_json), TOOL_INPUT_WIDTH);
                         let line = format!("  → {} {input}", call.name);
-                        let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &line));
+                        let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &printable(&line, false)));
                     }
                 }
                 "tool" => {
@@ -328,7 +333,10 @@ impl Render for SessionsShow<'_> {
                     } else {
                         style.paint(Paint::Bold, &format!("tool {name}:"))
                     };
-                    let result = style.paint(Paint::Dim, &first_line(&message.text, TOOL_RESULT_WIDTH));
+                    let result = style.paint(
+                        Paint::Dim,
+                        &printable(&first_line(&message.text, TOOL_RESULT_WIDTH), false),
+                    );
                     let _ = writeln!(stdout, "{label} {result}");
                 }
                 other => {

@@ -114,15 +114,22 @@ impl Render for Usage<'_> {
 
         heading(&mut stdout, &format!("per day, {period} (UTC)"));
         let mut rows = vec![token_header(style, "DAY")];
-        let mut total = (0, TokenUsage::default(), 0.0);
+        let mut total = (0_u64, TokenUsage::default(), 0.0);
         for day in &usage.days {
             let tokens = day.usage.unwrap_or_default();
             rows.push(token_row(&day.day, day.calls, &tokens, day.cost_usd));
-            total.0 += day.calls;
-            total.1.input_tokens += tokens.input_tokens;
-            total.1.output_tokens += tokens.output_tokens;
-            total.1.cache_creation_input_tokens += tokens.cache_creation_input_tokens;
-            total.1.cache_read_input_tokens += tokens.cache_read_input_tokens;
+            // Saturating: the numbers may come from a gateway, and must not wrap.
+            total.0 = total.0.saturating_add(day.calls);
+            total.1.input_tokens = total.1.input_tokens.saturating_add(tokens.input_tokens);
+            total.1.output_tokens = total.1.output_tokens.saturating_add(tokens.output_tokens);
+            total.1.cache_creation_input_tokens = total
+                .1
+                .cache_creation_input_tokens
+                .saturating_add(tokens.cache_creation_input_tokens);
+            total.1.cache_read_input_tokens = total
+                .1
+                .cache_read_input_tokens
+                .saturating_add(tokens.cache_read_input_tokens);
             total.2 += day.cost_usd;
         }
         if usage.days.len() > 1 {

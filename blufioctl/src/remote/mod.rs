@@ -472,7 +472,10 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
     call_timeout: Duration,
 ) -> Result<T, RemoteError> {
-    let bytes = response.bytes().await.map_err(|error| {
+    /// Longest answer read: far above any real one (a page of sessions, a usage report), so a
+    /// hostile or broken gateway cannot make the client allocate without bound.
+    const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+    let read_error = |error: reqwest::Error| {
         if error.is_timeout() {
             RemoteError::Timeout {
                 origin: origin(url),
@@ -484,7 +487,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(
                 reason: root_cause(&error),
             }
         }
-    })?;
+    };
+    let mut response = response;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(read_error)? {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(RemoteError::Protocol {
+                origin: origin(url),
+                detail: format!("the answer is over {MAX_ANSWER_BYTES} bytes"),
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     serde_json::from_slice(&bytes).map_err(|error| RemoteError::Protocol {
         origin: origin(url),
         detail: format!("the answer is not the expected JSON ({error})"),
