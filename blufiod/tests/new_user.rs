@@ -130,7 +130,7 @@ fn a_key_can_be_unset_and_an_empty_secret_is_refused() {
     let level = daemon.ctl(&["config", "unset", "log.level"]);
     let shown = String::from_utf8_lossy(&level.stdout).into_owned();
     assert!(
-        shown.contains("removed log.level from") && shown.contains("\"info\" (default)"),
+        shown.contains("log.level is not set in") && shown.contains("\"info\" (default)"),
         "{shown}"
     );
     let text = std::fs::read_to_string(&daemon.config_path).unwrap();

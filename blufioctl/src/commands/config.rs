@@ -183,7 +183,7 @@ impl Render for ConfigUnset<'_> {
         };
         let _ = writeln!(
             human.stdout,
-            "removed {} from {}; it is now {now}",
+            "{} is not set in {} (any more); it is now {now}",
             style.paint(Paint::Bold, self.key),
             unset.config_path
         );
