@@ -168,7 +168,8 @@ impl Echo {
         if self.shared_screen {
             self.end_text();
         }
-        crate::output::eprint_line(format_args!("{}", self.stderr_style.paint(Paint::Dim, line)));
+        let line = crate::output::printable(line, false);
+        crate::output::eprint_line(format_args!("{}", self.stderr_style.paint(Paint::Dim, &line)));
     }
 
     /// A `warning:` line on stderr.
@@ -177,8 +178,9 @@ impl Echo {
             self.end_text();
         }
         crate::output::eprint_line(format_args!(
-            "{}: {message}",
-            self.stderr_style.paint(Paint::Yellow, "warning")
+            "{}: {}",
+            self.stderr_style.paint(Paint::Yellow, "warning"),
+            crate::output::printable(message, true)
         ));
     }
 

@@ -313,17 +313,22 @@ impl Printer {
         }
     }
 
+    // Messages may carry text from the daemon, a gateway or a model: every line goes through
+    // `printable`, so no escape sequence reaches the terminal (newlines stay: a config error
+    // lists its problems one per line).
     fn warning(&self, message: &str) {
         crate::output::eprint_line(format_args!(
-            "{}: {message}",
-            self.stderr_style.paint(Paint::Yellow, "warning")
+            "{}: {}",
+            self.stderr_style.paint(Paint::Yellow, "warning"),
+            crate::output::printable(message, true)
         ));
     }
 
     fn error(&self, message: &str) {
         crate::output::eprint_line(format_args!(
-            "{}: {message}",
-            self.stderr_style.paint(Paint::Red, "error")
+            "{}: {}",
+            self.stderr_style.paint(Paint::Red, "error"),
+            crate::output::printable(message, true)
         ));
     }
 
@@ -332,7 +337,11 @@ impl Printer {
         // `{:#}` prints the whole cause chain once, joined with ": ".
         self.error(&format!("{:#}", failure.error));
         if let Some(hint) = &failure.hint {
-            crate::output::eprint_line(format_args!("{}: {hint}", self.stderr_style.paint(Paint::Bold, "hint")));
+            crate::output::eprint_line(format_args!(
+                "{}: {}",
+                self.stderr_style.paint(Paint::Bold, "hint"),
+                crate::output::printable(hint, true)
+            ));
         }
     }
 

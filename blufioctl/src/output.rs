@@ -234,7 +234,7 @@ pub fn truncate(text: &str, width: usize) -> String {
 
 /// `text` with runs of whitespace (newlines included) folded to single spaces.
 pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    printable(&text.split_whitespace().collect::<Vec<_>>().join(" "), false)
 }
 
 /// The first line of `text`, at most `width` characters, marked "…" when there is more.

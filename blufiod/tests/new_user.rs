@@ -506,4 +506,11 @@ fn titles_from_others_cannot_drive_the_terminal() {
     }
     let listed = String::from_utf8_lossy(&daemon.ctl(&["sessions", "list"]).stdout).into_owned();
     assert!(listed.contains("^[]0;PWNED^G"), "shown in caret notation: {listed}");
+    // Warning lines too: an unpriced model's name is quoted in the provider problem.
+    daemon.ctl_json(&["config", "set", "provider.model", "\u{1b}]0;MODEL\u{7}"]);
+    let status = daemon.ctl(&["status"]);
+    let stderr = String::from_utf8_lossy(&status.stderr).into_owned();
+    assert!(stderr.contains("warning:") && !stderr.contains('\u{1b}'), "{stderr:?}");
+    let export = daemon.ctl(&["sessions", "export", &session]);
+    assert!(!String::from_utf8_lossy(&export.stdout).contains('\u{1b}'));
 }

@@ -83,8 +83,34 @@ pub async fn run(context: &Context<'_>, command: SessionsCommand) -> Result<Outc
 /// Messages `sessions export` asks for: the daemon's largest page.
 const EXPORT_MESSAGES: u32 = 2000;
 
+/// A copy of `response` whose every text is printable on a terminal (see [`printable`]):
+/// message texts keep their lines, everything else is one line.
+fn shown(response: &GetSessionResponse) -> GetSessionResponse {
+    let line = |text: &str| printable(text, false);
+    let mut shown = response.clone();
+    if let Some(session) = &mut shown.session {
+        session.id = line(&session.id);
+        session.title = line(&session.title);
+        session.model = line(&session.model);
+        session.state = line(&session.state);
+    }
+    for message in &mut shown.messages {
+        message.id = line(&message.id);
+        message.role = line(&message.role);
+        message.text = printable(&message.text, true);
+        message.tool_call_id = line(&message.tool_call_id);
+        for call in &mut message.tool_calls {
+            call.id = line(&call.id);
+            call.name = line(&call.name);
+            call.input_json = line(&call.input_json);
+        }
+    }
+    shown
+}
+
 /// A session as a Markdown transcript: a title, then each message under who wrote it.
 fn markdown(response: &GetSessionResponse) -> String {
+    let response = &shown(response);
     let mut text = String::new();
     if let Some(session) = &response.session {
         let _ = writeln!(text, "# {}\n", printable(&one_line(&session.title), false));
@@ -132,7 +158,7 @@ impl Render for SessionsRename<'_> {
             let _ = writeln!(
                 human.stdout,
                 "session {} is now {}",
-                session.id,
+                printable(&session.id, false),
                 style.paint(Paint::Bold, &one_line(&session.title))
             );
         }
@@ -226,7 +252,10 @@ impl Render for SessionsList<'_> {
         }
         let mut stdout = render_table(style, &rows);
         if !list.next_cursor.is_empty() {
-            let note = format!("more sessions: --limit N, or --cursor {}", list.next_cursor);
+            let note = format!(
+                "more sessions: --limit N, or --cursor {}",
+                printable(&list.next_cursor, false)
+            );
             let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, &note));
         }
         Human {
@@ -257,6 +286,8 @@ impl Render for SessionsShow<'_> {
     /// paragraphs.
     fn human(&self, style: Style) -> Human {
         let SessionsShow { response, now } = *self;
+        // Every field came from the daemon or a gateway: made printable once, up front.
+        let response = &shown(response);
         let mut stdout = String::new();
         if let Some(session) = &response.session {
             let _ = writeln!(

@@ -467,14 +467,15 @@ fn json_body(value: &serde_json::Value) -> Result<Vec<u8>, RemoteError> {
 }
 
 /// Reads a JSON answer.
+/// Longest answer (or refusal) read: far above any real one (a page of sessions, a usage
+/// report), so a hostile or broken gateway cannot make the client allocate without bound.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 async fn read_json<T: serde::de::DeserializeOwned>(
     url: &Url,
     response: reqwest::Response,
     call_timeout: Duration,
 ) -> Result<T, RemoteError> {
-    /// Longest answer read: far above any real one (a page of sessions, a usage report), so a
-    /// hostile or broken gateway cannot make the client allocate without bound.
-    const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
     let read_error = |error: reqwest::Error| {
         if error.is_timeout() {
             RemoteError::Timeout {
@@ -507,11 +508,20 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 
 /// The error of a non-success answer: its problem document, or a description of what came.
 async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, timeout: Duration) -> RemoteError {
-    let body = tokio::time::timeout(timeout, response.bytes()).await;
-    let body = match body {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) | Err(_) => Default::default(),
-    };
+    // A refusal is read no further than an answer is (16 MiB), and shown cut short.
+    let body = tokio::time::timeout(timeout, async {
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        body
+    })
+    .await
+    .unwrap_or_default();
     #[derive(Deserialize)]
     struct ProblemJson {
         #[serde(default, rename = "type")]
@@ -522,15 +532,16 @@ async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, tim
         detail: String,
     }
     match serde_json::from_slice::<ProblemJson>(&body) {
+        // What a gateway says is shown on one line, cut short, control characters visible.
         Ok(document) if !document.detail.is_empty() || !document.title.is_empty() => RemoteError::Problem {
             status: status.as_u16(),
-            kind: document.kind,
-            title: document.title,
-            detail: document.detail,
+            kind: crate::output::one_line(&document.kind.chars().take(QUOTED_BODY).collect::<String>()),
+            title: crate::output::one_line(&document.title.chars().take(QUOTED_BODY).collect::<String>()),
+            detail: crate::output::one_line(&document.detail.chars().take(4 * QUOTED_BODY).collect::<String>()),
         },
         _ => {
             let text = String::from_utf8_lossy(&body);
-            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text = crate::output::one_line(&text);
             let quoted: String = text.chars().take(QUOTED_BODY).collect();
             let detail = if quoted.is_empty() {
                 format!("HTTP {status}")
