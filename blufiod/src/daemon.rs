@@ -324,6 +324,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
             config: live.handle(),
             secrets: secrets.clone(),
             events: events.clone(),
+            metrics: metrics.clone(),
             state_dir: paths.state_dir.clone(),
             token: token.child_token(),
         })

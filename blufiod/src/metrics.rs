@@ -6,7 +6,8 @@
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The daemon's metrics.
@@ -29,6 +30,14 @@ pub struct Metrics {
     pub grpc_requests: IntCounterVec,
     /// Control-socket call durations by method (a stream lasts until its end).
     pub grpc_duration: HistogramVec,
+    /// Tokens by model (the configured one) and type: input, output, cache_read, cache_write.
+    pub tokens: IntCounterVec,
+    /// Spend by model, US dollars.
+    pub cost_usd: CounterVec,
+    /// Provider calls by provider kind, model and outcome (ok, error).
+    pub provider_requests: IntCounterVec,
+    /// Time from sending a provider call to its last event, by model.
+    pub response_latency: HistogramVec,
 }
 
 impl Metrics {
@@ -80,6 +89,39 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tokens_total",
+                "Tokens by model and type (input, output, cache_read, cache_write).",
+            ),
+            &["model", "type"],
+        )
+        .expect("valid metric");
+        let cost_usd = CounterVec::new(
+            Opts::new(
+                "cost_usd_total",
+                "Spend by model in US dollars, as the ledger records it.",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let provider_requests = IntCounterVec::new(
+            Opts::new(
+                "provider_requests_total",
+                "Provider calls by provider, model and outcome (ok, error).",
+            ),
+            &["provider", "model", "outcome"],
+        )
+        .expect("valid metric");
+        let response_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "response_latency_seconds",
+                "Provider call time, from sending it to its last event, by model.",
+            )
+            .buckets(vec![0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+            &["model"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -89,6 +131,10 @@ impl Metrics {
             Box::new(events_dropped.clone()),
             Box::new(grpc_requests.clone()),
             Box::new(grpc_duration.clone()),
+            Box::new(tokens.clone()),
+            Box::new(cost_usd.clone()),
+            Box::new(provider_requests.clone()),
+            Box::new(response_latency.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -103,6 +149,10 @@ impl Metrics {
             events_dropped,
             grpc_requests,
             grpc_duration,
+            tokens,
+            cost_usd,
+            provider_requests,
+            response_latency,
         }
     }
 

@@ -1817,6 +1817,32 @@ async fn chat_completions_take_the_whole_conversation_or_the_session_history() {
     assert_eq!(shown["messages"].as_array().unwrap().len(), 4, "{shown}");
     let usage = setup.daemon.ctl_json(&["usage"]);
     assert_eq!(usage["sessions"][0]["session_id"], session.as_str(), "{usage}");
+    // The call is counted: tokens by type, spend, outcome and latency, under the configured model.
+    let text = setup
+        .client
+        .get(format!("{}/metrics", setup.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "blufio_provider_requests_total{model=\"fake-model\",outcome=\"ok\",provider=\"anthropic\"} 1",
+        "blufio_response_latency_seconds_count{model=\"fake-model\"} 1",
+        "blufio_tokens_total{model=\"fake-model\",type=\"input\"} ",
+        "blufio_tokens_total{model=\"fake-model\",type=\"cache_write\"} ",
+        "blufio_cost_usd_total{model=\"fake-model\"} ",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    let output_tokens: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("blufio_tokens_total{model=\"fake-model\",type=\"output\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(output_tokens > 0, "{text}");
 
     // With the header, the stored history is the conversation and the new messages follow it.
     let body = serde_json::to_vec(&serde_json::json!({"messages": [

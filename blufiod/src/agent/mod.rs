@@ -225,6 +225,8 @@ pub struct AgentDeps {
     pub secrets: Arc<Secrets>,
     /// Where turn and budget events go.
     pub events: Arc<EventBus>,
+    /// Where calls, tokens and spend are counted.
+    pub metrics: Arc<Metrics>,
     /// The state directory (the file tools' default root).
     pub state_dir: PathBuf,
     /// Cancelled at shutdown: turns stop, leaving their ledger rows written.
@@ -238,6 +240,7 @@ pub struct Agent {
     state_dir: PathBuf,
     events: Arc<EventBus>,
     secrets: Arc<Secrets>,
+    metrics: Arc<Metrics>,
     budget: Budget,
     slots: Arc<Semaphore>,
     slot_count: usize,
@@ -322,6 +325,7 @@ impl Agent {
             config,
             secrets,
             events,
+            metrics,
             state_dir,
             token,
         } = deps;
@@ -343,6 +347,7 @@ impl Agent {
             state_dir,
             events,
             secrets,
+            metrics,
             budget: Budget::new(&period, spent_day, spent_month),
             slots: Arc::new(Semaphore::new(slot_count)),
             slot_count,
@@ -949,6 +954,7 @@ impl Agent {
         summary.provider_calls += 1;
         let max_tokens = request.max_tokens;
         let mut streamed_bytes = 0;
+        let sent = std::time::Instant::now();
         let streamed = stream_call(
             turn.provider.as_ref(),
             request,
@@ -957,6 +963,7 @@ impl Agent {
             &mut streamed_bytes,
         )
         .await;
+        let latency = sent.elapsed();
         let (usage, ok) = match &streamed {
             Ok(completion) => (completion.usage, true),
             // The answer never completed, so the provider's count is unknown. Providers bill the
@@ -991,6 +998,7 @@ impl Agent {
             })
             .await;
         reservation.settle(cost);
+        self.count_call(turn, &usage, cost, ok, latency);
         summary.cost_micros += cost;
         summary.usage.add(&usage);
         ledger.map_err(|error| TurnStop::Failed(error.into()))?;
@@ -999,6 +1007,34 @@ impl Agent {
             summary.model.clone_from(&completion.model);
         }
         Ok(completion)
+    }
+
+    /// Counts one provider call on the metrics, under the configured model (a fixed set: never
+    /// what a provider answered).
+    fn count_call(&self, turn: &Turn, usage: &Usage, cost: budget::Micros, ok: bool, latency: std::time::Duration) {
+        let model = turn.model.as_str();
+        for (kind, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_write", usage.cache_creation_input_tokens),
+        ] {
+            self.metrics.tokens.with_label_values(&[model, kind]).inc_by(count);
+        }
+        self.metrics
+            .cost_usd
+            .with_label_values(&[model])
+            .inc_by(budget::dollars(cost));
+        self.metrics
+            .provider_requests
+            .with_label_values(&[turn.provider.kind().as_str(), model, if ok { "ok" } else { "error" }])
+            .inc();
+        if ok {
+            self.metrics
+                .response_latency
+                .with_label_values(&[model])
+                .observe(latency.as_secs_f64());
+        }
     }
 
     /// Runs the tool calls the model asked for, in order, telling the caller as each starts and
