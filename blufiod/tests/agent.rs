@@ -328,30 +328,6 @@ fn history_survives_a_restart_and_a_crash_mid_turn_keeps_the_message() {
     assert_eq!(daemon.ctl_json(&["status"])["previous_run_unclean"], true);
 }
 
-/// Starts `blufioctl chat` in the background.
-fn chat_in_background(daemon: &Daemon, args: &[&str]) -> std::process::Child {
-    Command::new(support::blufioctl_bin())
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("chat")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_for_requests(fake: &FakeProvider, count: usize) {
-    let deadline = Instant::now() + support::PATIENCE;
-    while fake.request_count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "the provider saw fewer than {count} requests"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
     let fake = FakeProvider::start();
@@ -366,8 +342,8 @@ fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
             ..DaemonOptions::default()
         },
     );
-    let mut stalled = chat_in_background(&daemon, &["slow session"]);
-    wait_for_requests(&fake, 1);
+    let mut stalled = daemon.ctl_in_background(&["chat", "slow session"]);
+    fake.wait_for_requests(1);
 
     // Another session runs while the first one's provider call hangs.
     fake.push(text_reply("quick answer", 5, 5));
@@ -375,8 +351,8 @@ fn a_stalled_session_does_not_block_another_and_the_queue_is_bounded() {
 
     // With both slots taken and no room to queue, a third turn is told to retry.
     fake.push(Script::Stall { after_chunks: 1 });
-    let mut second_stall = chat_in_background(&daemon, &["another slow one"]);
-    wait_for_requests(&fake, 3);
+    let mut second_stall = daemon.ctl_in_background(&["chat", "another slow one"]);
+    fake.wait_for_requests(3);
     let refused = daemon.ctl(&["chat", "one too many"]);
     assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
     assert!(
@@ -413,8 +389,8 @@ fn sigterm_during_a_turn_stops_cleanly_and_charges_the_call() {
         ..DaemonOptions::default()
     };
     let mut daemon = Daemon::start_with(dir.clone(), options());
-    let chat = chat_in_background(&daemon, &["stop in the middle"]);
-    wait_for_requests(&fake, 1);
+    let chat = daemon.ctl_in_background(&["chat", "stop in the middle"]);
+    fake.wait_for_requests(1);
     let exit = daemon.stop();
     assert!(exit.success(), "{exit}\n{}", daemon.stderr());
     let output = chat.wait_with_output().unwrap();

@@ -139,37 +139,14 @@ fn a_key_can_be_unset_and_an_empty_secret_is_refused() {
     assert_eq!(unknown.status.code(), Some(1), "{}", support::describe(&unknown));
 }
 
-fn chat_in_background(daemon: &support::Daemon, args: &[&str]) -> std::process::Child {
-    Command::new(support::blufioctl_bin())
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("chat")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_for_requests(fake: &support::fake_provider::FakeProvider, count: usize) {
-    let deadline = std::time::Instant::now() + support::PATIENCE;
-    while fake.request_count() < count {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the provider saw fewer than {count} requests"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_daemon_that_dies_mid_turn_is_reported_with_the_session() {
     use support::fake_provider::{FakeProvider, Script};
     let fake = FakeProvider::start();
     fake.push(Script::Stall { after_chunks: 1 });
     let mut daemon = support::start_with_fake(&fake, "");
-    let chat = chat_in_background(&daemon, &["are you there?"]);
-    wait_for_requests(&fake, 1);
+    let chat = daemon.ctl_in_background(&["chat", "are you there?"]);
+    fake.wait_for_requests(1);
     daemon.kill();
     let output = chat.wait_with_output().unwrap();
     let shown = support::describe(&output);

@@ -180,6 +180,16 @@ impl Daemon {
         output_of(ctl_command(self.binaries.blufioctl(), &self.socket, args))
     }
 
+    /// Starts `blufioctl --socket <socket> args...` in the background, its output piped (a chat
+    /// a test interrupts, for example).
+    pub fn ctl_in_background(&self, args: &[&str]) -> Child {
+        ctl_command(self.binaries.blufioctl(), &self.socket, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn blufioctl")
+    }
+
     /// Runs blufioctl as another user.
     pub fn ctl_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
         let mut command = ctl_command(self.binaries.blufioctl(), &self.socket, args);

@@ -198,6 +198,19 @@ impl FakeProvider {
         lock(&self.state.requests).len()
     }
 
+    /// Waits (up to 30 s, the test kit's patience, so that a busy machine cannot fail it) until `count` requests
+    /// have arrived.
+    pub fn wait_for_requests(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.request_count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the provider saw fewer than {count} requests"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The fake's own time per finished response (request received → last byte handed to the
     /// connection), in completion order, so benchmarks can subtract the provider's share.
     /// Stalled responses never finish and are not counted.
