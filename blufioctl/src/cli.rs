@@ -147,6 +147,10 @@ pub enum Command {
         output: JsonArgs,
     },
 
+    /// Print the daemon's metrics in the Prometheus text format (what the gateway's /metrics
+    /// serves), through the control socket: works with the gateway disabled
+    Metrics,
+
     /// Print a shell completion script to stdout
     Completions {
         /// The shell to generate completions for

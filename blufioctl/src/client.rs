@@ -18,12 +18,12 @@ use blufio_proto::UNIX_SOCKET_AUTHORITY;
 use blufio_proto::control::v1::control_client::ControlClient;
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    AddDeviceRequest, DeleteSessionRequest, Device, GetConfigRequest, GetConfigResponse, GetSessionRequest,
-    GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
-    ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest, PruneSessionsResponse,
-    ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest,
-    RenameSessionResponse, RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest,
-    SetConfigResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
+    AddDeviceRequest, DeleteSessionRequest, Device, GetConfigRequest, GetConfigResponse, GetMetricsRequest,
+    GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
+    ListDevicesRequest, ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest,
+    PruneSessionsResponse, ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest,
+    RenameSessionRequest, RenameSessionResponse, RevokeDeviceRequest, SendMessageRequest, SendMessageResponse,
+    SetConfigRequest, SetConfigResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -201,6 +201,14 @@ impl Client {
     pub async fn prune_sessions(&mut self, older_than_days: u32) -> Result<PruneSessionsResponse, ClientError> {
         let request = tonic::Request::new(PruneSessionsRequest { older_than_days });
         call(&self.socket, self.call_timeout, self.inner.prune_sessions(request)).await
+    }
+
+    /// `GetMetrics`: the Prometheus text exposition.
+    pub async fn get_metrics(&mut self) -> Result<String, ClientError> {
+        let request = tonic::Request::new(GetMetricsRequest {});
+        Ok(call(&self.socket, self.call_timeout, self.inner.get_metrics(request))
+            .await?
+            .text)
     }
 
     /// `GetUsage` for the last `days` days.

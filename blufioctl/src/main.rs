@@ -367,6 +367,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         Command::Device(command) => commands::device::run(&context, command).await,
         Command::Remote(args) => commands::remote::run(&context, args).await,
         Command::Usage { days, output } => commands::usage::run(&context, days, output).await,
+        Command::Metrics => commands::metrics::run(&context).await,
         Command::Completions { shell } => commands::generate::completions(&context, shell),
         Command::Man => commands::generate::man(&context),
     }

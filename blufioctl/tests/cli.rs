@@ -259,12 +259,12 @@ mod fake {
     use blufio_proto::control::v1::{
         Accepted, AddDeviceRequest, AddDeviceResponse, ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest,
         CreateSessionResponse, DaemonState, DayUsage, DeleteSessionRequest, DeleteSessionResponse, Device,
-        GatewayStatus, GetConfigRequest, GetConfigResponse, GetSessionRequest, GetSessionResponse, GetStatusRequest,
-        GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest, ListDevicesResponse,
-        ListSessionsRequest, ListSessionsResponse, ModelUsage, ReloadConfigRequest, ReloadConfigResponse,
-        RevokeDeviceRequest, RevokeDeviceResponse, SendMessageRequest, SendMessageResponse, Session, SessionUsage,
-        SetConfigRequest, SetConfigResponse, SubsystemStatus, TextDelta, TokenUsage, ToolActivity, ToolCall,
-        TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
+        GatewayStatus, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetMetricsResponse, GetSessionRequest,
+        GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
+        ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, ModelUsage, ReloadConfigRequest,
+        ReloadConfigResponse, RevokeDeviceRequest, RevokeDeviceResponse, SendMessageRequest, SendMessageResponse,
+        Session, SessionUsage, SetConfigRequest, SetConfigResponse, SubsystemStatus, TextDelta, TokenUsage,
+        ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
     };
     use blufio_proto::httpsig;
     use tokio::sync::oneshot;
@@ -540,6 +540,14 @@ mod fake {
                 return Err(Status::not_found(format!("unknown session `{id}`")));
             }
             Ok(Response::new(DeleteSessionResponse {}))
+        }
+
+        /// A canned exposition with a control character in a label value.
+        async fn get_metrics(&self, _: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
+            Ok(Response::new(GetMetricsResponse {
+                text: "# HELP blufio_up Whether blufiod is up.\n# TYPE blufio_up gauge\nblufio_up{model=\"m\u{1b}]0;x\u{7}\"} 1\n"
+                    .to_owned(),
+            }))
         }
 
         /// Canned usage; the first day's `calls` echo the requested days, so tests see the flag.
@@ -1245,6 +1253,17 @@ fn sessions_human_output() {
         "{text}"
     );
     assert!(text.contains("\ntool http_get: Sunny, 21 C\n"), "{text}");
+}
+
+#[test]
+fn metrics_prints_the_exposition_without_control_characters() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).arg("metrics"));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "# HELP blufio_up Whether blufiod is up.\n# TYPE blufio_up gauge\nblufio_up{model=\"m^[]0;x^G\"} 1\n"
+    );
 }
 
 #[test]

@@ -25,6 +25,7 @@ use crate::health::{Check, Finding, Health};
 use crate::lifecycle::{Lifecycle, Phase, VERSION};
 use crate::lockfile::{LockError, LockFile};
 use crate::logging::LogHandle;
+use crate::memory::Monitor;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::paths::Paths;
@@ -310,7 +311,22 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
             }
         });
     }
-    crate::memory::register_live_check(&live);
+    let memory = Monitor::new(live.handle(), events.clone());
+    memory.register_live_check(&live);
+    memory.register_metrics(&metrics);
+    let shrinking = storage.clone();
+    memory.on_shed("sqlite-caches", move || {
+        // SQLite frees its page caches on the connections; that waits for idle connections,
+        // so it runs on its own task.
+        let storage = shrinking.clone();
+        tokio::spawn(async move { storage.shrink_memory().await });
+        1
+    });
+    metrics.start_time.set(
+        (std::time::SystemTime::now() - startup.started.elapsed())
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64()),
+    );
     Agent::register_live_check(&live);
     let gateway_info = bound_gateway.as_ref().map(|bound| bound.info.clone());
     if let Some(info) = gateway_info.clone() {
@@ -325,6 +341,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
             secrets: secrets.clone(),
             events: events.clone(),
             metrics: metrics.clone(),
+            memory: memory.clone(),
             state_dir: paths.state_dir.clone(),
             token: token.child_token(),
         })
@@ -332,6 +349,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         .map_err(DaemonError::Storage)?,
     );
     agent.register_metrics(&metrics);
+    agent.register_shedders(&memory);
     let lifecycle = Arc::new(Lifecycle::new(
         startup.started,
         paths.clone(),
@@ -339,17 +357,15 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         live.clone(),
         events.clone(),
     ));
-    register_checks(&health, &lifecycle, &storage, &agent, &live);
+    register_checks(&health, &lifecycle, &storage, &agent);
+    memory.register_checks(&health);
 
     let mut subsystems = Subsystems::new();
     subsystems.spawn(
         "events",
         crate::metrics::count_events(metrics.clone(), events.clone(), counted_events, token.child_token()),
     );
-    subsystems.spawn(
-        "memory",
-        crate::memory::watch(live.handle(), events.clone(), token.child_token()),
-    );
+    subsystems.spawn("memory", crate::memory::watch(memory.clone(), token.child_token()));
     let retention_changed = Arc::new(tokio::sync::Notify::new());
     let notify = retention_changed.clone();
     live.on_change("session-retention", move |old, new| {
@@ -363,6 +379,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     );
     // One device registry: the control plane changes it, the gateway reads it.
     let devices = Devices::new(storage.clone());
+    devices.register_shedders(&memory);
     subsystems.spawn(
         "control",
         control::serve(
@@ -375,6 +392,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 health: health.clone(),
                 events: events.clone(),
                 metrics: metrics.clone(),
+                memory: memory.clone(),
                 gateway: gateway_info,
             },
             listener,
@@ -401,7 +419,8 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                     lifecycle: lifecycle.clone(),
                     config: live.handle(),
                     secrets,
-                    metrics,
+                    metrics: metrics.clone(),
+                    memory: memory.clone(),
                     health: health.clone(),
                     devices,
                 },
@@ -416,8 +435,16 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         let status = lifecycle.watchdog.clone();
         let notifier = lifecycle.notifier;
         let token = token.child_token();
+        let counted = metrics.clone();
         subsystems.spawn("watchdog", async move {
-            watchdog::run(interval, probes, move || notifier.watchdog(), status, token).await;
+            let end = move |cycle| match cycle {
+                watchdog::Cycle::Passed => {
+                    notifier.watchdog();
+                    counted.watchdog_pings.inc();
+                }
+                watchdog::Cycle::Missed => counted.watchdog_missed.inc(),
+            };
+            watchdog::run(interval, probes, end, status, token).await;
             Ok::<(), SubsystemError>(())
         });
     }
@@ -530,13 +557,7 @@ async fn reload_on_sighup(
 
 /// The daemon's own checks: liveness (the watchdog feeds systemd only while all pass) and
 /// readiness (`/ready`).
-fn register_checks(
-    health: &Health,
-    lifecycle: &Arc<Lifecycle>,
-    storage: &Storage,
-    agent: &Arc<Agent>,
-    live: &LiveConfig,
-) {
+fn register_checks(health: &Health, lifecycle: &Arc<Lifecycle>, storage: &Storage, agent: &Arc<Agent>) {
     // The scheduler runs a freshly spawned task: no worker is wedged by blocking code.
     health.register(
         Check::new("runtime", || async {
@@ -631,7 +652,6 @@ fn register_checks(
         })
         .readiness("the LLM provider is not configured"),
     );
-    crate::memory::register_checks(health, live.handle());
 }
 
 #[cfg(test)]

@@ -94,6 +94,20 @@ impl Devices {
         }
     }
 
+    /// Registers with the memory monitor: the last-use times older than the write interval go
+    /// at the warn level (they only spare a database write).
+    pub fn register_shedders(&self, memory: &crate::memory::Monitor) {
+        let touched = Arc::downgrade(&self.touched);
+        memory.on_shed("device-last-use", move || {
+            let Some(touched) = touched.upgrade() else { return 0 };
+            let mut touched = touched.lock().expect("device use times poisoned");
+            let before = touched.len();
+            touched.retain(|_, at| at.elapsed() < TOUCH_INTERVAL);
+            touched.shrink_to_fit();
+            before - touched.len()
+        });
+    }
+
     /// Registers `name` with a PEM public key. The keyid is the key's fingerprint, so it is
     /// derived from the key and cannot collide with another device's.
     pub async fn add(&self, name: &str, public_key_pem: &str) -> Result<DeviceRecord, DeviceError> {

@@ -52,10 +52,10 @@ pub enum Event {
         /// `daily` or `monthly`.
         period: &'static str,
     },
-    /// Memory went above or back below the pressure threshold.
+    /// The memory pressure level changed.
     MemoryPressureChanged {
-        /// Whether the daemon is now under pressure.
-        under_pressure: bool,
+        /// The new level: `normal`, `warn` or `limit`.
+        level: &'static str,
         /// The resident set when it was seen.
         rss_bytes: u64,
     },

@@ -20,6 +20,9 @@ use crate::watchdog::WatchdogStatus;
 /// The daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The commit the daemon was built from (`unknown` outside a git checkout; see `build.rs`).
+pub const COMMIT: &str = env!("BLUFIOD_COMMIT");
+
 /// Lifecycle phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

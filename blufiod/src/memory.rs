@@ -1,60 +1,423 @@
-//! The daemon's view of its own memory: resident set size from `/proc/self/statm`, bytes
-//! allocated through jemalloc, and whether the configured limit is under pressure.
+//! The memory monitor: measures the daemon's own memory and acts on two thresholds of the
+//! configured limit (`memory.limit_mib`), so that blufiod never grows into the OOM killer.
 //!
-//! This module measures and judges; the agent refuses new turns under pressure, and the status
-//! RPC and `/ready` report it. What it frees is only the allocator's own cache of pages: jemalloc
-//! runs a background thread that returns unused pages to the system on its decay schedule even
-//! when the daemon is idle, and [`release`] returns them at once after large transient work. It
-//! never kills anything.
+//! - **warn** (`memory.warn_percent`, 75 % by default): return jemalloc's dirty pages to the system
+//!   and shed what the daemon caches. Each cache registers how to shrink itself with
+//!   [`Monitor::on_shed`] (idle session locks, the provider's HTTP connection pool, the rate
+//!   limiter's idle keys, SQLite's page caches). The replay cache never registers: forgetting a
+//!   nonce early would let a captured request be replayed.
+//! - **limit** (`memory.pressure_percent`, 90 % by default): refuse new turns and sessions (the
+//!   transports map the refusal to 503 with `Retry-After` and `RESOURCE_EXHAUSTED`), let turns
+//!   in flight finish, and fail the readiness check.
+//!
+//! The level is measured on the resident set (what the kernel's OOM killer and cgroups count) at
+//! every admission and every few seconds by [`watch`]. A level is left only after falling
+//! [`HYSTERESIS_PERCENT`] below its threshold, so that a daemon hovering near a threshold does
+//! not flap. Each transition is logged once, published on the event bus and shown
+//! by the `blufio_memory_pressure` gauge. The monitor never aborts or kills anything.
 
-use crate::config::MemoryConfig;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// A measurement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::config::{ConfigHandle, MemoryConfig};
+use crate::events::{Event, EventBus};
+
+/// How far below a threshold memory must fall before its level is left, in percent of the
+/// threshold (of the threshold, not of the limit: a threshold set low keeps a margin below it).
+pub const HYSTERESIS_PERCENT: u64 = 5;
+
+/// How often [`watch`] measures.
+const WATCH_TICK: Duration = Duration::from_secs(2);
+
+/// A measurement younger than this is reused: admission runs for every turn.
+const MEASURE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest time between two sheddings while memory stays at or above the warn level: a
+/// purge walks every arena, and caches refill only with traffic.
+const SHED_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pressure level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pressure {
+    /// Below the warn threshold.
+    Normal,
+    /// At or above the warn threshold: caches are shed.
+    Warn,
+    /// At or above the limit threshold: new turns and sessions are refused.
+    Limit,
+}
+
+impl Pressure {
+    /// A stable name: `normal`, `warn` or `limit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Warn => "warn",
+            Self::Limit => "limit",
+        }
+    }
+
+    /// The gauge value: 0, 1 or 2.
+    fn gauge(self) -> f64 {
+        match self {
+            Self::Normal => 0.0,
+            Self::Warn => 1.0,
+            Self::Limit => 2.0,
+        }
+    }
+}
+
+/// One measurement of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryUse {
-    /// Resident set size in bytes.
+    /// Resident set size in bytes (`/proc/self/statm`).
     pub rss_bytes: u64,
-    /// Bytes allocated through the allocator (0 when it cannot be read).
-    pub allocated_bytes: u64,
-    /// The configured limit in bytes (0: none).
-    pub limit_bytes: u64,
+    /// Bytes the program holds through jemalloc (0 when it cannot be read).
+    pub heap_bytes: u64,
+    /// Bytes of jemalloc's pages that are resident: the heap plus the allocator's own overhead
+    /// and its not yet returned dirty pages.
+    pub allocator_resident_bytes: u64,
 }
 
 impl MemoryUse {
-    /// Measures now, against `config`.
-    pub fn now(config: &MemoryConfig) -> Self {
+    /// Measures now.
+    pub fn now() -> Self {
+        let (heap_bytes, allocator_resident_bytes) = allocator_bytes().unwrap_or_default();
         Self {
             rss_bytes: rss_bytes().unwrap_or(0),
-            allocated_bytes: allocated_bytes().unwrap_or(0),
-            limit_bytes: config.limit_mib.saturating_mul(1024 * 1024),
+            heap_bytes,
+            allocator_resident_bytes,
+        }
+    }
+}
+
+/// The two thresholds of a configuration, in bytes (both 0 when there is no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// The configured limit.
+    pub limit_bytes: u64,
+    /// Where shedding starts.
+    pub warn_bytes: u64,
+    /// Where new turns are refused.
+    pub refuse_bytes: u64,
+}
+
+impl Thresholds {
+    /// The thresholds of `config`.
+    pub fn of(config: &MemoryConfig) -> Self {
+        let limit_bytes = config.limit_mib.saturating_mul(1024 * 1024);
+        let percent =
+            |percent: u64| u64::try_from(u128::from(limit_bytes) * u128::from(percent) / 100).unwrap_or(u64::MAX);
+        Self {
+            limit_bytes,
+            warn_bytes: percent(u64::from(config.warn_percent.min(config.pressure_percent))),
+            refuse_bytes: percent(u64::from(config.pressure_percent)),
         }
     }
 
-    /// Measures now; when that is under pressure, returns the allocator's unused pages to the
-    /// system first and measures again, so that pages a past burst left behind never count.
-    ///
-    /// The purge runs at most once per [`PURGE_INTERVAL`]: under sustained pressure every turn,
-    /// `/ready` and status call measures, and a purge walks every arena.
-    pub fn check(config: &MemoryConfig) -> Self {
-        let used = Self::now(config);
-        if used.under_pressure(config) && purge_due() {
+    /// The level `rss` reaches from `current`: a level is entered at its threshold and left only
+    /// [`HYSTERESIS_PERCENT`] below it.
+    pub fn level(&self, current: Pressure, rss: u64) -> Pressure {
+        if self.limit_bytes == 0 {
+            return Pressure::Normal;
+        }
+        let holds = |level: Pressure, threshold: u64| {
+            let margin = u64::try_from(u128::from(threshold) * u128::from(HYSTERESIS_PERCENT) / 100).unwrap_or(0);
+            rss >= threshold || (current >= level && rss >= threshold - margin)
+        };
+        if holds(Pressure::Limit, self.refuse_bytes) {
+            Pressure::Limit
+        } else if holds(Pressure::Warn, self.warn_bytes) {
+            Pressure::Warn
+        } else {
+            Pressure::Normal
+        }
+    }
+}
+
+/// What the monitor last saw, for status, `/ready`, doctor and the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// The measurement.
+    pub used: MemoryUse,
+    /// The thresholds it was judged against.
+    pub thresholds: Thresholds,
+    /// The level.
+    pub pressure: Pressure,
+    /// How long the level has held (since start when it never changed).
+    pub since: Duration,
+}
+
+/// Refused because memory is at the limit level.
+#[derive(Debug, Clone, Copy)]
+pub struct AtLimit {
+    /// The resident set in MiB.
+    pub rss_mib: u64,
+    /// The configured limit in MiB.
+    pub limit_mib: u64,
+}
+
+/// A cache that can give memory back: its name (for the log) and how to shrink it, returning how
+/// many entries it dropped.
+struct Shedder {
+    name: &'static str,
+    shed: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// The monitor. Made once by the root and shared.
+pub struct Monitor {
+    config: ConfigHandle,
+    events: Arc<EventBus>,
+    state: Mutex<State>,
+    shedders: Mutex<Vec<Shedder>>,
+}
+
+struct State {
+    pressure: Pressure,
+    changed: Instant,
+    measured: Option<(Instant, MemoryUse)>,
+    shed: Option<Instant>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Monitor")
+            .field("pressure", &self.state.lock().expect("memory state poisoned").pressure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// A monitor judging against the live `config`, announcing transitions on `events`.
+    pub fn new(config: ConfigHandle, events: Arc<EventBus>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            events,
+            state: Mutex::new(State {
+                pressure: Pressure::Normal,
+                changed: Instant::now(),
+                measured: None,
+                shed: None,
+            }),
+            shedders: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers a cache to shrink at the warn level. `shed` returns how many entries it dropped;
+    /// it must be quick and must not wait on anything a turn holds for long.
+    pub fn on_shed(&self, name: &'static str, shed: impl Fn() -> usize + Send + Sync + 'static) {
+        self.shedders.lock().expect("shedders poisoned").push(Shedder {
+            name,
+            shed: Box::new(shed),
+        });
+    }
+
+    /// Measures (or reuses a measurement younger than [`MEASURE_INTERVAL`]), moves to the level
+    /// it reaches, and sheds when at or above warn and a shedding is due.
+    pub fn observe(&self) -> Reading {
+        let thresholds = Thresholds::of(&self.config.get().config.memory);
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("memory state poisoned");
+        let used = match state.measured {
+            Some((at, used)) if now.duration_since(at) < MEASURE_INTERVAL => used,
+            _ => MemoryUse::now(),
+        };
+        let mut used = used;
+        let mut pressure = thresholds.level(state.pressure, used.rss_bytes);
+        if pressure >= Pressure::Warn && state.shed.is_none_or(|at| now.duration_since(at) >= SHED_INTERVAL) {
+            state.shed = Some(now);
+            self.shed(&used);
+            used = MemoryUse::now();
+            pressure = thresholds.level(state.pressure, used.rss_bytes);
+        }
+        state.measured = Some((now, used));
+        if pressure != state.pressure {
+            let from = state.pressure;
+            state.pressure = pressure;
+            state.changed = now;
+            self.announce(from, pressure, &used, &thresholds);
+        }
+        Reading {
+            used,
+            thresholds,
+            pressure,
+            since: now.duration_since(state.changed),
+        }
+    }
+
+    /// Whether a new turn or session may start: not at the limit level.
+    pub fn admit(&self) -> Result<(), AtLimit> {
+        let reading = self.observe();
+        if reading.pressure == Pressure::Limit {
+            return Err(AtLimit {
+                rss_mib: reading.used.rss_bytes / (1024 * 1024),
+                limit_mib: reading.thresholds.limit_bytes / (1024 * 1024),
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the allocator's unused pages and shrinks every registered cache.
+    fn shed(&self, before: &MemoryUse) {
+        let shedders = self.shedders.lock().expect("shedders poisoned");
+        let dropped: Vec<String> = shedders
+            .iter()
+            .map(|shedder| format!("{}={}", shedder.name, (shedder.shed)()))
+            .collect();
+        drop(shedders);
+        release();
+        let after = MemoryUse::now();
+        tracing::info!(
+            rss_before_kib = before.rss_bytes / 1024,
+            rss_after_kib = after.rss_bytes / 1024,
+            dropped = %dropped.join(" "),
+            "memory above the warn threshold: caches shed and free pages returned"
+        );
+    }
+
+    fn announce(&self, from: Pressure, to: Pressure, used: &MemoryUse, thresholds: &Thresholds) {
+        let rss_mib = used.rss_bytes / (1024 * 1024);
+        let limit_mib = thresholds.limit_bytes / (1024 * 1024);
+        match to {
+            Pressure::Limit => tracing::warn!(
+                rss_mib,
+                limit_mib,
+                "memory at the limit threshold: new turns and sessions are refused until it falls"
+            ),
+            Pressure::Warn if from == Pressure::Normal => {
+                tracing::warn!(rss_mib, limit_mib, "memory above the warn threshold: caches are shed")
+            }
+            Pressure::Warn => tracing::info!(
+                rss_mib,
+                limit_mib,
+                "memory back under the limit threshold: new turns are accepted again"
+            ),
+            Pressure::Normal => tracing::info!(rss_mib, limit_mib, "memory back to normal"),
+        }
+        self.events.publish(Event::MemoryPressureChanged {
+            level: to.as_str(),
+            rss_bytes: used.rss_bytes,
+        });
+    }
+
+    /// Registers the memory gauges, measured at each scrape.
+    pub fn register_metrics(self: &Arc<Self>, metrics: &crate::metrics::Metrics) {
+        let monitor = Arc::downgrade(self);
+        metrics.register_scraped(
+            &[
+                ("memory_rss_bytes", "Resident set size of blufiod in bytes."),
+                ("memory_heap_bytes", "Bytes allocated through jemalloc."),
+                (
+                    "memory_resident_bytes",
+                    "Bytes of jemalloc's pages that are resident (heap plus allocator overhead).",
+                ),
+                ("memory_limit_bytes", "The configured memory limit in bytes (0: none)."),
+                (
+                    "memory_warn_bytes",
+                    "Resident size at which caches are shed, in bytes (0: no limit).",
+                ),
+                (
+                    "memory_refuse_bytes",
+                    "Resident size at which new turns are refused, in bytes (0: no limit).",
+                ),
+                ("memory_pressure", "Memory pressure: 0 normal, 1 warn, 2 limit."),
+            ],
+            move || {
+                let reading = monitor.upgrade()?.observe();
+                Some(vec![
+                    reading.used.rss_bytes as f64,
+                    reading.used.heap_bytes as f64,
+                    reading.used.allocator_resident_bytes as f64,
+                    reading.thresholds.limit_bytes as f64,
+                    reading.thresholds.warn_bytes as f64,
+                    reading.thresholds.refuse_bytes as f64,
+                    reading.pressure.gauge(),
+                ])
+            },
+        );
+    }
+
+    /// Registers the memory check: warns at the warn level, fails (and fails readiness) at the
+    /// limit level.
+    pub fn register_checks(self: &Arc<Self>, health: &crate::health::Health) {
+        let monitor = self.clone();
+        health.register(
+            crate::health::Check::new("memory", move || {
+                let reading = monitor.observe();
+                async move { finding(&reading) }
+            })
+            .readiness("the daemon is at its memory limit and refuses new turns"),
+        );
+    }
+
+    /// Refuses, while the daemon runs, a limit whose refuse threshold is already below what the
+    /// daemon uses: every turn would be refused at once. (A file that starts the daemon over its
+    /// limit is the owner's choice; status and `/ready` then say so.)
+    pub fn register_live_check(self: &Arc<Self>, live: &crate::config::LiveConfig) {
+        live.on_check("memory", |new| {
+            let memory = &new.config.memory;
+            let thresholds = Thresholds::of(memory);
+            // Measure after returning free pages, so that pages a past burst left behind never
+            // count against the new limit.
             release();
-            return Self::now(config);
+            let used = MemoryUse::now();
+            if thresholds.level(Pressure::Normal, used.rss_bytes) < Pressure::Limit {
+                return Ok(());
+            }
+            let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
+            let needed = (u128::from(used.rss_bytes) * 100).div_ceil(u128::from(memory.pressure_percent.max(1)));
+            Err(format!(
+                "memory.limit_mib = {} at memory.pressure_percent = {} puts the refuse threshold below the {} MiB blufiod uses now, so every turn would be refused; set memory.limit_mib to at least {}, or 0 for no limit",
+                memory.limit_mib,
+                memory.pressure_percent,
+                mib(used.rss_bytes),
+                mib(u64::try_from(needed).unwrap_or(u64::MAX)) + 1
+            ))
+        });
+    }
+}
+
+/// The health finding of a reading.
+fn finding(reading: &Reading) -> crate::health::Finding {
+    let mib = |bytes: u64| bytes / (1024 * 1024);
+    let thresholds = &reading.thresholds;
+    if thresholds.limit_bytes == 0 {
+        return crate::health::Finding::ok(format!("{} MiB resident, no limit", mib(reading.used.rss_bytes)));
+    }
+    let detail = format!(
+        "{} MiB resident of a {} MiB limit (warn at {} MiB, refuse at {} MiB); {} for {} s",
+        mib(reading.used.rss_bytes),
+        mib(thresholds.limit_bytes),
+        mib(thresholds.warn_bytes),
+        mib(thresholds.refuse_bytes),
+        reading.pressure.as_str(),
+        reading.since.as_secs()
+    );
+    match reading.pressure {
+        Pressure::Limit => crate::health::Finding::fail(
+            detail,
+            "new turns are refused until memory falls; raise memory.limit_mib if this persists",
+        ),
+        Pressure::Warn => {
+            crate::health::Finding::warn(detail, "caches are being shed; raise memory.limit_mib if this persists")
         }
-        used
+        Pressure::Normal => crate::health::Finding::ok(detail),
     }
+}
 
-    /// Whether the resident set is above three quarters of the pressure threshold.
-    pub fn near_pressure(&self, config: &MemoryConfig) -> bool {
-        self.limit_bytes > 0
-            && u128::from(self.rss_bytes) * 100 * 4
-                > u128::from(self.limit_bytes) * u128::from(config.pressure_percent) * 3
-    }
-
-    /// Whether the resident set is above `pressure_percent` of the limit.
-    pub fn under_pressure(&self, config: &MemoryConfig) -> bool {
-        self.limit_bytes > 0
-            && u128::from(self.rss_bytes) * 100 > u128::from(self.limit_bytes) * u128::from(config.pressure_percent)
+/// Measures every [`WATCH_TICK`] until `token` is cancelled, so that transitions (and shedding)
+/// happen even when no turn arrives.
+pub async fn watch(
+    monitor: Arc<Monitor>,
+    token: tokio_util::sync::CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(WATCH_TICK) => {}
+        }
+        monitor.observe();
     }
 }
 
@@ -90,120 +453,6 @@ pub fn release() {
     }
 }
 
-/// Refuses, while the daemon runs, a memory limit whose pressure threshold is already below what
-/// the daemon uses: every turn would be refused at once and for ever. (A file that starts the
-/// daemon under pressure is the owner's choice; status and `/ready` then say so.)
-pub fn register_live_check(live: &crate::config::LiveConfig) {
-    live.on_check("memory", |new| {
-        let memory = &new.config.memory;
-        let used = MemoryUse::check(memory);
-        if !used.under_pressure(memory) {
-            return Ok(());
-        }
-        let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
-        let needed = (u128::from(used.rss_bytes) * 100).div_ceil(u128::from(memory.pressure_percent.max(1)));
-        Err(format!(
-            "memory.limit_mib = {} at memory.pressure_percent = {} puts the pressure threshold below the {} MiB blufiod uses now, so every turn would be refused; set memory.limit_mib to at least {}, or 0 for no limit",
-            memory.limit_mib,
-            memory.pressure_percent,
-            mib(used.rss_bytes),
-            mib(u64::try_from(needed).unwrap_or(u64::MAX)) + 1
-        ))
-    });
-}
-
-/// Registers the memory check: fails while the resident set is above the pressure threshold.
-pub fn register_checks(health: &crate::health::Health, config: crate::config::ConfigHandle) {
-    health.register(
-        crate::health::Check::new("memory", move || {
-            let memory = config.get().config.memory.clone();
-            async move {
-                let used = MemoryUse::check(&memory);
-                let detail = format!(
-                    "{} MiB resident of a {} MiB limit",
-                    used.rss_bytes / (1024 * 1024),
-                    memory.limit_mib
-                );
-                if used.under_pressure(&memory) {
-                    crate::health::Finding::fail(
-                        detail,
-                        "new turns are refused until memory falls; raise memory.limit_mib if this persists",
-                    )
-                } else if used.near_pressure(&memory) {
-                    crate::health::Finding::warn(
-                        detail,
-                        "memory is near the pressure threshold; raise memory.limit_mib if this persists",
-                    )
-                } else {
-                    crate::health::Finding::ok(detail)
-                }
-            }
-        })
-        .readiness("the daemon is over its memory limit and refuses new turns"),
-    );
-}
-
-/// How often [`watch`] measures.
-const WATCH_TICK: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Measures every few seconds until `token` is cancelled, and announces each change of the
-/// pressure state once: a log line and an event.
-pub async fn watch(
-    config: crate::config::ConfigHandle,
-    events: std::sync::Arc<crate::events::EventBus>,
-    token: tokio_util::sync::CancellationToken,
-) -> Result<(), std::convert::Infallible> {
-    let mut under = false;
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return Ok(()),
-            () = tokio::time::sleep(WATCH_TICK) => {}
-        }
-        let memory = config.get().config.memory.clone();
-        let used = MemoryUse::check(&memory);
-        let now = used.under_pressure(&memory);
-        if now != under {
-            under = now;
-            if now {
-                tracing::warn!(
-                    rss_mib = used.rss_bytes / (1024 * 1024),
-                    limit_mib = memory.limit_mib,
-                    "memory under pressure: new turns are refused"
-                );
-            } else {
-                tracing::info!(
-                    rss_mib = used.rss_bytes / (1024 * 1024),
-                    "memory back under the pressure threshold"
-                );
-            }
-            events.publish(crate::events::Event::MemoryPressureChanged {
-                under_pressure: now,
-                rss_bytes: used.rss_bytes,
-            });
-        }
-    }
-}
-
-/// The shortest time between two purges that [`MemoryUse::check`] starts.
-const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Whether a pressure purge may run now (and, if so, records that it does).
-fn purge_due() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    // Milliseconds since the process's first call, + 1 so that 0 means "never".
-    static LAST_PURGE: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let now = u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    let last = LAST_PURGE.load(Ordering::Relaxed);
-    let interval = u64::try_from(PURGE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
-    (last == 0 || now.saturating_sub(last) >= interval)
-        && LAST_PURGE
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-}
-
 /// Resident set size from `/proc/self/statm` (second field, in pages).
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -212,15 +461,25 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
-/// jemalloc's count of allocated bytes (refreshed by advancing its statistics epoch).
-fn allocated_bytes() -> Option<u64> {
+/// jemalloc's allocated and resident byte counts (refreshed by advancing its statistics epoch).
+fn allocator_bytes() -> Option<(u64, u64)> {
     tikv_jemalloc_ctl::epoch::advance().ok()?;
-    u64::try_from(tikv_jemalloc_ctl::stats::allocated::read().ok()?).ok()
+    let allocated = u64::try_from(tikv_jemalloc_ctl::stats::allocated::read().ok()?).ok()?;
+    let resident = u64::try_from(tikv_jemalloc_ctl::stats::resident::read().ok()?).ok()?;
+    Some((allocated, resident))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(limit_mib: u64) -> MemoryConfig {
+        MemoryConfig {
+            limit_mib,
+            warn_percent: 75,
+            pressure_percent: 90,
+        }
+    }
 
     #[test]
     fn release_returns_freed_pages() {
@@ -242,27 +501,103 @@ mod tests {
     }
 
     #[test]
-    fn measures_this_process_and_judges_pressure() {
-        let config = MemoryConfig {
-            limit_mib: 1,
-            pressure_percent: 90,
-        };
-        let used = MemoryUse::now(&config);
+    fn measures_this_process() {
+        let used = MemoryUse::now();
         assert!(
             used.rss_bytes > 1024 * 1024,
             "a test process uses more than 1 MiB: {used:?}"
         );
-        assert_eq!(used.limit_bytes, 1024 * 1024);
-        assert!(used.under_pressure(&config));
-        let roomy = MemoryConfig {
-            limit_mib: 1024 * 1024,
-            pressure_percent: 90,
+        assert!(used.heap_bytes > 0, "jemalloc is the allocator: {used:?}");
+        assert!(used.allocator_resident_bytes >= used.heap_bytes / 2, "{used:?}");
+    }
+
+    #[test]
+    fn levels_enter_at_their_threshold_and_leave_below_the_margin() {
+        const MIB: u64 = 1024 * 1024;
+        let thresholds = Thresholds::of(&config(100));
+        assert_eq!(thresholds.warn_bytes, 75 * MIB);
+        assert_eq!(thresholds.refuse_bytes, 90 * MIB);
+        use Pressure::{Limit, Normal, Warn};
+        // Margins: 5 % of 75 MiB is 3.75 MiB, of 90 MiB 4.5 MiB.
+        for (from, rss_kib, to) in [
+            (Normal, 74 * 1024, Normal),
+            (Normal, 75 * 1024, Warn),
+            (Normal, 95 * 1024, Limit),
+            (Warn, 89 * 1024, Warn),
+            (Warn, 72 * 1024, Warn),
+            (Warn, 71 * 1024, Normal),
+            (Warn, 90 * 1024, Limit),
+            (Limit, 86 * 1024, Limit),
+            (Limit, 85 * 1024 + 512, Limit),
+            (Limit, 85 * 1024, Warn),
+            (Limit, 72 * 1024, Warn),
+            (Limit, 71 * 1024, Normal),
+        ] {
+            assert_eq!(
+                thresholds.level(from, rss_kib * 1024),
+                to,
+                "from {from:?} at {rss_kib} KiB"
+            );
+        }
+        // A threshold set far below the limit keeps a margin of its own size, never the whole
+        // threshold: the level can still be left.
+        let low = Thresholds::of(&MemoryConfig {
+            limit_mib: 8192,
+            warn_percent: 75,
+            pressure_percent: 1,
+        });
+        assert_eq!(low.level(Limit, 32 * MIB), Normal);
+        let unlimited = Thresholds::of(&config(0));
+        assert_eq!(unlimited.level(Limit, u64::MAX), Normal, "no limit, no pressure");
+    }
+
+    #[tokio::test]
+    async fn a_monitor_sheds_refuses_and_announces_each_transition_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let with_limit = |limit_mib| {
+            crate::config::Loaded::for_tests(crate::config::Config {
+                memory: config(limit_mib),
+                ..crate::config::Config::default()
+            })
         };
-        assert!(!MemoryUse::now(&roomy).under_pressure(&roomy));
-        let unlimited = MemoryConfig {
-            limit_mib: 0,
-            pressure_percent: 90,
-        };
-        assert!(!MemoryUse::now(&unlimited).under_pressure(&unlimited));
+        let handle = ConfigHandle::new(with_limit(1));
+        let bus = EventBus::new();
+        let mut events = bus.subscribe();
+        let monitor = Monitor::new(handle.clone(), bus.clone());
+        let shed = Arc::new(AtomicUsize::new(0));
+        let counted = shed.clone();
+        monitor.on_shed("test-cache", move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            3
+        });
+        // A test process is far above 90 % of 1 MiB.
+        let refused = monitor.admit().unwrap_err();
+        assert_eq!(refused.limit_mib, 1);
+        assert!(refused.rss_mib >= 1, "{refused:?}");
+        assert_eq!(shed.load(Ordering::Relaxed), 1, "entering warn sheds");
+        let reading = monitor.observe();
+        assert_eq!(reading.pressure, Pressure::Limit);
+        assert_eq!(shed.load(Ordering::Relaxed), 1, "at most one shedding per interval");
+        let event = events.next().await.unwrap();
+        assert!(
+            matches!(*event, Event::MemoryPressureChanged { level: "limit", rss_bytes } if rss_bytes > 0),
+            "{event:?}"
+        );
+        assert_eq!(finding(&reading).level, crate::health::Level::Fail);
+
+        handle.set_for_tests(with_limit(0));
+        monitor.admit().expect("no limit admits");
+        let event = events.next().await.unwrap();
+        assert!(
+            matches!(*event, Event::MemoryPressureChanged { level: "normal", .. }),
+            "{event:?}"
+        );
+        monitor.observe();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), events.next())
+                .await
+                .is_err(),
+            "a level that holds is not announced again"
+        );
     }
 }

@@ -6,8 +6,8 @@
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    CounterVec, Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder as _, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The daemon's metrics.
@@ -38,65 +38,85 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     /// Time from sending a provider call to its last event, by model.
     pub response_latency: HistogramVec,
+    /// Time from sending a provider call to the first piece of its answer, by model.
+    pub time_to_first_token: HistogramVec,
+    /// Provider attempts retried before the answer started, by provider kind and model.
+    pub provider_retries: IntCounterVec,
+    /// Refused or failed turns by error kind.
+    pub errors: IntCounterVec,
+    /// Messages by direction (inbound: accepted from the owner; outbound: answers completed) and
+    /// channel (control, gateway).
+    pub messages: IntCounterVec,
+    /// Tool calls by tool (a known name or `unknown`) and outcome (ok, error, not_run).
+    pub tool_calls: IntCounterVec,
+    /// Watchdog cycles whose probes all passed and that sent `WATCHDOG=1`.
+    pub watchdog_pings: IntCounter,
+    /// Watchdog cycles where a probe failed and the ping was withheld.
+    pub watchdog_missed: IntCounter,
+    /// When the daemon started, seconds since the Unix epoch.
+    pub start_time: Gauge,
+}
+
+/// Buckets for LLM-scale latencies: a quarter second to five minutes.
+const LLM_BUCKETS: [f64; 11] = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+
+/// Buckets for the daemon's own request handling, a millisecond to two minutes (streams).
+const REQUEST_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+/// A counter vector; the names and labels are this module's constants, so it cannot fail.
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+/// A histogram vector over `buckets`.
+fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric")
 }
 
 impl Metrics {
     /// A registry with every metric, and the process collector (RSS, CPU, file descriptors).
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("blufio".to_owned()), None).expect("a valid prefix");
-        let http_requests = IntCounterVec::new(
-            Opts::new("gateway_requests_total", "Gateway requests by route and HTTP status."),
+        let http_requests = counter_vec(
+            "gateway_requests_total",
+            "Gateway requests by route and HTTP status.",
             &["route", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_request_duration_seconds",
-                "Gateway request handling time by route.",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
+        );
+        let http_duration = histogram_vec(
+            "gateway_request_duration_seconds",
+            "Gateway request handling time by route.",
+            &REQUEST_BUCKETS,
             &["route"],
-        )
-        .expect("valid metric");
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
-                "gateway_auth_failures_total",
-                "Refused gateway requests by the check that failed.",
-            ),
+        );
+        let auth_failures = counter_vec(
+            "gateway_auth_failures_total",
+            "Refused gateway requests by the check that failed.",
             &["check"],
-        )
-        .expect("valid metric");
+        );
         let open_connections =
             IntGauge::new("gateway_open_connections", "Gateway connections open now.").expect("valid metric");
-        let events = IntCounterVec::new(Opts::new("events_total", "Lifecycle events by name."), &["event"])
-            .expect("valid metric");
+        let events = counter_vec("events_total", "Lifecycle events by name.", &["event"]);
         let events_dropped = IntCounter::new(
             "events_dropped_total",
             "Lifecycle events a subscriber lost because it fell behind.",
         )
         .expect("valid metric");
-        let grpc_requests = IntCounterVec::new(
-            Opts::new("grpc_requests_total", "Control-socket calls by method and gRPC status."),
+        let grpc_requests = counter_vec(
+            "grpc_requests_total",
+            "Control-socket calls by method and gRPC status.",
             &["method", "code"],
-        )
-        .expect("valid metric");
-        let grpc_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "grpc_request_duration_seconds",
-                "Control-socket call durations by method; a stream lasts until its end.",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]),
+        );
+        let grpc_duration = histogram_vec(
+            "grpc_request_duration_seconds",
+            "Control-socket call durations by method; a stream lasts until its end.",
+            &REQUEST_BUCKETS,
             &["method"],
-        )
-        .expect("valid metric");
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "tokens_total",
-                "Tokens by model and type (input, output, cache_read, cache_write).",
-            ),
+        );
+        let tokens = counter_vec(
+            "tokens_total",
+            "Tokens by model and type (input, output, cache_read, cache_write).",
             &["model", "type"],
-        )
-        .expect("valid metric");
+        );
         let cost_usd = CounterVec::new(
             Opts::new(
                 "cost_usd_total",
@@ -105,23 +125,62 @@ impl Metrics {
             &["model"],
         )
         .expect("valid metric");
-        let provider_requests = IntCounterVec::new(
-            Opts::new(
-                "provider_requests_total",
-                "Provider calls by provider, model and outcome (ok, error).",
-            ),
+        let provider_requests = counter_vec(
+            "provider_requests_total",
+            "Provider calls by provider, model and outcome (ok, error).",
             &["provider", "model", "outcome"],
-        )
-        .expect("valid metric");
-        let response_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "response_latency_seconds",
-                "Provider call time, from sending it to its last event, by model.",
-            )
-            .buckets(vec![0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+        );
+        let response_latency = histogram_vec(
+            "response_latency_seconds",
+            "Provider call time, from sending it to its last event, by model.",
+            &LLM_BUCKETS,
             &["model"],
+        );
+        let time_to_first_token = histogram_vec(
+            "time_to_first_token_seconds",
+            "Time from sending a provider call to the first piece of its answer, by model.",
+            &LLM_BUCKETS,
+            &["model"],
+        );
+        let provider_retries = counter_vec(
+            "provider_retries_total",
+            "Provider attempts retried before the answer started, by provider and model.",
+            &["provider", "model"],
+        );
+        let errors = counter_vec("errors_total", "Refused or failed turns by error kind.", &["kind"]);
+        let messages = counter_vec(
+            "messages_total",
+            "Messages by direction (inbound, outbound) and channel (control, gateway).",
+            &["direction", "channel"],
+        );
+        let tool_calls = counter_vec(
+            "tool_calls_total",
+            "Tool calls by tool and outcome (ok, error, not_run).",
+            &["tool", "outcome"],
+        );
+        let watchdog_pings = IntCounter::new(
+            "watchdog_pings_total",
+            "Watchdog cycles whose liveness probes all passed and that pinged systemd.",
         )
         .expect("valid metric");
+        let watchdog_missed = IntCounter::new(
+            "watchdog_missed_total",
+            "Watchdog cycles where a liveness probe failed and the ping to systemd was withheld.",
+        )
+        .expect("valid metric");
+        let start_time = Gauge::new(
+            "start_time_seconds",
+            "When blufiod started, in seconds since the Unix epoch.",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "The running build: version and commit (value 1)."),
+            &["version", "commit"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::lifecycle::COMMIT])
+            .set(1);
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -135,6 +194,15 @@ impl Metrics {
             Box::new(cost_usd.clone()),
             Box::new(provider_requests.clone()),
             Box::new(response_latency.clone()),
+            Box::new(time_to_first_token.clone()),
+            Box::new(provider_retries.clone()),
+            Box::new(errors.clone()),
+            Box::new(messages.clone()),
+            Box::new(tool_calls.clone()),
+            Box::new(watchdog_pings.clone()),
+            Box::new(watchdog_missed.clone()),
+            Box::new(start_time.clone()),
+            Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -153,6 +221,14 @@ impl Metrics {
             cost_usd,
             provider_requests,
             response_latency,
+            time_to_first_token,
+            provider_retries,
+            errors,
+            messages,
+            tool_calls,
+            watchdog_pings,
+            watchdog_missed,
+            start_time,
         }
     }
 
@@ -170,6 +246,24 @@ impl Metrics {
             .collect();
         self.registry
             .register(Box::new(Scraped {
+                gauges,
+                read: Box::new(read),
+            }))
+            .expect("metric names are unique");
+    }
+
+    /// Registers a gauge with one label whose series `read` gives at scrape time, as (label
+    /// value, value) pairs: series absent from a scrape disappear. Label values must come from a
+    /// fixed set.
+    pub fn register_scraped_by(
+        &self,
+        (name, help): (&str, &str),
+        label: &str,
+        read: impl Fn() -> Option<Vec<(&'static str, f64)>> + Send + Sync + 'static,
+    ) {
+        let gauges = GaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        self.registry
+            .register(Box::new(ScrapedBy {
                 gauges,
                 read: Box::new(read),
             }))
@@ -209,6 +303,33 @@ impl Collector for Scraped {
                 gauge.collect()
             })
             .collect()
+    }
+}
+
+/// Reads the series of a [`ScrapedBy`] gauge: (label value, value) pairs, `None` once the owner
+/// is gone.
+type ReadSeries = Box<dyn Fn() -> Option<Vec<(&'static str, f64)>> + Send + Sync>;
+
+/// A labelled gauge set from its owner's figures at each scrape.
+struct ScrapedBy {
+    gauges: GaugeVec,
+    read: ReadSeries,
+}
+
+impl Collector for ScrapedBy {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauges.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(series) = (self.read)() else {
+            return Vec::new();
+        };
+        self.gauges.reset();
+        for (label, value) in series {
+            self.gauges.with_label_values(&[label]).set(value);
+        }
+        self.gauges.collect()
     }
 }
 

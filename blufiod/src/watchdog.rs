@@ -69,12 +69,21 @@ impl WatchdogStatus {
     }
 }
 
+/// How one watchdog cycle ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cycle {
+    /// Every probe passed: ping systemd.
+    Passed,
+    /// A probe failed or stalled: the ping is withheld.
+    Missed,
+}
+
 /// Runs the watchdog until `token` is cancelled: every `interval`, all probes must pass within
-/// `interval` for `ping` to be called.
+/// `interval`; `end` hears how each cycle ended and pings systemd on [`Cycle::Passed`].
 pub async fn run(
     interval: Duration,
     probes: Vec<Probe>,
-    ping: impl Fn(),
+    end: impl Fn(Cycle),
     status: WatchdogStatus,
     token: CancellationToken,
 ) {
@@ -108,11 +117,12 @@ pub async fn run(
         let mut inner = status.inner.lock().expect("watchdog status lock poisoned");
         match failure {
             None => {
-                ping();
+                end(Cycle::Passed);
                 inner.last_ping = Some(Instant::now());
             }
             Some(failure) => {
                 tracing::warn!(%failure, "liveness probe failed; withholding WATCHDOG=1");
+                end(Cycle::Missed);
                 inner.last_failure = Some(failure);
             }
         }
@@ -133,8 +143,10 @@ mod tests {
         let task = tokio::spawn(run(
             Duration::from_millis(20),
             probes,
-            move || {
-                counter.fetch_add(1, Ordering::SeqCst);
+            move |cycle| {
+                if cycle == Cycle::Passed {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
             },
             status.clone(),
             token.clone(),
@@ -176,8 +188,10 @@ mod tests {
         let task = tokio::spawn(run(
             Duration::from_millis(20),
             probes,
-            move || {
-                counter.fetch_add(1, Ordering::SeqCst);
+            move |cycle| {
+                if cycle == Cycle::Passed {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
             },
             status.clone(),
             token.clone(),

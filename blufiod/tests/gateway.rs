@@ -337,7 +337,7 @@ async fn every_authentication_failure_is_refused_with_its_reason() {
         "blufio_grpc_requests_total{code=\"OK\",method=\"GetStatus\"} ",
         "blufio_grpc_requests_total{code=\"OK\",method=\"RevokeDevice\"} 1",
         "blufio_grpc_requests_total{code=\"NOT_FOUND\",method=\"RevokeDevice\"} 1",
-        "blufio_spend_today_usd 0",
+        "blufio_budget_spent_usd{period=\"daily\"} 0",
         "blufio_gateway_replay_cache_entries ",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");

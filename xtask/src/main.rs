@@ -1,8 +1,9 @@
 //! Project automation, run as `cargo xtask <task>`:
 //!
 //! - `test`: installs what the test suite needs beyond Rust (Python's grpcio and
-//!   http-message-signatures, for the interop tests with stock tools) into `target/xtask/venv`,
-//!   then runs `cargo test --workspace`.
+//!   http-message-signatures, for the interop tests with stock tools, into `target/xtask/venv`;
+//!   systemd-analyze, busybox and promtool with apt-get when missing), then runs
+//!   `cargo test --workspace`.
 //! - `ci`: formatting, clippy with `-D warnings`, `tidy`, then `test`: what `.ci/run` does.
 //! - `tidy`: the written invariants of ARCHITECTURE.md as checks (see `tidy.rs`).
 //! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
@@ -86,6 +87,7 @@ fn cargo() -> Command {
 }
 
 fn test(extra: &[&str]) -> Result<()> {
+    system_tools()?;
     let python = python_env()?;
     let mut command = cargo();
     command
@@ -153,6 +155,46 @@ fn ci() -> Result<()> {
     ]))?;
     tidy::main()?;
     test(&[])
+}
+
+/// Programs the tests run, and the Debian packages that ship them.
+const SYSTEM_TOOLS: &[(&str, &str)] = &[
+    ("systemd-analyze", "systemd"),
+    ("busybox", "busybox"),
+    ("promtool", "prometheus"),
+];
+
+/// Installs the programs of [`SYSTEM_TOOLS`] that are missing, with apt-get when running as
+/// root; otherwise says which packages to install.
+fn system_tools() -> Result<()> {
+    let on_path = |program: &str| {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    };
+    let missing: Vec<&str> = SYSTEM_TOOLS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0");
+    if !root || !on_path("apt-get") {
+        bail!(
+            "the tests need the Debian packages {}; install them (apt-get install {}) and run again",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("cannot install the test tools with apt-get")
 }
 
 /// A Python with the test packages installed, in a venv under `target/`.

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod config;
 pub mod device;
 pub mod generate;
+pub mod metrics;
 pub mod remote;
 pub mod sessions;
 pub mod shell;

@@ -218,20 +218,26 @@ fn describe_gateway(gateway: &GatewayStatus) -> String {
 }
 
 fn describe_memory(memory: &MemoryStatus) -> String {
-    let limit = if memory.limit_bytes == 0 {
-        "no limit".to_owned()
-    } else {
-        format!("limit {}", humanize_bytes(memory.limit_bytes))
-    };
-    let pressure = if memory.under_pressure {
-        "; UNDER PRESSURE: new turns are refused until memory falls (raise memory.limit_mib?)"
-    } else {
-        ""
+    let used = format!(
+        "{} resident, {} allocated ({} held by the allocator)",
+        humanize_bytes(memory.rss_bytes),
+        humanize_bytes(memory.allocated_bytes),
+        humanize_bytes(memory.allocator_resident_bytes)
+    );
+    if memory.limit_bytes == 0 {
+        return format!("{used}, no limit");
+    }
+    let level = match (memory.pressure.as_str(), memory.under_pressure) {
+        ("limit", _) | ("", true) => "AT THE LIMIT: new turns are refused until memory falls (raise memory.limit_mib?)",
+        ("warn", _) => "above warn: caches are shed (raise memory.limit_mib if this persists)",
+        _ => "normal",
     };
     format!(
-        "{} resident, {} allocated, {limit}{pressure}",
-        humanize_bytes(memory.rss_bytes),
-        humanize_bytes(memory.allocated_bytes)
+        "{used}, limit {} (warn at {}, refuse at {}); {level} for {}",
+        humanize_bytes(memory.limit_bytes),
+        humanize_bytes(memory.warn_bytes),
+        humanize_bytes(memory.refuse_bytes),
+        humanize_duration(memory.pressure_seconds)
     )
 }
 
@@ -341,7 +347,12 @@ impl<'a> From<&'a SessionsStatus> for SessionsJson<'a> {
 struct MemoryJson {
     rss_bytes: u64,
     allocated_bytes: u64,
+    allocator_resident_bytes: u64,
     limit_bytes: u64,
+    warn_bytes: u64,
+    refuse_bytes: u64,
+    pressure: String,
+    pressure_seconds: u64,
     under_pressure: bool,
 }
 
@@ -350,7 +361,12 @@ impl From<&MemoryStatus> for MemoryJson {
         MemoryJson {
             rss_bytes: memory.rss_bytes,
             allocated_bytes: memory.allocated_bytes,
+            allocator_resident_bytes: memory.allocator_resident_bytes,
             limit_bytes: memory.limit_bytes,
+            warn_bytes: memory.warn_bytes,
+            refuse_bytes: memory.refuse_bytes,
+            pressure: memory.pressure.clone(),
+            pressure_seconds: memory.pressure_seconds,
             under_pressure: memory.under_pressure,
         }
     }
@@ -389,7 +405,12 @@ mod tests {
             memory: Some(MemoryStatus {
                 rss_bytes: 50 * 1024 * 1024,
                 allocated_bytes: 30 * 1024 * 1024,
+                allocator_resident_bytes: 34 * 1024 * 1024,
                 limit_bytes: 0,
+                warn_bytes: 0,
+                refuse_bytes: 0,
+                pressure: "normal".into(),
+                pressure_seconds: 192,
                 under_pressure: false,
             }),
             cost: None,
@@ -422,7 +443,7 @@ mod tests {
                     {"name": "watchdog", "status": "pinging every 10s"}
                 ],
                 "sessions": null,
-                "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "limit_bytes": 0, "under_pressure": false},
+                "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "allocator_resident_bytes": 35651584, "limit_bytes": 0, "warn_bytes": 0, "refuse_bytes": 0, "pressure": "normal", "pressure_seconds": 192, "under_pressure": false},
                 "cost": null,
                 "caller_access": "read-only",
                 "gateway": null
@@ -446,7 +467,7 @@ previous run:  did not shut down cleanly (see the journal)
 subsystems:
   control:     listening
   watchdog:    pinging every 10s
-memory:        50.0 MiB resident, 30.0 MiB allocated, no limit
+memory:        50.0 MiB resident, 30.0 MiB allocated (34.0 MiB held by the allocator), no limit
 access:        read-only
 ";
         assert_eq!(human.stdout, expected);

@@ -714,6 +714,17 @@ struct StatusMemoryJson {
     allocated_bytes: u64,
     limit_bytes: u64,
     under_pressure: bool,
+    // Absent from the status of a daemon older than the two-threshold monitor.
+    #[serde(default)]
+    allocator_resident_bytes: u64,
+    #[serde(default)]
+    warn_bytes: u64,
+    #[serde(default)]
+    refuse_bytes: u64,
+    #[serde(default)]
+    pressure: String,
+    #[serde(default)]
+    pressure_seconds: u64,
 }
 
 impl From<StatusJson> for GetStatusResponse {
@@ -743,6 +754,11 @@ impl From<StatusJson> for GetStatusResponse {
                 allocated_bytes: status.memory.allocated_bytes,
                 limit_bytes: status.memory.limit_bytes,
                 under_pressure: status.memory.under_pressure,
+                allocator_resident_bytes: status.memory.allocator_resident_bytes,
+                warn_bytes: status.memory.warn_bytes,
+                refuse_bytes: status.memory.refuse_bytes,
+                pressure: status.memory.pressure,
+                pressure_seconds: status.memory.pressure_seconds,
             }),
             cost: Some(CostStatus {
                 today_usd: status.cost.today_usd,

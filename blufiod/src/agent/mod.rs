@@ -31,14 +31,15 @@ use tokio_util::task::TaskTracker;
 use self::budget::{Budget, BudgetError, BudgetSnapshot, Period};
 use self::context::StoredBlocks;
 use self::model::{
-    ContentBlock, Message, ModelUsage, Role, Session, SessionState, SessionUsage, StopReason, ToolPhase, TurnEvent,
-    TurnSummary, Usage, UsageReport, UsageTotals,
+    Channel, ContentBlock, Message, ModelUsage, Role, Session, SessionState, SessionUsage, StopReason, ToolPhase,
+    TurnEvent, TurnSummary, Usage, UsageReport, UsageTotals,
 };
 use self::provider::{Provider, ProviderError, ProviderSettings, StreamEvent};
 use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
+use crate::memory::Monitor;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use crate::storage::{self, LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, StorageErrorKind, TurnEnd};
@@ -227,6 +228,8 @@ pub struct AgentDeps {
     pub events: Arc<EventBus>,
     /// Where calls, tokens and spend are counted.
     pub metrics: Arc<Metrics>,
+    /// The memory monitor: refuses new turns at the limit.
+    pub memory: Arc<Monitor>,
     /// The state directory (the file tools' default root).
     pub state_dir: PathBuf,
     /// Cancelled at shutdown: turns stop, leaving their ledger rows written.
@@ -241,6 +244,7 @@ pub struct Agent {
     events: Arc<EventBus>,
     secrets: Arc<Secrets>,
     metrics: Arc<Metrics>,
+    memory: Arc<Monitor>,
     budget: Budget,
     slots: Arc<Semaphore>,
     slot_count: usize,
@@ -272,6 +276,14 @@ struct SessionLocks {
 }
 
 impl SessionLocks {
+    /// Drops every entry nobody holds; returns how many went.
+    fn drop_idle(&mut self) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, (lock, _)| Arc::strong_count(lock) > 1);
+        self.entries.shrink_to_fit();
+        before - self.entries.len()
+    }
+
     fn lock_for(&mut self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.clock += 1;
         let clock = self.clock;
@@ -326,6 +338,7 @@ impl Agent {
             secrets,
             events,
             metrics,
+            memory,
             state_dir,
             token,
         } = deps;
@@ -348,6 +361,7 @@ impl Agent {
             events,
             secrets,
             metrics,
+            memory,
             budget: Budget::new(&period, spent_day, spent_month),
             slots: Arc::new(Semaphore::new(slot_count)),
             slot_count,
@@ -378,38 +392,105 @@ impl Agent {
         });
     }
 
-    /// Registers the agent's figures (spend, caps, turns) on the daemon's metrics, read at each
-    /// scrape.
+    /// Registers the agent's figures (spend against the caps, turns, active sessions) on the
+    /// daemon's metrics, read at each scrape.
     pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) {
         let agent = Arc::downgrade(self);
         metrics.register_scraped(
             &[
-                ("spend_today_usd", "Spend today (UTC) in US dollars."),
-                ("spend_month_usd", "Spend this month (UTC) in US dollars."),
                 (
                     "budget_reserved_usd",
-                    "Worst-case cost reserved by calls in flight, in US dollars.",
+                    "Worst-case cost reserved by provider calls in flight, in US dollars.",
                 ),
                 ("turns_in_flight", "Agent turns running."),
                 ("turns_queued", "Agent turns waiting for a slot."),
-                ("daily_cap_usd", "The daily budget cap in US dollars (0: none)."),
-                ("monthly_cap_usd", "The monthly budget cap in US dollars (0: none)."),
+                ("active_sessions", "Sessions with a turn running or waiting."),
             ],
             move || {
-                let agent = agent.upgrade()?;
-                let status = agent.status();
-                let caps = agent.config.get().config.budget.clone();
+                let status = agent.upgrade()?.status();
                 Some(vec![
-                    status.budget.today_usd,
-                    status.budget.month_usd,
                     status.budget.reserved_usd,
                     status.turns_in_flight as f64,
                     status.turns_queued as f64,
-                    caps.daily_usd,
-                    caps.monthly_usd,
+                    status.active_sessions as f64,
                 ])
             },
         );
+        // (cap, spent) by period; a period without a cap has no cap and no remaining series.
+        let periods = |agent: &Self| {
+            let status = agent.status();
+            let caps = agent.config.get().config.budget.clone();
+            [
+                ("daily", caps.daily_usd, status.budget.today_usd),
+                ("monthly", caps.monthly_usd, status.budget.month_usd),
+            ]
+        };
+        let agent = Arc::downgrade(self);
+        metrics.register_scraped_by(
+            ("budget_spent_usd", "Spend in the current period (UTC) in US dollars."),
+            "period",
+            move || {
+                let agent = agent.upgrade()?;
+                Some(periods(&agent).map(|(period, _, spent)| (period, spent)).to_vec())
+            },
+        );
+        let agent = Arc::downgrade(self);
+        metrics.register_scraped_by(
+            (
+                "budget_cap_usd",
+                "The budget cap of the period in US dollars (capped periods only).",
+            ),
+            "period",
+            move || {
+                let agent = agent.upgrade()?;
+                let periods = periods(&agent);
+                Some(
+                    periods
+                        .into_iter()
+                        .filter(|(_, cap, _)| *cap > 0.0)
+                        .map(|(period, cap, _)| (period, cap))
+                        .collect(),
+                )
+            },
+        );
+        let agent = Arc::downgrade(self);
+        metrics.register_scraped_by(
+            (
+                "budget_remaining_usd",
+                "What the period's cap leaves to spend, in US dollars (capped periods only).",
+            ),
+            "period",
+            move || {
+                let agent = agent.upgrade()?;
+                let periods = periods(&agent);
+                Some(
+                    periods
+                        .into_iter()
+                        .filter(|(_, cap, _)| *cap > 0.0)
+                        .map(|(period, cap, spent)| (period, (cap - spent).max(0.0)))
+                        .collect(),
+                )
+            },
+        );
+    }
+
+    /// Registers what the agent caches with the memory monitor, to drop at the warn level: idle
+    /// session locks, and the provider and tool clients with their idle connections (rebuilt by
+    /// the next turn).
+    pub fn register_shedders(self: &Arc<Self>, memory: &Monitor) {
+        let agent = Arc::downgrade(self);
+        memory.on_shed("session-locks", move || {
+            agent.upgrade().map_or(0, |agent| {
+                agent.sessions.lock().expect("session locks poisoned").drop_idle()
+            })
+        });
+        let agent = Arc::downgrade(self);
+        memory.on_shed("provider-clients", move || {
+            let Some(agent) = agent.upgrade() else { return 0 };
+            let provider = agent.provider.lock().expect("provider cache poisoned").take();
+            let tools = agent.tools.lock().expect("tools cache poisoned").take();
+            usize::from(provider.is_some()) + usize::from(tools.is_some())
+        });
     }
 
     /// Waits for every turn task to end. Called after the shutdown token is cancelled, so turns
@@ -422,6 +503,7 @@ impl Agent {
 
     /// Creates an empty session.
     pub async fn create_session(&self, title: &str) -> Result<Session, AgentError> {
+        self.admit_memory()?;
         let id = uuid::Uuid::now_v7().to_string();
         let title = if title.trim().is_empty() {
             "new session"
@@ -575,10 +657,12 @@ impl Agent {
     /// stays stored).
     pub async fn send_message(
         self: &Arc<Self>,
+        channel: Channel,
         session_id: Option<&str>,
         text: &str,
     ) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
         self.send(TurnRequest {
+            channel,
             session_id,
             text,
             ..TurnRequest::default()
@@ -589,8 +673,25 @@ impl Agent {
     /// Accepts a turn: like [`Agent::send_message`], with what an OpenAI-style caller may bring:
     /// the conversation before the message (stored in a new session with it, as the history the
     /// turn answers) and system text for this turn (after the daemon's own prompt).
+    ///
+    /// Every refusal is counted on `blufio_errors_total` by its kind.
     pub async fn send(self: &Arc<Self>, request: TurnRequest<'_>) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
+        let channel = request.channel;
+        let accepted = self.accept(request).await;
+        match &accepted {
+            Ok(_) => self
+                .metrics
+                .messages
+                .with_label_values(&["inbound", channel.as_str()])
+                .inc(),
+            Err(error) => self.count_error(error),
+        }
+        accepted
+    }
+
+    async fn accept(self: &Arc<Self>, request: TurnRequest<'_>) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
         let TurnRequest {
+            channel,
             session_id,
             earlier,
             text,
@@ -638,13 +739,7 @@ impl Agent {
         if let Err(problem) = provider_problem(&config.config, &self.secrets) {
             return Err(AgentError::ProviderNotConfigured { problem });
         }
-        let memory = crate::memory::MemoryUse::check(&config.config.memory);
-        if memory.under_pressure(&config.config.memory) {
-            return Err(AgentError::MemoryPressure {
-                rss_mib: memory.rss_bytes / (1024 * 1024),
-                limit_mib: config.config.memory.limit_mib,
-            });
-        }
+        self.admit_memory()?;
         // Refuse early when no call could fit: there is no point storing a message that cannot
         // be answered. The real reservation happens per call.
         let model = config.config.provider.model();
@@ -741,7 +836,9 @@ impl Agent {
         let agent = self.clone();
         let system = system.map(str::to_owned);
         self.turns.spawn(async move {
-            agent.run_turn(session_lock, session_id, turn_id, system, events).await;
+            agent
+                .run_turn(session_lock, channel, session_id, turn_id, system, events)
+                .await;
         });
         Ok(receiver)
     }
@@ -750,6 +847,7 @@ impl Agent {
     async fn run_turn(
         self: Arc<Self>,
         session_lock: Arc<tokio::sync::Mutex<()>>,
+        channel: Channel,
         session_id: String,
         turn_id: String,
         system: Option<String>,
@@ -796,6 +894,10 @@ impl Agent {
                     model: summary.model.clone(),
                     cost_micros: summary.cost_micros,
                 });
+                self.metrics
+                    .messages
+                    .with_label_values(&["outbound", channel.as_str()])
+                    .inc();
                 let _ = events.send(TurnEvent::Completed(summary)).await;
             }
             Err(TurnStop::Cancelled) => {
@@ -824,8 +926,10 @@ impl Agent {
         drop(guard);
     }
 
-    /// Tells the event bus that a turn of `session_id` failed (and that a cap refused it).
+    /// Tells the event bus that a turn of `session_id` failed (and that a cap refused it), and
+    /// counts the failure.
     fn publish_failure(&self, session_id: &str, error: &AgentError) {
+        self.count_error(error);
         if let AgentError::Budget(BudgetError::Exhausted { which, .. }) = error {
             self.events.publish(Event::BudgetExhausted { period: which });
         }
@@ -833,6 +937,19 @@ impl Agent {
             session_id: session_id.to_owned(),
             kind: error.kind().as_str(),
         });
+    }
+
+    /// Counts an error on `blufio_errors_total` by its kind (a fixed set).
+    fn count_error(&self, error: &AgentError) {
+        self.metrics.errors.with_label_values(&[error.kind().as_str()]).inc();
+    }
+
+    /// Refuses new work while memory is at the limit level.
+    fn admit_memory(&self) -> Result<(), AgentError> {
+        self.memory.admit().map_err(|refused| AgentError::MemoryPressure {
+            rss_mib: refused.rss_mib,
+            limit_mib: refused.limit_mib,
+        })
     }
 
     async fn end_turn(&self, session_id: &str, turn_id: &str, end: TurnEnd, error: Option<&str>) {
@@ -953,17 +1070,11 @@ impl Agent {
         let period = reservation.period().clone();
         summary.provider_calls += 1;
         let max_tokens = request.max_tokens;
-        let mut streamed_bytes = 0;
+        let mut seen = Seen::default();
         let sent = std::time::Instant::now();
-        let streamed = stream_call(
-            turn.provider.as_ref(),
-            request,
-            events,
-            &self.token,
-            &mut streamed_bytes,
-        )
-        .await;
+        let streamed = stream_call(turn.provider.as_ref(), request, events, &self.token, &mut seen).await;
         let latency = sent.elapsed();
+        let streamed_bytes = seen.bytes;
         let (usage, ok) = match &streamed {
             Ok(completion) => (completion.usage, true),
             // The answer never completed, so the provider's count is unknown. Providers bill the
@@ -999,6 +1110,19 @@ impl Agent {
             .await;
         reservation.settle(cost);
         self.count_call(turn, &usage, cost, ok, latency);
+        let labels = [turn.provider.kind().as_str(), turn.model.as_str()];
+        if seen.retries > 0 {
+            self.metrics
+                .provider_retries
+                .with_label_values(&labels)
+                .inc_by(seen.retries);
+        }
+        if let Some(first) = seen.first_token {
+            self.metrics
+                .time_to_first_token
+                .with_label_values(&[turn.model.as_str()])
+                .observe(first.duration_since(sent).as_secs_f64());
+        }
         summary.cost_micros += cost;
         summary.usage.add(&usage);
         ledger.map_err(|error| TurnStop::Failed(error.into()))?;
@@ -1048,7 +1172,9 @@ impl Agent {
     ) -> Result<Vec<ContentBlock>, TurnStop> {
         let mut results = Vec::with_capacity(calls.len());
         for (id, name, input) in calls {
+            let outcome;
             let output = if limit_reached {
+                outcome = "not_run";
                 tools::ToolOutput {
                     content: "not run: the turn reached agent.max_tool_iterations".to_owned(),
                     is_error: true,
@@ -1076,8 +1202,13 @@ impl Agent {
                         summary: output.content.chars().take(TOOL_SUMMARY_CHARS).collect(),
                     })
                     .await;
+                outcome = if output.is_error { "error" } else { "ok" };
                 output
             };
+            self.metrics
+                .tool_calls
+                .with_label_values(&[tools::label(&name), outcome])
+                .inc();
             results.push(ContentBlock::ToolResult {
                 tool_use_id: id,
                 content: output.content,
@@ -1161,6 +1292,8 @@ impl Drop for QueuePlace<'_> {
 /// What a caller asks a turn to answer (see [`Agent::send`]).
 #[derive(Debug, Default)]
 pub struct TurnRequest<'a> {
+    /// Where the message came from (a metric label).
+    pub channel: Channel,
     /// The session to continue; a new one when `None`.
     pub session_id: Option<&'a str>,
     /// The conversation before `text`, oldest first (only for a new session).
@@ -1203,16 +1336,26 @@ impl From<ProviderError> for TurnStop {
     }
 }
 
+/// What [`stream_call`] saw of a call, whether or not it completed.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The answer so far: its text, and a rough size per tool call whose input streams unseen,
+    /// for charging a call that never completes.
+    bytes: u64,
+    /// When the first piece of the answer arrived.
+    first_token: Option<std::time::Instant>,
+    /// Attempts the provider retried before the answer started.
+    retries: u64,
+}
+
 /// Streams one provider call, forwarding text to the caller. Stops (dropping the provider's
 /// stream, which aborts the request) when the caller goes away or the daemon shuts down.
-/// `streamed_bytes` counts the answer seen so far (text, and a rough size per tool call whose
-/// input streams unseen), for charging a call that never completes.
 async fn stream_call(
     provider: &dyn Provider,
     request: provider::ChatRequest,
     events: &mpsc::Sender<TurnEvent>,
     token: &CancellationToken,
-    streamed_bytes: &mut u64,
+    seen: &mut Seen,
 ) -> Result<provider::Completion, TurnStop> {
     /// Bytes charged for a tool call whose input was streamed but not seen.
     const TOOL_CALL_BYTES: u64 = 192;
@@ -1227,12 +1370,20 @@ async fn stream_call(
             None => return Err(ProviderError::Truncated.into()),
             Some(Err(error)) => return Err(error.into()),
             Some(Ok(StreamEvent::TextDelta(text))) => {
-                *streamed_bytes += text.len() as u64;
+                seen.bytes += text.len() as u64;
+                seen.first_token.get_or_insert_with(std::time::Instant::now);
                 // If the caller is gone, the select above notices on the next event.
                 let _ = events.send(TurnEvent::TextDelta(text)).await;
             }
-            Some(Ok(StreamEvent::ToolUseStarted { .. })) => *streamed_bytes += TOOL_CALL_BYTES,
-            Some(Ok(StreamEvent::Completed(completion))) => return Ok(completion),
+            Some(Ok(StreamEvent::ToolUseStarted { .. })) => {
+                seen.bytes += TOOL_CALL_BYTES;
+                seen.first_token.get_or_insert_with(std::time::Instant::now);
+            }
+            Some(Ok(StreamEvent::Retrying)) => seen.retries += 1,
+            Some(Ok(StreamEvent::Completed(completion))) => {
+                seen.first_token.get_or_insert_with(std::time::Instant::now);
+                return Ok(completion);
+            }
         }
     }
 }

@@ -102,6 +102,26 @@ impl Role {
     }
 }
 
+/// Where a message came from and its answer goes: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Channel {
+    /// The control socket (`blufioctl chat`, gRPC tools).
+    #[default]
+    Control,
+    /// The HTTPS gateway.
+    Gateway,
+}
+
+impl Channel {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
 /// What a session is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {

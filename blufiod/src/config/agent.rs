@@ -475,10 +475,13 @@ impl Default for GatewayConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// The daemon's own memory limit in MiB (resident set); 0 means no limit. Above
-    /// `pressure_percent` of it, new turns are refused with a retry hint until memory is back
-    /// under it.
+    /// `warn_percent` of it the daemon sheds its caches; above `pressure_percent` new turns and
+    /// sessions are refused with a retry hint until memory is back under it.
     pub limit_mib: u64,
-    /// Percentage of `limit_mib` at which new turns are refused.
+    /// Percentage of `limit_mib` at which caches are shed and free pages returned (at most
+    /// `pressure_percent`: a higher value acts as `pressure_percent`).
+    pub warn_percent: u8,
+    /// Percentage of `limit_mib` at which new turns and sessions are refused.
     pub pressure_percent: u8,
 }
 
@@ -490,6 +493,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
             limit_mib: DEFAULT_MEMORY_LIMIT_MIB,
+            warn_percent: 75,
             pressure_percent: 90,
         }
     }

@@ -80,6 +80,7 @@ pub const KEYS: &[KeySpec] = &[
     live("log.level"),
     live("memory.limit_mib"),
     live("memory.pressure_percent"),
+    live("memory.warn_percent"),
     live("pricing"),
     live("provider.anthropic_version"),
     secret("provider.api_key"),

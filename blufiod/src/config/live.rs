@@ -30,6 +30,12 @@ impl ConfigHandle {
         self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Replaces the configuration, for tests of a subsystem that reads it.
+    #[cfg(test)]
+    pub fn set_for_tests(&self, loaded: Loaded) {
+        self.replace(loaded);
+    }
+
     fn replace(&self, loaded: Loaded) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
     }

@@ -332,6 +332,15 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// `config` as if it came from defaults alone, for tests of a subsystem that reads it.
+    #[cfg(test)]
+    pub fn for_tests(config: Config) -> Self {
+        Self {
+            config,
+            figment: Figment::new(),
+        }
+    }
+
     /// Where the effective value of a dotted key came from.
     pub fn source_of(&self, key: &str) -> ValueSource {
         match self.figment.find_metadata(key) {
@@ -454,6 +463,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
     ("gateway.request_timeout_secs", 1, 3_600),
     ("memory.limit_mib", 0, 1024 * 1024),
     ("memory.pressure_percent", 1, 100),
+    ("memory.warn_percent", 1, 100),
     ("provider.connect_timeout_secs", 1, 600),
     ("provider.idle_timeout_secs", 1, 3_600),
     ("provider.max_retries", 0, 20),
@@ -472,7 +482,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
 
 impl Config {
     /// Every integer key with its value, for the range checks.
-    fn numeric_values(&self) -> [(&'static str, u64); 31] {
+    fn numeric_values(&self) -> [(&'static str, u64); 32] {
         [
             ("agent.context_tokens", u64::from(self.agent.context_tokens)),
             ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
@@ -500,6 +510,7 @@ impl Config {
             ("gateway.request_timeout_secs", self.gateway.request_timeout_secs),
             ("memory.limit_mib", self.memory.limit_mib),
             ("memory.pressure_percent", u64::from(self.memory.pressure_percent)),
+            ("memory.warn_percent", u64::from(self.memory.warn_percent)),
             ("provider.connect_timeout_secs", self.provider.connect_timeout_secs),
             ("provider.idle_timeout_secs", self.provider.idle_timeout_secs),
             ("provider.max_retries", u64::from(self.provider.max_retries)),

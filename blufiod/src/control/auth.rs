@@ -30,6 +30,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("PruneSessions", Access::Full),
     ("SendMessage", Access::Full),
     ("GetUsage", Access::Full),
+    ("GetMetrics", Access::Full),
     ("AddDevice", Access::Full),
     ("ListDevices", Access::Full),
     ("RevokeDevice", Access::Full),

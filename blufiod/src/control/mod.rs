@@ -51,8 +51,10 @@ pub struct ControlDeps {
     pub events: Arc<EventBus>,
     /// The gateway's address and certificate, when it is enabled.
     pub gateway: Option<GatewayInfo>,
-    /// The one metrics registry (calls on the socket).
+    /// The one metrics registry (calls on the socket, and `GetMetrics`).
     pub metrics: Arc<Metrics>,
+    /// The memory monitor (`GetStatus`).
+    pub memory: Arc<crate::memory::Monitor>,
 }
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a

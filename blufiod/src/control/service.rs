@@ -13,7 +13,7 @@ use super::auth::{self, Policy};
 use tokio_stream::StreamExt as _;
 
 use crate::agent::budget::dollars;
-use crate::agent::model::{ContentBlock, Message, Session, TurnEvent, Usage, UsageTotals};
+use crate::agent::model::{Channel, ContentBlock, Message, Session, TurnEvent, Usage, UsageTotals};
 use crate::agent::{AgentError, ErrorKind};
 use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
@@ -89,16 +89,7 @@ impl pb::control_server::Control for ControlService {
                 model: agent.model,
                 provider_problem: agent.provider_problem.unwrap_or_default(),
             }),
-            memory: Some({
-                let config = self.deps.live.get();
-                let memory = crate::memory::MemoryUse::check(&config.config.memory);
-                pb::MemoryStatus {
-                    rss_bytes: memory.rss_bytes,
-                    allocated_bytes: memory.allocated_bytes,
-                    limit_bytes: memory.limit_bytes,
-                    under_pressure: memory.under_pressure(&config.config.memory),
-                }
-            }),
+            memory: Some(memory_status(&self.deps.memory.observe())),
             cost: Some(pb::CostStatus {
                 today_usd: agent.budget.today_usd,
                 month_usd: agent.budget.month_usd,
@@ -350,13 +341,23 @@ impl pb::control_server::Control for ControlService {
         let events = self
             .deps
             .agent
-            .send_message(session_id.as_deref(), &text)
+            .send_message(Channel::Control, session_id.as_deref(), &text)
             .await
             .map_err(|error| agent_error_to_status(&error))?;
         // Dropping this stream (the client went away or cancelled) drops the receiver, which
         // cancels the turn; the stored message stays.
         let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(turn_event_to_proto);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        self.authorize(&request, "GetMetrics")?;
+        Ok(Response::new(pb::GetMetricsResponse {
+            text: self.deps.metrics.render(),
+        }))
     }
 
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
@@ -607,6 +608,21 @@ const MAX_SESSION_PAGE: u32 = 500;
 /// Messages per GetSession by default, and at most.
 const DEFAULT_MESSAGE_PAGE: u32 = 200;
 const MAX_MESSAGE_PAGE: u32 = 2_000;
+/// The memory monitor's reading as `GetStatus` reports it.
+fn memory_status(reading: &crate::memory::Reading) -> pb::MemoryStatus {
+    pb::MemoryStatus {
+        rss_bytes: reading.used.rss_bytes,
+        allocated_bytes: reading.used.heap_bytes,
+        limit_bytes: reading.thresholds.limit_bytes,
+        under_pressure: reading.pressure == crate::memory::Pressure::Limit,
+        allocator_resident_bytes: reading.used.allocator_resident_bytes,
+        warn_bytes: reading.thresholds.warn_bytes,
+        refuse_bytes: reading.thresholds.refuse_bytes,
+        pressure: reading.pressure.as_str().to_owned(),
+        pressure_seconds: reading.since.as_secs(),
+    }
+}
+
 /// Days per GetUsage by default, and at most.
 const DEFAULT_USAGE_DAYS: u32 = 30;
 const MAX_USAGE_DAYS: u32 = 366;

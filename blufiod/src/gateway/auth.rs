@@ -48,6 +48,15 @@ impl RateLimiter {
         }
     }
 
+    /// Drops the keys whose bucket is full again (they would be recreated as they are): the
+    /// memory monitor's shedding. Returns how many went.
+    pub fn shed_idle(&self) -> usize {
+        let before = self.limiter.len();
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        before.saturating_sub(self.limiter.len())
+    }
+
     /// Charges one request to `key`; on refusal returns the seconds to wait.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         // Keys are keyids of verified devices, so the map is bounded by the registered devices;

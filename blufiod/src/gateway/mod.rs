@@ -202,6 +202,8 @@ pub struct Gateway {
     health: Arc<crate::health::Health>,
     limiter: auth::RateLimiter,
     metrics: Arc<Metrics>,
+    /// The memory monitor (`/v1/status`).
+    memory: Arc<crate::memory::Monitor>,
     scheme: &'static str,
     /// Fixed at start: remembered nonces were sized for it (`gateway.max_clock_skew_secs` is
     /// restart-only).
@@ -220,6 +222,9 @@ pub struct GatewayDeps {
     pub secrets: Arc<Secrets>,
     /// The one metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The memory monitor: `/v1/status` reports it, and the rate limiter sheds its idle keys
+    /// at its warn level.
+    pub memory: Arc<crate::memory::Monitor>,
     /// The readiness checks `/ready` runs.
     pub health: Arc<crate::health::Health>,
     /// The device registry (the same one the control plane changes).
@@ -234,6 +239,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         config: live,
         secrets,
         metrics,
+        memory,
         health,
         devices,
     } = deps;
@@ -261,12 +267,17 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         health,
         limiter: auth::RateLimiter::new(config.rate_limit_per_minute),
         metrics,
+        memory,
         scheme: bound.info.scheme,
         max_skew_secs: i64::try_from(config.max_clock_skew_secs).unwrap_or(i64::MAX),
         agent,
         lifecycle,
         config: live,
         secrets,
+    });
+    let shedding = Arc::downgrade(&gateway);
+    gateway.memory.on_shed("rate-limiter-keys", move || {
+        shedding.upgrade().map_or(0, |gateway| gateway.limiter.shed_idle())
     });
     let replay = Arc::downgrade(&gateway);
     gateway.metrics.register_scraped(

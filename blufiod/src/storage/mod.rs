@@ -331,6 +331,29 @@ impl Storage {
         Ok(())
     }
 
+    /// Asks SQLite to free what each idle connection caches (its page cache): the memory
+    /// monitor's shedding at the warn level. Connections in use are left alone, and the next
+    /// queries refill the caches from the OS's. Returns how many connections shrank.
+    pub async fn shrink_memory(&self) -> usize {
+        let pools = self.pools.read().await;
+        let mut shrunk = 0;
+        for pool in [&pools.writer, &pools.reader] {
+            let held: Vec<_> = std::iter::from_fn(|| pool.try_acquire())
+                .take(pool.num_idle())
+                .collect();
+            for mut connection in held {
+                if sqlx::query("PRAGMA shrink_memory")
+                    .execute(&mut *connection)
+                    .await
+                    .is_ok()
+                {
+                    shrunk += 1;
+                }
+            }
+        }
+        shrunk
+    }
+
     /// SQLite's `integrity_check` on the live database, through a reader: `Ok(None)` when the
     /// database is sound, else the first problems it reports.
     pub async fn integrity_problems(&self) -> Result<Option<String>, StorageError> {

@@ -668,7 +668,11 @@ mod tests {
         }
         fake.push(Script::text("too late", 1));
         let (events, error) = collect(Anthropic::new(settings(&fake)).stream(request())).await;
-        assert!(events.is_empty());
+        assert_eq!(
+            events,
+            vec![StreamEvent::Retrying, StreamEvent::Retrying],
+            "each retry is announced, and nothing of an answer arrived"
+        );
         match error {
             Some(ProviderError::Http { status: 529, message }) => assert_eq!(message, "Overloaded"),
             other => panic!("expected Http 529, got {other:?}"),

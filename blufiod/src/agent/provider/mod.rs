@@ -101,6 +101,9 @@ pub enum StreamEvent {
         /// Tool name.
         name: String,
     },
+    /// An attempt failed before the answer started and the call is tried again (counted on
+    /// the metrics; nothing of the answer was delivered).
+    Retrying,
     /// The call finished; always the last event of a successful stream.
     Completed(Completion),
 }
@@ -364,7 +367,7 @@ impl HttpCall {
         let deadline = Instant::now()
             .checked_add(self.request_timeout)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
-        let response = self.send_with_retries(deadline).await?;
+        let response = self.send_with_retries(deadline, sender).await?;
         if let Some(content_type) = response.headers().get(reqwest::header::CONTENT_TYPE) {
             let content_type = content_type.to_str().unwrap_or_default();
             if !content_type.starts_with("text/event-stream") {
@@ -403,7 +406,11 @@ impl HttpCall {
 
     /// Sends the request until it gets a success status, retrying transient failures while
     /// time is left before `deadline`.
-    async fn send_with_retries(&self, deadline: Instant) -> Result<reqwest::Response, ProviderError> {
+    async fn send_with_retries(
+        &self,
+        deadline: Instant,
+        sender: &mpsc::Sender<Result<StreamEvent, ProviderError>>,
+    ) -> Result<reqwest::Response, ProviderError> {
         let mut attempt = 0;
         loop {
             let request = self
@@ -456,6 +463,8 @@ impl HttpCall {
                 error = %error,
                 "provider call failed before the answer started; retrying"
             );
+            // Nobody listening is noticed by the caller's select; the retry still waits.
+            let _ = sender.send(Ok(StreamEvent::Retrying)).await;
             tokio::time::sleep(delay).await;
         }
     }

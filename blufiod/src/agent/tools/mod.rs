@@ -61,6 +61,12 @@ pub struct Tools {
 /// prompt-cache breakpoint) stays byte-identical between turns.
 const TOOL_NAMES: [&str; 4] = ["http_get", "read_file", "write_file", "run_command"];
 
+/// `name` as a metric label: a known tool's name, else `unknown` (the model chooses the name, so
+/// it is never a label as given).
+pub fn label(name: &str) -> &'static str {
+    TOOL_NAMES.into_iter().find(|known| *known == name).unwrap_or("unknown")
+}
+
 impl Tools {
     /// `state_dir` is used for the default workspace (<state_dir>/workspace) of read_file/write_file.
     pub fn from_config(config: &ToolsConfig, state_dir: &Path) -> Self {

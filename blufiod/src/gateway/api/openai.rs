@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{Gateway, SESSION_HEADER, STREAM_BUFFER, agent_problem, bad_request, json, parse_json, sse_response};
 use crate::agent::TurnRequest;
-use crate::agent::model::{Role, StopReason, TurnEvent, Usage};
+use crate::agent::model::{Channel, Role, StopReason, TurnEvent, Usage};
 use crate::gateway::problem::{Body, Problem};
 use crate::util::unix_now;
 
@@ -87,6 +87,7 @@ pub(super) async fn chat_completions(
     let mut events = gateway
         .agent
         .send(TurnRequest {
+            channel: Channel::Gateway,
             session_id: session.as_deref(),
             earlier,
             text: &text,

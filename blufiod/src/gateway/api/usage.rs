@@ -26,7 +26,7 @@ pub(super) async fn status(gateway: &Arc<Gateway>) -> Result<Response<Body>, Pro
         .await
         .map_err(|error| agent_problem(&error))?;
     let config = gateway.config.get();
-    let memory = crate::memory::MemoryUse::check(&config.config.memory);
+    let memory = gateway.memory.observe();
     let caps = &config.config.budget;
     let state = match gateway.lifecycle.phase() {
         Phase::Starting => "starting",
@@ -50,10 +50,15 @@ pub(super) async fn status(gateway: &Arc<Gateway>) -> Result<Response<Body>, Pro
                 "provider_problem": agent.provider_problem,
             },
             "memory": {
-                "rss_bytes": memory.rss_bytes,
-                "allocated_bytes": memory.allocated_bytes,
-                "limit_bytes": memory.limit_bytes,
-                "under_pressure": memory.under_pressure(&config.config.memory),
+                "rss_bytes": memory.used.rss_bytes,
+                "allocated_bytes": memory.used.heap_bytes,
+                "allocator_resident_bytes": memory.used.allocator_resident_bytes,
+                "limit_bytes": memory.thresholds.limit_bytes,
+                "warn_bytes": memory.thresholds.warn_bytes,
+                "refuse_bytes": memory.thresholds.refuse_bytes,
+                "pressure": memory.pressure.as_str(),
+                "pressure_seconds": memory.since.as_secs(),
+                "under_pressure": memory.pressure == crate::memory::Pressure::Limit,
             },
             "cost": {
                 "today_usd": agent.budget.today_usd,
