@@ -291,7 +291,12 @@ impl Monitor {
             Pressure::Warn => tracing::info!(
                 rss_mib,
                 limit_mib,
-                "memory back under the limit threshold: new turns are accepted again"
+                "memory back under the limit threshold: new turns are accepted again; caches are still shed"
+            ),
+            Pressure::Normal if from == Pressure::Limit => tracing::info!(
+                rss_mib,
+                limit_mib,
+                "memory back to normal: new turns are accepted again"
             ),
             Pressure::Normal => tracing::info!(rss_mib, limit_mib, "memory back to normal"),
         }

@@ -13,7 +13,11 @@ use prometheus::{
 /// The daemon's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// The daemon's own metrics, named `blufio_*`.
     registry: Registry,
+    /// The standard `process_*` metrics, under their standard names (no prefix), so that
+    /// dashboards and alerts written for any exporter work.
+    process: Registry,
     /// Gateway requests by route template and status code.
     pub http_requests: IntCounterVec,
     /// Gateway request durations by route template.
@@ -203,12 +207,16 @@ impl Metrics {
             Box::new(watchdog_missed.clone()),
             Box::new(start_time.clone()),
             Box::new(build_info),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
+        let process = Registry::new();
+        process
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("one process collector");
         Self {
             registry,
+            process,
             http_requests,
             http_duration,
             auth_failures,
@@ -274,7 +282,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
+            .encode(&[self.registry.gather(), self.process.gather()].concat(), &mut buffer)
             .expect("encoding to memory cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
@@ -393,8 +401,8 @@ mod tests {
             "scraped gauges are read at each scrape"
         );
         assert!(
-            text.contains("process_resident_memory_bytes"),
-            "the process collector is registered: {text}"
+            text.contains("\nprocess_resident_memory_bytes "),
+            "the process collector is registered under the standard names: {text}"
         );
     }
 

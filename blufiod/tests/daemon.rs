@@ -319,6 +319,8 @@ fn the_watchdog_starves_while_the_database_writer_is_blocked() {
     let before = pings();
     std::thread::sleep(Duration::from_secs(2));
     let during = pings() - before;
+    // The withheld pings are counted, and the metrics still answer over the socket.
+    let missed = daemon.metrics().value("blufio_watchdog_missed_total");
     drop(locker.stdin.take());
     locker.wait().unwrap();
     let _ = writer.join();
@@ -328,6 +330,7 @@ fn the_watchdog_starves_while_the_database_writer_is_blocked() {
         "the watchdog was fed while the writer was stuck: {:?}",
         notify.lines()
     );
+    assert!(missed >= 1.0, "no missed watchdog cycle was counted");
     // Once the writer is free again, the pings come back.
     let resumed = pings();
     let deadline = Instant::now() + support::PATIENCE;

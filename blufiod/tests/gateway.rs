@@ -746,6 +746,34 @@ async fn memory_pressure_is_503_with_retry_after() {
     assert_eq!(ready.status(), 503);
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert!(ready["problems"].to_string().contains("memory"), "{ready}");
+    assert_eq!(memory.pressure, "limit", "{memory:?}");
+    // New sessions are refused too, naming memory.
+    let created = control(&setup.daemon.socket)
+        .await
+        .create_session(pb::CreateSessionRequest { title: "new".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(created.code(), tonic::Code::ResourceExhausted, "{created:?}");
+    assert!(created.message().contains("memory.limit_mib"), "{created:?}");
+
+    // Raising the limit relieves it at once: ready again, and turns pass.
+    let set = setup.daemon.ctl(&["config", "set", "memory.limit_mib", "102400"]);
+    assert!(set.status.success(), "{}", describe(&set));
+    let ready = setup.client.get(format!("{}/ready", setup.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let response = setup
+        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let memory = setup.daemon.ctl_json(&["status"])["memory"].clone();
+    assert_ne!(memory["pressure"], "limit", "{memory}");
+    assert!(
+        setup.daemon.stderr().contains("new turns are accepted again"),
+        "the way down is logged: {}",
+        setup.daemon.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

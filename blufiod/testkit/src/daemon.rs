@@ -198,6 +198,23 @@ impl Daemon {
         output_of(command)
     }
 
+    /// `blufioctl metrics`: the daemon's exposition text, asserted to succeed.
+    pub fn metrics_text(&self) -> String {
+        let output = self.ctl(&["metrics"]);
+        assert!(
+            output.status.success(),
+            "blufioctl metrics failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.stderr()
+        );
+        String::from_utf8(output.stdout).expect("the exposition is UTF-8")
+    }
+
+    /// The samples of `blufioctl metrics`.
+    pub fn metrics(&self) -> crate::exposition::Samples {
+        crate::exposition::Samples::parse(&self.metrics_text())
+    }
+
     /// Runs blufioctl, asserts success, and parses its `--json` output.
     pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mut args = args.to_vec();

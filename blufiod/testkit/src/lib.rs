@@ -10,6 +10,7 @@
 //!   OpenAI streaming wire formats, and [`start_with_fake`] to point a daemon at it.
 //! - [`control_client`] (feature `control-client`): gRPC for what blufioctl does not offer.
 //! - [`bench`]: what the benchmark programs share.
+//! - [`exposition`]: the Prometheus text format, parsed into samples.
 //!
 //! Failures panic with the daemon's stderr: the callers are tests and benchmarks, where a panic
 //! is the report. This crate never depends on `blufiod`; it runs the binaries, as users do.
@@ -20,6 +21,7 @@ mod daemon;
 mod notify;
 
 pub mod bench;
+pub mod exposition;
 
 // blufiod's own adapter unit tests include the same file with `#[path]`.
 #[cfg(feature = "fake-provider")]
