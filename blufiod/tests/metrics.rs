@@ -9,50 +9,9 @@ use blufio_testkit as support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::exposition::{Samples, families};
+use support::exposition::{FAMILIES, Samples, families};
 use support::fake_provider::{FakeProvider, FakeUsage, Script};
 use support::{Daemon, DaemonOptions, describe, new_dir};
-
-/// Every metric family blufiod ships, each checked below. A family the daemon exposes that is
-/// not here fails the test: a metric that nothing records does not ship.
-const FAMILIES: &[&str] = &[
-    "blufio_active_sessions",
-    "blufio_budget_cap_usd",
-    "blufio_budget_remaining_usd",
-    "blufio_budget_reserved_usd",
-    "blufio_budget_spent_usd",
-    "blufio_build_info",
-    "blufio_cost_usd_total",
-    "blufio_errors_total",
-    "blufio_events_dropped_total",
-    "blufio_events_total",
-    "blufio_gateway_auth_failures_total",
-    "blufio_gateway_open_connections",
-    "blufio_gateway_replay_cache_entries",
-    "blufio_gateway_request_duration_seconds",
-    "blufio_gateway_requests_total",
-    "blufio_grpc_request_duration_seconds",
-    "blufio_grpc_requests_total",
-    "blufio_memory_heap_bytes",
-    "blufio_memory_limit_bytes",
-    "blufio_memory_pressure",
-    "blufio_memory_refuse_bytes",
-    "blufio_memory_resident_bytes",
-    "blufio_memory_rss_bytes",
-    "blufio_memory_warn_bytes",
-    "blufio_messages_total",
-    "blufio_provider_requests_total",
-    "blufio_provider_retries_total",
-    "blufio_response_latency_seconds",
-    "blufio_start_time_seconds",
-    "blufio_time_to_first_token_seconds",
-    "blufio_tokens_total",
-    "blufio_tool_calls_total",
-    "blufio_turns_in_flight",
-    "blufio_turns_queued",
-    "blufio_watchdog_missed_total",
-    "blufio_watchdog_pings_total",
-];
 
 const MIB: f64 = 1024.0 * 1024.0;
 

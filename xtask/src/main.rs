@@ -273,12 +273,14 @@ fn dist() -> Result<()> {
         ("blufiod.example.toml", "blufiod.example.toml"),
         ("logrotate/blufiod", "blufiod.logrotate"),
         ("hooks/postinst.sample", "postinst.sample"),
+        ("prometheus/alerts.yml", "blufio-alerts.yml"),
+        ("grafana/blufio.json", "blufio-grafana.json"),
     ] {
         std::fs::copy(root().join("packaging").join(file), dist.join(name))
             .with_context(|| format!("cannot copy packaging/{file} to dist/"))?;
     }
     eprintln!(
-        "dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, the unit, sysusers, tmpfiles, logrotate, the example config and hook"
+        "dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, the unit, sysusers, tmpfiles, logrotate, the example config and hook, the alert rules and the Grafana dashboard"
     );
     Ok(())
 }

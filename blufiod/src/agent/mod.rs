@@ -416,62 +416,47 @@ impl Agent {
                 ])
             },
         );
-        // (cap, spent) by period; a period without a cap has no cap and no remaining series.
-        let periods = |agent: &Self| {
-            let status = agent.status();
-            let caps = agent.config.get().config.budget.clone();
-            [
-                ("daily", caps.daily_usd, status.budget.today_usd),
-                ("monthly", caps.monthly_usd, status.budget.month_usd),
-            ]
-        };
-        let agent = Arc::downgrade(self);
-        metrics.register_scraped_by(
-            ("budget_spent_usd", "Spend in the current period (UTC) in US dollars."),
-            "period",
-            move || {
-                let agent = agent.upgrade()?;
-                Some(periods(&agent).map(|(period, _, spent)| (period, spent)).to_vec())
-            },
-        );
-        let agent = Arc::downgrade(self);
-        metrics.register_scraped_by(
+        // By period; a period without a cap has no cap and no remaining series.
+        /// A gauge's value from a period's cap and spend (`None`: no series).
+        type ByPeriod = fn(f64, f64) -> Option<f64>;
+        let by_period: [((&str, &str), ByPeriod); 3] = [
             (
-                "budget_cap_usd",
-                "The budget cap of the period in US dollars (capped periods only).",
+                ("budget_spent_usd", "Spend in the current period (UTC) in US dollars."),
+                |_, spent| Some(spent),
             ),
-            "period",
-            move || {
+            (
+                (
+                    "budget_cap_usd",
+                    "The budget cap of the period in US dollars (capped periods only).",
+                ),
+                |cap, _| (cap > 0.0).then_some(cap),
+            ),
+            (
+                (
+                    "budget_remaining_usd",
+                    "What the period's cap leaves to spend, in US dollars (capped periods only).",
+                ),
+                |cap, spent| (cap > 0.0).then_some((cap - spent).max(0.0)),
+            ),
+        ];
+        for (gauge, value) in by_period {
+            let agent = Arc::downgrade(self);
+            metrics.register_scraped_by(gauge, "period", move || {
                 let agent = agent.upgrade()?;
-                let periods = periods(&agent);
+                let status = agent.status();
+                let caps = agent.config.get().config.budget.clone();
+                let periods = [
+                    ("daily", caps.daily_usd, status.budget.today_usd),
+                    ("monthly", caps.monthly_usd, status.budget.month_usd),
+                ];
                 Some(
                     periods
                         .into_iter()
-                        .filter(|(_, cap, _)| *cap > 0.0)
-                        .map(|(period, cap, _)| (period, cap))
+                        .filter_map(|(period, cap, spent)| Some((period, value(cap, spent)?)))
                         .collect(),
                 )
-            },
-        );
-        let agent = Arc::downgrade(self);
-        metrics.register_scraped_by(
-            (
-                "budget_remaining_usd",
-                "What the period's cap leaves to spend, in US dollars (capped periods only).",
-            ),
-            "period",
-            move || {
-                let agent = agent.upgrade()?;
-                let periods = periods(&agent);
-                Some(
-                    periods
-                        .into_iter()
-                        .filter(|(_, cap, _)| *cap > 0.0)
-                        .map(|(period, cap, spent)| (period, (cap - spent).max(0.0)))
-                        .collect(),
-                )
-            },
-        );
+            });
+        }
     }
 
     /// Registers what the agent caches with the memory monitor, to drop at the warn level: idle

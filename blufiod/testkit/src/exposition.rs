@@ -3,6 +3,56 @@
 
 use std::collections::BTreeMap;
 
+/// Every metric family blufiod ships, sorted. `blufiod/tests/metrics.rs` proves that real
+/// traffic moves each and that the daemon exposes no other; the alert rules and the dashboard
+/// may name only these (`blufiod/tests/prometheus_rules.rs`).
+pub const FAMILIES: &[&str] = &[
+    "blufio_active_sessions",
+    "blufio_budget_cap_usd",
+    "blufio_budget_remaining_usd",
+    "blufio_budget_reserved_usd",
+    "blufio_budget_spent_usd",
+    "blufio_build_info",
+    "blufio_cost_usd_total",
+    "blufio_errors_total",
+    "blufio_events_dropped_total",
+    "blufio_events_total",
+    "blufio_gateway_auth_failures_total",
+    "blufio_gateway_open_connections",
+    "blufio_gateway_replay_cache_entries",
+    "blufio_gateway_request_duration_seconds",
+    "blufio_gateway_requests_total",
+    "blufio_grpc_request_duration_seconds",
+    "blufio_grpc_requests_total",
+    "blufio_memory_heap_bytes",
+    "blufio_memory_limit_bytes",
+    "blufio_memory_pressure",
+    "blufio_memory_refuse_bytes",
+    "blufio_memory_resident_bytes",
+    "blufio_memory_rss_bytes",
+    "blufio_memory_warn_bytes",
+    "blufio_messages_total",
+    "blufio_provider_requests_total",
+    "blufio_provider_retries_total",
+    "blufio_response_latency_seconds",
+    "blufio_start_time_seconds",
+    "blufio_time_to_first_token_seconds",
+    "blufio_tokens_total",
+    "blufio_tool_calls_total",
+    "blufio_turns_in_flight",
+    "blufio_turns_queued",
+    "blufio_watchdog_missed_total",
+    "blufio_watchdog_pings_total",
+];
+
+/// The families of [`FAMILIES`] that are histograms (scraped as `_bucket`, `_sum`, `_count`).
+pub const HISTOGRAMS: &[&str] = &[
+    "blufio_gateway_request_duration_seconds",
+    "blufio_grpc_request_duration_seconds",
+    "blufio_response_latency_seconds",
+    "blufio_time_to_first_token_seconds",
+];
+
 /// The samples of one scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Samples(BTreeMap<String, f64>);
