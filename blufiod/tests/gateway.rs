@@ -1981,3 +1981,67 @@ async fn usage_is_signed_and_its_days_checked() {
         assert_eq!(response.status(), 400, "{bad}");
     }
 }
+
+/// An address of this machine that is not loopback (the source address of a route outward; a UDP
+/// `connect` sends nothing).
+fn non_loopback_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("this test needs a non-loopback IPv4 address with a route on this machine");
+    let address = socket.local_addr().unwrap().ip();
+    assert!(!address.is_loopback(), "{address}");
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_without_a_token_answer_only_this_machine() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: "[gateway]\nallow_public_bind = true\n".into(),
+            env: vec![("BLUFIO_GATEWAY__LISTEN".into(), "0.0.0.0:0".into())],
+            ..DaemonOptions::default()
+        },
+    );
+    let listen = daemon.ctl_json(&["status"])["gateway"]["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let port: u16 = listen.rsplit_once(':').unwrap().1.parse().unwrap();
+    let cert = std::fs::read(daemon.dir.path().join("state/tls/cert.pem")).unwrap();
+    // The certificate names localhost: reach it as localhost, from either address.
+    let client_via = |address: std::net::IpAddr| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+            .resolve("localhost", std::net::SocketAddr::new(address, port))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{port}/metrics");
+    let remote = client_via(non_loopback_address());
+    let refused = remote.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("metrics-token-required"),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("gateway.metrics_token"),
+        "{problem}"
+    );
+    let local = client_via(std::net::IpAddr::from([127, 0, 0, 1]));
+    let served = local.get(&url).send().await.unwrap();
+    assert_eq!(served.status(), 200, "this machine may scrape without a token");
+
+    // With a token, another host may scrape with it.
+    let set = daemon.ctl(&["config", "set", "gateway.metrics_token", "scrape-secret"]);
+    assert!(set.status.success(), "{}", describe(&set));
+    let without = remote.get(&url).send().await.unwrap();
+    assert_eq!(without.status(), 401);
+    let with = remote.get(&url).bearer_auth("scrape-secret").send().await.unwrap();
+    assert_eq!(with.status(), 200);
+    assert!(with.text().await.unwrap().contains("blufio_build_info"));
+}

@@ -30,6 +30,8 @@ pub struct ConnectionState {
     id: u64,
     address: Prefix,
     network: Prefix,
+    /// Whether the peer is this machine (a loopback address, IPv4-mapped ones included).
+    loopback: bool,
     authenticated: AtomicBool,
     evicted: CancellationToken,
 }
@@ -42,6 +44,11 @@ impl ConnectionState {
     /// the configured idle timeout.
     pub fn mark_authenticated(&self) {
         self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the peer connected from this machine's loopback interface.
+    pub fn is_loopback(&self) -> bool {
+        self.loopback
     }
 
     /// Whether a request on it was verified.
@@ -161,6 +168,7 @@ impl Connections {
             id,
             address: client,
             network,
+            loopback: address.to_canonical().is_loopback(),
             authenticated: AtomicBool::new(false),
             evicted: CancellationToken::new(),
         });
@@ -212,9 +220,27 @@ mod tests {
     }
 
     #[test]
+    fn loopback_peers_are_known_as_such() {
+        let slots = Connections::new(8);
+        for (peer, loopback) in [
+            ("127.0.0.1", true),
+            ("127.3.2.1", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("192.0.2.1", false),
+            ("::ffff:192.0.2.1", false),
+            ("2001:db8::1", false),
+        ] {
+            let connection = slots.admit(peer.parse().unwrap()).unwrap();
+            assert_eq!(connection.is_loopback(), loopback, "{peer}");
+        }
+    }
+
+    #[test]
     fn one_address_gets_its_share_only() {
         let slots = Connections::new(1_000);
         let held: Vec<_> = (0..PER_ADDRESS).map(|_| slots.admit(address(1)).unwrap()).collect();
+        assert!(!held[0].is_loopback(), "{:?} is another machine", address(1));
         assert!(matches!(slots.admit(address(1)), Err(Refusal::PerAddress { .. })));
         slots.admit(address(2)).unwrap();
         slots.release(&held[0]);

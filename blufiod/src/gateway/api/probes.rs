@@ -1,6 +1,6 @@
 //! The open probes that need more than a constant answer: `/ready` (the health registry's
-//! readiness checks, without details) and `/metrics` (the Prometheus exposition, behind the
-//! optional bearer token).
+//! readiness checks, without details) and `/metrics` (the Prometheus exposition: behind the bearer
+//! token when one is set, else for clients on this machine only, since it shows spend).
 
 use std::sync::Arc;
 
@@ -30,7 +30,22 @@ pub(super) async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
 
 pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Response<Body> {
     let config = gateway.config.get();
-    if let Some(token) = gateway.secrets.metrics_token(&config.config.gateway) {
+    let token = gateway.secrets.metrics_token(&config.config.gateway);
+    // The metrics listener's requests carry no connection: it binds loopback only.
+    let remote = request
+        .extensions()
+        .get::<crate::gateway::connections::Connection>()
+        .is_some_and(|connection| !connection.is_loopback());
+    if token.is_none() && remote {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "metrics-token-required",
+            "Metrics need a token from another host",
+            "without gateway.metrics_token, /metrics answers clients on this machine only: set gateway.metrics_token (blufioctl config set gateway.metrics_token TOKEN) and send Authorization: Bearer TOKEN, or scrape gateway.metrics_listen locally, or run blufioctl metrics",
+        )
+        .response();
+    }
+    if let Some(token) = token {
         let expected = format!("Bearer {}", token.expose());
         let given = request
             .headers()
