@@ -675,6 +675,7 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("PruneSessions", "full", false),
     ("SendMessage", "full", true),
     ("GetUsage", "full", false),
+    ("GetMetrics", "full", false),
     ("AddDevice", "full", false),
     ("ListDevices", "full", false),
     ("RevokeDevice", "full", false),
