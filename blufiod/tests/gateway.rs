@@ -1732,7 +1732,29 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         404
     );
 
-    // invalid_message: INVALID_ARGUMENT and 400.
+    // invalid_message: INVALID_ARGUMENT and 400 (checked before the session is looked up, and
+    // before memory: no session can be created at the memory limit).
+    assert_eq!(turn_code(&mut control, "kinds", "").await, tonic::Code::InvalidArgument);
+    assert_eq!(
+        http_status("POST", "/v1/sessions/kinds/messages".into(), Some(turn(""))).await,
+        400
+    );
+
+    // memory_pressure: RESOURCE_EXHAUSTED and 503, for turns and new sessions; then relieved for
+    // the kinds that follow.
+    assert_eq!(
+        turn_code(&mut control, "kinds", "big").await,
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(
+        http_status("POST", "/v1/sessions/kinds/messages".into(), Some(turn("big"))).await,
+        503
+    );
+    assert_eq!(
+        http_status("POST", "/v1/sessions".into(), Some(b"{}".to_vec())).await,
+        503
+    );
+    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "0"]);
     let session = control
         .create_session(pb::CreateSessionRequest { title: "kinds".into() })
         .await
@@ -1741,20 +1763,7 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         .session
         .unwrap()
         .id;
-    assert_eq!(
-        turn_code(&mut control, &session, "").await,
-        tonic::Code::InvalidArgument
-    );
     let path = format!("/v1/sessions/{session}/messages");
-    assert_eq!(http_status("POST", path.clone(), Some(turn(""))).await, 400);
-
-    // memory_pressure: RESOURCE_EXHAUSTED and 503; then relieved for the kinds that follow.
-    assert_eq!(
-        turn_code(&mut control, &session, "big").await,
-        tonic::Code::ResourceExhausted
-    );
-    assert_eq!(http_status("POST", path.clone(), Some(turn("big"))).await, 503);
-    setup.daemon.ctl_json(&["config", "set", "memory.limit_mib", "0"]);
 
     // budget_exhausted: RESOURCE_EXHAUSTED and 402.
     setup

@@ -68,6 +68,7 @@ const OBSERVED: &[(&str, &str, &str)] = &[
     ("log.level", HERE, "budget_and_log_keys_apply_at_once"),
     ("memory.limit_mib", HERE, "memory_keys_relieve_pressure_at_once"),
     ("memory.pressure_percent", HERE, "memory_keys_relieve_pressure_at_once"),
+    ("memory.warn_percent", HERE, "memory_warn_percent_sheds_at_once"),
     ("pricing", HERE, "provider_keys_apply_to_the_next_call"),
     (
         "provider.anthropic_version",
@@ -417,6 +418,22 @@ fn memory_keys_relieve_pressure_at_once() {
         assert_eq!(back.status.code(), Some(1), "{shown}");
         assert!(shown.contains("MiB blufiod uses now"), "{shown}");
     }
+}
+
+#[test]
+fn memory_warn_percent_sheds_at_once() {
+    let fake = FakeProvider::start();
+    let daemon = with_fake(&fake, "[memory]\nlimit_mib = 1024\n");
+    assert_eq!(daemon.ctl_json(&["status"])["memory"]["pressure"], "normal");
+    // 1 % of 1 GiB (10 MiB) is below what any daemon uses.
+    set(&daemon, "memory.warn_percent", "1");
+    let status = daemon.ctl_json(&["status"]);
+    let memory = &status["memory"];
+    assert_eq!(memory["warn_bytes"], 1024 * 1024 * 1024 / 100, "{memory}");
+    assert_eq!(memory["pressure"], "warn", "{memory}");
+    assert!(daemon.stderr().contains("caches shed"), "{}", daemon.stderr());
+    // The warn level refuses nothing.
+    chat(&daemon, "still served");
 }
 
 #[test]
