@@ -356,13 +356,23 @@ impl Monitor {
         );
     }
 
-    /// Refuses, while the daemon runs, a limit whose refuse threshold is already below what the
-    /// daemon uses: every turn would be refused at once. (A file that starts the daemon over its
-    /// limit is the owner's choice; status and `/ready` then say so.)
+    /// Refuses, while the daemon runs, a change of `[memory]` that lowers the refuse threshold
+    /// below what the daemon uses: every turn would be refused at once. Other changes (and
+    /// `[memory]` changes that keep or raise the threshold) pass even at the limit, so that
+    /// pressure never keeps the owner from changing anything else. (A file that starts the
+    /// daemon over its limit is the owner's choice; status and `/ready` then say so.)
     pub fn register_live_check(self: &Arc<Self>, live: &crate::config::LiveConfig) {
-        live.on_check("memory", |new| {
+        let monitor = Arc::downgrade(self);
+        live.on_check("memory", move |new| {
             let memory = &new.config.memory;
             let thresholds = Thresholds::of(memory);
+            let Some(monitor) = monitor.upgrade() else { return Ok(()) };
+            let now = Thresholds::of(&monitor.config.get().config.memory);
+            let stricter = thresholds.limit_bytes != 0
+                && (now.limit_bytes == 0 || thresholds.refuse_bytes < now.refuse_bytes);
+            if !stricter {
+                return Ok(());
+            }
             // Measure after returning free pages, so that pages a past burst left behind never
             // count against the new limit.
             release();

@@ -113,7 +113,7 @@ pub enum AgentError {
     ShuttingDown,
     /// The daemon is near its memory limit.
     #[error(
-        "blufiod uses {rss_mib} MiB of its {limit_mib} MiB limit (memory.limit_mib); new turns wait until running ones finish, retry in a few seconds"
+        "blufiod uses {rss_mib} MiB of its {limit_mib} MiB limit (memory.limit_mib), so new turns and sessions are refused until its memory falls; retry in a few seconds, or raise memory.limit_mib"
     )]
     MemoryPressure {
         /// Resident set in MiB.

@@ -437,6 +437,10 @@ fn section_errors(figment: &Figment) -> Vec<figment::Error> {
 /// (14 to 16 MiB, `cargo xtask bench idle`, docs/benchmarks.md), so that turns have room.
 pub const MEMORY_FLOOR_MIB: u64 = 32;
 
+/// The shortest `gateway.metrics_token`: it guards `/metrics` from other hosts, and failed
+/// guesses are not rate-limited.
+const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
 /// The largest dollar amount a budget cap or price may be: far above any real one, and small
 /// enough that micro-dollar arithmetic cannot overflow.
 pub const MAX_USD: f64 = 1e9;
@@ -575,6 +579,15 @@ impl Config {
                     "{key}: an empty secret is not a value; give the secret, or remove the key to have none"
                 ));
             }
+        }
+        if let Some(token) = &self.gateway.metrics_token
+            && !token.expose().is_empty()
+            && token.expose().chars().count() < MIN_METRICS_TOKEN_CHARS
+        {
+            problems.push(format!(
+                "gateway.metrics_token: {} characters can be guessed; use at least {MIN_METRICS_TOKEN_CHARS} (for example the output of `openssl rand -hex 16`)",
+                token.expose().chars().count()
+            ));
         }
         if let Err(reason) = check_filter(&self.log.level) {
             problems.push(format!(

@@ -10,13 +10,15 @@ use tonic::Status;
 use crate::config::Access;
 
 /// What each call needs: the one authorization table. Read-only access is for watching the
-/// daemon's health and settings: status, the (masked) configuration and config checks, the gRPC
-/// health service and reflection. Conversations, spend, devices and every change need full
-/// access. A method missing here needs full access.
+/// daemon's health and settings: status and metrics, the (masked) configuration and config
+/// checks, the gRPC health service and reflection (status and metrics show spend totals, as a
+/// loopback scrape of `/metrics` does). Conversations, usage reports, devices and every change
+/// need full access. A method missing here needs full access.
 pub const ACCESS: &[(&str, Access)] = &[
     ("GetStatus", Access::ReadOnly),
     ("GetConfig", Access::ReadOnly),
     ("ValidateConfig", Access::ReadOnly),
+    ("GetMetrics", Access::ReadOnly),
     ("grpc.health.v1.Health", Access::ReadOnly),
     ("grpc.reflection", Access::ReadOnly),
     ("SetConfig", Access::Full),
@@ -30,7 +32,6 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("PruneSessions", Access::Full),
     ("SendMessage", Access::Full),
     ("GetUsage", Access::Full),
-    ("GetMetrics", Access::Full),
     ("AddDevice", Access::Full),
     ("ListDevices", Access::Full),
     ("RevokeDevice", Access::Full),

@@ -181,6 +181,8 @@ const BODY_BUFFER_TOTAL: usize = 16 * 1024 * 1024;
 const H2_STREAM_WINDOW: u32 = 64 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 const H2_SEND_BUFFER: usize = 16 * 1024;
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 16;
 /// Once an unauthenticated connection is being closed for idleness, how long its in-flight
 /// responses get before it is dropped: a client that neither reads them nor acknowledges the
 /// close cannot keep it.
@@ -202,6 +204,9 @@ pub struct Gateway {
     health: Arc<crate::health::Health>,
     limiter: auth::RateLimiter,
     metrics: Arc<Metrics>,
+    /// The exposition last rendered for `/metrics` and when: scrapes within
+    /// a second share it, so that many slow scrapers hold one copy (`api/probes.rs`).
+    exposition: std::sync::Mutex<Option<(Instant, bytes::Bytes)>>,
     /// The memory monitor (`/v1/status`).
     memory: Arc<crate::memory::Monitor>,
     scheme: &'static str,
@@ -267,6 +272,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         health,
         limiter: auth::RateLimiter::new(config.rate_limit_per_minute),
         metrics,
+        exposition: std::sync::Mutex::new(None),
         memory,
         scheme: bound.info.scheme,
         max_skew_secs: i64::try_from(config.max_clock_skew_secs).unwrap_or(i64::MAX),
@@ -415,7 +421,10 @@ fn connection_builder(config: &GatewayConfig) -> hyper_util::server::conn::auto:
         .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(config.idle_timeout_secs)))
         .keep_alive_timeout(request_timeout)
-        .max_concurrent_streams(64);
+        // Each open stream costs hyper's state (about 10 KiB) even when the client never reads:
+        // 16 per connection bounds what unauthenticated connections can make the daemon hold
+        // (gateway.max_connections x 16 streams).
+        .max_concurrent_streams(H2_MAX_STREAMS);
     builder
 }
 

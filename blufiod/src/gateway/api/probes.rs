@@ -31,27 +31,26 @@ pub(super) async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
 pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Response<Body> {
     let config = gateway.config.get();
     let token = gateway.secrets.metrics_token(&config.config.gateway);
-    // The metrics listener's requests carry no connection: it binds loopback only.
-    let remote = request
-        .extensions()
-        .get::<crate::gateway::connections::Connection>()
-        .is_some_and(|connection| !connection.is_loopback());
-    if token.is_none() && remote {
+    if token.is_none() && !from_this_machine(request, config.config.gateway.plain_http) {
         return Problem::new(
             StatusCode::FORBIDDEN,
             "metrics-token-required",
             "Metrics need a token from another host",
-            "without gateway.metrics_token, /metrics answers clients on this machine only: set gateway.metrics_token (blufioctl config set gateway.metrics_token TOKEN) and send Authorization: Bearer TOKEN, or scrape gateway.metrics_listen locally, or run blufioctl metrics",
+            "without gateway.metrics_token, /metrics answers clients on this machine only (behind a reverse proxy or a tunnel, none is): set gateway.metrics_token (16 characters or more) in blufiod's config file and send Authorization: Bearer TOKEN, or scrape gateway.metrics_listen locally, or run blufioctl metrics",
         )
         .response();
     }
     if let Some(token) = token {
-        let expected = format!("Bearer {}", token.expose());
+        // The scheme is case-insensitive (RFC 9110, section 11.1); the token is not.
         let given = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map_or(&[][..], HeaderValue::as_bytes);
-        if !constant_time_eq(given, expected.as_bytes()) {
+        let credentials = match given.split_at_checked(7) {
+            Some((scheme, credentials)) if scheme.eq_ignore_ascii_case(b"bearer ") => credentials,
+            _ => &[][..],
+        };
+        if !constant_time_eq(credentials, token.expose().as_bytes()) {
             let mut response = Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "metrics-token",
@@ -66,13 +65,44 @@ pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>)
             return response;
         }
     }
-    let text = gateway.metrics.render();
-    let mut response = Response::new(full(text));
+    let mut response = Response::new(full(exposition(gateway)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// Whether a request certainly comes from this machine: a loopback peer, not relayed. Behind a
+/// reverse proxy (`gateway.plain_http`) every peer is the proxy, and a forwarding header says a
+/// relay is involved, so neither counts. The metrics listener's requests carry no connection: it
+/// binds loopback only.
+fn from_this_machine(request: &http::Request<Incoming>, behind_proxy: bool) -> bool {
+    let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|header| request.headers().contains_key(*header));
+    match request.extensions().get::<crate::gateway::connections::Connection>() {
+        Some(connection) => connection.is_loopback() && !behind_proxy && !relayed,
+        None => !relayed,
+    }
+}
+
+/// How long a rendered exposition is served to further scrapes. Every scrape holding its own copy
+/// until a slow client reads it would let many slow scrapers grow memory past the daemon's limit;
+/// shared, they hold one (`Bytes` is reference-counted).
+const EXPOSITION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The exposition, rendered at most once per [`EXPOSITION_MAX_AGE`].
+fn exposition(gateway: &Gateway) -> bytes::Bytes {
+    let mut cached = gateway.exposition.lock().expect("exposition cache poisoned");
+    match cached.as_ref() {
+        Some((at, text)) if at.elapsed() < EXPOSITION_MAX_AGE => text.clone(),
+        _ => {
+            let text = bytes::Bytes::from(gateway.metrics.render());
+            *cached = Some((std::time::Instant::now(), text.clone()));
+            text
+        }
+    }
 }
 
 /// Compares secrets without an early exit, so response time says nothing about how much of a
