@@ -10,6 +10,13 @@
 //!   the fake provider (`blufiod/benches/turns.rs`).
 //! - `gateway [CLIENTS] [REQUESTS]`: signed-request throughput and latency through the HTTPS
 //!   gateway (`blufiod/benches/gateway.rs`).
+//! - `memory [--minutes M] [--turns N] [--json PATH]`: the daemon's memory (RSS, anonymous,
+//!   file-backed, PSS) at READY, idle, at the peak of 100 concurrent streaming chats through the
+//!   gateway and after them, after a tenth of N turns and after N (default 100,000), and with
+//!   `--minutes` the slope of a steady soak (`blufiod/benches/memory.rs`; a few minutes).
+//!
+//! `all` runs `size`, `startup` and `idle`, the measurements that take seconds; the load
+//! benchmarks, `memory` above all, are run by name.
 //!
 //! Daemons start through `blufio-testkit`, the tests' launcher, with the release binaries.
 
@@ -32,13 +39,14 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["size"] => size(),
         ["turns", rest @ ..] => cargo_bench("turns", rest),
         ["gateway", rest @ ..] => cargo_bench("gateway", rest),
+        ["memory", rest @ ..] => memory(rest),
         ["all"] => {
             size()?;
             startup(20)?;
             idle(30)
         }
         _ => bail!(
-            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | all"
+            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | memory [--minutes M] [--turns N] [--json PATH] | all"
         ),
     }
 }
@@ -141,13 +149,34 @@ fn rss(pid: i32) -> Result<String> {
     Ok(format!("VmRSS {} (peak VmHWM {})", field("VmRSS:"), field("VmHWM:")))
 }
 
-/// A benchmark program of `blufiod/benches/` (turns, gateway), in the release profile.
+/// A benchmark program of `blufiod/benches/` (turns, gateway, memory), in the release profile.
 fn cargo_bench(name: &str, args: &[&str]) -> Result<()> {
     run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["bench", "--locked", "-p", "blufiod", "--bench", name, "--"])
             .args(args),
     )
+}
+
+/// The memory benchmark program, with a relative `--json` PATH made absolute first: cargo runs
+/// benchmarks in their package's directory, not the caller's.
+fn memory(args: &[&str]) -> Result<()> {
+    let mut forwarded = Vec::with_capacity(args.len());
+    let mut args = args.iter();
+    while let Some(&arg) = args.next() {
+        forwarded.push(arg.to_owned());
+        if arg == "--json" {
+            let path = args.next().context("--json needs a PATH")?;
+            let path = std::env::current_dir()?.join(path);
+            forwarded.push(
+                path.into_os_string()
+                    .into_string()
+                    .map_err(|path| anyhow::anyhow!("the --json path {path:?} is not UTF-8"))?,
+            );
+        }
+    }
+    let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
+    cargo_bench("memory", &forwarded)
 }
 
 fn size() -> Result<()> {

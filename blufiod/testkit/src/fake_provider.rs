@@ -1,6 +1,7 @@
 //! A fake LLM provider for tests: an HTTP server on 127.0.0.1 that speaks the Anthropic
 //! Messages (`POST /v1/messages`) and OpenAI Chat Completions (`POST /v1/chat/completions`)
-//! streaming wire formats, replies from a FIFO of scripts, and records every request.
+//! streaming wire formats, replies from a FIFO of scripts (then a settable default), and records
+//! every request (unless a benchmark turns that off).
 //!
 //! It runs its own tokio runtime on a background thread, so plain `#[test]`s and
 //! `#[tokio::test]`s can both use it, and stops when dropped. It is compiled, through `#[path]`,
@@ -11,6 +12,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
-/// The answer when no script is queued: `fake answer to: <last user text>`.
+/// The answer when no script is queued and no default is set: `fake answer to: <last user
+/// text>`.
 pub const DEFAULT_ANSWER_PREFIX: &str = "fake answer to: ";
 
 /// A running fake provider; dropping it stops the server and closes its connections.
@@ -140,6 +143,10 @@ pub struct FakeUsage {
 
 struct State {
     scripts: Mutex<VecDeque<Script>>,
+    /// The reply when no script is queued; `None`: the echo answer.
+    default: Mutex<Option<Script>>,
+    /// Whether requests are kept in `requests`.
+    recording: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
     service_times: Mutex<Vec<Duration>>,
 }
@@ -154,6 +161,8 @@ impl FakeProvider {
         let address = listener.local_addr().expect("the fake provider's address");
         let state = Arc::new(State {
             scripts: Mutex::new(VecDeque::new()),
+            default: Mutex::new(None),
+            recording: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
             service_times: Mutex::new(Vec::new()),
         });
@@ -186,6 +195,20 @@ impl FakeProvider {
     /// Queues the reply to a future request (first in, first out).
     pub fn push(&self, script: Script) {
         lock(&self.state.scripts).push_back(script);
+    }
+
+    /// Sets the reply to every request that finds no queued script; `None` restores the echo
+    /// answer (`fake answer to: <last user text>`, two deltas). A benchmark sets, for example, a
+    /// slow stream for all of its requests.
+    pub fn set_default(&self, script: Option<Script>) {
+        *lock(&self.state.default) = script;
+    }
+
+    /// Whether requests are recorded for [`Self::requests`] and counted by
+    /// [`Self::request_count`] (on at the start). A benchmark of many turns turns it off, so the
+    /// fake does not keep every request body in memory.
+    pub fn set_recording(&self, on: bool) {
+        self.state.recording.store(on, Ordering::Relaxed);
     }
 
     /// Every request received so far, in order.
@@ -247,6 +270,10 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, mut shutdown:
                 Err(_) => continue,
             },
         };
+        // As production HTTP servers commonly do. Without it, a small SSE frame written while the
+        // previous one is unacknowledged waits for the daemon's delayed ACK (Nagle's algorithm):
+        // some 40 ms per answer, which benchmarks would count as the daemon's.
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
@@ -282,12 +309,14 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         Err(_) => Bytes::new(),
     };
     let body = serde_json::from_slice(&raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into()));
-    lock(&state.requests).push(RecordedRequest {
-        method: method.to_string(),
-        path: path.clone(),
-        headers,
-        body: body.clone(),
-    });
+    if state.recording.load(Ordering::Relaxed) {
+        lock(&state.requests).push(RecordedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
+    }
     let wire = match (method, path.as_str()) {
         (Method::POST, "/v1/messages") => Wire::Anthropic,
         (Method::POST, "/v1/chat/completions") => Wire::OpenAi,
@@ -298,7 +327,8 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             return Ok(json_response(StatusCode::NOT_FOUND, &error, None));
         }
     };
-    let next = lock(&state.scripts).pop_front();
+    let queued = lock(&state.scripts).pop_front();
+    let next = queued.or_else(|| lock(&state.default).clone());
     let script = next.unwrap_or_else(|| Script::Text {
         text: format!("{DEFAULT_ANSWER_PREFIX}{}", last_user_text(&body)),
         chunks: 2,
