@@ -707,8 +707,8 @@ async fn configured_certificates_reload_on_sighup_and_metrics_have_their_own_lis
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_pressure_is_503_with_retry_after() {
-    // A threshold of 1 % of 32 MiB is always exceeded, so every new turn meets memory pressure.
-    let setup = setup("[memory]\nlimit_mib = 32\npressure_percent = 1\n").await;
+    // A threshold of 1 % of 128 MiB is always exceeded, so every new turn meets memory pressure.
+    let setup = setup("[memory]\nlimit_mib = 128\npressure_percent = 1\n").await;
     let body = serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}]})).unwrap();
     let response = setup
         .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
@@ -1692,9 +1692,9 @@ async fn unsigned_requests_do_not_keep_a_connection_alive() {
 /// gateway: one contract, checked on the real daemon through both transports.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
-    // Under memory pressure from the start (a threshold of 1 % of 32 MiB); a running daemon
+    // Under memory pressure from the start (a threshold of 1 % of 128 MiB); a running daemon
     // refuses to be put there, so the memory kind is tested first and then relieved.
-    let setup = setup("[memory]\nlimit_mib = 32\npressure_percent = 1\n").await;
+    let setup = setup("[memory]\nlimit_mib = 128\npressure_percent = 1\n").await;
     let mut control = control(&setup.daemon.socket).await;
     /// The gRPC code of a turn: the call's error, or the stream's first error.
     async fn turn_code(

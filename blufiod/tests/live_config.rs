@@ -404,16 +404,21 @@ fn budget_and_log_keys_apply_at_once() {
 #[test]
 fn memory_keys_relieve_pressure_at_once() {
     // A running daemon refuses to be put under pressure, so each daemon starts under it (a
-    // threshold of 1 % of 64 MiB) and one key relieves it.
+    // threshold of 1 % of 128 MiB) and one key relieves it.
     let fake = FakeProvider::start();
     for (key, value) in [("memory.pressure_percent", "100"), ("memory.limit_mib", "8192")] {
-        let daemon = with_fake(&fake, "[memory]\nlimit_mib = 64\npressure_percent = 1\n");
+        let daemon = with_fake(&fake, "[memory]\nlimit_mib = 128\npressure_percent = 1\n");
         let shown = failed_chat(&daemon, "under pressure");
         assert!(shown.contains("memory.limit_mib"), "{shown}");
         set(&daemon, key, value);
         chat(&daemon, "relieved");
         // And back under it is refused, naming what the daemon uses now.
-        let back = daemon.ctl(&["config", "set", key, if key == "memory.limit_mib" { "64" } else { "1" }]);
+        let back = daemon.ctl(&[
+            "config",
+            "set",
+            key,
+            if key == "memory.limit_mib" { "128" } else { "1" },
+        ]);
         let shown = describe(&back);
         assert_eq!(back.status.code(), Some(1), "{shown}");
         assert!(shown.contains("MiB blufiod uses now"), "{shown}");

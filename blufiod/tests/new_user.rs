@@ -193,6 +193,11 @@ fn a_memory_limit_below_what_the_daemon_needs_is_refused() {
     let shown = support::describe(&set);
     assert_eq!(set.status.code(), Some(1), "{shown}");
     assert!(shown.contains("set at least 32"), "{shown}");
+    // Above that floor, the limit must leave room for what the gateway's connections can hold.
+    let set = daemon.ctl(&["config", "set", "memory.limit_mib", "48"]);
+    let shown = support::describe(&set);
+    assert_eq!(set.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("gateway.max_connections to at most 85"), "{shown}");
     // Above the floor, a threshold below what the running daemon uses is refused too.
     let set = daemon.ctl(&["config", "set", "memory.pressure_percent", "1"]);
     let shown = support::describe(&set);

@@ -434,8 +434,14 @@ fn section_errors(figment: &Figment) -> Vec<figment::Error> {
 }
 
 /// The smallest memory limit, in MiB: twice the release daemon's measured idle resident set
-/// (14 to 16 MiB, `cargo xtask bench idle`, docs/benchmarks.md), so that turns have room.
+/// (14 to 17 MiB, `cargo xtask bench memory`, docs/benchmarks.md), so that turns have room.
 pub const MEMORY_FLOOR_MIB: u64 = 32;
+
+/// What one gateway connection can make the daemon hold, in KiB, whether or not it ever
+/// authenticates: TLS buffers, HTTP/2 state and 16 streams whose responses the client never
+/// reads. Measured at 166 KiB (128 such connections of 16 streams each to the release daemon,
+/// docs/benchmarks.md); the limit must leave room for `gateway.max_connections` of them.
+const GATEWAY_CONNECTION_KIB: u64 = 192;
 
 /// The shortest `gateway.metrics_token`: it guards `/metrics` from other hosts, and failed
 /// guesses are not rate-limited.
@@ -567,11 +573,20 @@ impl Config {
                 ));
             }
         }
-        if self.memory.limit_mib != 0 && self.memory.limit_mib < MEMORY_FLOOR_MIB {
+        let limit = self.memory.limit_mib;
+        if limit != 0 && limit < MEMORY_FLOOR_MIB {
             problems.push(format!(
-                "memory.limit_mib: {} MiB is less than blufiod needs; it uses about 16 MiB idle and more per turn, so set at least {MEMORY_FLOOR_MIB}, or 0 for no limit",
-                self.memory.limit_mib
+                "memory.limit_mib: {limit} MiB is less than blufiod needs; it uses about 16 MiB idle and more per turn, so set at least {MEMORY_FLOOR_MIB}, or 0 for no limit"
             ));
+        } else if limit != 0 && self.gateway.enabled {
+            let connections = u64::from(self.gateway.max_connections);
+            let needed = MEMORY_FLOOR_MIB + (connections * GATEWAY_CONNECTION_KIB).div_ceil(1024);
+            if limit < needed {
+                let fit = (limit - MEMORY_FLOOR_MIB) * 1024 / GATEWAY_CONNECTION_KIB;
+                problems.push(format!(
+                    "memory.limit_mib: {limit} MiB leaves no room for the gateway's {connections} connections (gateway.max_connections; each can hold about {GATEWAY_CONNECTION_KIB} KiB, signed or not), so anyone who can connect could push blufiod to its limit; set memory.limit_mib to at least {needed}, or gateway.max_connections to at most {fit}"
+                ));
+            }
         }
         for (key, secret) in self.secrets() {
             if secret.is_some_and(|secret| secret.expose().is_empty()) {
