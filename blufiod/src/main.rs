@@ -107,7 +107,6 @@ fn main() -> ExitCode {
         }
     };
     install_panic_hook();
-    memory::start_background_purge();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

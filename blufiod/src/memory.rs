@@ -436,15 +436,26 @@ pub async fn watch(
     }
 }
 
-/// Starts jemalloc's background purging thread, so that pages freed after a burst go back to the
-/// system on jemalloc's decay schedule (10 s) even when no allocation happens afterwards. Without
-/// it, purging only runs inside allocation calls, and an idle daemon keeps the pages of its last
-/// burst resident indefinitely.
-pub fn start_background_purge() {
-    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::warn!(%error, "cannot start jemalloc's background thread; freed memory returns to the system only when the daemon allocates");
-    }
-}
+/// jemalloc's options, read before `main` (the `malloc_conf` symbol of the prefixed build;
+/// `_RJEM_MALLOC_CONF` in the environment still overrides them, for measuring others). Chosen
+/// with `cargo xtask bench memory --turns 20000` on the release build (docs/benchmarks.md,
+/// 2026-11-30), against jemalloc's defaults:
+///
+/// - `narenas:1` (default: 4 per CPU, 8 here): idle RSS 16.0 against 16.6 MiB, the peak with 100
+///   open signed streams 28.0 against 29.2 MiB, after 20,000 turns 26.7 against 29.0 MiB and no
+///   growth from 2,000 to 20,000 turns (-0.06 against +0.69 MiB), 7 threads against 10, and the
+///   same turn rate (462 against 455 turns/s): blufiod's few threads do not contend for one arena.
+///   `narenas:2` measured in between (16.2, 28.3, 27.8 MiB; +0.82 MiB).
+/// - `background_thread:true`: pages freed after a burst go back to the system on jemalloc's
+///   decay schedule even when the daemon then idles; without it purging runs only inside
+///   allocation calls, and an idle daemon keeps the pages of its last burst.
+#[allow(unsafe_code, non_upper_case_globals)] // reason: jemalloc reads this C symbol by name
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = {
+    const OPTIONS: &std::ffi::CStr = c"narenas:1,background_thread:true";
+    // SAFETY: a NUL-terminated string with static lifetime, read by jemalloc as `const char *`.
+    Some(unsafe { &*OPTIONS.as_ptr() })
+};
 
 /// Returns every unused dirty page of every arena to the system now. Call after large transient
 /// work (a big document parsed for a client) and when memory is under pressure.
@@ -513,6 +524,13 @@ mod tests {
             after < peak - 32 * 1024 * 1024,
             "the freed pages left the resident set: {peak} -> {after}"
         );
+    }
+
+    #[test]
+    fn jemalloc_runs_with_the_chosen_options() {
+        // (`arenas.narenas` counts one more: jemalloc's own arena for huge allocations.)
+        assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 1);
+        assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
     }
 
     #[test]
