@@ -1,7 +1,9 @@
 //! The memory of the release `blufiod` against the fake provider on 127.0.0.1, as the kernel
 //! reports it: `/proc/<pid>/status` (VmRSS, RssAnon, RssFile, RssShmem, Threads) and
-//! `smaps_rollup` (Pss, Pss_Anon, Pss_File), with the open descriptors. One daemon goes through
-//! these phases, in order:
+//! `smaps_rollup` (Pss, Pss_Anon, Pss_File), with the open descriptors; and, from `GetStatus`,
+//! the bytes in live allocations and the resident pages of the daemon's allocator (jemalloc),
+//! which tell memory in use from pages the allocator keeps. One daemon goes through these phases,
+//! in order:
 //!
 //! 1. at `READY=1`, and after [`IDLE`] idle;
 //! 2. the peak while [`STREAMS`] clients, each on its own HTTPS connection, stream a signed
@@ -16,7 +18,7 @@
 //!    checkpoints is the leak signal;
 //! 4. with `--minutes M`, a soak of steady paced traffic (turns on the socket, signed streaming
 //!    chats through the gateway), sampled every [`SOAK_SAMPLE_EVERY`], and the least-squares
-//!    slope of the resident set.
+//!    slopes of the resident set and the heap.
 //!
 //! Run with `cargo xtask bench memory [--minutes M] [--turns N] [--json PATH]`. It prints a table
 //! and, with `--json`, writes the same figures (in KiB) to PATH. Reading `smaps_rollup` of the
@@ -76,86 +78,173 @@ const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 fn main() {
     let options = Options::from_args();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let fake = FakeProvider::start();
-    // 100k request bodies would cost the benchmark, not the daemon, gigabytes.
-    fake.set_recording(false);
-    // As many turn slots and queue places as streams, so that all of them run at once.
-    let daemon = bench::start_under_load(
-        &fake.url(),
-        STREAMS,
-        "[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\n",
-    );
-    let pid = daemon.pid().as_raw();
-    let mut report = Report::default();
-    report.row("at READY=1", daemon.wait_ready(), read_memory(pid));
+    let mut run = Run::start();
+    run.idle();
+    let streams = run.streams();
+    let turns = run.turns(options.turns);
+    let soak = options.minutes.map(|minutes| run.soak(minutes));
+    let report = run.finish();
 
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let gateway = Arc::new(runtime.block_on(Gateway::register(&daemon)));
-    std::thread::sleep(IDLE);
-    report.row(&format!("idle {} s", IDLE.as_secs()), IDLE, read_memory(pid));
-
-    fake.set_default(Some(Script::Delay {
-        per_chunk: STREAM_PAUSE,
-        then: Box::new(Script::text(&"memory benchmark ".repeat(STREAM_DELTAS), STREAM_DELTAS)),
-    }));
-    let mut streams = runtime.block_on(streams(&gateway, pid));
-    report.row(&format!("peak, {STREAMS} streams"), streams.took, streams.peak);
-    // The clients are gone and their connections closed; a moment for the daemon to notice.
-    let ended = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
-    let provider_port = port_of(&fake.url());
-    streams.provider_connections = connections_to(pid, provider_port);
-    report.row("streams ended", ended.elapsed(), read_memory(pid));
-    std::thread::sleep(SETTLE);
-    report.row(
-        &format!("streams ended + {} s", SETTLE.as_secs()),
-        SETTLE,
-        read_memory(pid),
-    );
-    // The daemon keeps idle connections to the provider for a while (its HTTP client's
-    // keep-alive pool); the turns begin once they are gone, so that their closing does not count
-    // as the turns' change.
-    let waited = Instant::now();
-    streams.provider_closed_after = wait_until_closed(pid, provider_port, ended);
-    let label = match streams.provider_closed_after {
-        Some(_) => "provider connections closed".to_owned(),
-        None => "provider connections open".to_owned(),
-    };
-    report.row(&label, waited.elapsed(), read_memory(pid));
-
-    fake.set_default(None);
-    let mut turn_clients = runtime.block_on(TurnClient::connect_all(&daemon.socket));
-    let first = options.turns / 10;
-    let mut checkpoints = Vec::new();
-    for (turns, previous) in [(first, 0), (options.turns, first)] {
-        let took = runtime.block_on(run_turns(&mut turn_clients, turns - previous));
-        let memory = read_memory(pid);
-        report.row(&format!("after {turns} turns"), took, memory);
-        checkpoints.push(Checkpoint {
-            turns,
-            batch: turns - previous,
-            took,
-            memory,
-        });
-    }
-    let sessions = turn_clients.iter().map(|client| client.sessions).sum();
-
-    let soak = options.minutes.map(|minutes| {
-        let duration = Duration::from_secs(minutes * 60);
-        let soak = runtime.block_on(soak(&mut turn_clients, &gateway, duration, pid));
-        report.row(&format!("after a {minutes} min soak"), duration, read_memory(pid));
-        soak
-    });
-    drop(turn_clients);
-    drop(runtime);
-    bench::finish(daemon);
-
-    report.print(&streams, &checkpoints, sessions, soak.as_ref());
+    report.print(&streams, &turns, soak.as_ref());
     if let Some(path) = &options.json {
-        let document = report.json(&streams, &checkpoints, sessions, soak.as_ref());
+        let document = report.json(&streams, &turns, soak.as_ref());
         let text = serde_json::to_string_pretty(&document).expect("serialize the report");
         std::fs::write(path, text + "\n").unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
         eprintln!("wrote {}", path.display());
+    }
+}
+
+/// One run: the fake provider, the daemon, what the benchmark reaches it with, and the table so
+/// far. Each phase adds its rows.
+struct Run {
+    fake: FakeProvider,
+    daemon: Daemon,
+    runtime: tokio::runtime::Runtime,
+    probe: Probe,
+    gateway: Arc<Gateway>,
+    /// The turn clients, kept from the turns to the soak so that they go on rotating sessions.
+    turn_clients: Vec<TurnClient>,
+    report: Report,
+}
+
+impl Run {
+    /// Starts the fake and the daemon; the row at `READY=1`; registers a device for the gateway.
+    fn start() -> Self {
+        let fake = FakeProvider::start();
+        // 100k request bodies would cost the benchmark, not the daemon, gigabytes.
+        fake.set_recording(false);
+        // As many turn slots and queue places as streams, so that all of them run at once.
+        let daemon = bench::start_under_load(
+            &fake.url(),
+            STREAMS,
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\n",
+        );
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut probe = Probe::connect(daemon.pid().as_raw(), &daemon.socket, &runtime);
+        let mut report = Report::default();
+        report.row("at READY=1", daemon.wait_ready(), probe.sample());
+        let gateway = Arc::new(runtime.block_on(Gateway::register(&daemon)));
+        Self {
+            fake,
+            daemon,
+            runtime,
+            probe,
+            gateway,
+            turn_clients: Vec::new(),
+            report,
+        }
+    }
+
+    fn idle(&mut self) {
+        std::thread::sleep(IDLE);
+        self.report
+            .row(&format!("idle {} s", IDLE.as_secs()), IDLE, self.probe.sample());
+    }
+
+    /// The peak of [`STREAMS`] slow streams, then the daemon after them, after [`SETTLE`], and
+    /// once it has closed its idle connections to the provider.
+    fn streams(&mut self) -> Streams {
+        self.fake.set_default(Some(Script::Delay {
+            per_chunk: STREAM_PAUSE,
+            then: Box::new(Script::text(&"memory benchmark ".repeat(STREAM_DELTAS), STREAM_DELTAS)),
+        }));
+        // The heap is left out of the peak: the status call that reads it queries the database,
+        // which 20 times a second would be load of its own.
+        let ((most_open, took), samples) = sampled(&mut self.probe, PEAK_SAMPLE_EVERY, false, || {
+            self.runtime.block_on(streams(&self.gateway))
+        });
+        self.fake.set_default(None);
+        let peak = samples
+            .iter()
+            .fold(Sample::default(), |peak, (_, sample)| peak.max(*sample));
+        self.report.row(&format!("peak, {STREAMS} streams"), took, peak);
+
+        // The clients are gone and their connections closed; a moment for the daemon to notice.
+        let ended = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = self.probe.pid;
+        let provider_port = port_of(&self.fake.url());
+        let provider_connections = connections_to(pid, provider_port);
+        self.report.row("streams ended", ended.elapsed(), self.probe.sample());
+        std::thread::sleep(SETTLE);
+        let label = format!("streams ended + {} s", SETTLE.as_secs());
+        self.report.row(&label, SETTLE, self.probe.sample());
+
+        // The daemon keeps idle connections to the provider for a while (its HTTP client's
+        // keep-alive pool); the turns begin once they are gone, so that their closing does not
+        // count as the turns' change.
+        let waited = Instant::now();
+        let provider_closed_after = wait_until_closed(pid, provider_port, ended);
+        let label = match provider_closed_after {
+            Some(_) => "provider connections closed",
+            None => "provider connections open",
+        };
+        self.report.row(label, waited.elapsed(), self.probe.sample());
+        Streams {
+            peak,
+            samples: samples.len(),
+            most_open,
+            provider_connections,
+            provider_closed_after,
+        }
+    }
+
+    /// A tenth of `total` turns, a row, the rest, a row.
+    fn turns(&mut self, total: usize) -> Turns {
+        self.turn_clients = self.runtime.block_on(TurnClient::connect_all(&self.daemon.socket));
+        let first = total / 10;
+        let mut checkpoints = Vec::new();
+        for (turns, previous) in [(first, 0), (total, first)] {
+            let took = self
+                .runtime
+                .block_on(run_turns(&mut self.turn_clients, turns - previous));
+            let sample = self.probe.sample();
+            self.report.row(&format!("after {turns} turns"), took, sample);
+            checkpoints.push(Checkpoint {
+                turns,
+                batch: turns - previous,
+                took,
+                sample,
+            });
+        }
+        Turns {
+            checkpoints,
+            sessions: self.turn_clients.iter().map(|client| client.sessions).sum(),
+        }
+    }
+
+    /// `minutes` of steady traffic, sampled every [`SOAK_SAMPLE_EVERY`], and a row.
+    fn soak(&mut self, minutes: u64) -> Soak {
+        let duration = Duration::from_secs(minutes * 60);
+        let ((turns, chats), samples) = sampled(&mut self.probe, SOAK_SAMPLE_EVERY, true, || {
+            self.runtime
+                .block_on(soak_traffic(&mut self.turn_clients, &self.gateway, duration))
+        });
+        self.report
+            .row(&format!("after a {minutes} min soak"), duration, self.probe.sample());
+        Soak {
+            duration,
+            samples,
+            turns,
+            chats,
+        }
+    }
+
+    /// Stops the daemon (asserting a clean exit) and returns the table.
+    fn finish(self) -> Report {
+        let Self {
+            fake,
+            daemon,
+            runtime,
+            probe,
+            turn_clients,
+            report,
+            ..
+        } = self;
+        drop((probe, turn_clients, runtime));
+        bench::finish(daemon);
+        drop(fake);
+        report
     }
 }
 
@@ -204,11 +293,76 @@ fn usage(problem: &str) -> ! {
     std::process::exit(2)
 }
 
-/// The daemon's memory now; the benchmark cannot go on without it.
-fn read_memory(pid: i32) -> ProcessMemory {
-    ProcessMemory::of(pid).unwrap_or_else(|error| {
-        panic!("cannot read /proc/{pid} of blufiod ({error}); its smaps_rollup needs root or CAP_SYS_PTRACE")
-    })
+/// The daemon's figures at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    /// As the kernel reports them.
+    memory: ProcessMemory,
+    /// Bytes in live allocations, in KiB, as jemalloc counts them (`GetStatus`); SQLite's own
+    /// allocations (the C library's malloc) are not among them. `None`: not read.
+    heap_kib: Option<u64>,
+    /// jemalloc's resident pages, in KiB: the heap, the allocator's own overhead and free pages
+    /// not yet returned to the system. `None`: not read.
+    allocator_kib: Option<u64>,
+}
+
+impl Sample {
+    /// Each figure's maximum over `self` and `other`.
+    fn max(self, other: Self) -> Self {
+        Self {
+            memory: self.memory.max(other.memory),
+            heap_kib: self.heap_kib.max(other.heap_kib),
+            allocator_kib: self.allocator_kib.max(other.allocator_kib),
+        }
+    }
+}
+
+/// Reads the daemon's figures: `/proc`, and `GetStatus` on a control connection of its own,
+/// driven by the benchmark's runtime (so it answers the daemon's keep-alive pings between
+/// samples).
+struct Probe {
+    pid: i32,
+    runtime: tokio::runtime::Handle,
+    control: ControlClient<Channel>,
+}
+
+impl Probe {
+    fn connect(pid: i32, socket: &Path, runtime: &tokio::runtime::Runtime) -> Self {
+        Self {
+            pid,
+            runtime: runtime.handle().clone(),
+            control: runtime.block_on(blufio_testkit::control_client(socket)),
+        }
+    }
+
+    /// The kernel's figures now; the benchmark cannot go on without them.
+    fn kernel(&self) -> Sample {
+        let pid = self.pid;
+        let memory = ProcessMemory::of(pid).unwrap_or_else(|error| {
+            panic!("cannot read /proc/{pid} of blufiod ({error}); its smaps_rollup needs root or CAP_SYS_PTRACE")
+        });
+        Sample {
+            memory,
+            heap_kib: None,
+            allocator_kib: None,
+        }
+    }
+
+    /// The kernel's figures and the allocator's now.
+    fn sample(&mut self) -> Sample {
+        let sample = self.kernel();
+        let status = self
+            .runtime
+            .block_on(self.control.get_status(pb::GetStatusRequest {}))
+            .expect("status")
+            .into_inner();
+        let memory = status.memory.expect("the status's memory");
+        Sample {
+            heap_kib: Some(memory.allocated_bytes / 1024),
+            allocator_kib: Some(memory.allocator_resident_bytes / 1024),
+            ..sample
+        }
+    }
 }
 
 /// The port of a `http://HOST:PORT` URL.
@@ -259,36 +413,32 @@ fn wait_until_closed(pid: i32, port: u16, since: Instant) -> Option<Duration> {
     }
 }
 
-/// Samples a process's memory on a thread of its own at a fixed period until finished.
-struct Sampler {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<Vec<(Duration, ProcessMemory)>>,
-}
-
-impl Sampler {
-    fn start(pid: i32, every: Duration) -> Self {
-        let (stop, stopped) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("sampler".to_owned())
-            .spawn(move || {
-                let started = Instant::now();
-                let mut samples = Vec::new();
-                loop {
-                    samples.push((started.elapsed(), read_memory(pid)));
-                    if stopped.recv_timeout(every) != Err(RecvTimeoutError::Timeout) {
-                        return samples;
-                    }
+/// Runs `work` while another thread samples the daemon every `every` (the heap too, with
+/// `heap`); returns what `work` returned and the samples, each with its time since the start.
+fn sampled<T>(
+    probe: &mut Probe,
+    every: Duration,
+    heap: bool,
+    work: impl FnOnce() -> T,
+) -> (T, Vec<(Duration, Sample)>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            loop {
+                let sample = if heap { probe.sample() } else { probe.kernel() };
+                samples.push((started.elapsed(), sample));
+                // Ends when `stop` is dropped: after `work`, or while it unwinds.
+                if stopped.recv_timeout(every) != Err(RecvTimeoutError::Timeout) {
+                    return samples;
                 }
-            })
-            .expect("spawn the sampler thread");
-        Self { stop, thread }
-    }
-
-    /// Stops sampling; returns every sample with its time since the start.
-    fn finish(self) -> Vec<(Duration, ProcessMemory)> {
-        drop(self.stop);
-        self.thread.join().expect("the sampler thread")
-    }
+            }
+        });
+        let result = work();
+        drop(stop);
+        (result, sampler.join().expect("the sampler thread"))
+    })
 }
 
 /// The gateway as a registered device reaches it.
@@ -419,11 +569,10 @@ impl Drop for OpenStream<'_> {
 /// What the streams phase saw.
 struct Streams {
     /// Each figure's maximum over the samples.
-    peak: ProcessMemory,
+    peak: Sample,
     samples: usize,
     /// The most streams open at once (response head received, `[DONE]` not yet).
     most_open: usize,
-    took: Duration,
     /// The daemon's connections to the provider just after the streams ended.
     provider_connections: usize,
     /// When, after the streams ended, the daemon held no connection to the provider any more
@@ -431,10 +580,10 @@ struct Streams {
     provider_closed_after: Option<Duration>,
 }
 
-/// [`STREAMS`] clients, each on its own connection, run one slow streaming chat at once while a
-/// sampler watches the daemon. The clients and their connections are gone when it returns.
-async fn streams(gateway: &Arc<Gateway>, pid: i32) -> Streams {
-    let sampler = Sampler::start(pid, PEAK_SAMPLE_EVERY);
+/// [`STREAMS`] clients, each on its own connection, run one slow streaming chat at once; returns
+/// the most that were open at once and how long they all took. The clients and their connections
+/// are gone when it returns.
+async fn streams(gateway: &Arc<Gateway>) -> (usize, Duration) {
     let started = Instant::now();
     let open = Arc::new(OpenStreams::default());
     let mut tasks = tokio::task::JoinSet::new();
@@ -450,18 +599,7 @@ async fn streams(gateway: &Arc<Gateway>, pid: i32) -> Streams {
     while let Some(result) = tasks.join_next().await {
         result.expect("a stream client");
     }
-    let took = started.elapsed();
-    let samples = sampler.finish();
-    Streams {
-        peak: samples
-            .iter()
-            .fold(ProcessMemory::default(), |peak, (_, sample)| peak.max(*sample)),
-        samples: samples.len(),
-        most_open: open.peak.load(Ordering::SeqCst),
-        took,
-        provider_connections: 0,
-        provider_closed_after: None,
-    }
+    (open.peak.load(Ordering::SeqCst), started.elapsed())
 }
 
 /// 127.0.0.1, .2, ... in turn, so that no address holds more connections than the gateway admits.
@@ -538,7 +676,15 @@ struct Checkpoint {
     /// Turns sent since the previous checkpoint, and how long they took.
     batch: usize,
     took: Duration,
-    memory: ProcessMemory,
+    sample: Sample,
+}
+
+/// What the turns phase saw.
+struct Turns {
+    /// After a tenth of the turns, and after all.
+    checkpoints: Vec<Checkpoint>,
+    /// Sessions the turns created.
+    sessions: usize,
 }
 
 /// Sends `total` turns, shared among the clients as evenly as they divide, as fast as the daemon
@@ -566,7 +712,7 @@ async fn run_turns(clients: &mut Vec<TurnClient>, total: usize) -> Duration {
 struct Soak {
     duration: Duration,
     /// Every sample, with its time since the soak began.
-    samples: Vec<(Duration, ProcessMemory)>,
+    samples: Vec<(Duration, Sample)>,
     turns: usize,
     chats: usize,
 }
@@ -574,22 +720,31 @@ struct Soak {
 impl Soak {
     /// The least-squares slope of `figure` (KiB) over the samples taken from `from` on, in KiB
     /// per hour.
-    fn slope(&self, from: Duration, figure: fn(&ProcessMemory) -> u64) -> Option<f64> {
+    fn slope(&self, from: Duration, figure: fn(&Sample) -> Option<u64>) -> Option<f64> {
         let points: Vec<(f64, f64)> = self
             .samples
             .iter()
             .filter(|(at, _)| *at >= from)
-            .map(|(at, memory)| (at.as_secs_f64() / 3600.0, figure(memory) as f64))
+            .filter_map(|(at, sample)| Some((at.as_secs_f64() / 3600.0, figure(sample)? as f64)))
             .collect();
         bench::slope(&points)
+    }
+
+    /// The slopes the report shows: RSS over the whole soak and over its second half (after any
+    /// warm-up), and the heap over the whole soak.
+    fn slopes(&self) -> [Option<f64>; 3] {
+        [
+            self.slope(Duration::ZERO, |sample| Some(sample.memory.rss_kib)),
+            self.slope(self.duration / 2, |sample| Some(sample.memory.rss_kib)),
+            self.slope(Duration::ZERO, |sample| sample.heap_kib),
+        ]
     }
 }
 
 /// Steady paced traffic for `duration`: every turn client sends a turn every
 /// [`SOAK_TURN_EVERY`], and one gateway client (one kept-alive connection) a streaming chat
-/// every [`SOAK_CHAT_EVERY`], while a sampler watches the daemon.
-async fn soak(clients: &mut Vec<TurnClient>, gateway: &Arc<Gateway>, duration: Duration, pid: i32) -> Soak {
-    let sampler = Sampler::start(pid, SOAK_SAMPLE_EVERY);
+/// every [`SOAK_CHAT_EVERY`]. Returns how many turns and chats were sent.
+async fn soak_traffic(clients: &mut Vec<TurnClient>, gateway: &Arc<Gateway>, duration: Duration) -> (usize, usize) {
     let deadline = tokio::time::Instant::now() + duration;
     let paced = |every| {
         let mut ticks = tokio::time::interval(every);
@@ -628,20 +783,15 @@ async fn soak(clients: &mut Vec<TurnClient>, gateway: &Arc<Gateway>, duration: D
     }
     let chats = chats.await.expect("the chat client");
     let turns_after: usize = clients.iter().map(|client| client.turns).sum();
-    Soak {
-        duration,
-        samples: sampler.finish(),
-        turns: turns_after - turns_before,
-        chats,
-    }
+    (turns_after - turns_before, chats)
 }
 
-/// One row of the table: a phase, how long it took, and the daemon's memory at its end (during
+/// One row of the table: a phase, how long it took, and the daemon's figures at its end (during
 /// it, for a peak).
 struct Row {
     phase: String,
     took: Duration,
-    memory: ProcessMemory,
+    sample: Sample,
 }
 
 /// The table and what is said under it.
@@ -652,48 +802,60 @@ struct Report {
 
 impl Report {
     /// Adds a row, and says so on stderr, so that a long run shows its progress.
-    fn row(&mut self, phase: &str, took: Duration, memory: ProcessMemory) {
+    fn row(&mut self, phase: &str, took: Duration, sample: Sample) {
         eprintln!(
             "memory: {phase}: RSS {:.1} MiB ({:.1} s)",
-            mib(memory.rss_kib),
+            mib(sample.memory.rss_kib),
             took.as_secs_f64()
         );
         self.rows.push(Row {
             phase: phase.to_owned(),
             took,
-            memory,
+            sample,
         });
     }
 
-    fn print(&self, streams: &Streams, checkpoints: &[Checkpoint], sessions: usize, soak: Option<&Soak>) {
-        println!("blufiod memory, release build (/proc/PID/status and smaps_rollup; MiB of 1024 KiB)");
+    fn print(&self, streams: &Streams, turns: &Turns, soak: Option<&Soak>) {
+        let (checkpoints, sessions) = (turns.checkpoints.as_slice(), turns.sessions);
+        println!("blufiod memory, release build (/proc/PID/status and smaps_rollup, GetStatus; MiB of 1024 KiB)");
         println!(
-            "{:<28} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
-            "phase", "took s", "RSS MiB", "anon MiB", "file MiB", "PSS MiB", "threads", "fds"
+            "{:<28} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5}",
+            "phase", "took s", "RSS MiB", "anon MiB", "file MiB", "PSS MiB", "heap MiB", "jem MiB", "threads", "fds"
         );
+        let shown = |kib: Option<u64>| kib.map_or_else(|| "-".to_owned(), |kib| format!("{:.1}", mib(kib)));
         for row in &self.rows {
-            let memory = &row.memory;
+            let memory = &row.sample.memory;
             println!(
-                "{:<28} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>5}",
+                "{:<28} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>7} {:>5}",
                 row.phase,
                 row.took.as_secs_f64(),
                 mib(memory.rss_kib),
                 mib(memory.rss_anon_kib),
                 mib(memory.rss_file_kib),
                 mib(memory.pss_kib),
+                shown(row.sample.heap_kib),
+                shown(row.sample.allocator_kib),
                 memory.threads,
                 memory.open_fds
             );
         }
         println!(
-            "peak: each column's maximum over {} samples {} ms apart; {} of {STREAMS} streams open at once, on \
-             {STREAMS} connections from {CLIENT_ADDRESSES} loopback addresses, each answer {STREAM_DELTAS} deltas \
-             with {} ms before every event; the kernel's VmHWM {:.1} MiB",
+            "heap: live allocations as jemalloc counts them; jem: jemalloc's resident pages (the heap, its overhead, \
+             free pages not yet returned); anon beyond jem is SQLite's own malloc, thread stacks and the like"
+        );
+        println!(
+            "fds: open descriptors, sockets included: the benchmark's status connection, and from the turns on its \
+             {TURN_CLIENTS} turn clients' connections"
+        );
+        println!(
+            "peak: each column's maximum over {} samples {} ms apart (the heap is not read there); {} of {STREAMS} \
+             streams open at once, on {STREAMS} connections from {CLIENT_ADDRESSES} loopback addresses, each answer \
+             {STREAM_DELTAS} deltas with {} ms before every event; the kernel's VmHWM {:.1} MiB",
             streams.samples,
             PEAK_SAMPLE_EVERY.as_millis(),
             streams.most_open,
             STREAM_PAUSE.as_millis(),
-            mib(streams.peak.peak_rss_kib)
+            mib(streams.peak.memory.peak_rss_kib)
         );
         println!(
             "after the streams: the gateway's connections closed with their clients; the daemon kept {} idle \
@@ -718,50 +880,56 @@ impl Report {
              {TURNS_PER_SESSION} turns ({sessions} sessions)"
         );
         if let [first, last] = checkpoints {
-            let (rss, anon) = growth(first, last);
+            let growth = Growth::between(first, last);
+            let turns = (last.turns - first.turns) as f64;
+            let heap = growth.heap_kib.map_or_else(
+                || "heap n/a".to_owned(),
+                |kib| {
+                    format!(
+                        "heap {:+.2} MiB ({:+.1} bytes per turn)",
+                        kib as f64 / 1024.0,
+                        kib as f64 * 1024.0 / turns
+                    )
+                },
+            );
             println!(
-                "growth from {} to {} turns: RSS {:+.2} MiB, anon {:+.2} MiB ({:+.1} bytes of RSS per turn)",
+                "growth from {} to {} turns: RSS {:+.2} MiB ({:+.1} bytes per turn), anon {:+.2} MiB, {heap}",
                 first.turns,
                 last.turns,
-                rss as f64 / 1024.0,
-                anon as f64 / 1024.0,
-                rss as f64 * 1024.0 / (last.turns - first.turns) as f64
+                growth.rss_kib as f64 / 1024.0,
+                growth.rss_kib as f64 * 1024.0 / turns,
+                growth.anon_kib as f64 / 1024.0,
             );
         }
         if let Some(soak) = soak {
-            let half = soak.duration / 2;
             let shown = |slope: Option<f64>| slope.map_or_else(|| "n/a".to_owned(), |slope| format!("{slope:+.0}"));
+            let [rss, rss_second_half, heap] = soak.slopes();
             println!(
                 "soak: {:.0} min, {} turns ({TURN_CLIENTS} clients, one each every {} ms) and {} gateway chats (one \
-                 every {} ms); RSS slope {} KiB/hour over {} samples {} s apart, {} KiB/hour over the second half; \
-                 anon slope {} KiB/hour",
+                 every {} ms), {} samples {} s apart; least-squares slopes in KiB/hour: RSS {}, RSS over the second \
+                 half {}, heap {}",
                 soak.duration.as_secs_f64() / 60.0,
                 soak.turns,
                 SOAK_TURN_EVERY.as_millis(),
                 soak.chats,
                 SOAK_CHAT_EVERY.as_millis(),
-                shown(soak.slope(Duration::ZERO, |memory| memory.rss_kib)),
                 soak.samples.len(),
                 SOAK_SAMPLE_EVERY.as_secs(),
-                shown(soak.slope(half, |memory| memory.rss_kib)),
-                shown(soak.slope(Duration::ZERO, |memory| memory.rss_anon_kib))
+                shown(rss),
+                shown(rss_second_half),
+                shown(heap)
             );
         }
     }
 
     /// The same figures as [`Self::print`], sizes in KiB as the kernel gives them.
-    fn json(
-        &self,
-        streams: &Streams,
-        checkpoints: &[Checkpoint],
-        sessions: usize,
-        soak: Option<&Soak>,
-    ) -> serde_json::Value {
+    fn json(&self, streams: &Streams, turns: &Turns, soak: Option<&Soak>) -> serde_json::Value {
+        let (checkpoints, sessions) = (turns.checkpoints.as_slice(), turns.sessions);
         let phases: Vec<_> = self
             .rows
             .iter()
             .map(|row| {
-                let mut phase = memory_json(&row.memory);
+                let mut phase = sample_json(&row.sample);
                 phase["phase"] = json!(row.phase);
                 phase["seconds"] = json!(row.took.as_secs_f64());
                 phase
@@ -769,8 +937,14 @@ impl Report {
             .collect();
         let growth = match checkpoints {
             [first, last] => {
-                let (rss, anon) = growth(first, last);
-                json!({"from_turns": first.turns, "to_turns": last.turns, "rss_kib": rss, "rss_anon_kib": anon})
+                let growth = Growth::between(first, last);
+                json!({
+                    "from_turns": first.turns,
+                    "to_turns": last.turns,
+                    "rss_kib": growth.rss_kib,
+                    "rss_anon_kib": growth.anon_kib,
+                    "heap_kib": growth.heap_kib,
+                })
             }
             _ => serde_json::Value::Null,
         };
@@ -778,12 +952,13 @@ impl Report {
             let samples: Vec<_> = soak
                 .samples
                 .iter()
-                .map(|(at, memory)| {
-                    let mut sample = memory_json(memory);
+                .map(|(at, sample)| {
+                    let mut sample = sample_json(sample);
                     sample["seconds"] = json!(at.as_secs_f64());
                     sample
                 })
                 .collect();
+            let [rss, rss_second_half, heap] = soak.slopes();
             json!({
                 "seconds": soak.duration.as_secs_f64(),
                 "turns": soak.turns,
@@ -792,9 +967,9 @@ impl Report {
                 "chats": soak.chats,
                 "chat_every_ms": SOAK_CHAT_EVERY.as_millis(),
                 "sample_every_secs": SOAK_SAMPLE_EVERY.as_secs(),
-                "rss_slope_kib_per_hour": soak.slope(Duration::ZERO, |memory| memory.rss_kib),
-                "rss_slope_second_half_kib_per_hour": soak.slope(soak.duration / 2, |memory| memory.rss_kib),
-                "rss_anon_slope_kib_per_hour": soak.slope(Duration::ZERO, |memory| memory.rss_anon_kib),
+                "rss_slope_kib_per_hour": rss,
+                "rss_slope_second_half_kib_per_hour": rss_second_half,
+                "heap_slope_kib_per_hour": heap,
                 "samples": samples,
             })
         });
@@ -809,7 +984,7 @@ impl Report {
                 "pause_ms": STREAM_PAUSE.as_millis(),
                 "samples": streams.samples,
                 "sample_every_ms": PEAK_SAMPLE_EVERY.as_millis(),
-                "kernel_peak_rss_kib": streams.peak.peak_rss_kib,
+                "kernel_peak_rss_kib": streams.peak.memory.peak_rss_kib,
                 "provider_connections_after": streams.provider_connections,
                 "provider_connections_closed_after_secs": streams.provider_closed_after.map(|after| after.as_secs_f64()),
             },
@@ -831,7 +1006,8 @@ impl Report {
 }
 
 /// A sample's figures as JSON, in KiB.
-fn memory_json(memory: &ProcessMemory) -> serde_json::Value {
+fn sample_json(sample: &Sample) -> serde_json::Value {
+    let memory = &sample.memory;
     json!({
         "rss_kib": memory.rss_kib,
         "rss_anon_kib": memory.rss_anon_kib,
@@ -840,19 +1016,35 @@ fn memory_json(memory: &ProcessMemory) -> serde_json::Value {
         "pss_kib": memory.pss_kib,
         "pss_anon_kib": memory.pss_anon_kib,
         "pss_file_kib": memory.pss_file_kib,
+        "heap_kib": sample.heap_kib,
+        "allocator_resident_kib": sample.allocator_kib,
         "threads": memory.threads,
         "open_fds": memory.open_fds,
     })
 }
 
-/// RSS and anonymous growth from one checkpoint to the next, in KiB (negative when it shrank).
-fn growth(first: &Checkpoint, last: &Checkpoint) -> (i64, i64) {
-    let change =
-        |before: u64, after: u64| i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
-    (
-        change(first.memory.rss_kib, last.memory.rss_kib),
-        change(first.memory.rss_anon_kib, last.memory.rss_anon_kib),
-    )
+/// How the figures changed from one checkpoint to the next, in KiB (negative when they shrank).
+struct Growth {
+    rss_kib: i64,
+    anon_kib: i64,
+    heap_kib: Option<i64>,
+}
+
+impl Growth {
+    fn between(first: &Checkpoint, last: &Checkpoint) -> Self {
+        let change = |before: u64, after: u64| {
+            i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
+        };
+        let (before, after) = (&first.sample, &last.sample);
+        Self {
+            rss_kib: change(before.memory.rss_kib, after.memory.rss_kib),
+            anon_kib: change(before.memory.rss_anon_kib, after.memory.rss_anon_kib),
+            heap_kib: before
+                .heap_kib
+                .zip(after.heap_kib)
+                .map(|(before, after)| change(before, after)),
+        }
+    }
 }
 
 fn per_second(count: usize, took: Duration) -> f64 {
