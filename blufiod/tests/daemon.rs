@@ -793,7 +793,7 @@ fn too_few_descriptors_for_the_connections_stop_startup_with_the_fix() {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2000\n",
+            "[daemon]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2000\n[memory]\nlimit_mib = 1024\n",
             dir.path().display()
         ),
     )

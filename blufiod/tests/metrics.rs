@@ -155,13 +155,20 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
     let deadline = Instant::now() + support::PATIENCE;
     let busy = loop {
         let samples = daemon.metrics();
-        if samples.value("blufio_turns_in_flight") == 1.0 && samples.value("blufio_turns_queued") == 1.0 {
+        // A queued turn counts as queued as soon as it takes its place, and its session as
+        // active once its message is stored: wait for both.
+        if samples.value("blufio_turns_in_flight") == 1.0
+            && samples.value("blufio_turns_queued") == 1.0
+            && samples.value("blufio_active_sessions") == 2.0
+        {
             break samples;
         }
-        assert!(Instant::now() < deadline, "no turn ran while another waited");
+        assert!(
+            Instant::now() < deadline,
+            "no turn ran while another waited in its own session"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(busy.value("blufio_active_sessions"), 2.0);
     assert!(
         busy.value("blufio_budget_reserved_usd") > 0.0,
         "a running call reserves its cost"
