@@ -219,19 +219,22 @@ impl Monitor {
         let thresholds = Thresholds::of(&self.config.get().config.memory);
         let now = Instant::now();
         let mut state = self.state.lock().expect("memory state poisoned");
-        let used = match state.measured {
+        let mut used = match state.measured {
             Some((at, used)) if now.duration_since(at) < MEASURE_INTERVAL => used,
-            _ => MemoryUse::now(),
+            _ => {
+                let used = MemoryUse::now();
+                state.measured = Some((now, used));
+                used
+            }
         };
-        let mut used = used;
         let mut pressure = thresholds.level(state.pressure, used.rss_bytes);
         if pressure >= Pressure::Warn && state.shed.is_none_or(|at| now.duration_since(at) >= SHED_INTERVAL) {
             state.shed = Some(now);
             self.shed(&used);
             used = MemoryUse::now();
+            state.measured = Some((now, used));
             pressure = thresholds.level(state.pressure, used.rss_bytes);
         }
-        state.measured = Some((now, used));
         if pressure != state.pressure {
             let from = state.pressure;
             state.pressure = pressure;
@@ -586,6 +589,28 @@ mod tests {
         assert_eq!(low.level(Limit, 32 * MIB), Normal);
         let unlimited = Thresholds::of(&config(0));
         assert_eq!(unlimited.level(Limit, u64::MAX), Normal, "no limit, no pressure");
+    }
+
+    #[test]
+    fn a_caller_asking_more_often_than_the_interval_still_sees_fresh_measurements() {
+        let handle = ConfigHandle::new(crate::config::Loaded::for_tests(crate::config::Config {
+            memory: config(0),
+            ..crate::config::Config::default()
+        }));
+        let monitor = Monitor::new(handle, EventBus::new());
+        let first = monitor.observe().used.rss_bytes;
+        let blocks: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 1024 * 1024]).collect();
+        let mut seen = first;
+        let deadline = Instant::now() + 4 * MEASURE_INTERVAL;
+        while Instant::now() < deadline {
+            seen = monitor.observe().used.rss_bytes;
+            std::thread::sleep(MEASURE_INTERVAL / 3);
+        }
+        assert!(
+            seen > first + 32 * 1024 * 1024,
+            "64 MiB touched since the first measurement: {first} -> {seen}"
+        );
+        drop(blocks);
     }
 
     #[tokio::test]
