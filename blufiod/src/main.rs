@@ -23,6 +23,7 @@ mod paths;
 mod secrets;
 mod storage;
 mod util;
+mod vault;
 mod watchdog;
 
 use std::path::PathBuf;

@@ -7,6 +7,7 @@
 
 mod agent;
 mod devices;
+mod vault;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,10 +24,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "daemon runs", include_str!("migrations/0001_daemon_runs.sql")),
     (2, "agent", include_str!("migrations/0002_agent.sql")),
     (3, "devices", include_str!("migrations/0003_devices.sql")),
+    (4, "vault", include_str!("migrations/0004_vault.sql")),
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
 pub use devices::DeviceRecord;
+pub use vault::{SlotName, VaultEntryRecord, VaultSlotRecord};
 
 /// How storage is opened.
 #[derive(Debug, Clone)]
@@ -411,6 +414,10 @@ mod tests {
         (
             "0003_devices.sql",
             "a33d67bf2c103814e775003e699952ab32c4084ba4811e0f2c4bcc5fe9af3908",
+        ),
+        (
+            "0004_vault.sql",
+            "82e38231d771cc40afdb404577e613d5d2e3fac20eb1fdb40a5c570666dbd8f1",
         ),
     ];
 
