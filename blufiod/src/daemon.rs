@@ -31,6 +31,7 @@ use crate::notify::Notifier;
 use crate::paths::Paths;
 use crate::secrets::Secrets;
 use crate::storage::{RunId, Storage, StorageError, StorageOptions};
+use crate::vault::{self, SourceInputs, Vault, VaultError};
 use crate::watchdog;
 
 /// What `main` hands to the daemon.
@@ -95,6 +96,9 @@ pub enum DaemonError {
     /// Storage could not be opened or used.
     #[error("storage failed")]
     Storage(#[source] StorageError),
+    /// The secrets vault could not be opened.
+    #[error("cannot open the secrets vault")]
+    Vault(#[source] VaultError),
     /// A subsystem returned before shutdown was requested.
     #[error("subsystem {name} stopped unexpectedly")]
     SubsystemExited {
@@ -236,7 +240,6 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     let events = EventBus::new();
     let health = Health::new();
     let metrics = Arc::new(Metrics::new());
-    let secrets = Secrets::from_env(|name| std::env::var(name).ok());
     // Subscribed before the first event, so that the counts start at the start.
     let counted_events = events.subscribe();
     events.publish(Event::Starting);
@@ -285,6 +288,28 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     }
     tracing::info!(database = %paths.database.display(), "database open and migrated");
 
+    notifier.status("starting: opening the vault");
+    let vault = Vault::open(
+        storage.clone(),
+        SourceInputs {
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY")
+                .filter(|dir| !dir.is_empty())
+                .map(std::path::PathBuf::from),
+            key_file: config.vault.key_file.clone(),
+            passphrase: std::env::var(vault::source::PASSPHRASE_ENV)
+                .ok()
+                .filter(|passphrase| !passphrase.is_empty())
+                .map(zeroize::Zeroizing::new),
+            passphrase_file: config.vault.passphrase_file.clone(),
+            state_dir: paths.state_dir.clone(),
+            euid,
+        },
+    )
+    .await
+    .map_err(DaemonError::Vault)?;
+    tracing::info!(source = %vault.status().source.describe(), "vault open");
+    let secrets = Secrets::new(vault.clone(), |name| std::env::var(name).ok());
+
     let bound_gateway = if config.gateway.enabled {
         notifier.status("starting: binding the gateway");
         let bound = gateway::bind(&config.gateway, &paths.state_dir).map_err(DaemonError::BindGateway)?;
@@ -310,6 +335,12 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 tracing::error!(%error, "cannot apply log.level");
             }
         });
+    }
+    let checking = secrets.clone();
+    live.on_check("secrets", move |loaded| checking.check(&loaded.config));
+    secrets.move_literals_into_vault(&live).await;
+    if let Err(problem) = secrets.check(&live.get().config) {
+        tracing::warn!(%problem, "a config key names a secret the vault does not hold");
     }
     let memory = Monitor::new(live.handle(), events.clone());
     memory.register_live_check(&live);
@@ -358,6 +389,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         events.clone(),
     ));
     register_checks(&health, &lifecycle, &storage, &agent);
+    secrets.register_checks(&health, &live);
     memory.register_checks(&health);
 
     let mut subsystems = Subsystems::new();
@@ -366,6 +398,11 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         crate::metrics::count_events(metrics.clone(), events.clone(), counted_events, token.child_token()),
     );
     subsystems.spawn("memory", crate::memory::watch(memory.clone(), token.child_token()));
+    let recording = token.child_token();
+    subsystems.spawn("vault", async move {
+        vault.record_uses(recording).await;
+        Ok::<(), SubsystemError>(())
+    });
     let retention_changed = Arc::new(tokio::sync::Notify::new());
     let notify = retention_changed.clone();
     live.on_change("session-retention", move |old, new| {
@@ -393,6 +430,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 events: events.clone(),
                 metrics: metrics.clone(),
                 memory: memory.clone(),
+                secrets: secrets.clone(),
                 gateway: gateway_info,
             },
             listener,

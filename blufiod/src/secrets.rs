@@ -1,31 +1,41 @@
-//! The one place secrets are resolved. A subsystem that needs a key asks [`Secrets`] and never
-//! reads the environment or a config value itself, so that the coming vault (a `provider.api_key`
-//! that names a vault entry) changes this module and nothing else.
+//! The one place a config value becomes a secret. A subsystem that needs a key asks [`Secrets`]
+//! and never reads the vault, the environment or a config value itself.
 //!
-//! Today a secret comes from the configuration (`provider.api_key`, `gateway.metrics_token`) or,
-//! for provider keys only, from the daemon's environment (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`),
-//! read once at start: the environment of a running process does not change.
+//! A secret key of the config (`provider.api_key`, `gateway.metrics_token`) names a vault entry
+//! (`"secret:anthropic"`), which is decrypted at the moment it is needed. A provider key may also
+//! come from the provider's conventional environment variable (`ANTHROPIC_API_KEY`,
+//! `OPENAI_API_KEY`, read once at start: the environment of a running process does not change),
+//! for containers; and a literal that only the environment can still put in the config
+//! (`BLUFIO_PROVIDER__API_KEY`) is used as it is. Status says which source is in effect.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{GatewayConfig, ProviderConfig, ProviderKind, Secret};
+use crate::config::{
+    Config, ConfigHandle, GatewayConfig, LiveConfig, MIN_METRICS_TOKEN_CHARS, ProviderConfig, ProviderKind,
+    SECRET_REFERENCE_PREFIX, Secret, SecretSetting,
+};
+use crate::health::{Check, Finding, Health};
+use crate::vault::{SourceKind, Vault, VaultError};
 
-/// Where a resolved secret came from, for `doctor` and status lines (never the value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a resolved secret came from, for status and logs (never the value).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
-    /// The configuration file or a `BLUFIO_*` variable.
+    /// A vault entry.
+    Vault(String),
+    /// A value in the configuration itself (from a `BLUFIO_*` variable).
     Config,
     /// A provider's conventional environment variable.
     Environment(&'static str),
 }
 
 impl SecretSource {
-    /// Where the secret came from, for logs and `doctor` (never the value).
-    pub fn describe(self) -> &'static str {
+    /// Where the secret came from, for status and logs (never the value).
+    pub fn describe(&self) -> String {
         match self {
-            Self::Config => "from the configuration",
-            Self::Environment(name) => name,
+            Self::Vault(name) => format!("vault secret `{name}`"),
+            Self::Config => "the configuration (a value in clear from the environment)".to_owned(),
+            Self::Environment(name) => format!("environment variable {name}"),
         }
     }
 }
@@ -39,16 +49,28 @@ pub struct Resolved {
     pub source: SecretSource,
 }
 
+/// A secret key whose value cannot be had.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} names a secret the vault cannot give")]
+pub struct SecretError {
+    /// The config key.
+    pub key: &'static str,
+    #[source]
+    source: VaultError,
+}
+
 /// The secrets resolver, made once by the composition root.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Secrets {
+    vault: Arc<Vault>,
     /// Provider key variables present and non-empty at start.
     environment: HashMap<&'static str, Secret>,
 }
 
 impl Secrets {
-    /// Reads the provider key variables through `env` (the process environment in the daemon).
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Arc<Self> {
+    /// The resolver over `vault`, with the provider key variables read through `env` (the
+    /// process environment in the daemon).
+    pub fn new(vault: Arc<Vault>, env: impl Fn(&str) -> Option<String>) -> Arc<Self> {
         let environment = ProviderKind::ALL
             .iter()
             .map(|kind| kind.api_key_env())
@@ -58,65 +80,303 @@ impl Secrets {
                     .map(|value| (name, Secret(value)))
             })
             .collect();
-        Arc::new(Self { environment })
+        Arc::new(Self { vault, environment })
     }
 
-    /// The API key of `provider`: `provider.api_key` when set and non-empty, else the kind's
-    /// environment variable.
-    pub fn provider_key(&self, provider: &ProviderConfig) -> Option<Resolved> {
-        if let Some(key) = provider.api_key.as_ref().filter(|key| !key.expose().is_empty()) {
-            return Some(Resolved {
-                value: key.clone(),
+    /// The vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    fn resolve(&self, key: &'static str, setting: &SecretSetting) -> Result<Resolved, SecretError> {
+        match setting {
+            SecretSetting::Vault(name) => {
+                let value = self.vault.get(name).map_err(|source| SecretError { key, source })?;
+                Ok(Resolved {
+                    value,
+                    source: SecretSource::Vault(name.clone()),
+                })
+            }
+            SecretSetting::Literal(value) => Ok(Resolved {
+                value: value.clone(),
                 source: SecretSource::Config,
-            });
+            }),
+        }
+    }
+
+    /// The API key of `provider`: `provider.api_key` when set, else the kind's environment
+    /// variable; `None` when neither is.
+    pub fn provider_key(&self, provider: &ProviderConfig) -> Result<Option<Resolved>, SecretError> {
+        if let Some(setting) = &provider.api_key {
+            return self.resolve("provider.api_key", setting).map(Some);
         }
         let name = provider.kind.api_key_env();
-        self.environment.get(name).map(|value| Resolved {
+        Ok(self.environment.get(name).map(|value| Resolved {
             value: value.clone(),
             source: SecretSource::Environment(name),
-        })
+        }))
+    }
+
+    /// Where the provider key would come from, without decrypting it: for status.
+    pub fn provider_key_source(&self, provider: &ProviderConfig) -> Option<SecretSource> {
+        match &provider.api_key {
+            Some(SecretSetting::Vault(name)) => Some(SecretSource::Vault(name.clone())),
+            Some(SecretSetting::Literal(_)) => Some(SecretSource::Config),
+            None => {
+                let name = provider.kind.api_key_env();
+                self.environment
+                    .contains_key(name)
+                    .then_some(SecretSource::Environment(name))
+            }
+        }
     }
 
     /// The bearer token `/metrics` requires, if one is configured.
-    pub fn metrics_token<'a>(&self, gateway: &'a GatewayConfig) -> Option<&'a Secret> {
-        gateway.metrics_token.as_ref()
+    pub fn metrics_token(&self, gateway: &GatewayConfig) -> Result<Option<Secret>, SecretError> {
+        gateway
+            .metrics_token
+            .as_ref()
+            .map(|setting| {
+                self.resolve("gateway.metrics_token", setting)
+                    .map(|resolved| resolved.value)
+            })
+            .transpose()
     }
+
+    /// A generation that changes whenever a vault entry does: what caches a client built with
+    /// a secret compare.
+    pub fn generation(&self) -> u64 {
+        self.vault.generation()
+    }
+
+    /// Whether every vault entry `config` names exists (and the metrics token is long enough):
+    /// the check a configuration change passes before it is written or installed.
+    pub fn check(&self, config: &Config) -> Result<(), String> {
+        for (key, name) in references(config) {
+            let value = self
+                .vault
+                .get(&name)
+                .map_err(|error| format!("{key} names `secret:{name}`: {error}"))?;
+            if let Some(problem) = value_problem(config, &name, &value) {
+                return Err(problem);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Secrets {
+    /// Moves every secret the config file holds in clear into the vault, and rewrites the
+    /// file's line to name it (`secret:anthropic`), so that no key stays in clear in a file that
+    /// editors, backups and `cat` see. A value from the environment stays where it is. A file
+    /// blufiod may not write keeps its value, with a warning (and the health check's).
+    pub async fn move_literals_into_vault(&self, live: &LiveConfig) {
+        let config = live.get();
+        for (key, value) in live.literal_secrets_in_file() {
+            let base = match key {
+                "provider.api_key" => config.config.provider.kind.as_str(),
+                _ => "metrics",
+            };
+            // The first free name, or one already holding this very value.
+            let name = (1..)
+                .map(|n| if n == 1 { base.to_owned() } else { format!("{base}-{n}") })
+                .find(|name| {
+                    self.vault
+                        .get(name)
+                        .map_or(true, |held| held.expose() == value.expose())
+                })
+                .expect("names are unbounded");
+            if let Err(error) = self.vault.set(&name, &value).await {
+                tracing::warn!(key, error = %crate::error_chain(&error), "cannot move a secret from the config file into the vault; it stays in clear there");
+                continue;
+            }
+            match live.set_key(key, &format!("{SECRET_REFERENCE_PREFIX}{name}")).await {
+                Ok(_) => tracing::info!(
+                    key,
+                    secret = %name,
+                    file = %live.file_path().display(),
+                    "moved a secret from the config file into the vault; the file now names it"
+                ),
+                Err(error) => tracing::warn!(
+                    key,
+                    secret = %name,
+                    file = %live.file_path().display(),
+                    error = %crate::error_chain(&error),
+                    "a secret is in clear in the config file and blufiod cannot rewrite the file; it is in the vault too: set the key to the reference by hand"
+                ),
+            }
+        }
+    }
+
+    /// Registers the `vault` health check: the key source (a warning when the key sits beside
+    /// the data), a rekey waiting for its key, secrets in clear in the config file, and config
+    /// keys naming secrets the vault does not hold.
+    pub fn register_checks(self: &Arc<Self>, health: &Health, live: &Arc<LiveConfig>) {
+        let secrets = self.clone();
+        let live = live.clone();
+        health.register(Check::new("vault", move || {
+            let secrets = secrets.clone();
+            let live = live.clone();
+            async move { secrets.finding(&live.handle(), &live.literal_secrets_in_file()) }
+        }));
+    }
+
+    fn finding(&self, config: &ConfigHandle, literals: &[(&'static str, Secret)]) -> Finding {
+        let config = config.get();
+        if let Err(problem) = self.check(&config.config) {
+            return Finding::fail(
+                problem,
+                "store the secret with `blufioctl config set-secret NAME`, or name one that `blufioctl config list-secrets` shows",
+            );
+        }
+        let status = self.vault.status();
+        if let Some((key, _)) = literals.first() {
+            return Finding::warn(
+                format!("{key} is in clear in the config file"),
+                "blufiod moves it into the vault when it starts and may write the file: make the file writable by blufiod's user and restart, or store it yourself with `blufioctl config set-secret NAME` and set the key to `secret:NAME`",
+            );
+        }
+        if let Some(pending) = &status.pending {
+            return Finding::warn(
+                format!("a rekey to a new {} key is waiting for that key", pending.source),
+                format!(
+                    "supply {} and restart blufiod; until then the current key opens the vault",
+                    pending.source.how_to_supply()
+                ),
+            );
+        }
+        if status.source.kind == SourceKind::Generated {
+            return Finding::warn(
+                format!("the vault key is {}", status.source.describe()),
+                "a copy of the state directory is a copy of the secrets: give blufiod a systemd credential (LoadCredentialEncrypted=vault-key), a vault.key_file elsewhere or a passphrase, with `blufioctl vault rekey --new-key FILE` or `--new-passphrase`",
+            );
+        }
+        Finding::ok(format!(
+            "{} secrets; key from the {}",
+            status.entries,
+            status.source.describe()
+        ))
+    }
+}
+
+/// Why `value` cannot be the secret `name` while `config` names it, if it cannot: the metrics
+/// token must be long enough not to be guessed.
+pub fn value_problem(config: &Config, name: &str, value: &Secret) -> Option<String> {
+    let guards_metrics = references(config)
+        .iter()
+        .any(|(key, named)| *key == "gateway.metrics_token" && named == name);
+    (guards_metrics && value.expose().chars().count() < MIN_METRICS_TOKEN_CHARS).then(|| {
+        format!(
+            "gateway.metrics_token names `secret:{name}`, whose value is shorter than {MIN_METRICS_TOKEN_CHARS} characters and could be guessed; store a longer one (`openssl rand -hex 16 | blufioctl config set-secret {name}`)"
+        )
+    })
+}
+
+/// Every (config key, vault entry) that `config` refers to.
+pub fn references(config: &Config) -> Vec<(&'static str, String)> {
+    config
+        .secrets()
+        .into_iter()
+        .filter_map(|(key, setting)| Some((key, setting?.vault_name()?.to_owned())))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    fn provider(kind: ProviderKind, key: Option<&str>) -> ProviderConfig {
+    use super::*;
+    use crate::storage::{Storage, StorageOptions};
+    use crate::vault::SourceInputs;
+
+    async fn vault(dir: &std::path::Path) -> Arc<Vault> {
+        let storage = Storage::open(&StorageOptions {
+            path: dir.join("blufio.db"),
+            busy_timeout: Duration::from_secs(1),
+            read_connections: 1,
+        })
+        .await
+        .unwrap();
+        Vault::open(
+            storage,
+            SourceInputs {
+                state_dir: dir.to_owned(),
+                euid: nix::unistd::geteuid().as_raw(),
+                ..SourceInputs::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn provider(kind: ProviderKind, key: Option<SecretSetting>) -> ProviderConfig {
         ProviderConfig {
             kind,
-            api_key: key.map(|key| Secret(key.to_owned())),
+            api_key: key,
             ..ProviderConfig::default()
         }
     }
 
-    #[test]
-    fn a_configured_key_wins_over_the_environment_and_an_empty_one_does_not_count() {
-        let secrets = Secrets::from_env(|name| (name == "ANTHROPIC_API_KEY").then(|| "from-env".to_owned()));
-        let configured = secrets
-            .provider_key(&provider(ProviderKind::Anthropic, Some("from-config")))
-            .unwrap();
-        assert_eq!(configured.value.expose(), "from-config");
-        assert_eq!(configured.source, SecretSource::Config);
+    #[tokio::test]
+    async fn a_configured_key_wins_over_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = vault(dir.path()).await;
+        vault.set("anthropic", &Secret("from-the-vault".into())).await.unwrap();
+        let secrets = Secrets::new(vault, |name| {
+            (name == "ANTHROPIC_API_KEY").then(|| "from-env".to_owned())
+        });
+        let named = provider(ProviderKind::Anthropic, Some(SecretSetting::Vault("anthropic".into())));
+        let resolved = secrets.provider_key(&named).unwrap().unwrap();
+        assert_eq!(resolved.value.expose(), "from-the-vault");
+        assert_eq!(resolved.source, SecretSource::Vault("anthropic".into()));
+        assert_eq!(secrets.provider_key_source(&named), Some(resolved.source));
+
         let fallback = secrets
-            .provider_key(&provider(ProviderKind::Anthropic, Some("")))
+            .provider_key(&provider(ProviderKind::Anthropic, None))
+            .unwrap()
             .unwrap();
         assert_eq!(fallback.value.expose(), "from-env");
         assert_eq!(fallback.source, SecretSource::Environment("ANTHROPIC_API_KEY"));
         assert!(
-            secrets.provider_key(&provider(ProviderKind::Openai, None)).is_none(),
+            secrets
+                .provider_key(&provider(ProviderKind::Openai, None))
+                .unwrap()
+                .is_none(),
             "each kind reads only its own variable"
+        );
+        let literal = provider(
+            ProviderKind::Openai,
+            Some(SecretSetting::Literal(Secret("clear".into()))),
+        );
+        assert_eq!(
+            secrets.provider_key(&literal).unwrap().unwrap().source,
+            SecretSource::Config
         );
     }
 
-    #[test]
-    fn empty_environment_values_are_no_key() {
-        let secrets = Secrets::from_env(|_| Some(String::new()));
-        assert!(secrets.provider_key(&provider(ProviderKind::Openai, None)).is_none());
+    #[tokio::test]
+    async fn a_missing_entry_is_an_error_that_names_the_key_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::new(vault(dir.path()).await, |_| Some(String::new()));
+        let named = provider(ProviderKind::Openai, Some(SecretSetting::Vault("openai".into())));
+        let error = crate::error_chain(&secrets.provider_key(&named).unwrap_err());
+        assert!(
+            error.contains("provider.api_key") && error.contains("config set-secret openai"),
+            "{error}"
+        );
+        let mut config = Config::default();
+        config.provider = named;
+        assert!(secrets.check(&config).unwrap_err().contains("secret:openai"));
+        secrets.vault().set("openai", &Secret("sk-1".into())).await.unwrap();
+        secrets.check(&config).unwrap();
+        config.gateway.metrics_token = Some(SecretSetting::Vault("openai".into()));
+        assert!(secrets.check(&config).unwrap_err().contains("shorter than 16"));
+        assert_eq!(
+            references(&config),
+            [
+                ("gateway.metrics_token", "openai".to_owned()),
+                ("provider.api_key", "openai".to_owned())
+            ]
+        );
     }
 }

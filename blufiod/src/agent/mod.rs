@@ -252,7 +252,8 @@ pub struct Agent {
     queued: AtomicUsize,
     running: AtomicUsize,
     sessions: Mutex<SessionLocks>,
-    provider: Mutex<Option<(ProviderConfig, Arc<dyn Provider>)>>,
+    /// The provider client, with the config and the vault generation it was built for.
+    provider: Mutex<Option<(ProviderConfig, u64, Arc<dyn Provider>)>>,
     tools: Mutex<Option<(ToolsConfig, Arc<Tools>)>>,
     token: CancellationToken,
     turns: TaskTracker,
@@ -1230,23 +1231,31 @@ impl Agent {
     /// The provider for the current config, rebuilt only when the config changed.
     fn provider_for(&self, config: &Config) -> Result<Arc<dyn Provider>, AgentError> {
         let mut cached = self.provider.lock().expect("provider cache poisoned");
-        if let Some((built_for, provider)) = cached.as_ref()
+        // A secret changed in the vault changes the generation, so the next turn uses it.
+        let generation = self.secrets.generation();
+        if let Some((built_for, built_at, provider)) = cached.as_ref()
             && *built_for == config.provider
+            && *built_at == generation
         {
             return Ok(provider.clone());
         }
         provider_problem(config, &self.secrets).map_err(|problem| AgentError::ProviderNotConfigured { problem })?;
-        let key = self.secrets.provider_key(&config.provider);
+        let key = self
+            .secrets
+            .provider_key(&config.provider)
+            .map_err(|error| AgentError::ProviderNotConfigured {
+                problem: crate::error_chain(&error),
+            })?;
         let settings = ProviderSettings::from_config(&config.provider, key.as_ref().map(|key| &key.value));
         let settings_url = settings.base_url.clone();
         let provider: Arc<dyn Provider> = provider::build(config.provider.kind, settings).into();
         tracing::info!(
             provider = config.provider.kind.as_str(),
             base_url = %crate::config::mask_url_credentials(&settings_url),
-            key = key.as_ref().map_or("none", |key| key.source.describe()),
+            key = key.as_ref().map_or_else(|| "none".to_owned(), |key| key.source.describe()),
             "provider client built"
         );
-        *cached = Some((config.provider.clone(), provider.clone()));
+        *cached = Some((config.provider.clone(), generation, provider.clone()));
         Ok(provider)
     }
 
@@ -1436,14 +1445,17 @@ fn report_of(report: storage::UsageReport) -> UsageReport {
 /// Why the configured provider cannot be called, with the fix.
 pub fn provider_problem(config: &Config, secrets: &Secrets) -> Result<(), String> {
     let provider = &config.provider;
-    let has_key = secrets.provider_key(provider).is_some();
+    let has_key = secrets
+        .provider_key(provider)
+        .map_err(|error| crate::error_chain(&error))?
+        .is_some();
     let official = provider.base_url() == provider.kind.default_base_url();
     // Local OpenAI-compatible servers (Ollama, llama.cpp, vLLM) need no key.
     if !has_key && (provider.kind == crate::config::ProviderKind::Anthropic || official) {
         return Err(format!(
-            "no API key for the {} provider: run `blufioctl config set provider.api_key <KEY>` or set {} in blufiod's environment",
-            provider.kind.as_str(),
-            provider.kind.api_key_env()
+            "no API key for the {kind} provider: put it in the vault (`blufioctl config set-secret {kind}`, then `blufioctl config set provider.api_key secret:{kind}`) or set {} in blufiod's environment",
+            provider.kind.api_key_env(),
+            kind = provider.kind.as_str(),
         ));
     }
     let model = provider.model();

@@ -72,6 +72,87 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// How a config value names a vault entry: `secret:NAME`.
+pub const SECRET_REFERENCE_PREFIX: &str = "secret:";
+
+/// The value of a secret key: the name of a vault entry (`"secret:anthropic"`), or the secret
+/// itself, which only the environment (`BLUFIO_PROVIDER__API_KEY`) may still give: blufiod moves
+/// a literal it finds in its config file into the vault at start and on reload, and
+/// `config set` takes only references.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSetting {
+    /// A vault entry's name.
+    Vault(String),
+    /// The secret itself.
+    Literal(Secret),
+}
+
+impl SecretSetting {
+    /// The vault entry named, if it is a reference.
+    pub fn vault_name(&self) -> Option<&str> {
+        match self {
+            Self::Vault(name) => Some(name),
+            Self::Literal(_) => None,
+        }
+    }
+}
+
+impl Serialize for SecretSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // A name is not secret: shown as it is, so that `config get` says which entry.
+            Self::Vault(name) => serializer.serialize_str(&format!("{SECRET_REFERENCE_PREFIX}{name}")),
+            Self::Literal(secret) => secret.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if let Some(literal) = text.strip_prefix(SECRET_MARK) {
+            return Ok(Self::Literal(Secret(literal.to_owned())));
+        }
+        Ok(match text.strip_prefix(SECRET_REFERENCE_PREFIX) {
+            Some(name) => Self::Vault(name.to_owned()),
+            None => Self::Literal(Secret(text)),
+        })
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Vault(name) => write!(formatter, "\"{SECRET_REFERENCE_PREFIX}{name}\""),
+            Self::Literal(secret) => secret.fmt(formatter),
+        }
+    }
+}
+
+/// Why `name` cannot name a vault entry, if it cannot: 1 to 64 of `a-z`, `0-9`, `.`, `_`, `-`,
+/// starting with a letter or a digit.
+pub fn secret_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.chars().count() > 64 {
+        return Some("a name has 1 to 64 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    {
+        return Some("use lower-case letters, digits, `.`, `_` and `-` (for example `anthropic`)");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some("a name starts with a letter or a digit");
+    }
+    None
+}
+
 /// Which wire protocol the provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -131,9 +212,10 @@ pub struct ProviderConfig {
     /// Model; default: a current model of the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// API key; default: `$ANTHROPIC_API_KEY` or `$OPENAI_API_KEY`.
+    /// API key, as a vault reference (`secret:anthropic`); default: `$ANTHROPIC_API_KEY` or
+    /// `$OPENAI_API_KEY`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<Secret>,
+    pub api_key: Option<SecretSetting>,
     /// `anthropic-version` header.
     pub anthropic_version: String,
     /// Output tokens per call.
@@ -435,7 +517,7 @@ pub struct GatewayConfig {
     pub replay_cache_entries: u32,
     /// A bearer token required to scrape `/metrics`; unset: open (loopback by default).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_token: Option<Secret>,
+    pub metrics_token: Option<SecretSetting>,
     /// A second, plain-HTTP loopback listener serving only `/metrics` and `/health`, for a local
     /// Prometheus that should not need TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -468,6 +550,22 @@ impl Default for GatewayConfig {
             server_names: Vec::new(),
         }
     }
+}
+
+/// `[vault]`: where the key that opens the secrets vault comes from, when not from a systemd
+/// credential (`$CREDENTIALS_DIRECTORY/vault-key`, tried first). Neither set and no
+/// `BLUFIO_VAULT_PASSPHRASE`: a key file generated in the state directory, beside the data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// A file holding the key (at least 32 bytes, for example `openssl rand -hex 32`), owned by
+    /// blufiod's user with mode 0600 or 0400, kept away from the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A file holding a passphrase (at least 12 characters), stretched with Argon2id; same file
+    /// rules. `BLUFIO_VAULT_PASSPHRASE` in the environment is tried before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// `[memory]`

@@ -151,6 +151,14 @@ pub enum ConfigWriteError {
         /// The dotted prefix that is not a table.
         key: String,
     },
+    /// A secret key was given a value instead of the name of a vault entry.
+    #[error(
+        "`{key}` takes the name of a secret in the vault, not the secret itself (a value on a command line lands in shell history and `ps`): store it with `blufioctl config set-secret NAME` (it reads the value from a hidden prompt or stdin), then run `blufioctl config set {key} secret:NAME`; nothing was written"
+    )]
+    LiteralSecret {
+        /// The key.
+        key: &'static str,
+    },
     /// The changed configuration would be invalid; nothing was written.
     #[error("the new value is rejected; nothing was written")]
     Rejected {
@@ -232,9 +240,14 @@ impl Edit {
 
 /// The edit that sets `key` to `raw_value`, checked like [`set_key_in_file`], without writing it.
 pub fn prepare_set(path: &Path, current: Option<&str>, key: &str, raw_value: &str) -> Result<Edit, ConfigWriteError> {
-    let Some((_, segments)) = super::keys::key_path(key) else {
+    let Some((spec, segments)) = super::keys::key_path(key) else {
         return Err(ConfigWriteError::UnknownKey { key: key.to_owned() });
     };
+    // A secret given on a command line lands in shell history and `ps`, and here it would land
+    // in the file in clear: a secret key takes only the name of a vault entry.
+    if spec.secret && !raw_value.trim().starts_with(super::SECRET_REFERENCE_PREFIX) {
+        return Err(ConfigWriteError::LiteralSecret { key: spec.key });
+    }
     let document = parse_document(path, current)?;
     // The value as TOML first (`30`, `true`, `["a"]`), then as a plain string: a key that takes a
     // string gets one even when the text happens to read as another TOML type (`2023-06-01` is a

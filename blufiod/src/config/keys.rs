@@ -109,6 +109,8 @@ pub const KEYS: &[KeySpec] = &[
     live("tools.run_command.enabled"),
     live("tools.run_command.max_output_bytes"),
     live("tools.run_command.timeout_secs"),
+    restart("vault.key_file"),
+    restart("vault.passphrase_file"),
 ];
 
 /// The shown form of a secret that is set.
@@ -236,7 +238,11 @@ pub fn entries(loaded: &Loaded, key: Option<&str>) -> Option<Vec<ConfigEntry>> {
             let value = tree.find_ref(spec.key);
             let (value_toml, value_json) = match value {
                 None => (String::new(), "null".to_owned()),
-                Some(value) if spec.secret || is_secret(value) => (format!("\"{MASK}\""), format!("\"{MASK}\"")),
+                // A secret key shows only a vault reference (a name, not a secret); anything else
+                // under it, and any marked value anywhere, is masked.
+                Some(value) if is_secret(value) || (spec.secret && !is_reference(value)) => {
+                    (format!("\"{MASK}\""), format!("\"{MASK}\""))
+                }
                 // A URL may carry credentials (`https://user:pass@host`, `?key=`): never shown.
                 Some(Value::String(tag, text)) if text.contains("://") => {
                     let shown = Value::String(*tag, mask_url_credentials(text));
@@ -305,6 +311,11 @@ pub fn mask_secrets_in(text: &str) -> String {
         }
     }
     masked
+}
+
+/// Whether a serialized value is a vault reference (`secret:NAME`).
+fn is_reference(value: &Value) -> bool {
+    matches!(value, Value::String(_, text) if text.starts_with(super::SECRET_REFERENCE_PREFIX))
 }
 
 /// Whether a serialized value is a [`super::agent::Secret`].
@@ -436,6 +447,7 @@ mod tests {
 
     use super::super::{Config, load_from};
     use super::*;
+    use crate::config::SecretSetting;
 
     /// A config with every optional field set.
     fn full_config() -> Config {
@@ -447,12 +459,14 @@ mod tests {
         config.storage.path = Some("/s/db".into());
         config.provider.base_url = Some("https://x".into());
         config.provider.model = Some("m".into());
-        config.provider.api_key = Some(super::super::agent::Secret("k".into()));
+        config.provider.api_key = Some(SecretSetting::Literal(super::super::agent::Secret("k".into())));
         config.agent.system_prompt_file = Some("/p.md".into());
         config.tools.files.workspace = Some("/w".into());
         config.gateway.cert_file = Some("/c.pem".into());
         config.gateway.key_file = Some("/k.pem".into());
-        config.gateway.metrics_token = Some(super::super::agent::Secret("t".into()));
+        config.gateway.metrics_token = Some(SecretSetting::Literal(super::super::agent::Secret("t".into())));
+        config.vault.key_file = Some("/etc/v.key".into());
+        config.vault.passphrase_file = Some("/etc/v.pass".into());
         config.gateway.metrics_listen = Some("127.0.0.1:9464".into());
         config
     }
@@ -495,6 +509,28 @@ mod tests {
             !format!("{:?}", loaded.config).contains("very-secret"),
             "Debug must not show secrets"
         );
+    }
+
+    #[test]
+    fn a_vault_reference_is_shown_and_a_literal_is_not() {
+        let loaded = load_from(
+            Some("[provider]\napi_key = \"secret:anthropic\"\n[gateway]\nmetrics_token = \"scrape-me-scrape-me\"\n"),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.config.provider.api_key,
+            Some(SecretSetting::Vault("anthropic".into()))
+        );
+        let entry = entries(&loaded, Some("provider.api_key")).unwrap().remove(0);
+        assert_eq!(entry.value_toml, "\"secret:anthropic\"");
+        let entry = entries(&loaded, Some("gateway.metrics_token")).unwrap().remove(0);
+        assert_eq!(entry.value_json, format!("\"{MASK}\""));
+        let error = load_from(Some("[provider]\napi_key = \"secret:Bad Name\"\n"), None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("does not name a vault secret"), "{error}");
     }
 
     #[test]

@@ -124,6 +124,36 @@ impl LiveConfig {
         }
     }
 
+    /// The secret keys to which the config file itself gives a value in clear (not a
+    /// `secret:NAME` reference), with those values: what blufiod moves into the vault. A value
+    /// from the environment is not the file's and is not listed.
+    pub fn literal_secrets_in_file(&self) -> Vec<(&'static str, super::Secret)> {
+        let Ok(Some(text)) = self.source.read_file() else {
+            return Vec::new();
+        };
+        let Ok(document) = text.parse::<toml_edit::DocumentMut>() else {
+            return Vec::new();
+        };
+        super::keys::KEYS
+            .iter()
+            .filter(|spec| spec.secret)
+            .filter_map(|spec| {
+                let mut item = document.as_item();
+                for segment in spec.key.split('.') {
+                    item = item.get(segment)?;
+                }
+                let value = item.as_str()?;
+                (!value.is_empty() && !value.starts_with(super::SECRET_REFERENCE_PREFIX))
+                    .then(|| (spec.key, super::Secret(value.to_owned())))
+            })
+            .collect()
+    }
+
+    /// The config file's path.
+    pub fn file_path(&self) -> &std::path::Path {
+        &self.source.path
+    }
+
     /// A handle for a subsystem that only reads.
     pub fn handle(&self) -> ConfigHandle {
         self.current.clone()

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::{
     AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig, ProviderKind,
-    RunCommandConfig, Secret, ToolsConfig, default_pricing,
+    RunCommandConfig, SECRET_REFERENCE_PREFIX, Secret, SecretSetting, ToolsConfig, VaultConfig, default_pricing,
+    secret_name_problem,
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
 pub use keys::{
@@ -30,7 +31,7 @@ pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 /// Prefix of the environment variables that override config keys (`BLUFIO_LOG__LEVEL=debug`).
 pub const ENV_PREFIX: &str = "BLUFIO_";
 /// Environment variables with the prefix that are not config keys: the binaries' own options.
-const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SOCKET"];
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SOCKET", "VAULT_PASSPHRASE"];
 /// The start (after `BLUFIO_`, lower-cased) of blufioctl's older variables, which the daemon
 /// ignores.
 const CLIENT_ENV_PREFIX: &str = "remote_";
@@ -75,6 +76,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The daemon's own memory limit.
     pub memory: MemoryConfig,
+    /// Where the secrets vault's key comes from.
+    pub vault: VaultConfig,
 }
 
 impl Default for Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             tools: ToolsConfig::default(),
             gateway: GatewayConfig::default(),
             memory: MemoryConfig::default(),
+            vault: VaultConfig::default(),
         }
     }
 }
@@ -445,7 +449,7 @@ const GATEWAY_CONNECTION_KIB: u64 = 192;
 
 /// The shortest `gateway.metrics_token`: it guards `/metrics` from other hosts, and failed
 /// guesses are not rate-limited.
-const MIN_METRICS_TOKEN_CHARS: usize = 16;
+pub const MIN_METRICS_TOKEN_CHARS: usize = 16;
 
 /// The largest dollar amount a budget cap or price may be: far above any real one, and small
 /// enough that micro-dollar arithmetic cannot overflow.
@@ -542,7 +546,7 @@ impl Config {
     }
 
     /// Every secret key with its value (a test ties the list to the registry's secret flag).
-    pub fn secrets(&self) -> [(&'static str, Option<&Secret>); 2] {
+    pub fn secrets(&self) -> [(&'static str, Option<&SecretSetting>); 2] {
         [
             ("gateway.metrics_token", self.gateway.metrics_token.as_ref()),
             ("provider.api_key", self.provider.api_key.as_ref()),
@@ -562,6 +566,8 @@ impl Config {
             ("tools.files.workspace", &self.tools.files.workspace),
             ("gateway.cert_file", &self.gateway.cert_file),
             ("gateway.key_file", &self.gateway.key_file),
+            ("vault.key_file", &self.vault.key_file),
+            ("vault.passphrase_file", &self.vault.passphrase_file),
         ];
         for (key, path) in paths {
             if let Some(path) = path
@@ -588,14 +594,23 @@ impl Config {
                 ));
             }
         }
-        for (key, secret) in self.secrets() {
-            if secret.is_some_and(|secret| secret.expose().is_empty()) {
-                problems.push(format!(
-                    "{key}: an empty secret is not a value; give the secret, or remove the key to have none"
-                ));
+        for (key, setting) in self.secrets() {
+            match setting {
+                Some(SecretSetting::Literal(secret)) if secret.expose().is_empty() => problems.push(format!(
+                    "{key}: an empty secret is not a value; name a vault secret (`secret:NAME`), or remove the key to have none"
+                )),
+                Some(SecretSetting::Vault(name)) => {
+                    if let Some(problem) = secret_name_problem(name) {
+                        problems.push(format!(
+                            "{key}: `{SECRET_REFERENCE_PREFIX}{}` does not name a vault secret: {problem}",
+                            name.chars().take(65).collect::<String>()
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
-        if let Some(token) = &self.gateway.metrics_token
+        if let Some(SecretSetting::Literal(token)) = &self.gateway.metrics_token
             && !token.expose().is_empty()
             && token.expose().chars().count() < MIN_METRICS_TOKEN_CHARS
         {

@@ -37,6 +37,11 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("RevokeDevice", Access::Full),
     ("RenameDevice", Access::Full),
     ("RemoveDevice", Access::Full),
+    ("SetSecret", Access::Full),
+    ("ListSecrets", Access::Full),
+    ("DeleteSecret", Access::Full),
+    ("GetVaultStatus", Access::Full),
+    ("RekeyVault", Access::Full),
 ];
 
 /// The access `method` needs.

@@ -55,6 +55,8 @@ pub struct ControlDeps {
     pub metrics: Arc<Metrics>,
     /// The memory monitor (`GetStatus`).
     pub memory: Arc<crate::memory::Monitor>,
+    /// The secrets resolver and its vault (secret and vault RPCs, the key source in status).
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a

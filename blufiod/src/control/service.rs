@@ -21,6 +21,10 @@ use crate::devices::{DeviceError, DeviceRecord};
 use crate::error_chain;
 use crate::events::Event;
 use crate::lifecycle::{Phase, VERSION};
+use crate::secrets::references;
+use crate::storage::StorageErrorKind;
+use crate::vault::crypto::Kdf;
+use crate::vault::{NewKey, Rekeyed, SourceKind, VaultError, VaultStatus};
 
 /// The control service.
 pub struct ControlService {
@@ -88,6 +92,12 @@ impl pb::control_server::Control for ControlService {
                 provider: agent.provider.to_owned(),
                 model: agent.model,
                 provider_problem: agent.provider_problem.unwrap_or_default(),
+                provider_key_source: self
+                    .deps
+                    .secrets
+                    .provider_key_source(&self.deps.live.get().config.provider)
+                    .map(|source| source.describe())
+                    .unwrap_or_default(),
             }),
             memory: Some(memory_status(&self.deps.memory.observe())),
             cost: Some(pb::CostStatus {
@@ -358,6 +368,125 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::GetMetricsResponse {
             text: self.deps.metrics.render(),
         }))
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::SetSecretResponse>, Status> {
+        self.authorize(&request, "SetSecret")?;
+        let pb::SetSecretRequest { name, value } = request.into_inner();
+        let value = config::Secret(value);
+        let config = self.deps.live.get();
+        if let Some(problem) = crate::secrets::value_problem(&config.config, &name, &value) {
+            return Err(Status::invalid_argument(format!("{problem}; nothing was stored")));
+        }
+        let vault = self.deps.secrets.vault();
+        let created = vault
+            .set(&name, &value)
+            .await
+            .map_err(|error| vault_error_to_status(&error))?;
+        tracing::info!(secret = %name, created, "secret stored in the vault");
+        Ok(Response::new(pb::SetSecretResponse {
+            created,
+            referenced_by: referring_keys(&config.config, &name),
+        }))
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        self.authorize(&request, "ListSecrets")?;
+        let config = self.deps.live.get();
+        let secrets = self
+            .deps
+            .secrets
+            .vault()
+            .list()
+            .into_iter()
+            .map(|entry| pb::SecretInfo {
+                referenced_by: referring_keys(&config.config, &entry.name),
+                name: entry.name,
+                created_at: entry.created_at,
+                updated_at: entry.updated_at,
+                last_used_at: entry.last_used_at.unwrap_or(0),
+                preview: entry.preview,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSecretsResponse { secrets }))
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        self.authorize(&request, "DeleteSecret")?;
+        let pb::DeleteSecretRequest { name, force } = request.into_inner();
+        let referenced_by = referring_keys(&self.deps.live.get().config, &name);
+        if !referenced_by.is_empty() && !force {
+            return Err(Status::failed_precondition(format!(
+                "secret `{name}` is named by {}; give that key another secret (or unset it) first, or delete with --force; nothing was deleted",
+                referenced_by.join(", ")
+            )));
+        }
+        self.deps
+            .secrets
+            .vault()
+            .delete(&name)
+            .await
+            .map_err(|error| vault_error_to_status(&error))?;
+        tracing::info!(secret = %name, still_named_by = ?referenced_by, "secret deleted from the vault");
+        Ok(Response::new(pb::DeleteSecretResponse { referenced_by }))
+    }
+
+    async fn get_vault_status(
+        &self,
+        request: Request<pb::GetVaultStatusRequest>,
+    ) -> Result<Response<pb::GetVaultStatusResponse>, Status> {
+        self.authorize(&request, "GetVaultStatus")?;
+        Ok(Response::new(vault_status_to_proto(self.deps.secrets.vault().status())))
+    }
+
+    async fn rekey_vault(
+        &self,
+        request: Request<pb::RekeyVaultRequest>,
+    ) -> Result<Response<pb::RekeyVaultResponse>, Status> {
+        use pb::rekey_vault_request::NewKey as Given;
+        self.authorize(&request, "RekeyVault")?;
+        let new = match request.into_inner().new_key {
+            None | Some(Given::Generate(_)) => NewKey::Generate,
+            Some(Given::Passphrase(passphrase)) => NewKey::Passphrase(zeroize::Zeroizing::new(passphrase)),
+            Some(Given::Key(key)) => {
+                let mut key = zeroize::Zeroizing::new(key.to_vec());
+                let kept = key.trim_ascii_end().len();
+                zeroize::Zeroize::zeroize(&mut key[kept..]);
+                key.truncate(kept);
+                NewKey::Material(key)
+            }
+        };
+        let vault = self.deps.secrets.vault();
+        let rekeyed = vault.rekey(new).await.map_err(|error| vault_error_to_status(&error))?;
+        let response = match rekeyed {
+            Rekeyed::Completed => pb::RekeyVaultResponse {
+                completed: true,
+                pending_key_source: String::new(),
+                next_step: format!(
+                    "the new key is in place ({}); the old key no longer opens the vault, so back up the new one with the database",
+                    vault.status().source.describe()
+                ),
+            },
+            Rekeyed::Pending(kind) => pb::RekeyVaultResponse {
+                completed: false,
+                pending_key_source: kind.as_str().to_owned(),
+                next_step: format!(
+                    "supply {} and restart blufiod: it then opens the vault with the new key and the old one stops working; until then the current key opens it",
+                    kind.how_to_supply()
+                ),
+            },
+        };
+        tracing::info!(completed = response.completed, pending = %response.pending_key_source, "vault rekeyed");
+        Ok(Response::new(response))
     }
 
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
@@ -758,6 +887,66 @@ fn agent_error_to_status(error: &AgentError) -> Status {
     }
 }
 
+/// Maps a vault failure to the status code a client can act on.
+fn vault_error_to_status(error: &VaultError) -> Status {
+    let message = error_chain(error);
+    match error {
+        VaultError::InvalidName { .. } | VaultError::InvalidValue { .. } | VaultError::KeySource { .. } => {
+            Status::invalid_argument(message)
+        }
+        VaultError::NotFound { .. } => Status::not_found(message),
+        VaultError::Full => Status::resource_exhausted(message),
+        VaultError::RekeyNeedsKey { .. } => Status::failed_precondition(message),
+        VaultError::WriteKey { source, .. } => match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Status::resource_exhausted(message),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                Status::failed_precondition(message)
+            }
+            _ => Status::internal(message),
+        },
+        VaultError::Storage { source, .. } if source.kind() == StorageErrorKind::Full => {
+            Status::resource_exhausted(message)
+        }
+        VaultError::Storage { .. }
+        | VaultError::NoKey { .. }
+        | VaultError::WrongKey { .. }
+        | VaultError::Damaged { .. }
+        | VaultError::Derive { .. } => Status::internal(message),
+    }
+}
+
+/// The config keys of `config` that name the secret `name`.
+fn referring_keys(config: &config::Config, name: &str) -> Vec<String> {
+    references(config)
+        .into_iter()
+        .filter(|(_, named)| named == name)
+        .map(|(key, _)| key.to_owned())
+        .collect()
+}
+
+fn vault_status_to_proto(status: VaultStatus) -> pb::GetVaultStatusResponse {
+    let (argon2_memory_kib, argon2_iterations, argon2_parallelism) = match status.current.kdf {
+        Kdf::Argon2id(params) => (params.m_cost_kib, params.t_cost, params.p_cost),
+        Kdf::Hkdf => (0, 0, 0),
+    };
+    pb::GetVaultStatusResponse {
+        key_source: status.source.kind.as_str().to_owned(),
+        key_source_detail: status.source.describe(),
+        key_beside_data: status.source.kind == SourceKind::Generated,
+        kdf: status.current.kdf.as_str().to_owned(),
+        argon2_memory_kib,
+        argon2_iterations,
+        argon2_parallelism,
+        cipher: crate::vault::CIPHER.to_owned(),
+        entries: status.entries as u64,
+        key_created_at: status.current.created_at,
+        pending: status.pending.map(|pending| pb::PendingVaultKey {
+            key_source: pending.source.as_str().to_owned(),
+            created_at: pending.created_at,
+        }),
+    }
+}
+
 fn phase_to_proto(phase: Phase) -> pb::DaemonState {
     match phase {
         Phase::Starting => pb::DaemonState::Starting,
@@ -784,9 +973,10 @@ fn entry_to_proto(entry: ConfigEntry, pending_restart: bool) -> pb::ConfigEntry 
 fn write_error_to_status(error: &ConfigWriteError) -> Status {
     let message = error_chain(error);
     match error {
-        ConfigWriteError::UnknownKey { .. } | ConfigWriteError::Rejected { .. } | ConfigWriteError::Refused { .. } => {
-            Status::invalid_argument(message)
-        }
+        ConfigWriteError::UnknownKey { .. }
+        | ConfigWriteError::Rejected { .. }
+        | ConfigWriteError::Refused { .. }
+        | ConfigWriteError::LiteralSecret { .. } => Status::invalid_argument(message),
         ConfigWriteError::ParseFile { .. }
         | ConfigWriteError::NotATable { .. }
         | ConfigWriteError::BrokenElsewhere { .. }

@@ -30,6 +30,8 @@ use crate::util::unix_now;
 use crypto::{Argon2Params, CryptoError, DataKey, EntryCipher, Kdf, Root};
 pub use source::{KeySource, SourceInputs, SourceKind};
 
+/// The AEAD of entries and of the wrapped data key, as status names it.
+pub const CIPHER: &str = "xchacha20-poly1305";
 /// Most entries a vault holds.
 pub const MAX_ENTRIES: usize = 256;
 /// Longest value, in bytes.
@@ -219,10 +221,11 @@ pub enum Rekeyed {
 /// The open vault. Made once by the composition root.
 pub struct Vault {
     storage: Storage,
-    inputs: SourceInputs,
     state: RwLock<State>,
     /// Serializes changes (set, delete, rekey): each is a database write, then the state.
     writing: tokio::sync::Mutex<()>,
+    /// Changes with every change of an entry.
+    generation: std::sync::atomic::AtomicU64,
     uses: tokio::sync::mpsc::Sender<(String, i64)>,
     pending_uses: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<(String, i64)>>>,
 }
@@ -346,7 +349,6 @@ impl Vault {
         let (uses, receiver) = tokio::sync::mpsc::channel(USE_QUEUE);
         Ok(Arc::new(Self {
             storage,
-            inputs,
             state: RwLock::new(State {
                 source: loaded.source,
                 data_key,
@@ -356,6 +358,7 @@ impl Vault {
                 entries,
             }),
             writing: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             uses,
             pending_uses: std::sync::Mutex::new(Some(receiver)),
         }))
@@ -397,6 +400,11 @@ impl Vault {
             let _ = self.uses.try_send((name.to_owned(), now));
         }
         Ok(value)
+    }
+
+    /// A number that changes whenever an entry is set or deleted.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether an entry named `name` exists.
@@ -443,6 +451,7 @@ impl Vault {
         self.write()
             .entries
             .insert(name.to_owned(), Entry { record, recorded_use });
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(!exists)
     }
 
@@ -457,6 +466,7 @@ impl Vault {
             .await
             .map_err(stored("delete a secret"))?;
         self.write().entries.remove(name);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -618,25 +628,13 @@ impl Vault {
 
 /// Checks a name: 1 to 64 of `a-z`, `0-9`, `.`, `_`, `-`, starting with a letter or digit.
 pub fn check_name(name: &str) -> Result<(), VaultError> {
-    let invalid = |problem| VaultError::InvalidName {
-        name: name.chars().take(MAX_NAME_CHARS + 1).collect(),
-        problem,
-    };
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(invalid("a name has 1 to 64 characters"));
+    match crate::config::secret_name_problem(name) {
+        Some(problem) => Err(VaultError::InvalidName {
+            name: name.chars().take(MAX_NAME_CHARS + 1).collect(),
+            problem,
+        }),
+        None => Ok(()),
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(invalid(
-            "use lower-case letters, digits, `.`, `_` and `-` (for example `anthropic`)",
-        ));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(invalid("a name starts with a letter or a digit"));
-    }
-    Ok(())
 }
 
 /// `…` and the last four characters of a value of 16 characters or more.

@@ -13,7 +13,7 @@ use super::{
     ChatRequest, Completion, ContentBlock, Decoder, HttpCall, Message, Provider, ProviderError, ProviderSettings, Role,
     StopReason, StreamEvent, Usage, failed_stream, http_client, secret_header,
 };
-use crate::config::ProviderKind;
+use crate::config::{ProviderKind, Secret};
 
 /// The Anthropic Messages API.
 pub struct Anthropic {
@@ -30,10 +30,15 @@ impl Anthropic {
 
     fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
         let kind = ProviderKind::Anthropic;
-        let api_key = self.settings.api_key.as_deref().ok_or(ProviderError::MissingApiKey {
-            kind: kind.as_str(),
-            env: kind.api_key_env(),
-        })?;
+        let api_key = self
+            .settings
+            .api_key
+            .as_ref()
+            .map(Secret::expose)
+            .ok_or(ProviderError::MissingApiKey {
+                kind: kind.as_str(),
+                env: kind.api_key_env(),
+            })?;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-api-key", secret_header(kind.as_str(), api_key)?);
         let version = reqwest::header::HeaderValue::from_str(&self.settings.anthropic_version).map_err(|_| {
@@ -453,7 +458,7 @@ mod tests {
     fn settings(fake: &FakeProvider) -> ProviderSettings {
         ProviderSettings {
             base_url: fake.url(),
-            api_key: Some(KEY.to_owned()),
+            api_key: Some(Secret(KEY.to_owned())),
             anthropic_version: "2023-06-01".to_owned(),
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(2),

@@ -113,7 +113,7 @@ pub enum StreamEvent {
 pub enum ProviderError {
     /// No API key is configured.
     #[error(
-        "no API key for the {kind} provider: set provider.api_key (blufioctl config set provider.api_key KEY) or ${env} in blufiod's environment"
+        "no API key for the {kind} provider: put it in the vault (`blufioctl config set-secret {kind}`, then `blufioctl config set provider.api_key secret:{kind}`) or set ${env} in blufiod's environment"
     )]
     MissingApiKey {
         /// Provider kind name.
@@ -190,7 +190,7 @@ pub struct ProviderSettings {
     /// Base URL without trailing slash.
     pub base_url: String,
     /// API key, if any.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// `anthropic-version` header.
     pub anthropic_version: String,
     /// Total time limit of one call.
@@ -209,7 +209,7 @@ impl ProviderSettings {
     /// Settings from config, with the API key the secrets resolver found
     /// ([`crate::secrets::Secrets::provider_key`], the one place a key is resolved).
     pub fn from_config(config: &ProviderConfig, api_key: Option<&Secret>) -> Self {
-        let api_key = api_key.map(|key| key.expose().to_owned());
+        let api_key = api_key.cloned();
         Self {
             base_url: config.base_url(),
             api_key,

@@ -31,7 +31,8 @@ impl OpenAi {
     fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(api_key) = &self.settings.api_key {
-            let value = secret_header(ProviderKind::Openai.as_str(), &format!("Bearer {api_key}"))?;
+            let bearer = zeroize::Zeroizing::new(format!("Bearer {}", api_key.expose()));
+            let value = secret_header(ProviderKind::Openai.as_str(), &bearer)?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         HttpCall::json(
@@ -439,7 +440,7 @@ mod tests {
     fn settings(fake: &FakeProvider, api_key: Option<&str>) -> ProviderSettings {
         ProviderSettings {
             base_url: format!("{}/v1", fake.url()),
-            api_key: api_key.map(str::to_owned),
+            api_key: api_key.map(|key| crate::config::Secret(key.to_owned())),
             anthropic_version: "unused".to_owned(),
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(2),

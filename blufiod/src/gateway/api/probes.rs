@@ -30,13 +30,26 @@ pub(super) async fn ready(gateway: &Arc<Gateway>) -> Response<Body> {
 
 pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>) -> Response<Body> {
     let config = gateway.config.get();
-    let token = gateway.secrets.metrics_token(&config.config.gateway);
+    let token = match gateway.secrets.metrics_token(&config.config.gateway) {
+        Ok(token) => token,
+        Err(error) => {
+            // Fail closed: a token that is configured but cannot be had admits nobody.
+            tracing::warn!(error = %crate::error_chain(&error), "/metrics refused: its token cannot be resolved");
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics-token-unavailable",
+                "The metrics token cannot be resolved",
+                "gateway.metrics_token names a vault secret blufiod cannot read; the owner sees why in blufiod's log and `blufioctl config list-secrets`",
+            )
+            .response();
+        }
+    };
     if token.is_none() && !from_this_machine(request, config.config.gateway.plain_http) {
         return Problem::new(
             StatusCode::FORBIDDEN,
             "metrics-token-required",
             "Metrics need a token from another host",
-            "without gateway.metrics_token, /metrics answers clients on this machine only (behind a reverse proxy or a tunnel, none is): set gateway.metrics_token (16 characters or more) in blufiod's config file and send Authorization: Bearer TOKEN, or scrape gateway.metrics_listen locally, or run blufioctl metrics",
+            "without gateway.metrics_token, /metrics answers clients on this machine only (behind a reverse proxy or a tunnel, none is): put a token of 16 characters or more in the vault and name it (`blufioctl config set-secret metrics`, `blufioctl config set gateway.metrics_token secret:metrics`), then send Authorization: Bearer TOKEN, or scrape gateway.metrics_listen locally, or run blufioctl metrics",
         )
         .response();
     }
