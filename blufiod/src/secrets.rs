@@ -155,7 +155,7 @@ impl Secrets {
         for (key, name) in references(config) {
             let value = self
                 .vault
-                .get(&name)
+                .inspect(&name)
                 .map_err(|error| format!("{key} names `secret:{name}`: {error}"))?;
             if let Some(problem) = value_problem(config, &name, &value) {
                 return Err(problem);
@@ -182,7 +182,7 @@ impl Secrets {
                 .map(|n| if n == 1 { base.to_owned() } else { format!("{base}-{n}") })
                 .find(|name| {
                     self.vault
-                        .get(name)
+                        .inspect(name)
                         .map_or(true, |held| held.expose() == value.expose())
                 })
                 .expect("names are unbounded");

@@ -167,7 +167,7 @@ fn config_errors_never_quote_a_secret() {
     let fake = FakeProvider::start();
     let mut daemon = start(&fake);
     let good = std::fs::read_to_string(&daemon.config_path).unwrap();
-    let broken = good.replace("api_key = \"test-key\"", "api_key = sk-ant-api03-TOPSECRET");
+    let broken = good.replace("api_key = \"secret:anthropic\"", "api_key = sk-ant-api03-TOPSECRET");
     assert_ne!(good, broken);
     std::fs::write(&daemon.config_path, &broken).unwrap();
     let mut shown = String::new();

@@ -681,6 +681,11 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("RevokeDevice", "full", false),
     ("RenameDevice", "full", false),
     ("RemoveDevice", "full", false),
+    ("SetSecret", "full", false),
+    ("ListSecrets", "full", false),
+    ("DeleteSecret", "full", false),
+    ("GetVaultStatus", "full", false),
+    ("RekeyVault", "full", false),
 ];
 
 #[test]

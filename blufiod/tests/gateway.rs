@@ -1409,9 +1409,13 @@ async fn live_gateway_keys_apply_to_a_running_daemon() {
         request.send()
     };
     assert_eq!(metrics(None).await.unwrap().status(), 200);
+    let stored = setup
+        .daemon
+        .ctl_input(&["config", "set-secret", "metrics"], b"a-long-metrics-token\n");
+    assert!(stored.status.success(), "{}", describe(&stored));
     setup
         .daemon
-        .ctl_json(&["config", "set", "gateway.metrics_token", "a-long-metrics-token"]);
+        .ctl_json(&["config", "set", "gateway.metrics_token", "secret:metrics"]);
     assert_eq!(metrics(None).await.unwrap().status(), 401);
     assert_eq!(metrics(Some("a-long-metrics-token")).await.unwrap().status(), 200);
 }
@@ -2063,7 +2067,9 @@ async fn metrics_without_a_token_answer_only_this_machine() {
     assert_eq!(relayed.status(), 403);
 
     // With a token, another host may scrape with it.
-    let set = daemon.ctl(&["config", "set", "gateway.metrics_token", "scrape-secret-0123"]);
+    let stored = daemon.ctl_input(&["config", "set-secret", "metrics"], b"scrape-secret-0123");
+    assert!(stored.status.success(), "{}", describe(&stored));
+    let set = daemon.ctl(&["config", "set", "gateway.metrics_token", "secret:metrics"]);
     assert!(set.status.success(), "{}", describe(&set));
     let without = remote.get(&url).send().await.unwrap();
     assert_eq!(without.status(), 401);

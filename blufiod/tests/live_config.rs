@@ -249,13 +249,20 @@ fn provider_keys_apply_to_the_next_call() {
     let daemon = with_fake(&fake, "");
 
     set(&daemon, "provider.anthropic_version", "2099-01-01");
-    set(&daemon, "provider.api_key", "live-key-2");
+    let stored = daemon.ctl_input(&["config", "set-secret", "second"], b"live-key-2\n");
+    assert!(stored.status.success(), "{}", support::describe(&stored));
+    set(&daemon, "provider.api_key", "secret:second");
     set(&daemon, "provider.max_tokens", "77");
     chat(&daemon, "one");
     let request = last(&fake);
     assert_eq!(request.header("anthropic-version"), Some("2099-01-01"));
     assert_eq!(request.header("x-api-key"), Some("live-key-2"));
     assert_eq!(request.body["max_tokens"], 77);
+    // A new value of the secret the key names applies to the next call too.
+    let replaced = daemon.ctl_input(&["config", "set-secret", "second"], b"live-key-3");
+    assert!(replaced.status.success(), "{}", support::describe(&replaced));
+    chat(&daemon, "two");
+    assert_eq!(last(&fake).header("x-api-key"), Some("live-key-3"));
 
     // Prices 100 times the start's: the same usage costs 100 times as much.
     let usage = FakeUsage {

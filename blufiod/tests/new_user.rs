@@ -117,9 +117,15 @@ fn a_key_can_be_unset_and_an_empty_secret_is_refused() {
     let empty = daemon.ctl(&["config", "set", "gateway.metrics_token", ""]);
     let shown = support::describe(&empty);
     assert_eq!(empty.status.code(), Some(1), "{shown}");
-    assert!(shown.contains("an empty secret is not a value"), "{shown}");
+    assert!(shown.contains("takes the name of a secret in the vault"), "{shown}");
+    let nameless = daemon.ctl(&["config", "set", "gateway.metrics_token", "secret:"]);
+    let shown = support::describe(&nameless);
+    assert_eq!(nameless.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("does not name a vault secret"), "{shown}");
 
-    daemon.ctl_json(&["config", "set", "gateway.metrics_token", "a-long-metrics-token"]);
+    let stored = daemon.ctl_input(&["config", "set-secret", "metrics"], b"a-long-metrics-token\n");
+    assert!(stored.status.success(), "{}", support::describe(&stored));
+    daemon.ctl_json(&["config", "set", "gateway.metrics_token", "secret:metrics"]);
     daemon.ctl_json(&["config", "set", "log.level", "debug"]);
     let token = daemon.ctl_json(&["config", "get", "gateway.metrics_token"]);
     assert_eq!(token["entries"][0]["unset"], false, "{token}");

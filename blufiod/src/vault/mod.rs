@@ -372,8 +372,17 @@ impl Vault {
         self.state.write().expect("vault state poisoned")
     }
 
-    /// The value of `name`, decrypted now; records the use.
+    /// The value of `name`, decrypted now, for its owner: records the use.
     pub fn get(&self, name: &str) -> Result<Secret, VaultError> {
+        self.open_entry(name, true)
+    }
+
+    /// The value of `name`, decrypted now, for a check (not a use: the last-use time stays).
+    pub fn inspect(&self, name: &str) -> Result<Secret, VaultError> {
+        self.open_entry(name, false)
+    }
+
+    fn open_entry(&self, name: &str, used: bool) -> Result<Secret, VaultError> {
         let now = unix_now();
         let (value, record_use) = {
             let mut state = self.write();
@@ -387,8 +396,10 @@ impl Vault {
                     what: format!("entry `{name}`"),
                     source,
                 })?;
-            entry.record.last_used_at = Some(now);
-            let record_use = entry.recorded_use.is_none_or(|at| now - at >= USE_GRANULARITY_SECS);
+            if used {
+                entry.record.last_used_at = Some(now);
+            }
+            let record_use = used && entry.recorded_use.is_none_or(|at| now - at >= USE_GRANULARITY_SECS);
             if record_use {
                 entry.recorded_use = Some(now);
             }

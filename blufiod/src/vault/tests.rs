@@ -94,6 +94,7 @@ async fn a_new_vault_needs_no_setup_and_keeps_its_secrets_across_opens() {
     );
     vault.set("short", &secret("tiny-token")).await.unwrap();
     assert_eq!(vault.get("anthropic").unwrap().expose(), "sk-ant-api03-abcdefghij-9876");
+    assert_eq!(vault.inspect("short").unwrap().expose(), "tiny-token");
     let listed = vault.list();
     assert_eq!(
         listed.iter().map(|entry| entry.name.as_str()).collect::<Vec<_>>(),
@@ -102,6 +103,7 @@ async fn a_new_vault_needs_no_setup_and_keeps_its_secrets_across_opens() {
     assert_eq!(listed[0].preview, "…9876");
     assert!(listed[0].last_used_at.is_some());
     assert_eq!(listed[1].preview, "", "a short value shows nothing");
+    assert_eq!(listed[1].last_used_at, None, "a check is not a use");
     storage.close().await;
 
     // Nothing in the database file is the value.

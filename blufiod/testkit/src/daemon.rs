@@ -180,6 +180,20 @@ impl Daemon {
         output_of(ctl_command(self.binaries.blufioctl(), &self.socket, args))
     }
 
+    /// Runs `blufioctl --socket <socket> args...` with `input` on its standard input (a pipe, as
+    /// a script gives it).
+    pub fn ctl_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = ctl_command(self.binaries.blufioctl(), &self.socket, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn blufioctl");
+        std::io::Write::write_all(&mut child.stdin.take().expect("piped stdin"), input)
+            .expect("write blufioctl's stdin");
+        child.wait_with_output().expect("wait for blufioctl")
+    }
+
     /// Starts `blufioctl --socket <socket> args...` in the background, its output piped (a chat
     /// a test interrupts, for example).
     pub fn ctl_in_background(&self, args: &[&str]) -> Child {
