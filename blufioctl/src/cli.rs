@@ -99,9 +99,18 @@ pub enum Command {
     /// Show the daemon's state, storage, subsystems and the caller's access
     Status(JsonArgs),
 
-    /// Read, change, validate or reload the daemon's configuration
+    /// Read, change, validate or reload the daemon's configuration, and store the secrets its keys
+    /// name
     #[command(subcommand)]
     Config(ConfigCommand),
+
+    /// Show where the secret vault's key comes from and what the vault holds, or rotate its key
+    ///
+    /// The vault holds the secrets that config keys name as `secret:NAME` (`blufioctl config
+    /// set-secret` stores one), encrypted under a key from a systemd credential, a key file, a
+    /// passphrase, or a key file that blufiod generates in its state directory.
+    #[command(subcommand)]
+    Vault(VaultCommand),
 
     /// Send one message to the agent and stream its answer to stdout
     ///
@@ -179,7 +188,8 @@ pub enum ConfigCommand {
         /// A dotted key such as `log.level`
         key: String,
         /// The new value, parsed as a TOML value when it is one (30, true, "text", [1, 2]) and
-        /// otherwise taken as a plain string
+        /// otherwise taken as a plain string; a secret key such as provider.api_key takes
+        /// `secret:NAME`, naming a secret stored with `config set-secret NAME`
         #[arg(allow_hyphen_values = true)]
         value: String,
         #[command(flatten)]
@@ -206,6 +216,65 @@ pub enum ConfigCommand {
 
     /// Re-read the config file, like SIGHUP, and report which keys changed
     Reload(JsonArgs),
+
+    /// Store a secret in the daemon's encrypted vault, creating or replacing it; config keys name
+    /// it as `secret:NAME`
+    ///
+    /// The value is never taken from the command line, where shell history and `ps` would see it.
+    /// On a terminal it is asked for twice without echo; otherwise all of stdin is read, without
+    /// one trailing newline: `openssl rand -hex 16 | blufioctl config set-secret metrics`.
+    SetSecret {
+        /// The secret's name: 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or a digit
+        name: String,
+        /// Then point this config key at the secret, as `config set KEY secret:NAME` does
+        #[arg(long = "for", value_name = "KEY")]
+        for_key: Option<String>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+
+    /// List the vault's secrets: their times, the config keys that name each, and at most the
+    /// last four characters of a long value; never a value
+    ListSecrets(JsonArgs),
+
+    /// Delete a secret from the vault; refused while a config key names it, unless --force
+    DeleteSecret {
+        /// The secret's name
+        name: String,
+        /// Delete it even while config keys name it (they fail until given another secret)
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
+}
+
+/// `blufioctl vault ...`.
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Show the key source, how the key is derived, the cipher, the entries and a pending rekey
+    Status(JsonArgs),
+
+    /// Rotate the vault's key without touching a secret
+    ///
+    /// Without an option, blufiod writes a new random key to the key file in effect (its generated
+    /// one or vault.key_file) and the rekey completes at once. With --new-passphrase or --new-key
+    /// the rekey waits until blufiod starts with that key; the current key opens the vault until
+    /// then.
+    #[command(group(ArgGroup::new("new").args(["new_passphrase", "new_key"])))]
+    Rekey {
+        /// Move to a new passphrase (at least 12 characters), asked for twice on a terminal or
+        /// read from stdin
+        #[arg(long)]
+        new_passphrase: bool,
+        /// Move to the key material in FILE (at least 32 bytes, for example from `openssl rand
+        /// -hex 32`; trailing whitespace is dropped; `-` reads stdin), for a systemd credential
+        /// or a key file you install
+        #[arg(long, value_name = "FILE")]
+        new_key: Option<PathBuf>,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
 }
 
 /// `blufioctl chat ...`.
@@ -556,6 +625,50 @@ mod tests {
             .is_err(),
             "a malformed pin is a usage error"
         );
+    }
+
+    #[test]
+    fn secrets_never_come_from_argv() {
+        let cli = Cli::try_parse_from([
+            "blufioctl",
+            "config",
+            "set-secret",
+            "anthropic",
+            "--for",
+            "provider.api_key",
+        ])
+        .expect("set-secret parses");
+        assert!(matches!(
+            cli.command,
+            Command::Config(ConfigCommand::SetSecret { name, for_key: Some(key), .. })
+                if name == "anthropic" && key == "provider.api_key"
+        ));
+        for args in [
+            &["blufioctl", "config", "set-secret", "anthropic", "sk-value"][..],
+            &["blufioctl", "config", "set-secret", "anthropic", "--value", "sk-value"],
+            &["blufioctl", "vault", "rekey", "--new-passphrase", "correct horse"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn rekey_takes_at_most_one_new_key() {
+        let cli = Cli::try_parse_from(["blufioctl", "vault", "rekey"]).expect("rekey parses");
+        assert!(matches!(
+            cli.command,
+            Command::Vault(VaultCommand::Rekey {
+                new_passphrase: false,
+                new_key: None,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["blufioctl", "vault", "rekey", "--new-key", "-", "--json"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Vault(VaultCommand::Rekey { new_key: Some(path), output, .. }) if path.as_os_str() == "-" && output.json
+        ));
+        assert!(Cli::try_parse_from(["blufioctl", "vault", "rekey", "--new-passphrase", "--new-key", "k"]).is_err());
     }
 
     #[test]

@@ -16,14 +16,17 @@ use std::time::Duration;
 
 use blufio_proto::UNIX_SOCKET_AUTHORITY;
 use blufio_proto::control::v1::control_client::ControlClient;
+use blufio_proto::control::v1::rekey_vault_request::NewKey;
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    AddDeviceRequest, DeleteSessionRequest, Device, GetConfigRequest, GetConfigResponse, GetMetricsRequest,
-    GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
-    ListDevicesRequest, ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest,
-    PruneSessionsResponse, ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest,
-    RenameSessionRequest, RenameSessionResponse, RevokeDeviceRequest, SendMessageRequest, SendMessageResponse,
-    SetConfigRequest, SetConfigResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
+    AddDeviceRequest, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest, Device, GetConfigRequest,
+    GetConfigResponse, GetMetricsRequest, GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse,
+    GetUsageRequest, GetUsageResponse, GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest,
+    ListDevicesResponse, ListSecretsRequest, ListSecretsResponse, ListSessionsRequest, ListSessionsResponse,
+    PruneSessionsRequest, PruneSessionsResponse, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest,
+    ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest, RenameSessionResponse,
+    RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse,
+    SetSecretRequest, SetSecretResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -250,6 +253,36 @@ impl Client {
         let request = tonic::Request::new(RemoveDeviceRequest { name });
         let response = call(&self.socket, self.call_timeout, self.inner.remove_device(request)).await?;
         Ok(response.removed)
+    }
+
+    /// `SetSecret`. The value is moved into the request, not copied; tonic drops it once encoded.
+    pub async fn set_secret(&mut self, name: String, value: String) -> Result<SetSecretResponse, ClientError> {
+        let request = tonic::Request::new(SetSecretRequest { name, value });
+        call(&self.socket, self.call_timeout, self.inner.set_secret(request)).await
+    }
+
+    /// `ListSecrets`.
+    pub async fn list_secrets(&mut self) -> Result<ListSecretsResponse, ClientError> {
+        let request = tonic::Request::new(ListSecretsRequest {});
+        call(&self.socket, self.call_timeout, self.inner.list_secrets(request)).await
+    }
+
+    /// `DeleteSecret`.
+    pub async fn delete_secret(&mut self, name: String, force: bool) -> Result<DeleteSecretResponse, ClientError> {
+        let request = tonic::Request::new(DeleteSecretRequest { name, force });
+        call(&self.socket, self.call_timeout, self.inner.delete_secret(request)).await
+    }
+
+    /// `GetVaultStatus`.
+    pub async fn get_vault_status(&mut self) -> Result<GetVaultStatusResponse, ClientError> {
+        let request = tonic::Request::new(GetVaultStatusRequest {});
+        call(&self.socket, self.call_timeout, self.inner.get_vault_status(request)).await
+    }
+
+    /// `RekeyVault` to `new_key`.
+    pub async fn rekey_vault(&mut self, new_key: NewKey) -> Result<RekeyVaultResponse, ClientError> {
+        let request = tonic::Request::new(RekeyVaultRequest { new_key: Some(new_key) });
+        call(&self.socket, self.call_timeout, self.inner.rekey_vault(request)).await
     }
 
     /// `SendMessage`: starts a turn and returns its event stream. An empty `session_id` asks the

@@ -237,6 +237,17 @@ fn device_failure(error: ClientError) -> Failure {
     with_hint(Failure::from(error), hint)
 }
 
+/// A failed secret or vault RPC, with the hint that only makes sense there.
+fn secret_failure(error: ClientError) -> Failure {
+    let hint = match &error {
+        ClientError::Status(status) if status.code() == tonic::Code::NotFound => {
+            Some("'blufioctl config list-secrets' shows the secrets")
+        }
+        _ => None,
+    };
+    with_hint(Failure::from(error), hint)
+}
+
 /// Adds `hint` unless the failure has one, or its message already points to the same command
 /// (the daemon's messages often end with the command to run; saying it twice is noise).
 fn with_hint(mut failure: Failure, hint: Option<&str>) -> Failure {
@@ -361,6 +372,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
     match cli.command {
         Command::Status(args) => commands::status::run(&context, args).await,
         Command::Config(command) => commands::config::run(&context, command).await,
+        Command::Vault(command) => commands::vault::run(&context, command).await,
         Command::Chat(args) => commands::chat::run(&context, args).await,
         Command::Shell { session } => commands::shell::run(&context, session).await,
         Command::Sessions(command) => commands::sessions::run(&context, command).await,

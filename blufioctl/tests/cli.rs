@@ -100,6 +100,11 @@ fn unreachable_with_json_prints_nothing_on_stdout() {
         &["sessions", "show", "s1", "--json"],
         &["sessions", "delete", "s1", "--json"],
         &["usage", "--json"],
+        &["config", "list-secrets", "--json"],
+        &["config", "delete-secret", "x", "--json"],
+        &["config", "set-secret", "x", "--json"],
+        &["vault", "status", "--json"],
+        &["vault", "rekey", "--json"],
         &["chat", "--json", "hi"],
         &["shell"],
     ] {
@@ -184,6 +189,19 @@ fn unknown_subcommand_is_a_usage_error() {
 }
 
 #[test]
+fn a_secret_on_the_command_line_is_a_usage_error() {
+    for args in [
+        &["config", "set-secret", "anthropic", "sk-in-argv"][..],
+        &["config", "set-secret", "anthropic", "--value", "sk-in-argv"],
+        &["vault", "rekey", "--new-passphrase", "in argv too"],
+    ] {
+        let output = run(blufioctl().args(args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("unexpected argument"), "{}", stderr(&output));
+    }
+}
+
+#[test]
 fn completions_for_bash() {
     let output = run(blufioctl().args(["completions", "bash"]));
     assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
@@ -224,6 +242,7 @@ fn help_lists_commands_and_exit_codes() {
         "device",
         "remote",
         "usage",
+        "vault",
         "completions",
     ] {
         assert!(help.contains(command), "missing {command}: {help}");
@@ -240,9 +259,30 @@ fn help_lists_commands_and_exit_codes() {
     let output = run(blufioctl().args(["config", "--help"]));
     assert_eq!(output.status.code(), Some(0));
     let help = stdout(&output);
-    for command in ["get", "set", "validate", "reload"] {
+    for command in [
+        "get",
+        "set",
+        "validate",
+        "reload",
+        "set-secret",
+        "list-secrets",
+        "delete-secret",
+    ] {
         assert!(help.contains(command), "missing config {command}: {help}");
     }
+
+    let output = run(blufioctl().args(["vault", "--help"]));
+    assert_eq!(output.status.code(), Some(0));
+    let help = stdout(&output);
+    for command in ["status", "rekey"] {
+        assert!(help.contains(command), "missing vault {command}: {help}");
+    }
+    let output = run(blufioctl().args(["vault", "rekey", "--help"]));
+    let help = stdout(&output);
+    assert!(
+        help.contains("--new-passphrase") && help.contains("--new-key <FILE>"),
+        "{help}"
+    );
 }
 
 /// A stand-in for blufiod: the real generated `Control` service with canned answers, served on a
@@ -258,13 +298,15 @@ mod fake {
     use blufio_proto::control::v1::send_message_response::Event;
     use blufio_proto::control::v1::{
         Accepted, AddDeviceRequest, AddDeviceResponse, ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest,
-        CreateSessionResponse, DaemonState, DayUsage, DeleteSessionRequest, DeleteSessionResponse, Device,
-        GatewayStatus, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetMetricsResponse, GetSessionRequest,
-        GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, ListDevicesRequest,
-        ListDevicesResponse, ListSessionsRequest, ListSessionsResponse, ModelUsage, ReloadConfigRequest,
-        ReloadConfigResponse, RevokeDeviceRequest, RevokeDeviceResponse, SendMessageRequest, SendMessageResponse,
-        Session, SessionUsage, SetConfigRequest, SetConfigResponse, SubsystemStatus, TextDelta, TokenUsage,
-        ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
+        CreateSessionResponse, DaemonState, DayUsage, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest,
+        DeleteSessionResponse, Device, GatewayStatus, GetConfigRequest, GetConfigResponse, GetMetricsRequest,
+        GetMetricsResponse, GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse,
+        GetUsageRequest, GetUsageResponse, GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest,
+        ListDevicesResponse, ListSecretsRequest, ListSecretsResponse, ListSessionsRequest, ListSessionsResponse,
+        ModelUsage, PendingVaultKey, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse,
+        RevokeDeviceRequest, RevokeDeviceResponse, SecretInfo, SendMessageRequest, SendMessageResponse, Session,
+        SessionUsage, SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse, SubsystemStatus,
+        TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
     };
     use blufio_proto::httpsig;
     use tokio::sync::oneshot;
@@ -378,6 +420,14 @@ mod fake {
         "3F:A2:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:20:30:40:50:9C";
     /// A device name `AddDevice` refuses as taken.
     pub const TAKEN: &str = "taken";
+
+    /// The only secret value, passphrase and key material the fake accepts, so that tests see
+    /// exactly what arrived (without the newline that stdin or a file added).
+    pub const SECRET_VALUE: &str = "sk-fake-value";
+    pub const PASSPHRASE: &str = "correct horse battery";
+    pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    /// The secret that exists already (`SetSecret` replaces it) and that provider.api_key names.
+    pub const NAMED: &str = "anthropic";
 
     /// Session ids that make `SendMessage` misbehave, for the error paths.
     pub const OVER_BUDGET: &str = "over-budget";
@@ -740,18 +790,126 @@ mod fake {
 
         async fn set_config(&self, request: Request<SetConfigRequest>) -> Result<Response<SetConfigResponse>, Status> {
             let request = request.into_inner();
-            if request.key != "log.level" {
-                return Err(Status::permission_denied(
-                    "read-only access: config set needs write access",
-                ));
-            }
+            let overridden_by_env = match request.key.as_str() {
+                "log.level" => "BLUFIO_LOG__LEVEL",
+                "provider.api_key" => "",
+                _ => {
+                    return Err(Status::permission_denied(
+                        "read-only access: config set needs write access",
+                    ));
+                }
+            };
             Ok(Response::new(SetConfigResponse {
                 config_path: "/etc/blufio/blufiod.toml".into(),
-                entry: Some(entry("log.level", &format!("\"{}\"", request.value), false)),
+                entry: Some(entry(&request.key, &format!("\"{}\"", request.value), false)),
                 applied_live: true,
                 restart_required: vec![],
-                overridden_by_env: "BLUFIO_LOG__LEVEL".into(),
+                overridden_by_env: overridden_by_env.into(),
             }))
+        }
+
+        async fn set_secret(&self, request: Request<SetSecretRequest>) -> Result<Response<SetSecretResponse>, Status> {
+            let request = request.into_inner();
+            if request.value != SECRET_VALUE {
+                return Err(Status::invalid_argument(format!(
+                    "unexpected value {:?}",
+                    request.value
+                )));
+            }
+            let named = request.name == NAMED;
+            Ok(Response::new(SetSecretResponse {
+                created: !named,
+                referenced_by: if named { vec!["provider.api_key".into()] } else { vec![] },
+            }))
+        }
+
+        async fn list_secrets(
+            &self,
+            _request: Request<ListSecretsRequest>,
+        ) -> Result<Response<ListSecretsResponse>, Status> {
+            Ok(Response::new(ListSecretsResponse {
+                secrets: vec![
+                    SecretInfo {
+                        name: NAMED.into(),
+                        created_at: 1_764_000_000,
+                        updated_at: 1_764_000_100,
+                        last_used_at: 1_764_000_200,
+                        referenced_by: vec!["provider.api_key".into()],
+                        preview: "…alue".into(),
+                    },
+                    SecretInfo {
+                        name: "metrics".into(),
+                        created_at: 1_764_000_000,
+                        updated_at: 1_764_000_000,
+                        last_used_at: 0,
+                        referenced_by: vec![],
+                        preview: String::new(),
+                    },
+                ],
+            }))
+        }
+
+        async fn delete_secret(
+            &self,
+            request: Request<DeleteSecretRequest>,
+        ) -> Result<Response<DeleteSecretResponse>, Status> {
+            let DeleteSecretRequest { name, force } = request.into_inner();
+            match name.as_str() {
+                NAMED if !force => Err(Status::failed_precondition(format!(
+                    "secret `{name}` is named by provider.api_key; give that key another secret (or unset it) first, \
+                     or delete with --force; nothing was deleted"
+                ))),
+                NAMED => Ok(Response::new(DeleteSecretResponse {
+                    referenced_by: vec!["provider.api_key".into()],
+                })),
+                "metrics" => Ok(Response::new(DeleteSecretResponse::default())),
+                _ => Err(Status::not_found(format!("no secret named `{name}` in the vault"))),
+            }
+        }
+
+        async fn get_vault_status(
+            &self,
+            _request: Request<GetVaultStatusRequest>,
+        ) -> Result<Response<GetVaultStatusResponse>, Status> {
+            Ok(Response::new(GetVaultStatusResponse {
+                key_source: "generated".into(),
+                key_source_detail: "generated key file /var/lib/blufio/vault.key".into(),
+                key_beside_data: true,
+                kdf: "hkdf-sha256".into(),
+                cipher: "xchacha20-poly1305".into(),
+                entries: 2,
+                key_created_at: 1_764_000_000,
+                pending: Some(PendingVaultKey {
+                    key_source: "passphrase".into(),
+                    created_at: 1_764_000_300,
+                }),
+                ..GetVaultStatusResponse::default()
+            }))
+        }
+
+        /// Completes a generated key; a passphrase or key material is pending, when it is the
+        /// expected one.
+        async fn rekey_vault(
+            &self,
+            request: Request<RekeyVaultRequest>,
+        ) -> Result<Response<RekeyVaultResponse>, Status> {
+            use blufio_proto::control::v1::rekey_vault_request::NewKey;
+            let pending = |kind: &str| RekeyVaultResponse {
+                completed: false,
+                pending_key_source: kind.into(),
+                next_step: format!("supply the new {kind} and restart blufiod"),
+            };
+            let response = match request.into_inner().new_key {
+                Some(NewKey::Generate(true)) => RekeyVaultResponse {
+                    completed: true,
+                    pending_key_source: String::new(),
+                    next_step: "the new key is in place".into(),
+                },
+                Some(NewKey::Passphrase(passphrase)) if passphrase == PASSPHRASE => pending("passphrase"),
+                Some(NewKey::Key(key)) if key == KEY_HEX.as_bytes() => pending("credential"),
+                other => return Err(Status::invalid_argument(format!("unexpected new key {other:?}"))),
+            };
+            Ok(Response::new(response))
         }
 
         async fn validate_config(
@@ -791,6 +949,218 @@ fn against(daemon: &fake::FakeDaemon) -> Command {
     let mut command = blufioctl();
     command.arg("--socket").arg(daemon.socket());
     command
+}
+
+/// Runs `command` with `input` on its stdin (a pipe, not a terminal).
+fn run_with_stdin(command: &mut Command, input: &str) -> Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn set_secret_reads_the_value_from_stdin() {
+    let daemon = fake::FakeDaemon::start();
+    let value = fake::SECRET_VALUE;
+    let output = run_with_stdin(
+        against(&daemon).args(["config", "set-secret", "metrics", "--json"]),
+        &format!("{value}\r\n"),
+    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"name": "metrics", "created": true, "referenced_by": [], "config_set": null})
+    );
+
+    let output = run_with_stdin(
+        against(&daemon).args(["config", "set-secret", fake::NAMED]),
+        &format!("{value}\n"),
+    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "replaced secret anthropic\nreferenced by: provider.api_key\n"
+    );
+
+    // --for also points the key at the secret, and both answers are printed.
+    let output = run_with_stdin(
+        against(&daemon).args(["config", "set-secret", "openai", "--for", "provider.api_key", "--json"]),
+        value,
+    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["created"], true);
+    assert_eq!(json["config_set"]["entry"]["key"], "provider.api_key");
+    assert_eq!(json["config_set"]["entry"]["value"], "secret:openai");
+    let output = run_with_stdin(
+        against(&daemon).args(["config", "set-secret", "openai", "--for", "provider.api_key"]),
+        value,
+    );
+    assert_eq!(
+        stdout(&output),
+        "created secret openai\nset provider.api_key = \"secret:openai\" in /etc/blufio/blufiod.toml\napplied live\n"
+    );
+
+    // The secret is stored even when the key cannot be set; the error says both.
+    let output = run_with_stdin(
+        against(&daemon).args(["config", "set-secret", "openai", "--for", "control.socket"]),
+        value,
+    );
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr(&output).starts_with(
+            "error: created secret `openai`, but cannot set control.socket: read-only access: config set needs write access\n"
+        ),
+        "stderr: {}",
+        stderr(&output)
+    );
+
+    let output = run(against(&daemon).args(["config", "set-secret", "metrics"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "error: no value for secret `metrics` on stdin (it is read from there when stdin is not a terminal); \
+         nothing was sent\n"
+    );
+}
+
+#[test]
+fn list_and_delete_secrets() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["config", "list-secrets", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"secrets": [
+            {"name": "anthropic", "created_at": 1_764_000_000, "updated_at": 1_764_000_100,
+             "last_used_at": 1_764_000_200, "referenced_by": ["provider.api_key"], "preview": "…alue"},
+            {"name": "metrics", "created_at": 1_764_000_000, "updated_at": 1_764_000_000,
+             "last_used_at": null, "referenced_by": [], "preview": null}
+        ]})
+    );
+    let output = run(against(&daemon).args(["config", "list-secrets", "--plain"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with("NAME\tCREATED\tUPDATED\tLAST USED\tREFERENCED BY\tPREVIEW\nanthropic\t"),
+        "{text}"
+    );
+    assert!(text.contains("\tprovider.api_key\t…alue\n"), "{text}");
+    assert!(text.contains("\tnever\tnone\t\n"), "{text}");
+
+    // A secret that a key names is kept, with the daemon's reason.
+    let output = run(against(&daemon).args(["config", "delete-secret", fake::NAMED, "--json"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        stderr(&output),
+        "error: secret `anthropic` is named by provider.api_key; give that key another secret (or unset it) \
+         first, or delete with --force; nothing was deleted\n"
+    );
+    let output = run(against(&daemon).args(["config", "delete-secret", fake::NAMED, "--force"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), "deleted secret anthropic\n");
+    assert!(
+        stderr(&output).starts_with("warning: `secret:anthropic` is still named by provider.api_key;"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(against(&daemon).args(["config", "delete-secret", "metrics", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json, serde_json::json!({"name": "metrics", "referenced_by": []}));
+    assert!(output.stderr.is_empty(), "{}", stderr(&output));
+
+    let output = run(against(&daemon).args(["config", "delete-secret", "nope"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "error: no secret named `nope` in the vault\nhint: 'blufioctl config list-secrets' shows the secrets\n"
+    );
+}
+
+#[test]
+fn vault_status_and_rekey() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["vault", "status", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"key_source": "generated",
+                           "key_source_detail": "generated key file /var/lib/blufio/vault.key",
+                           "key_beside_data": true, "kdf": "hkdf-sha256", "argon2": null,
+                           "cipher": "xchacha20-poly1305", "entries": 2, "key_created_at": 1_764_000_000,
+                           "pending": {"key_source": "passphrase", "created_at": 1_764_000_300}})
+    );
+    let output = run(against(&daemon).args(["vault", "status"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("key source:     generated key file /var/lib/blufio/vault.key\n"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stderr(&output).starts_with("warning: the vault key sits in the state directory beside the data"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(against(&daemon).args(["vault", "rekey"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), "vault rekey completed\nthe new key is in place\n");
+
+    let output = run_with_stdin(
+        against(&daemon).args(["vault", "rekey", "--new-passphrase", "--json"]),
+        &format!("{}\n", fake::PASSPHRASE),
+    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"completed": false, "pending_key_source": "passphrase",
+                           "next_step": "supply the new passphrase and restart blufiod"})
+    );
+
+    // Key material loses its trailing whitespace, from a file or from stdin.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("vault-key");
+    std::fs::write(&key, format!("{}\n", fake::KEY_HEX)).expect("write");
+    let output = run(against(&daemon).args(["vault", "rekey", "--new-key"]).arg(&key));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "vault rekey pending: blufiod waits for the new credential\nsupply the new credential and restart blufiod\n"
+    );
+    let output = run_with_stdin(
+        against(&daemon).args(["vault", "rekey", "--new-key", "-"]),
+        &format!("{} \n", fake::KEY_HEX),
+    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+
+    let output = run(against(&daemon)
+        .args(["vault", "rekey", "--new-key"])
+        .arg(dir.path().join("absent")));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).starts_with(&format!(
+            "error: cannot read the new key from {}: ",
+            dir.path().join("absent").display()
+        )),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -364,8 +364,10 @@ mod tests {
             error.contains("provider.api_key") && error.contains("config set-secret openai"),
             "{error}"
         );
-        let mut config = Config::default();
-        config.provider = named;
+        let mut config = Config {
+            provider: named,
+            ..Config::default()
+        };
         assert!(secrets.check(&config).unwrap_err().contains("secret:openai"));
         secrets.vault().set("openai", &Secret("sk-1".into())).await.unwrap();
         secrets.check(&config).unwrap();

@@ -306,7 +306,7 @@ fn provider_keys_apply_to_the_next_call() {
     );
     let request = last(&other);
     assert_eq!(request.path, "/v1/chat/completions");
-    assert_eq!(request.header("authorization"), Some("Bearer live-key-2"));
+    assert_eq!(request.header("authorization"), Some("Bearer live-key-3"));
 }
 
 #[test]

@@ -60,7 +60,7 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
         dir.clone(),
         DaemonOptions {
             config: format!(
-                "{}[log]\nlevel = \"trace\"\n[tools.run_command]\nenabled = true\nallow = [\"env\"]\n",
+                "{}[log]\nlevel = \"trace\"\n[tools.run_command]\nenabled = true\nallow = [\"/usr/bin/env\"]\n",
                 provider_config(&fake)
             ),
             env: vec![
@@ -70,7 +70,7 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
             ..DaemonOptions::default()
         },
     );
-    let vault = daemon.ctl_json(&["vault", "status", "--json"]);
+    let vault = daemon.ctl_json(&["vault", "status"]);
     assert_eq!(vault["key_source"], "passphrase", "{vault}");
 
     // A literal is refused by `config set`, without echoing it, and nothing is written.
@@ -82,19 +82,19 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
     assert_eq!(std::fs::read_to_string(&daemon.config_path).unwrap(), before);
 
     // Until provider.api_key names a secret, the environment's key is in effect, and status says so.
-    let status = daemon.ctl_json(&["status", "--json"]);
+    let status = daemon.ctl_json(&["status"]);
     assert!(status.to_string().contains("ANTHROPIC_API_KEY"), "{status}");
 
     ok(&daemon.ctl_input(&["config", "set-secret", "anthropic"], format!("{CANARY}\n").as_bytes()));
     ok(&daemon.ctl(&["config", "set", "provider.api_key", "secret:anthropic"]));
-    let status = daemon.ctl_json(&["status", "--json"]);
+    let status = daemon.ctl_json(&["status"]);
     assert!(status.to_string().contains("vault secret `anthropic`"), "{status}");
 
     // A turn that runs `env` in a tool child, then answers.
     fake.push(Script::tool_use(
         "call-1",
         "run_command",
-        serde_json::json!({"command": "env"}),
+        serde_json::json!({"program": "/usr/bin/env", "args": []}),
     ));
     fake.push(Script::text("done", 1));
     let chat = daemon.ctl(&["chat", "show me the environment"]);
@@ -109,7 +109,7 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
         );
     }
     // The tool's result (the child's whole environment) is in the second request's body.
-    let child_env = String::from_utf8_lossy(&requests[1].body).into_owned();
+    let child_env = requests[1].body.to_string();
     assert!(
         child_env.contains("PATH="),
         "the child's environment was sent back: {child_env}"
@@ -141,7 +141,7 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
         assert!(!output.status.success(), "{}", describe(&output));
         seen.push((format!("blufioctl {}", args.join(" ")), describe(&output).into_bytes()));
     }
-    let listed = daemon.ctl_json(&["config", "list-secrets", "--json"]);
+    let listed = daemon.ctl_json(&["config", "list-secrets"]);
     assert!(listed.to_string().contains("provider.api_key"), "{listed}");
     assert!(
         listed.to_string().contains("d836"),
@@ -151,9 +151,10 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
     seen.push(("/metrics".into(), daemon.metrics_text().into_bytes()));
     daemon.stop();
     seen.push(("the daemon's log at trace".into(), daemon.stderr().into_bytes()));
+    let log = daemon.stderr();
     assert!(
-        daemon.stderr().contains("secret stored in the vault"),
-        "the trace log is really there"
+        log.contains("secret stored in the vault") && log.contains(" TRACE "),
+        "the log is really at trace level: {log}"
     );
     for file in files_under(&dir.path().join("state")) {
         seen.push((file.display().to_string(), std::fs::read(&file).unwrap()));
@@ -290,7 +291,7 @@ fn rekeys_keep_every_secret() {
     // A passphrase rekey waits for the passphrase.
     let passphrase = "a new passphrase for the vault";
     ok(&daemon.ctl_input(&["vault", "rekey", "--new-passphrase"], passphrase.as_bytes()));
-    let status = daemon.ctl_json(&["vault", "status", "--json"]);
+    let status = daemon.ctl_json(&["vault", "status"]);
     assert_eq!(status["pending"]["key_source"], "passphrase", "{status}");
     daemon.stop();
 
@@ -302,7 +303,7 @@ fn rekeys_keep_every_secret() {
             ..DaemonOptions::default()
         },
     );
-    let status = daemon.ctl_json(&["vault", "status", "--json"]);
+    let status = daemon.ctl_json(&["vault", "status"]);
     assert_eq!(status["key_source"], "passphrase", "{status}");
     assert!(status.get("pending").is_none_or(serde_json::Value::is_null), "{status}");
     assert!(!generated.exists(), "the key beside the data is gone");

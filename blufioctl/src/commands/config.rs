@@ -1,5 +1,6 @@
-//! `blufioctl config get|set|validate|reload`: the daemon's effective configuration, one change
-//! to its file, a validation, and a reload.
+//! `blufioctl config get|set|unset|validate|reload`: the daemon's effective configuration, one
+//! change to its file, a validation, and a reload. The secret subcommands (`set-secret`,
+//! `list-secrets`, `delete-secret`) are [`super::vault`]'s.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,17 @@ pub async fn run(context: &Context<'_>, command: ConfigCommand) -> Result<Outcom
         ConfigCommand::Unset { key, output: args } => unset(context, key, args).await,
         ConfigCommand::Validate { file, output: args } => validate(context, file, args).await,
         ConfigCommand::Reload(args) => reload(context, args).await,
+        ConfigCommand::SetSecret {
+            name,
+            for_key,
+            output: args,
+        } => super::vault::set_secret(context, name, for_key, args).await,
+        ConfigCommand::ListSecrets(args) => super::vault::list_secrets(context, args).await,
+        ConfigCommand::DeleteSecret {
+            name,
+            force,
+            output: args,
+        } => super::vault::delete_secret(context, name, force, args).await,
     }
 }
 
@@ -373,8 +385,9 @@ impl<'a> From<&'a ConfigEntry> for EntryJson<'a> {
     }
 }
 
+/// `config set --json`, also inside `config set-secret --for KEY --json`.
 #[derive(Debug, Serialize)]
-struct ConfigSetJson<'a> {
+pub(super) struct ConfigSetJson<'a> {
     config_path: &'a str,
     entry: Option<EntryJson<'a>>,
     applied_live: bool,

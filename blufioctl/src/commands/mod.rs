@@ -17,6 +17,7 @@ pub mod sessions;
 pub mod shell;
 pub mod status;
 pub mod usage;
+pub mod vault;
 
 use std::io::{self, IsTerminal as _};
 use std::path::PathBuf;

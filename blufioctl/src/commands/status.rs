@@ -102,6 +102,9 @@ impl Render for Status<'_> {
                     .collect::<Vec<_>>()
                     .join(" / ");
                 rows.push(("provider".into(), Cell::plain(&provider)));
+                let key = non_empty(&sessions.provider_key_source)
+                    .map_or_else(|| Cell::painted(style, Paint::Dim, "none"), Cell::plain);
+                rows.push(("  key".into(), key));
             }
             if !sessions.provider_problem.is_empty() {
                 warnings.push(sessions.provider_problem.clone());
@@ -327,6 +330,7 @@ struct SessionsJson<'a> {
     provider: &'a str,
     model: &'a str,
     provider_problem: Option<&'a str>,
+    provider_key_source: Option<&'a str>,
 }
 
 impl<'a> From<&'a SessionsStatus> for SessionsJson<'a> {
@@ -339,6 +343,7 @@ impl<'a> From<&'a SessionsStatus> for SessionsJson<'a> {
             provider: &sessions.provider,
             model: &sessions.model,
             provider_problem: non_empty(&sessions.provider_problem),
+            provider_key_source: non_empty(&sessions.provider_key_source),
         }
     }
 }
@@ -488,6 +493,7 @@ access:        read-only
                 provider: "anthropic".into(),
                 model: "claude-sonnet-4-5".into(),
                 provider_problem: "no API key: set BLUFIO_PROVIDER__API_KEY".into(),
+                provider_key_source: String::new(),
             }),
             cost: Some(CostStatus {
                 today_usd: 0.125,
@@ -507,7 +513,7 @@ access:        read-only
         assert!(stdout.contains("\nsubsystems: none\n"));
         assert!(stdout.contains("\nsessions: 2 active, 1 turn in flight, 3 queued, 15 total\n"));
         assert!(
-            stdout.contains("\nprovider: anthropic / claude-sonnet-4-5\n"),
+            stdout.contains("\nprovider: anthropic / claude-sonnet-4-5\n  key: none\n"),
             "{stdout}"
         );
         assert!(stdout.contains("\ncost: $0.125 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
@@ -519,7 +525,7 @@ access:        read-only
             value["sessions"],
             json!({"active_sessions": 2, "turns_in_flight": 1, "turns_queued": 3, "total_sessions": 15,
                    "provider": "anthropic", "model": "claude-sonnet-4-5",
-                   "provider_problem": "no API key: set BLUFIO_PROVIDER__API_KEY"})
+                   "provider_problem": "no API key: set BLUFIO_PROVIDER__API_KEY", "provider_key_source": null})
         );
         assert_eq!(
             value["cost"],
@@ -527,12 +533,25 @@ access:        read-only
                    "reserved_usd": 0.05})
         );
         let healthy = GetStatusResponse {
-            sessions: Some(SessionsStatus::default()),
+            sessions: Some(SessionsStatus {
+                provider: "anthropic".into(),
+                provider_key_source: "vault secret `anthropic`".into(),
+                ..SessionsStatus::default()
+            }),
             ..sample_status()
         };
-        assert!(Status(&healthy).human(Style::PLAIN).warnings.is_empty());
+        let human = Status(&healthy).human(ALIGNED);
+        assert!(human.warnings.is_empty());
+        assert!(
+            human
+                .stdout
+                .contains("\nprovider:      anthropic\n  key:         vault secret `anthropic`\n"),
+            "{}",
+            human.stdout
+        );
         let value = serde_json::to_value(Status(&healthy).json()).expect("serializes");
         assert_eq!(value["sessions"]["provider_problem"], serde_json::Value::Null);
+        assert_eq!(value["sessions"]["provider_key_source"], "vault secret `anthropic`");
     }
 
     #[test]

@@ -748,6 +748,8 @@ impl From<StatusJson> for GetStatusResponse {
                 provider: status.sessions.provider,
                 model: status.sessions.model,
                 provider_problem: status.sessions.provider_problem.unwrap_or_default(),
+                // The gateway does not say where the key comes from: `remote status` shows null.
+                provider_key_source: String::new(),
             }),
             memory: Some(MemoryStatus {
                 rss_bytes: status.memory.rss_bytes,

@@ -236,6 +236,9 @@ pub struct AgentDeps {
     pub token: CancellationToken,
 }
 
+/// A provider client with the config and the vault generation it was built for.
+type CachedProvider = (ProviderConfig, u64, Arc<dyn Provider>);
+
 /// The agent.
 pub struct Agent {
     storage: Storage,
@@ -253,7 +256,7 @@ pub struct Agent {
     running: AtomicUsize,
     sessions: Mutex<SessionLocks>,
     /// The provider client, with the config and the vault generation it was built for.
-    provider: Mutex<Option<(ProviderConfig, u64, Arc<dyn Provider>)>>,
+    provider: Mutex<Option<CachedProvider>>,
     tools: Mutex<Option<(ToolsConfig, Arc<Tools>)>>,
     token: CancellationToken,
     turns: TaskTracker,

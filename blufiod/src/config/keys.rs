@@ -530,7 +530,10 @@ mod tests {
         let error = load_from(Some("[provider]\napi_key = \"secret:Bad Name\"\n"), None, false)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("does not name a vault secret"), "{error}");
+        assert!(
+            error.contains("does not name a vault secret") && !error.contains("Bad Name"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -600,10 +600,10 @@ impl Config {
                     "{key}: an empty secret is not a value; name a vault secret (`secret:NAME`), or remove the key to have none"
                 )),
                 Some(SecretSetting::Vault(name)) => {
+                    // Not echoed: what follows `secret:` may be a key pasted in the wrong place.
                     if let Some(problem) = secret_name_problem(name) {
                         problems.push(format!(
-                            "{key}: `{SECRET_REFERENCE_PREFIX}{}` does not name a vault secret: {problem}",
-                            name.chars().take(65).collect::<String>()
+                            "{key}: the text after `{SECRET_REFERENCE_PREFIX}` does not name a vault secret: {problem}"
                         ));
                     }
                 }

@@ -452,8 +452,8 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::RekeyVaultRequest>,
     ) -> Result<Response<pb::RekeyVaultResponse>, Status> {
-        use pb::rekey_vault_request::NewKey as Given;
         self.authorize(&request, "RekeyVault")?;
+        use pb::rekey_vault_request::NewKey as Given;
         let new = match request.into_inner().new_key {
             None | Some(Given::Generate(_)) => NewKey::Generate,
             Some(Given::Passphrase(passphrase)) => NewKey::Passphrase(zeroize::Zeroizing::new(passphrase)),

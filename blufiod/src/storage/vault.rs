@@ -1,5 +1,5 @@
 //! The vault's rows: key slots and sealed entries. Storage sees only bytes; what they mean (and
-//! every key) stays in `crate::vault`.
+//! every key) stays with the vault.
 
 use super::{Storage, StorageError, unix_now};
 
@@ -74,6 +74,8 @@ type SlotRow = (
     Vec<u8>,
     i64,
 );
+
+type EntryRow = (String, Vec<u8>, Vec<u8>, i64, i64, Option<i64>);
 
 fn query_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
     move |source| StorageError::Query { operation, source }
@@ -206,7 +208,7 @@ impl Storage {
     /// Every sealed entry.
     pub async fn vault_entries(&self) -> Result<Vec<VaultEntryRecord>, StorageError> {
         let pools = self.pools.read().await;
-        let rows: Vec<(String, Vec<u8>, Vec<u8>, i64, i64, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT name, nonce, ciphertext, created_at, updated_at, last_used_at FROM vault_entries ORDER BY name",
         )
         .fetch_all(&pools.reader)

@@ -1,3 +1,6 @@
+//! The vault against a real database in a temp directory: creation, wrong keys, rekeys and crashes
+//! between their steps, damaged rows, bounds.
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
