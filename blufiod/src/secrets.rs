@@ -355,6 +355,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_vault_check_warns_of_a_key_beside_the_data_and_fails_a_missing_secret() {
+        use crate::health::Level;
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::new(vault(dir.path()).await, |_| None);
+        let loaded = |text: &str| ConfigHandle::new(crate::config::load_from(Some(text), None, false).unwrap());
+        let empty = loaded("");
+        let finding = secrets.finding(&empty, &[]);
+        assert_eq!(finding.level, Level::Warn, "{finding:?}");
+        assert!(finding.detail.contains("beside the data"), "{finding:?}");
+
+        let dangling = loaded("[provider]\napi_key = \"secret:anthropic\"\n");
+        let finding = secrets.finding(&dangling, &[]);
+        assert_eq!(finding.level, Level::Fail, "{finding:?}");
+        assert!(finding.detail.contains("secret:anthropic"), "{finding:?}");
+
+        let finding = secrets.finding(&empty, &[("provider.api_key", Secret("sk-in-clear".into()))]);
+        assert_eq!(finding.level, Level::Warn);
+        assert!(
+            finding.detail.contains("in clear") && !format!("{finding:?}").contains("sk-in-clear"),
+            "{finding:?}"
+        );
+
+        // A passphrase vault with its secrets present is fine.
+        let other = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageOptions {
+            path: other.path().join("blufio.db"),
+            busy_timeout: Duration::from_secs(1),
+            read_connections: 1,
+        })
+        .await
+        .unwrap();
+        let inputs = SourceInputs {
+            state_dir: other.path().to_owned(),
+            euid: nix::unistd::geteuid().as_raw(),
+            passphrase: Some(zeroize::Zeroizing::new("a passphrase of length".to_owned())),
+            ..SourceInputs::default()
+        };
+        let secrets = Secrets::new(Vault::open(storage, inputs).await.unwrap(), |_| None);
+        secrets.vault().set("anthropic", &Secret("sk-1".into())).await.unwrap();
+        let finding = secrets.finding(&dangling, &[]);
+        assert_eq!(finding.level, Level::Ok, "{finding:?}");
+    }
+
+    #[tokio::test]
     async fn a_missing_entry_is_an_error_that_names_the_key_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let secrets = Secrets::new(vault(dir.path()).await, |_| Some(String::new()));

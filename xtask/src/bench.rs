@@ -92,6 +92,8 @@ fn startup(runs: usize) -> Result<()> {
     let bin = build_release()?;
     let mut fresh = Vec::new();
     let mut warm = Vec::new();
+    let mut passphrase = Vec::new();
+    let mut peaks = Vec::new();
     for _ in 0..runs {
         // One directory per run: the first start creates and migrates, the second finds it.
         let dir = new_dir();
@@ -100,10 +102,34 @@ fn startup(runs: usize) -> Result<()> {
             samples.push(daemon.wait_ready());
             stop(daemon)?;
         }
+        // A vault sealed with a passphrase: Argon2id (19 MiB, 2 passes) on every start.
+        let dir = new_dir();
+        for first in [true, false] {
+            let mut options = release_daemon(&bin, "");
+            options.env.push((
+                "BLUFIO_VAULT_PASSPHRASE".to_owned(),
+                "a passphrase for the bench".to_owned(),
+            ));
+            let daemon = Daemon::start_with(dir.clone(), options);
+            let ready = daemon.wait_ready();
+            if !first {
+                passphrase.push(ready);
+                peaks.push(rss(daemon.pid().as_raw())?);
+            }
+            stop(daemon)?;
+        }
     }
     println!("exec -> READY=1 over {runs} runs (release build)");
     report("  fresh state dir (create + migrate)", &mut fresh);
     report("  existing state dir", &mut warm);
+    report(
+        "  existing state dir, vault key from a passphrase (Argon2id)",
+        &mut passphrase,
+    );
+    println!(
+        "  with the passphrase, at READY=1: {}",
+        peaks.last().map_or("", String::as_str)
+    );
     Ok(())
 }
 

@@ -706,6 +706,9 @@ struct StatusSessionsJson {
     provider: String,
     model: String,
     provider_problem: Option<String>,
+    // Absent from the status of a daemon older than the vault.
+    #[serde(default)]
+    provider_key_source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -748,8 +751,7 @@ impl From<StatusJson> for GetStatusResponse {
                 provider: status.sessions.provider,
                 model: status.sessions.model,
                 provider_problem: status.sessions.provider_problem.unwrap_or_default(),
-                // The gateway does not say where the key comes from: `remote status` shows null.
-                provider_key_source: String::new(),
+                provider_key_source: status.sessions.provider_key_source.unwrap_or_default(),
             }),
             memory: Some(MemoryStatus {
                 rss_bytes: status.memory.rss_bytes,

@@ -211,6 +211,8 @@ pub struct AgentStatus {
     pub model: String,
     /// Why the provider cannot be called, if it cannot.
     pub provider_problem: Option<String>,
+    /// Where the provider's key comes from (never the key); `None` when there is none.
+    pub provider_key_source: Option<String>,
     /// Spend.
     pub budget: BudgetSnapshot,
 }
@@ -630,6 +632,10 @@ impl Agent {
             provider: provider.kind.as_str(),
             model: provider.model(),
             provider_problem: provider_problem(&config.config, &self.secrets).err(),
+            provider_key_source: self
+                .secrets
+                .provider_key_source(&config.config.provider)
+                .map(|source| source.describe()),
             budget: self.budget.snapshot(&Period::now()),
         }
     }

@@ -92,12 +92,7 @@ impl pb::control_server::Control for ControlService {
                 provider: agent.provider.to_owned(),
                 model: agent.model,
                 provider_problem: agent.provider_problem.unwrap_or_default(),
-                provider_key_source: self
-                    .deps
-                    .secrets
-                    .provider_key_source(&self.deps.live.get().config.provider)
-                    .map(|source| source.describe())
-                    .unwrap_or_default(),
+                provider_key_source: agent.provider_key_source.unwrap_or_default(),
             }),
             memory: Some(memory_status(&self.deps.memory.observe())),
             cost: Some(pb::CostStatus {
@@ -458,7 +453,7 @@ impl pb::control_server::Control for ControlService {
             None | Some(Given::Generate(_)) => NewKey::Generate,
             Some(Given::Passphrase(passphrase)) => NewKey::Passphrase(zeroize::Zeroizing::new(passphrase)),
             Some(Given::Key(key)) => {
-                let mut key = zeroize::Zeroizing::new(key.to_vec());
+                let mut key = zeroize::Zeroizing::new(key);
                 let kept = key.trim_ascii_end().len();
                 zeroize::Zeroize::zeroize(&mut key[kept..]);
                 key.truncate(kept);

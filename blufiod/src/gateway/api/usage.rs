@@ -48,6 +48,7 @@ pub(super) async fn status(gateway: &Arc<Gateway>) -> Result<Response<Body>, Pro
                 "provider": agent.provider,
                 "model": agent.model,
                 "provider_problem": agent.provider_problem,
+                "provider_key_source": agent.provider_key_source,
             },
             "memory": {
                 "rss_bytes": memory.used.rss_bytes,
