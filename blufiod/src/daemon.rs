@@ -279,15 +279,9 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     })
     .await
     .map_err(DaemonError::Storage)?;
-    let (run, previous_run_unclean) = storage
-        .record_start(std::process::id(), VERSION)
-        .await
-        .map_err(DaemonError::Storage)?;
-    if previous_run_unclean {
-        tracing::warn!("the previous run of blufiod did not shut down cleanly");
-    }
     tracing::info!(database = %paths.database.display(), "database open and migrated");
 
+    // Before anything is recorded: a refused key leaves the database as it was.
     notifier.status("starting: opening the vault");
     let vault = Vault::open(
         storage.clone(),
@@ -309,6 +303,14 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     .map_err(DaemonError::Vault)?;
     tracing::info!(source = %vault.status().source.describe(), "vault open");
     let secrets = Secrets::new(vault.clone(), |name| std::env::var(name).ok());
+
+    let (run, previous_run_unclean) = storage
+        .record_start(std::process::id(), VERSION)
+        .await
+        .map_err(DaemonError::Storage)?;
+    if previous_run_unclean {
+        tracing::warn!("the previous run of blufiod did not shut down cleanly");
+    }
 
     let bound_gateway = if config.gateway.enabled {
         notifier.status("starting: binding the gateway");

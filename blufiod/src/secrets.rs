@@ -16,14 +16,15 @@ use crate::config::{
     SECRET_REFERENCE_PREFIX, Secret, SecretSetting,
 };
 use crate::health::{Check, Finding, Health};
-use crate::vault::{SourceKind, Vault, VaultError};
+use crate::vault::{Vault, VaultError};
 
 /// Where a resolved secret came from, for status and logs (never the value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// A vault entry.
     Vault(String),
-    /// A value in the configuration itself (from a `BLUFIO_*` variable).
+    /// A value in the configuration itself (a `BLUFIO_*` variable, or a config file blufiod could
+    /// not rewrite).
     Config,
     /// A provider's conventional environment variable.
     Environment(&'static str),
@@ -34,7 +35,7 @@ impl SecretSource {
     pub fn describe(&self) -> String {
         match self {
             Self::Vault(name) => format!("vault secret `{name}`"),
-            Self::Config => "the configuration (a value in clear from the environment)".to_owned(),
+            Self::Config => "the configuration (a value in clear, not in the vault)".to_owned(),
             Self::Environment(name) => format!("environment variable {name}"),
         }
     }
@@ -131,16 +132,25 @@ impl Secrets {
         }
     }
 
-    /// The bearer token `/metrics` requires, if one is configured.
+    /// The bearer token `/metrics` requires, if one is configured: for comparing with what a
+    /// request sends, which is not a use of it (see [`Secrets::metrics_token_used`]).
     pub fn metrics_token(&self, gateway: &GatewayConfig) -> Result<Option<Secret>, SecretError> {
+        let key = "gateway.metrics_token";
         gateway
             .metrics_token
             .as_ref()
-            .map(|setting| {
-                self.resolve("gateway.metrics_token", setting)
-                    .map(|resolved| resolved.value)
+            .map(|setting| match setting {
+                SecretSetting::Vault(name) => self.vault.inspect(name).map_err(|source| SecretError { key, source }),
+                SecretSetting::Literal(value) => Ok(value.clone()),
             })
             .transpose()
+    }
+
+    /// Records that a scrape presented the metrics token.
+    pub fn metrics_token_used(&self, gateway: &GatewayConfig) {
+        if let Some(SecretSetting::Vault(name)) = &gateway.metrics_token {
+            self.vault.note_use(name);
+        }
     }
 
     /// A generation that changes whenever a vault entry does: what caches a client built with
@@ -245,7 +255,7 @@ impl Secrets {
                 ),
             );
         }
-        if status.source.kind == SourceKind::Generated {
+        if status.source.beside_data {
             return Finding::warn(
                 format!("the vault key is {}", status.source.describe()),
                 "a copy of the state directory is a copy of the secrets: give blufiod a systemd credential (LoadCredentialEncrypted=vault-key), a vault.key_file elsewhere or a passphrase, with `blufioctl vault rekey --new-key FILE` or `--new-passphrase`",

@@ -16,12 +16,12 @@ use support::{Daemon, DaemonOptions, describe, new_dir};
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// One turn slot (so a second turn queues), caps to count down, the file tools on, and a memory
-/// limit whose warn threshold (1 % of 1 GiB) the daemon is always above and whose refuse
-/// threshold it never reaches.
+/// limit whose refuse threshold the daemon never reaches; the test then lowers the warn threshold
+/// to 1 % of 1 GiB, which the daemon is always above, so the level changes after the first scrape.
 const CONFIG: &str = "[budget]\ndaily_usd = 5.0\nmonthly_usd = 50.0\n\
     [agent]\nmax_concurrent_turns = 1\n\
     [tools.files]\nenabled = true\n\
-    [memory]\nlimit_mib = 1024\nwarn_percent = 1\npressure_percent = 100\n";
+    [memory]\nlimit_mib = 1024\nwarn_percent = 100\npressure_percent = 100\n";
 
 /// `promtool check metrics` on `text`: exit 0 and no lint output.
 fn promtool_accepts(text: &str, what: &str) {
@@ -70,6 +70,7 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
         },
     );
     let before = daemon.metrics();
+    daemon.ctl_json(&["config", "set", "memory.warn_percent", "1"]);
 
     // A chat over the socket, with every kind of token.
     fake.push(Script::Text {

@@ -118,6 +118,13 @@ fn a_key_can_be_unset_and_an_empty_secret_is_refused() {
     let shown = support::describe(&empty);
     assert_eq!(empty.status.code(), Some(1), "{shown}");
     assert!(shown.contains("takes the name of a secret in the vault"), "{shown}");
+    // A reference is exactly `secret:NAME`: with a space in front it would be a literal.
+    let spaced = daemon.ctl(&["config", "set", "gateway.metrics_token", " secret:metrics"]);
+    assert!(
+        support::describe(&spaced).contains("takes the name of a secret in the vault"),
+        "{}",
+        support::describe(&spaced)
+    );
     let nameless = daemon.ctl(&["config", "set", "gateway.metrics_token", "secret:"]);
     let shown = support::describe(&nameless);
     assert_eq!(nameless.status.code(), Some(1), "{shown}");

@@ -270,8 +270,20 @@ fn the_database_opens_elsewhere_with_the_same_key_and_fails_clearly_without_it()
 
     // A key file others may read is refused, with the reason.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let stderr = failed_start(without, &fake, Some(&key));
+    let stderr = failed_start(without.clone(), &fake, Some(&key));
     assert!(stderr.contains("0644") && stderr.contains("chmod 600"), "{stderr}");
+
+    // None of the refused starts was recorded as a run: the right key starts cleanly after them.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut daemon = daemon_with_key(without, &fake, Some(&key));
+    let status = daemon.ctl_json(&["status"]);
+    assert_eq!(status["previous_run_unclean"], false, "{status}");
+    assert!(
+        !daemon.stderr().contains("did not shut down cleanly"),
+        "{}",
+        daemon.stderr()
+    );
+    daemon.stop();
 }
 
 #[test]

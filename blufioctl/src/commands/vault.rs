@@ -29,6 +29,11 @@ use crate::output::{
 };
 use crate::{Failure, Outcome, secret_failure};
 
+/// The most a secret's value may hold (the daemon's limit), plus a line ending.
+const MAX_SECRET_INPUT: u64 = 16 * 1024 + 2;
+/// The most a new key read for a rekey may hold (the daemon's limit), plus trailing whitespace.
+const MAX_KEY_INPUT: u64 = 8 * 1024;
+
 /// The kdf whose parameters `vault status` shows.
 const ARGON2ID: &str = "argon2id";
 
@@ -171,11 +176,17 @@ fn read_secret(prompt: &str, what: &str) -> anyhow::Result<Zeroizing<String>> {
 
 /// All of `input` without one trailing "\n" or "\r\n" (what `echo` and a file's last line add);
 /// never empty.
-fn secret_from(mut input: impl Read, what: &str) -> anyhow::Result<Zeroizing<String>> {
-    let mut value = Zeroizing::new(String::new());
+fn secret_from(input: impl Read, what: &str) -> anyhow::Result<Zeroizing<String>> {
+    // Room for all of it up front: a buffer that grows leaves copies behind that are not wiped.
+    let mut value = Zeroizing::new(String::with_capacity(MAX_SECRET_INPUT as usize + 1));
     input
+        .take(MAX_SECRET_INPUT + 1)
         .read_to_string(&mut value)
         .with_context(|| format!("cannot read the {what} from stdin"))?;
+    anyhow::ensure!(
+        value.len() as u64 <= MAX_SECRET_INPUT,
+        "more than 16 KiB on stdin: the {what} may hold at most 16384 bytes; nothing was sent"
+    );
     let kept = value
         .strip_suffix("\r\n")
         .or_else(|| value.strip_suffix('\n'))
@@ -198,13 +209,17 @@ fn read_key(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     } else {
         path.display().to_string()
     };
-    let mut key = Zeroizing::new(Vec::new());
+    let mut key = Zeroizing::new(Vec::with_capacity(MAX_KEY_INPUT as usize + 1));
     let read = if from_stdin {
-        io::stdin().lock().read_to_end(&mut key)
+        io::stdin().lock().take(MAX_KEY_INPUT + 1).read_to_end(&mut key)
     } else {
-        std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut key))
+        std::fs::File::open(path).and_then(|file| file.take(MAX_KEY_INPUT + 1).read_to_end(&mut key))
     };
     read.with_context(|| format!("cannot read the new key from {source}"))?;
+    anyhow::ensure!(
+        key.len() as u64 <= MAX_KEY_INPUT,
+        "{source} holds more than 8 KiB; a key has at most 4096 bytes (`openssl rand -hex 32` makes one); nothing was sent"
+    );
     let kept = key.trim_ascii_end().len();
     key.truncate(kept);
     anyhow::ensure!(!key.is_empty(), "{source} holds no key material; nothing was sent");
@@ -557,6 +572,22 @@ mod tests {
         }
         let error = secret_from(&[0xff, 0xfe][..], "new passphrase").unwrap_err();
         assert_eq!(error.to_string(), "cannot read the new passphrase from stdin");
+    }
+
+    #[test]
+    fn input_is_read_up_to_the_daemon_s_limits() {
+        let largest = "k".repeat(16 * 1024);
+        assert_eq!(
+            secret_from(format!("{largest}\n").as_bytes(), "value").unwrap().len(),
+            16 * 1024
+        );
+        let error = secret_from("k".repeat(64 * 1024).as_bytes(), "value").unwrap_err();
+        assert!(error.to_string().contains("at most 16384 bytes"), "{error}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'a'; 64 * 1024]).unwrap();
+        let error = read_key(&huge).unwrap_err();
+        assert!(error.to_string().contains("more than 8 KiB"), "{error}");
     }
 
     #[test]

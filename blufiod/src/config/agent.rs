@@ -82,8 +82,9 @@ impl Drop for Secret {
 pub const SECRET_REFERENCE_PREFIX: &str = "secret:";
 
 /// The value of a secret key: the name of a vault entry (`"secret:anthropic"`), or the secret
-/// itself, which only the environment (`BLUFIO_PROVIDER__API_KEY`) may still give: blufiod moves
-/// a literal it finds in its config file into the vault at start and on reload, and
+/// itself, which only the environment (`BLUFIO_PROVIDER__API_KEY`) should still give: blufiod
+/// moves a literal it finds in its config file into the vault when it starts (a file edited by
+/// hand and reloaded keeps its literal until the next start, and the health check says so), and
 /// `config set` takes only references.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSetting {

@@ -245,7 +245,7 @@ pub fn prepare_set(path: &Path, current: Option<&str>, key: &str, raw_value: &st
     };
     // A secret given on a command line lands in shell history and `ps`, and here it would land
     // in the file in clear: a secret key takes only the name of a vault entry.
-    if spec.secret && !raw_value.trim().starts_with(super::SECRET_REFERENCE_PREFIX) {
+    if spec.secret && !raw_value.starts_with(super::SECRET_REFERENCE_PREFIX) {
         return Err(ConfigWriteError::LiteralSecret { key: spec.key });
     }
     let document = parse_document(path, current)?;

@@ -24,7 +24,7 @@ use crate::lifecycle::{Phase, VERSION};
 use crate::secrets::references;
 use crate::storage::StorageErrorKind;
 use crate::vault::crypto::Kdf;
-use crate::vault::{NewKey, Rekeyed, SourceKind, VaultError, VaultStatus};
+use crate::vault::{NewKey, Rekeyed, VaultError, VaultStatus};
 
 /// The control service.
 pub struct ControlService {
@@ -372,6 +372,7 @@ impl pb::control_server::Control for ControlService {
         self.authorize(&request, "SetSecret")?;
         let pb::SetSecretRequest { name, value } = request.into_inner();
         let value = config::Secret(value);
+        crate::vault::check_name(&name).map_err(|error| vault_error_to_status(&error))?;
         let config = self.deps.live.get();
         if let Some(problem) = crate::secrets::value_problem(&config.config, &name, &value) {
             return Err(Status::invalid_argument(format!("{problem}; nothing was stored")));
@@ -418,6 +419,7 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         self.authorize(&request, "DeleteSecret")?;
         let pb::DeleteSecretRequest { name, force } = request.into_inner();
+        crate::vault::check_name(&name).map_err(|error| vault_error_to_status(&error))?;
         let referenced_by = referring_keys(&self.deps.live.get().config, &name);
         if !referenced_by.is_empty() && !force {
             return Err(Status::failed_precondition(format!(
@@ -891,7 +893,7 @@ fn vault_error_to_status(error: &VaultError) -> Status {
         }
         VaultError::NotFound { .. } => Status::not_found(message),
         VaultError::Full => Status::resource_exhausted(message),
-        VaultError::RekeyNeedsKey { .. } => Status::failed_precondition(message),
+        VaultError::RekeyNeedsKey { .. } | VaultError::RekeyPending { .. } => Status::failed_precondition(message),
         VaultError::WriteKey { source, .. } => match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Status::resource_exhausted(message),
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
@@ -927,7 +929,7 @@ fn vault_status_to_proto(status: VaultStatus) -> pb::GetVaultStatusResponse {
     pb::GetVaultStatusResponse {
         key_source: status.source.kind.as_str().to_owned(),
         key_source_detail: status.source.describe(),
-        key_beside_data: status.source.kind == SourceKind::Generated,
+        key_beside_data: status.source.beside_data,
         kdf: status.current.kdf.as_str().to_owned(),
         argon2_memory_kib,
         argon2_iterations,

@@ -29,11 +29,12 @@ pub const ARGON2_MIN: Argon2Params = Argon2Params {
     t_cost: 2,
     p_cost: 1,
 };
-/// The most memory a stored Argon2id parameter set may ask for: a vault row can never make the
-/// daemon allocate more than this at startup.
-pub const ARGON2_MAX_M_COST_KIB: u32 = 256 * 1024;
+/// The most memory a stored Argon2id parameter set may ask for (RFC 9106's second
+/// recommendation): a changed vault row can never make the daemon allocate more than this at
+/// startup, well under the default memory limit.
+pub const ARGON2_MAX_M_COST_KIB: u32 = 64 * 1024;
 /// The most passes a stored parameter set may ask for.
-pub const ARGON2_MAX_T_COST: u32 = 16;
+pub const ARGON2_MAX_T_COST: u32 = 8;
 
 const INFO_WRAP: &[u8] = b"blufio vault v1 wrapping key";
 const INFO_CHECK: &[u8] = b"blufio vault v1 key check";

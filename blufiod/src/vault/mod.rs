@@ -76,19 +76,29 @@ pub enum VaultError {
     },
     /// The key source present does not open the vault.
     #[error(
-        "the key from the {tried} does not open the vault, which is sealed with a {sealed_with} key: supply {}; nothing was changed",
-        .sealed_with.how_to_supply()
+        "the key from the {tried} does not open the vault, which is sealed with a {sealed_with} key: supply {}{}; nothing was changed",
+        .sealed_with.how_to_supply(),
+        pending_note(*.pending)
     )]
     WrongKey {
         /// The source tried.
         tried: String,
         /// What sealed it.
         sealed_with: SourceKind,
+        /// The kind of key a pending rekey waits for, which would open it too.
+        pending: Option<SourceKind>,
     },
-    /// The key is right but what it unwraps is not (the stored bytes were changed).
+    /// A rekey is pending, and a new key file would drop it.
     #[error(
-        "the vault's {what} is damaged (the key is right, the stored bytes are not); restore the database from a backup"
+        "a rekey to a new {waiting_for} key is pending: restart blufiod with that key ({}) to complete it, or give another new key with `vault rekey --new-passphrase` or `--new-key FILE`, which replaces it",
+        .waiting_for.how_to_supply()
     )]
+    RekeyPending {
+        /// The kind of key it waits for.
+        waiting_for: SourceKind,
+    },
+    /// What the vault's rows hold is not what blufiod wrote.
+    #[error("the vault's {what} is damaged or was changed outside blufiod; restore the database from a backup")]
     Damaged {
         /// What is damaged.
         what: String,
@@ -221,6 +231,8 @@ pub enum Rekeyed {
 /// The open vault. Made once by the composition root.
 pub struct Vault {
     storage: Storage,
+    /// blufiod's uid: the owner a key file it writes must have.
+    owner: u32,
     state: RwLock<State>,
     /// Serializes changes (set, delete, rekey): each is a database write, then the state.
     writing: tokio::sync::Mutex<()>,
@@ -283,7 +295,7 @@ impl Vault {
                     Some(loaded) => loaded,
                     None => {
                         let path = inputs.generated_path();
-                        source::write_key(&path, &source::generate_key())?;
+                        source::write_key(&path, &source::generate_key(), inputs.euid)?;
                         inputs.load()?.expect("the key file was just written")
                     }
                 };
@@ -323,14 +335,15 @@ impl Vault {
                     return Err(VaultError::WrongKey {
                         tried: loaded.source.describe(),
                         sealed_with: current_info.source,
+                        pending: pending.map(slot_info).transpose()?.map(|pending| pending.source),
                     });
                 }
             }
         };
-        if loaded.source.kind == SourceKind::Generated {
+        if loaded.source.beside_data {
             tracing::warn!(
                 key = %loaded.source.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
-                "the vault key is a generated file in the state directory, beside the data it protects: a copy of the directory is a copy of the secrets. Use a systemd credential (LoadCredentialEncrypted=vault-key), vault.key_file elsewhere, or a passphrase; see `blufioctl vault rekey`"
+                "the vault key is a file in the state directory, beside the data it protects: a copy of the directory is a copy of the secrets. Use a systemd credential (LoadCredentialEncrypted=vault-key), vault.key_file elsewhere, or a passphrase; see `blufioctl vault rekey`"
             );
         }
         let cipher = data_key.cipher();
@@ -349,6 +362,7 @@ impl Vault {
         let (uses, receiver) = tokio::sync::mpsc::channel(USE_QUEUE);
         Ok(Arc::new(Self {
             storage,
+            owner: inputs.euid,
             state: RwLock::new(State {
                 source: loaded.source,
                 data_key,
@@ -413,6 +427,26 @@ impl Vault {
         Ok(value)
     }
 
+    /// Records a use of `name` without decrypting it (a token compared elsewhere).
+    pub fn note_use(&self, name: &str) {
+        let now = unix_now();
+        let record_use = {
+            let mut state = self.write();
+            let Some(entry) = state.entries.get_mut(name) else {
+                return;
+            };
+            entry.record.last_used_at = Some(now);
+            let due = entry.recorded_use.is_none_or(|at| now - at >= USE_GRANULARITY_SECS);
+            if due {
+                entry.recorded_use = Some(now);
+            }
+            due
+        };
+        if record_use {
+            let _ = self.uses.try_send((name.to_owned(), now));
+        }
+    }
+
     /// A number that changes whenever an entry is set or deleted.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
@@ -437,9 +471,9 @@ impl Vault {
         if bytes.len() > MAX_VALUE_BYTES {
             return Err(invalid(format!("has {} bytes; at most {MAX_VALUE_BYTES}", bytes.len())));
         }
-        if value.expose().chars().any(char::is_control) {
+        if value.expose().chars().any(|c| c.is_control() || is_invisible(c)) {
             return Err(invalid(
-                "holds a control character (a line break, a tab); a pasted key ends at its last visible character"
+                "holds a control or invisible character (a line break, a tab, a zero-width or direction mark); a pasted key ends at its last visible character"
                     .to_owned(),
             ));
         }
@@ -468,6 +502,7 @@ impl Vault {
 
     /// Deletes the entry `name`.
     pub async fn delete(&self, name: &str) -> Result<(), VaultError> {
+        check_name(name)?;
         let _writing = self.writing.lock().await;
         if !self.contains(name) {
             return Err(VaultError::NotFound { name: name.to_owned() });
@@ -527,31 +562,16 @@ impl Vault {
     ///   promotes; the key in effect keeps opening the vault until then.
     pub async fn rekey(&self, new: NewKey) -> Result<Rekeyed, VaultError> {
         let _writing = self.writing.lock().await;
-        let source = self.read().source.clone();
+        let (source, pending) = {
+            let state = self.read();
+            (
+                state.source.clone(),
+                state.pending.as_ref().map(|pending| pending.source),
+            )
+        };
         let (kind, secret) = match new {
-            NewKey::Generate => match (source.kind, &source.path) {
-                (SourceKind::Generated | SourceKind::KeyFile, Some(path)) => {
-                    let material = source::generate_key();
-                    let slot = self.seal_pending(source.kind, &material)?;
-                    self.storage
-                        .put_vault_slot(&slot)
-                        .await
-                        .map_err(stored("write the new key slot"))?;
-                    if let Err(error) = source::write_key(path, &material) {
-                        // The old key and slot still open the vault; the pending slot is useless.
-                        self.drop_pending().await;
-                        return Err(error);
-                    }
-                    self.storage
-                        .promote_vault_slot()
-                        .await
-                        .map_err(stored("switch to the new key"))?;
-                    let mut state = self.write();
-                    state.current = slot_info(&slot)?;
-                    state.pending = None;
-                    return Ok(Rekeyed::Completed);
-                }
-                _ => {
+            NewKey::Generate => {
+                let (SourceKind::Generated | SourceKind::KeyFile, Some(path)) = (source.kind, &source.path) else {
                     return Err(VaultError::RekeyNeedsKey {
                         tried: source.describe(),
                         fix: if source.kind == SourceKind::Passphrase {
@@ -560,29 +580,56 @@ impl Vault {
                             "give new key material with `blufioctl vault rekey --new-key FILE` (for example from `openssl rand -hex 32`), then install it as the credential and restart"
                         },
                     });
+                };
+                // A new key file would silently drop a rekey the owner is in the middle of.
+                if let Some(waiting_for) = pending {
+                    return Err(VaultError::RekeyPending { waiting_for });
                 }
-            },
+                let material = source::generate_key();
+                let slot = self.seal_pending(source.kind, material.clone()).await?;
+                self.storage
+                    .put_vault_slot(&slot)
+                    .await
+                    .map_err(stored("write the new key slot"))?;
+                if let Err(error) = source::write_key(path, &material, self.owner) {
+                    // The old key and slot still open the vault; the pending slot is useless.
+                    self.drop_pending().await;
+                    return Err(error);
+                }
+                self.storage
+                    .promote_vault_slot()
+                    .await
+                    .map_err(stored("switch to the new key"))?;
+                let mut state = self.write();
+                state.current = slot_info(&slot)?;
+                state.pending = None;
+                return Ok(Rekeyed::Completed);
+            }
             NewKey::Passphrase(passphrase) => {
-                let bytes = Zeroizing::new(passphrase.as_bytes().to_vec());
-                if passphrase.chars().count() < source::MIN_PASSPHRASE_CHARS {
+                // As when it is read: trailing whitespace is not part of a passphrase.
+                let passphrase = passphrase.trim_end();
+                let chars = passphrase.chars().count();
+                if chars < source::MIN_PASSPHRASE_CHARS || passphrase.len() > source::MAX_KEY_BYTES {
                     return Err(VaultError::KeySource {
                         tried: "new passphrase".to_owned(),
                         problem: format!(
-                            "a passphrase needs at least {} characters",
-                            source::MIN_PASSPHRASE_CHARS
+                            "a passphrase has {} to {} characters, this one {chars}",
+                            source::MIN_PASSPHRASE_CHARS,
+                            source::MAX_KEY_BYTES
                         ),
                     });
                 }
-                (SourceKind::Passphrase, bytes)
+                (SourceKind::Passphrase, Zeroizing::new(passphrase.as_bytes().to_vec()))
             }
             NewKey::Material(material) => {
-                if material.len() < source::MIN_KEY_BYTES {
+                if !(source::MIN_KEY_BYTES..=source::MAX_KEY_BYTES).contains(&material.len()) {
                     return Err(VaultError::KeySource {
                         tried: "new key".to_owned(),
                         problem: format!(
-                            "it holds {} bytes, fewer than {}; make one with `openssl rand -hex 32`",
+                            "it holds {} bytes; a key has {} to {} (make one with `openssl rand -hex 32`)",
                             material.len(),
-                            source::MIN_KEY_BYTES
+                            source::MIN_KEY_BYTES,
+                            source::MAX_KEY_BYTES
                         ),
                     });
                 }
@@ -594,7 +641,7 @@ impl Vault {
                 (kind, material)
             }
         };
-        let slot = self.seal_pending(kind, &secret)?;
+        let slot = self.seal_pending(kind, secret).await?;
         self.storage
             .put_vault_slot(&slot)
             .await
@@ -603,12 +650,26 @@ impl Vault {
         Ok(Rekeyed::Pending(kind))
     }
 
-    fn seal_pending(&self, kind: SourceKind, secret: &[u8]) -> Result<VaultSlotRecord, VaultError> {
-        let loaded = source::Loaded {
-            source: KeySource { kind, path: None },
-            secret: Zeroizing::new(secret.to_vec()),
-        };
-        seal_slot(SlotName::Pending, &loaded, &self.read().data_key)
+    /// A pending slot wrapping the data key under what `secret` derives to. The derivation
+    /// (Argon2id: 19 MiB and tens of milliseconds) runs on a blocking thread and holds no lock.
+    async fn seal_pending(&self, kind: SourceKind, secret: Zeroizing<Vec<u8>>) -> Result<VaultSlotRecord, VaultError> {
+        let kdf = kdf_for(kind);
+        let salt = crypto::random::<{ crypto::SALT_LEN }>();
+        let root = tokio::task::spawn_blocking(move || Root::derive(&secret, kdf, &salt))
+            .await
+            .expect("key derivation panicked")
+            .map_err(|source| VaultError::Derive {
+                tried: format!("new {kind} key"),
+                source,
+            })?;
+        Ok(slot_record(
+            SlotName::Pending,
+            kind,
+            kdf,
+            &salt,
+            &root,
+            &self.read().data_key,
+        ))
     }
 
     async fn drop_pending(&self) {
@@ -648,6 +709,19 @@ pub fn check_name(name: &str) -> Result<(), VaultError> {
     }
 }
 
+/// Whether `c` is invisible formatting that a paste can carry into a key unseen: zero-width
+/// characters, direction marks and overrides, the byte-order mark, the soft hyphen.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// For a wrong key: what a pending rekey waits for, which would open the vault too.
+fn pending_note(pending: Option<SourceKind>) -> String {
+    pending.map_or_else(String::new, |kind| {
+        format!(" (or, to complete the pending rekey, {})", kind.how_to_supply())
+    })
+}
+
 /// `…` and the last four characters of a value of 16 characters or more.
 fn preview_of(value: &str) -> String {
     let count = value.chars().count();
@@ -673,10 +747,21 @@ fn seal_slot(slot: SlotName, loaded: &source::Loaded, data_key: &DataKey) -> Res
         tried: loaded.source.describe(),
         source,
     })?;
+    Ok(slot_record(slot, loaded.source.kind, kdf, &salt, &root, data_key))
+}
+
+fn slot_record(
+    slot: SlotName,
+    kind: SourceKind,
+    kdf: Kdf,
+    salt: &[u8],
+    root: &Root,
+    data_key: &DataKey,
+) -> VaultSlotRecord {
     let (nonce, wrapped_key) = root.wrap(data_key);
-    Ok(VaultSlotRecord {
+    VaultSlotRecord {
         slot,
-        source: loaded.source.kind.as_str().to_owned(),
+        source: kind.as_str().to_owned(),
         kdf: kdf.as_str().to_owned(),
         argon2: match kdf {
             Kdf::Argon2id(params) => Some((
@@ -691,7 +776,7 @@ fn seal_slot(slot: SlotName, loaded: &source::Loaded, data_key: &DataKey) -> Res
         nonce,
         wrapped_key,
         created_at: unix_now(),
-    })
+    }
 }
 
 fn slot_info(slot: &VaultSlotRecord) -> Result<SlotInfo, VaultError> {
@@ -737,7 +822,7 @@ fn try_slot(slot: &VaultSlotRecord, loaded: &source::Loaded) -> Result<Option<Da
     root.unwrap(&slot.nonce, &slot.wrapped_key)
         .map(Some)
         .map_err(|source| VaultError::Damaged {
-            what: "wrapped data key".to_owned(),
+            what: "wrapped data key (its key check matched)".to_owned(),
             source,
         })
 }

@@ -26,8 +26,8 @@ pub const PASSPHRASE_ENV: &str = "BLUFIO_VAULT_PASSPHRASE";
 pub const GENERATED_FILE_NAME: &str = "vault.key";
 /// Shortest key material: 32 bytes (a 64-character hex key is 64).
 pub const MIN_KEY_BYTES: usize = 32;
-/// Longest key file or passphrase file read.
-const MAX_KEY_FILE_BYTES: u64 = 4096;
+/// Longest key or passphrase, from a file or given to a rekey.
+pub const MAX_KEY_BYTES: usize = 4096;
 /// Shortest passphrase.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
@@ -93,21 +93,37 @@ pub struct KeySource {
     pub kind: SourceKind,
     /// The file it is read from, or `None` for the environment variable.
     pub path: Option<PathBuf>,
+    /// Whether that file is in the state directory, beside the data it protects (a copy of the
+    /// directory is then a copy of the secrets).
+    pub beside_data: bool,
 }
 
 impl KeySource {
+    /// A source of `kind` read from `path`.
+    pub fn new(kind: SourceKind, path: Option<PathBuf>, state_dir: &Path) -> Self {
+        let beside_data = path.as_deref().is_some_and(|path| path.starts_with(state_dir));
+        Self {
+            kind,
+            path,
+            beside_data,
+        }
+    }
+
     /// For status and errors: the kind and where.
     pub fn describe(&self) -> String {
-        match (&self.path, self.kind) {
+        let text = match (&self.path, self.kind) {
             (None, _) => format!("passphrase from {PASSPHRASE_ENV}"),
             (Some(path), SourceKind::Credential) => format!("systemd credential {}", path.display()),
             (Some(path), SourceKind::KeyFile) => format!("key file {} (vault.key_file)", path.display()),
             (Some(path), SourceKind::Passphrase) => {
                 format!("passphrase file {} (vault.passphrase_file)", path.display())
             }
-            (Some(path), SourceKind::Generated) => {
-                format!("generated key file {} (beside the data it protects)", path.display())
-            }
+            (Some(path), SourceKind::Generated) => format!("generated key file {}", path.display()),
+        };
+        if self.beside_data {
+            format!("{text} (beside the data it protects)")
+        } else {
+            text
         }
     }
 }
@@ -155,68 +171,35 @@ impl SourceInputs {
     /// Chooses the first source present and reads its secret. `Ok(None)` when none is present
     /// (the generated key file does not exist either): the caller makes one for a new vault only.
     pub fn load(&self) -> Result<Option<Loaded>, VaultError> {
+        let source = |kind, path| KeySource::new(kind, path, &self.state_dir);
         if let Some(dir) = &self.credentials_directory {
             let path = dir.join(CREDENTIAL_NAME);
             if path.exists() {
                 // systemd makes the file readable by the service only; its owner is the service's
                 // user or root, so only the size and type are checked.
                 let secret = read_key(&path, None)?;
-                return material(
-                    KeySource {
-                        kind: SourceKind::Credential,
-                        path: Some(path),
-                    },
-                    secret,
-                )
-                .map(Some);
+                return material(source(SourceKind::Credential, Some(path)), secret).map(Some);
             }
         }
         if let Some(path) = &self.key_file {
             let secret = read_key(path, Some(self.euid))?;
-            return material(
-                KeySource {
-                    kind: SourceKind::KeyFile,
-                    path: Some(path.clone()),
-                },
-                secret,
-            )
-            .map(Some);
+            return material(source(SourceKind::KeyFile, Some(path.clone())), secret).map(Some);
         }
         if let Some(passphrase) = &self.passphrase {
-            let secret = Zeroizing::new(passphrase.as_bytes().to_vec());
-            return passphrase_of(
-                KeySource {
-                    kind: SourceKind::Passphrase,
-                    path: None,
-                },
-                secret,
-            )
-            .map(Some);
+            // Trailing whitespace is never part of a passphrase, wherever it comes from.
+            let secret = Zeroizing::new(passphrase.trim_end().as_bytes().to_vec());
+            return passphrase_of(source(SourceKind::Passphrase, None), secret).map(Some);
         }
         if let Some(path) = &self.passphrase_file {
             let secret = read_key(path, Some(self.euid))?;
-            return passphrase_of(
-                KeySource {
-                    kind: SourceKind::Passphrase,
-                    path: Some(path.clone()),
-                },
-                secret,
-            )
-            .map(Some);
+            return passphrase_of(source(SourceKind::Passphrase, Some(path.clone())), secret).map(Some);
         }
         let path = self.generated_path();
         match std::fs::symlink_metadata(&path) {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             _ => {
                 let secret = read_key(&path, Some(self.euid))?;
-                material(
-                    KeySource {
-                        kind: SourceKind::Generated,
-                        path: Some(path),
-                    },
-                    secret,
-                )
-                .map(Some)
+                material(source(SourceKind::Generated, Some(path)), secret).map(Some)
             }
         }
     }
@@ -233,8 +216,24 @@ pub fn generate_key() -> Zeroizing<Vec<u8>> {
 }
 
 /// Writes key material to `path` (0600, or the 0400 of the file it replaces), atomically: a
-/// reader sees the old key or the new one, never a mix.
-pub fn write_key(path: &Path, material: &[u8]) -> Result<(), VaultError> {
+/// reader sees the old key or the new one, never a mix. `path` may not be a symbolic link, and its
+/// directory may be written only by root and blufiod's user (`owner`): nobody else can then put a
+/// link there between this check and the rename.
+pub fn write_key(path: &Path, material: &[u8], owner: u32) -> Result<(), VaultError> {
+    let refuse = |problem: String| VaultError::KeySource {
+        tried: path.display().to_string(),
+        problem,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(refuse(
+                "it is a symbolic link; the new key is not written through it".to_owned(),
+            ));
+        }
+        Ok(metadata) if !metadata.is_file() => return Err(refuse("it is not a regular file".to_owned())),
+        _ => {}
+    }
+    check_directory(path, owner).map_err(refuse)?;
     let mut text = Zeroizing::new(Vec::with_capacity(material.len() + 1));
     text.extend_from_slice(material);
     text.push(b'\n');
@@ -294,6 +293,7 @@ fn read_key(path: &Path, owner: Option<u32>) -> Result<Zeroizing<Vec<u8>>, Vault
         return Err(refuse("it is not a regular file".to_owned()));
     }
     if let Some(uid) = owner {
+        check_directory(path, uid).map_err(refuse)?;
         let mode = metadata.mode() & 0o7777;
         if metadata.uid() != uid {
             return Err(refuse(format!(
@@ -308,14 +308,14 @@ fn read_key(path: &Path, owner: Option<u32>) -> Result<Zeroizing<Vec<u8>>, Vault
             )));
         }
     }
-    if metadata.len() > MAX_KEY_FILE_BYTES {
+    if metadata.len() > MAX_KEY_BYTES as u64 {
         return Err(refuse(format!(
-            "it has {} bytes; a key or passphrase file holds at most {MAX_KEY_FILE_BYTES}",
+            "it has {} bytes; a key or passphrase file holds at most {MAX_KEY_BYTES}",
             metadata.len()
         )));
     }
-    let mut secret = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_BYTES as usize));
-    file.take(MAX_KEY_FILE_BYTES + 1)
+    let mut secret = Zeroizing::new(Vec::with_capacity(MAX_KEY_BYTES));
+    file.take(MAX_KEY_BYTES as u64 + 1)
         .read_to_end(&mut secret)
         .map_err(|error| refuse(format!("cannot read it: {error}")))?;
     let kept = secret.trim_ascii_end().len();
@@ -323,6 +323,32 @@ fn read_key(path: &Path, owner: Option<u32>) -> Result<Zeroizing<Vec<u8>>, Vault
     zeroize::Zeroize::zeroize(&mut secret[kept..]);
     secret.truncate(kept);
     Ok(secret)
+}
+
+/// Why the directory of `path` would let another user replace the key in it, if it would: it
+/// must belong to root or `owner`, and be writable by nobody else unless it is sticky (`/tmp`,
+/// where only a file's owner may rename or remove it).
+fn check_directory(path: &Path, owner: u32) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let metadata = std::fs::metadata(dir).map_err(|error| format!("cannot stat its directory: {error}"))?;
+    let mode = metadata.mode() & 0o7777;
+    if metadata.uid() != 0 && metadata.uid() != owner {
+        return Err(format!(
+            "its directory {} belongs to uid {}, who could replace the key; keep the key in a directory of root or blufiod's user",
+            dir.display(),
+            metadata.uid()
+        ));
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "its directory {} (mode {mode:04o}) may be written by other users, who could replace the key; use a directory only root and blufiod's user can write (`chmod go-w`)",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -351,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut inputs = inputs(dir.path());
         assert!(inputs.load().unwrap().is_none(), "nothing present: the caller decides");
-        write_key(&inputs.generated_path(), &generate_key()).unwrap();
+        write_key(&inputs.generated_path(), &generate_key(), inputs.euid).unwrap();
         assert_eq!(inputs.load().unwrap().unwrap().source.kind, SourceKind::Generated);
         inputs.passphrase_file = Some(key_file(dir.path(), "pass", "a passphrase of some length\n", 0o400));
         let loaded = inputs.load().unwrap().unwrap();
@@ -412,17 +438,47 @@ mod tests {
     }
 
     #[test]
+    fn keys_in_a_directory_others_may_write_and_links_are_refused_for_reading_and_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let euid = nix::unistd::geteuid().as_raw();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let key = key_file(&shared, "vault.key", &"ab".repeat(32), 0o600);
+        let mut inputs = inputs(dir.path());
+        inputs.key_file = Some(key.clone());
+        let error = inputs.load().unwrap_err().to_string();
+        assert!(error.contains("may be written by other users"), "{error}");
+        let error = write_key(&key, &generate_key(), euid).unwrap_err().to_string();
+        assert!(error.contains("may be written by other users"), "{error}");
+        // Sticky, as /tmp: only a file's owner may replace it.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        inputs.load().unwrap();
+
+        // A link where the key should be is never written through.
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        let target = key_file(dir.path(), "elsewhere", "not a key", 0o644);
+        let link = private.join("vault.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = write_key(&link, &generate_key(), euid).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a key");
+    }
+
+    #[test]
     fn a_new_key_is_private_and_replaces_the_old_one_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(GENERATED_FILE_NAME);
+        let euid = nix::unistd::geteuid().as_raw();
         let first = generate_key();
         assert_eq!(first.len(), 64);
-        write_key(&path, &first).unwrap();
+        write_key(&path, &first, euid).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let second = generate_key();
         assert_ne!(*first, *second);
-        write_key(&path, &second).unwrap();
+        write_key(&path, &second, euid).unwrap();
         assert_eq!(std::fs::read(&path).unwrap().trim_ascii_end(), second.as_slice());
     }
 }

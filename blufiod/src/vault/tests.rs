@@ -215,7 +215,10 @@ async fn a_generated_rekey_completes_and_a_crash_at_any_step_leaves_a_vault_that
     // A crash after the pending slot was written, before the file was replaced: the old file
     // still opens the vault.
     let new_key = source::generate_key();
-    let pending = vault.seal_pending(SourceKind::Generated, &new_key).unwrap();
+    let pending = vault
+        .seal_pending(SourceKind::Generated, new_key.clone())
+        .await
+        .unwrap();
     storage.put_vault_slot(&pending).await.unwrap();
     storage.close().await;
     let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
@@ -224,7 +227,7 @@ async fn a_generated_rekey_completes_and_a_crash_at_any_step_leaves_a_vault_that
 
     // A crash after the file was replaced, before the switch: the new file opens the vault and
     // the start completes the switch.
-    source::write_key(&key_path, &new_key).unwrap();
+    source::write_key(&key_path, &new_key, nix::unistd::geteuid().as_raw()).unwrap();
     let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
     assert!(
         vault.status().pending.is_none(),
@@ -250,13 +253,36 @@ async fn a_rekey_to_a_passphrase_waits_for_it_and_then_retires_the_generated_key
         .unwrap();
     assert_eq!(rekeyed, Rekeyed::Pending(SourceKind::Passphrase));
     assert_eq!(vault.status().pending.unwrap().source, SourceKind::Passphrase);
-    assert!(matches!(
-        vault
-            .rekey(NewKey::Passphrase(Zeroizing::new("too short".to_owned())))
-            .await,
-        Err(VaultError::KeySource { .. })
-    ));
+    for refused in ["too short".to_owned(), "x".repeat(source::MAX_KEY_BYTES + 1)] {
+        assert!(matches!(
+            vault.rekey(NewKey::Passphrase(Zeroizing::new(refused))).await,
+            Err(VaultError::KeySource { .. })
+        ));
+    }
+    // A new key file would drop the rekey the owner is in the middle of.
+    let error = vault.rekey(NewKey::Generate).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            VaultError::RekeyPending {
+                waiting_for: SourceKind::Passphrase
+            }
+        ),
+        "{error}"
+    );
+    // Trailing whitespace is not part of a passphrase here either (a file's newline is dropped).
+    vault
+        .rekey(NewKey::Passphrase(Zeroizing::new(
+            "the new passphrase here \n".to_owned(),
+        )))
+        .await
+        .unwrap();
     storage.close().await;
+    // Another key opens nothing, and the error says a rekey waits.
+    let mut wrong = fixture.inputs();
+    wrong.passphrase = Some(Zeroizing::new("not the passphrase at all".to_owned()));
+    let error = fixture.open(wrong).await.unwrap_err().to_string();
+    assert!(error.contains("pending rekey"), "{error}");
 
     // Until the passphrase is supplied, the generated key still opens the vault.
     let (_, storage) = fixture.open(fixture.inputs()).await.unwrap();
@@ -341,13 +367,25 @@ async fn names_values_and_the_entry_count_are_bounded() {
     for good in ["anthropic", "metrics", "openai.prod", "key_2", "9-lives"] {
         check_name(good).unwrap();
     }
+    let error = vault.delete(&"z".repeat(300_000)).await.unwrap_err().to_string();
+    assert!(
+        error.len() < 300,
+        "a long name is not echoed whole: {} bytes",
+        error.len()
+    );
+    for invisible in ["sk-ant-\u{200B}0123", "sk-\u{202E}ant", "\u{FEFF}sk-ant"] {
+        assert!(matches!(
+            vault.set("paste", &secret(invisible)).await,
+            Err(VaultError::InvalidValue { .. })
+        ));
+    }
     assert!(matches!(
         vault.set("empty", &secret("")).await,
         Err(VaultError::InvalidValue { .. })
     ));
     let error = vault.set("nl", &secret("sk-ant-0123\n")).await.unwrap_err().to_string();
     assert!(
-        error.contains("control character") && !error.contains("sk-ant"),
+        error.contains("control or invisible character") && !error.contains("sk-ant"),
         "{error}"
     );
     let huge = "x".repeat(MAX_VALUE_BYTES + 1);

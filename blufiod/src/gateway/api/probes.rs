@@ -78,6 +78,7 @@ pub(super) fn metrics(gateway: &Arc<Gateway>, request: &http::Request<Incoming>)
             return response;
         }
     }
+    gateway.secrets.metrics_token_used(&config.config.gateway);
     let mut response = Response::new(full(exposition(gateway)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
