@@ -15,6 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentDeps};
+use crate::backup::restore::{Online, RestoreError, RestoreOptions, Restored};
+use crate::backup::{BackupDeps, BackupPaths, Backups};
 use crate::config::LiveConfig;
 use crate::config::{ConfigSource, Loaded};
 use crate::control::{self, ControlDeps, Policy, socket};
@@ -99,6 +101,17 @@ pub enum DaemonError {
     /// The secrets vault could not be opened.
     #[error("cannot open the secrets vault")]
     Vault(#[source] VaultError),
+    /// The archive to restore cannot be read.
+    #[error("cannot read the archive {path}")]
+    ReadArchive {
+        /// The file.
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A restore failed or was refused.
+    #[error("restore failed")]
+    Restore(#[source] RestoreError),
     /// A subsystem returned before shutdown was requested.
     #[error("subsystem {name} stopped unexpectedly")]
     SubsystemExited {
@@ -272,6 +285,8 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
 
     notifier.status("starting: opening the database");
     let state_lock = lock_state_dir(&paths.state_dir)?;
+    // A restore cut short by a crash: say which database this start finds, before opening it.
+    crate::backup::restore::recover(&paths.database);
     let storage = Storage::open(&StorageOptions {
         path: paths.database.clone(),
         busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
@@ -283,24 +298,9 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
 
     // Before anything is recorded: a refused key leaves the database as it was.
     notifier.status("starting: opening the vault");
-    let vault = Vault::open(
-        storage.clone(),
-        SourceInputs {
-            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY")
-                .filter(|dir| !dir.is_empty())
-                .map(std::path::PathBuf::from),
-            key_file: config.vault.key_file.clone(),
-            passphrase: std::env::var(vault::source::PASSPHRASE_ENV)
-                .ok()
-                .filter(|passphrase| !passphrase.is_empty())
-                .map(zeroize::Zeroizing::new),
-            passphrase_file: config.vault.passphrase_file.clone(),
-            state_dir: paths.state_dir.clone(),
-            euid,
-        },
-    )
-    .await
-    .map_err(DaemonError::Vault)?;
+    let vault = Vault::open(storage.clone(), vault_inputs(&config, &paths, euid))
+        .await
+        .map_err(DaemonError::Vault)?;
     tracing::info!(source = %vault.status().source.describe(), "vault open");
     let secrets = Secrets::new(vault.clone(), |name| std::env::var(name).ok());
 
@@ -392,6 +392,18 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     ));
     register_checks(&health, &lifecycle, &storage, &agent);
     secrets.register_checks(&health, &live);
+    let backups = Backups::new(BackupDeps {
+        storage: storage.clone(),
+        config: live.handle(),
+        paths: BackupPaths {
+            state_dir: paths.state_dir.clone(),
+            database: paths.database.clone(),
+            config: paths.config.clone(),
+        },
+        events: events.clone(),
+    });
+    backups.register_metrics(&metrics);
+    backups.register_checks(&health, startup.started);
     memory.register_checks(&health);
 
     let mut subsystems = Subsystems::new();
@@ -400,6 +412,21 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         crate::metrics::count_events(metrics.clone(), events.clone(), counted_events, token.child_token()),
     );
     subsystems.spawn("memory", crate::memory::watch(memory.clone(), token.child_token()));
+    let backup_changed = Arc::new(tokio::sync::Notify::new());
+    let notify = backup_changed.clone();
+    live.on_change("backup-schedule", move |old, new| {
+        if old.config.backup != new.config.backup {
+            notify.notify_one();
+        }
+    });
+    subsystems.spawn("backup", {
+        let backups = backups.clone();
+        let token = token.child_token();
+        async move {
+            backups.run_schedule(backup_changed, token).await;
+            Ok::<(), SubsystemError>(())
+        }
+    });
     let recording = token.child_token();
     subsystems.spawn("vault", async move {
         vault.record_uses(recording).await;
@@ -433,6 +460,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 metrics: metrics.clone(),
                 memory: memory.clone(),
                 secrets: secrets.clone(),
+                backups: backups.clone(),
                 gateway: gateway_info,
             },
             listener,
@@ -514,6 +542,81 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
 
 /// Creates the state directory (0700: it holds the database and keys) and locks it. An existing
 /// directory (made by systemd's `StateDirectory=` or an administrator) is left as it is.
+/// Where the vault's key comes from: the process environment and `config`.
+fn vault_inputs(config: &crate::config::Config, paths: &Paths, euid: u32) -> SourceInputs {
+    SourceInputs {
+        credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|dir| !dir.is_empty())
+            .map(std::path::PathBuf::from),
+        key_file: config.vault.key_file.clone(),
+        passphrase: std::env::var(vault::source::PASSPHRASE_ENV)
+            .ok()
+            .filter(|passphrase| !passphrase.is_empty())
+            .map(zeroize::Zeroizing::new),
+        passphrase_file: config.vault.passphrase_file.clone(),
+        state_dir: paths.state_dir.clone(),
+        euid,
+    }
+}
+
+/// `blufiod restore ARCHIVE`: the restore of a running daemon, done while none runs. Holds the
+/// state directory's lock throughout, so it refuses while a daemon runs there.
+pub async fn restore_offline(
+    source: &ConfigSource,
+    loaded: &Loaded,
+    archive: &Path,
+    options: RestoreOptions,
+) -> Result<Restored, DaemonError> {
+    let config = &loaded.config;
+    let euid = nix::unistd::geteuid().as_raw();
+    let paths = Paths::resolve(config, &source.path, |name| std::env::var_os(name), euid);
+    let _state_lock = lock_state_dir(&paths.state_dir)?;
+    crate::backup::restore::recover(&paths.database);
+    let file = std::fs::File::open(archive).map_err(|source| DaemonError::ReadArchive {
+        path: archive.to_owned(),
+        source,
+    })?;
+    let storage = Storage::open(&StorageOptions {
+        path: paths.database.clone(),
+        busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
+        read_connections: config.storage.read_connections,
+    })
+    .await
+    .map_err(DaemonError::Storage)?;
+    let vault = Vault::open(storage.clone(), vault_inputs(config, &paths, euid))
+        .await
+        .map_err(DaemonError::Vault)?;
+    let backups = Backups::new(BackupDeps {
+        storage: storage.clone(),
+        config: crate::config::ConfigHandle::new(loaded.clone()),
+        paths: BackupPaths {
+            state_dir: paths.state_dir.clone(),
+            database: paths.database.clone(),
+            config: paths.config.clone(),
+        },
+        events: EventBus::new(),
+    });
+    let receiving = backups.clone();
+    let received = tokio::task::spawn_blocking(move || receiving.receive(std::io::BufReader::new(file)))
+        .await
+        .expect("receiving an archive panicked")
+        .map_err(DaemonError::Restore)?;
+    let restored = backups
+        .restore(
+            received,
+            options,
+            Online {
+                agent: None,
+                vault: &vault,
+                turn_timeout: Duration::ZERO,
+            },
+        )
+        .await
+        .map_err(DaemonError::Restore);
+    storage.close().await;
+    restored
+}
+
 fn lock_state_dir(dir: &Path) -> Result<LockFile, DaemonError> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()

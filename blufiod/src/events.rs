@@ -73,6 +73,25 @@ pub enum Event {
         /// Its key fingerprint.
         keyid: String,
     },
+    /// A backup was written (scheduled) or streamed (requested).
+    BackupFinished {
+        /// Where, for a scheduled one; `None` when streamed to a client.
+        path: Option<std::path::PathBuf>,
+        /// The archive's size.
+        bytes: u64,
+    },
+    /// A backup failed.
+    BackupFailed {
+        /// Why, as one line.
+        error: String,
+    },
+    /// A restore changed the database.
+    Restored {
+        /// When the restored archive was made (Unix seconds).
+        created_at: i64,
+        /// Where the replaced database is kept.
+        safety_copy: std::path::PathBuf,
+    },
 }
 
 impl Event {
@@ -90,6 +109,9 @@ impl Event {
             Self::MemoryPressureChanged { .. } => "memory_pressure_changed",
             Self::DeviceAdded { .. } => "device_added",
             Self::DeviceRevoked { .. } => "device_revoked",
+            Self::BackupFinished { .. } => "backup_finished",
+            Self::BackupFailed { .. } => "backup_failed",
+            Self::Restored { .. } => "restored",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! invalid configuration (systemd should not restart into the same mistake).
 
 mod agent;
+mod backup;
 mod config;
 mod control;
 mod daemon;
@@ -53,11 +54,32 @@ const EXIT_CONFIG: u8 = 2;
 struct Args {
     /// Config file [env: BLUFIO_CONFIG]. Default: $CONFIGURATION_DIRECTORY/blufiod.toml under
     /// systemd, else /etc/blufio/blufiod.toml for root, else ~/.config/blufio/blufiod.toml.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration, print the effective values (secrets masked) and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What blufiod does instead of running.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Restores a backup archive (from `blufioctl backup`) while no daemon runs on this state
+    /// directory: verifies it whole, keeps the current database as a safety copy, swaps it in.
+    /// With a daemon running, use `blufioctl restore` instead.
+    Restore {
+        /// The archive.
+        archive: PathBuf,
+        /// Restore even though this machine's vault key does not open the archive's secrets
+        /// (they are dropped and must be stored again).
+        #[arg(long)]
+        without_secrets: bool,
+        /// Also install the archive's config file over this one.
+        #[arg(long)]
+        restore_config: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +97,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     let args = Args::parse();
+    let args_command = args.command;
     let source = config::ConfigSource::resolve(
         args.config,
         |name| std::env::var_os(name),
@@ -109,6 +132,22 @@ fn main() -> ExitCode {
     };
     install_panic_hook();
 
+    if let Some(Command::Restore {
+        archive,
+        without_secrets,
+        restore_config,
+    }) = &args_command
+    {
+        return restore(
+            &source,
+            &loaded,
+            archive,
+            backup::restore::RestoreOptions {
+                without_secrets: *without_secrets,
+                restore_config: *restore_config,
+            },
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("blufiod-worker")
@@ -138,6 +177,43 @@ fn main() -> ExitCode {
 }
 
 /// `--check-config`: the effective configuration, one key per line.
+/// `blufiod restore`: exit 0 when restored, 1 when refused or failed (the error says why).
+fn restore(
+    source: &config::ConfigSource,
+    loaded: &config::Loaded,
+    archive: &std::path::Path,
+    options: backup::restore::RestoreOptions,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            complain(format_args!("blufiod: cannot start the async runtime: {error}"));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(daemon::restore_offline(source, loaded, archive, options)) {
+        Ok(restored) => {
+            println!(
+                "restored the backup of {} made at {} (blufio {}); the previous database is kept as {}{}",
+                restored.manifest.daemon.hostname,
+                restored.manifest.created_at,
+                restored.manifest.blufio_version,
+                restored.safety_copy.display(),
+                if restored.secrets_restored {
+                    ""
+                } else {
+                    "; its secrets were dropped: store them again with `blufioctl config set-secret`"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            complain(format_args!("blufiod: {}", error_chain(&error)));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 fn print_config(
     out: &mut impl std::io::Write,
     source: &config::ConfigSource,

@@ -240,6 +240,16 @@ impl Metrics {
         }
     }
 
+    /// Registers a counter for a subsystem that keeps its own (`name` without the `blufio_`
+    /// prefix, ending in `_total`).
+    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
+        let counter = IntCounter::new(name, help).expect("valid metric");
+        self.registry
+            .register(Box::new(counter.clone()))
+            .expect("metric names are unique");
+        counter
+    }
+
     /// Registers gauges whose values `read` gives at scrape time, in the order of `gauges`
     /// (name, help). For figures another subsystem already keeps (spend, queue lengths): the
     /// subsystem registers them itself, and `read` returns `None` once it is gone.

@@ -20,6 +20,17 @@ pub fn interface_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
         .collect())
 }
 
+/// Ends the process at once, as a crash would, when `BLUFIOD_CRASH_AT` names `point`: the seam
+/// the crash-consistency tests kill the daemon through at an exact step (a signal from outside
+/// cannot hit a step that takes microseconds). Inert unless the variable is set.
+pub fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("BLUFIOD_CRASH_AT").ok()).as_deref() == Some(point) {
+        tracing::error!(point, "BLUFIOD_CRASH_AT: crashing here on purpose");
+        std::process::abort();
+    }
+}
+
 /// The permissions of a file written by [`write_atomically`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileMode {

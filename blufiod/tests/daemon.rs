@@ -686,6 +686,8 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("DeleteSecret", "full", false),
     ("GetVaultStatus", "full", false),
     ("RekeyVault", "full", false),
+    ("Backup", "full", true),
+    ("Restore", "full", true),
 ];
 
 #[test]

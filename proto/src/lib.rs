@@ -3,6 +3,7 @@
 //!
 //! This crate holds no behaviour of the daemon: `blufioctl` depends on it and never on `blufiod`.
 
+pub mod backup;
 pub mod httpsig;
 pub mod paths;
 

@@ -221,6 +221,17 @@ impl Budget {
         }
     }
 
+    /// Starts over from spend read again (after a restore), with no reservation in flight.
+    pub fn reset(&self, period: &Period, spent_day: Micros, spent_month: Micros) {
+        *self.lock() = State {
+            day: period.day.clone(),
+            month: period.month.clone(),
+            spent_day,
+            spent_month,
+            reserved: 0,
+        };
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("budget lock poisoned")
     }

@@ -111,6 +111,9 @@ pub enum AgentError {
     /// The daemon is stopping.
     #[error("blufiod is shutting down; the message is stored and the turn is marked interrupted")]
     ShuttingDown,
+    /// A restore is replacing the database.
+    #[error("blufiod is restoring a backup; nothing was stored: retry in a few seconds")]
+    Restoring,
     /// The daemon is near its memory limit.
     #[error(
         "blufiod uses {rss_mib} MiB of its {limit_mib} MiB limit (memory.limit_mib), so new turns and sessions are refused until its memory falls; retry in a few seconds, or raise memory.limit_mib"
@@ -147,6 +150,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// Memory is under pressure.
     MemoryPressure,
+    /// A restore is replacing the database.
+    Restoring,
     /// The disk is full.
     StorageFull,
     /// The database failed otherwise.
@@ -167,6 +172,7 @@ impl ErrorKind {
             Self::ProviderFailed => "provider_failed",
             Self::ShuttingDown => "shutting_down",
             Self::MemoryPressure => "memory_pressure",
+            Self::Restoring => "restoring",
             Self::StorageFull => "storage_full",
             Self::StorageFailed => "storage_failed",
         }
@@ -187,6 +193,7 @@ impl AgentError {
             Self::Provider(_) => ErrorKind::ProviderFailed,
             Self::ShuttingDown => ErrorKind::ShuttingDown,
             Self::MemoryPressure { .. } => ErrorKind::MemoryPressure,
+            Self::Restoring => ErrorKind::Restoring,
             Self::Storage(error) => match error.kind() {
                 StorageErrorKind::Full => ErrorKind::StorageFull,
                 StorageErrorKind::Duplicate | StorageErrorKind::Other => ErrorKind::StorageFailed,
@@ -256,6 +263,9 @@ pub struct Agent {
     max_queued: usize,
     queued: AtomicUsize,
     running: AtomicUsize,
+    /// Held (read) by every change from its admission until its turn is spawned; `true` while a
+    /// restore replaces the database (it takes the write side, so it waits for those changes).
+    admission: tokio::sync::RwLock<bool>,
     sessions: Mutex<SessionLocks>,
     /// The provider client, with the config and the vault generation it was built for.
     provider: Mutex<Option<CachedProvider>>,
@@ -374,6 +384,7 @@ impl Agent {
             max_queued: usize::try_from(agent.max_queued_turns).unwrap_or(0),
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            admission: tokio::sync::RwLock::new(false),
             sessions: Mutex::new(SessionLocks {
                 capacity: usize::try_from(agent.max_cached_sessions).unwrap_or(1).max(1),
                 clock: 0,
@@ -494,6 +505,12 @@ impl Agent {
 
     /// Creates an empty session.
     pub async fn create_session(&self, title: &str) -> Result<Session, AgentError> {
+        let _admitted = self.admit_change().await?;
+        self.create_admitted_session(title).await
+    }
+
+    /// Creates a session for a change already admitted.
+    async fn create_admitted_session(&self, title: &str) -> Result<Session, AgentError> {
         self.admit_memory()?;
         let id = uuid::Uuid::now_v7().to_string();
         let title = if title.trim().is_empty() {
@@ -550,6 +567,7 @@ impl Agent {
 
     /// Deletes a session that has no turn in flight.
     pub async fn delete_session(&self, id: &str) -> Result<(), AgentError> {
+        let _admitted = self.admit_change().await?;
         if self.sessions.lock().expect("session locks poisoned").is_busy(id) {
             return Err(AgentError::SessionBusy { id: id.to_owned() });
         }
@@ -562,6 +580,7 @@ impl Agent {
 
     /// Gives a session a new title (trimmed, at most 200 characters).
     pub async fn rename_session(&self, id: &str, title: &str) -> Result<Session, AgentError> {
+        let _admitted = self.admit_change().await?;
         let title = title.trim();
         if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
             return Err(AgentError::InvalidMessage {
@@ -577,6 +596,7 @@ impl Agent {
     /// Deletes the sessions not updated for `days` days (none with a turn in flight); their
     /// spend stays in the ledger. Returns how many went.
     pub async fn prune_sessions(&self, days: u32) -> Result<u64, AgentError> {
+        let _admitted = self.admit_change().await?;
         let before = crate::util::unix_now() - i64::from(days) * 86_400;
         let pruned = self.storage.prune_sessions(before).await?;
         if pruned > 0 {
@@ -685,6 +705,9 @@ impl Agent {
     }
 
     async fn accept(self: &Arc<Self>, request: TurnRequest<'_>) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
+        // Held until the turn is spawned: a restore waits for the message to be stored and the
+        // turn to count as running.
+        let _admitted = self.admit_change().await?;
         let TurnRequest {
             channel,
             session_id,
@@ -772,7 +795,7 @@ impl Agent {
                     .iter()
                     .find(|(role, _)| *role == Role::User)
                     .map_or(text, |(_, first)| first.as_str());
-                self.create_session(first).await?.id
+                self.create_admitted_session(first).await?.id
             }
         };
         // Held from here until the turn ends, so that the session counts as busy (and cannot be
@@ -937,6 +960,46 @@ impl Agent {
     /// Counts an error on `blufio_errors_total` by its kind (a fixed set).
     fn count_error(&self, error: &AgentError) {
         self.metrics.errors.with_label_values(&[error.kind().as_str()]).inc();
+    }
+
+    /// Admits a change unless a restore is replacing the database; the guard holds the restore
+    /// back until the change (and the spawn of its turn) is done.
+    async fn admit_change(&self) -> Result<tokio::sync::RwLockReadGuard<'_, bool>, AgentError> {
+        let admitted = self.admission.read().await;
+        if *admitted {
+            return Err(AgentError::Restoring);
+        }
+        Ok(admitted)
+    }
+
+    /// Refuses new changes (turns, sessions) until [`Agent::end_restore`], after every change
+    /// already admitted has been stored and its turn spawned. Returns the turns then running.
+    pub async fn begin_restore(&self) -> usize {
+        *self.admission.write().await = true;
+        self.turns.len()
+    }
+
+    /// Waits up to `timeout` for the running turns to end; whether they all did.
+    pub async fn wait_for_running_turns(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.turns.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Accepts changes again, with the budget's spend read from the (restored) database.
+    pub async fn end_restore(&self) -> Result<(), AgentError> {
+        let mut admission = self.admission.write().await;
+        let period = Period::now();
+        let reloaded = self.storage.spend(&period.day, &period.month).await;
+        *admission = false;
+        let (spent_day, spent_month) = reloaded?;
+        self.budget.reset(&period, spent_day, spent_month);
+        Ok(())
     }
 
     /// Refuses new work while memory is at the limit level.

@@ -569,6 +569,29 @@ pub struct VaultConfig {
     pub passphrase_file: Option<PathBuf>,
 }
 
+/// `[backup]`: backups the daemon writes itself, on a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Seconds between scheduled backups; 0 turns them off.
+    pub interval_secs: u64,
+    /// Where they go; default: `backups` in the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Backups kept (the oldest beyond this are removed, as are safety copies of restores).
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 86_400,
+            dir: None,
+            keep: 7,
+        }
+    }
+}
+
 /// `[memory]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -51,6 +51,9 @@ pub const KEYS: &[KeySpec] = &[
     live("agent.session_retention_days"),
     live("agent.system_prompt"),
     live("agent.system_prompt_file"),
+    live("backup.dir"),
+    live("backup.interval_secs"),
+    live("backup.keep"),
     live("budget.daily_usd"),
     live("budget.monthly_usd"),
     restart("control.group"),
@@ -467,6 +470,7 @@ mod tests {
         config.gateway.metrics_token = Some(SecretSetting::Literal(super::super::agent::Secret("t".into())));
         config.vault.key_file = Some("/etc/v.key".into());
         config.vault.passphrase_file = Some("/etc/v.pass".into());
+        config.backup.dir = Some("/b".into());
         config.gateway.metrics_listen = Some("127.0.0.1:9464".into());
         config
     }

@@ -18,9 +18,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{
-    AgentConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig, ProviderKind,
-    RunCommandConfig, SECRET_REFERENCE_PREFIX, Secret, SecretSetting, ToolsConfig, VaultConfig, default_pricing,
-    secret_name_problem,
+    AgentConfig, BackupConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig,
+    ProviderKind, RunCommandConfig, SECRET_REFERENCE_PREFIX, Secret, SecretSetting, ToolsConfig, VaultConfig,
+    default_pricing, secret_name_problem,
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
 pub use keys::{
@@ -78,6 +78,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Where the secrets vault's key comes from.
     pub vault: VaultConfig,
+    /// Scheduled backups.
+    pub backup: BackupConfig,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             memory: MemoryConfig::default(),
             vault: VaultConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -465,6 +468,8 @@ pub const RANGES: &[(&str, u64, u64)] = &[
     ("agent.max_queued_turns", 0, 100_000),
     ("agent.max_tool_iterations", 1, 1_000),
     ("agent.session_retention_days", 0, 36_500),
+    ("backup.interval_secs", 0, 366 * 86_400),
+    ("backup.keep", 1, 10_000),
     ("daemon.shutdown_timeout_secs", 1, 3_600),
     ("gateway.idle_timeout_secs", 1, 86_400),
     ("gateway.max_body_bytes", 1, 64 * 1024 * 1024),
@@ -496,7 +501,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
 
 impl Config {
     /// Every integer key with its value, for the range checks.
-    fn numeric_values(&self) -> [(&'static str, u64); 32] {
+    fn numeric_values(&self) -> [(&'static str, u64); 34] {
         [
             ("agent.context_tokens", u64::from(self.agent.context_tokens)),
             ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
@@ -507,6 +512,8 @@ impl Config {
             ("agent.max_concurrent_turns", u64::from(self.agent.max_concurrent_turns)),
             ("agent.max_queued_turns", u64::from(self.agent.max_queued_turns)),
             ("agent.max_tool_iterations", u64::from(self.agent.max_tool_iterations)),
+            ("backup.interval_secs", self.backup.interval_secs),
+            ("backup.keep", u64::from(self.backup.keep)),
             ("daemon.shutdown_timeout_secs", self.daemon.shutdown_timeout_secs),
             ("gateway.idle_timeout_secs", self.gateway.idle_timeout_secs),
             ("gateway.max_body_bytes", self.gateway.max_body_bytes),
@@ -568,6 +575,7 @@ impl Config {
             ("gateway.key_file", &self.gateway.key_file),
             ("vault.key_file", &self.vault.key_file),
             ("vault.passphrase_file", &self.vault.passphrase_file),
+            ("backup.dir", &self.backup.dir),
         ];
         for (key, path) in paths {
             if let Some(path) = path

@@ -42,6 +42,8 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("DeleteSecret", Access::Full),
     ("GetVaultStatus", Access::Full),
     ("RekeyVault", Access::Full),
+    ("Backup", Access::Full),
+    ("Restore", Access::Full),
 ];
 
 /// The access `method` needs.

@@ -57,6 +57,8 @@ pub struct ControlDeps {
     pub memory: Arc<crate::memory::Monitor>,
     /// The secrets resolver and its vault (secret and vault RPCs, the key source in status).
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// Backups and restores.
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a

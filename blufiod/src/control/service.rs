@@ -5,6 +5,9 @@
 /// to the document, and any caller with read access may send one.
 const MAX_CLIENT_DOCUMENT_BYTES: usize = 64 * 1024;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use blufio_proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -15,6 +18,8 @@ use tokio_stream::StreamExt as _;
 use crate::agent::budget::dollars;
 use crate::agent::model::{Channel, ContentBlock, Message, Session, TurnEvent, Usage, UsageTotals};
 use crate::agent::{AgentError, ErrorKind};
+use crate::backup::restore::{Online, RestoreError, RestoreOptions};
+use crate::backup::{BackupError, Backups, CHUNK_BYTES, Contents};
 use crate::config::ReloadError;
 use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, DeviceRecord};
@@ -104,6 +109,19 @@ impl pb::control_server::Control for ControlService {
             }),
             previous_run_unclean: lifecycle.previous_run_unclean,
             caller_access: access.as_str().to_owned(),
+            backup: Some({
+                let backups = &self.deps.backups;
+                let last = backups.last();
+                pb::BackupStatus {
+                    schedule: backups.schedule(),
+                    last_success_at: last.success_at.unwrap_or(0),
+                    last_size_bytes: last.size_bytes,
+                    last_duration_seconds: last.duration.as_secs_f64(),
+                    last_error: last.error.as_ref().map(|(error, _)| error.clone()).unwrap_or_default(),
+                    last_error_at: last.error.as_ref().map_or(0, |(_, at)| *at),
+                    restore_phase: backups.restore_phase().unwrap_or_default().to_owned(),
+                }
+            }),
             gateway: match &self.deps.gateway {
                 None => None,
                 Some(gateway) => {
@@ -353,6 +371,65 @@ impl pb::control_server::Control for ControlService {
         // cancels the turn; the stored message stays.
         let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(turn_event_to_proto);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type BackupStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send + 'static>>;
+
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        self.authorize(&request, "Backup")?;
+        let pb::BackupRequest {
+            without_config,
+            include_tls,
+        } = request.into_inner();
+        let contents = Contents {
+            config: !without_config,
+            tls: include_tls,
+        };
+        // The snapshot can take longer than a call may before it answers: the stream answers at
+        // once and carries everything, errors included.
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(stream_backup(self.deps.backups.clone(), contents, sender));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        ))))
+    }
+
+    type RestoreStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::RestoreProgress, Status>> + Send + 'static>>;
+
+    async fn restore(
+        &self,
+        request: Request<tonic::Streaming<pb::RestoreChunk>>,
+    ) -> Result<Response<Self::RestoreStream>, Status> {
+        self.authorize(&request, "Restore")?;
+        let mut incoming = request.into_inner();
+        let Some(pb::RestoreChunk {
+            chunk: Some(pb::restore_chunk::Chunk::Start(start)),
+        }) = incoming.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "a restore stream starts with `start`, then the archive's bytes",
+            ));
+        };
+        let options = RestoreOptions {
+            without_secrets: start.without_secrets,
+            restore_config: start.restore_config,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(8);
+        let turn_timeout = Duration::from_secs(self.deps.live.get().config.daemon.shutdown_timeout_secs);
+        tokio::spawn(run_restore(
+            self.deps.backups.clone(),
+            self.deps.agent.clone(),
+            self.deps.secrets.vault().clone(),
+            incoming,
+            options,
+            turn_timeout,
+            sender,
+        ));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        ))))
     }
 
     async fn get_metrics(
@@ -879,7 +956,7 @@ fn agent_error_to_status(error: &AgentError) -> Status {
         ErrorKind::BudgetExhausted | ErrorKind::QueueFull | ErrorKind::MemoryPressure | ErrorKind::StorageFull => {
             Status::resource_exhausted(message)
         }
-        ErrorKind::ProviderFailed | ErrorKind::ShuttingDown => Status::unavailable(message),
+        ErrorKind::ProviderFailed | ErrorKind::ShuttingDown | ErrorKind::Restoring => Status::unavailable(message),
         ErrorKind::StorageFailed => Status::internal(message),
     }
 }
@@ -909,6 +986,248 @@ fn vault_error_to_status(error: &VaultError) -> Status {
         | VaultError::WrongKey { .. }
         | VaultError::Damaged { .. }
         | VaultError::Derive { .. } => Status::internal(message),
+    }
+}
+
+/// Prepares a backup and streams it into `sender`: `started`, then the archive in chunks.
+async fn stream_backup(
+    backups: Arc<Backups>,
+    contents: Contents,
+    sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+) {
+    let prepared = match backups.prepare(contents).await {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            backups.finish(Err(&error));
+            let _ = sender.send(Err(backup_error_to_status(&error))).await;
+            return;
+        }
+    };
+    let started = pb::BackupChunk {
+        chunk: Some(pb::backup_chunk::Chunk::Started(pb::BackupStarted {
+            archive_bytes: prepared.archive_bytes,
+            manifest_json: serde_json::to_string(&prepared.manifest).expect("a manifest serializes"),
+        })),
+    };
+    if sender.send(Ok(started)).await.is_err() {
+        return;
+    }
+    let chunks = sender.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let result = prepared.write_to(ChunkWriter::new(chunks)).and_then(|mut writer| {
+            std::io::Write::flush(&mut writer).map_err(|source| crate::backup::BackupError::Write {
+                path: "the control socket".into(),
+                source,
+            })
+        });
+        (prepared, result)
+    })
+    .await;
+    let Ok((prepared, result)) = written else {
+        return;
+    };
+    match result {
+        Ok(_) => backups.finish(Ok((&prepared, None))),
+        Err(error) => {
+            // A client that went away is not a failed backup.
+            if !sender.is_closed() {
+                backups.finish(Err(&error));
+                let _ = sender.send(Err(backup_error_to_status(&error))).await;
+            }
+        }
+    }
+}
+
+/// Sends what is written to it as `data` chunks of at most [`CHUNK_BYTES`].
+struct ChunkWriter {
+    sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+    buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn new(sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>) -> Self {
+        Self {
+            sender,
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        self.sender
+            .blocking_send(Ok(pb::BackupChunk {
+                chunk: Some(pb::backup_chunk::Chunk::Data(data)),
+            }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_BYTES - self.buffer.len();
+        let taken = bytes.len().min(room);
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Reads the `data` chunks a client streams, for the blocking archive reader.
+struct ChunkReader {
+    receiver: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let read = std::io::Read::read(&mut self.current, buffer)?;
+            if read > 0 || buffer.is_empty() {
+                return Ok(read);
+            }
+            match self.receiver.blocking_recv() {
+                Some(next) => self.current = std::io::Cursor::new(next),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+/// Receives an archive from `incoming`, then restores it, sending each phase and the result.
+async fn run_restore(
+    backups: Arc<Backups>,
+    agent: Arc<crate::agent::Agent>,
+    vault: Arc<crate::vault::Vault>,
+    mut incoming: tonic::Streaming<pb::RestoreChunk>,
+    options: RestoreOptions,
+    turn_timeout: Duration,
+    sender: tokio::sync::mpsc::Sender<Result<pb::RestoreProgress, Status>>,
+) {
+    let phase = |name: &str| {
+        Ok(pb::RestoreProgress {
+            progress: Some(pb::restore_progress::Progress::Phase(name.to_owned())),
+        })
+    };
+    let _ = sender.send(phase("receiving")).await;
+    let (chunks, receiver) = tokio::sync::mpsc::channel(8);
+    let receiving = {
+        let backups = backups.clone();
+        tokio::task::spawn_blocking(move || {
+            backups.receive(ChunkReader {
+                receiver,
+                current: std::io::Cursor::new(Vec::new()),
+            })
+        })
+    };
+    loop {
+        match incoming.message().await {
+            Ok(Some(pb::RestoreChunk {
+                chunk: Some(pb::restore_chunk::Chunk::Data(data)),
+            })) => {
+                if chunks.send(data).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {
+                let _ = sender
+                    .send(Err(Status::invalid_argument(
+                        "after `start`, a restore stream carries only data",
+                    )))
+                    .await;
+                return;
+            }
+            Ok(None) => break,
+            Err(status) => {
+                // The client stopped sending: nothing was changed.
+                tracing::warn!(%status, "a restore's archive stream broke off; nothing was changed");
+                return;
+            }
+        }
+    }
+    drop(chunks);
+    let received = match receiving.await {
+        Ok(Ok(received)) => received,
+        Ok(Err(error)) => {
+            let _ = sender.send(Err(restore_error_to_status(&error))).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut phases = backups.restore_phases();
+    let restore = backups.restore(
+        received,
+        options,
+        Online {
+            agent: Some(&agent),
+            vault: &vault,
+            turn_timeout,
+        },
+    );
+    tokio::pin!(restore);
+    let result = loop {
+        tokio::select! {
+            result = &mut restore => break result,
+            changed = phases.changed() => {
+                let now = *phases.borrow_and_update();
+                if let (Ok(()), Some(now)) = (changed, now) {
+                    let _ = sender.send(phase(now)).await;
+                }
+            }
+        }
+    };
+    let message = result
+        .map(|restored| pb::RestoreProgress {
+            progress: Some(pb::restore_progress::Progress::Done(pb::RestoreResponse {
+                manifest_json: serde_json::to_string(&restored.manifest).expect("a manifest serializes"),
+                safety_copy: restored.safety_copy.display().to_string(),
+                schema_version_from: restored.schema_from,
+                schema_version_now: restored.schema_now,
+                secrets_restored: restored.secrets_restored,
+                config_restored: restored.config_restored,
+                tls_restored: restored.tls_restored,
+                turns_finished: u32::try_from(restored.turns_finished).unwrap_or(u32::MAX),
+            })),
+        })
+        .map_err(|error| restore_error_to_status(&error));
+    let _ = sender.send(message).await;
+}
+
+fn backup_error_to_status(error: &BackupError) -> Status {
+    let message = error_chain(error);
+    if error.is_full() {
+        return Status::resource_exhausted(message);
+    }
+    match error {
+        BackupError::Busy => Status::unavailable(message),
+        BackupError::Integrity { .. } => Status::data_loss(message),
+        _ => Status::internal(message),
+    }
+}
+
+fn restore_error_to_status(error: &RestoreError) -> Status {
+    let message = error_chain(error);
+    match error {
+        _ if error.is_refusal() => Status::invalid_argument(message),
+        RestoreError::NewerSchema { .. } | RestoreError::ForeignVault { .. } => Status::failed_precondition(message),
+        RestoreError::Busy | RestoreError::TurnsRunning { .. } => Status::unavailable(message),
+        RestoreError::File { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            Status::resource_exhausted(message)
+        }
+        _ => Status::internal(message),
     }
 }
 

@@ -6,6 +6,7 @@
 //! database file.
 
 mod agent;
+mod backup;
 mod devices;
 mod vault;
 
@@ -28,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
+pub use backup::{current_schema_version, drop_vault_in, inspect_database};
 pub use devices::DeviceRecord;
 pub use vault::{SlotName, VaultEntryRecord, VaultSlotRecord};
 
@@ -164,17 +166,10 @@ impl Paused<'_> {
     /// Closes the database (checkpointing the WAL), lets `replace` change the file at `path`
     /// (for example rename a restored copy over it), then opens and migrates it again. On any
     /// failure the database at `path` is opened as it then is, or the error says why not.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the seam online restore (the backup issue) swaps the file through"
-        )
-    )]
-    pub async fn reopen_with<E>(
+    pub async fn reopen_with<T, E>(
         &mut self,
-        replace: impl FnOnce(&Path) -> Result<(), E>,
-    ) -> Result<Result<(), E>, StorageError> {
+        replace: impl FnOnce(&Path) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StorageError> {
         self.pools.reader.close().await;
         self.pools.writer.close().await;
         let replaced = replace(&self.options.path);

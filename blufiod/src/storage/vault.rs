@@ -61,7 +61,12 @@ pub struct VaultEntryRecord {
     pub last_used_at: Option<i64>,
 }
 
-type SlotRow = (
+/// Every key slot, as [`SlotRow`]s.
+pub(super) const SELECT_SLOTS: &str = "SELECT slot, source, kdf, m_cost_kib, t_cost, p_cost, salt, check_value, nonce, \
+     wrapped_key, created_at FROM vault_slots ORDER BY slot";
+
+/// A row of [`SELECT_SLOTS`].
+pub(super) type SlotRow = (
     String,
     String,
     String,
@@ -75,6 +80,28 @@ type SlotRow = (
     i64,
 );
 
+impl From<SlotRow> for VaultSlotRecord {
+    fn from(
+        (slot, source, kdf, m_cost, t_cost, p_cost, salt, check_value, nonce, wrapped_key, created_at): SlotRow,
+    ) -> Self {
+        Self {
+            slot: if slot == "current" {
+                SlotName::Current
+            } else {
+                SlotName::Pending
+            },
+            source,
+            kdf,
+            argon2: m_cost.zip(t_cost).zip(p_cost).map(|((m, t), p)| (m, t, p)),
+            salt,
+            check_value,
+            nonce,
+            wrapped_key,
+            created_at,
+        }
+    }
+}
+
 type EntryRow = (String, Vec<u8>, Vec<u8>, i64, i64, Option<i64>);
 
 fn query_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
@@ -85,35 +112,11 @@ impl Storage {
     /// Every key slot (none for a vault never created).
     pub async fn vault_slots(&self) -> Result<Vec<VaultSlotRecord>, StorageError> {
         let pools = self.pools.read().await;
-        let rows: Vec<SlotRow> = sqlx::query_as(
-            "SELECT slot, source, kdf, m_cost_kib, t_cost, p_cost, salt, check_value, nonce, wrapped_key, created_at \
-             FROM vault_slots ORDER BY slot",
-        )
-        .fetch_all(&pools.writer)
-        .await
-        .map_err(query_error("read the vault's key slots"))?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(slot, source, kdf, m_cost, t_cost, p_cost, salt, check_value, nonce, wrapped_key, created_at)| {
-                    VaultSlotRecord {
-                        slot: if slot == "current" {
-                            SlotName::Current
-                        } else {
-                            SlotName::Pending
-                        },
-                        source,
-                        kdf,
-                        argon2: m_cost.zip(t_cost).zip(p_cost).map(|((m, t), p)| (m, t, p)),
-                        salt,
-                        check_value,
-                        nonce,
-                        wrapped_key,
-                        created_at,
-                    }
-                },
-            )
-            .collect())
+        let rows: Vec<SlotRow> = sqlx::query_as(SELECT_SLOTS)
+            .fetch_all(&pools.writer)
+            .await
+            .map_err(query_error("read the vault's key slots"))?;
+        Ok(rows.into_iter().map(VaultSlotRecord::from).collect())
     }
 
     /// Writes `record` into its slot, replacing what was there. A `Current` slot is written only

@@ -231,6 +231,8 @@ pub enum Rekeyed {
 /// The open vault. Made once by the composition root.
 pub struct Vault {
     storage: Storage,
+    /// Where the key comes from, read again by a reload and by [`Vault::opens`].
+    inputs: SourceInputs,
     /// blufiod's uid: the owner a key file it writes must have.
     owner: u32,
     state: RwLock<State>,
@@ -272,6 +274,56 @@ impl Vault {
     /// (and, with no source at all, the generated key file) on first use. A wrong key changes
     /// nothing. A pending rekey whose key is now the one supplied is completed.
     pub async fn open(storage: Storage, inputs: SourceInputs) -> Result<Arc<Self>, VaultError> {
+        let state = load_state(&storage, &inputs).await?;
+        let (uses, receiver) = tokio::sync::mpsc::channel(USE_QUEUE);
+        Ok(Arc::new(Self {
+            storage,
+            owner: inputs.euid,
+            inputs,
+            state: RwLock::new(state),
+            writing: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            uses,
+            pending_uses: std::sync::Mutex::new(Some(receiver)),
+        }))
+    }
+
+    /// Whether the key source in effect opens a vault with these key slots (another database's:
+    /// a restore checks an archive with it before changing anything). Reads the source again.
+    pub fn opens(&self, slots: &[VaultSlotRecord]) -> Result<bool, VaultError> {
+        let Some(loaded) = self.inputs.load()? else {
+            return Ok(false);
+        };
+        for slot in slots {
+            if try_slot(slot, &loaded)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Opens the vault again from the database (after a restore swapped it), as at start.
+    pub async fn reload(&self) -> Result<(), VaultError> {
+        let _writing = self.writing.lock().await;
+        let state = load_state(&self.storage, &self.inputs).await?;
+        *self.write() = state;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("vault state poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().expect("vault state poisoned")
+    }
+}
+
+/// The vault's state read from `storage` with the first key source `inputs` finds (see
+/// [`Vault::open`]).
+async fn load_state(storage: &Storage, inputs: &SourceInputs) -> Result<State, VaultError> {
+    {
         let slots = storage
             .vault_slots()
             .await
@@ -359,33 +411,18 @@ impl Vault {
             let recorded_use = record.last_used_at;
             entries.insert(record.name.clone(), Entry { record, recorded_use });
         }
-        let (uses, receiver) = tokio::sync::mpsc::channel(USE_QUEUE);
-        Ok(Arc::new(Self {
-            storage,
-            owner: inputs.euid,
-            state: RwLock::new(State {
-                source: loaded.source,
-                data_key,
-                cipher,
-                current: current_info,
-                pending: pending_info,
-                entries,
-            }),
-            writing: tokio::sync::Mutex::new(()),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            uses,
-            pending_uses: std::sync::Mutex::new(Some(receiver)),
-        }))
+        Ok(State {
+            source: loaded.source,
+            data_key,
+            cipher,
+            current: current_info,
+            pending: pending_info,
+            entries,
+        })
     }
+}
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().expect("vault state poisoned")
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().expect("vault state poisoned")
-    }
-
+impl Vault {
     /// The value of `name`, decrypted now, for its owner: records the use.
     pub fn get(&self, name: &str) -> Result<Secret, VaultError> {
         self.open_entry(name, true)

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 /// may name only these (`blufiod/tests/prometheus_rules.rs`).
 pub const FAMILIES: &[&str] = &[
     "blufio_active_sessions",
+    "blufio_backup_failures_total",
+    "blufio_backup_last_duration_seconds",
+    "blufio_backup_last_size_bytes",
+    "blufio_backup_last_success_timestamp_seconds",
     "blufio_budget_cap_usd",
     "blufio_budget_remaining_usd",
     "blufio_budget_reserved_usd",

@@ -333,6 +333,13 @@ fn agent_problem(error: &AgentError) -> Problem {
             detail,
         )
         .retry_after(5),
+        ErrorKind::Restoring => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restoring",
+            "Restoring a backup",
+            detail,
+        )
+        .retry_after(5),
         ErrorKind::MemoryPressure => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "memory-pressure",

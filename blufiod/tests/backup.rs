@@ -1,0 +1,515 @@
+//! Backups and restores through the real daemon and the real client: a backup taken under
+//! concurrent writers holds every acknowledged turn and no half-written one; a round trip onto a
+//! fresh state directory brings back sessions, the ledger, devices and secrets; bad archives are
+//! refused with the live database untouched; a restore while a turn streams loses nothing; a crash
+//! at each step of the swap leaves the old or the new database, never a mix.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use blufio_testkit::fake_provider::{FakeProvider, Script};
+use blufio_testkit::{Binaries, Daemon, DaemonOptions, describe, new_dir};
+
+const KEY: &str = "sk-ant-backup-test-0123456789";
+
+fn ok(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{}", describe(output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Config for a daemon on `fake` whose vault key is the file `key` (shared between "machines").
+fn config(fake: &FakeProvider, key: &Path) -> String {
+    format!(
+        "[provider]\nkind = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"fake-model\"\nmax_tokens = 1000\n\
+         idle_timeout_secs = 5\nmax_retries = 1\nretry_base_delay_ms = 10\n\
+         [pricing.\"fake-model\"]\ninput = 1.0\noutput = 2.0\n\
+         [agent]\nmax_concurrent_turns = 8\nmax_queued_turns = 64\n\
+         [vault]\nkey_file = \"{}\"\n",
+        fake.url(),
+        key.display()
+    )
+}
+
+/// A key file in a private directory of its own.
+fn key_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.path().join("vault.key");
+    std::fs::write(&path, format!("{}\n", "3c".repeat(32))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, path)
+}
+
+fn start(dir: Arc<tempfile::TempDir>, fake: &FakeProvider, key: &Path, env: Vec<(String, String)>) -> Daemon {
+    Daemon::start_with(
+        dir,
+        DaemonOptions {
+            config: config(fake, key),
+            env,
+            ..DaemonOptions::default()
+        },
+    )
+}
+
+/// Runs `blufiod restore ARCHIVE` (offline) on `dir`'s config.
+fn restore_offline(dir: &Path, archive: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(Binaries::from_env().blufiod())
+        .arg("--config")
+        .arg(dir.join("blufiod.toml"))
+        .arg("restore")
+        .args(extra)
+        .arg(archive)
+        .env_remove("BLUFIO_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// Every session of a daemon, page after page.
+fn sessions(daemon: &Daemon) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = vec!["sessions", "list", "--limit", "500"];
+        if let Some(cursor) = &cursor {
+            args.extend(["--cursor", cursor]);
+        }
+        let page = daemon.ctl_json(&args);
+        all.extend(page["sessions"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
+            _ => return all,
+        }
+    }
+}
+
+/// Session titles of a daemon.
+fn titles(daemon: &Daemon) -> Vec<String> {
+    sessions(daemon)
+        .iter()
+        .map(|session| session["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_backup_under_eight_writers_holds_every_acknowledged_turn_and_comes_back_whole() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = Arc::new(start(dir.clone(), &fake, &key, Vec::new()));
+    ok(&daemon.ctl_input(
+        &["config", "set-secret", "anthropic", "--for", "provider.api_key"],
+        KEY.as_bytes(),
+    ));
+    let device_key = dir.path().join("laptop.pem");
+    ok(&daemon.ctl(&["device", "add", "laptop", "--key-out", device_key.to_str().unwrap()]));
+    let old_key = dir.path().join("old.pem");
+    ok(&daemon.ctl(&["device", "add", "old", "--key-out", old_key.to_str().unwrap()]));
+    ok(&daemon.ctl(&["device", "revoke", "old"]));
+
+    // Eight clients send turns without pause; each records when its turn was acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let (daemon, stop, acknowledged) = (daemon.clone(), stop.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                let mut turn = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let text = format!("writer {writer} turn {turn}");
+                    if daemon.ctl(&["chat", &text]).status.success() {
+                        acknowledged.lock().unwrap().push((Instant::now(), text));
+                    }
+                    turn += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let began = Instant::now();
+    let archive = dir.path().join("under-load.tar");
+    ok(&daemon.ctl(&["backup", archive.to_str().unwrap()]));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let before: Vec<&String> = acknowledged
+        .iter()
+        .filter(|(at, _)| *at < began)
+        .map(|(_, text)| text)
+        .collect();
+    assert!(
+        before.len() >= 8,
+        "the writers did work before the backup: {}",
+        before.len()
+    );
+    assert!(
+        acknowledged.len() > before.len(),
+        "the writers kept working during the backup"
+    );
+    ok(&daemon.ctl(&["backup", "--verify", archive.to_str().unwrap()]));
+    let usage_then = daemon.ctl_json(&["usage"]);
+    let devices_then = daemon.ctl_json(&["device", "list"]);
+    drop(daemon);
+
+    // Another machine: a fresh state directory, the same vault key, the archive.
+    let elsewhere = new_dir();
+    let mut fresh = start(elsewhere.clone(), &fake, &key, Vec::new());
+    fresh.stop();
+    ok(&restore_offline(elsewhere.path(), &archive, &[]));
+    let restored = start(elsewhere.clone(), &fake, &key, Vec::new());
+    let titles = titles(&restored);
+    for text in &before {
+        assert!(titles.contains(text), "{text} was acknowledged before the backup began");
+    }
+    // No half-written turn: every session holds its message and an answer, or only its message
+    // with the turn interrupted (in flight when the snapshot was taken).
+    for session in &sessions(&restored) {
+        let id = session["id"].as_str().unwrap();
+        let shown = restored.ctl_json(&["sessions", "show", id]);
+        let roles: Vec<&str> = shown["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["role"].as_str().unwrap())
+            .collect();
+        assert!(
+            roles == ["user", "assistant"] || roles == ["user"],
+            "session {id} holds {roles:?}"
+        );
+    }
+    // Devices with their revocation, and the secret, came back.
+    let devices = restored.ctl_json(&["device", "list"]);
+    assert_eq!(
+        devices["devices"].as_array().unwrap().len(),
+        devices_then["devices"].as_array().unwrap().len()
+    );
+    assert!(devices.to_string().contains("\"revoked\""), "{devices}");
+    let usage = restored.ctl_json(&["usage"]);
+    assert!(usage["cost"]["today_usd"].as_f64().unwrap() > 0.0, "{usage}");
+    assert!(
+        usage["cost"]["today_usd"].as_f64().unwrap() <= usage_then["cost"]["today_usd"].as_f64().unwrap(),
+        "{usage} vs {usage_then}"
+    );
+    fake.push(Script::text("after the move", 1));
+    ok(&restored.ctl(&["chat", "hello from the new machine"]));
+    assert_eq!(fake.requests().last().unwrap().header("x-api-key"), Some(KEY));
+}
+
+#[test]
+fn bad_archives_are_refused_and_the_live_database_is_untouched() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    ok(&daemon.ctl(&["chat", "keep me"]));
+    let archive = dir.path().join("good.tar");
+    ok(&daemon.ctl(&["backup", archive.to_str().unwrap()]));
+    let good = std::fs::read(&archive).unwrap();
+
+    let live = |dir: &Path| {
+        ["blufio.db", "blufio.db-wal"].map(|name| std::fs::read(dir.join("state").join(name)).unwrap_or_default())
+    };
+    let before = live(dir.path());
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let truncated = write("truncated.tar", &good[..good.len() / 2]);
+    let mut flipped_bytes = good.clone();
+    let middle = flipped_bytes.len() / 2;
+    flipped_bytes[middle] ^= 0x40;
+    let flipped = write("flipped.tar", &flipped_bytes);
+    for bad in [&truncated, &flipped] {
+        let refused = daemon.ctl(&["restore", bad.to_str().unwrap()]);
+        assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+        let shown = describe(&refused);
+        assert!(shown.contains("truncated") || shown.contains("SHA-256"), "{shown}");
+    }
+
+    // A database from a newer blufio, and one sealed with another key: the daemon refuses them.
+    let newer = rebuild(&good, &dir.path().join("newer.tar"), |db| {
+        sql(
+            db,
+            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) VALUES (999, 'future', 0, 1, x'00', 0)",
+        );
+    });
+    let refused = daemon.ctl(&["restore", newer.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(
+        describe(&refused).contains("schema version 999"),
+        "{}",
+        describe(&refused)
+    );
+
+    let other_fake = FakeProvider::start();
+    let (_other_keys, other_key) = {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = dir.path().join("other.key");
+        std::fs::write(&path, "7e".repeat(32)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, path)
+    };
+    let other_dir = new_dir();
+    let other = start(other_dir.clone(), &other_fake, &other_key, Vec::new());
+    ok(&other.ctl_input(&["config", "set-secret", "anthropic"], b"sk-other-machine-key"));
+    let foreign = other_dir.path().join("foreign.tar");
+    ok(&other.ctl(&["backup", foreign.to_str().unwrap()]));
+    let refused = daemon.ctl(&["restore", foreign.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(
+        describe(&refused).contains("--without-secrets"),
+        "{}",
+        describe(&refused)
+    );
+
+    assert_eq!(live(dir.path()), before, "no refused archive changed the live database");
+    assert!(titles(&daemon).contains(&"keep me".to_owned()));
+    let status = daemon.ctl_json(&["status"]);
+    assert_eq!(status["state"], "ready", "{status}");
+
+    // With --without-secrets, the foreign archive is restored and its secrets dropped.
+    let restored = daemon.ctl(&["restore", "--without-secrets", foreign.to_str().unwrap()]);
+    assert!(restored.status.success(), "{}", describe(&restored));
+    let secrets = daemon.ctl_json(&["config", "list-secrets"]);
+    assert_eq!(secrets["secrets"].as_array().unwrap().len(), 0, "{secrets}");
+    assert!(
+        !titles(&daemon).contains(&"keep me".to_owned()),
+        "the other machine's sessions are in place"
+    );
+}
+
+/// Rewrites `archive`'s database with `change` and writes the result to `to`.
+fn rebuild(archive: &[u8], to: &Path, change: impl FnOnce(&Path)) -> PathBuf {
+    use blufio_proto::backup;
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("blufio.db");
+    let mut extra = Vec::new();
+    let manifest = backup::verify(archive, |member, data| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(data, &mut bytes)?;
+        if member.name == backup::DATABASE {
+            std::fs::write(&db, &bytes)?;
+        } else {
+            extra.push((member.name.clone(), bytes));
+        }
+        Ok(0)
+    })
+    .unwrap();
+    change(&db);
+    let mut manifest = manifest;
+    for member in &mut manifest.members {
+        let bytes = if member.name == backup::DATABASE {
+            std::fs::read(&db).unwrap()
+        } else {
+            extra.iter().find(|(name, _)| *name == member.name).unwrap().1.clone()
+        };
+        let (sha256, size) = backup::sha256_of(&bytes[..]).unwrap();
+        member.sha256 = sha256;
+        member.bytes = size;
+    }
+    let file = std::fs::File::create(to).unwrap();
+    backup::write(file, &manifest, |name| {
+        let bytes = if name == backup::DATABASE {
+            std::fs::read(&db)?
+        } else {
+            extra.iter().find(|(member, _)| member == name).unwrap().1.clone()
+        };
+        Ok(Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read>)
+    })
+    .unwrap();
+    to.to_owned()
+}
+
+/// Runs one statement on the SQLite file at `db`.
+fn sql(db: &Path, statement: &'static str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(statement).execute(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_restore_while_a_turn_streams_lets_it_finish_and_keeps_what_comes_after() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    ok(&daemon.ctl(&["chat", "before the backup"]));
+    let archive = dir.path().join("point.tar");
+    ok(&daemon.ctl(&["backup", archive.to_str().unwrap()]));
+    ok(&daemon.ctl(&["chat", "after the backup"]));
+
+    // A slow answer is streaming when the restore comes.
+    fake.push(Script::Delay {
+        per_chunk: Duration::from_millis(150),
+        then: Box::new(Script::text("a slow answer in many pieces", 10)),
+    });
+    let streaming = daemon.ctl_in_background(&["chat", "streaming during the restore"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let restored = daemon.ctl(&["restore", archive.to_str().unwrap()]);
+    assert!(restored.status.success(), "{}", describe(&restored));
+    let streamed = streaming.wait_with_output().unwrap();
+    assert!(
+        streamed.status.success(),
+        "the running turn finished: {}",
+        describe(&streamed)
+    );
+    assert!(String::from_utf8_lossy(&streamed.stdout).contains("slow answer"));
+
+    // The restored point in time: before the backup, not after.
+    let now = titles(&daemon);
+    assert!(now.contains(&"before the backup".to_owned()), "{now:?}");
+    assert!(!now.contains(&"after the backup".to_owned()), "{now:?}");
+    // What is acknowledged after the restore stays, across a restart.
+    ok(&daemon.ctl(&["chat", "after the restore"]));
+    let safety: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("pre-restore-"))
+        .collect();
+    assert_eq!(safety.len(), 1, "a safety copy of the replaced database is kept");
+    let mut daemon = daemon;
+    daemon.stop();
+    let again = start(dir, &fake, &key, Vec::new());
+    assert!(titles(&again).contains(&"after the restore".to_owned()));
+}
+
+#[test]
+fn a_crash_at_any_step_of_the_swap_leaves_the_old_or_the_new_database_and_says_which() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    for (point, new_database) in [
+        ("restore-marked", false),
+        ("restore-linked", false),
+        ("restore-renamed", true),
+    ] {
+        let dir = new_dir();
+        let daemon = start(dir.clone(), &fake, &key, Vec::new());
+        ok(&daemon.ctl(&["chat", "in the archive"]));
+        let archive = dir.path().join("crash.tar");
+        ok(&daemon.ctl(&["backup", archive.to_str().unwrap()]));
+        ok(&daemon.ctl(&["chat", "only in the live database"]));
+        drop(daemon);
+
+        let mut crashing = start(
+            dir.clone(),
+            &fake,
+            &key,
+            vec![("BLUFIOD_CRASH_AT".into(), point.into())],
+        );
+        let restore = crashing.ctl(&["restore", archive.to_str().unwrap()]);
+        assert!(!restore.status.success(), "{point}: {}", describe(&restore));
+        let status = crashing.wait();
+        assert!(!status.success(), "{point}: the daemon crashed");
+
+        let restarted = start(dir, &fake, &key, Vec::new());
+        let now = titles(&restarted);
+        assert!(now.contains(&"in the archive".to_owned()), "{point}: {now:?}");
+        assert_eq!(
+            now.contains(&"only in the live database".to_owned()),
+            !new_database,
+            "{point}: {now:?}"
+        );
+        let said = if new_database {
+            "runs on the restored database"
+        } else {
+            "runs on the database it had"
+        };
+        assert!(restarted.stderr().contains(said), "{point}: {}", restarted.stderr());
+    }
+}
+
+#[test]
+fn an_offline_restore_refuses_while_a_daemon_holds_the_state_directory() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    let archive = dir.path().join("held.tar");
+    ok(&daemon.ctl(&["backup", archive.to_str().unwrap()]));
+    let refused = restore_offline(dir.path(), &archive, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(describe(&refused).contains("another blufiod"), "{}", describe(&refused));
+}
+
+#[test]
+fn scheduled_backups_are_written_whole_kept_by_count_and_reported() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let backups = dir.path().join("backups");
+    let daemon = Daemon::start_with(
+        dir.clone(),
+        DaemonOptions {
+            config: format!(
+                "{}[backup]\ninterval_secs = 1\nkeep = 2\ndir = \"{}\"\n",
+                config(&fake, &key),
+                backups.display()
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let archives = || -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&backups)
+            .map(|entries| entries.filter_map(Result::ok).map(|entry| entry.path()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    while archives()
+        .iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tar"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "two scheduled backups: {:?}", archives());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let found = archives();
+    assert!(found.len() <= 2, "kept by count: {found:?}");
+    for path in &found {
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(
+            name.starts_with("blufio-backup-") && name.ends_with(".tar"),
+            "no temporary file left: {name}"
+        );
+        ok(&daemon.ctl(&["backup", "--verify", path.to_str().unwrap()]));
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    let status = daemon.ctl_json(&["status"]);
+    assert!(status.to_string().contains("every 1 s"), "{status}");
+    let metrics = daemon.metrics();
+    assert!(metrics.value("blufio_backup_last_success_timestamp_seconds") > 0.0);
+    assert!(metrics.value("blufio_backup_last_size_bytes") > 0.0);
+
+    // A directory that cannot be written: a clear failure, counted, and the daemon serves on.
+    daemon.ctl_json(&["config", "set", "backup.dir", "/proc/blufio-cannot-write-here"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.metrics().value("blufio_backup_failures_total") < 1.0 {
+        assert!(Instant::now() < deadline, "a failed backup is counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.ctl_json(&["status"]);
+    assert!(status.to_string().contains("blufio-cannot-write-here"), "{status}");
+    ok(&daemon.ctl(&["chat", "still serving"]));
+}
