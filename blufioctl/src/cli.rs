@@ -46,22 +46,53 @@ pub fn parse(env: impl Fn(&str) -> bool, args: impl IntoIterator<Item = std::ffi
             Some(name) => command.mut_subcommand(*name, |sub| sub.mut_arg(*argument, |arg| arg.env(*old))),
         };
     }
-    let matches = command.get_matches_from(args);
+    let matches = command
+        .try_get_matches_from_mut(args)
+        .unwrap_or_else(|error| error.exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if let Some((name, problem)) = usage_problem(&cli) {
+        // The subcommand's usage line, as clap shows for its own errors there.
+        let kind = clap::error::ErrorKind::ArgumentConflict;
+        match command.find_subcommand_mut(name) {
+            Some(subcommand) => subcommand.error(kind, problem).exit(),
+            None => command.error(kind, problem).exit(),
+        }
+    }
     (cli, warnings)
+}
+
+/// What clap cannot check itself: a combination of a value and a flag that make no sense
+/// together. Reported as a usage error (exit code 2), like clap's own.
+/// Returns the subcommand and the problem.
+fn usage_problem(cli: &Cli) -> Option<(&'static str, &'static str)> {
+    let is_stdio = |path: &Option<PathBuf>| path.as_deref() == Some(std::path::Path::new("-"));
+    match &cli.command {
+        Command::Backup(args) if is_stdio(&args.path) && args.output.json && !args.verify => Some((
+            "backup",
+            "`backup -` writes the archive to stdout, where --json would write its document too; drop one",
+        )),
+        Command::Restore(args) if args.path.as_os_str() == "-" => Some((
+            "restore",
+            "restore reads a file, which it verifies before sending; save the archive to a file first (`./-` names \
+             a file called -)",
+        )),
+        _ => None,
+    }
 }
 
 /// The exit status table, shown at the end of `--help` and in the man page.
 pub const EXIT_CODES_HELP: &str = "\
 Exit status:
-  0  success
-  1  the operation failed: the daemon refused it (for example permission denied, an invalid
-     value, a budget cap reached or no provider configured), the configuration is invalid, a
-     chat turn ended without an answer, or the daemon did not answer in time
-  2  usage error: the command line could not be parsed
-  3  blufiod is not reachable: its socket is missing, the connection was refused, or permission
-     to connect was denied; for `remote`, the gateway cannot be reached (connection refused, name
-     not resolved, TLS failure) or its certificate does not match --pin";
+  0    success
+  1    the operation failed: the daemon refused it (for example permission denied, an invalid
+       value, a budget cap reached or no provider configured), the configuration is invalid, a
+       chat turn ended without an answer, a backup archive is damaged, or the daemon did not
+       answer in time
+  2    usage error: the command line could not be parsed
+  3    blufiod is not reachable: its socket is missing, the connection was refused, or
+       permission to connect was denied; for `remote`, the gateway cannot be reached (connection
+       refused, name not resolved, TLS failure) or its certificate does not match --pin
+  130  `backup` or `restore` was interrupted by Ctrl-C (a backup then leaves no file behind)";
 
 /// Control client for blufiod, the blufio agent daemon.
 ///
@@ -81,10 +112,11 @@ pub struct Cli {
     pub plain: bool,
 
     /// Seconds to wait for the daemon to answer one request before giving up (exit code 1); chat
-    /// and shell turns have no deadline
+    /// and shell turns, backups and restores have no deadline
     ///
-    /// Applies to every call except the turns of `chat` and `shell`, which may run for minutes:
-    /// for those only connecting is bounded (press Ctrl-C to stop waiting).
+    /// Applies to every call except the turns of `chat` and `shell` and the transfers of `backup`
+    /// and `restore`, which may run for minutes: for those only connecting is bounded (press
+    /// Ctrl-C to stop waiting).
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
@@ -145,6 +177,26 @@ pub enum Command {
     /// been registered on the daemon's host with `blufioctl device add`. --timeout bounds each
     /// request except the answer of `chat`.
     Remote(RemoteArgs),
+
+    /// Write a backup archive of the daemon's state (database, sealed secrets, config), or check
+    /// one with --verify
+    ///
+    /// blufiod takes a consistent snapshot while it keeps serving and streams it as a tar file
+    /// with a SHA-256 of every member. blufioctl writes it to a temporary file (mode 0600: it
+    /// holds the sealed secrets and the config) beside PATH, reads it back to verify it, and only
+    /// then renames it to PATH, so a failed or interrupted backup leaves nothing at PATH. The
+    /// vault's key is never in an archive. --timeout does not apply; Ctrl-C stops.
+    Backup(BackupArgs),
+
+    /// Restore a backup archive into the daemon: verified here, then sent, verified again and
+    /// swapped in by blufiod
+    ///
+    /// blufiod refuses new turns, lets running ones finish, keeps the current database as a
+    /// safety copy, swaps in the archive's database, migrates it and resumes. It changes nothing
+    /// when the archive is damaged, comes from a newer blufiod, or holds secrets its vault key
+    /// cannot open (see --without-secrets). Each phase is printed on stderr as it begins.
+    /// --timeout does not apply.
+    Restore(RestoreArgs),
 
     /// Show spend against the budget caps, and tokens and cost per day, model and session
     Usage {
@@ -275,6 +327,56 @@ pub enum VaultCommand {
         #[command(flatten)]
         output: JsonArgs,
     },
+}
+
+/// `blufioctl backup ...`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the archive; an existing directory gets the default name inside it, and `-`
+    /// writes the archive to stdout [default: blufio-backup-<UTC time>.tar in the current
+    /// directory]
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+
+    /// Check the archive at PATH instead of making one (every member's size and SHA-256 against
+    /// its manifest; `-` reads stdin); needs no daemon, exits 1 when the archive is damaged
+    #[arg(long, requires = "path", conflicts_with_all = ["include_tls", "without_config", "force"])]
+    pub verify: bool,
+
+    /// Also put the gateway's TLS certificate and private key in the archive
+    #[arg(long)]
+    pub include_tls: bool,
+
+    /// Leave the config file out of the archive
+    #[arg(long)]
+    pub without_config: bool,
+
+    /// Replace PATH if it exists (it is replaced only once the new archive is verified)
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub output: JsonArgs,
+}
+
+/// `blufioctl restore ...`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive, as written by `blufioctl backup`
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+
+    /// Restore even though this blufiod's vault key does not open the archive's secrets: they
+    /// are dropped and must be stored again with `blufioctl config set-secret`
+    #[arg(long)]
+    pub without_secrets: bool,
+
+    /// Also install the archive's config file over the daemon's (blufiod validates it first)
+    #[arg(long)]
+    pub restore_config: bool,
+
+    #[command(flatten)]
+    pub output: JsonArgs,
 }
 
 /// `blufioctl chat ...`.
@@ -669,6 +771,39 @@ mod tests {
             Command::Vault(VaultCommand::Rekey { new_key: Some(path), output, .. }) if path.as_os_str() == "-" && output.json
         ));
         assert!(Cli::try_parse_from(["blufioctl", "vault", "rekey", "--new-passphrase", "--new-key", "k"]).is_err());
+    }
+
+    #[test]
+    fn backup_and_restore_arguments() {
+        let cli = Cli::try_parse_from(["blufioctl", "backup"]).expect("backup parses");
+        assert!(matches!(&cli.command, Command::Backup(args) if args.path.is_none() && !args.verify));
+        assert_eq!(usage_problem(&cli), None);
+        let cli = Cli::try_parse_from(["blufioctl", "backup", "x.tar", "--verify", "--json"]).expect("parses");
+        assert!(matches!(&cli.command, Command::Backup(args) if args.verify && args.output.json));
+        assert!(
+            Cli::try_parse_from(["blufioctl", "backup", "--verify"]).is_err(),
+            "--verify needs a PATH"
+        );
+        assert!(Cli::try_parse_from(["blufioctl", "backup", "--verify", "x", "--include-tls"]).is_err());
+        assert!(Cli::try_parse_from(["blufioctl", "backup", "--verify", "x", "--force"]).is_err());
+
+        let cli = Cli::try_parse_from(["blufioctl", "backup", "-", "--json"]).expect("clap takes it");
+        assert!(usage_problem(&cli).is_some_and(|(name, problem)| name == "backup" && problem.contains("stdout")));
+        let cli = Cli::try_parse_from(["blufioctl", "backup", "-", "--verify", "--json"]).expect("parses");
+        assert_eq!(usage_problem(&cli), None, "verifying stdin prints json to stdout");
+
+        let cli = Cli::try_parse_from(["blufioctl", "restore", "x.tar", "--without-secrets", "--restore-config"])
+            .expect("restore parses");
+        assert!(matches!(
+            &cli.command,
+            Command::Restore(args) if args.without_secrets && args.restore_config && !args.output.json
+        ));
+        assert!(
+            Cli::try_parse_from(["blufioctl", "restore"]).is_err(),
+            "PATH is required"
+        );
+        let cli = Cli::try_parse_from(["blufioctl", "restore", "-"]).expect("clap takes it");
+        assert!(usage_problem(&cli).is_some());
     }
 
     #[test]

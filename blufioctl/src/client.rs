@@ -1,8 +1,9 @@
 //! The connection to blufiod: a tonic channel over the daemon's Unix control socket, with connect
 //! and per-call timeouts, and errors classified so that `main` can pick the exit code.
 //!
-//! Unary calls wait at most the per-call timeout. `SendMessage` streams a whole agent turn, which
-//! can take minutes, so it has no deadline of its own; only connecting is bounded.
+//! Unary calls wait at most the per-call timeout. `SendMessage` streams a whole agent turn, and
+//! `Backup` and `Restore` stream an archive, which can take minutes, so they have no deadline of
+//! their own; only connecting is bounded.
 //!
 //! This module never prints and never decides exit codes itself; it only says whether a failure
 //! means "the daemon is not reachable" ([`ClientError::Unreachable`]) or something else.
@@ -15,18 +16,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blufio_proto::UNIX_SOCKET_AUTHORITY;
+use blufio_proto::control::v1::backup_chunk::Chunk;
 use blufio_proto::control::v1::control_client::ControlClient;
 use blufio_proto::control::v1::rekey_vault_request::NewKey;
+use blufio_proto::control::v1::restore_progress::Progress;
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
-    AddDeviceRequest, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest, Device, GetConfigRequest,
-    GetConfigResponse, GetMetricsRequest, GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse,
-    GetUsageRequest, GetUsageResponse, GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest,
-    ListDevicesResponse, ListSecretsRequest, ListSecretsResponse, ListSessionsRequest, ListSessionsResponse,
-    PruneSessionsRequest, PruneSessionsResponse, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest,
-    ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest, RenameSessionResponse,
-    RevokeDeviceRequest, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse,
-    SetSecretRequest, SetSecretResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
+    AddDeviceRequest, BackupChunk, BackupRequest, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest,
+    Device, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetSessionRequest, GetSessionResponse,
+    GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, GetVaultStatusRequest,
+    GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest, ListSecretsResponse,
+    ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest, PruneSessionsResponse, RekeyVaultRequest,
+    RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest,
+    RenameSessionRequest, RenameSessionResponse, RestoreChunk, RestoreProgress, RevokeDeviceRequest,
+    SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse,
+    UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -297,6 +301,84 @@ impl Client {
                 socket: self.socket.clone(),
             }),
             Err(status) => Err(classify_status(&self.socket, status)),
+        }
+    }
+
+    /// `Backup`: the archive's stream, `started` first. Without a deadline, like a turn: the
+    /// daemon answers at once and takes its snapshot before `started`, which can take a while
+    /// for a large database. Dropping the returned [`BackupStream`] cancels the RPC.
+    pub async fn backup(&mut self, without_config: bool, include_tls: bool) -> Result<BackupStream, ClientError> {
+        let request = tonic::Request::new(BackupRequest {
+            without_config,
+            include_tls,
+        });
+        match self.inner.backup(request).await {
+            Ok(response) => Ok(BackupStream {
+                inner: response.into_inner(),
+                socket: self.socket.clone(),
+            }),
+            Err(status) => Err(classify_status(&self.socket, status)),
+        }
+    }
+
+    /// `Restore`: sends `chunks` (`start`, then the archive's bytes; the stream's end is the
+    /// archive's) and returns the daemon's phases and result. Without a deadline: the daemon waits
+    /// for running turns before it swaps the database. Dropping the returned [`RestoreStream`]
+    /// cancels the RPC.
+    pub async fn restore(
+        &mut self,
+        chunks: impl tonic::IntoStreamingRequest<Message = RestoreChunk>,
+    ) -> Result<RestoreStream, ClientError> {
+        match self.inner.restore(chunks).await {
+            Ok(response) => Ok(RestoreStream {
+                inner: response.into_inner(),
+                socket: self.socket.clone(),
+            }),
+            Err(status) => Err(classify_status(&self.socket, status)),
+        }
+    }
+}
+
+/// The chunks of one streamed backup archive.
+pub struct BackupStream {
+    inner: Streaming<BackupChunk>,
+    socket: PathBuf,
+}
+
+impl BackupStream {
+    /// The next chunk, or `None` when the daemon closed the stream without an error.
+    pub async fn next(&mut self) -> Result<Option<Chunk>, ClientError> {
+        loop {
+            match self.inner.message().await {
+                Ok(Some(BackupChunk { chunk: Some(chunk) })) => return Ok(Some(chunk)),
+                // A kind of chunk added to the proto after this client was built: skip it.
+                Ok(Some(BackupChunk { chunk: None })) => {}
+                Ok(None) => return Ok(None),
+                Err(status) => return Err(classify_status(&self.socket, status)),
+            }
+        }
+    }
+}
+
+/// The phases and the result of one restore.
+pub struct RestoreStream {
+    inner: Streaming<RestoreProgress>,
+    socket: PathBuf,
+}
+
+impl RestoreStream {
+    /// The next phase or the result, or `None` when the daemon closed the stream without either.
+    pub async fn next(&mut self) -> Result<Option<Progress>, ClientError> {
+        loop {
+            match self.inner.message().await {
+                Ok(Some(RestoreProgress {
+                    progress: Some(progress),
+                })) => return Ok(Some(progress)),
+                // A kind of progress added to the proto after this client was built: skip it.
+                Ok(Some(RestoreProgress { progress: None })) => {}
+                Ok(None) => return Ok(None),
+                Err(status) => return Err(classify_status(&self.socket, status)),
+            }
         }
     }
 }

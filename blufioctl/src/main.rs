@@ -2,7 +2,8 @@
 //! (one module per command group in [`commands`]: one gRPC call over the daemon's Unix socket, or
 //! for `chat` and `shell` streamed agent turns), and maps failures to the documented exit codes
 //! (see [`cli::EXIT_CODES_HELP`]). `remote` does the same over the daemon's HTTPS gateway, with
-//! signed requests.
+//! signed requests. `backup` and `restore` stream an archive, which this binary verifies with the
+//! archive reader that `blufio-proto` shares with the daemon.
 //!
 //! This binary depends on `blufio-proto` only; it never opens the daemon's database or config
 //! file itself (`config validate FILE` reads FILE and sends its text to the daemon).
@@ -13,6 +14,7 @@ mod client;
 mod commands;
 mod device;
 mod output;
+mod progress;
 mod remote;
 
 use std::io::{self, IsTerminal, Write};
@@ -36,6 +38,9 @@ use crate::remote::RemoteError;
 const EXIT_FAILED: u8 = 1;
 /// The daemon is not reachable: socket missing, connection refused, or permission denied.
 const EXIT_UNREACHABLE: u8 = 3;
+/// Ctrl-C stopped a `backup` or `restore`: 128 + SIGINT, what a shell reports for a process that
+/// SIGINT ended, since those commands catch it to clean up first.
+const EXIT_INTERRUPTED: u8 = 130;
 // Exit code 2 (usage error) is produced by clap itself when parsing fails.
 
 /// Hint printed when the daemon is not running or the socket is wrong.
@@ -261,6 +266,37 @@ fn with_hint(mut failure: Failure, hint: Option<&str>) -> Failure {
     failure
 }
 
+/// A failed `Restore`, with the hint that only makes sense there: a vault key that does not open
+/// the archive's secrets can be got around with `--without-secrets` (unless the daemon said so).
+fn restore_failure(error: ClientError) -> Failure {
+    let hint = match &error {
+        ClientError::Status(status)
+            if status.code() == tonic::Code::FailedPrecondition
+                && status.message().contains("vault")
+                && !status.message().contains("--without-secrets") =>
+        {
+            Some(
+                "'blufioctl restore --without-secrets' restores everything but the secrets, which you then store \
+                 again with 'blufioctl config set-secret'",
+            )
+        }
+        ClientError::Status(status) if status.code() == tonic::Code::Unavailable => {
+            Some("'blufioctl status' shows the turns in flight and a backup or restore in progress")
+        }
+        _ => None,
+    };
+    with_hint(Failure::from(error), hint)
+}
+
+/// A command stopped by Ctrl-C, after it cleaned up; `error` says what was left undone.
+fn interrupted(error: anyhow::Error) -> Failure {
+    Failure {
+        code: EXIT_INTERRUPTED,
+        error,
+        hint: None,
+    }
+}
+
 /// A failed call about sessions or turns, with the hints that only make sense there.
 pub(crate) fn session_failure(error: ClientError) -> Failure {
     let hint = match &error {
@@ -324,6 +360,22 @@ impl Printer {
         }
     }
 
+    /// Prints a command's human output on stderr, for a command whose stdout carries data
+    /// (`backup -` writes the archive there).
+    fn human_on_stderr(&self, view: &impl Render) {
+        let human = view.human(self.stderr_style);
+        let mut stderr = io::stderr().lock();
+        // A closed stderr loses the summary, not the data; the exit code still tells.
+        let _ = stderr.write_all(human.stdout.as_bytes()).and_then(|()| stderr.flush());
+        drop(stderr);
+        for warning in &human.warnings {
+            self.warning(warning);
+        }
+        for error in &human.errors {
+            self.error(error);
+        }
+    }
+
     // Messages may carry text from the daemon, a gateway or a model: every line goes through
     // `printable`, so no escape sequence reaches the terminal (newlines stay: a config error
     // lists its problems one per line).
@@ -378,6 +430,8 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         Command::Sessions(command) => commands::sessions::run(&context, command).await,
         Command::Device(command) => commands::device::run(&context, command).await,
         Command::Remote(args) => commands::remote::run(&context, args).await,
+        Command::Backup(args) => commands::backup::run(&context, args).await,
+        Command::Restore(args) => commands::backup::restore(&context, args).await,
         Command::Usage { days, output } => commands::usage::run(&context, days, output).await,
         Command::Metrics => commands::metrics::run(&context).await,
         Command::Completions { shell } => commands::generate::completions(&context, shell),

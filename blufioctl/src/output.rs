@@ -203,6 +203,32 @@ pub fn format_utc(unix_seconds: i64) -> String {
     )
 }
 
+/// Unix seconds as a compact ISO 8601 UTC stamp for file names: "20261128T080500Z".
+pub fn utc_stamp(unix_seconds: i64) -> String {
+    let seconds_of_day = unix_seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(unix_seconds.div_euclid(86_400));
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        seconds_of_day / 3600,
+        seconds_of_day % 3600 / 60,
+        seconds_of_day % 60
+    )
+}
+
+/// Seconds with one decimal under a minute ("0.4s", "12.5s"), else as [`humanize_duration`].
+pub fn humanize_seconds(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{:.1}s", seconds.max(0.0))
+    } else {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "positive, display only"
+        )]
+        humanize_duration(seconds as u64)
+    }
+}
+
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01, after Howard
 /// Hinnant's `civil_from_days`; it saves a date-time dependency for two columns.
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
@@ -575,6 +601,11 @@ mod tests {
         assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13 UTC");
         assert_eq!(format_utc(-1), "1969-12-31 23:59 UTC");
         assert_eq!(format_utc(NOW), "2026-11-28 08:00 UTC");
+        assert_eq!(utc_stamp(NOW + 5 * 60 + 7), "20261128T080507Z");
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(humanize_seconds(0.44), "0.4s");
+        assert_eq!(humanize_seconds(59.94), "59.9s");
+        assert_eq!(humanize_seconds(192.7), "3m 12s");
     }
 
     #[test]

@@ -243,6 +243,8 @@ fn help_lists_commands_and_exit_codes() {
         "remote",
         "usage",
         "vault",
+        "backup",
+        "restore",
         "completions",
     ] {
         assert!(help.contains(command), "missing {command}: {help}");
@@ -255,6 +257,7 @@ fn help_lists_commands_and_exit_codes() {
         assert!(help.contains(code), "missing exit code {code:?}: {help}");
     }
     assert!(help.contains("not reachable"), "{help}");
+    assert!(help.contains("  130  "), "{help}");
 
     let output = run(blufioctl().args(["config", "--help"]));
     assert_eq!(output.status.code(), Some(0));
@@ -294,19 +297,22 @@ mod fake {
     use std::thread::JoinHandle;
     use std::time::Duration;
 
+    use blufio_proto::backup::{self as archive, DaemonIdentity, Manifest, Member, VaultSummary};
     use blufio_proto::control::v1::control_server::{Control, ControlServer};
     use blufio_proto::control::v1::send_message_response::Event;
     use blufio_proto::control::v1::{
-        Accepted, AddDeviceRequest, AddDeviceResponse, ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest,
-        CreateSessionResponse, DaemonState, DayUsage, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest,
-        DeleteSessionResponse, Device, GatewayStatus, GetConfigRequest, GetConfigResponse, GetMetricsRequest,
-        GetMetricsResponse, GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse,
-        GetUsageRequest, GetUsageResponse, GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest,
-        ListDevicesResponse, ListSecretsRequest, ListSecretsResponse, ListSessionsRequest, ListSessionsResponse,
-        ModelUsage, PendingVaultKey, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse,
+        Accepted, AddDeviceRequest, AddDeviceResponse, BackupChunk, BackupRequest, BackupStarted, BackupStatus,
+        ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest, CreateSessionResponse, DaemonState, DayUsage,
+        DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest, DeleteSessionResponse, Device, GatewayStatus,
+        GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetMetricsResponse, GetSessionRequest,
+        GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
+        GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest,
+        ListSecretsResponse, ListSessionsRequest, ListSessionsResponse, ModelUsage, PendingVaultKey, RekeyVaultRequest,
+        RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse, RestoreChunk, RestoreProgress, RestoreResponse,
         RevokeDeviceRequest, RevokeDeviceResponse, SecretInfo, SendMessageRequest, SendMessageResponse, Session,
         SessionUsage, SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse, SubsystemStatus,
         TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
+        backup_chunk, restore_chunk, restore_progress,
     };
     use blufio_proto::httpsig;
     use tokio::sync::oneshot;
@@ -436,10 +442,178 @@ mod fake {
     pub const FAILS_MIDWAY: &str = "fails-midway";
     pub const HANGS: &str = "hangs";
 
+    /// The archive `Backup` streams and `Restore` expects: a database of several chunks and a
+    /// config file, built with the shared archive writer.
+    pub fn archive() -> (Manifest, Vec<u8>) {
+        let database: Vec<u8> = (0..600_000u32).map(|idx| (idx * 7 % 251) as u8).collect();
+        let config = b"[log]\nlevel = \"info\"\n".to_vec();
+        let member = |name: &str, data: &[u8]| {
+            let (sha256, bytes) = archive::sha256_of(data).expect("hashes");
+            Member {
+                name: name.to_owned(),
+                bytes,
+                sha256,
+            }
+        };
+        let manifest = Manifest {
+            format: archive::FORMAT.to_owned(),
+            format_version: archive::FORMAT_VERSION,
+            blufio_version: "9.9.9".to_owned(),
+            schema_version: 4,
+            created_at: 1_764_000_000,
+            daemon: DaemonIdentity {
+                hostname: "fakehost".to_owned(),
+                database_path: "/var/lib/blufio/blufio.db".to_owned(),
+            },
+            members: vec![member(archive::DATABASE, &database), member(archive::CONFIG, &config)],
+            vault: Some(VaultSummary {
+                sealed_with: "generated".to_owned(),
+                entries: 2,
+            }),
+        };
+        let bytes = archive::write(Vec::new(), &manifest, |name| {
+            let data = if name == archive::DATABASE { &database } else { &config };
+            Ok(Box::new(std::io::Cursor::new(data.clone())) as Box<dyn std::io::Read>)
+        })
+        .expect("writes the archive");
+        (manifest, bytes)
+    }
+
+    /// The daemon's chunk size.
+    const CHUNK_BYTES: usize = 256 * 1024;
+    /// The message of a backup that breaks off (`--include-tls`).
+    pub const BACKUP_BROKE: &str = "cannot read /etc/blufio/tls/key.pem for the archive";
+    /// The message of a restore the fake refuses (`--restore-config`).
+    pub const BAD_CONFIG: &str =
+        "the archive's config file is invalid (unknown key `bad`); restore without it; nothing was changed";
+
+    /// The message of a restore refused mid-way (`--without-secrets --restore-config`).
+    pub const BUSY: &str = "a backup or restore is already running; try again when it ends";
+
+    type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
     #[tonic::async_trait]
     impl Control for Fake {
         type SendMessageStream =
             std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SendMessageResponse, Status>> + Send>>;
+        type BackupStream = Stream<BackupChunk>;
+        type RestoreStream = Stream<RestoreProgress>;
+
+        /// `started`, then [`archive`] in chunks of 256 KiB. With `include_tls` the stream breaks
+        /// off with an error after the first chunk; with `include_tls` and `without_config` it
+        /// hangs there instead.
+        async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+            use tokio_stream::StreamExt as _;
+            let BackupRequest {
+                without_config,
+                include_tls,
+            } = request.into_inner();
+            let (manifest, bytes) = archive();
+            let mut chunks = vec![Ok(BackupChunk {
+                chunk: Some(backup_chunk::Chunk::Started(BackupStarted {
+                    archive_bytes: bytes.len() as u64,
+                    manifest_json: serde_json::to_string(&manifest).expect("serializes"),
+                })),
+            })];
+            chunks.extend(bytes.chunks(CHUNK_BYTES).map(|data| {
+                Ok(BackupChunk {
+                    chunk: Some(backup_chunk::Chunk::Data(data.to_vec())),
+                })
+            }));
+            if include_tls {
+                chunks.truncate(2);
+                if without_config {
+                    return Ok(Response::new(Box::pin(
+                        tokio_stream::iter(chunks).chain(tokio_stream::pending()),
+                    )));
+                }
+                chunks.push(Err(Status::internal(BACKUP_BROKE)));
+            }
+            Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        }
+
+        /// Like the daemon: answers once `start` arrived, then receives the archive, refuses any
+        /// bytes but [`archive`]'s (and `restore_config`, with [`BAD_CONFIG`]; with
+        /// `without_secrets` too, with [`BUSY`] before receiving), and streams the phases and the
+        /// result.
+        async fn restore(
+            &self,
+            request: Request<tonic::Streaming<RestoreChunk>>,
+        ) -> Result<Response<Self::RestoreStream>, Status> {
+            let mut incoming = request.into_inner();
+            let Some(RestoreChunk {
+                chunk: Some(restore_chunk::Chunk::Start(start)),
+            }) = incoming.message().await?
+            else {
+                return Err(Status::invalid_argument("a restore stream starts with `start`"));
+            };
+            let (sender, receiver) = tokio::sync::mpsc::channel(8);
+            tokio::spawn(async move {
+                let phase = |name: &str| {
+                    Ok(RestoreProgress {
+                        progress: Some(restore_progress::Progress::Phase(name.to_owned())),
+                    })
+                };
+                let _ = sender.send(phase("receiving")).await;
+                if start.without_secrets && start.restore_config {
+                    // Refused while the archive is still on its way.
+                    let _ = sender.send(Err(Status::unavailable(BUSY))).await;
+                    return;
+                }
+                let mut received = Vec::new();
+                loop {
+                    match incoming.message().await {
+                        Ok(Some(RestoreChunk {
+                            chunk: Some(restore_chunk::Chunk::Data(data)),
+                        })) if data.len() <= CHUNK_BYTES => received.extend(data),
+                        Ok(Some(other)) => {
+                            let refused =
+                                Status::invalid_argument(format!("unexpected chunk {:?}", other.chunk.map(|_| ())));
+                            let _ = sender.send(Err(refused)).await;
+                            return;
+                        }
+                        Ok(None) => break,
+                        Err(_) => return,
+                    }
+                }
+                let (manifest, expected) = archive();
+                if received != expected || start.archive_bytes != expected.len() as u64 {
+                    let refused = Status::invalid_argument(format!(
+                        "received {} bytes (announced {}) that are not the fake's archive",
+                        received.len(),
+                        start.archive_bytes
+                    ));
+                    let _ = sender.send(Err(refused)).await;
+                    return;
+                }
+                let _ = sender.send(phase("verifying")).await;
+                if start.restore_config {
+                    let _ = sender.send(Err(Status::invalid_argument(BAD_CONFIG))).await;
+                    return;
+                }
+                for name in ["waiting for turns", "swapping", "migrating"] {
+                    let _ = sender.send(phase(name)).await;
+                }
+                let done = RestoreResponse {
+                    manifest_json: serde_json::to_string(&manifest).expect("serializes"),
+                    safety_copy: "/var/lib/blufio/blufio.db.before-restore".into(),
+                    schema_version_from: 4,
+                    schema_version_now: 5,
+                    secrets_restored: !start.without_secrets,
+                    config_restored: false,
+                    tls_restored: false,
+                    turns_finished: 1,
+                };
+                let _ = sender
+                    .send(Ok(RestoreProgress {
+                        progress: Some(restore_progress::Progress::Done(done)),
+                    }))
+                    .await;
+            });
+            Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+                receiver,
+            ))))
+        }
 
         /// accepted → two text deltas ("echo: ", then the message) → a tool that started and
         /// failed → completed; or an error, chosen by the session id.
@@ -679,6 +853,15 @@ mod fake {
                     tls_fingerprint_sha256: GATEWAY_PIN.into(),
                     active_devices: 0,
                     problem: "no device is registered, so every /v1/ request is refused".into(),
+                }),
+                backup: Some(BackupStatus {
+                    schedule: "every 24 h into /var/lib/blufio/backups, keeping 7".into(),
+                    last_success_at: 1_764_000_000,
+                    last_size_bytes: 3 * 1024 * 1024,
+                    last_duration_seconds: 2.5,
+                    last_error: String::new(),
+                    last_error_at: 0,
+                    restore_phase: String::new(),
                 }),
                 ..GetStatusResponse::default()
             }))
@@ -2456,4 +2639,383 @@ fn a_fallback_socket_directory_owned_by_another_user_is_refused() {
     let stderr = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refusing /tmp/blufio-65534"), "{stderr}");
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn backup_writes_exactly_the_streamed_archive_and_it_verifies() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.tar");
+    let output = run(against(&daemon).args(["backup", "--json"]).arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let (manifest, bytes) = fake::archive();
+    assert_eq!(std::fs::read(&path).expect("the archive"), bytes);
+    let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    assert_eq!(entries(dir.path()), ["b.tar"], "no temporary file is left");
+
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let canonical = std::fs::canonicalize(&path).expect("canonical");
+    assert_eq!(json["path"], canonical.display().to_string());
+    assert_eq!(json["bytes"], bytes.len());
+    assert_eq!(json["created_at"], 1_764_000_000);
+    assert_eq!(json["blufio_version"], "9.9.9");
+    assert_eq!(json["schema_version"], 4);
+    assert_eq!(json["hostname"], "fakehost");
+    assert_eq!(
+        json["members"],
+        serde_json::json!([
+            {"name": "blufio.db", "bytes": 600_000, "sha256": manifest.members[0].sha256},
+            {"name": "blufiod.toml", "bytes": manifest.members[1].bytes, "sha256": manifest.members[1].sha256}
+        ])
+    );
+    assert_eq!(
+        json["vault"],
+        serde_json::json!({"sealed_with": "generated", "entries": 2})
+    );
+    assert!(json["duration_seconds"].as_f64().is_some(), "{json}");
+
+    let output = run(blufioctl().args(["backup", "--verify"]).arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with(&format!(
+            "{}: verified, every member matches its manifest\n",
+            path.display()
+        )),
+        "{}",
+        stdout(&output)
+    );
+    let output = run(blufioctl().args(["backup", "--verify", "--json"]).arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["verified"], true);
+    assert_eq!(json["bytes"], bytes.len());
+    assert_eq!(json["members"][0]["sha256"], manifest.members[0].sha256);
+
+    // Without PATH: the default name, in the current directory or in a directory PATH names.
+    let output = run(against(&daemon).arg("backup").current_dir(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let output = run(against(&daemon).arg("backup").arg(&sub));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    for (dir, others) in [(dir.path(), 2), (sub.as_path(), 0)] {
+        let names = entries(dir);
+        assert_eq!(names.len(), others + 1, "{names:?}");
+        let name = names
+            .iter()
+            .find(|name| name.starts_with("blufio-backup-"))
+            .expect("a default name");
+        // blufio-backup-YYYYMMDDTHHMMSSZ.tar
+        assert_eq!(name.len(), "blufio-backup-20261128T080000Z.tar".len(), "{name}");
+        assert!(name.ends_with("Z.tar") && name.as_bytes()[22] == b'T', "{name}");
+        assert_eq!(std::fs::read(dir.join(name)).expect("reads"), bytes);
+    }
+    let text = stdout(&output);
+    assert!(text.starts_with("wrote /"), "{text}");
+    assert!(text.contains("\nmembers:\n  blufio.db:"), "{text}");
+}
+
+#[test]
+fn a_backup_that_breaks_off_leaves_nothing_behind() {
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.tar");
+    let output = run(against(&daemon).args(["backup", "--include-tls"]).arg(&path));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(stderr(&output), format!("error: {}\n", fake::BACKUP_BROKE));
+    assert!(output.stdout.is_empty());
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+
+    // Nor does a daemon that is not there (exit 3), or a backup to stdout that breaks off.
+    let output = run(blufioctl()
+        .args(["backup", "--json", "--socket"])
+        .arg(dir.path().join("missing.sock"))
+        .arg(&path));
+    assert_unreachable(&output, &dir.path().join("missing.sock"));
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    let output = run(against(&daemon).args(["backup", "-", "--include-tls"]));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(stderr(&output).contains(fake::BACKUP_BROKE), "{}", stderr(&output));
+}
+
+#[test]
+fn ctrl_c_stops_a_backup_and_removes_its_temporary_file() {
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.tar");
+    // The fake sends a chunk, then hangs.
+    let child = against(&daemon)
+        .args(["backup", "--include-tls", "--without-config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while entries(dir.path()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(entries(dir.path())[0].starts_with(".blufio-backup-"));
+    // Let it receive the first chunk and wait for more.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(130), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!("error: interrupted: no backup was written to {}\n", path.display())
+    );
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}
+
+#[test]
+fn backup_refuses_to_overwrite_without_force() {
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.tar");
+    std::fs::write(&path, "an older archive").expect("write");
+    let output = run(against(&daemon).arg("backup").arg(&path));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "error: {} already exists; refusing to overwrite it\nhint: pass --force to replace it once the new \
+             archive is verified, or choose another PATH\n",
+            path.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&path).expect("reads"), "an older archive");
+    assert_eq!(entries(dir.path()), ["b.tar"]);
+
+    let output = run(against(&daemon).args(["backup", "--force"]).arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(std::fs::read(&path).expect("reads"), fake::archive().1);
+    assert_eq!(entries(dir.path()), ["b.tar"]);
+}
+
+#[test]
+fn backup_to_stdout_writes_the_archive_there() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["backup", "-"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert!(output.stdout == fake::archive().1, "stdout holds exactly the archive");
+    assert!(
+        stderr(&output).starts_with("wrote the backup to stdout\n"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Both would want stdout.
+    let output = run(against(&daemon).args(["backup", "-", "--json"]));
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    assert!(stderr(&output).contains("--json"), "{}", stderr(&output));
+
+    // And `--verify -` reads stdin.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.tar");
+    std::fs::write(&path, fake::archive().1).expect("write");
+    let output = run(blufioctl()
+        .args(["backup", "--verify", "-", "--json"])
+        .stdin(std::fs::File::open(&path).expect("open")));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(json["path"], serde_json::Value::Null);
+    assert_eq!(json["verified"], true);
+}
+
+#[test]
+fn verify_names_what_is_wrong_with_an_archive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, bytes) = fake::archive();
+    let check = |name: &str, content: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write");
+        let output = run(blufioctl().args(["backup", "--verify", "--json"]).arg(&path));
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", stderr(&output));
+        assert!(output.stdout.is_empty(), "{name}");
+        let stderr = stderr(&output);
+        assert!(
+            stderr.starts_with(&format!("error: {} failed verification: ", path.display())),
+            "{name}: {stderr}"
+        );
+        stderr
+    };
+    let truncated = check("truncated.tar", &bytes[..bytes.len() / 2]);
+    assert!(truncated.contains("the archive is truncated"), "{truncated}");
+    let mut flipped = bytes.clone();
+    flipped[5000] ^= 0x10;
+    let flipped = check("flipped.tar", &flipped);
+    assert!(
+        flipped.contains("member blufio.db does not match the manifest (its SHA-256 differs): the archive is damaged"),
+        "{flipped}"
+    );
+    let stranger = check("notes.txt", b"just some notes, not a tar file at all");
+    assert!(
+        stranger.contains("not a blufio backup") || stranger.contains("truncated"),
+        "{stranger}"
+    );
+    let output = run(blufioctl()
+        .args(["backup", "--verify"])
+        .arg(dir.path().join("absent.tar")));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).starts_with(&format!(
+            "error: cannot open {}: ",
+            dir.path().join("absent.tar").display()
+        )),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn restore_streams_the_whole_file_and_reports_each_phase() {
+    let daemon = fake::FakeDaemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.tar");
+    std::fs::write(&path, fake::archive().1).expect("write");
+    // The fake refuses any bytes but the archive's, so success means all of them arrived.
+    let output = run(against(&daemon).arg("restore").arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "restore: receiving\nrestore: verifying\nrestore: waiting for turns\nrestore: swapping\nrestore: migrating\n"
+    );
+    let canonical = std::fs::canonicalize(&path).expect("canonical");
+    assert_eq!(
+        stdout(&output),
+        format!(
+            "restored {}: the backup of fakehost from 2025-11-24 16:00 UTC (blufiod 9.9.9)\n\
+             schema:       4, migrated to 5\n\
+             secrets:      restored\n\
+             config:       not restored\n\
+             tls:          not restored\n\
+             waited for:   1 running turn to finish\n\
+             safety copy:  /var/lib/blufio/blufio.db.before-restore (the database it replaced)\n",
+            canonical.display()
+        )
+    );
+
+    let output = run(against(&daemon)
+        .args(["restore", "--without-secrets", "--json"])
+        .arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "path": canonical.display().to_string(),
+            "archive": {"created_at": 1_764_000_000, "hostname": "fakehost", "blufio_version": "9.9.9",
+                        "schema_version": 4},
+            "safety_copy": "/var/lib/blufio/blufio.db.before-restore",
+            "schema_version_from": 4, "schema_version_now": 5, "secrets_restored": false,
+            "config_restored": false, "tls_restored": false, "turns_finished": 1
+        })
+    );
+    let output = run(against(&daemon).args(["restore", "--without-secrets"]).arg(&path));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).ends_with(
+            "restore: migrating\nwarning: the archive's secrets were not restored: store each one again with \
+             'blufioctl config set-secret NAME'\n"
+        ),
+        "{}",
+        stderr(&output)
+    );
+
+    // The daemon's refusal, with its message.
+    let output = run(against(&daemon).args(["restore", "--restore-config"]).arg(&path));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).ends_with(&format!("restore: verifying\nerror: {}\n", fake::BAD_CONFIG)),
+        "{}",
+        stderr(&output)
+    );
+    assert!(output.stdout.is_empty());
+
+    // Refused while the archive is still being sent: the daemon's status, not a short send.
+    let output = run(against(&daemon)
+        .args(["restore", "--without-secrets", "--restore-config"])
+        .arg(&path));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "restore: receiving\nerror: {}\nhint: 'blufioctl status' shows the turns in flight and a backup or \
+             restore in progress\n",
+            fake::BUSY
+        )
+    );
+}
+
+#[test]
+fn restore_refuses_a_damaged_archive_without_contacting_the_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, bytes) = fake::archive();
+    let path = dir.path().join("b.tar");
+    let mut flipped = bytes.clone();
+    flipped[300_000] ^= 0x01;
+    std::fs::write(&path, &flipped).expect("write");
+    // No daemon listens: had it tried to connect, the exit code would be 3.
+    let missing = dir.path().join("missing.sock");
+    let output = run(blufioctl().args(["restore", "--socket"]).arg(&missing).arg(&path));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "error: {} failed verification; nothing was sent: member blufio.db does not match the manifest (its \
+             SHA-256 differs): the archive is damaged\n",
+            path.display()
+        )
+    );
+    std::fs::write(&path, &bytes[..bytes.len() - 2000]).expect("write");
+    let output = run(blufioctl().args(["restore", "--socket"]).arg(&missing).arg(&path));
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(stderr(&output).contains("truncated"), "{}", stderr(&output));
+
+    // A sound archive gets as far as the missing daemon.
+    std::fs::write(&path, &bytes).expect("write");
+    let output = run(blufioctl().args(["restore", "--socket"]).arg(&missing).arg(&path));
+    assert_unreachable(&output, &missing);
+
+    let output = run(blufioctl().args(["restore", "-"]));
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
+}
+
+#[test]
+fn status_shows_the_backups() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["status", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        json["backup"],
+        serde_json::json!({"schedule": "every 24 h into /var/lib/blufio/backups, keeping 7",
+                           "last_success_at": 1_764_000_000, "last_size_bytes": 3 * 1024 * 1024,
+                           "last_duration_seconds": 2.5, "last_error": null, "last_error_at": null,
+                           "restore_phase": null})
+    );
+    let output = run(against(&daemon).args(["status", "--plain"]));
+    let text = stdout(&output);
+    assert!(
+        text.contains("\nbackup: every 24 h into /var/lib/blufio/backups, keeping 7\n  last: "),
+        "{text}"
+    );
+    assert!(text.contains(" (3.0 MiB in 2.5s)\naccess: "), "{text}");
 }

@@ -43,7 +43,9 @@ fn key_file() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn start(dir: Arc<tempfile::TempDir>, fake: &FakeProvider, key: &Path, env: Vec<(String, String)>) -> Daemon {
+fn start(dir: Arc<tempfile::TempDir>, fake: &FakeProvider, key: &Path, mut env: Vec<(String, String)>) -> Daemon {
+    // A key for the turns of tests that do not put one in the vault.
+    env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-from-the-environment".into()));
     Daemon::start_with(
         dir,
         DaemonOptions {
@@ -195,6 +197,8 @@ fn a_backup_under_eight_writers_holds_every_acknowledged_turn_and_comes_back_who
         usage["cost"]["today_usd"].as_f64().unwrap() <= usage_then["cost"]["today_usd"].as_f64().unwrap(),
         "{usage} vs {usage_then}"
     );
+    // The config file stayed on the first machine; the secret it named came along.
+    ok(&restored.ctl(&["config", "set", "provider.api_key", "secret:anthropic"]));
     fake.push(Script::text("after the move", 1));
     ok(&restored.ctl(&["chat", "hello from the new machine"]));
     assert_eq!(fake.requests().last().unwrap().header("x-api-key"), Some(KEY));
@@ -458,14 +462,15 @@ fn scheduled_backups_are_written_whole_kept_by_count_and_reported() {
     let daemon = Daemon::start_with(
         dir.clone(),
         DaemonOptions {
-            config: format!(
-                "{}[backup]\ninterval_secs = 1\nkeep = 2\ndir = \"{}\"\n",
-                config(&fake, &key),
-                backups.display()
-            ),
+            config: format!("{}[backup]\ninterval_secs = 0\n", config(&fake, &key)),
+            env: vec![("ANTHROPIC_API_KEY".into(), "sk-ant-from-the-environment".into())],
             ..DaemonOptions::default()
         },
     );
+    // Every backup key applies live: the schedule starts at once.
+    daemon.ctl_json(&["config", "set", "backup.dir", backups.to_str().unwrap()]);
+    daemon.ctl_json(&["config", "set", "backup.keep", "2"]);
+    daemon.ctl_json(&["config", "set", "backup.interval_secs", "1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let archives = || -> Vec<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&backups)

@@ -23,6 +23,21 @@ const OBSERVED: &[(&str, &str, &str)] = &[
     ),
     ("agent.system_prompt", HERE, "agent_keys_apply_to_the_next_turn"),
     ("agent.system_prompt_file", HERE, "agent_keys_apply_to_the_next_turn"),
+    (
+        "backup.dir",
+        "backup.rs",
+        "scheduled_backups_are_written_whole_kept_by_count_and_reported",
+    ),
+    (
+        "backup.interval_secs",
+        "backup.rs",
+        "scheduled_backups_are_written_whole_kept_by_count_and_reported",
+    ),
+    (
+        "backup.keep",
+        "backup.rs",
+        "scheduled_backups_are_written_whole_kept_by_count_and_reported",
+    ),
     ("budget.daily_usd", HERE, "budget_and_log_keys_apply_at_once"),
     ("budget.monthly_usd", HERE, "budget_and_log_keys_apply_at_once"),
     (
@@ -143,6 +158,7 @@ const SOURCES: &[(&str, &str)] = &[
     (HERE, include_str!("live_config.rs")),
     ("daemon.rs", include_str!("daemon.rs")),
     ("gateway.rs", include_str!("gateway.rs")),
+    ("backup.rs", include_str!("backup.rs")),
 ];
 
 #[test]

@@ -71,6 +71,9 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
     );
     let before = daemon.metrics();
     daemon.ctl_json(&["config", "set", "memory.warn_percent", "1"]);
+    let archive = daemon.dir.path().join("metrics.tar");
+    let backup = daemon.ctl(&["backup", archive.to_str().unwrap()]);
+    assert!(backup.status.success(), "{}", describe(&backup));
 
     // A chat over the socket, with every kind of token.
     fake.push(Script::Text {
@@ -231,6 +234,9 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
     moved("blufio_events_total", &["event=\"turn_finished\""]);
     moved("blufio_events_total", &["event=\"turn_failed\""]);
     moved("blufio_events_total", &["event=\"device_added\""]);
+    moved("blufio_events_total", &["event=\"backup_finished\""]);
+    moved("blufio_backup_last_success_timestamp_seconds", &[]);
+    moved("blufio_backup_last_size_bytes", &[]);
     moved("blufio_budget_spent_usd", &["period=\"daily\""]);
     moved("blufio_budget_spent_usd", &["period=\"monthly\""]);
     moved("blufio_watchdog_pings_total", &[]);

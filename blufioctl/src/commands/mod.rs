@@ -7,6 +7,7 @@
 //! Errors leave a command as a [`Failure`](crate::Failure), whose exit code and hint come from
 //! the conversions in `main`; a command only adds a hint that needs its own context.
 
+pub mod backup;
 pub mod chat;
 pub mod config;
 pub mod device;

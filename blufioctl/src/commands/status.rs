@@ -1,31 +1,41 @@
 //! `blufioctl status`: the daemon's state, storage, subsystems and the caller's access.
 
 use blufio_proto::control::v1::{
-    CostStatus, DaemonState, GatewayStatus, GetStatusResponse, MemoryStatus, SessionsStatus, SubsystemStatus,
+    BackupStatus, CostStatus, DaemonState, GatewayStatus, GetStatusResponse, MemoryStatus, SessionsStatus,
+    SubsystemStatus,
 };
+use blufio_proto::httpsig::unix_now;
 use serde::Serialize;
 
 use super::Context;
 use crate::cli::JsonArgs;
 use crate::output::{
-    Cell, CostJson, Human, Paint, Render, Style, humanize_bytes, humanize_duration, non_empty, render_pairs, usd_amount,
+    Cell, CostJson, Human, Paint, Render, Style, humanize_age, humanize_bytes, humanize_duration, humanize_seconds,
+    non_empty, render_pairs, usd_amount,
 };
 use crate::{Failure, Outcome};
 
 /// Runs `status`.
 pub async fn run(context: &Context<'_>, args: JsonArgs) -> Result<Outcome, Failure> {
     let status = context.connect().await?.get_status().await?;
-    context.printer.emit(&Status(&status), args.json)?;
+    let view = Status {
+        status: &status,
+        now: unix_now(),
+    };
+    context.printer.emit(&view, args.json)?;
     Ok(Outcome::Success)
 }
 
-/// The daemon's answer to `status`.
-pub struct Status<'a>(pub &'a GetStatusResponse);
+/// The daemon's answer to `status`; `now` is the current Unix time, for the ages.
+pub struct Status<'a> {
+    pub status: &'a GetStatusResponse,
+    pub now: i64,
+}
 
 impl Render for Status<'_> {
     /// `status --json`.
     fn json(&self) -> impl Serialize {
-        let status = self.0;
+        let status = self.status;
         StatusJson {
             state: state_name(status.state),
             version: &status.version,
@@ -44,12 +54,13 @@ impl Render for Status<'_> {
             cost: status.cost.as_ref().map(CostJson::from),
             caller_access: &status.caller_access,
             gateway: status.gateway.as_ref().map(GatewayJson::from),
+            backup: status.backup.as_ref().map(BackupJson::from),
         }
     }
 
     /// `status` as aligned `key: value` lines.
     fn human(&self, style: Style) -> Human {
-        let status = self.0;
+        let Status { status, now } = *self;
         let mut rows: Vec<(String, Cell)> = Vec::new();
         let state = state_name(status.state);
         let state_paint = match status.state() {
@@ -124,6 +135,9 @@ impl Render for Status<'_> {
             if !gateway.problem.is_empty() {
                 warnings.push(format!("gateway: {}", gateway.problem));
             }
+        }
+        if let Some(backup) = &status.backup {
+            push_backup_rows(&mut rows, style, backup, now);
         }
         rows.push(("access".into(), Cell::plain(&status.caller_access)));
 
@@ -208,6 +222,39 @@ fn describe_sessions(sessions: &SessionsStatus) -> String {
     )
 }
 
+/// The backup schedule, the last backup, the last failure and a restore in progress.
+fn push_backup_rows(rows: &mut Vec<(String, Cell)>, style: Style, backup: &BackupStatus, now: i64) {
+    let schedule = non_empty(&backup.schedule).unwrap_or("off");
+    rows.push(("backup".into(), Cell::plain(schedule)));
+    let last = if backup.last_success_at == 0 {
+        Cell::painted(style, Paint::Dim, "never")
+    } else {
+        Cell::plain(&format!(
+            "{} ({} in {})",
+            humanize_age(now, backup.last_success_at),
+            humanize_bytes(backup.last_size_bytes),
+            humanize_seconds(backup.last_duration_seconds)
+        ))
+    };
+    rows.push(("  last".into(), last));
+    if !backup.last_error.is_empty() {
+        let mut failed = Cell::painted(style, Paint::Red, &backup.last_error);
+        if backup.last_error_at != 0 {
+            failed.push(
+                style,
+                Paint::None,
+                &format!(" ({})", humanize_age(now, backup.last_error_at)),
+            );
+        }
+        rows.push(("  last error".into(), failed));
+    }
+    if !backup.restore_phase.is_empty() {
+        let mut phase = Cell::painted(style, Paint::Yellow, &backup.restore_phase);
+        phase.push(style, Paint::Dim, " (a restore is running; new turns wait)");
+        rows.push(("  restore".into(), phase));
+    }
+}
+
 fn describe_gateway(gateway: &GatewayStatus) -> String {
     let devices = if gateway.active_devices == 1 {
         "device"
@@ -283,6 +330,33 @@ struct StatusJson<'a> {
     cost: Option<CostJson>,
     caller_access: &'a str,
     gateway: Option<GatewayJson<'a>>,
+    backup: Option<BackupJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct BackupJson<'a> {
+    schedule: &'a str,
+    last_success_at: Option<i64>,
+    last_size_bytes: Option<u64>,
+    last_duration_seconds: Option<f64>,
+    last_error: Option<&'a str>,
+    last_error_at: Option<i64>,
+    restore_phase: Option<&'a str>,
+}
+
+impl<'a> From<&'a BackupStatus> for BackupJson<'a> {
+    fn from(backup: &'a BackupStatus) -> Self {
+        let succeeded = backup.last_success_at != 0;
+        BackupJson {
+            schedule: non_empty(&backup.schedule).unwrap_or("off"),
+            last_success_at: succeeded.then_some(backup.last_success_at),
+            last_size_bytes: succeeded.then_some(backup.last_size_bytes),
+            last_duration_seconds: succeeded.then_some(backup.last_duration_seconds),
+            last_error: non_empty(&backup.last_error),
+            last_error_at: (!backup.last_error.is_empty() && backup.last_error_at != 0).then_some(backup.last_error_at),
+            restore_phase: non_empty(&backup.restore_phase),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -382,7 +456,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::output::testing::{ALIGNED, sample_gateway};
+    use crate::output::testing::{ALIGNED, NOW, sample_gateway};
+
+    fn view(status: &GetStatusResponse) -> Status<'_> {
+        Status { status, now: NOW }
+    }
 
     fn sample_status() -> GetStatusResponse {
         GetStatusResponse {
@@ -422,13 +500,14 @@ mod tests {
             previous_run_unclean: true,
             caller_access: "read-only".into(),
             gateway: None,
+            backup: None,
         }
     }
 
     #[test]
     fn status_json_shape() {
         let status = sample_status();
-        let value = serde_json::to_value(Status(&status).json()).expect("serializes");
+        let value = serde_json::to_value(view(&status).json()).expect("serializes");
         assert_eq!(
             value,
             json!({
@@ -451,14 +530,15 @@ mod tests {
                 "memory": {"rss_bytes": 52428800, "allocated_bytes": 31457280, "allocator_resident_bytes": 35651584, "limit_bytes": 0, "warn_bytes": 0, "refuse_bytes": 0, "pressure": "normal", "pressure_seconds": 192, "under_pressure": false},
                 "cost": null,
                 "caller_access": "read-only",
-                "gateway": null
+                "gateway": null,
+                "backup": null
             })
         );
     }
 
     #[test]
     fn status_human_lines() {
-        let human = Status(&sample_status()).human(ALIGNED);
+        let human = view(&sample_status()).human(ALIGNED);
         let expected = "\
 state:         ready
 version:       0.1.0
@@ -506,7 +586,7 @@ access:        read-only
             state: 99,
             ..sample_status()
         };
-        let stdout = Status(&status).human(Style::PLAIN).stdout;
+        let stdout = view(&status).human(Style::PLAIN).stdout;
         assert!(stdout.starts_with("state: unknown\nversion: 0.1.0\n"), "{stdout}");
         assert!(stdout.contains("\nconfig: /etc/blufio/blufiod.toml\n"), "{stdout}");
         assert!(!stdout.contains("previous run"));
@@ -517,10 +597,10 @@ access:        read-only
             "{stdout}"
         );
         assert!(stdout.contains("\ncost: $0.125 today of $1.00, $3.40 this month (no cap), $0.05 reserved\n"));
-        let human = Status(&status).human(Style::PLAIN);
+        let human = view(&status).human(Style::PLAIN);
         assert_eq!(human.warnings, ["no API key: set BLUFIO_PROVIDER__API_KEY"]);
 
-        let value = serde_json::to_value(Status(&status).json()).expect("serializes");
+        let value = serde_json::to_value(view(&status).json()).expect("serializes");
         assert_eq!(
             value["sessions"],
             json!({"active_sessions": 2, "turns_in_flight": 1, "turns_queued": 3, "total_sessions": 15,
@@ -540,7 +620,7 @@ access:        read-only
             }),
             ..sample_status()
         };
-        let human = Status(&healthy).human(ALIGNED);
+        let human = view(&healthy).human(ALIGNED);
         assert!(human.warnings.is_empty());
         assert!(
             human
@@ -549,7 +629,7 @@ access:        read-only
             "{}",
             human.stdout
         );
-        let value = serde_json::to_value(Status(&healthy).json()).expect("serializes");
+        let value = serde_json::to_value(view(&healthy).json()).expect("serializes");
         assert_eq!(value["sessions"]["provider_problem"], serde_json::Value::Null);
         assert_eq!(value["sessions"]["provider_key_source"], "vault secret `anthropic`");
     }
@@ -560,7 +640,7 @@ access:        read-only
             gateway: Some(sample_gateway()),
             ..sample_status()
         };
-        let human = Status(&status).human(ALIGNED);
+        let human = view(&status).human(ALIGNED);
         assert!(
             human
                 .stdout
@@ -569,7 +649,7 @@ access:        read-only
             human.stdout
         );
         assert_eq!(human.warnings, ["gateway: no device is registered"]);
-        let value = serde_json::to_value(Status(&status).json()).expect("serializes");
+        let value = serde_json::to_value(view(&status).json()).expect("serializes");
         assert_eq!(
             value["gateway"],
             json!({"listen": "0.0.0.0:8443", "scheme": "https", "tls_fingerprint_sha256": "AB:CD:EF",
@@ -586,7 +666,7 @@ access:        read-only
             }),
             ..sample_status()
         };
-        let human = Status(&plain_http).human(Style::PLAIN);
+        let human = view(&plain_http).human(Style::PLAIN);
         assert!(
             human
                 .stdout
@@ -596,8 +676,57 @@ access:        read-only
         );
         assert!(!human.stdout.contains("pin sha256"), "{}", human.stdout);
         assert!(human.warnings.is_empty());
-        let value = serde_json::to_value(Status(&plain_http).json()).expect("serializes");
+        let value = serde_json::to_value(view(&plain_http).json()).expect("serializes");
         assert_eq!(value["gateway"]["tls_fingerprint_sha256"], serde_json::Value::Null);
         assert_eq!(value["gateway"]["problem"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn status_shows_backups_and_a_restore() {
+        let status = GetStatusResponse {
+            backup: Some(BackupStatus {
+                schedule: "every 24 h into /var/lib/blufio/backups, keeping 7".into(),
+                last_success_at: NOW - 5 * 3600,
+                last_size_bytes: 3 * 1024 * 1024,
+                last_duration_seconds: 1.25,
+                last_error: "cannot take the snapshot in /var/lib/blufio: the disk is full".into(),
+                last_error_at: NOW - 3600,
+                restore_phase: "waiting for turns".into(),
+            }),
+            ..sample_status()
+        };
+        let human = view(&status).human(ALIGNED);
+        let expected = "\
+backup:        every 24 h into /var/lib/blufio/backups, keeping 7
+  last:        5h ago (3.0 MiB in 1.2s)
+  last error:  cannot take the snapshot in /var/lib/blufio: the disk is full (1h ago)
+  restore:     waiting for turns (a restore is running; new turns wait)
+access:        read-only
+";
+        assert!(human.stdout.ends_with(expected), "{}", human.stdout);
+        assert_eq!(
+            serde_json::to_value(view(&status).json()).expect("serializes")["backup"],
+            json!({"schedule": "every 24 h into /var/lib/blufio/backups, keeping 7",
+                   "last_success_at": NOW - 5 * 3600, "last_size_bytes": 3 * 1024 * 1024,
+                   "last_duration_seconds": 1.25,
+                   "last_error": "cannot take the snapshot in /var/lib/blufio: the disk is full",
+                   "last_error_at": NOW - 3600, "restore_phase": "waiting for turns"})
+        );
+
+        let never = GetStatusResponse {
+            backup: Some(BackupStatus {
+                schedule: "off".into(),
+                ..BackupStatus::default()
+            }),
+            ..sample_status()
+        };
+        let stdout = view(&never).human(Style::PLAIN).stdout;
+        assert!(stdout.contains("\nbackup: off\n  last: never\naccess: "), "{stdout}");
+        assert_eq!(
+            serde_json::to_value(view(&never).json()).expect("serializes")["backup"],
+            json!({"schedule": "off", "last_success_at": null, "last_size_bytes": null,
+                   "last_duration_seconds": null, "last_error": null, "last_error_at": null,
+                   "restore_phase": null})
+        );
     }
 }

@@ -187,6 +187,8 @@ pub fn safety_copies(state_dir: &Path) -> Vec<(PathBuf, i64)> {
             let at = name
                 .strip_prefix(SAFETY_PREFIX)?
                 .strip_suffix(SAFETY_SUFFIX)?
+                .split('-')
+                .next()?
                 .parse()
                 .ok()?;
             Some((entry.path(), at))
@@ -287,11 +289,11 @@ impl PrivateMode for std::fs::OpenOptions {
 /// archive's secrets when `without_secrets` and the key does not open them. Returns whether the
 /// secrets are kept.
 pub async fn check(received: &Received, vault: &Vault, options: RestoreOptions) -> Result<bool, RestoreError> {
+    // A member that is not a SQLite database at all is the archive's fault.
     let facts = inspect_database(&received.database)
         .await
-        .map_err(|source| RestoreError::Storage {
-            operation: "read the archive's database",
-            source,
+        .map_err(|error| RestoreError::Integrity {
+            problems: format!("it cannot be read as a SQLite database: {}", crate::error_chain(&error)),
         })?;
     if let Some(problems) = facts.integrity_problems {
         return Err(RestoreError::Integrity { problems });
@@ -345,7 +347,14 @@ pub async fn check(received: &Received, vault: &Vault, options: RestoreOptions) 
 pub fn swap(received: &Received, database: &Path) -> Result<PathBuf, RestoreError> {
     let dir = database.parent().unwrap_or(Path::new("."));
     let now = unix_now();
-    let safety = dir.join(format!("{SAFETY_PREFIX}{now}{SAFETY_SUFFIX}"));
+    // Two restores in one second keep two copies.
+    let safety = (1..)
+        .map(|n| {
+            let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+            dir.join(format!("{SAFETY_PREFIX}{now}{suffix}{SAFETY_SUFFIX}"))
+        })
+        .find(|path| !path.exists())
+        .expect("names are unbounded");
     let marker = dir.join(MARKER);
     let text = serde_json::to_vec(&Marker {
         archive_created_at: received.manifest.created_at,

@@ -381,7 +381,7 @@ async fn load_state(storage: &Storage, inputs: &SourceInputs) -> Result<State, V
                         .map_err(stored("complete the pending rekey"))?;
                     let promoted = slot_info(pending.expect("a pending slot opened"))?;
                     tracing::info!(source = %loaded.source.describe(), "vault rekey completed: the new key opens the vault, the old one no longer does");
-                    retire_generated_key(&inputs, current_info.source, &loaded.source);
+                    retire_generated_key(inputs, current_info.source, &loaded.source);
                     (loaded, data_key, promoted, None)
                 } else {
                     return Err(VaultError::WrongKey {

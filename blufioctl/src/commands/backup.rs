@@ -1,0 +1,1259 @@
+//! `blufioctl backup [PATH]`, `backup --verify PATH` and `restore PATH`: backup archives of the
+//! daemon's state, moved between the control socket and files. The archive's format and its
+//! reader are `blufio_proto::backup`'s, shared with the daemon; this module never parses tar
+//! itself.
+//!
+//! A backup goes to a temporary file (mode 0600: it holds the vault's sealed secrets and the
+//! config) beside PATH, is flushed to disk, read back and verified against the manifest the
+//! daemon announced, and only then renamed to PATH: PATH holds a complete, verified archive or
+//! is left as it was. A restore verifies the file here before sending a byte, so a damaged
+//! archive fails fast; the daemon verifies it again before it changes anything.
+
+use std::fmt::Write as _;
+use std::fs::{File, Permissions};
+use std::io::{self, BufWriter, IsTerminal as _, Read, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use blufio_proto::backup::{self as archive, ArchiveError, Manifest};
+use blufio_proto::control::v1::backup_chunk::Chunk;
+use blufio_proto::control::v1::restore_progress::Progress as RestoreEvent;
+use blufio_proto::control::v1::{RestoreChunk, RestoreResponse, RestoreStart, restore_chunk};
+use blufio_proto::httpsig::unix_now;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::Context;
+use crate::cli::{BackupArgs, JsonArgs, RestoreArgs};
+use crate::client::BackupStream;
+use crate::output::{
+    Cell, Human, Paint, Render, Style, format_utc, humanize_bytes, humanize_seconds, non_empty, printable,
+    render_pairs, utc_stamp,
+};
+use crate::progress::Progress;
+use crate::{Failure, Outcome, interrupted, restore_failure, with_hint};
+
+/// Archive bytes per `data` chunk sent to `Restore`: the daemon's socket takes messages of at most
+/// 320 KiB, so this leaves room for the framing.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Mode of a new archive file: only its owner may read the sealed secrets and the config.
+const ARCHIVE_MODE: u32 = 0o600;
+/// Names of the temporary files beside PATH, hidden from `ls`.
+const TEMP_PREFIX: &str = ".blufio-backup-";
+/// The PATH that means stdout (and stdin for `--verify`).
+const STDIO: &str = "-";
+
+/// Runs `backup`: makes an archive, or checks one with `--verify`.
+pub async fn run(context: &Context<'_>, args: BackupArgs) -> Result<Outcome, Failure> {
+    let BackupArgs {
+        path,
+        verify,
+        include_tls,
+        without_config,
+        force,
+        output,
+    } = args;
+    let contents = Contents {
+        without_config,
+        include_tls,
+    };
+    let started = Instant::now();
+    match path {
+        Some(path) if verify => verify_command(context, &path, output).await,
+        // clap requires PATH with --verify.
+        None if verify => Err(anyhow::anyhow!("--verify needs the PATH of an archive").into()),
+        Some(path) if path.as_os_str() == STDIO => backup_to_stdout(context, contents, started).await,
+        path => {
+            let path = target_path(path, unix_now());
+            backup_to_file(context, path, contents, force, output, started).await
+        }
+    }
+}
+
+/// What `backup` asks the daemon to put in the archive.
+#[derive(Debug, Clone, Copy)]
+struct Contents {
+    without_config: bool,
+    include_tls: bool,
+}
+
+/// Where a backup goes: PATH, the default name inside PATH when it is a directory, or the default
+/// name in the current directory.
+fn target_path(given: Option<PathBuf>, now: i64) -> PathBuf {
+    let default_name = format!("blufio-backup-{}.tar", utc_stamp(now));
+    match given {
+        None => PathBuf::from(default_name),
+        Some(dir) if dir.is_dir() => dir.join(default_name),
+        Some(path) => path,
+    }
+}
+
+/// The directory that holds `path`, for its temporary file and the fsync after the rename.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Resolves when Ctrl-C is pressed; never, if the handler cannot be installed (then Ctrl-C ends
+/// the process as usual).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `backup [PATH]` to a file.
+async fn backup_to_file(
+    context: &Context<'_>,
+    path: PathBuf,
+    contents: Contents,
+    force: bool,
+    output: JsonArgs,
+    started: Instant,
+) -> Result<Outcome, Failure> {
+    // Say so before the daemon spends a snapshot on it.
+    if !force && path.symlink_metadata().is_ok() {
+        return Err(exists_failure(&path));
+    }
+    let draw = io::stderr().is_terminal();
+    let cancel = Arc::new(AtomicBool::new(false));
+    // The temporary file lives inside this future: when Ctrl-C wins, dropping the future removes it.
+    let backup = download_to_file(context, &path, contents, force, draw, cancel.clone());
+    let written = tokio::select! {
+        written = backup => written?,
+        () = ctrl_c() => {
+            // A verification running on its own thread stops at its next read.
+            cancel.store(true, Ordering::Relaxed);
+            return Err(interrupted(anyhow::anyhow!(
+                "interrupted: no backup was written to {}",
+                path.display()
+            )));
+        }
+    };
+    if let Err(error) = File::open(parent_dir(&path)).and_then(|dir| dir.sync_all()) {
+        context.printer.warning(&format!(
+            "cannot flush the directory of {} to disk ({error}); a power loss now could undo the rename",
+            path.display()
+        ));
+    }
+    let shown = std::fs::canonicalize(&path).unwrap_or(path);
+    let view = BackupWritten {
+        archive: Archive {
+            path: Some(&shown.display().to_string()),
+            bytes: written.bytes,
+            manifest: &written.manifest,
+        },
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
+    context.printer.emit(&view, output.json)?;
+    Ok(Outcome::Success)
+}
+
+/// A backup that is in place at PATH.
+struct Written {
+    bytes: u64,
+    manifest: Manifest,
+}
+
+/// Streams the archive into a temporary file beside `path`, verifies it and renames it to `path`.
+async fn download_to_file(
+    context: &Context<'_>,
+    path: &Path,
+    contents: Contents,
+    force: bool,
+    draw: bool,
+    cancel: Arc<AtomicBool>,
+) -> Result<Written, Failure> {
+    let dir = parent_dir(path);
+    // Created before the daemon is asked, so that an unwritable directory fails fast.
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(".tar")
+        .permissions(Permissions::from_mode(ARCHIVE_MODE))
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let mut client = context.connect().await?;
+    let mut stream = client.backup(contents.without_config, contents.include_tls).await?;
+    let (archive_bytes, announced) = started(&mut stream).await?;
+
+    let receiving = Progress::new("receiving", archive_bytes, draw);
+    let temp_path = temp.path().to_path_buf();
+    let write_error = |error: io::Error| {
+        anyhow::Error::new(error).context(format!("cannot write the archive to {}", temp_path.display()))
+    };
+    let mut writer = BufWriter::with_capacity(CHUNK_BYTES, temp.as_file_mut());
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await? {
+        let Chunk::Data(data) = chunk else {
+            return Err(anyhow::anyhow!("blufiod announced its backup twice").into());
+        };
+        received += data.len() as u64;
+        if received > archive_bytes {
+            return Err(anyhow::anyhow!("blufiod sent more than the {archive_bytes} bytes it announced").into());
+        }
+        writer.write_all(&data).map_err(write_error)?;
+        receiving.advance(data.len() as u64);
+    }
+    receiving.finish();
+    if received != archive_bytes {
+        return Err(anyhow::anyhow!(
+            "blufiod's stream ended after {received} of the archive's {archive_bytes} bytes; nothing was written to {}",
+            path.display()
+        )
+        .into());
+    }
+    writer.flush().map_err(write_error)?;
+    drop(writer);
+    temp.as_file().sync_all().map_err(write_error)?;
+
+    // Read back what reached the disk, not what passed through memory.
+    let file = temp.reopen().map_err(write_error)?;
+    let (verified, read) = verify_file(file, archive_bytes, "verifying", draw, cancel)
+        .await
+        .map_err(|error| {
+            error.context(format!(
+                "the archive failed verification when read back, so nothing was written to {}",
+                path.display()
+            ))
+        })?;
+    if verified != announced || read != archive_bytes {
+        return Err(anyhow::anyhow!(
+            "the archive read back ({read} bytes) differs from what blufiod announced ({archive_bytes} bytes and \
+             its manifest); nothing was written to {}",
+            path.display()
+        )
+        .into());
+    }
+
+    let persisted = if force {
+        temp.persist(path)
+    } else {
+        temp.persist_noclobber(path)
+    };
+    if let Err(error) = persisted {
+        // Dropping the returned file removes the temporary file.
+        let tempfile::PersistError { error, file } = error;
+        drop(file);
+        if error.kind() == io::ErrorKind::AlreadyExists && !force {
+            return Err(exists_failure(path));
+        }
+        return Err(anyhow::Error::new(error)
+            .context(format!("cannot rename the verified archive to {}", path.display()))
+            .into());
+    }
+    Ok(Written {
+        bytes: archive_bytes,
+        manifest: verified,
+    })
+}
+
+/// The first chunk of a backup stream: the archive's size and its manifest.
+async fn started(stream: &mut BackupStream) -> Result<(u64, Manifest), Failure> {
+    let Some(Chunk::Started(started)) = stream.next().await? else {
+        return Err(anyhow::anyhow!("blufiod's backup stream did not start with the archive's manifest").into());
+    };
+    let manifest = serde_json::from_str(&started.manifest_json).context("blufiod's backup manifest does not parse")?;
+    Ok((started.archive_bytes, manifest))
+}
+
+/// PATH exists and `--force` was not given.
+fn exists_failure(path: &Path) -> Failure {
+    with_hint(
+        anyhow::anyhow!("{} already exists; refusing to overwrite it", path.display()).into(),
+        Some("pass --force to replace it once the new archive is verified, or choose another PATH"),
+    )
+}
+
+/// `backup -`: the archive to stdout, verified as it passes through.
+async fn backup_to_stdout(context: &Context<'_>, contents: Contents, started_at: Instant) -> Result<Outcome, Failure> {
+    let (sender, receiver) = mpsc::channel::<Vec<u8>>(4);
+    let work = async {
+        let mut client = context.connect().await?;
+        let mut stream = client.backup(contents.without_config, contents.include_tls).await?;
+        let (archive_bytes, announced) = started(&mut stream).await?;
+        // Stdout may be a slow pipe: a thread of its own writes it, so that Ctrl-C is still heard.
+        let writing = tokio::task::spawn_blocking(move || write_and_verify(receiver));
+        let mut received = 0u64;
+        while let Some(chunk) = stream.next().await? {
+            let Chunk::Data(data) = chunk else {
+                return Err(anyhow::anyhow!("blufiod announced its backup twice").into());
+            };
+            received += data.len() as u64;
+            if received > archive_bytes {
+                return Err(anyhow::anyhow!("blufiod sent more than the {archive_bytes} bytes it announced").into());
+            }
+            // A closed channel means the writer stopped; its result says why.
+            if sender.send(data).await.is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        let (verified, written) = writing
+            .await
+            .context("the thread writing stdout failed")?
+            .map_err(|error| match error {
+                StdoutError::Write(error) => anyhow::Error::new(error).context("cannot write the archive to stdout"),
+                StdoutError::Archive(error) => {
+                    anyhow::Error::new(error).context("the archive written to stdout failed verification")
+                }
+            })?;
+        if received != archive_bytes || written != archive_bytes || verified != announced {
+            return Err(anyhow::anyhow!(
+                "the archive written to stdout ({written} bytes) differs from what blufiod announced \
+                 ({archive_bytes} bytes and its manifest)"
+            )
+            .into());
+        }
+        Ok::<_, Failure>(Written {
+            bytes: archive_bytes,
+            manifest: verified,
+        })
+    };
+    let written = tokio::select! {
+        written = work => written?,
+        () = ctrl_c() => {
+            return Err(interrupted(anyhow::anyhow!("interrupted: the archive on stdout is incomplete")));
+        }
+    };
+    let view = BackupWritten {
+        archive: Archive {
+            path: None,
+            bytes: written.bytes,
+            manifest: &written.manifest,
+        },
+        duration_seconds: started_at.elapsed().as_secs_f64(),
+    };
+    context.printer.human_on_stderr(&view);
+    Ok(Outcome::Success)
+}
+
+/// Why `backup -` failed on its writing thread.
+enum StdoutError {
+    Write(io::Error),
+    Archive(ArchiveError),
+}
+
+/// Writes the chunks from `receiver` to stdout while verifying them; returns the manifest and the
+/// bytes written.
+fn write_and_verify(receiver: mpsc::Receiver<Vec<u8>>) -> Result<(Manifest, u64), StdoutError> {
+    let mut tee = Tee {
+        receiver,
+        current: io::Cursor::new(Vec::new()),
+        out: io::stdout().lock(),
+        written: 0,
+        write_error: None,
+    };
+    // Read to its end, so that the end-of-archive blocks go out too.
+    let verified = verify_reader(&mut tee);
+    let flushed = tee.out.flush();
+    if let Some(error) = tee.write_error.take() {
+        return Err(StdoutError::Write(error));
+    }
+    let manifest = verified.map_err(StdoutError::Archive)?;
+    flushed.map_err(StdoutError::Write)?;
+    Ok((manifest, tee.written))
+}
+
+/// Reads the chunks of a channel and writes what it reads to `out`.
+struct Tee<W> {
+    receiver: mpsc::Receiver<Vec<u8>>,
+    current: io::Cursor<Vec<u8>>,
+    out: W,
+    written: u64,
+    /// The write that failed; the read then fails too, which stops the reader.
+    write_error: Option<io::Error>,
+}
+
+impl<W: io::Write> Read for Tee<W> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let read = self.current.read(buffer)?;
+            if read > 0 || buffer.is_empty() {
+                if let Err(error) = self.out.write_all(&buffer[..read]) {
+                    self.write_error = Some(error);
+                    return Err(io::Error::other("stdout failed"));
+                }
+                self.written += read as u64;
+                return Ok(read);
+            }
+            match self.receiver.blocking_recv() {
+                Some(next) => self.current = io::Cursor::new(next),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+/// Verifies the archive in `file` on a thread of its own, with a progress bar when `draw`, and
+/// returns its manifest and the bytes read; `cancel` stops it at its next read.
+async fn verify_file(
+    file: File,
+    total: u64,
+    label: &'static str,
+    draw: bool,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<(Manifest, u64)> {
+    let (_, verified) = verify_file_returning(file, total, label, draw, cancel).await?;
+    Ok(verified)
+}
+
+/// [`verify_file`], handing the file back.
+async fn verify_file_returning(
+    file: File,
+    total: u64,
+    label: &'static str,
+    draw: bool,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<(File, (Manifest, u64))> {
+    let progress = Progress::new(label, total, draw);
+    let (file, verified) = tokio::task::spawn_blocking(move || {
+        let mut counting = Counting {
+            inner: io::BufReader::with_capacity(CHUNK_BYTES, file),
+            progress: &progress,
+            cancel: &cancel,
+            read: 0,
+        };
+        let verified = verify_reader(&mut counting);
+        let read = counting.read;
+        (counting.inner.into_inner(), verified.map(|manifest| (manifest, read)))
+    })
+    .await
+    .context("the verifying thread failed")?;
+    Ok((file, verified?))
+}
+
+/// Verifies the archive `reader` holds and reads it to its end (the end-of-archive blocks
+/// included), so the bytes read are the archive's size.
+fn verify_reader(reader: &mut impl Read) -> Result<Manifest, ArchiveError> {
+    let manifest = archive::verify(&mut *reader, |_, data| io::copy(data, &mut io::sink()))?;
+    io::copy(reader, &mut io::sink())?;
+    Ok(manifest)
+}
+
+/// Counts what passes, for the progress bar and the size check, and stops when cancelled.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a Progress,
+    cancel: &'a AtomicBool,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("cancelled"));
+        }
+        let read = self.inner.read(buffer)?;
+        self.read += read as u64;
+        self.progress.advance(read as u64);
+        Ok(read)
+    }
+}
+
+/// `backup --verify PATH`: checks an archive without the daemon.
+async fn verify_command(context: &Context<'_>, path: &Path, output: JsonArgs) -> Result<Outcome, Failure> {
+    let (shown, verified) = if path.as_os_str() == STDIO {
+        let verified = tokio::task::spawn_blocking(|| {
+            let mut counting = Counting {
+                inner: io::stdin().lock(),
+                progress: &Progress::new("verifying", 0, false),
+                cancel: &AtomicBool::new(false),
+                read: 0,
+            };
+            verify_reader(&mut counting).map(|manifest| (manifest, counting.read))
+        })
+        .await
+        .context("the verifying thread failed")?
+        .context("the archive on stdin failed verification")?;
+        (None, verified)
+    } else {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let total = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+        let draw = io::stderr().is_terminal();
+        let verified = verify_file(file, total, "verifying", draw, Arc::new(AtomicBool::new(false)))
+            .await
+            .map_err(|error| error.context(format!("{} failed verification", path.display())))?;
+        (Some(path.display().to_string()), verified)
+    };
+    let (manifest, bytes) = verified;
+    let view = BackupVerified(Archive {
+        path: shown.as_deref(),
+        bytes,
+        manifest: &manifest,
+    });
+    context.printer.emit(&view, output.json)?;
+    Ok(Outcome::Success)
+}
+
+/// How far a restore got, for the message when Ctrl-C stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Verifying the file here; nothing was sent.
+    Checking,
+    /// Sending; the daemon has part of the archive at most, which it refuses.
+    Sending,
+    /// The whole archive was handed to the connection: the daemon goes on without us.
+    Sent,
+}
+
+/// Runs `restore PATH`.
+pub async fn restore(context: &Context<'_>, args: RestoreArgs) -> Result<Outcome, Failure> {
+    let stage = std::cell::Cell::new(Stage::Checking);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let work = restore_file(context, &args, &stage, cancel.clone());
+    let (response, manifest) = tokio::select! {
+        restored = work => restored?,
+        () = ctrl_c() => {
+            cancel.store(true, Ordering::Relaxed);
+            let what = match stage.get() {
+                Stage::Checking => "nothing was sent to blufiod",
+                Stage::Sending => "the archive was not sent whole, so blufiod changes nothing",
+                Stage::Sent => {
+                    "blufiod has the archive and goes on with the restore; 'blufioctl status' shows its phase"
+                }
+            };
+            return Err(interrupted(anyhow::anyhow!("interrupted: {what}")));
+        }
+    };
+    // The daemon's manifest is the archive it restored; the one checked here describes the same.
+    let manifest = serde_json::from_str::<Manifest>(&response.manifest_json).unwrap_or(manifest);
+    let shown = std::fs::canonicalize(&args.path).unwrap_or_else(|_| args.path.clone());
+    let view = Restored {
+        path: &shown.display().to_string(),
+        response: &response,
+        manifest: &manifest,
+    };
+    context.printer.emit(&view, args.output.json)?;
+    Ok(Outcome::Success)
+}
+
+/// Verifies the archive, sends it, and follows the daemon's phases to its result.
+async fn restore_file(
+    context: &Context<'_>,
+    args: &RestoreArgs,
+    stage: &std::cell::Cell<Stage>,
+    cancel: Arc<AtomicBool>,
+) -> Result<(RestoreResponse, Manifest), Failure> {
+    let path = &args.path;
+    let draw = io::stderr().is_terminal();
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let total = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let (file, (manifest, _)) = verify_file_returning(file, total, "checking", draw, cancel)
+        .await
+        .map_err(|error| error.context(format!("{} failed verification; nothing was sent", path.display())))?;
+
+    let mut client = context.connect().await?;
+    let (sender, receiver) = mpsc::channel::<RestoreChunk>(2);
+    let start = RestoreChunk {
+        chunk: Some(restore_chunk::Chunk::Start(RestoreStart {
+            archive_bytes: total,
+            without_secrets: args.without_secrets,
+            restore_config: args.restore_config,
+        })),
+    };
+    // The channel has room for it, and its receiver is alive.
+    let _ = sender.send(start).await;
+    stage.set(Stage::Sending);
+    let progress = Arc::new(Progress::new("sending", total, draw));
+    let mut sending = Sending {
+        producer: tokio::spawn(send_archive(
+            tokio::fs::File::from_std(file),
+            total,
+            sender,
+            progress.clone(),
+        )),
+        progress,
+    };
+    let mut stream = client
+        .restore(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .map_err(restore_failure)?;
+    let mut sent = false;
+    loop {
+        tokio::select! {
+            result = &mut sending.producer, if !sent => {
+                sent = true;
+                let sent_bytes = result
+                    .context("the sending task failed")?
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                // Cut short: blufiod ended the call, and its status, next, says why.
+                let Some(bytes) = sent_bytes else { continue };
+                if bytes != total {
+                    return Err(anyhow::anyhow!(
+                        "{} shrank while it was sent ({bytes} of {total} bytes); blufiod refuses what it got",
+                        path.display()
+                    )
+                    .into());
+                }
+                sending.progress.finish();
+                stage.set(Stage::Sent);
+            }
+            next = stream.next() => match next.map_err(restore_failure)? {
+                Some(RestoreEvent::Phase(phase)) => {
+                    sending.progress.note(&format!("restore: {}", printable(&phase, false)));
+                }
+                Some(RestoreEvent::Done(response)) => return Ok((response, manifest)),
+                None => {
+                    return Err(anyhow::anyhow!(
+                        "blufiod ended the restore without a result; 'blufioctl status' shows whether one runs"
+                    )
+                    .into());
+                }
+            },
+        }
+    }
+}
+
+/// The task that sends the archive, and its progress bar; dropped, it stops the task (a
+/// partial archive, which the daemon refuses) and clears the bar.
+struct Sending {
+    producer: tokio::task::JoinHandle<io::Result<Option<u64>>>,
+    progress: Arc<Progress>,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.producer.abort();
+        self.progress.finish();
+    }
+}
+
+/// Sends the first `total` bytes of `file`, the archive, as `data` chunks of [`CHUNK_BYTES`];
+/// returns the bytes sent, or none when the call ended before all were sent (its status says why).
+async fn send_archive(
+    mut file: tokio::fs::File,
+    total: u64,
+    sender: mpsc::Sender<RestoreChunk>,
+    progress: Arc<Progress>,
+) -> io::Result<Option<u64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    file.seek(io::SeekFrom::Start(0)).await?;
+    // Never more than was verified, should the file have grown since.
+    let mut file = file.take(total);
+    let mut sent = 0u64;
+    loop {
+        let mut data = vec![0u8; CHUNK_BYTES];
+        let mut filled = 0;
+        while filled < CHUNK_BYTES {
+            let read = file.read(&mut data[filled..]).await?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        if filled == 0 {
+            return Ok(Some(sent));
+        }
+        data.truncate(filled);
+        let chunk = RestoreChunk {
+            chunk: Some(restore_chunk::Chunk::Data(data)),
+        };
+        if sender.send(chunk).await.is_err() {
+            return Ok(None);
+        }
+        sent += filled as u64;
+        progress.advance(filled as u64);
+    }
+}
+
+/// An archive as `backup` wrote it or `backup --verify` checked it.
+pub struct Archive<'a> {
+    /// Its file; none for stdout or stdin.
+    pub path: Option<&'a str>,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its manifest, verified against every member.
+    pub manifest: &'a Manifest,
+}
+
+impl Archive<'_> {
+    fn json(&self) -> ArchiveJson<'_> {
+        let manifest = self.manifest;
+        ArchiveJson {
+            path: self.path,
+            bytes: self.bytes,
+            created_at: manifest.created_at,
+            blufio_version: &manifest.blufio_version,
+            schema_version: manifest.schema_version,
+            hostname: &manifest.daemon.hostname,
+            members: manifest
+                .members
+                .iter()
+                .map(|member| MemberJson {
+                    name: &member.name,
+                    bytes: member.bytes,
+                    sha256: &member.sha256,
+                })
+                .collect(),
+            vault: manifest.vault.as_ref().map(|vault| VaultJson {
+                sealed_with: &vault.sealed_with,
+                entries: vault.entries,
+            }),
+        }
+    }
+
+    /// The `key: value` rows that `backup` and `backup --verify` share.
+    fn rows(&self, style: Style) -> Vec<(String, Cell)> {
+        let manifest = self.manifest;
+        let mut size = humanize_bytes(self.bytes);
+        if self.bytes >= 1024 {
+            let _ = write!(size, " ({} bytes)", self.bytes);
+        }
+        let mut rows = vec![
+            (
+                "created".to_owned(),
+                Cell::plain(&format!(
+                    "{} on {} by blufiod {}",
+                    format_utc(manifest.created_at),
+                    manifest.daemon.hostname,
+                    manifest.blufio_version
+                )),
+            ),
+            ("schema".to_owned(), Cell::plain(&manifest.schema_version.to_string())),
+            ("size".to_owned(), Cell::plain(&size)),
+        ];
+        let vault = match &manifest.vault {
+            Some(vault) => Cell::plain(&format!(
+                "{} {}, sealed with a {} key",
+                vault.entries,
+                if vault.entries == 1 { "secret" } else { "secrets" },
+                vault.sealed_with
+            )),
+            None => Cell::painted(style, Paint::Dim, "none"),
+        };
+        rows.push(("vault".to_owned(), vault));
+        rows.push(("members".to_owned(), Cell::plain("")));
+        for member in &manifest.members {
+            rows.push((
+                format!("  {}", printable(&member.name, false)),
+                Cell::plain(&format!("{}, sha256 {}", humanize_bytes(member.bytes), member.sha256)),
+            ));
+        }
+        rows
+    }
+}
+
+/// A backup just written by `backup`, to a file or to stdout.
+pub struct BackupWritten<'a> {
+    pub archive: Archive<'a>,
+    /// From the start of the command to the archive in place.
+    pub duration_seconds: f64,
+}
+
+impl Render for BackupWritten<'_> {
+    /// `backup --json`.
+    fn json(&self) -> impl Serialize {
+        BackupJson {
+            archive: self.archive.json(),
+            duration_seconds: self.duration_seconds,
+        }
+    }
+
+    /// `backup`: where the archive went, what it holds, and what else a restore will need.
+    fn human(&self, style: Style) -> Human {
+        let archive = &self.archive;
+        let mut stdout = match archive.path {
+            Some(path) => format!("wrote {}\n", style.paint(Paint::Bold, &printable(path, false))),
+            None => "wrote the backup to stdout\n".to_owned(),
+        };
+        let mut rows = archive.rows(style);
+        rows.push(("took".to_owned(), Cell::plain(&humanize_seconds(self.duration_seconds))));
+        stdout.push_str(&render_pairs(style, &rows));
+        let manifest = archive.manifest;
+        if manifest.vault.as_ref().is_some_and(|vault| vault.entries > 0) {
+            let note = "its secrets open only with this vault's key, which no archive holds: \
+                        'blufioctl vault status' shows where the key is; keep a copy of it apart from the backups";
+            let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
+        }
+        if manifest.members.iter().any(|member| member.name == archive::TLS_KEY) {
+            let note = "it holds the gateway's TLS private key: keep it as private as the key itself";
+            let _ = writeln!(stdout, "{}", style.paint(Paint::Dim, note));
+        }
+        Human {
+            stdout,
+            ..Human::default()
+        }
+    }
+}
+
+/// An archive that `backup --verify` found sound.
+pub struct BackupVerified<'a>(pub Archive<'a>);
+
+impl Render for BackupVerified<'_> {
+    /// `backup --verify --json`.
+    fn json(&self) -> impl Serialize {
+        VerifiedJson {
+            archive: self.0.json(),
+            verified: true,
+        }
+    }
+
+    /// `backup --verify`: the verdict, then what the archive holds.
+    fn human(&self, style: Style) -> Human {
+        let archive = &self.0;
+        let name = archive
+            .path
+            .map_or_else(|| "stdin".to_owned(), |path| printable(path, false));
+        let mut stdout = format!(
+            "{name}: {}, every member matches its manifest\n",
+            style.paint(Paint::Bold, "verified")
+        );
+        stdout.push_str(&render_pairs(style, &archive.rows(style)));
+        Human {
+            stdout,
+            ..Human::default()
+        }
+    }
+}
+
+/// The daemon's answer to `restore`, with the archive it restored.
+pub struct Restored<'a> {
+    /// The file restored from.
+    pub path: &'a str,
+    pub response: &'a RestoreResponse,
+    pub manifest: &'a Manifest,
+}
+
+impl Render for Restored<'_> {
+    /// `restore --json`.
+    fn json(&self) -> impl Serialize {
+        let Restored {
+            path,
+            response,
+            manifest,
+        } = *self;
+        RestoredJson {
+            path,
+            archive: RestoredArchiveJson {
+                created_at: manifest.created_at,
+                hostname: &manifest.daemon.hostname,
+                blufio_version: &manifest.blufio_version,
+                schema_version: manifest.schema_version,
+            },
+            safety_copy: non_empty(&response.safety_copy),
+            schema_version_from: response.schema_version_from,
+            schema_version_now: response.schema_version_now,
+            secrets_restored: response.secrets_restored,
+            config_restored: response.config_restored,
+            tls_restored: response.tls_restored,
+            turns_finished: response.turns_finished,
+        }
+    }
+
+    /// `restore`: what came back, where the replaced database is, and a warning for secrets that
+    /// did not.
+    fn human(&self, style: Style) -> Human {
+        let Restored {
+            path,
+            response,
+            manifest,
+        } = *self;
+        let mut stdout = format!(
+            "{} {}\n",
+            style.paint(Paint::Bold, "restored"),
+            printable(
+                &format!(
+                    "{path}: the backup of {} from {} (blufiod {})",
+                    manifest.daemon.hostname,
+                    format_utc(manifest.created_at),
+                    manifest.blufio_version
+                ),
+                false
+            )
+        );
+        let yes_no = |restored: bool| {
+            if restored {
+                Cell::plain("restored")
+            } else {
+                Cell::painted(style, Paint::Dim, "not restored")
+            }
+        };
+        let schema = if response.schema_version_now == response.schema_version_from {
+            response.schema_version_now.to_string()
+        } else {
+            format!(
+                "{}, migrated to {}",
+                response.schema_version_from, response.schema_version_now
+            )
+        };
+        let mut rows = vec![
+            ("schema".to_owned(), Cell::plain(&schema)),
+            ("secrets".to_owned(), yes_no(response.secrets_restored)),
+            ("config".to_owned(), yes_no(response.config_restored)),
+            ("tls".to_owned(), yes_no(response.tls_restored)),
+        ];
+        if response.turns_finished > 0 {
+            let turns = if response.turns_finished == 1 { "turn" } else { "turns" };
+            rows.push((
+                "waited for".to_owned(),
+                Cell::plain(&format!("{} running {turns} to finish", response.turns_finished)),
+            ));
+        }
+        let mut safety_copy =
+            non_empty(&response.safety_copy).map_or_else(|| Cell::painted(style, Paint::Dim, "none"), Cell::plain);
+        safety_copy.push(style, Paint::Dim, " (the database it replaced)");
+        rows.push(("safety copy".to_owned(), safety_copy));
+        stdout.push_str(&render_pairs(style, &rows));
+        let mut human = Human {
+            stdout,
+            ..Human::default()
+        };
+        if !response.secrets_restored {
+            human.warnings.push(
+                "the archive's secrets were not restored: store each one again with \
+                 'blufioctl config set-secret NAME'"
+                    .to_owned(),
+            );
+        }
+        human
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ArchiveJson<'a> {
+    path: Option<&'a str>,
+    bytes: u64,
+    created_at: i64,
+    blufio_version: &'a str,
+    schema_version: i64,
+    hostname: &'a str,
+    members: Vec<MemberJson<'a>>,
+    vault: Option<VaultJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberJson<'a> {
+    name: &'a str,
+    bytes: u64,
+    sha256: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct VaultJson<'a> {
+    sealed_with: &'a str,
+    entries: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct BackupJson<'a> {
+    #[serde(flatten)]
+    archive: ArchiveJson<'a>,
+    duration_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct VerifiedJson<'a> {
+    #[serde(flatten)]
+    archive: ArchiveJson<'a>,
+    verified: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RestoredJson<'a> {
+    path: &'a str,
+    archive: RestoredArchiveJson<'a>,
+    safety_copy: Option<&'a str>,
+    schema_version_from: i64,
+    schema_version_now: i64,
+    secrets_restored: bool,
+    config_restored: bool,
+    tls_restored: bool,
+    turns_finished: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct RestoredArchiveJson<'a> {
+    created_at: i64,
+    hostname: &'a str,
+    blufio_version: &'a str,
+    schema_version: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use blufio_proto::backup::{DaemonIdentity, Member, VaultSummary};
+    use serde_json::json;
+
+    use super::*;
+    use crate::output::testing::{ALIGNED, NOW};
+
+    const DATABASE: &[u8] = b"SQLite format 3\0 and its pages";
+    const CONFIG: &[u8] = b"[log]\nlevel = \"info\"\n";
+
+    fn sample_manifest() -> Manifest {
+        let member = |name: &str, data: &[u8]| {
+            let (sha256, bytes) = archive::sha256_of(data).expect("hashes");
+            Member {
+                name: name.to_owned(),
+                bytes,
+                sha256,
+            }
+        };
+        Manifest {
+            format: archive::FORMAT.to_owned(),
+            format_version: archive::FORMAT_VERSION,
+            blufio_version: "0.1.0".to_owned(),
+            schema_version: 4,
+            created_at: NOW,
+            daemon: DaemonIdentity {
+                hostname: "pi".to_owned(),
+                database_path: "/var/lib/blufio/blufio.db".to_owned(),
+            },
+            members: vec![member(archive::DATABASE, DATABASE), member(archive::CONFIG, CONFIG)],
+            vault: Some(VaultSummary {
+                sealed_with: "generated".to_owned(),
+                entries: 2,
+            }),
+        }
+    }
+
+    fn sample_archive() -> (Manifest, Vec<u8>) {
+        let manifest = sample_manifest();
+        let bytes = archive::write(Vec::new(), &manifest, |name| {
+            let data: &'static [u8] = if name == archive::DATABASE { DATABASE } else { CONFIG };
+            Ok(Box::new(data) as Box<dyn Read>)
+        })
+        .expect("writes");
+        (manifest, bytes)
+    }
+
+    #[test]
+    fn the_default_path_is_a_utc_stamp_here_or_in_a_directory() {
+        assert_eq!(
+            target_path(None, NOW + 7),
+            PathBuf::from("blufio-backup-20261128T080007Z.tar")
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            target_path(Some(dir.path().to_path_buf()), NOW),
+            dir.path().join("blufio-backup-20261128T080000Z.tar")
+        );
+        let file = dir.path().join("mine.tar");
+        assert_eq!(target_path(Some(file.clone()), NOW), file);
+        assert_eq!(parent_dir(Path::new("x.tar")), PathBuf::from("."));
+        assert_eq!(parent_dir(&file), dir.path());
+    }
+
+    #[test]
+    fn verifying_reads_the_whole_archive_and_names_the_damage() {
+        let (manifest, bytes) = sample_archive();
+        let mut reader = &bytes[..];
+        assert_eq!(verify_reader(&mut reader).expect("verifies"), manifest);
+        assert!(reader.is_empty(), "the end-of-archive blocks are read too");
+
+        let mut flipped = bytes.clone();
+        let at = flipped
+            .windows(DATABASE.len())
+            .position(|window| window == DATABASE)
+            .expect("the database is in the archive");
+        flipped[at + 3] ^= 0x01;
+        let error = verify_reader(&mut &flipped[..]).unwrap_err().to_string();
+        assert!(error.contains("SHA-256 differs"), "{error}");
+        let error = verify_reader(&mut &bytes[..bytes.len() / 2]).unwrap_err().to_string();
+        assert!(error.contains("truncated"), "{error}");
+    }
+
+    #[test]
+    fn the_tee_passes_every_byte_on_and_stops_when_the_writer_fails() {
+        let (manifest, bytes) = sample_archive();
+        let (sender, receiver) = mpsc::channel(64);
+        for chunk in bytes.chunks(700) {
+            sender.try_send(chunk.to_vec()).expect("room");
+        }
+        drop(sender);
+        let mut tee = Tee {
+            receiver,
+            current: io::Cursor::new(Vec::new()),
+            out: Vec::new(),
+            written: 0,
+            write_error: None,
+        };
+        assert_eq!(verify_reader(&mut tee).expect("verifies"), manifest);
+        assert_eq!(tee.out, bytes);
+        assert_eq!(tee.written, bytes.len() as u64);
+
+        struct Broken;
+        impl io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (sender, receiver) = mpsc::channel(1);
+        sender.try_send(bytes.clone()).expect("room");
+        let mut tee = Tee {
+            receiver,
+            current: io::Cursor::new(Vec::new()),
+            out: Broken,
+            written: 0,
+            write_error: None,
+        };
+        assert!(verify_reader(&mut tee).is_err());
+        assert_eq!(
+            tee.write_error.map(|error| error.kind()),
+            Some(io::ErrorKind::BrokenPipe)
+        );
+    }
+
+    #[test]
+    fn backup_lines_and_json() {
+        let manifest = sample_manifest();
+        let view = BackupWritten {
+            archive: Archive {
+                path: Some("/home/me/b.tar"),
+                bytes: 3072,
+                manifest: &manifest,
+            },
+            duration_seconds: 1.25,
+        };
+        let database_sha = &manifest.members[0].sha256;
+        let config_sha = &manifest.members[1].sha256;
+        let human = view.human(ALIGNED);
+        let expected = format!(
+            "\
+wrote /home/me/b.tar
+created:         2026-11-28 08:00 UTC on pi by blufiod 0.1.0
+schema:          4
+size:            3.0 KiB (3072 bytes)
+vault:           2 secrets, sealed with a generated key
+members:
+  blufio.db:     30 B, sha256 {database_sha}
+  blufiod.toml:  21 B, sha256 {config_sha}
+took:            1.2s
+its secrets open only with this vault's key, which no archive holds: 'blufioctl vault status' shows where the \
+             key is; keep a copy of it apart from the backups
+"
+        );
+        assert_eq!(human.stdout, expected);
+        assert!(human.warnings.is_empty());
+        assert_eq!(
+            serde_json::to_value(view.json()).expect("serializes"),
+            json!({"path": "/home/me/b.tar", "bytes": 3072, "created_at": NOW, "blufio_version": "0.1.0",
+                   "schema_version": 4, "hostname": "pi",
+                   "members": [{"name": "blufio.db", "bytes": 30, "sha256": database_sha},
+                               {"name": "blufiod.toml", "bytes": 21, "sha256": config_sha}],
+                   "vault": {"sealed_with": "generated", "entries": 2},
+                   "duration_seconds": 1.25})
+        );
+
+        let bare = Manifest {
+            vault: None,
+            members: vec![Member {
+                name: archive::TLS_KEY.to_owned(),
+                bytes: 10,
+                sha256: "ab".repeat(32),
+            }],
+            ..sample_manifest()
+        };
+        let view = BackupWritten {
+            archive: Archive {
+                path: None,
+                bytes: 900,
+                manifest: &bare,
+            },
+            duration_seconds: 0.04,
+        };
+        let stdout = view.human(Style::PLAIN).stdout;
+        assert!(stdout.starts_with("wrote the backup to stdout\n"), "{stdout}");
+        assert!(stdout.contains("\nsize: 900 B\nvault: none\n"), "{stdout}");
+        assert!(stdout.ends_with("it holds the gateway's TLS private key: keep it as private as the key itself\n"));
+        let value = serde_json::to_value(view.json()).expect("serializes");
+        assert_eq!(value["path"], serde_json::Value::Null);
+        assert_eq!(value["vault"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn verified_lines_and_json() {
+        let manifest = sample_manifest();
+        let view = BackupVerified(Archive {
+            path: Some("b.tar"),
+            bytes: 3072,
+            manifest: &manifest,
+        });
+        let stdout = view.human(Style::PLAIN).stdout;
+        assert!(
+            stdout.starts_with("b.tar: verified, every member matches its manifest\ncreated: 2026-11-28 08:00 UTC"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("took"), "{stdout}");
+        let value = serde_json::to_value(view.json()).expect("serializes");
+        assert_eq!(value["verified"], true);
+        assert_eq!(value["path"], "b.tar");
+        assert_eq!(value["members"][0]["name"], "blufio.db");
+        assert!(value.get("duration_seconds").is_none());
+    }
+
+    #[test]
+    fn restored_lines_json_and_the_warning_for_secrets() {
+        let manifest = sample_manifest();
+        let response = RestoreResponse {
+            manifest_json: String::new(),
+            safety_copy: "/var/lib/blufio/blufio.db.before-restore".into(),
+            schema_version_from: 4,
+            schema_version_now: 5,
+            secrets_restored: false,
+            config_restored: true,
+            tls_restored: false,
+            turns_finished: 1,
+        };
+        let view = Restored {
+            path: "/home/me/b.tar",
+            response: &response,
+            manifest: &manifest,
+        };
+        let human = view.human(ALIGNED);
+        let expected = "\
+restored /home/me/b.tar: the backup of pi from 2026-11-28 08:00 UTC (blufiod 0.1.0)
+schema:       4, migrated to 5
+secrets:      not restored
+config:       restored
+tls:          not restored
+waited for:   1 running turn to finish
+safety copy:  /var/lib/blufio/blufio.db.before-restore (the database it replaced)
+";
+        assert_eq!(human.stdout, expected);
+        assert_eq!(
+            human.warnings,
+            ["the archive's secrets were not restored: store each one again with 'blufioctl config set-secret NAME'"]
+        );
+        assert_eq!(
+            serde_json::to_value(view.json()).expect("serializes"),
+            json!({"path": "/home/me/b.tar",
+                   "archive": {"created_at": NOW, "hostname": "pi", "blufio_version": "0.1.0", "schema_version": 4},
+                   "safety_copy": "/var/lib/blufio/blufio.db.before-restore",
+                   "schema_version_from": 4, "schema_version_now": 5, "secrets_restored": false,
+                   "config_restored": true, "tls_restored": false, "turns_finished": 1})
+        );
+
+        let clean = RestoreResponse {
+            schema_version_from: 5,
+            secrets_restored: true,
+            turns_finished: 0,
+            ..response
+        };
+        let view = Restored {
+            path: "b.tar",
+            response: &clean,
+            manifest: &manifest,
+        };
+        let human = view.human(Style::PLAIN);
+        assert!(human.warnings.is_empty());
+        assert!(
+            human.stdout.contains("\nschema: 5\nsecrets: restored\n"),
+            "{}",
+            human.stdout
+        );
+        assert!(!human.stdout.contains("waited"), "{}", human.stdout);
+    }
+}
