@@ -513,12 +513,7 @@ impl Agent {
     async fn create_admitted_session(&self, title: &str) -> Result<Session, AgentError> {
         self.admit_memory()?;
         let id = uuid::Uuid::now_v7().to_string();
-        let title = if title.trim().is_empty() {
-            "new session"
-        } else {
-            title.trim()
-        };
-        session_of(self.storage.create_session(&id, &title_of(title)).await?)
+        session_of(self.storage.create_session(&id, &session_title(title)).await?)
     }
 
     /// A page of sessions and the cursor of the next page.
@@ -787,15 +782,18 @@ impl Agent {
         }
         let place = QueuePlace(&self.queued);
 
-        let session_id = match session_id {
-            Some(id) => self.session(id).await?.id,
+        // A new session is created in the transaction that stores its first message: no
+        // snapshot or crash can hold a session without it.
+        let (session_id, new_title) = match session_id {
+            Some(id) => (self.session(id).await?.id, None),
             None => {
+                self.admit_memory()?;
                 // A brought conversation is titled by its first message from the owner.
                 let first = earlier
                     .iter()
                     .find(|(role, _)| *role == Role::User)
                     .map_or(text, |(_, first)| first.as_str());
-                self.create_admitted_session(first).await?.id
+                (uuid::Uuid::now_v7().to_string(), Some(session_title(first)))
             }
         };
         // Held from here until the turn ends, so that the session counts as busy (and cannot be
@@ -830,6 +828,7 @@ impl Agent {
             .collect();
         self.storage
             .begin_turn(
+                new_title.as_deref().map(|title| (session_id.as_str(), title)),
                 &earlier,
                 NewMessage {
                     id: &message_id,
@@ -1512,6 +1511,12 @@ fn report_of(report: storage::UsageReport) -> UsageReport {
             })
             .collect(),
     }
+}
+
+/// The stored title of a new session titled `title`: trimmed and cut to length, or "new session".
+fn session_title(title: &str) -> String {
+    let title = title.trim();
+    title_of(if title.is_empty() { "new session" } else { title })
 }
 
 /// Why the configured provider cannot be called, with the fix.

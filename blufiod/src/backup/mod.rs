@@ -3,8 +3,8 @@
 //! is streamed to a client or written by the daemon itself on a schedule. Restores are in
 //! [`restore`].
 //!
-//! One backup or restore runs at a time. The snapshot is made with `VACUUM INTO` on a read
-//! connection (one read transaction: the writer is never held, and the snapshot holds exactly the
+//! One backup or restore runs at a time. The snapshot is made with SQLite's online backup API
+//! under one read transaction (the writer is never held, and the snapshot holds exactly the
 //! transactions committed before it began) into a private temporary directory in the state
 //! directory, removed whatever happens. A scheduled archive is written beside its final name,
 //! fsynced and renamed, so a failed backup never leaves a file under a backup's name.

@@ -290,11 +290,28 @@ impl Storage {
     /// Stores the inbound message of a new turn, the turn itself (running) and marks the
     /// session running, in one transaction: once this returns the message is durable.
     /// `earlier` is a conversation the caller brought, oldest first (usually none): it is stored
-    /// in the same turn before the inbound message, in the same transaction.
-    pub async fn begin_turn(&self, earlier: &[NewMessage<'_>], inbound: NewMessage<'_>) -> Result<(), StorageError> {
+    /// in the same turn before the inbound message, in the same transaction. `new_session`
+    /// (id, title) creates the session in that transaction too, so no session is ever stored
+    /// without its first message.
+    pub async fn begin_turn(
+        &self,
+        new_session: Option<(&str, &str)>,
+        earlier: &[NewMessage<'_>],
+        inbound: NewMessage<'_>,
+    ) -> Result<(), StorageError> {
         let pools = self.pools.read().await;
         let now = unix_now();
         let mut transaction = pools.writer.begin().await.map_err(query_error("begin a turn"))?;
+        if let Some((id, title)) = new_session {
+            sqlx::query("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)")
+                .bind(id)
+                .bind(title)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *transaction)
+                .await
+                .map_err(query_error("create a session"))?;
+        }
         for message in earlier {
             insert_message(&mut transaction, *message, now).await?;
         }
@@ -582,14 +599,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(dir.path()).await;
         storage.create_session("s1", "hello").await.unwrap();
-        storage.begin_turn(&[], message("m1", "t1", "user")).await.unwrap();
+        storage
+            .begin_turn(None, &[], message("m1", "t1", "user"))
+            .await
+            .unwrap();
         assert_eq!(storage.get_session("s1").await.unwrap().unwrap().state, "running");
         storage
             .append_message(message("m2", "t1", "assistant"), "model-x")
             .await
             .unwrap();
         storage.finish_turn("s1", "t1", TurnEnd::Completed, None).await.unwrap();
-        storage.begin_turn(&[], message("m3", "t2", "user")).await.unwrap();
+        storage
+            .begin_turn(None, &[], message("m3", "t2", "user"))
+            .await
+            .unwrap();
         storage.close().await;
 
         // The second turn was in flight when the daemon died.
@@ -619,13 +642,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(dir.path()).await;
         storage.create_session("s1", "t").await.unwrap();
-        storage.begin_turn(&[], message("a1", "tA", "user")).await.unwrap();
+        storage
+            .begin_turn(None, &[], message("a1", "tA", "user"))
+            .await
+            .unwrap();
         storage
             .append_message(message("a2", "tA", "assistant"), "m")
             .await
             .unwrap();
         // Turn B's message arrives while turn A is still running its tools.
-        storage.begin_turn(&[], message("b1", "tB", "user")).await.unwrap();
+        storage
+            .begin_turn(None, &[], message("b1", "tB", "user"))
+            .await
+            .unwrap();
         storage.append_message(message("a3", "tA", "tool"), "m").await.unwrap();
         storage
             .append_message(message("a4", "tA", "assistant"), "m")
@@ -666,7 +695,10 @@ mod tests {
             .unwrap();
         assert_eq!(first.len() + rest.len(), 5);
         assert!(rest.iter().all(|session| !first.contains(session)));
-        storage.begin_turn(&[], message("m1", "t1", "user")).await.unwrap();
+        storage
+            .begin_turn(None, &[], message("m1", "t1", "user"))
+            .await
+            .unwrap();
         assert!(storage.delete_session("s1").await.unwrap());
         assert!(!storage.delete_session("s1").await.unwrap());
         assert!(storage.recent_messages("s1", 10).await.unwrap().is_empty());

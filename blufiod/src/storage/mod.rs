@@ -79,6 +79,14 @@ pub enum StorageError {
         #[source]
         source: sqlx::Error,
     },
+    /// A snapshot (SQLite's online backup) failed.
+    #[error("database operation failed: {operation}")]
+    Snapshot {
+        /// What was being done.
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     /// A query failed.
     #[error("database operation failed: {operation}")]
     Query {
@@ -116,6 +124,17 @@ impl StorageError {
 
     /// The kind of failure.
     pub fn kind(&self) -> StorageErrorKind {
+        if let Self::Snapshot {
+            source: rusqlite::Error::SqliteFailure(failure, _),
+            ..
+        } = self
+        {
+            return if failure.code == rusqlite::ErrorCode::DiskFull {
+                StorageErrorKind::Full
+            } else {
+                StorageErrorKind::Other
+            };
+        }
         let source = match self {
             Self::Duplicate { .. } => return StorageErrorKind::Duplicate,
             Self::Open { source, .. } | Self::Query { source, .. } => source,
