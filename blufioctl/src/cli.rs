@@ -375,6 +375,11 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub restore_config: bool,
 
+    /// Also install the archive's TLS key pair (from `backup --include-tls`; blufiod checks it
+    /// loads first); otherwise the daemon keeps its own certificate
+    #[arg(long)]
+    pub restore_tls: bool,
+
     #[command(flatten)]
     pub output: JsonArgs,
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentDeps};
-use crate::backup::restore::{Online, RestoreError, RestoreOptions, Restored};
+use crate::backup::restore::{RestoreError, RestoreOptions, Restored};
 use crate::backup::{BackupDeps, BackupPaths, Backups};
 use crate::config::LiveConfig;
 use crate::config::{ConfigSource, Loaded};
@@ -401,6 +401,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
             config: paths.config.clone(),
         },
         events: events.clone(),
+        owner: euid,
     });
     backups.register_metrics(&metrics);
     backups.register_checks(&health, startup.started);
@@ -560,7 +561,8 @@ fn vault_inputs(config: &crate::config::Config, paths: &Paths, euid: u32) -> Sou
 }
 
 /// `blufiod restore ARCHIVE`: the restore of a running daemon, done while none runs. Holds the
-/// state directory's lock throughout, so it refuses while a daemon runs there.
+/// state directory's lock throughout, so it refuses while a daemon runs there; never opens the
+/// database in place, which may be what is broken.
 pub async fn restore_offline(
     source: &ConfigSource,
     loaded: &Loaded,
@@ -571,50 +573,23 @@ pub async fn restore_offline(
     let euid = nix::unistd::geteuid().as_raw();
     let paths = Paths::resolve(config, &source.path, |name| std::env::var_os(name), euid);
     let _state_lock = lock_state_dir(&paths.state_dir)?;
-    crate::backup::restore::recover(&paths.database);
     let file = std::fs::File::open(archive).map_err(|source| DaemonError::ReadArchive {
         path: archive.to_owned(),
         source,
     })?;
-    let storage = Storage::open(&StorageOptions {
-        path: paths.database.clone(),
-        busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
-        read_connections: config.storage.read_connections,
-    })
-    .await
-    .map_err(DaemonError::Storage)?;
-    let vault = Vault::open(storage.clone(), vault_inputs(config, &paths, euid))
-        .await
-        .map_err(DaemonError::Vault)?;
-    let backups = Backups::new(BackupDeps {
-        storage: storage.clone(),
-        config: crate::config::ConfigHandle::new(loaded.clone()),
-        paths: BackupPaths {
+    crate::backup::restore::restore_offline(
+        std::io::BufReader::new(file),
+        &BackupPaths {
             state_dir: paths.state_dir.clone(),
             database: paths.database.clone(),
             config: paths.config.clone(),
         },
-        events: EventBus::new(),
-    });
-    let receiving = backups.clone();
-    let received = tokio::task::spawn_blocking(move || receiving.receive(std::io::BufReader::new(file)))
-        .await
-        .expect("receiving an archive panicked")
-        .map_err(DaemonError::Restore)?;
-    let restored = backups
-        .restore(
-            received,
-            options,
-            Online {
-                agent: None,
-                vault: &vault,
-                turn_timeout: Duration::ZERO,
-            },
-        )
-        .await
-        .map_err(DaemonError::Restore);
-    storage.close().await;
-    restored
+        &config.gateway,
+        &vault_inputs(config, &paths, euid),
+        options,
+    )
+    .await
+    .map_err(DaemonError::Restore)
 }
 
 fn lock_state_dir(dir: &Path) -> Result<LockFile, DaemonError> {

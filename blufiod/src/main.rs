@@ -79,6 +79,9 @@ enum Command {
         /// Also install the archive's config file over this one.
         #[arg(long)]
         restore_config: bool,
+        /// Also install the archive's TLS key pair (from `backup --include-tls`).
+        #[arg(long)]
+        restore_tls: bool,
     },
 }
 
@@ -136,6 +139,7 @@ fn main() -> ExitCode {
         archive,
         without_secrets,
         restore_config,
+        restore_tls,
     }) = &args_command
     {
         return restore(
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             backup::restore::RestoreOptions {
                 without_secrets: *without_secrets,
                 restore_config: *restore_config,
+                restore_tls: *restore_tls,
             },
         );
     }

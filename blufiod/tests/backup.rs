@@ -251,6 +251,30 @@ fn bad_archives_are_refused_and_the_live_database_is_untouched() {
         describe(&refused)
     );
 
+    // Databases that pass SQLite's integrity check but are not what blufio makes: a trigger that
+    // would undo revocations, a migration that was changed, an empty file.
+    let triggered = rebuild(&good, &dir.path().join("trigger.tar"), |db| {
+        sql(
+            db,
+            "CREATE TRIGGER sticky AFTER UPDATE OF revoked_at ON devices BEGIN UPDATE devices SET revoked_at = NULL WHERE id = NEW.id; END",
+        );
+    });
+    let changed = rebuild(&good, &dir.path().join("changed.tar"), |db| {
+        sql(db, "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1");
+    });
+    let empty = rebuild(&good, &dir.path().join("empty.tar"), |db| {
+        std::fs::write(db, b"").unwrap();
+    });
+    for (archive, says) in [
+        (&triggered, "trigger sticky"),
+        (&changed, "cannot be migrated"),
+        (&empty, "no blufio schema"),
+    ] {
+        let refused = daemon.ctl(&["restore", archive.to_str().unwrap()]);
+        assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+        assert!(describe(&refused).contains(says), "{says}: {}", describe(&refused));
+    }
+
     let other_fake = FakeProvider::start();
     let (_other_keys, other_key) = {
         let dir = tempfile::tempdir().unwrap();
@@ -393,6 +417,11 @@ fn a_restore_while_a_turn_streams_lets_it_finish_and_keeps_what_comes_after() {
     daemon.stop();
     let again = start(dir, &fake, &key, Vec::new());
     assert!(titles(&again).contains(&"after the restore".to_owned()));
+    assert!(
+        !again.stderr().contains("did not shut down cleanly"),
+        "the restored database records this run and its clean stop: {}",
+        again.stderr()
+    );
 }
 
 #[test]
@@ -506,6 +535,26 @@ fn scheduled_backups_are_written_whole_kept_by_count_and_reported() {
     let metrics = daemon.metrics();
     assert!(metrics.value("blufio_backup_last_success_timestamp_seconds") > 0.0);
     assert!(metrics.value("blufio_backup_last_size_bytes") > 0.0);
+
+    // A directory others may write is refused: they could replace or remove the backups.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    daemon.ctl_json(&["config", "set", "backup.dir", shared.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon
+        .ctl_json(&["status"])
+        .to_string()
+        .contains("may be written by other users")
+    {
+        assert!(Instant::now() < deadline, "a shared backup directory is refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "nothing was written there"
+    );
 
     // A directory that cannot be written: a clear failure, counted, and the daemon serves on.
     daemon.ctl_json(&["config", "set", "backup.dir", "/proc/blufio-cannot-write-here"]);

@@ -210,10 +210,19 @@ pub fn verify(
             manifest.format_version
         )));
     }
+    let mut names: Vec<&str> = manifest.members.iter().map(|member| member.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(ArchiveError::NotABackup("its manifest lists a member twice".to_owned()));
+    }
     let mut expected = manifest.members.iter();
     for entry in entries {
         let mut entry = entry.map_err(|error| ArchiveError::Truncated(error.to_string()))?;
         let name = entry.path()?.to_string_lossy().into_owned();
+        // Only plain files: a link or device entry is never a member.
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(ArchiveError::Unexpected(format!("{name} (not a regular file)")));
+        }
         let member = expected
             .next()
             .filter(|member| member.name == name && MEMBERS.contains(&member.name.as_str()))

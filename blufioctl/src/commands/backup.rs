@@ -558,6 +558,7 @@ async fn restore_file(
             archive_bytes: total,
             without_secrets: args.without_secrets,
             restore_config: args.restore_config,
+            restore_tls: args.restore_tls,
         })),
     };
     // The channel has room for it, and its receiver is alive.
@@ -711,11 +712,15 @@ impl Archive<'_> {
         let mut rows = vec![
             (
                 "created".to_owned(),
-                Cell::plain(&format!(
-                    "{} on {} by blufiod {}",
-                    format_utc(manifest.created_at),
-                    manifest.daemon.hostname,
-                    manifest.blufio_version
+                // The archive says what it wants here: never let it drive the terminal.
+                Cell::plain(&printable(
+                    &format!(
+                        "{} on {} by blufiod {}",
+                        format_utc(manifest.created_at),
+                        manifest.daemon.hostname,
+                        manifest.blufio_version
+                    ),
+                    false,
                 )),
             ),
             ("schema".to_owned(), Cell::plain(&manifest.schema_version.to_string())),

@@ -250,7 +250,11 @@ fn push_backup_rows(rows: &mut Vec<(String, Cell)>, style: Style, backup: &Backu
     }
     if !backup.restore_phase.is_empty() {
         let mut phase = Cell::painted(style, Paint::Yellow, &backup.restore_phase);
-        phase.push(style, Paint::Dim, " (a restore is running; new turns wait)");
+        phase.push(
+            style,
+            Paint::Dim,
+            " (a restore is running; new turns are refused until it ends)",
+        );
         rows.push(("  restore".into(), phase));
     }
 }
@@ -700,7 +704,7 @@ access:        read-only
 backup:        every 24 h into /var/lib/blufio/backups, keeping 7
   last:        5h ago (3.0 MiB in 1.2s)
   last error:  cannot take the snapshot in /var/lib/blufio: the disk is full (1h ago)
-  restore:     waiting for turns (a restore is running; new turns wait)
+  restore:     waiting for turns (a restore is running; new turns are refused until it ends)
 access:        read-only
 ";
         assert!(human.stdout.ends_with(expected), "{}", human.stdout);

@@ -85,6 +85,14 @@ pub enum BackupError {
     /// The archive format failed.
     #[error("cannot build the archive")]
     Archive(#[from] ArchiveError),
+    /// The backup directory could let another user replace or remove backups.
+    #[error("backup.dir {dir}: {problem}")]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
 }
 
 impl BackupError {
@@ -132,6 +140,8 @@ pub struct BackupDeps {
     pub paths: BackupPaths,
     /// Where finished backups are announced.
     pub events: Arc<EventBus>,
+    /// blufiod's uid: the owner the backup directory and the backups in it must have.
+    pub owner: u32,
 }
 
 /// The last backup's outcome, for status, metrics and the health check.
@@ -158,6 +168,8 @@ pub struct Prepared {
     dir: tempfile::TempDir,
     extra: Vec<(String, Vec<u8>)>,
     started: Instant,
+    /// No other backup or restore runs while this one exists.
+    _running: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Prepared {
@@ -183,7 +195,9 @@ impl Prepared {
 #[derive(Debug)]
 pub struct Backups {
     deps: BackupDeps,
-    running: tokio::sync::Mutex<()>,
+    /// Held by a backup from its snapshot to its last byte, and by a restore from its first
+    /// received byte to its end: one at a time.
+    running: Arc<tokio::sync::Mutex<()>>,
     last: Mutex<LastBackup>,
     restore_phase: tokio::sync::watch::Sender<Option<&'static str>>,
     failures: Mutex<Option<prometheus::IntCounter>>,
@@ -194,7 +208,7 @@ impl Backups {
     pub fn new(deps: BackupDeps) -> Arc<Self> {
         let backups = Self {
             deps,
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
             last: Mutex::default(),
             restore_phase: tokio::sync::watch::Sender::new(None),
             failures: Mutex::new(None),
@@ -221,11 +235,15 @@ impl Backups {
 
     /// Takes a snapshot, checks it, and prepares an archive of it and of `contents`.
     pub async fn prepare(&self, contents: Contents) -> Result<Prepared, BackupError> {
-        let _running = self.running.try_lock().map_err(|_| BackupError::Busy)?;
-        self.prepare_locked(contents).await
+        let running = self.running.clone().try_lock_owned().map_err(|_| BackupError::Busy)?;
+        self.prepare_locked(contents, running).await
     }
 
-    async fn prepare_locked(&self, contents: Contents) -> Result<Prepared, BackupError> {
+    async fn prepare_locked(
+        &self,
+        contents: Contents,
+        running: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Prepared, BackupError> {
         let started = Instant::now();
         let state_dir = &self.deps.paths.state_dir;
         let dir = tempfile::Builder::new()
@@ -326,6 +344,7 @@ impl Backups {
             dir,
             extra,
             started,
+            _running: running,
         })
     }
 
@@ -363,14 +382,18 @@ impl Backups {
 
     /// Takes a backup into the backup directory (the scheduled kind) and applies retention.
     pub async fn backup_to_dir(&self) -> Result<PathBuf, BackupError> {
-        let _running = self.running.try_lock().map_err(|_| BackupError::Busy)?;
+        let running = self.running.clone().try_lock_owned().map_err(|_| BackupError::Busy)?;
         let dir = self.dir();
         let result = async {
+            check_backup_dir(&dir, self.deps.owner)?;
             let prepared = self
-                .prepare_locked(Contents {
-                    config: true,
-                    tls: false,
-                })
+                .prepare_locked(
+                    Contents {
+                        config: true,
+                        tls: false,
+                    },
+                    running,
+                )
                 .await?;
             let path = dir.join(file_name(prepared.manifest.created_at));
             let written = {
@@ -397,17 +420,22 @@ impl Backups {
         }
     }
 
-    /// Scheduled backups in the directory, oldest first, with their times.
+    /// Scheduled backups in the directory, oldest first, with their times: regular files of
+    /// blufiod's own whose names carry a time not in the future (a planted or mistimed name must
+    /// neither stop the schedule nor make retention remove real backups).
     fn scheduled_files(&self) -> Vec<(PathBuf, i64)> {
+        use std::os::unix::fs::MetadataExt as _;
         let Ok(entries) = std::fs::read_dir(self.dir()) else {
             return Vec::new();
         };
+        let latest = unix_now() + 3_600;
         let mut files: Vec<(PathBuf, i64)> = entries
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let name = entry.file_name().into_string().ok()?;
-                let at = parse_file_name(&name)?;
-                Some((entry.path(), at))
+                let at = parse_file_name(&name).filter(|at| *at <= latest)?;
+                let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
+                (metadata.is_file() && metadata.uid() == self.deps.owner).then(|| (entry.path(), at))
             })
             .collect();
         files.sort_by_key(|(_, at)| *at);
@@ -577,6 +605,40 @@ impl Backups {
             let _ = self.backup_to_dir().await;
         }
     }
+}
+
+/// Why `dir` would let another user replace or remove backups, if it would: it must be a
+/// directory (not a link) of root or `owner` that nobody else may write. A missing one is made
+/// 0700.
+fn check_backup_dir(dir: &Path, owner: u32) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |problem: String| BackupError::Dir {
+        dir: dir.to_owned(),
+        problem,
+    };
+    let metadata = match std::fs::symlink_metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(refuse(format!("cannot stat it: {error}"))),
+    };
+    if !metadata.is_dir() {
+        return Err(refuse(
+            "is not a directory (a link is not followed); name the directory itself".to_owned(),
+        ));
+    }
+    if metadata.uid() != 0 && metadata.uid() != owner {
+        return Err(refuse(format!(
+            "belongs to uid {}, who could replace or remove the backups; use a directory of blufiod's user",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "(mode {mode:04o}) may be written by other users, who could replace or remove the backups; `chmod go-w` it"
+        )));
+    }
+    Ok(())
 }
 
 /// The gateway's TLS certificate and key files.

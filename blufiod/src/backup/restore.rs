@@ -17,17 +17,21 @@ use serde::{Deserialize, Serialize};
 
 use super::Backups;
 use crate::events::Event;
-use crate::storage::{StorageError, current_schema_version, drop_vault_in, inspect_database};
+use crate::storage::{
+    Storage, StorageError, StorageOptions, current_schema_version, drop_vault_in, inspect_database, schema_objects,
+};
 use crate::util::unix_now;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{SourceInputs, Vault, VaultError};
 
 /// Safety copies: `pre-restore-<unix seconds>.db` in the state directory.
 const SAFETY_PREFIX: &str = "pre-restore-";
 const SAFETY_SUFFIX: &str = ".db";
 /// The marker of a swap in progress.
 const MARKER: &str = "restore.json";
-/// Where a received archive's database waits, in the state directory.
-const INCOMING: &str = "restore-incoming.db";
+/// Where a received archive's database waits, in the state directory (with a random middle).
+const INCOMING_PREFIX: &str = "restore-incoming-";
+/// The largest config or TLS member taken from an archive.
+const MAX_SMALL_MEMBER: u64 = 1024 * 1024;
 
 /// Why a restore was refused or failed. Each names the step.
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +53,19 @@ pub enum RestoreError {
     },
     /// The archive comes from a newer blufiod.
     #[error(
-        "the archive's database has schema version {archive}, newer than this blufiod's {ours}: restore it with blufiod {version} or newer; nothing was changed"
+        "the archive's database has schema version {archive}, newer than this blufiod's {ours}: restore it with a newer blufiod; nothing was changed"
     )]
     NewerSchema {
         /// The archive's schema.
         archive: i64,
         /// Ours.
         ours: i64,
-        /// The version that wrote it.
-        version: String,
+    },
+    /// The archive's database is not one blufio can use as it is.
+    #[error("the archive's database {problem}; nothing was changed")]
+    Unusable {
+        /// What is wrong.
+        problem: String,
     },
     /// The daemon's vault key does not open the archive's vault.
     #[error(
@@ -116,7 +124,7 @@ impl RestoreError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Self::Archive(_) | Self::NoDatabase | Self::Integrity { .. } | Self::Config { .. }
+            Self::Archive(_) | Self::NoDatabase | Self::Integrity { .. } | Self::Unusable { .. } | Self::Config { .. }
         )
     }
 }
@@ -128,6 +136,8 @@ pub struct RestoreOptions {
     pub without_secrets: bool,
     /// Install the archive's config file too.
     pub restore_config: bool,
+    /// Install the archive's TLS key pair too.
+    pub restore_tls: bool,
 }
 
 /// A received, verified archive, waiting in the state directory.
@@ -135,15 +145,19 @@ pub struct RestoreOptions {
 pub struct Received {
     /// Its manifest.
     pub manifest: Manifest,
-    database: PathBuf,
+    /// The database, removed on drop unless it was swapped in.
+    database: Option<tempfile::TempPath>,
     config: Option<Vec<u8>>,
     tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// No other backup or restore runs while this one exists (online).
+    running: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl Drop for Received {
-    fn drop(&mut self) {
-        // Gone once swapped in; otherwise nothing may stay behind.
-        let _ = std::fs::remove_file(&self.database);
+impl Received {
+    fn database(&self) -> &Path {
+        self.database
+            .as_deref()
+            .expect("the database is present until swapped in")
     }
 }
 
@@ -172,6 +186,7 @@ pub struct Restored {
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
     archive_created_at: i64,
+    incoming: PathBuf,
     safety_copy: PathBuf,
 }
 
@@ -208,34 +223,44 @@ fn file_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Erro
 }
 
 /// Reads an archive from `reader` (blocking), verifying every member, and keeps its database in
-/// `state_dir`. Nothing is used unless the whole archive verified.
+/// `state_dir` under a name of its own. Nothing is used unless the whole archive verified.
 pub fn receive(reader: impl Read, state_dir: &Path) -> Result<Received, RestoreError> {
-    let database = state_dir.join(INCOMING);
-    let _ = std::fs::remove_file(&database);
-    let mut received = Received {
-        manifest: placeholder_manifest(),
-        database: database.clone(),
-        config: None,
-        tls: None,
-    };
+    let file = tempfile::Builder::new()
+        .prefix(INCOMING_PREFIX)
+        .suffix(".db")
+        .tempfile_in(state_dir)
+        .map_err(file_error("make a file for the archive's database in", state_dir))?;
+    let (mut file, database) = file.into_parts();
+    let mut config = None;
     let mut cert = None;
     let mut key = None;
+    let mut database_seen = false;
     let manifest = archive::verify(reader, |member, data| {
         if member.name == archive::DATABASE {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode_private()
-                .open(&database)?;
+            if std::mem::replace(&mut database_seen, true) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "two database members",
+                ));
+            }
             let copied = std::io::copy(data, &mut file)?;
             file.sync_all()?;
             return Ok(copied);
         }
+        if member.bytes > MAX_SMALL_MEMBER {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "member {} has {} bytes, more than a config or TLS file may",
+                    member.name, member.bytes
+                ),
+            ));
+        }
         let mut bytes = Vec::new();
-        data.take(1024 * 1024).read_to_end(&mut bytes)?;
+        data.read_to_end(&mut bytes)?;
         let size = bytes.len() as u64;
         match member.name.as_str() {
-            archive::CONFIG => received.config = Some(bytes),
+            archive::CONFIG => config = Some(bytes),
             archive::TLS_CERT => cert = Some(bytes),
             archive::TLS_KEY => key = Some(bytes),
             _ => {}
@@ -245,70 +270,76 @@ pub fn receive(reader: impl Read, state_dir: &Path) -> Result<Received, RestoreE
     .map_err(|error| match error {
         ArchiveError::Io(source) if source.kind() != std::io::ErrorKind::InvalidData => RestoreError::File {
             operation: "receive the archive into",
-            path: database.clone(),
+            path: database.to_path_buf(),
             source,
         },
         error => RestoreError::Archive(error),
     })?;
-    if !manifest.members.iter().any(|member| member.name == archive::DATABASE) {
+    if !database_seen {
         return Err(RestoreError::NoDatabase);
     }
-    received.manifest = manifest;
-    received.tls = cert.zip(key);
-    Ok(received)
+    Ok(Received {
+        manifest,
+        database: Some(database),
+        config,
+        tls: cert.zip(key),
+        running: None,
+    })
 }
 
-fn placeholder_manifest() -> Manifest {
-    Manifest {
-        format: String::new(),
-        format_version: 0,
-        blufio_version: String::new(),
-        schema_version: 0,
-        created_at: 0,
-        daemon: archive::DaemonIdentity {
-            hostname: String::new(),
-            database_path: String::new(),
-        },
-        members: Vec::new(),
-        vault: None,
-    }
-}
-
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for std::fs::OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        self.mode(0o600)
-    }
-}
-
-/// Checks a received archive against this daemon: integrity, schema, vault, config. Drops the
-/// archive's secrets when `without_secrets` and the key does not open them. Returns whether the
-/// secrets are kept.
-pub async fn check(received: &Received, vault: &Vault, options: RestoreOptions) -> Result<bool, RestoreError> {
-    // A member that is not a SQLite database at all is the archive's fault.
-    let facts = inspect_database(&received.database)
-        .await
-        .map_err(|error| RestoreError::Integrity {
-            problems: format!("it cannot be read as a SQLite database: {}", crate::error_chain(&error)),
-        })?;
+/// Checks a received archive against this daemon before anything changes: a blufio database
+/// whose integrity holds, a schema no newer than this build's, which migrates to it and then
+/// holds exactly the objects this build makes (no trigger or view of the archive's own), a vault
+/// whose every entry the key from `inputs` opens (else, with `without_secrets`, the vault is
+/// dropped from the copy), and, when asked for, a valid config file and TLS key pair. The copy is
+/// migrated here, so the swap cannot fail on it. Returns whether the secrets are kept.
+pub async fn check(received: &Received, inputs: &SourceInputs, options: RestoreOptions) -> Result<bool, RestoreError> {
+    let path = received.database();
+    let facts = inspect_database(path).await.map_err(|error| RestoreError::Integrity {
+        problems: format!("it cannot be read as a SQLite database: {}", crate::error_chain(&error)),
+    })?;
     if let Some(problems) = facts.integrity_problems {
         return Err(RestoreError::Integrity { problems });
+    }
+    if facts.schema_version == 0 {
+        return Err(RestoreError::Unusable {
+            problem: "holds no blufio schema (an empty or foreign SQLite file)".to_owned(),
+        });
     }
     let ours = current_schema_version();
     if facts.schema_version > ours {
         return Err(RestoreError::NewerSchema {
             archive: facts.schema_version,
             ours,
-            version: received.manifest.blufio_version.clone(),
         });
     }
-    if options.restore_config
-        && let Some(config) = &received.config
-    {
+    let copy = Storage::open(&StorageOptions {
+        path: path.to_owned(),
+        busy_timeout: Duration::from_secs(5),
+        read_connections: 1,
+    })
+    .await
+    .map_err(|error| RestoreError::Unusable {
+        problem: format!("cannot be migrated: {}", crate::error_chain(&error)),
+    })?;
+    let opens = if facts.current_slot().is_some() {
+        let checked = crate::vault::opens_whole(&copy, inputs).await;
+        copy.close().await;
+        checked.map_err(|error| match error {
+            VaultError::Damaged { .. } => RestoreError::Unusable {
+                problem: format!("holds a damaged vault: {}", crate::error_chain(&error)),
+            },
+            source => RestoreError::Vault {
+                operation: "read the vault key to check the archive's secrets",
+                source,
+            },
+        })?
+    } else {
+        copy.close().await;
+        true
+    };
+    check_schema(path).await?;
+    if let (true, Some(config)) = (options.restore_config, &received.config) {
         let text = String::from_utf8_lossy(config);
         if let Err(error) = crate::config::load_from(Some(&text), None, false) {
             return Err(RestoreError::Config {
@@ -316,58 +347,137 @@ pub async fn check(received: &Received, vault: &Vault, options: RestoreOptions) 
             });
         }
     }
-    let Some(current) = facts.current_slot() else {
-        return Ok(true);
-    };
-    let opens = vault.opens(&facts.vault_slots).map_err(|source| RestoreError::Vault {
-        operation: "read the vault key to check the archive's secrets",
-        source,
-    })?;
+    if options.restore_tls {
+        check_tls(received)?;
+    }
     if opens {
         return Ok(true);
     }
     if !options.without_secrets {
         return Err(RestoreError::ForeignVault {
-            sealed_with: current.source.clone(),
+            sealed_with: facts.current_slot().map(|slot| slot.source.clone()).unwrap_or_default(),
         });
     }
-    drop_vault_in(&received.database)
-        .await
-        .map_err(|source| RestoreError::Storage {
-            operation: "drop the archive's secrets",
-            source,
-        })?;
+    drop_vault_in(path).await.map_err(|source| RestoreError::Storage {
+        operation: "drop the archive's secrets",
+        source,
+    })?;
     Ok(false)
 }
 
-/// Swaps `received`'s database in for the one at `database`: the marker, a hard link of the
-/// current file as the safety copy, the WAL and shared-memory files of the closed database
-/// removed, the rename, an fsync of the directory, the marker removed. Runs with the database
-/// closed. Returns the safety copy.
-pub fn swap(received: &Received, database: &Path) -> Result<PathBuf, RestoreError> {
+/// Refuses a migrated copy whose schema differs from the one this build makes: an archive's own
+/// trigger could undo a revocation, a view or table could hide anything.
+async fn check_schema(path: &Path) -> Result<(), RestoreError> {
+    let fresh_dir =
+        tempfile::tempdir().map_err(file_error("make a directory for a fresh schema in", Path::new("/tmp")))?;
+    let fresh = fresh_dir.path().join("fresh.db");
+    Storage::open(&StorageOptions {
+        path: fresh.clone(),
+        busy_timeout: Duration::from_secs(5),
+        read_connections: 1,
+    })
+    .await
+    .map_err(|source| RestoreError::Storage {
+        operation: "make a fresh schema to compare with",
+        source,
+    })?
+    .close()
+    .await;
+    let read_error = |source| RestoreError::Storage {
+        operation: "read a schema",
+        source,
+    };
+    let expected = schema_objects(&fresh).await.map_err(read_error)?;
+    let found = schema_objects(path).await.map_err(|source| RestoreError::Storage {
+        operation: "read a schema",
+        source,
+    })?;
+    let strangers: Vec<String> = found
+        .difference(&expected)
+        .map(|(kind, name, _)| format!("{kind} {name}"))
+        .collect();
+    if !strangers.is_empty() {
+        return Err(RestoreError::Unusable {
+            problem: format!(
+                "holds schema objects blufio does not make ({}): it was changed outside blufio",
+                strangers.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a TLS key pair that does not load.
+fn check_tls(received: &Received) -> Result<(), RestoreError> {
+    let Some((cert, key)) = &received.tls else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir().map_err(file_error("make a directory for the TLS check in", Path::new("/tmp")))?;
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert).map_err(file_error("write", &cert_path))?;
+    std::fs::write(&key_path, key).map_err(file_error("write", &key_path))?;
+    crate::gateway::tls::ReloadableCert::load(&crate::gateway::tls::CertSource::Files {
+        cert: cert_path,
+        key: key_path,
+    })
+    .map_err(|error| RestoreError::Unusable {
+        problem: format!(
+            "comes with a TLS key pair that does not load: {}",
+            crate::error_chain(&error)
+        ),
+    })?;
+    Ok(())
+}
+
+/// The name of the safety copy of `database` made now.
+fn safety_path(database: &Path) -> PathBuf {
     let dir = database.parent().unwrap_or(Path::new("."));
     let now = unix_now();
     // Two restores in one second keep two copies.
-    let safety = (1..)
+    (1..)
         .map(|n| {
             let suffix = if n == 1 { String::new() } else { format!("-{n}") };
             dir.join(format!("{SAFETY_PREFIX}{now}{suffix}{SAFETY_SUFFIX}"))
         })
         .find(|path| !path.exists())
-        .expect("names are unbounded");
+        .expect("names are unbounded")
+}
+
+/// Swaps `received`'s database in for the one at `database`, which is closed: the marker, a hard
+/// link of the current file as `safety`, the closed database's WAL and shared-memory files
+/// removed, the rename, an fsync of the directory. The marker is removed by the caller once the
+/// restored database is open.
+fn swap(received: &mut Received, database: &Path, safety: &Path) -> Result<(), RestoreError> {
+    let dir = database.parent().unwrap_or(Path::new("."));
     let marker = dir.join(MARKER);
     let text = serde_json::to_vec(&Marker {
         archive_created_at: received.manifest.created_at,
-        safety_copy: safety.clone(),
+        incoming: received.database().to_owned(),
+        safety_copy: safety.to_owned(),
     })
     .expect("the marker serializes");
     crate::util::write_atomically(&marker, &text, crate::util::FileMode::Exactly(0o600))
         .map_err(file_error("write the restore marker", &marker))?;
     crate::util::crash_point("restore-marked");
     if database.exists() {
-        std::fs::hard_link(database, &safety).map_err(file_error("keep the safety copy", &safety))?;
+        std::fs::hard_link(database, safety).map_err(file_error("keep the safety copy", safety))?;
     }
     crate::util::crash_point("restore-linked");
+    remove_side_files(database)?;
+    std::fs::rename(received.database(), database).map_err(file_error("swap in the restored database", database))?;
+    // Swapped in: the file is not removed when `received` goes.
+    if let Some(path) = received.database.take() {
+        let _ = path.keep();
+    }
+    crate::util::crash_point("restore-renamed");
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(file_error("sync the state directory", dir))?;
+    Ok(())
+}
+
+/// Removes the WAL and shared-memory files of the closed database at `database`.
+fn remove_side_files(database: &Path) -> Result<(), RestoreError> {
     for suffix in ["-wal", "-shm"] {
         let mut side = database.as_os_str().to_owned();
         side.push(suffix);
@@ -378,49 +488,114 @@ pub fn swap(received: &Received, database: &Path) -> Result<PathBuf, RestoreErro
             _ => {}
         }
     }
-    std::fs::rename(&received.database, database).map_err(file_error("swap in the restored database", database))?;
-    crate::util::crash_point("restore-renamed");
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(file_error("sync the state directory", dir))?;
-    Ok(safety)
+    Ok(())
 }
 
-/// At start, before the database opens: finishes what a crash during a swap left, and says which
-/// database the daemon runs on.
+/// Puts the safety copy back at `database` after a swapped-in database could not be used.
+fn roll_back(database: &Path, safety: &Path) -> Result<(), RestoreError> {
+    remove_side_files(database)?;
+    std::fs::rename(safety, database).map_err(file_error("put the previous database back from", safety))
+}
+
+/// At start, before the database opens: finishes what a crash during a restore left, and says
+/// which database the daemon runs on.
 pub fn recover(database: &Path) {
     let dir = database.parent().unwrap_or(Path::new("."));
     let marker = dir.join(MARKER);
-    let Ok(text) = std::fs::read(&marker) else {
-        return;
-    };
-    let incoming = dir.join(INCOMING);
-    match serde_json::from_slice::<Marker>(&text) {
-        Ok(recorded) if incoming.exists() => tracing::warn!(
-            safety_copy = %recorded.safety_copy.display(),
-            "a restore was interrupted before its database was swapped in: blufiod runs on the database it had; restore again"
-        ),
-        Ok(recorded) => tracing::warn!(
-            archive_created_at = recorded.archive_created_at,
-            safety_copy = %recorded.safety_copy.display(),
-            "a restore was interrupted after its database was swapped in: blufiod runs on the restored database (the previous one is the safety copy)"
-        ),
-        Err(error) => tracing::warn!(%error, "a restore marker cannot be read; blufiod runs on the database it finds"),
+    if let Ok(text) = std::fs::read(&marker) {
+        match serde_json::from_slice::<Marker>(&text) {
+            Ok(recorded) if recorded.incoming.exists() => tracing::warn!(
+                safety_copy = %recorded.safety_copy.display(),
+                "a restore was interrupted before its database was swapped in: blufiod runs on the database it had; restore again"
+            ),
+            Ok(recorded) => tracing::warn!(
+                archive_created_at = recorded.archive_created_at,
+                safety_copy = %recorded.safety_copy.display(),
+                "a restore was interrupted after its database was swapped in: blufiod runs on the restored database (the previous one is the safety copy)"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "a restore marker cannot be read; blufiod runs on the database it finds")
+            }
+        }
+        let _ = std::fs::remove_file(&marker);
     }
-    let _ = std::fs::remove_file(&incoming);
-    let _ = std::fs::remove_file(&marker);
+    // Received databases a crash left behind.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_name().to_string_lossy().starts_with(INCOMING_PREFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
-/// Removes the marker after a swap finished.
 fn clear_marker(database: &Path) {
     let dir = database.parent().unwrap_or(Path::new("."));
     let _ = std::fs::remove_file(dir.join(MARKER));
 }
 
+/// Installs the archive's config file at `path`.
+fn install_config(received: &Received, path: &Path) -> Result<bool, RestoreError> {
+    let Some(config) = &received.config else {
+        return Ok(false);
+    };
+    crate::util::write_atomically(path, config, crate::util::FileMode::KeepOr(0o640))
+        .map_err(file_error("install the archive's config file as", path))?;
+    tracing::info!(path = %path.display(), "installed the archive's config file; `systemctl reload blufiod` applies it");
+    Ok(true)
+}
+
+/// Installs the archive's TLS key pair as `cert_path` and `key_path`.
+fn install_tls(received: &Received, cert_path: &Path, key_path: &Path) -> Result<bool, RestoreError> {
+    let Some((cert, key)) = &received.tls else {
+        return Ok(false);
+    };
+    crate::util::write_atomically(key_path, key, crate::util::FileMode::Exactly(0o600))
+        .map_err(file_error("install the archive's TLS key as", key_path))?;
+    crate::util::write_atomically(cert_path, cert, crate::util::FileMode::KeepOr(0o644))
+        .map_err(file_error("install the archive's TLS certificate as", cert_path))?;
+    tracing::info!(cert = %cert_path.display(), "installed the archive's TLS key pair; `systemctl reload blufiod` serves it");
+    Ok(true)
+}
+
+/// `blufiod restore`: with no daemon running (the caller holds the state directory's lock), the
+/// same checks and swap on the files, without opening the database in place (which may be the
+/// very thing that is broken).
+pub async fn restore_offline(
+    reader: impl Read + Send + 'static,
+    paths: &super::BackupPaths,
+    gateway: &crate::config::GatewayConfig,
+    inputs: &SourceInputs,
+    options: RestoreOptions,
+) -> Result<Restored, RestoreError> {
+    recover(&paths.database);
+    let state_dir = paths.state_dir.clone();
+    let mut received = tokio::task::spawn_blocking(move || receive(reader, &state_dir))
+        .await
+        .expect("receiving an archive panicked")?;
+    let secrets_restored = check(&received, inputs, options).await?;
+    let safety = safety_path(&paths.database);
+    swap(&mut received, &paths.database, &safety)?;
+    clear_marker(&paths.database);
+    let config_restored = options.restore_config && install_config(&received, &paths.config)?;
+    let (cert, key) = super::tls_files(gateway, &paths.state_dir);
+    let tls_restored = options.restore_tls && install_tls(&received, &cert, &key)?;
+    Ok(Restored {
+        manifest: received.manifest.clone(),
+        safety_copy: safety,
+        schema_from: received.manifest.schema_version,
+        schema_now: current_schema_version(),
+        secrets_restored,
+        config_restored,
+        tls_restored,
+        turns_finished: 0,
+    })
+}
+
 /// What an online restore needs beyond the backup subsystem.
 pub struct Online<'a> {
-    /// The agent, whose changes are held back; `None` for `blufiod restore` while no daemon runs.
-    pub agent: Option<&'a crate::agent::Agent>,
+    /// The agent, whose changes are held back.
+    pub agent: &'a crate::agent::Agent,
     /// The vault, reopened on the restored database.
     pub vault: &'a Vault,
     /// How long running turns may take to finish.
@@ -428,21 +603,30 @@ pub struct Online<'a> {
 }
 
 impl Backups {
-    /// Receives an archive from `reader` into the state directory; the restore phase says so.
+    /// Receives an archive from `reader` into the state directory (blocking), holding the one
+    /// backup-or-restore place from the first byte: the restore phase says "receiving".
     pub fn receive(&self, reader: impl Read) -> Result<Received, RestoreError> {
-        receive(reader, &self.deps.paths.state_dir)
+        let running = self.running.clone().try_lock_owned().map_err(|_| RestoreError::Busy)?;
+        self.set_restore_phase(Some("receiving"));
+        let result = receive(reader, &self.deps.paths.state_dir);
+        if result.is_err() {
+            self.set_restore_phase(None);
+        }
+        let mut received = result?;
+        received.running = Some(running);
+        Ok(received)
     }
 
     /// Restores `received` into the running daemon (see the module's documentation).
     pub async fn restore(
         &self,
-        received: Received,
+        mut received: Received,
         options: RestoreOptions,
         online: Online<'_>,
     ) -> Result<Restored, RestoreError> {
-        let _running = self.running.try_lock().map_err(|_| RestoreError::Busy)?;
-        let result = self.restore_locked(&received, options, &online).await;
+        let result = self.restore_received(&mut received, options, &online).await;
         self.set_restore_phase(None);
+        self.apply_retention();
         match &result {
             Ok(restored) => {
                 tracing::info!(
@@ -454,67 +638,32 @@ impl Backups {
                     created_at: restored.manifest.created_at,
                     safety_copy: restored.safety_copy.clone(),
                 });
-                self.apply_retention();
             }
             Err(error) => tracing::error!(error = %crate::error_chain(error), "restore failed"),
         }
         result
     }
 
-    async fn restore_locked(
+    async fn restore_received(
         &self,
-        received: &Received,
+        received: &mut Received,
         options: RestoreOptions,
         online: &Online<'_>,
     ) -> Result<Restored, RestoreError> {
         self.set_restore_phase(Some("verifying"));
-        let secrets_restored = check(received, online.vault, options).await?;
+        let secrets_restored = check(received, online.vault.inputs(), options).await?;
         self.set_restore_phase(Some("waiting for turns"));
-        let turns_finished = match online.agent {
-            Some(agent) => agent.begin_restore().await,
-            None => 0,
-        };
-        let result = async {
-            let finished = match online.agent {
-                Some(agent) => agent.wait_for_running_turns(online.turn_timeout).await,
-                None => true,
-            };
-            if !finished {
-                return Err(RestoreError::TurnsRunning {
-                    running: turns_finished,
-                    waited: online.turn_timeout,
-                });
-            }
-            self.set_restore_phase(Some("swapping"));
-            let database = self.deps.paths.database.clone();
-            let mut paused = self.deps.storage.pause().await;
-            let swapped = paused
-                .reopen_with(|path| swap(received, path))
-                .await
-                .map_err(|source| RestoreError::Storage {
-                    operation: "reopen the restored database",
-                    source,
-                })?;
-            drop(paused);
-            let safety_copy = swapped?;
-            clear_marker(&database);
-            self.set_restore_phase(Some("migrating"));
-            online.vault.reload().await.map_err(|source| RestoreError::Vault {
-                operation: "reopen the vault on the restored database",
-                source,
-            })?;
-            Ok(safety_copy)
-        }
-        .await;
+        let turns_finished = online.agent.begin_restore().await;
+        let result = self.swap_in(received, online, turns_finished).await;
         // Changes resume whatever happened; the budget is read from the database now in place.
-        if let Some(agent) = online.agent
-            && let Err(error) = agent.end_restore().await
-        {
+        if let Err(error) = online.agent.end_restore().await {
             tracing::error!(error = %crate::error_chain(&error), "cannot read the restored spend");
         }
         let safety_copy = result?;
-        let config_restored = self.install_config(received, options)?;
-        let tls_restored = self.install_tls(received)?;
+        let config_restored = options.restore_config && install_config(received, &self.deps.paths.config)?;
+        let config = self.deps.config.get();
+        let (cert, key) = super::tls_files(&config.config.gateway, &self.deps.paths.state_dir);
+        let tls_restored = options.restore_tls && install_tls(received, &cert, &key)?;
         Ok(Restored {
             manifest: received.manifest.clone(),
             safety_copy,
@@ -527,28 +676,51 @@ impl Backups {
         })
     }
 
-    fn install_config(&self, received: &Received, options: RestoreOptions) -> Result<bool, RestoreError> {
-        let (true, Some(config)) = (options.restore_config, &received.config) else {
-            return Ok(false);
+    /// Waits for the turns, swaps the database under a pause, reopens the vault; puts the
+    /// previous database back if the restored one cannot be opened after all.
+    async fn swap_in(
+        &self,
+        received: &mut Received,
+        online: &Online<'_>,
+        running: usize,
+    ) -> Result<PathBuf, RestoreError> {
+        if !online.agent.wait_for_running_turns(online.turn_timeout).await {
+            return Err(RestoreError::TurnsRunning {
+                running,
+                waited: online.turn_timeout,
+            });
+        }
+        self.set_restore_phase(Some("swapping"));
+        let database = self.deps.paths.database.clone();
+        let safety = safety_path(&database);
+        let mut paused = self.deps.storage.pause().await;
+        let swapped = match paused.reopen_with(|path| swap(received, path, &safety)).await {
+            Ok(swapped) => swapped,
+            Err(source) => {
+                // The restored file would not open: the previous one goes back.
+                let back = paused.reopen_with(|path| roll_back(path, &safety)).await;
+                clear_marker(&database);
+                tracing::error!(
+                    put_back = back.is_ok(),
+                    "the restored database would not open; the previous one is back"
+                );
+                return Err(RestoreError::Storage {
+                    operation: "open the restored database",
+                    source,
+                });
+            }
         };
-        let path = &self.deps.paths.config;
-        crate::util::write_atomically(path, config, crate::util::FileMode::KeepOr(0o640))
-            .map_err(file_error("install the archive's config file as", path))?;
-        tracing::info!(path = %path.display(), "installed the archive's config file; `systemctl reload blufiod` applies it");
-        Ok(true)
-    }
-
-    fn install_tls(&self, received: &Received) -> Result<bool, RestoreError> {
-        let Some((cert, key)) = &received.tls else {
-            return Ok(false);
-        };
-        let config = self.deps.config.get();
-        let (cert_path, key_path) = super::tls_files(&config.config.gateway, &self.deps.paths.state_dir);
-        crate::util::write_atomically(&key_path, key, crate::util::FileMode::Exactly(0o600))
-            .map_err(file_error("install the archive's TLS key as", &key_path))?;
-        crate::util::write_atomically(&cert_path, cert, crate::util::FileMode::KeepOr(0o644))
-            .map_err(file_error("install the archive's TLS certificate as", &cert_path))?;
-        tracing::info!(cert = %cert_path.display(), "installed the archive's TLS key pair; `systemctl reload blufiod` serves it");
-        Ok(true)
+        drop(paused);
+        swapped?;
+        clear_marker(&database);
+        self.set_restore_phase(Some("migrating"));
+        if let Err(error) = self.deps.storage.carry_run_over().await {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot record this run in the restored database");
+        }
+        online.vault.reload().await.map_err(|source| RestoreError::Vault {
+            operation: "reopen the vault on the restored database",
+            source,
+        })?;
+        Ok(safety)
     }
 }

@@ -415,6 +415,7 @@ impl pb::control_server::Control for ControlService {
         let options = RestoreOptions {
             without_secrets: start.without_secrets,
             restore_config: start.restore_config,
+            restore_tls: start.restore_tls,
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(8);
         let turn_timeout = Duration::from_secs(self.deps.live.get().config.daemon.shutdown_timeout_secs);
@@ -1038,10 +1039,16 @@ async fn stream_backup(
     }
 }
 
-/// Sends what is written to it as `data` chunks of at most [`CHUNK_BYTES`].
+/// How long a backup waits for its client to take the next chunk, and a restore for the next
+/// chunk from its client: a client that stops must not hold the one backup-or-restore place.
+const STREAM_STALL: Duration = Duration::from_secs(60);
+
+/// Sends what is written to it as `data` chunks of at most [`CHUNK_BYTES`] (from a blocking
+/// thread), giving up when the client has taken nothing for [`STREAM_STALL`].
 struct ChunkWriter {
     sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
     buffer: Vec<u8>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl ChunkWriter {
@@ -1049,6 +1056,7 @@ impl ChunkWriter {
         Self {
             sender,
             buffer: Vec::with_capacity(CHUNK_BYTES),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -1057,11 +1065,20 @@ impl ChunkWriter {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
-        self.sender
-            .blocking_send(Ok(pb::BackupChunk {
-                chunk: Some(pb::backup_chunk::Chunk::Data(data)),
-            }))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+        let chunk = Ok(pb::BackupChunk {
+            chunk: Some(pb::backup_chunk::Chunk::Data(data)),
+        });
+        self.runtime
+            .block_on(self.sender.send_timeout(chunk, STREAM_STALL))
+            .map_err(|error| match error {
+                tokio::sync::mpsc::error::SendTimeoutError::Timeout(_) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client took nothing for {STREAM_STALL:?}"),
+                ),
+                tokio::sync::mpsc::error::SendTimeoutError::Closed(_) => {
+                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+                }
+            })
     }
 }
 
@@ -1129,7 +1146,16 @@ async fn run_restore(
         })
     };
     loop {
-        match incoming.message().await {
+        let Ok(message) = tokio::time::timeout(STREAM_STALL, incoming.message()).await else {
+            tracing::warn!("a restore's client sent nothing for {STREAM_STALL:?}; nothing was changed");
+            let _ = sender
+                .send(Err(Status::deadline_exceeded(format!(
+                    "nothing arrived for {STREAM_STALL:?}; nothing was changed"
+                ))))
+                .await;
+            return;
+        };
+        match message {
             Ok(Some(pb::RestoreChunk {
                 chunk: Some(pb::restore_chunk::Chunk::Data(data)),
             })) => {
@@ -1167,7 +1193,7 @@ async fn run_restore(
         received,
         options,
         Online {
-            agent: Some(&agent),
+            agent: &agent,
             vault: &vault,
             turn_timeout,
         },

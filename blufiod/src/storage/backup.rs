@@ -148,6 +148,30 @@ pub async fn inspect_database(path: &Path) -> Result<DatabaseFacts, StorageError
     })
 }
 
+/// Every object of the schema of the database at `path` (type, name, SQL), besides SQLite's
+/// own: what a restore compares with the schema this build makes.
+pub async fn schema_objects(path: &Path) -> Result<std::collections::BTreeSet<(String, String, String)>, StorageError> {
+    let mut connection = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .immutable(true)
+        .connect()
+        .await
+        .map_err(|source| StorageError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
+            .fetch_all(&mut connection)
+            .await
+            .map_err(query_error("read a database file's schema"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, name, sql)| (kind, name, sql.unwrap_or_default()))
+        .collect())
+}
+
 /// Removes the vault (slots and entries) from the database file at `path`: a restore without
 /// secrets, whose vault the daemon's key cannot open.
 pub async fn drop_vault_in(path: &Path) -> Result<(), StorageError> {

@@ -29,7 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
-pub use backup::{current_schema_version, drop_vault_in, inspect_database};
+pub use backup::{current_schema_version, drop_vault_in, inspect_database, schema_objects};
 pub use devices::DeviceRecord;
 pub use vault::{SlotName, VaultEntryRecord, VaultSlotRecord};
 
@@ -164,6 +164,9 @@ pub struct RunId(i64);
 pub struct Storage {
     pools: Arc<RwLock<Pools>>,
     options: StorageOptions,
+    /// This run's row in `daemon_runs` (id, pid, version, start), carried into a restored
+    /// database.
+    run: Arc<std::sync::Mutex<Option<(i64, u32, String, i64)>>>,
 }
 
 /// The connections: exactly one writer, a few read-only readers.
@@ -203,6 +206,7 @@ impl Storage {
         Ok(Self {
             pools: Arc::new(RwLock::new(Pools::open(options).await?)),
             options: options.clone(),
+            run: Arc::default(),
         })
     }
 
@@ -317,7 +321,34 @@ impl Storage {
                 .await
                 .map_err(query_error("record this run"))?;
         transaction.commit().await.map_err(query_error("commit run record"))?;
+        *self.run.lock().expect("run record poisoned") = Some((id, pid, version.to_owned(), unix_now()));
         Ok((RunId(id), previous_unclean))
+    }
+
+    /// Records this run in a database that was swapped in (a restore): the runs the snapshot
+    /// saw as running are closed, and this one is written under its id, so that its clean stop
+    /// is recorded and the next start does not call it unclean.
+    pub async fn carry_run_over(&self) -> Result<(), StorageError> {
+        let Some((id, pid, version, started_at)) = self.run.lock().expect("run record poisoned").clone() else {
+            return Ok(());
+        };
+        let pools = self.pools.read().await;
+        let query_error = |operation| move |source| StorageError::Query { operation, source };
+        let mut transaction = pools.writer.begin().await.map_err(query_error("begin run record"))?;
+        sqlx::query("UPDATE daemon_runs SET stopped_at = ? WHERE stopped_at IS NULL")
+            .bind(unix_now())
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("close the restored runs"))?;
+        sqlx::query("INSERT OR REPLACE INTO daemon_runs (id, pid, version, started_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(i64::from(pid))
+            .bind(&version)
+            .bind(started_at)
+            .execute(&mut *transaction)
+            .await
+            .map_err(query_error("record this run"))?;
+        transaction.commit().await.map_err(query_error("commit run record"))
     }
 
     /// Marks this run as cleanly stopped.

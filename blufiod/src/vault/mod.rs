@@ -288,20 +288,52 @@ impl Vault {
         }))
     }
 
-    /// Whether the key source in effect opens a vault with these key slots (another database's:
-    /// a restore checks an archive with it before changing anything). Reads the source again.
-    pub fn opens(&self, slots: &[VaultSlotRecord]) -> Result<bool, VaultError> {
-        let Some(loaded) = self.inputs.load()? else {
-            return Ok(false);
-        };
-        for slot in slots {
-            if try_slot(slot, &loaded)?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// The key source in effect.
+    pub fn inputs(&self) -> &SourceInputs {
+        &self.inputs
     }
+}
 
+/// The data key of a vault with these key slots, if the key `inputs` finds opens one of them.
+fn opening_key(inputs: &SourceInputs, slots: &[VaultSlotRecord]) -> Result<Option<DataKey>, VaultError> {
+    let Some(loaded) = inputs.load()? else {
+        return Ok(None);
+    };
+    for slot in slots {
+        if let Some(data_key) = try_slot(slot, &loaded)? {
+            return Ok(Some(data_key));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the key `inputs` finds opens the vault in `storage` (another database: an archive's)
+/// and every entry in it, without writing anything. `Ok(false)` when the key opens no slot.
+pub async fn opens_whole(storage: &Storage, inputs: &SourceInputs) -> Result<bool, VaultError> {
+    let slots = storage
+        .vault_slots()
+        .await
+        .map_err(stored("read the vault's key slots"))?;
+    let Some(data_key) = opening_key(inputs, &slots)? else {
+        return Ok(false);
+    };
+    let cipher = data_key.cipher();
+    for record in storage
+        .vault_entries()
+        .await
+        .map_err(stored("read the vault's entries"))?
+    {
+        cipher
+            .open(&record.name, &record.nonce, &record.ciphertext)
+            .map_err(|source| VaultError::Damaged {
+                what: format!("entry `{}`", record.name),
+                source,
+            })?;
+    }
+    Ok(true)
+}
+
+impl Vault {
     /// Opens the vault again from the database (after a restore swapped it), as at start.
     pub async fn reload(&self) -> Result<(), VaultError> {
         let _writing = self.writing.lock().await;
