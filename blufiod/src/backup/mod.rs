@@ -382,6 +382,7 @@ impl Backups {
 
     /// Takes a backup into the backup directory (the scheduled kind) and applies retention.
     pub async fn backup_to_dir(&self) -> Result<PathBuf, BackupError> {
+        // Another backup or restore running is not a failure: the next interval tries again.
         let running = self.running.clone().try_lock_owned().map_err(|_| BackupError::Busy)?;
         let dir = self.dir();
         let result = async {
@@ -601,8 +602,14 @@ impl Backups {
                     }
                 } => {}
             }
-            // A failure is recorded (status, metrics, event, log) by `backup_to_dir`.
-            let _ = self.backup_to_dir().await;
+            // A failure is recorded (status, metrics, event, log) by `backup_to_dir`. When another
+            // backup or restore holds the place, the next try comes a minute later.
+            if let Err(BackupError::Busy) = self.backup_to_dir().await {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(FIRST_BACKUP_DELAY) => {}
+                }
+            }
         }
     }
 }

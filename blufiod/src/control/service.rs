@@ -999,7 +999,10 @@ async fn stream_backup(
     let prepared = match backups.prepare(contents).await {
         Ok(prepared) => prepared,
         Err(error) => {
-            backups.finish(Err(&error));
+            // Another backup or restore running is not a failed backup.
+            if !matches!(error, BackupError::Busy) {
+                backups.finish(Err(&error));
+            }
             let _ = sender.send(Err(backup_error_to_status(&error))).await;
             return;
         }
