@@ -166,7 +166,16 @@ pub struct Storage {
     options: StorageOptions,
     /// This run's row in `daemon_runs` (id, pid, version, start), carried into a restored
     /// database.
-    run: Arc<std::sync::Mutex<Option<(i64, u32, String, i64)>>>,
+    run: Arc<std::sync::Mutex<Option<RunRecord>>>,
+}
+
+/// This run's row in `daemon_runs`.
+#[derive(Debug, Clone)]
+struct RunRecord {
+    id: i64,
+    pid: u32,
+    version: String,
+    started_at: i64,
 }
 
 /// The connections: exactly one writer, a few read-only readers.
@@ -321,7 +330,12 @@ impl Storage {
                 .await
                 .map_err(query_error("record this run"))?;
         transaction.commit().await.map_err(query_error("commit run record"))?;
-        *self.run.lock().expect("run record poisoned") = Some((id, pid, version.to_owned(), unix_now()));
+        *self.run.lock().expect("run record poisoned") = Some(RunRecord {
+            id,
+            pid,
+            version: version.to_owned(),
+            started_at: unix_now(),
+        });
         Ok((RunId(id), previous_unclean))
     }
 
@@ -329,7 +343,13 @@ impl Storage {
     /// saw as running are closed, and this one is written under its id, so that its clean stop
     /// is recorded and the next start does not call it unclean.
     pub async fn carry_run_over(&self) -> Result<(), StorageError> {
-        let Some((id, pid, version, started_at)) = self.run.lock().expect("run record poisoned").clone() else {
+        let Some(RunRecord {
+            id,
+            pid,
+            version,
+            started_at,
+        }) = self.run.lock().expect("run record poisoned").clone()
+        else {
             return Ok(());
         };
         let pools = self.pools.read().await;
