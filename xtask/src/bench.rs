@@ -14,9 +14,14 @@
 //!   file-backed, PSS) at READY, idle, at the peak of 100 concurrent streaming chats through the
 //!   gateway and after them, after a tenth of N turns and after N (default 100,000), and with
 //!   `--minutes` the slope of a steady soak (`blufiod/benches/memory.rs`; a few minutes).
+//! - `backup [--mib N] [--json PATH]`: `blufioctl backup` of a database grown to N MiB (default
+//!   1024) while the daemon serves steady signed gateway requests and turns: the archive's size,
+//!   the wall time, MB/s of database, where the time went, the daemon's peak RSS, and the
+//!   gateway's p50/p99 during the backup against a baseline window (`blufiod/benches/backup.rs`;
+//!   minutes at 1024 MiB, and about three times N of free space in the temp directory).
 //!
 //! `all` runs `size`, `startup` and `idle`, the measurements that take seconds; the load
-//! benchmarks, `memory` above all, are run by name.
+//! benchmarks, `memory` and `backup` above all, are run by name.
 //!
 //! Daemons start through `blufio-testkit`, the tests' launcher, with the release binaries.
 
@@ -39,14 +44,15 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["size"] => size(),
         ["turns", rest @ ..] => cargo_bench("turns", rest),
         ["gateway", rest @ ..] => cargo_bench("gateway", rest),
-        ["memory", rest @ ..] => memory(rest),
+        ["memory", rest @ ..] => cargo_bench("memory", &with_absolute_json(rest)?),
+        ["backup", rest @ ..] => backup(rest),
         ["all"] => {
             size()?;
             startup(20)?;
             idle(30)
         }
         _ => bail!(
-            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | memory [--minutes M] [--turns N] [--json PATH] | all"
+            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] | all"
         ),
     }
 }
@@ -175,8 +181,9 @@ fn rss(pid: i32) -> Result<String> {
     Ok(format!("VmRSS {} (peak VmHWM {})", field("VmRSS:"), field("VmHWM:")))
 }
 
-/// A benchmark program of `blufiod/benches/` (turns, gateway, memory), in the release profile.
-fn cargo_bench(name: &str, args: &[&str]) -> Result<()> {
+/// A benchmark program of `blufiod/benches/` (turns, gateway, memory, backup), in the release
+/// profile.
+fn cargo_bench(name: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<()> {
     run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["bench", "--locked", "-p", "blufiod", "--bench", name, "--"])
@@ -184,9 +191,9 @@ fn cargo_bench(name: &str, args: &[&str]) -> Result<()> {
     )
 }
 
-/// The memory benchmark program, with a relative `--json` PATH made absolute first: cargo runs
+/// Arguments for a benchmark program with a relative `--json` PATH made absolute: cargo runs
 /// benchmarks in their package's directory, not the caller's.
-fn memory(args: &[&str]) -> Result<()> {
+fn with_absolute_json(args: &[&str]) -> Result<Vec<String>> {
     let mut forwarded = Vec::with_capacity(args.len());
     let mut args = args.iter();
     while let Some(&arg) = args.next() {
@@ -201,8 +208,14 @@ fn memory(args: &[&str]) -> Result<()> {
             );
         }
     }
-    let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
-    cargo_bench("memory", &forwarded)
+    Ok(forwarded)
+}
+
+/// The backup benchmark program. It runs the real release `blufioctl`, which `cargo bench -p
+/// blufiod` does not build, so both release binaries are built first.
+fn backup(args: &[&str]) -> Result<()> {
+    build_release()?;
+    cargo_bench("backup", &with_absolute_json(args)?)
 }
 
 fn size() -> Result<()> {

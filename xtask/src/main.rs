@@ -7,7 +7,7 @@
 //! - `ci`: formatting, clippy with `-D warnings`, `tidy`, then `test`: what `.ci/run` does.
 //! - `tidy`: the written invariants of ARCHITECTURE.md as checks (see `tidy.rs`).
 //! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
-//! - `bench startup|idle|size|turns|gateway|memory|all`: measurements for `docs/benchmarks.md`.
+//! - `bench startup|idle|size|turns|gateway|memory|backup|all`: measurements for `docs/benchmarks.md`.
 //! - `fuzz [SECONDS]`: the cargo-fuzz target over signature-header parsing and verification
 //!   (`proto/fuzz`), for SECONDS (default 60).
 
@@ -44,7 +44,7 @@ fn main() -> Result<()> {
         ["fuzz", seconds] => fuzz(seconds),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, tidy, test\n  tidy             the architecture's written invariants, checked\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | turns | gateway | memory | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
+                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, tidy, test\n  tidy             the architecture's written invariants, checked\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | turns | gateway | memory | backup | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
             );
             bail!("unknown or missing task")
         }
