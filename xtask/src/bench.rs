@@ -14,8 +14,8 @@
 //!   file-backed, PSS) at READY, idle, at the peak of 100 concurrent streaming chats through the
 //!   gateway and after them, after a tenth of N turns and after N (default 100,000), and with
 //!   `--minutes` the slope of a steady soak (`blufiod/benches/memory.rs`; a few minutes).
-//! - `backup [--mib N] [--json PATH]`: `blufioctl backup` of a database grown to N MiB (default
-//!   1024) while the daemon serves steady signed gateway requests and turns: the archive's size,
+//! - `backup [--mib N] [--json PATH] [--fill-cache DIR]`: `blufioctl backup` of a database grown
+//!   to N MiB (default 1024; `--fill-cache` keeps the filled database for the next run) while the daemon serves steady signed gateway requests and turns: the archive's size,
 //!   the wall time, MB/s of database, where the time went, the daemon's peak RSS, and the
 //!   gateway's p50/p99 during the backup against a baseline window (`blufiod/benches/backup.rs`;
 //!   minutes at 1024 MiB, and about three times N of free space in the temp directory).
@@ -44,7 +44,7 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["size"] => size(),
         ["turns", rest @ ..] => cargo_bench("turns", rest),
         ["gateway", rest @ ..] => cargo_bench("gateway", rest),
-        ["memory", rest @ ..] => cargo_bench("memory", &with_absolute_json(rest)?),
+        ["memory", rest @ ..] => cargo_bench("memory", &with_absolute_paths(rest)?),
         ["backup", rest @ ..] => backup(rest),
         ["all"] => {
             size()?;
@@ -52,7 +52,7 @@ pub fn main(args: &[&str]) -> Result<()> {
             idle(30)
         }
         _ => bail!(
-            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] | all"
+            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
         ),
     }
 }
@@ -191,20 +191,20 @@ fn cargo_bench(name: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<()> {
     )
 }
 
-/// Arguments for a benchmark program with a relative `--json` PATH made absolute: cargo runs
+/// Arguments for a benchmark program with relative `--json` and `--fill-cache` paths made absolute: cargo runs
 /// benchmarks in their package's directory, not the caller's.
-fn with_absolute_json(args: &[&str]) -> Result<Vec<String>> {
+fn with_absolute_paths(args: &[&str]) -> Result<Vec<String>> {
     let mut forwarded = Vec::with_capacity(args.len());
     let mut args = args.iter();
     while let Some(&arg) = args.next() {
         forwarded.push(arg.to_owned());
-        if arg == "--json" {
-            let path = args.next().context("--json needs a PATH")?;
+        if arg == "--json" || arg == "--fill-cache" {
+            let path = args.next().with_context(|| format!("{arg} needs a path"))?;
             let path = std::env::current_dir()?.join(path);
             forwarded.push(
                 path.into_os_string()
                     .into_string()
-                    .map_err(|path| anyhow::anyhow!("the --json path {path:?} is not UTF-8"))?,
+                    .map_err(|path| anyhow::anyhow!("the {arg} path {path:?} is not UTF-8"))?,
             );
         }
     }
@@ -215,7 +215,7 @@ fn with_absolute_json(args: &[&str]) -> Result<Vec<String>> {
 /// blufiod` does not build, so both release binaries are built first.
 fn backup(args: &[&str]) -> Result<()> {
     build_release()?;
-    cargo_bench("backup", &with_absolute_json(args)?)
+    cargo_bench("backup", &with_absolute_paths(args)?)
 }
 
 fn size() -> Result<()> {
