@@ -1,5 +1,6 @@
 //! Small helpers the daemon's modules share, one copy each: the Unix clock, atomic file
-//! replacement, an error's chain as one line, and this machine's interface addresses. Nothing here knows any subsystem.
+//! replacement, an error's chain as one line, this machine's interface addresses, and bulk work
+//! on a low-priority thread. Nothing here knows any subsystem.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -28,6 +29,50 @@ pub fn crash_point(point: &str) {
     if AT.get_or_init(|| std::env::var("BLUFIOD_CRASH_AT").ok()).as_deref() == Some(point) {
         tracing::error!(point, "BLUFIOD_CRASH_AT: crashing here on purpose");
         std::process::abort();
+    }
+}
+
+/// The nice value of [`background`] threads: the scheduler lets requests and turns (nice 0)
+/// preempt them at once, while they still get what the machine has spare.
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Runs `work`, bulk work that reads or writes a whole database (a snapshot, an integrity check,
+/// hashing or streaming an archive), on a thread of its own at a lower CPU priority, so that on a
+/// small machine the gateway's and the turns' latency stays close to what it is without it. A
+/// thread of its own, not tokio's blocking pool: an unprivileged process cannot raise a thread's
+/// priority back, and the pool reuses its threads.
+pub async fn background<T, F>(name: &str, work: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            lower_priority();
+            // The receiver is gone only when the caller stopped waiting.
+            let _ = sender.send(work());
+        })
+        .unwrap_or_else(|error| panic!("cannot start the {name} thread: {error}"));
+    receiver.await.unwrap_or_else(|_| panic!("the {name} thread panicked"))
+}
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (on Linux a nice value is
+/// per thread). Failing to is harmless: the work then runs at the daemon's priority.
+fn lower_priority() {
+    let thread = nix::unistd::gettid().as_raw();
+    #[allow(unsafe_code)] // reason: setpriority(2) has no safe wrapper in nix or std
+    // SAFETY: setpriority only reads its integer arguments.
+    let status = unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::id_t::try_from(thread).unwrap_or_default(),
+            BACKGROUND_NICE,
+        )
+    };
+    if status != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
     }
 }
 
@@ -106,6 +151,29 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nice value of the calling thread (field 19 of `/proc/thread-self/stat`).
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn background_work_runs_on_its_own_thread_at_a_lower_priority() {
+        let here = own_nice();
+        let (nice, name) = background("blufio-test", || {
+            (own_nice(), std::thread::current().name().map(str::to_owned))
+        })
+        .await;
+        assert!(
+            nice >= BACKGROUND_NICE && nice >= here,
+            "nice {nice} (the caller's is {here})"
+        );
+        assert_eq!(name.as_deref(), Some("blufio-test"));
+        // The caller's thread is untouched.
+        assert_eq!(own_nice(), here);
+    }
 
     #[test]
     fn an_atomic_write_through_a_symlink_replaces_its_target_and_keeps_owner_and_mode() {

@@ -4,14 +4,16 @@
 //! itself.
 //!
 //! A backup goes to a temporary file (mode 0600: it holds the vault's sealed secrets and the
-//! config) beside PATH, is flushed to disk, read back and verified against the manifest the
-//! daemon announced, and only then renamed to PATH: PATH holds a complete, verified archive or
+//! config) beside PATH. A thread of its own writes it and verifies every member's SHA-256
+//! against the manifest as the bytes pass (one pass: reading the file back would only read the
+//! page cache those bytes came through, at the cost of a second hash on a small machine). It is
+//! then flushed to disk and only then renamed to PATH: PATH holds a complete, verified archive or
 //! is left as it was. A restore verifies the file here before sending a byte, so a damaged
 //! archive fails fast; the daemon verifies it again before it changes anything.
 
 use std::fmt::Write as _;
 use std::fs::{File, Permissions};
-use std::io::{self, BufWriter, IsTerminal as _, Read, Write as _};
+use std::io::{self, BufWriter, IsTerminal as _, Read};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,14 +124,12 @@ async fn backup_to_file(
         return Err(exists_failure(&path));
     }
     let draw = io::stderr().is_terminal();
-    let cancel = Arc::new(AtomicBool::new(false));
-    // The temporary file lives inside this future: when Ctrl-C wins, dropping the future removes it.
-    let backup = download_to_file(context, &path, contents, force, draw, cancel.clone());
+    // The temporary file's name lives inside this future: when Ctrl-C wins, dropping the future
+    // removes the file (and closes the channel the writing thread reads, which ends it).
+    let backup = download_to_file(context, &path, contents, force, draw);
     let written = tokio::select! {
         written = backup => written?,
         () = ctrl_c() => {
-            // A verification running on its own thread stops at its next read.
-            cancel.store(true, Ordering::Relaxed);
             return Err(interrupted(anyhow::anyhow!(
                 "interrupted: no backup was written to {}",
                 path.display()
@@ -161,85 +161,51 @@ struct Written {
     manifest: Manifest,
 }
 
-/// Streams the archive into a temporary file beside `path`, verifies it and renames it to `path`.
+/// Streams the archive into a temporary file beside `path`, verifying every member against the
+/// manifest as it is written, flushes it to disk and renames it to `path`.
 async fn download_to_file(
     context: &Context<'_>,
     path: &Path,
     contents: Contents,
     force: bool,
     draw: bool,
-    cancel: Arc<AtomicBool>,
 ) -> Result<Written, Failure> {
     let dir = parent_dir(path);
     // Created before the daemon is asked, so that an unwritable directory fails fast.
-    let mut temp = tempfile::Builder::new()
+    let temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tar")
         .permissions(Permissions::from_mode(ARCHIVE_MODE))
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // The file goes to the writing thread; its name stays here, and removes it when dropped.
+    let (file, temp_path) = temp.into_parts();
     let mut client = context.connect().await?;
     let mut stream = client.backup(contents.without_config, contents.include_tls).await?;
     let (archive_bytes, announced) = started(&mut stream).await?;
 
     let receiving = Progress::new("receiving", archive_bytes, draw);
-    let temp_path = temp.path().to_path_buf();
+    let target = format!("the temporary file {}", temp_path.display());
+    let out = BufWriter::with_capacity(CHUNK_BYTES, file);
+    // On any failure, dropping `temp_path` removes the temporary file: PATH is untouched.
+    let out = receive(&mut stream, archive_bytes, &announced, out, &target, &receiving).await?;
+    receiving.finish();
     let write_error = |error: io::Error| {
         anyhow::Error::new(error).context(format!("cannot write the archive to {}", temp_path.display()))
     };
-    let mut writer = BufWriter::with_capacity(CHUNK_BYTES, temp.as_file_mut());
-    let mut received = 0u64;
-    while let Some(chunk) = stream.next().await? {
-        let Chunk::Data(data) = chunk else {
-            return Err(anyhow::anyhow!("blufiod announced its backup twice").into());
-        };
-        received += data.len() as u64;
-        if received > archive_bytes {
-            return Err(anyhow::anyhow!("blufiod sent more than the {archive_bytes} bytes it announced").into());
-        }
-        writer.write_all(&data).map_err(write_error)?;
-        receiving.advance(data.len() as u64);
-    }
-    receiving.finish();
-    if received != archive_bytes {
-        return Err(anyhow::anyhow!(
-            "blufiod's stream ended after {received} of the archive's {archive_bytes} bytes; nothing was written to {}",
-            path.display()
-        )
-        .into());
-    }
-    writer.flush().map_err(write_error)?;
-    drop(writer);
-    temp.as_file().sync_all().map_err(write_error)?;
-
-    // Read back what reached the disk, not what passed through memory.
-    let file = temp.reopen().map_err(write_error)?;
-    let (verified, read) = verify_file(file, archive_bytes, "verifying", draw, cancel)
-        .await
-        .map_err(|error| {
-            error.context(format!(
-                "the archive failed verification when read back, so nothing was written to {}",
-                path.display()
-            ))
-        })?;
-    if verified != announced || read != archive_bytes {
-        return Err(anyhow::anyhow!(
-            "the archive read back ({read} bytes) differs from what blufiod announced ({archive_bytes} bytes and \
-             its manifest); nothing was written to {}",
-            path.display()
-        )
-        .into());
-    }
+    let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;
+    file.sync_all().map_err(write_error)?;
+    drop(file);
 
     let persisted = if force {
-        temp.persist(path)
+        temp_path.persist(path)
     } else {
-        temp.persist_noclobber(path)
+        temp_path.persist_noclobber(path)
     };
     if let Err(error) = persisted {
-        // Dropping the returned file removes the temporary file.
-        let tempfile::PersistError { error, file } = error;
-        drop(file);
+        // Dropping the returned name removes the temporary file.
+        let tempfile::PathPersistError { error, path: temp_path } = error;
+        drop(temp_path);
         if error.kind() == io::ErrorKind::AlreadyExists && !force {
             return Err(exists_failure(path));
         }
@@ -249,8 +215,67 @@ async fn download_to_file(
     }
     Ok(Written {
         bytes: archive_bytes,
-        manifest: verified,
+        manifest: announced,
     })
+}
+
+/// Receives the rest of a backup stream (after `started`) and writes it to `out` on a thread of
+/// its own, which verifies every member's SHA-256 against the manifest as the bytes pass. Fails
+/// unless exactly the announced archive, with the announced manifest, was written. `target`
+/// names `out` in errors.
+async fn receive<W: io::Write + Send + 'static>(
+    stream: &mut BackupStream,
+    archive_bytes: u64,
+    announced: &Manifest,
+    out: W,
+    target: &str,
+    progress: &Progress,
+) -> Result<W, Failure> {
+    let (sender, receiver) = mpsc::channel::<Vec<u8>>(4);
+    // The writer may be slow (a pipe, a disk): a thread of its own, so that Ctrl-C is still heard.
+    let writing = tokio::task::spawn_blocking(move || write_and_verify(receiver, out));
+    let mut received = 0u64;
+    let streamed = async {
+        while let Some(chunk) = stream.next().await? {
+            let Chunk::Data(data) = chunk else {
+                return Err(anyhow::anyhow!("blufiod announced its backup twice").into());
+            };
+            received += data.len() as u64;
+            if received > archive_bytes {
+                return Err(anyhow::anyhow!("blufiod sent more than the {archive_bytes} bytes it announced").into());
+            }
+            progress.advance(data.len() as u64);
+            // A closed channel means the writer stopped; its result says why.
+            if sender.send(data).await.is_err() {
+                break;
+            }
+        }
+        Ok::<_, Failure>(())
+    }
+    .await;
+    drop(sender);
+    let written = writing.await.context("the thread writing the archive failed")?;
+    // The stream's own failure explains a truncated archive better than the verification does.
+    streamed?;
+    if received != archive_bytes {
+        return Err(
+            anyhow::anyhow!("blufiod's stream ended after {received} of the archive's {archive_bytes} bytes").into(),
+        );
+    }
+    let (verified, written, out) = written.map_err(|error| match error {
+        TeeError::Write(error) => anyhow::Error::new(error).context(format!("cannot write the archive to {target}")),
+        TeeError::Archive(error) => {
+            anyhow::Error::new(error).context(format!("the archive written to {target} failed verification"))
+        }
+    })?;
+    if written != archive_bytes || verified != *announced {
+        return Err(anyhow::anyhow!(
+            "the archive written to {target} ({written} bytes) differs from what blufiod announced \
+             ({archive_bytes} bytes and its manifest)"
+        )
+        .into());
+    }
+    Ok(out)
 }
 
 /// The first chunk of a backup stream: the archive's size and its manifest.
@@ -272,47 +297,18 @@ fn exists_failure(path: &Path) -> Failure {
 
 /// `backup -`: the archive to stdout, verified as it passes through.
 async fn backup_to_stdout(context: &Context<'_>, contents: Contents, started_at: Instant) -> Result<Outcome, Failure> {
-    let (sender, receiver) = mpsc::channel::<Vec<u8>>(4);
     let work = async {
         let mut client = context.connect().await?;
         let mut stream = client.backup(contents.without_config, contents.include_tls).await?;
         let (archive_bytes, announced) = started(&mut stream).await?;
-        // Stdout may be a slow pipe: a thread of its own writes it, so that Ctrl-C is still heard.
-        let writing = tokio::task::spawn_blocking(move || write_and_verify(receiver));
-        let mut received = 0u64;
-        while let Some(chunk) = stream.next().await? {
-            let Chunk::Data(data) = chunk else {
-                return Err(anyhow::anyhow!("blufiod announced its backup twice").into());
-            };
-            received += data.len() as u64;
-            if received > archive_bytes {
-                return Err(anyhow::anyhow!("blufiod sent more than the {archive_bytes} bytes it announced").into());
-            }
-            // A closed channel means the writer stopped; its result says why.
-            if sender.send(data).await.is_err() {
-                break;
-            }
-        }
-        drop(sender);
-        let (verified, written) = writing
-            .await
-            .context("the thread writing stdout failed")?
-            .map_err(|error| match error {
-                StdoutError::Write(error) => anyhow::Error::new(error).context("cannot write the archive to stdout"),
-                StdoutError::Archive(error) => {
-                    anyhow::Error::new(error).context("the archive written to stdout failed verification")
-                }
-            })?;
-        if received != archive_bytes || written != archive_bytes || verified != announced {
-            return Err(anyhow::anyhow!(
-                "the archive written to stdout ({written} bytes) differs from what blufiod announced \
-                 ({archive_bytes} bytes and its manifest)"
-            )
-            .into());
-        }
+        let out = BufWriter::with_capacity(CHUNK_BYTES, io::stdout());
+        let silent = Progress::new("receiving", archive_bytes, false);
+        let out = receive(&mut stream, archive_bytes, &announced, out, "stdout", &silent).await?;
+        out.into_inner()
+            .map_err(|error| anyhow::Error::new(error.into_error()).context("cannot write the archive to stdout"))?;
         Ok::<_, Failure>(Written {
             bytes: archive_bytes,
-            manifest: verified,
+            manifest: announced,
         })
     };
     let written = tokio::select! {
@@ -333,19 +329,19 @@ async fn backup_to_stdout(context: &Context<'_>, contents: Contents, started_at:
     Ok(Outcome::Success)
 }
 
-/// Why `backup -` failed on its writing thread.
-enum StdoutError {
+/// Why writing an archive on its thread failed.
+enum TeeError {
     Write(io::Error),
     Archive(ArchiveError),
 }
 
-/// Writes the chunks from `receiver` to stdout while verifying them; returns the manifest and the
-/// bytes written.
-fn write_and_verify(receiver: mpsc::Receiver<Vec<u8>>) -> Result<(Manifest, u64), StdoutError> {
+/// Writes the chunks from `receiver` to `out` while verifying them; returns the manifest, the
+/// bytes written and `out`, flushed.
+fn write_and_verify<W: io::Write>(receiver: mpsc::Receiver<Vec<u8>>, out: W) -> Result<(Manifest, u64, W), TeeError> {
     let mut tee = Tee {
         receiver,
         current: io::Cursor::new(Vec::new()),
-        out: io::stdout().lock(),
+        out,
         written: 0,
         write_error: None,
     };
@@ -353,11 +349,11 @@ fn write_and_verify(receiver: mpsc::Receiver<Vec<u8>>) -> Result<(Manifest, u64)
     let verified = verify_reader(&mut tee);
     let flushed = tee.out.flush();
     if let Some(error) = tee.write_error.take() {
-        return Err(StdoutError::Write(error));
+        return Err(TeeError::Write(error));
     }
-    let manifest = verified.map_err(StdoutError::Archive)?;
-    flushed.map_err(StdoutError::Write)?;
-    Ok((manifest, tee.written))
+    let manifest = verified.map_err(TeeError::Archive)?;
+    flushed.map_err(TeeError::Write)?;
+    Ok((manifest, tee.written, tee.out))
 }
 
 /// Reads the chunks of a channel and writes what it reads to `out`.
@@ -377,7 +373,7 @@ impl<W: io::Write> Read for Tee<W> {
             if read > 0 || buffer.is_empty() {
                 if let Err(error) = self.out.write_all(&buffer[..read]) {
                     self.write_error = Some(error);
-                    return Err(io::Error::other("stdout failed"));
+                    return Err(io::Error::other("the archive's writer failed"));
                 }
                 self.written += read as u64;
                 return Ok(read);

@@ -178,7 +178,9 @@ impl Prepared {
         let snapshot = self.dir.path().join(archive::DATABASE);
         Ok(archive::write(out, &self.manifest, |name| {
             if name == archive::DATABASE {
-                Ok(Box::new(std::fs::File::open(&snapshot)?) as Box<dyn Read>)
+                // Whole chunks per read: the archive writer copies in small pieces.
+                let file = std::fs::File::open(&snapshot)?;
+                Ok(Box::new(std::io::BufReader::with_capacity(CHUNK_BYTES, file)) as Box<dyn Read>)
             } else {
                 let (_, bytes) = self
                     .extra
@@ -263,26 +265,28 @@ impl Backups {
                 full: source.kind() == StorageErrorKind::Full,
                 source,
             })?;
-        let facts = inspect_database(&snapshot)
-            .await
-            .map_err(|source| BackupError::Snapshot {
-                dir: state_dir.clone(),
-                full: false,
-                source,
-            })?;
+        // The integrity check and the manifest's hash each read the whole snapshot: on threads
+        // of their own, at once.
+        let hashing = {
+            let snapshot = snapshot.clone();
+            crate::util::background("blufio-hash", move || {
+                std::fs::File::open(&snapshot).and_then(archive::sha256_of)
+            })
+        };
+        let (facts, hashed) = tokio::join!(inspect_database(&snapshot), hashing);
+        let facts = facts.map_err(|source| BackupError::Snapshot {
+            dir: state_dir.clone(),
+            full: false,
+            source,
+        })?;
         if let Some(problems) = facts.integrity_problems {
             return Err(BackupError::Integrity { problems });
         }
         let mut members = Vec::new();
-        let (sha256, bytes) =
-            archive::sha256_of(std::fs::File::open(&snapshot).map_err(|source| BackupError::Read {
-                path: snapshot.clone(),
-                source,
-            })?)
-            .map_err(|source| BackupError::Read {
-                path: snapshot.clone(),
-                source,
-            })?;
+        let (sha256, bytes) = hashed.map_err(|source| BackupError::Read {
+            path: snapshot.clone(),
+            source,
+        })?;
         members.push(Member {
             name: archive::DATABASE.to_owned(),
             bytes,
@@ -400,9 +404,10 @@ impl Backups {
             let written = {
                 let dir = dir.clone();
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || write_file(&prepared, &dir, &path).map(|()| prepared))
-                    .await
-                    .expect("writing a backup panicked")
+                crate::util::background("blufio-backup-write", move || {
+                    write_file(&prepared, &dir, &path).map(|()| prepared)
+                })
+                .await
             };
             let prepared = written?;
             Ok::<_, BackupError>((prepared, path))

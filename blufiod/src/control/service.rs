@@ -1016,6 +1016,7 @@ async fn stream_backup(
     if sender.send(Ok(started)).await.is_err() {
         return;
     }
+    // At the daemon's own priority, unlike the snapshot: the client waits on every chunk.
     let chunks = sender.clone();
     let written = tokio::task::spawn_blocking(move || {
         let result = prepared.write_to(ChunkWriter::new(chunks)).and_then(|mut writer| {

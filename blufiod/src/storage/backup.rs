@@ -3,9 +3,6 @@
 
 use std::path::Path;
 
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions as _, Connection as _};
-
 use super::vault::{SlotName, VaultSlotRecord};
 use super::{MIGRATIONS, Storage, StorageError};
 
@@ -27,32 +24,35 @@ pub fn current_schema_version() -> i64 {
     MIGRATIONS.last().map_or(0, |(version, ..)| *version)
 }
 
-fn query_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
-    move |source| StorageError::Query { operation, source }
-}
-
 impl Storage {
     /// Writes a consistent snapshot of the database to `path`, which must not exist, while work
     /// goes on: SQLite's online backup API on a connection of its own that holds one read
     /// transaction for the whole copy, so the writer is never held, its commits never restart
     /// the copy, and the snapshot holds exactly the transactions committed before it began. (It
     /// measured faster than `VACUUM INTO` and kept a busy writer's rate; see docs/benchmarks.md.)
+    /// The copy runs on a low-priority thread ([`crate::util::background`]).
     pub async fn snapshot_into(&self, path: &Path) -> Result<(), StorageError> {
         // Held for the whole copy: a pause (a restore, the shutdown) waits for it.
         let _pools = self.pools.read().await;
         let source = self.options.path.clone();
         let target = path.to_owned();
         let busy = self.options.busy_timeout;
-        tokio::task::spawn_blocking(move || online_backup(&source, &target, busy))
-            .await
-            .expect("the snapshot task panicked")
+        crate::util::background("blufio-snapshot", move || online_backup(&source, &target, busy)).await
     }
 }
 
-/// Copies the database at `source` to `target` with the online backup API, 4 MiB at a time.
+/// Copies the database at `source` to `target` with the online backup API, in one step: the
+/// held read transaction already keeps the writer free, so there is nothing to yield for. The
+/// target is a scratch file until the caller checks it: no journal and no fsync while it fills.
 fn online_backup(source: &Path, target: &Path, busy: std::time::Duration) -> Result<(), StorageError> {
     use rusqlite::{Connection, OpenFlags};
-    let failed = |operation| move |source| StorageError::Snapshot { operation, source };
+    let failed = |operation| {
+        move |source| StorageError::File {
+            operation,
+            path: target.to_owned(),
+            source,
+        }
+    };
     let from = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -66,77 +66,124 @@ fn online_backup(source: &Path, target: &Path, busy: std::time::Duration) -> Res
         .map_err(failed("begin the snapshot's read transaction"))?;
     // Never over an existing file: the backup API would replace its content.
     if std::fs::symlink_metadata(target).is_ok() {
-        return Err(StorageError::Snapshot {
-            operation: "create the snapshot file (it exists)",
-            source: rusqlite::Error::InvalidPath(target.to_owned()),
-        });
+        return Err(failed("create the snapshot file (it exists)")(
+            rusqlite::Error::InvalidPath(target.to_owned()),
+        ));
     }
     let mut to = Connection::open(target).map_err(failed("create the snapshot file"))?;
-    rusqlite::backup::Backup::new(&from, &mut to)
-        .and_then(|backup| backup.run_to_completion(1024, std::time::Duration::from_millis(1), None))
+    to.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")
+        .map_err(failed("set up the snapshot file"))?;
+    let step = rusqlite::backup::Backup::new(&from, &mut to)
+        .and_then(|backup| backup.step(-1))
         .map_err(failed("copy the database into the snapshot"))?;
-    to.close().map_err(|(_, source)| StorageError::Snapshot {
-        operation: "close the snapshot",
-        source,
-    })?;
+    if step != rusqlite::backup::StepResult::Done {
+        // With the read transaction held, one step of every page either copies all or fails.
+        return Err(failed("copy the database into the snapshot")(
+            rusqlite::Error::InvalidQuery,
+        ));
+    }
+    to.close().map_err(|(_, source)| failed("close the snapshot")(source))?;
     from.execute_batch("COMMIT")
         .map_err(failed("end the snapshot's read transaction"))?;
     Ok(())
 }
 
-/// Reads what the database file at `path` holds without changing it (opened read-only and
-/// immutable: no WAL or lock files are made beside it).
-pub async fn inspect_database(path: &Path) -> Result<DatabaseFacts, StorageError> {
-    let open_error = |source| StorageError::Open {
+/// Opens the database file at `path` read-only and immutable: nothing is written, and no WAL or
+/// lock file is made beside it.
+fn open_read_only(path: &Path) -> Result<rusqlite::Connection, StorageError> {
+    use rusqlite::OpenFlags;
+    // A URI, for `immutable`: every byte outside the unreserved set is percent-encoded.
+    let mut uri = String::from("file:");
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => uri.push(char::from(*byte)),
+            _ => uri.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    rusqlite::Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StorageError::File {
+        operation: "open a database file read-only",
         path: path.to_owned(),
         source,
+    })
+}
+
+/// Reads what the database file at `path` holds without changing it: `PRAGMA integrity_check`,
+/// the schema version, the vault. It runs on a low-priority thread: the check reads every page.
+pub async fn inspect_database(path: &Path) -> Result<DatabaseFacts, StorageError> {
+    let path = path.to_owned();
+    crate::util::background("blufio-inspect", move || inspect_blocking(&path)).await
+}
+
+fn inspect_blocking(path: &Path) -> Result<DatabaseFacts, StorageError> {
+    let connection = open_read_only(path)?;
+    let failed = |operation| {
+        move |source| StorageError::File {
+            operation,
+            path: path.to_owned(),
+            source,
+        }
     };
-    let mut connection = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .immutable(true)
-        .connect()
-        .await
-        .map_err(open_error)?;
-    let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check(10)")
-        .fetch_all(&mut connection)
-        .await
-        .map_err(query_error("check a database file's integrity"))?;
-    let problems: Vec<String> = rows.into_iter().map(|(row,)| row).collect();
+    let problems = connection
+        .prepare("PRAGMA integrity_check(10)")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(failed("check a database file's integrity"))?;
     let integrity_problems = (problems != ["ok"]).then(|| problems.join("; "));
-    let has = |table: &'static str| {
-        sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?").bind(table)
+    let has = |table: &str| {
+        connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|count| count > 0)
+            .map_err(failed("read a database file's tables"))
     };
-    let (migrations,) = has("_sqlx_migrations")
-        .fetch_one(&mut connection)
-        .await
-        .map_err(query_error("read a database file's tables"))?;
-    let schema_version = if migrations > 0 {
-        let (version,): (Option<i64>,) = sqlx::query_as("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&mut connection)
-            .await
-            .map_err(query_error("read a database file's schema version"))?;
-        version.unwrap_or(0)
+    let schema_version = if has("_sqlx_migrations")? {
+        connection
+            .query_row("SELECT max(version) FROM _sqlx_migrations WHERE success", [], |row| {
+                row.get::<_, Option<i64>>(0)
+            })
+            .map_err(failed("read a database file's schema version"))?
+            .unwrap_or(0)
     } else {
         0
     };
-    let (vault,) = has("vault_slots")
-        .fetch_one(&mut connection)
-        .await
-        .map_err(query_error("read a database file's tables"))?;
-    let (vault_slots, vault_entries) = if vault > 0 {
-        let rows: Vec<super::vault::SlotRow> = sqlx::query_as(super::vault::SELECT_SLOTS)
-            .fetch_all(&mut connection)
-            .await
-            .map_err(query_error("read a database file's vault"))?;
-        let (entries,): (i64,) = sqlx::query_as("SELECT count(*) FROM vault_entries")
-            .fetch_one(&mut connection)
-            .await
-            .map_err(query_error("read a database file's vault"))?;
-        (
-            rows.into_iter().map(VaultSlotRecord::from).collect(),
-            u64::try_from(entries).unwrap_or(0),
-        )
+    let (vault_slots, vault_entries) = if has("vault_slots")? {
+        let slots = connection
+            .prepare(super::vault::SELECT_SLOTS)
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| {
+                        Ok(VaultSlotRecord::from((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                            row.get(6)?,
+                            row.get(7)?,
+                            row.get(8)?,
+                            row.get(9)?,
+                            row.get(10)?,
+                        )))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(failed("read a database file's vault"))?;
+        let entries = connection
+            .query_row("SELECT count(*) FROM vault_entries", [], |row| row.get::<_, i64>(0))
+            .map_err(failed("read a database file's vault"))?;
+        (slots, u64::try_from(entries).unwrap_or(0))
     } else {
         (Vec::new(), 0)
     };
@@ -151,51 +198,49 @@ pub async fn inspect_database(path: &Path) -> Result<DatabaseFacts, StorageError
 /// Every object of the schema of the database at `path` (type, name, SQL), besides SQLite's
 /// own: what a restore compares with the schema this build makes.
 pub async fn schema_objects(path: &Path) -> Result<std::collections::BTreeSet<(String, String, String)>, StorageError> {
-    let mut connection = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .immutable(true)
-        .connect()
-        .await
-        .map_err(|source| StorageError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-    let rows: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
-            .fetch_all(&mut connection)
-            .await
-            .map_err(query_error("read a database file's schema"))?;
-    Ok(rows
-        .into_iter()
-        .map(|(kind, name, sql)| (kind, name, sql.unwrap_or_default()))
-        .collect())
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        open_read_only(&path)?
+            .prepare("SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        ))
+                    })?
+                    .collect()
+            })
+            .map_err(|source| StorageError::File {
+                operation: "read a database file's schema",
+                path: path.clone(),
+                source,
+            })
+    })
+    .await
+    .expect("the schema reading task panicked")
 }
 
 /// Removes the vault (slots and entries) from the database file at `path`: a restore without
 /// secrets, whose vault the daemon's key cannot open.
 pub async fn drop_vault_in(path: &Path) -> Result<(), StorageError> {
-    let mut connection = SqliteConnectOptions::new()
-        .filename(path)
-        .connect()
-        .await
-        .map_err(|source| StorageError::Open {
-            path: path.to_owned(),
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let failed = |source| StorageError::File {
+            operation: "drop a restored database's secrets",
+            path: path.clone(),
             source,
-        })?;
-    sqlx::query("DELETE FROM vault_entries")
-        .execute(&mut connection)
-        .await
-        .map_err(query_error("drop a restored database's secrets"))?;
-    sqlx::query("DELETE FROM vault_slots")
-        .execute(&mut connection)
-        .await
-        .map_err(query_error("drop a restored database's secrets"))?;
-    connection
-        .close()
-        .await
-        .map_err(query_error("close a restored database"))?;
-    Ok(())
+        };
+        let connection = rusqlite::Connection::open(&path).map_err(failed)?;
+        connection
+            .execute_batch("BEGIN; DELETE FROM vault_entries; DELETE FROM vault_slots; COMMIT")
+            .map_err(failed)?;
+        connection.close().map_err(|(_, source)| failed(source))
+    })
+    .await
+    .expect("the vault dropping task panicked")
 }
 
 impl DatabaseFacts {

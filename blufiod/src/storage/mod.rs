@@ -79,11 +79,14 @@ pub enum StorageError {
         #[source]
         source: sqlx::Error,
     },
-    /// A snapshot (SQLite's online backup) failed.
-    #[error("database operation failed: {operation}")]
-    Snapshot {
+    /// Work on a database file outside the daemon's pools failed: a snapshot (SQLite's online
+    /// backup), or reading or changing a snapshot or an archive's database.
+    #[error("database operation failed: {operation} ({path})")]
+    File {
         /// What was being done.
         operation: &'static str,
+        /// The file worked on.
+        path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
@@ -124,7 +127,7 @@ impl StorageError {
 
     /// The kind of failure.
     pub fn kind(&self) -> StorageErrorKind {
-        if let Self::Snapshot {
+        if let Self::File {
             source: rusqlite::Error::SqliteFailure(failure, _),
             ..
         } = self
