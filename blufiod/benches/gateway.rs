@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use blufio_proto::control::v1 as pb;
 use blufio_proto::httpsig;
 use blufio_testkit::bench;
 use blufio_testkit::fake_provider::FakeProvider;
@@ -29,38 +28,19 @@ fn main() {
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let mut control = blufio_testkit::control_client(&daemon.socket).await;
         let key = SigningKey::from_bytes(&[1; 32]);
-        let keyid = control
-            .add_device(pb::AddDeviceRequest {
-                name: "bench".into(),
-                public_key_pem: httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem"),
-            })
-            .await
-            .expect("add device")
-            .into_inner()
-            .device
-            .expect("device")
-            .keyid;
-        let listen = control
-            .get_status(pb::GetStatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
-            .gateway
-            .expect("gateway")
-            .listen;
-        let cert = std::fs::read(daemon.dir.path().join("state/tls/cert.pem")).expect("cert");
+        let pem = httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem");
+        let device = blufio_testkit::register_device(&daemon, "bench", pem).await;
         let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&cert).expect("pem")])
+            .tls_certs_only([reqwest::Certificate::from_pem(&device.certificate_pem).expect("pem")])
             .build()
             .expect("client");
         let target = Target {
             client,
-            base: format!("https://{listen}"),
-            authority: listen,
+            base: format!("https://{}", device.authority),
+            authority: device.authority,
             key,
-            keyid,
+            keyid: device.keyid,
         };
         for (label, method, path, body) in [
             ("GET /v1/models", "GET", "/v1/models", None),

@@ -454,33 +454,14 @@ struct Gateway {
 impl Gateway {
     /// Registers a device on the daemon and reads where its gateway listens.
     async fn register(daemon: &Daemon) -> Self {
-        let mut control = blufio_testkit::control_client(&daemon.socket).await;
         let key = SigningKey::from_bytes(&[1; 32]);
-        let keyid = control
-            .add_device(pb::AddDeviceRequest {
-                name: "bench".into(),
-                public_key_pem: httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem"),
-            })
-            .await
-            .expect("add device")
-            .into_inner()
-            .device
-            .expect("device")
-            .keyid;
-        let authority = control
-            .get_status(pb::GetStatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
-            .gateway
-            .expect("gateway")
-            .listen;
-        let pem = std::fs::read(daemon.dir.path().join("state/tls/cert.pem")).expect("the gateway's certificate");
+        let pem = httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem");
+        let device = blufio_testkit::register_device(daemon, "bench", pem).await;
         Self {
-            authority,
-            certificate: reqwest::Certificate::from_pem(&pem).expect("the certificate's PEM"),
+            authority: device.authority,
+            certificate: reqwest::Certificate::from_pem(&device.certificate_pem).expect("the certificate's PEM"),
             key,
-            keyid,
+            keyid: device.keyid,
         }
     }
 

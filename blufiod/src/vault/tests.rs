@@ -48,6 +48,16 @@ impl Fixture {
         path
     }
 
+    /// Opens (creates) the vault with the default inputs and stores the secret `anthropic`.
+    async fn open_with_a_secret(&self) -> (Arc<Vault>, Storage) {
+        let (vault, storage) = self.open(self.inputs()).await.unwrap();
+        vault
+            .set("anthropic", &secret("sk-ant-value-1234567890"))
+            .await
+            .unwrap();
+        (vault, storage)
+    }
+
     /// Opens the vault with `inputs`, closing the storage again on failure.
     async fn open(&self, inputs: SourceInputs) -> Result<(Arc<Vault>, Storage), VaultError> {
         let storage = self.storage().await;
@@ -124,11 +134,7 @@ async fn a_new_vault_needs_no_setup_and_keeps_its_secrets_across_opens() {
 #[tokio::test]
 async fn a_wrong_or_missing_key_names_the_source_and_changes_nothing() {
     let fixture = Fixture::new();
-    let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
-    vault
-        .set("anthropic", &secret("sk-ant-value-1234567890"))
-        .await
-        .unwrap();
+    let (_, storage) = fixture.open_with_a_secret().await;
     storage.close().await;
     let before = database_bytes(&fixture).await;
 
@@ -199,11 +205,7 @@ async fn a_passphrase_vault_opens_only_with_its_passphrase() {
 async fn a_generated_rekey_completes_and_a_crash_at_any_step_leaves_a_vault_that_opens() {
     let fixture = Fixture::new();
     let key_path = fixture.dir.path().join(source::GENERATED_FILE_NAME);
-    let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
-    vault
-        .set("anthropic", &secret("sk-ant-value-1234567890"))
-        .await
-        .unwrap();
+    let (vault, storage) = fixture.open_with_a_secret().await;
     let old_key = std::fs::read(&key_path).unwrap();
     assert_eq!(vault.rekey(NewKey::Generate).await.unwrap(), Rekeyed::Completed);
     assert_ne!(std::fs::read(&key_path).unwrap(), old_key);
@@ -304,11 +306,7 @@ async fn a_rekey_to_a_passphrase_waits_for_it_and_then_retires_the_generated_key
 #[tokio::test]
 async fn key_material_for_a_credential_is_pending_until_the_credential_holds_it() {
     let fixture = Fixture::new();
-    let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
-    vault
-        .set("anthropic", &secret("sk-ant-value-1234567890"))
-        .await
-        .unwrap();
+    let (vault, storage) = fixture.open_with_a_secret().await;
     let material = Zeroizing::new(b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".to_vec());
     assert!(matches!(
         vault.rekey(NewKey::Material(Zeroizing::new(b"short".to_vec()))).await,
@@ -335,11 +333,7 @@ async fn key_material_for_a_credential_is_pending_until_the_credential_holds_it(
 #[tokio::test]
 async fn damaged_rows_are_refused_by_name() {
     let fixture = Fixture::new();
-    let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
-    vault
-        .set("anthropic", &secret("sk-ant-value-1234567890"))
-        .await
-        .unwrap();
+    let (_, storage) = fixture.open_with_a_secret().await;
     // An entry's row moved to another name no longer opens.
     let record = storage.vault_entries().await.unwrap().remove(0);
     storage
@@ -407,11 +401,7 @@ async fn names_values_and_the_entry_count_are_bounded() {
 #[tokio::test]
 async fn uses_are_recorded_and_the_recorder_stops_on_its_token() {
     let fixture = Fixture::new();
-    let (vault, storage) = fixture.open(fixture.inputs()).await.unwrap();
-    vault
-        .set("anthropic", &secret("sk-ant-value-1234567890"))
-        .await
-        .unwrap();
+    let (vault, storage) = fixture.open_with_a_secret().await;
     let token = CancellationToken::new();
     let recorder = tokio::spawn(vault.clone().record_uses(token.clone()));
     vault.get("anthropic").unwrap();

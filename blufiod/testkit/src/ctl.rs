@@ -41,6 +41,52 @@ pub async fn control_client(
     blufio_proto::control::v1::control_client::ControlClient::new(channel)
 }
 
+/// A device registered on a running daemon, and what a client needs to reach its gateway.
+#[cfg(feature = "control-client")]
+#[derive(Debug, Clone)]
+pub struct RegisteredDevice {
+    /// The keyid the daemon gave it.
+    pub keyid: String,
+    /// Where the gateway listens, `127.0.0.1:PORT`.
+    pub authority: String,
+    /// The gateway's self-signed certificate (PEM), the one a client should trust.
+    pub certificate_pem: Vec<u8>,
+}
+
+/// Registers a device named `name` with the ed25519 public key `public_key_pem` on the daemon,
+/// and reads where its gateway listens and the certificate it serves.
+#[cfg(feature = "control-client")]
+pub async fn register_device(daemon: &crate::Daemon, name: &str, public_key_pem: String) -> RegisteredDevice {
+    use blufio_proto::control::v1 as pb;
+    let mut control = control_client(&daemon.socket).await;
+    let keyid = control
+        .add_device(pb::AddDeviceRequest {
+            name: name.to_owned(),
+            public_key_pem,
+        })
+        .await
+        .expect("add a device")
+        .into_inner()
+        .device
+        .expect("the added device")
+        .keyid;
+    let authority = control
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .gateway
+        .expect("a gateway in the status")
+        .listen;
+    let certificate_pem =
+        std::fs::read(daemon.dir.path().join("state/tls/cert.pem")).expect("the gateway's certificate");
+    RegisteredDevice {
+        keyid,
+        authority,
+        certificate_pem,
+    }
+}
+
 /// `blufioctl --socket <socket> args...`, independent of the caller's `BLUFIO_SOCKET` and colours.
 pub(crate) fn ctl_command(blufioctl: &Path, socket: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(blufioctl);

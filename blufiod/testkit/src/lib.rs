@@ -8,7 +8,8 @@
 //! - [`NotifyLog`]: the sd_notify datagrams, with their arrival times.
 //! - [`fake_provider`] (feature `fake-provider`): a local LLM provider speaking the Anthropic and
 //!   OpenAI streaming wire formats, and [`start_with_fake`] to point a daemon at it.
-//! - [`control_client`] (feature `control-client`): gRPC for what blufioctl does not offer.
+//! - [`control_client`] (feature `control-client`): gRPC for what blufioctl does not offer, and
+//!   [`register_device`] for the benchmarks and tests that sign gateway requests.
 //! - [`bench`]: what the benchmark programs share.
 //! - [`exposition`]: the Prometheus text format, parsed into samples.
 //!
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 pub use binaries::{Binaries, blufioctl_bin, blufiod_bin};
 #[cfg(feature = "control-client")]
-pub use ctl::control_client;
+pub use ctl::{RegisteredDevice, control_client, register_device};
 pub use ctl::{ctl, describe};
 pub use daemon::{Daemon, DaemonOptions, new_dir};
 pub use notify::NotifyLog;
