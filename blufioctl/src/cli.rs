@@ -183,8 +183,8 @@ pub enum Command {
     ///
     /// blufiod takes a consistent snapshot while it keeps serving and streams it as a tar file
     /// with a SHA-256 of every member. blufioctl writes it to a temporary file (mode 0600: it
-    /// holds the sealed secrets and the config) beside PATH, reads it back to verify it, and only
-    /// then renames it to PATH, so a failed or interrupted backup leaves nothing at PATH. The
+    /// holds the sealed secrets and the config) beside PATH, verifying every member as it writes,
+    /// and only then renames it to PATH, so a failed or interrupted backup leaves nothing at PATH. The
     /// vault's key is never in an archive. --timeout does not apply; Ctrl-C stops.
     Backup(BackupArgs),
 
@@ -211,6 +211,15 @@ pub enum Command {
     /// Print the daemon's metrics in the Prometheus text format (what the gateway's /metrics
     /// serves), through the control socket: works with the gateway disabled
     Metrics,
+
+    /// Run the daemon's health checks and say what is wrong and how to fix it
+    ///
+    /// One line per check: ok, warn or fail, its name, how long it took, what it saw and, when
+    /// something needs fixing, how. --deep adds the expensive checks (a whole-database integrity
+    /// check). Exit codes: 0 when no check failed (warnings included), 1 when one did, 3 when
+    /// blufiod cannot be reached. Each check has up to 30 s; --timeout applies with a floor of
+    /// 40 s.
+    Doctor(DoctorArgs),
 
     /// Print a shell completion script to stdout
     Completions {
@@ -587,6 +596,19 @@ pub enum RemoteSessionsCommand {
         #[command(flatten)]
         output: JsonArgs,
     },
+}
+
+/// `blufioctl doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Add the expensive checks (PRAGMA integrity_check over the whole database)
+    #[arg(long)]
+    pub deep: bool,
+    /// Run only these checks (by name, deep ones included); repeat or separate with commas
+    #[arg(long, value_name = "CHECK", value_delimiter = ',')]
+    pub only: Vec<String>,
+    #[command(flatten)]
+    pub output: JsonArgs,
 }
 
 /// The `--json` flag shared by every data-printing command.

@@ -28,9 +28,9 @@ use blufio_proto::control::v1::{
     GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest, ListSecretsResponse,
     ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest, PruneSessionsResponse, RekeyVaultRequest,
     RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest,
-    RenameSessionRequest, RenameSessionResponse, RestoreChunk, RestoreProgress, RevokeDeviceRequest,
-    SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse,
-    UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
+    RenameSessionRequest, RenameSessionResponse, RestoreChunk, RestoreProgress, RevokeDeviceRequest, RunChecksRequest,
+    RunChecksResponse, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, SetSecretRequest,
+    SetSecretResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -39,6 +39,8 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long to wait for the socket connection and the HTTP/2 handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time `RunChecks` is given: the daemon's deadline per check (30 s) and some.
+const RUN_CHECKS_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Why talking to the daemon failed.
 #[derive(Debug)]
@@ -208,6 +210,14 @@ impl Client {
     pub async fn prune_sessions(&mut self, older_than_days: u32) -> Result<PruneSessionsResponse, ClientError> {
         let request = tonic::Request::new(PruneSessionsRequest { older_than_days });
         call(&self.socket, self.call_timeout, self.inner.prune_sessions(request)).await
+    }
+
+    /// `RunChecks`: the health registry's checks. Each check has up to 30 s in the daemon, so the
+    /// call waits at least 40 s whatever `--timeout` says.
+    pub async fn run_checks(&mut self, deep: bool, only: Vec<String>) -> Result<RunChecksResponse, ClientError> {
+        let request = tonic::Request::new(RunChecksRequest { deep, only });
+        let timeout = self.call_timeout.max(RUN_CHECKS_TIMEOUT);
+        call(&self.socket, timeout, self.inner.run_checks(request)).await
     }
 
     /// `GetMetrics`: the Prometheus text exposition.

@@ -302,17 +302,17 @@ mod fake {
     use blufio_proto::control::v1::send_message_response::Event;
     use blufio_proto::control::v1::{
         Accepted, AddDeviceRequest, AddDeviceResponse, BackupChunk, BackupRequest, BackupStarted, BackupStatus,
-        ChatMessage, ConfigEntry, CostStatus, CreateSessionRequest, CreateSessionResponse, DaemonState, DayUsage,
-        DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest, DeleteSessionResponse, Device, GatewayStatus,
-        GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetMetricsResponse, GetSessionRequest,
-        GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
+        ChatMessage, CheckLevel, CheckResult, ConfigEntry, CostStatus, CreateSessionRequest, CreateSessionResponse,
+        DaemonState, DayUsage, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest, DeleteSessionResponse,
+        Device, GatewayStatus, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetMetricsResponse,
+        GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
         GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest,
         ListSecretsResponse, ListSessionsRequest, ListSessionsResponse, ModelUsage, PendingVaultKey, RekeyVaultRequest,
         RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse, RestoreChunk, RestoreProgress, RestoreResponse,
-        RevokeDeviceRequest, RevokeDeviceResponse, SecretInfo, SendMessageRequest, SendMessageResponse, Session,
-        SessionUsage, SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse, SubsystemStatus,
-        TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest, ValidateConfigResponse,
-        backup_chunk, restore_chunk, restore_progress,
+        RevokeDeviceRequest, RevokeDeviceResponse, RunChecksRequest, RunChecksResponse, SecretInfo, SendMessageRequest,
+        SendMessageResponse, Session, SessionUsage, SetConfigRequest, SetConfigResponse, SetSecretRequest,
+        SetSecretResponse, SubsystemStatus, TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted,
+        ValidateConfigRequest, ValidateConfigResponse, backup_chunk, restore_chunk, restore_progress,
     };
     use blufio_proto::httpsig;
     use tokio::sync::oneshot;
@@ -772,6 +772,49 @@ mod fake {
                 text: "# HELP blufio_up Whether blufiod is up.\n# TYPE blufio_up gauge\nblufio_up{model=\"m\u{1b}]0;x\u{7}\"} 1\n"
                     .to_owned(),
             }))
+        }
+
+        /// Two quick checks, one of them a warning; `deep` adds a failing integrity check, and an
+        /// unknown name in `only` is refused as the daemon refuses it.
+        async fn run_checks(&self, request: Request<RunChecksRequest>) -> Result<Response<RunChecksResponse>, Status> {
+            let RunChecksRequest { deep, only } = request.into_inner();
+            let check = |name: &str, level: CheckLevel, detail: &str, hint: &str| CheckResult {
+                name: name.to_owned(),
+                level: level.into(),
+                detail: detail.to_owned(),
+                hint: hint.to_owned(),
+                duration_seconds: 0.004,
+                deep: name == "integrity",
+            };
+            let mut checks = vec![
+                check("storage", CheckLevel::Ok, "the writer and a reader answer", ""),
+                check(
+                    "vault",
+                    CheckLevel::Warn,
+                    "the key sits beside the data",
+                    "use a systemd credential",
+                ),
+            ];
+            if deep {
+                checks.push(check(
+                    "integrity",
+                    CheckLevel::Fail,
+                    "the database is damaged",
+                    "restore a backup",
+                ));
+            }
+            if let Some(unknown) = only
+                .iter()
+                .find(|name| !checks.iter().any(|check| &check.name == *name))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "run the checks: there is no check named {unknown:?}; the checks are storage, vault, integrity"
+                )));
+            }
+            if !only.is_empty() {
+                checks.retain(|check| only.contains(&check.name));
+            }
+            Ok(Response::new(RunChecksResponse { checks }))
         }
 
         /// Canned usage; the first day's `calls` echo the requested days, so tests see the flag.
@@ -3018,4 +3061,57 @@ fn status_shows_the_backups() {
         "{text}"
     );
     assert!(text.contains(" (3.0 MiB in 2.5s)\naccess: "), "{text}");
+}
+
+#[test]
+fn doctor_prints_a_line_per_check_and_exits_1_when_one_fails() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["--plain", "doctor"]));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a warning is not a failure: {}",
+        stderr(&output)
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains("ok\tstorage\t4 ms\tthe writer and a reader answer\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warn\tvault\t4 ms\tthe key sits beside the data (fix: use a systemd credential)\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("1 ok, 1 to look at, 0 failed\n"), "{text}");
+
+    let output = run(against(&daemon).args(["doctor", "--deep", "--json"]));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["fail"], 1);
+    assert_eq!(json["checks"][2]["name"], "integrity");
+    assert_eq!(json["checks"][2]["level"], "fail");
+    assert_eq!(json["checks"][2]["deep"], true);
+    assert_eq!(json["checks"][0]["hint"], serde_json::Value::Null);
+
+    let output = run(against(&daemon).args(["doctor", "--only", "storage,vault", "--json"]));
+    assert_eq!(output.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["checks"].as_array().unwrap().len(), 2);
+
+    let output = run(against(&daemon).args(["doctor", "--only", "nope"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no check named \"nope\""),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stdout(&output).is_empty());
+}
+
+#[test]
+fn doctor_without_a_daemon_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("missing.sock");
+    let output = run(blufioctl().arg("--socket").arg(&socket).arg("doctor"));
+    assert_unreachable(&output, &socket);
 }

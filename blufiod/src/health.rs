@@ -1,6 +1,7 @@
 //! The health registry: one list of named checks that every consumer reads. The watchdog runs
 //! the liveness checks, `/ready` the readiness checks, `GetStatus` shows their summary, and
-//! `doctor` will run them all. A subsystem adds a check in one place, here, at startup.
+//! `doctor` (`RunChecks`) runs them all, the deep ones on request and one deep run at a time.
+//! A subsystem adds a check in one place, here, at startup.
 //!
 //! A check answers ok, warn or fail with a one-line detail and a hint on how to fix it. It may
 //! look, never change anything, and it must finish quickly: every run has a deadline, and a check
@@ -143,6 +144,8 @@ impl Check {
 pub struct Report {
     /// The check.
     pub name: &'static str,
+    /// How expensive it is.
+    pub cost: Cost,
     /// What `/ready` may say when this readiness check fails.
     pub public: Option<&'static str>,
     /// What it found.
@@ -155,10 +158,32 @@ pub struct Report {
 #[derive(Debug, Default)]
 pub struct Health {
     checks: RwLock<Vec<Check>>,
+    /// Held by a doctor run that includes deep checks: they read the whole database, so callers
+    /// cannot stack them.
+    deep_run: tokio::sync::Mutex<()>,
 }
 
 /// Time a cheap check may take in a status call or `/ready`.
 pub const CHEAP_DEADLINE: Duration = Duration::from_secs(2);
+/// Time each check may take in a doctor run: a provider's answer or a whole-database check may
+/// take longer than a status call waits.
+pub const DOCTOR_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a doctor run was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    /// `only` named a check that does not exist.
+    #[error("run the checks: there is no check named {name:?}; the checks are {known}")]
+    UnknownCheck {
+        /// The name given.
+        name: String,
+        /// Every check's name, comma-separated.
+        known: String,
+    },
+    /// Another run with deep checks is in progress.
+    #[error("run the deep checks: another deep run is in progress; try again when it ends")]
+    DeepBusy,
+}
 
 impl Health {
     /// An empty registry.
@@ -198,12 +223,50 @@ impl Health {
             });
             Report {
                 name: check.name,
+                cost: check.cost,
                 public: check.readiness,
                 finding,
                 duration: started.elapsed(),
             }
         }))
         .await
+    }
+
+    /// The doctor's run: every cheap check, and the deep ones too when `deep`; or, when `only`
+    /// names checks, exactly those (a deep one named there runs without `deep`). Runs that
+    /// include a deep check run one at a time.
+    pub async fn doctor(&self, deep: bool, only: &[String]) -> Result<Vec<Report>, DoctorError> {
+        let names: Vec<(&'static str, Cost)> = self
+            .checks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|check| (check.name, check.cost))
+            .collect();
+        if let Some(unknown) = only.iter().find(|name| !names.iter().any(|(known, _)| known == name)) {
+            return Err(DoctorError::UnknownCheck {
+                name: unknown.clone(),
+                known: names.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "),
+            });
+        }
+        let selected = |name: &str, cost: Cost| {
+            if only.is_empty() {
+                deep || cost == Cost::Cheap
+            } else {
+                only.iter().any(|wanted| wanted == name)
+            }
+        };
+        let any_deep = names
+            .iter()
+            .any(|(name, cost)| *cost == Cost::Deep && selected(name, *cost));
+        let _deep_run = if any_deep {
+            Some(self.deep_run.try_lock().map_err(|_| DoctorError::DeepBusy)?)
+        } else {
+            None
+        };
+        Ok(self
+            .run(|check| selected(check.name, check.cost), DOCTOR_DEADLINE)
+            .await)
     }
 
     /// What `/ready` reports: the public line of every failing readiness check.
@@ -268,5 +331,56 @@ mod tests {
         assert_eq!(names, ["fine", "broken", "slow"]);
         assert_eq!(all[2].finding.level, Level::Fail, "a check past its deadline fails");
         assert!(all[1].finding.hint.is_some());
+    }
+
+    fn names(reports: &[Report]) -> Vec<&'static str> {
+        reports.iter().map(|report| report.name).collect()
+    }
+
+    #[tokio::test]
+    async fn the_doctor_runs_cheap_checks_deep_ones_on_request_and_one_deep_run_at_a_time() {
+        let health = Health::new();
+        health.register(Check::new("quick", || async {
+            Finding::warn("close to a cap", "raise it")
+        }));
+        let (release, released) = tokio::sync::watch::channel(false);
+        health.register(
+            Check::new("whole", move || {
+                let mut released = released.clone();
+                async move {
+                    let _ = released.wait_for(|done| *done).await;
+                    Finding::ok("intact")
+                }
+            })
+            .deep(),
+        );
+        let _ = release.send(true);
+        assert_eq!(names(&health.doctor(false, &[]).await.unwrap()), ["quick"]);
+        let all = health.doctor(true, &[]).await.unwrap();
+        assert_eq!(names(&all), ["quick", "whole"]);
+        assert_eq!(all[1].cost, Cost::Deep);
+        assert_eq!(
+            names(&health.doctor(false, &["whole".to_owned()]).await.unwrap()),
+            ["whole"]
+        );
+        let error = health
+            .doctor(false, &["nope".to_owned()])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"nope\"") && error.contains("quick, whole"), "{error}");
+
+        // A deep run in progress refuses another, not a cheap one.
+        let _ = release.send(false);
+        let health = std::sync::Arc::new(health);
+        let running = tokio::spawn({
+            let health = health.clone();
+            async move { health.doctor(true, &[]).await.map(|reports| reports.len()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(health.doctor(true, &[]).await, Err(DoctorError::DeepBusy)));
+        assert_eq!(names(&health.doctor(false, &[]).await.unwrap()), ["quick"]);
+        let _ = release.send(true);
+        assert_eq!(running.await.unwrap().unwrap(), 2);
     }
 }

@@ -665,6 +665,7 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("GetConfig", "read-only", false),
     ("ValidateConfig", "read-only", false),
     ("GetMetrics", "read-only", false),
+    ("RunChecks", "read-only", false),
     ("SetConfig", "full", false),
     ("UnsetConfig", "full", false),
     ("ReloadConfig", "full", false),
@@ -689,6 +690,58 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("Backup", "full", true),
     ("Restore", "full", true),
 ];
+
+#[test]
+fn doctor_runs_the_daemons_own_checks() {
+    // Without a provider key the provider check fails: doctor says so, with the fix, and exits 1.
+    let daemon = Daemon::start();
+    let output = daemon.ctl(&["doctor", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let check = |report: &serde_json::Value, name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == name)
+            .cloned()
+    };
+    let provider = check(&report, "provider").expect("a provider check");
+    assert_eq!(provider["level"], "fail", "{report}");
+    assert!(!provider["hint"].as_str().unwrap_or_default().is_empty(), "{report}");
+    assert_eq!(check(&report, "storage").unwrap()["level"], "ok", "{report}");
+    assert!(
+        check(&report, "integrity").is_none(),
+        "deep checks run only on request: {report}"
+    );
+    assert_eq!(report["fail"], 1, "{report}");
+    drop(daemon);
+
+    // With a key nothing fails (warnings do not count); --deep adds the whole-database check.
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            env: vec![("ANTHROPIC_API_KEY".to_owned(), "sk-ant-doctor-0123456789".to_owned())],
+            ..DaemonOptions::default()
+        },
+    );
+    let output = daemon.ctl(&["doctor", "--deep", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let integrity = check(&report, "integrity").expect("the deep integrity check");
+    assert_eq!(integrity["level"], "ok", "{report}");
+    assert_eq!(integrity["deep"], true);
+    assert_eq!(check(&report, "provider").unwrap()["level"], "ok", "{report}");
+
+    // A check that does not exist is refused, and the answer lists the ones that do.
+    let output = daemon.ctl(&["doctor", "--only", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("no check named \"nope\"") && error.contains("storage"),
+        "{error}"
+    );
+}
 
 #[test]
 fn the_access_table_names_every_rpc_of_the_contract() {

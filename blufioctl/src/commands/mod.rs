@@ -11,6 +11,7 @@ pub mod backup;
 pub mod chat;
 pub mod config;
 pub mod device;
+pub mod doctor;
 pub mod generate;
 pub mod metrics;
 pub mod remote;

@@ -13,12 +13,15 @@ use crate::config::Access;
 /// daemon's health and settings: status and metrics, the (masked) configuration and config
 /// checks, the gRPC health service and reflection (status and metrics show spend totals, as a
 /// loopback scrape of `/metrics` does). Conversations, usage reports, devices and every change
-/// need full access. A method missing here needs full access.
+/// need full access. The doctor's checks only look, so they are read-only too; their details
+/// name paths and settings a read-only caller already sees in status and the masked config.
+/// A method missing here needs full access.
 pub const ACCESS: &[(&str, Access)] = &[
     ("GetStatus", Access::ReadOnly),
     ("GetConfig", Access::ReadOnly),
     ("ValidateConfig", Access::ReadOnly),
     ("GetMetrics", Access::ReadOnly),
+    ("RunChecks", Access::ReadOnly),
     ("grpc.health.v1.Health", Access::ReadOnly),
     ("grpc.reflection", Access::ReadOnly),
     ("SetConfig", Access::Full),

@@ -25,6 +25,7 @@ use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, DeviceRecord};
 use crate::error_chain;
 use crate::events::Event;
+use crate::health::{Cost, DoctorError, Level};
 use crate::lifecycle::{Phase, VERSION};
 use crate::secrets::references;
 use crate::storage::StorageErrorKind;
@@ -441,6 +442,40 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::GetMetricsResponse {
             text: self.deps.metrics.render(),
         }))
+    }
+
+    async fn run_checks(
+        &self,
+        request: Request<pb::RunChecksRequest>,
+    ) -> Result<Response<pb::RunChecksResponse>, Status> {
+        self.authorize(&request, "RunChecks")?;
+        let pb::RunChecksRequest { deep, only } = request.into_inner();
+        let reports = self
+            .deps
+            .health
+            .doctor(deep, &only)
+            .await
+            .map_err(|error| match error {
+                DoctorError::UnknownCheck { .. } => Status::invalid_argument(error.to_string()),
+                DoctorError::DeepBusy => Status::resource_exhausted(error.to_string()),
+            })?;
+        let checks = reports
+            .into_iter()
+            .map(|report| pb::CheckResult {
+                name: report.name.to_owned(),
+                level: match report.finding.level {
+                    Level::Ok => pb::CheckLevel::Ok,
+                    Level::Warn => pb::CheckLevel::Warn,
+                    Level::Fail => pb::CheckLevel::Fail,
+                }
+                .into(),
+                detail: report.finding.detail,
+                hint: report.finding.hint.unwrap_or_default(),
+                duration_seconds: report.duration.as_secs_f64(),
+                deep: report.cost == Cost::Deep,
+            })
+            .collect();
+        Ok(Response::new(pb::RunChecksResponse { checks }))
     }
 
     async fn set_secret(
