@@ -406,6 +406,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     backups.register_metrics(&metrics);
     backups.register_checks(&health, startup.started);
     memory.register_checks(&health);
+    agent.register_checks(&health);
 
     let mut subsystems = Subsystems::new();
     subsystems.spawn(

@@ -488,3 +488,66 @@ fn sessions_can_be_renamed_exported_and_pruned() {
     let usage = daemon.ctl_json(&["usage"]);
     assert_eq!(usage["days"][0]["calls"], 2, "{usage}");
 }
+
+#[test]
+fn doctor_asks_the_provider_with_the_key_and_spends_nothing() {
+    let fake = FakeProvider::start();
+    fake.require_key("test-key");
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: fake_provider_config(&fake, ""),
+            ..DaemonOptions::default()
+        },
+    );
+    let provider_api = |daemon: &Daemon| {
+        let output = daemon.ctl(&["doctor", "--only", "provider_api", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output.status.code(), report["checks"][0].clone(), describe(&output))
+    };
+
+    let (code, check, output) = provider_api(&daemon);
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(check["level"], "ok", "{output}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("accepted the key (3 models listed)"),
+        "{output}"
+    );
+    let requests = fake.requests();
+    assert!(!requests.is_empty());
+    for request in &requests {
+        // Only the free model list, with the key from the vault: no turn, no spend.
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("GET", "/v1/models"));
+        assert_eq!(request.header("x-api-key"), Some("test-key"));
+    }
+
+    // A key the provider refuses: a failure that says so and how to store the right one.
+    fake.require_key("the-rotated-key");
+    let (code, check, output) = provider_api(&daemon);
+    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(check["level"], "fail", "{output}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refused the key") && detail.contains("HTTP 401"),
+        "{output}"
+    );
+    assert!(check["hint"].as_str().unwrap().contains("set-secret"), "{output}");
+    assert!(!output.contains("test-key"), "the key never shows: {output}");
+
+    // A provider that is gone: a failure that points at the URL and the network.
+    drop(fake);
+    let (code, check, output) = provider_api(&daemon);
+    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(check["level"], "fail", "{output}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("cannot reach the provider"),
+        "{output}"
+    );
+    assert!(
+        check["hint"].as_str().unwrap().contains("provider.base_url"),
+        "{output}"
+    );
+}

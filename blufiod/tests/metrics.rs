@@ -157,26 +157,30 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
         .map(|turn| daemon.ctl_in_background(&["chat", &format!("slow {turn}")]))
         .collect();
     let deadline = Instant::now() + support::PATIENCE;
-    let busy = loop {
+    loop {
         let samples = daemon.metrics();
-        // A queued turn counts as queued as soon as it takes its place, and its session as
-        // active once its message is stored: wait for both.
+        // A queued turn counts as queued as soon as it takes its place, its session as active
+        // once its message is stored, and the running turn reserves its call's cost just before
+        // the call (a moment after it counts as in flight): wait for all of them. The slow
+        // answer keeps the call running for over a second.
         if samples.value("blufio_turns_in_flight") == 1.0
             && samples.value("blufio_turns_queued") == 1.0
             && samples.value("blufio_active_sessions") == 2.0
+            && samples.value("blufio_budget_reserved_usd") > 0.0
         {
-            break samples;
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "no turn ran while another waited in its own session"
+            "no turn ran (with its cost reserved) while another waited in its own session: in flight {}, queued {}, \
+             active sessions {}, reserved {}",
+            samples.value("blufio_turns_in_flight"),
+            samples.value("blufio_turns_queued"),
+            samples.value("blufio_active_sessions"),
+            samples.value("blufio_budget_reserved_usd"),
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        busy.value("blufio_budget_reserved_usd") > 0.0,
-        "a running call reserves its cost"
-    );
+    }
     for child in slow {
         let output = child.wait_with_output().unwrap();
         assert!(output.status.success(), "{}", describe(&output));

@@ -39,6 +39,7 @@ use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
+use crate::health::{Check, Finding, Health};
 use crate::memory::Monitor;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
@@ -634,6 +635,66 @@ impl Agent {
     /// Sessions stored.
     pub async fn count_sessions(&self) -> Result<u64, AgentError> {
         Ok(self.storage.count_sessions().await?)
+    }
+
+    /// Registers the agent's health checks: `provider_api`, the provider's model list fetched
+    /// with the configured key (no tokens, no spend), for `doctor`. Never part of readiness or
+    /// liveness: those must not depend on somebody else's API.
+    pub fn register_checks(self: &Arc<Self>, health: &Health) {
+        let agent = self.clone();
+        health.register(Check::new("provider_api", move || {
+            let agent = agent.clone();
+            async move { agent.provider_api_finding().await }
+        }));
+    }
+
+    async fn provider_api_finding(&self) -> Finding {
+        let config = self.config.get();
+        let provider = match self.provider_for(&config.config) {
+            Ok(provider) => provider,
+            Err(error) => {
+                return Finding::warn(
+                    format!("not checked: {error}"),
+                    "configure the provider first (the provider check says how)",
+                );
+            }
+        };
+        let kind = config.config.provider.kind.as_str();
+        match provider.list_models().await {
+            Ok(list) => {
+                let took = format!("{} ms", list.latency.as_millis());
+                let model = config.config.provider.model();
+                if list.models.is_empty() || list.models.contains(&model) {
+                    Finding::ok(format!(
+                        "{kind} answered in {took} and accepted the key ({} models listed)",
+                        list.models.len()
+                    ))
+                } else {
+                    let listed: Vec<&str> = list.models.iter().take(5).map(String::as_str).collect();
+                    Finding::warn(
+                        format!("{kind} answered in {took} and accepted the key, but does not list the model {model}"),
+                        format!(
+                            "check provider.model (`blufioctl config set provider.model NAME`); it lists {}",
+                            listed.join(", ")
+                        ),
+                    )
+                }
+            }
+            Err(ProviderError::Http { status, message }) if status == 401 || status == 403 => Finding::fail(
+                format!("{kind} refused the key: HTTP {status}: {message}"),
+                format!(
+                    "store the right key: `blufioctl config set-secret {kind}` (provider.api_key names it as secret:{kind})"
+                ),
+            ),
+            Err(error @ ProviderError::Http { .. }) => Finding::fail(
+                crate::error_chain(&error),
+                "turns fail the same way; see the provider's status page",
+            ),
+            Err(error) => Finding::fail(
+                crate::error_chain(&error),
+                "check provider.base_url, and this machine's network and DNS",
+            ),
+        }
     }
 
     /// Numbers for `GetStatus`.

@@ -1,7 +1,9 @@
 //! A fake LLM provider for tests: an HTTP server on 127.0.0.1 that speaks the Anthropic
 //! Messages (`POST /v1/messages`) and OpenAI Chat Completions (`POST /v1/chat/completions`)
-//! streaming wire formats, replies from a FIFO of scripts (then a settable default), and records
-//! every request (unless a benchmark turns that off).
+//! streaming wire formats and both model lists (`GET /v1/models`, told apart by the key's
+//! header), replies from a FIFO of scripts (then a settable default), records every request
+//! (unless a benchmark turns that off), and can accept only one API key, answering any other
+//! with the provider's own 401.
 //!
 //! It runs its own tokio runtime on a background thread, so plain `#[test]`s and
 //! `#[tokio::test]`s can both use it, and stops when dropped. It is compiled, through `#[path]`,
@@ -149,7 +151,15 @@ struct State {
     recording: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
     service_times: Mutex<Vec<Duration>>,
+    /// The only API key accepted, when set: any other gets the provider's 401.
+    accepted_key: Mutex<Option<String>>,
 }
+
+/// The models `GET /v1/models` lists, as each provider names them (and `fake-model`, the model
+/// the testkit's provider config uses).
+pub const ANTHROPIC_MODELS: [&str; 3] = ["claude-sonnet-4-5", "claude-haiku-4-5", "fake-model"];
+/// See [`ANTHROPIC_MODELS`].
+pub const OPENAI_MODELS: [&str; 3] = ["gpt-4o", "gpt-4o-mini", "fake-model"];
 
 impl FakeProvider {
     /// Starts a fake on 127.0.0.1 and a free port.
@@ -165,6 +175,7 @@ impl FakeProvider {
             recording: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
             service_times: Mutex::new(Vec::new()),
+            accepted_key: Mutex::new(None),
         });
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel();
         let server_state = state.clone();
@@ -209,6 +220,12 @@ impl FakeProvider {
     /// fake does not keep every request body in memory.
     pub fn set_recording(&self, on: bool) {
         self.state.recording.store(on, Ordering::Relaxed);
+    }
+
+    /// Accepts only `key` from now on (`x-api-key`, or `Authorization: Bearer`): any other key,
+    /// or none, gets the provider's own 401 on every route, as the real APIs answer.
+    pub fn require_key(&self, key: &str) {
+        *lock(&self.state.accepted_key) = Some(key.to_owned());
     }
 
     /// Every request received so far, in order.
@@ -294,6 +311,14 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let received = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    let anthropic_key = header("x-api-key");
+    let bearer_key = header("authorization").and_then(|value| value.strip_prefix("Bearer ").map(str::to_owned));
     let headers = request
         .headers()
         .iter()
@@ -317,9 +342,12 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             body: body.clone(),
         });
     }
-    let wire = match (method, path.as_str()) {
-        (Method::POST, "/v1/messages") => Wire::Anthropic,
-        (Method::POST, "/v1/chat/completions") => Wire::OpenAi,
+    let wire = match (&method, path.as_str()) {
+        (&Method::POST, "/v1/messages") => Wire::Anthropic,
+        (&Method::POST, "/v1/chat/completions") => Wire::OpenAi,
+        // Both APIs list models at the same path; the key's header says which one is asked.
+        (&Method::GET, "/v1/models") if anthropic_key.is_some() => Wire::Anthropic,
+        (&Method::GET, "/v1/models") => Wire::OpenAi,
         (method, path) => {
             let message = format!("no route for {method} {path}");
             let error = json!({"error": {"type": "not_found_error", "message": message}});
@@ -327,6 +355,26 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             return Ok(json_response(StatusCode::NOT_FOUND, &error, None));
         }
     };
+    let sent_key = match wire {
+        Wire::Anthropic => anthropic_key,
+        Wire::OpenAi => bearer_key,
+    };
+    let accepted = lock(&state.accepted_key).clone();
+    if let Some(accepted) = accepted
+        && sent_key.as_deref() != Some(accepted.as_str())
+    {
+        lock(&state.service_times).push(received.elapsed());
+        let message = match wire {
+            Wire::Anthropic => "invalid x-api-key",
+            Wire::OpenAi => "Incorrect API key provided.",
+        };
+        let status = StatusCode::UNAUTHORIZED;
+        return Ok(json_response(status, &error_body(wire, status, message), None));
+    }
+    if method == Method::GET {
+        lock(&state.service_times).push(received.elapsed());
+        return Ok(json_response(StatusCode::OK, &model_list(wire), None));
+    }
     let queued = lock(&state.scripts).pop_front();
     let next = queued.or_else(|| lock(&state.default).clone());
     let script = next.unwrap_or_else(|| Script::Text {
@@ -426,6 +474,28 @@ fn json_response(status: StatusCode, body: &Value, retry_after_secs: Option<u64>
     response
         .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
         .expect("a valid response")
+}
+
+/// `GET /v1/models` as each provider answers it (first page only; the lists are short).
+fn model_list(wire: Wire) -> Value {
+    match wire {
+        Wire::Anthropic => json!({
+            "data": ANTHROPIC_MODELS
+                .iter()
+                .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-09-29T00:00:00Z"}))
+                .collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": ANTHROPIC_MODELS[0],
+            "last_id": ANTHROPIC_MODELS[ANTHROPIC_MODELS.len() - 1],
+        }),
+        Wire::OpenAi => json!({
+            "object": "list",
+            "data": OPENAI_MODELS
+                .iter()
+                .map(|id| json!({"id": id, "object": "model", "created": 1_715_367_049, "owned_by": "system"}))
+                .collect::<Vec<_>>(),
+        }),
+    }
 }
 
 /// Each provider's error body shape, with the error types it uses for the common statuses.

@@ -5,13 +5,16 @@
 //! anything the stream sends out of protocol order becomes [`ProviderError::Malformed`], never a
 //! panic.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
 use super::{
-    ChatRequest, Completion, ContentBlock, Decoder, HttpCall, Message, Provider, ProviderError, ProviderSettings, Role,
-    StopReason, StreamEvent, Usage, failed_stream, http_client, secret_header,
+    ChatRequest, Completion, ContentBlock, Decoder, HttpCall, Message, ModelList, Provider, ProviderError,
+    ProviderSettings, Role, StopReason, StreamEvent, Usage, failed_stream, http_client, list_models, secret_header,
 };
 use crate::config::{ProviderKind, Secret};
 
@@ -28,7 +31,8 @@ impl Anthropic {
         Self { settings, client }
     }
 
-    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
+    /// The key and the API version every call carries.
+    fn auth_headers(&self) -> Result<reqwest::header::HeaderMap, ProviderError> {
         let kind = ProviderKind::Anthropic;
         let api_key = self
             .settings
@@ -47,11 +51,15 @@ impl Anthropic {
             }
         })?;
         headers.insert("anthropic-version", version);
+        Ok(headers)
+    }
+
+    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
         HttpCall::json(
             &self.client,
             &self.settings,
             format!("{}/v1/messages", self.settings.base_url),
-            headers,
+            self.auth_headers()?,
             &request_body(request),
         )
     }
@@ -67,6 +75,12 @@ impl Provider for Anthropic {
             Ok(call) => call.spawn(AnthropicDecoder::default()),
             Err(error) => failed_stream(error),
         }
+    }
+
+    fn list_models(&self) -> Pin<Box<dyn Future<Output = Result<ModelList, ProviderError>> + Send + 'static>> {
+        let headers = self.auth_headers();
+        let (client, url) = (self.client.clone(), format!("{}/v1/models", self.settings.base_url));
+        Box::pin(async move { list_models(client, url, headers?).await })
     }
 }
 

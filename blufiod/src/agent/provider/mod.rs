@@ -17,6 +17,8 @@ mod sse;
 #[allow(dead_code, reason = "the adapters' tests use part of the fake")]
 mod fake_provider;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -182,6 +184,10 @@ pub trait Provider: Send + Sync + 'static {
     /// Starts a streamed call. The returned channel yields events and ends after
     /// `Completed` or after the first error; dropping it cancels the call.
     fn stream(&self, request: ChatRequest) -> mpsc::Receiver<Result<StreamEvent, ProviderError>>;
+
+    /// Lists the provider's models (`GET /v1/models`): whether it answers and accepts the key,
+    /// at no cost.
+    fn list_models(&self) -> Pin<Box<dyn Future<Output = Result<ModelList, ProviderError>> + Send + 'static>>;
 }
 
 /// Settings common to both adapters, resolved from config (the key from config or environment).
@@ -475,22 +481,96 @@ impl HttpCall {
         }
     }
 
-    /// Reads a bounded prefix of an error response and extracts the provider's message.
-    async fn http_error(&self, mut response: reqwest::Response) -> ProviderError {
-        let status = response.status();
-        let mut body = Vec::new();
-        while body.len() < MAX_ERROR_BODY_BYTES {
-            match tokio::time::timeout(self.idle_timeout, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
-                // A body that fails or stalls still leaves the status to report.
-                _ => break,
-            }
-        }
-        ProviderError::Http {
-            status: status.as_u16(),
-            message: error_message(&body).unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned()),
+    async fn http_error(&self, response: reqwest::Response) -> ProviderError {
+        http_error(response, self.idle_timeout).await
+    }
+}
+
+/// Reads a bounded prefix of an error response and extracts the provider's message; each read
+/// may take `idle_timeout`.
+async fn http_error(mut response: reqwest::Response, idle_timeout: Duration) -> ProviderError {
+    let status = response.status();
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY_BYTES {
+        match tokio::time::timeout(idle_timeout, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            // A body that fails or stalls still leaves the status to report.
+            _ => break,
         }
     }
+    ProviderError::Http {
+        status: status.as_u16(),
+        message: error_message(&body).unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned()),
+    }
+}
+
+/// What a provider's model listing showed: the API answers and accepts the key.
+#[derive(Debug, Clone)]
+pub struct ModelList {
+    /// The model ids of the first page.
+    pub models: Vec<String>,
+    /// How long the call took.
+    pub latency: Duration,
+}
+
+/// The longest a model listing may take: it is a health check, never part of a turn.
+pub const LIST_MODELS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest model listing read.
+const MAX_LIST_BYTES: usize = 1024 * 1024;
+
+/// `GET url` (the API's model list) with the adapter's authentication `headers`, once, without
+/// retries: it costs no tokens and spends nothing.
+async fn list_models(
+    client: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+) -> Result<ModelList, ProviderError> {
+    let started = Instant::now();
+    let call = async {
+        let response = client
+            .get(&url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|source| ProviderError::Connect {
+                url: crate::config::mask_url_credentials(&url),
+                source: source.without_url(),
+            })?;
+        if !response.status().is_success() {
+            return Err(http_error(response, LIST_MODELS_TIMEOUT).await);
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|source| ProviderError::Read {
+            source: source.without_url(),
+        })? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_LIST_BYTES {
+                return Err(ProviderError::Malformed {
+                    reason: format!("the model list is larger than {MAX_LIST_BYTES} bytes"),
+                });
+            }
+        }
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|error| ProviderError::Malformed {
+            reason: format!("the model list is not JSON: {error}"),
+        })?;
+        let models = value
+            .get("data")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| ProviderError::Malformed {
+                reason: "the model list has no `data` array".to_owned(),
+            })?
+            .iter()
+            .filter_map(|model| model.get("id").and_then(serde_json::Value::as_str).map(str::to_owned))
+            .collect();
+        Ok(ModelList {
+            models,
+            latency: started.elapsed(),
+        })
+    };
+    tokio::time::timeout(LIST_MODELS_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout(LIST_MODELS_TIMEOUT)))
 }
 
 /// `retry-after` in seconds (the form both providers use); HTTP dates are ignored.

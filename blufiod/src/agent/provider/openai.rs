@@ -5,13 +5,16 @@
 //! then). It must never log the key or follow a redirect with it; anything the stream sends out
 //! of protocol order becomes [`ProviderError::Malformed`], never a panic.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
 use super::{
-    ChatRequest, Completion, ContentBlock, Decoder, HttpCall, Message, Provider, ProviderError, ProviderSettings, Role,
-    StopReason, StreamEvent, Usage, failed_stream, http_client, secret_header,
+    ChatRequest, Completion, ContentBlock, Decoder, HttpCall, Message, ModelList, Provider, ProviderError,
+    ProviderSettings, Role, StopReason, StreamEvent, Usage, failed_stream, http_client, list_models, secret_header,
 };
 use crate::config::ProviderKind;
 
@@ -28,18 +31,23 @@ impl OpenAi {
         Self { settings, client }
     }
 
-    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
+    /// The bearer key, when there is one (a local server may need none).
+    fn auth_headers(&self) -> Result<reqwest::header::HeaderMap, ProviderError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(api_key) = &self.settings.api_key {
             let bearer = zeroize::Zeroizing::new(format!("Bearer {}", api_key.expose()));
             let value = secret_header(ProviderKind::Openai.as_str(), &bearer)?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        Ok(headers)
+    }
+
+    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
         HttpCall::json(
             &self.client,
             &self.settings,
             format!("{}/chat/completions", self.settings.base_url),
-            headers,
+            self.auth_headers()?,
             &request_body(request),
         )
     }
@@ -55,6 +63,12 @@ impl Provider for OpenAi {
             Ok(call) => call.spawn(OpenAiDecoder::default()),
             Err(error) => failed_stream(error),
         }
+    }
+
+    fn list_models(&self) -> Pin<Box<dyn Future<Output = Result<ModelList, ProviderError>> + Send + 'static>> {
+        let headers = self.auth_headers();
+        let (client, url) = (self.client.clone(), format!("{}/models", self.settings.base_url));
+        Box::pin(async move { list_models(client, url, headers?).await })
     }
 }
 
@@ -433,7 +447,7 @@ mod tests {
 
     use super::*;
     use crate::agent::provider::ToolSpec;
-    use crate::agent::provider::fake_provider::{FakeProvider, FakeUsage, Script};
+    use crate::agent::provider::fake_provider::{FakeProvider, FakeUsage, OPENAI_MODELS, Script};
 
     const KEY: &str = "sk-openai-test-key";
 
@@ -776,5 +790,23 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn the_model_list_is_asked_with_the_bearer_key_and_a_refused_key_is_a_401() {
+        let fake = FakeProvider::start();
+        fake.require_key(KEY);
+        let provider = OpenAi::new(settings(&fake, Some(KEY)));
+        let list = provider.list_models().await.unwrap();
+        assert_eq!(list.models, OPENAI_MODELS);
+        let sent = &fake.requests()[0];
+        assert_eq!((sent.method.as_str(), sent.path.as_str()), ("GET", "/v1/models"));
+        assert_eq!(sent.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+
+        fake.require_key("another-key");
+        match provider.list_models().await {
+            Err(ProviderError::Http { status: 401, message }) => assert_eq!(message, "Incorrect API key provided."),
+            other => panic!("expected a 401, got {other:?}"),
+        }
     }
 }
