@@ -551,3 +551,68 @@ fn doctor_asks_the_provider_with_the_key_and_spends_nothing() {
         "{output}"
     );
 }
+
+#[test]
+fn doctor_checks_the_models_price_and_the_spend_against_the_caps() {
+    let fake = FakeProvider::start();
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: fake_provider_config(&fake, ""),
+            ..DaemonOptions::default()
+        },
+    );
+    let checks = |daemon: &Daemon| {
+        let output = daemon.ctl(&["doctor", "--only", "pricing,budget", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let find = |name: &str| {
+            report["checks"]
+                .as_array()
+                .and_then(|checks| checks.iter().find(|check| check["name"] == name).cloned())
+                .unwrap_or_else(|| panic!("no {name} check: {}", describe(&output)))
+        };
+        (output.status.code(), find("pricing"), find("budget"))
+    };
+    let (code, pricing, budget) = checks(&daemon);
+    assert_eq!(code, Some(0));
+    assert_eq!(pricing["level"], "ok", "{pricing}");
+    assert!(
+        pricing["detail"].as_str().unwrap().contains("fake-model costs $1"),
+        "{pricing}"
+    );
+    assert_eq!(budget["level"], "ok", "{budget}");
+
+    // One turn spends 100 input and 20 output tokens at $1 and $2 per million: $0.00014.
+    let chat = daemon.ctl(&["chat", "hello"]);
+    assert!(chat.status.success(), "{}", describe(&chat));
+    daemon.ctl_json(&["config", "set", "budget.daily_usd", "0.00015"]);
+    let (code, _, budget) = checks(&daemon);
+    assert_eq!(code, Some(0), "a warning is not a failure");
+    assert_eq!(budget["level"], "warn", "{budget}");
+    assert!(
+        budget["detail"].as_str().unwrap().contains("93 % of the daily budget"),
+        "{budget}"
+    );
+    daemon.ctl_json(&["config", "set", "budget.daily_usd", "0.0001"]);
+    let (code, _, budget) = checks(&daemon);
+    assert_eq!(code, Some(1));
+    assert_eq!(budget["level"], "fail", "{budget}");
+    assert!(
+        budget["hint"].as_str().unwrap().contains("budget.daily_usd"),
+        "{budget}"
+    );
+
+    // A model without a price: every turn would be refused.
+    let set = daemon.ctl(&["config", "set", "provider.model", "mystery-7b"]);
+    assert!(set.status.success(), "{}", describe(&set));
+    let (code, pricing, _) = checks(&daemon);
+    assert_eq!(code, Some(1));
+    assert_eq!(pricing["level"], "fail", "{pricing}");
+    assert!(
+        pricing["hint"]
+            .as_str()
+            .unwrap()
+            .contains("pricing.\"mystery-7b\".input"),
+        "{pricing}"
+    );
+}

@@ -39,12 +39,14 @@ use self::tools::Tools;
 use crate::config::ConfigHandle;
 use crate::config::{Config, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
-use crate::health::{Check, Finding, Health};
+use crate::health::{Check, Finding, Health, Level};
 use crate::memory::Monitor;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 use crate::storage::{self, LedgerEntry, NewMessage, SessionRecord, Storage, StorageError, StorageErrorKind, TurnEnd};
 
+/// The share of a budget cap from which `doctor`'s budget check warns.
+const BUDGET_WARN_SHARE: f64 = 0.8;
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
 /// make the daemon store and send.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -646,6 +648,91 @@ impl Agent {
             let agent = agent.clone();
             async move { agent.provider_api_finding().await }
         }));
+        let agent = self.clone();
+        health.register(Check::new("pricing", move || {
+            let finding = agent.pricing_finding();
+            async move { finding }
+        }));
+        let agent = self.clone();
+        health.register(Check::new("budget", move || {
+            let finding = agent.budget_finding();
+            async move { finding }
+        }));
+    }
+
+    /// Whether the configured model has a price: without one every turn is refused.
+    fn pricing_finding(&self) -> Finding {
+        let config = self.config.get();
+        let model = config.config.provider.model();
+        match budget::price_of(&config.config.pricing, &model) {
+            Ok(price) => Finding::ok(format!(
+                "{model} costs ${} in and ${} out per million tokens",
+                price.input, price.output
+            )),
+            Err(error) => Finding::fail(
+                error.to_string(),
+                format!(
+                    "`blufioctl config set pricing.\"{model}\".input PRICE` and `... .output PRICE` (USD per million tokens)"
+                ),
+            ),
+        }
+    }
+
+    /// Spend against the caps: a warning from 80 % of a cap, a failure when one is reached
+    /// (turns are refused until the period ends).
+    fn budget_finding(&self) -> Finding {
+        let config = self.config.get();
+        let caps = &config.config.budget;
+        let spent = self.budget.snapshot(&Period::now());
+        let mut worst = Finding::ok(format!(
+            "${:.2} today, ${:.2} this month ({})",
+            spent.today_usd,
+            spent.month_usd,
+            match (caps.daily_usd > 0.0, caps.monthly_usd > 0.0) {
+                (false, false) => "no caps".to_owned(),
+                _ => format!(
+                    "caps ${:.2} a day, ${:.2} a month; 0 is none",
+                    caps.daily_usd, caps.monthly_usd
+                ),
+            }
+        ));
+        for (which, key, used, cap) in [
+            (
+                "daily",
+                "budget.daily_usd",
+                spent.today_usd + spent.reserved_usd,
+                caps.daily_usd,
+            ),
+            (
+                "monthly",
+                "budget.monthly_usd",
+                spent.month_usd + spent.reserved_usd,
+                caps.monthly_usd,
+            ),
+        ] {
+            if cap <= 0.0 {
+                continue;
+            }
+            let share = used / cap;
+            if share >= 1.0 {
+                return Finding::fail(
+                    format!(
+                        "the {which} budget is exhausted: ${used:.2} of ${cap:.2}; turns are refused until it resets"
+                    ),
+                    format!("raise {key} (`blufioctl config set {key} N`) or wait for the next period"),
+                );
+            }
+            if share >= BUDGET_WARN_SHARE && worst.level == Level::Ok {
+                worst = Finding::warn(
+                    format!(
+                        "{:.0} % of the {which} budget is used: ${used:.2} of ${cap:.2}",
+                        share * 100.0
+                    ),
+                    format!("raise {key} if that is expected (`blufioctl usage` shows where it went)"),
+                );
+            }
+        }
+        worst
     }
 
     async fn provider_api_finding(&self) -> Finding {
