@@ -717,11 +717,13 @@ fn doctor_runs_the_daemons_own_checks() {
     assert_eq!(report["fail"], 1, "{report}");
     drop(daemon);
 
-    // With a key nothing fails (warnings do not count); --deep adds the whole-database check.
+    // With a provider that answers (the fake, with its key) nothing fails (warnings do not
+    // count); --deep adds the whole-database check.
+    let fake = support::fake_provider::FakeProvider::start();
     let daemon = Daemon::start_with(
         new_dir(),
         DaemonOptions {
-            env: vec![("ANTHROPIC_API_KEY".to_owned(), "sk-ant-doctor-0123456789".to_owned())],
+            config: support::fake_provider_config(&fake, ""),
             ..DaemonOptions::default()
         },
     );
