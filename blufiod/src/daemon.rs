@@ -728,7 +728,9 @@ fn register_checks(health: &Health, lifecycle: &Arc<Lifecycle>, storage: &Storag
                 }
             }
         })
-        .deep(),
+        .deep()
+        // It reads every page: callers cannot make it run back to back.
+        .at_most_every(Duration::from_secs(60)),
     );
     // The control socket accepts a connection and serves a health check.
     let socket = lifecycle.paths.socket.clone();

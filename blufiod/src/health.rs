@@ -137,6 +137,32 @@ impl Check {
         self.cost = Cost::Deep;
         self
     }
+
+    /// Runs the check at most once per `interval`: callers within it get the last finding,
+    /// marked with its age, and concurrent callers share one run. For checks that cost
+    /// somebody else something (a provider's API) or read the whole database, so that callers
+    /// (read-only ones included) cannot make them run back to back.
+    pub fn at_most_every(mut self, interval: Duration) -> Self {
+        let run = self.run.clone();
+        let last: Arc<tokio::sync::Mutex<Option<(Instant, Finding)>>> = Arc::default();
+        self.run = Arc::new(move || {
+            let (run, last) = (run.clone(), last.clone());
+            Box::pin(async move {
+                let mut last = last.lock().await;
+                if let Some((at, finding)) = last.as_ref()
+                    && at.elapsed() < interval
+                {
+                    let mut finding = finding.clone();
+                    finding.detail = format!("{} (as of {} s ago)", finding.detail, at.elapsed().as_secs());
+                    return finding;
+                }
+                let finding = run().await;
+                *last = Some((Instant::now(), finding.clone()));
+                finding
+            })
+        });
+        self
+    }
 }
 
 /// A finding with its check's name and how long the check took.
@@ -382,5 +408,31 @@ mod tests {
         assert_eq!(names(&health.doctor(false, &[]).await.unwrap()), ["quick"]);
         let _ = release.send(true);
         assert_eq!(running.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_check_runs_once_per_interval_and_says_how_old_its_answer_is() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let health = Health::new();
+        let counted = runs.clone();
+        health.register(
+            Check::new("remote", move || {
+                let runs = counted.clone();
+                async move {
+                    let run = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    Finding::ok(format!("run {run}"))
+                }
+            })
+            .at_most_every(Duration::from_millis(300)),
+        );
+        let first = health.doctor(false, &[]).await.unwrap();
+        assert_eq!(first[0].finding.detail, "run 1");
+        let (a, b) = tokio::join!(health.doctor(false, &[]), health.doctor(false, &[]));
+        for reports in [a.unwrap(), b.unwrap()] {
+            assert_eq!(reports[0].finding.detail, "run 1 (as of 0 s ago)");
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(health.doctor(false, &[]).await.unwrap()[0].finding.detail, "run 2");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -524,8 +524,16 @@ fn doctor_asks_the_provider_with_the_key_and_spends_nothing() {
         assert_eq!(request.header("x-api-key"), Some("test-key"));
     }
 
-    // A key the provider refuses: a failure that says so and how to store the right one.
+    // Asked again at once, the daemon answers from its last look instead of calling again: a
+    // caller cannot make it spend the provider's rate limit.
+    let (_, check, output) = provider_api(&daemon);
+    assert!(check["detail"].as_str().unwrap().ends_with("s ago)"), "{output}");
+    assert_eq!(fake.requests().len(), requests.len());
+
+    // A key the provider refuses: a failure that says so and how to store the right one. (The
+    // daemon asks the provider at most every 5 s.)
     fake.require_key("the-rotated-key");
+    std::thread::sleep(Duration::from_millis(5100));
     let (code, check, output) = provider_api(&daemon);
     assert_eq!(code, Some(1), "{output}");
     assert_eq!(check["level"], "fail", "{output}");
@@ -539,6 +547,7 @@ fn doctor_asks_the_provider_with_the_key_and_spends_nothing() {
 
     // A provider that is gone: a failure that points at the URL and the network.
     drop(fake);
+    std::thread::sleep(Duration::from_millis(5100));
     let (code, check, output) = provider_api(&daemon);
     assert_eq!(code, Some(1), "{output}");
     assert_eq!(check["level"], "fail", "{output}");

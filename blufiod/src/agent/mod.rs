@@ -47,6 +47,8 @@ use crate::storage::{self, LedgerEntry, NewMessage, SessionRecord, Storage, Stor
 
 /// The share of a budget cap from which `doctor`'s budget check warns.
 const BUDGET_WARN_SHARE: f64 = 0.8;
+/// How often `doctor` may really ask the provider; runs between reuse the last answer.
+const PROVIDER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
 /// make the daemon store and send.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -644,10 +646,15 @@ impl Agent {
     /// liveness: those must not depend on somebody else's API.
     pub fn register_checks(self: &Arc<Self>, health: &Health) {
         let agent = self.clone();
-        health.register(Check::new("provider_api", move || {
-            let agent = agent.clone();
-            async move { agent.provider_api_finding().await }
-        }));
+        health.register(
+            Check::new("provider_api", move || {
+                let agent = agent.clone();
+                async move { agent.provider_api_finding().await }
+            })
+            // Doctor runs come from read-only callers too: they must not spend the owner's
+            // provider rate limit.
+            .at_most_every(PROVIDER_CHECK_INTERVAL),
+        );
         let agent = self.clone();
         health.register(Check::new("pricing", move || {
             let finding = agent.pricing_finding();
