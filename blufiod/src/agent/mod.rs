@@ -774,8 +774,10 @@ impl Agent {
                     )
                 }
             }
-            Err(ProviderError::Http { status, message }) if status == 401 || status == 403 => Finding::fail(
-                format!("{kind} refused the key: HTTP {status}: {message}"),
+            // Without the provider's message: some echo part of the key, and read-only
+            // callers see this.
+            Err(ProviderError::Http { status, .. }) if status == 401 || status == 403 => Finding::fail(
+                format!("{kind} refused the key (HTTP {status})"),
                 format!(
                     "store the right key: `blufioctl config set-secret {kind}` (provider.api_key names it as secret:{kind})"
                 ),
