@@ -132,6 +132,16 @@ fn a_secret_reaches_the_provider_and_nowhere_else() {
             ok(&daemon.ctl(args)).into_bytes(),
         ));
     }
+    // doctor, whose provider check sends the key to the provider, then prints what it saw.
+    for args in [&["doctor", "--deep", "--json"][..], &["doctor"]] {
+        let output = daemon.ctl(args);
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("provider_api"),
+            "{}",
+            describe(&output)
+        );
+        seen.push((format!("blufioctl {}", args.join(" ")), describe(&output).into_bytes()));
+    }
     // Errors that name the key: a reference to a missing secret, a bad name.
     for args in [
         &["config", "set", "gateway.metrics_token", "secret:nope"][..],
