@@ -407,6 +407,12 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     backups.register_checks(&health, startup.started);
     memory.register_checks(&health);
     agent.register_checks(&health);
+    let watched = lifecycle.watchdog.clone();
+    let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    health.register(Check::new("watchdog", move || {
+        let finding = watched.finding(under_systemd);
+        async move { finding }
+    }));
 
     let mut subsystems = Subsystems::new();
     subsystems.spawn(

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Finding;
+
 /// A boxed, sendable future: what a probe returns.
 pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
@@ -65,6 +67,46 @@ impl WatchdogStatus {
         match &inner.last_failure {
             Some(failure) => format!("probing every {interval:?}, {last}, last failure: {failure}"),
             None => format!("probing every {interval:?}, {last}"),
+        }
+    }
+}
+
+impl WatchdogStatus {
+    /// The doctor's view: fed in time, starved (systemd restarts the daemon once a ping is two
+    /// intervals late), or absent where systemd supervises the daemon without one.
+    pub fn finding(&self, under_systemd: bool) -> Finding {
+        let inner = self.inner.lock().expect("watchdog status lock poisoned");
+        let Some(interval) = inner.interval else {
+            return if under_systemd {
+                Finding::warn(
+                    "systemd supervises blufiod without a watchdog (no WatchdogSec=), so a hung daemon is never restarted",
+                    "use the shipped unit, which sets WatchdogSec=; `systemctl cat blufiod` shows what runs",
+                )
+            } else {
+                Finding::ok("not under systemd: no watchdog to feed")
+            };
+        };
+        let timeout = interval * 2;
+        let why = inner
+            .last_failure
+            .clone()
+            .unwrap_or_else(|| "a liveness check is not passing".to_owned());
+        match inner.last_ping {
+            Some(at) if at.elapsed() <= timeout => Finding::ok(format!(
+                "systemd's watchdog is fed every {interval:?}; last ping {:.1} s ago",
+                at.elapsed().as_secs_f64()
+            )),
+            Some(at) => Finding::fail(
+                format!(
+                    "no watchdog ping for {:.1} s: systemd restarts blufiod after {timeout:?} ({why})",
+                    at.elapsed().as_secs_f64()
+                ),
+                "see the log for the stuck part; the database's disk and locks come first",
+            ),
+            None => Finding::fail(
+                format!("no watchdog ping yet ({why})"),
+                "see the log for the stuck part; the database's disk and locks come first",
+            ),
         }
     }
 }
@@ -155,6 +197,50 @@ mod tests {
         token.cancel();
         task.await.unwrap();
         (pings.load(Ordering::SeqCst), status)
+    }
+
+    #[tokio::test]
+    async fn the_doctor_sees_a_fed_a_starved_and_a_missing_watchdog() {
+        use crate::health::Level;
+        let absent = WatchdogStatus::default();
+        assert_eq!(absent.finding(false).level, Level::Ok);
+        assert_eq!(absent.finding(true).level, Level::Warn);
+
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = stalled.clone();
+        let probes = vec![Probe::new("storage", move || {
+            let stalled = flag.load(Ordering::SeqCst);
+            async move {
+                if stalled {
+                    Err("the writer is stuck".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        })];
+        let status = WatchdogStatus::default();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Duration::from_millis(20),
+            probes,
+            |_| {},
+            status.clone(),
+            token.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        let fed = status.finding(true);
+        assert_eq!(fed.level, Level::Ok, "{fed:?}");
+        assert!(fed.detail.contains("fed every 20ms"), "{fed:?}");
+        stalled.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let starved = status.finding(true);
+        assert_eq!(starved.level, Level::Fail, "{starved:?}");
+        assert!(
+            starved.detail.contains("storage failed: the writer is stuck"),
+            "{starved:?}"
+        );
+        token.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

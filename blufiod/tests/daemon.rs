@@ -271,6 +271,15 @@ fn the_watchdog_is_fed_while_the_daemon_makes_progress() {
         .unwrap()
         .to_owned();
     assert!(watchdog.contains("probing every 200ms"), "{watchdog}");
+    let doctor = daemon.ctl_json(&["doctor", "--only", "watchdog"]);
+    assert_eq!(doctor["checks"][0]["level"], "ok", "{doctor}");
+    assert!(
+        doctor["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fed every 200ms"),
+        "{doctor}"
+    );
 }
 
 #[test]
@@ -321,6 +330,8 @@ fn the_watchdog_starves_while_the_database_writer_is_blocked() {
     let during = pings() - before;
     // The withheld pings are counted, and the metrics still answer over the socket.
     let missed = daemon.metrics().value("blufio_watchdog_missed_total");
+    // doctor says so, with the probe that failed.
+    let doctor = daemon.ctl(&["doctor", "--only", "watchdog", "--json"]);
     drop(locker.stdin.take());
     locker.wait().unwrap();
     let _ = writer.join();
@@ -331,6 +342,16 @@ fn the_watchdog_starves_while_the_database_writer_is_blocked() {
         notify.lines()
     );
     assert!(missed >= 1.0, "no missed watchdog cycle was counted");
+    assert_eq!(doctor.status.code(), Some(1), "{}", describe(&doctor));
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(report["checks"][0]["level"], "fail", "{report}");
+    assert!(
+        report["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no watchdog ping for"),
+        "{report}"
+    );
     // Once the writer is free again, the pings come back.
     let resumed = pings();
     let deadline = Instant::now() + support::PATIENCE;
@@ -714,6 +735,8 @@ fn doctor_runs_the_daemons_own_checks() {
         check(&report, "integrity").is_none(),
         "deep checks run only on request: {report}"
     );
+    // The test daemon has a notify socket but no WATCHDOG_USEC: systemd without WatchdogSec=.
+    assert_eq!(check(&report, "watchdog").unwrap()["level"], "warn", "{report}");
     assert_eq!(report["fail"], 1, "{report}");
     drop(daemon);
 
