@@ -304,5 +304,29 @@ mod tests {
         // A target that exists is refused, not overwritten.
         assert!(storage.snapshot_into(&snapshot).await.is_err());
         assert_eq!(copy.count_sessions().await.unwrap(), copied);
+        copy.close().await;
+
+        // A file whose name holds URI syntax is read as itself, and nothing appears beside it.
+        let odd = dir.path().join("a ?b=c #d %41 é.db");
+        std::fs::copy(&snapshot, &odd).unwrap();
+        let before: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        let facts = inspect_database(&odd).await.unwrap();
+        assert_eq!(facts.integrity_problems, None);
+        assert_eq!(facts.schema_version, current_schema_version());
+        let objects = schema_objects(&odd).await.unwrap();
+        assert!(
+            objects
+                .iter()
+                .any(|(kind, name, _)| kind == "table" && name == "sessions"),
+            "{objects:?}"
+        );
+        let after: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(before.len(), after.len(), "{after:?}");
     }
 }
