@@ -410,7 +410,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     let watched = lifecycle.watchdog.clone();
     let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
     health.register(Check::new("watchdog", move || {
-        let finding = watched.finding(under_systemd);
+        let finding = watchdog_finding(&watched.snapshot(), under_systemd);
         async move { finding }
     }));
 
@@ -680,6 +680,41 @@ async fn reload_on_sighup(
     }
 }
 
+/// The doctor's view of the watchdog: fed in time, starved (systemd restarts the daemon once a
+/// ping is two intervals late), or absent where systemd supervises the daemon without one.
+fn watchdog_finding(seen: &watchdog::WatchdogSnapshot, under_systemd: bool) -> Finding {
+    let Some(interval) = seen.interval else {
+        return if under_systemd {
+            Finding::warn(
+                "systemd supervises blufiod without a watchdog (no WatchdogSec=), so a hung daemon is never restarted",
+                "use the shipped unit, which sets WatchdogSec=; `systemctl cat blufiod` shows what runs",
+            )
+        } else {
+            Finding::ok("not under systemd: no watchdog to feed")
+        };
+    };
+    let timeout = interval * 2;
+    let why = seen
+        .last_failure
+        .clone()
+        .unwrap_or_else(|| "a liveness check is not passing".to_owned());
+    let hint = "see the log for the stuck part; the database's disk and locks come first";
+    match seen.since_last_ping {
+        Some(age) if age <= timeout => Finding::ok(format!(
+            "systemd's watchdog is fed every {interval:?}; last ping {:.1} s ago",
+            age.as_secs_f64()
+        )),
+        Some(age) => Finding::fail(
+            format!(
+                "no watchdog ping for {:.1} s: systemd restarts blufiod after {timeout:?} ({why})",
+                age.as_secs_f64()
+            ),
+            hint,
+        ),
+        None => Finding::fail(format!("no watchdog ping yet ({why})"), hint),
+    }
+}
+
 /// The daemon's own checks: liveness (the watchdog feeds systemd only while all pass) and
 /// readiness (`/ready`).
 fn register_checks(health: &Health, lifecycle: &Arc<Lifecycle>, storage: &Storage, agent: &Arc<Agent>) {
@@ -784,6 +819,28 @@ fn register_checks(health: &Health, lifecycle: &Arc<Lifecycle>, storage: &Storag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_check_tells_fed_from_starved_and_missing() {
+        use crate::health::Level;
+        let seen = |interval: Option<u64>, age: Option<u64>| watchdog::WatchdogSnapshot {
+            interval: interval.map(Duration::from_millis),
+            since_last_ping: age.map(Duration::from_millis),
+            last_failure: Some("storage failed: the writer is stuck".to_owned()),
+        };
+        assert_eq!(watchdog_finding(&seen(None, None), false).level, Level::Ok);
+        assert_eq!(watchdog_finding(&seen(None, None), true).level, Level::Warn);
+        let fed = watchdog_finding(&seen(Some(200), Some(150)), true);
+        assert_eq!(fed.level, Level::Ok, "{fed:?}");
+        assert!(fed.detail.contains("fed every 200ms"), "{fed:?}");
+        let starved = watchdog_finding(&seen(Some(200), Some(450)), true);
+        assert_eq!(starved.level, Level::Fail, "{starved:?}");
+        assert!(
+            starved.detail.contains("storage failed: the writer is stuck"),
+            "{starved:?}"
+        );
+        assert_eq!(watchdog_finding(&seen(Some(200), None), true).level, Level::Fail);
+    }
 
     #[tokio::test]
     async fn a_panicking_subsystem_is_reported_by_name() {

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Finding;
-
 /// A boxed, sendable future: what a probe returns.
 pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
@@ -71,42 +69,25 @@ impl WatchdogStatus {
     }
 }
 
+/// What the watchdog knows at one moment, for the doctor's `watchdog` check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogSnapshot {
+    /// The probing interval (half of systemd's `WATCHDOG_USEC`), when systemd asked for pings.
+    pub interval: Option<Duration>,
+    /// How long ago the last ping went out.
+    pub since_last_ping: Option<Duration>,
+    /// The last probe failure.
+    pub last_failure: Option<String>,
+}
+
 impl WatchdogStatus {
-    /// The doctor's view: fed in time, starved (systemd restarts the daemon once a ping is two
-    /// intervals late), or absent where systemd supervises the daemon without one.
-    pub fn finding(&self, under_systemd: bool) -> Finding {
+    /// What the watchdog knows now.
+    pub fn snapshot(&self) -> WatchdogSnapshot {
         let inner = self.inner.lock().expect("watchdog status lock poisoned");
-        let Some(interval) = inner.interval else {
-            return if under_systemd {
-                Finding::warn(
-                    "systemd supervises blufiod without a watchdog (no WatchdogSec=), so a hung daemon is never restarted",
-                    "use the shipped unit, which sets WatchdogSec=; `systemctl cat blufiod` shows what runs",
-                )
-            } else {
-                Finding::ok("not under systemd: no watchdog to feed")
-            };
-        };
-        let timeout = interval * 2;
-        let why = inner
-            .last_failure
-            .clone()
-            .unwrap_or_else(|| "a liveness check is not passing".to_owned());
-        match inner.last_ping {
-            Some(at) if at.elapsed() <= timeout => Finding::ok(format!(
-                "systemd's watchdog is fed every {interval:?}; last ping {:.1} s ago",
-                at.elapsed().as_secs_f64()
-            )),
-            Some(at) => Finding::fail(
-                format!(
-                    "no watchdog ping for {:.1} s: systemd restarts blufiod after {timeout:?} ({why})",
-                    at.elapsed().as_secs_f64()
-                ),
-                "see the log for the stuck part; the database's disk and locks come first",
-            ),
-            None => Finding::fail(
-                format!("no watchdog ping yet ({why})"),
-                "see the log for the stuck part; the database's disk and locks come first",
-            ),
+        WatchdogSnapshot {
+            interval: inner.interval,
+            since_last_ping: inner.last_ping.map(|at| at.elapsed()),
+            last_failure: inner.last_failure.clone(),
         }
     }
 }
@@ -200,12 +181,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_doctor_sees_a_fed_a_starved_and_a_missing_watchdog() {
-        use crate::health::Level;
-        let absent = WatchdogStatus::default();
-        assert_eq!(absent.finding(false).level, Level::Ok);
-        assert_eq!(absent.finding(true).level, Level::Warn);
-
+    async fn the_snapshot_has_the_last_ping_and_the_failing_probe() {
+        assert_eq!(
+            WatchdogStatus::default().snapshot(),
+            WatchdogSnapshot {
+                interval: None,
+                since_last_ping: None,
+                last_failure: None
+            }
+        );
         let stalled = Arc::new(AtomicBool::new(false));
         let flag = stalled.clone();
         let probes = vec![Probe::new("storage", move || {
@@ -228,16 +212,24 @@ mod tests {
             token.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(70)).await;
-        let fed = status.finding(true);
-        assert_eq!(fed.level, Level::Ok, "{fed:?}");
-        assert!(fed.detail.contains("fed every 20ms"), "{fed:?}");
+        let fed = status.snapshot();
+        assert_eq!(fed.interval, Some(Duration::from_millis(20)));
+        assert!(
+            fed.since_last_ping.is_some_and(|age| age < Duration::from_millis(40)),
+            "{fed:?}"
+        );
         stalled.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let starved = status.finding(true);
-        assert_eq!(starved.level, Level::Fail, "{starved:?}");
+        let starved = status.snapshot();
         assert!(
-            starved.detail.contains("storage failed: the writer is stuck"),
+            starved
+                .since_last_ping
+                .is_some_and(|age| age > Duration::from_millis(100)),
             "{starved:?}"
+        );
+        assert_eq!(
+            starved.last_failure.as_deref(),
+            Some("storage failed: the writer is stuck")
         );
         token.cancel();
         task.await.unwrap();
