@@ -454,6 +454,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     // One device registry: the control plane changes it, the gateway reads it.
     let devices = Devices::new(storage.clone());
     devices.register_shedders(&memory);
+    register_gateway_check(&health, gateway_info.clone(), devices.clone());
     subsystems.spawn(
         "control",
         control::serve(
@@ -678,6 +679,28 @@ async fn reload_on_sighup(
             }
         }
     }
+}
+
+/// The doctor's `gateway` check: off, listening for the registered devices, or listening for
+/// nobody (no device registered, so no request can authenticate).
+fn register_gateway_check(health: &Health, info: Option<crate::gateway::GatewayInfo>, devices: Devices) {
+    health.register(Check::new("gateway", move || {
+        let (info, devices) = (info.clone(), devices.clone());
+        async move {
+            let Some(info) = info else {
+                return Finding::ok("off (gateway.listen is unset)");
+            };
+            let listening = format!("listening on {}://{}", info.scheme, info.address);
+            match devices.count_active().await {
+                Ok(0) => Finding::warn(
+                    format!("{listening}, but no device is registered, so nobody can use it"),
+                    "register one: `blufioctl device add NAME --key-out FILE`",
+                ),
+                Ok(count) => Finding::ok(format!("{listening} for {count} registered device(s)")),
+                Err(error) => Finding::fail(crate::error_chain(&error), "see the storage check and the log"),
+            }
+        }
+    }));
 }
 
 /// The doctor's view of the watchdog: fed in time, starved (systemd restarts the daemon once a

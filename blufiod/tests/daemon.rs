@@ -737,6 +737,10 @@ fn doctor_runs_the_daemons_own_checks() {
     );
     // The test daemon has a notify socket but no WATCHDOG_USEC: systemd without WatchdogSec=.
     assert_eq!(check(&report, "watchdog").unwrap()["level"], "warn", "{report}");
+    // The gateway listens, but without a registered device nobody can use it.
+    let gateway = check(&report, "gateway").unwrap();
+    assert_eq!(gateway["level"], "warn", "{report}");
+    assert!(gateway["hint"].as_str().unwrap().contains("device add"), "{report}");
     assert_eq!(report["fail"], 1, "{report}");
     drop(daemon);
 
@@ -757,6 +761,17 @@ fn doctor_runs_the_daemons_own_checks() {
     assert_eq!(integrity["level"], "ok", "{report}");
     assert_eq!(integrity["deep"], true);
     assert_eq!(check(&report, "provider").unwrap()["level"], "ok", "{report}");
+    let key = daemon.dir.path().join("phone.pem");
+    daemon.ctl_json(&["device", "add", "phone", "--key-out", key.to_str().unwrap()]);
+    let gateway = daemon.ctl_json(&["doctor", "--only", "gateway"]);
+    assert_eq!(gateway["checks"][0]["level"], "ok", "{gateway}");
+    assert!(
+        gateway["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("for 1 registered device"),
+        "{gateway}"
+    );
 
     // A check that does not exist is refused, and the answer lists the ones that do.
     let output = daemon.ctl(&["doctor", "--only", "nope"]);
