@@ -455,6 +455,14 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     let devices = Devices::new(storage.clone());
     devices.register_shedders(&memory);
     register_gateway_check(&health, gateway_info.clone(), devices.clone());
+    let (socket_path, socket_group) = (
+        paths.socket.clone(),
+        group.as_ref().map(|group| nix::unistd::Gid::from_raw(group.gid)),
+    );
+    health.register(Check::new("socket", move || {
+        let finding = socket::permissions_finding(&socket_path, socket_group);
+        async move { finding }
+    }));
     subsystems.spawn(
         "control",
         control::serve(

@@ -741,6 +741,20 @@ fn doctor_runs_the_daemons_own_checks() {
     let gateway = check(&report, "gateway").unwrap();
     assert_eq!(gateway["level"], "warn", "{report}");
     assert!(gateway["hint"].as_str().unwrap().contains("device add"), "{report}");
+    // The control socket as bound; opened to every local user, it fails.
+    assert_eq!(check(&report, "socket").unwrap()["level"], "ok", "{report}");
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let opened = daemon.ctl(&["doctor", "--only", "socket", "--json"]);
+    let opened: serde_json::Value = serde_json::from_slice(&opened.stdout).unwrap();
+    assert_eq!(opened["checks"][0]["level"], "fail", "{opened}");
+    assert!(
+        opened["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("every local user may connect"),
+        "{opened}"
+    );
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o660)).unwrap();
     assert_eq!(report["fail"], 1, "{report}");
     drop(daemon);
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::Gid;
 
+use crate::health::Finding;
 use crate::lockfile::{LockError, LockFile};
 
 /// Mode of the bound socket: owner and group may connect; peer credentials decide the rest.
@@ -177,6 +178,82 @@ impl Drop for SocketHold {
             remove(&self.path);
         }
     }
+}
+
+/// The doctor's `socket` check: the control socket is still there, still a socket of the
+/// daemon's, with the mode and group it was bound with, in a directory nobody else may write.
+/// Access is decided by peer credentials anyway; these bits are the layer before that.
+pub fn permissions_finding(path: &Path, group: Option<Gid>) -> Finding {
+    let euid = nix::unistd::geteuid().as_raw();
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            return Finding::fail(
+                format!(
+                    "the control socket {} is gone ({error}): blufioctl cannot reach blufiod",
+                    path.display()
+                ),
+                "restart blufiod (`systemctl restart blufiod`); find what removes files in its runtime directory",
+            );
+        }
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    let fix = "restart blufiod, which binds the socket afresh with the right mode and group";
+    if !metadata.file_type().is_socket() || metadata.uid() != euid {
+        return Finding::fail(
+            format!(
+                "{} is not blufiod's socket any more (a {} owned by uid {})",
+                path.display(),
+                if metadata.file_type().is_socket() {
+                    "socket"
+                } else {
+                    "file"
+                },
+                metadata.uid()
+            ),
+            fix,
+        );
+    }
+    if mode & 0o007 != 0 {
+        return Finding::fail(
+            format!(
+                "the control socket {} is mode {mode:04o}: every local user may connect",
+                path.display()
+            ),
+            fix,
+        );
+    }
+    let directory = path.parent().unwrap_or(path);
+    if let Ok(dir) = std::fs::metadata(directory)
+        && dir.permissions().mode() & 0o002 != 0
+        && dir.permissions().mode() & 0o1000 == 0
+    {
+        return Finding::fail(
+            format!(
+                "{} is writable by every local user, who could replace the socket",
+                directory.display()
+            ),
+            format!(
+                "`chmod o-w {}`, or use blufiod's own runtime directory",
+                directory.display()
+            ),
+        );
+    }
+    let group_now = metadata.gid();
+    if mode != SOCKET_MODE || group.is_some_and(|gid| gid.as_raw() != group_now) {
+        return Finding::warn(
+            format!(
+                "the control socket is mode {mode:04o}, group {group_now}; blufiod bound it {SOCKET_MODE:04o}{}",
+                group.map_or_else(String::new, |gid| format!(", group {gid}"))
+            ),
+            fix,
+        );
+    }
+    Finding::ok(format!(
+        "{} is mode {mode:04o}, group {group_now}{}",
+        path.display(),
+        if group.is_some() { " (control.group)" } else { "" }
+    ))
 }
 
 /// Removes the socket file; called only on a clean exit. The lock is released when the returned
