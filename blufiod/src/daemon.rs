@@ -689,8 +689,12 @@ async fn reload_on_sighup(
     }
 }
 
-/// The doctor's `gateway` check: off, listening for the registered devices, or listening for
-/// nobody (no device registered, so no request can authenticate).
+/// Days before a gateway certificate's end from which the doctor warns.
+const CERT_WARN_DAYS: u64 = 14;
+
+/// The doctor's `gateway` check: off, listening for the registered devices, listening for
+/// nobody (no device registered, so no request can authenticate), or serving a certificate that
+/// expires within [`CERT_WARN_DAYS`] (a warning) or has expired (a failure).
 fn register_gateway_check(health: &Health, info: Option<crate::gateway::GatewayInfo>, devices: Devices) {
     health.register(Check::new("gateway", move || {
         let (info, devices) = (info.clone(), devices.clone());
@@ -699,12 +703,40 @@ fn register_gateway_check(health: &Health, info: Option<crate::gateway::GatewayI
                 return Finding::ok("off (gateway.listen is unset)");
             };
             let listening = format!("listening on {}://{}", info.scheme, info.address);
+            let renew = match &info.cert_source {
+                Some(crate::gateway::tls::CertSource::Files { .. }) => {
+                    "renew gateway.cert_file and gateway.key_file, then `systemctl reload blufiod`"
+                }
+                _ => "delete the self-signed tls/cert.pem and tls/key.pem in the state directory and reload; clients must then trust the new fingerprint",
+            };
+            let validity = info.cert.as_ref().and_then(|cert| cert.not_after()).map(|not_after| {
+                match not_after.duration_since(std::time::SystemTime::now()) {
+                    Ok(left) => (left.as_secs() / 86_400, true),
+                    Err(past) => (past.duration().as_secs() / 86_400, false),
+                }
+            });
+            match validity {
+                Some((days, false)) => {
+                    return Finding::fail(
+                        format!("{listening} with a certificate that expired {days} day(s) ago: clients refuse it"),
+                        renew,
+                    );
+                }
+                Some((days, true)) if days < CERT_WARN_DAYS => {
+                    return Finding::warn(
+                        format!("{listening} with a certificate that expires in {days} day(s)"),
+                        renew,
+                    );
+                }
+                _ => {}
+            }
+            let valid = validity.map_or_else(String::new, |(days, _)| format!(", certificate valid {days} more days"));
             match devices.count_active().await {
                 Ok(0) => Finding::warn(
-                    format!("{listening}, but no device is registered, so nobody can use it"),
+                    format!("{listening}{valid}, but no device is registered, so nobody can use it"),
                     "register one: `blufioctl device add NAME --key-out FILE`",
                 ),
-                Ok(count) => Finding::ok(format!("{listening} for {count} registered device(s)")),
+                Ok(count) => Finding::ok(format!("{listening} for {count} registered device(s){valid}")),
                 Err(error) => Finding::fail(crate::error_chain(&error), "see the storage check and the log"),
             }
         }

@@ -798,6 +798,46 @@ fn doctor_runs_the_daemons_own_checks() {
 }
 
 #[test]
+fn doctor_warns_before_the_gateway_certificate_expires_and_fails_after() {
+    for (days, level, words) in [(5_i64, "warn", "expires in 4 day"), (-2, "fail", "expired 2 day")] {
+        let dir = new_dir();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now + time::Duration::days(days) - time::Duration::hours(1);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let daemon = Daemon::start_with(
+            dir,
+            DaemonOptions {
+                config: format!(
+                    "[gateway]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                    cert_path.display(),
+                    key_path.display()
+                ),
+                ..DaemonOptions::default()
+            },
+        );
+        let output = daemon.ctl(&["doctor", "--only", "gateway", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let check = &report["checks"][0];
+        assert_eq!(check["level"], level, "{days} days: {report}");
+        assert!(
+            check["detail"].as_str().unwrap().contains(words),
+            "{days} days: {report}"
+        );
+        assert!(
+            check["hint"].as_str().unwrap().contains("gateway.cert_file"),
+            "{report}"
+        );
+    }
+}
+
+#[test]
 fn the_access_table_names_every_rpc_of_the_contract() {
     let proto = include_str!("../../proto/proto/blufio/control/v1/control.proto");
     let mut rpcs: Vec<&str> = proto

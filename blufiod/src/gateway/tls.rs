@@ -160,6 +160,12 @@ impl ReloadableCert {
         webpki::EndEntityCert::try_from(leaf).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
     }
 
+    /// When the serving leaf certificate stops being valid (`None` if it cannot be read).
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        let current = self.read();
+        not_after(current.key.cert.first()?).ok()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Current> {
         // A poisoned lock can only mean a panic while swapping two fields; both are always valid.
         self.current.read().unwrap_or_else(PoisonError::into_inner)
@@ -317,6 +323,45 @@ fn load_self_signed(dir: &Path, names: &[String]) -> Result<Current, TlsError> {
     })
 }
 
+/// The `notAfter` of an X.509 certificate in DER: `Certificate` → `tbsCertificate` → (optional
+/// `[0]` version, serial, signature algorithm, issuer) → `validity` → its second time.
+pub fn not_after(certificate: &[u8]) -> Result<std::time::SystemTime, der::Error> {
+    use der::{Decode as _, Reader as _, SliceReader};
+    fn time(reader: &mut SliceReader<'_>) -> der::Result<std::time::Duration> {
+        match der::Tag::peek(reader)? {
+            der::Tag::UtcTime => Ok(der::asn1::UtcTime::decode(reader)?.to_unix_duration()),
+            der::Tag::GeneralizedTime => Ok(der::asn1::GeneralizedTime::decode(reader)?.to_unix_duration()),
+            tag => Err(tag.unexpected_error(Some(der::Tag::UtcTime)).into()),
+        }
+    }
+    fn skip_rest(reader: &mut SliceReader<'_>) -> der::Result<()> {
+        while !reader.is_finished() {
+            reader.tlv_bytes()?;
+        }
+        Ok(())
+    }
+    let mut outer = SliceReader::new(certificate)?;
+    let since_epoch = outer.sequence(|certificate| {
+        let since_epoch = certificate.sequence(|tbs| {
+            if der::Tag::peek(tbs)?.is_context_specific() {
+                tbs.tlv_bytes()?;
+            }
+            for _serial_signature_issuer in 0..3 {
+                tbs.tlv_bytes()?;
+            }
+            let since_epoch = tbs.sequence(|validity| {
+                time(validity)?;
+                time(validity)
+            })?;
+            skip_rest(tbs)?;
+            Ok::<_, der::Error>(since_epoch)
+        })?;
+        skip_rest(certificate)?;
+        Ok::<_, der::Error>(since_epoch)
+    })?;
+    Ok(std::time::UNIX_EPOCH + since_epoch)
+}
+
 /// Generates an ECDSA P-256 certificate (the key type every TLS client supports) and writes the key
 /// (0600) before the certificate (0644), each atomically, so a crash never leaves a torn file.
 fn generate_self_signed(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), TlsError> {
@@ -401,6 +446,23 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsEr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn not_after_is_read_from_the_certificate() {
+        for days in [-3_i64, 10, 3650] {
+            let mut params = rcgen::CertificateParams::new(vec!["example.test".to_owned()]).unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::days(400);
+            params.not_after = now + time::Duration::days(days);
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            let read = super::not_after(&der).unwrap();
+            let expected = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(params.not_after.unix_timestamp()).unwrap());
+            assert_eq!(read, expected, "{days} days");
+        }
+        assert!(super::not_after(b"not a certificate").is_err());
+    }
+
     use std::net::SocketAddr;
 
     use rustls::pki_types::ServerName;
