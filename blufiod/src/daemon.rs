@@ -455,6 +455,11 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     let devices = Devices::new(storage.clone());
     devices.register_shedders(&memory);
     register_gateway_check(&health, gateway_info.clone(), devices.clone());
+    let checked = live.clone();
+    health.register(Check::new("config", move || {
+        let finding = config_finding(&checked);
+        async move { finding }
+    }));
     let (socket_path, socket_group) = (
         paths.socket.clone(),
         group.as_ref().map(|group| nix::unistd::Gid::from_raw(group.gid)),
@@ -687,6 +692,28 @@ async fn reload_on_sighup(
             }
         }
     }
+}
+
+/// The doctor's `config` check: the file on disk still loads (the next reload or restart reads
+/// it), and no change waits for a restart.
+fn config_finding(live: &LiveConfig) -> Finding {
+    if let Some(problems) = live.file_problems() {
+        return Finding::fail(
+            format!(
+                "the config file no longer loads ({}); blufiod runs on its last good configuration",
+                problems.join("; ")
+            ),
+            "fix the file (`blufioctl config validate` shows each problem), then `systemctl reload blufiod`",
+        );
+    }
+    let pending = live.pending_restart();
+    if !pending.is_empty() {
+        return Finding::warn(
+            format!("changed and waiting for a restart: {}", pending.join(", ")),
+            "`systemctl restart blufiod` applies them",
+        );
+    }
+    Finding::ok("the config file loads, and every change is applied")
 }
 
 /// Days before a gateway certificate's end from which the doctor warns.

@@ -755,6 +755,33 @@ fn doctor_runs_the_daemons_own_checks() {
         "{opened}"
     );
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+    // The config: applied; then a change that waits for a restart; then a file that no longer
+    // loads (the daemon keeps its last good configuration).
+    let config = |daemon: &Daemon| {
+        let output = daemon.ctl(&["doctor", "--only", "config", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        report["checks"][0].clone()
+    };
+    assert_eq!(check(&report, "config").unwrap()["level"], "ok", "{report}");
+    daemon.ctl_json(&["config", "set", "storage.busy_timeout_ms", "4000"]);
+    let pending = config(&daemon);
+    assert_eq!(pending["level"], "warn", "{pending}");
+    assert!(
+        pending["detail"].as_str().unwrap().contains("storage.busy_timeout_ms"),
+        "{pending}"
+    );
+    let text = std::fs::read_to_string(&daemon.config_path).unwrap();
+    std::fs::write(
+        &daemon.config_path,
+        format!("{text}\n[storage]\nbusy_timeout_ms = \"soon\"\n"),
+    )
+    .unwrap();
+    let broken = config(&daemon);
+    assert_eq!(broken["level"], "fail", "{broken}");
+    assert!(
+        broken["detail"].as_str().unwrap().contains("no longer loads"),
+        "{broken}"
+    );
     assert_eq!(report["fail"], 1, "{report}");
     drop(daemon);
 
