@@ -798,6 +798,7 @@ fn doctor_runs_the_daemons_own_checks() {
     let output = daemon.ctl(&["doctor", "--deep", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(check(&report, "disk").unwrap()["level"], "ok", "{report}");
     let integrity = check(&report, "integrity").expect("the deep integrity check");
     assert_eq!(integrity["level"], "ok", "{report}");
     assert_eq!(integrity["deep"], true);
@@ -822,6 +823,36 @@ fn doctor_runs_the_daemons_own_checks() {
         error.contains("no check named \"nope\"") && error.contains("storage"),
         "{error}"
     );
+}
+
+#[test]
+fn doctor_deep_fails_when_the_state_directory_has_no_room_for_a_backup() {
+    if !running_as_root() {
+        return;
+    }
+    // The state directory on a 16 MiB tmpfs: room for the database, not for its headroom.
+    let dir = new_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("skipped: this machine cannot mount a tmpfs");
+        return;
+    }
+    let daemon = Daemon::start_with(dir.clone(), DaemonOptions::default());
+    let output = daemon.ctl(&["doctor", "--deep", "--only", "disk", "--json"]);
+    drop(daemon);
+    let _ = std::process::Command::new("umount").arg(&state).status();
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let disk = &report["checks"][0];
+    assert_eq!(disk["level"], "fail", "{report}");
+    assert!(disk["detail"].as_str().unwrap().contains("MiB free in"), "{report}");
+    assert!(disk["hint"].as_str().unwrap().contains("backup.dir"), "{report}");
 }
 
 #[test]
