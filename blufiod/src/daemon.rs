@@ -302,6 +302,8 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
         .await
         .map_err(DaemonError::Vault)?;
     tracing::info!(source = %vault.status().source.describe(), "vault open");
+    // A passphrase's Argon2id took 19 MiB or more that the allocator would otherwise keep.
+    crate::memory::release();
     let secrets = Secrets::new(vault.clone(), |name| std::env::var(name).ok());
 
     let (run, previous_run_unclean) = storage
