@@ -897,6 +897,31 @@ fn register_checks(health: &Health, lifecycle: &Arc<Lifecycle>, storage: &Storag
         .liveness()
         .readiness("the database is not reachable"),
     );
+    // The database's schema is the one this build migrates to.
+    let versioned = storage.clone();
+    health.register(Check::new("schema", move || {
+        let storage = versioned.clone();
+        async move {
+            let ours = crate::storage::current_schema_version();
+            match storage.schema_version().await {
+                Ok((version, false)) if version == ours => {
+                    Finding::ok(format!("schema version {version}, this build's"))
+                }
+                Ok((version, failed)) => Finding::fail(
+                    format!(
+                        "schema version {version}, this build's is {ours}{}",
+                        if failed {
+                            "; a migration is recorded as failed"
+                        } else {
+                            ""
+                        }
+                    ),
+                    "restart blufiod to migrate; if that fails, restore a backup taken by this version",
+                ),
+                Err(error) => Finding::fail(crate::error_chain(&error), "see the storage check and the log"),
+            }
+        }
+    }));
     // The whole database reads back consistently: too slow for every status call.
     let checked = storage.clone();
     health.register(

@@ -782,6 +782,28 @@ fn doctor_runs_the_daemons_own_checks() {
         broken["detail"].as_str().unwrap().contains("no longer loads"),
         "{broken}"
     );
+    // The schema: this build's; then a migration marked failed behind the daemon's back.
+    assert_eq!(check(&report, "schema").unwrap()["level"], "ok", "{report}");
+    let database = daemon.dir.path().join("state/blufio.db");
+    let marked = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute('UPDATE _sqlx_migrations SET success = 0 WHERE version = (SELECT max(version) FROM _sqlx_migrations)')\nc.commit()\n",
+        ])
+        .arg(&database)
+        .status()
+        .unwrap();
+    assert!(marked.success());
+    let schema = daemon.ctl(&["doctor", "--only", "schema", "--json"]);
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    assert_eq!(schema["checks"][0]["level"], "fail", "{schema}");
+    assert!(
+        schema["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a migration is recorded as failed"),
+        "{schema}"
+    );
     assert_eq!(report["fail"], 1, "{report}");
     drop(daemon);
 

@@ -452,6 +452,22 @@ impl Storage {
             })?;
         Ok(())
     }
+
+    /// The last migration applied to the open database, and whether any migration is recorded
+    /// as failed.
+    pub async fn schema_version(&self) -> Result<(i64, bool), StorageError> {
+        let pools = self.pools.read().await;
+        let (version, failed): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT max(CASE WHEN success THEN version END), count(*) FILTER (WHERE NOT success) FROM _sqlx_migrations",
+        )
+        .fetch_one(&pools.reader)
+        .await
+        .map_err(|source| StorageError::Query {
+            operation: "read the schema version",
+            source,
+        })?;
+        Ok((version.unwrap_or(0), failed > 0))
+    }
 }
 
 /// Creates `dir` and its parents with mode 0700 (state may hold keys); an existing directory is
