@@ -746,9 +746,10 @@ impl Agent {
         let config = self.config.get();
         let provider = match self.provider_for(&config.config) {
             Ok(provider) => provider,
-            Err(error) => {
+            // The `provider` check already says what is missing and how to fix it.
+            Err(_) => {
                 return Finding::warn(
-                    format!("not checked: {error}"),
+                    "not checked: the provider is not usable yet",
                     "configure the provider first (the provider check says how)",
                 );
             }
