@@ -42,8 +42,11 @@ use blufio_proto::httpsig;
 use blufio_testkit::bench::{self, ProcessMemory};
 use blufio_testkit::fake_provider::FakeProvider;
 use blufio_testkit::{Daemon, DaemonOptions, describe, new_dir};
-use ed25519_dalek::SigningKey;
 use serde_json::json;
+
+#[path = "common/gateway.rs"]
+mod gateway_device;
+use gateway_device::Gateway;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, SqliteConnection};
 use tokio::time::MissedTickBehavior;
@@ -654,29 +657,7 @@ fn millis_of(at: i64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The load.
 
-/// The gateway as a registered device reaches it.
-struct Gateway {
-    /// `127.0.0.1:PORT`.
-    authority: String,
-    certificate: reqwest::Certificate,
-    key: SigningKey,
-    keyid: String,
-}
-
 impl Gateway {
-    /// Registers a device on the daemon and reads where its gateway listens.
-    async fn register(daemon: &Daemon) -> Self {
-        let key = SigningKey::from_bytes(&[1; 32]);
-        let pem = httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem");
-        let device = blufio_testkit::register_device(daemon, "bench", pem).await;
-        Self {
-            authority: device.authority,
-            certificate: reqwest::Certificate::from_pem(&device.certificate_pem).expect("the certificate's PEM"),
-            key,
-            keyid: device.keyid,
-        }
-    }
-
     /// A client with a connection of its own.
     fn client(&self) -> reqwest::Client {
         reqwest::Client::builder()

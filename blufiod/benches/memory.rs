@@ -38,8 +38,11 @@ use blufio_proto::httpsig;
 use blufio_testkit::Daemon;
 use blufio_testkit::bench::{self, ProcessMemory};
 use blufio_testkit::fake_provider::{FakeProvider, Script};
-use ed25519_dalek::SigningKey;
 use serde_json::json;
+
+#[path = "common/gateway.rs"]
+mod gateway_device;
+use gateway_device::Gateway;
 use tonic::transport::Channel;
 
 /// How long the daemon idles after `READY=1` before the second figure.
@@ -441,30 +444,7 @@ fn sampled<T>(
     })
 }
 
-/// The gateway as a registered device reaches it.
-struct Gateway {
-    /// `127.0.0.1:PORT`.
-    authority: String,
-    /// The daemon's self-signed certificate, the only one the clients trust.
-    certificate: reqwest::Certificate,
-    key: SigningKey,
-    keyid: String,
-}
-
 impl Gateway {
-    /// Registers a device on the daemon and reads where its gateway listens.
-    async fn register(daemon: &Daemon) -> Self {
-        let key = SigningKey::from_bytes(&[1; 32]);
-        let pem = httpsig::verifying_key_to_pem(&key.verifying_key()).expect("pem");
-        let device = blufio_testkit::register_device(daemon, "bench", pem).await;
-        Self {
-            authority: device.authority,
-            certificate: reqwest::Certificate::from_pem(&device.certificate_pem).expect("the certificate's PEM"),
-            key,
-            keyid: device.keyid,
-        }
-    }
-
     /// A client with a connection pool of its own, connecting from `local` (a loopback address).
     fn client(&self, local: IpAddr) -> reqwest::Client {
         reqwest::Client::builder()

@@ -323,14 +323,20 @@ pub async fn opens_whole(storage: &Storage, inputs: &SourceInputs) -> Result<boo
         .await
         .map_err(stored("read the vault's entries"))?
     {
-        cipher
-            .open(&record.name, &record.nonce, &record.ciphertext)
-            .map_err(|source| VaultError::Damaged {
-                what: format!("entry `{}`", record.name),
-                source,
-            })?;
+        open_record(&cipher, &record)?;
     }
     Ok(true)
+}
+
+/// Opens a stored entry. A failure means the row was changed (or moved to another name) or the
+/// data key is not this vault's.
+fn open_record(cipher: &EntryCipher, record: &VaultEntryRecord) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    cipher
+        .open(&record.name, &record.nonce, &record.ciphertext)
+        .map_err(|source| VaultError::Damaged {
+            what: format!("entry `{}`", record.name),
+            source,
+        })
 }
 
 impl Vault {
@@ -434,12 +440,7 @@ async fn load_state(storage: &Storage, inputs: &SourceInputs) -> Result<State, V
         let mut entries = BTreeMap::new();
         for record in records {
             // Every entry must open now, not at its first use.
-            cipher
-                .open(&record.name, &record.nonce, &record.ciphertext)
-                .map_err(|source| VaultError::Damaged {
-                    what: format!("entry `{}`", record.name),
-                    source,
-                })?;
+            open_record(&cipher, &record)?;
             let recorded_use = record.last_used_at;
             entries.insert(record.name.clone(), Entry { record, recorded_use });
         }
@@ -473,12 +474,7 @@ impl Vault {
             let entry = entries
                 .get_mut(name)
                 .ok_or_else(|| VaultError::NotFound { name: name.to_owned() })?;
-            let plain = cipher
-                .open(name, &entry.record.nonce, &entry.record.ciphertext)
-                .map_err(|source| VaultError::Damaged {
-                    what: format!("entry `{name}`"),
-                    source,
-                })?;
+            let plain = open_record(cipher, &entry.record)?;
             if used {
                 entry.record.last_used_at = Some(now);
             }
