@@ -744,11 +744,10 @@ fn doctor_runs_the_daemons_own_checks() {
     // The control socket as bound; opened to every local user, it fails.
     assert_eq!(check(&report, "socket").unwrap()["level"], "ok", "{report}");
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let opened = daemon.ctl(&["doctor", "--only", "socket", "--json"]);
-    let opened: serde_json::Value = serde_json::from_slice(&opened.stdout).unwrap();
-    assert_eq!(opened["checks"][0]["level"], "fail", "{opened}");
+    let opened = daemon.doctor_check("socket");
+    assert_eq!(opened["level"], "fail", "{opened}");
     assert!(
-        opened["checks"][0]["detail"]
+        opened["detail"]
             .as_str()
             .unwrap()
             .contains("every local user may connect"),
@@ -757,14 +756,9 @@ fn doctor_runs_the_daemons_own_checks() {
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o660)).unwrap();
     // The config: applied; then a change that waits for a restart; then a file that no longer
     // loads (the daemon keeps its last good configuration).
-    let config = |daemon: &Daemon| {
-        let output = daemon.ctl(&["doctor", "--only", "config", "--json"]);
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        report["checks"][0].clone()
-    };
     assert_eq!(check(&report, "config").unwrap()["level"], "ok", "{report}");
     daemon.ctl_json(&["config", "set", "storage.busy_timeout_ms", "4000"]);
-    let pending = config(&daemon);
+    let pending = daemon.doctor_check("config");
     assert_eq!(pending["level"], "warn", "{pending}");
     assert!(
         pending["detail"].as_str().unwrap().contains("storage.busy_timeout_ms"),
@@ -776,7 +770,7 @@ fn doctor_runs_the_daemons_own_checks() {
         format!("{text}\n[storage]\nbusy_timeout_ms = \"soon\"\n"),
     )
     .unwrap();
-    let broken = config(&daemon);
+    let broken = daemon.doctor_check("config");
     assert_eq!(broken["level"], "fail", "{broken}");
     assert!(
         broken["detail"].as_str().unwrap().contains("no longer loads"),
@@ -794,11 +788,10 @@ fn doctor_runs_the_daemons_own_checks() {
         .status()
         .unwrap();
     assert!(marked.success());
-    let schema = daemon.ctl(&["doctor", "--only", "schema", "--json"]);
-    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
-    assert_eq!(schema["checks"][0]["level"], "fail", "{schema}");
+    let schema = daemon.doctor_check("schema");
+    assert_eq!(schema["level"], "fail", "{schema}");
     assert!(
-        schema["checks"][0]["detail"]
+        schema["detail"]
             .as_str()
             .unwrap()
             .contains("a migration is recorded as failed"),
@@ -902,18 +895,13 @@ fn doctor_warns_before_the_gateway_certificate_expires_and_fails_after() {
                 ..DaemonOptions::default()
             },
         );
-        let output = daemon.ctl(&["doctor", "--only", "gateway", "--json"]);
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        let check = &report["checks"][0];
-        assert_eq!(check["level"], level, "{days} days: {report}");
+        let check = daemon.doctor_check("gateway");
+        assert_eq!(check["level"], level, "{days} days: {check}");
         assert!(
             check["detail"].as_str().unwrap().contains(words),
-            "{days} days: {report}"
+            "{days} days: {check}"
         );
-        assert!(
-            check["hint"].as_str().unwrap().contains("gateway.cert_file"),
-            "{report}"
-        );
+        assert!(check["hint"].as_str().unwrap().contains("gateway.cert_file"), "{check}");
     }
 }
 

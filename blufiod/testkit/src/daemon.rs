@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::ctl::{ctl_command, output_of};
+use crate::ctl::{ctl_command, describe, output_of};
 use crate::{Binaries, NotifyLog, PATIENCE};
 
 /// How to start a daemon.
@@ -178,6 +178,15 @@ impl Daemon {
     /// Runs `blufioctl --socket <socket> args...`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         output_of(ctl_command(self.binaries.blufioctl(), &self.socket, args))
+    }
+
+    /// Runs `blufioctl doctor --only NAME --json` and returns that check's entry, whatever the
+    /// exit code (a failing check exits 1).
+    pub fn doctor_check(&self, name: &str) -> serde_json::Value {
+        let output = self.ctl(&["doctor", "--only", name, "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|error| panic!("doctor --only {name} printed no JSON ({error}): {}", describe(&output)));
+        report["checks"][0].clone()
     }
 
     /// Runs `blufioctl --socket <socket> args...` with `input` on its standard input (a pipe, as
