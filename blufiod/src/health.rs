@@ -370,9 +370,12 @@ mod tests {
             Finding::warn("close to a cap", "raise it")
         }));
         let (release, released) = tokio::sync::watch::channel(false);
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let starting = started.clone();
         health.register(
             Check::new("whole", move || {
                 let mut released = released.clone();
+                starting.store(true, std::sync::atomic::Ordering::SeqCst);
                 async move {
                     let _ = released.wait_for(|done| *done).await;
                     Finding::ok("intact")
@@ -398,12 +401,19 @@ mod tests {
 
         // A deep run in progress refuses another, not a cheap one.
         let _ = release.send(false);
+        started.store(false, std::sync::atomic::Ordering::SeqCst);
         let health = std::sync::Arc::new(health);
         let running = tokio::spawn({
             let health = health.clone();
             async move { health.doctor(true, &[]).await.map(|reports| reports.len()) }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Wait until the first run's deep check has started (it holds the lock, parked on
+        // `release`).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "the first deep run never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(matches!(health.doctor(true, &[]).await, Err(DoctorError::DeepBusy)));
         assert_eq!(names(&health.doctor(false, &[]).await.unwrap()), ["quick"]);
         let _ = release.send(true);
@@ -423,7 +433,7 @@ mod tests {
                     Finding::ok(format!("run {run}"))
                 }
             })
-            .at_most_every(Duration::from_millis(300)),
+            .at_most_every(Duration::from_secs(1)),
         );
         let first = health.doctor(false, &[]).await.unwrap();
         assert_eq!(first[0].finding.detail, "run 1");
@@ -431,7 +441,7 @@ mod tests {
         for reports in [a.unwrap(), b.unwrap()] {
             assert_eq!(reports[0].finding.detail, "run 1 (as of 0 s ago)");
         }
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(health.doctor(false, &[]).await.unwrap()[0].finding.detail, "run 2");
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
