@@ -221,6 +221,14 @@ pub enum Command {
     /// 40 s.
     Doctor(DoctorArgs),
 
+    /// Show the daemon's recent log lines, from memory, and follow new ones with -f
+    ///
+    /// blufiod keeps its last 2,000 lines (at most 512 KiB) in memory for this; the full log is
+    /// in the journal (`journalctl -u blufiod`) or in log.file. Lines below log.level were never
+    /// logged and cannot be shown. Each line: UTC time, level, target, message. A follower too
+    /// slow for the daemon is told how many lines it missed. --timeout applies without -f.
+    Logs(LogsArgs),
+
     /// Print a shell completion script to stdout
     Completions {
         /// The shell to generate completions for
@@ -609,6 +617,33 @@ pub struct DoctorArgs {
     pub only: Vec<String>,
     #[command(flatten)]
     pub output: JsonArgs,
+}
+
+/// `blufioctl logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// How many recent lines to show first (0 with -f: only new ones)
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub lines: u32,
+    /// Keep running and print each new line as the daemon logs it (stop with Ctrl-C)
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The least severe level to show
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevelArg::Info)]
+    pub level: LogLevelArg,
+    /// Print one JSON object per line (JSON Lines) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A log level for `logs --level`, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
 }
 
 /// The `--json` flag shared by every data-printing command.

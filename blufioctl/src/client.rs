@@ -26,11 +26,12 @@ use blufio_proto::control::v1::{
     Device, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetSessionRequest, GetSessionResponse,
     GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, GetVaultStatusRequest,
     GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest, ListSecretsResponse,
-    ListSessionsRequest, ListSessionsResponse, PruneSessionsRequest, PruneSessionsResponse, RekeyVaultRequest,
-    RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest,
-    RenameSessionRequest, RenameSessionResponse, RestoreChunk, RestoreProgress, RevokeDeviceRequest, RunChecksRequest,
-    RunChecksResponse, SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, SetSecretRequest,
-    SetSecretResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
+    ListSessionsRequest, ListSessionsResponse, LogLevel, LogLine, PruneSessionsRequest, PruneSessionsResponse,
+    ReadLogsRequest, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse,
+    RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest, RenameSessionResponse, RestoreChunk,
+    RestoreProgress, RevokeDeviceRequest, RunChecksRequest, RunChecksResponse, SendMessageRequest, SendMessageResponse,
+    SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse, UnsetConfigRequest,
+    ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -331,6 +332,23 @@ impl Client {
         }
     }
 
+    /// `ReadLogs`: the last `lines` log lines at `min_level` or above, then, with `follow`, new
+    /// ones as they come. Without a deadline; the caller bounds a read that does not follow.
+    pub async fn read_logs(&mut self, lines: u32, min_level: LogLevel, follow: bool) -> Result<LogStream, ClientError> {
+        let request = tonic::Request::new(ReadLogsRequest {
+            lines,
+            min_level: min_level.into(),
+            follow,
+        });
+        match self.inner.read_logs(request).await {
+            Ok(response) => Ok(LogStream {
+                inner: response.into_inner(),
+                socket: self.socket.clone(),
+            }),
+            Err(status) => Err(classify_status(&self.socket, status)),
+        }
+    }
+
     /// `Restore`: sends `chunks` (`start`, then the archive's bytes; the stream's end is the
     /// archive's) and returns the daemon's phases and result. Without a deadline: the daemon waits
     /// for running turns before it swaps the database. Dropping the returned [`RestoreStream`]
@@ -367,6 +385,23 @@ impl BackupStream {
                 Err(status) => return Err(classify_status(&self.socket, status)),
             }
         }
+    }
+}
+
+/// The lines of one `ReadLogs` call.
+pub struct LogStream {
+    inner: Streaming<LogLine>,
+    socket: PathBuf,
+}
+
+impl LogStream {
+    /// The next line, or `None` when the daemon ended the stream (all recent lines sent, or the
+    /// daemon stopping while following).
+    pub async fn next(&mut self) -> Result<Option<LogLine>, ClientError> {
+        self.inner
+            .message()
+            .await
+            .map_err(|status| classify_status(&self.socket, status))
     }
 }
 

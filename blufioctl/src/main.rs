@@ -435,6 +435,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         Command::Usage { days, output } => commands::usage::run(&context, days, output).await,
         Command::Metrics => commands::metrics::run(&context).await,
         Command::Doctor(args) => commands::doctor::run(&context, args).await,
+        Command::Logs(args) => commands::logs::run(&context, args).await,
         Command::Completions { shell } => commands::generate::completions(&context, shell),
         Command::Man => commands::generate::man(&context),
     }

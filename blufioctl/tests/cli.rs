@@ -307,12 +307,13 @@ mod fake {
         Device, GatewayStatus, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetMetricsResponse,
         GetSessionRequest, GetSessionResponse, GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse,
         GetVaultStatusRequest, GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest,
-        ListSecretsResponse, ListSessionsRequest, ListSessionsResponse, ModelUsage, PendingVaultKey, RekeyVaultRequest,
-        RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse, RestoreChunk, RestoreProgress, RestoreResponse,
-        RevokeDeviceRequest, RevokeDeviceResponse, RunChecksRequest, RunChecksResponse, SecretInfo, SendMessageRequest,
-        SendMessageResponse, Session, SessionUsage, SetConfigRequest, SetConfigResponse, SetSecretRequest,
-        SetSecretResponse, SubsystemStatus, TextDelta, TokenUsage, ToolActivity, ToolCall, TurnCompleted,
-        ValidateConfigRequest, ValidateConfigResponse, backup_chunk, restore_chunk, restore_progress,
+        ListSecretsResponse, ListSessionsRequest, ListSessionsResponse, LogLevel, LogLine, ModelUsage, PendingVaultKey,
+        ReadLogsRequest, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse,
+        RestoreChunk, RestoreProgress, RestoreResponse, RevokeDeviceRequest, RevokeDeviceResponse, RunChecksRequest,
+        RunChecksResponse, SecretInfo, SendMessageRequest, SendMessageResponse, Session, SessionUsage,
+        SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse, SubsystemStatus, TextDelta,
+        TokenUsage, ToolActivity, ToolCall, TurnCompleted, ValidateConfigRequest, ValidateConfigResponse, backup_chunk,
+        restore_chunk, restore_progress,
     };
     use blufio_proto::httpsig;
     use tokio::sync::oneshot;
@@ -498,6 +499,35 @@ mod fake {
             std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SendMessageResponse, Status>> + Send>>;
         type BackupStream = Stream<BackupChunk>;
         type RestoreStream = Stream<RestoreProgress>;
+        type ReadLogsStream = Stream<LogLine>;
+
+        /// Three lines (info, warn, error) filtered and tailed as asked; following adds one
+        /// debug line that missed four before it, then ends.
+        async fn read_logs(&self, request: Request<ReadLogsRequest>) -> Result<Response<Self::ReadLogsStream>, Status> {
+            let ReadLogsRequest {
+                lines,
+                min_level,
+                follow,
+            } = request.into_inner();
+            let line = |seq: u64, level: LogLevel, text: &str, missed: u64| LogLine {
+                seq,
+                unix_ms: 1_796_072_779_123 + seq as i64,
+                level: level.into(),
+                text: text.to_owned(),
+                missed,
+            };
+            let recent = [
+                line(0, LogLevel::Info, "blufiod::daemon: ready", 0),
+                line(1, LogLevel::Warn, "blufiod::vault: the key sits beside the data", 0),
+                line(2, LogLevel::Error, "blufiod::agent: provider failed\u{1b}[2J", 0),
+            ];
+            let mut sent: Vec<LogLine> = recent.into_iter().filter(|line| line.level <= min_level).collect();
+            sent.drain(..sent.len().saturating_sub(lines as usize));
+            if follow {
+                sent.push(line(7, LogLevel::Debug, "blufiod::control: followed", 4));
+            }
+            Ok(Response::new(Box::pin(tokio_stream::iter(sent.into_iter().map(Ok)))))
+        }
 
         /// `started`, then [`archive`] in chunks of 256 KiB. With `include_tls` the stream breaks
         /// off with an error after the first chunk; with `include_tls` and `without_config` it
@@ -3106,6 +3136,33 @@ fn doctor_prints_a_line_per_check_and_exits_1_when_one_fails() {
         stderr(&output)
     );
     assert!(stdout(&output).is_empty());
+}
+
+#[test]
+fn logs_prints_the_daemons_lines_and_says_what_a_follower_missed() {
+    let daemon = fake::FakeDaemon::start();
+    let output = run(against(&daemon).args(["--plain", "logs", "-n", "2", "--level", "warn"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "2026-11-30T21:06:19.124Z  WARN blufiod::vault: the key sits beside the data\n\
+         2026-11-30T21:06:19.125Z ERROR blufiod::agent: provider failed^[[2J\n"
+    );
+    let output = run(against(&daemon).args(["logs", "-n", "1"]));
+    assert_eq!(stdout(&output).lines().count(), 1, "{}", stdout(&output));
+    assert!(stdout(&output).contains("provider failed"));
+
+    let output = run(against(&daemon).args(["logs", "-n", "0", "-f", "--level", "debug", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stdout(&output));
+    assert_eq!(lines[0]["level"], "debug");
+    assert_eq!(lines[0]["missed"], 4);
+    assert_eq!(lines[0]["text"], "blufiod::control: followed");
+    assert!(stderr(&output).contains("4 lines missed here"), "{}", stderr(&output));
 }
 
 #[test]

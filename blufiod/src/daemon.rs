@@ -196,7 +196,7 @@ fn raise_open_files_limit() -> u64 {
 pub async fn run(startup: Startup) -> Result<(), DaemonError> {
     // Handlers first: SIGHUP's default action is to terminate, and systemd may send it early.
     let mut signals = Signals::install()?;
-    let mut daemon = start(startup, signals.hangup.take()).await?;
+    let mut daemon = start(startup, signals.hangup.take(), signals.user1.take()).await?;
     let outcome = tokio::select! {
         _ = signals.terminate.recv() => { tracing::info!("SIGTERM received; shutting down"); Ok(()) }
         _ = signals.interrupt.recv() => { tracing::info!("SIGINT received; shutting down"); Ok(()) }
@@ -218,6 +218,7 @@ struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Option<Signal>,
+    user1: Option<Signal>,
 }
 
 impl Signals {
@@ -229,6 +230,8 @@ impl Signals {
             terminate: install(SignalKind::terminate(), "SIGTERM")?,
             interrupt: install(SignalKind::interrupt(), "SIGINT")?,
             hangup: Some(install(SignalKind::hangup(), "SIGHUP")?),
+            // Its default action is to terminate: logrotate's postrotate must not stop the daemon.
+            user1: Some(install(SignalKind::user_defined1(), "SIGUSR1")?),
         })
     }
 }
@@ -247,7 +250,7 @@ struct Running {
 }
 
 /// Binds, opens and wires everything, spawns each subsystem, and sends `READY=1`.
-async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, DaemonError> {
+async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>) -> Result<Running, DaemonError> {
     let notifier = Notifier;
     // The cross-cutting registries, made once and unconditionally; subsystems register into them.
     let events = EventBus::new();
@@ -331,13 +334,22 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
     let token = CancellationToken::new();
     let live = Arc::new(LiveConfig::new(startup.source, startup.loaded));
     // What a configuration change must do beyond a fresh read, registered by what owns it.
-    if let Some(log) = startup.log {
+    let log_ring = startup
+        .log
+        .as_ref()
+        .map_or_else(Default::default, |log| log.ring().clone());
+    if let Some(log) = startup.log.clone() {
         live.on_change("log", move |old, new| {
             if old.config.log.level != new.config.log.level
                 && let Err(error) = log.set_level(&new.config.log.level)
             {
                 tracing::error!(%error, "cannot apply log.level");
             }
+        });
+    }
+    if let Some(log) = startup.log.clone() {
+        live.on_reload("log-file", move || {
+            log.reopen().map(drop).map_err(|error| crate::error_chain(&error))
         });
     }
     let checking = secrets.clone();
@@ -494,6 +506,7 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
                 secrets: secrets.clone(),
                 backups: backups.clone(),
                 gateway: gateway_info,
+                logs: log_ring,
             },
             listener,
             Policy {
@@ -503,6 +516,9 @@ async fn start(startup: Startup, sighup: Option<Signal>) -> Result<Running, Daem
             token.child_token(),
         ),
     );
+    if let (Some(sigusr1), Some(log)) = (sigusr1, startup.log) {
+        subsystems.spawn("log-reopen", reopen_on_sigusr1(log, sigusr1, token.child_token()));
+    }
     if let Some(sighup) = sighup {
         subsystems.spawn(
             "reload",
@@ -699,6 +715,30 @@ async fn reload_on_sighup(
                 tracing::info!("SIGHUP received; reloading the configuration");
                 // Errors are logged and reported by reload itself.
                 let _ = lifecycle.reload().await;
+            }
+        }
+    }
+}
+
+/// Reopens `log.file` on each SIGUSR1 until cancelled (logrotate's `postrotate`). A failed reopen
+/// is logged, to the file still open, and the daemon keeps writing there.
+async fn reopen_on_sigusr1(
+    log: LogHandle,
+    mut sigusr1: Signal,
+    token: CancellationToken,
+) -> Result<(), SubsystemError> {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            received = sigusr1.recv() => {
+                if received.is_none() {
+                    return Err("the SIGUSR1 stream ended".into());
+                }
+                match log.reopen() {
+                    Ok(Some(path)) => tracing::info!(file = %path.display(), "SIGUSR1 received; log file reopened"),
+                    Ok(None) => tracing::info!("SIGUSR1 received; there is no log.file to reopen"),
+                    Err(error) => tracing::error!(error = %crate::error_chain(&error), "SIGUSR1 received; keeping the log file already open"),
+                }
             }
         }
     }

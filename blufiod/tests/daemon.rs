@@ -710,6 +710,7 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("RekeyVault", "full", false),
     ("Backup", "full", true),
     ("Restore", "full", true),
+    ("ReadLogs", "full", true),
 ];
 
 #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod doctor;
 pub mod generate;
+pub mod logs;
 pub mod metrics;
 pub mod remote;
 pub mod sessions;

@@ -79,6 +79,7 @@ pub const KEYS: &[KeySpec] = &[
     restart("gateway.replay_cache_entries"),
     live("gateway.request_timeout_secs"),
     live("gateway.server_names"),
+    restart("log.file"),
     restart("log.format"),
     live("log.level"),
     live("memory.limit_mib"),
@@ -385,7 +386,10 @@ fn to_toml(value: &Value) -> toml_edit::Value {
 mod tests {
     #[test]
     fn unknown_keys_get_the_section_or_the_nearest_key() {
-        assert_eq!(suggest("log"), "`log` is a section; its keys are log.format, log.level");
+        assert_eq!(
+            suggest("log"),
+            "`log` is a section; its keys are log.file, log.format, log.level"
+        );
         assert_eq!(suggest("provider.apikey"), "did you mean `provider.api_key`?");
         assert_eq!(
             suggest("nothing.like.it"),
@@ -471,6 +475,7 @@ mod tests {
         config.vault.key_file = Some("/etc/v.key".into());
         config.vault.passphrase_file = Some("/etc/v.pass".into());
         config.backup.dir = Some("/b".into());
+        config.log.file = Some("/l/blufiod.log".into());
         config.gateway.metrics_listen = Some("127.0.0.1:9464".into());
         config
     }

@@ -137,6 +137,10 @@ pub struct LogConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+    /// A file the daemon appends its log to instead of stderr, reopened on SIGUSR1 and on
+    /// reload so that logrotate can rename it away. Unset: stderr (which journald captures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
@@ -144,15 +148,17 @@ impl Default for LogConfig {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Auto,
+            file: None,
         }
     }
 }
 
-/// How log lines are written to stderr.
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
-    /// Human lines; coloured on a TTY, without colour and timestamps under journald.
+    /// Human lines; coloured on a TTY, without colour and timestamps under journald, with
+    /// timestamps and without colour in `log.file`.
     Auto,
     /// Human lines, never coloured.
     Human,
@@ -576,6 +582,7 @@ impl Config {
             ("vault.key_file", &self.vault.key_file),
             ("vault.passphrase_file", &self.vault.passphrase_file),
             ("backup.dir", &self.backup.dir),
+            ("log.file", &self.log.file),
         ];
         for (key, path) in paths {
             if let Some(path) = path

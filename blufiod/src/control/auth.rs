@@ -13,7 +13,8 @@ use crate::config::Access;
 /// daemon's health and settings: status and metrics, the (masked) configuration and config
 /// checks, the gRPC health service and reflection (status and metrics show spend totals, as a
 /// loopback scrape of `/metrics` does). Conversations, usage reports, devices and every change
-/// need full access. The doctor's checks only look, so they are read-only too; their details
+/// need full access, and so do the daemon's log lines, which name devices, sessions and peers.
+/// The doctor's checks only look, so they are read-only too; their details
 /// name paths and settings a read-only caller already sees in status and the masked config.
 /// A method missing here needs full access.
 pub const ACCESS: &[(&str, Access)] = &[
@@ -47,6 +48,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("RekeyVault", Access::Full),
     ("Backup", Access::Full),
     ("Restore", Access::Full),
+    ("ReadLogs", Access::Full),
 ];
 
 /// The access `method` needs.

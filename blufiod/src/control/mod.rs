@@ -59,6 +59,8 @@ pub struct ControlDeps {
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Backups and restores.
     pub backups: Arc<crate::backup::Backups>,
+    /// The recent log lines (`ReadLogs`).
+    pub logs: Arc<crate::logging::Ring>,
 }
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a
@@ -129,7 +131,7 @@ pub async fn serve(
     // Every call, of every service, is authorized before its body is read.
     let guard = guard::GuardLayer::new(policy.clone(), deps.live.handle());
     let metered = metered::MeteredLayer::new(deps.metrics.clone());
-    let control = pb::control_server::ControlServer::new(service::ControlService::new(deps, policy))
+    let control = pb::control_server::ControlServer::new(service::ControlService::new(deps, policy, token.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!("control plane serving");

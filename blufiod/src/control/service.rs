@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blufio_proto::control::v1 as pb;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::ControlDeps;
@@ -27,6 +28,7 @@ use crate::error_chain;
 use crate::events::Event;
 use crate::health::{Cost, DoctorError, Level};
 use crate::lifecycle::{Phase, VERSION};
+use crate::logging::{Line, Ring};
 use crate::secrets::references;
 use crate::storage::StorageErrorKind;
 use crate::vault::crypto::Kdf;
@@ -36,11 +38,13 @@ use crate::vault::{NewKey, Rekeyed, VaultError, VaultStatus};
 pub struct ControlService {
     deps: ControlDeps,
     policy: Policy,
+    /// Cancelled when the daemon stops: streams that would never end (`logs -f`) end then.
+    shutdown: CancellationToken,
 }
 
 impl ControlService {
-    pub(super) fn new(deps: ControlDeps, policy: Policy) -> Self {
-        Self { deps, policy }
+    pub(super) fn new(deps: ControlDeps, policy: Policy, shutdown: CancellationToken) -> Self {
+        Self { deps, policy, shutdown }
     }
 
     fn set_response(&self, outcome: config::SetOutcome) -> pb::SetConfigResponse {
@@ -442,6 +446,46 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::GetMetricsResponse {
             text: self.deps.metrics.render(),
         }))
+    }
+
+    type ReadLogsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogLine, Status>> + Send + 'static>>;
+
+    async fn read_logs(&self, request: Request<pb::ReadLogsRequest>) -> Result<Response<Self::ReadLogsStream>, Status> {
+        self.authorize(&request, "ReadLogs")?;
+        let pb::ReadLogsRequest {
+            lines,
+            min_level,
+            follow,
+        } = request.into_inner();
+        let level = match pb::LogLevel::try_from(min_level) {
+            Ok(pb::LogLevel::Error) => tracing::Level::ERROR,
+            Ok(pb::LogLevel::Warn) => tracing::Level::WARN,
+            Ok(pb::LogLevel::Unspecified | pb::LogLevel::Info) => tracing::Level::INFO,
+            Ok(pb::LogLevel::Debug) => tracing::Level::DEBUG,
+            Ok(pb::LogLevel::Trace) => tracing::Level::TRACE,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown log level {min_level}; use 1 (error) to 5 (trace), or 0 for info"
+                )));
+            }
+        };
+        let ring = self.deps.logs.clone();
+        // Subscribed before the tail is read, so that no line falls between the two.
+        let changes = ring.subscribe();
+        let (recent, next) = ring.tail(usize::try_from(lines).unwrap_or(usize::MAX), level);
+        let (sender, receiver) = tokio::sync::mpsc::channel(LOG_STREAM_BUFFER);
+        let follow = follow.then(|| Follow {
+            ring,
+            changes,
+            next,
+            level,
+            shutdown: self.shutdown.clone(),
+        });
+        tokio::spawn(stream_logs(recent, follow, sender));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        ))))
     }
 
     async fn run_checks(
@@ -1372,6 +1416,87 @@ fn write_error_to_status(error: &ConfigWriteError) -> Status {
             }
             _ => Status::internal(message),
         },
+    }
+}
+
+/// Log lines a `ReadLogs` stream buffers for its caller; a follower slower than that misses
+/// lines (and is told how many) rather than making anything wait.
+const LOG_STREAM_BUFFER: usize = 64;
+/// Lines a follower takes from the ring at a time.
+const LOG_FOLLOW_BATCH: usize = 256;
+
+/// What `ReadLogs` with `follow` keeps reading after the recent lines.
+struct Follow {
+    ring: Arc<Ring>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    next: u64,
+    level: tracing::Level,
+    shutdown: CancellationToken,
+}
+
+/// Sends the recent lines and then, following, each new one until the caller goes away or the
+/// daemon stops.
+async fn stream_logs(
+    recent: Vec<Line>,
+    follow: Option<Follow>,
+    sender: tokio::sync::mpsc::Sender<Result<pb::LogLine, Status>>,
+) {
+    for line in recent {
+        if sender.send(Ok(log_line_to_proto(line, 0))).await.is_err() {
+            return;
+        }
+    }
+    let Some(Follow {
+        ring,
+        mut changes,
+        mut next,
+        level,
+        shutdown,
+    }) = follow
+    else {
+        return;
+    };
+    let mut missed = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sender.closed() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        loop {
+            let since = ring.since(next, level, LOG_FOLLOW_BATCH);
+            missed += since.missed;
+            next = since.next;
+            let full = since.lines.len() == LOG_FOLLOW_BATCH;
+            for line in since.lines {
+                // A full buffer means a slow reader: skip the line, count it, never wait.
+                match sender.try_send(Ok(log_line_to_proto(line, missed))) {
+                    Ok(()) => missed = 0,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => missed += 1,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+fn log_line_to_proto(line: Line, missed: u64) -> pb::LogLine {
+    let level = match line.level {
+        tracing::Level::ERROR => pb::LogLevel::Error,
+        tracing::Level::WARN => pb::LogLevel::Warn,
+        tracing::Level::INFO => pb::LogLevel::Info,
+        tracing::Level::DEBUG => pb::LogLevel::Debug,
+        tracing::Level::TRACE => pb::LogLevel::Trace,
+    };
+    pb::LogLine {
+        seq: line.seq,
+        unix_ms: line.unix_ms,
+        level: level.into(),
+        text: line.text.into(),
+        missed,
     }
 }
 
