@@ -216,9 +216,11 @@ pub enum Command {
     ///
     /// One line per check: ok, warn or fail, its name, how long it took, what it saw and, when
     /// something needs fixing, how. --deep adds the expensive checks (a whole-database integrity
-    /// check). Exit codes: 0 when no check failed (warnings included), 1 when one did, 3 when
-    /// blufiod cannot be reached. Each check has up to 30 s; --timeout applies with a floor of
-    /// 40 s.
+    /// check). With blufiod down, it checks what it can from the outside (the config file, the
+    /// state directory, stale locks and socket, the systemd unit) and shows the unit's last
+    /// journal lines. Exit codes: 0 when no check failed (warnings included), 1 when one did, 3
+    /// when blufiod cannot be reached (after the offline checks). Each check has up to 30 s;
+    /// --timeout applies with a floor of 40 s.
     Doctor(DoctorArgs),
 
     /// Show the daemon's recent log lines, from memory, and follow new ones with -f
@@ -615,6 +617,10 @@ pub struct DoctorArgs {
     /// Run only these checks (by name, deep ones included); repeat or separate with commas
     #[arg(long, value_name = "CHECK", value_delimiter = ',')]
     pub only: Vec<String>,
+    /// The daemon's config file, for the checks that run while blufiod is down (default: the
+    /// one blufiod itself would read)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub output: JsonArgs,
 }

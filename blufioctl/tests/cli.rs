@@ -3169,6 +3169,22 @@ fn logs_prints_the_daemons_lines_and_says_what_a_follower_missed() {
 fn doctor_without_a_daemon_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("missing.sock");
-    let output = run(blufioctl().arg("--socket").arg(&socket).arg("doctor"));
-    assert_unreachable(&output, &socket);
+    let output = run(blufioctl().arg("--socket").arg(&socket).args(["--plain", "doctor"]));
+    // The offline checks first (tests/doctor_offline.rs in blufiod tries them for real), then
+    // the usual error and hint, exit 3.
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with(&format!(
+            "fail\tdaemon\t0 ms\tblufiod does not answer at {}",
+            socket.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\nok\tlock\t"), "{text}");
+    assert!(
+        stderr(&output).contains(&format!("error: cannot reach blufiod at {}: ", socket.display())),
+        "{}",
+        stderr(&output)
+    );
 }

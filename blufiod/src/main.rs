@@ -59,6 +59,11 @@ struct Args {
     /// Validate the configuration, print the effective values (secrets masked) and exit.
     #[arg(long)]
     check_config: bool,
+    /// With --check-config: print one JSON document instead (what `blufioctl doctor` reads when
+    /// the daemon is down): the config file, whether it is valid or why not, the paths the daemon
+    /// would use, and every key. Exit codes as without it.
+    #[arg(long, requires = "check_config")]
+    json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -109,12 +114,26 @@ fn main() -> ExitCode {
     let loaded = match source.load() {
         Ok(loaded) => loaded,
         Err(error) => {
+            if args.json {
+                let document = serde_json::json!({
+                    "config": source.path,
+                    "present": source.path.exists(),
+                    "valid": false,
+                    "error": error_chain(&error),
+                });
+                let _ = print_json(&document);
+            }
             complain(format_args!("blufiod: {}", error_chain(&error)));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if args.check_config {
-        return match print_config(&mut std::io::stdout().lock(), &source, &loaded) {
+        let printed = if args.json {
+            print_json(&config_json(&source, &loaded))
+        } else {
+            print_config(&mut std::io::stdout().lock(), &source, &loaded)
+        };
+        return match printed {
             Ok(()) => ExitCode::SUCCESS,
             // The reader has gone (`blufiod --check-config | head`): nothing is wrong.
             Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -241,6 +260,53 @@ fn print_config(
         writeln!(out, "{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str())?;
     }
     out.flush()
+}
+
+/// `--check-config --json`: the file, the paths the daemon would use (as `blufioctl doctor`
+/// checks them with the daemon down) and every key with its source.
+fn config_json(source: &config::ConfigSource, loaded: &config::Loaded) -> serde_json::Value {
+    let paths = paths::Paths::resolve(
+        &loaded.config,
+        &source.path,
+        |name| std::env::var_os(name),
+        nix::unistd::geteuid().as_raw(),
+    );
+    let mut socket_lock = paths.socket.as_os_str().to_owned();
+    socket_lock.push(".lock");
+    let keys: Vec<serde_json::Value> = config::entries(loaded, None)
+        .expect("listing all keys cannot fail")
+        .into_iter()
+        .map(|entry| {
+            serde_json::json!({
+                "key": entry.spec.key,
+                "value": (!entry.unset).then_some(entry.value_toml),
+                "source": entry.source.as_str(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "config": source.path,
+        "present": source.path.exists(),
+        "valid": true,
+        "paths": {
+            "state_dir": paths.state_dir,
+            "runtime_dir": paths.runtime_dir,
+            "socket": paths.socket,
+            "socket_lock": std::path::PathBuf::from(socket_lock),
+            "state_lock": paths.state_dir.join("blufiod.lock"),
+            "database": paths.database,
+            "log_file": loaded.config.log.file,
+        },
+        "keys": keys,
+    })
+}
+
+fn print_json(document: &serde_json::Value) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, document)?;
+    writeln!(stdout)?;
+    stdout.flush()
 }
 
 /// Writes one line to stderr before the logger exists; a closed stderr drops it rather than

@@ -1116,3 +1116,45 @@ fn an_open_stream_is_a_call_in_flight_for_its_whole_life() {
         describe(&output)
     );
 }
+
+#[test]
+fn doctor_names_a_hung_daemon_by_the_pid_that_holds_its_locks() {
+    // Here rather than in tests/doctor_offline.rs: doctor waits its 40 s floor for the answer
+    // that never comes, and this binary's other tests run meanwhile.
+    let daemon = Daemon::start();
+    daemon.signal(Signal::SIGSTOP);
+    let (code, report) = {
+        let config = daemon.config_path.to_str().unwrap();
+        let output = daemon.ctl(&["doctor", "--json", "--config", config]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", describe(&output)));
+        (output.status.code(), report)
+    };
+    daemon.signal(Signal::SIGCONT);
+    assert_eq!(code, Some(1), "a timeout, not an unreachable daemon");
+    let lock = pick_check(&report, "lock");
+    assert_eq!(lock["level"], "fail", "{lock}");
+    let detail = lock["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "blufiod (pid {}) holds its locks but does not answer",
+            daemon.pid()
+        )),
+        "{detail}"
+    );
+    assert!(
+        pick_check(&report, "daemon")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within")
+    );
+}
+
+fn pick_check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {report}"))
+}

@@ -1,20 +1,52 @@
 //! `blufioctl doctor`: the daemon's health checks, one line each, with what to do about the ones
-//! that are not ok. The checks themselves live in blufiod's health registry (`RunChecks`).
+//! that are not ok. The checks themselves live in blufiod's health registry (`RunChecks`); with
+//! the daemon down, [`offline`] checks what it can from the outside.
+
+mod offline;
 
 use blufio_proto::control::v1::{CheckLevel, CheckResult};
 use serde::Serialize;
 
 use super::Context;
 use crate::cli::DoctorArgs;
-use crate::output::{Cell, Human, Paint, Render, Style, one_line, render_table};
+use std::error::Error as _;
+
+use crate::client::ClientError;
+use crate::output::{Cell, Human, Paint, Render, Style, one_line, printable, render_table};
 use crate::{Failure, Outcome};
 
 /// Runs the checks; any failed check makes the exit code 1.
 pub async fn run(context: &Context<'_>, args: DoctorArgs) -> Result<Outcome, Failure> {
-    let DoctorArgs { deep, only, output } = args;
-    let response = context.connect().await?.run_checks(deep, only).await?;
+    let DoctorArgs {
+        deep,
+        only,
+        config,
+        output,
+    } = args;
+    let answered = async { context.connect().await?.run_checks(deep, only).await };
+    let response = match answered.await {
+        Ok(response) => response,
+        Err(error @ (ClientError::Unreachable { .. } | ClientError::Timeout { .. })) => {
+            let why = match &error {
+                ClientError::Timeout { after, .. } => format!("no answer within {} s", after.as_secs()),
+                other => other.source().map_or_else(String::new, ToString::to_string),
+            };
+            let offline = offline::run(&context.socket, &why, config.as_deref()).await;
+            let report = Report {
+                checks: &offline.checks,
+                reachable: false,
+                journal: offline.journal.as_deref(),
+            };
+            context.printer.emit(&report, output.json)?;
+            // The usual unreachable error and hint follow on stderr, with exit code 3.
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     let report = Report {
         checks: &response.checks,
+        reachable: true,
+        journal: None,
     };
     context.printer.emit(&report, output.json)?;
     Ok(if report.count(CheckLevel::Fail) > 0 {
@@ -27,6 +59,10 @@ pub async fn run(context: &Context<'_>, args: DoctorArgs) -> Result<Outcome, Fai
 /// What the daemon's checks found.
 struct Report<'a> {
     checks: &'a [CheckResult],
+    /// Whether these are the daemon's checks, or the offline ones.
+    reachable: bool,
+    /// With the daemon down: the last lines of its unit's journal, when readable.
+    journal: Option<&'a [String]>,
 }
 
 impl Report<'_> {
@@ -53,6 +89,8 @@ struct ReportJson<'a> {
     ok: usize,
     warn: usize,
     fail: usize,
+    daemon_reachable: bool,
+    journal: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -83,6 +121,8 @@ impl Render for Report<'_> {
             ok: self.count(CheckLevel::Ok),
             warn: self.count(CheckLevel::Warn),
             fail: self.count(CheckLevel::Fail),
+            daemon_reachable: self.reachable,
+            journal: self.journal,
         }
     }
 
@@ -120,6 +160,12 @@ impl Render for Report<'_> {
             self.count(CheckLevel::Fail),
         );
         stdout.push_str(&format!("{ok} ok, {warn} to look at, {fail} failed\n"));
+        if let Some(journal) = self.journal {
+            stdout.push_str("\nthe last lines of blufiod.service's journal:\n");
+            for line in journal {
+                stdout.push_str(&format!("  {}\n", printable(line, false)));
+            }
+        }
         Human {
             stdout,
             ..Human::default()
@@ -159,7 +205,11 @@ mod tests {
                 "restore a backup",
             ),
         ];
-        let report = Report { checks: &checks };
+        let report = Report {
+            checks: &checks,
+            reachable: true,
+            journal: None,
+        };
         let human = report.human(Style::PLAIN);
         assert_eq!(
             human.stdout,
