@@ -472,7 +472,15 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
     let (state_dir, database) = (paths.state_dir.clone(), paths.database.clone());
     health.register(
         Check::new("disk", move || {
-            let finding = disk_finding(&state_dir, &database);
+            let finding = crate::storage::space::disk_finding(&state_dir, &database);
+            async move { finding }
+        })
+        .deep(),
+    );
+    let growth = crate::storage::space::Growth::start(&paths.state_dir, &paths.database);
+    health.register(
+        Check::new("growth", move || {
+            let finding = growth.finding();
             async move { finding }
         })
         .deep(),
@@ -741,50 +749,6 @@ async fn reopen_on_sigusr1(
                 }
             }
         }
-    }
-}
-
-/// Room kept free beside the database and its backups, for the WAL's growth and the logs.
-const DISK_HEADROOM: u64 = 64 * 1024 * 1024;
-
-/// The doctor's deep `disk` check: free space in the state directory against what the database
-/// and a backup of it need (the snapshot and, for a scheduled backup, the archive beside it).
-fn disk_finding(state_dir: &std::path::Path, database: &std::path::Path) -> Finding {
-    let stat = match nix::sys::statvfs::statvfs(state_dir) {
-        Ok(stat) => stat,
-        Err(error) => {
-            return Finding::fail(
-                format!("cannot read the free space of {}: {error}", state_dir.display()),
-                "check that the state directory exists and is readable",
-            );
-        }
-    };
-    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-    let size_of = |path: std::path::PathBuf| std::fs::metadata(path).map_or(0, |metadata| metadata.len());
-    let mut wal = database.as_os_str().to_owned();
-    wal.push("-wal");
-    let size = size_of(database.to_owned()) + size_of(wal.into());
-    let need = size.saturating_mul(2).saturating_add(DISK_HEADROOM);
-    let mib = |bytes: u64| bytes / (1024 * 1024);
-    let said = format!(
-        "{} MiB free in {}; the database is {} MiB, and a backup needs about {} MiB more",
-        mib(free),
-        state_dir.display(),
-        mib(size),
-        mib(need)
-    );
-    if free < need {
-        Finding::fail(
-            said,
-            "free space there, or point backup.dir at another disk; a full disk stops every write",
-        )
-    } else if free < need.saturating_mul(2) {
-        Finding::warn(
-            said,
-            "free space there before it runs out; `blufioctl sessions prune` drops old sessions",
-        )
-    } else {
-        Finding::ok(said)
     }
 }
 

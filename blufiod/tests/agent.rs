@@ -490,6 +490,67 @@ fn sessions_can_be_renamed_exported_and_pruned() {
 }
 
 #[test]
+fn doctor_deep_compares_the_clock_with_the_providers_date() {
+    let fake = FakeProvider::start();
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: fake_provider_config(&fake, ""),
+            ..DaemonOptions::default()
+        },
+    );
+    let clock = |daemon: &Daemon| {
+        let output = daemon.ctl(&["doctor", "--only", "clock", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output.status.code(), report["checks"][0].clone(), describe(&output))
+    };
+    let (code, check, output) = clock(&daemon);
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(check["level"], "ok", "{output}");
+    assert_eq!(check["deep"], true, "{output}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("s behind anthropic's")
+            || check["detail"].as_str().unwrap().contains("s ahead of anthropic's"),
+        "{output}"
+    );
+    assert_eq!(fake.requests().len(), 1, "one free model list");
+    // Not part of a quick run: it asks somebody else's API.
+    let quick = daemon.ctl(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&quick.stdout).unwrap();
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|check| check["name"] != "clock")
+    );
+
+    // This machine three minutes behind the provider: signed requests would be refused
+    // (gateway.max_clock_skew_secs is 300), so it fails. A fresh daemon: the check asks at most
+    // once a minute.
+    let fake = FakeProvider::start();
+    fake.set_clock_offset(180);
+    let daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            config: fake_provider_config(&fake, ""),
+            ..DaemonOptions::default()
+        },
+    );
+    let (code, check, output) = clock(&daemon);
+    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(check["level"], "fail", "{output}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("s behind anthropic's"),
+        "{output}"
+    );
+    assert!(
+        check["hint"].as_str().unwrap().contains("timedatectl set-ntp true"),
+        "{output}"
+    );
+}
+
+#[test]
 fn doctor_asks_the_provider_with_the_key_and_spends_nothing() {
     let fake = FakeProvider::start();
     fake.require_key("test-key");

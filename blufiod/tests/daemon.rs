@@ -815,6 +815,12 @@ fn doctor_runs_the_daemons_own_checks() {
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(check(&report, "disk").unwrap()["level"], "ok", "{report}");
+    let growth = check(&report, "growth").expect("the deep growth check");
+    assert_eq!(growth["level"], "ok", "{report}");
+    assert!(
+        growth["detail"].as_str().unwrap().contains("measured after an hour of running"),
+        "a fresh daemon has no rate yet: {report}"
+    );
     let integrity = check(&report, "integrity").expect("the deep integrity check");
     assert_eq!(integrity["level"], "ok", "{report}");
     assert_eq!(integrity["deep"], true);

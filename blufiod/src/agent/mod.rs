@@ -49,6 +49,43 @@ use crate::storage::{self, LedgerEntry, NewMessage, SessionRecord, Storage, Stor
 const BUDGET_WARN_SHARE: f64 = 0.8;
 /// How often `doctor` may really ask the provider; runs between reuse the last answer.
 const PROVIDER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the clock check may ask the provider: the clock does not drift in a minute.
+const CLOCK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// A clock off by more than this gets a warning: the provider's `Date` has whole seconds, so a
+/// smaller offset is noise.
+const CLOCK_WARN_SECS: f64 = 5.0;
+
+/// The clock check's verdict on `offset` (the provider's clock ahead of ours, in seconds). It
+/// fails once signed requests would be refused: half of `skew_secs` (`gateway.max_clock_skew_secs`)
+/// leaves a client's own error no room.
+fn clock_verdict(kind: &str, offset: Option<f64>, skew_secs: u64) -> Finding {
+    let Some(offset) = offset else {
+        return Finding::warn(
+            format!("not checked: {kind} sent no readable Date header"),
+            "compare `date -u` with a trusted clock",
+        );
+    };
+    let said = if offset >= 0.0 {
+        format!("this machine's clock is {offset:.1} s behind {kind}'s")
+    } else {
+        format!("this machine's clock is {:.1} s ahead of {kind}'s", -offset)
+    };
+    let hint = "turn on time synchronization: `timedatectl set-ntp true` (systemd-timesyncd), or chrony";
+    #[allow(clippy::cast_precision_loss, reason = "a skew of seconds is far below 2^52")]
+    let fail_at = skew_secs as f64 / 2.0;
+    if offset.abs() >= fail_at.max(CLOCK_WARN_SECS) {
+        Finding::fail(
+            format!(
+                "{said}: signed requests from clients in step would be refused (gateway.max_clock_skew_secs = {skew_secs})"
+            ),
+            hint,
+        )
+    } else if offset.abs() > CLOCK_WARN_SECS {
+        Finding::warn(said, hint)
+    } else {
+        Finding::ok(said)
+    }
+}
 /// Longest inbound message, in bytes. Far above any typed message; it bounds what one request can
 /// make the daemon store and send.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -661,10 +698,44 @@ impl Agent {
             async move { finding }
         }));
         let agent = self.clone();
+        health.register(
+            Check::new("clock", move || {
+                let agent = agent.clone();
+                async move { agent.clock_finding().await }
+            })
+            .deep()
+            .at_most_every(CLOCK_CHECK_INTERVAL),
+        );
+        let agent = self.clone();
         health.register(Check::new("budget", move || {
             let finding = agent.budget_finding();
             async move { finding }
         }));
+    }
+
+    /// This machine's clock against the provider's `Date` (from its free model list): signed
+    /// requests are judged by it (`gateway.max_clock_skew_secs`), and so are the day and month
+    /// a turn's spend counts in.
+    async fn clock_finding(&self) -> Finding {
+        let config = self.config.get();
+        let Ok(provider) = self.provider_for(&config.config) else {
+            return Finding::warn(
+                "not checked: the provider is not usable yet",
+                "configure the provider first (the provider check says how)",
+            );
+        };
+        let kind = config.config.provider.kind.as_str();
+        let list = match provider.list_models().await {
+            Ok(list) => list,
+            Err(error) => {
+                return Finding::warn(
+                    format!("not checked: {kind} did not answer ({})", crate::error_chain(&error)),
+                    "the provider_api check says why",
+                );
+            }
+        };
+        let skew = config.config.gateway.max_clock_skew_secs;
+        clock_verdict(kind, list.clock_offset, skew)
     }
 
     /// Whether the configured model has a price: without one every turn is refused.
@@ -1717,6 +1788,30 @@ fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_verdict_warns_past_five_seconds_and_fails_where_signatures_would() {
+        use crate::health::Level;
+        let level = |offset| clock_verdict("anthropic", offset, 300).level;
+        assert_eq!(level(Some(0.7)), Level::Ok);
+        assert_eq!(level(Some(-4.9)), Level::Ok);
+        assert_eq!(level(Some(6.0)), Level::Warn);
+        assert_eq!(level(Some(-149.0)), Level::Warn);
+        assert_eq!(level(Some(150.0)), Level::Fail);
+        assert_eq!(level(None), Level::Warn);
+        let behind = clock_verdict("anthropic", Some(151.2), 300);
+        assert!(
+            behind.detail.contains("151.2 s behind anthropic's"),
+            "{}",
+            behind.detail
+        );
+        assert!(behind.hint.as_deref().unwrap_or_default().contains("timedatectl"));
+        let ahead = clock_verdict("openai", Some(-8.0), 300);
+        assert!(ahead.detail.contains("8.0 s ahead of openai's"), "{}", ahead.detail);
+        // A tight skew still warns first: under 5 s is noise.
+        assert_eq!(clock_verdict("x", Some(4.0), 2).level, Level::Ok);
+        assert_eq!(clock_verdict("x", Some(5.5), 2).level, Level::Fail);
+    }
 
     #[test]
     fn titles_are_the_first_line_cut_to_sixty_chars() {

@@ -8,6 +8,7 @@
 mod agent;
 mod backup;
 mod devices;
+pub mod space;
 mod vault;
 
 use std::path::{Path, PathBuf};

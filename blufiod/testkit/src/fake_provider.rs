@@ -153,6 +153,8 @@ struct State {
     service_times: Mutex<Vec<Duration>>,
     /// The only API key accepted, when set: any other gets the provider's 401.
     accepted_key: Mutex<Option<String>>,
+    /// Seconds the `Date` of the model list is ahead of the real clock.
+    clock_offset_secs: std::sync::atomic::AtomicI64,
 }
 
 /// The models `GET /v1/models` lists, as each provider names them (and `fake-model`, the model
@@ -176,6 +178,7 @@ impl FakeProvider {
             requests: Mutex::new(Vec::new()),
             service_times: Mutex::new(Vec::new()),
             accepted_key: Mutex::new(None),
+            clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
         });
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel();
         let server_state = state.clone();
@@ -226,6 +229,12 @@ impl FakeProvider {
     /// or none, gets the provider's own 401 on every route, as the real APIs answer.
     pub fn require_key(&self, key: &str) {
         *lock(&self.state.accepted_key) = Some(key.to_owned());
+    }
+
+    /// Makes the `Date` header of the model list `seconds` ahead of the real clock (behind when
+    /// negative), as a provider would look to a machine whose clock is off.
+    pub fn set_clock_offset(&self, seconds: i64) {
+        self.state.clock_offset_secs.store(seconds, Ordering::Relaxed);
     }
 
     /// Every request received so far, in order.
@@ -373,7 +382,21 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     }
     if method == Method::GET {
         lock(&state.service_times).push(received.elapsed());
-        return Ok(json_response(StatusCode::OK, &model_list(wire), None));
+        let mut response = json_response(StatusCode::OK, &model_list(wire), None);
+        let offset = state.clock_offset_secs.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now();
+        let date = if offset >= 0 {
+            now + Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now - Duration::from_secs(offset.unsigned_abs())
+        };
+        response.headers_mut().insert(
+            hyper::header::DATE,
+            httpdate::fmt_http_date(date)
+                .parse()
+                .expect("an HTTP date is a header value"),
+        );
+        return Ok(response);
     }
     let queued = lock(&state.scripts).pop_front();
     let next = queued.or_else(|| lock(&state.default).clone());

@@ -511,6 +511,9 @@ pub struct ModelList {
     pub models: Vec<String>,
     /// How long the call took.
     pub latency: Duration,
+    /// How far the provider's clock (its `Date` header, whole seconds) is ahead of this
+    /// machine's at the middle of the call, in seconds; `None` without a readable `Date`.
+    pub clock_offset: Option<f64>,
 }
 
 /// The longest a model listing may take: it is a health check, never part of a turn.
@@ -526,6 +529,7 @@ async fn list_models(
     headers: reqwest::header::HeaderMap,
 ) -> Result<ModelList, ProviderError> {
     let started = Instant::now();
+    let sent_at = std::time::SystemTime::now();
     let call = async {
         let response = client
             .get(&url)
@@ -539,6 +543,11 @@ async fn list_models(
         if !response.status().is_success() {
             return Err(http_error(response, LIST_MODELS_TIMEOUT).await);
         }
+        let clock_offset = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+            .map(|date| clock_offset(date, sent_at, std::time::SystemTime::now()));
         let mut response = response;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|source| ProviderError::Read {
@@ -566,11 +575,23 @@ async fn list_models(
         Ok(ModelList {
             models,
             latency: started.elapsed(),
+            clock_offset,
         })
     };
     tokio::time::timeout(LIST_MODELS_TIMEOUT, call)
         .await
         .unwrap_or(Err(ProviderError::Timeout(LIST_MODELS_TIMEOUT)))
+}
+
+/// How far `date` (whole seconds, sent by a server between `sent` and `received`) is ahead of
+/// the middle of that interval. A server's `Date` is truncated to the second, so half a second is
+/// added: the offset of a server in step is then within ±0.5 s plus half the round trip.
+fn clock_offset(date: std::time::SystemTime, sent: std::time::SystemTime, received: std::time::SystemTime) -> f64 {
+    let seconds = |time: std::time::SystemTime| {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64())
+    };
+    seconds(date) + 0.5 - (seconds(sent) + seconds(received)) / 2.0
 }
 
 /// `retry-after` in seconds (the form both providers use); HTTP dates are ignored.
@@ -611,6 +632,22 @@ fn failed_stream(error: ProviderError) -> mpsc::Receiver<Result<StreamEvent, Pro
     // Cannot fail: the channel is new, has room for one item, and its receiver is alive.
     let _ = sender.try_send(Err(error));
     receiver
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_clock_offset_is_measured_from_the_middle_of_the_call() {
+        let at = |seconds: f64| UNIX_EPOCH + Duration::from_secs_f64(seconds);
+        // A server in step, whose whole-second Date was cut from 1000.9.
+        let offset = super::clock_offset(at(1000.0), at(1000.6), at(1001.2));
+        assert!((offset - (-0.4)).abs() < 1e-9, "{offset}");
+        // A server two minutes ahead.
+        let offset = super::clock_offset(at(1120.0), at(1000.0), at(1000.2));
+        assert!((offset - 120.4).abs() < 1e-9, "{offset}");
+    }
 }
 
 /// Helpers shared by the adapters' tests.
