@@ -231,6 +231,14 @@ pub enum Command {
     /// slow for the daemon is told how many lines it missed. --timeout applies without -f.
     Logs(LogsArgs),
 
+    /// List the hooks ([hooks] in the config) with their last runs, or run one for a test
+    ///
+    /// Hooks are the owner's programs that blufiod runs at lifecycle points (pre_start,
+    /// post_start, pre_reload, post_reload, pre_stop, post_stop) and on alerts
+    /// (on_budget_exhausted, on_memory_pressure, on_backup, on_device_change, on_provider_down).
+    #[command(subcommand)]
+    Hooks(HooksCommand),
+
     /// Print a shell completion script to stdout
     Completions {
         /// The shell to generate completions for
@@ -623,6 +631,23 @@ pub struct DoctorArgs {
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub output: JsonArgs,
+}
+
+/// `blufioctl hooks ...`.
+#[derive(Debug, Subcommand)]
+pub enum HooksCommand {
+    /// Show each hook's commands and its last run since the daemon started
+    List(JsonArgs),
+
+    /// Run one hook's commands now with a sample event (BLUFIO_TEST=1) and show how each ended
+    ///
+    /// Waits for them, up to 30 s. Exit code 1 when one did not succeed.
+    Test {
+        /// The hook, for example on_backup
+        name: String,
+        #[command(flatten)]
+        output: JsonArgs,
+    },
 }
 
 /// `blufioctl logs`.

@@ -25,13 +25,13 @@ use blufio_proto::control::v1::{
     AddDeviceRequest, BackupChunk, BackupRequest, DeleteSecretRequest, DeleteSecretResponse, DeleteSessionRequest,
     Device, GetConfigRequest, GetConfigResponse, GetMetricsRequest, GetSessionRequest, GetSessionResponse,
     GetStatusRequest, GetStatusResponse, GetUsageRequest, GetUsageResponse, GetVaultStatusRequest,
-    GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListSecretsRequest, ListSecretsResponse,
-    ListSessionsRequest, ListSessionsResponse, LogLevel, LogLine, PruneSessionsRequest, PruneSessionsResponse,
-    ReadLogsRequest, RekeyVaultRequest, RekeyVaultResponse, ReloadConfigRequest, ReloadConfigResponse,
-    RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest, RenameSessionResponse, RestoreChunk,
-    RestoreProgress, RevokeDeviceRequest, RunChecksRequest, RunChecksResponse, SendMessageRequest, SendMessageResponse,
-    SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse, UnsetConfigRequest,
-    ValidateConfigRequest, ValidateConfigResponse,
+    GetVaultStatusResponse, ListDevicesRequest, ListDevicesResponse, ListHooksRequest, ListHooksResponse,
+    ListSecretsRequest, ListSecretsResponse, ListSessionsRequest, ListSessionsResponse, LogLevel, LogLine,
+    PruneSessionsRequest, PruneSessionsResponse, ReadLogsRequest, RekeyVaultRequest, RekeyVaultResponse,
+    ReloadConfigRequest, ReloadConfigResponse, RemoveDeviceRequest, RenameDeviceRequest, RenameSessionRequest,
+    RenameSessionResponse, RestoreChunk, RestoreProgress, RevokeDeviceRequest, RunChecksRequest, RunChecksResponse,
+    SendMessageRequest, SendMessageResponse, SetConfigRequest, SetConfigResponse, SetSecretRequest, SetSecretResponse,
+    TestHookRequest, TestHookResponse, UnsetConfigRequest, ValidateConfigRequest, ValidateConfigResponse,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -219,6 +219,20 @@ impl Client {
         let request = tonic::Request::new(RunChecksRequest { deep, only });
         let timeout = self.call_timeout.max(RUN_CHECKS_TIMEOUT);
         call(&self.socket, timeout, self.inner.run_checks(request)).await
+    }
+
+    /// `ListHooks`: every hook, its commands and its last run.
+    pub async fn list_hooks(&mut self) -> Result<ListHooksResponse, ClientError> {
+        let request = tonic::Request::new(ListHooksRequest {});
+        call(&self.socket, self.call_timeout, self.inner.list_hooks(request)).await
+    }
+
+    /// `TestHook`: runs one hook's commands with a sample event and waits for them (the daemon
+    /// gives them up to 30 s).
+    pub async fn test_hook(&mut self, name: String) -> Result<TestHookResponse, ClientError> {
+        let request = tonic::Request::new(TestHookRequest { name });
+        let timeout = self.call_timeout.max(RUN_CHECKS_TIMEOUT);
+        call(&self.socket, timeout, self.inner.test_hook(request)).await
     }
 
     /// `GetMetrics`: the Prometheus text exposition.

@@ -436,6 +436,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         Command::Metrics => commands::metrics::run(&context).await,
         Command::Doctor(args) => commands::doctor::run(&context, args).await,
         Command::Logs(args) => commands::logs::run(&context, args).await,
+        Command::Hooks(command) => commands::hooks::run(&context, command).await,
         Command::Completions { shell } => commands::generate::completions(&context, shell),
         Command::Man => commands::generate::man(&context),
     }

@@ -501,6 +501,24 @@ mod fake {
         type RestoreStream = Stream<RestoreProgress>;
         type ReadLogsStream = Stream<LogLine>;
 
+        async fn list_hooks(
+            &self,
+            _request: Request<blufio_proto::control::v1::ListHooksRequest>,
+        ) -> Result<Response<blufio_proto::control::v1::ListHooksResponse>, Status> {
+            Err(Status::unimplemented(
+                "tried against the real daemon in blufiod/tests/hooks.rs",
+            ))
+        }
+
+        async fn test_hook(
+            &self,
+            _request: Request<blufio_proto::control::v1::TestHookRequest>,
+        ) -> Result<Response<blufio_proto::control::v1::TestHookResponse>, Status> {
+            Err(Status::unimplemented(
+                "tried against the real daemon in blufiod/tests/hooks.rs",
+            ))
+        }
+
         /// Three lines (info, warn, error) filtered and tailed as asked; following adds one
         /// debug line that missed four before it, then ends.
         async fn read_logs(&self, request: Request<ReadLogsRequest>) -> Result<Response<Self::ReadLogsStream>, Status> {

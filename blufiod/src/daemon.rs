@@ -24,6 +24,7 @@ use crate::devices::Devices;
 use crate::events::{Event, EventBus};
 use crate::gateway;
 use crate::health::{Check, Finding, Health};
+use crate::hooks::Hooks;
 use crate::lifecycle::{Lifecycle, Phase, VERSION};
 use crate::lockfile::{LockError, LockFile};
 use crate::logging::LogHandle;
@@ -62,6 +63,16 @@ pub enum DaemonError {
         signal: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    /// A `pre_start` hook failed: the start stops before anything is opened.
+    #[error(
+        "the pre_start hook {program} failed ({detail}); blufiod does not start while it fails: fix it, or remove it from hooks.pre_start"
+    )]
+    PreStartHook {
+        /// The hook's program.
+        program: String,
+        /// How it ended.
+        detail: String,
     },
     /// The control socket could not be bound.
     #[error("cannot bind the control socket")]
@@ -247,6 +258,9 @@ struct Running {
     token: CancellationToken,
     socket: socket::SocketHold,
     state_lock: LockFile,
+    hooks: Arc<Hooks>,
+    /// Cancelled when the drain ends: hooks still running are killed.
+    hooks_token: CancellationToken,
 }
 
 /// Binds, opens and wires everything, spawns each subsystem, and sends `READY=1`.
@@ -271,6 +285,29 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
     }
     let euid = nix::unistd::geteuid().as_raw();
     let paths = Paths::resolve(&config, &startup.source.path, |name| std::env::var_os(name), euid);
+    let live = Arc::new(LiveConfig::new(startup.source, startup.loaded));
+    // Hooks outlive the main token: pre_stop and post_stop run during the drain. Running alerts
+    // are killed when the drain ends.
+    let hooks_token = CancellationToken::new();
+    let hooks = Hooks::new(
+        live.handle(),
+        metrics.counter_by("hook_runs_total", Hooks::RUNS_HELP, &["hook", "outcome"]),
+        paths.socket.clone(),
+        hooks_token.clone(),
+    );
+    let hook_events = events.subscribe();
+    notifier.status("starting: running the pre_start hooks");
+    if let Some(failed) = hooks
+        .run("pre_start", Vec::new())
+        .await
+        .into_iter()
+        .find(|run| run.outcome != crate::hooks::Outcome::Ok)
+    {
+        return Err(DaemonError::PreStartHook {
+            program: failed.program,
+            detail: failed.detail,
+        });
+    }
     let group = match &config.control.group {
         Some(name) => Some(control::resolve_group(name).ok_or_else(|| DaemonError::MissingGroup(name.clone()))?),
         None => None,
@@ -332,7 +369,6 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
     };
 
     let token = CancellationToken::new();
-    let live = Arc::new(LiveConfig::new(startup.source, startup.loaded));
     // What a configuration change must do beyond a fresh read, registered by what owns it.
     let log_ring = startup
         .log
@@ -403,6 +439,7 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
         previous_run_unclean,
         live.clone(),
         events.clone(),
+        hooks.clone(),
     ));
     register_checks(&health, &lifecycle, &storage, &agent);
     secrets.register_checks(&health, &live);
@@ -434,6 +471,14 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
         crate::metrics::count_events(metrics.clone(), events.clone(), counted_events, token.child_token()),
     );
     subsystems.spawn("memory", crate::memory::watch(memory.clone(), token.child_token()));
+    subsystems.spawn("hooks", {
+        let hooks = hooks.clone();
+        let token = token.child_token();
+        async move {
+            hooks.watch(hook_events, token).await;
+            Ok::<(), SubsystemError>(())
+        }
+    });
     let backup_changed = Arc::new(tokio::sync::Notify::new());
     let notify = backup_changed.clone();
     live.on_change("backup-schedule", move |old, new| {
@@ -515,6 +560,7 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
                 backups: backups.clone(),
                 gateway: gateway_info,
                 logs: log_ring,
+                hooks: hooks.clone(),
             },
             listener,
             Policy {
@@ -591,6 +637,8 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
         run,
         subsystems,
         token,
+        hooks,
+        hooks_token,
         socket,
         state_lock,
     })
@@ -670,6 +718,13 @@ impl Running {
         self.lifecycle
             .notifier
             .stopping(&format!("stopping: draining (up to {}s)", drain_timeout.as_secs()));
+        // Still serving: a pre_stop hook may call blufioctl.
+        if tokio::time::timeout(drain_timeout, self.hooks.run("pre_stop", Vec::new()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?drain_timeout, "pre_stop hooks did not finish within the shutdown timeout");
+        }
         self.token.cancel();
         let drained = tokio::time::timeout(drain_timeout, async {
             while let Some(ended) = self.subsystems.next().await {
@@ -701,6 +756,14 @@ impl Running {
         }
         drop(self.socket);
         self.storage.close().await;
+        let post_stop = vec![("CLEAN", if clean { "1" } else { "0" }.to_owned())];
+        if tokio::time::timeout(drain_timeout, self.hooks.run("post_stop", post_stop))
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?drain_timeout, "post_stop hooks did not finish within the shutdown timeout");
+        }
+        self.hooks_token.cancel();
         drop(self.state_lock);
         tracing::info!("stopped");
     }

@@ -86,6 +86,14 @@ pub enum Event {
         error: String,
     },
     /// A restore changed the database.
+    /// The provider stopped answering (a turn failed on it after its retries); published once,
+    /// until a turn succeeds again.
+    ProviderDown {
+        /// `anthropic` or `openai`.
+        provider: &'static str,
+        /// What failed.
+        error: String,
+    },
     Restored {
         /// When the restored archive was made (Unix seconds).
         created_at: i64,
@@ -111,6 +119,7 @@ impl Event {
             Self::DeviceRevoked { .. } => "device_revoked",
             Self::BackupFinished { .. } => "backup_finished",
             Self::BackupFailed { .. } => "backup_failed",
+            Self::ProviderDown { .. } => "provider_down",
             Self::Restored { .. } => "restored",
         }
     }

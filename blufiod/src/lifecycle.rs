@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::config::{ConfigChange, LiveConfig, Loaded, ReloadError};
 use crate::events::{Event, EventBus};
+use crate::hooks::Hooks;
 use crate::notify::Notifier;
 use crate::paths::Paths;
 use crate::watchdog::WatchdogStatus;
@@ -53,6 +54,8 @@ pub struct Lifecycle {
     pub watchdog: WatchdogStatus,
     live: Arc<LiveConfig>,
     events: Arc<EventBus>,
+    /// Runs the awaited `pre_reload` hooks.
+    hooks: Arc<Hooks>,
     phase: watch::Sender<Phase>,
 }
 
@@ -64,6 +67,7 @@ impl Lifecycle {
         previous_run_unclean: bool,
         live: Arc<LiveConfig>,
         events: Arc<EventBus>,
+        hooks: Arc<Hooks>,
     ) -> Self {
         Self {
             pid: std::process::id(),
@@ -74,6 +78,7 @@ impl Lifecycle {
             watchdog: WatchdogStatus::default(),
             live,
             events,
+            hooks,
             phase: watch::Sender::new(Phase::Starting),
         }
     }
@@ -103,6 +108,9 @@ impl Lifecycle {
     pub async fn reload(&self) -> Result<ConfigChange, ReloadError> {
         self.notifier.reloading();
         self.events.publish(Event::Reloading);
+        // Awaited: a pre_reload hook finishes before the file is read again. Its failure is
+        // logged (by the runner) and counted; the reload goes on.
+        self.hooks.run("pre_reload", Vec::new()).await;
         // Only a serving daemon is "reloading"; a reload never hides that shutdown has begun.
         self.phase.send_if_modified(|phase| {
             let serving = *phase == Phase::Ready;
@@ -163,7 +171,13 @@ mod tests {
             loaded,
         ));
         let events = EventBus::new();
-        let shared = Lifecycle::new(Instant::now(), paths, false, live, events.clone());
+        let hooks = Hooks::new(
+            live.handle(),
+            prometheus::IntCounterVec::new(prometheus::Opts::new("runs", "runs"), &["hook", "outcome"]).unwrap(),
+            dir.path().join("blufiod.sock"),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let shared = Lifecycle::new(Instant::now(), paths, false, live, events.clone(), hooks);
         let mut events = events.subscribe();
         shared.set_phase(Phase::Ready);
         std::fs::write(&path, "[daemon]\nshutdown_timeout_secs = 3\n").unwrap();

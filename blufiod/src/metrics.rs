@@ -250,6 +250,15 @@ impl Metrics {
         counter
     }
 
+    /// Registers a counter with labels, for a subsystem that counts on its own.
+    pub fn counter_by(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let counters = counter_vec(name, help, labels);
+        self.registry
+            .register(Box::new(counters.clone()))
+            .expect("metric names are unique");
+        counters
+    }
+
     /// Registers gauges whose values `read` gives at scrape time, in the order of `gauges`
     /// (name, help). For figures another subsystem already keeps (spend, queue lengths): the
     /// subsystem registers them itself, and `read` returns `None` once it is gone.

@@ -711,6 +711,8 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("Backup", "full", true),
     ("Restore", "full", true),
     ("ReadLogs", "full", true),
+    ("ListHooks", "full", false),
+    ("TestHook", "full", false),
 ];
 
 #[test]
@@ -818,7 +820,10 @@ fn doctor_runs_the_daemons_own_checks() {
     let growth = check(&report, "growth").expect("the deep growth check");
     assert_eq!(growth["level"], "ok", "{report}");
     assert!(
-        growth["detail"].as_str().unwrap().contains("measured after an hour of running"),
+        growth["detail"]
+            .as_str()
+            .unwrap()
+            .contains("measured after an hour of running"),
         "a fresh daemon has no rate yet: {report}"
     );
     let integrity = check(&report, "integrity").expect("the deep integrity check");

@@ -21,7 +21,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 const CONFIG: &str = "[budget]\ndaily_usd = 5.0\nmonthly_usd = 50.0\n\
     [agent]\nmax_concurrent_turns = 1\n\
     [tools.files]\nenabled = true\n\
-    [memory]\nlimit_mib = 1024\nwarn_percent = 100\npressure_percent = 100\n";
+    [memory]\nlimit_mib = 1024\nwarn_percent = 100\npressure_percent = 100\n\
+    [hooks]\non_backup = [[\"/bin/true\"]]\n";
 
 /// `promtool check metrics` on `text`: exit 0 and no lint output.
 fn promtool_accepts(text: &str, what: &str) {
@@ -241,6 +242,8 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
     moved("blufio_events_total", &["event=\"backup_finished\""]);
     moved("blufio_backup_last_success_timestamp_seconds", &[]);
     moved("blufio_backup_last_size_bytes", &[]);
+    moved("blufio_hook_runs_total", &["hook=\"on_backup\"", "outcome=\"ok\""]);
+    moved("blufio_events_total", &["event=\"provider_down\""]);
     moved("blufio_budget_spent_usd", &["period=\"daily\""]);
     moved("blufio_budget_spent_usd", &["period=\"monthly\""]);
     moved("blufio_watchdog_pings_total", &[]);

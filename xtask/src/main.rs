@@ -273,6 +273,8 @@ fn dist() -> Result<()> {
         ("blufiod.example.toml", "blufiod.example.toml"),
         ("logrotate/blufiod", "blufiod.logrotate"),
         ("hooks/postinst.sample", "postinst.sample"),
+        ("hooks/budget-webhook", "hooks/budget-webhook"),
+        ("hooks/backup-offsite", "hooks/backup-offsite"),
         ("prometheus/alerts.yml", "blufio-alerts.yml"),
         ("grafana/blufio.json", "blufio-grafana.json"),
     ] {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod doctor;
 pub mod generate;
+pub mod hooks;
 pub mod logs;
 pub mod metrics;
 pub mod remote;

@@ -305,6 +305,9 @@ pub struct Agent {
     max_queued: usize,
     queued: AtomicUsize,
     running: AtomicUsize,
+    /// Whether the last turn that reached the provider failed on it: `ProviderDown` is published
+    /// once when this turns true, and a completed turn clears it.
+    provider_down: std::sync::atomic::AtomicBool,
     /// Held (read) by every change from its admission until its turn is spawned; `true` while a
     /// restore replaces the database (it takes the write side, so it waits for those changes).
     admission: tokio::sync::RwLock<bool>,
@@ -426,6 +429,7 @@ impl Agent {
             max_queued: usize::try_from(agent.max_queued_turns).unwrap_or(0),
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            provider_down: std::sync::atomic::AtomicBool::new(false),
             admission: tokio::sync::RwLock::new(false),
             sessions: Mutex::new(SessionLocks {
                 capacity: usize::try_from(agent.max_cached_sessions).unwrap_or(1).max(1),
@@ -1135,6 +1139,7 @@ impl Agent {
         match outcome {
             Ok(summary) => {
                 self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
+                self.provider_down.store(false, Ordering::Relaxed);
                 self.events.publish(Event::TurnFinished {
                     session_id: session_id.clone(),
                     model: summary.model.clone(),
@@ -1178,6 +1183,12 @@ impl Agent {
         self.count_error(error);
         if let AgentError::Budget(BudgetError::Exhausted { which, .. }) = error {
             self.events.publish(Event::BudgetExhausted { period: which });
+        }
+        if error.kind() == ErrorKind::ProviderFailed && !self.provider_down.swap(true, Ordering::Relaxed) {
+            self.events.publish(Event::ProviderDown {
+                provider: self.config.get().config.provider.kind.as_str(),
+                error: crate::error_chain(error),
+            });
         }
         self.events.publish(Event::TurnFailed {
             session_id: session_id.to_owned(),

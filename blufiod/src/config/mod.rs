@@ -7,6 +7,7 @@
 
 mod agent;
 mod file;
+mod hooks;
 mod keys;
 mod live;
 
@@ -23,6 +24,7 @@ pub use agent::{
     default_pricing, secret_name_problem,
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
+pub use hooks::{HOOK_NAMES, HooksConfig};
 pub use keys::{
     ConfigEntry, KeySpec, ValueSource, changed_keys, entries, mask_url_credentials, suggest as keys_suggest,
 };
@@ -80,6 +82,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Scheduled backups.
     pub backup: BackupConfig,
+    /// Programs run at lifecycle points and on alerts.
+    pub hooks: HooksConfig,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             vault: VaultConfig::default(),
             backup: BackupConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -486,6 +491,8 @@ pub const RANGES: &[(&str, u64, u64)] = &[
     ("gateway.rate_limit_per_minute", 1, 1_000_000),
     ("gateway.replay_cache_entries", 1, 10_000_000),
     ("gateway.request_timeout_secs", 1, 3_600),
+    ("hooks.max_concurrent", 1, 64),
+    ("hooks.timeout_secs", 1, 3_600),
     ("memory.limit_mib", 0, 1024 * 1024),
     ("memory.pressure_percent", 1, 100),
     ("memory.warn_percent", 1, 100),
@@ -507,7 +514,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
 
 impl Config {
     /// Every integer key with its value, for the range checks.
-    fn numeric_values(&self) -> [(&'static str, u64); 34] {
+    fn numeric_values(&self) -> [(&'static str, u64); 36] {
         [
             ("agent.context_tokens", u64::from(self.agent.context_tokens)),
             ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
@@ -535,6 +542,8 @@ impl Config {
                 u64::from(self.gateway.replay_cache_entries),
             ),
             ("gateway.request_timeout_secs", self.gateway.request_timeout_secs),
+            ("hooks.max_concurrent", u64::from(self.hooks.max_concurrent)),
+            ("hooks.timeout_secs", self.hooks.timeout_secs),
             ("memory.limit_mib", self.memory.limit_mib),
             ("memory.pressure_percent", u64::from(self.memory.pressure_percent)),
             ("memory.warn_percent", u64::from(self.memory.warn_percent)),
@@ -634,6 +643,7 @@ impl Config {
                 token.expose().chars().count()
             ));
         }
+        problems.extend(self.hooks.problems());
         if let Err(reason) = check_filter(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a valid filter ({reason}); use a level such as \"info\" or directives such as \"blufiod=debug,info\"",

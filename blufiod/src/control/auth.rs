@@ -49,6 +49,8 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("Backup", Access::Full),
     ("Restore", Access::Full),
     ("ReadLogs", Access::Full),
+    ("ListHooks", Access::Full),
+    ("TestHook", Access::Full),
 ];
 
 /// The access `method` needs.

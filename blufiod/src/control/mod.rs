@@ -61,6 +61,8 @@ pub struct ControlDeps {
     pub backups: Arc<crate::backup::Backups>,
     /// The recent log lines (`ReadLogs`).
     pub logs: Arc<crate::logging::Ring>,
+    /// The hooks (`ListHooks`, `TestHook`).
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// How long one control-plane request may take before the server cancels it. Long enough for a

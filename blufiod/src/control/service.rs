@@ -488,6 +488,53 @@ impl pb::control_server::Control for ControlService {
         ))))
     }
 
+    async fn list_hooks(
+        &self,
+        request: Request<pb::ListHooksRequest>,
+    ) -> Result<Response<pb::ListHooksResponse>, Status> {
+        self.authorize(&request, "ListHooks")?;
+        let config = self.deps.live.get();
+        let hooks = &config.config.hooks;
+        let mut last = self.deps.hooks.last_runs();
+        Ok(Response::new(pb::ListHooksResponse {
+            hooks: crate::config::HOOK_NAMES
+                .iter()
+                .map(|name| pb::HookInfo {
+                    name: (*name).to_owned(),
+                    commands: hooks
+                        .commands(name)
+                        .iter()
+                        .map(|argv| pb::HookCommand { argv: argv.clone() })
+                        .collect(),
+                    last_run: last.remove(name).map(hook_run_to_proto),
+                })
+                .collect(),
+            timeout_seconds: hooks.timeout_secs,
+            max_concurrent: hooks.max_concurrent,
+        }))
+    }
+
+    async fn test_hook(&self, request: Request<pb::TestHookRequest>) -> Result<Response<pb::TestHookResponse>, Status> {
+        self.authorize(&request, "TestHook")?;
+        let name = request.into_inner().name;
+        let Some((hook, details)) = crate::hooks::sample_details(&name) else {
+            return Err(Status::invalid_argument(format!(
+                "no hook named {name:?}; the hooks are {}",
+                crate::config::HOOK_NAMES.join(", ")
+            )));
+        };
+        if self.deps.live.get().config.hooks.commands(hook).is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "hooks.{hook} has no commands; set it first, for example: blufioctl config set hooks.{hook} '[[\"/usr/bin/logger\", \"-t\", \"blufio\", \"{hook}\"]]'"
+            )));
+        }
+        tracing::info!(hook, "running a hook for a test");
+        let runs = self.deps.hooks.run(hook, details).await;
+        Ok(Response::new(pb::TestHookResponse {
+            runs: runs.into_iter().map(hook_run_to_proto).collect(),
+        }))
+    }
+
     async fn run_checks(
         &self,
         request: Request<pb::RunChecksRequest>,
@@ -1416,6 +1463,18 @@ fn write_error_to_status(error: &ConfigWriteError) -> Status {
             }
             _ => Status::internal(message),
         },
+    }
+}
+
+fn hook_run_to_proto(run: crate::hooks::Run) -> pb::HookRun {
+    pb::HookRun {
+        program: run.program,
+        started_at: run.started_at,
+        duration_seconds: run.duration.as_secs_f64(),
+        outcome: run.outcome.as_str().to_owned(),
+        exited: run.exit_code.is_some(),
+        exit_code: run.exit_code.unwrap_or_default(),
+        detail: run.detail,
     }
 }
 

@@ -28,6 +28,7 @@ pub const FAMILIES: &[&str] = &[
     "blufio_gateway_requests_total",
     "blufio_grpc_request_duration_seconds",
     "blufio_grpc_requests_total",
+    "blufio_hook_runs_total",
     "blufio_memory_heap_bytes",
     "blufio_memory_limit_bytes",
     "blufio_memory_pressure",

@@ -15,8 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -24,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{ToolOutput, error_chain, parse_input};
 use crate::agent::provider::ToolSpec;
 use crate::config::RunCommandConfig;
+use crate::process::{ProcessGroupGuard, close_inherited_descriptors_on_exec};
 
 /// The environment a program gets; nothing of the daemon's own environment (API keys) leaks.
 const COMMAND_PATH: &str = "/usr/bin:/bin";
@@ -246,52 +246,6 @@ fn normalize_program_path(path: &Path) -> Result<PathBuf, &'static str> {
         }
     }
     Ok(normalized)
-}
-
-/// Makes the program start with only stdin, stdout and stderr open.
-///
-/// The daemon's own descriptors are close-on-exec already, but one it inherited without that flag
-/// (from a service manager, a shell or a careless parent) would otherwise pass on to every program
-/// it runs. They are marked close-on-exec in the child rather than closed, so std's pipe that
-/// reports a failed exec to the parent keeps working until the exec. If the kernel cannot do
-/// that, the program does not start.
-#[allow(unsafe_code, reason = "pre_exec registers code that runs in the forked child")]
-fn close_inherited_descriptors_on_exec(command: &mut tokio::process::Command) {
-    let mark_close_on_exec = || {
-        // SAFETY: close_range only changes descriptor flags of the calling (child) process; 3 and
-        // u32::MAX are a valid range and CLOSE_RANGE_CLOEXEC a valid flag.
-        let result = unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // functions may be called: it makes one system call and reads errno, and neither allocates
-    // nor takes a lock.
-    unsafe {
-        command.pre_exec(mark_close_on_exec);
-    }
-}
-
-/// Kills the process group when dropped: when the call ends normally, times out, or is dropped
-/// because it was cancelled. Stragglers a program left in the background die with it.
-struct ProcessGroupGuard(Option<i32>);
-
-impl ProcessGroupGuard {
-    fn kill(group: Option<i32>) {
-        if let Some(group) = group {
-            // ESRCH (the group is gone) is the normal case after a clean exit.
-            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for ProcessGroupGuard {
-    fn drop(&mut self) {
-        Self::kill(self.0);
-    }
 }
 
 /// One output stream: the first `cap` bytes, and how many there were in all.
