@@ -432,3 +432,47 @@ fn the_packaged_backup_offsite_copies_each_scheduled_backup() {
     let verify = daemon.ctl_json(&["backup", "--verify", copied.to_str().unwrap()]);
     assert_eq!(verify["verified"], true, "{verify}");
 }
+
+#[test]
+fn every_hook_key_applies_to_the_next_run() {
+    let dir = new_dir();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let record = recorder(dir.path());
+    let hang = script(dir.path(), "hang.sh", "sleep 300\n");
+    let daemon = start_with_hooks(dir.clone(), "");
+    let argv = toml_argv(&[record.to_str().unwrap(), out.to_str().unwrap()]);
+    // The keys spelled out: tests/live_config.rs looks for each in this test.
+    for (name, key) in [
+        ("pre_start", "hooks.pre_start"),
+        ("post_start", "hooks.post_start"),
+        ("pre_reload", "hooks.pre_reload"),
+        ("post_reload", "hooks.post_reload"),
+        ("pre_stop", "hooks.pre_stop"),
+        ("post_stop", "hooks.post_stop"),
+        ("on_budget_exhausted", "hooks.on_budget_exhausted"),
+        ("on_memory_pressure", "hooks.on_memory_pressure"),
+        ("on_backup", "hooks.on_backup"),
+        ("on_device_change", "hooks.on_device_change"),
+        ("on_provider_down", "hooks.on_provider_down"),
+    ] {
+        daemon.ctl_json(&["config", "set", key, &argv]);
+        let report = daemon.ctl_json(&["hooks", "test", name]);
+        assert_eq!(report["ok"], true, "{name}: {report}");
+        let env = std::fs::read_to_string(out.join(format!("{name}.env"))).unwrap();
+        assert!(env.contains(&format!("BLUFIO_EVENT={name}\n")), "{env}");
+    }
+    // The timeout applies to the next run.
+    daemon.ctl_json(&[
+        "config",
+        "set",
+        "hooks.on_backup",
+        &toml_argv(&[hang.to_str().unwrap()]),
+    ]);
+    daemon.ctl_json(&["config", "set", "hooks.timeout_secs", "1"]);
+    let started = Instant::now();
+    let output = daemon.ctl(&["hooks", "test", "on_backup", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["runs"][0]["outcome"], "timeout", "{report}");
+    assert!(started.elapsed() < Duration::from_secs(20), "killed at the new timeout");
+}

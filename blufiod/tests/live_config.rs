@@ -80,6 +80,42 @@ const OBSERVED: &[(&str, &str, &str)] = &[
         "gateway.rs",
         "live_gateway_keys_apply_to_a_running_daemon",
     ),
+    ("hooks.on_backup", "hooks.rs", "every_hook_key_applies_to_the_next_run"),
+    (
+        "hooks.on_budget_exhausted",
+        "hooks.rs",
+        "every_hook_key_applies_to_the_next_run",
+    ),
+    (
+        "hooks.on_device_change",
+        "hooks.rs",
+        "every_hook_key_applies_to_the_next_run",
+    ),
+    (
+        "hooks.on_memory_pressure",
+        "hooks.rs",
+        "every_hook_key_applies_to_the_next_run",
+    ),
+    (
+        "hooks.on_provider_down",
+        "hooks.rs",
+        "every_hook_key_applies_to_the_next_run",
+    ),
+    (
+        "hooks.post_reload",
+        "hooks.rs",
+        "every_hook_key_applies_to_the_next_run",
+    ),
+    ("hooks.post_start", "hooks.rs", "every_hook_key_applies_to_the_next_run"),
+    ("hooks.post_stop", "hooks.rs", "every_hook_key_applies_to_the_next_run"),
+    ("hooks.pre_reload", "hooks.rs", "every_hook_key_applies_to_the_next_run"),
+    ("hooks.pre_start", "hooks.rs", "every_hook_key_applies_to_the_next_run"),
+    ("hooks.pre_stop", "hooks.rs", "every_hook_key_applies_to_the_next_run"),
+    (
+        "hooks.timeout_secs",
+        "hooks.rs",
+        "every_hook_key_applies_to_the_next_run",
+    ),
     ("log.level", HERE, "budget_and_log_keys_apply_at_once"),
     ("memory.limit_mib", HERE, "memory_keys_relieve_pressure_at_once"),
     ("memory.pressure_percent", HERE, "memory_keys_relieve_pressure_at_once"),
@@ -159,6 +195,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("daemon.rs", include_str!("daemon.rs")),
     ("gateway.rs", include_str!("gateway.rs")),
     ("backup.rs", include_str!("backup.rs")),
+    ("hooks.rs", include_str!("hooks.rs")),
 ];
 
 #[test]
