@@ -246,9 +246,14 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 
-    /// Print the roff man page to stdout (used by `cargo xtask dist`)
+    /// Print the roff man page to stdout, or write it and one page per subcommand into DIR
+    /// (used by `cargo xtask dist`)
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write blufioctl.1 and blufioctl-SUBCOMMAND.1 pages here instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `blufioctl config ...`.

@@ -438,7 +438,7 @@ async fn run(cli: Cli, printer: &Printer) -> Result<Outcome, Failure> {
         Command::Logs(args) => commands::logs::run(&context, args).await,
         Command::Hooks(command) => commands::hooks::run(&context, command).await,
         Command::Completions { shell } => commands::generate::completions(&context, shell),
-        Command::Man => commands::generate::man(&context),
+        Command::Man { dir } => commands::generate::man(&context, dir.as_deref()),
     }
 }
 

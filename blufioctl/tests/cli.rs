@@ -226,6 +226,24 @@ fn man_page_is_roff() {
     );
     assert!(page.contains("blufioctl"));
     assert!(page.contains("Exit status"), "the exit codes are in the man page");
+
+    // One page per subcommand, for `man blufioctl-doctor`.
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(blufioctl().args(["man", "--dir"]).arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+    for page in [
+        "blufioctl.1",
+        "blufioctl-doctor.1",
+        "blufioctl-config-get.1",
+        "blufioctl-hooks-test.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_else(|error| panic!("{page}: {error}"));
+        assert!(text.starts_with(".ie") || text.starts_with(".TH"), "{page}");
+    }
+    assert!(
+        !dir.path().join("blufioctl-man.1").exists(),
+        "hidden commands get no page"
+    );
 }
 
 #[test]

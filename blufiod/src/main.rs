@@ -46,7 +46,9 @@ const EXIT_CONFIG: u8 = 2;
 /// The blufio daemon: an always-on personal AI agent.
 ///
 /// Runs in the foreground (under systemd, Type=notify). Reload the configuration with SIGHUP;
-/// stop with SIGTERM or SIGINT.
+/// reopen log.file with SIGUSR1 (after logrotate renamed it); stop with SIGTERM or SIGINT.
+/// blufioctl(1) talks to it over its control socket; the configuration is documented in
+/// /usr/share/doc/blufio/blufiod.example.toml.
 #[derive(Debug, Parser)]
 #[command(
     name = "blufiod",
@@ -66,6 +68,9 @@ struct Args {
     /// would use, and every key. Exit codes as without it.
     #[arg(long, requires = "check_config")]
     json: bool,
+    /// Print the blufiod(8) man page (roff) and exit; `cargo xtask dist` installs it.
+    #[arg(long, hide = true)]
+    man_page: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -107,6 +112,9 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     let args = Args::parse();
+    if args.man_page {
+        return print_man_page();
+    }
     let args_command = args.command;
     let source = config::ConfigSource::resolve(
         args.config,
@@ -262,6 +270,24 @@ fn print_config(
         writeln!(out, "{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str())?;
     }
     out.flush()
+}
+
+/// `--man-page`: blufiod(8).
+fn print_man_page() -> ExitCode {
+    use clap::CommandFactory as _;
+    use std::io::Write as _;
+    let mut page = Vec::new();
+    let rendered = clap_mangen::Man::new(Args::command())
+        .section("8")
+        .render(&mut page)
+        .and_then(|()| std::io::stdout().lock().write_all(&page));
+    match rendered {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            complain(format_args!("blufiod: cannot write the man page: {error}"));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// `--check-config --json`: the file, the paths the daemon would use (as `blufioctl doctor`

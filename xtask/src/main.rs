@@ -6,7 +6,8 @@
 //!   `cargo test --workspace`.
 //! - `ci`: formatting, clippy with `-D warnings`, `tidy`, then `test`: what `.ci/run` does.
 //! - `tidy`: the written invariants of ARCHITECTURE.md as checks (see `tidy.rs`).
-//! - `dist`: release binaries, stripped, with the man page and shell completions, in `dist/`.
+//! - `dist`: the release tarball (binaries, man pages, completions, packaging, `install.sh`) and
+//!   the Debian package, in `dist/`.
 //! - `bench startup|idle|size|turns|gateway|memory|backup|all`: measurements for `docs/benchmarks.md`.
 //! - `fuzz [SECONDS]`: the cargo-fuzz target over signature-header parsing and verification
 //!   (`proto/fuzz`), for SECONDS (default 60).
@@ -38,13 +39,13 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(rest),
         ["ci"] => ci(),
         ["tidy"] => tidy::main(),
-        ["dist"] => dist(),
+        ["dist", rest @ ..] => dist(rest),
         ["bench", rest @ ..] => bench::main(rest),
         ["fuzz"] => fuzz("60"),
         ["fuzz", seconds] => fuzz(seconds),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, tidy, test\n  tidy             the architecture's written invariants, checked\n  dist             release binaries, man page and completions in dist/\n  bench TASK       startup | idle | size | turns | gateway | memory | backup | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
+                "usage: cargo xtask <task>\n\n  test [ARGS...]   install test prerequisites, run cargo test --workspace [ARGS...]\n  ci               fmt --check, clippy -D warnings, tidy, test\n  tidy             the architecture's written invariants, checked\n  dist [--profile P]  the release tarball with install.sh, and the Debian package, in dist/\n  bench TASK       startup | idle | size | turns | gateway | memory | backup | all (see docs/benchmarks.md)\n  fuzz [SECONDS]   run the signature-header fuzz target (needs cargo-fuzz)"
             );
             bail!("unknown or missing task")
         }
@@ -89,6 +90,10 @@ fn cargo() -> Command {
 fn test(extra: &[&str]) -> Result<()> {
     system_tools()?;
     let python = python_env()?;
+    // The package tests read dist/: the tarball tree and the Debian package, made from the debug
+    // build the tests share rather than from a second, release build.
+    cargo_deb()?;
+    dist(&["--profile", "dev"])?;
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--locked"])
@@ -162,7 +167,16 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("busybox", "busybox"),
     ("promtool", "prometheus"),
+    // The packaged hook examples run for real: a webhook with curl, a backup copied with rsync.
+    ("curl", "curl"),
+    ("rsync", "rsync"),
+    // The package tests: the logrotate file is checked inside the container they install into.
+    ("logrotate", "logrotate"),
+    ("strip", "binutils"),
 ];
+
+/// The cargo-deb that builds the Debian package (`cargo xtask dist`), installed when missing.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Installs the programs of [`SYSTEM_TOOLS`] that are missing, with apt-get when running as
 /// root; otherwise says which packages to install.
@@ -195,6 +209,19 @@ fn system_tools() -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("cannot install the test tools with apt-get")
+}
+
+/// Installs cargo-deb from crates.io when it is missing (about a minute on 2 cores).
+fn cargo_deb() -> Result<()> {
+    let installed = cargo()
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if installed {
+        return Ok(());
+    }
+    run(cargo().args(["install", "--locked", "cargo-deb", "--version", CARGO_DEB_VERSION]))
+        .context("cannot install cargo-deb, which builds the Debian package")
 }
 
 /// A Python with the test packages installed, in a venv under `target/`.
@@ -231,29 +258,70 @@ fn fuzz(seconds: &str) -> Result<()> {
     .context("the fuzz run failed; install cargo-fuzz with `cargo install cargo-fuzz` if it is missing")
 }
 
-fn dist() -> Result<()> {
+/// What a release tarball holds besides the binaries, man pages and completions: the packaging
+/// files `install.sh` installs, under the same relative paths.
+const DIST_FILES: &[&str] = &[
+    "README.md",
+    "packaging/install.sh",
+    "packaging/blufiod.service",
+    "packaging/blufio.sysusers",
+    "packaging/blufio.tmpfiles",
+    "packaging/blufiod.example.toml",
+    "packaging/logrotate/blufiod",
+    "packaging/hooks/budget-webhook",
+    "packaging/hooks/backup-offsite",
+    "packaging/prometheus/alerts.yml",
+    "packaging/grafana/blufio.json",
+];
+
+/// `cargo xtask dist [--profile PROFILE]`: the release binaries (stripped), man pages, shell
+/// completions and packaging files in `dist/blufio-VERSION-ARCH/` with `install.sh`, the same
+/// as a tarball beside it, and the Debian package from cargo-deb when it is installed. The
+/// binaries come from `CARGO_TARGET_DIR` when set. `--profile dev` packs the debug build that
+/// `cargo test` already made, which the package tests use instead of a second, release build.
+fn dist(args: &[&str]) -> Result<()> {
+    let profile = match args {
+        [] => "release",
+        ["--profile", profile] => profile,
+        _ => bail!("usage: cargo xtask dist [--profile release|dev]"),
+    };
+    let profile_dir = if profile == "dev" { "debug" } else { profile };
     run(cargo().args([
         "build",
-        "--release",
         "--locked",
+        "--profile",
+        profile,
         "--bin",
         "blufiod",
         "--bin",
         "blufioctl",
     ]))?;
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("blufio-{version}-{}", std::env::consts::ARCH);
     let dist = root().join("dist");
-    std::fs::create_dir_all(dist.join("completions"))?;
+    let tree = dist.join(&name);
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).with_context(|| format!("cannot empty {}", tree.display()))?;
+    }
+    for dir in ["bin", "man/man1", "man/man8", "completions"] {
+        std::fs::create_dir_all(tree.join(dir))?;
+    }
     for binary in ["blufiod", "blufioctl"] {
-        let target = dist.join(binary);
-        std::fs::copy(target_dir().join("release").join(binary), &target)?;
+        let target = tree.join("bin").join(binary);
+        std::fs::copy(target_dir().join(profile_dir).join(binary), &target)
+            .with_context(|| format!("cannot copy the {profile} build of {binary}"))?;
         run(Command::new("strip").arg(&target))?;
     }
-    let blufioctl = dist.join("blufioctl");
-    let man = Command::new(&blufioctl).arg("man").output()?;
-    if !man.status.success() {
-        bail!("blufioctl man failed: {}", String::from_utf8_lossy(&man.stderr));
+    let blufioctl = tree.join("bin/blufioctl");
+    run(Command::new(&blufioctl)
+        .arg("man")
+        .arg("--dir")
+        .arg(tree.join("man/man1")))?;
+    let page = Command::new(tree.join("bin/blufiod")).arg("--man-page").output()?;
+    if !page.status.success() {
+        bail!("blufiod --man-page failed: {}", String::from_utf8_lossy(&page.stderr));
     }
-    std::fs::write(dist.join("blufioctl.1"), man.stdout)?;
+    std::fs::write(tree.join("man/man8/blufiod.8"), page.stdout)?;
     for (shell, file) in [
         ("bash", "blufioctl.bash"),
         ("zsh", "_blufioctl"),
@@ -263,28 +331,56 @@ fn dist() -> Result<()> {
         if !output.status.success() {
             bail!("blufioctl completions {shell} failed");
         }
-        std::fs::write(dist.join("completions").join(file), output.stdout)?;
+        std::fs::write(tree.join("completions").join(file), output.stdout)?;
     }
-    // Every packaging file, as README's install steps name them.
-    for (file, name) in [
-        ("blufiod.service", "blufiod.service"),
-        ("blufio.sysusers", "blufio.sysusers"),
-        ("blufio.tmpfiles", "blufio.tmpfiles"),
-        ("blufiod.example.toml", "blufiod.example.toml"),
-        ("logrotate/blufiod", "blufiod.logrotate"),
-        ("hooks/postinst.sample", "postinst.sample"),
-        ("hooks/budget-webhook", "hooks/budget-webhook"),
-        ("hooks/backup-offsite", "hooks/backup-offsite"),
-        ("prometheus/alerts.yml", "blufio-alerts.yml"),
-        ("grafana/blufio.json", "blufio-grafana.json"),
-    ] {
-        std::fs::copy(root().join("packaging").join(file), dist.join(name))
-            .with_context(|| format!("cannot copy packaging/{file} to dist/"))?;
+    for file in DIST_FILES {
+        let into = if *file == "packaging/install.sh" {
+            tree.join("install.sh")
+        } else {
+            tree.join(file)
+        };
+        std::fs::create_dir_all(into.parent().expect("a file in a directory"))?;
+        std::fs::copy(root().join(file), &into).with_context(|| format!("cannot copy {file} into the tarball"))?;
     }
-    eprintln!(
-        "dist/: blufiod, blufioctl (stripped), blufioctl.1, completions/, the unit, sysusers, tmpfiles, logrotate, the example config and hook, the alert rules and the Grafana dashboard"
-    );
-    Ok(())
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    run(Command::new("tar")
+        .arg("--create")
+        .arg("--gzip")
+        .arg("--owner=0")
+        .arg("--group=0")
+        .arg("--file")
+        .arg(&tarball)
+        .arg("--directory")
+        .arg(&dist)
+        .arg(&name))?;
+    eprintln!("dist/{name}/: binaries, man pages, completions, packaging and install.sh; dist/{name}.tar.gz");
+    deb(&tree)
+}
+
+/// The Debian package, built by cargo-deb (`cargo install cargo-deb --locked`) from the tree of
+/// `dist` (through the link `dist/stage`, which `[package.metadata.deb]` in blufiod/Cargo.toml
+/// names), into `dist/`.
+fn deb(tree: &Path) -> Result<()> {
+    let stage = root().join("dist/stage");
+    match std::fs::remove_file(&stage) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).context("cannot replace dist/stage"),
+    }
+    std::os::unix::fs::symlink(tree.file_name().context("the tree has a name")?, &stage)
+        .context("cannot link dist/stage")?;
+    let installed = cargo()
+        .args(["deb", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !installed {
+        bail!("cargo-deb is missing: `cargo install cargo-deb --locked` (.ci/run installs it)");
+    }
+    run(cargo()
+        .args(["deb", "-p", "blufiod", "--no-build", "--no-strip", "--output"])
+        .arg(root().join("dist")))
 }
 
 #[cfg(test)]

@@ -17,8 +17,14 @@ pub fn completions(context: &Context<'_>, shell: clap_complete::Shell) -> Result
     Ok(Outcome::Success)
 }
 
-/// Prints the roff man page.
-pub fn man(context: &Context<'_>) -> Result<Outcome, Failure> {
+/// Prints the roff man page, or writes it and one page per subcommand (`blufioctl-config-get.1`)
+/// into `dir`.
+pub fn man(context: &Context<'_>, dir: Option<&std::path::Path>) -> Result<Outcome, Failure> {
+    if let Some(dir) = dir {
+        clap_mangen::generate_to(Cli::command(), dir)
+            .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+        return Ok(Outcome::Success);
+    }
     let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command())
         .render(&mut page)
