@@ -51,6 +51,7 @@ files() {
 bin/blufiod 0755 /usr/bin/blufiod
 bin/blufioctl 0755 /usr/bin/blufioctl
 packaging/blufiod.service 0644 /usr/lib/systemd/system/blufiod.service
+packaging/blufiod.socket 0644 /usr/lib/systemd/system/blufiod.socket
 packaging/blufio.sysusers 0644 /usr/lib/sysusers.d/blufio.conf
 packaging/blufio.tmpfiles 0644 /usr/lib/tmpfiles.d/blufio.conf
 packaging/logrotate/blufiod 0644 /etc/logrotate.d/blufiod

@@ -48,6 +48,8 @@ pub struct Startup {
     pub loaded: Loaded,
     /// The live log filter.
     pub log: Option<LogHandle>,
+    /// The control socket's listener when systemd passed one (socket activation, `LISTEN_FDS`).
+    pub inherited_socket: Option<std::os::fd::OwnedFd>,
 }
 
 /// A subsystem's failure, boxed so that each subsystem keeps its own error type.
@@ -314,10 +316,13 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
     };
 
     notifier.status("starting: binding the control socket");
-    let bound = socket::bind(
-        &paths.socket,
-        group.as_ref().map(|group| nix::unistd::Gid::from_raw(group.gid)),
-    )
+    let bound = match startup.inherited_socket {
+        Some(listener) => socket::adopt(listener, &paths.socket),
+        None => socket::bind(
+            &paths.socket,
+            group.as_ref().map(|group| nix::unistd::Gid::from_raw(group.gid)),
+        ),
+    }
     .map_err(DaemonError::BindControl)?;
     tracing::info!(socket = %bound.path().display(), "control socket bound");
     // From here a failed start removes the socket file again (dropping `socket`).

@@ -182,6 +182,13 @@ fn main() -> ExitCode {
             },
         );
     }
+    let inherited_socket = match inherited_socket() {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::error!(%error, "cannot take the sockets systemd passed (LISTEN_FDS)");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("blufiod-worker")
@@ -198,6 +205,7 @@ fn main() -> ExitCode {
         source,
         loaded,
         log: Some(log),
+        inherited_socket,
     }));
     // Do not wait for blocking tasks that may never finish (a hung disk): the drain is over.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -270,6 +278,31 @@ fn print_config(
         writeln!(out, "{:width$}  {value}  [{}]", entry.spec.key, entry.source.as_str())?;
     }
     out.flush()
+}
+
+/// The listening socket systemd passed for the control socket (socket activation), if any. The
+/// `LISTEN_*` variables are removed, so no child sees them. Only the first descriptor is used;
+/// any more are closed.
+fn inherited_socket() -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: called before the runtime or any other thread exists, so nothing reads the
+    // environment concurrently (the crate's stated precondition).
+    #[allow(unsafe_code, reason = "the environment is changed while the process has one thread")]
+    let fds: Vec<std::os::fd::RawFd> = unsafe { sd_notify::listen_fds_and_unset_env() }?.collect();
+    // SAFETY: systemd passed these descriptors to this process (LISTEN_PID is ours), open and
+    // owned by nobody else in it; each is wrapped exactly once.
+    #[allow(unsafe_code, reason = "taking ownership of the descriptors systemd passed")]
+    let mut owned = fds
+        .into_iter()
+        .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    let first = owned.next();
+    if owned.len() > 0 {
+        tracing::warn!(
+            extra = owned.len(),
+            "systemd passed more than one socket; only the first is the control socket"
+        );
+    }
+    Ok(first)
 }
 
 /// `--man-page`: blufiod(8).

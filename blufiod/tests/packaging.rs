@@ -27,9 +27,17 @@ fn unit_with_built_binary(dir: &std::path::Path) -> std::path::PathBuf {
 fn the_systemd_unit_verifies_and_stays_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_with_built_binary(dir.path());
+    // The optional socket unit verifies beside it (its service is this unit).
+    let socket = dir.path().join("blufiod.socket");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/blufiod.socket"),
+        &socket,
+    )
+    .unwrap();
     let verify = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&unit)
+        .arg(&socket)
         .output()
         .expect("systemd-analyze is needed (Debian package `systemd`; .ci/run installs it)");
     assert!(verify.status.success(), "{}", describe(&verify));

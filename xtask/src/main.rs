@@ -264,6 +264,7 @@ const DIST_FILES: &[&str] = &[
     "README.md",
     "packaging/install.sh",
     "packaging/blufiod.service",
+    "packaging/blufiod.socket",
     "packaging/blufio.sysusers",
     "packaging/blufio.tmpfiles",
     "packaging/blufiod.example.toml",

@@ -2,6 +2,7 @@
 //! is replaced while a running daemon is never displaced; the socket is created under a
 //! restrictive umask (never loosened by a chmod race) and only then opened to its group.
 
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,8 @@ pub struct BoundSocket {
     pub listener: std::os::unix::net::UnixListener,
     path: PathBuf,
     _lock: LockFile,
+    /// Passed by systemd (socket activation): its file is systemd's, never removed here.
+    inherited: bool,
 }
 
 /// Errors from binding the control socket.
@@ -36,6 +39,18 @@ pub enum SocketError {
         socket: PathBuf,
         /// The lock file.
         lock: PathBuf,
+    },
+    /// systemd passed a socket that is not the configured one, or not a listening Unix socket.
+    #[error(
+        "systemd passed a control socket {inherited} that {problem}; make ListenStream= in blufiod.socket the control.socket path ({configured}), or stop blufiod.socket"
+    )]
+    Inherited {
+        /// What systemd passed, as far as it can be named.
+        inherited: String,
+        /// The configured socket.
+        configured: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// Something that is not a socket is in the way.
     #[error("{path} exists and is not a socket; remove it or set control.socket to another path")]
@@ -132,6 +147,63 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<BoundSocket, SocketError>
         listener,
         path: path.to_owned(),
         _lock: lock,
+        inherited: false,
+    })
+}
+
+/// Takes the listening socket systemd passed (socket activation) as the control socket at
+/// `path`. It must be a listening Unix stream socket bound to exactly `path`; the lock file is
+/// taken as for a bound socket, so a second daemon still cannot start on it. Its mode and group
+/// are the socket unit's (`SocketMode=`, `SocketGroup=`), and its file is never removed here.
+pub fn adopt(listener: std::os::fd::OwnedFd, path: &Path) -> Result<BoundSocket, SocketError> {
+    let refused = |inherited: String, problem| SocketError::Inherited {
+        inherited,
+        configured: path.to_owned(),
+        problem,
+    };
+    let listening = nix::sys::socket::getsockopt(&listener, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false);
+    let kind = nix::sys::socket::getsockopt(&listener, nix::sys::socket::sockopt::SockType);
+    let address = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(listener.as_raw_fd());
+    let Ok(address) = address else {
+        return Err(refused("(not a Unix socket)".to_owned(), "is not a Unix socket"));
+    };
+    let Some(bound) = address.path() else {
+        return Err(refused(
+            format!("{address}"),
+            "has no path (an abstract or unnamed socket)",
+        ));
+    };
+    let shown = bound.display().to_string();
+    if bound != path {
+        return Err(refused(shown, "is not control.socket"));
+    }
+    if !listening || kind != Ok(nix::sys::socket::SockType::Stream) {
+        return Err(refused(
+            shown,
+            "is not a listening stream socket (Accept=no, ListenStream=)",
+        ));
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = LockFile::acquire(Path::new(&lock_path)).map_err(|error| match error {
+        LockError::Held { path: lock } => SocketError::AlreadyRunning {
+            socket: path.to_owned(),
+            lock,
+        },
+        LockError::Lock { path, source } => SocketError::Io {
+            operation: "lock",
+            path,
+            source,
+        },
+    })?;
+    let listener = std::os::unix::net::UnixListener::from(listener);
+    listener.set_nonblocking(true).map_err(io_error("configure", path))?;
+    tracing::info!(socket = %path.display(), "control socket passed by systemd (socket activation)");
+    Ok(BoundSocket {
+        listener,
+        path: path.to_owned(),
+        _lock: lock,
+        inherited: true,
     })
 }
 
@@ -148,7 +220,7 @@ impl BoundSocket {
             SocketHold {
                 path: self.path,
                 _lock: self._lock,
-                remove_on_drop: true,
+                remove_on_drop: !self.inherited,
             },
         )
     }
