@@ -250,7 +250,7 @@ fn config_get_suggests_keys_cuts_long_values_and_hints_once() {
     let section = daemon.ctl(&["config", "get", "log"]);
     let shown = support::describe(&section);
     assert!(
-        shown.contains("`log` is a section; its keys are log.format, log.level"),
+        shown.contains("`log` is a section; its keys are log.file, log.format, log.level"),
         "{shown}"
     );
     let typo = daemon.ctl(&["config", "get", "provider.apikey"]);
