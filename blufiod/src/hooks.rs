@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounterVec;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -408,23 +408,76 @@ fn details_json(hook: &str, details: &Details) -> String {
 }
 
 /// Logs each line of a hook's output, at most [`MAX_LOGGED_LINES`] of at most
-/// [`MAX_LINE_BYTES`]; the rest is read and counted so the hook never blocks on a full pipe.
-async fn log_lines(hook: &'static str, stream: &'static str, output: impl AsyncRead + Unpin) {
-    let mut lines = tokio::io::BufReader::new(output).split(b'\n');
-    let mut logged = 0;
-    let mut skipped = 0u64;
-    while let Ok(Some(line)) = lines.next_segment().await {
-        if logged == MAX_LOGGED_LINES {
-            skipped += 1;
-            continue;
-        }
-        logged += 1;
-        let cut = &line[..line.len().min(MAX_LINE_BYTES)];
-        let text = String::from_utf8_lossy(cut);
-        tracing::info!(hook, stream, "{}", text.trim_end_matches('\r'));
+/// [`MAX_LINE_BYTES`]; the rest is read and counted so the hook never blocks on a full pipe. A
+/// line is never held whole: past its first [`MAX_LINE_BYTES`] bytes the rest is dropped as it
+/// arrives, so a hook that prints a gigabyte without a newline costs a fixed buffer.
+async fn log_lines(hook: &'static str, stream: &'static str, mut output: impl AsyncRead + Unpin) {
+    let mut buffer = [0u8; 8192];
+    let mut cutter = LineCutter::default();
+    let mut counter = LineCounter::default();
+    loop {
+        let read = match output.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        cutter.feed(&buffer[..read], |line| counter.log(hook, stream, line));
     }
-    if skipped > 0 {
-        tracing::info!(hook, stream, skipped, "more output lines were not logged");
+    cutter.finish(|line| counter.log(hook, stream, line));
+    if counter.skipped > 0 {
+        tracing::info!(
+            hook,
+            stream,
+            skipped = counter.skipped,
+            "more output lines were not logged"
+        );
+    }
+}
+
+/// Splits output into lines of at most [`MAX_LINE_BYTES`], holding at most that much.
+#[derive(Default)]
+struct LineCutter {
+    line: Vec<u8>,
+}
+
+impl LineCutter {
+    /// Takes the next bytes of output; `emit` gets each line that ends in them.
+    fn feed(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8])) {
+        for chunk in bytes.split_inclusive(|byte| *byte == b'\n') {
+            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
+            let ends = chunk.last() == Some(&b'\n');
+            let content = if ends { &chunk[..chunk.len() - 1] } else { chunk };
+            self.line.extend_from_slice(&content[..content.len().min(room)]);
+            if ends {
+                emit(&self.line);
+                self.line.clear();
+            }
+        }
+    }
+
+    /// The last line, when the output did not end with a newline.
+    fn finish(self, mut emit: impl FnMut(&[u8])) {
+        if !self.line.is_empty() {
+            emit(&self.line);
+        }
+    }
+}
+
+/// How many lines of one stream were logged, and how many were not.
+#[derive(Default)]
+struct LineCounter {
+    logged: usize,
+    skipped: u64,
+}
+
+impl LineCounter {
+    fn log(&mut self, hook: &'static str, stream: &'static str, line: &[u8]) {
+        if self.logged == MAX_LOGGED_LINES {
+            self.skipped += 1;
+            return;
+        }
+        self.logged += 1;
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(hook, stream, "{}", text.trim_end_matches('\r'));
     }
 }
 
@@ -459,6 +512,29 @@ mod tests {
             alert_of(&Event::Starting).is_none(),
             "pre_start is awaited, not an alert"
         );
+    }
+
+    #[test]
+    fn a_line_without_end_costs_a_fixed_buffer_and_is_cut() {
+        let mut cutter = LineCutter::default();
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        // 64 MiB of one line in 8 KiB reads, then two short lines, the last without a newline.
+        let block = vec![b'x'; 8192];
+        for _ in 0..8192 {
+            cutter.feed(&block, |line| lines.push(line.to_vec()));
+            assert!(
+                cutter.line.capacity() <= 2 * MAX_LINE_BYTES,
+                "held {}",
+                cutter.line.capacity()
+            );
+        }
+        cutter.feed(b"\nsecond\r\nthi", |line| lines.push(line.to_vec()));
+        cutter.feed(b"rd", |line| lines.push(line.to_vec()));
+        cutter.finish(|line| lines.push(line.to_vec()));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], vec![b'x'; MAX_LINE_BYTES]);
+        assert_eq!(lines[1], b"second\r");
+        assert_eq!(lines[2], b"third");
     }
 
     #[test]
