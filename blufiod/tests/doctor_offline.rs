@@ -117,3 +117,30 @@ fn a_broken_config_and_an_open_state_directory_fail_with_the_fix() {
             .all(|check| check["name"] != "state_dir")
     );
 }
+
+#[test]
+fn a_user_the_socket_refuses_is_told_so_not_that_the_daemon_is_down() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let dir = new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_with(dir.clone(), DaemonOptions::default());
+    std::fs::set_permissions(&daemon.config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = daemon.config_path.to_str().unwrap();
+    // nobody: not root, not the daemon's user, not in a control group.
+    let output = daemon.ctl_as(65534, 65534, &["doctor", "--json", "--config", config]);
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", describe(&output)));
+    let down = check(&report, "daemon");
+    assert!(down["detail"].as_str().unwrap().contains("refuses this user"), "{down}");
+    assert!(
+        down["hint"].as_str().unwrap().contains("sudo blufioctl doctor"),
+        "{down}"
+    );
+    let lock = check(&report, "lock");
+    assert_ne!(lock["level"], "fail", "not called hung: {lock}");
+    assert!(!lock["detail"].as_str().unwrap().contains("does not answer"), "{lock}");
+}

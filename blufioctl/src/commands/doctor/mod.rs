@@ -31,7 +31,8 @@ pub async fn run(context: &Context<'_>, args: DoctorArgs) -> Result<Outcome, Fai
                 ClientError::Timeout { after, .. } => format!("no answer within {} s", after.as_secs()),
                 other => other.source().map_or_else(String::new, ToString::to_string),
             };
-            let offline = offline::run(&context.socket, &why, config.as_deref()).await;
+            let denied = matches!(&error, ClientError::Unreachable { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
+            let offline = offline::run(&context.socket, &why, denied, config.as_deref()).await;
             let report = Report {
                 checks: &offline.checks,
                 reachable: false,

@@ -74,19 +74,34 @@ struct ConfigReport {
 }
 
 /// Runs every offline check. `tried` is the socket blufioctl could not reach and `why` the
-/// reason; `config` the config file to check (`--config`), else the daemon's default.
-pub async fn run(tried: &Path, why: &str, config: Option<&Path>) -> Offline {
-    let mut checks = vec![check(
-        "daemon",
-        CheckLevel::Fail,
-        format!(
-            "blufiod does not answer at {}: {why}; its own checks ({}) could not run",
-            tried.display(),
-            DAEMON_CHECKS.join(", ")
-        ),
-        "start it ('systemctl start blufiod' or 'blufiod'), or point --socket at its socket; the checks below look from the outside",
-        Duration::ZERO,
-    )];
+/// reason, `denied` whether the socket refused this user (then the daemon may well be running);
+/// `config` the config file to check (`--config`), else the daemon's default.
+pub async fn run(tried: &Path, why: &str, denied: bool, config: Option<&Path>) -> Offline {
+    let not_run = DAEMON_CHECKS.join(", ");
+    let daemon = if denied {
+        check(
+            "daemon",
+            CheckLevel::Fail,
+            format!(
+                "the socket {} refuses this user ({why}); blufiod's own checks ({not_run}) could not run",
+                tried.display()
+            ),
+            "run doctor as root, as blufiod's user or as a member of its control.group (sudo blufioctl doctor)",
+            Duration::ZERO,
+        )
+    } else {
+        check(
+            "daemon",
+            CheckLevel::Fail,
+            format!(
+                "blufiod does not answer at {}: {why}; its own checks ({not_run}) could not run",
+                tried.display()
+            ),
+            "start it ('systemctl start blufiod' or 'blufiod'), or point --socket at its socket; the checks below look from the outside",
+            Duration::ZERO,
+        )
+    };
+    let mut checks = vec![daemon];
     let started = Instant::now();
     let (config_check, paths) = config_check(config).await;
     checks.push(timed(config_check, started));
@@ -95,7 +110,7 @@ pub async fn run(tried: &Path, why: &str, config: Option<&Path>) -> Offline {
         checks.push(timed(state_dir_check(paths), started));
     }
     let started = Instant::now();
-    checks.push(timed(lock_check(tried, paths.as_ref()), started));
+    checks.push(timed(lock_check(tried, paths.as_ref(), denied), started));
     let journal = if Path::new("/run/systemd/system").is_dir() {
         let started = Instant::now();
         checks.push(timed(unit_check().await, started));
@@ -310,7 +325,7 @@ fn lock_holder(path: &Path, proc_locks: &str) -> Option<u32> {
     })
 }
 
-fn lock_check(tried: &Path, paths: Option<&DaemonPaths>) -> CheckResult {
+fn lock_check(tried: &Path, paths: Option<&DaemonPaths>, denied: bool) -> CheckResult {
     let at = |level, detail: String, hint: &str| check("lock", level, detail, hint, Duration::ZERO);
     let proc_locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
     let state_holder = paths.and_then(|paths| lock_holder(&paths.state_lock, &proc_locks));
@@ -336,12 +351,24 @@ fn lock_check(tried: &Path, paths: Option<&DaemonPaths>) -> CheckResult {
                 ),
                 &format!("blufioctl --socket {} doctor", socket.display()),
             ),
+            None if denied => at(
+                CheckLevel::Ok,
+                format!("blufiod (pid {pid}) runs; its socket refused this user"),
+                "",
+            ),
             None => at(
                 CheckLevel::Fail,
                 format!("blufiod (pid {pid}) holds its locks but does not answer on its socket"),
                 "it may be hung or still starting: 'systemctl status blufiod' and its journal say which; 'systemctl restart blufiod' if it is hung",
             ),
         };
+    }
+    if denied {
+        return at(
+            CheckLevel::Warn,
+            "no lock holder is visible to this user, so whether blufiod runs is not known here".to_owned(),
+            "run doctor as root or as blufiod's user",
+        );
     }
     if std::fs::symlink_metadata(tried).is_ok_and(|metadata| metadata.file_type().is_socket()) {
         return at(
