@@ -40,6 +40,12 @@ esac
 root=${root%/}
 manifest=/usr/share/blufio/installed-files
 
+# The manifest's lines that are paths this script installs: absolute, under /usr or
+# /etc/logrotate.d, without `..`. Anything else in it is ignored, never removed.
+safe_paths() {
+    grep -E '^/(usr|etc/logrotate\.d)/[A-Za-z0-9_./+-]+$' | grep -v -e '/\.\./' -e '/\.\.$' || true
+}
+
 # Runs systemd's tools only on the live system, where systemd runs.
 live_systemd() {
     [ -z "$root" ] && [ -d /run/systemd/system ]
@@ -51,7 +57,7 @@ files() {
 bin/blufiod 0755 /usr/bin/blufiod
 bin/blufioctl 0755 /usr/bin/blufioctl
 packaging/blufiod.service 0644 /usr/lib/systemd/system/blufiod.service
-packaging/blufiod.socket 0644 /usr/lib/systemd/system/blufiod.socket
+packaging/blufiod.socket 0644 /usr/share/blufio/systemd/blufiod.socket
 packaging/blufio.sysusers 0644 /usr/lib/sysusers.d/blufio.conf
 packaging/blufio.tmpfiles 0644 /usr/lib/tmpfiles.d/blufio.conf
 packaging/logrotate/blufiod 0644 /etc/logrotate.d/blufiod
@@ -78,21 +84,21 @@ install_files() {
     if live_systemd && systemctl is-active --quiet blufiod.service; then
         was_active=1
     fi
-    list=$(mktemp)
-    trap 'rm -f "$list"' EXIT
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    list=$scratch/installed
     files | while read -r source mode destination; do
         # Replace atomically: a running blufiod keeps its old binary until it restarts.
         install -D -m "$mode" "$here/$source" "$root$destination.blufio-new"
-        mv -f "$root$destination.blufio-new" "$root$destination"
+        mv -fT "$root$destination.blufio-new" "$root$destination"
         echo "$destination" >> "$list"
     done
     # Files an earlier version installed that this one does not: removed.
     if [ -f "$root$manifest" ]; then
-        sort "$list" > "$list.new"
-        sort "$root$manifest" | comm -23 - "$list.new" | while read -r stale; do
+        sort "$list" > "$scratch/sorted"
+        safe_paths < "$root$manifest" | sort | comm -23 - "$scratch/sorted" | while read -r stale; do
             rm -f "$root$stale"
         done
-        rm -f "$list.new"
     fi
     echo "$manifest" >> "$list"
     install -D -m 0644 "$list" "$root$manifest"
@@ -117,9 +123,9 @@ uninstall_files() {
         echo "install.sh: $root$manifest is missing: nothing installed by install.sh here" >&2
         exit 1
     fi
-    while read -r installed; do
+    safe_paths < "$root$manifest" | while read -r installed; do
         rm -f "$root$installed"
-    done < "$root$manifest"
+    done
     for dir in /usr/share/blufio/hooks /usr/share/blufio/prometheus /usr/share/blufio/grafana /usr/share/blufio /usr/share/doc/blufio; do
         rmdir "$root$dir" 2>/dev/null || true
     done

@@ -286,7 +286,19 @@ fn install_sh_installs_idempotently_and_uninstalls_keeping_the_state() {
     std::fs::write(target.path().join("var/lib/blufio/blufio.db"), "data").unwrap();
     std::fs::create_dir_all(target.path().join("etc/blufio")).unwrap();
     std::fs::write(target.path().join("etc/blufio/blufiod.toml"), "").unwrap();
+    // A manifest line outside the installed places is ignored, never removed.
+    let precious = target.path().join("precious");
+    std::fs::write(&precious, "keep").unwrap();
+    let manifest = target.path().join("usr/share/blufio/installed-files");
+    let mut listed = std::fs::read_to_string(&manifest).unwrap();
+    listed.push_str("/usr/../precious\n/precious\n");
+    std::fs::write(&manifest, listed).unwrap();
     install(&["--uninstall"]);
+    assert!(
+        precious.exists(),
+        "a tampered manifest removed a file outside the installed places"
+    );
+    std::fs::remove_file(&precious).unwrap();
     let left = tree_of(target.path());
     assert_eq!(
         left.keys().collect::<Vec<_>>(),
@@ -328,6 +340,7 @@ echo "user: $(getent passwd blufio | cut -d: -f1)"
 echo "state: $(stat -c "%a %U" /var/lib/blufio)"
 echo "config: $(stat -c "%a %U" /etc/blufio)"
 test -L /etc/systemd/system/multi-user.target.wants/blufiod.service && echo enabled
+test -f /usr/share/blufio/systemd/blufiod.socket && test ! -e /etc/systemd/system/sockets.target.wants/blufiod.socket && ! grep -q blufiod.socket /var/lib/dpkg/info/blufio.postinst && echo socket-not-enabled
 systemd-analyze verify --man=no /usr/lib/systemd/system/blufiod.service && echo verified
 logrotate --debug /etc/logrotate.d/blufiod 2>&1 | grep -i "error" && exit 9
 echo logrotate-ok
@@ -356,6 +369,7 @@ test ! -e /var/lib/blufio && echo state-purged-when-asked
         "state: 700 blufio\n",
         "config: 750 blufio\n",
         "enabled\n",
+        "socket-not-enabled\n",
         "verified\n",
         "logrotate-ok\n",
         "config-ok\n",

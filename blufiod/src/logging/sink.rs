@@ -48,16 +48,35 @@ impl LogFile {
     }
 }
 
+/// Opens `path` for appending without blocking on a FIFO and without following a link, and
+/// accepts only a regular file of the daemon's own with one name: a file somebody else planted
+/// in a shared directory would read every line, a FIFO would hang the daemon.
 fn open_append(path: &Path) -> Result<File, std::io::Error> {
+    use std::os::unix::fs::MetadataExt as _;
     let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
+    let euid = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != euid {
+        return Err(std::io::Error::other(format!(
+            "it belongs to uid {}, not to blufiod's uid {euid}; remove it, or keep the log in a directory only blufiod may write",
+            metadata.uid()
+        )));
+    }
+    if metadata.nlink() != 1 {
+        return Err(std::io::Error::other("it has other names (hard links); remove them"));
+    }
+    // Back to blocking writes: a full disk reports, it does not spin.
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
     Ok(file)
 }
 
@@ -151,5 +170,27 @@ mod tests {
         std::fs::create_dir(&directory).unwrap();
         assert!(LogFile::open(&directory).is_err());
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
+        // A FIFO is refused at once, without waiting for a reader.
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+        assert!(LogFile::open(&fifo).is_err());
+        // A second name for the file is refused too.
+        let own = dir.path().join("own.log");
+        std::fs::write(&own, "").unwrap();
+        std::fs::hard_link(&own, dir.path().join("alias.log")).unwrap();
+        assert!(LogFile::open(&own).is_err());
+    }
+
+    #[test]
+    fn a_file_of_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("blufiod.log");
+        std::fs::write(&planted, "").unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        let error = LogFile::open(&planted).unwrap_err();
+        assert!(error.to_string().contains("belongs to uid 65534"), "{error}");
     }
 }
