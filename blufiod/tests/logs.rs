@@ -255,3 +255,35 @@ fn logs_shows_recent_lines_filters_by_level_and_follows_until_the_daemon_stops()
     };
     assert!(exited.success(), "{exited:?}");
 }
+
+#[test]
+fn log_streams_are_bounded_and_end_with_the_daemon() {
+    let mut daemon = Daemon::start();
+    // Sixteen followers that never read are all the daemon keeps; the next one is refused.
+    let mut followers: Vec<_> = (0..16)
+        .map(|_| daemon.ctl_in_background(&["logs", "-f", "-n", "2000"]))
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    let refused = loop {
+        let output = daemon.ctl(&["logs", "-n", "0"]);
+        if output.status.code() == Some(1) {
+            break output;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a 17th stream was never refused: {}",
+            describe(&output)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("16 log streams are open already"),
+        "{}",
+        describe(&refused)
+    );
+    assert!(daemon.stop().success());
+    for follower in &mut followers {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
+}

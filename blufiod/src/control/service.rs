@@ -40,11 +40,18 @@ pub struct ControlService {
     policy: Policy,
     /// Cancelled when the daemon stops: streams that would never end (`logs -f`) end then.
     shutdown: CancellationToken,
+    /// `ReadLogs` streams open at once: each can hold a copy of the ring.
+    log_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlService {
     pub(super) fn new(deps: ControlDeps, policy: Policy, shutdown: CancellationToken) -> Self {
-        Self { deps, policy, shutdown }
+        Self {
+            deps,
+            policy,
+            shutdown,
+            log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
+        }
     }
 
     fn set_response(&self, outcome: config::SetOutcome) -> pb::SetConfigResponse {
@@ -470,6 +477,11 @@ impl pb::control_server::Control for ControlService {
                 )));
             }
         };
+        let Ok(permit) = self.log_streams.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_LOG_STREAMS} log streams are open already; close one (a `blufioctl logs -f` left running?)"
+            )));
+        };
         let ring = self.deps.logs.clone();
         // Subscribed before the tail is read, so that no line falls between the two.
         let changes = ring.subscribe();
@@ -482,7 +494,14 @@ impl pb::control_server::Control for ControlService {
             level,
             shutdown: self.shutdown.clone(),
         });
-        tokio::spawn(stream_logs(recent, follow, sender));
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stream_logs(recent, follow, sender) => {}
+                () = shutdown.cancelled() => {}
+            }
+            drop(permit);
+        });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
         ))))
@@ -1481,6 +1500,8 @@ fn hook_run_to_proto(run: crate::hooks::Run) -> pb::HookRun {
 /// Log lines a `ReadLogs` stream buffers for its caller; a follower slower than that misses
 /// lines (and is told how many) rather than making anything wait.
 const LOG_STREAM_BUFFER: usize = 64;
+/// `ReadLogs` streams open at once, all callers together.
+const MAX_LOG_STREAMS: usize = 16;
 /// Lines a follower takes from the ring at a time.
 const LOG_FOLLOW_BATCH: usize = 256;
 
