@@ -287,3 +287,35 @@ fn log_streams_are_bounded_and_end_with_the_daemon() {
         let _ = follower.wait();
     }
 }
+
+#[test]
+fn a_caller_refused_in_a_loop_does_not_flood_the_log() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let dir = new_dir();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_with(
+        dir,
+        DaemonOptions {
+            config: "[control]\ngroup = \"nogroup\"\ngroup_access = \"read-only\"\n".to_owned(),
+            ..DaemonOptions::default()
+        },
+    );
+    // A read-only member asks for the logs (full access) over and over.
+    let started = Instant::now();
+    for _ in 0..150 {
+        let output = daemon.ctl_as(65534, 65534, &["logs", "-n", "0"]);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let output = daemon.ctl(&["logs", "-n", "2000", "--level", "warn"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines = text.lines().filter(|line| line.contains("control call denied")).count();
+    assert!(
+        (1..=seconds as usize + 1).contains(&lines),
+        "{lines} denial lines for 150 refusals in {seconds} s:\n{text}"
+    );
+}

@@ -87,7 +87,7 @@ pub fn authorize(
     if access >= needed {
         return Ok(access);
     }
-    tracing::warn!(uid = peer.uid, method, "control call denied");
+    DENIALS.log(peer.uid, method);
     Err(Status::permission_denied(format!(
         "uid {} has {} access but {method} needs {}: {}",
         peer.uid,
@@ -95,6 +95,54 @@ pub fn authorize(
         needed.as_str(),
         policy.hint(peer)
     )))
+}
+
+/// The refused calls that get a log line: at most one a second, whoever calls; the next line says
+/// how many were refused in between. A caller refused in a loop cannot flood the log, the journal
+/// or the ring that `blufioctl logs` reads (5,000 lines a second without this).
+static DENIALS: DenialLog = DenialLog::new();
+
+/// See [`DENIALS`].
+struct DenialLog {
+    /// The second (since the Unix epoch) of the last line.
+    last_second: std::sync::atomic::AtomicU64,
+    /// Refusals not logged since that line.
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl DenialLog {
+    const fn new() -> Self {
+        Self {
+            last_second: std::sync::atomic::AtomicU64::new(0),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Logs this refusal, unless one was logged in the same second (then it is counted).
+    fn log(&self, uid: u32, method: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let last = self.last_second.load(Ordering::Relaxed);
+        if last == now
+            || self
+                .last_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let also = self.unlogged.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            uid,
+            method,
+            also_refused_since_the_last_line = also,
+            "control call denied"
+        );
+        true
+    }
 }
 
 /// Who may do what, fixed at startup except for the group's access level.
@@ -196,6 +244,18 @@ pub fn resolve_group(name: &str) -> Option<GroupInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_in_a_loop_get_one_line_a_second() {
+        let denials = DenialLog::new();
+        let logged = (0..10_000).filter(|_| denials.log(1000, "GetStatus")).count();
+        // The loop may straddle a second boundary.
+        assert!((1..=2).contains(&logged), "{logged} lines for 10,000 refusals");
+        let unlogged = denials.unlogged.load(std::sync::atomic::Ordering::Relaxed);
+        if logged == 1 {
+            assert_eq!(unlogged, 9_999, "the rest are counted for the next line");
+        }
+    }
 
     #[test]
     fn a_peer_without_credentials_gets_nothing() {
