@@ -516,21 +516,25 @@ mod tests {
 
     #[test]
     fn release_returns_freed_pages() {
-        let before = rss_bytes().unwrap();
-        let mut blocks: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 1024 * 1024]).collect();
-        blocks.iter_mut().for_each(|block| block[0] = 2);
-        let peak = rss_bytes().unwrap();
-        drop(blocks);
-        release();
-        let after = rss_bytes().unwrap();
-        assert!(
-            peak > before + 32 * 1024 * 1024,
-            "the blocks were resident: {before} -> {peak}"
-        );
-        assert!(
-            after < peak - 32 * 1024 * 1024,
-            "the freed pages left the resident set: {peak} -> {after}"
-        );
+        // The resident set is the whole test process's, and other tests allocate and free beside
+        // this one (a vault test's 19 MiB of Argon2, for example): a try that saw them move is
+        // repeated, and one clean try out of five must show the pages come and go.
+        let mut tries = Vec::new();
+        for _ in 0..5 {
+            let before = rss_bytes().unwrap();
+            let mut blocks: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 1024 * 1024]).collect();
+            blocks.iter_mut().for_each(|block| block[0] = 2);
+            let peak = rss_bytes().unwrap();
+            drop(blocks);
+            release();
+            let after = rss_bytes().unwrap();
+            if peak > before + 32 * 1024 * 1024 && after < peak - 32 * 1024 * 1024 {
+                return;
+            }
+            tries.push((before, peak, after));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("the blocks' pages did not come and go (before, peak, after): {tries:?}");
     }
 
     #[test]
