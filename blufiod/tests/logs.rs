@@ -319,3 +319,47 @@ fn a_caller_refused_in_a_loop_does_not_flood_the_log() {
         "{lines} denial lines for 150 refusals in {seconds} s:\n{text}"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_does_not_hold_the_daemons_stop() {
+    let mut daemon = Daemon::start_with(
+        new_dir(),
+        DaemonOptions {
+            env: vec![("BLUFIO_DAEMON__SHUTDOWN_TIMEOUT_SECS".to_owned(), "20".to_owned())],
+            ..DaemonOptions::default()
+        },
+    );
+    // A raw HTTP/2 client with a zero window: it asks for the whole ring and never reads.
+    let socket = daemon.socket.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _stalled = runtime.block_on(async move {
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let (mut client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(stream)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://localhost/blufio.control.v1.Control/ReadLogs")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        // lines = 2000, follow = true
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 5, 8, 0xd0, 0x0f, 24, 1]), true)
+            .unwrap();
+        (client, response)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert!(daemon.stop().success());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "the stop waited {took:?} for a client that does not read (shutdown_timeout_secs is 20)"
+    );
+    assert!(!daemon.stderr().contains("drain timed out"), "{}", daemon.stderr());
+}

@@ -77,6 +77,8 @@ const MAX_MESSAGE_BYTES: usize = 320 * 1024;
 /// Connections are closed gracefully (GOAWAY; calls in flight finish, turns included) at this
 /// age, so idle ones do not hold a slot for ever; clients reconnect on their next call.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
+/// How long connections get to finish once the daemon stops.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(3);
 /// HTTP/2 pings find peers that went away without closing.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -137,7 +139,8 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!("control plane serving");
-    tonic::transport::Server::builder()
+    let stopping = token.clone();
+    let server = tonic::transport::Server::builder()
         // Outermost: refused calls are counted too.
         .layer(metered)
         .layer(guard)
@@ -159,9 +162,16 @@ pub async fn serve(
             health_reporter
                 .set_not_serving::<pb::control_server::ControlServer<service::ControlService>>()
                 .await;
-        })
-        .await
-        .map_err(|source| ControlError::Serve { source })?;
+        });
+    // The graceful drain waits for every connection; one client that stopped reading would hold
+    // the whole daemon's stop to its timeout. Past CONNECTION_DRAIN the rest are dropped.
+    tokio::select! {
+        served = server => served.map_err(|source| ControlError::Serve { source })?,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(CONNECTION_DRAIN).await;
+        } => tracing::warn!("control connections did not finish within {CONNECTION_DRAIN:?}; closing them"),
+    }
     tracing::info!("control plane drained");
     Ok(())
 }
