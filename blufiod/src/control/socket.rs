@@ -91,14 +91,9 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-/// Binds the control socket at `path`, group-owned by `group` when given.
-pub fn bind(path: &Path, group: Option<Gid>) -> Result<BoundSocket, SocketError> {
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    prepare_directory(dir, group)?;
-
+/// Takes the lock file beside the socket at `path` (`<path>.lock`): held by another daemon, it is
+/// `AlreadyRunning`. Returns the lock and its path.
+fn lock_socket(path: &Path) -> Result<(LockFile, PathBuf), SocketError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -113,6 +108,18 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<BoundSocket, SocketError>
             source,
         },
     })?;
+    Ok((lock, lock_path))
+}
+
+/// Binds the control socket at `path`, group-owned by `group` when given.
+pub fn bind(path: &Path, group: Option<Gid>) -> Result<BoundSocket, SocketError> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    prepare_directory(dir, group)?;
+
+    let (lock, lock_path) = lock_socket(path)?;
 
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
@@ -183,19 +190,7 @@ pub fn adopt(listener: std::os::fd::OwnedFd, path: &Path) -> Result<BoundSocket,
             "is not a listening stream socket (Accept=no, ListenStream=)",
         ));
     }
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock = LockFile::acquire(Path::new(&lock_path)).map_err(|error| match error {
-        LockError::Held { path: lock } => SocketError::AlreadyRunning {
-            socket: path.to_owned(),
-            lock,
-        },
-        LockError::Lock { path, source } => SocketError::Io {
-            operation: "lock",
-            path,
-            source,
-        },
-    })?;
+    let (lock, _) = lock_socket(path)?;
     let listener = std::os::unix::net::UnixListener::from(listener);
     listener.set_nonblocking(true).map_err(io_error("configure", path))?;
     tracing::info!(socket = %path.display(), "control socket passed by systemd (socket activation)");
