@@ -344,7 +344,7 @@ pub enum VaultCommand {
     /// Without an option, blufiod writes a new random key to the key file in effect (its generated
     /// one or vault.key_file) and the rekey completes at once. With --new-passphrase or --new-key
     /// the rekey waits until blufiod starts with that key; the current key opens the vault until
-    /// then.
+    /// then. Root and the daemon's user only.
     #[command(group(ArgGroup::new("new").args(["new_passphrase", "new_key"])))]
     Rekey {
         /// Move to a new passphrase (at least 12 characters), asked for twice on a terminal or
@@ -375,7 +375,8 @@ pub struct BackupArgs {
     #[arg(long, requires = "path", conflicts_with_all = ["include_tls", "without_config", "force"])]
     pub verify: bool,
 
-    /// Also put the gateway's TLS certificate and private key in the archive
+    /// Also put the gateway's TLS certificate and private key in the archive (root and the
+    /// daemon's user only)
     #[arg(long)]
     pub include_tls: bool,
 
@@ -403,12 +404,14 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub without_secrets: bool,
 
-    /// Also install the archive's config file over the daemon's (blufiod validates it first)
+    /// Also install the archive's config file over the daemon's (blufiod validates it first;
+    /// root and the daemon's user only)
     #[arg(long)]
     pub restore_config: bool,
 
     /// Also install the archive's TLS key pair (from `backup --include-tls`; blufiod checks it
-    /// loads first); otherwise the daemon keeps its own certificate
+    /// loads first; root and the daemon's user only); otherwise the daemon keeps its own
+    /// certificate
     #[arg(long)]
     pub restore_tls: bool,
 
@@ -646,7 +649,8 @@ pub enum HooksCommand {
 
     /// Run one hook's commands now with a sample event (BLUFIO_TEST=1) and show how each ended
     ///
-    /// Waits for them, up to 30 s. Exit code 1 when one did not succeed.
+    /// Waits for them, up to 30 s. Exit code 1 when one did not succeed. Root and the daemon's
+    /// user only: hooks run as the daemon's user.
     Test {
         /// The hook, for example on_backup
         name: String,

@@ -476,3 +476,82 @@ fn every_hook_key_applies_to_the_next_run() {
     assert_eq!(report["runs"][0]["outcome"], "timeout", "{report}");
     assert!(started.elapsed() < Duration::from_secs(20), "killed at the new timeout");
 }
+
+/// Finding 10 of the attack on issue 13: with `group_access = "full"`, a member could set
+/// `hooks.*` (or `log.file`, a tool's allow list, ...) and make the daemon run or open anything as
+/// its own user, root included. Those keys and calls are the owner's now.
+#[test]
+fn a_groups_full_access_does_not_reach_the_daemons_identity() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let dir = new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let marker = dir.path().join("ran-as-the-daemon");
+    let touch = script(dir.path(), "touch.sh", &format!("touch {}\n", marker.display()));
+    let daemon = Daemon::start_with(
+        dir,
+        DaemonOptions {
+            config: "[control]\ngroup = \"nogroup\"\ngroup_access = \"full\"\n".to_owned(),
+            ..DaemonOptions::default()
+        },
+    );
+    let member = |args: &[&str]| daemon.ctl_as(65534, 65534, args);
+    let refused = |output: &std::process::Output, what: &str| {
+        assert!(!output.status.success(), "{what}: {}", describe(output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("only root and the daemon's own user"),
+            "{what}: {}",
+            describe(output)
+        );
+    };
+    let config_before = std::fs::read_to_string(&daemon.config_path).unwrap();
+
+    // Full access still changes ordinary settings...
+    let output = member(&["config", "set", "budget.daily_usd", "5"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let config_after_budget = std::fs::read_to_string(&daemon.config_path).unwrap();
+    assert_ne!(config_before, config_after_budget);
+
+    // ...but not what the daemon runs, opens or trusts as itself.
+    let hook = format!("[[\"{}\"]]", touch.display());
+    for (key, value) in [
+        ("hooks.post_reload", hook.as_str()),
+        ("hooks.timeout_secs", "5"),
+        ("log.file", "/etc/blufio-owned-by-a-member.log"),
+        ("tools.run_command.allow", "[\"/bin/sh\"]"),
+        ("tools.files.workspace", "/"),
+        ("tools.http_get.allow_private", "true"),
+        ("provider.base_url", "http://127.0.0.1:9/"),
+        ("agent.system_prompt_file", "/etc/shadow"),
+        ("backup.dir", "/etc"),
+        ("control.group", "users"),
+    ] {
+        refused(&member(&["config", "set", key, value]), key);
+        refused(&member(&["config", "unset", key]), key);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&daemon.config_path).unwrap(),
+        config_after_budget,
+        "a refused change wrote nothing"
+    );
+    refused(&member(&["hooks", "test", "post_reload"]), "hooks test");
+    refused(&member(&["vault", "rekey"]), "vault rekey");
+    refused(&member(&["backup", "--include-tls", "-"]), "backup --include-tls");
+    let archive = std::env::temp_dir().join(format!("blufio-owner-test-{}.tar", std::process::id()));
+    let output = daemon.ctl(&["backup", "--force", archive.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = member(&["restore", "--restore-config", archive.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&archive);
+    refused(&output, "restore --restore-config");
+
+    // The owner may: the same hook, set by root, runs.
+    let output = daemon.ctl(&["config", "set", "hooks.post_reload", &hook]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let output = daemon.ctl(&["hooks", "test", "post_reload"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    wait_for_file(&marker);
+}

@@ -14,6 +14,11 @@ pub struct KeySpec {
     pub secret: bool,
     /// Whether a change only takes effect after a restart.
     pub restart_required: bool,
+    /// Whether only root and the daemon's own user may change it: the key names a program, file,
+    /// directory or host that the daemon trusts with its own uid and keys, or who may use the
+    /// control socket. A group's full access does not reach it (else every member could make the
+    /// daemon run or open anything as itself).
+    pub owner_only: bool,
 }
 
 const fn live(key: &'static str) -> KeySpec {
@@ -21,6 +26,7 @@ const fn live(key: &'static str) -> KeySpec {
         key,
         secret: false,
         restart_required: false,
+        owner_only: false,
     }
 }
 
@@ -29,6 +35,7 @@ const fn restart(key: &'static str) -> KeySpec {
         key,
         secret: false,
         restart_required: true,
+        owner_only: false,
     }
 }
 
@@ -37,6 +44,15 @@ const fn secret(key: &'static str) -> KeySpec {
         key,
         secret: true,
         restart_required: false,
+        owner_only: false,
+    }
+}
+
+/// Marks `spec` as the owner's (see [`KeySpec::owner_only`]).
+const fn owner(spec: KeySpec) -> KeySpec {
+    KeySpec {
+        owner_only: true,
+        ..spec
     }
 }
 
@@ -50,23 +66,23 @@ pub const KEYS: &[KeySpec] = &[
     live("agent.max_tool_iterations"),
     live("agent.session_retention_days"),
     live("agent.system_prompt"),
-    live("agent.system_prompt_file"),
-    live("backup.dir"),
+    owner(live("agent.system_prompt_file")),
+    owner(live("backup.dir")),
     live("backup.interval_secs"),
     live("backup.keep"),
     live("budget.daily_usd"),
     live("budget.monthly_usd"),
-    restart("control.group"),
-    live("control.group_access"),
-    restart("control.socket"),
-    restart("daemon.runtime_dir"),
+    owner(restart("control.group")),
+    owner(live("control.group_access")),
+    owner(restart("control.socket")),
+    owner(restart("daemon.runtime_dir")),
     live("daemon.shutdown_timeout_secs"),
-    restart("daemon.state_dir"),
+    owner(restart("daemon.state_dir")),
     restart("gateway.allow_public_bind"),
-    restart("gateway.cert_file"),
+    owner(restart("gateway.cert_file")),
     restart("gateway.enabled"),
     live("gateway.idle_timeout_secs"),
-    restart("gateway.key_file"),
+    owner(restart("gateway.key_file")),
     restart("gateway.listen"),
     live("gateway.max_body_bytes"),
     restart("gateway.max_clock_skew_secs"),
@@ -79,20 +95,20 @@ pub const KEYS: &[KeySpec] = &[
     restart("gateway.replay_cache_entries"),
     live("gateway.request_timeout_secs"),
     live("gateway.server_names"),
-    restart("hooks.max_concurrent"),
-    live("hooks.on_backup"),
-    live("hooks.on_budget_exhausted"),
-    live("hooks.on_device_change"),
-    live("hooks.on_memory_pressure"),
-    live("hooks.on_provider_down"),
-    live("hooks.post_reload"),
-    live("hooks.post_start"),
-    live("hooks.post_stop"),
-    live("hooks.pre_reload"),
-    live("hooks.pre_start"),
-    live("hooks.pre_stop"),
-    live("hooks.timeout_secs"),
-    restart("log.file"),
+    owner(restart("hooks.max_concurrent")),
+    owner(live("hooks.on_backup")),
+    owner(live("hooks.on_budget_exhausted")),
+    owner(live("hooks.on_device_change")),
+    owner(live("hooks.on_memory_pressure")),
+    owner(live("hooks.on_provider_down")),
+    owner(live("hooks.post_reload")),
+    owner(live("hooks.post_start")),
+    owner(live("hooks.post_stop")),
+    owner(live("hooks.pre_reload")),
+    owner(live("hooks.pre_start")),
+    owner(live("hooks.pre_stop")),
+    owner(live("hooks.timeout_secs")),
+    owner(restart("log.file")),
     restart("log.format"),
     live("log.level"),
     live("memory.limit_mib"),
@@ -101,7 +117,7 @@ pub const KEYS: &[KeySpec] = &[
     live("pricing"),
     live("provider.anthropic_version"),
     secret("provider.api_key"),
-    live("provider.base_url"),
+    owner(live("provider.base_url")),
     live("provider.connect_timeout_secs"),
     live("provider.idle_timeout_secs"),
     live("provider.kind"),
@@ -111,23 +127,23 @@ pub const KEYS: &[KeySpec] = &[
     live("provider.request_timeout_secs"),
     live("provider.retry_base_delay_ms"),
     restart("storage.busy_timeout_ms"),
-    restart("storage.path"),
+    owner(restart("storage.path")),
     restart("storage.read_connections"),
-    live("tools.files.enabled"),
+    owner(live("tools.files.enabled")),
     live("tools.files.max_bytes"),
-    live("tools.files.workspace"),
+    owner(live("tools.files.workspace")),
     live("tools.http_get.allow_http"),
-    live("tools.http_get.allow_private"),
+    owner(live("tools.http_get.allow_private")),
     live("tools.http_get.enabled"),
     live("tools.http_get.max_bytes"),
     live("tools.http_get.timeout_secs"),
     live("tools.max_result_bytes"),
-    live("tools.run_command.allow"),
-    live("tools.run_command.enabled"),
+    owner(live("tools.run_command.allow")),
+    owner(live("tools.run_command.enabled")),
     live("tools.run_command.max_output_bytes"),
     live("tools.run_command.timeout_secs"),
-    restart("vault.key_file"),
-    restart("vault.passphrase_file"),
+    owner(restart("vault.key_file")),
+    owner(restart("vault.passphrase_file")),
 ];
 
 /// The shown form of a secret that is set.
@@ -397,6 +413,43 @@ fn to_toml(value: &Value) -> toml_edit::Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_that_name_programs_paths_or_hosts_are_the_owners() {
+        // A key added later that names a file, a program, a directory or a host must be marked
+        // `owner(...)`, or a group's full access reaches the daemon's identity through it.
+        let names_a_path_program_or_host = |key: &str| {
+            key.starts_with("hooks.")
+                || key.starts_with("control.")
+                || [
+                    "_file",
+                    ".file",
+                    ".dir",
+                    "_dir",
+                    ".path",
+                    ".socket",
+                    ".workspace",
+                    ".allow",
+                    "base_url",
+                ]
+                .iter()
+                .any(|end| key.ends_with(end))
+        };
+        for spec in KEYS {
+            if names_a_path_program_or_host(spec.key) {
+                assert!(spec.owner_only, "{} must be the owner's", spec.key);
+            }
+        }
+        let owners: Vec<&str> = KEYS
+            .iter()
+            .filter(|spec| spec.owner_only)
+            .map(|spec| spec.key)
+            .collect();
+        assert!(owners.contains(&"tools.http_get.allow_private"), "{owners:?}");
+        assert!(!owners.contains(&"budget.daily_usd") && !owners.contains(&"log.level"));
+        let (pricing, _) = key_path("pricing.\"m\".input").unwrap();
+        assert!(!pricing.owner_only);
+    }
+
     #[test]
     fn unknown_keys_get_the_section_or_the_nearest_key() {
         assert_eq!(

@@ -26,7 +26,7 @@ pub use agent::{
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
 pub use hooks::{HOOK_NAMES, HooksConfig};
 pub use keys::{
-    ConfigEntry, KeySpec, ValueSource, changed_keys, entries, mask_url_credentials, suggest as keys_suggest,
+    ConfigEntry, KeySpec, ValueSource, changed_keys, entries, key_path, mask_url_credentials, suggest as keys_suggest,
 };
 pub use live::{ConfigChange, ConfigHandle, LiveConfig, ReloadError, SetOutcome};
 

@@ -1,8 +1,9 @@
 //! Authorization of control-socket callers by their peer credentials (`SO_PEERCRED`).
 //!
-//! Root and the daemon's own user may do everything. Members of the configured group (by primary
-//! group, by the supplementary groups of the calling process, or by the group database) get the
-//! configured access. Everybody else gets nothing. This module only decides; it never logs
+//! Root and the daemon's own user (the owner) may do everything. Members of the configured group
+//! (by primary group, by the supplementary groups of the calling process, or by the group
+//! database) get the configured access, which never reaches the owner's calls and settings
+//! ([`Need::Owner`]). Everybody else gets nothing. This module only decides; it never logs
 //! secrets and never consults anything but credentials and the group database.
 
 use tonic::Status;
@@ -16,49 +17,109 @@ use crate::config::Access;
 /// need full access, and so do the daemon's log lines, which name devices, sessions and peers.
 /// The doctor's checks only look, so they are read-only too; their details
 /// name paths and settings a read-only caller already sees in status and the masked config.
+/// Running a hook and choosing the vault's key are the owner's: the one runs programs as the
+/// daemon's user, the other would let the caller open the secrets of any backup.
 /// A method missing here needs full access.
-pub const ACCESS: &[(&str, Access)] = &[
-    ("GetStatus", Access::ReadOnly),
-    ("GetConfig", Access::ReadOnly),
-    ("ValidateConfig", Access::ReadOnly),
-    ("GetMetrics", Access::ReadOnly),
-    ("RunChecks", Access::ReadOnly),
-    ("grpc.health.v1.Health", Access::ReadOnly),
-    ("grpc.reflection", Access::ReadOnly),
-    ("SetConfig", Access::Full),
-    ("UnsetConfig", Access::Full),
-    ("ReloadConfig", Access::Full),
-    ("CreateSession", Access::Full),
-    ("ListSessions", Access::Full),
-    ("GetSession", Access::Full),
-    ("DeleteSession", Access::Full),
-    ("RenameSession", Access::Full),
-    ("PruneSessions", Access::Full),
-    ("SendMessage", Access::Full),
-    ("GetUsage", Access::Full),
-    ("AddDevice", Access::Full),
-    ("ListDevices", Access::Full),
-    ("RevokeDevice", Access::Full),
-    ("RenameDevice", Access::Full),
-    ("RemoveDevice", Access::Full),
-    ("SetSecret", Access::Full),
-    ("ListSecrets", Access::Full),
-    ("DeleteSecret", Access::Full),
-    ("GetVaultStatus", Access::Full),
-    ("RekeyVault", Access::Full),
-    ("Backup", Access::Full),
-    ("Restore", Access::Full),
-    ("ReadLogs", Access::Full),
-    ("ListHooks", Access::Full),
-    ("TestHook", Access::Full),
+pub const ACCESS: &[(&str, Need)] = &[
+    ("GetStatus", Need::ReadOnly),
+    ("GetConfig", Need::ReadOnly),
+    ("ValidateConfig", Need::ReadOnly),
+    ("GetMetrics", Need::ReadOnly),
+    ("RunChecks", Need::ReadOnly),
+    ("grpc.health.v1.Health", Need::ReadOnly),
+    ("grpc.reflection", Need::ReadOnly),
+    ("SetConfig", Need::Full),
+    ("UnsetConfig", Need::Full),
+    ("ReloadConfig", Need::Full),
+    ("CreateSession", Need::Full),
+    ("ListSessions", Need::Full),
+    ("GetSession", Need::Full),
+    ("DeleteSession", Need::Full),
+    ("RenameSession", Need::Full),
+    ("PruneSessions", Need::Full),
+    ("SendMessage", Need::Full),
+    ("GetUsage", Need::Full),
+    ("AddDevice", Need::Full),
+    ("ListDevices", Need::Full),
+    ("RevokeDevice", Need::Full),
+    ("RenameDevice", Need::Full),
+    ("RemoveDevice", Need::Full),
+    ("SetSecret", Need::Full),
+    ("ListSecrets", Need::Full),
+    ("DeleteSecret", Need::Full),
+    ("GetVaultStatus", Need::Full),
+    ("RekeyVault", Need::Owner),
+    ("Backup", Need::Full),
+    ("Restore", Need::Full),
+    ("ReadLogs", Need::Full),
+    ("ListHooks", Need::Full),
+    ("TestHook", Need::Owner),
 ];
 
-/// The access `method` needs.
-pub fn needed_for(method: &str) -> Access {
+/// What a call, or a part of one, needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    /// Read-only access or more.
+    ReadOnly,
+    /// Full access.
+    Full,
+    /// Root or the daemon's own user. These calls and settings decide which programs, files and
+    /// hosts the daemon trusts with its own uid and keys; a group's full access would otherwise
+    /// make every member the daemon's user (root, when the daemon runs as root).
+    Owner,
+}
+
+impl Need {
+    fn as_str(self) -> &'static str {
+        match self {
+            Need::ReadOnly => "read-only",
+            Need::Full => "full",
+            Need::Owner => "owner",
+        }
+    }
+}
+
+/// What `method` needs.
+pub fn needed_for(method: &str) -> Need {
     ACCESS
         .iter()
         .find(|(name, _)| *name == method)
-        .map_or(Access::Full, |(_, access)| *access)
+        .map_or(Need::Full, |(_, need)| *need)
+}
+
+/// An authorized caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// Its uid.
+    pub uid: u32,
+    /// The access it has.
+    pub access: Access,
+    /// Whether it is root or the daemon's own user.
+    pub owner: bool,
+}
+
+impl Caller {
+    /// Whether the caller has what `need` asks.
+    pub fn may(&self, need: Need) -> bool {
+        match need {
+            Need::ReadOnly => self.access >= Access::ReadOnly,
+            Need::Full => self.access >= Access::Full,
+            Need::Owner => self.owner,
+        }
+    }
+
+    /// Refuses, unless the caller is the owner, the part of a call that `what` describes (for
+    /// example "set hooks.post_start").
+    pub fn require_owner(&self, what: &str) -> Result<(), Status> {
+        if self.owner {
+            return Ok(());
+        }
+        DENIALS.log(self.uid, what);
+        Err(Status::permission_denied(format!(
+            "uid {} may not {what}: only root and the daemon's own user may, because it decides which programs, files or hosts the daemon trusts with its own identity and keys (a group's full access does not include it); ask the daemon's owner",
+            self.uid
+        )))
+    }
 }
 
 /// Checks that the peer of a request (its `SO_PEERCRED`, which tonic puts in the request's
@@ -68,7 +129,7 @@ pub fn authorize(
     group_access: Access,
     extensions: &http::Extensions,
     method: &str,
-) -> Result<Access, Status> {
+) -> Result<Caller, Status> {
     let credentials = extensions
         .get::<tonic::transport::server::UdsConnectInfo>()
         .and_then(|info| info.peer_cred);
@@ -82,18 +143,28 @@ pub fn authorize(
         gid: credentials.gid(),
         pid: credentials.pid(),
     };
-    let access = policy.access_of(peer, group_access);
+    let caller = Caller {
+        uid: peer.uid,
+        access: policy.access_of(peer, group_access),
+        owner: policy.is_owner(peer),
+    };
     let needed = needed_for(method);
-    if access >= needed {
-        return Ok(access);
+    if caller.may(needed) {
+        return Ok(caller);
     }
     DENIALS.log(peer.uid, method);
+    let why = match needed {
+        Need::Owner => format!(
+            "only root and the daemon's own user (uid {}) may, whatever control.group_access says",
+            policy.daemon_uid
+        ),
+        _ => policy.hint(peer),
+    };
     Err(Status::permission_denied(format!(
-        "uid {} has {} access but {method} needs {}: {}",
+        "uid {} has {} access but {method} needs {}: {why}",
         peer.uid,
-        access.as_str(),
+        caller.access.as_str(),
         needed.as_str(),
-        policy.hint(peer)
     )))
 }
 
@@ -177,9 +248,14 @@ pub struct Peer {
 }
 
 impl Policy {
+    /// Whether `peer` is root or the daemon's own user.
+    pub fn is_owner(&self, peer: Peer) -> bool {
+        peer.uid == 0 || peer.uid == self.daemon_uid
+    }
+
     /// The access `peer` has, given the group's configured `group_access`.
     pub fn access_of(&self, peer: Peer, group_access: Access) -> Access {
-        if peer.uid == 0 || peer.uid == self.daemon_uid {
+        if self.is_owner(peer) {
             return Access::Full;
         }
         match &self.group {
@@ -269,7 +345,7 @@ mod tests {
         }
         assert_eq!(
             needed_for("Unknown"),
-            Access::Full,
+            Need::Full,
             "a method missing from the table needs full access"
         );
     }
@@ -303,6 +379,28 @@ mod tests {
         assert_eq!(policy.access_of(peer(1000, 4242), Access::ReadOnly), Access::ReadOnly);
         assert_eq!(policy.access_of(peer(1000, 4242), Access::Full), Access::Full);
         assert_eq!(policy.access_of(peer(1000, 4242), Access::None), Access::None);
+    }
+
+    #[test]
+    fn a_groups_full_access_does_not_reach_the_owners_calls() {
+        let policy = policy(Some(operators()));
+        let member = Caller {
+            uid: 1000,
+            access: policy.access_of(peer(1000, 4242), Access::Full),
+            owner: policy.is_owner(peer(1000, 4242)),
+        };
+        assert!(member.may(Need::Full) && !member.may(Need::Owner));
+        let status = member.require_owner("set hooks.post_start").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("only root and the daemon's own user"),
+            "{status:?}"
+        );
+        for owner in [peer(0, 0), peer(998, 998)] {
+            assert!(policy.is_owner(owner));
+        }
+        assert_eq!(needed_for("TestHook"), Need::Owner);
+        assert_eq!(needed_for("RekeyVault"), Need::Owner);
     }
 
     #[test]

@@ -104,20 +104,16 @@ impl State {
     /// Authorizes the call and takes its in-flight place (owners are not counted).
     fn admit<B>(self: &Arc<Self>, request: &http::Request<B>) -> Result<Option<Slot>, Status> {
         let method = method_of(request.uri().path());
-        auth::authorize(
+        let caller = auth::authorize(
             &self.policy,
             self.config.get().config.control.group_access,
             request.extensions(),
             method,
         )?;
-        let uid = request
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map_or(u32::MAX, |credentials| credentials.uid());
-        if uid == 0 || uid == self.policy.daemon_uid {
+        if caller.owner {
             return Ok(None);
         }
+        let uid = caller.uid;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = in_flight.per_uid.get(&uid).copied().unwrap_or(0);
         if mine >= PER_UID_IN_FLIGHT || in_flight.total >= OTHERS_IN_FLIGHT {
@@ -212,9 +208,6 @@ mod tests {
             "grpc.reflection"
         );
         assert_eq!(method_of("/other.Service/X"), "other.Service/X");
-        assert_eq!(
-            auth::needed_for(method_of("/other.Service/X")),
-            crate::config::Access::Full
-        );
+        assert_eq!(auth::needed_for(method_of("/other.Service/X")), auth::Need::Full);
     }
 }

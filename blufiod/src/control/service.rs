@@ -22,7 +22,7 @@ use crate::agent::{AgentError, ErrorKind};
 use crate::backup::restore::{Online, RestoreError, RestoreOptions};
 use crate::backup::{BackupError, Backups, CHUNK_BYTES, Contents};
 use crate::config::ReloadError;
-use crate::config::{self, Access, ConfigEntry, ConfigError, ConfigWriteError};
+use crate::config::{self, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, DeviceRecord};
 use crate::error_chain;
 use crate::events::Event;
@@ -65,9 +65,8 @@ impl ControlService {
         }
     }
 
-    /// Checks that the caller may make `method` (see [`auth::ACCESS`]); returns the caller's
-    /// access.
-    fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<Access, Status> {
+    /// Checks that the caller may make `method` (see [`auth::ACCESS`]); returns the caller.
+    fn authorize<T>(&self, request: &Request<T>, method: &str) -> Result<auth::Caller, Status> {
         auth::authorize(
             &self.policy,
             self.deps.live.get().config.control.group_access,
@@ -77,13 +76,21 @@ impl ControlService {
     }
 }
 
+/// Refuses a change to an owner's key (see [`config::KeySpec::owner_only`]) from anyone else.
+fn require_owner_for_key(caller: auth::Caller, key: &str) -> Result<(), Status> {
+    match config::key_path(key) {
+        Some((spec, _)) if spec.owner_only => caller.require_owner(&format!("change {}", spec.key)),
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let access = self.authorize(&request, "GetStatus")?;
+        let caller = self.authorize(&request, "GetStatus")?;
         let lifecycle = &self.deps.lifecycle;
         let paths = &lifecycle.paths;
         let agent = self.deps.agent.status();
@@ -120,7 +127,7 @@ impl pb::control_server::Control for ControlService {
                 reserved_usd: agent.budget.reserved_usd,
             }),
             previous_run_unclean: lifecycle.previous_run_unclean,
-            caller_access: access.as_str().to_owned(),
+            caller_access: if caller.owner { "owner" } else { caller.access.as_str() }.to_owned(),
             backup: Some({
                 let backups = &self.deps.backups;
                 let last = backups.last();
@@ -188,8 +195,9 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::SetConfigRequest>,
     ) -> Result<Response<pb::SetConfigResponse>, Status> {
-        self.authorize(&request, "SetConfig")?;
+        let caller = self.authorize(&request, "SetConfig")?;
         let pb::SetConfigRequest { key, value } = request.into_inner();
+        require_owner_for_key(caller, &key)?;
         let outcome = self
             .deps
             .live
@@ -203,8 +211,9 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::UnsetConfigRequest>,
     ) -> Result<Response<pb::SetConfigResponse>, Status> {
-        self.authorize(&request, "UnsetConfig")?;
+        let caller = self.authorize(&request, "UnsetConfig")?;
         let key = request.into_inner().key;
+        require_owner_for_key(caller, &key)?;
         let outcome = self
             .deps
             .live
@@ -389,11 +398,14 @@ impl pb::control_server::Control for ControlService {
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send + 'static>>;
 
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        self.authorize(&request, "Backup")?;
+        let caller = self.authorize(&request, "Backup")?;
         let pb::BackupRequest {
             without_config,
             include_tls,
         } = request.into_inner();
+        if include_tls {
+            caller.require_owner("put the gateway's TLS private key in a backup")?;
+        }
         let contents = Contents {
             config: !without_config,
             tls: include_tls,
@@ -414,7 +426,7 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<tonic::Streaming<pb::RestoreChunk>>,
     ) -> Result<Response<Self::RestoreStream>, Status> {
-        self.authorize(&request, "Restore")?;
+        let caller = self.authorize(&request, "Restore")?;
         let mut incoming = request.into_inner();
         let Some(pb::RestoreChunk {
             chunk: Some(pb::restore_chunk::Chunk::Start(start)),
@@ -424,6 +436,14 @@ impl pb::control_server::Control for ControlService {
                 "a restore stream starts with `start`, then the archive's bytes",
             ));
         };
+        // An archive's config file names hooks, paths and hosts, and its TLS files are the
+        // gateway's identity: installing either is the owner's choice.
+        if start.restore_config {
+            caller.require_owner("restore a config file from an archive")?;
+        }
+        if start.restore_tls {
+            caller.require_owner("restore the gateway's TLS certificate and key from an archive")?;
+        }
         let options = RestoreOptions {
             without_secrets: start.without_secrets,
             restore_config: start.restore_config,
