@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigHandle, HOOK_NAMES};
 use crate::events::{Event, Subscription};
-use crate::process::{ProcessGroupGuard, close_inherited_descriptors_on_exec};
+use crate::process::{ProcessGroupGuard, isolated_command, spawn_in_own_group};
 
 /// The `PATH` a hook gets (programs are named by absolute path; this is for what they call).
 const HOOK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -219,28 +219,19 @@ impl Hooks {
         let Some((program, args)) = argv.split_first() else {
             return (Outcome::Error, None, "an empty command".to_owned());
         };
-        let mut command = tokio::process::Command::new(program);
+        let mut command = isolated_command(program, HOOK_PATH);
         command
             .args(args)
-            .env_clear()
-            .env("PATH", HOOK_PATH)
-            .env("LANG", "C.UTF-8")
             .env("BLUFIO_EVENT", hook)
             .env("BLUFIOCTL_SOCKET", &self.socket)
             .envs(details.iter().map(|(name, value)| (format!("BLUFIO_{name}"), value)))
             .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        close_inherited_descriptors_on_exec(&mut command);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+            .stdin(Stdio::piped());
+        // From here on the group dies with this call: on timeout, on shutdown, and after the exit.
+        let (mut child, group) = match spawn_in_own_group(&mut command) {
+            Ok(started) => started,
             Err(error) => return (Outcome::Error, None, format!("cannot start: {error}")),
         };
-        // From here on the group dies with this call: on timeout, on shutdown, and after the exit.
-        let group = ProcessGroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
         if let Some(mut stdin) = child.stdin.take() {
             let json = details_json(hook, details);
             // A hook that does not read its stdin closes the pipe: that is not an error.
@@ -477,8 +468,25 @@ impl LineCounter {
         }
         self.logged += 1;
         let text = String::from_utf8_lossy(line);
-        tracing::info!(hook, stream, "{}", text.trim_end_matches('\r'));
+        tracing::info!(hook, stream, "{}", printable(text.trim_end_matches('\r')));
     }
+}
+
+/// `text` with its control characters but tab escaped (`\r`, `\u{1b}`): a hook's output cannot
+/// move the cursor or rewrite a line of whatever terminal shows the log.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
 }
 
 async fn finish_readers(readers: [Option<tokio::task::JoinHandle<()>>; 2]) {
@@ -511,6 +519,16 @@ mod tests {
         assert!(
             alert_of(&Event::Starting).is_none(),
             "pre_start is awaited, not an alert"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_output_are_shown_escaped() {
+        assert_eq!(printable("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            printable("ok\r\u{1b}[2KFAKE LINE"),
+            "ok\\r\\u{1b}[2KFAKE LINE",
+            "a carriage return or an escape sequence cannot rewrite the line"
         );
     }
 

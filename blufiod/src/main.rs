@@ -292,16 +292,19 @@ fn inherited_socket() -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     // SAFETY: systemd passed these descriptors to this process (LISTEN_PID is ours), open and
     // owned by nobody else in it; each is wrapped exactly once.
     #[allow(unsafe_code, reason = "taking ownership of the descriptors systemd passed")]
-    let mut owned = fds
+    let mut owned: std::collections::VecDeque<std::os::fd::OwnedFd> = fds
         .into_iter()
-        .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-    let first = owned.next();
-    if owned.len() > 0 {
+        .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+        .collect();
+    let first = owned.pop_front();
+    if !owned.is_empty() {
         tracing::warn!(
             extra = owned.len(),
-            "systemd passed more than one socket; only the first is the control socket"
+            "systemd passed more than one socket; only the first is the control socket, the rest are closed"
         );
     }
+    // Dropping the rest closes them: no listener is left open that nothing accepts on.
+    drop(owned);
     Ok(first)
 }
 

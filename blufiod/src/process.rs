@@ -1,8 +1,40 @@
 //! Child processes the daemon starts (the `run_command` tool, hooks): each in its own process
 //! group that dies with the call, with only stdin, stdout and stderr inherited.
 
+use std::ffi::OsStr;
+use std::process::Stdio;
+
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+/// A command for `program` that runs apart from the daemon: an environment of only `PATH` (set to
+/// `search_path`) and `LANG=C.UTF-8`, stdout and stderr piped, stdin closed, its own process
+/// group, only the standard descriptors inherited, killed if dropped. Callers add the arguments,
+/// variables, directory and stdin it needs, then [`spawn_in_own_group`].
+pub fn isolated_command(program: impl AsRef<OsStr>, search_path: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", search_path)
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    close_inherited_descriptors_on_exec(&mut command);
+    command
+}
+
+/// Starts `command` (made by [`isolated_command`]); its process group dies with the guard, however
+/// the caller's work ends.
+pub fn spawn_in_own_group(
+    command: &mut tokio::process::Command,
+) -> std::io::Result<(tokio::process::Child, ProcessGroupGuard)> {
+    let child = command.spawn()?;
+    let group = ProcessGroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
+    Ok((child, group))
+}
 
 /// Makes the program start with only stdin, stdout and stderr open.
 ///
@@ -12,7 +44,7 @@ use nix::unistd::Pid;
 /// reports a failed exec to the parent keeps working until the exec. If the kernel cannot do
 /// that, the program does not start.
 #[allow(unsafe_code, reason = "pre_exec registers code that runs in the forked child")]
-pub fn close_inherited_descriptors_on_exec(command: &mut tokio::process::Command) {
+fn close_inherited_descriptors_on_exec(command: &mut tokio::process::Command) {
     let mark_close_on_exec = || {
         // SAFETY: close_range only changes descriptor flags of the calling (child) process; 3 and
         // u32::MAX are a valid range and CLOSE_RANGE_CLOEXEC a valid flag.

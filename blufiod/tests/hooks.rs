@@ -284,7 +284,9 @@ fn hooks_test_runs_a_hook_with_a_sample_event_and_says_how_it_ended() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let record = recorder(dir.path());
-    let fail = script(dir.path(), "fail.sh", "exit 4\n");
+    // Its output tries to rewrite the line a terminal shows (a carriage return, then an escape
+    // sequence that erases the line).
+    let fail = script(dir.path(), "fail.sh", "printf 'real\\r\\033[2Kforged\\n'\nexit 4\n");
     let daemon = start_with_hooks(
         dir.clone(),
         &format!(
@@ -309,6 +311,15 @@ fn hooks_test_runs_a_hook_with_a_sample_event_and_says_how_it_ended() {
         "{}",
         describe(&output)
     );
+
+    let deadline = Instant::now() + PATIENCE;
+    while !daemon.stderr().contains("forged") {
+        assert!(Instant::now() < deadline, "no output line: {}", daemon.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = daemon.stderr();
+    assert!(!log.contains('\r') && !log.contains('\u{1b}'), "{log:?}");
+    assert!(log.contains("real\\r\\u{1b}[2Kforged"), "{log}");
 
     let output = daemon.ctl(&["hooks", "test", "on_nothing"]);
     assert_eq!(output.status.code(), Some(1));

@@ -12,7 +12,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -23,11 +23,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{ToolOutput, error_chain, parse_input};
 use crate::agent::provider::ToolSpec;
 use crate::config::RunCommandConfig;
-use crate::process::{ProcessGroupGuard, close_inherited_descriptors_on_exec};
+use crate::process::{ProcessGroupGuard, isolated_command, spawn_in_own_group};
 
-/// The environment a program gets; nothing of the daemon's own environment (API keys) leaks.
+/// The `PATH` a program gets (with `LANG=C.UTF-8`, and nothing of the daemon's own environment,
+/// such as API keys: see [`isolated_command`]).
 const COMMAND_PATH: &str = "/usr/bin:/bin";
-const COMMAND_LANG: &str = "C.UTF-8";
 
 /// The tool's spec, naming the programs `allow` lists so that the model does not guess.
 pub(super) fn spec(allow: &[PathBuf]) -> ToolSpec {
@@ -118,22 +118,11 @@ impl RunCommand {
 
         // The allowed entry runs exactly as written, under its own name: a multi-call binary then
         // behaves as the program the owner allowed, whatever name the model used for it.
-        let mut command = tokio::process::Command::new(program);
-        command
-            .arg0(program)
-            .args(&input.args)
-            .env_clear()
-            .env("PATH", COMMAND_PATH)
-            .env("LANG", COMMAND_LANG)
-            .current_dir(working_directory)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        close_inherited_descriptors_on_exec(&mut command);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        let mut command = isolated_command(program, COMMAND_PATH);
+        command.arg0(program).args(&input.args).current_dir(working_directory);
+        // From here on the process group dies with this call, however the call ends.
+        let (mut child, group_guard) = match spawn_in_own_group(&mut command) {
+            Ok(started) => started,
             Err(error) => {
                 return ToolOutput::error(format!(
                     "run_command cannot start {}: {}",
@@ -142,8 +131,6 @@ impl RunCommand {
                 ));
             }
         };
-        // From here on the process group dies with this call, however the call ends.
-        let group_guard = ProcessGroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return ToolOutput::error("run_command lost the program's output pipes");
         };
