@@ -15,8 +15,8 @@ pub struct KeySpec {
     /// Whether a change only takes effect after a restart.
     pub restart_required: bool,
     /// Whether only root and the daemon's own user may change it: the key names a program, file,
-    /// directory or host that the daemon trusts with its own uid and keys, or who may use the
-    /// control socket. A group's full access does not reach it (else every member could make the
+    /// directory or host that the daemon trusts with its own uid and keys, which secret goes to
+    /// which host, where the gateway listens, or who may use the control socket. A group's full access does not reach it (else every member could make the
     /// daemon run or open anything as itself).
     pub owner_only: bool,
 }
@@ -78,12 +78,12 @@ pub const KEYS: &[KeySpec] = &[
     owner(restart("daemon.runtime_dir")),
     live("daemon.shutdown_timeout_secs"),
     owner(restart("daemon.state_dir")),
-    restart("gateway.allow_public_bind"),
+    owner(restart("gateway.allow_public_bind")),
     owner(restart("gateway.cert_file")),
-    restart("gateway.enabled"),
+    owner(restart("gateway.enabled")),
     live("gateway.idle_timeout_secs"),
     owner(restart("gateway.key_file")),
-    restart("gateway.listen"),
+    owner(restart("gateway.listen")),
     live("gateway.max_body_bytes"),
     restart("gateway.max_clock_skew_secs"),
     restart("gateway.max_connections"),
@@ -116,11 +116,11 @@ pub const KEYS: &[KeySpec] = &[
     live("memory.warn_percent"),
     live("pricing"),
     live("provider.anthropic_version"),
-    secret("provider.api_key"),
+    owner(secret("provider.api_key")),
     owner(live("provider.base_url")),
     live("provider.connect_timeout_secs"),
     live("provider.idle_timeout_secs"),
-    live("provider.kind"),
+    owner(live("provider.kind")),
     live("provider.max_retries"),
     live("provider.max_tokens"),
     live("provider.model"),
@@ -444,7 +444,17 @@ mod tests {
             .filter(|spec| spec.owner_only)
             .map(|spec| spec.key)
             .collect();
-        assert!(owners.contains(&"tools.http_get.allow_private"), "{owners:?}");
+        // Which secret goes to which host (an attack sent the owner's key to a member's port),
+        // and where the gateway listens.
+        for key in [
+            "tools.http_get.allow_private",
+            "provider.api_key",
+            "provider.kind",
+            "gateway.listen",
+            "gateway.allow_public_bind",
+        ] {
+            assert!(owners.contains(&key), "{key}: {owners:?}");
+        }
         assert!(!owners.contains(&"budget.daily_usd") && !owners.contains(&"log.level"));
         let (pricing, _) = key_path("pricing.\"m\".input").unwrap();
         assert!(!pricing.owner_only);

@@ -149,7 +149,9 @@ pub fn init(config: &LogConfig) -> Result<LogHandle, LoggingError> {
 }
 
 fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
+    // Field values match as plain strings (see config's check of `log.level`).
     EnvFilter::builder()
+        .with_regex(false)
         .parse(filter)
         .map_err(|source| LoggingError::ParseFilter {
             filter: filter.to_owned(),
