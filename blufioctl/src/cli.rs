@@ -380,7 +380,8 @@ pub struct BackupArgs {
     #[arg(long)]
     pub include_tls: bool,
 
-    /// Leave the config file out of the archive
+    /// Leave the config file out of the archive (needed by members of control.group: the file
+    /// holds the owner's settings unmasked)
     #[arg(long)]
     pub without_config: bool,
 

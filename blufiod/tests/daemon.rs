@@ -708,7 +708,8 @@ const ACCESS_TABLE: &[(&str, &str, bool)] = &[
     ("DeleteSecret", "full", false),
     ("GetVaultStatus", "full", false),
     ("RekeyVault", "owner", false),
-    ("Backup", "full", true),
+    // An empty request includes the config file, which is the owner's; --without-config is full.
+    ("Backup", "owner", true),
     ("Restore", "full", true),
     ("ReadLogs", "full", true),
     ("ListHooks", "full", false),

@@ -554,6 +554,14 @@ fn a_groups_full_access_does_not_reach_the_daemons_identity() {
     refused(&member(&["hooks", "test", "post_reload"]), "hooks test");
     refused(&member(&["vault", "rekey"]), "vault rekey");
     refused(&member(&["backup", "--include-tls", "-"]), "backup --include-tls");
+    // The config file, unmasked, is the owner's too; a member's backup leaves it out.
+    refused(&member(&["backup", "-"]), "backup with the config file");
+    let output = member(&["backup", "--without-config", "-"]);
+    assert!(
+        output.status.success() && !output.stdout.is_empty(),
+        "{}",
+        describe(&output)
+    );
     let archive = std::env::temp_dir().join(format!("blufio-owner-test-{}.tar", std::process::id()));
     let output = daemon.ctl(&["backup", "--force", archive.to_str().unwrap()]);
     assert!(output.status.success(), "{}", describe(&output));

@@ -406,6 +406,13 @@ impl pb::control_server::Control for ControlService {
         if include_tls {
             caller.require_owner("put the gateway's TLS private key in a backup")?;
         }
+        // The config file is the owner's as written: URL credentials and any literal token in
+        // it are masked everywhere else a member looks.
+        if !without_config {
+            caller.require_owner(
+                "put the config file in a backup (it holds the owner's settings unmasked); back up with --without-config",
+            )?;
+        }
         let contents = Contents {
             config: !without_config,
             tls: include_tls,
