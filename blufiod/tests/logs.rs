@@ -367,3 +367,39 @@ fn a_client_that_stops_reading_does_not_hold_the_daemons_stop() {
     );
     assert!(!daemon.stderr().contains("drain timed out"), "{}", daemon.stderr());
 }
+
+/// An attack on issue 13: at `log.level = "trace"`, a `logs -f` stream logged trace lines of its
+/// own frames (h2, hyper, tonic) into the ring it streams, a loop of about 100 MB in 10 s.
+#[test]
+fn at_trace_level_the_stream_does_not_feed_on_its_own_transport_lines() {
+    let daemon = Daemon::start();
+    let output = daemon.ctl(&["config", "set", "log.level", "trace"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    // Each call's frames are logged at trace level by the transport crates.
+    for _ in 0..3 {
+        let output = daemon.ctl(&["logs", "-n", "50", "--plain"]);
+        assert!(output.status.success(), "{}", describe(&output));
+    }
+    let output = daemon.ctl(&["logs", "-n", "2000", "--plain", "--level", "trace"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.lines().count() > 0, "{}", describe(&output));
+    let transport: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            [" h2::", " hyper::", " hyper_util::", " tonic::", " tower::"]
+                .iter()
+                .any(|target| line.contains(target))
+        })
+        .collect();
+    assert!(
+        transport.is_empty(),
+        "{} transport lines, first: {:?}",
+        transport.len(),
+        transport.first()
+    );
+    // They still reach the daemon's stderr.
+    assert!(
+        daemon.stderr().contains(" h2::"),
+        "the transport's trace lines are not dropped from stderr"
+    );
+}

@@ -133,14 +133,59 @@ impl HooksConfig {
                     ));
                     continue;
                 }
+                // One message for every failure: validation also runs for read-only callers'
+                // documents, and telling absent from unreadable would let them probe the
+                // daemon's filesystem.
                 use std::os::unix::fs::PermissionsExt as _;
-                match std::fs::metadata(path) {
-                    Ok(metadata) if metadata.is_file() && metadata.permissions().mode() & 0o111 != 0 => {}
-                    Ok(_) => problems.push(format!("{at}: {program} is not an executable file; chmod +x it")),
-                    Err(error) => problems.push(format!("{at}: {program}: {error}; install it or fix the path")),
+                let executable = std::fs::metadata(path)
+                    .is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0);
+                if !executable {
+                    problems.push(format!(
+                        "{at}: {program} is not an executable file the daemon can run; install it, chmod +x it, or fix the path"
+                    ));
                 }
             }
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attack on issue 13: a read-only caller's `ValidateConfig` told an absent path from an
+    /// unreadable one, a probe of the daemon's filesystem.
+    #[test]
+    fn a_program_that_cannot_run_gets_one_message_whatever_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "data").unwrap();
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let message = |program: &std::path::Path| {
+            let hooks = HooksConfig {
+                post_start: vec![vec![program.display().to_string()]],
+                ..HooksConfig::default()
+            };
+            let problems = hooks.problems();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            problems[0].replace(&program.display().to_string(), "PROGRAM")
+        };
+        let absent = message(&dir.path().join("absent"));
+        assert!(absent.contains("is not an executable file"), "{absent}");
+        assert_eq!(message(&plain), absent);
+        assert_eq!(message(dir.path()), absent);
+        assert_eq!(message(&locked.join("inside")), absent);
+        assert!(
+            HooksConfig {
+                post_start: vec![vec!["/bin/sh".to_owned()]],
+                ..HooksConfig::default()
+            }
+            .problems()
+            .is_empty()
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -128,7 +128,10 @@ pub fn init(config: &LogConfig) -> Result<LogHandle, LoggingError> {
         .with_ansi(false)
         .without_time()
         .with_level(false)
-        .with_writer(MakeRingWriter(ring.clone()));
+        .with_writer(MakeRingWriter(ring.clone()))
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            *metadata.level() <= tracing::Level::INFO || !is_transport(metadata.target())
+        }));
     let under_journald = file.is_none() && std::env::var_os("JOURNAL_STREAM").is_some();
     let on_terminal = file.is_none() && std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer().with_writer(sink);
@@ -146,6 +149,15 @@ pub fn init(config: &LogConfig) -> Result<LogHandle, LoggingError> {
         file,
         ring,
     })
+}
+
+/// The crates that carry `ReadLogs` streams. Their debug and trace events stay out of the ring:
+/// each line a stream sends would log more lines for it to send, a loop that wrote about 100 MB
+/// in 10 s at `log.level = "trace"`. They still reach stderr, the journal or the log file.
+fn is_transport(target: &str) -> bool {
+    ["h2", "hyper", "hyper_util", "tonic", "tower", "rustls", "tokio_util"]
+        .iter()
+        .any(|name| target == *name || target.strip_prefix(name).is_some_and(|rest| rest.starts_with("::")))
 }
 
 fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
