@@ -539,6 +539,7 @@ fn a_groups_full_access_does_not_reach_the_daemons_identity() {
         ("provider.api_key", "secret:anthropic"),
         ("provider.kind", "openai"),
         ("gateway.listen", "0.0.0.0:443"),
+        ("backup.keep", "1"),
         ("agent.system_prompt_file", "/etc/shadow"),
         ("backup.dir", "/etc"),
         ("control.group", "users"),

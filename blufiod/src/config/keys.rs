@@ -16,7 +16,8 @@ pub struct KeySpec {
     pub restart_required: bool,
     /// Whether only root and the daemon's own user may change it: the key names a program, file,
     /// directory or host that the daemon trusts with its own uid and keys, which secret goes to
-    /// which host, where the gateway listens, or who may use the control socket. A group's full access does not reach it (else every member could make the
+    /// which host, where the gateway listens, how long backups are kept, or who may use the
+    /// control socket. A group's full access does not reach it (else every member could make the
     /// daemon run or open anything as itself).
     pub owner_only: bool,
 }
@@ -68,8 +69,8 @@ pub const KEYS: &[KeySpec] = &[
     live("agent.system_prompt"),
     owner(live("agent.system_prompt_file")),
     owner(live("backup.dir")),
-    live("backup.interval_secs"),
-    live("backup.keep"),
+    owner(live("backup.interval_secs")),
+    owner(live("backup.keep")),
     live("budget.daily_usd"),
     live("budget.monthly_usd"),
     owner(restart("control.group")),
@@ -452,6 +453,8 @@ mod tests {
             "provider.kind",
             "gateway.listen",
             "gateway.allow_public_bind",
+            "backup.keep",
+            "backup.interval_secs",
         ] {
             assert!(owners.contains(&key), "{key}: {owners:?}");
         }
