@@ -8,8 +8,10 @@
 //! - `size`: sizes of the release binaries as built and fully stripped.
 //! - `turns [CLIENTS] [TURNS]`: turn throughput and the daemon's added latency per turn against
 //!   the fake provider (`blufiod/benches/turns.rs`).
-//! - `gateway [CLIENTS] [REQUESTS]`: signed-request throughput and latency through the HTTPS
-//!   gateway (`blufiod/benches/gateway.rs`).
+//! - `gateway [--requests N] [--turns N] [--connections C] [--streams S] [--json PATH]`:
+//!   signed-request throughput, latency and daemon CPU per request through the HTTPS gateway,
+//!   requests signed before the timed window, beside the raw ed25519 verify rate
+//!   (`blufiod/benches/gateway.rs`).
 //! - `memory [--minutes M] [--turns N] [--json PATH]`: the daemon's memory (RSS, anonymous,
 //!   file-backed, PSS) at READY, idle, at the peak of 100 concurrent streaming chats through the
 //!   gateway and after them, after a tenth of N turns and after N (default 100,000), and with
@@ -43,7 +45,7 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["idle", seconds] => idle(seconds.parse().context("SECONDS must be a number")?),
         ["size"] => size(),
         ["turns", rest @ ..] => cargo_bench("turns", rest),
-        ["gateway", rest @ ..] => cargo_bench("gateway", rest),
+        ["gateway", rest @ ..] => cargo_bench("gateway", &with_absolute_paths(rest)?),
         ["memory", rest @ ..] => cargo_bench("memory", &with_absolute_paths(rest)?),
         ["backup", rest @ ..] => backup(rest),
         ["all"] => {
@@ -52,7 +54,7 @@ pub fn main(args: &[&str]) -> Result<()> {
             idle(30)
         }
         _ => bail!(
-            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [CLIENTS] [REQUESTS] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
+            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [--requests N] [--turns N] [--connections C] [--streams S] [--json PATH] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
         ),
     }
 }
