@@ -517,6 +517,9 @@ where
 const METRICS_CONNECTIONS: usize = 16;
 /// Time a metrics client has to send its request head.
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a newcomer at the cap waits for a slot to free itself before a silent connection
+/// is dropped for it.
+const METRICS_SLOT_GRACE: Duration = Duration::from_millis(100);
 /// The longest a metrics connection lives.
 const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -549,11 +552,20 @@ async fn serve_metrics(
                 }
             },
         };
-        // At the cap the oldest silent connection is dropped to make room; with none, the
-        // newcomer is closed at once rather than left waiting in the backlog.
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
+        // At the cap, a slot that frees itself within a moment is taken first: a connection that
+        // has just answered gives its slot back a moment after the client sees it close. Only
+        // then is the oldest silent connection dropped to make room; with none, the newcomer is
+        // closed at once rather than left waiting in the backlog.
+        let freed = match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout(METRICS_SLOT_GRACE, slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        let permit = match freed {
+            Some(permit) => permit,
+            None => {
                 let oldest = silent
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
