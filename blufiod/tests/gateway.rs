@@ -1846,6 +1846,88 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
     assert_eq!(failed.status().as_u16(), 502);
 }
 
+/// Finding: `run_command` ran programs as the daemon's own user for whoever could chat, a paired
+/// device included (one stolen device key was a shell as the daemon). A device's turns are not
+/// offered it, and a call the model makes anyway is refused, on both chat routes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_devices_turns_are_not_offered_run_command() {
+    let echo = ["/bin/echo", "/usr/bin/echo"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .expect("echo exists");
+    let setup = setup(&format!("[tools.run_command]\nenabled = true\nallow = [\"{echo}\"]\n")).await;
+    let input = serde_json::json!({"program": echo, "args": ["ran as the daemon"]});
+    let offered = |request: &serde_json::Value| -> Vec<String> {
+        request["tools"]
+            .as_array()
+            .map(|tools| {
+                tools
+                    .iter()
+                    .map(|tool| tool["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let refused_result = |request: &serde_json::Value| {
+        let last = request["messages"].as_array().unwrap().last().unwrap().clone();
+        let block = &last["content"][0];
+        assert_eq!(block["type"], "tool_result", "{last}");
+        assert_eq!(block["is_error"], true, "{last}");
+        let content = block["content"].as_str().unwrap();
+        assert!(content.contains("tools.run_command.callers"), "{content}");
+        assert!(!content.contains("ran as the daemon"), "{content}");
+    };
+
+    // The OpenAI-style route.
+    let first = setup.fake.request_count();
+    setup
+        .fake
+        .push(Script::tool_use("toolu_0", "run_command", input.clone()));
+    setup.fake.push(Script::text("done", 1));
+    let body = serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": "run it"}]})).unwrap();
+    let response = setup
+        .request("POST", "/v1/chat/completions", Some(&body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["blufio-session"].to_str().unwrap().to_owned();
+    let _ = response.bytes().await.unwrap();
+    let requests = setup.fake.requests();
+    assert_eq!(requests.len(), first + 2, "a tool round and the answer");
+    assert!(
+        !offered(&requests[first].body).contains(&"run_command".to_owned()),
+        "{}",
+        requests[first].body
+    );
+    refused_result(&requests[first + 1].body);
+
+    // The native route, on the same session.
+    setup.fake.push(Script::tool_use("toolu_1", "run_command", input));
+    setup.fake.push(Script::text("done", 1));
+    let path = format!("/v1/sessions/{session}/messages");
+    let body = br#"{"text": "run it again"}"#;
+    let response = setup
+        .request("POST", &path, Some(body), Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.bytes().await.unwrap();
+    let requests = setup.fake.requests();
+    assert_eq!(requests.len(), first + 4);
+    assert!(!offered(&requests[first + 2].body).contains(&"run_command".to_owned()));
+    refused_result(&requests[first + 3].body);
+
+    // The owner's turns still get it.
+    setup.fake.push(Script::text("noon", 1));
+    let chat = setup
+        .daemon
+        .ctl_json(&["chat", "--session", &session, "what is the time"]);
+    assert_eq!(setup.fake.requests().len(), first + 5, "{chat}");
+    assert!(offered(&setup.fake.requests()[first + 4].body).contains(&"run_command".to_owned()));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_completions_take_the_whole_conversation_or_the_session_history() {
     let setup = setup("").await;

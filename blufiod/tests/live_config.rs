@@ -174,6 +174,7 @@ const OBSERVED: &[(&str, &str, &str)] = &[
     ),
     ("tools.max_result_bytes", HERE, "tool_keys_apply_to_the_next_call"),
     ("tools.run_command.allow", HERE, "tool_keys_apply_to_the_next_call"),
+    ("tools.run_command.callers", HERE, "tool_keys_apply_to_the_next_call"),
     ("tools.run_command.enabled", HERE, "tool_keys_apply_to_the_next_call"),
     (
         "tools.run_command.max_output_bytes",
@@ -634,6 +635,17 @@ fn tool_keys_apply_to_the_next_call() {
         .unwrap()
         .clone();
     assert!(spec["description"].as_str().unwrap().contains(echo), "{spec}");
+    // Who is offered it: without the owner on the list, the owner's next turn is refused.
+    set(&daemon, "tools.run_command.callers", "[\"group\", \"device\"]");
+    let (output, is_error) = call_tool(
+        &daemon,
+        &fake,
+        "run_command",
+        serde_json::json!({"program": echo, "args": ["hello-from-echo"]}),
+    );
+    assert!(is_error && output.contains("tools.run_command.callers"), "{output}");
+    assert!(!offered_tools(&fake).contains(&"run_command".to_owned()));
+    set(&daemon, "tools.run_command.callers", "[\"owner\"]");
 
     set(&daemon, "tools.run_command.max_output_bytes", "5");
     let (output, _) = call_tool(

@@ -6,6 +6,7 @@ use blufio_testkit as support;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -165,6 +166,86 @@ fn run_command_programs_get_no_descriptor_the_daemon_inherited() {
     }
     assert!(!listing.content.contains("inherited-descriptor-marker"), "{listing:?}");
     drop(file);
+}
+
+/// Finding: `run_command` ran programs as the daemon's own user for whoever could chat: a member
+/// of `control.group` with full access could run an allowed program (`find -exec /bin/sh`, say)
+/// as the daemon, and so reach what only its owner may. A member's turns are not offered it, and
+/// a call the model makes anyway is refused; the owner's turns still run it.
+#[test]
+fn a_group_members_turns_are_not_offered_run_command() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to chat as another user");
+        return;
+    }
+    let echo = first_existing(&["/bin/echo", "/usr/bin/echo"]).expect("echo exists");
+    let fake = FakeProvider::start();
+    let dir = support::new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_with(
+        dir,
+        support::DaemonOptions {
+            config: support::fake_provider_config(
+                &fake,
+                &format!(
+                    "[control]\ngroup = \"nogroup\"\ngroup_access = \"full\"\n[tools.run_command]\nenabled = true\nallow = [\"{echo}\"]\n"
+                ),
+            ),
+            ..support::DaemonOptions::default()
+        },
+    );
+    let offered = |request: &Value| -> Vec<String> {
+        request["tools"]
+            .as_array()
+            .map(|tools| {
+                tools
+                    .iter()
+                    .map(|tool| tool["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let first = fake.request_count();
+    fake.push(Script::tool_use(
+        "toolu_member",
+        "run_command",
+        json!({"program": echo, "args": ["ran as the daemon"]}),
+    ));
+    fake.push(Script::text("done", 1));
+    let output = daemon.ctl_as(65534, 65534, &["chat", "use the tools", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let requests = fake.requests();
+    assert_eq!(requests.len(), first + 2, "a tool round and the answer");
+    assert!(
+        !offered(&requests[first].body).contains(&"run_command".to_owned()),
+        "{}",
+        requests[first].body
+    );
+    let last = requests[first + 1].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let refused = &last["content"][0];
+    assert_eq!(refused["is_error"], true, "{last}");
+    let content = refused["content"].as_str().unwrap();
+    assert!(content.contains("tools.run_command.callers"), "{content}");
+    assert!(!content.contains("ran as the daemon"), "{content}");
+
+    let first = fake.request_count();
+    let (results, _) = run_tools(
+        &fake,
+        &daemon,
+        &[("run_command", json!({"program": echo, "args": ["ran for the owner"]}))],
+    );
+    assert!(offered(&fake.requests()[first].body).contains(&"run_command".to_owned()));
+    assert!(
+        !results[0].is_error && results[0].content.contains("ran for the owner"),
+        "{:?}",
+        results[0]
+    );
 }
 
 /// Finding: `read_file` followed a hard link made inside the workspace to a file outside it.

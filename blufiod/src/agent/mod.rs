@@ -37,7 +37,7 @@ use self::model::{
 use self::provider::{Provider, ProviderError, ProviderSettings, StreamEvent};
 use self::tools::Tools;
 use crate::config::ConfigHandle;
-use crate::config::{Config, ProviderConfig, ToolsConfig};
+use crate::config::{Config, Principal, ProviderConfig, ToolsConfig};
 use crate::events::{Event, EventBus};
 use crate::health::{Check, Finding, Health, Level};
 use crate::memory::Monitor;
@@ -901,14 +901,17 @@ impl Agent {
     pub async fn send_message(
         self: &Arc<Self>,
         channel: Channel,
+        principal: Principal,
         session_id: Option<&str>,
         text: &str,
     ) -> Result<mpsc::Receiver<TurnEvent>, AgentError> {
         self.send(TurnRequest {
             channel,
+            principal,
             session_id,
+            earlier: Vec::new(),
             text,
-            ..TurnRequest::default()
+            system: None,
         })
         .await
     }
@@ -938,6 +941,7 @@ impl Agent {
         let _admitted = self.admit_change().await?;
         let TurnRequest {
             channel,
+            principal,
             session_id,
             earlier,
             text,
@@ -1084,11 +1088,15 @@ impl Agent {
         // The turn task now owns the queue place and gives it up when the turn starts.
         std::mem::forget(place);
         let agent = self.clone();
-        let system = system.map(str::to_owned);
+        let accepted = AcceptedTurn {
+            channel,
+            principal,
+            session_id,
+            turn_id,
+            system: system.map(str::to_owned),
+        };
         self.turns.spawn(async move {
-            agent
-                .run_turn(session_lock, channel, session_id, turn_id, system, events)
-                .await;
+            agent.run_turn(session_lock, accepted, events).await;
         });
         Ok(receiver)
     }
@@ -1097,12 +1105,16 @@ impl Agent {
     async fn run_turn(
         self: Arc<Self>,
         session_lock: Arc<tokio::sync::Mutex<()>>,
-        channel: Channel,
-        session_id: String,
-        turn_id: String,
-        system: Option<String>,
+        accepted: AcceptedTurn,
         events: mpsc::Sender<TurnEvent>,
     ) {
+        let AcceptedTurn {
+            channel,
+            principal,
+            session_id,
+            turn_id,
+            system,
+        } = accepted;
         let admitted = async {
             let guard = session_lock.lock().await;
             let permit = self.slots.clone().acquire_owned().await;
@@ -1132,6 +1144,7 @@ impl Agent {
         let ids = TurnIds {
             session_id: &session_id,
             turn_id: &turn_id,
+            principal,
         };
         let outcome = self.turn_body(ids, system.as_deref(), &events, &permit).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
@@ -1294,7 +1307,9 @@ impl Agent {
                 return Ok(summary);
             }
             let limit_reached = summary.provider_calls >= turn.config.config.agent.max_tool_iterations;
-            let results = self.run_tools(&turn.tools, calls, limit_reached, events).await?;
+            let results = self
+                .run_tools(&turn.tools, turn.principal, calls, limit_reached, events)
+                .await?;
             let results_id = uuid::Uuid::now_v7().to_string();
             self.store(ids, &results_id, Role::Tool, &results, &summary.model)
                 .await?;
@@ -1327,11 +1342,12 @@ impl Agent {
                 Some(extra) => format!("{}\n\n{extra}", context::system_prompt(&config.config.agent)),
                 None => context::system_prompt(&config.config.agent),
             },
-            specs: tools.specs(),
+            specs: tools.specs(ids.principal),
             history: context::History::from_records(&records),
             config,
             provider,
             tools,
+            principal: ids.principal,
             model,
             price,
         })
@@ -1463,6 +1479,7 @@ impl Agent {
     async fn run_tools(
         &self,
         tools: &Tools,
+        principal: Principal,
         calls: Vec<(String, String, serde_json::Value)>,
         limit_reached: bool,
         events: &mpsc::Sender<TurnEvent>,
@@ -1489,7 +1506,7 @@ impl Agent {
                         summary: String::new(),
                     })
                     .await;
-                let output = tools.call(&name, &input, &self.token).await;
+                let output = tools.call(&name, &input, principal, &self.token).await;
                 let _ = events
                     .send(TurnEvent::Tool {
                         id: id.clone(),
@@ -1595,10 +1612,12 @@ impl Drop for QueuePlace<'_> {
 }
 
 /// What a caller asks a turn to answer (see [`Agent::send`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TurnRequest<'a> {
     /// Where the message came from (a metric label).
     pub channel: Channel,
+    /// Who asked: decides the tools the turn is offered.
+    pub principal: Principal,
     /// The session to continue; a new one when `None`.
     pub session_id: Option<&'a str>,
     /// The conversation before `text`, oldest first (only for a new session).
@@ -1609,11 +1628,21 @@ pub struct TurnRequest<'a> {
     pub system: Option<&'a str>,
 }
 
-/// The session and turn a piece of turn work belongs to.
+/// A turn stored and queued, handed to the task that runs it.
+struct AcceptedTurn {
+    channel: Channel,
+    principal: Principal,
+    session_id: String,
+    turn_id: String,
+    system: Option<String>,
+}
+
+/// The session and turn a piece of turn work belongs to, and who asked for the turn.
 #[derive(Clone, Copy)]
 struct TurnIds<'a> {
     session_id: &'a str,
     turn_id: &'a str,
+    principal: Principal,
 }
 
 /// What a running turn works with (see [`Agent::prepare_turn`]).
@@ -1621,6 +1650,7 @@ struct Turn {
     config: Arc<crate::config::Loaded>,
     provider: Arc<dyn Provider>,
     tools: Arc<Tools>,
+    principal: Principal,
     model: String,
     price: crate::config::ModelPrice,
     system: String,

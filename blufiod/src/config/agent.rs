@@ -464,6 +464,11 @@ pub struct RunCommandConfig {
     pub timeout_secs: u64,
     /// Bytes of stdout and stderr kept.
     pub max_output_bytes: u64,
+    /// Whose turns are offered the tool. A program runs as the daemon's own user, with its files
+    /// and keys within reach, so by default only the owner's turns (root's and the daemon's user's
+    /// on the control socket) get it; a group's member or a paired device gets it only when
+    /// listed here.
+    pub callers: Vec<Principal>,
 }
 
 impl Default for RunCommandConfig {
@@ -473,6 +478,30 @@ impl Default for RunCommandConfig {
             allow: Vec::new(),
             timeout_secs: 30,
             max_output_bytes: 64 * 1024,
+            callers: vec![Principal::Owner],
+        }
+    }
+}
+
+/// Who asked for a turn: what decides which tools it is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Principal {
+    /// Root or the daemon's own user, on the control socket.
+    Owner,
+    /// A member of `control.group` with full access, on the control socket.
+    Group,
+    /// A paired device, through the gateway.
+    Device,
+}
+
+impl Principal {
+    /// The name used in the config file and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Principal::Owner => "owner",
+            Principal::Group => "group",
+            Principal::Device => "device",
         }
     }
 }

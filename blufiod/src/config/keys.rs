@@ -140,6 +140,7 @@ pub const KEYS: &[KeySpec] = &[
     live("tools.http_get.timeout_secs"),
     live("tools.max_result_bytes"),
     owner(live("tools.run_command.allow")),
+    owner(live("tools.run_command.callers")),
     owner(live("tools.run_command.enabled")),
     live("tools.run_command.max_output_bytes"),
     live("tools.run_command.timeout_secs"),

@@ -19,9 +19,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use agent::{
-    AgentConfig, BackupConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, ProviderConfig,
-    ProviderKind, RunCommandConfig, SECRET_REFERENCE_PREFIX, Secret, SecretSetting, ToolsConfig, VaultConfig,
-    default_pricing, secret_name_problem,
+    AgentConfig, BackupConfig, BudgetConfig, GatewayConfig, HttpGetConfig, MemoryConfig, ModelPrice, Principal,
+    ProviderConfig, ProviderKind, RunCommandConfig, SECRET_REFERENCE_PREFIX, Secret, SecretSetting, ToolsConfig,
+    VaultConfig, default_pricing, secret_name_problem,
 };
 pub use file::{ConfigWriteError, Edit, prepare_set, prepare_unset};
 pub use hooks::{HOOK_NAMES, HooksConfig};

@@ -379,13 +379,18 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
-        self.authorize(&request, "SendMessage")?;
+        let caller = self.authorize(&request, "SendMessage")?;
+        let principal = if caller.owner {
+            config::Principal::Owner
+        } else {
+            config::Principal::Group
+        };
         let pb::SendMessageRequest { session_id, text } = request.into_inner();
         let session_id = (!session_id.is_empty()).then_some(session_id);
         let events = self
             .deps
             .agent
-            .send_message(Channel::Control, session_id.as_deref(), &text)
+            .send_message(Channel::Control, principal, session_id.as_deref(), &text)
             .await
             .map_err(|error| agent_error_to_status(&error))?;
         // Dropping this stream (the client went away or cancelled) drops the receiver, which

@@ -329,6 +329,7 @@ mod tests {
                 allow: allow.iter().map(PathBuf::from).collect(),
                 timeout_secs,
                 max_output_bytes,
+                callers: vec![crate::config::Principal::Owner],
             },
             workspace.to_owned(),
         )
@@ -646,7 +647,9 @@ bytes were not kept (tools.run_command.max_output_bytes)]\n--- stderr ---\n(empt
 
         let started = Instant::now();
         let input = json!({"program": sleep, "args": marker});
-        let output = tools.call("run_command", &input, &cancel).await;
+        let output = tools
+            .call("run_command", &input, crate::config::Principal::Owner, &cancel)
+            .await;
         assert!(output.is_error);
         assert!(output.content.contains("cancelled"), "{}", output.content);
         assert!(

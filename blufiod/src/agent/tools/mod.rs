@@ -6,6 +6,11 @@
 //! `tools.max_result_bytes` at a UTF-8 boundary. The tools must never reach beyond what config
 //! allows: no private addresses for `http_get`, nothing outside the workspace for the file tools,
 //! nothing but the listed programs (and no shell) for `run_command`.
+//!
+//! Who asked for the turn (a [`Principal`]) decides what it is offered: `run_command` runs
+//! programs as the daemon's own user, so only the principals in `tools.run_command.callers` (the
+//! owner, by default) are offered it, and a call from anyone else is refused even if the model
+//! names it.
 
 mod command;
 mod files;
@@ -16,7 +21,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::provider::ToolSpec;
-use crate::config::ToolsConfig;
+use crate::config::{Principal, ToolsConfig};
 
 use self::command::RunCommand;
 use self::files::Files;
@@ -55,6 +60,8 @@ pub struct Tools {
     http_get: Option<HttpGet>,
     files: Option<Files>,
     run_command: Option<RunCommand>,
+    /// Whose turns are offered `run_command`.
+    run_command_callers: Vec<Principal>,
 }
 
 /// Every tool name in the order specs are listed; the order is stable so the tool list (a
@@ -86,12 +93,13 @@ impl Tools {
                 .run_command
                 .enabled
                 .then(|| RunCommand::from_config(&config.run_command, workspace)),
+            run_command_callers: config.run_command.callers.clone(),
         }
     }
 
-    /// Specs of the enabled tools only, in a stable order (so prompt caching stays stable), with
-    /// JSON schemas for inputs.
-    pub fn specs(&self) -> Vec<ToolSpec> {
+    /// Specs of the tools enabled and offered to `principal` only, in a stable order (so prompt
+    /// caching stays stable), with JSON schemas for inputs.
+    pub fn specs(&self, principal: Principal) -> Vec<ToolSpec> {
         let mut specs = Vec::new();
         if self.http_get.is_some() {
             specs.push(http_get::spec());
@@ -100,7 +108,9 @@ impl Tools {
             specs.push(files::read_spec());
             specs.push(files::write_spec());
         }
-        if let Some(run_command) = &self.run_command {
+        if let Some(run_command) = &self.run_command
+            && self.run_command_callers.contains(&principal)
+        {
             specs.push(run_command.spec());
         }
         specs
@@ -112,12 +122,18 @@ impl Tools {
     /// The result content is truncated to `max_result_bytes` (at a UTF-8 boundary) with a marker.
     /// Stops promptly when `cancel` is cancelled: the running tool's future is dropped, and each
     /// tool cleans up on drop (`run_command` kills its process group).
-    pub async fn call(&self, name: &str, input: &serde_json::Value, cancel: &CancellationToken) -> ToolOutput {
+    pub async fn call(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+        principal: Principal,
+        cancel: &CancellationToken,
+    ) -> ToolOutput {
         let output = tokio::select! {
             // Biased so an already cancelled token never starts a tool.
             biased;
             () = cancel.cancelled() => ToolOutput::error(format!("{name} was cancelled before it finished")),
-            output = self.dispatch(name, input) => output,
+            output = self.dispatch(name, input, principal) => output,
         };
         ToolOutput {
             content: truncate_result(output.content, self.max_result_bytes),
@@ -125,7 +141,7 @@ impl Tools {
         }
     }
 
-    async fn dispatch(&self, name: &str, input: &serde_json::Value) -> ToolOutput {
+    async fn dispatch(&self, name: &str, input: &serde_json::Value, principal: Principal) -> ToolOutput {
         match name {
             "http_get" => match &self.http_get {
                 Some(tool) => tool.call(input).await,
@@ -140,11 +156,15 @@ impl Tools {
                 None => disabled(name, "tools.files.enabled"),
             },
             "run_command" => match &self.run_command {
+                Some(_) if !self.run_command_callers.contains(&principal) => ToolOutput::error(format!(
+                    "run_command is not offered to a turn from the {} (it runs programs as the daemon's own user); the owner can offer it with tools.run_command.callers",
+                    principal.as_str()
+                )),
                 Some(tool) => tool.call(input).await,
                 None => disabled(name, "tools.run_command.enabled"),
             },
             _ => {
-                let enabled: Vec<String> = self.specs().into_iter().map(|spec| spec.name).collect();
+                let enabled: Vec<String> = self.specs(principal).into_iter().map(|spec| spec.name).collect();
                 let enabled = if enabled.is_empty() {
                     "none".to_owned()
                 } else {
@@ -202,7 +222,7 @@ use crate::util::error_chain;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ToolsConfig;
+    use crate::config::{Principal, ToolsConfig};
 
     fn all_enabled() -> ToolsConfig {
         let mut config = ToolsConfig::default();
@@ -213,18 +233,22 @@ mod tests {
     }
 
     fn names(tools: &Tools) -> Vec<String> {
-        tools.specs().into_iter().map(|spec| spec.name).collect()
+        tools
+            .specs(Principal::Owner)
+            .into_iter()
+            .map(|spec| spec.name)
+            .collect()
     }
 
     #[tokio::test]
     async fn specs_list_only_enabled_tools_in_a_stable_order() {
         let dir = tempfile::tempdir().unwrap();
         let none = Tools::from_config(&ToolsConfig::default(), dir.path());
-        assert!(none.specs().is_empty());
+        assert!(none.specs(Principal::Owner).is_empty());
 
         let all = Tools::from_config(&all_enabled(), dir.path());
         assert_eq!(names(&all), ["http_get", "read_file", "write_file", "run_command"]);
-        assert_eq!(all.specs(), all.specs());
+        assert_eq!(all.specs(Principal::Owner), all.specs(Principal::Owner));
 
         let mut only_files = ToolsConfig::default();
         only_files.files.enabled = true;
@@ -237,10 +261,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn run_command_is_offered_and_run_only_for_the_listed_principals() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = all_enabled();
+        config.run_command.allow = vec!["/bin/echo".into()];
+        let owner_only = Tools::from_config(&config, dir.path());
+        let listed = |tools: &Tools, principal| -> Vec<String> {
+            tools.specs(principal).into_iter().map(|spec| spec.name).collect()
+        };
+        assert_eq!(
+            listed(&owner_only, Principal::Group),
+            ["http_get", "read_file", "write_file"]
+        );
+        assert_eq!(
+            listed(&owner_only, Principal::Device),
+            ["http_get", "read_file", "write_file"]
+        );
+        let cancel = CancellationToken::new();
+        let input = serde_json::json!({"program": "/bin/echo", "args": ["ran"]});
+        for principal in [Principal::Group, Principal::Device] {
+            let refused = owner_only.call("run_command", &input, principal, &cancel).await;
+            assert!(refused.is_error, "{principal:?}: {}", refused.content);
+            assert!(
+                refused.content.contains("tools.run_command.callers") && !refused.content.contains("ran"),
+                "{}",
+                refused.content
+            );
+        }
+        let ran = owner_only.call("run_command", &input, Principal::Owner, &cancel).await;
+        assert!(!ran.is_error && ran.content.contains("ran"), "{}", ran.content);
+
+        config.run_command.callers = vec![Principal::Owner, Principal::Device];
+        let with_devices = Tools::from_config(&config, dir.path());
+        assert!(listed(&with_devices, Principal::Device).contains(&"run_command".to_owned()));
+        assert!(!listed(&with_devices, Principal::Group).contains(&"run_command".to_owned()));
+        let ran = with_devices
+            .call("run_command", &input, Principal::Device, &cancel)
+            .await;
+        assert!(!ran.is_error && ran.content.contains("ran"), "{}", ran.content);
+    }
+
+    #[tokio::test]
     async fn schemas_are_objects_with_required_fields() {
         let dir = tempfile::tempdir().unwrap();
         let tools = Tools::from_config(&all_enabled(), dir.path());
-        for spec in tools.specs() {
+        for spec in tools.specs(Principal::Owner) {
             let schema = &spec.input_schema;
             assert_eq!(schema["type"], "object", "{}", spec.name);
             let required = schema["required"].as_array().expect("required is an array");
@@ -260,11 +325,11 @@ mod tests {
         let cancel = CancellationToken::new();
         let input = serde_json::json!({"path": "a.txt"});
 
-        let unknown = tools.call("rm_rf", &input, &cancel).await;
+        let unknown = tools.call("rm_rf", &input, Principal::Owner, &cancel).await;
         assert!(unknown.is_error);
         assert!(unknown.content.contains("unknown tool"), "{}", unknown.content);
 
-        let disabled = tools.call("read_file", &input, &cancel).await;
+        let disabled = tools.call("read_file", &input, Principal::Owner, &cancel).await;
         assert!(disabled.is_error);
         assert!(disabled.content.contains("tools.files.enabled"), "{}", disabled.content);
     }
@@ -275,7 +340,9 @@ mod tests {
         let tools = Tools::from_config(&all_enabled(), dir.path());
         let cancel = CancellationToken::new();
         for name in TOOL_NAMES {
-            let output = tools.call(name, &serde_json::json!({"nonsense": 1}), &cancel).await;
+            let output = tools
+                .call(name, &serde_json::json!({"nonsense": 1}), Principal::Owner, &cancel)
+                .await;
             assert!(output.is_error, "{name}");
             assert!(
                 output.content.contains("input is invalid"),
@@ -298,12 +365,18 @@ mod tests {
             .call(
                 "write_file",
                 &serde_json::json!({"path": "a.txt", "content": content}),
+                Principal::Owner,
                 &cancel,
             )
             .await;
         assert!(!written.is_error, "{}", written.content);
         let read = tools
-            .call("read_file", &serde_json::json!({"path": "a.txt"}), &cancel)
+            .call(
+                "read_file",
+                &serde_json::json!({"path": "a.txt"}),
+                Principal::Owner,
+                &cancel,
+            )
             .await;
         assert!(!read.is_error, "{}", read.content);
         assert_eq!(
@@ -336,7 +409,12 @@ mod tests {
         let cancel = CancellationToken::new();
         cancel.cancel();
         let output = tools
-            .call("read_file", &serde_json::json!({"path": "a.txt"}), &cancel)
+            .call(
+                "read_file",
+                &serde_json::json!({"path": "a.txt"}),
+                Principal::Owner,
+                &cancel,
+            )
             .await;
         assert!(output.is_error);
         assert!(output.content.contains("cancelled"), "{}", output.content);

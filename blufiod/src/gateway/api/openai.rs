@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::{Gateway, SESSION_HEADER, STREAM_BUFFER, agent_problem, bad_request, json, parse_json, sse_response};
 use crate::agent::TurnRequest;
 use crate::agent::model::{Channel, Role, StopReason, TurnEvent, Usage};
+use crate::config::Principal;
 use crate::gateway::problem::{Body, Problem};
 use crate::util::unix_now;
 
@@ -88,6 +89,7 @@ pub(super) async fn chat_completions(
         .agent
         .send(TurnRequest {
             channel: Channel::Gateway,
+            principal: Principal::Device,
             session_id: session.as_deref(),
             earlier,
             text: &text,

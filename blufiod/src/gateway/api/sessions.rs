@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::{Gateway, STREAM_BUFFER, agent_problem, bad_request, json, parse_json, sse_response};
 use crate::agent::budget::dollars;
 use crate::agent::model::{Channel, ContentBlock, Session, TurnEvent};
+use crate::config::Principal;
 use crate::gateway::problem::{Body, Problem, full};
 
 /// `POST /v1/sessions`.
@@ -128,7 +129,7 @@ pub(super) async fn send(gateway: &Arc<Gateway>, id: &str, body: &[u8]) -> Resul
     let send: Send = parse_json(body)?;
     let events = gateway
         .agent
-        .send_message(Channel::Gateway, Some(id), &send.text)
+        .send_message(Channel::Gateway, Principal::Device, Some(id), &send.text)
         .await
         .map_err(|error| agent_problem(&error))?;
     Ok(native_stream(events))
