@@ -3,9 +3,16 @@
 //!
 //! This module never sees a private key and never decides whether a request is authentic; the
 //! gateway does, with the key it gets from here.
+//!
+//! Lookups are served from an in-memory copy of the active devices with their keys already
+//! decoded, so a signed request costs no database read and no point decompression. The copy is
+//! dropped by every change made through the registry (after the change commits, so the next
+//! request sees it: revocation stays immediate) and whenever the database's epoch moves (a restore
+//! replaced the file). A load that raced a change is never installed: the copy carries the
+//! generation it was read at. It holds only the active devices, which only the owner adds.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use blufio_proto::httpsig;
@@ -77,10 +84,24 @@ pub struct ActiveDevice {
 #[derive(Debug, Clone)]
 pub struct Devices {
     storage: Storage,
+    /// The active devices by keyid, when loaded (see the module's documentation).
+    active: Arc<RwLock<ActiveCopy>>,
     /// When each key's use was last written, so that a busy device costs one database write a
     /// minute rather than one per request. Keys are verified keyids: bounded by the devices.
     touched: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// The in-memory copy of the active devices.
+#[derive(Debug, Default)]
+struct ActiveCopy {
+    /// Bumped by every change made through the registry.
+    generation: u64,
+    /// The devices, with the storage epoch they were read at; `None` until loaded again.
+    devices: Option<(u64, Arc<ByKeyid>)>,
+}
+
+/// Active devices by keyid.
+type ByKeyid = HashMap<String, Arc<ActiveDevice>>;
 
 /// How often a device's `last_used_at` is written at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
@@ -90,6 +111,7 @@ impl Devices {
     pub fn new(storage: Storage) -> Self {
         Self {
             storage,
+            active: Arc::default(),
             touched: Arc::default(),
         }
     }
@@ -116,10 +138,12 @@ impl Devices {
             reason: error.to_string(),
         })?;
         let fingerprint = httpsig::key_fingerprint(&key);
-        self.storage
+        let added = self
+            .storage
             .add_device(&fingerprint, name, key.as_bytes(), &fingerprint)
-            .await
-            .map_err(|error| duplicate(error, name))
+            .await;
+        self.changed();
+        added.map_err(|error| duplicate(error, name))
     }
 
     /// Every device, active first.
@@ -129,9 +153,9 @@ impl Devices {
 
     /// Revokes the active device `name`; effective for the next request.
     pub async fn revoke(&self, name: &str) -> Result<DeviceRecord, DeviceError> {
-        self.storage
-            .revoke_device(name)
-            .await
+        let revoked = self.storage.revoke_device(name).await;
+        self.changed();
+        revoked
             .map_err(DeviceError::Storage)?
             .ok_or_else(|| DeviceError::NotFound { name: name.to_owned() })
     }
@@ -139,9 +163,9 @@ impl Devices {
     /// Renames the active device `name`.
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<DeviceRecord, DeviceError> {
         check_name(new_name)?;
-        self.storage
-            .rename_device(name, new_name)
-            .await
+        let renamed = self.storage.rename_device(name, new_name).await;
+        self.changed();
+        renamed
             .map_err(|error| duplicate(error, new_name))?
             .ok_or_else(|| DeviceError::NotFound { name: name.to_owned() })
     }
@@ -149,12 +173,9 @@ impl Devices {
     /// Removes the revoked entries named `name` from the list; an active device must be revoked
     /// first.
     pub async fn remove(&self, name: &str) -> Result<u64, DeviceError> {
-        match self
-            .storage
-            .remove_revoked_devices(name)
-            .await
-            .map_err(DeviceError::Storage)?
-        {
+        let removed = self.storage.remove_revoked_devices(name).await;
+        self.changed();
+        match removed.map_err(DeviceError::Storage)? {
             0 => Err(DeviceError::NothingRevoked { name: name.to_owned() }),
             removed => Ok(removed),
         }
@@ -165,22 +186,50 @@ impl Devices {
         self.storage.count_active_devices().await.map_err(DeviceError::Storage)
     }
 
-    /// The active device that owns `keyid`, with its key.
-    pub async fn lookup(&self, keyid: &str) -> Result<Option<ActiveDevice>, DeviceError> {
-        let Some(record) = self.storage.active_device(keyid).await.map_err(DeviceError::Storage)? else {
-            return Ok(None);
+    /// The active device that owns `keyid`, with its key: from the in-memory copy, loaded from
+    /// the database when a change or a restore dropped it.
+    pub async fn lookup(&self, keyid: &str) -> Result<Option<Arc<ActiveDevice>>, DeviceError> {
+        // The epoch is read before the copy is checked or loaded: a restore that begins after
+        // this point makes the copy stale for the next lookup.
+        let epoch = self.storage.epoch();
+        let generation = {
+            let active = self.active.read().expect("device registry poisoned");
+            if let Some((read_at, devices)) = &active.devices
+                && *read_at == epoch
+            {
+                return Ok(devices.get(keyid).cloned());
+            }
+            active.generation
         };
-        let bytes: [u8; 32] = record
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| DeviceError::InvalidKey {
-                reason: format!("stored key of {:?} is not 32 bytes", record.name),
-            })?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|error| DeviceError::InvalidKey {
-            reason: error.to_string(),
-        })?;
-        Ok(Some(ActiveDevice { record, key }))
+        let records = self.storage.active_devices().await.map_err(DeviceError::Storage)?;
+        // A key that no longer decodes (only a damaged database has one: keys are checked when
+        // added) leaves its device out, so it cannot sign, and the others still can.
+        let devices: ByKeyid = records
+            .into_iter()
+            .filter_map(|record| match decode(record) {
+                Ok(device) => Some((device.record.keyid.clone(), Arc::new(device))),
+                Err(error) => {
+                    tracing::error!(error = %crate::error_chain(&error), "a stored device key is unusable; the device cannot sign");
+                    None
+                }
+            })
+            .collect();
+        let found = devices.get(keyid).cloned();
+        let mut active = self.active.write().expect("device registry poisoned");
+        // A change committed while this copy was read bumped the generation: the copy may
+        // predate it, so it is not kept.
+        if active.generation == generation {
+            active.devices = Some((epoch, Arc::new(devices)));
+        }
+        Ok(found)
+    }
+
+    /// Drops the in-memory copy after a change (whether or not the change succeeded: a failed
+    /// statement may still have been committed), so the next lookup reads the database.
+    fn changed(&self) {
+        let mut active = self.active.write().expect("device registry poisoned");
+        active.generation += 1;
+        active.devices = None;
     }
 
     /// Records a verified request of `keyid` (in the database at most once a minute).
@@ -197,6 +246,21 @@ impl Devices {
             tracing::warn!(error = %crate::error_chain(&error), "cannot record a device's use");
         }
     }
+}
+
+/// A stored device with its key decoded.
+fn decode(record: DeviceRecord) -> Result<ActiveDevice, DeviceError> {
+    let bytes: [u8; 32] = record
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| DeviceError::InvalidKey {
+            reason: format!("stored key of {:?} is not 32 bytes", record.name),
+        })?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|error| DeviceError::InvalidKey {
+        reason: error.to_string(),
+    })?;
+    Ok(ActiveDevice { record, key })
 }
 
 /// Which unique value a failed insert or rename duplicated.
@@ -273,5 +337,44 @@ mod tests {
             devices.revoke("phone").await,
             Err(DeviceError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_in_memory_copy_follows_changes_and_a_replaced_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            path: dir.path().join("blufio.db"),
+            busy_timeout: Duration::from_secs(1),
+            read_connections: 1,
+        };
+        let storage = Storage::open(&options).await.unwrap();
+        let devices = Devices::new(storage.clone());
+        let pem = |seed| {
+            httpsig::verifying_key_to_pem(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key()).unwrap()
+        };
+        let phone = devices.add("phone", &pem(1)).await.unwrap();
+        assert!(devices.lookup(&phone.keyid).await.unwrap().is_some());
+        // A device added after the copy was loaded is seen at once.
+        let tablet = devices.add("tablet", &pem(2)).await.unwrap();
+        assert!(devices.lookup(&tablet.keyid).await.unwrap().is_some());
+        devices.rename("tablet", "slate").await.unwrap();
+        assert_eq!(
+            devices.lookup(&tablet.keyid).await.unwrap().unwrap().record.name,
+            "slate"
+        );
+
+        // A change behind the registry's back (another handle on the file, as a restore makes)
+        // is seen once the database is reopened.
+        let other = Storage::open(&options).await.unwrap();
+        other.revoke_device("phone").await.unwrap();
+        storage
+            .pause()
+            .await
+            .reopen_with(|_| Ok::<(), std::io::Error>(()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(devices.lookup(&phone.keyid).await.unwrap().is_none());
+        assert!(devices.lookup(&tablet.keyid).await.unwrap().is_some());
     }
 }

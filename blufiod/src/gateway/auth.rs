@@ -12,6 +12,7 @@
 //! with the signed digest at its end.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use blufio_proto::httpsig;
 use blufio_proto::httpsig::digest::DigestVerifier;
@@ -81,7 +82,7 @@ use crate::util::unix_now;
 pub struct Identified {
     parsed: httpsig::ParsedSignature,
     keyid: String,
-    device: ActiveDevice,
+    device: Arc<ActiveDevice>,
 }
 
 /// Longest nonce accepted: far more than any random nonce needs, and it bounds what each
@@ -214,7 +215,7 @@ impl Gateway {
         parts: &http::request::Parts,
         has_body: bool,
         identified: Identified,
-    ) -> Result<(ActiveDevice, Option<DigestVerifier>, String, i64), Problem> {
+    ) -> Result<(Arc<ActiveDevice>, Option<DigestVerifier>, String, i64), Problem> {
         let Identified { parsed, keyid, device } = identified;
         let query = parts.uri.query();
         httpsig::policy::check_components(&parsed, has_body, query.is_some())

@@ -95,20 +95,19 @@ impl Storage {
         Ok(rows.into_iter().map(DeviceRecord::from).collect())
     }
 
-    /// The active device with `keyid`. A read transaction sees every committed write, so a
-    /// revocation is seen by the very next request; reading from the pool keeps unauthenticated
-    /// lookups off the single writer connection.
-    pub async fn active_device(&self, keyid: &str) -> Result<Option<DeviceRecord>, StorageError> {
+    /// Every active device, for the registry's in-memory copy (`devices.rs`). A read
+    /// transaction sees every committed write; reading from the pool keeps the load off the
+    /// single writer connection.
+    pub async fn active_devices(&self) -> Result<Vec<DeviceRecord>, StorageError> {
         let pools = self.pools.read().await;
-        let row: Option<DeviceRow> = sqlx::query_as(
+        let rows: Vec<DeviceRow> = sqlx::query_as(
             "SELECT keyid, name, public_key, fingerprint, added_at, last_used_at, revoked_at FROM devices \
-             WHERE keyid = ? AND revoked_at IS NULL",
+             WHERE revoked_at IS NULL",
         )
-        .bind(keyid)
-        .fetch_optional(&pools.reader)
+        .fetch_all(&pools.reader)
         .await
-        .map_err(query_error("look up a device"))?;
-        Ok(row.map(DeviceRecord::from))
+        .map_err(query_error("load the active devices"))?;
+        Ok(rows.into_iter().map(DeviceRecord::from).collect())
     }
 
     /// Active devices.
@@ -189,6 +188,11 @@ mod tests {
     use super::super::StorageOptions;
     use super::*;
 
+    async fn active(storage: &Storage, keyid: &str) -> Option<DeviceRecord> {
+        let devices = storage.active_devices().await.unwrap();
+        devices.into_iter().find(|device| device.keyid == keyid)
+    }
+
     #[tokio::test]
     async fn devices_are_added_listed_revoked_and_names_reused() {
         let dir = tempfile::tempdir().unwrap();
@@ -208,15 +212,12 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(duplicate, StorageError::Duplicate { .. }), "{duplicate:?}");
-        assert!(storage.active_device("k1").await.unwrap().is_some());
+        assert!(active(&storage, "k1").await.is_some());
         assert_eq!(storage.count_active_devices().await.unwrap(), 1);
 
         let revoked = storage.revoke_device("laptop").await.unwrap().unwrap();
         assert!(revoked.revoked_at.is_some());
-        assert!(
-            storage.active_device("k1").await.unwrap().is_none(),
-            "revocation is immediate"
-        );
+        assert!(active(&storage, "k1").await.is_none(), "revocation is immediate");
         assert!(storage.revoke_device("laptop").await.unwrap().is_none());
         // The name (and even the key) may be registered again after revocation.
         storage
@@ -231,7 +232,7 @@ mod tests {
         );
 
         storage.touch_device("k1").await.unwrap();
-        let used = storage.active_device("k1").await.unwrap().unwrap().last_used_at;
+        let used = active(&storage, "k1").await.unwrap().last_used_at;
         assert!(used.is_some());
     }
 }

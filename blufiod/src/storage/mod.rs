@@ -13,6 +13,7 @@ mod vault;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::SqlSafeStr as _;
@@ -171,6 +172,10 @@ pub struct Storage {
     /// This run's row in `daemon_runs` (id, pid, version, start), carried into a restored
     /// database.
     run: Arc<std::sync::Mutex<Option<RunRecord>>>,
+    /// Bumped when a pause begins and when the file has been reopened: a copy of the database's
+    /// contents kept in memory is valid only for the epoch it was read at (see
+    /// [`Storage::epoch`]).
+    epoch: Arc<AtomicU64>,
 }
 
 /// This run's row in `daemon_runs`.
@@ -195,6 +200,7 @@ struct Pools {
 pub struct Paused<'a> {
     pools: RwLockWriteGuard<'a, Pools>,
     options: &'a StorageOptions,
+    epoch: &'a AtomicU64,
 }
 
 impl Paused<'_> {
@@ -208,7 +214,10 @@ impl Paused<'_> {
         self.pools.reader.close().await;
         self.pools.writer.close().await;
         let replaced = replace(&self.options.path);
-        *self.pools = Pools::open(self.options).await?;
+        let reopened = Pools::open(self.options).await;
+        // Whatever is in the file now, copies read before are stale.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *self.pools = reopened?;
         Ok(replaced)
     }
 }
@@ -220,15 +229,27 @@ impl Storage {
             pools: Arc::new(RwLock::new(Pools::open(options).await?)),
             options: options.clone(),
             run: Arc::default(),
+            epoch: Arc::default(),
         })
+    }
+
+    /// Which contents of the database an in-memory copy was read from: a copy read at another
+    /// epoch than the current one is stale, because a restore may have replaced the file. Read the
+    /// epoch before the copy.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Waits for the database work in flight to finish and holds new work back until the
     /// returned guard is dropped. Never call it while holding a result that borrows storage.
     pub async fn pause(&self) -> Paused<'_> {
+        let pools = self.pools.write().await;
+        // From here on, copies go back to the database, which waits for the pause to end.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         Paused {
-            pools: self.pools.write().await,
+            pools,
             options: &self.options,
+            epoch: &self.epoch,
         }
     }
 
