@@ -133,11 +133,9 @@ impl Gateway {
             )
             .retry_after(retry_after));
         }
-        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
-        // remembered for twice that. `accept` checks again under its lock: of two concurrent
-        // copies of one request, exactly one gets through.
-        let window = self.max_skew_secs.saturating_mul(2);
-        if let Err(error) = self.replay.accept(&keyid, &nonce, now, window) {
+        // `accept` checks again under its lock: of two concurrent copies of one request, exactly
+        // one gets through.
+        if let Err(error) = self.replay.accept(&keyid, &nonce, now) {
             let problem = match error {
                 ReplayError::Replayed => replayed(),
                 ReplayError::Full => Problem::new(
@@ -152,8 +150,9 @@ impl Gateway {
                     "rate-limited",
                     "Too many requests",
                     format!(
-                        "device {:?} has used its share of the replay cache (its rate limit over the clock-skew window); retry in {retry_after} s",
-                        device.record.name
+                        "device {:?} has used its share of the replay cache ({} nonces: its rate limit over the clock-skew window); retry in {retry_after} s",
+                        device.record.name,
+                        self.replay.share()
                     ),
                 )
                 .retry_after(retry_after),

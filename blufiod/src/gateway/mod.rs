@@ -258,14 +258,14 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
     };
     let gateway = Arc::new(Gateway {
         devices,
+        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
+        // remembered for twice that.
         replay: replay::ReplayCache::new(
             usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX),
-            replay::ReplayCache::share_for(
-                config.rate_limit_per_minute,
-                i64::try_from(config.max_clock_skew_secs)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(2),
-            ),
+            config.rate_limit_per_minute,
+            i64::try_from(config.max_clock_skew_secs)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(2),
         ),
         names: host::ServerNames::new(bound.info.address, bound.info.cert.clone()),
         body_budget: Arc::new(Semaphore::new(BODY_BUFFER_TOTAL)),

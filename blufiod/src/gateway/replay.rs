@@ -5,26 +5,53 @@
 //! Each key may hold at most its share of the cache: what its rate limit lets it send within a
 //! nonce's lifetime. The gateway charges the rate limit before it remembers a nonce, so a device
 //! never reaches its share in normal use, and no device can take another's room.
+//!
+//! # Fingerprints
+//!
+//! The cache keeps no strings. A pair is remembered as a 64-bit SipHash of (keyid, nonce) under a
+//! key drawn at random for each process, so nobody outside can compute fingerprints, let alone
+//! craft two nonces that share one. A fingerprint costs a slot of 8 bytes and a control byte in
+//! the set of live ones (a table at most 7/8 full, shrunk when under a quarter full) and 8 bytes
+//! in its bucket's list: about 23 bytes per nonce at 100,000 live, where strings cost about 350.
+//!
+//! Two different pairs with the same fingerprint make the second look replayed. With at most
+//! `capacity` fingerprints live, a fresh request is refused that way with probability at most
+//! `capacity / 2^64` (5.4e-15 for 100,000 entries), and its client simply retries with a new
+//! nonce. The error never goes the other way: a replayed pair always has the same fingerprint.
+//!
+//! # Buckets
+//!
+//! Nonces are grouped by the second they were accepted into buckets `width` seconds wide, where
+//! `width = max(1, ceil((window + 1) / 16))`: 38 s for the default 600 s window, so at most 17
+//! buckets are live. A bucket opened at second `s` takes the nonces accepted in
+//! `[s, s + width - 1]` and expires whole once `s + width - 1 + window < now`. A nonce accepted at
+//! `t` is therefore remembered through `t + window` inclusive, like the skew check it mirrors, and
+//! at most `width - 1` seconds longer. Expiring pops the oldest buckets and removes their
+//! fingerprints, which is O(1) per nonce; each bucket counts its nonces per key, so the share check
+//! is O(1) and a refusal's retry time O(buckets).
+//!
+//! The wall clock may step back: a nonce accepted before the newest bucket opened joins the newest
+//! bucket, which only remembers it longer.
+//!
+//! This module must never forget a live nonce early, to make room or to shed memory: that would
+//! let a captured request be replayed. It gives memory back only as buckets expire.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::fmt;
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
 
-/// Seen nonces, expiring in insertion order.
+/// Seen nonces, as fingerprints in time buckets that expire whole.
 #[derive(Debug)]
 pub struct ReplayCache {
+    /// Live fingerprints at most.
     capacity: usize,
-    per_key: usize,
+    /// Live fingerprints of one key at most.
+    share: usize,
+    /// The per-process SipHash key that fingerprints are computed with.
+    keys: RandomState,
+    /// The live nonces: `accept` checks and inserts under one lock.
     inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    seen: HashSet<(String, String)>,
-    /// (expires at, key) in insertion order; expiry times only grow, since each is insertion time
-    /// plus the same window.
-    order: VecDeque<(i64, (String, String))>,
-    /// Live nonces per key.
-    per_key: HashMap<String, usize>,
 }
 
 /// Why a nonce was not accepted.
@@ -43,79 +70,283 @@ pub enum ReplayError {
 }
 
 impl ReplayCache {
-    /// A cache for at most `capacity` live nonces, at most `per_key` of them for any one key.
-    pub fn new(capacity: usize, per_key: usize) -> Self {
+    /// A cache for at most `capacity` live nonces, each remembered for at least `window_secs`
+    /// seconds after the second it was accepted, that second's end included. Each key's share is
+    /// what a rate limit of `per_minute` a minute, with bursts of as many, can let through during
+    /// a nonce's longest lifetime: see [`ReplayCache::share`].
+    pub fn new(capacity: usize, per_minute: u32, window_secs: i64) -> Self {
+        let lifetime = Lifetime::new(window_secs);
         Self {
             capacity: capacity.max(1),
-            per_key: per_key.max(1),
-            inner: Mutex::default(),
+            share: lifetime.share(per_minute),
+            keys: RandomState::new(),
+            inner: Mutex::new(Inner {
+                lifetime,
+                live: FingerprintSet::default(),
+                buckets: VecDeque::new(),
+                per_key: HashMap::new(),
+            }),
         }
     }
 
-    /// The share of a key whose rate limit is `per_minute` (with bursts of as many) when nonces
-    /// live `window_secs`: the most requests the limiter can let through in that time.
-    pub fn share_for(per_minute: u32, window_secs: i64) -> usize {
-        let per_minute = u64::from(per_minute.max(1));
-        // The window's last second is inclusive, hence the +1.
-        let window = u64::try_from(window_secs).unwrap_or(0).saturating_add(1);
-        let share = per_minute.saturating_add(per_minute.saturating_mul(window).div_ceil(60));
-        usize::try_from(share).unwrap_or(usize::MAX)
-    }
-
-    /// Whether `nonce` of `keyid` was accepted and is still remembered.
+    /// Whether `nonce` of `keyid` was accepted and is still remembered at `now`.
     pub fn seen(&self, keyid: &str, nonce: &str, now: i64) -> bool {
-        let mut inner = self.inner.lock().expect("replay cache poisoned");
+        let fingerprint = self.fingerprint(keyid, nonce);
+        let mut inner = self.lock();
         inner.expire(now);
-        inner.seen.contains(&(keyid.to_owned(), nonce.to_owned()))
+        inner.live.contains(&fingerprint)
     }
 
-    /// Accepts `nonce` of `keyid` once; it is remembered through `now + window_secs`.
-    pub fn accept(&self, keyid: &str, nonce: &str, now: i64, window_secs: i64) -> Result<(), ReplayError> {
-        let mut inner = self.inner.lock().expect("replay cache poisoned");
+    /// Accepts `nonce` of `keyid` once; it is remembered through `now + window_secs` at least.
+    /// Everything is checked again under the lock, so of two concurrent copies of one request
+    /// exactly one is accepted.
+    pub fn accept(&self, keyid: &str, nonce: &str, now: i64) -> Result<(), ReplayError> {
+        let fingerprint = self.fingerprint(keyid, nonce);
+        let mut inner = self.lock();
         inner.expire(now);
-        let key = (keyid.to_owned(), nonce.to_owned());
-        if inner.seen.contains(&key) {
+        if inner.live.contains(&fingerprint) {
             return Err(ReplayError::Replayed);
         }
-        let held = inner.per_key.get(keyid).copied().unwrap_or(0);
-        if held >= self.per_key {
-            let oldest = inner
-                .order
-                .iter()
-                .find(|(_, (key, _))| key == keyid)
-                .map_or(now, |(expires, _)| *expires);
-            let retry_after = u64::try_from(oldest.saturating_sub(now).saturating_add(1)).unwrap_or(1);
-            return Err(ReplayError::KeyFull { retry_after });
+        if inner.per_key.get(keyid).is_some_and(|held| *held >= self.share) {
+            return Err(ReplayError::KeyFull {
+                retry_after: inner.retry_after(keyid, now),
+            });
         }
-        if inner.seen.len() >= self.capacity {
+        if inner.live.len() >= self.capacity {
             return Err(ReplayError::Full);
         }
-        inner.seen.insert(key.clone());
-        *inner.per_key.entry(keyid.to_owned()).or_default() += 1;
-        inner.order.push_back((now.saturating_add(window_secs), key));
+        inner.insert(fingerprint, keyid, now);
         Ok(())
     }
 
     /// Live nonces.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("replay cache poisoned").seen.len()
+        self.lock().live.len()
+    }
+
+    /// The most live nonces one key may hold:
+    /// `per_minute + ceil(per_minute * (window + width) / 60)`, the burst plus what the limiter
+    /// refills during a nonce's longest lifetime, `window + width - 1` seconds counted with its
+    /// last second whole.
+    pub fn share(&self) -> usize {
+        self.share
+    }
+
+    /// The fingerprint of a pair. `str` hashes its bytes followed by 0xff, a byte UTF-8 never
+    /// contains, so ("ab", "c") and ("a", "bc") are different inputs.
+    fn fingerprint(&self, keyid: &str, nonce: &str) -> u64 {
+        self.keys.hash_one((keyid, nonce))
+    }
+
+    /// The state, locked.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("replay cache poisoned")
     }
 }
 
+/// A set of fingerprints, hashed by themselves: they are SipHash outputs already.
+type FingerprintSet = HashSet<u64, BuildHasherDefault<PassThrough>>;
+
+/// A hasher that uses a `u64` as its own hash.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    /// The fingerprint itself.
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    /// Only `write_u64` is used (it is how a `u64` hashes itself); anything else is folded in so
+    /// that the hasher stays correct, if slow.
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    /// Takes the fingerprint as its own hash.
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// How long nonces are remembered.
+#[derive(Debug, Clone, Copy)]
+struct Lifetime {
+    /// A nonce accepted at `t` is remembered through `t + window` at least.
+    window: i64,
+    /// Seconds of acceptance per bucket, at least 1.
+    width: i64,
+}
+
+/// How many buckets a nonce's shortest lifetime, `window + 1` seconds counted inclusively, is cut
+/// into. Nonces live up to `width - 1` seconds longer than they must, a sixteenth more: finer
+/// buckets would save little memory and cost a larger bucket queue.
+const BUCKETS_PER_WINDOW: u64 = 16;
+
+impl Lifetime {
+    /// The lifetime for a window of `window_secs` (negative counts as 0).
+    fn new(window_secs: i64) -> Self {
+        let window = u64::try_from(window_secs).unwrap_or(0);
+        // In u64, so that no window overflows: the widest is 2^59.
+        let width = window.saturating_add(1).div_ceil(BUCKETS_PER_WINDOW).max(1);
+        Self {
+            window: window_secs.max(0),
+            width: i64::try_from(width).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The last second a bucket opened at `start` takes new nonces.
+    fn last_accepting(self, start: i64) -> i64 {
+        start.saturating_add(self.width - 1)
+    }
+
+    /// The last second the nonces of a bucket opened at `start` are remembered: `window` after
+    /// the last second it took them.
+    fn last_remembered(self, start: i64) -> i64 {
+        self.last_accepting(start).saturating_add(self.window)
+    }
+
+    /// A key's share: see [`ReplayCache::share`].
+    fn share(self, per_minute: u32) -> usize {
+        let per_minute = u64::from(per_minute.max(1));
+        // The longest lifetime is `window + width - 1` seconds; its last second counts whole.
+        let span = u64::try_from(self.window.saturating_add(self.width)).unwrap_or(u64::MAX);
+        let share = per_minute.saturating_add(per_minute.saturating_mul(span).div_ceil(60));
+        usize::try_from(share).unwrap_or(usize::MAX)
+    }
+}
+
+/// The fingerprint set's slots below which it is not worth shrinking (about 37 KiB).
+const MIN_SHRINK_SLOTS: usize = 4_096;
+
+/// Live nonces, behind the cache's lock.
+struct Inner {
+    /// How long nonces are remembered.
+    lifetime: Lifetime,
+    /// The fingerprints of the live nonces: each belongs to exactly one bucket.
+    live: FingerprintSet,
+    /// Oldest first; their starts only grow.
+    buckets: VecDeque<Bucket>,
+    /// Live nonces per key: the sum of the buckets' counts. Keys without any are removed.
+    per_key: HashMap<Box<str>, usize>,
+}
+
+/// The nonces accepted during `width` seconds.
+struct Bucket {
+    /// The second it was opened: it takes nonces through `start + width - 1`.
+    start: i64,
+    /// The fingerprints it added to the live set, to remove when it expires.
+    fingerprints: Vec<u64>,
+    /// Its nonces per key. Devices are few, so this stays small.
+    per_key: HashMap<Box<str>, usize>,
+}
+
 impl Inner {
-    /// Forgets nonces whose window ended before `now`. The window's last second is inclusive,
-    /// like the skew check it mirrors.
+    /// Forgets the buckets whose nonces' windows all ended before `now`, then gives memory back
+    /// if the live set is now far smaller than its table.
     fn expire(&mut self, now: i64) {
-        while self.order.front().is_some_and(|(expires, _)| *expires < now) {
-            if let Some((_, key)) = self.order.pop_front() {
-                if let Some(held) = self.per_key.get_mut(&key.0) {
-                    *held = held.saturating_sub(1);
+        let lifetime = self.lifetime;
+        let mut expired = false;
+        while self
+            .buckets
+            .front()
+            .is_some_and(|oldest| lifetime.last_remembered(oldest.start) < now)
+        {
+            let Some(bucket) = self.buckets.pop_front() else {
+                break;
+            };
+            for fingerprint in &bucket.fingerprints {
+                self.live.remove(fingerprint);
+            }
+            for (keyid, count) in &bucket.per_key {
+                if let Some(held) = self.per_key.get_mut(keyid) {
+                    *held = held.saturating_sub(*count);
                     if *held == 0 {
-                        self.per_key.remove(&key.0);
+                        self.per_key.remove(keyid);
                     }
                 }
-                self.seen.remove(&key);
             }
+            expired = true;
+        }
+        if expired {
+            self.shrink();
+        }
+    }
+
+    /// Shrinks the live set once it uses under a quarter of its table, to twice what it holds:
+    /// a burst does not pin its memory for ever. Rehashing costs O(live), at most once per
+    /// expired bucket, and another shrink needs the set to halve again first, so it is O(1) per
+    /// nonce over time.
+    fn shrink(&mut self) {
+        let live = self.live.len();
+        if self.live.capacity() > MIN_SHRINK_SLOTS && self.live.capacity() / 4 > live {
+            self.live.shrink_to(live.saturating_mul(2));
+        }
+        if self.per_key.capacity() > 64 && self.per_key.capacity() / 4 > self.per_key.len() {
+            self.per_key.shrink_to(self.per_key.len().saturating_mul(2));
+        }
+        if self.buckets.capacity() > 64 && self.buckets.capacity() / 4 > self.buckets.len() {
+            self.buckets.shrink_to(self.buckets.len().saturating_mul(2));
+        }
+    }
+
+    /// Remembers a fingerprint not yet live, in the newest bucket if it still takes nonces at
+    /// `now` (or `now` is before it opened: the clock stepped back), else in a new one.
+    fn insert(&mut self, fingerprint: u64, keyid: &str, now: i64) {
+        let lifetime = self.lifetime;
+        let opens = self
+            .buckets
+            .back()
+            .is_none_or(|newest| lifetime.last_accepting(newest.start) < now);
+        if opens {
+            self.buckets.push_back(Bucket {
+                start: now,
+                fingerprints: Vec::new(),
+                per_key: HashMap::new(),
+            });
+        }
+        // There is a newest bucket: it was there or was just pushed.
+        if let Some(newest) = self.buckets.back_mut() {
+            newest.fingerprints.push(fingerprint);
+            count_one(&mut newest.per_key, keyid);
+            count_one(&mut self.per_key, keyid);
+            self.live.insert(fingerprint);
+        }
+    }
+
+    /// Seconds until `keyid`'s oldest bucket expires, at least 1.
+    fn retry_after(&self, keyid: &str, now: i64) -> u64 {
+        let last = self
+            .buckets
+            .iter()
+            .find(|bucket| bucket.per_key.contains_key(keyid))
+            .map_or(now, |oldest| self.lifetime.last_remembered(oldest.start));
+        u64::try_from(last.saturating_sub(now).saturating_add(1))
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+impl fmt::Debug for Inner {
+    /// A summary: the fingerprints themselves say nothing.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("lifetime", &self.lifetime)
+            .field("live", &self.live.len())
+            .field("buckets", &self.buckets.len())
+            .field("keys", &self.per_key.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one more nonce of `keyid`, allocating its name only the first time.
+fn count_one(counts: &mut HashMap<Box<str>, usize>, keyid: &str) {
+    match counts.get_mut(keyid) {
+        Some(count) => *count = count.saturating_add(1),
+        None => {
+            counts.insert(keyid.into(), 1);
         }
     }
 }
@@ -124,52 +355,319 @@ impl Inner {
 mod tests {
     use super::*;
 
+    const WINDOW: i64 = 600;
+
+    /// The last second the nonces of a bucket opened at `start` are remembered.
+    fn last_remembered(cache: &ReplayCache, start: i64) -> i64 {
+        cache.lock().lifetime.last_remembered(start)
+    }
+
+    /// The seconds of acceptance per bucket.
+    fn width(cache: &ReplayCache) -> i64 {
+        cache.lock().lifetime.width
+    }
+
+    /// Bytes the fingerprint set and the buckets hold, from their capacities. The set's layout
+    /// is hashbrown's: a slot of 8 bytes and a control byte per slot, at most 7/8 of the slots
+    /// used (so `capacity * 8 / 7` slots), plus a group of 16 mirrored control bytes.
+    fn allocated_bytes(cache: &ReplayCache) -> usize {
+        fn map_bytes(map: &HashMap<Box<str>, usize>) -> usize {
+            let slot = std::mem::size_of::<(Box<str>, usize)>() + 1;
+            let keys: usize = map.keys().map(|keyid| keyid.len()).sum();
+            (map.capacity() * 8).div_ceil(7) * slot + keys
+        }
+        let inner = cache.lock();
+        let set = (inner.live.capacity() * 8).div_ceil(7) * 9 + 16;
+        let buckets: usize = inner
+            .buckets
+            .iter()
+            .map(|bucket| bucket.fingerprints.capacity() * 8 + map_bytes(&bucket.per_key))
+            .sum();
+        let queue = inner.buckets.capacity() * std::mem::size_of::<Bucket>();
+        set + buckets + queue + map_bytes(&inner.per_key)
+    }
+
     #[test]
     fn a_nonce_is_accepted_once_per_key_and_forgotten_after_its_window() {
-        let cache = ReplayCache::new(10, 10);
-        cache.accept("k1", "n1", 1_000, 600).unwrap();
-        assert_eq!(cache.accept("k1", "n1", 1_001, 600), Err(ReplayError::Replayed));
-        cache.accept("k2", "n1", 1_001, 600).unwrap();
-        assert!(cache.seen("k1", "n1", 1_600), "the window's last second still counts");
-        // After the window the signature itself would fail the skew check, so the nonce may go.
-        assert!(!cache.seen("k1", "n1", 1_601));
-        cache.accept("k1", "n1", 1_601, 600).unwrap();
-        assert_eq!(cache.len(), 2);
+        let cache = ReplayCache::new(10, 60, WINDOW);
+        cache.accept("k1", "n1", 1_000).unwrap();
+        assert_eq!(cache.accept("k1", "n1", 1_001), Err(ReplayError::Replayed));
+        cache.accept("k2", "n1", 1_001).unwrap();
+        assert!(
+            cache.seen("k1", "n1", 1_000 + WINDOW),
+            "the window's last second still counts"
+        );
+        // The nonce's bucket took nonces through 1_000 + width - 1; after that second's window
+        // every signature in it would fail the skew check, so the bucket may go.
+        let last = last_remembered(&cache, 1_000);
+        assert_eq!(last, 1_000 + width(&cache) - 1 + WINDOW);
+        assert!(cache.seen("k1", "n1", last));
+        assert!(!cache.seen("k1", "n1", last + 1));
+        cache.accept("k1", "n1", last + 1).unwrap();
+        assert_eq!(cache.len(), 1, "k2's nonce went with the same bucket");
     }
 
     #[test]
     fn a_full_cache_refuses_instead_of_forgetting() {
-        let cache = ReplayCache::new(2, 10);
-        cache.accept("k", "a", 0, 600).unwrap();
-        cache.accept("k", "b", 0, 600).unwrap();
-        assert_eq!(cache.accept("k", "c", 1, 600), Err(ReplayError::Full));
+        let cache = ReplayCache::new(2, 60, WINDOW);
+        cache.accept("k", "a", 0).unwrap();
+        cache.accept("k", "b", 0).unwrap();
+        assert_eq!(cache.accept("k", "c", 1), Err(ReplayError::Full));
         assert_eq!(
-            cache.accept("k", "a", 1, 600),
+            cache.accept("k", "a", 1),
             Err(ReplayError::Replayed),
             "old nonces are still known"
         );
-        cache.accept("k", "c", 601, 600).unwrap();
+        assert_eq!(
+            cache.accept("k", "c", last_remembered(&cache, 0)),
+            Err(ReplayError::Full)
+        );
+        cache.accept("k", "c", last_remembered(&cache, 0) + 1).unwrap();
     }
 
     #[test]
     fn one_key_cannot_take_another_keys_room() {
-        let cache = ReplayCache::new(10, 3);
-        for nonce in ["a", "b", "c"] {
-            cache.accept("greedy", nonce, 100, 600).unwrap();
+        // 1 a minute over 600 s: buckets of 38 s, a share of 1 + ceil(638 / 60) = 12.
+        let cache = ReplayCache::new(100, 1, WINDOW);
+        assert_eq!(cache.share(), 12);
+        for nonce in 0..12 {
+            cache.accept("greedy", &nonce.to_string(), 100).unwrap();
         }
+        let retry_after = last_remembered(&cache, 100) - 150 + 1;
+        assert_eq!(retry_after, 588);
         assert_eq!(
-            cache.accept("greedy", "d", 150, 600),
-            Err(ReplayError::KeyFull { retry_after: 551 })
+            cache.accept("greedy", "12", 150),
+            Err(ReplayError::KeyFull {
+                retry_after: retry_after.try_into().unwrap()
+            })
         );
-        cache.accept("other", "a", 150, 600).unwrap();
+        cache.accept("other", "12", 150).unwrap();
         // The greedy key gets room back as its own nonces expire.
-        cache.accept("greedy", "d", 701, 600).unwrap();
+        cache.accept("greedy", "12", 150 + retry_after).unwrap();
     }
 
     #[test]
     fn the_share_covers_what_the_rate_limit_lets_through() {
-        // 10 a minute with a burst of 10, over 601 s: 10 + ceil(10 * 601 / 60) = 111.
-        assert_eq!(ReplayCache::share_for(10, 600), 111);
-        assert_eq!(ReplayCache::share_for(60, 0), 61);
+        // 120 a minute over 600 s: width ceil(601 / 16) = 38, so 120 + ceil(120 * 638 / 60).
+        assert_eq!(ReplayCache::new(1, 120, 600).share(), 120 + 1_276);
+        assert_eq!(width(&ReplayCache::new(1, 120, 600)), 38);
+        // 10 a minute: 10 + ceil(10 * 638 / 60) = 10 + 107.
+        assert_eq!(ReplayCache::new(1, 10, 600).share(), 117);
+        // No window: buckets of 1 s, 60 + ceil(60 * 1 / 60).
+        assert_eq!(ReplayCache::new(1, 60, 0).share(), 61);
+    }
+
+    #[test]
+    fn the_rate_limiter_cannot_overflow_a_share() {
+        // A burst of 120 at t0, then 2 a second, for three lifetimes.
+        let per_minute = 120;
+        let cache = ReplayCache::new(usize::MAX, per_minute, WINDOW);
+        let lifetime = WINDOW + width(&cache) - 1;
+        let t0 = 1_000_000;
+        let mut sent = 0_u64;
+        let mut peak = 0;
+        for nonce in 0..per_minute {
+            cache.accept("k", &format!("burst {nonce}"), t0).unwrap();
+        }
+        for now in t0 + 1..=t0 + 3 * lifetime {
+            for _ in 0..per_minute.div_ceil(60) {
+                sent += 1;
+                cache.accept("k", &sent.to_string(), now).unwrap();
+            }
+            peak = peak.max(cache.len());
+        }
+        // The first bucket, with the burst, lives through t0 + lifetime: the peak is then.
+        assert_eq!(peak, 120 + 2 * 637);
+        assert!(peak <= cache.share());
+    }
+
+    #[test]
+    fn the_share_holds_for_any_rate_window_and_phase() {
+        // A greedy sender against a GCRA limiter of `per_minute` with bursts of as many: the burst
+        // at t0 (at a fraction `phase / per_minute` into its second), then one request every
+        // 60 / per_minute seconds. Time is counted in ticks of 1 / per_minute s.
+        for per_minute in [1_u32, 7, 61, 120, 1_000] {
+            for window in [0, 1, 59, 600, 7_200] {
+                let ticks_per_second = i64::from(per_minute);
+                for phase in [0, ticks_per_second / 2, ticks_per_second - 1] {
+                    let cache = ReplayCache::new(usize::MAX, per_minute, window);
+                    let t0 = 1_000_000;
+                    let start = t0 * ticks_per_second + phase;
+                    let end = (t0 + 2 * (window + width(&cache)) + 60) * ticks_per_second;
+                    for nonce in 0..per_minute {
+                        cache.accept("k", &format!("burst {nonce}"), t0).unwrap();
+                    }
+                    let mut tick = start + 60;
+                    while tick < end {
+                        let now = tick.div_euclid(ticks_per_second);
+                        let outcome = cache.accept("k", &tick.to_string(), now);
+                        assert_eq!(
+                            outcome,
+                            Ok(()),
+                            "{per_minute}/min, window {window}, phase {phase}, t {now}"
+                        );
+                        tick += 60;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_nonce_is_refused_through_its_whole_window() {
+        let cache = ReplayCache::new(10, 60, WINDOW);
+        let width = width(&cache);
+        for offset in 0..width {
+            let cache = ReplayCache::new(10, 60, WINDOW);
+            let opened = 1_000;
+            cache.accept("k", "opens the bucket", opened).unwrap();
+            let accepted = opened + offset;
+            cache.accept("k", "n", accepted).unwrap();
+            for now in accepted..=accepted + WINDOW {
+                assert!(cache.seen("k", "n", now), "forgotten at {now}, accepted at {accepted}");
+                assert_eq!(cache.accept("k", "n", now), Err(ReplayError::Replayed));
+            }
+            let mut now = accepted + WINDOW + 1;
+            while cache.accept("k", "n", now).is_err() {
+                now += 1;
+            }
+            // Again as soon as its bucket expires: exactly its window for the bucket's last second.
+            assert_eq!(now, opened + width - 1 + WINDOW + 1);
+            assert!(now <= accepted + WINDOW + width);
+        }
+    }
+
+    #[test]
+    fn bucket_expiry_frees_capacity() {
+        let cache = ReplayCache::new(1_000, 60_000, WINDOW);
+        for nonce in 0..1_000 {
+            cache
+                .accept(&format!("k{}", nonce % 7), &nonce.to_string(), 10 + nonce / 10)
+                .unwrap();
+        }
+        assert_eq!(cache.accept("k0", "one more", 110), Err(ReplayError::Full));
+        let longest = WINDOW + width(&cache) - 1;
+        let after = 10 + 99 + longest + 1;
+        for nonce in 0..1_000 {
+            cache
+                .accept(&format!("k{}", nonce % 7), &nonce.to_string(), after)
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 1_000);
+        assert!(cache.lock().per_key.values().all(|held| *held <= 143));
+    }
+
+    #[test]
+    fn key_full_waits_for_the_keys_oldest_bucket() {
+        // 1 a minute over 60 s: buckets of ceil(61 / 16) = 4 s, a share of 1 + ceil(64 / 60) = 3.
+        let cache = ReplayCache::new(100, 1, 60);
+        assert_eq!((width(&cache), cache.share()), (4, 3));
+        cache.accept("other", "a", 90).unwrap();
+        cache.accept("greedy", "a", 100).unwrap();
+        cache.accept("greedy", "b", 104).unwrap();
+        cache.accept("greedy", "c", 105).unwrap();
+        // The greedy key's oldest bucket opened at 100, not the other key's at 90.
+        let now = 110;
+        let expected = 100 + 4 - 1 + 60 - now + 1;
+        assert_eq!(
+            cache.accept("greedy", "d", now),
+            Err(ReplayError::KeyFull {
+                retry_after: expected.try_into().unwrap()
+            })
+        );
+        assert_eq!(
+            cache.accept("greedy", "d", now + expected - 1),
+            Err(ReplayError::KeyFull { retry_after: 1 })
+        );
+        cache.accept("greedy", "d", now + expected).unwrap();
+        assert!(cache.seen("greedy", "b", now + expected));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_neither_panics_nor_forgets() {
+        let cache = ReplayCache::new(100, 60, WINDOW);
+        cache.accept("k", "a", 1_000).unwrap();
+        cache.accept("k", "b", 995).unwrap();
+        assert_eq!(cache.accept("k", "a", 990), Err(ReplayError::Replayed));
+        assert_eq!(cache.lock().buckets.len(), 1, "b joined the newest bucket");
+        // b is remembered at least as long as if the clock had not stepped back.
+        for now in [995 + WINDOW, 1_000 + WINDOW, last_remembered(&cache, 1_000)] {
+            assert!(
+                cache.seen("k", "a", now) && cache.seen("k", "b", now),
+                "forgotten at {now}"
+            );
+        }
+        cache.accept("k", "c", 1_000 + width(&cache)).unwrap();
+        cache.accept("k", "d", 1_001).unwrap();
+        assert_eq!(cache.lock().buckets.len(), 2);
+        assert!(cache.seen("k", "d", 1_001 + WINDOW));
+
+        // Nonsense times and limits refuse or accept, never panic.
+        for window in [i64::MIN, -1, 0, i64::MAX] {
+            let cache = ReplayCache::new(0, u32::MAX, window);
+            for now in [i64::MAX, 0, i64::MIN, -1, i64::MAX] {
+                let _ = cache.accept("k", &now.to_string(), now);
+                let _ = cache.seen("k", "x", now);
+            }
+            assert_eq!(cache.len(), 1, "a capacity of 0 counts as 1");
+        }
+    }
+
+    #[test]
+    fn concurrent_copies_are_accepted_once() {
+        let cache = ReplayCache::new(10_000, 60_000, WINDOW);
+        let accepted = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for nonce in 0..1_000 {
+                        if cache.accept("k", &nonce.to_string(), 1_000).is_ok() {
+                            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(accepted.into_inner(), 1_000);
+    }
+
+    #[test]
+    fn fingerprints_keep_keyid_and_nonce_apart() {
+        let cache = ReplayCache::new(10, 60, WINDOW);
+        cache.accept("ab", "c", 0).unwrap();
+        cache.accept("a", "bc", 0).unwrap();
+        assert!(!cache.seen("c", "ab", 0));
+    }
+
+    #[test]
+    fn a_hundred_thousand_nonces_take_under_40_bytes_each() {
+        // Spread over a nonce's lifetime (17 buckets), and in one burst (one bucket).
+        for per_second in [157, 100_000] {
+            let cache = ReplayCache::new(100_000, 10_000, WINDOW);
+            assert!(cache.share() >= 100_000);
+            for nonce in 0..100_000_i64 {
+                let keyid = format!("device-{}", nonce % 10);
+                cache
+                    .accept(&keyid, &format!("{nonce:032x}"), 1_000 + nonce / per_second)
+                    .unwrap();
+            }
+            assert_eq!(cache.len(), 100_000);
+            let per_entry = allocated_bytes(&cache) as f64 / 100_000.0;
+            eprintln!("{per_second}/s: {per_entry:.1} bytes per entry");
+            assert!(per_entry < 40.0, "{per_entry} bytes per entry");
+        }
+    }
+
+    #[test]
+    fn a_burst_does_not_pin_memory() {
+        let cache = ReplayCache::new(100_000, 10_000, WINDOW);
+        for nonce in 0..100_000 {
+            cache.accept("k", &nonce.to_string(), 1_000).unwrap();
+        }
+        let after = last_remembered(&cache, 1_000) + 1;
+        cache.accept("k", "later", after).unwrap();
+        let inner = cache.lock();
+        assert!(inner.live.capacity() <= MIN_SHRINK_SLOTS, "{}", inner.live.capacity());
+        assert_eq!((inner.buckets.len(), inner.per_key.get("k").copied()), (1, Some(1)));
     }
 }
