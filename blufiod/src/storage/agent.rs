@@ -3,6 +3,9 @@
 
 use sqlx::AssertSqlSafe;
 
+use sqlx::Connection as _;
+
+use super::batch::WriteBatch;
 use super::{Storage, StorageError, unix_now};
 
 /// A stored session.
@@ -191,7 +194,7 @@ impl Storage {
             .bind(title)
             .bind(now)
             .bind(now)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("create a session"))?;
         Ok(SessionRecord {
@@ -257,7 +260,7 @@ impl Storage {
         let pools = self.pools.read().await;
         let done = sqlx::query("DELETE FROM sessions WHERE id = ?")
             .bind(id)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("delete a session"))?;
         Ok(done.rows_affected() > 0)
@@ -269,7 +272,7 @@ impl Storage {
         let done = sqlx::query("UPDATE sessions SET title = ? WHERE id = ?")
             .bind(title)
             .bind(id)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("rename a session"))?;
         Ok(done.rows_affected() > 0)
@@ -281,7 +284,7 @@ impl Storage {
         let pools = self.pools.read().await;
         let done = sqlx::query("DELETE FROM sessions WHERE updated_at < ? AND state != 'running'")
             .bind(before)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("prune old sessions"))?;
         Ok(done.rows_affected())
@@ -299,56 +302,47 @@ impl Storage {
         earlier: &[NewMessage<'_>],
         inbound: NewMessage<'_>,
     ) -> Result<(), StorageError> {
-        let pools = self.pools.read().await;
         let now = unix_now();
-        let mut transaction = pools.writer.begin().await.map_err(query_error("begin a turn"))?;
+        let mut batch = WriteBatch::new();
         if let Some((id, title)) = new_session {
-            sqlx::query("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            batch
+                .statement("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)")
                 .bind(id)
                 .bind(title)
                 .bind(now)
-                .bind(now)
-                .execute(&mut *transaction)
-                .await
-                .map_err(query_error("create a session"))?;
+                .bind(now);
         }
         for message in earlier {
-            insert_message(&mut transaction, *message, now).await?;
+            insert_message(&mut batch, *message, now);
         }
-        insert_message(&mut transaction, inbound, now).await?;
-        sqlx::query(
-            "INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)",
-        )
-        .bind(inbound.turn_id)
-        .bind(inbound.session_id)
-        .bind(inbound.id)
-        .bind(now)
-        .execute(&mut *transaction)
-        .await
-        .map_err(query_error("record a turn"))?;
-        sqlx::query("UPDATE sessions SET state = 'running', updated_at = ? WHERE id = ?")
-            .bind(now)
+        insert_message(&mut batch, inbound, now);
+        batch
+            .statement(
+                "INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)",
+            )
+            .bind(inbound.turn_id)
             .bind(inbound.session_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(query_error("mark a session running"))?;
-        transaction.commit().await.map_err(query_error("commit a turn"))
+            .bind(inbound.id)
+            .bind(now)
+            .statement("UPDATE sessions SET state = 'running', updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(inbound.session_id);
+        let pools = self.pools.read().await;
+        batch.run(&pools, "store a turn's message").await
     }
 
     /// Appends a message (an answer or tool results) to a running turn.
     pub async fn append_message(&self, message: NewMessage<'_>, model: &str) -> Result<(), StorageError> {
-        let pools = self.pools.read().await;
         let now = unix_now();
-        let mut transaction = pools.writer.begin().await.map_err(query_error("begin an append"))?;
-        insert_message(&mut transaction, message, now).await?;
-        sqlx::query("UPDATE sessions SET updated_at = ?, model = ? WHERE id = ?")
+        let mut batch = WriteBatch::new();
+        insert_message(&mut batch, message, now);
+        batch
+            .statement("UPDATE sessions SET updated_at = ?, model = ? WHERE id = ?")
             .bind(now)
             .bind(model)
-            .bind(message.session_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(query_error("touch a session"))?;
-        transaction.commit().await.map_err(query_error("commit a message"))
+            .bind(message.session_id);
+        let pools = self.pools.read().await;
+        batch.run(&pools, "store a message").await
     }
 
     /// Ends a turn and sets its session idle.
@@ -360,37 +354,25 @@ impl Storage {
         error: Option<&str>,
     ) -> Result<(), StorageError> {
         let now = unix_now();
-        let pools = self.pools.read().await;
-        let mut transaction = pools
-            .writer
-            .begin()
-            .await
-            .map_err(query_error("begin finishing a turn"))?;
-        sqlx::query("UPDATE turns SET state = ?, error = ?, finished_at = ? WHERE id = ?")
+        let mut batch = WriteBatch::new();
+        batch
+            .statement("UPDATE turns SET state = ?, error = ?, finished_at = ? WHERE id = ?")
             .bind(end.as_str())
             .bind(error)
             .bind(now)
             .bind(turn_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(query_error("finish a turn"))?;
-        // Another turn of the session may already be stored and waiting: the session is idle
-        // only when none is left running.
-        sqlx::query(
-            "UPDATE sessions SET updated_at = ?, state = CASE WHEN EXISTS \
-             (SELECT 1 FROM turns WHERE session_id = ? AND state = 'running') THEN 'running' ELSE 'idle' END \
-             WHERE id = ?",
-        )
-        .bind(now)
-        .bind(session_id)
-        .bind(session_id)
-        .execute(&mut *transaction)
-        .await
-        .map_err(query_error("update a session's state"))?;
-        transaction
-            .commit()
-            .await
-            .map_err(query_error("commit a finished turn"))
+            // Another turn of the session may already be stored and waiting: the session is idle
+            // only when none is left running.
+            .statement(
+                "UPDATE sessions SET updated_at = ?, state = CASE WHEN EXISTS \
+                 (SELECT 1 FROM turns WHERE session_id = ? AND state = 'running') THEN 'running' ELSE 'idle' END \
+                 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(session_id)
+            .bind(session_id);
+        let pools = self.pools.read().await;
+        batch.run(&pools, "finish a turn").await
     }
 
     /// Marks turns left running by a crash as interrupted (their sessions too); returns how
@@ -398,7 +380,8 @@ impl Storage {
     pub async fn interrupt_running_turns(&self) -> Result<u64, StorageError> {
         let pools = self.pools.read().await;
         let now = unix_now();
-        let mut transaction = pools.writer.begin().await.map_err(query_error("begin recovery"))?;
+        let mut writer = pools.writer().await?;
+        let mut transaction = writer.begin().await.map_err(query_error("begin recovery"))?;
         let done = sqlx::query(
             "UPDATE turns SET state = 'interrupted', finished_at = ?, \
              error = 'the daemon stopped during the turn' WHERE state = 'running'",
@@ -486,7 +469,7 @@ impl Storage {
         .bind(as_i64(entry.cache_read_tokens))
         .bind(entry.cost_micros)
         .bind(if entry.ok { "ok" } else { "failed" })
-        .execute(&pools.writer)
+        .execute(&mut *pools.writer().await?)
         .await
         .map_err(query_error("write a ledger row"))?;
         Ok(())
@@ -501,7 +484,7 @@ impl Storage {
         )
         .bind(day)
         .bind(month)
-        .fetch_one(&pools.writer)
+        .fetch_one(&mut *pools.writer().await?)
         .await
         .map_err(query_error("sum the ledger"))
     }
@@ -549,22 +532,17 @@ impl Storage {
     }
 }
 
-async fn insert_message(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    message: NewMessage<'_>,
-    now: i64,
-) -> Result<(), StorageError> {
-    sqlx::query("INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+fn insert_message(batch: &mut WriteBatch, message: NewMessage<'_>, now: i64) {
+    batch
+        .statement(
+            "INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
         .bind(message.id)
         .bind(message.session_id)
         .bind(message.turn_id)
         .bind(message.role)
         .bind(message.content_json)
-        .bind(now)
-        .execute(&mut **transaction)
-        .await
-        .map_err(query_error("store a message"))?;
-    Ok(())
+        .bind(now);
 }
 
 #[cfg(test)]

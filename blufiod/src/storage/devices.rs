@@ -68,7 +68,7 @@ impl Storage {
             .bind(public_key.as_slice())
             .bind(fingerprint)
             .bind(now)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("register a device"))?;
         Ok(DeviceRecord {
@@ -129,7 +129,7 @@ impl Storage {
         )
         .bind(unix_now())
         .bind(name)
-        .fetch_optional(&pools.writer)
+        .fetch_optional(&mut *pools.writer().await?)
         .await
         .map_err(query_error("revoke a device"))?;
         Ok(row.map(DeviceRecord::from))
@@ -145,7 +145,7 @@ impl Storage {
         )
         .bind(new_name)
         .bind(name)
-        .fetch_optional(&pools.writer)
+        .fetch_optional(&mut *pools.writer().await?)
         .await
         .map_err(query_error("rename a device"))?;
         Ok(row.map(DeviceRecord::from))
@@ -157,7 +157,7 @@ impl Storage {
         let pools = self.pools.read().await;
         let done = sqlx::query("DELETE FROM devices WHERE name = ? AND revoked_at IS NOT NULL")
             .bind(name)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("remove revoked devices"))?;
         Ok(done.rows_affected())
@@ -174,7 +174,7 @@ impl Storage {
         .bind(now)
         .bind(keyid)
         .bind(now - LAST_USED_GRANULARITY_SECS)
-        .execute(&pools.writer)
+        .execute(&mut *pools.writer().await?)
         .await
         .map_err(query_error("record a device's use"))?;
         Ok(())

@@ -7,6 +7,7 @@
 
 mod agent;
 mod backup;
+mod batch;
 mod devices;
 pub mod space;
 mod vault;
@@ -16,9 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sqlx::Connection as _;
 use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use tokio::sync::{RwLock, RwLockWriteGuard};
 
 /// The schema, embedded in the binary: (version, description, SQL). Append only; never edit a
@@ -190,8 +194,47 @@ struct RunRecord {
 /// The connections: exactly one writer, a few read-only readers.
 #[derive(Debug)]
 struct Pools {
-    writer: SqlitePool,
+    /// The one writer, held directly rather than in a pool: a pool pings a connection on its
+    /// thread each time it is given back, one more round trip for every write (see `batch.rs`).
+    writer: tokio::sync::Mutex<Writer>,
     reader: SqlitePool,
+}
+
+/// The writer connection's slot.
+#[derive(Debug)]
+struct Writer {
+    /// The connection; `None` after a failure left it unusable (reopened at the next use) or
+    /// once closed.
+    connection: Option<SqliteConnection>,
+    /// How to open it again.
+    options: SqliteConnectOptions,
+    /// Closed for good: work fails with a closed-pool error.
+    closed: bool,
+}
+
+/// The writer, held for one unit of work (see [`Pools::writer`]): a connection is open in it.
+struct WriterGuard<'a>(tokio::sync::MutexGuard<'a, Writer>);
+
+impl WriterGuard<'_> {
+    /// Drops the connection after a failure left it in an unknown state (a transaction that
+    /// could not be rolled back); the next use opens it again.
+    fn discard(mut self) {
+        self.0.connection = None;
+    }
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.0.connection.as_ref().expect("a writer guard holds a connection")
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.0.connection.as_mut().expect("a writer guard holds a connection")
+    }
 }
 
 /// Every handle's database work held back, with the work that was in flight finished. Dropping
@@ -211,8 +254,7 @@ impl Paused<'_> {
         &mut self,
         replace: impl FnOnce(&Path) -> Result<T, E>,
     ) -> Result<Result<T, E>, StorageError> {
-        self.pools.reader.close().await;
-        self.pools.writer.close().await;
+        self.pools.close().await;
         let replaced = replace(&self.options.path);
         let reopened = Pools::open(self.options).await;
         // Whatever is in the file now, copies read before are stale.
@@ -257,8 +299,7 @@ impl Storage {
     /// comes later fails with a closed-pool error.
     pub async fn close(&self) {
         let paused = self.pause().await;
-        paused.pools.reader.close().await;
-        paused.pools.writer.close().await;
+        paused.pools.close().await;
     }
 }
 
@@ -284,12 +325,12 @@ impl Pools {
             path: path.clone(),
             source,
         };
-        let writer = SqlitePoolOptions::new()
+        // The writer is opened in a one-connection pool for the migrator (whose future is `Send`
+        // only over a pool), then taken out of it.
+        let writer_options = base.clone().create_if_missing(true);
+        let migrating = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(base.clone().create_if_missing(true))
+            .connect_with(writer_options.clone())
             .await
             .map_err(open_error)?;
         let migrator = Migrator::with_migrations(
@@ -306,17 +347,67 @@ impl Pools {
                 })
                 .collect(),
         );
-        migrator.run(&writer).await.map_err(|source| StorageError::Migrate {
+        migrator.run(&migrating).await.map_err(|source| StorageError::Migrate {
             path: path.clone(),
             source,
         })?;
+        let writer = migrating.acquire().await.map_err(open_error)?.detach();
+        migrating.close().await;
+        // No ping before each use: a SQLite connection is a file handle that does not go stale,
+        // and the ping is one more round trip to the connection's thread per query.
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(options.read_connections)
             .min_connections(0)
             .connect_with(base.read_only(true))
             .await
             .map_err(open_error)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer: tokio::sync::Mutex::new(Writer {
+                connection: Some(writer),
+                options: writer_options,
+                closed: false,
+            }),
+            reader,
+        })
+    }
+
+    /// The writer, once the write in progress is done; opened again if a failure dropped it.
+    async fn writer(&self) -> Result<WriterGuard<'_>, StorageError> {
+        let mut slot = self.writer.lock().await;
+        if slot.closed {
+            return Err(StorageError::Query {
+                operation: "reach the database writer",
+                source: sqlx::Error::PoolClosed,
+            });
+        }
+        if slot.connection.is_none() {
+            let connection =
+                SqliteConnection::connect_with(&slot.options)
+                    .await
+                    .map_err(|source| StorageError::Query {
+                        operation: "open the database writer again",
+                        source,
+                    })?;
+            slot.connection = Some(connection);
+        }
+        Ok(WriterGuard(slot))
+    }
+
+    /// Closes both, checkpointing the WAL; later work fails with a closed-pool error.
+    async fn close(&self) {
+        self.reader.close().await;
+        let connection = {
+            let mut slot = self.writer.lock().await;
+            slot.closed = true;
+            slot.connection.take()
+        };
+        if let Some(connection) = connection {
+            let closed = connection.close().await;
+            if let Err(error) = closed {
+                tracing::warn!(error = %error, "closing the database writer failed");
+            }
+        }
     }
 }
 
@@ -339,7 +430,8 @@ impl Storage {
     pub async fn record_start(&self, pid: u32, version: &str) -> Result<(RunId, bool), StorageError> {
         let pools = self.pools.read().await;
         let query_error = |operation| move |source| StorageError::Query { operation, source };
-        let mut transaction = pools.writer.begin().await.map_err(query_error("begin run record"))?;
+        let mut writer = pools.writer().await?;
+        let mut transaction = writer.begin().await.map_err(query_error("begin run record"))?;
         let previous: Option<(Option<i64>,)> =
             sqlx::query_as("SELECT stopped_at FROM daemon_runs ORDER BY id DESC LIMIT 1")
                 .fetch_optional(&mut *transaction)
@@ -379,7 +471,8 @@ impl Storage {
         };
         let pools = self.pools.read().await;
         let query_error = |operation| move |source| StorageError::Query { operation, source };
-        let mut transaction = pools.writer.begin().await.map_err(query_error("begin run record"))?;
+        let mut writer = pools.writer().await?;
+        let mut transaction = writer.begin().await.map_err(query_error("begin run record"))?;
         sqlx::query("UPDATE daemon_runs SET stopped_at = ? WHERE stopped_at IS NULL")
             .bind(unix_now())
             .execute(&mut *transaction)
@@ -402,7 +495,7 @@ impl Storage {
         sqlx::query("UPDATE daemon_runs SET stopped_at = ? WHERE id = ?")
             .bind(unix_now())
             .bind(run.0)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(|source| StorageError::Query {
                 operation: "record a clean stop",
@@ -415,7 +508,7 @@ impl Storage {
     pub async fn probe_writer(&self) -> Result<(), StorageError> {
         let pools = self.pools.read().await;
         sqlx::query("SELECT 1")
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(|source| StorageError::Query {
                 operation: "probe the writer",
@@ -430,18 +523,20 @@ impl Storage {
     pub async fn shrink_memory(&self) -> usize {
         let pools = self.pools.read().await;
         let mut shrunk = 0;
-        for pool in [&pools.writer, &pools.reader] {
-            let held: Vec<_> = std::iter::from_fn(|| pool.try_acquire())
-                .take(pool.num_idle())
-                .collect();
-            for mut connection in held {
-                if sqlx::query("PRAGMA shrink_memory")
-                    .execute(&mut *connection)
-                    .await
-                    .is_ok()
-                {
-                    shrunk += 1;
-                }
+        let shrink = "PRAGMA shrink_memory";
+        if let Ok(mut writer) = pools.writer.try_lock()
+            && let Some(connection) = writer.connection.as_mut()
+            && sqlx::query(shrink).execute(connection).await.is_ok()
+        {
+            shrunk += 1;
+        }
+        let reader = &pools.reader;
+        let held: Vec<_> = std::iter::from_fn(|| reader.try_acquire())
+            .take(reader.num_idle())
+            .collect();
+        for mut connection in held {
+            if sqlx::query(shrink).execute(&mut *connection).await.is_ok() {
+                shrunk += 1;
             }
         }
         shrunk
@@ -596,7 +691,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&options(dir.path())).await.unwrap();
         let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-            .fetch_one(&storage.pools.read().await.writer)
+            .fetch_one(&mut *storage.pools.read().await.writer().await.unwrap())
             .await
             .unwrap();
         assert_eq!(mode, "wal");

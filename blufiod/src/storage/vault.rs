@@ -1,6 +1,8 @@
 //! The vault's rows: key slots and sealed entries. Storage sees only bytes; what they mean (and
 //! every key) stays with the vault.
 
+use sqlx::Connection as _;
+
 use super::{Storage, StorageError, unix_now};
 
 /// Which slot: the one that opens the vault, or a rekey waiting for its key.
@@ -113,7 +115,7 @@ impl Storage {
     pub async fn vault_slots(&self) -> Result<Vec<VaultSlotRecord>, StorageError> {
         let pools = self.pools.read().await;
         let rows: Vec<SlotRow> = sqlx::query_as(SELECT_SLOTS)
-            .fetch_all(&pools.writer)
+            .fetch_all(&mut *pools.writer().await?)
             .await
             .map_err(query_error("read the vault's key slots"))?;
         Ok(rows.into_iter().map(VaultSlotRecord::from).collect())
@@ -123,11 +125,8 @@ impl Storage {
     /// when the vault has none (creation); it is replaced only by [`Storage::promote_vault_slot`].
     pub async fn put_vault_slot(&self, record: &VaultSlotRecord) -> Result<(), StorageError> {
         let pools = self.pools.read().await;
-        let mut transaction = pools
-            .writer
-            .begin()
-            .await
-            .map_err(query_error("begin a vault slot write"))?;
+        let mut writer = pools.writer().await?;
+        let mut transaction = writer.begin().await.map_err(query_error("begin a vault slot write"))?;
         if record.slot == SlotName::Current {
             let (existing,): (i64,) = sqlx::query_as("SELECT count(*) FROM vault_slots WHERE slot = 'current'")
                 .fetch_one(&mut *transaction)
@@ -174,7 +173,8 @@ impl Storage {
     /// old key or the new one, never by neither.
     pub async fn promote_vault_slot(&self) -> Result<(), StorageError> {
         let pools = self.pools.read().await;
-        let mut transaction = pools.writer.begin().await.map_err(query_error("begin a rekey"))?;
+        let mut writer = pools.writer().await?;
+        let mut transaction = writer.begin().await.map_err(query_error("begin a rekey"))?;
         let (pending,): (i64,) = sqlx::query_as("SELECT count(*) FROM vault_slots WHERE slot = 'pending'")
             .fetch_one(&mut *transaction)
             .await
@@ -202,7 +202,7 @@ impl Storage {
         let pools = self.pools.read().await;
         sqlx::query("DELETE FROM vault_slots WHERE slot = ?")
             .bind(slot.as_str())
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("remove a vault key slot"))?;
         Ok(())
@@ -252,7 +252,7 @@ impl Storage {
         .bind(ciphertext)
         .bind(now)
         .bind(now)
-        .fetch_one(&pools.writer)
+        .fetch_one(&mut *pools.writer().await?)
         .await
         .map_err(query_error("store a vault entry"))?;
         Ok(VaultEntryRecord {
@@ -270,7 +270,7 @@ impl Storage {
         let pools = self.pools.read().await;
         let done = sqlx::query("DELETE FROM vault_entries WHERE name = ?")
             .bind(name)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("delete a vault entry"))?;
         Ok(done.rows_affected() > 0)
@@ -282,7 +282,7 @@ impl Storage {
         sqlx::query("UPDATE vault_entries SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE name = ?")
             .bind(at)
             .bind(name)
-            .execute(&pools.writer)
+            .execute(&mut *pools.writer().await?)
             .await
             .map_err(query_error("record a vault entry's use"))?;
         Ok(())
