@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use std::os::unix::fs::OpenOptionsExt as _;
 
+use super::model::Role as StoredRole;
 use super::provider::{ChatRequest, ContentBlock, Message, Role};
 use crate::config::AgentConfig;
 use crate::storage::MessageRecord;
@@ -189,13 +190,25 @@ impl History {
     /// The conversation from stored records (oldest first). Tool calls a crash left without
     /// results get a synthetic error result, so the conversation stays valid for the provider.
     pub fn from_records(records: &[MessageRecord]) -> Self {
+        Self::from_messages(records.iter().map(|record| {
+            let role = match record.role.as_str() {
+                "assistant" => StoredRole::Assistant,
+                "tool" => StoredRole::Tool,
+                _ => StoredRole::User,
+            };
+            (role, StoredBlocks::decode(&record.content_json))
+        }))
+    }
+
+    /// The conversation from messages as they are stored (oldest first): what
+    /// [`History::from_records`] makes of them once read back, without reading them back.
+    pub fn from_messages(messages: impl IntoIterator<Item = (StoredRole, Vec<ContentBlock>)>) -> Self {
         let mut history = Self::default();
-        for record in records {
-            let blocks = StoredBlocks::decode(&record.content_json);
-            match record.role.as_str() {
-                "assistant" => history.push_assistant(blocks),
-                "tool" => history.push_tool_results(blocks),
-                _ => history.push_user(blocks),
+        for (role, blocks) in messages {
+            match role {
+                StoredRole::Assistant => history.push_assistant(blocks),
+                StoredRole::Tool => history.push_tool_results(blocks),
+                StoredRole::User => history.push_user(blocks),
             }
         }
         history.close_dangling_calls();
@@ -293,6 +306,34 @@ mod tests {
             content_json: StoredBlocks::encode(blocks),
             created_at: 0,
         }
+    }
+
+    #[test]
+    fn a_history_from_messages_is_what_reading_them_back_gives() {
+        let text = |text: &str| vec![ContentBlock::Text { text: text.to_owned() }];
+        let call = vec![ContentBlock::ToolUse {
+            id: "toolu_1".to_owned(),
+            name: "http_get".to_owned(),
+            input: serde_json::json!({"url": "https://example.com"}),
+        }];
+        let messages = [
+            (StoredRole::User, text("first")),
+            (StoredRole::Assistant, call),
+            (StoredRole::User, text("a call left without its result")),
+            (StoredRole::Assistant, text("an answer")),
+            (StoredRole::User, text("the new message")),
+        ];
+        let records: Vec<MessageRecord> = messages
+            .iter()
+            .map(|(role, blocks)| record(role.as_str(), blocks))
+            .collect();
+        let read_back = History::from_records(&records);
+        let known = History::from_messages(messages);
+        assert_eq!(known.messages, read_back.messages);
+        assert!(
+            format!("{:?}", known.messages).contains("toolu_1"),
+            "the dangling call got its synthetic result in both"
+        );
     }
 
     fn text(text: &str) -> ContentBlock {

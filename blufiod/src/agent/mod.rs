@@ -1040,6 +1040,20 @@ impl Agent {
             .lock()
             .expect("session locks poisoned")
             .lock_for(&session_id);
+        // A new session's history is exactly what is stored below: the turn takes it from here
+        // rather than reading it back (the same last HISTORY_MESSAGES messages).
+        let known_history = new_title.is_some().then(|| {
+            let messages = earlier
+                .iter()
+                .map(|(role, text)| (*role, text.as_str()))
+                .chain(std::iter::once((Role::User, text)));
+            let skip = (earlier.len() + 1).saturating_sub(HISTORY_MESSAGES as usize);
+            context::History::from_messages(
+                messages
+                    .skip(skip)
+                    .map(|(role, text)| (role, vec![ContentBlock::Text { text: text.to_owned() }])),
+            )
+        });
         let turn_id = uuid::Uuid::now_v7().to_string();
         let message_id = uuid::Uuid::now_v7().to_string();
         let content = StoredBlocks::encode(&[ContentBlock::Text { text: text.to_owned() }]);
@@ -1094,6 +1108,7 @@ impl Agent {
             session_id,
             turn_id,
             system: system.map(str::to_owned),
+            history: known_history,
         };
         self.turns.spawn(async move {
             agent.run_turn(session_lock, accepted, events).await;
@@ -1114,6 +1129,7 @@ impl Agent {
             session_id,
             turn_id,
             system,
+            history,
         } = accepted;
         let admitted = async {
             let guard = session_lock.lock().await;
@@ -1146,12 +1162,14 @@ impl Agent {
             turn_id: &turn_id,
             principal,
         };
-        let outcome = self.turn_body(ids, system.as_deref(), &events, &permit).await;
+        let outcome = self.turn_body(ids, system.as_deref(), history, &events, &permit).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
         match outcome {
-            Ok(summary) => {
-                self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
+            Ok((summary, end_recorded)) => {
+                if !end_recorded {
+                    self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
+                }
                 self.provider_down.store(false, Ordering::Relaxed);
                 self.events.publish(Event::TurnFinished {
                     session_id: session_id.clone(),
@@ -1269,15 +1287,17 @@ impl Agent {
     }
 
     /// The provider calls and tool runs of one turn: prepare, then call the provider and run the
-    /// tools it asks for, until it answers or `agent.max_tool_iterations` is reached.
+    /// tools it asks for, until it answers or `agent.max_tool_iterations` is reached. Returns the
+    /// summary and whether the turn's end is already stored (with the last answer).
     async fn turn_body(
         &self,
         ids: TurnIds<'_>,
         system: Option<&str>,
+        history: Option<context::History>,
         events: &mpsc::Sender<TurnEvent>,
         _permit: &OwnedSemaphorePermit,
-    ) -> Result<TurnSummary, TurnStop> {
-        let mut turn = self.prepare_turn(ids, system).await?;
+    ) -> Result<(TurnSummary, bool), TurnStop> {
+        let mut turn = self.prepare_turn(ids, system, history).await?;
         let mut summary = TurnSummary {
             message_id: String::new(),
             usage: Usage::default(),
@@ -1287,13 +1307,14 @@ impl Agent {
             model: turn.model.clone(),
         };
         loop {
-            let completion = self.call_provider(&mut turn, ids, events, &mut summary).await?;
-            let answer_id = uuid::Uuid::now_v7().to_string();
-            self.store(ids, &answer_id, Role::Assistant, &completion.content, &summary.model)
-                .await?;
-            summary.message_id = answer_id;
+            let (completion, recorded) = self.call_provider(&mut turn, ids, events, &mut summary).await?;
+            summary.message_id = recorded.answer_id;
             turn.history.push_assistant(completion.content.clone());
-
+            if recorded.end_recorded {
+                // The answer ends the turn, and the turn's end was stored with it.
+                summary.stop_reason = completion.stop_reason;
+                return Ok((summary, true));
+            }
             let calls: Vec<(String, String, serde_json::Value)> = completion
                 .content
                 .iter()
@@ -1302,10 +1323,6 @@ impl Agent {
                     _ => None,
                 })
                 .collect();
-            if completion.stop_reason != StopReason::ToolUse || calls.is_empty() {
-                summary.stop_reason = completion.stop_reason;
-                return Ok(summary);
-            }
             let limit_reached = summary.provider_calls >= turn.config.config.agent.max_tool_iterations;
             let results = self
                 .run_tools(&turn.tools, turn.principal, calls, limit_reached, events)
@@ -1316,25 +1333,35 @@ impl Agent {
             turn.history.push_tool_results(results);
             if limit_reached {
                 summary.stop_reason = StopReason::ToolLimit;
-                return Ok(summary);
+                return Ok((summary, false));
             }
         }
     }
 
     /// What the turn works with, fixed at its start: the configuration, provider, tools, price
     /// and the history it answers.
-    async fn prepare_turn(&self, ids: TurnIds<'_>, extra_system: Option<&str>) -> Result<Turn, TurnStop> {
+    async fn prepare_turn(
+        &self,
+        ids: TurnIds<'_>,
+        extra_system: Option<&str>,
+        known_history: Option<context::History>,
+    ) -> Result<Turn, TurnStop> {
         let config = self.config.get();
         let provider = self.provider_for(&config.config).map_err(TurnStop::Failed)?;
         let tools = self.tools_for(&config.config.tools);
         let model = config.config.provider.model();
         let price =
             *budget::price_of(&config.config.pricing, &model).map_err(|error| TurnStop::Failed(error.into()))?;
-        let records = self
-            .storage
-            .history_of_turn(ids.session_id, ids.turn_id, HISTORY_MESSAGES)
-            .await
-            .map_err(|error| TurnStop::Failed(error.into()))?;
+        let history = match known_history {
+            Some(history) => history,
+            None => context::History::from_records(
+                &self
+                    .storage
+                    .history_of_turn(ids.session_id, ids.turn_id, HISTORY_MESSAGES)
+                    .await
+                    .map_err(|error| TurnStop::Failed(error.into()))?,
+            ),
+        };
         Ok(Turn {
             system: match extra_system.filter(|extra| !extra.trim().is_empty()) {
                 // The daemon's prompt first and unchanged, so that a provider's prompt cache
@@ -1343,7 +1370,7 @@ impl Agent {
                 None => context::system_prompt(&config.config.agent),
             },
             specs: tools.specs(ids.principal),
-            history: context::History::from_records(&records),
+            history,
             config,
             provider,
             tools,
@@ -1362,7 +1389,7 @@ impl Agent {
         ids: TurnIds<'_>,
         events: &mpsc::Sender<TurnEvent>,
         summary: &mut TurnSummary,
-    ) -> Result<provider::Completion, TurnStop> {
+    ) -> Result<(provider::Completion, Recorded), TurnStop> {
         let config = &turn.config.config;
         let request = provider::ChatRequest {
             model: turn.model.clone(),
@@ -1404,23 +1431,29 @@ impl Agent {
             ),
         };
         let cost = budget::cost_of(&usage, &turn.price);
-        let ledger = self
-            .storage
-            .record_call(&LedgerEntry {
-                session_id: ids.session_id,
-                turn_id: ids.turn_id,
-                provider: turn.provider.kind().as_str(),
-                model: &turn.model,
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                cache_creation_tokens: usage.cache_creation_input_tokens,
-                cache_read_tokens: usage.cache_read_input_tokens,
-                cost_micros: cost,
-                ok,
-                day: &period.day,
-                month: &period.month,
-            })
-            .await;
+        if let Ok(completion) = &streamed
+            && !completion.model.is_empty()
+        {
+            summary.model.clone_from(&completion.model);
+        }
+        let entry = LedgerEntry {
+            session_id: ids.session_id,
+            turn_id: ids.turn_id,
+            provider: turn.provider.kind().as_str(),
+            model: &turn.model,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_creation_tokens: usage.cache_creation_input_tokens,
+            cache_read_tokens: usage.cache_read_input_tokens,
+            cost_micros: cost,
+            ok,
+            day: &period.day,
+            month: &period.month,
+        };
+        let recorded = match &streamed {
+            Ok(completion) => self.record_answer(&entry, ids, completion, &summary.model).await,
+            Err(_) => self.storage.record_call(&entry).await.map(|()| Recorded::default()),
+        };
         reservation.settle(cost);
         self.count_call(turn, &usage, cost, ok, latency);
         let labels = [turn.provider.kind().as_str(), turn.model.as_str()];
@@ -1438,12 +1471,42 @@ impl Agent {
         }
         summary.cost_micros += cost;
         summary.usage.add(&usage);
-        ledger.map_err(|error| TurnStop::Failed(error.into()))?;
-        let completion = streamed?;
-        if !completion.model.is_empty() {
-            summary.model.clone_from(&completion.model);
+        let recorded = recorded.map_err(|error| TurnStop::Failed(error.into()))?;
+        Ok((streamed?, recorded))
+    }
+
+    /// Stores a completed call's answer with its ledger row in one transaction, and the turn's
+    /// end too when the answer ends it. If that fails, the ledger row is still written alone:
+    /// every dispatched call keeps its row.
+    async fn record_answer(
+        &self,
+        entry: &LedgerEntry<'_>,
+        ids: TurnIds<'_>,
+        completion: &provider::Completion,
+        model: &str,
+    ) -> Result<Recorded, StorageError> {
+        let answer_id = uuid::Uuid::now_v7().to_string();
+        let content = StoredBlocks::encode(&completion.content);
+        let answer = NewMessage {
+            id: &answer_id,
+            session_id: ids.session_id,
+            turn_id: ids.turn_id,
+            role: Role::Assistant.as_str(),
+            content_json: &content,
+        };
+        let end = ends_turn(completion).then_some(TurnEnd::Completed);
+        match self.storage.record_answer(entry, answer, model, end).await {
+            Ok(()) => Ok(Recorded {
+                answer_id,
+                end_recorded: end.is_some(),
+            }),
+            Err(error) => {
+                if let Err(ledger) = self.storage.record_call(entry).await {
+                    tracing::error!(error = %crate::error_chain(&ledger), turn = %ids.turn_id, "cannot write a provider call's ledger row");
+                }
+                Err(error)
+            }
         }
-        Ok(completion)
     }
 
     /// Counts one provider call on the metrics, under the configured model (a fixed set: never
@@ -1635,6 +1698,8 @@ struct AcceptedTurn {
     session_id: String,
     turn_id: String,
     system: Option<String>,
+    /// The history the turn answers, when it is known without reading it (a new session).
+    history: Option<context::History>,
 }
 
 /// The session and turn a piece of turn work belongs to, and who asked for the turn.
@@ -1656,6 +1721,24 @@ struct Turn {
     system: String,
     specs: Vec<provider::ToolSpec>,
     history: context::History,
+}
+
+/// What [`Agent::record_answer`] wrote.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// The stored answer's message id.
+    answer_id: String,
+    /// Whether the turn's end was stored with it.
+    end_recorded: bool,
+}
+
+/// Whether the model's answer ends the turn: it asks for no tool.
+fn ends_turn(completion: &provider::Completion) -> bool {
+    completion.stop_reason != StopReason::ToolUse
+        || !completion
+            .content
+            .iter()
+            .any(|block| matches!(block, ContentBlock::ToolUse { .. }))
 }
 
 /// Why a running turn stopped early.

@@ -336,13 +336,30 @@ impl Storage {
         let now = unix_now();
         let mut batch = WriteBatch::new();
         insert_message(&mut batch, message, now);
-        batch
-            .statement("UPDATE sessions SET updated_at = ?, model = ? WHERE id = ?")
-            .bind(now)
-            .bind(model)
-            .bind(message.session_id);
+        touch_session(&mut batch, message.session_id, model, now);
         let pools = self.pools.read().await;
         batch.run(&pools, "store a message").await
+    }
+
+    /// Writes a provider call's ledger row together with the answer it produced (and the
+    /// session's touch) in one transaction; when the answer ends the turn, the turn's `end` too.
+    pub async fn record_answer(
+        &self,
+        entry: &LedgerEntry<'_>,
+        answer: NewMessage<'_>,
+        model: &str,
+        end: Option<TurnEnd>,
+    ) -> Result<(), StorageError> {
+        let now = unix_now();
+        let mut batch = WriteBatch::new();
+        ledger_row(&mut batch, entry, now);
+        insert_message(&mut batch, answer, now);
+        touch_session(&mut batch, answer.session_id, model, now);
+        if let Some(end) = end {
+            end_turn(&mut batch, answer.session_id, answer.turn_id, end, None, now);
+        }
+        let pools = self.pools.read().await;
+        batch.run(&pools, "store an answer with its ledger row").await
     }
 
     /// Ends a turn and sets its session idle.
@@ -353,24 +370,8 @@ impl Storage {
         end: TurnEnd,
         error: Option<&str>,
     ) -> Result<(), StorageError> {
-        let now = unix_now();
         let mut batch = WriteBatch::new();
-        batch
-            .statement("UPDATE turns SET state = ?, error = ?, finished_at = ? WHERE id = ?")
-            .bind(end.as_str())
-            .bind(error)
-            .bind(now)
-            .bind(turn_id)
-            // Another turn of the session may already be stored and waiting: the session is idle
-            // only when none is left running.
-            .statement(
-                "UPDATE sessions SET updated_at = ?, state = CASE WHEN EXISTS \
-                 (SELECT 1 FROM turns WHERE session_id = ? AND state = 'running') THEN 'running' ELSE 'idle' END \
-                 WHERE id = ?",
-            )
-            .bind(now)
-            .bind(session_id)
-            .bind(session_id);
+        end_turn(&mut batch, session_id, turn_id, end, error, unix_now());
         let pools = self.pools.read().await;
         batch.run(&pools, "finish a turn").await
     }
@@ -421,20 +422,25 @@ impl Storage {
         until_turn: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
-        let pools = self.pools.read().await;
-        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
+        // Two statements rather than one with `? IS NULL OR ...`: a plan that depends on whether
+        // a parameter is NULL makes SQLite prepare the statement again at every use.
+        const ALL: &str = "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
+             JOIN turns t ON t.id = m.turn_id WHERE m.session_id = ? \
+             ORDER BY t.rowid DESC, m.seq DESC LIMIT ?";
+        const UNTIL: &str = "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
              JOIN turns t ON t.id = m.turn_id \
-             WHERE m.session_id = ? AND (? IS NULL OR t.rowid <= (SELECT rowid FROM turns WHERE id = ?)) \
-             ORDER BY t.rowid DESC, m.seq DESC LIMIT ?",
-        )
-        .bind(session_id)
-        .bind(until_turn)
-        .bind(until_turn)
-        .bind(i64::from(limit.min(MAX_PAGE)))
-        .fetch_all(&pools.reader)
-        .await
-        .map_err(query_error("read messages"))?;
+             WHERE m.session_id = ? AND t.rowid <= (SELECT rowid FROM turns WHERE id = ?) \
+             ORDER BY t.rowid DESC, m.seq DESC LIMIT ?";
+        let pools = self.pools.read().await;
+        let query = match until_turn {
+            None => sqlx::query_as(ALL).bind(session_id),
+            Some(turn_id) => sqlx::query_as(UNTIL).bind(session_id).bind(turn_id),
+        };
+        let rows: Vec<(String, String, String, String, i64)> = query
+            .bind(i64::from(limit.min(MAX_PAGE)))
+            .fetch_all(&pools.reader)
+            .await
+            .map_err(query_error("read messages"))?;
         Ok(rows
             .into_iter()
             .rev()
@@ -450,29 +456,10 @@ impl Storage {
 
     /// Writes a ledger row.
     pub async fn record_call(&self, entry: &LedgerEntry<'_>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        ledger_row(&mut batch, entry, unix_now());
         let pools = self.pools.read().await;
-        let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO ledger (at, day, month, session_id, turn_id, provider, model, input_tokens, output_tokens, \
-             cache_creation_tokens, cache_read_tokens, cost_micros, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(unix_now())
-        .bind(entry.day)
-        .bind(entry.month)
-        .bind(entry.session_id)
-        .bind(entry.turn_id)
-        .bind(entry.provider)
-        .bind(entry.model)
-        .bind(as_i64(entry.input_tokens))
-        .bind(as_i64(entry.output_tokens))
-        .bind(as_i64(entry.cache_creation_tokens))
-        .bind(as_i64(entry.cache_read_tokens))
-        .bind(entry.cost_micros)
-        .bind(if entry.ok { "ok" } else { "failed" })
-        .execute(&mut *pools.writer().await?)
-        .await
-        .map_err(query_error("write a ledger row"))?;
-        Ok(())
+        batch.run(&pools, "write a ledger row").await
     }
 
     /// Money spent on `day` and in `month`, in millionths of a dollar.
@@ -530,6 +517,58 @@ impl Storage {
             sessions: sessions.into_iter().map(split_usage_row).collect(),
         })
     }
+}
+
+/// A provider call's ledger row.
+fn ledger_row(batch: &mut WriteBatch, entry: &LedgerEntry<'_>, now: i64) {
+    let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    batch
+        .statement(
+            "INSERT INTO ledger (at, day, month, session_id, turn_id, provider, model, input_tokens, output_tokens, \
+             cache_creation_tokens, cache_read_tokens, cost_micros, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(now)
+        .bind(entry.day)
+        .bind(entry.month)
+        .bind(entry.session_id)
+        .bind(entry.turn_id)
+        .bind(entry.provider)
+        .bind(entry.model)
+        .bind(as_i64(entry.input_tokens))
+        .bind(as_i64(entry.output_tokens))
+        .bind(as_i64(entry.cache_creation_tokens))
+        .bind(as_i64(entry.cache_read_tokens))
+        .bind(entry.cost_micros)
+        .bind(if entry.ok { "ok" } else { "failed" });
+}
+
+/// A session's latest activity and model.
+fn touch_session(batch: &mut WriteBatch, session_id: &str, model: &str, now: i64) {
+    batch
+        .statement("UPDATE sessions SET updated_at = ?, model = ? WHERE id = ?")
+        .bind(now)
+        .bind(model)
+        .bind(session_id);
+}
+
+/// A turn's end, and its session idle unless another turn of it is still running.
+fn end_turn(batch: &mut WriteBatch, session_id: &str, turn_id: &str, end: TurnEnd, error: Option<&str>, now: i64) {
+    batch
+        .statement("UPDATE turns SET state = ?, error = ?, finished_at = ? WHERE id = ?")
+        .bind(end.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(turn_id)
+        // Another turn of the session may already be stored and waiting: the session is idle
+        // only when none is left running.
+        .statement(
+            "UPDATE sessions SET updated_at = ?, state = CASE WHEN EXISTS \
+             (SELECT 1 FROM turns WHERE session_id = ? AND state = 'running') THEN 'running' ELSE 'idle' END \
+             WHERE id = ?",
+        )
+        .bind(now)
+        .bind(session_id)
+        .bind(session_id);
 }
 
 fn insert_message(batch: &mut WriteBatch, message: NewMessage<'_>, now: i64) {
