@@ -1,10 +1,13 @@
 //! Turn throughput and the daemon's own latency per turn: many concurrent chats against the
 //! fake provider on 127.0.0.1, through the real release `blufiod` and its gRPC socket.
 //!
-//! Run with `cargo xtask bench turns [CLIENTS] [TURNS_PER_CLIENT]`. Reports turns/s and, per
-//! turn, end-to-end latency (SendMessage sent → `completed` received), the provider's own time
-//! (measured at the fake server, request received → last byte written) and their difference:
-//! the latency the daemon adds (storage, context, budget, ledger, streaming), p50 and p99.
+//! Run with `cargo xtask bench turns [CLIENTS] [TURNS_PER_CLIENT] [CHUNK_DELAY_MS]`. Reports
+//! turns/s and, per turn, end-to-end latency (SendMessage sent → `completed` received), the
+//! provider's own time (measured at the fake server, request received → last byte written) and
+//! their difference: the latency the daemon adds (storage, context, budget, ledger, streaming),
+//! p50 and p99. With one client the difference is taken turn by turn (the fake answers the turns
+//! in order); with more, quantile by quantile. A chunk delay of 0 makes the provider instant, so
+//! the end-to-end time is nearly all the daemon's and the gRPC client's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,13 +20,14 @@ fn main() {
     let args = bench::numbers();
     let clients = args.first().copied().unwrap_or(16);
     let turns_per_client = args.get(1).copied().unwrap_or(25);
+    let chunk_delay = Duration::from_millis(args.get(2).copied().unwrap_or(5) as u64);
     let total = clients * turns_per_client;
 
     let fake = FakeProvider::start();
     for _ in 0..total {
         // A realistic shape: a streamed answer in 8 chunks, 5 ms apart (the provider's own time).
         fake.push(Script::Delay {
-            per_chunk: Duration::from_millis(5),
+            per_chunk: chunk_delay,
             then: Box::new(Script::Text {
                 text: "benchmark answer ".repeat(8),
                 chunks: 8,
@@ -54,6 +58,17 @@ fn main() {
     bench::finish(daemon);
 
     let mut provider = fake.service_times();
+    // One client sends its turns one after the other, so the fake's n-th answer is its n-th turn.
+    let mut paired: Vec<f64> = if clients == 1 && provider.len() == end_to_end.len() {
+        end_to_end
+            .iter()
+            .zip(&provider)
+            .map(|(e2e, own)| (e2e.as_secs_f64() - own.as_secs_f64()) * 1000.0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    paired.sort_unstable_by(f64::total_cmp);
     end_to_end.sort_unstable();
     provider.sort_unstable();
     let pct = bench::quantile_ms;
@@ -67,10 +82,12 @@ fn main() {
     for (label, quantile) in [("p50", 0.5), ("p99", 0.99)] {
         let e2e = pct(&end_to_end, quantile);
         let own = pct(&provider, quantile);
-        println!(
-            "{label}: end-to-end {e2e:.2} ms, provider {own:.2} ms, added by blufiod {:.2} ms",
+        let added = if paired.is_empty() {
             e2e - own
-        );
+        } else {
+            paired[((paired.len() - 1) as f64 * quantile).round() as usize]
+        };
+        println!("{label}: end-to-end {e2e:.2} ms, provider {own:.2} ms, added by blufiod {added:.2} ms");
     }
 }
 

@@ -464,7 +464,10 @@ async fn respond(wire: Wire, script: Script, request: &Value, state: Arc<State>,
         async move {
             match frames.next() {
                 Some(frame) => {
-                    tokio::time::sleep(delay).await;
+                    // Even a zero sleep waits for the timer's next millisecond tick.
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     Some((Ok(Frame::data(frame)), frames))
                 }
                 None if stall => {
