@@ -4,7 +4,7 @@
 //! the figure is the daemon's, not the client's signing.
 //!
 //! Run with `cargo xtask bench gateway [--requests N] [--turns N] [--connections C]
-//! [--streams S] [--json PATH]`. Two workloads:
+//! [--streams S] [--synchronous normal|full] [--json PATH]`. Two workloads:
 //! - `GET /v1/models` (TLS, signature verification, digest, replay check, routing: the
 //!   gateway's own cost), N requests (default 100,000);
 //! - `POST /v1/chat/completions` (a whole agent turn, a new session each, with the fake provider
@@ -31,6 +31,8 @@ struct Options {
     connections: usize,
     streams: usize,
     json: Option<std::path::PathBuf>,
+    /// `storage.synchronous` of the daemon: `normal` or `full`.
+    synchronous: String,
 }
 
 impl Options {
@@ -41,6 +43,7 @@ impl Options {
             connections: 4,
             streams: 16,
             json: None,
+            synchronous: "normal".to_owned(),
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut index = 0;
@@ -57,6 +60,7 @@ impl Options {
                 "--connections" => options.connections = number().max(1),
                 "--streams" => options.streams = number().max(1),
                 "--json" => options.json = value.map(Into::into),
+                "--synchronous" => options.synchronous = value.cloned().expect("--synchronous needs normal or full"),
                 // cargo bench adds `--bench`.
                 _ => {
                     index += 1;
@@ -92,7 +96,8 @@ fn main() {
         &fake.url(),
         options.streams,
         &format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\nreplay_cache_entries = {entries}\n"
+            "[storage]\nsynchronous = \"{}\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\nreplay_cache_entries = {entries}\n",
+            options.synchronous
         ),
     );
     let pid = daemon.pid().as_raw();

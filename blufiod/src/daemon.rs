@@ -336,6 +336,7 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
         path: paths.database.clone(),
         busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
         read_connections: config.storage.read_connections,
+        full_sync: config.storage.synchronous == crate::config::Synchronous::Full,
     })
     .await
     .map_err(DaemonError::Storage)?;

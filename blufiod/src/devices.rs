@@ -305,6 +305,7 @@ mod tests {
             path: dir.path().join("blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap();
@@ -346,6 +347,7 @@ mod tests {
             path: dir.path().join("blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         };
         let storage = Storage::open(&options).await.unwrap();
         let devices = Devices::new(storage.clone());

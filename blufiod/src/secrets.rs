@@ -304,6 +304,7 @@ mod tests {
             path: dir.join("blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap();
@@ -393,6 +394,7 @@ mod tests {
             path: other.path().join("blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap();

@@ -317,6 +317,7 @@ pub async fn check(received: &Received, inputs: &SourceInputs, options: RestoreO
         path: path.to_owned(),
         busy_timeout: Duration::from_secs(5),
         read_connections: 1,
+        full_sync: false,
     })
     .await
     .map_err(|error| RestoreError::Unusable {
@@ -375,6 +376,7 @@ async fn check_schema(path: &Path) -> Result<(), RestoreError> {
         path: fresh.clone(),
         busy_timeout: Duration::from_secs(5),
         read_connections: 1,
+        full_sync: false,
     })
     .await
     .map_err(|source| RestoreError::Storage {

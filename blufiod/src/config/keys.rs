@@ -130,6 +130,7 @@ pub const KEYS: &[KeySpec] = &[
     restart("storage.busy_timeout_ms"),
     owner(restart("storage.path")),
     restart("storage.read_connections"),
+    restart("storage.synchronous"),
     owner(live("tools.files.enabled")),
     live("tools.files.max_bytes"),
     owner(live("tools.files.workspace")),

@@ -230,6 +230,9 @@ pub struct StorageConfig {
     pub busy_timeout_ms: u64,
     /// Connections in the read-only pool (the writer is always one connection).
     pub read_connections: u32,
+    /// What a committed write survives: `normal` a killed daemon, `full` also a power loss or a
+    /// kernel crash (each commit is synced to disk first).
+    pub synchronous: Synchronous,
 }
 
 impl Default for StorageConfig {
@@ -238,8 +241,20 @@ impl Default for StorageConfig {
             path: None,
             busy_timeout_ms: DEFAULT_BUSY_TIMEOUT_MS,
             read_connections: DEFAULT_READ_CONNECTIONS,
+            synchronous: Synchronous::Normal,
         }
     }
+}
+
+/// SQLite's `synchronous` setting (WAL mode), as `storage.synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Synchronous {
+    /// Commits reach the operating system before they are acknowledged: they survive a killed
+    /// or crashed daemon, not a power loss or a kernel crash (the file is never corrupted).
+    Normal,
+    /// Each commit is synced to disk before it is acknowledged: it survives a power loss too.
+    Full,
 }
 
 /// Errors from loading or validating configuration.

@@ -596,6 +596,7 @@ mod tests {
             path: dir.join("blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 2,
+            full_sync: false,
         })
         .await
         .unwrap()

@@ -264,6 +264,7 @@ mod tests {
             path: dir.path().join("blufio.db"),
             busy_timeout: Duration::from_secs(5),
             read_connections: 2,
+            full_sync: false,
         })
         .await
         .unwrap();
@@ -292,6 +293,7 @@ mod tests {
             path: snapshot.clone(),
             busy_timeout: Duration::from_secs(5),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap();

@@ -118,6 +118,7 @@ mod tests {
             path: dir.join("batch.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap();

@@ -200,6 +200,7 @@ mod tests {
             path: dir.path().join("blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap();

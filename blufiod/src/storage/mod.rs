@@ -48,6 +48,9 @@ pub struct StorageOptions {
     pub busy_timeout: Duration,
     /// Read-only connections in the pool.
     pub read_connections: u32,
+    /// Whether each commit is synced to disk before it returns (`synchronous=FULL`), rather than
+    /// only handed to the operating system (`NORMAL`).
+    pub full_sync: bool,
 }
 
 /// Errors from storage, each naming the operation that failed.
@@ -317,8 +320,12 @@ impl Pools {
             .filename(&path)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable across process crashes in WAL mode; only a power loss can lose
-            // the last transactions, never corrupt the file.
-            .synchronous(SqliteSynchronous::Normal)
+            // the last transactions, never corrupt the file. FULL syncs the log at each commit.
+            .synchronous(if options.full_sync {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
         let open_error = |source| StorageError::Open {
@@ -659,6 +666,7 @@ mod tests {
             path: dir.join("nested/blufio.db"),
             busy_timeout: Duration::from_secs(1),
             read_connections: 2,
+            full_sync: false,
         }
     }
 
@@ -684,6 +692,24 @@ mod tests {
         let storage = Storage::open(&options(dir.path())).await.unwrap();
         let (_, unclean) = storage.record_start(3, "0.1.0").await.unwrap();
         assert!(!unclean, "the second run stopped cleanly");
+    }
+
+    #[tokio::test]
+    async fn full_sync_is_the_writers_synchronous_setting() {
+        for (full_sync, expected) in [(false, 1), (true, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Storage::open(&StorageOptions {
+                full_sync,
+                ..options(dir.path())
+            })
+            .await
+            .unwrap();
+            let (synchronous,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut *storage.pools.read().await.writer().await.unwrap())
+                .await
+                .unwrap();
+            assert_eq!(synchronous, expected, "full_sync = {full_sync}");
+        }
     }
 
     #[tokio::test]

@@ -28,6 +28,7 @@ impl Fixture {
             path: self.database(),
             busy_timeout: Duration::from_secs(1),
             read_connections: 1,
+            full_sync: false,
         })
         .await
         .unwrap()
