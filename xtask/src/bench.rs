@@ -5,6 +5,9 @@
 //! - `startup [RUNS]`: time from `exec` to `READY=1` on a fresh state dir (first start, so the
 //!   database is created and migrated), and on an existing one.
 //! - `idle [SECONDS]`: RSS of an idle daemon after SECONDS (default 30).
+//! - `cli [RUNS]`: the whole `blufioctl status` process (exec, connect, the call, printing,
+//!   exit) against a running release daemon, RUNS times (default 200), and `blufioctl --version`
+//!   beside it (the process alone, no daemon).
 //! - `size`: sizes of the release binaries as built and fully stripped.
 //! - `turns [CLIENTS] [TURNS]`: turn throughput and the daemon's added latency per turn against
 //!   the fake provider (`blufiod/benches/turns.rs`).
@@ -42,6 +45,8 @@ pub fn main(args: &[&str]) -> Result<()> {
         ["startup"] => startup(20),
         ["startup", runs] => startup(runs.parse().context("RUNS must be a number")?),
         ["idle"] => idle(30),
+        ["cli"] => cli(200),
+        ["cli", runs] => cli(runs.parse().context("RUNS must be a number")?),
         ["idle", seconds] => idle(seconds.parse().context("SECONDS must be a number")?),
         ["size"] => size(),
         ["turns", rest @ ..] => cargo_bench("turns", rest),
@@ -54,7 +59,7 @@ pub fn main(args: &[&str]) -> Result<()> {
             idle(30)
         }
         _ => bail!(
-            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | size | turns [CLIENTS] [TURNS] | gateway [--requests N] [--turns N] [--connections C] [--streams S] [--json PATH] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
+            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | cli [RUNS] | size | turns [CLIENTS] [TURNS] | gateway [--requests N] [--turns N] [--connections C] [--streams S] [--json PATH] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
         ),
     }
 }
@@ -167,6 +172,32 @@ fn idle(seconds: u64) -> Result<()> {
     std::thread::sleep(Duration::from_secs(seconds));
     let idle = rss(pid)?;
     println!("blufiod RSS (release build): at READY=1 {at_ready}; after {seconds} s idle {idle}");
+    stop(daemon)
+}
+
+fn cli(runs: usize) -> Result<()> {
+    let bin = build_release()?;
+    let daemon = Daemon::start_with(new_dir(), release_daemon(&bin, ""));
+    daemon.wait_ready();
+    let mut status = Vec::with_capacity(runs);
+    let mut version = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        let output = daemon.ctl(&["status"]);
+        status.push(started.elapsed());
+        if !output.status.success() {
+            bail!("blufioctl status failed: {}", describe(&output));
+        }
+        let started = std::time::Instant::now();
+        let output = Command::new(bin.join("blufioctl")).arg("--version").output()?;
+        version.push(started.elapsed());
+        if !output.status.success() {
+            bail!("blufioctl --version failed: {}", describe(&output));
+        }
+    }
+    println!("blufioctl, whole process, {runs} runs (release build)");
+    report("  status (against the running daemon)", &mut status);
+    report("  --version (the process alone)", &mut version);
     stop(daemon)
 }
 
