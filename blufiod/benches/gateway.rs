@@ -96,8 +96,12 @@ fn main() {
         &fake.url(),
         options.streams,
         &format!(
-            "[storage]\nsynchronous = \"{}\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\nreplay_cache_entries = {entries}\n",
-            options.synchronous
+            "{}[gateway]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_minute = 1000000\nreplay_cache_entries = {entries}\n",
+            // Only when asked, so the harness also runs builds older than the key (A/B runs).
+            match options.synchronous.as_str() {
+                "normal" => String::new(),
+                other => format!("[storage]\nsynchronous = \"{other}\"\n"),
+            }
         ),
     );
     let pid = daemon.pid().as_raw();
