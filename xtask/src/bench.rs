@@ -25,6 +25,11 @@
 //!   gateway's p50/p99 during the backup against a baseline window (`blufiod/benches/backup.rs`;
 //!   minutes at 1024 MiB, and about three times N of free space in the temp directory).
 //!
+//! - `--quick [--release]`: the regression guard CI runs (`blufiod/benches/quick.rs`): the time
+//!   the daemon adds to a turn as a ratio to a raw SQLite write transaction measured just before
+//!   it, failing only above twice the recorded ratio. In the dev profile by default, so that CI
+//!   reuses the build its tests made.
+//!
 //! `all` runs `size`, `startup` and `idle`, the measurements that take seconds; the load
 //! benchmarks, `memory` and `backup` above all, are run by name.
 //!
@@ -44,6 +49,8 @@ pub fn main(args: &[&str]) -> Result<()> {
     match args {
         ["startup"] => startup(20),
         ["startup", runs] => startup(runs.parse().context("RUNS must be a number")?),
+        ["--quick" | "quick"] => quick(false),
+        ["--quick" | "quick", "--release"] => quick(true),
         ["idle"] => idle(30),
         ["cli"] => cli(200),
         ["cli", runs] => cli(runs.parse().context("RUNS must be a number")?),
@@ -59,7 +66,7 @@ pub fn main(args: &[&str]) -> Result<()> {
             idle(30)
         }
         _ => bail!(
-            "usage: cargo xtask bench startup [RUNS] | idle [SECONDS] | cli [RUNS] | size | turns [CLIENTS] [TURNS] | gateway [--requests N] [--turns N] [--connections C] [--streams S] [--json PATH] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
+            "usage: cargo xtask bench --quick [--release] | startup [RUNS] | idle [SECONDS] | cli [RUNS] | size | turns [CLIENTS] [TURNS] | gateway [--requests N] [--turns N] [--connections C] [--streams S] [--json PATH] | memory [--minutes M] [--turns N] [--json PATH] | backup [--mib N] [--json PATH] [--fill-cache DIR] | all"
         ),
     }
 }
@@ -216,6 +223,23 @@ fn rss(pid: i32) -> Result<String> {
 
 /// A benchmark program of `blufiod/benches/` (turns, gateway, memory, backup), in the release
 /// profile.
+/// The regression guard, in the dev profile (the tests' build) unless `release`.
+pub fn quick(release: bool) -> Result<()> {
+    let profile = if release { "release" } else { "dev" };
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "bench",
+            "--locked",
+            "--profile",
+            profile,
+            "-p",
+            "blufiod",
+            "--bench",
+            "quick",
+        ]),
+    )
+}
+
 fn cargo_bench(name: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<()> {
     run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))

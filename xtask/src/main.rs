@@ -159,7 +159,9 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     tidy::main()?;
-    test(&[])
+    test(&[])?;
+    // Not a timed test: a ratio within one run, failing only on a large regression.
+    bench::quick(false)
 }
 
 /// Programs the tests run, and the Debian packages that ship them.
