@@ -1086,6 +1086,10 @@ async fn a_flood_of_forged_bodies_does_not_grow_the_daemon() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_device_cannot_fill_the_replay_cache_for_the_others() {
     let setup = setup("[gateway]\nrate_limit_per_minute = 10\nreplay_cache_entries = 50\n").await;
+    // Two shares (10 a minute over the nonce lifetime: 117) do not fit in 50 entries: the owner
+    // is told at startup that a busy device could lock the others out.
+    let logged = setup.daemon.stderr();
+    assert!(logged.contains("could lock the others out"), "{logged}");
     let other = SigningKey::from_bytes(&[7; 32]);
     let other_keyid = control(&setup.daemon.socket)
         .await

@@ -281,6 +281,17 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         config: live,
         secrets,
     });
+    // Each device may hold its share of the replay cache; when two shares do not fit, one busy
+    // device can fill the cache and lock the others out until its nonces expire.
+    let share = gateway.replay.share();
+    let entries = usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX);
+    if share.saturating_mul(2) > entries {
+        tracing::warn!(
+            share,
+            replay_cache_entries = entries,
+            "one device may hold {share} remembered nonces (gateway.rate_limit_per_minute over the clock-skew window), more than half of gateway.replay_cache_entries: a busy device could lock the others out; raise replay_cache_entries or lower rate_limit_per_minute"
+        );
+    }
     let shedding = Arc::downgrade(&gateway);
     gateway.memory.on_shed("rate-limiter-keys", move || {
         shedding.upgrade().map_or(0, |gateway| gateway.limiter.shed_idle())
