@@ -31,12 +31,20 @@ async fn control(socket: &std::path::Path) -> pb::control_client::ControlClient<
 }
 
 async fn setup(extra: &str) -> Setup {
+    setup_on(extra, None).await
+}
+
+/// Like [`setup`], with the gateway on `listen` (`127.0.0.1:PORT`) rather than a port of its own.
+async fn setup_on(extra: &str, listen: Option<&str>) -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fake = FakeProvider::start();
     let daemon = Daemon::start_with(
         new_dir(),
         DaemonOptions {
             config: support::fake_provider_config(&fake, extra),
+            env: listen
+                .map(|listen| vec![("BLUFIO_GATEWAY__LISTEN".to_owned(), listen.to_owned())])
+                .unwrap_or_default(),
             ..DaemonOptions::default()
         },
     );
@@ -1848,6 +1856,52 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         .await
         .unwrap();
     assert_eq!(failed.status().as_u16(), 502);
+}
+
+/// Finding (attack of 2026-12-01): the replay cache lived only in memory, so a signed request
+/// captured before a restart was accepted once more after it. Nonces now outlive the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_captured_before_a_restart_is_refused_after_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut setup = setup_on("", Some(&listen)).await;
+    let headers = setup.signed_headers("GET", "/v1/models", None, Tweak::default());
+    let url = format!("{}/v1/models", setup.base);
+    let send = |client: &reqwest::Client| client.get(&url).headers(headers.clone()).send();
+    assert_eq!(send(&setup.client).await.unwrap().status(), 200);
+    let again = send(&setup.client).await.unwrap();
+    assert_eq!(again.status(), 401);
+    assert!(again.text().await.unwrap().contains("signature-replayed"));
+
+    // The same daemon, stopped and started again on its state directory and port.
+    assert!(setup.daemon.stop().success());
+    let daemon = Daemon::start_with(
+        setup.daemon.dir.clone(),
+        DaemonOptions {
+            config: support::fake_provider_config(&setup.fake, ""),
+            env: vec![("BLUFIO_GATEWAY__LISTEN".to_owned(), listen.clone())],
+            ..DaemonOptions::default()
+        },
+    );
+    let replayed = send(&setup.client).await.unwrap();
+    assert_eq!(
+        replayed.status(),
+        401,
+        "a captured request was accepted after the restart"
+    );
+    assert!(replayed.text().await.unwrap().contains("signature-replayed"));
+    // A fresh request from the same device still gets in.
+    let fresh = setup
+        .request("GET", "/v1/models", None, Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 200);
+    drop(daemon);
 }
 
 /// Finding: `run_command` ran programs as the daemon's own user for whoever could chat, a paired

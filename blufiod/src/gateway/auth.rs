@@ -138,6 +138,13 @@ impl Gateway {
         if let Err(error) = self.replay.accept(&keyid, &nonce, now) {
             let problem = match error {
                 ReplayError::Replayed => replayed(),
+                ReplayError::Unrecorded => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "replay-journal-unavailable",
+                    "Service unavailable",
+                    "the daemon cannot record this request's nonce (its state directory may be full), so it refuses it rather than risk a replay; retry shortly",
+                )
+                .retry_after(5),
                 ReplayError::Full => Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "replay-cache-full",

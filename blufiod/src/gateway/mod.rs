@@ -68,6 +68,9 @@ pub enum GatewayError {
     /// The accept loop failed.
     #[error("the gateway's listener failed")]
     Accept(#[source] std::io::Error),
+    /// The replay journal (`<state_dir>/replay`) could not be opened.
+    #[error("cannot open the gateway's replay journal")]
+    Replay(#[source] replay::JournalError),
 }
 
 /// What `GetStatus` shows of the gateway.
@@ -99,6 +102,8 @@ impl GatewayInfo {
 pub struct BoundGateway {
     listener: std::net::TcpListener,
     metrics_listener: Option<std::net::TcpListener>,
+    /// The nonces remembered, with those of the previous run loaded from its journal.
+    replay: replay::ReplayCache,
     /// What status shows.
     pub info: GatewayInfo,
 }
@@ -159,9 +164,23 @@ pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, Ga
             Some(listener)
         }
     };
+    // Opened before READY, so that nonces accepted before a restart are refused after it.
+    let replay = replay::ReplayCache::open(
+        usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX),
+        config.rate_limit_per_minute,
+        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
+        // remembered for twice that.
+        i64::try_from(config.max_clock_skew_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(2),
+        &state_dir.join("replay"),
+        crate::util::unix_now(),
+    )
+    .map_err(GatewayError::Replay)?;
     Ok(BoundGateway {
         listener,
         metrics_listener,
+        replay,
         info: GatewayInfo {
             address,
             scheme,
@@ -258,15 +277,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
     };
     let gateway = Arc::new(Gateway {
         devices,
-        // A signature stays acceptable for `skew` either side of `created`, so its nonce must be
-        // remembered for twice that.
-        replay: replay::ReplayCache::new(
-            usize::try_from(config.replay_cache_entries).unwrap_or(usize::MAX),
-            config.rate_limit_per_minute,
-            i64::try_from(config.max_clock_skew_secs)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(2),
-        ),
+        replay: bound.replay,
         names: host::ServerNames::new(bound.info.address, bound.info.cert.clone()),
         body_budget: Arc::new(Semaphore::new(BODY_BUFFER_TOTAL)),
         health,

@@ -8,11 +8,11 @@
 //!
 //! # Fingerprints
 //!
-//! The cache keeps no strings. A pair is remembered as a 64-bit SipHash of (keyid, nonce) under a
-//! key drawn at random for each process, so nobody outside can compute fingerprints, let alone
-//! craft two nonces that share one. A fingerprint costs a slot of 8 bytes and a control byte in
-//! the set of live ones (a table at most 7/8 full, shrunk when under a quarter full) and 8 bytes
-//! in its bucket's list: about 23 bytes per nonce at 100,000 live, where strings cost about 350.
+//! The cache keeps no strings. A pair is remembered as 64 bits of SHA-256 over a secret random
+//! key and (keyid, nonce), so nobody outside can compute fingerprints, let alone craft two nonces
+//! that share one. A fingerprint costs a slot of 8 bytes and a control byte in the set of live
+//! ones (a table at most 7/8 full, shrunk when under a quarter full) and 8 bytes in its bucket's
+//! list: about 23 bytes per nonce at 100,000 live, where strings cost about 350.
 //!
 //! Two different pairs with the same fingerprint make the second look replayed. With at most
 //! `capacity` fingerprints live, a fresh request is refused that way with probability at most
@@ -35,21 +35,37 @@
 //!
 //! This module must never forget a live nonce early, to make room or to shed memory: that would
 //! let a captured request be replayed. It gives memory back only as buckets expire.
+//!
+//! # Across restarts
+//!
+//! A restart must not forget either: a request captured just before it would be accepted again
+//! just after. With a journal directory ([`ReplayCache::open`]), each bucket's fingerprints are
+//! also appended, 8 bytes each, to `<start>.fp` there before a nonce counts as accepted (a nonce
+//! that cannot be written is refused: fail closed), an expired bucket's file is removed, and the
+//! next start loads the live ones. The fingerprint key lives beside them in `key` (0600), so the
+//! fingerprints stay comparable. The files are written, not synced: they survive a killed or
+//! crashed daemon, like `storage.synchronous = "normal"`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher as _, BuildHasherDefault, Hasher, RandomState};
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use sha2::{Digest as _, Sha256};
+
 /// Seen nonces, as fingerprints in time buckets that expire whole.
-#[derive(Debug)]
 pub struct ReplayCache {
     /// Live fingerprints at most.
     capacity: usize,
     /// Live fingerprints of one key at most.
     share: usize,
-    /// The per-process SipHash key that fingerprints are computed with.
-    keys: RandomState,
+    /// The secret key fingerprints are computed with: random, and kept in the journal
+    /// directory when there is one.
+    key: [u8; 32],
     /// The live nonces: `accept` checks and inserts under one lock.
     inner: Mutex<Inner>,
 }
@@ -67,24 +83,136 @@ pub enum ReplayError {
         /// Seconds until the key has room again.
         retry_after: u64,
     },
+    /// The nonce could not be written to the journal, so it is not accepted.
+    Unrecorded,
+}
+
+/// Why the journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The directory, the key or a bucket file could not be created or read.
+    #[error("cannot {operation} {path}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The path.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is not 32 bytes.
+    #[error(
+        "the replay journal's key {path} is damaged ({len} bytes, not 32); remove the directory {dir} to start afresh (requests signed in the last clock-skew window could then be replayed once)"
+    )]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// Its length.
+        len: u64,
+    },
 }
 
 impl ReplayCache {
     /// A cache for at most `capacity` live nonces, each remembered for at least `window_secs`
     /// seconds after the second it was accepted, that second's end included. Each key's share is
     /// what a rate limit of `per_minute` a minute, with bursts of as many, can let through during
-    /// a nonce's longest lifetime: see [`ReplayCache::share`].
-    pub fn new(capacity: usize, per_minute: u32, window_secs: i64) -> Self {
+    /// a nonce's longest lifetime: see [`ReplayCache::share`]. In memory only, with a random key;
+    /// the daemon uses [`ReplayCache::open`].
+    #[cfg(test)]
+    fn new(capacity: usize, per_minute: u32, window_secs: i64) -> Self {
+        let mut key = [0; 32];
+        getrandom::fill(&mut key).expect("the operating system's random source");
+        Self::with_key(capacity, per_minute, window_secs, key, None)
+    }
+
+    /// Like [`ReplayCache::new`], with the journal in `dir` (created 0700): the nonces of the
+    /// buckets still live at `now` are loaded, expired buckets' files removed.
+    pub fn open(
+        capacity: usize,
+        per_minute: u32,
+        window_secs: i64,
+        dir: &Path,
+        now: i64,
+    ) -> Result<Self, JournalError> {
+        let io = |operation, path: &Path| {
+            let path = path.to_owned();
+            move |source| JournalError::Io {
+                operation,
+                path,
+                source,
+            }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create the replay journal directory", dir))?;
+        let key = journal_key(dir)?;
+        let cache = Self::with_key(capacity, per_minute, window_secs, key, Some(dir.to_owned()));
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io("read the replay journal directory", dir))? {
+            let entry = entry.map_err(io("read the replay journal directory", dir))?;
+            let name = entry.file_name();
+            let Some(start) = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(".fp"))
+                .and_then(|start| start.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            files.push((start, entry.path()));
+        }
+        files.sort_unstable();
+        let mut inner = cache.lock();
+        let lifetime = inner.lifetime;
+        for (start, path) in files {
+            if lifetime.last_remembered(start) < now {
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove an expired replay journal file");
+                }
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io("read the replay journal file", &path))?;
+            // A record cut short by a crash or a full disk was never accepted; it is cut off, so
+            // that records appended to this bucket after the restart stay aligned.
+            let whole = bytes.len() - bytes.len() % 8;
+            if whole != bytes.len() {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| file.set_len(whole as u64))
+                    .map_err(io("repair the replay journal file", &path))?;
+            }
+            let fingerprints: Vec<u64> = bytes
+                .chunks_exact(8)
+                .map(|record| u64::from_le_bytes(record.try_into().expect("8 bytes")))
+                .collect();
+            inner.live.extend(fingerprints.iter().copied());
+            inner.buckets.push_back(Bucket {
+                start,
+                fingerprints,
+                per_key: HashMap::new(),
+                file: None,
+            });
+        }
+        drop(inner);
+        Ok(cache)
+    }
+
+    fn with_key(capacity: usize, per_minute: u32, window_secs: i64, key: [u8; 32], journal: Option<PathBuf>) -> Self {
         let lifetime = Lifetime::new(window_secs);
         Self {
             capacity: capacity.max(1),
             share: lifetime.share(per_minute),
-            keys: RandomState::new(),
+            key,
             inner: Mutex::new(Inner {
                 lifetime,
                 live: FingerprintSet::default(),
                 buckets: VecDeque::new(),
                 per_key: HashMap::new(),
+                journal,
             }),
         }
     }
@@ -115,8 +243,7 @@ impl ReplayCache {
         if inner.live.len() >= self.capacity {
             return Err(ReplayError::Full);
         }
-        inner.insert(fingerprint, keyid, now);
-        Ok(())
+        inner.insert(fingerprint, keyid, now)
     }
 
     /// Live nonces.
@@ -132,10 +259,16 @@ impl ReplayCache {
         self.share
     }
 
-    /// The fingerprint of a pair. `str` hashes its bytes followed by 0xff, a byte UTF-8 never
-    /// contains, so ("ab", "c") and ("a", "bc") are different inputs.
+    /// The fingerprint of a pair: the first 8 bytes of SHA-256 over the secret key, the keyid's
+    /// length, the keyid and the nonce (the length keeps ("ab", "c") and ("a", "bc") apart).
     fn fingerprint(&self, keyid: &str, nonce: &str) -> u64 {
-        self.keys.hash_one((keyid, nonce))
+        let digest = Sha256::new()
+            .chain_update(self.key)
+            .chain_update((keyid.len() as u64).to_le_bytes())
+            .chain_update(keyid.as_bytes())
+            .chain_update(nonce.as_bytes())
+            .finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"))
     }
 
     /// The state, locked.
@@ -144,7 +277,7 @@ impl ReplayCache {
     }
 }
 
-/// A set of fingerprints, hashed by themselves: they are SipHash outputs already.
+/// A set of fingerprints, hashed by themselves: they are digest bits already.
 type FingerprintSet = HashSet<u64, BuildHasherDefault<PassThrough>>;
 
 /// A hasher that uses a `u64` as its own hash.
@@ -231,6 +364,8 @@ struct Inner {
     buckets: VecDeque<Bucket>,
     /// Live nonces per key: the sum of the buckets' counts. Keys without any are removed.
     per_key: HashMap<Box<str>, usize>,
+    /// The journal directory, if any (see the module's documentation).
+    journal: Option<PathBuf>,
 }
 
 /// The nonces accepted during `width` seconds.
@@ -239,8 +374,11 @@ struct Bucket {
     start: i64,
     /// The fingerprints it added to the live set, to remove when it expires.
     fingerprints: Vec<u64>,
-    /// Its nonces per key. Devices are few, so this stays small.
+    /// Its nonces per key. Devices are few, so this stays small. Empty for a bucket loaded from
+    /// the journal: its nonces count against the capacity, not against a key's share.
     per_key: HashMap<Box<str>, usize>,
+    /// Its journal file, open for appending while it takes nonces.
+    file: Option<File>,
 }
 
 impl Inner {
@@ -257,6 +395,14 @@ impl Inner {
             let Some(bucket) = self.buckets.pop_front() else {
                 break;
             };
+            if let Some(dir) = &self.journal {
+                let path = bucket_path(dir, bucket.start);
+                if let Err(error) = std::fs::remove_file(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove an expired replay journal file");
+                }
+            }
             for fingerprint in &bucket.fingerprints {
                 self.live.remove(fingerprint);
             }
@@ -293,8 +439,9 @@ impl Inner {
     }
 
     /// Remembers a fingerprint not yet live, in the newest bucket if it still takes nonces at
-    /// `now` (or `now` is before it opened: the clock stepped back), else in a new one.
-    fn insert(&mut self, fingerprint: u64, keyid: &str, now: i64) {
+    /// `now` (or `now` is before it opened: the clock stepped back), else in a new one; with a
+    /// journal, written there first, and refused if it cannot be.
+    fn insert(&mut self, fingerprint: u64, keyid: &str, now: i64) -> Result<(), ReplayError> {
         let lifetime = self.lifetime;
         let opens = self
             .buckets
@@ -305,15 +452,26 @@ impl Inner {
                 start: now,
                 fingerprints: Vec::new(),
                 per_key: HashMap::new(),
+                file: None,
             });
         }
+        let journal = self.journal.clone();
         // There is a newest bucket: it was there or was just pushed.
-        if let Some(newest) = self.buckets.back_mut() {
-            newest.fingerprints.push(fingerprint);
-            count_one(&mut newest.per_key, keyid);
-            count_one(&mut self.per_key, keyid);
-            self.live.insert(fingerprint);
+        let Some(newest) = self.buckets.back_mut() else {
+            return Err(ReplayError::Unrecorded);
+        };
+        if let Some(dir) = journal {
+            let written = append(&mut newest.file, &bucket_path(&dir, newest.start), fingerprint);
+            if let Err(error) = written {
+                tracing::error!(%error, dir = %dir.display(), "cannot write a nonce to the replay journal; the request is refused");
+                return Err(ReplayError::Unrecorded);
+            }
         }
+        newest.fingerprints.push(fingerprint);
+        count_one(&mut newest.per_key, keyid);
+        count_one(&mut self.per_key, keyid);
+        self.live.insert(fingerprint);
+        Ok(())
     }
 
     /// Seconds until `keyid`'s oldest bucket expires, at least 1.
@@ -329,6 +487,17 @@ impl Inner {
     }
 }
 
+impl fmt::Debug for ReplayCache {
+    /// Without the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("capacity", &self.capacity)
+            .field("share", &self.share)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for Inner {
     /// A summary: the fingerprints themselves say nothing.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -338,6 +507,65 @@ impl fmt::Debug for Inner {
             .field("buckets", &self.buckets.len())
             .field("keys", &self.per_key.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A bucket's journal file.
+fn bucket_path(dir: &Path, start: i64) -> PathBuf {
+    dir.join(format!("{start}.fp"))
+}
+
+/// Appends a fingerprint to a bucket's file, opening it (0600, appending) the first time. A
+/// short write leaves a partial record, which loading ignores.
+fn append(file: &mut Option<File>, path: &Path, fingerprint: u64) -> std::io::Result<()> {
+    if file.is_none() {
+        *file = Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(path)?,
+        );
+    }
+    match file {
+        Some(file) => file.write_all(&fingerprint.to_le_bytes()),
+        None => Ok(()),
+    }
+}
+
+/// The journal's fingerprint key: read, or made (32 random bytes, 0600) the first time.
+fn journal_key(dir: &Path) -> Result<[u8; 32], JournalError> {
+    let path = dir.join("key");
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes.as_slice().try_into().map_err(|_| JournalError::BadKey {
+            path: path.clone(),
+            dir: dir.to_owned(),
+            len: bytes.len() as u64,
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0; 32];
+            getrandom::fill(&mut key).expect("the operating system's random source");
+            let io = |source| JournalError::Io {
+                operation: "write the replay journal key",
+                path: path.clone(),
+                source,
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            file.write_all(&key).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(key)
+        }
+        Err(source) => Err(JournalError::Io {
+            operation: "read the replay journal key",
+            path,
+            source,
+        }),
     }
 }
 
@@ -356,6 +584,65 @@ mod tests {
     use super::*;
 
     const WINDOW: i64 = 600;
+
+    #[test]
+    fn a_journal_remembers_across_a_restart_and_drops_expired_buckets() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("replay");
+        let cache = ReplayCache::open(100, 60, WINDOW, &journal, 1_000).unwrap();
+        cache.accept("k", "n1", 1_000).unwrap();
+        // Another bucket: the width is 38 s for a 600 s window.
+        cache.accept("k", "n2", 1_100).unwrap();
+        drop(cache);
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&journal), 0o700);
+        assert_eq!(mode(&journal.join("key")), 0o600);
+        assert_eq!(mode(&journal.join("1000.fp")), 0o600);
+
+        let restarted = ReplayCache::open(100, 60, WINDOW, &journal, 1_200).unwrap();
+        assert_eq!(restarted.accept("k", "n1", 1_200), Err(ReplayError::Replayed));
+        assert_eq!(restarted.accept("k", "n2", 1_200), Err(ReplayError::Replayed));
+        restarted.accept("k", "n3", 1_200).unwrap();
+        drop(restarted);
+
+        // Past the first bucket's last remembered second (1,000 + 37 + 600), before the second's.
+        let later = 1_638;
+        let again = ReplayCache::open(100, 60, WINDOW, &journal, later).unwrap();
+        assert!(!again.seen("k", "n1", later));
+        assert!(again.seen("k", "n2", later) && again.seen("k", "n3", later));
+        assert!(!journal.join("1000.fp").exists(), "an expired bucket's file is removed");
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn a_cut_record_is_ignored_and_a_damaged_key_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("replay");
+        let cache = ReplayCache::open(100, 60, WINDOW, &journal, 1_000).unwrap();
+        cache.accept("k", "n1", 1_000).unwrap();
+        drop(cache);
+        // A crash in the middle of a record leaves a few bytes: they were never accepted.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal.join("1000.fp"))
+            .unwrap();
+        file.write_all(&[1, 2, 3]).unwrap();
+        let cache = ReplayCache::open(100, 60, WINDOW, &journal, 1_001).unwrap();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.accept("k", "n1", 1_001), Err(ReplayError::Replayed));
+        // The same bucket takes another nonce after the restart, aligned after the repair.
+        cache.accept("k", "n2", 1_002).unwrap();
+        drop(cache);
+        assert_eq!(std::fs::metadata(journal.join("1000.fp")).unwrap().len(), 16);
+        let cache = ReplayCache::open(100, 60, WINDOW, &journal, 1_003).unwrap();
+        assert_eq!(cache.accept("k", "n2", 1_003), Err(ReplayError::Replayed));
+        drop(cache);
+
+        std::fs::write(journal.join("key"), b"short").unwrap();
+        let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_002).unwrap_err();
+        assert!(error.to_string().contains("damaged"), "{error}");
+    }
 
     /// The last second the nonces of a bucket opened at `start` are remembered.
     fn last_remembered(cache: &ReplayCache, start: i64) -> i64 {
