@@ -1858,6 +1858,35 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
     assert_eq!(failed.status().as_u16(), 502);
 }
 
+/// Finding (attack of 2026-12-01): a full replay cache answered `Retry-After: 5`, although no
+/// room comes back before its oldest bucket expires, minutes later: clients retried in vain.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_replay_cache_says_when_room_comes_back() {
+    let setup = setup("[gateway]\nreplay_cache_entries = 2\nrate_limit_per_minute = 1000\n").await;
+    for _ in 0..2 {
+        let response = setup
+            .request("GET", "/v1/models", None, Tweak::default())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let refused = setup
+        .request("GET", "/v1/models", None, Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    // The nonces live twice the default skew (600 s) and up to a bucket (38 s) longer.
+    assert!((590..=640).contains(&retry_after), "Retry-After: {retry_after}");
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("replay-cache-full") && body.contains("room comes back in"),
+        "{body}"
+    );
+}
+
 /// Finding (attack of 2026-12-01): the replay cache lived only in memory, so a signed request
 /// captured before a restart was accepted once more after it. Nonces now outlive the process.
 #[tokio::test(flavor = "multi_thread")]

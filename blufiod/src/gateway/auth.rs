@@ -145,13 +145,15 @@ impl Gateway {
                     "the daemon cannot record this request's nonce (its state directory may be full), so it refuses it rather than risk a replay; retry shortly",
                 )
                 .retry_after(5),
-                ReplayError::Full => Problem::new(
+                ReplayError::Full { retry_after } => Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "replay-cache-full",
                     "Service unavailable",
-                    "too many recent requests to remember their nonces safely; retry shortly",
+                    format!(
+                        "too many recent requests to remember their nonces safely (gateway.replay_cache_entries); room comes back in {retry_after} s"
+                    ),
                 )
-                .retry_after(5),
+                .retry_after(retry_after),
                 ReplayError::KeyFull { retry_after } => Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate-limited",

@@ -75,8 +75,11 @@ pub struct ReplayCache {
 pub enum ReplayError {
     /// The nonce was used before.
     Replayed,
-    /// The cache is full of live nonces.
-    Full,
+    /// The cache is full of live nonces; its oldest bucket expires in `retry_after` seconds.
+    Full {
+        /// Seconds until the cache has room again.
+        retry_after: u64,
+    },
     /// This key holds its whole share of the cache; its oldest nonce expires in `retry_after`
     /// seconds.
     KeyFull {
@@ -241,7 +244,9 @@ impl ReplayCache {
             });
         }
         if inner.live.len() >= self.capacity {
-            return Err(ReplayError::Full);
+            return Err(ReplayError::Full {
+                retry_after: inner.retry_after_oldest(now),
+            });
         }
         inner.insert(fingerprint, keyid, now)
     }
@@ -474,6 +479,17 @@ impl Inner {
         Ok(())
     }
 
+    /// Seconds until the oldest bucket expires, at least 1.
+    fn retry_after_oldest(&self, now: i64) -> u64 {
+        let last = self
+            .buckets
+            .front()
+            .map_or(now, |oldest| self.lifetime.last_remembered(oldest.start));
+        u64::try_from(last.saturating_sub(now).saturating_add(1))
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// Seconds until `keyid`'s oldest bucket expires, at least 1.
     fn retry_after(&self, keyid: &str, now: i64) -> u64 {
         let last = self
@@ -699,7 +715,9 @@ mod tests {
         let cache = ReplayCache::new(2, 60, WINDOW);
         cache.accept("k", "a", 0).unwrap();
         cache.accept("k", "b", 0).unwrap();
-        assert_eq!(cache.accept("k", "c", 1), Err(ReplayError::Full));
+        // Room comes back when the oldest bucket expires, and the refusal says when.
+        let wait = u64::try_from(last_remembered(&cache, 0)).unwrap();
+        assert_eq!(cache.accept("k", "c", 1), Err(ReplayError::Full { retry_after: wait }));
         assert_eq!(
             cache.accept("k", "a", 1),
             Err(ReplayError::Replayed),
@@ -707,7 +725,7 @@ mod tests {
         );
         assert_eq!(
             cache.accept("k", "c", last_remembered(&cache, 0)),
-            Err(ReplayError::Full)
+            Err(ReplayError::Full { retry_after: 1 })
         );
         cache.accept("k", "c", last_remembered(&cache, 0) + 1).unwrap();
     }
@@ -832,7 +850,10 @@ mod tests {
                 .accept(&format!("k{}", nonce % 7), &nonce.to_string(), 10 + nonce / 10)
                 .unwrap();
         }
-        assert_eq!(cache.accept("k0", "one more", 110), Err(ReplayError::Full));
+        assert!(matches!(
+            cache.accept("k0", "one more", 110),
+            Err(ReplayError::Full { .. })
+        ));
         let longest = WINDOW + width(&cache) - 1;
         let after = 10 + 99 + longest + 1;
         for nonce in 0..1_000 {
