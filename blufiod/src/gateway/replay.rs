@@ -460,13 +460,12 @@ impl Inner {
                 file: None,
             });
         }
-        let journal = self.journal.clone();
         // There is a newest bucket: it was there or was just pushed.
         let Some(newest) = self.buckets.back_mut() else {
             return Err(ReplayError::Unrecorded);
         };
-        if let Some(dir) = journal {
-            let written = append(&mut newest.file, &bucket_path(&dir, newest.start), fingerprint);
+        if let Some(dir) = self.journal.as_deref() {
+            let written = append(&mut newest.file, dir, newest.start, fingerprint);
             if let Err(error) = written {
                 tracing::error!(%error, dir = %dir.display(), "cannot write a nonce to the replay journal; the request is refused");
                 return Err(ReplayError::Unrecorded);
@@ -531,9 +530,9 @@ fn bucket_path(dir: &Path, start: i64) -> PathBuf {
     dir.join(format!("{start}.fp"))
 }
 
-/// Appends a fingerprint to a bucket's file, opening it (0600, appending) the first time. A
-/// short write leaves a partial record, which loading ignores.
-fn append(file: &mut Option<File>, path: &Path, fingerprint: u64) -> std::io::Result<()> {
+/// Appends a fingerprint to the file of the bucket opened at `start`, opening it (0600,
+/// appending) the first time. A short write leaves a partial record, which loading cuts off.
+fn append(file: &mut Option<File>, dir: &Path, start: i64, fingerprint: u64) -> std::io::Result<()> {
     if file.is_none() {
         *file = Some(
             std::fs::OpenOptions::new()
@@ -541,7 +540,7 @@ fn append(file: &mut Option<File>, path: &Path, fingerprint: u64) -> std::io::Re
                 .append(true)
                 .mode(0o600)
                 .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(path)?,
+                .open(bucket_path(dir, start))?,
         );
     }
     match file {
