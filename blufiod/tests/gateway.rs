@@ -1944,17 +1944,6 @@ async fn a_devices_turns_are_not_offered_run_command() {
         .expect("echo exists");
     let setup = setup(&format!("[tools.run_command]\nenabled = true\nallow = [\"{echo}\"]\n")).await;
     let input = serde_json::json!({"program": echo, "args": ["ran as the daemon"]});
-    let offered = |request: &serde_json::Value| -> Vec<String> {
-        request["tools"]
-            .as_array()
-            .map(|tools| {
-                tools
-                    .iter()
-                    .map(|tool| tool["name"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let refused_result = |request: &serde_json::Value| {
         let last = request["messages"].as_array().unwrap().last().unwrap().clone();
         let block = &last["content"][0];
@@ -1983,7 +1972,7 @@ async fn a_devices_turns_are_not_offered_run_command() {
     let requests = setup.fake.requests();
     assert_eq!(requests.len(), first + 2, "a tool round and the answer");
     assert!(
-        !offered(&requests[first].body).contains(&"run_command".to_owned()),
+        !requests[first].tool_names().contains(&"run_command".to_owned()),
         "{}",
         requests[first].body
     );
@@ -2003,7 +1992,7 @@ async fn a_devices_turns_are_not_offered_run_command() {
     let _ = response.bytes().await.unwrap();
     let requests = setup.fake.requests();
     assert_eq!(requests.len(), first + 4);
-    assert!(!offered(&requests[first + 2].body).contains(&"run_command".to_owned()));
+    assert!(!requests[first + 2].tool_names().contains(&"run_command".to_owned()));
     refused_result(&requests[first + 3].body);
 
     // The owner's turns still get it.
@@ -2012,7 +2001,11 @@ async fn a_devices_turns_are_not_offered_run_command() {
         .daemon
         .ctl_json(&["chat", "--session", &session, "what is the time"]);
     assert_eq!(setup.fake.requests().len(), first + 5, "{chat}");
-    assert!(offered(&setup.fake.requests()[first + 4].body).contains(&"run_command".to_owned()));
+    assert!(
+        setup.fake.requests()[first + 4]
+            .tool_names()
+            .contains(&"run_command".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

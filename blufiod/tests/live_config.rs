@@ -588,16 +588,7 @@ fn call_tool(daemon: &Daemon, fake: &FakeProvider, tool: &str, input: serde_json
 
 fn offered_tools(fake: &FakeProvider) -> Vec<String> {
     let requests = fake.requests();
-    let first_of_turn = &requests[requests.len() - 2];
-    first_of_turn.body["tools"]
-        .as_array()
-        .map(|tools| {
-            tools
-                .iter()
-                .map(|tool| tool["name"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    requests[requests.len() - 2].tool_names()
 }
 
 #[test]

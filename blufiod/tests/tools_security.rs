@@ -194,17 +194,6 @@ fn a_group_members_turns_are_not_offered_run_command() {
             ..support::DaemonOptions::default()
         },
     );
-    let offered = |request: &Value| -> Vec<String> {
-        request["tools"]
-            .as_array()
-            .map(|tools| {
-                tools
-                    .iter()
-                    .map(|tool| tool["name"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
 
     let first = fake.request_count();
     fake.push(Script::tool_use(
@@ -218,7 +207,7 @@ fn a_group_members_turns_are_not_offered_run_command() {
     let requests = fake.requests();
     assert_eq!(requests.len(), first + 2, "a tool round and the answer");
     assert!(
-        !offered(&requests[first].body).contains(&"run_command".to_owned()),
+        !requests[first].tool_names().contains(&"run_command".to_owned()),
         "{}",
         requests[first].body
     );
@@ -240,7 +229,7 @@ fn a_group_members_turns_are_not_offered_run_command() {
         &daemon,
         &[("run_command", json!({"program": echo, "args": ["ran for the owner"]}))],
     );
-    assert!(offered(&fake.requests()[first].body).contains(&"run_command".to_owned()));
+    assert!(fake.requests()[first].tool_names().contains(&"run_command".to_owned()));
     assert!(
         !results[0].is_error && results[0].content.contains("ran for the owner"),
         "{:?}",

@@ -1325,7 +1325,7 @@ impl Agent {
                 .collect();
             let limit_reached = summary.provider_calls >= turn.config.config.agent.max_tool_iterations;
             let results = self
-                .run_tools(&turn.tools, turn.principal, calls, limit_reached, events)
+                .run_tools(&turn.tools, ids.principal, calls, limit_reached, events)
                 .await?;
             let results_id = uuid::Uuid::now_v7().to_string();
             self.store(ids, &results_id, Role::Tool, &results, &summary.model)
@@ -1374,7 +1374,6 @@ impl Agent {
             config,
             provider,
             tools,
-            principal: ids.principal,
             model,
             price,
         })
@@ -1715,7 +1714,6 @@ struct Turn {
     config: Arc<crate::config::Loaded>,
     provider: Arc<dyn Provider>,
     tools: Arc<Tools>,
-    principal: Principal,
     model: String,
     price: crate::config::ModelPrice,
     system: String,
