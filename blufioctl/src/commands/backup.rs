@@ -335,54 +335,77 @@ enum TeeError {
     Archive(ArchiveError),
 }
 
-/// Writes the chunks from `receiver` to `out` while verifying them; returns the manifest, the
-/// bytes written and `out`, flushed.
-fn write_and_verify<W: io::Write>(receiver: mpsc::Receiver<Vec<u8>>, out: W) -> Result<(Manifest, u64, W), TeeError> {
-    let mut tee = Tee {
-        receiver,
-        current: io::Cursor::new(Vec::new()),
-        out,
-        written: 0,
-        write_error: None,
-    };
-    // Read to its end, so that the end-of-archive blocks go out too.
-    let verified = verify_reader(&mut tee);
-    let flushed = tee.out.flush();
-    if let Some(error) = tee.write_error.take() {
+/// Writes the chunks from `receiver` to `out` while another thread verifies the same chunks
+/// (hashing runs beside the writing, not after it); returns the manifest, the bytes written and
+/// `out`, flushed. A failed write stops both; so does a verification failure.
+fn write_and_verify<W: io::Write>(
+    mut receiver: mpsc::Receiver<Vec<u8>>,
+    mut out: W,
+) -> Result<(Manifest, u64, W), TeeError> {
+    let (to_verifier, chunks) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+    let verifier = std::thread::Builder::new()
+        .name("blufioctl-verify".to_owned())
+        .spawn(move || {
+            let mut reader = ChunkReader {
+                chunks,
+                current: Arc::new(Vec::new()),
+                at: 0,
+            };
+            // Read to its end, so that everything written is verified, end blocks included.
+            verify_reader(&mut reader)
+        })
+        .map_err(TeeError::Write)?;
+    let mut written = 0u64;
+    let mut write_error = None;
+    while let Some(chunk) = receiver.blocking_recv() {
+        let chunk = Arc::new(chunk);
+        if let Err(error) = out.write_all(&chunk) {
+            write_error = Some(error);
+            break;
+        }
+        written += chunk.len() as u64;
+        // A closed channel means the verifier stopped early: its result says why.
+        if to_verifier.send(chunk).is_err() {
+            break;
+        }
+    }
+    // Stops the sender at its next chunk, and ends the verifier's input.
+    receiver.close();
+    drop(to_verifier);
+    let flushed = out.flush();
+    let verified = verifier
+        .join()
+        .map_err(|_| TeeError::Write(io::Error::other("the verifying thread panicked")))?;
+    if let Some(error) = write_error {
         return Err(TeeError::Write(error));
     }
     let manifest = verified.map_err(TeeError::Archive)?;
     flushed.map_err(TeeError::Write)?;
-    Ok((manifest, tee.written, tee.out))
+    Ok((manifest, written, out))
 }
 
-/// Reads the chunks of a channel and writes what it reads to `out`.
-struct Tee<W> {
-    receiver: mpsc::Receiver<Vec<u8>>,
-    current: io::Cursor<Vec<u8>>,
-    out: W,
-    written: u64,
-    /// The write that failed; the read then fails too, which stops the reader.
-    write_error: Option<io::Error>,
+/// Reads the chunks of a channel in order.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<Arc<Vec<u8>>>,
+    current: Arc<Vec<u8>>,
+    at: usize,
 }
 
-impl<W: io::Write> Read for Tee<W> {
+impl Read for ChunkReader {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let read = self.current.read(buffer)?;
-            if read > 0 || buffer.is_empty() {
-                if let Err(error) = self.out.write_all(&buffer[..read]) {
-                    self.write_error = Some(error);
-                    return Err(io::Error::other("the archive's writer failed"));
+        while self.at == self.current.len() {
+            match self.chunks.recv() {
+                Ok(next) => {
+                    self.current = next;
+                    self.at = 0;
                 }
-                self.written += read as u64;
-                return Ok(read);
-            }
-            match self.receiver.blocking_recv() {
-                Some(next) => self.current = io::Cursor::new(next),
-                None => return Ok(0),
+                Err(_) => return Ok(0),
             }
         }
+        let read = buffer.len().min(self.current.len() - self.at);
+        buffer[..read].copy_from_slice(&self.current[self.at..self.at + read]);
+        self.at += read;
+        Ok(read)
     }
 }
 
@@ -1064,23 +1087,36 @@ mod tests {
     }
 
     #[test]
-    fn the_tee_passes_every_byte_on_and_stops_when_the_writer_fails() {
+    fn the_writer_passes_every_byte_on_verified_and_stops_when_a_write_fails() {
         let (manifest, bytes) = sample_archive();
         let (sender, receiver) = mpsc::channel(64);
         for chunk in bytes.chunks(700) {
             sender.try_send(chunk.to_vec()).expect("room");
         }
         drop(sender);
-        let mut tee = Tee {
-            receiver,
-            current: io::Cursor::new(Vec::new()),
-            out: Vec::new(),
-            written: 0,
-            write_error: None,
+        let Ok((verified, written, out)) = write_and_verify(receiver, Vec::new()) else {
+            panic!("a whole archive verifies");
         };
-        assert_eq!(verify_reader(&mut tee).expect("verifies"), manifest);
-        assert_eq!(tee.out, bytes);
-        assert_eq!(tee.written, bytes.len() as u64);
+        assert_eq!(verified, manifest);
+        assert_eq!(out, bytes);
+        assert_eq!(written, bytes.len() as u64);
+
+        // A damaged archive is written as it came, and refused.
+        let mut flipped = bytes.clone();
+        let at = flipped
+            .windows(DATABASE.len())
+            .position(|window| window == DATABASE)
+            .expect("the database is in the archive");
+        flipped[at + 3] ^= 0x01;
+        let (sender, receiver) = mpsc::channel(64);
+        for chunk in flipped.chunks(700) {
+            sender.try_send(chunk.to_vec()).expect("room");
+        }
+        drop(sender);
+        assert!(matches!(
+            write_and_verify(receiver, Vec::new()),
+            Err(TeeError::Archive(ArchiveError::Mismatch { .. }))
+        ));
 
         struct Broken;
         impl io::Write for Broken {
@@ -1093,18 +1129,12 @@ mod tests {
         }
         let (sender, receiver) = mpsc::channel(1);
         sender.try_send(bytes.clone()).expect("room");
-        let mut tee = Tee {
-            receiver,
-            current: io::Cursor::new(Vec::new()),
-            out: Broken,
-            written: 0,
-            write_error: None,
+        let Err(TeeError::Write(error)) = write_and_verify(receiver, Broken) else {
+            panic!("a failed write is the error");
         };
-        assert!(verify_reader(&mut tee).is_err());
-        assert_eq!(
-            tee.write_error.map(|error| error.kind()),
-            Some(io::ErrorKind::BrokenPipe)
-        );
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        // The sender sees the channel closed and stops.
+        assert!(sender.try_send(Vec::new()).is_err());
     }
 
     #[test]
