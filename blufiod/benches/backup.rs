@@ -1019,8 +1019,7 @@ impl Backup {
     /// Each boundary is known to within [`SAMPLE_EVERY`].
     fn phases(&self) -> Vec<(&'static str, Duration, Duration)> {
         let probes = &self.probes;
-        // The snapshot grew for the last time (the copy done; the hash and the rest of the check
-        // follow).
+        // The snapshot grew for the last time (the copy done; the check and hash follow).
         let snapshot_done = probes
             .windows(2)
             .filter(|pair| pair[1].snapshot_bytes > pair[0].snapshot_bytes && pair[1].received_bytes == 0)
@@ -1038,8 +1037,8 @@ impl Backup {
         let mut phases = Vec::new();
         let mut from = Duration::ZERO;
         for (label, to) in [
-            ("connect + snapshot (the integrity check beside it)", snapshot_done),
-            ("SHA-256 of the snapshot, the rest of the check", first_bytes),
+            ("connect + snapshot", snapshot_done),
+            ("integrity check and SHA-256 of the snapshot (at once)", first_bytes),
             ("archive streamed, written and verified by the client", all_bytes),
             ("client flush, fsync, rename", renamed),
             ("client exit", Some(self.wall)),

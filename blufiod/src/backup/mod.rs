@@ -23,7 +23,7 @@ use crate::config::ConfigHandle;
 use crate::events::{Event, EventBus};
 use crate::health::{Check, Finding, Health};
 use crate::metrics::Metrics;
-use crate::storage::{Storage, StorageError, StorageErrorKind, current_schema_version};
+use crate::storage::{Storage, StorageError, StorageErrorKind, current_schema_version, inspect_database};
 use crate::util::unix_now;
 
 /// The file name of a scheduled backup: `blufio-backup-20261130T142000Z.tar`.
@@ -256,28 +256,32 @@ impl Backups {
                 source,
             })?;
         let snapshot = dir.path().join(archive::DATABASE);
-        // The integrity check runs beside the copy, on the same committed state, and the hash
-        // of the snapshot beside the rest of the check.
-        let (facts, hashed) = self
-            .deps
+        self.deps
             .storage
-            .snapshot_into(&snapshot, |snapshot| {
-                std::fs::File::open(snapshot).and_then(archive::sha256_of)
-            })
+            .snapshot_into(&snapshot)
             .await
             .map_err(|source| BackupError::Snapshot {
                 dir: state_dir.clone(),
                 full: source.kind() == StorageErrorKind::Full,
                 source,
             })?;
+        // The integrity check and the manifest's hash each read the whole snapshot: on threads
+        // of their own, at once.
+        let hashing = {
+            let snapshot = snapshot.clone();
+            crate::util::background("blufio-hash", move || {
+                std::fs::File::open(&snapshot).and_then(archive::sha256_of)
+            })
+        };
+        let (facts, hashed) = tokio::join!(inspect_database(&snapshot), hashing);
+        let facts = facts.map_err(|source| BackupError::Snapshot {
+            dir: state_dir.clone(),
+            full: false,
+            source,
+        })?;
         if let Some(problems) = facts.integrity_problems {
             return Err(BackupError::Integrity { problems });
         }
-        tracing::debug!(
-            pages = facts.pages,
-            seconds = started.elapsed().as_secs_f64(),
-            "snapshot taken, checked and hashed"
-        );
         let mut members = Vec::new();
         let (sha256, bytes) = hashed.map_err(|source| BackupError::Read {
             path: snapshot.clone(),

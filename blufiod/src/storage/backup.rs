@@ -17,8 +17,6 @@ pub struct DatabaseFacts {
     pub vault_slots: Vec<VaultSlotRecord>,
     /// Entries in the vault.
     pub vault_entries: u64,
-    /// Its size in pages (`PRAGMA page_count`).
-    pub pages: u64,
 }
 
 /// The schema version this build migrates to.
@@ -28,88 +26,26 @@ pub fn current_schema_version() -> i64 {
 
 impl Storage {
     /// Writes a consistent snapshot of the database to `path`, which must not exist, while work
-    /// goes on, and checks it: returns what it holds, with `PRAGMA integrity_check`'s verdict.
-    ///
-    /// The copy is SQLite's online backup API on a connection of its own that holds one read
+    /// goes on: SQLite's online backup API on a connection of its own that holds one read
     /// transaction for the whole copy, so the writer is never held, its commits never restart
     /// the copy, and the snapshot holds exactly the transactions committed before it began. (It
     /// measured faster than `VACUUM INTO` and kept a busy writer's rate; see docs/benchmarks.md.)
-    /// The check runs at the same time on a second connection whose read transaction began in
-    /// the same instant: both begin while the writer is held, so no commit falls between them and
-    /// the check reads exactly the pages the copy copies. Both run on low-priority threads
-    /// ([`crate::util::background`]). `after_copy` runs on the copy's thread once the snapshot
-    /// is complete, while the check may still run (the backup hashes the snapshot there); its
-    /// result is returned with the facts.
-    pub async fn snapshot_into<R: Send + 'static>(
-        &self,
-        path: &Path,
-        after_copy: impl FnOnce(&Path) -> R + Send + 'static,
-    ) -> Result<(DatabaseFacts, R), StorageError> {
+    /// The copy runs on a low-priority thread ([`crate::util::background`]).
+    pub async fn snapshot_into(&self, path: &Path) -> Result<(), StorageError> {
         // Held for the whole copy: a pause (a restore, the shutdown) waits for it.
-        let pools = self.pools.read().await;
+        let _pools = self.pools.read().await;
         let source = self.options.path.clone();
-        let busy = self.options.busy_timeout;
-        let (from, checker) = {
-            let _no_commits = pools.writer.lock().await;
-            let source = source.clone();
-            tokio::task::spawn_blocking(move || {
-                Ok::<_, StorageError>((begin_read(&source, busy)?, begin_read(&source, busy)?))
-            })
-            .await
-            .expect("opening the snapshot's connections panicked")?
-        };
         let target = path.to_owned();
-        let copying = crate::util::background("blufio-snapshot", move || {
-            online_backup(from, &target).map(|()| after_copy(&target))
-        });
-        let checking = crate::util::background("blufio-inspect", move || {
-            let facts = inspect_connection(&checker, &source);
-            let ended = checker.execute_batch("COMMIT").map_err(|error| StorageError::File {
-                operation: "end the check's read transaction",
-                path: source.clone(),
-                source: error,
-            });
-            facts.and_then(|facts| ended.map(|()| facts))
-        });
-        let (copied, facts) = tokio::join!(copying, checking);
-        let after = copied?;
-        Ok((facts?, after))
+        let busy = self.options.busy_timeout;
+        crate::util::background("blufio-snapshot", move || online_backup(&source, &target, busy)).await
     }
 }
 
-/// A read-only connection to the live database at `source` with a read transaction begun: it
-/// sees the database as it is now until the transaction ends.
-fn begin_read(source: &Path, busy: std::time::Duration) -> Result<rusqlite::Connection, StorageError> {
+/// Copies the database at `source` to `target` with the online backup API, in one step: the
+/// held read transaction already keeps the writer free, so there is nothing to yield for. The
+/// target is a scratch file until the caller checks it: no journal and no fsync while it fills.
+fn online_backup(source: &Path, target: &Path, busy: std::time::Duration) -> Result<(), StorageError> {
     use rusqlite::{Connection, OpenFlags};
-    let failed = |operation| {
-        move |error| StorageError::File {
-            operation,
-            path: source.to_owned(),
-            source: error,
-        }
-    };
-    let connection = Connection::open_with_flags(
-        source,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(failed("open the database for a snapshot"))?;
-    connection
-        .busy_timeout(busy)
-        .map_err(failed("open the database for a snapshot"))?;
-    // The first read fixes what the transaction sees.
-    connection
-        .execute_batch("BEGIN")
-        .and_then(|()| connection.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
-        .map_err(failed("begin the snapshot's read transaction"))?;
-    Ok(connection)
-}
-
-/// Copies the database that `from` reads (in its read transaction, which this ends) to
-/// `target` with the online backup API, in one step: the held read transaction already keeps
-/// the writer free, so there is nothing to yield for. The target is a scratch file until the
-/// caller checks it: no journal and no fsync while it fills.
-fn online_backup(from: rusqlite::Connection, target: &Path) -> Result<(), StorageError> {
-    use rusqlite::Connection;
     let failed = |operation| {
         move |source| StorageError::File {
             operation,
@@ -117,6 +53,17 @@ fn online_backup(from: rusqlite::Connection, target: &Path) -> Result<(), Storag
             source,
         }
     };
+    let from = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(failed("open the database for a snapshot"))?;
+    from.busy_timeout(busy)
+        .map_err(failed("open the database for a snapshot"))?;
+    // The read transaction fixes what the copy sees.
+    from.execute_batch("BEGIN")
+        .and_then(|()| from.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
+        .map_err(failed("begin the snapshot's read transaction"))?;
     // Never over an existing file: the backup API would replace its content.
     if std::fs::symlink_metadata(target).is_ok() {
         return Err(failed("create the snapshot file (it exists)")(
@@ -173,11 +120,7 @@ pub async fn inspect_database(path: &Path) -> Result<DatabaseFacts, StorageError
 }
 
 fn inspect_blocking(path: &Path) -> Result<DatabaseFacts, StorageError> {
-    inspect_connection(&open_read_only(path)?, path)
-}
-
-/// What the database that `connection` reads holds; `path` names it in errors.
-fn inspect_connection(connection: &rusqlite::Connection, path: &Path) -> Result<DatabaseFacts, StorageError> {
+    let connection = open_read_only(path)?;
     let failed = |operation| {
         move |source| StorageError::File {
             operation,
@@ -244,15 +187,11 @@ fn inspect_connection(connection: &rusqlite::Connection, path: &Path) -> Result<
     } else {
         (Vec::new(), 0)
     };
-    let pages = connection
-        .query_row("PRAGMA page_count", [], |row| row.get::<_, i64>(0))
-        .map_err(failed("read a database file's size"))?;
     Ok(DatabaseFacts {
         integrity_problems,
         schema_version,
         vault_slots,
         vault_entries,
-        pages: u64::try_from(pages).unwrap_or(0),
     })
 }
 
@@ -337,32 +276,19 @@ mod tests {
         }
         let writing = storage.clone();
         let writer = tokio::spawn(async move {
-            // Nearly a page each: almost every commit grows the file.
-            let title = "during ".repeat(500);
             for index in 0..2_000 {
                 writing
-                    .create_session(&format!("during-{index}"), &title)
+                    .create_session(&format!("during-{index}"), "during")
                     .await
                     .unwrap();
             }
         });
         let snapshot = dir.path().join("snapshot.db");
-        let (checked, size) = storage
-            .snapshot_into(&snapshot, |snapshot| std::fs::metadata(snapshot).unwrap().len())
-            .await
-            .unwrap();
+        storage.snapshot_into(&snapshot).await.unwrap();
         writer.await.unwrap();
         let facts = inspect_database(&snapshot).await.unwrap();
         assert_eq!(facts.integrity_problems, None);
         assert_eq!(facts.schema_version, current_schema_version());
-        // The check, run on the live database beside the copy, saw exactly what the copy holds,
-        // and `after_copy` saw the finished copy.
-        assert_eq!(checked.integrity_problems, None);
-        assert_eq!(
-            checked.pages, facts.pages,
-            "the check and the copy saw different commits"
-        );
-        assert_eq!(size, facts.pages * 4096);
         let copy = Storage::open(&StorageOptions {
             path: snapshot.clone(),
             busy_timeout: Duration::from_secs(5),
@@ -378,7 +304,7 @@ mod tests {
         );
         assert_eq!(storage.count_sessions().await.unwrap(), 2_200);
         // A target that exists is refused, not overwritten.
-        assert!(storage.snapshot_into(&snapshot, |_| ()).await.is_err());
+        assert!(storage.snapshot_into(&snapshot).await.is_err());
         assert_eq!(copy.count_sessions().await.unwrap(), copied);
         copy.close().await;
 
