@@ -1067,6 +1067,26 @@ mod tests {
         assert_eq!(parent_dir(&file), dir.path());
     }
 
+    /// `archive` with one bit flipped in the database member's bytes.
+    fn with_a_bit_flipped(archive: &[u8]) -> Vec<u8> {
+        let mut flipped = archive.to_vec();
+        let at = flipped
+            .windows(DATABASE.len())
+            .position(|window| window == DATABASE)
+            .expect("the database is in the archive");
+        flipped[at + 3] ^= 0x01;
+        flipped
+    }
+
+    /// A channel holding `bytes` in chunks of 700, closed behind them.
+    fn chunks_of(bytes: &[u8]) -> mpsc::Receiver<Vec<u8>> {
+        let (sender, receiver) = mpsc::channel(bytes.len().div_ceil(700).max(1));
+        for chunk in bytes.chunks(700) {
+            sender.try_send(chunk.to_vec()).expect("room");
+        }
+        receiver
+    }
+
     #[test]
     fn verifying_reads_the_whole_archive_and_names_the_damage() {
         let (manifest, bytes) = sample_archive();
@@ -1074,12 +1094,7 @@ mod tests {
         assert_eq!(verify_reader(&mut reader).expect("verifies"), manifest);
         assert!(reader.is_empty(), "the end-of-archive blocks are read too");
 
-        let mut flipped = bytes.clone();
-        let at = flipped
-            .windows(DATABASE.len())
-            .position(|window| window == DATABASE)
-            .expect("the database is in the archive");
-        flipped[at + 3] ^= 0x01;
+        let flipped = with_a_bit_flipped(&bytes);
         let error = verify_reader(&mut &flipped[..]).unwrap_err().to_string();
         assert!(error.contains("SHA-256 differs"), "{error}");
         let error = verify_reader(&mut &bytes[..bytes.len() / 2]).unwrap_err().to_string();
@@ -1089,32 +1104,16 @@ mod tests {
     #[test]
     fn the_writer_passes_every_byte_on_verified_and_stops_when_a_write_fails() {
         let (manifest, bytes) = sample_archive();
-        let (sender, receiver) = mpsc::channel(64);
-        for chunk in bytes.chunks(700) {
-            sender.try_send(chunk.to_vec()).expect("room");
-        }
-        drop(sender);
-        let Ok((verified, written, out)) = write_and_verify(receiver, Vec::new()) else {
+        let Ok((verified, written, out)) = write_and_verify(chunks_of(&bytes), Vec::new()) else {
             panic!("a whole archive verifies");
         };
         assert_eq!(verified, manifest);
         assert_eq!(out, bytes);
         assert_eq!(written, bytes.len() as u64);
 
-        // A damaged archive is written as it came, and refused.
-        let mut flipped = bytes.clone();
-        let at = flipped
-            .windows(DATABASE.len())
-            .position(|window| window == DATABASE)
-            .expect("the database is in the archive");
-        flipped[at + 3] ^= 0x01;
-        let (sender, receiver) = mpsc::channel(64);
-        for chunk in flipped.chunks(700) {
-            sender.try_send(chunk.to_vec()).expect("room");
-        }
-        drop(sender);
+        // A damaged archive is refused.
         assert!(matches!(
-            write_and_verify(receiver, Vec::new()),
+            write_and_verify(chunks_of(&with_a_bit_flipped(&bytes)), Vec::new()),
             Err(TeeError::Archive(ArchiveError::Mismatch { .. }))
         ));
 
@@ -1127,14 +1126,10 @@ mod tests {
                 Ok(())
             }
         }
-        let (sender, receiver) = mpsc::channel(1);
-        sender.try_send(bytes.clone()).expect("room");
-        let Err(TeeError::Write(error)) = write_and_verify(receiver, Broken) else {
+        let Err(TeeError::Write(error)) = write_and_verify(chunks_of(&bytes), Broken) else {
             panic!("a failed write is the error");
         };
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
-        // The sender sees the channel closed and stops.
-        assert!(sender.try_send(Vec::new()).is_err());
     }
 
     #[test]
