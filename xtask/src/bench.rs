@@ -278,7 +278,17 @@ fn backup(args: &[&str]) -> Result<()> {
 fn size() -> Result<()> {
     let bin = build_release()?;
     let scratch = tempdir()?;
-    println!("release binaries (profile.release: lto=thin, panic=abort, strip=debuginfo)");
+    // The profile is Cargo.toml's unless the environment overrides it, as a measurement of
+    // another profile does; the overrides are printed with the result.
+    let overrides: Vec<String> = std::env::vars()
+        .filter(|(name, _)| name.starts_with("CARGO_PROFILE_RELEASE_"))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    if overrides.is_empty() {
+        println!("release binaries (Cargo.toml's [profile.release])");
+    } else {
+        println!("release binaries ([profile.release] with {})", overrides.join(" "));
+    }
     for binary in ["blufiod", "blufioctl"] {
         let built = std::fs::metadata(bin.join(binary))?.len();
         let stripped_path = scratch.join(binary);
