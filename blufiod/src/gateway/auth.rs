@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use blufio_proto::httpsig;
 use blufio_proto::httpsig::digest::DigestVerifier;
-use governor::clock::{Clock as _, DefaultClock};
+use governor::clock::{Clock as _, MonotonicClock};
 use http::StatusCode;
 
 use super::Gateway;
@@ -34,9 +34,12 @@ pub struct Authenticated {
 }
 
 /// Requests per minute per key.
+///
+/// On `Instant` (`MonotonicClock`), not governor's TSC clock, whose calibration busy-waits in the
+/// first limiter made: that was on the start's critical path.
 pub struct RateLimiter {
-    limiter: governor::DefaultKeyedRateLimiter<String>,
-    clock: DefaultClock,
+    limiter: governor::RateLimiter<String, governor::state::keyed::DashMapStateStore<String>, MonotonicClock>,
+    clock: MonotonicClock,
 }
 
 impl RateLimiter {
@@ -44,8 +47,8 @@ impl RateLimiter {
     pub fn new(per_minute: u32) -> Self {
         let quota = governor::Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
         Self {
-            limiter: governor::RateLimiter::keyed(quota),
-            clock: DefaultClock::default(),
+            limiter: governor::RateLimiter::dashmap_with_clock(quota, MonotonicClock),
+            clock: MonotonicClock,
         }
     }
 
