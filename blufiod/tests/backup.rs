@@ -1,8 +1,9 @@
 //! Backups and restores through the real daemon and the real client: a backup taken under
 //! concurrent writers holds every acknowledged turn and no half-written one; a round trip onto a
 //! fresh state directory brings back sessions, the ledger, devices and secrets; bad archives are
-//! refused with the live database untouched; a restore while a turn streams loses nothing; a crash
-//! at each step of the swap leaves the old or the new database, never a mix.
+//! refused with the live database untouched; a backup onto a full disk says so and leaves nothing;
+//! a restore while a turn streams loses nothing; a crash at each step of the swap leaves the old
+//! or the new database, never a mix.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -202,6 +203,64 @@ fn a_backup_under_eight_writers_holds_every_acknowledged_turn_and_comes_back_who
     fake.push(Script::text("after the move", 1));
     ok(&restored.ctl(&["chat", "hello from the new machine"]));
     assert_eq!(fake.requests().last().unwrap().header("x-api-key"), Some(KEY));
+}
+
+/// A full disk under `blufioctl backup`, with blufiod still sending: the error names the write
+/// that failed (not a stream cut short), and no file is left at PATH or beside it.
+#[test]
+fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    // About 8 MiB of incompressible rows: an archive of many 256 KiB chunks, so that the client
+    // fails to write while blufiod is still streaming.
+    sql(
+        &dir.path().join("state/blufio.db"),
+        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
+         SELECT 1, hex(randomblob(2048)), 0, 0 FROM \
+         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)",
+    );
+
+    // Standard output that refuses every write.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = daemon.ctl_to(&["backup", "-"], full);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        stderr.contains("cannot write the archive to stdout") && stderr.contains("No space left on device"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stderr.contains("stream ended"), "{}", describe(&output));
+
+    // A file system with room for a quarter of the archive.
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("the rest is skipped: this machine cannot mount a tmpfs");
+        return;
+    }
+    let output = daemon.ctl(&["backup", small.join("blufio.tar").to_str().unwrap()]);
+    let left: Vec<_> = std::fs::read_dir(&small)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        stderr.contains("cannot write the archive to") && stderr.contains("No space left on device"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stderr.contains("stream ended"), "{}", describe(&output));
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]

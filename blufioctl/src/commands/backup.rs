@@ -235,6 +235,9 @@ async fn receive<W: io::Write + Send + 'static>(
     // The writer may be slow (a pipe, a disk): a thread of its own, so that Ctrl-C is still heard.
     let writing = tokio::task::spawn_blocking(move || write_and_verify(receiver, out));
     let mut received = 0u64;
+    // Whether the writer stopped before the stream ended: only a failure stops it, which then
+    // explains a short archive; otherwise a short archive is blufiod's.
+    let mut writer_stopped = false;
     let streamed = async {
         while let Some(chunk) = stream.next().await? {
             let Chunk::Data(data) = chunk else {
@@ -247,6 +250,7 @@ async fn receive<W: io::Write + Send + 'static>(
             progress.advance(data.len() as u64);
             // A closed channel means the writer stopped; its result says why.
             if sender.send(data).await.is_err() {
+                writer_stopped = true;
                 break;
             }
         }
@@ -255,19 +259,29 @@ async fn receive<W: io::Write + Send + 'static>(
     .await;
     drop(sender);
     let written = writing.await.context("the thread writing the archive failed")?;
+    let tee_failure = |error| -> Failure {
+        match error {
+            TeeError::Write(error) => {
+                anyhow::Error::new(error).context(format!("cannot write the archive to {target}"))
+            }
+            TeeError::Archive(error) => {
+                anyhow::Error::new(error).context(format!("the archive written to {target} failed verification"))
+            }
+        }
+        .into()
+    };
+    // A failed write (a full disk) is the cause whatever the stream did afterwards.
+    if let Err(error @ TeeError::Write(_)) = written {
+        return Err(tee_failure(error));
+    }
     // The stream's own failure explains a truncated archive better than the verification does.
     streamed?;
-    if received != archive_bytes {
+    if received != archive_bytes && !writer_stopped {
         return Err(
             anyhow::anyhow!("blufiod's stream ended after {received} of the archive's {archive_bytes} bytes").into(),
         );
     }
-    let (verified, written, out) = written.map_err(|error| match error {
-        TeeError::Write(error) => anyhow::Error::new(error).context(format!("cannot write the archive to {target}")),
-        TeeError::Archive(error) => {
-            anyhow::Error::new(error).context(format!("the archive written to {target} failed verification"))
-        }
-    })?;
+    let (verified, written, out) = written.map_err(tee_failure)?;
     if written != archive_bytes || verified != *announced {
         return Err(anyhow::anyhow!(
             "the archive written to {target} ({written} bytes) differs from what blufiod announced \

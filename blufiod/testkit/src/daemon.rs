@@ -203,6 +203,14 @@ impl Daemon {
         child.wait_with_output().expect("wait for blufioctl")
     }
 
+    /// Runs `blufioctl --socket <socket> args...` with its standard output on `stdout` (a file,
+    /// `/dev/full`); the output's `stdout` is then empty.
+    pub fn ctl_to(&self, args: &[&str], stdout: impl Into<Stdio>) -> Output {
+        let mut command = ctl_command(self.binaries.blufioctl(), &self.socket, args);
+        command.stdout(stdout).stderr(Stdio::piped());
+        output_of(command)
+    }
+
     /// Starts `blufioctl --socket <socket> args...` in the background, its output piped (a chat
     /// a test interrupts, for example).
     pub fn ctl_in_background(&self, args: &[&str]) -> Child {
