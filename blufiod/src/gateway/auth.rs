@@ -35,8 +35,8 @@ pub struct Authenticated {
 
 /// Requests per minute per key.
 ///
-/// On `Instant` (`MonotonicClock`), not governor's TSC clock, whose calibration busy-waits in the
-/// first limiter made: that was on the start's critical path.
+/// On `Instant` (`MonotonicClock`), not governor's TSC clock, whose calibration busy-waits for
+/// 0.5 ms or more of CPU when the first limiter is made, at every start.
 pub struct RateLimiter {
     limiter: governor::RateLimiter<String, governor::state::keyed::DashMapStateStore<String>, MonotonicClock>,
     clock: MonotonicClock,
