@@ -312,10 +312,7 @@ impl Storage {
                 .bind(now)
                 .bind(now);
         }
-        for message in earlier {
-            insert_message(&mut batch, *message, now);
-        }
-        insert_message(&mut batch, inbound, now);
+        // The turn first: its messages take their place in the order of turns from its row.
         batch
             .statement(
                 "INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES (?, ?, ?, 'running', ?)",
@@ -323,7 +320,12 @@ impl Storage {
             .bind(inbound.turn_id)
             .bind(inbound.session_id)
             .bind(inbound.id)
-            .bind(now)
+            .bind(now);
+        for message in earlier {
+            insert_message(&mut batch, *message, now);
+        }
+        insert_message(&mut batch, inbound, now);
+        batch
             .statement("UPDATE sessions SET state = 'running', updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(inbound.session_id);
@@ -423,14 +425,15 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
         // Two statements rather than one with `? IS NULL OR ...`: a plan that depends on whether
-        // a parameter is NULL makes SQLite prepare the statement again at every use.
-        const ALL: &str = "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
-             JOIN turns t ON t.id = m.turn_id WHERE m.session_id = ? \
-             ORDER BY t.rowid DESC, m.seq DESC LIMIT ?";
-        const UNTIL: &str = "SELECT m.id, m.turn_id, m.role, m.content, m.created_at FROM messages m \
-             JOIN turns t ON t.id = m.turn_id \
-             WHERE m.session_id = ? AND t.rowid <= (SELECT rowid FROM turns WHERE id = ?) \
-             ORDER BY t.rowid DESC, m.seq DESC LIMIT ?";
+        // a parameter is NULL makes SQLite prepare the statement again at every use. Both walk
+        // `messages_by_session_turn` backwards: no join, no sort. A message without a turn row
+        // (none is stored so) is left out, as the join with `turns` once left it out.
+        const ALL: &str = "SELECT id, turn_id, role, content, created_at FROM messages \
+             WHERE session_id = ? AND turn_seq IS NOT NULL \
+             ORDER BY turn_seq DESC, seq DESC LIMIT ?";
+        const UNTIL: &str = "SELECT id, turn_id, role, content, created_at FROM messages \
+             WHERE session_id = ? AND turn_seq <= (SELECT rowid FROM turns WHERE id = ?) \
+             ORDER BY turn_seq DESC, seq DESC LIMIT ?";
         let pools = self.pools.read().await;
         let query = match until_turn {
             None => sqlx::query_as(ALL).bind(session_id),
@@ -571,17 +574,21 @@ fn end_turn(batch: &mut WriteBatch, session_id: &str, turn_id: &str, end: TurnEn
         .bind(session_id);
 }
 
+/// Stores a message of a turn whose row is already stored (earlier in the same batch or before):
+/// `turn_seq` is that row's place in the order of turns.
 fn insert_message(batch: &mut WriteBatch, message: NewMessage<'_>, now: i64) {
     batch
         .statement(
-            "INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (id, session_id, turn_id, role, content, created_at, turn_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, (SELECT rowid FROM turns WHERE id = ?))",
         )
         .bind(message.id)
         .bind(message.session_id)
         .bind(message.turn_id)
         .bind(message.role)
         .bind(message.content_json)
-        .bind(now);
+        .bind(now)
+        .bind(message.turn_id);
 }
 
 #[cfg(test)]

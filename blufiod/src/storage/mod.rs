@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "agent", include_str!("migrations/0002_agent.sql")),
     (3, "devices", include_str!("migrations/0003_devices.sql")),
     (4, "vault", include_str!("migrations/0004_vault.sql")),
+    (5, "history order", include_str!("migrations/0005_history_order.sql")),
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
@@ -306,6 +307,25 @@ impl Storage {
     }
 }
 
+/// sqlx's migrator for `migrations` (all of [`MIGRATIONS`], or the first few in a test of an
+/// upgrade).
+fn migrator(migrations: &[(i64, &str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    (*description).to_owned().into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
 impl Pools {
     /// Opens (creating if needed) and migrates the database.
     async fn open(options: &StorageOptions) -> Result<Self, StorageError> {
@@ -340,24 +360,13 @@ impl Pools {
             .connect_with(writer_options.clone())
             .await
             .map_err(open_error)?;
-        let migrator = Migrator::with_migrations(
-            MIGRATIONS
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        (*description).into(),
-                        MigrationType::Simple,
-                        sql.into_sql_str(),
-                        false,
-                    )
-                })
-                .collect(),
-        );
-        migrator.run(&migrating).await.map_err(|source| StorageError::Migrate {
-            path: path.clone(),
-            source,
-        })?;
+        migrator(MIGRATIONS)
+            .run(&migrating)
+            .await
+            .map_err(|source| StorageError::Migrate {
+                path: path.clone(),
+                source,
+            })?;
         let writer = migrating.acquire().await.map_err(open_error)?.detach();
         migrating.close().await;
         // No ping before each use: a SQLite connection is a file handle that does not go stale,
@@ -627,6 +636,10 @@ mod tests {
             "0004_vault.sql",
             "82e38231d771cc40afdb404577e613d5d2e3fac20eb1fdb40a5c570666dbd8f1",
         ),
+        (
+            "0005_history_order.sql",
+            "e69607102475a57164f93a9f285671404fd590f5cb9f86896302eda1a978a863",
+        ),
     ];
 
     #[test]
@@ -668,6 +681,69 @@ mod tests {
             read_connections: 2,
             full_sync: false,
         }
+    }
+
+    /// A database of schema 4, with a message of a later turn stored before an earlier turn's
+    /// answer (a message sent while a turn runs), read back in turn order after the upgrade.
+    #[tokio::test]
+    async fn the_history_order_migration_keeps_turn_order_for_stored_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+            .await
+            .unwrap();
+        migrator(&MIGRATIONS[..4]).run(&old).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO sessions (id, title, created_at, updated_at) VALUES ('s1', 't', 0, 0);
+             INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES ('t1', 's1', 'm1', 'completed', 0);
+             INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES ('m1', 's1', 't1', 'user', '[]', 0);
+             INSERT INTO turns (id, session_id, inbound_message_id, state, started_at) VALUES ('t2', 's1', 'm2', 'running', 0);
+             INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES ('m2', 's1', 't2', 'user', '[]', 0);
+             INSERT INTO messages (id, session_id, turn_id, role, content, created_at) VALUES ('m3', 's1', 't1', 'assistant', '[]', 0);",
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let storage = Storage::open(&StorageOptions {
+            path,
+            busy_timeout: Duration::from_secs(1),
+            read_connections: 1,
+            full_sync: false,
+        })
+        .await
+        .unwrap();
+        let ids = |records: Vec<MessageRecord>| records.into_iter().map(|record| record.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(storage.recent_messages("s1", 10).await.unwrap()),
+            ["m1", "m3", "m2"]
+        );
+        assert_eq!(
+            ids(storage.history_of_turn("s1", "t1", 10).await.unwrap()),
+            ["m1", "m3"]
+        );
+        // A message stored after the upgrade takes its turn's place too.
+        storage
+            .append_message(
+                NewMessage {
+                    id: "m4",
+                    session_id: "s1",
+                    turn_id: "t2",
+                    role: "assistant",
+                    content_json: "[]",
+                },
+                "model",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(storage.history_of_turn("s1", "t2", 10).await.unwrap()),
+            ["m1", "m3", "m2", "m4"]
+        );
+        assert_eq!(ids(storage.recent_messages("s1", 2).await.unwrap()), ["m2", "m4"]);
     }
 
     #[tokio::test]
