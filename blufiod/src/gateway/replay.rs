@@ -50,7 +50,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -177,15 +177,15 @@ impl ReplayCache {
                 }
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(io("read the replay journal file", &path))?;
+            let mut file = open_regular(&path, true).map_err(io("read the replay journal file", &path))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(io("read the replay journal file", &path))?;
             // A record cut short by a crash or a full disk was never accepted; it is cut off, so
             // that records appended to this bucket after the restart stay aligned.
             let whole = bytes.len() - bytes.len() % 8;
             if whole != bytes.len() {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|file| file.set_len(whole as u64))
+                file.set_len(whole as u64)
                     .map_err(io("repair the replay journal file", &path))?;
             }
             let fingerprints: Vec<u64> = bytes
@@ -549,10 +549,31 @@ fn append(file: &mut Option<File>, dir: &Path, start: i64, fingerprint: u64) -> 
     }
 }
 
+/// Opens a file the journal made, refusing anything else planted in its place: a symlink (it
+/// would read or cut a file elsewhere), a FIFO (it would block the start) or a device. Opened
+/// without blocking, then checked to be a regular file.
+fn open_regular(path: &Path, write: bool) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file; the journal makes only regular files, so remove it",
+        ));
+    }
+    Ok(file)
+}
+
 /// The journal's fingerprint key: read, or made (32 random bytes, 0600) the first time.
 fn journal_key(dir: &Path) -> Result<[u8; 32], JournalError> {
     let path = dir.join("key");
-    match std::fs::read(&path) {
+    let read = open_regular(&path, false).and_then(|mut file| {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map(|_| bytes)
+    });
+    match read {
         Ok(bytes) => bytes.as_slice().try_into().map_err(|_| JournalError::BadKey {
             path: path.clone(),
             dir: dir.to_owned(),
@@ -657,6 +678,55 @@ mod tests {
         std::fs::write(journal.join("key"), b"short").unwrap();
         let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_002).unwrap_err();
         assert!(error.to_string().contains("damaged"), "{error}");
+    }
+
+    /// A symlink or a FIFO planted among the journal's files (found by an attack on the release
+    /// build): the start refuses with the file's name, at once, and nothing outside the
+    /// directory is touched. Before, a symlink's target was cut to whole records (as root, any
+    /// file), a FIFO hung the start for good, and a symlinked key was read through.
+    #[test]
+    fn journal_files_that_are_not_regular_files_are_refused_without_touching_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("replay");
+        drop(ReplayCache::open(100, 60, WINDOW, &journal, 1_000).unwrap());
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"0123456789abc").unwrap();
+        std::os::unix::fs::symlink(&outside, journal.join("1000.fp")).unwrap();
+        let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_001).unwrap_err();
+        assert!(error.to_string().contains("1000.fp"), "{error}");
+        assert_eq!(
+            std::fs::read(&outside).unwrap(),
+            b"0123456789abc",
+            "the target is untouched"
+        );
+        std::fs::remove_file(journal.join("1000.fp")).unwrap();
+
+        nix::unistd::mkfifo(
+            &journal.join("1000.fp"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let opening = journal.clone();
+        std::thread::spawn(move || {
+            sender
+                .send(ReplayCache::open(100, 60, WINDOW, &opening, 1_001).map(drop))
+                .ok();
+        });
+        let opened = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a journal with a FIFO in it returns");
+        let error = opened.unwrap_err();
+        assert!(error.to_string().contains("1000.fp"), "{error}");
+        std::fs::remove_file(journal.join("1000.fp")).unwrap();
+
+        let key = journal.join("key");
+        let real = std::fs::read(&key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        std::fs::write(&outside, &real).unwrap();
+        std::os::unix::fs::symlink(&outside, &key).unwrap();
+        let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_001).unwrap_err();
+        assert!(error.to_string().contains("key"), "{error}");
     }
 
     /// The last second the nonces of a bucket opened at `start` are remembered.
