@@ -115,6 +115,17 @@ pub enum JournalError {
         /// Its length.
         len: u64,
     },
+    /// The key file is gone while fingerprints made with it remain: a new key would make them
+    /// all meaningless, and every nonce they remember could be replayed.
+    #[error(
+        "the replay journal's key {path} is missing but its fingerprint files remain; restore the key, or remove the directory {dir} to start afresh (requests signed in the last clock-skew window could then be replayed once)"
+    )]
+    MissingKey {
+        /// The key file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
 }
 
 impl ReplayCache {
@@ -580,6 +591,20 @@ fn journal_key(dir: &Path) -> Result<[u8; 32], JournalError> {
             len: bytes.len() as u64,
         }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let fingerprints_remain = std::fs::read_dir(dir)
+                .map_err(|source| JournalError::Io {
+                    operation: "read the replay journal directory",
+                    path: dir.to_owned(),
+                    source,
+                })?
+                .filter_map(Result::ok)
+                .any(|entry| entry.file_name().to_string_lossy().ends_with(".fp"));
+            if fingerprints_remain {
+                return Err(JournalError::MissingKey {
+                    path,
+                    dir: dir.to_owned(),
+                });
+            }
             let mut key = [0; 32];
             getrandom::fill(&mut key).expect("the operating system's random source");
             let io = |source| JournalError::Io {
@@ -678,6 +703,13 @@ mod tests {
         std::fs::write(journal.join("key"), b"short").unwrap();
         let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_002).unwrap_err();
         assert!(error.to_string().contains("damaged"), "{error}");
+
+        // A key removed while fingerprints remain: a new key would let every one of them be
+        // replayed (found by an attack on the release build: a captured request passed again).
+        std::fs::remove_file(journal.join("key")).unwrap();
+        let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_002).unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
+        assert!(!journal.join("key").exists(), "no new key is made");
     }
 
     /// A symlink or a FIFO planted among the journal's files (found by an attack on the release
