@@ -168,12 +168,7 @@ impl ReplayCache {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io("read the replay journal directory", dir))? {
             let entry = entry.map_err(io("read the replay journal directory", dir))?;
-            let name = entry.file_name();
-            let Some(start) = name
-                .to_str()
-                .and_then(|name| name.strip_suffix(".fp"))
-                .and_then(|start| start.parse::<i64>().ok())
-            else {
+            let Some(start) = bucket_start(&entry.file_name()) else {
                 continue;
             };
             files.push((start, entry.path()));
@@ -541,6 +536,12 @@ fn bucket_path(dir: &Path, start: i64) -> PathBuf {
     dir.join(format!("{start}.fp"))
 }
 
+/// The second a bucket's file (`<start>.fp`) was opened, from its name; `None` for any other
+/// name.
+fn bucket_start(name: &std::ffi::OsStr) -> Option<i64> {
+    name.to_str()?.strip_suffix(".fp")?.parse().ok()
+}
+
 /// Appends a fingerprint to the file of the bucket opened at `start`, opening it (0600,
 /// appending) the first time. A short write leaves a partial record, which loading cuts off.
 fn append(file: &mut Option<File>, dir: &Path, start: i64, fingerprint: u64) -> std::io::Result<()> {
@@ -598,7 +599,7 @@ fn journal_key(dir: &Path) -> Result<[u8; 32], JournalError> {
                     source,
                 })?
                 .filter_map(Result::ok)
-                .any(|entry| entry.file_name().to_string_lossy().ends_with(".fp"));
+                .any(|entry| bucket_start(&entry.file_name()).is_some());
             if fingerprints_remain {
                 return Err(JournalError::MissingKey {
                     path,
