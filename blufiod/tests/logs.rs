@@ -3,7 +3,7 @@
 //! the in-memory ring, following it, and ending with the daemon.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -267,19 +267,26 @@ fn log_streams_are_bounded_and_end_with_the_daemon() {
     let mut followers: Vec<_> = (0..16)
         .map(|_| daemon.ctl_in_background(&["logs", "-f", "-n", "2000"]))
         .collect();
-    let deadline = Instant::now() + PATIENCE;
-    let refused = loop {
-        let output = daemon.ctl(&["logs", "-n", "0"]);
-        if output.status.code() == Some(1) {
-            break output;
+    // A follower's first line proves its stream is open (the tail holds the start's lines).
+    // Probing before that could take a slot a follower was still connecting for.
+    for follower in &mut followers {
+        let mut first = String::new();
+        let read = BufReader::new(follower.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if read == 0 {
+            let mut stderr = String::new();
+            follower.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("a follower ended before its first line: {stderr}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "a 17th stream was never refused: {}",
-            describe(&output)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+    let refused = daemon.ctl(&["logs", "-n", "0"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a 17th stream was not refused: {}",
+        describe(&refused)
+    );
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("16 log streams are open already"),
         "{}",
