@@ -389,6 +389,11 @@ pub struct BackupArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Have blufiod stream the archive over the socket instead of passing a read-only descriptor
+    /// of its checked snapshot, from which blufioctl builds the archive (slower)
+    #[arg(long, conflicts_with = "verify")]
+    pub stream: bool,
+
     #[command(flatten)]
     pub output: JsonArgs,
 }

@@ -38,6 +38,8 @@ use tokio::net::UnixStream;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
+use blufio_proto::descriptors::{DescriptorStream, Inbox};
+
 /// How long to wait for the socket connection and the HTTP/2 handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least time `RunChecks` is given: the daemon's deadline per check (30 s) and some.
@@ -97,6 +99,8 @@ pub struct Client {
     inner: ControlClient<Channel>,
     socket: PathBuf,
     call_timeout: Duration,
+    /// Descriptors the daemon passed on the connection (`Backup` with `descriptor`).
+    descriptors: Inbox,
 }
 
 impl Client {
@@ -118,12 +122,15 @@ impl Client {
             })?
             .connect_timeout(CONNECT_TIMEOUT);
         let path = socket.to_path_buf();
+        let descriptors = Inbox::default();
+        let inbox = descriptors.clone();
         let connector = tower::service_fn(move |_| {
             let path = path.clone();
+            let inbox = inbox.clone();
             async move {
                 let stream = UnixStream::connect(&path).await?;
                 check_shared_fallback(&path, &stream)?;
-                Ok::<_, io::Error>(TokioIo::new(stream))
+                Ok::<_, io::Error>(TokioIo::new(DescriptorStream::new(stream, inbox)))
             }
         });
         // The endpoint's connect timeout covers the socket connect; this one also bounds the
@@ -142,6 +149,7 @@ impl Client {
             inner: ControlClient::new(channel),
             socket: socket.to_path_buf(),
             call_timeout,
+            descriptors,
         })
     }
 
@@ -332,15 +340,22 @@ impl Client {
     /// `Backup`: the archive's stream, `started` first. Without a deadline, like a turn: the
     /// daemon answers at once and takes its snapshot before `started`, which can take a while
     /// for a large database. Dropping the returned [`BackupStream`] cancels the RPC.
-    pub async fn backup(&mut self, without_config: bool, include_tls: bool) -> Result<BackupStream, ClientError> {
+    pub async fn backup(
+        &mut self,
+        without_config: bool,
+        include_tls: bool,
+        descriptor: bool,
+    ) -> Result<BackupStream, ClientError> {
         let request = tonic::Request::new(BackupRequest {
             without_config,
             include_tls,
+            descriptor,
         });
         match self.inner.backup(request).await {
             Ok(response) => Ok(BackupStream {
                 inner: response.into_inner(),
                 socket: self.socket.clone(),
+                descriptors: self.descriptors.clone(),
             }),
             Err(status) => Err(classify_status(&self.socket, status)),
         }
@@ -385,9 +400,15 @@ impl Client {
 pub struct BackupStream {
     inner: Streaming<BackupChunk>,
     socket: PathBuf,
+    descriptors: Inbox,
 }
 
 impl BackupStream {
+    /// The snapshot's descriptor, once `started` said the daemon passed it.
+    pub fn take_descriptor(&self) -> Option<std::os::fd::OwnedFd> {
+        self.descriptors.take()
+    }
+
     /// The next chunk, or `None` when the daemon closed the stream without an error.
     pub async fn next(&mut self) -> Result<Option<Chunk>, ClientError> {
         loop {

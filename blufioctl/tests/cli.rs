@@ -570,15 +570,18 @@ mod fake {
         /// hangs there instead.
         async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
             use tokio_stream::StreamExt as _;
+            // A daemon that passes no descriptor: the client must take the stream.
             let BackupRequest {
                 without_config,
                 include_tls,
+                descriptor: _,
             } = request.into_inner();
             let (manifest, bytes) = archive();
             let mut chunks = vec![Ok(BackupChunk {
                 chunk: Some(backup_chunk::Chunk::Started(BackupStarted {
                     archive_bytes: bytes.len() as u64,
                     manifest_json: serde_json::to_string(&manifest).expect("serializes"),
+                    ..BackupStarted::default()
                 })),
             })];
             chunks.extend(bytes.chunks(CHUNK_BYTES).map(|data| {

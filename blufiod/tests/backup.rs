@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blufio_testkit::fake_provider::{FakeProvider, Script};
-use blufio_testkit::{Binaries, Daemon, DaemonOptions, describe, new_dir};
+use blufio_testkit::{Binaries, Daemon, DaemonOptions, control_client_receiving, describe, new_dir};
 
 const KEY: &str = "sk-ant-backup-test-0123456789";
 
@@ -155,6 +155,10 @@ fn a_backup_under_eight_writers_holds_every_acknowledged_turn_and_comes_back_who
         "the writers kept working during the backup"
     );
     ok(&daemon.ctl(&["backup", "--verify", archive.to_str().unwrap()]));
+    // The archive streamed over the socket, as a client that cannot take a descriptor gets it.
+    let streamed = dir.path().join("streamed.tar");
+    ok(&daemon.ctl(&["backup", "--stream", streamed.to_str().unwrap()]));
+    ok(&daemon.ctl(&["backup", "--verify", streamed.to_str().unwrap()]));
     let usage_then = daemon.ctl_json(&["usage"]);
     let devices_then = daemon.ctl_json(&["device", "list"]);
     drop(daemon);
@@ -222,12 +226,12 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
          (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)",
     );
 
-    // Standard output that refuses every write.
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    assert_failed_write(
-        &daemon.ctl_to(&["backup", "-"], full),
-        "cannot write the archive to stdout",
-    );
+    // Standard output that refuses every write, with the archive built here from the passed
+    // snapshot and with it streamed.
+    for args in [&["backup", "-"][..], &["backup", "--stream", "-"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert_failed_write(&daemon.ctl_to(args, full), "cannot write the archive to stdout");
+    }
 
     // A file system with room for a quarter of the archive.
     let small = dir.path().join("small");
@@ -249,6 +253,84 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
     let _ = std::process::Command::new("umount").arg(&small).status();
     assert_failed_write(&output, "cannot write the archive to");
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A client given the snapshot's descriptor (`Backup` with `descriptor`, as blufioctl asks) gets
+/// the checked snapshot read-only, and keeps nothing by holding it after its call: the daemon
+/// empties the snapshot when the call ends, so the descriptor reads nothing and holds no disk,
+/// and the one backup place is free again.
+#[test]
+fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileExt as _;
+
+    use blufio_proto::backup::{DATABASE, Manifest};
+    use blufio_proto::control::v1 as pb;
+
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_client, snapshot) = runtime.block_on(async {
+        let (mut client, inbox) = control_client_receiving(&daemon.socket).await;
+        let request = pb::BackupRequest {
+            without_config: true,
+            include_tls: false,
+            descriptor: true,
+        };
+        let mut stream = client.backup(request).await.unwrap().into_inner();
+        let Some(pb::BackupChunk {
+            chunk: Some(pb::backup_chunk::Chunk::Started(started)),
+        }) = stream.message().await.unwrap()
+        else {
+            panic!("the stream did not start with `started`");
+        };
+        assert!(started.descriptor, "{started:?}");
+        assert!(started.members.is_empty(), "no member but the database: {started:?}");
+        let snapshot = std::fs::File::from(inbox.take().expect("the descriptor came with `started`"));
+        let manifest: Manifest = serde_json::from_str(&started.manifest_json).unwrap();
+        let database = manifest.members.iter().find(|member| member.name == DATABASE).unwrap();
+        assert_eq!(snapshot.metadata().unwrap().len(), database.bytes);
+        let mut head = [0u8; 16];
+        snapshot.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"SQLite format 3\0");
+        assert!(snapshot.write_at(b"x", 0).is_err(), "the descriptor is read-only");
+
+        // While the call lasts it holds the one backup place.
+        let busy = daemon.ctl(&["backup", "--without-config", "--stream", "-"]);
+        assert!(
+            String::from_utf8_lossy(&busy.stderr).contains("already running"),
+            "{}",
+            describe(&busy)
+        );
+        // Ends the call; the connection (and the descriptor) stay.
+        drop(stream);
+        let deadline = Instant::now() + blufio_testkit::PATIENCE;
+        while snapshot.metadata().unwrap().len() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the snapshot was not emptied when the call ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (client, snapshot)
+    });
+    let mut rest = Vec::new();
+    (&snapshot).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes left to read", rest.len());
+    let archive = dir.path().join("next.tar");
+    ok(&daemon.ctl(&["backup", "--without-config", archive.to_str().unwrap()]));
+    ok(&daemon.ctl(&["backup", "--verify", archive.to_str().unwrap()]));
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".backup-"))
+        .collect();
+    assert!(left.is_empty(), "snapshot directories left: {left:?}");
 }
 
 /// `output` is a backup that failed because the disk was full, said as such (`says`), not as a

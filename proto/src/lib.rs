@@ -4,6 +4,7 @@
 //! This crate holds no behaviour of the daemon: `blufioctl` depends on it and never on `blufiod`.
 
 pub mod backup;
+pub mod descriptors;
 pub mod httpsig;
 pub mod paths;
 

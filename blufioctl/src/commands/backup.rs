@@ -3,8 +3,12 @@
 //! reader are `blufio_proto::backup`'s, shared with the daemon; this module never parses tar
 //! itself.
 //!
-//! A backup goes to a temporary file (mode 0600: it holds the vault's sealed secrets and the
-//! config) beside PATH. A thread of its own writes it and verifies every member's SHA-256
+//! blufiod passes a read-only descriptor of its checked snapshot on the call's connection, with
+//! the manifest and the small members, and the archive is built here from them (moving a large
+//! database through HTTP/2 costs both processes more CPU than the rest of a backup together);
+//! with `--stream`, or from a daemon that passes none, the archive's bytes come over the socket.
+//! Either way, a backup goes to a temporary file (mode 0600: it holds the vault's sealed secrets
+//! and the config) beside PATH. A thread of its own writes it and verifies every member's SHA-256
 //! against the manifest as the bytes pass (one pass: reading the file back would only read the
 //! page cache those bytes came through, at the cost of a second hash on a small machine). It is
 //! then flushed to disk and only then renamed to PATH: PATH holds a complete, verified archive or
@@ -57,11 +61,13 @@ pub async fn run(context: &Context<'_>, args: BackupArgs) -> Result<Outcome, Fai
         include_tls,
         without_config,
         force,
+        stream,
         output,
     } = args;
     let contents = Contents {
         without_config,
         include_tls,
+        descriptor: !stream,
     };
     let started = Instant::now();
     match path {
@@ -81,6 +87,8 @@ pub async fn run(context: &Context<'_>, args: BackupArgs) -> Result<Outcome, Fai
 struct Contents {
     without_config: bool,
     include_tls: bool,
+    /// Ask for the snapshot's descriptor rather than the streamed archive.
+    descriptor: bool,
 }
 
 /// Where a backup goes: PATH, the default name inside PATH when it is a directory, or the default
@@ -181,14 +189,22 @@ async fn download_to_file(
     // The file goes to the writing thread; its name stays here, and removes it when dropped.
     let (file, temp_path) = temp.into_parts();
     let mut client = context.connect().await?;
-    let mut stream = client.backup(contents.without_config, contents.include_tls).await?;
-    let (archive_bytes, announced) = started(&mut stream).await?;
+    let mut stream = client
+        .backup(contents.without_config, contents.include_tls, contents.descriptor)
+        .await?;
+    let (archive_bytes, announced, local) = started(&mut stream).await?;
 
-    let receiving = Progress::new("receiving", archive_bytes, draw);
+    let receiving = Progress::new(
+        if local.is_some() { "writing" } else { "receiving" },
+        archive_bytes,
+        draw,
+    );
     let target = format!("the temporary file {}", temp_path.display());
     let out = BufWriter::with_capacity(CHUNK_BYTES, file);
     // On any failure, dropping `temp_path` removes the temporary file: PATH is untouched.
-    let out = receive(&mut stream, archive_bytes, &announced, out, &target, &receiving).await?;
+    let out = receive(&mut stream, archive_bytes, &announced, local, out, &target, &receiving).await?;
+    // Ends the call: blufiod may let go of its snapshot.
+    drop(stream);
     receiving.finish();
     let write_error = |error: io::Error| {
         anyhow::Error::new(error).context(format!("cannot write the archive to {}", temp_path.display()))
@@ -219,14 +235,16 @@ async fn download_to_file(
     })
 }
 
-/// Receives the rest of a backup stream (after `started`) and writes it to `out` on a thread of
-/// its own, which verifies every member's SHA-256 against the manifest as the bytes pass. Fails
-/// unless exactly the announced archive, with the announced manifest, was written. `target`
-/// names `out` in errors.
+/// Receives the rest of a backup stream (after `started`), or builds the archive here from the
+/// snapshot blufiod passed (`local`), and writes it to `out` on a thread of its own, which
+/// verifies every member's SHA-256 against the manifest as the bytes pass. Fails unless exactly
+/// the announced archive, with the announced manifest, was written. `target` names `out` in
+/// errors.
 async fn receive<W: io::Write + Send + 'static>(
     stream: &mut BackupStream,
     archive_bytes: u64,
     announced: &Manifest,
+    local: Option<LocalArchive>,
     out: W,
     target: &str,
     progress: &Progress,
@@ -234,14 +252,32 @@ async fn receive<W: io::Write + Send + 'static>(
     let (sender, receiver) = mpsc::channel::<Vec<u8>>(4);
     // The writer may be slow (a pipe, a disk): a thread of its own, so that Ctrl-C is still heard.
     let writing = tokio::task::spawn_blocking(move || write_and_verify(receiver, out));
+    // From a descriptor, a thread of its own builds the archive's bytes in place of the stream.
+    let (mut built, building) = match local {
+        Some(local) => {
+            let (chunks, built) = mpsc::channel::<Vec<u8>>(4);
+            let manifest = announced.clone();
+            let building = tokio::task::spawn_blocking(move || local.build(&manifest, chunks));
+            (Some(built), Some(building))
+        }
+        None => (None, None),
+    };
     let mut received = 0u64;
     // Whether the writer stopped before the stream ended: only a failure stops it, which then
     // explains a short archive; otherwise a short archive is blufiod's.
     let mut writer_stopped = false;
     let streamed = async {
-        while let Some(chunk) = stream.next().await? {
-            let Chunk::Data(data) = chunk else {
-                return Err(anyhow::anyhow!("blufiod announced its backup twice").into());
+        loop {
+            let data = match built.as_mut() {
+                Some(built) => match built.recv().await {
+                    Some(data) => data,
+                    None => break,
+                },
+                None => match stream.next().await? {
+                    Some(Chunk::Data(data)) => data,
+                    Some(_) => return Err(anyhow::anyhow!("blufiod announced its backup twice").into()),
+                    None => break,
+                },
             };
             received += data.len() as u64;
             if received > archive_bytes {
@@ -257,8 +293,14 @@ async fn receive<W: io::Write + Send + 'static>(
         Ok::<_, Failure>(())
     }
     .await;
+    // Stops the building thread at its next chunk if the writer stopped first.
+    drop(built);
     drop(sender);
     let written = writing.await.context("the thread writing the archive failed")?;
+    let built = match building {
+        Some(building) => Some(building.await.context("the thread building the archive failed")?),
+        None => None,
+    };
     let tee_failure = |error| -> Failure {
         match error {
             TeeError::Write(error) => {
@@ -273,6 +315,12 @@ async fn receive<W: io::Write + Send + 'static>(
     // A failed write (a full disk) is the cause whatever the stream did afterwards.
     if let Err(error @ TeeError::Write(_)) = written {
         return Err(tee_failure(error));
+    }
+    // A builder the writer stopped fails for that reason, which the writer's result gives.
+    if let Some(Err(error)) = built
+        && !writer_stopped
+    {
+        return Err(snapshot_failure(stream, error).await);
     }
     // The stream's own failure explains a truncated archive better than the verification does.
     streamed?;
@@ -292,13 +340,140 @@ async fn receive<W: io::Write + Send + 'static>(
     Ok(out)
 }
 
-/// The first chunk of a backup stream: the archive's size and its manifest.
-async fn started(stream: &mut BackupStream) -> Result<(u64, Manifest), Failure> {
+/// The first chunk of a backup stream: the archive's size, its manifest, and the snapshot's
+/// descriptor with the other members when blufiod passed it.
+async fn started(stream: &mut BackupStream) -> Result<(u64, Manifest, Option<LocalArchive>), Failure> {
     let Some(Chunk::Started(started)) = stream.next().await? else {
         return Err(anyhow::anyhow!("blufiod's backup stream did not start with the archive's manifest").into());
     };
-    let manifest = serde_json::from_str(&started.manifest_json).context("blufiod's backup manifest does not parse")?;
-    Ok((started.archive_bytes, manifest))
+    let manifest: Manifest =
+        serde_json::from_str(&started.manifest_json).context("blufiod's backup manifest does not parse")?;
+    if !started.descriptor {
+        return Ok((started.archive_bytes, manifest, None));
+    }
+    let retry = "run `blufioctl backup --stream` to have the archive streamed instead";
+    let Some(snapshot) = stream.take_descriptor() else {
+        return Err(
+            anyhow::anyhow!("blufiod said it passed the snapshot's descriptor, but none arrived; {retry}").into(),
+        );
+    };
+    let snapshot = File::from(snapshot);
+    let size = snapshot
+        .metadata()
+        .context("cannot inspect the snapshot blufiod passed")?;
+    let database = manifest.members.iter().find(|member| member.name == archive::DATABASE);
+    if !size.is_file() || database.is_none_or(|member| member.bytes != size.len()) {
+        return Err(anyhow::anyhow!(
+            "the snapshot blufiod passed is not the file its manifest describes ({} bytes); {retry}",
+            size.len()
+        )
+        .into());
+    }
+    // Built here, the archive must come to the size blufiod announced: a manifest with fields
+    // this blufioctl does not know would not.
+    if archive::archive_size(&manifest) != started.archive_bytes {
+        return Err(anyhow::anyhow!(
+            "blufiod's manifest does not round-trip through this blufioctl (another version?); {retry}"
+        )
+        .into());
+    }
+    let members = started
+        .members
+        .into_iter()
+        .map(|member| (member.name, member.data))
+        .collect();
+    Ok((
+        started.archive_bytes,
+        manifest,
+        Some(LocalArchive { snapshot, members }),
+    ))
+}
+
+/// The archive's parts when blufiod passed its snapshot's descriptor.
+struct LocalArchive {
+    /// The checked snapshot, read-only.
+    snapshot: File,
+    /// The other members, whole: (name, bytes).
+    members: Vec<(String, Vec<u8>)>,
+}
+
+impl LocalArchive {
+    /// Writes the archive as chunks to `chunks` (blocking); stops when the receiver is gone.
+    fn build(self, manifest: &Manifest, chunks: mpsc::Sender<Vec<u8>>) -> Result<(), ArchiveError> {
+        let Self { snapshot, members } = self;
+        let out = ChunkSender {
+            chunks,
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+        };
+        let mut out = archive::write(out, manifest, |name| {
+            if name == archive::DATABASE {
+                // Positioned reads: the descriptor's offset is not ours to trust.
+                let reader = PositionedReader { file: &snapshot, at: 0 };
+                return Ok(Box::new(io::BufReader::with_capacity(CHUNK_BYTES, reader)) as Box<dyn Read>);
+            }
+            let (_, bytes) = members
+                .iter()
+                .find(|(member, _)| member == name)
+                .ok_or_else(|| io::Error::other(format!("blufiod sent no member {name}")))?;
+            Ok(Box::new(&bytes[..]) as Box<dyn Read>)
+        })?;
+        io::Write::flush(&mut out)?;
+        Ok(())
+    }
+}
+
+/// Reads a file from its start with `pread`.
+struct PositionedReader<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for PositionedReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = std::os::unix::fs::FileExt::read_at(self.file, buffer, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
+/// Sends what is written to it as chunks of [`CHUNK_BYTES`] (from a blocking thread).
+struct ChunkSender {
+    chunks: mpsc::Sender<Vec<u8>>,
+    buffer: Vec<u8>,
+}
+
+impl io::Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let taken = bytes.len().min(CHUNK_BYTES - self.buffer.len());
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() == CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        self.chunks
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the archive's writer stopped"))
+    }
+}
+
+/// Building from the passed snapshot failed: blufiod's own error on the call explains it best
+/// when there is one (it empties the snapshot at its deadline).
+async fn snapshot_failure(stream: &mut BackupStream, error: ArchiveError) -> Failure {
+    if let Ok(Err(daemon)) = tokio::time::timeout(std::time::Duration::from_secs(1), stream.next()).await {
+        return anyhow::Error::new(daemon)
+            .context("cannot read the snapshot blufiod passed")
+            .into();
+    }
+    anyhow::Error::new(error)
+        .context("cannot read the snapshot blufiod passed")
+        .into()
 }
 
 /// PATH exists and `--force` was not given.
@@ -313,11 +488,14 @@ fn exists_failure(path: &Path) -> Failure {
 async fn backup_to_stdout(context: &Context<'_>, contents: Contents, started_at: Instant) -> Result<Outcome, Failure> {
     let work = async {
         let mut client = context.connect().await?;
-        let mut stream = client.backup(contents.without_config, contents.include_tls).await?;
-        let (archive_bytes, announced) = started(&mut stream).await?;
+        let mut stream = client
+            .backup(contents.without_config, contents.include_tls, contents.descriptor)
+            .await?;
+        let (archive_bytes, announced, local) = started(&mut stream).await?;
         let out = BufWriter::with_capacity(CHUNK_BYTES, io::stdout());
         let silent = Progress::new("receiving", archive_bytes, false);
-        let out = receive(&mut stream, archive_bytes, &announced, out, "stdout", &silent).await?;
+        let out = receive(&mut stream, archive_bytes, &announced, local, out, "stdout", &silent).await?;
+        drop(stream);
         out.into_inner()
             .map_err(|error| anyhow::Error::new(error.into_error()).context("cannot write the archive to stdout"))?;
         Ok::<_, Failure>(Written {

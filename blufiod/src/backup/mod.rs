@@ -85,6 +85,15 @@ pub enum BackupError {
     /// The archive format failed.
     #[error("cannot build the archive")]
     Archive(#[from] ArchiveError),
+    /// A client given the snapshot's descriptor did not end its call in time.
+    #[error(
+        "the client kept the snapshot for more than {} s, so it was emptied; back up to a faster disk, or with `blufioctl backup --stream`",
+        .after.as_secs()
+    )]
+    HandoverDeadline {
+        /// How long the client had.
+        after: Duration,
+    },
     /// The backup directory could let another user replace or remove backups.
     #[error("backup.dir {dir}: {problem}")]
     Dir {
@@ -173,9 +182,25 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The checked snapshot, opened read-only, to hand to a client that builds the archive
+    /// itself. Emptied when this is dropped, so a descriptor kept longer reads nothing.
+    pub fn open_snapshot(&self) -> Result<std::fs::File, BackupError> {
+        let path = self.snapshot_path();
+        std::fs::File::open(&path).map_err(|source| BackupError::Read { path, source })
+    }
+
+    /// The archive's members other than the database, whole: (name, bytes).
+    pub fn small_members(&self) -> &[(String, Vec<u8>)] {
+        &self.extra
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.path().join(archive::DATABASE)
+    }
+
     /// Writes the archive to `out` (blocking: it reads the snapshot file).
     pub fn write_to<W: Write>(&self, out: W) -> Result<W, BackupError> {
-        let snapshot = self.dir.path().join(archive::DATABASE);
+        let snapshot = self.snapshot_path();
         Ok(archive::write(out, &self.manifest, |name| {
             if name == archive::DATABASE {
                 // Whole chunks per read: the archive writer copies in small pieces.
@@ -190,6 +215,22 @@ impl Prepared {
                 Ok(Box::new(&bytes[..]) as Box<dyn Read>)
             }
         })?)
+    }
+}
+
+impl Drop for Prepared {
+    /// Empties the snapshot before its directory goes: removing the name alone would leave the
+    /// data, and its disk space, to any descriptor of it a client still holds.
+    fn drop(&mut self) {
+        let path = self.snapshot_path();
+        if let Err(error) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_len(0))
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot empty the backup snapshot");
+        }
     }
 }
 

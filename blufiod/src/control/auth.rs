@@ -131,8 +131,8 @@ pub fn authorize(
     method: &str,
 ) -> Result<Caller, Status> {
     let credentials = extensions
-        .get::<tonic::transport::server::UdsConnectInfo>()
-        .and_then(|info| info.peer_cred);
+        .get::<super::incoming::ConnectionInfo>()
+        .and_then(|info| info.uds.peer_cred);
     let Some(credentials) = credentials else {
         return Err(Status::permission_denied(
             "the caller's credentials are unknown, so the call is refused; connect over the Unix socket",

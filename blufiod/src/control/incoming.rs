@@ -4,9 +4,15 @@
 //! slots that no group member can take. A connection over a bound is closed at once, before it
 //! costs a request. Together with the server's maximum connection age (idle connections are
 //! closed gracefully after it) this keeps the daemon's descriptors for the gateway and the owner.
+//!
+//! Each connection also has an [`Outbox`]: a call may leave one descriptor in it, and the
+//! connection's next write carries it to the peer (`SCM_RIGHTS`), ahead of or with the bytes of
+//! the call's next message. Only the call that asked for a descriptor fills its own
+//! connection's outbox, so a descriptor reaches no other peer.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -98,18 +104,70 @@ impl Drop for Slot {
     }
 }
 
+/// One descriptor waiting to go to a connection's peer with the connection's next write.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox(Arc<Mutex<Option<OwnedFd>>>);
+
+impl Outbox {
+    /// Leaves `descriptor` for the next write; refused (and returned) while another waits.
+    pub fn put(&self, descriptor: OwnedFd) -> Result<(), OwnedFd> {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return Err(descriptor);
+        }
+        *slot = Some(descriptor);
+        Ok(())
+    }
+
+    /// Takes back the descriptor if it is still waiting (it has not been written to the peer).
+    pub fn take(&self) -> Option<OwnedFd> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// What a call learns of its connection (tonic puts it in each request's extensions).
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The peer's credentials (`SO_PEERCRED`).
+    pub uds: UdsConnectInfo,
+    /// Where a call leaves a descriptor for its peer.
+    pub outbox: Outbox,
+}
+
 /// An accepted connection holding its slot.
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
+    outbox: Outbox,
     _slot: Slot,
 }
 
+impl Connection {
+    /// Writes `buffers` with the waiting descriptor attached, if one waits; `None` when none does.
+    fn poll_write_with_descriptor(
+        &self,
+        context: &mut Context<'_>,
+        buffers: &[IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        let mut waiting = self.outbox.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let descriptor = waiting.as_ref()?;
+        let sent = blufio_proto::descriptors::poll_send_with(&self.stream, context, buffers, descriptor.as_fd());
+        if let Poll::Ready(Ok(_)) = sent {
+            // The peer holds its own copy now; the daemon's closes here.
+            *waiting = None;
+        }
+        Some(sent)
+    }
+}
+
 impl Connected for Connection {
-    type ConnectInfo = UdsConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        ConnectionInfo {
+            uds: self.stream.connect_info(),
+            outbox: self.outbox.clone(),
+        }
     }
 }
 
@@ -125,6 +183,9 @@ impl AsyncRead for Connection {
 
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(written) = self.poll_write_with_descriptor(context, &[IoSlice::new(buffer)]) {
+            return written;
+        }
         Pin::new(&mut self.stream).poll_write(context, buffer)
     }
 
@@ -139,8 +200,11 @@ impl AsyncWrite for Connection {
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
-        buffers: &[io::IoSlice<'_>],
+        buffers: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(written) = self.poll_write_with_descriptor(context, buffers) {
+            return written;
+        }
         Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
     }
 
@@ -165,7 +229,14 @@ pub fn incoming(listener: UnixListener, slots: Arc<Slots>) -> impl Stream<Item =
             // Without credentials the peer gets no access anyway; count it against the others.
             let uid = stream.peer_cred().map_or(u32::MAX, |credentials| credentials.uid());
             match slots.take(uid) {
-                Ok(slot) => return Some((Ok(Connection { stream, _slot: slot }), (listener, slots))),
+                Ok(slot) => {
+                    let connection = Connection {
+                        stream,
+                        outbox: Outbox::default(),
+                        _slot: slot,
+                    };
+                    return Some((Ok(connection), (listener, slots)));
+                }
                 Err(reason) => {
                     tracing::debug!(uid, reason, "control connection refused");
                     drop(stream);

@@ -404,9 +404,15 @@ impl pb::control_server::Control for ControlService {
 
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let caller = self.authorize(&request, "Backup")?;
+        // Only the call's own connection can carry the descriptor to the caller.
+        let outbox = request
+            .extensions()
+            .get::<super::incoming::ConnectionInfo>()
+            .map(|info| info.outbox.clone());
         let pb::BackupRequest {
             without_config,
             include_tls,
+            descriptor,
         } = request.into_inner();
         if include_tls {
             caller.require_owner("put the gateway's TLS private key in a backup")?;
@@ -425,7 +431,11 @@ impl pb::control_server::Control for ControlService {
         // The snapshot can take longer than a call may before it answers: the stream answers at
         // once and carries everything, errors included.
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(stream_backup(self.deps.backups.clone(), contents, sender));
+        let handover = outbox.filter(|_| descriptor).map(|outbox| Handover {
+            outbox,
+            shutdown: self.shutdown.clone(),
+        });
+        tokio::spawn(stream_backup(self.deps.backups.clone(), contents, handover, sender));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
         ))))
@@ -1174,6 +1184,7 @@ fn vault_error_to_status(error: &VaultError) -> Status {
 async fn stream_backup(
     backups: Arc<Backups>,
     contents: Contents,
+    handover: Option<Handover>,
     sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
 ) {
     let prepared = match backups.prepare(contents).await {
@@ -1187,10 +1198,15 @@ async fn stream_backup(
             return;
         }
     };
+    if let Some(handover) = handover {
+        hand_over_backup(&backups, prepared, handover, &sender).await;
+        return;
+    }
     let started = pb::BackupChunk {
         chunk: Some(pb::backup_chunk::Chunk::Started(pb::BackupStarted {
             archive_bytes: prepared.archive_bytes,
             manifest_json: serde_json::to_string(&prepared.manifest).expect("a manifest serializes"),
+            ..pb::BackupStarted::default()
         })),
     };
     if sender.send(Ok(started)).await.is_err() {
@@ -1221,6 +1237,93 @@ async fn stream_backup(
             }
         }
     }
+}
+
+/// A backup whose snapshot goes to the caller as a descriptor.
+struct Handover {
+    /// The caller's connection's.
+    outbox: super::incoming::Outbox,
+    /// The daemon's stop ends the hand-over (and empties the snapshot).
+    shutdown: CancellationToken,
+}
+
+/// Passes the checked snapshot's descriptor on the caller's connection with `started`, then
+/// keeps the snapshot until the caller ends the call, its deadline passes or the daemon stops;
+/// dropping `prepared` empties it, so a descriptor kept beyond that reads nothing and holds no
+/// disk.
+async fn hand_over_backup(
+    backups: &Backups,
+    prepared: crate::backup::Prepared,
+    Handover { outbox, shutdown }: Handover,
+    sender: &tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
+) {
+    let snapshot = match prepared.open_snapshot() {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            backups.finish(Err(&error));
+            let _ = sender.send(Err(backup_error_to_status(&error))).await;
+            return;
+        }
+    };
+    if outbox.put(snapshot.into()).is_err() {
+        let _ = sender
+            .send(Err(Status::failed_precondition(
+                "another descriptor is waiting on this connection; ask for one backup at a time per connection",
+            )))
+            .await;
+        return;
+    }
+    let deadline = handover_deadline(prepared.archive_bytes);
+    let started = pb::BackupChunk {
+        chunk: Some(pb::backup_chunk::Chunk::Started(pb::BackupStarted {
+            archive_bytes: prepared.archive_bytes,
+            manifest_json: serde_json::to_string(&prepared.manifest).expect("a manifest serializes"),
+            descriptor: true,
+            members: prepared
+                .small_members()
+                .iter()
+                .map(|(name, data)| pb::BackupMember {
+                    name: name.clone(),
+                    data: data.clone(),
+                })
+                .collect(),
+            descriptor_deadline_seconds: deadline.as_secs(),
+        })),
+    };
+    if sender.send(Ok(started)).await.is_err() {
+        // The caller went away before its descriptor was written; the connection may live on.
+        drop(outbox.take());
+        return;
+    }
+    let ended = tokio::select! {
+        () = sender.closed() => Ok(()),
+        () = tokio::time::sleep(deadline) => Err(Status::deadline_exceeded(error_chain(
+            &BackupError::HandoverDeadline { after: deadline },
+        ))),
+        () = shutdown.cancelled() => Err(Status::unavailable(
+            "blufiod is stopping; the snapshot was emptied: back up again once it runs",
+        )),
+    };
+    if outbox.take().is_some() {
+        // Never written: the connection took no more bytes before the call ended.
+        return;
+    }
+    match ended {
+        Ok(()) => backups.finish(Ok((&prepared, None))),
+        Err(status) => {
+            if status.code() == tonic::Code::DeadlineExceeded {
+                backups.finish(Err(&BackupError::HandoverDeadline { after: deadline }));
+            }
+            let _ = sender.try_send(Err(status));
+        }
+    }
+}
+
+/// How long a caller given the snapshot's descriptor may keep the one backup-or-restore place:
+/// [`STREAM_STALL`], and a second for every 2 MiB of the archive (a disk slower than that is
+/// better served by the stream, whose stall limit counts progress).
+fn handover_deadline(archive_bytes: u64) -> Duration {
+    STREAM_STALL + Duration::from_secs(archive_bytes / (2 << 20))
 }
 
 /// How long a backup waits for its client to take the next chunk, and a restore for the next

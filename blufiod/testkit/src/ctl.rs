@@ -26,19 +26,38 @@ pub fn describe(output: &Output) -> String {
 pub async fn control_client(
     socket: &Path,
 ) -> blufio_proto::control::v1::control_client::ControlClient<tonic::transport::Channel> {
+    control_client_receiving(socket).await.0
+}
+
+/// [`control_client`] and the inbox where its connection keeps descriptors the daemon passes
+/// (`Backup` with `descriptor`), as blufioctl's does.
+#[cfg(feature = "control-client")]
+pub async fn control_client_receiving(
+    socket: &Path,
+) -> (
+    blufio_proto::control::v1::control_client::ControlClient<tonic::transport::Channel>,
+    blufio_proto::descriptors::Inbox,
+) {
+    let inbox = blufio_proto::descriptors::Inbox::default();
     let path = socket.to_owned();
+    let kept = inbox.clone();
     let channel = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
+            let inbox = kept.clone();
             async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
+                    blufio_proto::descriptors::DescriptorStream::new(stream, inbox),
                 ))
             }
         }))
         .await
         .expect("connect to the control socket");
-    blufio_proto::control::v1::control_client::ControlClient::new(channel)
+    (
+        blufio_proto::control::v1::control_client::ControlClient::new(channel),
+        inbox,
+    )
 }
 
 /// A device registered on a running daemon, and what a client needs to reach its gateway.

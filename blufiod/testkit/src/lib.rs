@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use binaries::{Binaries, blufioctl_bin, blufiod_bin};
 #[cfg(feature = "control-client")]
-pub use ctl::{RegisteredDevice, control_client, register_device};
+pub use ctl::{RegisteredDevice, control_client, control_client_receiving, register_device};
 pub use ctl::{ctl, describe};
 pub use daemon::{Daemon, DaemonOptions, new_dir};
 pub use notify::NotifyLog;
