@@ -27,7 +27,9 @@
 //! over [`SLOW`]) of each kind of request in each window, with the p99 during the backup as a
 //! ratio to the baseline's.
 //!
-//! Run with `cargo xtask bench backup [--mib N] [--json PATH] [--fill-cache DIR]`, which builds the release
+//! Run with `cargo xtask bench backup [--mib N] [--json PATH] [--fill-cache DIR] [--stream]`
+//! (`--stream`: `blufioctl backup --stream`, the archive streamed over the socket rather than
+//! built by the client from the snapshot's descriptor), which builds the release
 //! blufioctl first (`cargo bench -p blufiod` builds only the daemon). The temp directory needs
 //! about three times N free: the database, the snapshot and the archive.
 
@@ -109,15 +111,16 @@ fn main() {
         .fill_cache
         .as_ref()
         .map(|cache| cache.join(format!("fill-{}", options.mib)));
+    let schema = runtime.block_on(schema_version(&database));
     let filled = match cache
         .as_deref()
-        .and_then(|cache| FillCache::load(cache, &dir.path().join("state")))
+        .and_then(|cache| FillCache::load(cache, &dir.path().join("state"), schema))
     {
         Some(filled) => filled,
         None => {
             let filled = runtime.block_on(fill(&database, options.mib));
             if let Some(cache) = &cache {
-                FillCache::save(cache, &dir.path().join("state"), &filled);
+                FillCache::save(cache, &dir.path().join("state"), &filled, schema);
             }
             filled
         }
@@ -143,7 +146,7 @@ fn main() {
     let baseline_start = origin.elapsed();
     std::thread::sleep(BASELINE);
     let archive = dir.path().join("backup.tar");
-    let backup = Backup::run(&daemon, &database, &archive, origin);
+    let backup = Backup::run(&daemon, &database, &archive, options.stream, origin);
     std::thread::sleep(AFTER);
     let after_end = origin.elapsed();
     let records = load.stop(&runtime);
@@ -173,9 +176,13 @@ fn main() {
     }
 }
 
-/// The command line: `[--mib N] [--json PATH] [--fill-cache DIR]` (cargo adds `--bench`).
+/// The command line: `[--mib N] [--json PATH] [--fill-cache DIR] [--stream]` (cargo adds
+/// `--bench`).
 struct Options {
     mib: u64,
+    /// `blufioctl backup --stream`: the archive streamed over the socket instead of built by the
+    /// client from the snapshot's descriptor.
+    stream: bool,
     json: Option<PathBuf>,
     /// Where a filled database is kept between runs (the fill is the same for the same `--mib`).
     fill_cache: Option<PathBuf>,
@@ -185,6 +192,7 @@ impl Options {
     fn from_args() -> Self {
         let mut options = Self {
             mib: DEFAULT_MIB,
+            stream: false,
             json: None,
             fill_cache: None,
         };
@@ -206,6 +214,7 @@ impl Options {
                             .map_or_else(|| usage("--fill-cache needs a DIR"), PathBuf::from),
                     );
                 }
+                "--stream" => options.stream = true,
                 "--bench" => {}
                 other => usage(&format!("unknown argument {other:?}")),
             }
@@ -218,7 +227,7 @@ impl Options {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("{problem}\nusage: cargo xtask bench backup [--mib N] [--json PATH] [--fill-cache DIR]");
+    eprintln!("{problem}\nusage: cargo xtask bench backup [--mib N] [--json PATH] [--fill-cache DIR] [--stream]");
     std::process::exit(2)
 }
 
@@ -362,6 +371,18 @@ struct Filled {
     took: Duration,
 }
 
+/// The schema version of the database at `path` (its last migration).
+async fn schema_version(path: &Path) -> i64 {
+    let mut connection = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(path).read_only(true))
+        .await
+        .expect("open the database");
+    let (version,): (i64,) = sqlx::query_as("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut connection)
+        .await
+        .expect("the schema version");
+    version
+}
+
 /// `--fill-cache DIR`: a filled database kept between runs with the vault key that seals it, so
 /// that a repeated run copies it (seconds) instead of filling (minutes).
 struct FillCache;
@@ -370,9 +391,17 @@ impl FillCache {
     /// The files kept: the database and the generated vault key of the state directory.
     const FILES: [&str; 2] = ["blufio.db", "vault.key"];
 
-    /// Copies the cached fill into the stopped daemon's `state` directory, if there is one.
-    fn load(cache: &Path, state: &Path) -> Option<Filled> {
+    /// Copies the cached fill into the stopped daemon's `state` directory, if there is one of
+    /// the daemon's `schema` (an older one would be migrated at start, under the measurement).
+    fn load(cache: &Path, state: &Path, schema: i64) -> Option<Filled> {
         let counts: serde_json::Value = serde_json::from_slice(&std::fs::read(cache.join("filled.json")).ok()?).ok()?;
+        if counts["schema"].as_i64() != Some(schema) {
+            eprintln!(
+                "backup: the fill in {} is not of the daemon's schema {schema}: filling again",
+                cache.display()
+            );
+            return None;
+        }
         for stale in ["blufio.db-wal", "blufio.db-shm"] {
             let _ = std::fs::remove_file(state.join(stale));
         }
@@ -398,7 +427,7 @@ impl FillCache {
     }
 
     /// Keeps the fill just made in `state` for the next run.
-    fn save(cache: &Path, state: &Path, filled: &Filled) {
+    fn save(cache: &Path, state: &Path, filled: &Filled, schema: i64) {
         std::fs::create_dir_all(cache).unwrap_or_else(|error| panic!("cannot create {}: {error}", cache.display()));
         for file in Self::FILES {
             std::fs::copy(state.join(file), cache.join(file))
@@ -410,6 +439,7 @@ impl FillCache {
             "messages": filled.messages,
             "ledger": filled.ledger,
             "bytes": filled.bytes,
+            "schema": schema,
         });
         std::fs::write(cache.join("filled.json"), counts.to_string())
             .unwrap_or_else(|error| panic!("cannot write into {}: {error}", cache.display()));
@@ -476,6 +506,12 @@ async fn fill(path: &Path, mib: u64) -> Filled {
             break;
         }
     }
+    // Each message's place in the order of turns, as the daemon writes it (migration 5): the
+    // turns are inserted after their messages above.
+    sqlx::query("UPDATE messages SET turn_seq = (SELECT rowid FROM turns WHERE turns.id = messages.turn_id)")
+        .execute(&mut connection)
+        .await
+        .expect("set the messages' turn order");
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(&mut connection)
         .await
@@ -922,6 +958,8 @@ struct Probe {
 
 /// What the backup did and took.
 struct Backup {
+    /// `--stream`: the archive came over the socket, not from the snapshot's descriptor.
+    streamed: bool,
     /// Since the load's origin: the client's start and exit.
     began: Duration,
     ended: Duration,
@@ -944,7 +982,7 @@ struct Backup {
 
 impl Backup {
     /// Runs `blufioctl backup PATH --json` against `daemon`, sampling until it exits.
-    fn run(daemon: &Daemon, database: &Path, archive: &Path, origin: Instant) -> Self {
+    fn run(daemon: &Daemon, database: &Path, archive: &Path, stream: bool, origin: Instant) -> Self {
         let state = database.parent().expect("the state directory").to_owned();
         let archive_dir = archive.parent().expect("the archive's directory").to_owned();
         let wal = PathBuf::from(format!("{}-wal", database.display()));
@@ -953,11 +991,15 @@ impl Backup {
         let cpu_before = cpu_time(pid);
         let database_bytes = size_of(database);
         let wal_bytes = size_of(&wal);
-        eprintln!("backup: blufioctl backup {} --json", archive.display());
+        let mut args = vec!["backup", archive.to_str().expect("a UTF-8 path"), "--json"];
+        if stream {
+            args.push("--stream");
+        }
+        eprintln!("backup: blufioctl {}", args.join(" "));
 
         let began = origin.elapsed();
         let started = Instant::now();
-        let mut client = daemon.ctl_in_background(&["backup", archive.to_str().expect("a UTF-8 path"), "--json"]);
+        let mut client = daemon.ctl_in_background(&args);
         let client_pid = i32::try_from(client.id()).expect("a pid");
         let mut probes = Vec::new();
         loop {
@@ -994,6 +1036,7 @@ impl Backup {
             .unwrap_or(0);
         let after = memory_of(pid);
         Self {
+            streamed: stream,
             began,
             ended,
             wall,
@@ -1039,7 +1082,7 @@ impl Backup {
         for (label, to) in [
             ("connect + snapshot", snapshot_done),
             ("integrity check and SHA-256 of the snapshot (at once)", first_bytes),
-            ("archive streamed, written and verified by the client", all_bytes),
+            ("archive built (or streamed), written and verified by the client", all_bytes),
             ("client flush, fsync, rename", renamed),
             ("client exit", Some(self.wall)),
         ] {
@@ -1247,7 +1290,10 @@ impl Report {
             AFTER.as_secs()
         );
         println!();
-        println!("backup: blufioctl backup PATH --json (release), PATH on the state directory's filesystem");
+        println!(
+            "backup: blufioctl backup PATH --json{} (release), PATH on the state directory's filesystem",
+            if backup.streamed { " --stream" } else { "" }
+        );
         println!(
             "  database          {:.1} MiB (blufio.db; its WAL {:.1} MiB) when the backup began",
             mib_of(backup.database_bytes),
@@ -1400,6 +1446,7 @@ impl Report {
                 "skipped": self.skipped,
             },
             "backup": {
+                "streamed": backup.streamed,
                 "database_bytes": backup.database_bytes,
                 "wal_bytes_at_start": backup.wal_bytes,
                 "wal_bytes_peak": backup.peak_wal_bytes(),

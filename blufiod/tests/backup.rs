@@ -325,6 +325,11 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
     let archive = dir.path().join("next.tar");
     ok(&daemon.ctl(&["backup", "--without-config", archive.to_str().unwrap()]));
     ok(&daemon.ctl(&["backup", "--verify", archive.to_str().unwrap()]));
+    // To stdout too, built from the descriptor.
+    let piped = dir.path().join("piped.tar");
+    let output = daemon.ctl_to(&["backup", "--without-config", "-"], std::fs::File::create(&piped).unwrap());
+    assert!(output.status.success(), "{}", describe(&output));
+    ok(&daemon.ctl(&["backup", "--verify", piped.to_str().unwrap()]));
     let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
