@@ -1082,7 +1082,10 @@ impl Backup {
         for (label, to) in [
             ("connect + snapshot", snapshot_done),
             ("integrity check and SHA-256 of the snapshot (at once)", first_bytes),
-            ("archive built (or streamed), written and verified by the client", all_bytes),
+            (
+                "archive built (or streamed), written and verified by the client",
+                all_bytes,
+            ),
             ("client flush, fsync, rename", renamed),
             ("client exit", Some(self.wall)),
         ] {

@@ -275,7 +275,8 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
         .enable_all()
         .build()
         .unwrap();
-    let (_client, snapshot) = runtime.block_on(async {
+    let next_archive = dir.path().join("next.tar");
+    let (_client, snapshot, next) = runtime.block_on(async {
         let (mut client, inbox) = control_client_receiving(&daemon.socket).await;
         let request = pb::BackupRequest {
             without_config: true,
@@ -300,13 +301,17 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
         assert_eq!(&head, b"SQLite format 3\0");
         assert!(snapshot.write_at(b"x", 0).is_err(), "the descriptor is read-only");
 
-        // While the call lasts it holds the one backup place.
+        // While the call lasts it holds the one backup place: a backup asked for meanwhile is
+        // refused after a short wait, and one asked for just before the call ends goes ahead
+        // (the daemon hears of the end a moment after the client is done).
         let busy = daemon.ctl(&["backup", "--without-config", "--stream", "-"]);
         assert!(
             String::from_utf8_lossy(&busy.stderr).contains("already running"),
             "{}",
             describe(&busy)
         );
+        let next = daemon.ctl_in_background(&["backup", "--without-config", next_archive.to_str().unwrap()]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
         // Ends the call; the connection (and the descriptor) stay.
         drop(stream);
         let deadline = Instant::now() + blufio_testkit::PATIENCE;
@@ -317,17 +322,19 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        (client, snapshot)
+        (client, snapshot, next)
     });
     let mut rest = Vec::new();
     (&snapshot).read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{} bytes left to read", rest.len());
-    let archive = dir.path().join("next.tar");
-    ok(&daemon.ctl(&["backup", "--without-config", archive.to_str().unwrap()]));
-    ok(&daemon.ctl(&["backup", "--verify", archive.to_str().unwrap()]));
+    ok(&next.wait_with_output().unwrap());
+    ok(&daemon.ctl(&["backup", "--verify", next_archive.to_str().unwrap()]));
     // To stdout too, built from the descriptor.
     let piped = dir.path().join("piped.tar");
-    let output = daemon.ctl_to(&["backup", "--without-config", "-"], std::fs::File::create(&piped).unwrap());
+    let output = daemon.ctl_to(
+        &["backup", "--without-config", "-"],
+        std::fs::File::create(&piped).unwrap(),
+    );
     assert!(output.status.success(), "{}", describe(&output));
     ok(&daemon.ctl(&["backup", "--verify", piped.to_str().unwrap()]));
     let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))

@@ -31,6 +31,8 @@ const FILE_PREFIX: &str = "blufio-backup-";
 const FILE_SUFFIX: &str = ".tar";
 /// When no backup exists yet, the first scheduled one comes this long after the start.
 const FIRST_BACKUP_DELAY: Duration = Duration::from_secs(60);
+/// How long a client's backup waits for another backup or restore to end before it is refused.
+const PLACE_WAIT: Duration = Duration::from_secs(2);
 /// Bytes per chunk streamed to a client (under the control socket's message limit).
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
@@ -276,9 +278,14 @@ impl Backups {
             .unwrap_or_else(|| self.deps.paths.state_dir.join("backups"))
     }
 
-    /// Takes a snapshot, checks it, and prepares an archive of it and of `contents`.
+    /// Takes a snapshot, checks it, and prepares an archive of it and of `contents`. Waits up to
+    /// [`PLACE_WAIT`] for the one place: a client's hand-over ends only when the daemon hears its
+    /// call end, a moment after the client is done, and a backup run right after it must not be
+    /// refused for that.
     pub async fn prepare(&self, contents: Contents) -> Result<Prepared, BackupError> {
-        let running = self.running.clone().try_lock_owned().map_err(|_| BackupError::Busy)?;
+        let running = tokio::time::timeout(PLACE_WAIT, self.running.clone().lock_owned())
+            .await
+            .map_err(|_| BackupError::Busy)?;
         self.prepare_locked(contents, running).await
     }
 
