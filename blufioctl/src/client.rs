@@ -404,9 +404,10 @@ pub struct BackupStream {
 }
 
 impl BackupStream {
-    /// The snapshot's descriptor, once `started` said the daemon passed it.
-    pub fn take_descriptor(&self) -> Option<std::os::fd::OwnedFd> {
-        self.descriptors.take()
+    /// The snapshot's file, once `started` said the daemon passed it and named it by `device`
+    /// and `inode`.
+    pub fn take_snapshot(&self, device: u64, inode: u64) -> Option<std::fs::File> {
+        self.descriptors.take_file(device, inode)
     }
 
     /// The next chunk, or `None` when the daemon closed the stream without an error.

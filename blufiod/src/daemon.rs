@@ -449,6 +449,7 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
     ));
     register_checks(&health, &lifecycle, &storage, &agent);
     secrets.register_checks(&health, &live);
+    crate::backup::remove_stale_snapshots(&paths.state_dir);
     let backups = Backups::new(BackupDeps {
         storage: storage.clone(),
         config: live.handle(),

@@ -226,12 +226,12 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
          (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)",
     );
 
-    // Standard output that refuses every write, with the archive built here from the passed
-    // snapshot and with it streamed.
-    for args in [&["backup", "-"][..], &["backup", "--stream", "-"]] {
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-        assert_failed_write(&daemon.ctl_to(args, full), "cannot write the archive to stdout");
-    }
+    // Standard output that refuses every write.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    assert_failed_write(
+        &daemon.ctl_to(&["backup", "-"], full),
+        "cannot write the archive to stdout",
+    );
 
     // A file system with room for a quarter of the archive.
     let small = dir.path().join("small");
@@ -245,14 +245,20 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
         eprintln!("the rest is skipped: this machine cannot mount a tmpfs");
         return;
     }
-    let output = daemon.ctl(&["backup", small.join("blufio.tar").to_str().unwrap()]);
-    let left: Vec<_> = std::fs::read_dir(&small)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .collect();
+    // The archive built here from the passed snapshot, and streamed.
+    let target = small.join("blufio.tar");
+    for stream in [&[][..], &["--stream"]] {
+        let mut args = vec!["backup", target.to_str().unwrap()];
+        args.extend_from_slice(stream);
+        let output = daemon.ctl(&args);
+        let left: Vec<_> = std::fs::read_dir(&small)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_failed_write(&output, "cannot write the archive to");
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
     let _ = std::process::Command::new("umount").arg(&small).status();
-    assert_failed_write(&output, "cannot write the archive to");
-    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// A client given the snapshot's descriptor (`Backup` with `descriptor`, as blufioctl asks) gets
@@ -292,7 +298,9 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
         };
         assert!(started.descriptor, "{started:?}");
         assert!(started.members.is_empty(), "no member but the database: {started:?}");
-        let snapshot = std::fs::File::from(inbox.take().expect("the descriptor came with `started`"));
+        let snapshot = inbox
+            .take_file(started.descriptor_device, started.descriptor_inode)
+            .expect("the descriptor came with `started`");
         let manifest: Manifest = serde_json::from_str(&started.manifest_json).unwrap();
         let database = manifest.members.iter().find(|member| member.name == DATABASE).unwrap();
         assert_eq!(snapshot.metadata().unwrap().len(), database.bytes);
@@ -327,8 +335,21 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
     let mut rest = Vec::new();
     (&snapshot).read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{} bytes left to read", rest.len());
+
     ok(&next.wait_with_output().unwrap());
     ok(&daemon.ctl(&["backup", "--verify", next_archive.to_str().unwrap()]));
+    // The call that ended without the client's confirmation (its descriptor sought to the end)
+    // made no backup; blufioctl's, which confirms, did.
+    let finished: Vec<_> = daemon
+        .stderr()
+        .lines()
+        .filter(|line| line.contains("backup finished"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        finished.len() == 1 && finished[0].contains("built by a client from the snapshot's descriptor"),
+        "{finished:#?}"
+    );
     // To stdout too, built from the descriptor.
     let piped = dir.path().join("piped.tar");
     let output = daemon.ctl_to(

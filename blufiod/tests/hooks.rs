@@ -563,9 +563,38 @@ fn a_groups_full_access_does_not_reach_the_daemons_identity() {
         "{}",
         describe(&output)
     );
+    // To a file, a member's archive is streamed too: only the owner is handed the snapshot's
+    // descriptor (building from it costs a member nothing, and a backup resets the schedule).
+    let drop_box = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(drop_box.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let output = member(&[
+        "backup",
+        "--without-config",
+        drop_box.path().join("member.tar").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let last_backup_line = || {
+        daemon
+            .stderr()
+            .lines()
+            .rev()
+            .find(|line| line.contains("backup finished"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        last_backup_line().contains("streamed to a client"),
+        "{}",
+        last_backup_line()
+    );
     let archive = std::env::temp_dir().join(format!("blufio-owner-test-{}.tar", std::process::id()));
     let output = daemon.ctl(&["backup", "--force", archive.to_str().unwrap()]);
     assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        last_backup_line().contains("built by a client from the snapshot's descriptor"),
+        "{}",
+        last_backup_line()
+    );
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
     let output = member(&["restore", "--restore-config", archive.to_str().unwrap()]);
     let _ = std::fs::remove_file(&archive);

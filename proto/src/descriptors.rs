@@ -33,6 +33,17 @@ impl Inbox {
         (!waiting.is_empty()).then(|| waiting.remove(0))
     }
 
+    /// The waiting descriptor of the file with `device` and `inode`; every other waiting one is
+    /// closed (a call cancelled after its descriptor came leaves one behind).
+    pub fn take_file(&self, device: u64, inode: u64) -> Option<std::fs::File> {
+        use std::os::unix::fs::MetadataExt as _;
+        let waiting = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        waiting.into_iter().map(std::fs::File::from).find(|file| {
+            file.metadata()
+                .is_ok_and(|metadata| metadata.dev() == device && metadata.ino() == inode)
+        })
+    }
+
     fn keep(&self, descriptor: OwnedFd) {
         let mut waiting = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.len() < INBOX_LIMIT {
@@ -192,6 +203,20 @@ mod tests {
         assert_eq!(&read, b"xy");
         let kept = std::iter::from_fn(|| inbox.take()).count();
         assert_eq!(kept, INBOX_LIMIT);
+
+        // The descriptor a call asked for is found by its file; stale ones are closed.
+        let (stale, wanted) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        send_with(&theirs, b"s", &[&stale]).await;
+        send_with(&theirs, b"w", &[&wanted]).await;
+        let mut read = [0u8; 2];
+        stream.read_exact(&mut read).await.unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        let identity = wanted.metadata().unwrap();
+        let found = inbox
+            .take_file(identity.dev(), identity.ino())
+            .expect("the wanted file");
+        assert_eq!(found.metadata().unwrap().ino(), identity.ino());
+        assert!(inbox.take().is_none(), "the stale descriptor was closed");
         // Plain bytes still pass.
         tokio::io::AsyncWriteExt::write_all(&mut theirs, b"plain")
             .await

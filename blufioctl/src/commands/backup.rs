@@ -316,11 +316,11 @@ async fn receive<W: io::Write + Send + 'static>(
         return Err(tee_failure(error));
     }
     // A builder the writer stopped fails for that reason, which the writer's result gives.
-    if let Some(Err(error)) = built
-        && !writer_stopped
-    {
-        return Err(snapshot_failure(stream, error).await);
-    }
+    let snapshot = match built {
+        Some(Err(error)) if !writer_stopped => return Err(snapshot_failure(stream, error).await),
+        Some(built) => built.ok(),
+        None => None,
+    };
     // The stream's own failure explains a truncated archive better than the verification does.
     streamed?;
     if received != archive_bytes && !writer_stopped {
@@ -335,6 +335,9 @@ async fn receive<W: io::Write + Send + 'static>(
              ({archive_bytes} bytes and its manifest)"
         )
         .into());
+    }
+    if let Some(snapshot) = &snapshot {
+        confirm(snapshot).context("cannot tell blufiod that the archive is whole")?;
     }
     Ok(out)
 }
@@ -404,12 +407,11 @@ async fn started(stream: &mut BackupStream) -> Result<(u64, Manifest, Option<Loc
         return Ok((started.archive_bytes, manifest, None));
     }
     let retry = "run `blufioctl backup --stream` to have the archive streamed instead";
-    let Some(snapshot) = stream.take_descriptor() else {
+    let Some(snapshot) = stream.take_snapshot(started.descriptor_device, started.descriptor_inode) else {
         return Err(
             anyhow::anyhow!("blufiod said it passed the snapshot's descriptor, but none arrived; {retry}").into(),
         );
     };
-    let snapshot = File::from(snapshot);
     let size = snapshot
         .metadata()
         .context("cannot inspect the snapshot blufiod passed")?;
@@ -451,16 +453,23 @@ struct LocalArchive {
 
 impl LocalArchive {
     /// Writes the archive as chunks to `chunks` (blocking); stops when the receiver is gone.
-    fn build(self, manifest: &Manifest, chunks: mpsc::Sender<Vec<u8>>) -> Result<(), ArchiveError> {
+    /// Returns the snapshot, for the confirmation.
+    fn build(self, manifest: &Manifest, chunks: mpsc::Sender<Vec<u8>>) -> Result<File, ArchiveError> {
         let Self { snapshot, members } = self;
         let out = ChunkSender {
             chunks,
             buffer: Vec::with_capacity(CHUNK_BYTES),
         };
         let mut out = archive::write(out, manifest, |name| {
-            if name == archive::DATABASE {
-                // Positioned reads: the descriptor's offset is not ours to trust.
-                let reader = PositionedReader { file: &snapshot, at: 0 };
+            if let Some(member) = manifest.members.iter().find(|member| member.name == name)
+                && name == archive::DATABASE
+            {
+                // Positioned reads: the descriptor's offset is the confirmation (`confirm`).
+                let reader = PositionedReader {
+                    file: &snapshot,
+                    at: 0,
+                    size: member.bytes,
+                };
                 return Ok(Box::new(io::BufReader::with_capacity(CHUNK_BYTES, reader)) as Box<dyn Read>);
             }
             let (_, bytes) = members
@@ -470,20 +479,34 @@ impl LocalArchive {
             Ok(Box::new(&bytes[..]) as Box<dyn Read>)
         })?;
         io::Write::flush(&mut out)?;
-        Ok(())
+        Ok(snapshot)
     }
 }
 
-/// Reads a file from its start with `pread`.
+/// Tells blufiod that the archive built from `snapshot` is whole and verified, so that it counts
+/// the backup as made: the descriptor's offset, which blufiod's copy shares, goes to the end.
+fn confirm(mut snapshot: &File) -> io::Result<()> {
+    io::Seek::seek(&mut snapshot, io::SeekFrom::End(0)).map(drop)
+}
+
+/// Reads a file of `size` bytes from its start with `pread`; ending early is an error (blufiod
+/// empties the snapshot at its deadline).
 struct PositionedReader<'a> {
     file: &'a File,
     at: u64,
+    size: u64,
 }
 
 impl Read for PositionedReader<'_> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let read = std::os::unix::fs::FileExt::read_at(self.file, buffer, self.at)?;
         self.at += read as u64;
+        if read == 0 && !buffer.is_empty() && self.at < self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the snapshot ended after {} of its {} bytes", self.at, self.size),
+            ));
+        }
         Ok(read)
     }
 }
@@ -540,8 +563,10 @@ fn exists_failure(path: &Path) -> Failure {
 async fn backup_to_stdout(context: &Context<'_>, contents: Contents, started_at: Instant) -> Result<Outcome, Failure> {
     let work = async {
         let mut client = context.connect().await?;
+        // Streamed: a pipe may drain slower than blufiod's deadline for a passed snapshot, and
+        // the stream's stall limit counts progress instead.
         let mut stream = client
-            .backup(contents.without_config, contents.include_tls, contents.descriptor)
+            .backup(contents.without_config, contents.include_tls, false)
             .await?;
         let (archive_bytes, announced, local) = started(&mut stream).await?;
         let out = BufWriter::with_capacity(CHUNK_BYTES, io::stdout());
@@ -1292,6 +1317,28 @@ mod tests {
         })
         .expect("writes");
         (manifest, bytes)
+    }
+
+    #[test]
+    fn a_snapshot_that_ends_early_is_an_error_not_a_short_member() {
+        let mut file = tempfile::tempfile().unwrap();
+        io::Write::write_all(&mut file, &[1u8; 10]).unwrap();
+        let mut whole = PositionedReader {
+            file: &file,
+            at: 0,
+            size: 10,
+        };
+        let mut read = Vec::new();
+        whole.read_to_end(&mut read).unwrap();
+        assert_eq!(read.len(), 10);
+        let mut emptied = PositionedReader {
+            file: &file,
+            at: 0,
+            size: 20,
+        };
+        let error = emptied.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(error.to_string().contains("after 10 of its 20 bytes"), "{error}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod restore;
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -177,6 +178,9 @@ pub struct Prepared {
     /// The archive's exact size.
     pub archive_bytes: u64,
     dir: tempfile::TempDir,
+    /// The snapshot, opened for writing before any descriptor of it is handed out: emptied
+    /// through it on drop, which no holder of a descriptor (a lease, a changed mode) can stop.
+    emptied_by: std::fs::File,
     extra: Vec<(String, Vec<u8>)>,
     started: Instant,
     /// No other backup or restore runs while this one exists.
@@ -222,18 +226,58 @@ impl Prepared {
 
 impl Drop for Prepared {
     /// Empties the snapshot before its directory goes: removing the name alone would leave the
-    /// data, and its disk space, to any descriptor of it a client still holds.
+    /// data, and its disk space, to any descriptor of it a client still holds. Blocks for a
+    /// while on a large snapshot.
     fn drop(&mut self) {
-        let path = self.snapshot_path();
-        if let Err(error) = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|file| file.set_len(0))
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), %error, "cannot empty the backup snapshot");
+        if let Err(error) = self.emptied_by.set_len(0) {
+            tracing::warn!(path = %self.snapshot_path().display(), %error, "cannot empty the backup snapshot");
         }
     }
+}
+
+/// Empties and removes the snapshot directories a daemon that was killed left in `state_dir`
+/// (`.backup-*`): a descriptor of one a client still held would otherwise read it, and they
+/// would hold their disk space for good. Run at start, under the state directory's lock.
+pub fn remove_stale_snapshots(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        if !is_dir || !name.to_string_lossy().starts_with(".backup-") {
+            continue;
+        }
+        let dir = entry.path();
+        if let Ok(files) = std::fs::read_dir(&dir) {
+            for file in files.flatten() {
+                if file.file_type().is_ok_and(|kind| kind.is_file()) {
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                        .open(file.path())
+                        .and_then(|file| file.set_len(0));
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "removed a backup snapshot a stopped run left"),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot remove a backup snapshot a stopped run left")
+            }
+        }
+    }
+}
+
+/// Where a backup went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A file the daemon wrote (a scheduled backup).
+    File(PathBuf),
+    /// The archive streamed to a client.
+    Streamed,
+    /// The snapshot's descriptor passed to a client that built the archive.
+    HandedOver,
 }
 
 /// The backup subsystem. Made once by the root.
@@ -311,6 +355,13 @@ impl Backups {
             .map_err(|source| BackupError::Snapshot {
                 dir: state_dir.clone(),
                 full: source.kind() == StorageErrorKind::Full,
+                source,
+            })?;
+        let emptied_by = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&snapshot)
+            .map_err(|source| BackupError::Read {
+                path: snapshot.clone(),
                 source,
             })?;
         // The integrity check and the manifest's hash each read the whole snapshot: on threads
@@ -394,6 +445,7 @@ impl Backups {
             archive_bytes: archive::archive_size(&manifest),
             manifest,
             dir,
+            emptied_by,
             extra,
             started,
             _running: running,
@@ -401,16 +453,24 @@ impl Backups {
     }
 
     /// Records the outcome of a backup: status, metrics, the event, the log.
-    pub fn finish(&self, outcome: Result<(&Prepared, Option<PathBuf>), &BackupError>) {
+    pub fn finish(&self, outcome: Result<(&Prepared, Destination), &BackupError>) {
         let mut last = self.last.lock().expect("backup state poisoned");
         match outcome {
-            Ok((prepared, path)) => {
+            Ok((prepared, destination)) => {
+                let (path, shown) = match destination {
+                    Destination::File(path) => {
+                        let shown = path.display().to_string();
+                        (Some(path), shown)
+                    }
+                    Destination::Streamed => (None, "streamed to a client".to_owned()),
+                    Destination::HandedOver => (None, "built by a client from the snapshot's descriptor".to_owned()),
+                };
                 last.success_at = Some(prepared.manifest.created_at);
                 last.size_bytes = prepared.archive_bytes;
                 last.duration = prepared.started.elapsed();
                 last.error = None;
                 tracing::info!(
-                    path = %path.as_deref().map_or_else(|| "streamed to a client".to_owned(), |path| path.display().to_string()),
+                    path = %shown,
                     bytes = prepared.archive_bytes,
                     seconds = last.duration.as_secs_f64(),
                     "backup finished"
@@ -463,7 +523,7 @@ impl Backups {
         .await;
         match result {
             Ok((prepared, path)) => {
-                self.finish(Ok((&prepared, Some(path.clone()))));
+                self.finish(Ok((&prepared, Destination::File(path.clone()))));
                 self.apply_retention();
                 Ok(path)
             }
@@ -796,6 +856,36 @@ fn words(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_runs_snapshots_are_emptied_and_removed_at_start_and_nothing_else() {
+        use std::io::Read as _;
+        let state = tempfile::tempdir().unwrap();
+        let stale = state.path().join(".backup-Ab12Cd");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("blufio.db"), vec![7u8; 64 * 1024]).unwrap();
+        // A client's descriptor of it, kept across the daemon's death.
+        let held = std::fs::File::open(stale.join("blufio.db")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("keep.db"), b"not the daemon's").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), state.path().join(".backup-link")).unwrap();
+        std::fs::create_dir(state.path().join("backups")).unwrap();
+        std::fs::write(state.path().join("blufio.db"), b"live").unwrap();
+
+        remove_stale_snapshots(state.path());
+
+        assert!(!stale.exists());
+        let mut rest = Vec::new();
+        (&held).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{} bytes still readable", rest.len());
+        assert_eq!(
+            std::fs::read(elsewhere.path().join("keep.db")).unwrap(),
+            b"not the daemon's",
+            "a link is not followed"
+        );
+        assert!(state.path().join("backups").is_dir());
+        assert_eq!(std::fs::read(state.path().join("blufio.db")).unwrap(), b"live");
+    }
 
     #[test]
     fn file_names_carry_their_time_and_sort_by_it() {

@@ -20,7 +20,7 @@ use crate::agent::budget::dollars;
 use crate::agent::model::{Channel, ContentBlock, Message, Session, TurnEvent, Usage, UsageTotals};
 use crate::agent::{AgentError, ErrorKind};
 use crate::backup::restore::{Online, RestoreError, RestoreOptions};
-use crate::backup::{BackupError, Backups, CHUNK_BYTES, Contents};
+use crate::backup::{BackupError, Backups, CHUNK_BYTES, Contents, Destination};
 use crate::config::ReloadError;
 use crate::config::{self, ConfigEntry, ConfigError, ConfigWriteError};
 use crate::devices::{DeviceError, DeviceRecord};
@@ -431,7 +431,9 @@ impl pb::control_server::Control for ControlService {
         // The snapshot can take longer than a call may before it answers: the stream answers at
         // once and carries everything, errors included.
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let handover = outbox.filter(|_| descriptor).map(|outbox| Handover {
+        // Only the owner's: a member's backup is served as a stream, so that taking one still
+        // costs reading it (a member's backup also counts as the last one, like the owner's).
+        let handover = outbox.filter(|_| descriptor && caller.owner).map(|outbox| Handover {
             outbox,
             shutdown: self.shutdown.clone(),
         });
@@ -1199,7 +1201,8 @@ async fn stream_backup(
         }
     };
     if let Some(handover) = handover {
-        hand_over_backup(&backups, prepared, handover, &sender).await;
+        hand_over_backup(&backups, &prepared, handover, &sender).await;
+        drop_off_runtime(prepared).await;
         return;
     }
     let started = pb::BackupChunk {
@@ -1228,7 +1231,7 @@ async fn stream_backup(
         return;
     };
     match result {
-        Ok(_) => backups.finish(Ok((&prepared, None))),
+        Ok(_) => backups.finish(Ok((&prepared, Destination::Streamed))),
         Err(error) => {
             // A client that went away is not a failed backup.
             if !sender.is_closed() {
@@ -1237,6 +1240,7 @@ async fn stream_backup(
             }
         }
     }
+    drop_off_runtime(prepared).await;
 }
 
 /// A backup whose snapshot goes to the caller as a descriptor.
@@ -1250,15 +1254,25 @@ struct Handover {
 /// Passes the checked snapshot's descriptor on the caller's connection with `started`, then
 /// keeps the snapshot until the caller ends the call, its deadline passes or the daemon stops;
 /// dropping `prepared` empties it, so a descriptor kept beyond that reads nothing and holds no
-/// disk.
+/// disk. The backup counts as made only when the client confirmed it had the whole archive.
 async fn hand_over_backup(
     backups: &Backups,
-    prepared: crate::backup::Prepared,
+    prepared: &crate::backup::Prepared,
     Handover { outbox, shutdown }: Handover,
     sender: &tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
 ) {
-    let snapshot = match prepared.open_snapshot() {
-        Ok(snapshot) => snapshot,
+    let opened = prepared.open_snapshot().and_then(|snapshot| {
+        let failed = |source| BackupError::Read {
+            path: "the snapshot's descriptor".into(),
+            source,
+        };
+        // The copy kept here shares the file offset with the caller's.
+        let kept = snapshot.try_clone().map_err(failed)?;
+        let metadata = snapshot.metadata().map_err(failed)?;
+        Ok((snapshot, kept, metadata))
+    });
+    let (snapshot, kept, metadata) = match opened {
+        Ok(opened) => opened,
         Err(error) => {
             backups.finish(Err(&error));
             let _ = sender.send(Err(backup_error_to_status(&error))).await;
@@ -1288,6 +1302,8 @@ async fn hand_over_backup(
                 })
                 .collect(),
             descriptor_deadline_seconds: deadline.as_secs(),
+            descriptor_device: std::os::unix::fs::MetadataExt::dev(&metadata),
+            descriptor_inode: std::os::unix::fs::MetadataExt::ino(&metadata),
         })),
     };
     if sender.send(Ok(started)).await.is_err() {
@@ -1309,7 +1325,11 @@ async fn hand_over_backup(
         return;
     }
     match ended {
-        Ok(()) => backups.finish(Ok((&prepared, None))),
+        // The client seeks to the end once it has the whole archive, verified.
+        Ok(()) if std::io::Seek::stream_position(&mut &kept).ok() == Some(metadata.len()) => {
+            backups.finish(Ok((prepared, Destination::HandedOver)));
+        }
+        Ok(()) => tracing::debug!("a client ended its backup call before it confirmed the archive"),
         Err(status) => {
             if status.code() == tonic::Code::DeadlineExceeded {
                 backups.finish(Err(&BackupError::HandoverDeadline { after: deadline }));
@@ -1317,6 +1337,11 @@ async fn hand_over_backup(
             let _ = sender.try_send(Err(status));
         }
     }
+}
+
+/// Drops a prepared backup on a blocking thread: emptying a large snapshot takes a while.
+async fn drop_off_runtime(prepared: crate::backup::Prepared) {
+    let _ = tokio::task::spawn_blocking(move || drop(prepared)).await;
 }
 
 /// How long a caller given the snapshot's descriptor may keep the one backup-or-restore place:
