@@ -583,9 +583,17 @@ fn a_groups_full_access_does_not_reach_the_daemons_identity() {
             .unwrap_or_default()
     };
     assert!(
-        last_backup_line().contains("streamed to a client"),
+        last_backup_line().contains("member's backup finished (streamed"),
         "{}",
         last_backup_line()
+    );
+    // Nor does a member's backup count as the daemon's last one (status, schedule, health).
+    assert!(
+        daemon.ctl_json(&["status"])["backup"]["last_success_at"]
+            .as_i64()
+            .is_none_or(|at| at == 0),
+        "{}",
+        daemon.ctl_json(&["status"])
     );
     let archive = std::env::temp_dir().join(format!("blufio-owner-test-{}.tar", std::process::id()));
     let output = daemon.ctl(&["backup", "--force", archive.to_str().unwrap()]);
@@ -594,6 +602,11 @@ fn a_groups_full_access_does_not_reach_the_daemons_identity() {
         last_backup_line().contains("built by a client from the snapshot's descriptor"),
         "{}",
         last_backup_line()
+    );
+    assert!(
+        daemon.ctl_json(&["status"])["backup"]["last_success_at"].as_i64() > Some(0),
+        "{}",
+        daemon.ctl_json(&["status"])
     );
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
     let output = member(&["restore", "--restore-config", archive.to_str().unwrap()]);

@@ -492,6 +492,23 @@ impl Backups {
         }
     }
 
+    /// Records the outcome of a client's backup: the owner's counts as the daemon's last backup
+    /// ([`Self::finish`]); a control-group member's is only logged, so that a member can neither
+    /// clear the alarm of failing scheduled backups, nor postpone them, nor raise one.
+    pub fn finish_client(&self, by_owner: bool, outcome: Result<(&Prepared, Destination), &BackupError>) {
+        if by_owner {
+            return self.finish(outcome);
+        }
+        match outcome {
+            Ok((prepared, _)) => tracing::info!(
+                bytes = prepared.archive_bytes,
+                seconds = prepared.started.elapsed().as_secs_f64(),
+                "a control-group member's backup finished (streamed; not counted as the daemon's last backup)"
+            ),
+            Err(error) => tracing::warn!(error = %crate::error_chain(error), "a control-group member's backup failed"),
+        }
+    }
+
     /// Takes a backup into the backup directory (the scheduled kind) and applies retention.
     pub async fn backup_to_dir(&self) -> Result<PathBuf, BackupError> {
         // Another backup or restore running is not a failure: the next interval tries again.

@@ -437,7 +437,13 @@ impl pb::control_server::Control for ControlService {
             outbox,
             shutdown: self.shutdown.clone(),
         });
-        tokio::spawn(stream_backup(self.deps.backups.clone(), contents, handover, sender));
+        tokio::spawn(stream_backup(
+            self.deps.backups.clone(),
+            contents,
+            caller.owner,
+            handover,
+            sender,
+        ));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
         ))))
@@ -1183,9 +1189,12 @@ fn vault_error_to_status(error: &VaultError) -> Status {
 }
 
 /// Prepares a backup and streams it into `sender`: `started`, then the archive in chunks.
+/// A client's backup: prepared, then handed over or streamed. Only the owner's (`by_owner`)
+/// counts as the daemon's last backup.
 async fn stream_backup(
     backups: Arc<Backups>,
     contents: Contents,
+    by_owner: bool,
     handover: Option<Handover>,
     sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
 ) {
@@ -1194,7 +1203,7 @@ async fn stream_backup(
         Err(error) => {
             // Another backup or restore running is not a failed backup.
             if !matches!(error, BackupError::Busy) {
-                backups.finish(Err(&error));
+                backups.finish_client(by_owner, Err(&error));
             }
             let _ = sender.send(Err(backup_error_to_status(&error))).await;
             return;
@@ -1231,11 +1240,11 @@ async fn stream_backup(
         return;
     };
     match result {
-        Ok(_) => backups.finish(Ok((&prepared, Destination::Streamed))),
+        Ok(_) => backups.finish_client(by_owner, Ok((&prepared, Destination::Streamed))),
         Err(error) => {
             // A client that went away is not a failed backup.
             if !sender.is_closed() {
-                backups.finish(Err(&error));
+                backups.finish_client(by_owner, Err(&error));
                 let _ = sender.send(Err(backup_error_to_status(&error))).await;
             }
         }
