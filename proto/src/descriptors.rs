@@ -2,7 +2,7 @@
 //! daemon attaches one to a write with [`poll_send_with`]; a client reads its connection through
 //! a [`DescriptorStream`], whose `recvmsg` keeps what was passed (a plain `read` would have the
 //! kernel close it) in an [`Inbox`] until the call that asked for it takes it. At most
-//! [`INBOX_LIMIT`] wait; any more are closed at once. Used by `Backup` with `descriptor`.
+//! [`INBOX_LIMIT`] wait; the oldest are closed to make room. Used by `Backup` with `descriptor`.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -44,11 +44,14 @@ impl Inbox {
         })
     }
 
+    /// Keeps `descriptor`, closing the oldest waiting one when [`INBOX_LIMIT`] wait: the newest
+    /// is the one a call still waits for.
     fn keep(&self, descriptor: OwnedFd) {
         let mut waiting = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if waiting.len() < INBOX_LIMIT {
-            waiting.push(descriptor);
+        if waiting.len() == INBOX_LIMIT {
+            waiting.remove(0);
         }
+        waiting.push(descriptor);
     }
 }
 
@@ -177,7 +180,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_passed_descriptor_is_kept_with_the_bytes_and_extras_are_closed() {
+    async fn a_passed_descriptor_is_kept_with_the_bytes_and_the_inbox_stays_bounded() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let inbox = Inbox::default();
         let mut stream = DescriptorStream::new(ours, inbox.clone());
@@ -194,15 +197,19 @@ mod tests {
         assert_eq!(contents, "snapshot");
         assert!(inbox.take().is_none());
 
-        // More than the inbox holds: the rest are closed, not leaked.
+        // More than the inbox holds: the newest are kept, the oldest closed.
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = |file: &std::fs::File| file.metadata().unwrap().ino();
         let files: Vec<_> = (0..6).map(|_| tempfile::tempfile().unwrap()).collect();
         send_with(&theirs, b"x", &files.iter().take(4).collect::<Vec<_>>()).await;
         send_with(&theirs, b"y", &files.iter().skip(4).collect::<Vec<_>>()).await;
         let mut read = [0u8; 2];
         stream.read_exact(&mut read).await.unwrap();
         assert_eq!(&read, b"xy");
-        let kept = std::iter::from_fn(|| inbox.take()).count();
-        assert_eq!(kept, INBOX_LIMIT);
+        let kept: Vec<_> = std::iter::from_fn(|| inbox.take())
+            .map(|kept| inode(&std::fs::File::from(kept)))
+            .collect();
+        assert_eq!(kept, files[6 - INBOX_LIMIT..].iter().map(inode).collect::<Vec<_>>());
 
         // The descriptor a call asked for is found by its file; stale ones are closed.
         let (stale, wanted) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
@@ -210,7 +217,6 @@ mod tests {
         send_with(&theirs, b"w", &[&wanted]).await;
         let mut read = [0u8; 2];
         stream.read_exact(&mut read).await.unwrap();
-        use std::os::unix::fs::MetadataExt as _;
         let identity = wanted.metadata().unwrap();
         let found = inbox
             .take_file(identity.dev(), identity.ino())

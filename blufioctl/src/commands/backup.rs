@@ -412,14 +412,14 @@ async fn started(stream: &mut BackupStream) -> Result<(u64, Manifest, Option<Loc
             anyhow::anyhow!("blufiod said it passed the snapshot's descriptor, but none arrived; {retry}").into(),
         );
     };
-    let size = snapshot
+    let metadata = snapshot
         .metadata()
         .context("cannot inspect the snapshot blufiod passed")?;
     let database = manifest.members.iter().find(|member| member.name == archive::DATABASE);
-    if !size.is_file() || database.is_none_or(|member| member.bytes != size.len()) {
+    if !metadata.is_file() || database.is_none_or(|member| member.bytes != metadata.len()) {
         return Err(anyhow::anyhow!(
             "the snapshot blufiod passed is not the file its manifest describes ({} bytes); {retry}",
-            size.len()
+            metadata.len()
         )
         .into());
     }

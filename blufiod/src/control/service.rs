@@ -431,8 +431,8 @@ impl pb::control_server::Control for ControlService {
         // The snapshot can take longer than a call may before it answers: the stream answers at
         // once and carries everything, errors included.
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        // Only the owner's: a member's backup is served as a stream, so that taking one still
-        // costs reading it (a member's backup also counts as the last one, like the owner's).
+        // Only the owner is handed the snapshot; a member's backup is streamed (and does not
+        // count as the daemon's last backup either way).
         let handover = outbox.filter(|_| descriptor && caller.owner).map(|outbox| Handover {
             outbox,
             shutdown: self.shutdown.clone(),
@@ -1320,12 +1320,14 @@ async fn hand_over_backup(
         drop(outbox.take());
         return;
     }
-    let ended = tokio::select! {
-        () = sender.closed() => Ok(()),
-        () = tokio::time::sleep(deadline) => Err(Status::deadline_exceeded(error_chain(
-            &BackupError::HandoverDeadline { after: deadline },
-        ))),
-        () = shutdown.cancelled() => Err(Status::unavailable(
+    let cut_short = tokio::select! {
+        () = sender.closed() => None,
+        () = tokio::time::sleep(deadline) => {
+            let error = BackupError::HandoverDeadline { after: deadline };
+            backups.finish(Err(&error));
+            Some(Status::deadline_exceeded(error_chain(&error)))
+        }
+        () = shutdown.cancelled() => Some(Status::unavailable(
             "blufiod is stopping; the snapshot was emptied: back up again once it runs",
         )),
     };
@@ -1333,18 +1335,15 @@ async fn hand_over_backup(
         // Never written: the connection took no more bytes before the call ended.
         return;
     }
-    match ended {
-        // The client seeks to the end once it has the whole archive, verified.
-        Ok(()) if std::io::Seek::stream_position(&mut &kept).ok() == Some(metadata.len()) => {
-            backups.finish(Ok((prepared, Destination::HandedOver)));
-        }
-        Ok(()) => tracing::debug!("a client ended its backup call before it confirmed the archive"),
-        Err(status) => {
-            if status.code() == tonic::Code::DeadlineExceeded {
-                backups.finish(Err(&BackupError::HandoverDeadline { after: deadline }));
-            }
+    match cut_short {
+        Some(status) => {
             let _ = sender.try_send(Err(status));
         }
+        // The client seeks to the end once it has the whole archive, verified.
+        None if std::io::Seek::stream_position(&mut &kept).ok() == Some(metadata.len()) => {
+            backups.finish(Ok((prepared, Destination::HandedOver)));
+        }
+        None => tracing::debug!("a client ended its backup call before it confirmed the archive"),
     }
 }
 
