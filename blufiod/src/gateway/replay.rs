@@ -44,7 +44,9 @@
 //! that cannot be written is refused: fail closed), an expired bucket's file is removed, and the
 //! next start loads the live ones. The fingerprint key lives beside them in `key` (0600), so the
 //! fingerprints stay comparable. The files are written, not synced: they survive a killed or
-//! crashed daemon, like `storage.synchronous = "normal"`.
+//! crashed daemon, like `storage.synchronous = "normal"`. Records stay aligned: a write that
+//! fails part way (a full disk, a file size limit) is cut back at once, and a file found ending
+//! part way, at start or when a bucket's file is reopened, is cut back to its whole records.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -389,7 +391,25 @@ struct Bucket {
     /// the journal: its nonces count against the capacity, not against a key's share.
     per_key: HashMap<Box<str>, usize>,
     /// Its journal file, open for appending while it takes nonces.
-    file: Option<File>,
+    file: Option<JournalFile>,
+}
+
+/// A bucket's journal file open for appending, and the length of its whole records.
+#[derive(Debug)]
+struct JournalFile {
+    file: File,
+    whole: u64,
+}
+
+/// What appending a record needs of a file: writing, and cutting it back.
+trait Truncate: std::io::Write {
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl Truncate for File {
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
 }
 
 impl Inner {
@@ -543,21 +563,57 @@ fn bucket_start(name: &std::ffi::OsStr) -> Option<i64> {
 }
 
 /// Appends a fingerprint to the file of the bucket opened at `start`, opening it (0600,
-/// appending) the first time. A short write leaves a partial record, which loading cuts off.
-fn append(file: &mut Option<File>, dir: &Path, start: i64, fingerprint: u64) -> std::io::Result<()> {
-    if file.is_none() {
-        *file = Some(
-            std::fs::OpenOptions::new()
+/// appending) the first time, and cutting off a partial record it may end with.
+fn append(file: &mut Option<JournalFile>, dir: &Path, start: i64, fingerprint: u64) -> std::io::Result<()> {
+    let journal = match file {
+        Some(journal) => journal,
+        None => {
+            let mut opened = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
                 .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(bucket_path(dir, start))?,
-        );
+                .open(bucket_path(dir, start))?;
+            let len = opened.metadata()?.len();
+            let whole = len - len % RECORD_BYTES;
+            if whole != len {
+                opened.truncate_to(whole)?;
+            }
+            file.insert(JournalFile { file: opened, whole })
+        }
+    };
+    let appended = append_record(&mut journal.file, &mut journal.whole, fingerprint);
+    if appended.is_err()
+        && journal
+            .file
+            .metadata()
+            .map_or(true, |metadata| metadata.len() != journal.whole)
+    {
+        // The record is cut short and could not be cut off: reopen (and repair) next time.
+        *file = None;
     }
-    match file {
-        Some(file) => file.write_all(&fingerprint.to_le_bytes()),
-        None => Ok(()),
+    appended
+}
+
+/// Bytes of a journal record: one fingerprint.
+const RECORD_BYTES: u64 = 8;
+
+/// Appends one record to `file`, whose whole records end at `whole`. A write that fails part
+/// way (a full disk, a file size limit) is cut back to `whole` at once, so that the records
+/// after it stay aligned: left in place, it would shift them, and the next start would read
+/// them as other fingerprints, forgetting nonces accepted after it.
+fn append_record(file: &mut impl Truncate, whole: &mut u64, fingerprint: u64) -> std::io::Result<()> {
+    match file.write_all(&fingerprint.to_le_bytes()) {
+        Ok(()) => {
+            *whole += RECORD_BYTES;
+            Ok(())
+        }
+        Err(error) => {
+            if let Err(cut) = file.truncate_to(*whole) {
+                tracing::error!(%cut, "cannot cut a partial record off the replay journal");
+            }
+            Err(error)
+        }
     }
 }
 
@@ -646,6 +702,76 @@ mod tests {
     use super::*;
 
     const WINDOW: i64 = 600;
+
+    /// A file with `room` bytes left: a write takes what fits, then fails as a full disk does.
+    struct Filling {
+        bytes: Vec<u8>,
+        room: usize,
+    }
+
+    impl std::io::Write for Filling {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            let taken = bytes.len().min(self.room);
+            self.bytes.extend_from_slice(&bytes[..taken]);
+            self.room -= taken;
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Truncate for Filling {
+        fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+            self.bytes.truncate(usize::try_from(len).unwrap());
+            Ok(())
+        }
+    }
+
+    fn records(bytes: &[u8]) -> Vec<u64> {
+        assert_eq!(bytes.len() % 8, 0, "whole records only: {} bytes", bytes.len());
+        bytes
+            .chunks_exact(8)
+            .map(|record| u64::from_le_bytes(record.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_record_written_part_way_is_cut_off_at_once_and_the_next_stays_aligned() {
+        let mut file = Filling {
+            bytes: Vec::new(),
+            room: 20,
+        };
+        let mut whole = 0;
+        append_record(&mut file, &mut whole, 1).unwrap();
+        append_record(&mut file, &mut whole, 2).unwrap();
+        // Four bytes of the third fit, then the disk is full.
+        append_record(&mut file, &mut whole, 3).unwrap_err();
+        assert_eq!(file.bytes.len(), 16);
+        assert_eq!(whole, 16);
+        // Room again: the next record follows the whole ones, and all read back.
+        file.room = 64;
+        append_record(&mut file, &mut whole, 4).unwrap();
+        assert_eq!(records(&file.bytes), [1, 2, 4]);
+    }
+
+    #[test]
+    fn a_journal_file_that_ends_part_way_is_repaired_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = [1u64.to_le_bytes(), 2u64.to_le_bytes()].concat();
+        bytes.extend_from_slice(&[9, 9, 9]);
+        std::fs::write(bucket_path(dir.path(), 100), &bytes).unwrap();
+        let mut file = None;
+        append(&mut file, dir.path(), 100, 3).unwrap();
+        assert_eq!(
+            records(&std::fs::read(bucket_path(dir.path(), 100)).unwrap()),
+            [1, 2, 3]
+        );
+    }
 
     #[test]
     fn a_journal_remembers_across_a_restart_and_drops_expired_buckets() {
