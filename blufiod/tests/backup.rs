@@ -236,15 +236,10 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
     // A file system with room for a quarter of the archive.
     let small = dir.path().join("small");
     std::fs::create_dir(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|status| status.success());
-    if !mounted {
+    let Some(_mounted) = blufio_testkit::Tmpfs::mount(&small, "2m") else {
         eprintln!("the rest is skipped: this machine cannot mount a tmpfs");
         return;
-    }
+    };
     // The archive built here from the passed snapshot, and streamed.
     let target = small.join("blufio.tar");
     for stream in [&[][..], &["--stream"]] {
@@ -258,7 +253,6 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
         assert_failed_write(&output, "cannot write the archive to");
         assert!(left.is_empty(), "left behind: {left:?}");
     }
-    let _ = std::process::Command::new("umount").arg(&small).status();
 }
 
 /// A client given the snapshot's descriptor (`Backup` with `descriptor`, as blufioctl asks) gets

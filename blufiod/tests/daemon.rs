@@ -862,19 +862,14 @@ fn doctor_deep_fails_when_the_state_directory_has_no_room_for_a_backup() {
     let dir = new_dir();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
-        .arg(&state)
-        .status()
-        .is_ok_and(|status| status.success());
-    if !mounted {
+    let Some(mounted) = blufio_testkit::Tmpfs::mount(&state, "16m") else {
         eprintln!("skipped: this machine cannot mount a tmpfs");
         return;
-    }
+    };
     let daemon = Daemon::start_with(dir.clone(), DaemonOptions::default());
     let output = daemon.ctl(&["doctor", "--deep", "--only", "disk", "--json"]);
     drop(daemon);
-    let _ = std::process::Command::new("umount").arg(&state).status();
+    drop(mounted);
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let disk = &report["checks"][0];

@@ -12,6 +12,7 @@
 //!   [`register_device`] for the benchmarks and tests that sign gateway requests.
 //! - [`bench`]: what the benchmark programs share.
 //! - [`exposition`]: the Prometheus text format, parsed into samples.
+//! - [`Tmpfs`]: a small file system mounted for one test (root only), unmounted on drop.
 //!
 //! Failures panic with the daemon's stderr: the callers are tests and benchmarks, where a panic
 //! is the report. This crate never depends on `blufiod`; it runs the binaries, as users do.
@@ -20,6 +21,7 @@ mod binaries;
 mod ctl;
 mod daemon;
 mod notify;
+mod tmpfs;
 
 pub mod bench;
 pub mod exposition;
@@ -36,6 +38,7 @@ pub use ctl::{RegisteredDevice, control_client, control_client_receiving, regist
 pub use ctl::{ctl, describe};
 pub use daemon::{Daemon, DaemonOptions, new_dir};
 pub use notify::NotifyLog;
+pub use tmpfs::Tmpfs;
 
 /// How long a daemon may take to become ready or to stop before a test fails. Generous: CI
 /// machines are slow and shared; readiness speed is measured by a benchmark, not here.
