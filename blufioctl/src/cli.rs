@@ -389,8 +389,9 @@ pub struct BackupArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// Have blufiod stream the archive over the socket instead of passing a read-only descriptor
-    /// of its checked snapshot, from which blufioctl builds the archive (slower)
+    /// Have blufiod stream the archive over the socket instead of passing the owner a read-only
+    /// descriptor of its checked snapshot, from which blufioctl builds the archive (slower; `-`
+    /// and members of control.group always get the stream)
     #[arg(long, conflicts_with = "verify")]
     pub stream: bool,
 
