@@ -128,6 +128,16 @@ pub enum JournalError {
         /// Its directory.
         dir: PathBuf,
     },
+    /// The directory is not one only the daemon controls: a link, or writable by others.
+    #[error(
+        "the replay journal directory {dir} {problem}; remove it (or fix its owner and mode) to let blufiod make it again"
+    )]
+    UntrustedDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 impl ReplayCache {
@@ -165,6 +175,7 @@ impl ReplayCache {
             .mode(0o700)
             .create(dir)
             .map_err(io("create the replay journal directory", dir))?;
+        check_journal_dir(dir)?;
         let key = journal_key(dir)?;
         let cache = Self::with_key(capacity, per_minute, window_secs, key, Some(dir.to_owned()));
         let mut files = Vec::new();
@@ -551,6 +562,38 @@ impl fmt::Debug for Inner {
     }
 }
 
+/// Refuses a journal directory that is a link (the journal and its key would go wherever it
+/// points), belongs to another user, or that others may write (they could plant or remove
+/// files, and so make the daemon forget nonces).
+fn check_journal_dir(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::symlink_metadata(dir).map_err(|source| JournalError::Io {
+        operation: "inspect the replay journal directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let problem = if !metadata.is_dir() {
+        Some("is not a directory (a link?)".to_owned())
+    } else if metadata.uid() != euid {
+        Some(format!("belongs to uid {}, not blufiod's {euid}", metadata.uid()))
+    } else if metadata.mode() & 0o022 != 0 {
+        Some(format!(
+            "may be written by others (mode {:o})",
+            metadata.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(JournalError::UntrustedDir {
+            dir: dir.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A bucket's journal file.
 fn bucket_path(dir: &Path, start: i64) -> PathBuf {
     dir.join(format!("{start}.fp"))
@@ -738,6 +781,32 @@ mod tests {
             .chunks_exact(8)
             .map(|record| u64::from_le_bytes(record.try_into().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn a_journal_directory_others_control_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let state = tempfile::tempdir().unwrap();
+        let open = |dir: &Path| ReplayCache::open(100, 60, WINDOW, dir, 1_000);
+        // Made by the daemon: fine.
+        open(&state.path().join("replay")).unwrap();
+        // Writable by others.
+        let shared = state.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = open(&shared).unwrap_err().to_string();
+        assert!(error.contains("may be written by others (mode 777)"), "{error}");
+        // A link to a directory elsewhere.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let link = state.path().join("linked");
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+        let error = open(&link).unwrap_err().to_string();
+        assert!(error.contains("is not a directory (a link?)"), "{error}");
+        assert_eq!(
+            std::fs::read_dir(elsewhere.path()).unwrap().count(),
+            0,
+            "nothing written there"
+        );
     }
 
     #[test]
