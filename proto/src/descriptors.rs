@@ -27,8 +27,9 @@ const PER_READ: usize = 4;
 pub struct Inbox(Arc<Mutex<Vec<OwnedFd>>>);
 
 impl Inbox {
-    /// The oldest waiting descriptor.
-    pub fn take(&self) -> Option<OwnedFd> {
+    /// The oldest waiting descriptor (callers take theirs by file, with [`Inbox::take_file`]).
+    #[cfg(test)]
+    fn take(&self) -> Option<OwnedFd> {
         let mut waiting = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         (!waiting.is_empty()).then(|| waiting.remove(0))
     }

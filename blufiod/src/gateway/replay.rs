@@ -202,13 +202,9 @@ impl ReplayCache {
                 .map_err(io("read the replay journal file", &path))?;
             // A record cut short by a crash or a full disk was never accepted; it is cut off, so
             // that records appended to this bucket after the restart stay aligned.
-            let whole = bytes.len() - bytes.len() % 8;
-            if whole != bytes.len() {
-                file.set_len(whole as u64)
-                    .map_err(io("repair the replay journal file", &path))?;
-            }
+            cut_to_whole_records(&mut file, bytes.len() as u64).map_err(io("repair the replay journal file", &path))?;
             let fingerprints: Vec<u64> = bytes
-                .chunks_exact(8)
+                .chunks_exact(RECORD_BYTES as usize)
                 .map(|record| u64::from_le_bytes(record.try_into().expect("8 bytes")))
                 .collect();
             inner.live.extend(fingerprints.iter().copied());
@@ -618,10 +614,7 @@ fn append(file: &mut Option<JournalFile>, dir: &Path, start: i64, fingerprint: u
                 .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(bucket_path(dir, start))?;
             let len = opened.metadata()?.len();
-            let whole = len - len % RECORD_BYTES;
-            if whole != len {
-                opened.truncate_to(whole)?;
-            }
+            let whole = cut_to_whole_records(&mut opened, len)?;
             file.insert(JournalFile { file: opened, whole })
         }
     };
@@ -640,6 +633,15 @@ fn append(file: &mut Option<JournalFile>, dir: &Path, start: i64, fingerprint: u
 
 /// Bytes of a journal record: one fingerprint.
 const RECORD_BYTES: u64 = 8;
+
+/// Cuts a journal file of `len` bytes back to its whole records; returns their length.
+fn cut_to_whole_records(file: &mut impl Truncate, len: u64) -> std::io::Result<u64> {
+    let whole = len - len % RECORD_BYTES;
+    if whole != len {
+        file.truncate_to(whole)?;
+    }
+    Ok(whole)
+}
 
 /// Appends one record to `file`, whose whole records end at `whole`. A write that fails part
 /// way (a full disk, a file size limit) is cut back to `whole` at once, so that the records
