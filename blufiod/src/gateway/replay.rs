@@ -53,7 +53,7 @@ use std::fmt;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -176,6 +176,10 @@ impl ReplayCache {
             .create(dir)
             .map_err(io("create the replay journal directory", dir))?;
         check_journal_dir(dir)?;
+        // 0700 whatever the umask was when it was made (the control socket's bind narrows the
+        // process-wide umask for a moment).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("set the mode of the replay journal directory", dir))?;
         let key = journal_key(dir)?;
         let cache = Self::with_key(capacity, per_minute, window_secs, key, Some(dir.to_owned()));
         let mut files = Vec::new();
