@@ -562,7 +562,7 @@ pub enum DeviceCommand {
 pub struct RemoteArgs {
     /// The gateway's base URL, such as https://host.example:8443
     #[arg(long, env = REMOTE_URL_ENV, value_name = "URL", value_parser = crate::remote::parse_url)]
-    pub url: reqwest::Url,
+    pub url: url::Url,
 
     /// The device's private key (PKCS#8 PEM), as written by `blufioctl device add --key-out`
     #[arg(long, env = REMOTE_KEY_ENV, value_name = "FILE")]

@@ -2192,7 +2192,7 @@ mod fake_gateway {
 
     use blufio_proto::httpsig;
     use ed25519_dalek::VerifyingKey;
-    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
 
     pub struct FakeGateway {
         pub url: String,

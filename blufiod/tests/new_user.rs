@@ -354,6 +354,39 @@ fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
 }
 
 #[test]
+fn remote_without_a_pin_refuses_the_self_signed_gateway_and_says_to_pin_it() {
+    let daemon = support::Daemon::start();
+    let key = daemon.dir.path().join("laptop.pem");
+    daemon.ctl_json(&["device", "add", "laptop", "--key-out", key.to_str().unwrap()]);
+    let listen = daemon.ctl_json(&["status"])["gateway"]["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The host's certificate authorities, made known whatever this machine has installed: one CA
+    // that never signed the daemon's certificate.
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let authority = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let authorities = daemon.dir.path().join("authorities.pem");
+    std::fs::write(&authorities, authority.pem()).unwrap();
+    let output = Command::new(support::blufioctl_bin())
+        .env("SSL_CERT_FILE", &authorities)
+        .env_remove("SSL_CERT_DIR")
+        .args(["remote", "--url", &format!("https://{listen}"), "--key"])
+        .arg(&key)
+        .args(["sessions", "list"])
+        .output()
+        .unwrap();
+    let shown = support::describe(&output);
+    assert_eq!(output.status.code(), Some(3), "{shown}");
+    assert!(shown.contains("invalid peer certificate"), "{shown}");
+    assert!(
+        shown.contains("is not trusted here") && shown.contains("pass --pin"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn a_missing_config_file_names_what_named_it() {
     for (flag, env, named_by, fix) in [
         (true, false, "named by --config", "drop --config"),

@@ -6,6 +6,7 @@
 //! reads the daemon's files and never sends the private key anywhere; it decides no exit codes
 //! (`main` maps [`RemoteError`]).
 
+mod http;
 mod sign;
 mod sse;
 mod tls;
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use ::http::{Method, StatusCode};
 use blufio_proto::control::v1::send_message_response::Event;
 use blufio_proto::control::v1::{
     Accepted, ChatMessage, CostStatus, DaemonState, DayUsage, GetSessionResponse, GetStatusResponse, GetUsageResponse,
@@ -25,9 +28,8 @@ use blufio_proto::control::v1::{
 };
 use blufio_proto::httpsig::{self, KeyError};
 use ed25519_dalek::SigningKey;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
+use url::Url;
 
 use crate::chat::{Echo, Transcript};
 pub use tls::Pin;
@@ -184,7 +186,7 @@ pub fn read_key(path: &Path) -> Result<(SigningKey, Option<String>), RemoteError
 
 /// A client of one gateway.
 pub struct Gateway {
-    http: reqwest::Client,
+    http: http::Client,
     base: Url,
     signer: sign::Signer,
     pin: Option<(Pin, Arc<tls::PinRecord>)>,
@@ -202,30 +204,23 @@ impl Gateway {
         pin: Option<Pin>,
         call_timeout: Duration,
     ) -> Result<Gateway, RemoteError> {
-        // reqwest's own (non-pinned) rustls setup uses the process-wide provider; a second call
-        // finds it installed already, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("blufioctl/", env!("CARGO_PKG_VERSION")))
-            // A signature covers the authority and path it was made for; following a redirect
-            // would only produce a refused request elsewhere.
-            .redirect(reqwest::redirect::Policy::none());
-        let pin = match pin {
+        let setup = |source: rustls::Error| RemoteError::Setup {
+            source: Box::new(source),
+        };
+        let (config, pin) = match pin {
             Some(pin) => {
                 let record = Arc::new(tls::PinRecord::default());
-                let config =
-                    tls::pinned_client_config(pin, Arc::clone(&record)).map_err(|source| RemoteError::Setup {
-                        source: Box::new(source),
-                    })?;
-                builder = builder.tls_backend_preconfigured(config);
-                Some((pin, record))
+                let config = tls::pinned_client_config(pin, Arc::clone(&record)).map_err(setup)?;
+                (config, Some((pin, record)))
             }
-            None => None,
+            None => (tls::platform_client_config().map_err(setup)?, None),
         };
-        let http = builder.build().map_err(|source| RemoteError::Setup {
-            source: Box::new(source),
-        })?;
+        let http =
+            http::Client::new(&base, &sign::authority(&base), Some(config), CONNECT_TIMEOUT).map_err(|source| {
+                RemoteError::Setup {
+                    source: Box::new(source),
+                }
+            })?;
         Ok(Gateway {
             http,
             base,
@@ -238,7 +233,7 @@ impl Gateway {
     /// `GET /v1/sessions`.
     pub async fn list_sessions(&self) -> Result<ListSessionsResponse, RemoteError> {
         let (url, response) = self.send(Method::GET, &["v1", "sessions"], None, true).await?;
-        let list: SessionListJson = read_json(&url, response, self.call_timeout).await?;
+        let list: SessionListJson = self.read_json(&url, response).await?;
         Ok(ListSessionsResponse {
             sessions: list.sessions.into_iter().map(Session::from).collect(),
             next_cursor: list.next_cursor.unwrap_or_default(),
@@ -248,7 +243,7 @@ impl Gateway {
     /// `GET /v1/sessions/{id}`.
     pub async fn get_session(&self, id: &str) -> Result<GetSessionResponse, RemoteError> {
         let (url, response) = self.send(Method::GET, &["v1", "sessions", id], None, true).await?;
-        let shown: SessionShowJson = read_json(&url, response, self.call_timeout).await?;
+        let shown: SessionShowJson = self.read_json(&url, response).await?;
         Ok(GetSessionResponse {
             session: Some(Session::from(shown.session)),
             messages: shown
@@ -269,7 +264,7 @@ impl Gateway {
     /// subsystems).
     pub async fn status(&self) -> Result<GetStatusResponse, RemoteError> {
         let (url, response) = self.send(Method::GET, &["v1", "status"], None, true).await?;
-        let status: StatusJson = read_json(&url, response, self.call_timeout).await?;
+        let status: StatusJson = self.read_json(&url, response).await?;
         Ok(status.into())
     }
 
@@ -279,7 +274,7 @@ impl Gateway {
         let (url, response) = self
             .send_query(Method::GET, &["v1", "usage"], Some(&query), None, true)
             .await?;
-        let report: UsageReportJson = read_json(&url, response, self.call_timeout).await?;
+        let report: UsageReportJson = self.read_json(&url, response).await?;
         Ok(report.into())
     }
 
@@ -303,7 +298,7 @@ impl Gateway {
             // The daemon titles a session after (the start of) its text, as for a local chat.
             let body = json_body(&serde_json::json!({ "title": text }))?;
             let (url, response) = self.send(Method::POST, &["v1", "sessions"], Some(body), true).await?;
-            let session: SessionJson = read_json(&url, response, self.call_timeout).await?;
+            let session: SessionJson = self.read_json(&url, response).await?;
             transcript.session_id = session.id;
         }
         let body = json_body(&serde_json::json!({ "text": text }))?;
@@ -337,12 +332,7 @@ impl Gateway {
                 // The answer is stored once `completed` arrived; a hiccup while the stream
                 // closes does not undo that.
                 Err(_) if completed.is_some() => break,
-                Err(error) => {
-                    return Err(RemoteError::Transport {
-                        origin: origin(&url),
-                        reason: root_cause(&error),
-                    });
-                }
+                Err(failure) => return Err(self.classify(&url, failure)),
             };
             let events = parser.push(&chunk).map_err(|sse::LineTooLong| RemoteError::Protocol {
                 origin: origin(&url),
@@ -386,7 +376,7 @@ impl Gateway {
         segments: &[&str],
         body: Option<Vec<u8>>,
         deadline: bool,
-    ) -> Result<(Url, reqwest::Response), RemoteError> {
+    ) -> Result<(Url, http::Answer), RemoteError> {
         self.send_query(method, segments, None, body, deadline).await
     }
 
@@ -398,7 +388,7 @@ impl Gateway {
         query: Option<&str>,
         body: Option<Vec<u8>>,
         deadline: bool,
-    ) -> Result<(Url, reqwest::Response), RemoteError> {
+    ) -> Result<(Url, http::Answer), RemoteError> {
         let mut url = self.endpoint(segments)?;
         url.set_query(query);
         let mut headers = HeaderMap::new();
@@ -409,53 +399,77 @@ impl Gateway {
         self.signer
             .sign(method.as_str(), &url, &mut headers, &body)
             .map_err(RemoteError::Sign)?;
-        let mut request = self.http.request(method, url.clone()).headers(headers);
-        if !body.is_empty() {
-            request = request.body(body);
-        }
-        if deadline {
-            request = request.timeout(self.call_timeout);
-        }
-        let response = match request.send().await {
+        let deadline = deadline.then(|| tokio::time::Instant::now() + self.call_timeout);
+        let response = match self.http.send(method, &url, headers, body, deadline).await {
             Ok(response) => response,
-            Err(error) => return Err(self.classify(&url, &error)),
+            Err(failure) => return Err(self.classify(&url, failure)),
         };
-        let status = response.status();
-        if status.is_success() {
+        if response.status.is_success() {
             return Ok((url, response));
         }
-        Err(problem(&url, status, response, self.call_timeout).await)
+        Err(problem(&url, response, self.call_timeout).await)
     }
 
-    /// Maps a failed request: pin mismatch, timeout, unreachable, or a broken exchange.
-    fn classify(&self, url: &Url, error: &reqwest::Error) -> RemoteError {
-        if let Some((pin, record)) = &self.pin
-            && let Some(actual) = record.mismatch()
-        {
-            return RemoteError::PinMismatch {
+    /// Maps a failed exchange: pin mismatch, unreachable, timeout, or a broken exchange.
+    fn classify(&self, url: &Url, failure: http::Failure) -> RemoteError {
+        match failure {
+            http::Failure::Connect(error) => {
+                if let Some((pin, record)) = &self.pin
+                    && let Some(actual) = record.mismatch()
+                {
+                    return RemoteError::PinMismatch {
+                        origin: origin(url),
+                        actual,
+                        pin: *pin,
+                    };
+                }
+                RemoteError::Unreachable {
+                    origin: origin(url),
+                    reason: root_cause(&error),
+                    certificate_refused: find_rustls_error(&error)
+                        .is_some_and(|error| matches!(error, rustls::Error::InvalidCertificate(_))),
+                }
+            }
+            http::Failure::ConnectTimeout(after) => RemoteError::Unreachable {
                 origin: origin(url),
-                actual,
-                pin: *pin,
-            };
-        }
-        if error.is_timeout() {
-            return RemoteError::Timeout {
+                reason: format!("no connection within {}s", after.as_secs()),
+                certificate_refused: false,
+            },
+            http::Failure::Timeout => RemoteError::Timeout {
                 origin: origin(url),
                 after: self.call_timeout,
-            };
-        }
-        if error.is_connect() {
-            return RemoteError::Unreachable {
+            },
+            http::Failure::Exchange(error) => RemoteError::Transport {
                 origin: origin(url),
-                reason: root_cause(error),
-                certificate_refused: find_rustls_error(error)
-                    .is_some_and(|error| matches!(error, rustls::Error::InvalidCertificate(_))),
-            };
+                reason: root_cause(&error),
+            },
+            http::Failure::Request(error) => RemoteError::Protocol {
+                origin: origin(url),
+                detail: format!("the URL makes no valid request ({error})"),
+            },
         }
-        RemoteError::Transport {
+    }
+
+    /// Reads a JSON answer.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &Url,
+        mut response: http::Answer,
+    ) -> Result<T, RemoteError> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|failure| self.classify(url, failure))? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(RemoteError::Protocol {
+                    origin: origin(url),
+                    detail: format!("the answer is over {MAX_ANSWER_BYTES} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&bytes).map_err(|error| RemoteError::Protocol {
             origin: origin(url),
-            reason: root_cause(error),
-        }
+            detail: format!("the answer is not the expected JSON ({error})"),
+        })
     }
 }
 
@@ -466,62 +480,25 @@ fn json_body(value: &serde_json::Value) -> Result<Vec<u8>, RemoteError> {
     })
 }
 
-/// Reads a JSON answer.
 /// Longest answer (or refusal) read: far above any real one (a page of sessions, a usage
 /// report), so a hostile or broken gateway cannot make the client allocate without bound.
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
-async fn read_json<T: serde::de::DeserializeOwned>(
-    url: &Url,
-    response: reqwest::Response,
-    call_timeout: Duration,
-) -> Result<T, RemoteError> {
-    let read_error = |error: reqwest::Error| {
-        if error.is_timeout() {
-            RemoteError::Timeout {
-                origin: origin(url),
-                after: call_timeout,
-            }
-        } else {
-            RemoteError::Transport {
-                origin: origin(url),
-                reason: root_cause(&error),
-            }
-        }
-    };
-    let mut response = response;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(read_error)? {
-        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(RemoteError::Protocol {
-                origin: origin(url),
-                detail: format!("the answer is over {MAX_ANSWER_BYTES} bytes"),
-            });
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    serde_json::from_slice(&bytes).map_err(|error| RemoteError::Protocol {
-        origin: origin(url),
-        detail: format!("the answer is not the expected JSON ({error})"),
-    })
-}
-
 /// The error of a non-success answer: its problem document, or a description of what came.
-async fn problem(url: &Url, status: StatusCode, response: reqwest::Response, timeout: Duration) -> RemoteError {
-    // A refusal is read no further than an answer is (16 MiB), and shown cut short.
-    let body = tokio::time::timeout(timeout, async {
-        let mut response = response;
-        let mut body = Vec::new();
+async fn problem(url: &Url, mut response: http::Answer, timeout: Duration) -> RemoteError {
+    let status: StatusCode = response.status;
+    // A refusal is read no further than an answer is (16 MiB), for at most the call timeout (a
+    // streamed turn's request has no deadline of its own), and shown cut short.
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
         while let Ok(Some(chunk)) = response.chunk().await {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
                 break;
             }
             body.extend_from_slice(&chunk);
         }
-        body
     })
-    .await
-    .unwrap_or_default();
+    .await;
     #[derive(Deserialize)]
     struct ProblemJson {
         #[serde(default, rename = "type")]

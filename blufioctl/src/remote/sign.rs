@@ -9,8 +9,8 @@
 use base64::Engine as _;
 use blufio_proto::httpsig::{self, SignatureError};
 use ed25519_dalek::SigningKey;
-use reqwest::Url;
-use reqwest::header::HeaderMap;
+use http::HeaderMap;
+use url::Url;
 
 /// The signature's label in `Signature-Input` and `Signature` (what `httpsig::sign_request` uses).
 #[cfg(test)]
@@ -111,7 +111,7 @@ impl Signer {
     }
 }
 
-/// `host[:port]` exactly as reqwest sends it in `Host` (HTTP/1.1) and `:authority` (HTTP/2): the
+/// `host[:port]` exactly as the client sends it in `Host` (HTTP/1.1) and `:authority` (HTTP/2): the
 /// port only when it is not the scheme's default, IPv6 addresses in brackets.
 pub fn authority(url: &Url) -> String {
     let host = url.host_str().unwrap_or_default();

@@ -134,6 +134,18 @@ pub fn pinned_client_config(pin: Pin, record: Arc<PinRecord>) -> Result<rustls::
     Ok(config)
 }
 
+/// A rustls client configuration (ring provider, TLS 1.2 and 1.3, ALPN h2 and http/1.1) that
+/// trusts the system's certificate authorities, as any HTTPS client on the host does.
+pub fn platform_client_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    use rustls_platform_verifier::BuilderVerifierExt as _;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Accepts the server's certificate only if its SHA-256 equals the pin.
 #[derive(Debug)]
 struct PinVerifier {
