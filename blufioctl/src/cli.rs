@@ -561,8 +561,8 @@ pub enum DeviceCommand {
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
     /// The gateway's base URL, such as https://host.example:8443
-    #[arg(long, env = REMOTE_URL_ENV, value_name = "URL", value_parser = crate::remote::parse_url)]
-    pub url: url::Url,
+    #[arg(long, env = REMOTE_URL_ENV, value_name = "URL", value_parser = crate::remote::BaseUrl::parse)]
+    pub url: crate::remote::BaseUrl,
 
     /// The device's private key (PKCS#8 PEM), as written by `blufioctl device add --key-out`
     #[arg(long, env = REMOTE_KEY_ENV, value_name = "FILE")]
@@ -797,7 +797,7 @@ mod tests {
         let Command::Remote(remote) = cli.command else {
             panic!("expected remote");
         };
-        assert_eq!(remote.url.as_str(), "https://h:8443/");
+        assert_eq!(remote.url.to_string(), "https://h:8443/");
         assert_eq!(remote.pin.map(|pin| pin.to_string()), Some(pin));
         assert!(matches!(remote.command, RemoteCommand::Chat(args) if args.json && args.message == ["hi", "there"]));
         let cli = Cli::try_parse_from([

@@ -21,7 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use url::{Host, Url};
+
+use super::url::{BaseUrl, Endpoint, Host, Scheme};
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -78,7 +79,7 @@ enum Sender {
 
 /// A client of one origin (`scheme://host:port` of the base URL).
 pub struct Client {
-    host: Host<String>,
+    host: Host,
     port: u16,
     /// `Host` (HTTP/1.1) and `:authority` (HTTP/2): what the signature covers too.
     authority: HeaderValue,
@@ -90,25 +91,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of `base`'s origin; `tls` is required for `https` and ignored for `http`.
+    /// A client of `base`'s origin; `tls` is used for `https` and ignored for `http`.
     pub fn new(
-        base: &Url,
-        authority: &str,
-        tls: Option<rustls::ClientConfig>,
+        base: &BaseUrl,
+        tls: rustls::ClientConfig,
         connect_timeout: Duration,
     ) -> Result<Client, http::header::InvalidHeaderValue> {
-        let host = base
-            .host()
-            .map(|host| host.to_owned())
-            .unwrap_or(Host::Domain(String::new()));
         let tls = match base.scheme() {
-            "https" => tls.map(|config| tokio_rustls::TlsConnector::from(Arc::new(config))),
-            _ => None,
+            Scheme::Https => Some(tokio_rustls::TlsConnector::from(Arc::new(tls))),
+            Scheme::Http => None,
         };
         Ok(Client {
-            host,
-            port: base.port_or_known_default().unwrap_or(443),
-            authority: HeaderValue::from_str(authority)?,
+            host: base.host().clone(),
+            port: base.port(),
+            authority: HeaderValue::from_str(&base.authority())?,
             tls,
             connect_timeout,
             sender: tokio::sync::Mutex::new(None),
@@ -120,7 +116,7 @@ impl Client {
     pub async fn send(
         &self,
         method: Method,
-        url: &Url,
+        url: &Endpoint,
         mut headers: HeaderMap,
         body: Vec<u8>,
         deadline: Option<Instant>,
@@ -145,24 +141,19 @@ impl Client {
                 USER_AGENT,
                 HeaderValue::from_static(concat!("blufioctl/", env!("CARGO_PKG_VERSION"))),
             );
-            let target = match url.query() {
-                Some(query) => format!("{}?{query}", url.path()),
-                None => url.path().to_owned(),
-            };
             let body = Full::new(Bytes::from(body));
             let answer = match sender {
                 Sender::Http1(sender) => {
                     headers.insert(HOST, self.authority.clone());
-                    sender.send_request(request(method, &target, headers, body)?).await
+                    sender
+                        .send_request(request(method, &url.target(), headers, body)?)
+                        .await
                 }
                 Sender::Http2(sender) => {
                     // HTTP/2 takes the scheme and authority from the (absolute) URI.
-                    let uri = format!(
-                        "{}://{}{target}",
-                        url.scheme(),
-                        self.authority.to_str().unwrap_or_default()
-                    );
-                    sender.send_request(request(method, &uri, headers, body)?).await
+                    sender
+                        .send_request(request(method, &url.to_string(), headers, body)?)
+                        .await
                 }
             };
             answer.map_err(|error| {
@@ -189,9 +180,8 @@ impl Client {
     /// HTTP handshake. The connection is driven by a task of its own until it closes.
     async fn connect(&self) -> Result<Sender, Failure> {
         let tcp = match &self.host {
-            Host::Domain(name) => TcpStream::connect((name.as_str(), self.port)).await,
-            Host::Ipv4(address) => TcpStream::connect(SocketAddr::from((*address, self.port))).await,
-            Host::Ipv6(address) => TcpStream::connect(SocketAddr::from((*address, self.port))).await,
+            Host::Name(name) => TcpStream::connect((name.as_str(), self.port)).await,
+            Host::Ip(address) => TcpStream::connect(SocketAddr::from((*address, self.port))).await,
         }
         .map_err(Failure::Connect)?;
         // Requests are small and answered at once: no Nagle delay.
@@ -200,10 +190,9 @@ impl Client {
             return handshake_http1(TokioIo::new(tcp)).await;
         };
         let server_name = match &self.host {
-            Host::Domain(name) => ServerName::try_from(name.clone())
+            Host::Name(name) => ServerName::try_from(name.clone())
                 .map_err(|error| Failure::Connect(io::Error::new(io::ErrorKind::InvalidInput, error)))?,
-            Host::Ipv4(address) => ServerName::from(std::net::IpAddr::from(*address)),
-            Host::Ipv6(address) => ServerName::from(std::net::IpAddr::from(*address)),
+            Host::Ip(address) => ServerName::from(*address),
         };
         let stream = tls.connect(server_name, tcp).await.map_err(Failure::Connect)?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");

@@ -10,6 +10,7 @@ mod http;
 mod sign;
 mod sse;
 mod tls;
+mod url;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -29,34 +30,16 @@ use blufio_proto::control::v1::{
 use blufio_proto::httpsig::{self, KeyError};
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
-use url::Url;
 
 use crate::chat::{Echo, Transcript};
 pub use tls::Pin;
+pub use url::BaseUrl;
+use url::Endpoint;
 
 /// How long to wait for the TCP connection and the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of an unexpected (non-problem) error body quoted in a message.
 const QUOTED_BODY: usize = 200;
-
-/// Parses `--url`: an `http` or `https` URL with a host, and without credentials, query or
-/// fragment. A path is kept as a prefix (for a gateway behind a reverse proxy under a path).
-pub fn parse_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|error| format!("not a URL ({error}); expected https://HOST:PORT"))?;
-    if !matches!(url.scheme(), "https" | "http") {
-        return Err(format!("the scheme must be https (or http), not {:?}", url.scheme()));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("the URL has no host; expected https://HOST:PORT".to_owned());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("the URL must not carry credentials; requests are signed with --key".to_owned());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("the URL must not have a query or fragment".to_owned());
-    }
-    Ok(url)
-}
 
 /// Why a remote command failed.
 #[derive(Debug)]
@@ -155,8 +138,8 @@ impl RemoteError {
 }
 
 /// `scheme://host[:port]` of a URL, for messages.
-fn origin(url: &Url) -> String {
-    format!("{}://{}", url.scheme(), sign::authority(url))
+fn origin(url: &Endpoint) -> String {
+    url.origin()
 }
 
 /// Reads a device's private key. Returns the key, and a warning when the file is readable by
@@ -187,7 +170,7 @@ pub fn read_key(path: &Path) -> Result<(SigningKey, Option<String>), RemoteError
 /// A client of one gateway.
 pub struct Gateway {
     http: http::Client,
-    base: Url,
+    base: BaseUrl,
     signer: sign::Signer,
     pin: Option<(Pin, Arc<tls::PinRecord>)>,
     call_timeout: Duration,
@@ -198,7 +181,7 @@ impl Gateway {
     /// fingerprint). With `pin`, only the certificate it names is trusted; without, the system's
     /// certificate authorities. Each non-streaming request waits at most `call_timeout`.
     pub fn new(
-        base: Url,
+        base: BaseUrl,
         key: SigningKey,
         keyid: Option<String>,
         pin: Option<Pin>,
@@ -215,12 +198,9 @@ impl Gateway {
             }
             None => (tls::platform_client_config().map_err(setup)?, None),
         };
-        let http =
-            http::Client::new(&base, &sign::authority(&base), Some(config), CONNECT_TIMEOUT).map_err(|source| {
-                RemoteError::Setup {
-                    source: Box::new(source),
-                }
-            })?;
+        let http = http::Client::new(&base, config, CONNECT_TIMEOUT).map_err(|source| RemoteError::Setup {
+            source: Box::new(source),
+        })?;
         Ok(Gateway {
             http,
             base,
@@ -354,20 +334,6 @@ impl Gateway {
         completed.ok_or(RemoteError::NoAnswer)
     }
 
-    /// The URL of the API path made of `segments` (each percent-encoded as needed) under the
-    /// base URL's path.
-    fn endpoint(&self, segments: &[&str]) -> Result<Url, RemoteError> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| RemoteError::Protocol {
-                origin: origin(&self.base),
-                detail: "the URL cannot have a path".to_owned(),
-            })?
-            .pop_if_empty()
-            .extend(segments);
-        Ok(url)
-    }
-
     /// Signs and sends one request; a non-success answer becomes an error. `deadline` bounds
     /// the whole exchange (answer included) by the call timeout.
     async fn send(
@@ -376,7 +342,7 @@ impl Gateway {
         segments: &[&str],
         body: Option<Vec<u8>>,
         deadline: bool,
-    ) -> Result<(Url, http::Answer), RemoteError> {
+    ) -> Result<(Endpoint, http::Answer), RemoteError> {
         self.send_query(method, segments, None, body, deadline).await
     }
 
@@ -388,9 +354,8 @@ impl Gateway {
         query: Option<&str>,
         body: Option<Vec<u8>>,
         deadline: bool,
-    ) -> Result<(Url, http::Answer), RemoteError> {
-        let mut url = self.endpoint(segments)?;
-        url.set_query(query);
+    ) -> Result<(Endpoint, http::Answer), RemoteError> {
+        let url = self.base.endpoint(segments, query);
         let mut headers = HeaderMap::new();
         let body = body.unwrap_or_default();
         if !body.is_empty() {
@@ -411,7 +376,7 @@ impl Gateway {
     }
 
     /// Maps a failed exchange: pin mismatch, unreachable, timeout, or a broken exchange.
-    fn classify(&self, url: &Url, failure: http::Failure) -> RemoteError {
+    fn classify(&self, url: &Endpoint, failure: http::Failure) -> RemoteError {
         match failure {
             http::Failure::Connect(error) => {
                 if let Some((pin, record)) = &self.pin
@@ -453,7 +418,7 @@ impl Gateway {
     /// Reads a JSON answer.
     async fn read_json<T: serde::de::DeserializeOwned>(
         &self,
-        url: &Url,
+        url: &Endpoint,
         mut response: http::Answer,
     ) -> Result<T, RemoteError> {
         let mut bytes = Vec::new();
@@ -485,7 +450,7 @@ fn json_body(value: &serde_json::Value) -> Result<Vec<u8>, RemoteError> {
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// The error of a non-success answer: its problem document, or a description of what came.
-async fn problem(url: &Url, mut response: http::Answer, timeout: Duration) -> RemoteError {
+async fn problem(url: &Endpoint, mut response: http::Answer, timeout: Duration) -> RemoteError {
     let status: StatusCode = response.status;
     // A refusal is read no further than an answer is (16 MiB), for at most the call timeout (a
     // streamed turn's request has no deadline of its own), and shown cut short.
@@ -535,7 +500,7 @@ async fn problem(url: &Url, mut response: http::Answer, timeout: Duration) -> Re
 
 /// The proto event for one SSE event of the native stream; `None` for kinds this client does not
 /// know (the gateway may add some). An `error` event is the turn's failure.
-fn turn_event(url: &Url, sse_event: &sse::SseEvent) -> Result<Option<Event>, RemoteError> {
+fn turn_event(url: &Endpoint, sse_event: &sse::SseEvent) -> Result<Option<Event>, RemoteError> {
     let bad = |error: serde_json::Error| RemoteError::Protocol {
         origin: origin(url),
         detail: format!("the `{}` event is not the expected JSON ({error})", sse_event.name),
@@ -959,49 +924,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_checked() {
-        assert!(parse_url("https://gateway.example:8443").is_ok());
-        assert!(parse_url("http://127.0.0.1:8080/prefix/").is_ok());
-        for bad in [
-            "gateway.example:8443",
-            "ftp://gateway.example",
-            "https://user:secret@gateway.example",
-            "https://gateway.example/?x=1",
-            "https://gateway.example/#top",
-            "not a url",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
-    }
-
-    fn gateway(base: &str) -> Gateway {
-        Gateway::new(
-            parse_url(base).expect("url"),
-            SigningKey::from_bytes(&[1; 32]),
-            None,
-            None,
-            Duration::from_secs(5),
-        )
-        .expect("client")
-    }
-
-    #[test]
-    fn endpoints_keep_the_prefix_and_encode_ids() {
-        let plain = gateway("https://h:8443");
-        assert_eq!(
-            plain.endpoint(&["v1", "sessions"]).expect("url").as_str(),
-            "https://h:8443/v1/sessions"
-        );
-        let prefixed = gateway("https://h/blufio/");
-        assert_eq!(
-            prefixed.endpoint(&["v1", "sessions", "a/b?c"]).expect("url").as_str(),
-            "https://h/blufio/v1/sessions/a%2Fb%3Fc"
-        );
-    }
-
-    #[test]
     fn stream_events_become_proto_events() {
-        let url = parse_url("https://h").expect("url");
+        let url = BaseUrl::parse("https://h").expect("url").endpoint(&[], None);
         let event = |name: &str, data: &str| {
             turn_event(
                 &url,

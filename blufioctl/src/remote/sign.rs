@@ -10,7 +10,8 @@ use base64::Engine as _;
 use blufio_proto::httpsig::{self, SignatureError};
 use ed25519_dalek::SigningKey;
 use http::HeaderMap;
-use url::Url;
+
+use super::url::Endpoint;
 
 /// The signature's label in `Signature-Input` and `Signature` (what `httpsig::sign_request` uses).
 #[cfg(test)]
@@ -76,7 +77,7 @@ impl Signer {
 
     /// Adds `Content-Digest` (when `body` is not empty), `Signature-Input` and `Signature` to
     /// `headers` for a request of `method` to `url`, signed now with a fresh nonce.
-    pub fn sign(&self, method: &str, url: &Url, headers: &mut HeaderMap, body: &[u8]) -> Result<(), SignError> {
+    pub fn sign(&self, method: &str, url: &Endpoint, headers: &mut HeaderMap, body: &[u8]) -> Result<(), SignError> {
         let mut nonce = [0; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(SignError::Random)?;
         let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce);
@@ -88,16 +89,16 @@ impl Signer {
     fn sign_at(
         &self,
         method: &str,
-        url: &Url,
+        url: &Endpoint,
         headers: &mut HeaderMap,
         body: &[u8],
         created: i64,
         nonce: String,
     ) -> Result<(), SignatureError> {
-        let authority = authority(url);
+        let authority = url.authority();
         let request = httpsig::SignRequest {
             method,
-            scheme: url.scheme(),
+            scheme: url.scheme().as_str(),
             authority: &authority,
             path: url.path(),
             query: url.query(),
@@ -108,16 +109,6 @@ impl Signer {
             created,
         };
         httpsig::sign_request(&request, headers, &self.key)
-    }
-}
-
-/// `host[:port]` exactly as the client sends it in `Host` (HTTP/1.1) and `:authority` (HTTP/2): the
-/// port only when it is not the scheme's default, IPv6 addresses in brackets.
-pub fn authority(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
     }
 }
 
@@ -134,7 +125,7 @@ mod tests {
 
     /// Verifies `headers` the way the daemon does: parse the headers back, apply blufio's
     /// policy, check the digest, verify the signature.
-    fn verify(method: &str, url: &Url, headers: &HeaderMap, body: &[u8], key: &SigningKey) -> Result<(), String> {
+    fn verify(method: &str, url: &Endpoint, headers: &HeaderMap, body: &[u8], key: &SigningKey) -> Result<(), String> {
         let signatures =
             httpsig::parse(&headers["signature-input"], &headers["signature"]).map_err(|e| e.to_string())?;
         let [signature] = signatures.as_slice() else {
@@ -152,10 +143,10 @@ mod tests {
         if !body.is_empty() {
             httpsig::digest::verify_content_digest(&headers["content-digest"], body).map_err(|e| e.to_string())?;
         }
-        let authority = authority(url);
+        let authority = url.authority();
         let parts = RequestParts {
             method,
-            scheme: url.scheme(),
+            scheme: url.scheme().as_str(),
             authority: &authority,
             path: url.path(),
             query: url.query(),
@@ -178,7 +169,7 @@ mod tests {
             ("DELETE", "http://127.0.0.1:8080/v1/sessions/s%201?force=1", b""),
             ("GET", "https://[::1]:8443/prefix/v1/sessions?", b""),
         ] {
-            let url = Url::parse(url).expect("url");
+            let url = Endpoint::parse(url);
             let mut headers = HeaderMap::new();
             signer.sign(method, &url, &mut headers, body).expect("signs");
             verify(method, &url, &headers, body, &key).unwrap_or_else(|error| panic!("{method} {url}: {error}"));
@@ -189,13 +180,13 @@ mod tests {
     fn the_signature_binds_method_path_and_body() {
         let signer = signer();
         let key = SigningKey::from_bytes(&[7; 32]);
-        let url = Url::parse("https://gateway.example:8443/v1/sessions/s1/messages").expect("url");
+        let url = Endpoint::parse("https://gateway.example:8443/v1/sessions/s1/messages");
         let mut headers = HeaderMap::new();
         signer.sign("POST", &url, &mut headers, b"{}").expect("signs");
         assert!(verify("PUT", &url, &headers, b"{}", &key).is_err(), "another method");
-        let other = Url::parse("https://gateway.example:8443/v1/sessions/s2/messages").expect("url");
+        let other = Endpoint::parse("https://gateway.example:8443/v1/sessions/s2/messages");
         assert!(verify("POST", &other, &headers, b"{}", &key).is_err(), "another path");
-        let other = Url::parse("https://gateway.example:9443/v1/sessions/s1/messages").expect("url");
+        let other = Endpoint::parse("https://gateway.example:9443/v1/sessions/s1/messages");
         assert!(
             verify("POST", &other, &headers, b"{}", &key).is_err(),
             "another authority"
@@ -217,7 +208,7 @@ mod tests {
             "k1"
         );
 
-        let url = Url::parse("https://h/v1/sessions").expect("url");
+        let url = Endpoint::parse("https://h/v1/sessions");
         let nonce = |signer: &Signer| {
             let mut headers = HeaderMap::new();
             signer.sign("GET", &url, &mut headers, b"").expect("signs");
@@ -238,7 +229,7 @@ mod tests {
 
     #[test]
     fn the_signature_input_has_the_documented_shape() {
-        let url = Url::parse("https://h:8443/v1/sessions?x=1").expect("url");
+        let url = Endpoint::parse("https://h:8443/v1/sessions?x=1");
         let mut headers = HeaderMap::new();
         signer()
             .sign_at("POST", &url, &mut headers, b"{}", 1_764_316_800, "bm9uY2U".into())
@@ -256,7 +247,5 @@ mod tests {
             headers["content-digest"],
             "sha-256=:RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o=:"
         );
-        assert_eq!(authority(&Url::parse("https://h:443/").expect("url")), "h");
-        assert_eq!(authority(&Url::parse("http://[::1]:80/").expect("url")), "[::1]");
     }
 }
