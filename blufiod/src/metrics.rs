@@ -53,6 +53,9 @@ pub struct Metrics {
     pub messages: IntCounterVec,
     /// Tool calls by tool (a known name or `unknown`) and outcome (ok, error, not_run).
     pub tool_calls: IntCounterVec,
+    /// Turns by where their history came from: `kept` (the session's messages held in memory
+    /// since its last turn), `read` (the database) or `new` (a new session's own messages).
+    pub turn_histories: IntCounterVec,
     /// Watchdog cycles whose probes all passed and that sent `WATCHDOG=1`.
     pub watchdog_pings: IntCounter,
     /// Watchdog cycles where a probe failed and the ping was withheld.
@@ -162,6 +165,11 @@ impl Metrics {
             "Tool calls by tool and outcome (ok, error, not_run).",
             &["tool", "outcome"],
         );
+        let turn_histories = counter_vec(
+            "turn_histories_total",
+            "Turns by where their history came from (kept in memory, read from the database, new session).",
+            &["source"],
+        );
         let watchdog_pings = IntCounter::new(
             "watchdog_pings_total",
             "Watchdog cycles whose liveness probes all passed and that pinged systemd.",
@@ -203,6 +211,7 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(messages.clone()),
             Box::new(tool_calls.clone()),
+            Box::new(turn_histories.clone()),
             Box::new(watchdog_pings.clone()),
             Box::new(watchdog_missed.clone()),
             Box::new(start_time.clone()),
@@ -234,6 +243,7 @@ impl Metrics {
             errors,
             messages,
             tool_calls,
+            turn_histories,
             watchdog_pings,
             watchdog_missed,
             start_time,

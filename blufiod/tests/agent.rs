@@ -686,3 +686,145 @@ fn doctor_checks_the_models_price_and_the_spend_against_the_caps() {
         "{pricing}"
     );
 }
+
+/// Each message of an Anthropic request as `role: part, part`, a part being a text, `call ID` or
+/// `result ID`.
+fn conversation(request: &support::fake_provider::RecordedRequest) -> Vec<String> {
+    request.body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|message| {
+            let parts: Vec<String> = match &message["content"] {
+                serde_json::Value::String(text) => vec![text.clone()],
+                serde_json::Value::Array(blocks) => blocks
+                    .iter()
+                    .map(|block| match block["type"].as_str().unwrap_or_default() {
+                        "text" => block["text"].as_str().unwrap_or_default().to_owned(),
+                        "tool_use" => format!("call {}", block["id"].as_str().unwrap_or_default()),
+                        "tool_result" => format!("result {}", block["tool_use_id"].as_str().unwrap_or_default()),
+                        other => other.to_owned(),
+                    })
+                    .collect(),
+                other => vec![other.to_string()],
+            };
+            format!("{}: {}", message["role"].as_str().unwrap_or_default(), parts.join(", "))
+        })
+        .collect()
+}
+
+/// A session's turns hold its messages in memory from one turn to the next (`agent::histories`)
+/// rather than reading them back each time. Whatever way the turns before it ended (a tool round
+/// trip, a provider error, a turn queued behind another and cancelled before it started), each
+/// turn must send the whole stored conversation, as a read of the database would give it.
+#[test]
+fn every_turn_sends_the_whole_stored_conversation_however_the_turns_before_it_ended() {
+    let shell = ["/bin/sh", "/usr/bin/sh"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .expect("sh exists");
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(
+        &fake,
+        &format!("[tools.run_command]\nenabled = true\nallow = [\"{shell}\"]\ntimeout_secs = 120\n"),
+    );
+    let chat = |args: &[&str]| daemon.ctl_json(&[&["chat"], args].concat());
+
+    fake.push(text_reply("A1", 5, 5));
+    let session = chat(&["one"])["session_id"].as_str().unwrap().to_owned();
+    let turn = |text: &str| chat(&["--session", &session, text]);
+    fake.push(Script::tool_use(
+        "toolu_2",
+        "run_command",
+        serde_json::json!({"program": shell, "args": ["-c", "echo tool"]}),
+    ));
+    fake.push(text_reply("A2", 5, 5));
+    turn("two");
+    fake.push(Script::http_error(400, "refused", None));
+    let failed = daemon.ctl(&["chat", "--session", &session, "three"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", describe(&failed));
+    fake.push(text_reply("A4", 5, 5));
+    turn("four");
+    let requests = fake.requests();
+    let expected = [
+        "user: one",
+        "assistant: A1",
+        "user: two",
+        "assistant: call toolu_2",
+        "user: result toolu_2",
+        "assistant: A2",
+        "user: three",
+        "user: four",
+    ];
+    assert_eq!(conversation(requests.last().unwrap()), expected);
+
+    // Turn five holds the session in a tool until the gate file exists; "six" is accepted
+    // behind it, and its caller leaves before it starts, so its message is stored but its turn
+    // never runs.
+    let gate = daemon.dir.path().join("gate");
+    fake.push(Script::tool_use(
+        "toolu_5",
+        "run_command",
+        serde_json::json!({"program": shell, "args": ["-c", format!("while [ ! -e {} ]; do sleep 0.02; done", gate.display())]}),
+    ));
+    fake.push(text_reply("A5", 5, 5));
+    let spawn_chat = |text: &str| {
+        Command::new(support::blufioctl_bin())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["chat", "--session", &session, text])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let calls_before = fake.request_count();
+    let mut five = spawn_chat("five");
+    fake.wait_for_requests(calls_before + 1);
+    let mut six = spawn_chat("six");
+    let queued = |count: f64| {
+        let deadline = Instant::now() + support::PATIENCE;
+        while daemon.metrics().value("blufio_turns_queued") != count {
+            assert!(Instant::now() < deadline, "blufio_turns_queued never became {count}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    queued(1.0);
+    six.kill().unwrap();
+    six.wait().unwrap();
+    queued(0.0);
+    std::fs::write(&gate, "").unwrap();
+    assert!(five.wait().unwrap().success());
+    assert_eq!(fake.request_count(), calls_before + 2, "six never reached the provider");
+
+    fake.push(text_reply("A7", 5, 5));
+    turn("seven");
+    fake.push(text_reply("A8", 5, 5));
+    turn("eight");
+    let requests = fake.requests();
+    let mut expected: Vec<String> = expected.iter().map(|line| (*line).to_owned()).collect();
+    expected.extend(
+        [
+            "assistant: A4",
+            "user: five",
+            "assistant: call toolu_5",
+            "user: result toolu_5",
+            "assistant: A5",
+            "user: six",
+            "user: seven",
+        ]
+        .map(str::to_owned),
+    );
+    assert_eq!(conversation(&requests[requests.len() - 2]), expected);
+    expected.extend(["assistant: A7", "user: eight"].map(str::to_owned));
+    assert_eq!(conversation(requests.last().unwrap()), expected);
+
+    // The memory was used wherever it holds the whole conversation: two, three, five and eight
+    // each followed a completed turn with nothing accepted behind it. Four followed a failed turn,
+    // and seven followed five, behind which six was accepted: both read the database.
+    let samples = daemon.metrics();
+    let source = |name: &str| samples.count(&format!("blufio_turn_histories_total{{source=\"{name}\"}}"));
+    assert_eq!(source("new"), 1.0, "one");
+    assert_eq!(source("kept"), 4.0, "two, three, five, eight");
+    assert_eq!(source("read"), 2.0, "four and seven (six never ran)");
+}

@@ -749,3 +749,40 @@ fn scheduled_backups_are_written_whole_kept_by_count_and_reported() {
     assert!(status.to_string().contains("blufio-cannot-write-here"), "{status}");
     ok(&daemon.ctl(&["chat", "still serving"]));
 }
+
+/// A session's messages are held in memory between its turns (`agent::histories`); a restore
+/// replaces them, so the next turn must send the restored conversation, not the one in memory.
+#[test]
+fn after_a_restore_a_session_continues_from_the_restored_conversation() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    let session = daemon.ctl_json(&["chat", "before the backup"])["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let archive = dir.path().join("point.tar");
+    ok(&daemon.ctl(&["backup", archive.to_str().unwrap()]));
+    ok(&daemon.ctl(&["chat", "--session", &session, "after the backup"]));
+    ok(&daemon.ctl(&["restore", archive.to_str().unwrap()]));
+    ok(&daemon.ctl(&["chat", "--session", &session, "after the restore"]));
+    let requests = fake.requests();
+    let texts: Vec<String> = requests.last().unwrap().body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| match &message["content"] {
+            serde_json::Value::String(text) => text.clone(),
+            blocks => blocks[0]["text"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "before the backup",
+            "fake answer to: before the backup",
+            "after the restore"
+        ]
+    );
+}

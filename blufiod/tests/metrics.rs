@@ -227,6 +227,7 @@ fn real_traffic_moves_every_metric_and_promtool_accepts_the_exposition() {
         }
     }
     moved("blufio_tool_calls_total", &["tool=\"write_file\"", "outcome=\"ok\""]);
+    moved("blufio_turn_histories_total", &["source=\"new\""]);
     moved("blufio_grpc_requests_total", &["method=\"SendMessage\"", "code=\"OK\""]);
     moved(
         "blufio_grpc_request_duration_seconds_count",

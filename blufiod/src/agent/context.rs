@@ -12,6 +12,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use super::model::Role as StoredRole;
 use super::provider::{ChatRequest, ContentBlock, Message, Role};
 use crate::config::AgentConfig;
+#[cfg(test)]
 use crate::storage::MessageRecord;
 
 /// The stored (JSON) form of content blocks. It is the database's format, so variants and
@@ -189,6 +190,9 @@ pub struct History {
 impl History {
     /// The conversation from stored records (oldest first). Tool calls a crash left without
     /// results get a synthetic error result, so the conversation stays valid for the provider.
+    /// (Turns read their records into a `histories::Transcript`; this is the reference it is
+    /// tested against.)
+    #[cfg(test)]
     pub fn from_records(records: &[MessageRecord]) -> Self {
         Self::from_messages(records.iter().map(|record| {
             let role = match record.role.as_str() {

@@ -15,6 +15,7 @@
 
 pub mod budget;
 mod context;
+mod histories;
 pub mod model;
 pub mod provider;
 pub mod tools;
@@ -312,6 +313,8 @@ pub struct Agent {
     /// restore replaces the database (it takes the write side, so it waits for those changes).
     admission: tokio::sync::RwLock<bool>,
     sessions: Mutex<SessionLocks>,
+    /// Recent sessions' messages, decoded, so that a session's next turn need not read them.
+    histories: histories::Histories,
     /// The provider client, with the config and the vault generation it was built for.
     provider: Mutex<Option<CachedProvider>>,
     tools: Mutex<Option<(ToolsConfig, Arc<Tools>)>>,
@@ -382,6 +385,12 @@ impl SessionLocks {
             .count()
     }
 
+    /// When the latest turn of a session was accepted (the registry's clock then), while any
+    /// turn of it is in flight.
+    fn last_accepted(&self, id: &str) -> Option<u64> {
+        self.entries.get(id).map(|(_, used)| *used)
+    }
+
     fn is_busy(&self, id: &str) -> bool {
         self.entries
             .get(id)
@@ -436,6 +445,7 @@ impl Agent {
                 clock: 0,
                 entries: HashMap::new(),
             }),
+            histories: histories::Histories::default(),
             provider: Mutex::new(None),
             tools: Mutex::new(None),
             token,
@@ -613,6 +623,7 @@ impl Agent {
             return Err(AgentError::SessionBusy { id: id.to_owned() });
         }
         if self.storage.delete_session(id).await? {
+            self.histories.forget(id);
             Ok(())
         } else {
             Err(AgentError::SessionNotFound { id: id.to_owned() })
@@ -641,6 +652,7 @@ impl Agent {
         let before = crate::util::unix_now() - i64::from(days) * 86_400;
         let pruned = self.storage.prune_sessions(before).await?;
         if pruned > 0 {
+            self.histories.clear();
             tracing::info!(sessions = pruned, days, "old sessions pruned");
         }
         Ok(pruned)
@@ -1034,29 +1046,30 @@ impl Agent {
             }
         };
         // Held from here until the turn ends, so that the session counts as busy (and cannot be
-        // deleted) from the moment its message is stored.
-        let session_lock = self
-            .sessions
-            .lock()
-            .expect("session locks poisoned")
-            .lock_for(&session_id);
+        // deleted) from the moment its message is stored. Alone: no other turn of the session is
+        // in flight, so every earlier turn of it has ended (see `histories`).
+        let (session_lock, alone, accepted_at) = {
+            let mut locks = self.sessions.lock().expect("session locks poisoned");
+            let lock = locks.lock_for(&session_id);
+            let alone = Arc::strong_count(&lock) == 2;
+            (lock, alone, locks.last_accepted(&session_id).unwrap_or_default())
+        };
+        let epoch = self.storage.epoch();
+        let inbound = vec![ContentBlock::Text { text: text.to_owned() }];
         // A new session's history is exactly what is stored below: the turn takes it from here
         // rather than reading it back (the same last HISTORY_MESSAGES messages).
         let known_history = new_title.is_some().then(|| {
-            let messages = earlier
-                .iter()
-                .map(|(role, text)| (*role, text.as_str()))
-                .chain(std::iter::once((Role::User, text)));
+            let mut transcript = histories::Transcript::new(HISTORY_MESSAGES as usize, epoch);
             let skip = (earlier.len() + 1).saturating_sub(HISTORY_MESSAGES as usize);
-            context::History::from_messages(
-                messages
-                    .skip(skip)
-                    .map(|(role, text)| (role, vec![ContentBlock::Text { text: text.to_owned() }])),
-            )
+            for (role, text) in earlier.iter().skip(skip) {
+                transcript.push(*role, vec![ContentBlock::Text { text: text.clone() }]);
+            }
+            transcript.push(Role::User, inbound.clone());
+            transcript
         });
         let turn_id = uuid::Uuid::now_v7().to_string();
         let message_id = uuid::Uuid::now_v7().to_string();
-        let content = StoredBlocks::encode(&[ContentBlock::Text { text: text.to_owned() }]);
+        let content = StoredBlocks::encode(&inbound);
         let earlier: Vec<(String, &'static str, String)> = earlier
             .iter()
             .map(|(role, text)| {
@@ -1109,6 +1122,9 @@ impl Agent {
             turn_id,
             system: system.map(str::to_owned),
             history: known_history,
+            inbound,
+            alone,
+            accepted_at,
         };
         self.turns.spawn(async move {
             agent.run_turn(session_lock, accepted, events).await;
@@ -1130,7 +1146,22 @@ impl Agent {
             turn_id,
             system,
             history,
+            inbound,
+            alone,
+            accepted_at,
         } = accepted;
+        // Whatever happens next, the session's kept transcript is this turn's to use or drop: no
+        // turn may put one back while this one is in flight (see `histories`).
+        let kept = self.histories.take(&session_id);
+        let source = if history.is_some() { "new" } else { "kept" };
+        let history = history.or_else(|| {
+            // Alone, the kept transcript holds every earlier message; this turn's is the only
+            // one after it.
+            let mut kept = kept.filter(|kept| alone && kept.epoch() == self.storage.epoch())?;
+            kept.push(Role::User, inbound);
+            Some(kept)
+        });
+        let source = if history.is_some() { source } else { "read" };
         let admitted = async {
             let guard = session_lock.lock().await;
             let permit = self.slots.clone().acquire_owned().await;
@@ -1155,6 +1186,7 @@ impl Agent {
             return;
         };
         self.running.fetch_add(1, Ordering::Relaxed);
+        self.metrics.turn_histories.with_label_values(&[source]).inc();
         // The body watches for a departed caller and for shutdown itself, so that a call in
         // flight is always written to the ledger before the turn stops.
         let ids = TurnIds {
@@ -1165,11 +1197,12 @@ impl Agent {
         let outcome = self.turn_body(ids, system.as_deref(), history, &events, &permit).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
-        match outcome {
-            Ok((summary, end_recorded)) => {
+        let last = match outcome {
+            Ok((summary, end_recorded, transcript)) => {
                 if !end_recorded {
                     self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
                 }
+                self.keep_transcript(&session_id, &session_lock, accepted_at, transcript);
                 self.provider_down.store(false, Ordering::Relaxed);
                 self.events.publish(Event::TurnFinished {
                     session_id: session_id.clone(),
@@ -1180,7 +1213,7 @@ impl Agent {
                     .messages
                     .with_label_values(&["outbound", channel.as_str()])
                     .inc();
-                let _ = events.send(TurnEvent::Completed(summary)).await;
+                Some(TurnEvent::Completed(summary))
             }
             Err(TurnStop::Cancelled) => {
                 tracing::info!(session = %session_id, turn = %turn_id, "turn cancelled by the caller");
@@ -1191,21 +1224,49 @@ impl Agent {
                     Some("cancelled by the caller"),
                 )
                 .await;
+                None
             }
-            Err(TurnStop::ShuttingDown) => {
-                // Left as running on purpose: the next start marks it interrupted.
-                let _ = events.send(TurnEvent::Failed(AgentError::ShuttingDown)).await;
-            }
+            // Left as running on purpose: the next start marks it interrupted.
+            Err(TurnStop::ShuttingDown) => Some(TurnEvent::Failed(AgentError::ShuttingDown)),
             Err(TurnStop::Failed(error)) => {
                 let message = crate::error_chain(&error);
                 tracing::warn!(session = %session_id, turn = %turn_id, error = %message, "turn failed");
                 self.end_turn(&session_id, &turn_id, TurnEnd::Failed, Some(&message))
                     .await;
                 self.publish_failure(&session_id, &error);
-                let _ = events.send(TurnEvent::Failed(error)).await;
+                Some(TurnEvent::Failed(error))
             }
-        }
+        };
+        // Everything is stored: the session is free before the caller hears of the end, so that
+        // its next message finds no turn of this one in flight (and can use what was kept).
         drop(guard);
+        drop(session_lock);
+        if let Some(last) = last {
+            let _ = events.send(last).await;
+        }
+    }
+
+    /// Keeps a completed turn's transcript for the session's next turn, unless another turn of
+    /// the session is in flight or was accepted since this one (its message is stored after
+    /// this turn's, even if it was cancelled before it started), a restore replaced the
+    /// database, or memory is short.
+    fn keep_transcript(
+        &self,
+        session_id: &str,
+        session_lock: &Arc<tokio::sync::Mutex<()>>,
+        accepted_at: u64,
+        transcript: histories::Transcript,
+    ) {
+        // Under the registry's lock, so that a turn accepted from now on takes the transcript
+        // out again when it starts, and one accepted before is seen here.
+        let locks = self.sessions.lock().expect("session locks poisoned");
+        if Arc::strong_count(session_lock) == 2
+            && locks.last_accepted(session_id) == Some(accepted_at)
+            && transcript.epoch() == self.storage.epoch()
+            && self.memory.admit().is_ok()
+        {
+            self.histories.keep(session_id, transcript);
+        }
     }
 
     /// Tells the event bus that a turn of `session_id` failed (and that a cap refused it), and
@@ -1267,6 +1328,8 @@ impl Agent {
         let period = Period::now();
         let reloaded = self.storage.spend(&period.day, &period.month).await;
         *admission = false;
+        // The epoch moved with the swap, so kept transcripts are unusable already; free them.
+        self.histories.clear();
         let (spent_day, spent_month) = reloaded?;
         self.budget.reset(&period, spent_day, spent_month);
         Ok(())
@@ -1293,10 +1356,10 @@ impl Agent {
         &self,
         ids: TurnIds<'_>,
         system: Option<&str>,
-        history: Option<context::History>,
+        history: Option<histories::Transcript>,
         events: &mpsc::Sender<TurnEvent>,
         _permit: &OwnedSemaphorePermit,
-    ) -> Result<(TurnSummary, bool), TurnStop> {
+    ) -> Result<(TurnSummary, bool, histories::Transcript), TurnStop> {
         let mut turn = self.prepare_turn(ids, system, history).await?;
         let mut summary = TurnSummary {
             message_id: String::new(),
@@ -1309,11 +1372,12 @@ impl Agent {
         loop {
             let (completion, recorded) = self.call_provider(&mut turn, ids, events, &mut summary).await?;
             summary.message_id = recorded.answer_id;
+            turn.transcript.push(Role::Assistant, completion.content.clone());
             turn.history.push_assistant(completion.content.clone());
             if recorded.end_recorded {
                 // The answer ends the turn, and the turn's end was stored with it.
                 summary.stop_reason = completion.stop_reason;
-                return Ok((summary, true));
+                return Ok((summary, true, turn.transcript));
             }
             let calls: Vec<(String, String, serde_json::Value)> = completion
                 .content
@@ -1330,10 +1394,11 @@ impl Agent {
             let results_id = uuid::Uuid::now_v7().to_string();
             self.store(ids, &results_id, Role::Tool, &results, &summary.model)
                 .await?;
+            turn.transcript.push(Role::Tool, results.clone());
             turn.history.push_tool_results(results);
             if limit_reached {
                 summary.stop_reason = StopReason::ToolLimit;
-                return Ok((summary, false));
+                return Ok((summary, false, turn.transcript));
             }
         }
     }
@@ -1344,7 +1409,7 @@ impl Agent {
         &self,
         ids: TurnIds<'_>,
         extra_system: Option<&str>,
-        known_history: Option<context::History>,
+        known_history: Option<histories::Transcript>,
     ) -> Result<Turn, TurnStop> {
         let config = self.config.get();
         let provider = self.provider_for(&config.config).map_err(TurnStop::Failed)?;
@@ -1352,15 +1417,18 @@ impl Agent {
         let model = config.config.provider.model();
         let price =
             *budget::price_of(&config.config.pricing, &model).map_err(|error| TurnStop::Failed(error.into()))?;
-        let history = match known_history {
-            Some(history) => history,
-            None => context::History::from_records(
-                &self
+        let transcript = match known_history {
+            Some(transcript) => transcript,
+            None => {
+                // The epoch before the read: a restore during it makes the copy unusable later.
+                let epoch = self.storage.epoch();
+                let records = self
                     .storage
                     .history_of_turn(ids.session_id, ids.turn_id, HISTORY_MESSAGES)
                     .await
-                    .map_err(|error| TurnStop::Failed(error.into()))?,
-            ),
+                    .map_err(|error| TurnStop::Failed(error.into()))?;
+                histories::Transcript::from_records(&records, HISTORY_MESSAGES as usize, epoch)
+            }
         };
         Ok(Turn {
             system: match extra_system.filter(|extra| !extra.trim().is_empty()) {
@@ -1370,7 +1438,8 @@ impl Agent {
                 None => context::system_prompt(&config.config.agent),
             },
             specs: tools.specs(ids.principal),
-            history,
+            history: transcript.history(),
+            transcript,
             config,
             provider,
             tools,
@@ -1698,7 +1767,13 @@ struct AcceptedTurn {
     turn_id: String,
     system: Option<String>,
     /// The history the turn answers, when it is known without reading it (a new session).
-    history: Option<context::History>,
+    history: Option<histories::Transcript>,
+    /// The message the turn answers, as stored.
+    inbound: Vec<ContentBlock>,
+    /// No other turn of the session was in flight when this one was accepted.
+    alone: bool,
+    /// The session registry's clock when it was accepted.
+    accepted_at: u64,
 }
 
 /// The session and turn a piece of turn work belongs to, and who asked for the turn.
@@ -1719,6 +1794,8 @@ struct Turn {
     system: String,
     specs: Vec<provider::ToolSpec>,
     history: context::History,
+    /// The session's messages as stored, kept in step with `history` (see `histories`).
+    transcript: histories::Transcript,
 }
 
 /// What [`Agent::record_answer`] wrote.

@@ -44,6 +44,7 @@ pub const FAMILIES: &[&str] = &[
     "blufio_time_to_first_token_seconds",
     "blufio_tokens_total",
     "blufio_tool_calls_total",
+    "blufio_turn_histories_total",
     "blufio_turns_in_flight",
     "blufio_turns_queued",
     "blufio_watchdog_missed_total",
