@@ -184,11 +184,12 @@ impl Histories {
         self.take(session_id);
     }
 
-    /// Drops every transcript (sessions were pruned, or the database replaced).
-    pub fn clear(&self) {
+    /// Drops every transcript (sessions were pruned, the database replaced, or memory is short);
+    /// returns how many there were.
+    pub fn clear(&self) -> usize {
         let mut kept = self.kept();
-        kept.sessions = HashMap::new();
         kept.bytes = 0;
+        std::mem::take(&mut kept.sessions).len()
     }
 
     #[cfg(test)]
@@ -287,7 +288,7 @@ mod tests {
         assert_eq!(histories.bytes(), 84, "keeping again replaces");
         histories.forget("e");
         histories.keep("f", sized(10));
-        histories.clear();
+        assert_eq!(histories.clear(), 1);
         assert!(histories.take("f").is_none());
         assert_eq!(histories.bytes(), 0);
     }

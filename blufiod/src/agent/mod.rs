@@ -533,9 +533,13 @@ impl Agent {
     }
 
     /// Registers what the agent caches with the memory monitor, to drop at the warn level: idle
-    /// session locks, and the provider and tool clients with their idle connections (rebuilt by
-    /// the next turn).
+    /// session locks, kept session histories (read again by the next turn), and the provider and
+    /// tool clients with their idle connections (rebuilt by the next turn).
     pub fn register_shedders(self: &Arc<Self>, memory: &Monitor) {
+        let agent = Arc::downgrade(self);
+        memory.on_shed("session-histories", move || {
+            agent.upgrade().map_or(0, |agent| agent.histories.clear())
+        });
         let agent = Arc::downgrade(self);
         memory.on_shed("session-locks", move || {
             agent.upgrade().map_or(0, |agent| {

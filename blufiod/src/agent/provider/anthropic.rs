@@ -8,7 +8,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::Deserialize;
+use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
@@ -84,83 +85,213 @@ impl Provider for Anthropic {
     }
 }
 
-/// The JSON body of a streamed Messages call.
-fn request_body(request: &ChatRequest) -> Value {
-    let mut messages: Vec<Value> = request.messages.iter().map(message_json).collect();
-    // Breakpoint 3: the conversation so far. History is only ever appended to (and trimmed from
-    // the oldest end when over budget), so the next call of this turn, and the next turn, read
-    // this prefix from the cache instead of paying for it again.
-    if let Some(block) = messages
-        .last_mut()
-        .and_then(|message| message["content"].as_array_mut())
-        .and_then(|content| content.last_mut())
-    {
-        block["cache_control"] = json!({"type": "ephemeral"});
-    }
-    let mut body = json!({
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": messages,
-        "stream": true,
-    });
-    // The API rejects an empty text block, so an empty system prompt is left out.
-    if !request.system.is_empty() {
-        // Breakpoint 1: everything up to the end of the system prompt (tools come first in the
-        // cache prefix) is cached.
-        body["system"] = json!([{
-            "type": "text",
-            "text": request.system,
-            "cache_control": {"type": "ephemeral"},
-        }]);
-    }
-    if !request.tools.is_empty() {
-        let mut tools: Vec<Value> = request
-            .tools
-            .iter()
-            .map(|tool| {
-                json!({
-                    "name": tool.name,
-                    "description": tool.description,
-                    "input_schema": tool.input_schema,
-                })
-            })
-            .collect();
-        // Breakpoint 2: the tool list, which is stable across turns, so it is cached even when
-        // the system prompt is absent.
-        if let Some(last) = tools.last_mut() {
-            last["cache_control"] = json!({"type": "ephemeral"});
-        }
-        body["tools"] = Value::Array(tools);
-    }
-    body
+/// The JSON body of a streamed Messages call, serialized straight from the request (no JSON
+/// value tree: a long conversation would be a map and a few strings allocated per block, on
+/// every call).
+fn request_body(request: &ChatRequest) -> RequestJson<'_> {
+    RequestJson { request }
 }
 
-fn message_json(message: &Message) -> Value {
-    let role = match message.role {
-        Role::User => "user",
-        Role::Assistant => "assistant",
-    };
-    let content: Vec<Value> = message
-        .content
-        .iter()
-        .map(|block| match block {
-            ContentBlock::Text { text } => json!({"type": "text", "text": text}),
+/// `{"type": "ephemeral"}`: a prompt-cache breakpoint.
+struct Ephemeral;
+
+impl Serialize for Ephemeral {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_struct("CacheControl", 1)?;
+        map.serialize_field("type", "ephemeral")?;
+        map.end()
+    }
+}
+
+struct RequestJson<'a> {
+    request: &'a ChatRequest,
+}
+
+impl Serialize for RequestJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let request = self.request;
+        let mut body = serializer.serialize_struct("Request", 6)?;
+        body.serialize_field("model", &request.model)?;
+        body.serialize_field("max_tokens", &request.max_tokens)?;
+        // The API rejects an empty text block, so an empty system prompt is left out.
+        // Breakpoint 1: everything up to the end of the system prompt (tools come first in the
+        // cache prefix) is cached.
+        if request.system.is_empty() {
+            body.skip_field("system")?;
+        } else {
+            body.serialize_field("system", &[SystemJson(&request.system)])?;
+        }
+        // Breakpoint 2: the tool list, which is stable across turns, so it is cached even when
+        // the system prompt is absent.
+        if request.tools.is_empty() {
+            body.skip_field("tools")?;
+        } else {
+            body.serialize_field("tools", &Breakpointed(&request.tools, ToolJson))?;
+        }
+        // Breakpoint 3: the conversation so far. History is only ever appended to (and trimmed
+        // from the oldest end when over budget), so the next call of this turn, and the next
+        // turn, read this prefix from the cache instead of paying for it again.
+        body.serialize_field("messages", &Breakpointed(&request.messages, MessageJson))?;
+        body.serialize_field("stream", &true)?;
+        body.end()
+    }
+}
+
+/// A list whose last element carries the cache breakpoint, each written by `F`.
+struct Breakpointed<'a, T, F>(&'a [T], F);
+
+/// Writes one element, with the breakpoint when `last`.
+trait ElementJson<T> {
+    fn write<S: SerializeSeq>(&self, seq: &mut S, element: &T, last: bool) -> Result<(), S::Error>;
+}
+
+impl<T, F: ElementJson<T>> Serialize for Breakpointed<'_, T, F> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        let last = self.0.len().wrapping_sub(1);
+        for (index, element) in self.0.iter().enumerate() {
+            self.1.write(&mut seq, element, index == last)?;
+        }
+        seq.end()
+    }
+}
+
+struct SystemJson<'a>(&'a str);
+
+impl Serialize for SystemJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut block = serializer.serialize_struct("System", 3)?;
+        block.serialize_field("type", "text")?;
+        block.serialize_field("text", self.0)?;
+        block.serialize_field("cache_control", &Ephemeral)?;
+        block.end()
+    }
+}
+
+struct ToolJson;
+
+impl ElementJson<super::ToolSpec> for ToolJson {
+    fn write<S: SerializeSeq>(&self, seq: &mut S, tool: &super::ToolSpec, last: bool) -> Result<(), S::Error> {
+        seq.serialize_element(&Tool { tool, breakpoint: last })
+    }
+}
+
+struct Tool<'a> {
+    tool: &'a super::ToolSpec,
+    breakpoint: bool,
+}
+
+impl Serialize for Tool<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tool = serializer.serialize_struct("Tool", 4)?;
+        tool.serialize_field("name", &self.tool.name)?;
+        tool.serialize_field("description", &self.tool.description)?;
+        tool.serialize_field("input_schema", &self.tool.input_schema)?;
+        cache_control(&mut tool, self.breakpoint)?;
+        tool.end()
+    }
+}
+
+/// `cache_control` when `breakpoint`, else nothing.
+fn cache_control<S: SerializeStruct>(object: &mut S, breakpoint: bool) -> Result<(), S::Error> {
+    if breakpoint {
+        object.serialize_field("cache_control", &Ephemeral)
+    } else {
+        object.skip_field("cache_control")
+    }
+}
+
+struct MessageJson;
+
+impl ElementJson<Message> for MessageJson {
+    fn write<S: SerializeSeq>(&self, seq: &mut S, message: &Message, last: bool) -> Result<(), S::Error> {
+        seq.serialize_element(&MessageOut {
+            message,
+            breakpoint: last,
+        })
+    }
+}
+
+struct MessageOut<'a> {
+    message: &'a Message,
+    breakpoint: bool,
+}
+
+impl Serialize for MessageOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let role = match self.message.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        let mut message = serializer.serialize_struct("Message", 2)?;
+        message.serialize_field("role", role)?;
+        // The last message's last block is the conversation's breakpoint.
+        let blocks = &self.message.content;
+        if self.breakpoint {
+            message.serialize_field("content", &Breakpointed(blocks, BlockJson))?;
+        } else {
+            message.serialize_field("content", &Breakpointed(blocks, PlainBlockJson))?;
+        }
+        message.end()
+    }
+}
+
+/// Blocks with the breakpoint on the last.
+struct BlockJson;
+/// Blocks without a breakpoint.
+struct PlainBlockJson;
+
+impl ElementJson<ContentBlock> for BlockJson {
+    fn write<S: SerializeSeq>(&self, seq: &mut S, block: &ContentBlock, last: bool) -> Result<(), S::Error> {
+        seq.serialize_element(&BlockOut {
+            block,
+            breakpoint: last,
+        })
+    }
+}
+
+impl ElementJson<ContentBlock> for PlainBlockJson {
+    fn write<S: SerializeSeq>(&self, seq: &mut S, block: &ContentBlock, _last: bool) -> Result<(), S::Error> {
+        seq.serialize_element(&BlockOut {
+            block,
+            breakpoint: false,
+        })
+    }
+}
+
+struct BlockOut<'a> {
+    block: &'a ContentBlock,
+    breakpoint: bool,
+}
+
+impl Serialize for BlockOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut json = serializer.serialize_struct("Block", 5)?;
+        match self.block {
+            ContentBlock::Text { text } => {
+                json.serialize_field("type", "text")?;
+                json.serialize_field("text", text)?;
+            }
             ContentBlock::ToolUse { id, name, input } => {
-                json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                json.serialize_field("type", "tool_use")?;
+                json.serialize_field("id", id)?;
+                json.serialize_field("name", name)?;
+                json.serialize_field("input", input)?;
             }
             ContentBlock::ToolResult {
                 tool_use_id,
                 content,
                 is_error,
-            } => json!({
-                "type": "tool_result",
-                "tool_use_id": tool_use_id,
-                "content": content,
-                "is_error": is_error,
-            }),
-        })
-        .collect();
-    json!({"role": role, "content": content})
+            } => {
+                json.serialize_field("type", "tool_result")?;
+                json.serialize_field("tool_use_id", tool_use_id)?;
+                json.serialize_field("content", content)?;
+                json.serialize_field("is_error", is_error)?;
+            }
+        }
+        cache_control(&mut json, self.breakpoint)?;
+        json.end()
+    }
 }
 
 /// Events of the Messages stream, by their `type`.
@@ -663,6 +794,44 @@ mod tests {
         let (_, error) = collect(Anthropic::new(settings(&fake)).stream(request)).await;
         assert!(error.is_none(), "{error:?}");
         assert_eq!(fake.requests()[0].body.get("tools"), None);
+    }
+
+    #[test]
+    fn the_body_marks_only_the_last_block_of_the_last_message_and_omits_an_empty_system() {
+        let mut request = request();
+        request.system.clear();
+        request.tools.clear();
+        request.messages = vec![
+            Message {
+                role: Role::User,
+                content: vec![text("one"), text("two")],
+            },
+            Message {
+                role: Role::Assistant,
+                content: vec![text("three")],
+            },
+            Message {
+                role: Role::User,
+                content: vec![text("four"), text("five")],
+            },
+        ];
+        let body = serde_json::to_value(request_body(&request)).expect("serializes");
+        assert_eq!(
+            body,
+            json!({
+                "model": "claude-test",
+                "max_tokens": 256,
+                "stream": true,
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "three"}]},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "four"},
+                        {"type": "text", "text": "five", "cache_control": {"type": "ephemeral"}},
+                    ]},
+                ],
+            })
+        );
     }
 
     #[tokio::test]

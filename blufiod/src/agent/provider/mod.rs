@@ -332,7 +332,7 @@ impl HttpCall {
         settings: &ProviderSettings,
         url: String,
         mut headers: reqwest::header::HeaderMap,
-        body: &serde_json::Value,
+        body: &impl serde::Serialize,
     ) -> Result<Self, ProviderError> {
         headers.insert(
             reqwest::header::CONTENT_TYPE,
