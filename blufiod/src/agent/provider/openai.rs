@@ -5,10 +5,11 @@
 //! then). It must never log the key or follow a redirect with it; anything the stream sends out
 //! of protocol order becomes [`ProviderError::Malformed`], never a panic.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
@@ -72,57 +73,123 @@ impl Provider for OpenAi {
     }
 }
 
-/// The JSON body of a streamed Chat Completions call.
-fn request_body(request: &ChatRequest) -> Value {
+/// The JSON body of a streamed Chat Completions call, borrowing from the request (no JSON value
+/// tree per message).
+fn request_body(request: &ChatRequest) -> RequestJson<'_> {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if !request.system.is_empty() {
-        messages.push(json!({"role": "system", "content": request.system}));
+        messages.push(MessageJson::System {
+            content: &request.system,
+        });
     }
     for message in &request.messages {
         push_message_json(message, &mut messages);
     }
-    let mut body = json!({
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": messages,
-        "stream": true,
+    RequestJson {
+        model: &request.model,
+        max_tokens: request.max_tokens,
+        messages,
+        stream: true,
         // Without this the stream carries no token counts and the ledger would be blind.
-        "stream_options": {"include_usage": true},
-    });
-    if !request.tools.is_empty() {
-        let tools: Vec<Value> = request
+        stream_options: StreamOptions { include_usage: true },
+        tools: request
             .tools
             .iter()
-            .map(|tool| {
-                json!({
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool.input_schema,
-                    },
-                })
+            .map(|tool| ToolJson {
+                kind: "function",
+                function: FunctionJson {
+                    name: &tool.name,
+                    description: &tool.description,
+                    parameters: &tool.input_schema,
+                },
             })
-            .collect();
-        body["tools"] = Value::Array(tools);
+            .collect(),
     }
-    body
+}
+
+#[derive(Serialize)]
+struct RequestJson<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    messages: Vec<MessageJson<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct ToolJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionJson<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionJson<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+enum MessageJson<'a> {
+    System {
+        content: &'a str,
+    },
+    User {
+        content: Cow<'a, str>,
+    },
+    Assistant {
+        /// `null` when the answer is only tool calls.
+        content: Option<Cow<'a, str>>,
+        // Some compatible servers reject an empty `tool_calls` array.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCallJson<'a>>,
+    },
+    Tool {
+        tool_call_id: &'a str,
+        content: Cow<'a, str>,
+    },
+}
+
+#[derive(Serialize)]
+struct ToolCallJson<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: CallJson<'a>,
+}
+
+#[derive(Serialize)]
+struct CallJson<'a> {
+    name: &'a str,
+    arguments: String,
 }
 
 /// Appends one conversation message as Chat Completions messages: tool results become `tool`
 /// messages of their own, placed first because they must directly follow the assistant message
 /// that asked for them.
-fn push_message_json(message: &Message, messages: &mut Vec<Value>) {
+fn push_message_json<'a>(message: &'a Message, messages: &mut Vec<MessageJson<'a>>) {
     let mut texts = Vec::new();
     let mut tool_calls = Vec::new();
     for block in &message.content {
         match block {
             ContentBlock::Text { text } => texts.push(text.as_str()),
-            ContentBlock::ToolUse { id, name, input } => tool_calls.push(json!({
-                "id": id,
-                "type": "function",
-                "function": {"name": name, "arguments": input.to_string()},
-            })),
+            ContentBlock::ToolUse { id, name, input } => tool_calls.push(ToolCallJson {
+                id,
+                kind: "function",
+                function: CallJson {
+                    name,
+                    arguments: input.to_string(),
+                },
+            }),
             ContentBlock::ToolResult {
                 tool_use_id,
                 content,
@@ -130,34 +197,32 @@ fn push_message_json(message: &Message, messages: &mut Vec<Value>) {
             } => {
                 // The API has no error flag, so the model learns of the failure from the text.
                 let content = if *is_error {
-                    format!("[tool error] {content}")
+                    Cow::Owned(format!("[tool error] {content}"))
                 } else {
-                    content.clone()
+                    Cow::Borrowed(content.as_str())
                 };
-                messages.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
+                messages.push(MessageJson::Tool {
+                    tool_call_id: tool_use_id,
+                    content,
+                });
             }
         }
     }
-    let text = texts.join("\n\n");
+    let text: Cow<'a, str> = match texts.as_slice() {
+        [] => Cow::Borrowed(""),
+        [one] => Cow::Borrowed(one),
+        many => Cow::Owned(many.join("\n\n")),
+    };
     match message.role {
         Role::User => {
             if !text.is_empty() {
-                messages.push(json!({"role": "user", "content": text}));
+                messages.push(MessageJson::User { content: text });
             }
         }
-        Role::Assistant => {
-            let content = if text.is_empty() {
-                Value::Null
-            } else {
-                Value::String(text)
-            };
-            let mut assistant = json!({"role": "assistant", "content": content});
-            // Some compatible servers reject an empty `tool_calls` array.
-            if !tool_calls.is_empty() {
-                assistant["tool_calls"] = Value::Array(tool_calls);
-            }
-            messages.push(assistant);
-        }
+        Role::Assistant => messages.push(MessageJson::Assistant {
+            content: (!text.is_empty()).then_some(text),
+            tool_calls,
+        }),
     }
 }
 
@@ -610,6 +675,43 @@ mod tests {
                 {"role": "user", "content": "and in Paris?"},
             ])
         );
+    }
+
+    #[test]
+    fn texts_are_joined_failed_results_are_marked_and_an_answer_has_no_tool_calls_key() {
+        let request = ChatRequest {
+            system: String::new(),
+            messages: vec![
+                Message {
+                    role: Role::User,
+                    content: vec![text("one"), text("two")],
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: vec![text("three")],
+                },
+                Message {
+                    role: Role::User,
+                    content: vec![ContentBlock::ToolResult {
+                        tool_use_id: "call_9".to_owned(),
+                        content: "boom".to_owned(),
+                        is_error: true,
+                    }],
+                },
+            ],
+            tools: Vec::new(),
+            ..request()
+        };
+        let body = serde_json::to_value(request_body(&request)).expect("serializes");
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "user", "content": "one\n\ntwo"},
+                {"role": "assistant", "content": "three"},
+                {"role": "tool", "tool_call_id": "call_9", "content": "[tool error] boom"},
+            ])
+        );
+        assert_eq!(body.get("tools"), None);
     }
 
     #[tokio::test]
