@@ -1785,7 +1785,6 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         http_status("GET", "/v1/sessions/no-such-session".into(), None).await,
         404
     );
-
     // invalid_message: INVALID_ARGUMENT and 400 (checked before the session is looked up, and
     // before memory: no session can be created at the memory limit).
     assert_eq!(turn_code(&mut control, "kinds", "").await, tonic::Code::InvalidArgument);
@@ -1818,6 +1817,17 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         .unwrap()
         .id;
     let path = format!("/v1/sessions/{session}/messages");
+
+    // session_not_found for a message: NOT_FOUND and 404. The transaction that would store it
+    // refuses it (no read comes first); an id far longer than any is refused before that.
+    let long = "x".repeat(300);
+    for missing in ["no-such-session", long.as_str()] {
+        assert_eq!(turn_code(&mut control, missing, "hello").await, tonic::Code::NotFound);
+        assert_eq!(
+            http_status("POST", format!("/v1/sessions/{missing}/messages"), Some(turn("hello"))).await,
+            404
+        );
+    }
 
     // budget_exhausted: RESOURCE_EXHAUSTED and 402.
     setup

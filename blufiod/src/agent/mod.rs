@@ -94,6 +94,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 const MAX_EARLIER_MESSAGES: usize = HISTORY_MESSAGES as usize;
 /// Events buffered per streaming caller; a slow reader slows its own turn, nothing else.
 const TURN_EVENT_BUFFER: usize = 64;
+/// Longest session id accepted (they are UUIDs, 36 bytes).
+const MAX_SESSION_ID_BYTES: usize = 64;
 /// Longest session title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
 /// Messages read back per turn before trimming to the token budget.
@@ -239,7 +241,9 @@ impl AgentError {
             Self::Restoring => ErrorKind::Restoring,
             Self::Storage(error) => match error.kind() {
                 StorageErrorKind::Full => ErrorKind::StorageFull,
-                StorageErrorKind::Duplicate | StorageErrorKind::Other => ErrorKind::StorageFailed,
+                StorageErrorKind::Duplicate | StorageErrorKind::MissingParent | StorageErrorKind::Other => {
+                    ErrorKind::StorageFailed
+                }
             },
             Self::Stored { .. } => ErrorKind::StorageFailed,
         }
@@ -1038,7 +1042,19 @@ impl Agent {
         // A new session is created in the transaction that stores its first message: no
         // snapshot or crash can hold a session without it.
         let (session_id, new_title) = match session_id {
-            Some(id) => (self.session(id).await?.id, None),
+            // No read first: the transaction that stores the message finds out, since its turn
+            // refers to the session (a foreign key). Session ids are UUIDs; a longer one is no id.
+            Some(id) if id.is_empty() || id.len() > MAX_SESSION_ID_BYTES => {
+                let shown: String = id.chars().take(MAX_SESSION_ID_BYTES).collect();
+                return Err(AgentError::SessionNotFound {
+                    id: if shown.len() < id.len() {
+                        format!("{shown}…")
+                    } else {
+                        shown
+                    },
+                });
+            }
+            Some(id) => (id.to_owned(), None),
             None => {
                 self.admit_memory()?;
                 // A brought conversation is titled by its first message from the owner.
@@ -1106,7 +1122,11 @@ impl Agent {
                     content_json: &content,
                 },
             )
-            .await?;
+            .await
+            .map_err(|error| match error.kind() {
+                StorageErrorKind::MissingParent => AgentError::SessionNotFound { id: session_id.clone() },
+                _ => error.into(),
+            })?;
 
         let (events, receiver) = mpsc::channel(TURN_EVENT_BUFFER);
         events

@@ -118,6 +118,9 @@ pub enum StorageErrorKind {
     Full,
     /// A unique value already exists.
     Duplicate,
+    /// A row refers to one that does not exist (a foreign key): a message for a session that is
+    /// not there.
+    MissingParent,
     /// Anything else.
     Other,
 }
@@ -153,12 +156,14 @@ impl StorageError {
             Self::Open { source, .. } | Self::Query { source, .. } => source,
             _ => return StorageErrorKind::Other,
         };
-        let full = source.as_database_error().is_some_and(|database| {
-            // SQLITE_FULL (13), however the driver words it.
-            database.code().as_deref() == Some("13") || database.message().contains("full")
-        });
-        if full {
+        let Some(database) = source.as_database_error() else {
+            return StorageErrorKind::Other;
+        };
+        // SQLITE_FULL (13), however the driver words it.
+        if database.code().as_deref() == Some("13") || database.message().contains("full") {
             StorageErrorKind::Full
+        } else if database.kind() == sqlx::error::ErrorKind::ForeignKeyViolation {
+            StorageErrorKind::MissingParent
         } else {
             StorageErrorKind::Other
         }
