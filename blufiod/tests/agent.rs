@@ -828,3 +828,55 @@ fn every_turn_sends_the_whole_stored_conversation_however_the_turns_before_it_en
     assert_eq!(source("kept"), 4.0, "two, three, five, eight");
     assert_eq!(source("read"), 2.0, "four and seven (six never ran)");
 }
+
+/// At the memory warn level, the check a completing turn makes before it keeps its session's
+/// history may run the shedders, one of which takes the session registry's lock: the turn must
+/// not hold that lock then (it did, and the first shed due at a turn's end hung the daemon).
+/// Turns of about 300 ms run back to back for one shedding period and more, so that a shed falls
+/// due while one is finishing.
+#[test]
+fn turns_keep_completing_while_memory_sheds_at_the_warn_level() {
+    let fake = FakeProvider::start();
+    fake.set_default(Some(Script::Delay {
+        per_chunk: Duration::from_millis(40),
+        then: Box::new(Script::text("slow answer", 2)),
+    }));
+    // Always at warn (1 % of 128 MiB), never refusing (100 %).
+    let daemon = support::start_with_fake(
+        &fake,
+        "[memory]\nlimit_mib = 128\nwarn_percent = 1\npressure_percent = 100\n",
+    );
+    let session = daemon.ctl_json(&["chat", "first"])["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let mut turns = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        let mut chat = Command::new(support::blufioctl_bin())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["chat", "--session", &session, "again"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = chat.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                chat.kill().unwrap();
+                panic!("turn {turns} never completed: the daemon hangs at the memory warn level");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "turn {turns} failed");
+        turns += 1;
+    }
+    assert!(turns >= 20, "only {turns} turns in 12 s");
+    let log = daemon.stderr();
+    let sheds = log.matches("caches shed and free pages returned").count();
+    assert!(sheds >= 2, "a shed fell due while turns ran ({sheds} in all): {log}");
+}

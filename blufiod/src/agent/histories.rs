@@ -7,12 +7,13 @@
 //!
 //! **Invariant:** a transcript in [`Histories`] holds every message of its session, and the
 //! session has no turn in flight. The agent keeps that by taking a session's transcript out when
-//! any turn of it starts, and putting one back only when a turn completed with every message it
-//! stored pushed here too and no other turn of the session was accepted meanwhile; a turn accepted
-//! while no other turn of its session was in flight may then take the transcript and add its own
-//! message, without a read. Anything else (a failed or cancelled turn, queued turns, a restore
-//! (the storage epoch), a deleted session) leaves the next turn to read the database, which is
-//! always right. Bounded by sessions and by bytes; least recently kept goes first.
+//! any turn of it starts, and putting one back only when a turn that was alone in its session
+//! (no other turn in flight when it was accepted, none accepted after it until its message was
+//! stored, none in flight or accepted when it ends) completed with every message it stored pushed
+//! here too; the next alone turn may then take the transcript and add its own message, without a
+//! read. Anything else (a failed or cancelled turn, queued turns, a restore (the storage epoch), a
+//! deleted session) leaves the next turn to read the database, which is always right. Bounded by
+//! sessions and by bytes; least recently kept goes first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -73,6 +74,18 @@ impl Transcript {
         }
     }
 
+    /// Appends a message as reading it back would give it: a tool input goes through its stored
+    /// JSON, since a float can come back one unit in the last place off (serde_json's default
+    /// parsing is not correctly rounded); text is the same either way.
+    pub fn push_stored(&mut self, role: StoredRole, blocks: &[ContentBlock]) {
+        let read_back = if blocks.iter().any(|block| matches!(block, ContentBlock::ToolUse { .. })) {
+            super::context::StoredBlocks::decode(&super::context::StoredBlocks::encode(blocks))
+        } else {
+            blocks.to_vec()
+        };
+        self.push(role, read_back);
+    }
+
     /// The conversation in provider form.
     pub fn history(&self) -> History {
         History::from_messages(self.messages.iter().map(|(role, blocks, _)| (*role, blocks.clone())))
@@ -88,7 +101,8 @@ impl Transcript {
     }
 }
 
-/// What a message weighs in the cache: its text, tool names, inputs and results.
+/// What a message weighs in memory, about: its blocks, their text, and a tool input's JSON tree
+/// node by node (a number in an array is a few bytes of text but a 32-byte value).
 fn approximate_bytes(blocks: &[ContentBlock]) -> usize {
     // The fixed part stands for the block and its allocation.
     const PER_BLOCK: usize = 64;
@@ -98,13 +112,29 @@ fn approximate_bytes(blocks: &[ContentBlock]) -> usize {
             PER_BLOCK
                 + match block {
                     ContentBlock::Text { text } => text.len(),
-                    ContentBlock::ToolUse { id, name, input } => id.len() + name.len() + input.to_string().len(),
+                    ContentBlock::ToolUse { id, name, input } => id.len() + name.len() + value_bytes(input),
                     ContentBlock::ToolResult {
                         tool_use_id, content, ..
                     } => tool_use_id.len() + content.len(),
                 }
         })
         .sum()
+}
+
+/// The memory of a JSON value tree, about: each node's own size, strings and map keys, and a
+/// map entry's overhead.
+fn value_bytes(value: &serde_json::Value) -> usize {
+    const NODE: usize = std::mem::size_of::<serde_json::Value>();
+    const ENTRY: usize = 48;
+    NODE + match value {
+        serde_json::Value::String(text) => text.len(),
+        serde_json::Value::Array(items) => items.iter().map(value_bytes).sum(),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(key, item)| ENTRY + key.len() + value_bytes(item))
+            .sum(),
+        _ => 0,
+    }
 }
 
 /// The kept transcripts of recent sessions.
@@ -254,6 +284,47 @@ mod tests {
             format!("{:?}", Transcript::from_records(&records, 100, 0).history()),
             format!("{:?}", History::from_records(&records))
         );
+    }
+
+    #[test]
+    fn a_tool_input_is_kept_as_reading_it_back_gives_it() {
+        // A float serde_json's default parser reads back one unit in the last place off.
+        let input = serde_json::json!({"x": 1.071_566_039_146_582_6e-75_f64});
+        let blocks = vec![ContentBlock::ToolUse {
+            id: "toolu_1".to_owned(),
+            name: "calc".to_owned(),
+            input: input.clone(),
+        }];
+        let read_back =
+            super::super::context::StoredBlocks::decode(&super::super::context::StoredBlocks::encode(&blocks));
+        let ContentBlock::ToolUse { input: reread, .. } = &read_back[0] else {
+            panic!("a tool call");
+        };
+        assert_ne!(reread, &input, "the case this guards against");
+        let mut kept = Transcript::new(10, 0);
+        kept.push_stored(StoredRole::Assistant, &blocks);
+        let records = [record("assistant", &blocks)];
+        assert_eq!(
+            format!("{:?}", kept.history()),
+            format!("{:?}", Transcript::from_records(&records, 10, 0).history())
+        );
+    }
+
+    #[test]
+    fn a_tool_input_weighs_its_tree_not_its_text() {
+        let numbers = serde_json::json!({"values": (0..1_000).collect::<Vec<u32>>()});
+        let call = vec![ContentBlock::ToolUse {
+            id: "toolu_1".to_owned(),
+            name: "sum".to_owned(),
+            input: numbers.clone(),
+        }];
+        let text = numbers.to_string().len();
+        let weight = approximate_bytes(&call);
+        assert!(
+            weight >= 1_000 * 32,
+            "{weight} bytes for 1,000 numbers ({text} bytes as text)"
+        );
+        assert!(weight > 5 * text, "{weight} against {text}");
     }
 
     #[test]

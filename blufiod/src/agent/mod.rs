@@ -1127,6 +1127,20 @@ impl Agent {
                 StorageErrorKind::MissingParent => AgentError::SessionNotFound { id: session_id.clone() },
                 _ => error.into(),
             })?;
+        // Turns take their place in the history in the order their messages were stored, which
+        // can differ from the order they were accepted in: alone only if no other turn of the
+        // session was accepted since this one, so that every other turn's messages come before
+        // its own.
+        let accepted = Acceptance {
+            alone: alone
+                && self
+                    .sessions
+                    .lock()
+                    .expect("session locks poisoned")
+                    .last_accepted(&session_id)
+                    == Some(accepted_at),
+            at: accepted_at,
+        };
 
         let (events, receiver) = mpsc::channel(TURN_EVENT_BUFFER);
         events
@@ -1147,8 +1161,7 @@ impl Agent {
             system: system.map(str::to_owned),
             history: known_history,
             inbound,
-            alone,
-            accepted_at,
+            accepted,
         };
         self.turns.spawn(async move {
             agent.run_turn(session_lock, accepted, events).await;
@@ -1171,8 +1184,7 @@ impl Agent {
             system,
             history,
             inbound,
-            alone,
-            accepted_at,
+            accepted,
         } = accepted;
         // Whatever happens next, the session's kept transcript is this turn's to use or drop: no
         // turn may put one back while this one is in flight (see `histories`).
@@ -1181,7 +1193,7 @@ impl Agent {
         let history = history.or_else(|| {
             // Alone, the kept transcript holds every earlier message; this turn's is the only
             // one after it.
-            let mut kept = kept.filter(|kept| alone && kept.epoch() == self.storage.epoch())?;
+            let mut kept = kept.filter(|kept| accepted.alone && kept.epoch() == self.storage.epoch())?;
             kept.push(Role::User, inbound);
             Some(kept)
         });
@@ -1226,7 +1238,7 @@ impl Agent {
                 if !end_recorded {
                     self.end_turn(&session_id, &turn_id, TurnEnd::Completed, None).await;
                 }
-                self.keep_transcript(&session_id, &session_lock, accepted_at, transcript);
+                self.keep_transcript(&session_id, &session_lock, accepted, transcript);
                 self.provider_down.store(false, Ordering::Relaxed);
                 self.events.publish(Event::TurnFinished {
                     session_id: session_id.clone(),
@@ -1278,16 +1290,21 @@ impl Agent {
         &self,
         session_id: &str,
         session_lock: &Arc<tokio::sync::Mutex<()>>,
-        accepted_at: u64,
+        accepted: Acceptance,
         transcript: histories::Transcript,
     ) {
+        // Not under the registry's lock: at the warn level the memory check runs the shedders,
+        // one of which takes that lock.
+        if !accepted.alone || self.memory.admit().is_err() {
+            return;
+        }
         // Under the registry's lock, so that a turn accepted from now on takes the transcript
-        // out again when it starts, and one accepted before is seen here.
+        // out again when it starts, and one accepted before is seen here. Nothing else is locked
+        // inside it but the transcripts' own lock.
         let locks = self.sessions.lock().expect("session locks poisoned");
         if Arc::strong_count(session_lock) == 2
-            && locks.last_accepted(session_id) == Some(accepted_at)
+            && locks.last_accepted(session_id) == Some(accepted.at)
             && transcript.epoch() == self.storage.epoch()
-            && self.memory.admit().is_ok()
         {
             self.histories.keep(session_id, transcript);
         }
@@ -1396,7 +1413,7 @@ impl Agent {
         loop {
             let (completion, recorded) = self.call_provider(&mut turn, ids, events, &mut summary).await?;
             summary.message_id = recorded.answer_id;
-            turn.transcript.push(Role::Assistant, completion.content.clone());
+            turn.transcript.push_stored(Role::Assistant, &completion.content);
             turn.history.push_assistant(completion.content.clone());
             if recorded.end_recorded {
                 // The answer ends the turn, and the turn's end was stored with it.
@@ -1418,7 +1435,7 @@ impl Agent {
             let results_id = uuid::Uuid::now_v7().to_string();
             self.store(ids, &results_id, Role::Tool, &results, &summary.model)
                 .await?;
-            turn.transcript.push(Role::Tool, results.clone());
+            turn.transcript.push_stored(Role::Tool, &results);
             turn.history.push_tool_results(results);
             if limit_reached {
                 summary.stop_reason = StopReason::ToolLimit;
@@ -1794,10 +1811,18 @@ struct AcceptedTurn {
     history: Option<histories::Transcript>,
     /// The message the turn answers, as stored.
     inbound: Vec<ContentBlock>,
-    /// No other turn of the session was in flight when this one was accepted.
+    /// Whether the turn was alone in its session, and when it was accepted.
+    accepted: Acceptance,
+}
+
+/// When a turn was accepted, and whether it was alone in its session: no other turn of it in
+/// flight when it was accepted, nor accepted after it until its message was stored. Only such a
+/// turn may use or keep the session's transcript (see `histories`).
+#[derive(Debug, Clone, Copy)]
+struct Acceptance {
     alone: bool,
     /// The session registry's clock when it was accepted.
-    accepted_at: u64,
+    at: u64,
 }
 
 /// The session and turn a piece of turn work belongs to, and who asked for the turn.
