@@ -333,8 +333,8 @@ fn shell_refuses_a_missing_session_at_once_and_exits_1_when_a_turn_failed() {
     assert_eq!(fine.status.code(), Some(0), "{}", support::describe(&fine));
 }
 
-#[test]
-fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
+/// A daemon, the key file of a device registered on it, and its gateway's address.
+fn daemon_with_a_device() -> (support::Daemon, std::path::PathBuf, String) {
     let daemon = support::Daemon::start();
     let key = daemon.dir.path().join("laptop.pem");
     daemon.ctl_json(&["device", "add", "laptop", "--key-out", key.to_str().unwrap()]);
@@ -342,6 +342,12 @@ fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
         .as_str()
         .unwrap()
         .to_owned();
+    (daemon, key, listen)
+}
+
+#[test]
+fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
+    let (daemon, key, listen) = daemon_with_a_device();
     let output = Command::new(support::blufioctl_bin())
         .args(["remote", "--url", &format!("http://{listen}"), "--key"])
         .arg(&key)
@@ -355,13 +361,7 @@ fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
 
 #[test]
 fn remote_without_a_pin_refuses_the_self_signed_gateway_and_says_to_pin_it() {
-    let daemon = support::Daemon::start();
-    let key = daemon.dir.path().join("laptop.pem");
-    daemon.ctl_json(&["device", "add", "laptop", "--key-out", key.to_str().unwrap()]);
-    let listen = daemon.ctl_json(&["status"])["gateway"]["listen"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (daemon, key, listen) = daemon_with_a_device();
     // The host's certificate authorities, made known whatever this machine has installed: one CA
     // that never signed the daemon's certificate.
     let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
