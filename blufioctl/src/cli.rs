@@ -158,7 +158,7 @@ pub enum Command {
     /// $XDG_STATE_HOME/blufio/shell_history (default ~/.local/state/blufio/shell_history).
     Shell {
         /// Continue this session instead of starting a new one with the first message
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         session: Option<String>,
     },
 
@@ -430,7 +430,7 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct ChatArgs {
     /// Continue this session; a new session is started when omitted
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub session: Option<String>,
 
     /// The message; its words are joined with spaces. A lone `-` reads the message from stdin
@@ -774,6 +774,29 @@ mod tests {
         assert!(
             Cli::try_parse_from(["blufioctl", "device", "add", "x", "--key-out", "a", "--public-key", "b"]).is_err()
         );
+    }
+
+    #[test]
+    fn an_empty_session_is_refused_rather_than_read_as_a_new_one() {
+        for args in [
+            &["blufioctl", "chat", "--session", "", "hi"][..],
+            &["blufioctl", "shell", "--session", ""],
+            &[
+                "blufioctl",
+                "remote",
+                "--url",
+                "https://h",
+                "--key",
+                "k",
+                "chat",
+                "--session",
+                "",
+                "hi",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["blufioctl", "chat", "--session", "s1", "hi"]).is_ok());
     }
 
     #[test]

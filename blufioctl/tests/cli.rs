@@ -2323,6 +2323,11 @@ mod fake_gateway {
             ("POST", "/v1/sessions/over-budget/messages") => {
                 problem(402, "budget-exhausted", "the daily budget of $1.00 is spent")
             }
+            // A gateway that takes the message and never starts the stream.
+            ("POST", "/v1/sessions/silent/messages") => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                problem(500, "late", "too late")
+            }
             ("POST", "/v1/sessions/fails/messages") => sse(&[
                 (
                     "accepted",
@@ -2449,6 +2454,24 @@ fn remote_chat_creates_a_session_and_streams_signed() {
                                      "cache_read_input_tokens": 4},
                            "cost_usd": 0.001, "stop_reason": "end_turn", "model": "fake-model",
                            "provider_calls": 1})
+    );
+}
+
+#[test]
+fn a_remote_turn_whose_stream_never_starts_times_out() {
+    let (_dir, key, gateway) = remote_setup();
+    let started = std::time::Instant::now();
+    let output = run(remote_against(&gateway, &key).args(["--timeout", "1", "chat", "--session", "silent", "hi"]));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains("did not answer within 1s"),
+        "{}",
+        stderr(&output)
     );
 }
 

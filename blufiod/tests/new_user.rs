@@ -347,7 +347,7 @@ fn daemon_with_a_device() -> (support::Daemon, std::path::PathBuf, String) {
 
 #[test]
 fn remote_over_plain_http_to_the_tls_gateway_says_to_use_https() {
-    let (daemon, key, listen) = daemon_with_a_device();
+    let (_daemon, key, listen) = daemon_with_a_device();
     let output = Command::new(support::blufioctl_bin())
         .args(["remote", "--url", &format!("http://{listen}"), "--key"])
         .arg(&key)

@@ -112,14 +112,16 @@ impl Client {
     }
 
     /// Sends one request to `url` (of this client's origin) and waits for the answer's head,
-    /// all before `deadline` when given; the answer's body is then read under the same deadline.
+    /// all before `head_deadline`; the answer's body is then read before `body_deadline`, if
+    /// any (a streamed turn's has none).
     pub async fn send(
         &self,
         method: Method,
         url: &Endpoint,
         mut headers: HeaderMap,
         body: Vec<u8>,
-        deadline: Option<Instant>,
+        head_deadline: Instant,
+        body_deadline: Option<Instant>,
     ) -> Result<Answer, Failure> {
         let exchange = async {
             let mut slot = self.sender.lock().await;
@@ -162,17 +164,14 @@ impl Client {
                 Failure::Exchange(error)
             })
         };
-        let answer: Response<Incoming> = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
-                .await
-                .map_err(|_| Failure::Timeout)??,
-            None => exchange.await?,
-        };
+        let answer: Response<Incoming> = tokio::time::timeout_at(head_deadline, exchange)
+            .await
+            .map_err(|_| Failure::Timeout)??;
         let (head, body) = answer.into_parts();
         Ok(Answer {
             status: head.status,
             body,
-            deadline,
+            deadline: body_deadline,
         })
     }
 

@@ -266,7 +266,7 @@ impl Gateway {
 
     /// One turn: creates a session first when `transcript.session_id` is empty, then posts `text`
     /// and follows the event stream to its end, echoing it through `echo` when given. The stream
-    /// has no deadline, like a local turn.
+    /// must start within the call timeout; once it has, it has no deadline, like a local turn.
     pub async fn run_turn(
         &self,
         text: &str,
@@ -316,7 +316,7 @@ impl Gateway {
             };
             let events = parser.push(&chunk).map_err(|sse::LineTooLong| RemoteError::Protocol {
                 origin: origin(&url),
-                detail: "an event stream line is too long".to_owned(),
+                detail: format!("an event stream line or event is over {} bytes", sse::MAX_LINE),
             })?;
             for sse_event in events {
                 let Some(event) = turn_event(&url, &sse_event)? else {
@@ -334,8 +334,8 @@ impl Gateway {
         completed.ok_or(RemoteError::NoAnswer)
     }
 
-    /// Signs and sends one request; a non-success answer becomes an error. `deadline` bounds
-    /// the whole exchange (answer included) by the call timeout.
+    /// Signs and sends one request; a non-success answer becomes an error. The answer's head
+    /// always comes within the call timeout; `deadline` bounds its body by the same deadline.
     async fn send(
         &self,
         method: Method,
@@ -364,8 +364,15 @@ impl Gateway {
         self.signer
             .sign(method.as_str(), &url, &mut headers, &body)
             .map_err(RemoteError::Sign)?;
-        let deadline = deadline.then(|| tokio::time::Instant::now() + self.call_timeout);
-        let response = match self.http.send(method, &url, headers, body, deadline).await {
+        // Every answer's head comes within the call timeout (the gateway sends a turn's at once,
+        // with `accepted`); only a streamed turn's body may take longer.
+        let head_deadline = tokio::time::Instant::now() + self.call_timeout;
+        let body_deadline = deadline.then_some(head_deadline);
+        let response = match self
+            .http
+            .send(method, &url, headers, body, head_deadline, body_deadline)
+            .await
+        {
             Ok(response) => response,
             Err(failure) => return Err(self.classify(&url, failure)),
         };
@@ -453,7 +460,7 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 async fn problem(url: &Endpoint, mut response: http::Answer, timeout: Duration) -> RemoteError {
     let status: StatusCode = response.status;
     // A refusal is read no further than an answer is (16 MiB), for at most the call timeout (a
-    // streamed turn's request has no deadline of its own), and shown cut short.
+    // streamed turn's body has no deadline of its own), and shown cut short.
     let mut body = Vec::new();
     let _ = tokio::time::timeout(timeout, async {
         while let Ok(Some(chunk)) = response.chunk().await {

@@ -1,8 +1,10 @@
 //! A minimal Server-Sent Events parser for the gateway's message stream: `event:` and `data:`
 //! fields, events ended by a blank line, comments ignored (the WHATWG `text/event-stream` rules
-//! that the stream uses). It never buffers more than [`MAX_LINE`] bytes of one line.
+//! that the stream uses). It never buffers more than [`MAX_LINE`] bytes of one line, nor of one
+//! event's data.
 
-/// The longest line accepted; a longer one means the peer is not the gateway.
+/// The longest line, and the longest event (its `data:` lines together), accepted; a longer one
+/// means the peer is not the gateway.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// One dispatched event.
@@ -14,7 +16,7 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// A line longer than [`MAX_LINE`].
+/// A line, or an event's data, longer than [`MAX_LINE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineTooLong;
 
@@ -40,7 +42,7 @@ impl SseParser {
                 b'\n' | b'\r' => {
                     self.after_cr = byte == b'\r';
                     let line = std::mem::take(&mut self.line);
-                    if let Some(event) = self.line_ended(&String::from_utf8_lossy(&line)) {
+                    if let Some(event) = self.line_ended(&String::from_utf8_lossy(&line))? {
                         events.push(event);
                     }
                 }
@@ -55,24 +57,29 @@ impl SseParser {
         Ok(events)
     }
 
-    fn line_ended(&mut self, line: &str) -> Option<SseEvent> {
+    fn line_ended(&mut self, line: &str) -> Result<Option<SseEvent>, LineTooLong> {
         if line.is_empty() {
             let name = std::mem::take(&mut self.name);
             let data = std::mem::take(&mut self.data);
             if !std::mem::take(&mut self.has_data) {
-                return None;
+                return Ok(None);
             }
             let name = if name.is_empty() { "message".to_owned() } else { name };
-            return Some(SseEvent { name, data });
+            return Ok(Some(SseEvent { name, data }));
         }
         if line.starts_with(':') {
-            return None;
+            return Ok(None);
         }
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
             "event" => value.clone_into(&mut self.name),
             "data" => {
+                // Data lines add up until a blank line: an event that never ends must not grow
+                // without bound.
+                if self.data.len() + value.len() + 1 > MAX_LINE {
+                    return Err(LineTooLong);
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -82,7 +89,7 @@ impl SseParser {
             // `id`, `retry` and unknown fields do not matter to a one-shot stream.
             _ => {}
         }
-        None
+        Ok(None)
     }
 }
 
@@ -129,5 +136,19 @@ mod tests {
         let long = vec![b'a'; MAX_LINE];
         assert_eq!(parser.push(&long).expect("exactly the limit"), []);
         assert_eq!(parser.push(b"a"), Err(LineTooLong));
+    }
+
+    #[test]
+    fn an_event_whose_data_never_ends_is_refused() {
+        let mut parser = SseParser::default();
+        let line = format!("data: {}\n", "x".repeat(1024 * 1024));
+        for _ in 0..15 {
+            assert_eq!(parser.push(line.as_bytes()).expect("under the limit"), []);
+        }
+        assert_eq!(
+            parser.push(line.as_bytes()),
+            Err(LineTooLong),
+            "16 MiB of data, no blank line"
+        );
     }
 }

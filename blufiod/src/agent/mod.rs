@@ -96,6 +96,15 @@ const MAX_EARLIER_MESSAGES: usize = HISTORY_MESSAGES as usize;
 const TURN_EVENT_BUFFER: usize = 64;
 /// Longest session id accepted (they are UUIDs, 36 bytes).
 const MAX_SESSION_ID_BYTES: usize = 64;
+
+/// A session id as errors show it: cut to [`MAX_SESSION_ID_BYTES`] characters, so that a caller
+/// cannot make an error (a gRPC status, a log line) as long as what it sent.
+fn shortened(id: &str) -> std::borrow::Cow<'_, str> {
+    match id.char_indices().nth(MAX_SESSION_ID_BYTES) {
+        Some((end, _)) => format!("{}…", &id[..end]).into(),
+        None => id.into(),
+    }
+}
 /// Longest session title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
 /// Messages read back per turn before trimming to the token budget.
@@ -107,7 +116,7 @@ const TOOL_SUMMARY_CHARS: usize = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// No such session.
-    #[error("no session {id:?}; list sessions with `blufioctl sessions list`")]
+    #[error("no session {:?}; list sessions with `blufioctl sessions list`", shortened(.id))]
     SessionNotFound {
         /// The id given.
         id: String,
@@ -1045,14 +1054,7 @@ impl Agent {
             // No read first: the transaction that stores the message finds out, since its turn
             // refers to the session (a foreign key). Session ids are UUIDs; a longer one is no id.
             Some(id) if id.is_empty() || id.len() > MAX_SESSION_ID_BYTES => {
-                let shown: String = id.chars().take(MAX_SESSION_ID_BYTES).collect();
-                return Err(AgentError::SessionNotFound {
-                    id: if shown.len() < id.len() {
-                        format!("{shown}…")
-                    } else {
-                        shown
-                    },
-                });
+                return Err(AgentError::SessionNotFound { id: id.to_owned() });
             }
             Some(id) => (id.to_owned(), None),
             None => {
@@ -2085,6 +2087,19 @@ mod tests {
         assert!(locks.is_busy("a"));
         drop(held);
         assert!(!locks.is_busy("a"));
+    }
+
+    #[test]
+    fn a_missing_session_is_named_at_most_64_characters_long() {
+        let long = "é".repeat(1_000);
+        let shown = AgentError::SessionNotFound { id: long }.to_string();
+        assert!(
+            shown.starts_with(&format!("no session \"{}…\"", "é".repeat(64))),
+            "{shown}"
+        );
+        assert!(shown.chars().count() < 150, "{shown}");
+        let short = AgentError::SessionNotFound { id: "s1".into() }.to_string();
+        assert!(short.starts_with("no session \"s1\";"), "{short}");
     }
 
     #[test]
