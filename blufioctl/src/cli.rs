@@ -116,7 +116,7 @@ pub struct Cli {
     ///
     /// Applies to every call except the turns of `chat` and `shell` and the transfers of `backup`
     /// and `restore`, which may run for minutes: for those only connecting is bounded (press
-    /// Ctrl-C to stop waiting).
+    /// Ctrl-C to stop waiting). A `remote chat` turn's stream must start within it.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
