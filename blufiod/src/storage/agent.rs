@@ -468,12 +468,14 @@ impl Storage {
     /// Money spent on `day` and in `month`, in millionths of a dollar.
     pub async fn spend(&self, day: &str, month: &str) -> Result<(i64, i64), StorageError> {
         let pools = self.pools.read().await;
+        // The month as its range of days, so that the one ledger index (on `day`) serves it.
         sqlx::query_as(
             "SELECT coalesce(sum(CASE WHEN day = ? THEN cost_micros END), 0), coalesce(sum(cost_micros), 0) \
-             FROM ledger WHERE month = ?",
+             FROM ledger WHERE day BETWEEN ? AND ?",
         )
         .bind(day)
-        .bind(month)
+        .bind(format!("{month}-01"))
+        .bind(format!("{month}-31"))
         .fetch_one(&mut *pools.writer().await?)
         .await
         .map_err(query_error("sum the ledger"))
@@ -761,5 +763,9 @@ mod tests {
         assert_eq!(report.models[0].1, "b", "most expensive first");
         assert_eq!(report.sessions[0].1, "budget talk");
         assert_eq!(report.sessions[0].2.cache_read_tokens, 4);
+        // A month is its first to last day (the one index is on `day`), nothing after it.
+        storage.record_call(&entry("2026-12-01", "b", 50_000)).await.unwrap();
+        assert_eq!(storage.spend("2026-11-30", "2026-11").await.unwrap(), (0, 1_350));
+        assert_eq!(storage.spend("2026-12-01", "2026-12").await.unwrap(), (50_000, 50_000));
     }
 }

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "devices", include_str!("migrations/0003_devices.sql")),
     (4, "vault", include_str!("migrations/0004_vault.sql")),
     (5, "history order", include_str!("migrations/0005_history_order.sql")),
+    (
+        6,
+        "ledger day index",
+        include_str!("migrations/0006_ledger_day_index.sql"),
+    ),
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
@@ -644,6 +649,10 @@ mod tests {
         (
             "0005_history_order.sql",
             "e69607102475a57164f93a9f285671404fd590f5cb9f86896302eda1a978a863",
+        ),
+        (
+            "0006_ledger_day_index.sql",
+            "6764dc19f17cc3860f86069c2a603627daea17eab269f49d2a983540267ad08e",
         ),
     ];
 
