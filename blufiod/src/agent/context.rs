@@ -167,7 +167,7 @@ fn estimate_message(message: &Message) -> u64 {
 }
 
 /// Estimated input tokens of a whole request.
-pub fn estimate_request_tokens(request: &ChatRequest) -> u64 {
+pub fn estimate_request_tokens(request: &ChatRequest<'_>) -> u64 {
     estimate_tokens(&request.system)
         + request
             .tools
@@ -271,7 +271,7 @@ impl History {
 
     /// The newest messages that fit `budget` estimated tokens (the last message always), starting
     /// at a message of the owner so that no tool result is separated from its call.
-    pub fn context(&self, budget: u32) -> Vec<Message> {
+    pub fn context(&self, budget: u32) -> &[Message] {
         let budget = u64::from(budget);
         let mut used = 0;
         let mut start = self.messages.len();
@@ -294,7 +294,7 @@ impl History {
         while start < last && !is_owner_text(&self.messages[start]) {
             start += 1;
         }
-        self.messages[start..].to_vec()
+        &self.messages[start..]
     }
 }
 

@@ -1504,9 +1504,9 @@ impl Agent {
         let config = &turn.config.config;
         let request = provider::ChatRequest {
             model: turn.model.clone(),
-            system: turn.system.clone(),
-            messages: turn.history.context(config.agent.context_tokens),
-            tools: turn.specs.clone(),
+            system: turn.system.as_str().into(),
+            messages: turn.history.context(config.agent.context_tokens).into(),
+            tools: turn.specs.as_slice().into(),
             max_tokens: config.provider.max_tokens,
         };
         let estimate = context::estimate_request_tokens(&request);
@@ -1896,7 +1896,7 @@ struct Seen {
 /// stream, which aborts the request) when the caller goes away or the daemon shuts down.
 async fn stream_call(
     provider: &dyn Provider,
-    request: provider::ChatRequest,
+    request: provider::ChatRequest<'_>,
     events: &mpsc::Sender<TurnEvent>,
     token: &CancellationToken,
     seen: &mut Seen,

@@ -55,7 +55,7 @@ impl Anthropic {
         Ok(headers)
     }
 
-    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
+    fn prepare(&self, request: &ChatRequest<'_>) -> Result<HttpCall, ProviderError> {
         HttpCall::json(
             &self.client,
             &self.settings,
@@ -71,7 +71,7 @@ impl Provider for Anthropic {
         ProviderKind::Anthropic
     }
 
-    fn stream(&self, request: ChatRequest) -> tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>> {
+    fn stream(&self, request: ChatRequest<'_>) -> tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>> {
         match self.prepare(&request) {
             Ok(call) => call.spawn(AnthropicDecoder::default()),
             Err(error) => failed_stream(error),
@@ -88,7 +88,7 @@ impl Provider for Anthropic {
 /// The JSON body of a streamed Messages call, serialized straight from the request (no JSON
 /// value tree: a long conversation would be a map and a few strings allocated per block, on
 /// every call).
-fn request_body(request: &ChatRequest) -> RequestJson<'_> {
+fn request_body<'a>(request: &'a ChatRequest<'a>) -> RequestJson<'a> {
     RequestJson { request }
 }
 
@@ -104,7 +104,7 @@ impl Serialize for Ephemeral {
 }
 
 struct RequestJson<'a> {
-    request: &'a ChatRequest,
+    request: &'a ChatRequest<'a>,
 }
 
 impl Serialize for RequestJson<'_> {
@@ -618,10 +618,10 @@ mod tests {
     }
 
     /// A conversation with a finished tool round, so every block kind is encoded.
-    fn request() -> ChatRequest {
+    fn request() -> ChatRequest<'static> {
         ChatRequest {
             model: "claude-test".to_owned(),
-            system: "You are a test.".to_owned(),
+            system: "You are a test.".into(),
             messages: vec![
                 Message {
                     role: Role::User,
@@ -646,7 +646,8 @@ mod tests {
                         is_error: false,
                     }],
                 },
-            ],
+            ]
+            .into(),
             tools: vec![
                 ToolSpec {
                     name: "get_time".to_owned(),
@@ -658,7 +659,8 @@ mod tests {
                     description: "Echoes.".to_owned(),
                     input_schema: json!({"type": "object"}),
                 },
-            ],
+            ]
+            .into(),
             max_tokens: 256,
         }
     }
@@ -790,7 +792,7 @@ mod tests {
     async fn no_tools_means_no_tools_key() {
         let fake = FakeProvider::start();
         let mut request = request();
-        request.tools.clear();
+        request.tools.to_mut().clear();
         let (_, error) = collect(Anthropic::new(settings(&fake)).stream(request)).await;
         assert!(error.is_none(), "{error:?}");
         assert_eq!(fake.requests()[0].body.get("tools"), None);
@@ -799,8 +801,8 @@ mod tests {
     #[test]
     fn the_body_marks_only_the_last_block_of_the_last_message_and_omits_an_empty_system() {
         let mut request = request();
-        request.system.clear();
-        request.tools.clear();
+        request.system.to_mut().clear();
+        request.tools.to_mut().clear();
         request.messages = vec![
             Message {
                 role: Role::User,
@@ -814,7 +816,8 @@ mod tests {
                 role: Role::User,
                 content: vec![text("four"), text("five")],
             },
-        ];
+        ]
+        .into();
         let body = serde_json::to_value(request_body(&request)).expect("serializes");
         assert_eq!(
             body,

@@ -17,6 +17,7 @@ mod sse;
 #[allow(dead_code, reason = "the adapters' tests use part of the fake")]
 mod fake_provider;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -61,18 +62,19 @@ pub struct ToolSpec {
     pub input_schema: serde_json::Value,
 }
 
-/// One call to the model.
+/// One call to the model. It borrows the conversation, prompt and tools from the turn: an
+/// adapter encodes its request body before [`Provider::stream`] returns, so nothing is copied.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChatRequest {
+pub struct ChatRequest<'a> {
     /// Model name.
     pub model: String,
     /// System prompt. Adapters that support prompt caching mark it (and the tool list) as a
     /// cache breakpoint; it must stay byte-identical between turns for the cache to hit.
-    pub system: String,
+    pub system: Cow<'a, str>,
     /// The conversation, oldest first. The last message is the user's (or tool results).
-    pub messages: Vec<Message>,
+    pub messages: Cow<'a, [Message]>,
     /// Tools on offer (may be empty).
-    pub tools: Vec<ToolSpec>,
+    pub tools: Cow<'a, [ToolSpec]>,
     /// Output token limit.
     pub max_tokens: u32,
 }
@@ -183,7 +185,7 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Starts a streamed call. The returned channel yields events and ends after
     /// `Completed` or after the first error; dropping it cancels the call.
-    fn stream(&self, request: ChatRequest) -> mpsc::Receiver<Result<StreamEvent, ProviderError>>;
+    fn stream(&self, request: ChatRequest<'_>) -> mpsc::Receiver<Result<StreamEvent, ProviderError>>;
 
     /// Lists the provider's models (`GET /v1/models`): whether it answers and accepts the key,
     /// at no cost.

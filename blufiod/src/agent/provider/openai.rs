@@ -43,7 +43,7 @@ impl OpenAi {
         Ok(headers)
     }
 
-    fn prepare(&self, request: &ChatRequest) -> Result<HttpCall, ProviderError> {
+    fn prepare(&self, request: &ChatRequest<'_>) -> Result<HttpCall, ProviderError> {
         HttpCall::json(
             &self.client,
             &self.settings,
@@ -59,7 +59,7 @@ impl Provider for OpenAi {
         ProviderKind::Openai
     }
 
-    fn stream(&self, request: ChatRequest) -> tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>> {
+    fn stream(&self, request: ChatRequest<'_>) -> tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>> {
         match self.prepare(&request) {
             Ok(call) => call.spawn(OpenAiDecoder::default()),
             Err(error) => failed_stream(error),
@@ -75,14 +75,14 @@ impl Provider for OpenAi {
 
 /// The JSON body of a streamed Chat Completions call, borrowing from the request (no JSON value
 /// tree per message).
-fn request_body(request: &ChatRequest) -> RequestJson<'_> {
+fn request_body<'a>(request: &'a ChatRequest<'_>) -> RequestJson<'a> {
     let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if !request.system.is_empty() {
         messages.push(MessageJson::System {
             content: &request.system,
         });
     }
-    for message in &request.messages {
+    for message in request.messages.iter() {
         push_message_json(message, &mut messages);
     }
     RequestJson {
@@ -534,10 +534,10 @@ mod tests {
     }
 
     /// A conversation with a finished tool round, so every block kind is encoded.
-    fn request() -> ChatRequest {
+    fn request() -> ChatRequest<'static> {
         ChatRequest {
             model: "gpt-test".to_owned(),
-            system: "You are a test.".to_owned(),
+            system: "You are a test.".into(),
             messages: vec![
                 Message {
                     role: Role::User,
@@ -562,12 +562,14 @@ mod tests {
                         text("and in Paris?"),
                     ],
                 },
-            ],
+            ]
+            .into(),
             tools: vec![ToolSpec {
                 name: "get_time".to_owned(),
                 description: "Tells the time.".to_owned(),
                 input_schema: json!({"type": "object", "properties": {"zone": {"type": "string"}}}),
-            }],
+            }]
+            .into(),
             max_tokens: 256,
         }
     }
@@ -680,7 +682,7 @@ mod tests {
     #[test]
     fn texts_are_joined_failed_results_are_marked_and_an_answer_has_no_tool_calls_key() {
         let request = ChatRequest {
-            system: String::new(),
+            system: "".into(),
             messages: vec![
                 Message {
                     role: Role::User,
@@ -698,8 +700,9 @@ mod tests {
                         is_error: true,
                     }],
                 },
-            ],
-            tools: Vec::new(),
+            ]
+            .into(),
+            tools: Vec::new().into(),
             ..request()
         };
         let body = serde_json::to_value(request_body(&request)).expect("serializes");
@@ -718,7 +721,7 @@ mod tests {
     async fn no_key_sends_no_authorization_and_no_tools_key_without_tools() {
         let fake = FakeProvider::start();
         let mut request = request();
-        request.tools.clear();
+        request.tools.to_mut().clear();
         let (_, error) = collect(OpenAi::new(settings(&fake, None)).stream(request)).await;
         assert!(error.is_none(), "{error:?}");
         let sent = &fake.requests()[0];
