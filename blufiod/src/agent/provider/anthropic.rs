@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
+use serde::ser::{SerializeSeq as _, SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -126,31 +126,49 @@ impl Serialize for RequestJson<'_> {
         if request.tools.is_empty() {
             body.skip_field("tools")?;
         } else {
-            body.serialize_field("tools", &Breakpointed(&request.tools, ToolJson))?;
+            let tools = List {
+                items: &request.tools,
+                breakpoint: true,
+            };
+            body.serialize_field("tools", &tools)?;
         }
         // Breakpoint 3: the conversation so far. History is only ever appended to (and trimmed
         // from the oldest end when over budget), so the next call of this turn, and the next
         // turn, read this prefix from the cache instead of paying for it again.
-        body.serialize_field("messages", &Breakpointed(&request.messages, MessageJson))?;
+        let messages = List {
+            items: &request.messages,
+            breakpoint: true,
+        };
+        body.serialize_field("messages", &messages)?;
         body.serialize_field("stream", &true)?;
         body.end()
     }
 }
 
-/// A list whose last element carries the cache breakpoint, each written by `F`.
-struct Breakpointed<'a, T, F>(&'a [T], F);
-
-/// Writes one element, with the breakpoint when `last`.
-trait ElementJson<T> {
-    fn write<S: SerializeSeq>(&self, seq: &mut S, element: &T, last: bool) -> Result<(), S::Error>;
+/// A list whose last element carries the cache breakpoint when `breakpoint`.
+struct List<'a, T> {
+    items: &'a [T],
+    breakpoint: bool,
 }
 
-impl<T, F: ElementJson<T>> Serialize for Breakpointed<'_, T, F> {
+/// One element of a [`List`], with the breakpoint or not.
+struct Marked<'a, T> {
+    item: &'a T,
+    breakpoint: bool,
+}
+
+impl<'a, T> Serialize for List<'a, T>
+where
+    Marked<'a, T>: Serialize,
+{
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        let last = self.0.len().wrapping_sub(1);
-        for (index, element) in self.0.iter().enumerate() {
-            self.1.write(&mut seq, element, index == last)?;
+        let mut seq = serializer.serialize_seq(Some(self.items.len()))?;
+        let last = self.items.len().wrapping_sub(1);
+        for (index, item) in self.items.iter().enumerate() {
+            seq.serialize_element(&Marked {
+                item,
+                breakpoint: self.breakpoint && index == last,
+            })?;
         }
         seq.end()
     }
@@ -168,30 +186,6 @@ impl Serialize for SystemJson<'_> {
     }
 }
 
-struct ToolJson;
-
-impl ElementJson<super::ToolSpec> for ToolJson {
-    fn write<S: SerializeSeq>(&self, seq: &mut S, tool: &super::ToolSpec, last: bool) -> Result<(), S::Error> {
-        seq.serialize_element(&Tool { tool, breakpoint: last })
-    }
-}
-
-struct Tool<'a> {
-    tool: &'a super::ToolSpec,
-    breakpoint: bool,
-}
-
-impl Serialize for Tool<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut tool = serializer.serialize_struct("Tool", 4)?;
-        tool.serialize_field("name", &self.tool.name)?;
-        tool.serialize_field("description", &self.tool.description)?;
-        tool.serialize_field("input_schema", &self.tool.input_schema)?;
-        cache_control(&mut tool, self.breakpoint)?;
-        tool.end()
-    }
-}
-
 /// `cache_control` when `breakpoint`, else nothing.
 fn cache_control<S: SerializeStruct>(object: &mut S, breakpoint: bool) -> Result<(), S::Error> {
     if breakpoint {
@@ -201,73 +195,39 @@ fn cache_control<S: SerializeStruct>(object: &mut S, breakpoint: bool) -> Result
     }
 }
 
-struct MessageJson;
-
-impl ElementJson<Message> for MessageJson {
-    fn write<S: SerializeSeq>(&self, seq: &mut S, message: &Message, last: bool) -> Result<(), S::Error> {
-        seq.serialize_element(&MessageOut {
-            message,
-            breakpoint: last,
-        })
+impl Serialize for Marked<'_, super::ToolSpec> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tool = serializer.serialize_struct("Tool", 4)?;
+        tool.serialize_field("name", &self.item.name)?;
+        tool.serialize_field("description", &self.item.description)?;
+        tool.serialize_field("input_schema", &self.item.input_schema)?;
+        cache_control(&mut tool, self.breakpoint)?;
+        tool.end()
     }
 }
 
-struct MessageOut<'a> {
-    message: &'a Message,
-    breakpoint: bool,
-}
-
-impl Serialize for MessageOut<'_> {
+impl Serialize for Marked<'_, Message> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let role = match self.message.role {
+        let role = match self.item.role {
             Role::User => "user",
             Role::Assistant => "assistant",
         };
         let mut message = serializer.serialize_struct("Message", 2)?;
         message.serialize_field("role", role)?;
         // The last message's last block is the conversation's breakpoint.
-        let blocks = &self.message.content;
-        if self.breakpoint {
-            message.serialize_field("content", &Breakpointed(blocks, BlockJson))?;
-        } else {
-            message.serialize_field("content", &Breakpointed(blocks, PlainBlockJson))?;
-        }
+        let content = List {
+            items: &self.item.content,
+            breakpoint: self.breakpoint,
+        };
+        message.serialize_field("content", &content)?;
         message.end()
     }
 }
 
-/// Blocks with the breakpoint on the last.
-struct BlockJson;
-/// Blocks without a breakpoint.
-struct PlainBlockJson;
-
-impl ElementJson<ContentBlock> for BlockJson {
-    fn write<S: SerializeSeq>(&self, seq: &mut S, block: &ContentBlock, last: bool) -> Result<(), S::Error> {
-        seq.serialize_element(&BlockOut {
-            block,
-            breakpoint: last,
-        })
-    }
-}
-
-impl ElementJson<ContentBlock> for PlainBlockJson {
-    fn write<S: SerializeSeq>(&self, seq: &mut S, block: &ContentBlock, _last: bool) -> Result<(), S::Error> {
-        seq.serialize_element(&BlockOut {
-            block,
-            breakpoint: false,
-        })
-    }
-}
-
-struct BlockOut<'a> {
-    block: &'a ContentBlock,
-    breakpoint: bool,
-}
-
-impl Serialize for BlockOut<'_> {
+impl Serialize for Marked<'_, ContentBlock> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut json = serializer.serialize_struct("Block", 5)?;
-        match self.block {
+        match self.item {
             ContentBlock::Text { text } => {
                 json.serialize_field("type", "text")?;
                 json.serialize_field("text", text)?;
