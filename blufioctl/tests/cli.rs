@@ -2458,6 +2458,19 @@ fn remote_chat_creates_a_session_and_streams_signed() {
 }
 
 #[test]
+fn remote_over_plain_http_needs_no_certificate_authorities() {
+    let (dir, key, gateway) = remote_setup();
+    // A host without a CA bundle: the platform verifier would find no certificate to trust.
+    let empty = dir.path().join("no-authorities.pem");
+    std::fs::write(&empty, "").expect("writes");
+    let output = run(remote_against(&gateway, &key)
+        .env("SSL_CERT_FILE", &empty)
+        .env("SSL_CERT_DIR", dir.path().join("absent"))
+        .args(["sessions", "list"]));
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", stderr(&output));
+}
+
+#[test]
 fn a_remote_turn_whose_stream_never_starts_times_out() {
     let (_dir, key, gateway) = remote_setup();
     let started = std::time::Instant::now();

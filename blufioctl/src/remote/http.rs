@@ -91,16 +91,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of `base`'s origin; `tls` is used for `https` and ignored for `http`.
+    /// A client of `base`'s origin: over TLS with `tls`, which an `https` base must have and an
+    /// `http` one must not.
     pub fn new(
         base: &BaseUrl,
-        tls: rustls::ClientConfig,
+        tls: Option<rustls::ClientConfig>,
         connect_timeout: Duration,
     ) -> Result<Client, http::header::InvalidHeaderValue> {
-        let tls = match base.scheme() {
-            Scheme::Https => Some(tokio_rustls::TlsConnector::from(Arc::new(tls))),
-            Scheme::Http => None,
-        };
+        debug_assert_eq!(tls.is_some(), base.scheme() == Scheme::Https);
+        let tls = tls.map(|config| tokio_rustls::TlsConnector::from(Arc::new(config)));
         Ok(Client {
             host: base.host().clone(),
             port: base.port(),

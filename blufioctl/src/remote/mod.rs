@@ -190,13 +190,16 @@ impl Gateway {
         let setup = |source: rustls::Error| RemoteError::Setup {
             source: Box::new(source),
         };
-        let (config, pin) = match pin {
-            Some(pin) => {
+        // Plain `http` needs no TLS configuration: the platform verifier reads the system's
+        // certificate authorities when it is made, and a host may have none.
+        let (config, pin) = match (base.scheme(), pin) {
+            (url::Scheme::Http, _) => (None, None),
+            (url::Scheme::Https, Some(pin)) => {
                 let record = Arc::new(tls::PinRecord::default());
                 let config = tls::pinned_client_config(pin, Arc::clone(&record)).map_err(setup)?;
-                (config, Some((pin, record)))
+                (Some(config), Some((pin, record)))
             }
-            None => (tls::platform_client_config().map_err(setup)?, None),
+            (url::Scheme::Https, None) => (Some(tls::platform_client_config().map_err(setup)?), None),
         };
         let http = http::Client::new(&base, config, CONNECT_TIMEOUT).map_err(|source| RemoteError::Setup {
             source: Box::new(source),
