@@ -350,6 +350,8 @@ impl Client {
             without_config,
             include_tls,
             descriptor,
+            // Built here from the descriptor, the archive is kept only once the check passed.
+            check_alongside: descriptor,
         });
         match self.inner.backup(request).await {
             Ok(response) => Ok(BackupStream {

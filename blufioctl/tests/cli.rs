@@ -575,6 +575,7 @@ mod fake {
                 without_config,
                 include_tls,
                 descriptor: _,
+                check_alongside: _,
             } = request.into_inner();
             let (manifest, bytes) = archive();
             let mut chunks = vec![Ok(BackupChunk {

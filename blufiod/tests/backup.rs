@@ -255,6 +255,56 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
     }
 }
 
+/// A live database that fails SQLite's integrity check is never backed up: whether blufioctl
+/// copies the snapshot while blufiod checks it or has it streamed after the check, the backup
+/// fails with the check's finding, and nothing is left at PATH or beside it.
+#[test]
+fn a_damaged_database_leaves_no_backup_however_it_is_copied() {
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    let db = dir.path().join("state/blufio.db");
+    // An index whose recorded definition no longer matches its entries, as a damaged page
+    // would leave it: blufiod never reads it, but the check does.
+    sql(
+        &db,
+        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) VALUES (11, 'x', 1000, 0), (12, 'x', 2000, 0)",
+    );
+    sql(&db, "CREATE INDEX runs_by_pid ON daemon_runs (pid)");
+    sql(
+        &db,
+        "PRAGMA writable_schema = ON; \
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX runs_by_pid ON daemon_runs (started_at)' WHERE name = 'runs_by_pid'",
+    );
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let target = out.join("blufio.tar");
+    for stream in [&[][..], &["--stream"]] {
+        let mut args = vec!["backup", "--without-config", target.to_str().unwrap()];
+        args.extend_from_slice(stream);
+        let output = daemon.ctl(&args);
+        assert!(!output.status.success(), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("integrity check") && stderr.contains("runs_by_pid"),
+            "{stream:?}: {}",
+            describe(&output)
+        );
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{stream:?}: left behind: {left:?}");
+    }
+    // The daemon serves on, and says the last backup failed.
+    let status: serde_json::Value = serde_json::from_str(&ok(&daemon.ctl(&["status", "--json"]))).unwrap();
+    assert!(
+        status.to_string().contains("integrity check"),
+        "the failure is in status: {status}"
+    );
+}
+
 /// A client given the snapshot's descriptor (`Backup` with `descriptor`, as blufioctl asks) gets
 /// the checked snapshot read-only, and keeps nothing by holding it after its call: the daemon
 /// empties the snapshot when the call ends, so the descriptor reads nothing and holds no disk,
@@ -278,26 +328,59 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
     let next_archive = dir.path().join("next.tar");
     let (_client, snapshot, next) = runtime.block_on(async {
         let (mut client, inbox) = control_client_receiving(&daemon.socket).await;
-        let request = pb::BackupRequest {
-            without_config: true,
-            include_tls: false,
-            descriptor: true,
-        };
-        let mut stream = client.backup(request).await.unwrap().into_inner();
-        let Some(pb::BackupChunk {
-            chunk: Some(pb::backup_chunk::Chunk::Started(started)),
-        }) = stream.message().await.unwrap()
-        else {
-            panic!("the stream did not start with `started`");
-        };
-        assert!(started.descriptor, "{started:?}");
-        assert!(started.members.is_empty(), "no member but the database: {started:?}");
-        let snapshot = inbox
-            .take_file(started.descriptor_device, started.descriptor_inode)
-            .expect("the descriptor came with `started`");
-        let manifest: Manifest = serde_json::from_str(&started.manifest_json).unwrap();
-        let database = manifest.members.iter().find(|member| member.name == DATABASE).unwrap();
-        assert_eq!(snapshot.metadata().unwrap().len(), database.bytes);
+        // Handed over after its check (as older blufioctls ask), then before it (as blufioctl
+        // asks now), which the rest goes on with.
+        let mut handed = None;
+        for check_alongside in [false, true] {
+            let request = pb::BackupRequest {
+                without_config: true,
+                include_tls: false,
+                descriptor: true,
+                check_alongside,
+            };
+            let mut stream = client.backup(request).await.unwrap().into_inner();
+            let Some(pb::BackupChunk {
+                chunk: Some(pb::backup_chunk::Chunk::Started(started)),
+            }) = stream.message().await.unwrap()
+            else {
+                panic!("the stream did not start with `started`");
+            };
+            assert!(started.descriptor, "{started:?}");
+            assert!(started.members.is_empty(), "no member but the database: {started:?}");
+            assert_eq!(started.check_pending, check_alongside, "{started:?}");
+            let snapshot = inbox
+                .take_file(started.descriptor_device, started.descriptor_inode)
+                .expect("the descriptor came with `started`");
+            let manifest: Manifest = serde_json::from_str(&started.manifest_json).unwrap();
+            let database = manifest.members.iter().find(|member| member.name == DATABASE).unwrap();
+            assert_eq!(snapshot.metadata().unwrap().len(), database.bytes);
+            // Positioned reads: moving the shared offset to the end would confirm the backup.
+            let mut whole = vec![0u8; usize::try_from(database.bytes).unwrap()];
+            snapshot.read_exact_at(&mut whole, 0).unwrap();
+            let (sha256, _) = blufio_proto::backup::sha256_of(&whole[..]).unwrap();
+            if check_alongside {
+                // The hash comes once the check passed.
+                assert_eq!(database.sha256, blufio_proto::backup::PENDING_SHA256);
+                let Some(pb::BackupChunk {
+                    chunk: Some(pb::backup_chunk::Chunk::Checked(checked)),
+                }) = stream.message().await.unwrap()
+                else {
+                    panic!("`checked` did not follow `started`");
+                };
+                assert_eq!(checked.database_sha256, sha256);
+                handed = Some((stream, snapshot));
+                break;
+            }
+            assert_eq!(database.sha256, sha256);
+            drop(stream);
+            // The call is over: the snapshot is emptied, and the place is free again.
+            let deadline = Instant::now() + blufio_testkit::PATIENCE;
+            while snapshot.metadata().unwrap().len() > 0 {
+                assert!(Instant::now() < deadline, "the snapshot was not emptied");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let (stream, snapshot) = handed.unwrap();
         let mut head = [0u8; 16];
         snapshot.read_exact_at(&mut head, 0).unwrap();
         assert_eq!(&head, b"SQLite format 3\0");

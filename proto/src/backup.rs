@@ -30,6 +30,13 @@ pub const TLS_KEY: &str = "tls/key.pem";
 pub const MEMBERS: [&str; 4] = [DATABASE, CONFIG, TLS_CERT, TLS_KEY];
 /// The largest manifest read.
 const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// Where the manifest's JSON starts in an archive: after its one 512-byte tar header (its name
+/// is short, so no extension header comes before it).
+pub const MANIFEST_DATA_OFFSET: u64 = 512;
+/// The SHA-256 a manifest carries for a member that is still being checked (a backup whose
+/// client copies while the daemon checks): as long as a real one, so the manifest's size, and
+/// the archive's layout, do not change when it is filled in, and never equal to one.
+pub const PENDING_SHA256: &str = "----------------------------------------------------------------";
 
 /// What an archive holds and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,9 +132,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The manifest's bytes as [`write`] puts them in the archive.
+pub fn manifest_json(manifest: &Manifest) -> Vec<u8> {
+    serde_json::to_vec_pretty(manifest).expect("a manifest serializes")
+}
+
 /// The size of the archive [`write`] makes for `manifest`, so a reader can show progress.
 pub fn archive_size(manifest: &Manifest) -> u64 {
-    let manifest_bytes = serde_json::to_vec_pretty(manifest).map_or(0, |json| json.len() as u64);
+    let manifest_bytes = manifest_json(manifest).len() as u64;
     let padded = |bytes: u64| 512 + bytes.div_ceil(512) * 512;
     // A 512-byte header per member, its data padded to 512 bytes, and two zero blocks at the end.
     padded(manifest_bytes) + manifest.members.iter().map(|member| padded(member.bytes)).sum::<u64>() + 1024
@@ -142,7 +154,7 @@ pub fn write<'a, W: Write>(
 ) -> Result<W, ArchiveError> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Deterministic);
-    let json = serde_json::to_vec_pretty(manifest).map_err(|error| ArchiveError::Io(error.into()))?;
+    let json = manifest_json(manifest);
     append(
         &mut builder,
         MANIFEST,
@@ -178,8 +190,33 @@ fn append<W: Write>(
 /// unless this returns `Ok`: a mismatch is found only at a member's end.
 pub fn verify(
     reader: impl Read,
-    mut sink: impl FnMut(&Member, &mut dyn Read) -> std::io::Result<u64>,
+    sink: impl FnMut(&Member, &mut dyn Read) -> std::io::Result<u64>,
 ) -> Result<Manifest, ArchiveError> {
+    verify_members(reader, sink, None).map(|(manifest, _)| manifest)
+}
+
+/// [`verify`] for an archive whose manifest lists [`PENDING_SHA256`] for `pending` (a member
+/// still being checked where it came from): every other member is verified, and the SHA-256
+/// `pending` has is returned beside the manifest, for the caller to compare with the one it is
+/// given. Refused when the manifest lists a real hash for `pending`, or lacks it.
+pub fn verify_pending(
+    reader: impl Read,
+    pending: &str,
+    sink: impl FnMut(&Member, &mut dyn Read) -> std::io::Result<u64>,
+) -> Result<(Manifest, String), ArchiveError> {
+    let (manifest, computed) = verify_members(reader, sink, Some(pending))?;
+    let computed = computed.ok_or_else(|| {
+        ArchiveError::NotABackup(format!("its manifest lists no member {pending} whose check is pending"))
+    })?;
+    Ok((manifest, computed))
+}
+
+fn verify_members(
+    reader: impl Read,
+    mut sink: impl FnMut(&Member, &mut dyn Read) -> std::io::Result<u64>,
+    pending: Option<&str>,
+) -> Result<(Manifest, Option<String>), ArchiveError> {
+    let mut pending_sha256 = None;
     let mut archive = tar::Archive::new(reader);
     let mut entries = archive.entries()?;
     let truncated = |what: &str| ArchiveError::Truncated(what.to_owned());
@@ -254,6 +291,10 @@ pub fn verify(
             )));
         }
         let sha256 = hex(&hashing.hasher.finalize());
+        if pending == Some(name.as_str()) && member.sha256 == PENDING_SHA256 {
+            pending_sha256 = Some(sha256);
+            continue;
+        }
         if sha256 != member.sha256 {
             return Err(ArchiveError::Mismatch {
                 name,
@@ -264,7 +305,7 @@ pub fn verify(
     if let Some(missing) = expected.next() {
         return Err(truncated(&format!("member {} is missing", missing.name)));
     }
-    Ok(manifest)
+    Ok((manifest, pending_sha256))
 }
 
 struct Hashing<'a, R> {
@@ -377,6 +418,47 @@ mod tests {
         assert!(matches!(
             read_all(b"not a tar at all"),
             Err(ArchiveError::NotABackup(_) | ArchiveError::Truncated(_))
+        ));
+    }
+
+    #[test]
+    fn a_pending_hash_is_verified_apart_and_filled_in_at_the_manifests_offset() {
+        let (mut manifest, _) = archive(&[(DATABASE, b"pages"), (CONFIG, b"[log]\n")]);
+        let real = manifest.clone();
+        manifest.members[0].sha256 = PENDING_SHA256.to_owned();
+        let bytes = write(Vec::new(), &manifest, |name| {
+            Ok(Box::new(if name == DATABASE {
+                &b"pages"[..]
+            } else {
+                &b"[log]\n"[..]
+            }) as Box<dyn Read>)
+        })
+        .unwrap();
+        // The layout does not change when the hash is filled in.
+        assert_eq!(archive_size(&manifest), archive_size(&real));
+        // A pending hash never verifies as a real one.
+        assert!(matches!(read_all(&bytes), Err(ArchiveError::Mismatch { name, .. }) if name == DATABASE));
+        let (listed, computed) = verify_pending(&bytes[..], DATABASE, |_, _| Ok(0)).unwrap();
+        assert_eq!(listed, manifest);
+        assert_eq!(computed, real.members[0].sha256);
+        // The other members are still checked.
+        let mut flipped = bytes.clone();
+        let at = flipped.windows(5).position(|window| window == b"[log]").unwrap();
+        flipped[at] ^= 1;
+        assert!(matches!(
+            verify_pending(&flipped[..], DATABASE, |_, _| Ok(0)),
+            Err(ArchiveError::Mismatch { name, .. }) if name == CONFIG
+        ));
+        // Filled in where the manifest's JSON starts, the archive is the one written whole.
+        let mut filled = bytes.clone();
+        let json = manifest_json(&real);
+        let at = usize::try_from(MANIFEST_DATA_OFFSET).unwrap();
+        filled[at..at + json.len()].copy_from_slice(&json);
+        assert_eq!(read_all(&filled).unwrap().0, real);
+        // An archive whose manifest holds a real hash has nothing pending.
+        assert!(matches!(
+            verify_pending(&filled[..], DATABASE, |_, _| Ok(0)),
+            Err(ArchiveError::NotABackup(_))
         ));
     }
 

@@ -24,7 +24,9 @@ use crate::config::ConfigHandle;
 use crate::events::{Event, EventBus};
 use crate::health::{Check, Finding, Health};
 use crate::metrics::Metrics;
-use crate::storage::{Storage, StorageError, StorageErrorKind, current_schema_version, inspect_database};
+use crate::storage::{
+    Storage, StorageError, StorageErrorKind, check_integrity, current_schema_version, read_database_facts,
+};
 use crate::util::unix_now;
 
 /// The file name of a scheduled backup: `blufio-backup-20261130T142000Z.tar`.
@@ -169,44 +171,146 @@ pub struct LastBackup {
     pub error: Option<(String, i64)>,
 }
 
-/// A snapshot, checked, with its manifest: ready to be written as an archive any number of times.
-/// The snapshot file is removed when this is dropped.
+/// A snapshot file in a private temporary directory, and the one backup place it holds. The
+/// snapshot is emptied, then removed, when this is dropped.
 #[derive(Debug)]
-pub struct Prepared {
-    /// The archive's manifest.
-    pub manifest: Manifest,
-    /// The archive's exact size.
-    pub archive_bytes: u64,
+struct Snapshot {
     dir: tempfile::TempDir,
     /// The snapshot, opened for writing before any descriptor of it is handed out: emptied
     /// through it on drop, which no holder of a descriptor (a lease, a changed mode) can stop.
     emptied_by: std::fs::File,
+    /// The archive's members other than the database, whole: (name, bytes).
     extra: Vec<(String, Vec<u8>)>,
     started: Instant,
     /// No other backup or restore runs while this one exists.
     _running: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl Prepared {
-    /// The checked snapshot, opened read-only, to hand to a client that builds the archive
-    /// itself. Emptied when this is dropped, so a descriptor kept longer reads nothing.
-    pub fn open_snapshot(&self) -> Result<std::fs::File, BackupError> {
-        let path = self.snapshot_path();
+impl Snapshot {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join(archive::DATABASE)
+    }
+
+    fn open(&self) -> Result<std::fs::File, BackupError> {
+        let path = self.path();
         std::fs::File::open(&path).map_err(|source| BackupError::Read { path, source })
+    }
+}
+
+impl Drop for Snapshot {
+    /// Empties the snapshot before its directory goes: removing the name alone would leave the
+    /// data, and its disk space, to any descriptor of it a client still holds. Blocks for a
+    /// while on a large snapshot.
+    fn drop(&mut self) {
+        if let Err(error) = self.emptied_by.set_len(0) {
+            tracing::warn!(path = %self.path().display(), %error, "cannot empty the backup snapshot");
+        }
+    }
+}
+
+/// A snapshot taken, with its manifest, whose integrity check and hash have not run yet: the
+/// manifest lists [`archive::PENDING_SHA256`] for the database. [`Unchecked::check`] makes it a
+/// [`Prepared`]; until then only a client that copies while the daemon checks
+/// (`check_alongside`) may see it, and that client keeps nothing before the check passed.
+#[derive(Debug)]
+pub struct Unchecked {
+    /// The archive's manifest, the database's hash pending.
+    pub manifest: Manifest,
+    /// The archive's exact size (the same once the hash is filled in).
+    pub archive_bytes: u64,
+    snapshot: Snapshot,
+}
+
+impl Unchecked {
+    /// The snapshot, opened read-only, to hand to a client that builds the archive itself.
+    /// Emptied when this, or the [`Prepared`] it becomes, is dropped.
+    pub fn open_snapshot(&self) -> Result<std::fs::File, BackupError> {
+        self.snapshot.open()
     }
 
     /// The archive's members other than the database, whole: (name, bytes).
     pub fn small_members(&self) -> &[(String, Vec<u8>)] {
-        &self.extra
+        &self.snapshot.extra
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.dir.path().join(archive::DATABASE)
+    /// Runs `PRAGMA integrity_check` on the snapshot and hashes it, each on a low-priority
+    /// thread of its own, at once; fills the hash into the manifest.
+    pub async fn check(self) -> Result<Prepared, BackupError> {
+        let Self {
+            mut manifest,
+            archive_bytes,
+            snapshot,
+        } = self;
+        let path = snapshot.path();
+        let hashing = {
+            let path = path.clone();
+            crate::util::background("blufio-hash", move || {
+                std::fs::File::open(&path).and_then(archive::sha256_of)
+            })
+        };
+        let (problems, hashed) = tokio::join!(check_integrity(&path), hashing);
+        let problems = problems.map_err(|source| BackupError::Snapshot {
+            dir: snapshot.dir.path().to_owned(),
+            full: false,
+            source,
+        })?;
+        if let Some(problems) = problems {
+            return Err(BackupError::Integrity { problems });
+        }
+        let (sha256, bytes) = hashed.map_err(|source| BackupError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let database = manifest
+            .members
+            .iter_mut()
+            .find(|member| member.name == archive::DATABASE)
+            .expect("every manifest lists the database");
+        if database.bytes != bytes {
+            return Err(BackupError::Read {
+                path,
+                source: std::io::Error::other(format!(
+                    "the snapshot changed size while it was checked ({} bytes, then {bytes})",
+                    database.bytes
+                )),
+            });
+        }
+        database.sha256 = sha256;
+        debug_assert_eq!(archive::archive_size(&manifest), archive_bytes);
+        Ok(Prepared {
+            manifest,
+            archive_bytes,
+            snapshot,
+        })
+    }
+}
+
+/// A snapshot, checked, with its manifest: ready to be written as an archive any number of times.
+/// The snapshot file is emptied and removed when this is dropped.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The archive's manifest.
+    pub manifest: Manifest,
+    /// The archive's exact size.
+    pub archive_bytes: u64,
+    snapshot: Snapshot,
+}
+
+impl Prepared {
+    /// The checked snapshot, opened read-only, to hand to a client that builds the archive
+    /// itself. Emptied when this is dropped, so a descriptor kept longer reads nothing.
+    pub fn open_snapshot(&self) -> Result<std::fs::File, BackupError> {
+        self.snapshot.open()
+    }
+
+    /// The archive's members other than the database, whole: (name, bytes).
+    pub fn small_members(&self) -> &[(String, Vec<u8>)] {
+        &self.snapshot.extra
     }
 
     /// Writes the archive to `out` (blocking: it reads the snapshot file).
     pub fn write_to<W: Write>(&self, out: W) -> Result<W, BackupError> {
-        let snapshot = self.snapshot_path();
+        let snapshot = self.snapshot.path();
         Ok(archive::write(out, &self.manifest, |name| {
             if name == archive::DATABASE {
                 // Whole chunks per read: the archive writer copies in small pieces.
@@ -214,24 +318,13 @@ impl Prepared {
                 Ok(Box::new(std::io::BufReader::with_capacity(CHUNK_BYTES, file)) as Box<dyn Read>)
             } else {
                 let (_, bytes) = self
-                    .extra
+                    .small_members()
                     .iter()
                     .find(|(member, _)| member == name)
                     .ok_or_else(|| std::io::Error::other(format!("no member {name}")))?;
                 Ok(Box::new(&bytes[..]) as Box<dyn Read>)
             }
         })?)
-    }
-}
-
-impl Drop for Prepared {
-    /// Empties the snapshot before its directory goes: removing the name alone would leave the
-    /// data, and its disk space, to any descriptor of it a client still holds. Blocks for a
-    /// while on a large snapshot.
-    fn drop(&mut self) {
-        if let Err(error) = self.emptied_by.set_len(0) {
-            tracing::warn!(path = %self.snapshot_path().display(), %error, "cannot empty the backup snapshot");
-        }
     }
 }
 
@@ -322,22 +415,22 @@ impl Backups {
             .unwrap_or_else(|| self.deps.paths.state_dir.join("backups"))
     }
 
-    /// Takes a snapshot, checks it, and prepares an archive of it and of `contents`. Waits up to
-    /// [`PLACE_WAIT`] for the one place: a client's hand-over ends only when the daemon hears its
-    /// call end, a moment after the client is done, and a backup run right after it must not be
-    /// refused for that.
-    pub async fn prepare(&self, contents: Contents) -> Result<Prepared, BackupError> {
+    /// Takes a snapshot and makes the manifest of an archive of it and of `contents`, to be
+    /// checked next ([`Unchecked::check`]). Waits up to [`PLACE_WAIT`] for the one place: a
+    /// client's hand-over ends only when the daemon hears its call end, a moment after the
+    /// client is done, and a backup run right after it must not be refused for that.
+    pub async fn take(&self, contents: Contents) -> Result<Unchecked, BackupError> {
         let running = tokio::time::timeout(PLACE_WAIT, self.running.clone().lock_owned())
             .await
             .map_err(|_| BackupError::Busy)?;
-        self.prepare_locked(contents, running).await
+        self.take_locked(contents, running).await
     }
 
-    async fn prepare_locked(
+    async fn take_locked(
         &self,
         contents: Contents,
         running: tokio::sync::OwnedMutexGuard<()>,
-    ) -> Result<Prepared, BackupError> {
+    ) -> Result<Unchecked, BackupError> {
         let started = Instant::now();
         let state_dir = &self.deps.paths.state_dir;
         let dir = tempfile::Builder::new()
@@ -347,51 +440,53 @@ impl Backups {
                 dir: state_dir.clone(),
                 source,
             })?;
-        let snapshot = dir.path().join(archive::DATABASE);
+        let path = dir.path().join(archive::DATABASE);
+        let snapshot_failed = |full, source| BackupError::Snapshot {
+            dir: state_dir.clone(),
+            full,
+            source,
+        };
         self.deps
             .storage
-            .snapshot_into(&snapshot)
+            .snapshot_into(&path)
             .await
-            .map_err(|source| BackupError::Snapshot {
-                dir: state_dir.clone(),
-                full: source.kind() == StorageErrorKind::Full,
-                source,
-            })?;
+            .map_err(|source| snapshot_failed(source.kind() == StorageErrorKind::Full, source))?;
         let emptied_by = std::fs::OpenOptions::new()
             .write(true)
-            .open(&snapshot)
+            .open(&path)
             .map_err(|source| BackupError::Read {
-                path: snapshot.clone(),
+                path: path.clone(),
                 source,
             })?;
-        // The integrity check and the manifest's hash each read the whole snapshot: on threads
-        // of their own, at once.
-        let hashing = {
-            let snapshot = snapshot.clone();
-            crate::util::background("blufio-hash", move || {
-                std::fs::File::open(&snapshot).and_then(archive::sha256_of)
-            })
+        let bytes = emptied_by
+            .metadata()
+            .map_err(|source| BackupError::Read {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let mut snapshot = Snapshot {
+            dir,
+            emptied_by,
+            extra: Vec::new(),
+            started,
+            _running: running,
         };
-        let (facts, hashed) = tokio::join!(inspect_database(&snapshot), hashing);
-        let facts = facts.map_err(|source| BackupError::Snapshot {
-            dir: state_dir.clone(),
-            full: false,
-            source,
-        })?;
-        if let Some(problems) = facts.integrity_problems {
-            return Err(BackupError::Integrity { problems });
-        }
-        let mut members = Vec::new();
-        let (sha256, bytes) = hashed.map_err(|source| BackupError::Read {
-            path: snapshot.clone(),
-            source,
-        })?;
-        members.push(Member {
+        let facts = match read_database_facts(&path).await {
+            Ok(facts) => facts,
+            // A damaged snapshot explains itself best through the check.
+            Err(source) => {
+                return Err(match check_integrity(&path).await {
+                    Ok(Some(problems)) => BackupError::Integrity { problems },
+                    _ => snapshot_failed(false, source),
+                });
+            }
+        };
+        let mut members = vec![Member {
             name: archive::DATABASE.to_owned(),
             bytes,
-            sha256,
-        });
-        let mut extra = Vec::new();
+            sha256: archive::PENDING_SHA256.to_owned(),
+        }];
         let config = self.deps.config.get();
         let mut add = |name: &str, path: &Path, required: bool| -> Result<(), BackupError> {
             let bytes = match std::fs::read(path) {
@@ -410,7 +505,7 @@ impl Backups {
                 bytes: size,
                 sha256,
             });
-            extra.push((name.to_owned(), bytes));
+            snapshot.extra.push((name.to_owned(), bytes));
             Ok(())
         };
         if contents.config {
@@ -441,14 +536,10 @@ impl Backups {
             }),
         };
         debug_assert!(manifest.schema_version <= current_schema_version());
-        Ok(Prepared {
+        Ok(Unchecked {
             archive_bytes: archive::archive_size(&manifest),
             manifest,
-            dir,
-            emptied_by,
-            extra,
-            started,
-            _running: running,
+            snapshot,
         })
     }
 
@@ -467,7 +558,7 @@ impl Backups {
                 };
                 last.success_at = Some(prepared.manifest.created_at);
                 last.size_bytes = prepared.archive_bytes;
-                last.duration = prepared.started.elapsed();
+                last.duration = prepared.snapshot.started.elapsed();
                 last.error = None;
                 tracing::info!(
                     path = %shown,
@@ -502,7 +593,7 @@ impl Backups {
         match outcome {
             Ok((prepared, _)) => tracing::info!(
                 bytes = prepared.archive_bytes,
-                seconds = prepared.started.elapsed().as_secs_f64(),
+                seconds = prepared.snapshot.started.elapsed().as_secs_f64(),
                 "a control-group member's backup finished (streamed; not counted as the daemon's last backup)"
             ),
             Err(error) => tracing::warn!(error = %crate::error_chain(error), "a control-group member's backup failed"),
@@ -517,13 +608,15 @@ impl Backups {
         let result = async {
             check_backup_dir(&dir, self.deps.owner)?;
             let prepared = self
-                .prepare_locked(
+                .take_locked(
                     Contents {
                         config: true,
                         tls: false,
                     },
                     running,
                 )
+                .await?
+                .check()
                 .await?;
             let path = dir.join(file_name(prepared.manifest.created_at));
             let written = {

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::Backups;
 use crate::events::Event;
 use crate::storage::{
-    Storage, StorageError, StorageOptions, current_schema_version, drop_vault_in, inspect_database, schema_objects,
+    Storage, StorageError, StorageOptions, check_integrity, current_schema_version, drop_vault_in, read_database_facts,
+    schema_objects,
 };
 use crate::util::unix_now;
 use crate::vault::{SourceInputs, Vault, VaultError};
@@ -295,12 +296,13 @@ pub fn receive(reader: impl Read, state_dir: &Path) -> Result<Received, RestoreE
 /// migrated here, so the swap cannot fail on it. Returns whether the secrets are kept.
 pub async fn check(received: &Received, inputs: &SourceInputs, options: RestoreOptions) -> Result<bool, RestoreError> {
     let path = received.database();
-    let facts = inspect_database(path).await.map_err(|error| RestoreError::Integrity {
+    let unreadable = |error: StorageError| RestoreError::Integrity {
         problems: format!("it cannot be read as a SQLite database: {}", crate::error_chain(&error)),
-    })?;
-    if let Some(problems) = facts.integrity_problems {
+    };
+    if let Some(problems) = check_integrity(path).await.map_err(unreadable)? {
         return Err(RestoreError::Integrity { problems });
     }
+    let facts = read_database_facts(path).await.map_err(unreadable)?;
     if facts.schema_version == 0 {
         return Err(RestoreError::Unusable {
             problem: "holds no blufio schema (an empty or foreign SQLite file)".to_owned(),

@@ -413,6 +413,7 @@ impl pb::control_server::Control for ControlService {
             without_config,
             include_tls,
             descriptor,
+            check_alongside,
         } = request.into_inner();
         if include_tls {
             caller.require_owner("put the gateway's TLS private key in a backup")?;
@@ -436,6 +437,7 @@ impl pb::control_server::Control for ControlService {
         let handover = outbox.filter(|_| descriptor && caller.owner).map(|outbox| Handover {
             outbox,
             shutdown: self.shutdown.clone(),
+            check_alongside,
         });
         tokio::spawn(stream_backup(
             self.deps.backups.clone(),
@@ -1188,9 +1190,9 @@ fn vault_error_to_status(error: &VaultError) -> Status {
     }
 }
 
-/// Prepares a backup and streams it into `sender`: `started`, then the archive in chunks.
-/// A client's backup: prepared, then handed over or streamed. Only the owner's (`by_owner`)
-/// counts as the daemon's last backup.
+/// A client's backup: a snapshot taken, then handed over (checked before or while the client
+/// copies) or checked and streamed into `sender` (`started`, then the archive in chunks). Only
+/// the owner's (`by_owner`) counts as the daemon's last backup.
 async fn stream_backup(
     backups: Arc<Backups>,
     contents: Contents,
@@ -1198,22 +1200,26 @@ async fn stream_backup(
     handover: Option<Handover>,
     sender: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
 ) {
-    let prepared = match backups.prepare(contents).await {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            // Another backup or restore running is not a failed backup.
-            if !matches!(error, BackupError::Busy) {
-                backups.finish_client(by_owner, Err(&error));
-            }
-            let _ = sender.send(Err(backup_error_to_status(&error))).await;
-            return;
+    let report = async |error: BackupError| {
+        // Another backup or restore running is not a failed backup.
+        if !matches!(error, BackupError::Busy) {
+            backups.finish_client(by_owner, Err(&error));
         }
+        let _ = sender.send(Err(backup_error_to_status(&error))).await;
+    };
+    let taken = match backups.take(contents).await {
+        Ok(taken) => taken,
+        Err(error) => return report(error).await,
     };
     if let Some(handover) = handover {
-        hand_over_backup(&backups, &prepared, handover, &sender).await;
-        drop_off_runtime(prepared).await;
+        let kept = hand_over_backup(&backups, taken, handover, &sender).await;
+        let _ = tokio::task::spawn_blocking(move || drop(kept)).await;
         return;
     }
+    let prepared = match taken.check().await {
+        Ok(prepared) => prepared,
+        Err(error) => return report(error).await,
+    };
     let started = pb::BackupChunk {
         chunk: Some(pb::backup_chunk::Chunk::Started(pb::BackupStarted {
             archive_bytes: prepared.archive_bytes,
@@ -1258,19 +1264,62 @@ struct Handover {
     outbox: super::incoming::Outbox,
     /// The daemon's stop ends the hand-over (and empties the snapshot).
     shutdown: CancellationToken,
+    /// Hand the snapshot over before its check, which runs while the caller copies.
+    check_alongside: bool,
 }
 
-/// Passes the checked snapshot's descriptor on the caller's connection with `started`, then
-/// keeps the snapshot until the caller ends the call, its deadline passes or the daemon stops;
-/// dropping `prepared` empties it, so a descriptor kept beyond that reads nothing and holds no
-/// disk. The backup counts as made only when the client confirmed it had the whole archive.
+/// The snapshot of a hand-over: checked before it is handed over, or while the caller copies.
+enum HandedOver {
+    Unchecked(crate::backup::Unchecked),
+    Prepared(crate::backup::Prepared),
+}
+
+/// Passes the snapshot's descriptor on the caller's connection with `started`, checked first
+/// unless the caller copies while it is checked (then `checked` follows once the check passes),
+/// then keeps the snapshot until the caller ends the call, its deadline passes or the daemon
+/// stops. Returns what holds the snapshot: dropping it empties the snapshot, so a descriptor
+/// kept beyond that reads nothing and holds no disk. The backup counts as made only when the
+/// check passed and the client confirmed it had the whole archive.
 async fn hand_over_backup(
     backups: &Backups,
-    prepared: &crate::backup::Prepared,
-    Handover { outbox, shutdown }: Handover,
+    taken: crate::backup::Unchecked,
+    Handover {
+        outbox,
+        shutdown,
+        check_alongside,
+    }: Handover,
     sender: &tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>,
-) {
-    let opened = prepared.open_snapshot().and_then(|snapshot| {
+) -> Option<HandedOver> {
+    let fail = async |error: BackupError| {
+        backups.finish(Err(&error));
+        let _ = sender.send(Err(backup_error_to_status(&error))).await;
+    };
+    let handed = if check_alongside {
+        HandedOver::Unchecked(taken)
+    } else {
+        match taken.check().await {
+            Ok(prepared) => HandedOver::Prepared(prepared),
+            Err(error) => {
+                fail(error).await;
+                return None;
+            }
+        }
+    };
+    let (opened, manifest, archive_bytes, small_members) = match &handed {
+        HandedOver::Unchecked(taken) => (
+            taken.open_snapshot(),
+            &taken.manifest,
+            taken.archive_bytes,
+            taken.small_members(),
+        ),
+        HandedOver::Prepared(prepared) => (
+            prepared.open_snapshot(),
+            &prepared.manifest,
+            prepared.archive_bytes,
+            prepared.small_members(),
+        ),
+    };
+    let opened = opened.and_then(|snapshot| {
         let failed = |source| BackupError::Read {
             path: "the snapshot's descriptor".into(),
             source,
@@ -1283,9 +1332,8 @@ async fn hand_over_backup(
     let (snapshot, kept, metadata) = match opened {
         Ok(opened) => opened,
         Err(error) => {
-            backups.finish(Err(&error));
-            let _ = sender.send(Err(backup_error_to_status(&error))).await;
-            return;
+            fail(error).await;
+            return Some(handed);
         }
     };
     if outbox.put(snapshot.into()).is_err() {
@@ -1294,16 +1342,16 @@ async fn hand_over_backup(
                 "another descriptor is waiting on this connection; ask for one backup at a time per connection",
             )))
             .await;
-        return;
+        return Some(handed);
     }
-    let deadline = handover_deadline(prepared.archive_bytes);
+    let deadline = handover_deadline(archive_bytes);
+    let deadline_at = tokio::time::Instant::now() + deadline;
     let started = pb::BackupChunk {
         chunk: Some(pb::backup_chunk::Chunk::Started(pb::BackupStarted {
-            archive_bytes: prepared.archive_bytes,
-            manifest_json: serde_json::to_string(&prepared.manifest).expect("a manifest serializes"),
+            archive_bytes,
+            manifest_json: serde_json::to_string(manifest).expect("a manifest serializes"),
             descriptor: true,
-            members: prepared
-                .small_members()
+            members: small_members
                 .iter()
                 .map(|(name, data)| pb::BackupMember {
                     name: name.clone(),
@@ -1313,27 +1361,64 @@ async fn hand_over_backup(
             descriptor_deadline_seconds: deadline.as_secs(),
             descriptor_device: std::os::unix::fs::MetadataExt::dev(&metadata),
             descriptor_inode: std::os::unix::fs::MetadataExt::ino(&metadata),
+            check_pending: matches!(handed, HandedOver::Unchecked(_)),
         })),
     };
     if sender.send(Ok(started)).await.is_err() {
         // The caller went away before its descriptor was written; the connection may live on.
         drop(outbox.take());
-        return;
+        return Some(handed);
     }
+    let stopping = || Status::unavailable("blufiod is stopping; the snapshot was emptied: back up again once it runs");
+    let prepared = match handed {
+        HandedOver::Prepared(prepared) => prepared,
+        HandedOver::Unchecked(taken) => {
+            // Dropping the check (the caller went away, the daemon stops) empties the snapshot.
+            let checked = tokio::select! {
+                checked = taken.check() => checked,
+                () = sender.closed() => return None,
+                () = shutdown.cancelled() => {
+                    let _ = sender.try_send(Err(stopping()));
+                    return None;
+                }
+            };
+            match checked {
+                Ok(prepared) => {
+                    let database_sha256 = prepared
+                        .manifest
+                        .members
+                        .iter()
+                        .find(|member| member.name == blufio_proto::backup::DATABASE)
+                        .map(|member| member.sha256.clone())
+                        .unwrap_or_default();
+                    let checked = pb::BackupChunk {
+                        chunk: Some(pb::backup_chunk::Chunk::Checked(pb::BackupChecked { database_sha256 })),
+                    };
+                    if sender.send(Ok(checked)).await.is_err() {
+                        return Some(HandedOver::Prepared(prepared));
+                    }
+                    prepared
+                }
+                Err(error) => {
+                    // A client that copies while the check runs keeps nothing without `checked`.
+                    fail(error).await;
+                    return None;
+                }
+            }
+        }
+    };
     let cut_short = tokio::select! {
         () = sender.closed() => None,
-        () = tokio::time::sleep(deadline) => {
+        () = tokio::time::sleep_until(deadline_at) => {
             let error = BackupError::HandoverDeadline { after: deadline };
             backups.finish(Err(&error));
             Some(Status::deadline_exceeded(error_chain(&error)))
         }
-        () = shutdown.cancelled() => Some(Status::unavailable(
-            "blufiod is stopping; the snapshot was emptied: back up again once it runs",
-        )),
+        () = shutdown.cancelled() => Some(stopping()),
     };
     if outbox.take().is_some() {
         // Never written: the connection took no more bytes before the call ended.
-        return;
+        return Some(HandedOver::Prepared(prepared));
     }
     match cut_short {
         Some(status) => {
@@ -1341,10 +1426,11 @@ async fn hand_over_backup(
         }
         // The client seeks to the end once it has the whole archive, verified.
         None if std::io::Seek::stream_position(&mut &kept).ok() == Some(metadata.len()) => {
-            backups.finish(Ok((prepared, Destination::HandedOver)));
+            backups.finish(Ok((&prepared, Destination::HandedOver)));
         }
         None => tracing::debug!("a client ended its backup call before it confirmed the archive"),
     }
+    Some(HandedOver::Prepared(prepared))
 }
 
 /// Drops a prepared backup on a blocking thread: emptying a large snapshot takes a while.

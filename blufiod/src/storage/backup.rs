@@ -6,11 +6,10 @@ use std::path::Path;
 use super::vault::{SlotName, VaultSlotRecord};
 use super::{MIGRATIONS, Storage, StorageError};
 
-/// What a database file holds, read without changing it.
+/// What a database file holds, read without changing it (and without checking its integrity:
+/// [`check_integrity`]).
 #[derive(Debug, Clone)]
 pub struct DatabaseFacts {
-    /// `None` when `PRAGMA integrity_check` says `ok`, else its first problems.
-    pub integrity_problems: Option<String>,
     /// The last migration applied (0 for a database without blufio's schema).
     pub schema_version: i64,
     /// The vault's key slots (none when it has no vault).
@@ -112,14 +111,40 @@ fn open_read_only(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     })
 }
 
-/// Reads what the database file at `path` holds without changing it: `PRAGMA integrity_check`,
-/// the schema version, the vault. It runs on a low-priority thread: the check reads every page.
-pub async fn inspect_database(path: &Path) -> Result<DatabaseFacts, StorageError> {
+/// Runs `PRAGMA integrity_check` on the database file at `path` without changing it: `Ok(None)`
+/// when it says `ok`, else its first problems. It runs on a low-priority thread: the check reads
+/// every page.
+pub async fn check_integrity(path: &Path) -> Result<Option<String>, StorageError> {
     let path = path.to_owned();
-    crate::util::background("blufio-inspect", move || inspect_blocking(&path)).await
+    crate::util::background("blufio-inspect", move || {
+        let problems = open_read_only(&path)?
+            .prepare("PRAGMA integrity_check(10)")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|source| StorageError::File {
+                operation: "check a database file's integrity",
+                path: path.clone(),
+                source,
+            })?;
+        Ok((problems != ["ok"]).then(|| problems.join("; ")))
+    })
+    .await
 }
 
-fn inspect_blocking(path: &Path) -> Result<DatabaseFacts, StorageError> {
+/// Reads what the database file at `path` holds without changing it: the schema version, the
+/// vault. A few small queries; a damaged file may fail them, so a caller that has not checked
+/// its integrity ([`check_integrity`]) says so when it reports such a failure.
+pub async fn read_database_facts(path: &Path) -> Result<DatabaseFacts, StorageError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || facts_blocking(&path))
+        .await
+        .expect("the database facts task panicked")
+}
+
+fn facts_blocking(path: &Path) -> Result<DatabaseFacts, StorageError> {
     let connection = open_read_only(path)?;
     let failed = |operation| {
         move |source| StorageError::File {
@@ -128,15 +153,6 @@ fn inspect_blocking(path: &Path) -> Result<DatabaseFacts, StorageError> {
             source,
         }
     };
-    let problems = connection
-        .prepare("PRAGMA integrity_check(10)")
-        .and_then(|mut statement| {
-            statement
-                .query_map([], |row| row.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(failed("check a database file's integrity"))?;
-    let integrity_problems = (problems != ["ok"]).then(|| problems.join("; "));
     let has = |table: &str| {
         connection
             .query_row(
@@ -188,7 +204,6 @@ fn inspect_blocking(path: &Path) -> Result<DatabaseFacts, StorageError> {
         (Vec::new(), 0)
     };
     Ok(DatabaseFacts {
-        integrity_problems,
         schema_version,
         vault_slots,
         vault_entries,
@@ -286,8 +301,8 @@ mod tests {
         let snapshot = dir.path().join("snapshot.db");
         storage.snapshot_into(&snapshot).await.unwrap();
         writer.await.unwrap();
-        let facts = inspect_database(&snapshot).await.unwrap();
-        assert_eq!(facts.integrity_problems, None);
+        assert_eq!(check_integrity(&snapshot).await.unwrap(), None);
+        let facts = read_database_facts(&snapshot).await.unwrap();
         assert_eq!(facts.schema_version, current_schema_version());
         let copy = Storage::open(&StorageOptions {
             path: snapshot.clone(),
@@ -315,8 +330,8 @@ mod tests {
             .unwrap()
             .map(|entry| entry.unwrap().path())
             .collect();
-        let facts = inspect_database(&odd).await.unwrap();
-        assert_eq!(facts.integrity_problems, None);
+        assert_eq!(check_integrity(&odd).await.unwrap(), None);
+        let facts = read_database_facts(&odd).await.unwrap();
         assert_eq!(facts.schema_version, current_schema_version());
         let objects = schema_objects(&odd).await.unwrap();
         assert!(

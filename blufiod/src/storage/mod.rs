@@ -41,7 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
-pub use backup::{current_schema_version, drop_vault_in, inspect_database, schema_objects};
+pub use backup::{check_integrity, current_schema_version, drop_vault_in, read_database_facts, schema_objects};
 pub use devices::DeviceRecord;
 pub use vault::{SlotName, VaultEntryRecord, VaultSlotRecord};
 
