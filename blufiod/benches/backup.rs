@@ -976,6 +976,8 @@ struct Backup {
     daemon_hwm_after_kib: u64,
     /// The daemon's CPU time (user + system) during the backup.
     daemon_cpu: Duration,
+    /// blufioctl's CPU time (user + system).
+    client_cpu: Duration,
     /// What blufioctl printed (`--json`).
     client_json: serde_json::Value,
 }
@@ -989,6 +991,7 @@ impl Backup {
         let pid = daemon.pid().as_raw();
         let before = memory_of(pid);
         let cpu_before = cpu_time(pid);
+        let children_cpu_before = waited_children_cpu_time();
         let database_bytes = size_of(database);
         let wal_bytes = size_of(&wal);
         let mut args = vec!["backup", archive.to_str().expect("a UTF-8 path"), "--json"];
@@ -1020,6 +1023,8 @@ impl Backup {
         let wall = started.elapsed();
         let ended = origin.elapsed();
         let output = client.wait_with_output().expect("blufioctl's output");
+        // blufioctl is the only child waited for meanwhile.
+        let client_cpu = waited_children_cpu_time().saturating_sub(children_cpu_before);
         assert!(
             output.status.success(),
             "blufioctl backup failed: {}\n{}",
@@ -1049,6 +1054,7 @@ impl Backup {
             daemon_hwm_before_kib: before.peak_rss_kib,
             daemon_hwm_after_kib: after.peak_rss_kib,
             daemon_cpu: cpu_time(pid).saturating_sub(cpu_before),
+            client_cpu,
             client_json,
         }
     }
@@ -1119,13 +1125,24 @@ fn memory_of(pid: i32) -> ProcessMemory {
 
 /// A process's CPU time so far, user and system, from `/proc/<pid>/stat`.
 fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command's `(name)`: state, ppid, ..., utime (the 12th), stime (the 13th).
+    stat_time(&format!("/proc/{pid}/stat"), [11, 12])
+}
+
+/// The CPU time, user and system, of this process's children that it has waited for.
+fn waited_children_cpu_time() -> Duration {
+    stat_time("/proc/self/stat", [13, 14])
+}
+
+/// The sum of two tick counts of a `stat` file, by their index after the command's `(name)`.
+fn stat_time(path: &str, indexes: [usize; 2]) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // After the command's `(name)`: state, ppid, ..., utime (the 12th), stime (the 13th), cutime,
+    // cstime.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: u64 = [11, 12]
+    let ticks: u64 = indexes
         .iter()
         .filter_map(|&index| fields.get(index)?.parse::<u64>().ok())
         .sum();
@@ -1335,8 +1352,9 @@ impl Report {
             kib_mib(backup.peak_client_rss_kib())
         );
         println!(
-            "  daemon CPU        {:.2} s (user + system) during the backup; WAL peak {:.1} MiB",
+            "  CPU               daemon {:.2} s (user + system) during the backup, blufioctl {:.2} s; WAL peak {:.1} MiB",
             backup.daemon_cpu.as_secs_f64(),
+            backup.client_cpu.as_secs_f64(),
             mib_of(backup.peak_wal_bytes())
         );
         println!("  phases (from the files, +-{} ms each):", SAMPLE_EVERY.as_millis());
@@ -1465,6 +1483,7 @@ impl Report {
                 "daemon_hwm_after_kib": backup.daemon_hwm_after_kib,
                 "client_rss_peak_kib": backup.peak_client_rss_kib(),
                 "daemon_cpu_seconds": backup.daemon_cpu.as_secs_f64(),
+                "client_cpu_seconds": backup.client_cpu.as_secs_f64(),
                 "phases": phases,
                 "sample_every_ms": SAMPLE_EVERY.as_millis(),
             },

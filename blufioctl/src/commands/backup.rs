@@ -36,6 +36,9 @@ use blufio_proto::httpsig::unix_now;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+mod archive_file;
+
+use self::archive_file::ArchiveFile;
 use super::Context;
 use crate::cli::{BackupArgs, JsonArgs, RestoreArgs};
 use crate::client::BackupStream;
@@ -204,7 +207,7 @@ async fn download_to_file(
         draw,
     );
     let target = format!("the temporary file {}", temp_path.display());
-    let out = BufWriter::with_capacity(CHUNK_BYTES, EarlyWriteback::new(file));
+    let out = ArchiveFile::new(file);
     // On any failure, dropping `temp_path` removes the temporary file: PATH is untouched.
     let out = receive(
         &mut stream,
@@ -221,7 +224,7 @@ async fn download_to_file(
     let write_error = |error: io::Error| {
         anyhow::Error::new(error).context(format!("cannot write the archive to {}", temp_path.display()))
     };
-    let file = out.into_inner().map_err(|error| write_error(error.into_error()))?.file;
+    let file = out.into_file().map_err(write_error)?;
     if pending {
         fill_in_manifest(&file, &announced).map_err(write_error)?;
     }
@@ -399,51 +402,6 @@ async fn receive<W: io::Write + Send + 'static>(
         confirm(snapshot).context("cannot tell blufiod that the archive is whole")?;
     }
     Ok(out)
-}
-
-/// Bytes between two starts of writeback of the archive.
-const WRITEBACK_EVERY: u64 = 16 << 20;
-
-/// A file whose written bytes are sent to the disk as the writing goes on, every
-/// [`WRITEBACK_EVERY`] (`POSIX_FADV_DONTNEED` starts their writeback without waiting for it, and
-/// drops them from the page cache once clean): the fsync at the end then waits for the last few
-/// MiB rather than the whole archive, and a backup does not push the machine's cache out.
-struct EarlyWriteback {
-    file: File,
-    written: u64,
-    sent: u64,
-}
-
-impl EarlyWriteback {
-    fn new(file: File) -> Self {
-        Self {
-            file,
-            written: 0,
-            sent: 0,
-        }
-    }
-}
-
-impl io::Write for EarlyWriteback {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.file.write(bytes)?;
-        self.written += written as u64;
-        if self.written - self.sent >= WRITEBACK_EVERY {
-            // Advice only: a file system that ignores it loses nothing but the head start.
-            let _ = nix::fcntl::posix_fadvise(
-                &self.file,
-                i64::try_from(self.sent).unwrap_or(i64::MAX),
-                i64::try_from(self.written - self.sent).unwrap_or(i64::MAX),
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            );
-            self.sent = self.written;
-        }
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
 }
 
 /// Ends the backup call, so that blufiod lets go of its snapshot and of the one backup place
