@@ -152,16 +152,20 @@ impl Ring {
 }
 
 /// The writer the ring's formatting layer writes each event into: tracing-subscriber formats a
-/// whole event and then writes it with one `write_all`, so each write is one line.
+/// whole event and then writes it with one `write_all`, so each write is one line. A line it
+/// must not keep ([`is_transport`]) is dropped.
 #[derive(Debug, Clone)]
 pub struct RingWriter {
     ring: std::sync::Arc<Ring>,
     level: Level,
+    keep: bool,
 }
 
 impl std::io::Write for RingWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.ring.push(self.level, &String::from_utf8_lossy(bytes));
+        if self.keep {
+            self.ring.push(self.level, &String::from_utf8_lossy(bytes));
+        }
         Ok(bytes.len())
     }
 
@@ -181,6 +185,7 @@ impl<'a> MakeWriter<'a> for MakeRingWriter {
         RingWriter {
             ring: self.0.clone(),
             level: Level::INFO,
+            keep: true,
         }
     }
 
@@ -188,8 +193,18 @@ impl<'a> MakeWriter<'a> for MakeRingWriter {
         RingWriter {
             ring: self.0.clone(),
             level: *meta.level(),
+            keep: *meta.level() <= Level::INFO || !is_transport(meta.target()),
         }
     }
+}
+
+/// The crates that carry `ReadLogs` streams. Their debug and trace events stay out of the ring:
+/// each line a stream sends would log more lines for it to send, a loop that wrote about 100 MB
+/// in 10 s at `log.level = "trace"`. They still reach stderr, the journal or the log file.
+fn is_transport(target: &str) -> bool {
+    ["h2", "hyper", "hyper_util", "tonic", "tower", "rustls", "tokio_util"]
+        .iter()
+        .any(|name| target == *name || target.strip_prefix(name).is_some_and(|rest| rest.starts_with("::")))
 }
 
 #[cfg(test)]
@@ -198,6 +213,30 @@ mod tests {
 
     fn texts(lines: &[Line]) -> Vec<&str> {
         lines.iter().map(|line| &*line.text).collect()
+    }
+
+    #[test]
+    fn the_transports_debug_lines_stay_out_and_everything_else_goes_in() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let ring = std::sync::Arc::new(Ring::new());
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .without_time()
+            .with_level(false)
+            .with_writer(MakeRingWriter(ring.clone()));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::debug!(target: "h2::codec", "a frame");
+            tracing::trace!(target: "hyper_util::client", "a read");
+            tracing::debug!(target: "h2_like::mine", "not a transport");
+            tracing::info!(target: "tonic::transport", "an info line");
+        });
+        let (lines, _) = ring.tail(10, Level::TRACE);
+        let texts = texts(&lines);
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(
+            texts[0].contains("not a transport") && texts[1].contains("an info line"),
+            "{texts:?}"
+        );
     }
 
     #[test]
