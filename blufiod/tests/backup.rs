@@ -305,6 +305,105 @@ fn a_damaged_database_leaves_no_backup_however_it_is_copied() {
     );
 }
 
+/// Two defects an attack found in the copy that runs beside the check (blufioctl stopped with
+/// SIGSTOP while it copies, as a slow disk or a busy machine would hold it):
+/// - a backup that could not be put at PATH (PATH appeared meanwhile) was still counted by the
+///   daemon as made, because blufioctl confirmed before its rename;
+/// - a check that failed while blufioctl copied was reported as "the snapshot ended after …"
+///   instead of the check's finding.
+#[test]
+fn a_backup_counts_only_once_at_path_and_a_check_failing_mid_copy_says_why() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    let db = dir.path().join("state/blufio.db");
+    // About 64 MB of rows: a copy long enough to be stopped in the middle.
+    sql(
+        &db,
+        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
+         SELECT 1, hex(randomblob(4096)), 0, 0 FROM \
+         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 8000) SELECT x FROM n)",
+    );
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let target = out.join("blufio.tar");
+    let finished = || daemon.stderr().matches("backup finished").count();
+    // Starts `blufioctl backup`, stops it once its temporary file holds bytes, runs `meanwhile`,
+    // lets it go on, and returns its output.
+    let stopped_mid_copy = |meanwhile: &dyn Fn()| {
+        let client = daemon.ctl_in_background(&["backup", "--without-config", target.to_str().unwrap()]);
+        let pid = Pid::from_raw(i32::try_from(client.id()).unwrap());
+        let deadline = Instant::now() + blufio_testkit::PATIENCE;
+        loop {
+            let copying = std::fs::read_dir(&out).unwrap().any(|entry| {
+                let entry = entry.unwrap();
+                entry.file_name().to_string_lossy().starts_with(".blufio-backup-")
+                    && entry.metadata().is_ok_and(|metadata| metadata.len() > 0)
+            });
+            if copying {
+                break;
+            }
+            assert!(Instant::now() < deadline, "blufioctl never began to copy");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        kill(pid, Signal::SIGSTOP).unwrap();
+        meanwhile();
+        kill(pid, Signal::SIGCONT).unwrap();
+        client.wait_with_output().unwrap()
+    };
+
+    // PATH appears while blufioctl copies: the backup fails, and the daemon does not count it.
+    let output = stopped_mid_copy(&|| std::fs::write(&target, "someone else's file").unwrap());
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("already exists"),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"someone else's file");
+    std::fs::remove_file(&target).unwrap();
+    // The next backup needs the place the last call held until it ended: once it is made, the
+    // daemon has heard the first call end, and counted only the second.
+    ok(&daemon.ctl(&["backup", "--without-config", target.to_str().unwrap()]));
+    let deadline = Instant::now() + blufio_testkit::PATIENCE;
+    while finished() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(finished(), 1, "{}", daemon.stderr());
+    std::fs::remove_file(&target).unwrap();
+
+    // The database fails its check while blufioctl copies: blufioctl says so.
+    sql(&db, "CREATE INDEX runs_by_pid ON daemon_runs (pid)");
+    sql(
+        &db,
+        "PRAGMA writable_schema = ON; \
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX runs_by_pid ON daemon_runs (started_at)' WHERE name = 'runs_by_pid'",
+    );
+    let output = stopped_mid_copy(&|| {
+        let deadline = Instant::now() + blufio_testkit::PATIENCE;
+        while !daemon.stderr().contains("backup failed") {
+            assert!(Instant::now() < deadline, "the check did not fail: {}", daemon.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("integrity check") && !stderr.contains("snapshot ended"),
+        "{}",
+        describe(&output)
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// A client given the snapshot's descriptor (`Backup` with `descriptor`, as blufioctl asks) gets
 /// the checked snapshot read-only, and keeps nothing by holding it after its call: the daemon
 /// empties the snapshot when the call ends, so the descriptor reads nothing and holds no disk,

@@ -150,12 +150,6 @@ async fn backup_to_file(
             )));
         }
     };
-    if let Err(error) = File::open(parent_dir(&path)).and_then(|dir| dir.sync_all()) {
-        context.printer.warning(&format!(
-            "cannot flush the directory of {} to disk ({error}); a power loss now could undo the rename",
-            path.display()
-        ));
-    }
     let shown = std::fs::canonicalize(&path).unwrap_or(path);
     let view = BackupWritten {
         archive: Archive {
@@ -209,7 +203,7 @@ async fn download_to_file(
     let target = format!("the temporary file {}", temp_path.display());
     let out = ArchiveFile::new(file);
     // On any failure, dropping `temp_path` removes the temporary file: PATH is untouched.
-    let out = receive(
+    let (out, snapshot) = receive(
         &mut stream,
         archive_bytes,
         &mut announced,
@@ -219,7 +213,6 @@ async fn download_to_file(
         &receiving,
     )
     .await?;
-    end_call(stream).await;
     receiving.finish();
     let write_error = |error: io::Error| {
         anyhow::Error::new(error).context(format!("cannot write the archive to {}", temp_path.display()))
@@ -247,6 +240,17 @@ async fn download_to_file(
             .context(format!("cannot rename the verified archive to {}", path.display()))
             .into());
     }
+    if let Err(error) = File::open(&dir).and_then(|dir| dir.sync_all()) {
+        context.printer.warning(&format!(
+            "cannot flush the directory of {} to disk ({error}); a power loss now could undo the rename",
+            path.display()
+        ));
+    }
+    // Only now, with the archive at PATH, does blufiod hear that the backup was made.
+    if let Some(snapshot) = &snapshot {
+        confirm(snapshot).context("cannot tell blufiod that the archive is in place")?;
+    }
+    end_call(stream).await;
     Ok(Written {
         bytes: archive_bytes,
         manifest: announced,
@@ -264,6 +268,10 @@ async fn download_to_file(
 /// blufiod's `checked`, compares its SHA-256 with the one of the bytes written, and puts it in
 /// `announced`; the caller then writes that manifest over the pending one
 /// ([`fill_in_manifest`]). A failed check ends the call with blufiod's error, and this fails.
+///
+/// Returns `out` and the passed snapshot, if any: the caller confirms with it ([`confirm`]) once
+/// the archive is in place, not before, so that blufiod never counts a backup that a failed
+/// fsync or rename left nowhere.
 async fn receive<W: io::Write + Send + 'static>(
     stream: &mut BackupStream,
     archive_bytes: u64,
@@ -272,7 +280,7 @@ async fn receive<W: io::Write + Send + 'static>(
     out: W,
     target: &str,
     progress: &Progress,
-) -> Result<W, Failure> {
+) -> Result<(W, Option<File>), Failure> {
     let pending = local.as_ref().is_some_and(|local| local.check_pending);
     let (sender, receiver) = mpsc::channel::<Vec<u8>>(4);
     // The writer may be slow (a pipe, a disk): a thread of its own, so that Ctrl-C is still heard.
@@ -360,14 +368,15 @@ async fn receive<W: io::Write + Send + 'static>(
     if let Err(error @ TeeError::Write(_)) = written {
         return Err(tee_failure(error));
     }
+    // blufiod's own error on the stream (a failed check, its stop) explains a snapshot that
+    // ended early, and a truncated archive, better than the reading or the verification does.
+    streamed?;
     // A builder the writer stopped fails for that reason, which the writer's result gives.
     let snapshot = match built {
         Some(Err(error)) if !writer_stopped => return Err(snapshot_failure(stream, error).await),
         Some(built) => built.ok(),
         None => None,
     };
-    // The stream's own failure explains a truncated archive better than the verification does.
-    streamed?;
     if received != archive_bytes && !writer_stopped {
         return Err(
             anyhow::anyhow!("blufiod's stream ended after {received} of the archive's {archive_bytes} bytes").into(),
@@ -398,15 +407,12 @@ async fn receive<W: io::Write + Send + 'static>(
             database.sha256 = database_sha256;
         }
     }
-    if let Some(snapshot) = &snapshot {
-        confirm(snapshot).context("cannot tell blufiod that the archive is whole")?;
-    }
-    Ok(out)
+    Ok((out, snapshot))
 }
 
 /// Ends the backup call, so that blufiod lets go of its snapshot and of the one backup place
 /// now rather than when this process exits: the yield lets the connection send the call's end
-/// before the blocking flush that follows.
+/// before anything blocking that follows.
 async fn end_call(stream: BackupStream) {
     drop(stream);
     tokio::task::yield_now().await;
@@ -538,8 +544,9 @@ impl LocalArchive {
     }
 }
 
-/// Tells blufiod that the archive built from `snapshot` is whole and verified, so that it counts
-/// the backup as made: the descriptor's offset, which blufiod's copy shares, goes to the end.
+/// Tells blufiod that the archive built from `snapshot` is verified and in place, so that it
+/// counts the backup as made: the descriptor's offset, which blufiod's copy shares, goes to the
+/// end.
 fn confirm(mut snapshot: &File) -> io::Result<()> {
     io::Seek::seek(&mut snapshot, io::SeekFrom::End(0)).map(drop)
 }
@@ -626,7 +633,7 @@ async fn backup_to_stdout(context: &Context<'_>, contents: Contents, started_at:
         let (archive_bytes, mut announced, local) = started(&mut stream).await?;
         let out = BufWriter::with_capacity(CHUNK_BYTES, io::stdout());
         let silent = Progress::new("receiving", archive_bytes, false);
-        let out = receive(
+        let (out, _) = receive(
             &mut stream,
             archive_bytes,
             &mut announced,
