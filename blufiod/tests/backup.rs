@@ -404,6 +404,73 @@ fn a_backup_counts_only_once_at_path_and_a_check_failing_mid_copy_says_why() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// An attack found that a client taking a streamed backup, then reading nothing while its
+/// connection stays alive (it answers pings), held the snapshot and the one backup place for as
+/// long as the connection lived (ten minutes): after the minute the daemon waits for a client
+/// to take a chunk, it waited again, without limit, to hand that client its error. Now the place
+/// is free a moment after that minute, with the silent client still connected.
+#[test]
+fn a_client_that_stops_reading_a_streamed_backup_frees_the_place_after_the_stall_limit() {
+    use blufio_proto::control::v1 as pb;
+
+    let fake = FakeProvider::start();
+    let (_keys, key) = key_file();
+    let dir = new_dir();
+    let daemon = start(dir.clone(), &fake, &key, Vec::new());
+    // About 8 MB: more than the connection's windows and the daemon's queue hold.
+    sql(
+        &dir.path().join("state/blufio.db"),
+        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
+         SELECT 1, hex(randomblob(2048)), 0, 0 FROM \
+         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)",
+    );
+    // A runtime of its own keeps the silent client's connection answering pings.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let began = Instant::now();
+    let (_client, _silent) = runtime.block_on(async {
+        let mut client = blufio_testkit::control_client(&daemon.socket).await;
+        let request = pb::BackupRequest {
+            without_config: true,
+            ..pb::BackupRequest::default()
+        };
+        let stream = client.backup(request).await.unwrap().into_inner();
+        (client, stream)
+    });
+    let target = dir.path().join("after.tar");
+    let args = ["backup", "--without-config", target.to_str().unwrap()];
+    // The daemon gives up on the silent client after 60 s; 30 s more is plenty.
+    let output = loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let output = daemon.ctl(&args);
+        if output.status.success() || began.elapsed() > Duration::from_secs(90) {
+            break output;
+        }
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("already running"),
+            "{}",
+            describe(&output)
+        );
+    };
+    assert!(
+        output.status.success(),
+        "the place was still held {:?} after the silent client's call began: {}",
+        began.elapsed(),
+        describe(&output)
+    );
+    assert!(began.elapsed() >= Duration::from_secs(55), "{:?}", began.elapsed());
+    ok(&daemon.ctl(&["backup", "--verify", target.to_str().unwrap()]));
+    let snapshots: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".backup-"))
+        .collect();
+    assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
+}
+
 /// A client given the snapshot's descriptor (`Backup` with `descriptor`, as blufioctl asks) gets
 /// the checked snapshot read-only, and keeps nothing by holding it after its call: the daemon
 /// empties the snapshot when the call ends, so the descriptor reads nothing and holds no disk,

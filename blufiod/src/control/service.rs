@@ -1251,7 +1251,9 @@ async fn stream_backup(
             // A client that went away is not a failed backup.
             if !sender.is_closed() {
                 backups.finish_client(by_owner, Err(&error));
-                let _ = sender.send(Err(backup_error_to_status(&error))).await;
+                // Never waits: a client that took nothing for a minute would otherwise hold
+                // the snapshot and the one backup place for as long as its connection lives.
+                let _ = sender.try_send(Err(backup_error_to_status(&error)));
             }
         }
     }
