@@ -141,7 +141,7 @@ async fn backup_to_file(
     // The temporary file's name lives inside this future: when Ctrl-C wins, dropping the future
     // removes the file (and closes the channel the writing thread reads, which ends it).
     let backup = download_to_file(context, &path, contents, force, draw);
-    let written = tokio::select! {
+    let (written, placed) = tokio::select! {
         written = backup => written?,
         () = ctrl_c() => {
             return Err(interrupted(anyhow::anyhow!(
@@ -150,6 +150,18 @@ async fn backup_to_file(
             )));
         }
     };
+    // The archive is at PATH: from here on Ctrl-C no longer stops anything.
+    if let Err(error) = File::open(parent_dir(&path)).and_then(|dir| dir.sync_all()) {
+        context.printer.warning(&format!(
+            "cannot flush the directory of {} to disk ({error}); a power loss now could undo the rename",
+            path.display()
+        ));
+    }
+    // Only now, with the archive in place, does blufiod hear that the backup was made.
+    if let Some(snapshot) = &placed.snapshot {
+        confirm(snapshot).context("cannot tell blufiod that the archive is in place")?;
+    }
+    end_call(placed.stream).await;
     let shown = std::fs::canonicalize(&path).unwrap_or(path);
     let view = BackupWritten {
         archive: Archive {
@@ -169,15 +181,23 @@ struct Written {
     manifest: Manifest,
 }
 
+/// The call of a backup whose archive is at PATH, still open: the caller flushes the directory,
+/// then confirms with the passed snapshot and ends the call.
+struct Placed {
+    stream: BackupStream,
+    snapshot: Option<File>,
+}
+
 /// Streams the archive into a temporary file beside `path`, verifying every member against the
-/// manifest as it is written, flushes it to disk and renames it to `path`.
+/// manifest as it is written, flushes it to disk and renames it to `path`; returns the call still
+/// open, for the caller to confirm once the directory is flushed too.
 async fn download_to_file(
     context: &Context<'_>,
     path: &Path,
     contents: Contents,
     force: bool,
     draw: bool,
-) -> Result<Written, Failure> {
+) -> Result<(Written, Placed), Failure> {
     let dir = parent_dir(path);
     // Created before the daemon is asked, so that an unwritable directory fails fast.
     let temp = tempfile::Builder::new()
@@ -240,21 +260,13 @@ async fn download_to_file(
             .context(format!("cannot rename the verified archive to {}", path.display()))
             .into());
     }
-    if let Err(error) = File::open(&dir).and_then(|dir| dir.sync_all()) {
-        context.printer.warning(&format!(
-            "cannot flush the directory of {} to disk ({error}); a power loss now could undo the rename",
-            path.display()
-        ));
-    }
-    // Only now, with the archive at PATH, does blufiod hear that the backup was made.
-    if let Some(snapshot) = &snapshot {
-        confirm(snapshot).context("cannot tell blufiod that the archive is in place")?;
-    }
-    end_call(stream).await;
-    Ok(Written {
-        bytes: archive_bytes,
-        manifest: announced,
-    })
+    Ok((
+        Written {
+            bytes: archive_bytes,
+            manifest: announced,
+        },
+        Placed { stream, snapshot },
+    ))
 }
 
 /// Receives the rest of a backup stream (after `started`), or builds the archive here from the
