@@ -285,8 +285,9 @@ mod tests {
     }
 
     #[test]
-    fn a_file_system_that_refuses_direct_io_gets_the_same_bytes() {
-        // /dev/shm is a tmpfs on Linux: older kernels refuse O_DIRECT there.
+    fn on_tmpfs_the_bytes_are_the_same_whether_it_takes_direct_io_or_not() {
+        // /dev/shm is a tmpfs on Linux: kernels before 6.6 refuse O_DIRECT there (then the file
+        // is written buffered from the start), newer ones take it.
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
             eprintln!("skipped: no /dev/shm");
             return;
