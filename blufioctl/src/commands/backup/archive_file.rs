@@ -95,47 +95,41 @@ impl ArchiveFile {
         let staged = &staging.buffer[staging.start..staging.start + staging.filled];
         let whole = staged.len() / ALIGN * ALIGN;
         let (blocks, tail) = staged.split_at(whole);
-        self.write_direct(blocks)?;
-        set_direct(&self.file, false)?;
+        if self.write_direct(blocks)? {
+            set_direct(&self.file, false)?;
+        }
         self.write_buffered(tail)
     }
 
     /// Writes `blocks` (whole aligned blocks) directly; if the file system refuses, turns direct
-    /// I/O off and writes them buffered.
-    fn write_direct(&mut self, blocks: &[u8]) -> io::Result<()> {
+    /// I/O off and writes them buffered. Returns whether direct I/O is still on.
+    fn write_direct(&mut self, blocks: &[u8]) -> io::Result<bool> {
         let mut at = 0;
         while at < blocks.len() {
-            match self.file.write(&blocks[at..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            match write_some(&mut self.file, &blocks[at..]) {
                 Ok(written) => {
                     at += written;
                     self.written += written as u64;
                     self.sent = self.written;
                 }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 // Refused (a file system or device that does not take these blocks direct, or a
                 // short write that left the rest unaligned): buffered from here on.
                 Err(error) if error.raw_os_error() == Some(nix::libc::EINVAL) => {
                     set_direct(&self.file, false)?;
-                    return self.write_buffered(&blocks[at..]);
+                    self.write_buffered(&blocks[at..])?;
+                    return Ok(false);
                 }
                 Err(error) => return Err(error),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn write_buffered(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            match self.file.write(bytes) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => {
-                    bytes = &bytes[written..];
-                    self.written += written as u64;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
+            let written = write_some(&mut self.file, bytes)?;
+            bytes = &bytes[written..];
+            self.written += written as u64;
             if self.written - self.sent >= WRITEBACK_EVERY {
                 // Advice only: a file system that ignores it loses nothing but the head start.
                 let _ = nix::fcntl::posix_fadvise(
@@ -148,6 +142,17 @@ impl ArchiveFile {
             }
         }
         Ok(())
+    }
+}
+
+/// One `write` of some of `bytes`, again when a signal interrupts it; writing nothing is an error.
+fn write_some(file: &mut File, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match file.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
     }
 }
 
@@ -165,13 +170,10 @@ impl Write for ArchiveFile {
             staging.filled = 0;
             let start = staging.start;
             // Taken out while it is written: `write_direct` may turn direct I/O off.
-            let mut staging = self.staging.take().expect("staging is on");
-            let written = self.write_direct(&staging.buffer[start..start + STAGED]);
-            if written.is_ok() && is_direct(&self.file) {
-                staging.filled = 0;
+            let staging = self.staging.take().expect("staging is on");
+            if self.write_direct(&staging.buffer[start..start + STAGED])? {
                 self.staging = Some(staging);
             }
-            written?;
         }
         Ok(taken)
     }
@@ -196,6 +198,7 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 }
 
 /// Whether direct I/O is on for `file`.
+#[cfg(test)]
 fn is_direct(file: &File) -> bool {
     fcntl(file.as_fd(), FcntlArg::F_GETFL).is_ok_and(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_DIRECT))
 }
