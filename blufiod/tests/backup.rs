@@ -219,12 +219,7 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
     let daemon = start(dir.clone(), &fake, &key, Vec::new());
     // About 8 MiB of incompressible rows: an archive of many 256 KiB chunks, so that the client
     // fails to write while blufiod is still streaming.
-    sql(
-        &dir.path().join("state/blufio.db"),
-        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
-         SELECT 1, hex(randomblob(2048)), 0, 0 FROM \
-         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)",
-    );
+    grow(&dir.path().join("state/blufio.db"), 2000, 2048);
 
     // Standard output that refuses every write.
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
@@ -246,10 +241,7 @@ fn a_backup_onto_a_full_disk_names_the_failed_write_and_leaves_nothing() {
         let mut args = vec!["backup", target.to_str().unwrap()];
         args.extend_from_slice(stream);
         let output = daemon.ctl(&args);
-        let left: Vec<_> = std::fs::read_dir(&small)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
+        let left = names_in(&small);
         assert_failed_write(&output, "cannot write the archive to");
         assert!(left.is_empty(), "left behind: {left:?}");
     }
@@ -265,18 +257,7 @@ fn a_damaged_database_leaves_no_backup_however_it_is_copied() {
     let dir = new_dir();
     let daemon = start(dir.clone(), &fake, &key, Vec::new());
     let db = dir.path().join("state/blufio.db");
-    // An index whose recorded definition no longer matches its entries, as a damaged page
-    // would leave it: blufiod never reads it, but the check does.
-    sql(
-        &db,
-        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) VALUES (11, 'x', 1000, 0), (12, 'x', 2000, 0)",
-    );
-    sql(&db, "CREATE INDEX runs_by_pid ON daemon_runs (pid)");
-    sql(
-        &db,
-        "PRAGMA writable_schema = ON; \
-         UPDATE sqlite_schema SET sql = 'CREATE INDEX runs_by_pid ON daemon_runs (started_at)' WHERE name = 'runs_by_pid'",
-    );
+    damage_an_index(&db);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let target = out.join("blufio.tar");
@@ -291,10 +272,7 @@ fn a_damaged_database_leaves_no_backup_however_it_is_copied() {
             "{stream:?}: {}",
             describe(&output)
         );
-        let left: Vec<_> = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
+        let left = names_in(&out);
         assert!(left.is_empty(), "{stream:?}: left behind: {left:?}");
     }
     // The daemon serves on, and says the last backup failed.
@@ -322,12 +300,7 @@ fn a_backup_counts_only_once_at_path_and_a_check_failing_mid_copy_says_why() {
     let daemon = start(dir.clone(), &fake, &key, Vec::new());
     let db = dir.path().join("state/blufio.db");
     // About 64 MB of rows: a copy long enough to be stopped in the middle.
-    sql(
-        &db,
-        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
-         SELECT 1, hex(randomblob(4096)), 0, 0 FROM \
-         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 8000) SELECT x FROM n)",
-    );
+    grow(&db, 8000, 4096);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let target = out.join("blufio.tar");
@@ -377,12 +350,7 @@ fn a_backup_counts_only_once_at_path_and_a_check_failing_mid_copy_says_why() {
     std::fs::remove_file(&target).unwrap();
 
     // The database fails its check while blufioctl copies: blufioctl says so.
-    sql(&db, "CREATE INDEX runs_by_pid ON daemon_runs (pid)");
-    sql(
-        &db,
-        "PRAGMA writable_schema = ON; \
-         UPDATE sqlite_schema SET sql = 'CREATE INDEX runs_by_pid ON daemon_runs (started_at)' WHERE name = 'runs_by_pid'",
-    );
+    damage_an_index(&db);
     let output = stopped_mid_copy(&|| {
         let deadline = Instant::now() + blufio_testkit::PATIENCE;
         while !daemon.stderr().contains("backup failed") {
@@ -397,10 +365,7 @@ fn a_backup_counts_only_once_at_path_and_a_check_failing_mid_copy_says_why() {
         "{}",
         describe(&output)
     );
-    let left: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .collect();
+    let left = names_in(&out);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -418,12 +383,7 @@ fn a_client_that_stops_reading_a_streamed_backup_frees_the_place_after_the_stall
     let dir = new_dir();
     let daemon = start(dir.clone(), &fake, &key, Vec::new());
     // About 8 MB: more than the connection's windows and the daemon's queue hold.
-    sql(
-        &dir.path().join("state/blufio.db"),
-        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
-         SELECT 1, hex(randomblob(2048)), 0, 0 FROM \
-         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)",
-    );
+    grow(&dir.path().join("state/blufio.db"), 2000, 2048);
     // A runtime of its own keeps the silent client's connection answering pings.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -463,11 +423,7 @@ fn a_client_that_stops_reading_a_streamed_backup_frees_the_place_after_the_stall
     );
     assert!(began.elapsed() >= Duration::from_secs(55), "{:?}", began.elapsed());
     ok(&daemon.ctl(&["backup", "--verify", target.to_str().unwrap()]));
-    let snapshots: Vec<_> = std::fs::read_dir(dir.path().join("state"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".backup-"))
-        .collect();
+    let snapshots = snapshots_left(dir.path());
     assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
 }
 
@@ -609,11 +565,7 @@ fn a_snapshot_descriptor_kept_after_its_call_reads_nothing() {
     );
     assert!(output.status.success(), "{}", describe(&output));
     ok(&daemon.ctl(&["backup", "--verify", piped.to_str().unwrap()]));
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".backup-"))
-        .collect();
+    let left = snapshots_left(dir.path());
     assert!(left.is_empty(), "snapshot directories left: {left:?}");
 }
 
@@ -781,8 +733,53 @@ fn rebuild(archive: &[u8], to: &Path, change: impl FnOnce(&Path)) -> PathBuf {
     to.to_owned()
 }
 
-/// Runs one statement on the SQLite file at `db`.
-fn sql(db: &Path, statement: &'static str) {
+/// Adds `rows` rows of `blob_bytes` random bytes each (as hex text, twice as long) to
+/// `daemon_runs`: incompressible bulk, for backups that take a while.
+fn grow(db: &Path, rows: u32, blob_bytes: u32) {
+    sql(
+        db,
+        &format!(
+            "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) \
+             SELECT 1, hex(randomblob({blob_bytes})), 0, 0 FROM \
+             (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {rows}) SELECT x FROM n)"
+        ),
+    );
+}
+
+/// Damages the database at `db` where only SQLite's integrity check looks, as a bad page would:
+/// an index (`runs_by_pid`) whose recorded definition no longer matches its entries. blufiod
+/// never reads it.
+fn damage_an_index(db: &Path) {
+    sql(
+        db,
+        "INSERT INTO daemon_runs (pid, version, started_at, stopped_at) VALUES (11, 'x', 1000, 0), (12, 'x', 2000, 0)",
+    );
+    sql(db, "CREATE INDEX runs_by_pid ON daemon_runs (pid)");
+    sql(
+        db,
+        "PRAGMA writable_schema = ON; \
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX runs_by_pid ON daemon_runs (started_at)' WHERE name = 'runs_by_pid'",
+    );
+}
+
+/// The names of the entries of `dir`.
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The snapshot directories (`.backup-*`) left in the state directory under `dir`.
+fn snapshots_left(dir: &Path) -> Vec<String> {
+    names_in(&dir.join("state"))
+        .into_iter()
+        .filter(|name| name.starts_with(".backup-"))
+        .collect()
+}
+
+/// Runs one statement (or several, `;`-separated) on the SQLite file at `db`.
+fn sql(db: &Path, statement: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -794,7 +791,10 @@ fn sql(db: &Path, statement: &'static str) {
             .connect()
             .await
             .unwrap();
-        sqlx::query(statement).execute(&mut connection).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut connection)
+            .await
+            .unwrap();
         connection.close().await.unwrap();
     });
 }
