@@ -484,11 +484,11 @@ async fn started(stream: &mut BackupStream) -> Result<(u64, Manifest, Option<Loc
         );
     }
     if !metadata.is_file() || database.is_none_or(|member| member.bytes != metadata.len()) {
-        return Err(anyhow::anyhow!(
+        let mismatch = anyhow::anyhow!(
             "the snapshot blufiod passed is not the file its manifest describes ({} bytes); {retry}",
             metadata.len()
-        )
-        .into());
+        );
+        return Err(daemons_error_or(stream, mismatch).await.into());
     }
     // Built here, the archive must come to the size blufiod announced: a manifest with fields
     // this blufioctl does not know would not.
@@ -613,16 +613,22 @@ impl io::Write for ChunkSender {
 }
 
 /// Building from the passed snapshot failed: blufiod's own error on the call explains it best
-/// when there is one (it empties the snapshot at its deadline).
+/// when there is one ([`daemons_error_or`]).
 async fn snapshot_failure(stream: &mut BackupStream, error: ArchiveError) -> Failure {
-    if let Ok(Err(daemon)) = tokio::time::timeout(std::time::Duration::from_secs(1), stream.next()).await {
-        return anyhow::Error::new(daemon)
-            .context("cannot read the snapshot blufiod passed")
-            .into();
-    }
-    anyhow::Error::new(error)
+    daemons_error_or(stream, anyhow::Error::new(error))
+        .await
         .context("cannot read the snapshot blufiod passed")
         .into()
+}
+
+/// blufiod's error on the call if it sends one within a second, else `fallback`. A passed
+/// snapshot that is short or empty is most often one blufiod emptied on purpose (a failed check,
+/// its deadline, its stop), and its own error says why.
+async fn daemons_error_or(stream: &mut BackupStream, fallback: anyhow::Error) -> anyhow::Error {
+    match tokio::time::timeout(std::time::Duration::from_secs(1), stream.next()).await {
+        Ok(Err(daemon)) => anyhow::Error::new(daemon),
+        _ => fallback,
+    }
 }
 
 /// PATH exists and `--force` was not given.
