@@ -478,6 +478,14 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
         crate::metrics::count_events(metrics.clone(), events.clone(), counted_events, token.child_token()),
     );
     subsystems.spawn("memory", crate::memory::watch(memory.clone(), token.child_token()));
+    subsystems.spawn("checkpoints", {
+        let storage = storage.clone();
+        let token = token.child_token();
+        async move {
+            storage.keep_checkpointing(token).await;
+            Ok::<(), SubsystemError>(())
+        }
+    });
     subsystems.spawn("hooks", {
         let hooks = hooks.clone();
         let token = token.child_token();

@@ -110,16 +110,21 @@ fn duplicate_or(source: sqlx::Error, operation: &'static str) -> StorageError {
 mod tests {
     use std::time::Duration;
 
+    use std::sync::Arc;
+
     use super::super::StorageOptions;
     use super::*;
 
     async fn pools(dir: &std::path::Path) -> Pools {
-        let pools = Pools::open(&StorageOptions {
-            path: dir.join("batch.db"),
-            busy_timeout: Duration::from_secs(1),
-            read_connections: 1,
-            full_sync: false,
-        })
+        let pools = Pools::open(
+            &StorageOptions {
+                path: dir.join("batch.db"),
+                busy_timeout: Duration::from_secs(1),
+                read_connections: 1,
+                full_sync: false,
+            },
+            Arc::default(),
+        )
         .await
         .unwrap();
         sqlx::raw_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")

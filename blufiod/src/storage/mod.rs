@@ -8,6 +8,7 @@
 mod agent;
 mod backup;
 mod batch;
+mod checkpoint;
 mod devices;
 pub mod space;
 mod vault;
@@ -194,6 +195,8 @@ pub struct Storage {
     /// contents kept in memory is valid only for the epoch it was read at (see
     /// [`Storage::epoch`]).
     epoch: Arc<AtomicU64>,
+    /// Commits not yet checkpointed (see `checkpoint.rs`).
+    commits: Arc<checkpoint::Commits>,
 }
 
 /// This run's row in `daemon_runs`.
@@ -205,18 +208,22 @@ struct RunRecord {
     started_at: i64,
 }
 
-/// The connections: exactly one writer, a few read-only readers.
+/// The connections: exactly one writer, a few read-only readers, and one that only checkpoints.
 #[derive(Debug)]
 struct Pools {
     /// The one writer, held directly rather than in a pool: a pool pings a connection on its
     /// thread each time it is given back, one more round trip for every write (see `batch.rs`).
-    writer: tokio::sync::Mutex<Writer>,
+    writer: tokio::sync::Mutex<Slot>,
     reader: SqlitePool,
+    /// Copies the log back into the database, off the write path (see `checkpoint.rs`).
+    checkpointer: tokio::sync::Mutex<Slot>,
+    /// Counts the writer's uses for the checkpoints.
+    commits: Arc<checkpoint::Commits>,
 }
 
-/// The writer connection's slot.
+/// A connection held outside a pool: the writer's, the checkpointer's.
 #[derive(Debug)]
-struct Writer {
+struct Slot {
     /// The connection; `None` after a failure left it unusable (reopened at the next use) or
     /// once closed.
     connection: Option<SqliteConnection>,
@@ -227,7 +234,14 @@ struct Writer {
 }
 
 /// The writer, held for one unit of work (see [`Pools::writer`]): a connection is open in it.
-struct WriterGuard<'a>(tokio::sync::MutexGuard<'a, Writer>);
+/// Giving it back counts a commit for the checkpoints.
+struct WriterGuard<'a>(tokio::sync::MutexGuard<'a, Slot>, &'a checkpoint::Commits);
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.1.committed();
+    }
+}
 
 impl WriterGuard<'_> {
     /// Drops the connection after a failure left it in an unknown state (a transaction that
@@ -258,6 +272,7 @@ pub struct Paused<'a> {
     pools: RwLockWriteGuard<'a, Pools>,
     options: &'a StorageOptions,
     epoch: &'a AtomicU64,
+    commits: &'a Arc<checkpoint::Commits>,
 }
 
 impl Paused<'_> {
@@ -270,7 +285,7 @@ impl Paused<'_> {
     ) -> Result<Result<T, E>, StorageError> {
         self.pools.close().await;
         let replaced = replace(&self.options.path);
-        let reopened = Pools::open(self.options).await;
+        let reopened = Pools::open(self.options, self.commits.clone()).await;
         // Whatever is in the file now, copies read before are stale.
         self.epoch.fetch_add(1, Ordering::AcqRel);
         *self.pools = reopened?;
@@ -281,11 +296,13 @@ impl Paused<'_> {
 impl Storage {
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(options: &StorageOptions) -> Result<Self, StorageError> {
+        let commits = Arc::<checkpoint::Commits>::default();
         Ok(Self {
-            pools: Arc::new(RwLock::new(Pools::open(options).await?)),
+            pools: Arc::new(RwLock::new(Pools::open(options, commits.clone()).await?)),
             options: options.clone(),
             run: Arc::default(),
             epoch: Arc::default(),
+            commits,
         })
     }
 
@@ -306,6 +323,7 @@ impl Storage {
             pools,
             options: &self.options,
             epoch: &self.epoch,
+            commits: &self.commits,
         }
     }
 
@@ -338,7 +356,7 @@ fn migrator(migrations: &[(i64, &str, &'static str)]) -> Migrator {
 
 impl Pools {
     /// Opens (creating if needed) and migrates the database.
-    async fn open(options: &StorageOptions) -> Result<Self, StorageError> {
+    async fn open(options: &StorageOptions, commits: Arc<checkpoint::Commits>) -> Result<Self, StorageError> {
         let path = options.path.clone();
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             create_private_dir(dir).map_err(|source| StorageError::CreateDir {
@@ -364,7 +382,11 @@ impl Pools {
         };
         // The writer is opened in a one-connection pool for the migrator (whose future is `Send`
         // only over a pool), then taken out of it.
-        let writer_options = base.clone().create_if_missing(true);
+        // SQLite's own checkpoint stays in the writer only as a backstop (see `checkpoint.rs`).
+        let writer_options = base
+            .clone()
+            .create_if_missing(true)
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string());
         let migrating = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(writer_options.clone())
@@ -385,16 +407,22 @@ impl Pools {
             .test_before_acquire(false)
             .max_connections(options.read_connections)
             .min_connections(0)
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await
             .map_err(open_error)?;
         Ok(Self {
-            writer: tokio::sync::Mutex::new(Writer {
+            writer: tokio::sync::Mutex::new(Slot {
                 connection: Some(writer),
                 options: writer_options,
                 closed: false,
             }),
             reader,
+            checkpointer: tokio::sync::Mutex::new(Slot {
+                connection: None,
+                options: base,
+                closed: false,
+            }),
+            commits,
         })
     }
 
@@ -417,12 +445,21 @@ impl Pools {
                     })?;
             slot.connection = Some(connection);
         }
-        Ok(WriterGuard(slot))
+        Ok(WriterGuard(slot, &self.commits))
     }
 
-    /// Closes both, checkpointing the WAL; later work fails with a closed-pool error.
+    /// Closes every connection, the writer last, checkpointing the WAL; later work fails with a
+    /// closed-pool error.
     async fn close(&self) {
         self.reader.close().await;
+        let checkpointer = {
+            let mut slot = self.checkpointer.lock().await;
+            slot.closed = true;
+            slot.connection.take()
+        };
+        if let Some(connection) = checkpointer {
+            let _ = connection.close().await;
+        }
         let connection = {
             let mut slot = self.writer.lock().await;
             slot.closed = true;
@@ -550,11 +587,13 @@ impl Storage {
         let pools = self.pools.read().await;
         let mut shrunk = 0;
         let shrink = "PRAGMA shrink_memory";
-        if let Ok(mut writer) = pools.writer.try_lock()
-            && let Some(connection) = writer.connection.as_mut()
-            && sqlx::query(shrink).execute(connection).await.is_ok()
-        {
-            shrunk += 1;
+        for slot in [&pools.writer, &pools.checkpointer] {
+            if let Ok(mut slot) = slot.try_lock()
+                && let Some(connection) = slot.connection.as_mut()
+                && sqlx::query(shrink).execute(connection).await.is_ok()
+            {
+                shrunk += 1;
+            }
         }
         let reader = &pools.reader;
         let held: Vec<_> = std::iter::from_fn(|| reader.try_acquire())
