@@ -284,8 +284,10 @@ fn sse_response(lines: mpsc::Receiver<Bytes>) -> Response<Body> {
     response
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    // Serializing a value of the types used here cannot fail (string keys, no maps of other keys).
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
         .headers_mut()

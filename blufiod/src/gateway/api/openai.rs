@@ -17,11 +17,30 @@ use crate::util::unix_now;
 
 /// `GET /v1/models`: the one model this daemon serves.
 pub(super) fn models(gateway: &Arc<Gateway>) -> Response<Body> {
+    /// One entry of OpenAI's model list.
+    #[derive(serde::Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: [Model<'a>; 1],
+    }
     let model = gateway.config.get().config.provider.model();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "blufio"}]}),
-    )
+    let list = List {
+        object: "list",
+        data: [Model {
+            id: &model,
+            object: "model",
+            created: 0,
+            owned_by: "blufio",
+        }],
+    };
+    json(StatusCode::OK, &list)
 }
 
 /// `POST /v1/chat/completions` request, the subset blufio uses. Unknown fields are accepted, as
