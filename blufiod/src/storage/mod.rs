@@ -335,6 +335,34 @@ impl Storage {
     }
 }
 
+/// The writer, opened on a database whose schema is already `migrator`'s: every migration
+/// applied, successfully, with the checksum it has here, and no other. That is what the migrator
+/// itself checks before it finds nothing to do, in one query instead of three and with no pool
+/// to make and close. `None` for anything else (a new file, a migration to apply, a failed or
+/// unknown one, an error): the migrator then runs and says what is wrong.
+async fn open_if_current(options: &SqliteConnectOptions, migrator: &Migrator) -> Option<SqliteConnection> {
+    let mut writer = SqliteConnection::connect_with(options).await.ok()?;
+    let applied: Result<Vec<(i64, Vec<u8>, bool)>, _> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut writer)
+            .await;
+    let current = applied.is_ok_and(|applied| {
+        applied.len() == migrator.iter().count()
+            && applied
+                .iter()
+                .zip(migrator.iter())
+                .all(|((version, checksum, success), migration)| {
+                    *success && *version == migration.version && *checksum == *migration.checksum
+                })
+    });
+    if current {
+        Some(writer)
+    } else {
+        let _ = writer.close().await;
+        None
+    }
+}
+
 /// sqlx's migrator for `migrations` (all of [`MIGRATIONS`], or the first few in a test of an
 /// upgrade).
 fn migrator(migrations: &[(i64, &str, &'static str)]) -> Migrator {
@@ -380,36 +408,39 @@ impl Pools {
             path: path.clone(),
             source,
         };
-        // The writer is opened in a one-connection pool for the migrator (whose future is `Send`
-        // only over a pool), then taken out of it.
         // SQLite's own checkpoint stays in the writer only as a backstop (see `checkpoint.rs`).
         let writer_options = base
             .clone()
             .create_if_missing(true)
             .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string());
-        let migrating = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(writer_options.clone())
-            .await
-            .map_err(open_error)?;
-        migrator(MIGRATIONS)
-            .run(&migrating)
-            .await
-            .map_err(|source| StorageError::Migrate {
-                path: path.clone(),
-                source,
-            })?;
-        let writer = migrating.acquire().await.map_err(open_error)?.detach();
-        migrating.close().await;
+        let migrator = migrator(MIGRATIONS);
+        let writer = match open_if_current(&writer_options, &migrator).await {
+            Some(writer) => writer,
+            None => {
+                // The writer is opened in a one-connection pool for the migrator (whose future
+                // is `Send` only over a pool), then taken out of it.
+                let migrating = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(writer_options.clone())
+                    .await
+                    .map_err(open_error)?;
+                migrator.run(&migrating).await.map_err(|source| StorageError::Migrate {
+                    path: path.clone(),
+                    source,
+                })?;
+                let writer = migrating.acquire().await.map_err(open_error)?.detach();
+                migrating.close().await;
+                writer
+            }
+        };
         // No ping before each use: a SQLite connection is a file handle that does not go stale,
-        // and the ping is one more round trip to the connection's thread per query.
+        // and the ping is one more round trip to the connection's thread per query. Opened at
+        // the first read: the start reads through the writer, so no reader waits for it.
         let reader = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(options.read_connections)
             .min_connections(0)
-            .connect_with(base.clone().read_only(true))
-            .await
-            .map_err(open_error)?;
+            .connect_lazy_with(base.clone().read_only(true));
         Ok(Self {
             writer: tokio::sync::Mutex::new(Slot {
                 connection: Some(writer),
@@ -821,6 +852,81 @@ mod tests {
         let storage = Storage::open(&options(dir.path())).await.unwrap();
         let (_, unclean) = storage.record_start(3, "0.1.0").await.unwrap();
         assert!(!unclean, "the second run stopped cleanly");
+    }
+
+    /// The start skips the migrator only on a schema that is exactly this binary's: a changed,
+    /// failed, missing or unknown migration still reaches the migrator and its error.
+    #[tokio::test]
+    async fn only_an_exactly_current_schema_skips_the_migrator() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = options(dir.path()).path;
+        Storage::open(&options(dir.path())).await.unwrap().close().await;
+        let tamper = |sql: &str| {
+            let connection = rusqlite::Connection::open(&path).unwrap();
+            connection.execute_batch(sql).unwrap();
+        };
+        let reopened = || async { Storage::open(&options(dir.path())).await };
+        // Current: opens, and the writer and a (lazily opened) reader both answer.
+        let storage = reopened().await.unwrap();
+        storage.probe_writer().await.unwrap();
+        storage.probe_reader().await.unwrap();
+        storage.close().await;
+
+        tamper("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2");
+        let changed = reopened().await.unwrap_err();
+        assert!(
+            matches!(
+                &changed,
+                StorageError::Migrate {
+                    source: sqlx::migrate::MigrateError::VersionMismatch(2),
+                    ..
+                }
+            ),
+            "{changed:?}"
+        );
+
+        tamper(&format!(
+            "UPDATE _sqlx_migrations SET checksum = x'{}' WHERE version = 2",
+            migrator(MIGRATIONS)
+                .iter()
+                .find(|migration| migration.version == 2)
+                .unwrap()
+                .checksum
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<String>()
+        ));
+        reopened().await.unwrap().close().await;
+
+        tamper("UPDATE _sqlx_migrations SET success = false WHERE version = 3");
+        let failed = reopened().await.unwrap_err();
+        assert!(
+            matches!(
+                &failed,
+                StorageError::Migrate {
+                    source: sqlx::migrate::MigrateError::Dirty(3),
+                    ..
+                }
+            ),
+            "{failed:?}"
+        );
+
+        tamper(
+            "UPDATE _sqlx_migrations SET success = true WHERE version = 3; \
+             INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99, 'from a newer blufio', true, x'00', 0)",
+        );
+        let newer = reopened().await.unwrap_err();
+        assert!(
+            matches!(
+                &newer,
+                StorageError::Migrate {
+                    source: sqlx::migrate::MigrateError::VersionMissing(99),
+                    ..
+                }
+            ),
+            "{newer:?}"
+        );
     }
 
     #[tokio::test]

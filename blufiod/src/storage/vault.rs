@@ -208,13 +208,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Every sealed entry.
+    /// Every sealed entry. Read through the writer, as the key slots are: the vault opens during
+    /// the start, and no reader connection need be opened before the daemon is ready.
     pub async fn vault_entries(&self) -> Result<Vec<VaultEntryRecord>, StorageError> {
         let pools = self.pools.read().await;
         let rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT name, nonce, ciphertext, created_at, updated_at, last_used_at FROM vault_entries ORDER BY name",
         )
-        .fetch_all(&pools.reader)
+        .fetch_all(&mut *pools.writer().await?)
         .await
         .map_err(query_error("read the vault's entries"))?;
         Ok(rows
