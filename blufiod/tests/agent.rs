@@ -880,3 +880,36 @@ fn turns_keep_completing_while_memory_sheds_at_the_warn_level() {
     let sheds = log.matches("caches shed and free pages returned").count();
     assert!(sheds >= 2, "a shed fell due while turns ran ({sheds} in all): {log}");
 }
+
+/// The attack of 2026-12-01 on the checkpoint task: under a stream of turns the log grew to the
+/// writer's backstop (then 40 MiB) and stayed that size while the daemon sat idle. Now it is
+/// truncated once the writes stop.
+#[test]
+fn the_log_shrinks_to_nothing_once_the_turns_stop() {
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(&fake, "");
+    let wal = daemon.dir.path().join("state/blufio.db-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+    // About 5 MiB of messages: more log than an idle checkpoint leaves alone (4 MiB).
+    let message = "many words ".repeat(11_000);
+    let first = {
+        fake.push(text_reply("ok", 10, 5));
+        daemon.ctl_json(&["chat", &message])["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for _ in 0..40 {
+        fake.push(text_reply("ok", 10, 5));
+        daemon.ctl_json(&["chat", "--session", &first, &message]);
+    }
+    assert!(size() > 4 * 1024 * 1024, "the turns are in the log: {} bytes", size());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while size() > 0 {
+        assert!(Instant::now() < deadline, "the idle log is still {} bytes", size());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And nothing is lost: every turn's two messages are there.
+    let listed = daemon.ctl_json(&["sessions", "list"]);
+    assert_eq!(listed["sessions"][0]["message_count"], 82, "{listed}");
+}

@@ -7,9 +7,16 @@
 //!
 //! Here a task checkpoints on a connection of its own, in `PASSIVE` mode (it never blocks the
 //! writer or a reader), once [`COMMITS_PER_CHECKPOINT`] uses of the writer have gathered or
-//! [`GATHER`] after the first of them, whichever comes first. The writer keeps SQLite's automatic
-//! checkpoint only as a backstop, at [`BACKSTOP_PAGES`]: if the task falls behind or is not
-//! running, the log still cannot grow without bound.
+//! [`GATHER`] after the first of them, whichever comes first.
+//!
+//! The log's size: SQLite starts the log over from its beginning only when a write finds every
+//! frame already copied. Under a steady stream of writes the task's copy is always a few frames
+//! behind, so the log keeps growing until the writer's own automatic checkpoint, kept at
+//! [`BACKSTOP_PAGES`], copies the rest in the commit path (little is left to copy by then; the
+//! syncs remain) and the log starts over. So under load the log grows to about 16 MiB, and
+//! `journal_size_limit` keeps the file at that size. When the writes stop, the task's next
+//! checkpoint finds no commit arriving during it and truncates the log (`TRUNCATE`) once it is
+//! over [`TRUNCATE_PAGES`], so an idle daemon keeps no large log.
 //!
 //! Durability does not change: a commit is in the log before it returns, whoever copies it later.
 
@@ -28,8 +35,11 @@ use super::{Pools, Storage, StorageError};
 pub(super) const COMMITS_PER_CHECKPOINT: u64 = 100;
 /// How long fewer commits wait to be checkpointed.
 const GATHER: Duration = Duration::from_secs(1);
-/// The writer's own automatic checkpoint, in pages of log: ten times what the task lets gather.
-pub(super) const BACKSTOP_PAGES: u32 = 10_000;
+/// The writer's own automatic checkpoint, in pages of log (16 MiB of 4 KiB pages): four times
+/// what the task lets gather. Also the log file's size limit (`journal_size_limit`).
+pub(super) const BACKSTOP_PAGES: u32 = 4_000;
+/// Pages of log past which an idle checkpoint truncates the file.
+const TRUNCATE_PAGES: i64 = 1_000;
 
 /// Commits not yet checkpointed, shared by every generation of the pools (a restore reopens them).
 #[derive(Debug, Default)]
@@ -46,6 +56,11 @@ impl Commits {
         if pending == 1 || pending == COMMITS_PER_CHECKPOINT {
             self.gathered.notify_one();
         }
+    }
+
+    /// Whether no commit arrived since the last [`Commits::due`].
+    fn quiet(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) == 0
     }
 
     /// Waits until commits are due a checkpoint; `false` once `token` is cancelled.
@@ -83,7 +98,7 @@ impl Storage {
     pub async fn keep_checkpointing(&self, token: CancellationToken) {
         let mut failing = false;
         while self.commits.due(&token).await {
-            let outcome = self.pools.read().await.checkpoint().await;
+            let outcome = self.pools.read().await.checkpoint(&self.commits).await;
             match outcome {
                 Ok(done) => {
                     if failing {
@@ -109,15 +124,16 @@ impl Storage {
     /// Checkpoints the log now, the way the task does.
     #[cfg(test)]
     pub async fn checkpoint(&self) -> Result<Checkpointed, StorageError> {
-        self.pools.read().await.checkpoint().await
+        self.pools.read().await.checkpoint(&self.commits).await
     }
 }
 
 impl Pools {
     /// One passive checkpoint on the checkpoint connection, opened at its first use (most starts
-    /// never need it before the first turn). A failed connection is dropped and opened again
-    /// next time.
-    async fn checkpoint(&self) -> Result<Checkpointed, StorageError> {
+    /// never need it before the first turn), then, if no commit arrived meanwhile and the log is
+    /// large, a truncating one (see the module's documentation). A failed connection is dropped
+    /// and opened again next time.
+    async fn checkpoint(&self, commits: &Commits) -> Result<Checkpointed, StorageError> {
         let mut guard = self.checkpointer.lock().await;
         let slot = &mut *guard;
         if slot.closed {
@@ -138,6 +154,21 @@ impl Pools {
         let outcome: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut *connection)
             .await;
+        if let Ok((_, log_pages, copied_pages)) = outcome
+            && log_pages >= TRUNCATE_PAGES
+            && copied_pages == log_pages
+            && commits.quiet()
+        {
+            // Every frame is already copied: this only starts the log over and cuts the file.
+            // The connection never waits (no busy timeout): a write or a reader in the way makes
+            // it give up at once, and the next quiet checkpoint tries again.
+            let truncated: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut *connection)
+                .await;
+            if let Err(error) = truncated {
+                tracing::debug!(%error, "the log was not truncated; the next quiet checkpoint tries again");
+            }
+        }
         match outcome {
             Ok((_busy, log_pages, copied_pages)) => Ok(Checkpointed {
                 log_pages,
@@ -224,6 +255,54 @@ mod tests {
             .await
             .expect("the task stops when cancelled")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_log_is_truncated_once_the_writes_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        let wal = dir.path().join("blufio.db-wal");
+        let token = CancellationToken::new();
+        let task = tokio::spawn({
+            let storage = storage.clone();
+            let token = token.clone();
+            async move { storage.keep_checkpointing(token).await }
+        });
+        // About 6 MiB of log: past TRUNCATE_PAGES, below the writer's backstop.
+        storage.create_session("s", "big").await.unwrap();
+        let content = format!("[{{\"type\":\"text\",\"text\":\"{}\"}}]", "x".repeat(200_000));
+        for turn in 0..30 {
+            let (turn, message) = (format!("t{turn}"), format!("m{turn}"));
+            storage
+                .begin_turn(
+                    None,
+                    &[],
+                    crate::storage::NewMessage {
+                        id: &message,
+                        session_id: "s",
+                        turn_id: &turn,
+                        role: "user",
+                        content_json: &content,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let size = || std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+        assert!(size() > 4 * 1024 * 1024, "the log holds the writes: {} bytes", size());
+        let deadline = tokio::time::Instant::now() + GATHER * 10;
+        while size() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle log was not truncated: {} bytes",
+                size()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing was lost: the database file holds every turn.
+        assert_eq!(storage.recent_messages("s", 100).await.unwrap().len(), 30);
+        token.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -412,7 +412,11 @@ impl Pools {
         let writer_options = base
             .clone()
             .create_if_missing(true)
-            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string());
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
+            .pragma(
+                "journal_size_limit",
+                (u64::from(checkpoint::BACKSTOP_PAGES) * 4096).to_string(),
+            );
         let migrator = migrator(MIGRATIONS);
         let writer = match open_if_current(&writer_options, &migrator).await {
             Some(writer) => writer,
@@ -450,7 +454,9 @@ impl Pools {
             reader,
             checkpointer: tokio::sync::Mutex::new(Slot {
                 connection: None,
-                options: base,
+                // Never waits: a truncating checkpoint that finds a write or a reader in its way
+                // gives up at once rather than hold writes back while it waits.
+                options: base.busy_timeout(Duration::ZERO),
                 closed: false,
             }),
             commits,
