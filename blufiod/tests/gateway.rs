@@ -2336,3 +2336,116 @@ async fn a_connection_opens_at_most_16_streams() {
         task.abort();
     }
 }
+
+/// The setup's daemon, stopped before, started again on its state directory and `listen` with
+/// `extra` configuration.
+fn restart(setup: &Setup, listen: &str, extra: &str, wait_ready: bool) -> Daemon {
+    Daemon::start_with(
+        setup.daemon.dir.clone(),
+        DaemonOptions {
+            config: support::fake_provider_config(&setup.fake, extra),
+            env: vec![("BLUFIO_GATEWAY__LISTEN".to_owned(), listen.to_owned())],
+            wait_ready,
+            ..DaemonOptions::default()
+        },
+    )
+}
+
+fn free_listen_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Finding (attack of 2026-12-01): a restart with a smaller `max_clock_skew_secs` judged the
+/// replay journal by the new, shorter window and removed it, so a request signed for the near
+/// future was accepted a second time once the new window reached it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shorter_clock_skew_after_a_restart_does_not_reopen_a_replay() {
+    let listen = free_listen_address();
+    let mut setup = setup_on("[gateway]\nmax_clock_skew_secs = 10\n", Some(&listen)).await;
+    let headers = setup.signed_headers(
+        "GET",
+        "/v1/models",
+        None,
+        Tweak {
+            created_offset: 9,
+            ..Tweak::default()
+        },
+    );
+    let created = now() + 9;
+    let url = format!("{}/v1/models", setup.base);
+    let send = |client: &reqwest::Client| client.get(&url).headers(headers.clone()).send();
+    assert_eq!(send(&setup.client).await.unwrap().status(), 200);
+
+    assert!(setup.daemon.stop().success());
+    let daemon = restart(&setup, &listen, "[gateway]\nmax_clock_skew_secs = 1\n", true);
+    // Under the new skew the signature passes the clock check from `created - 1` on.
+    while now() < created - 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let replayed = send(&setup.client).await.unwrap();
+    assert_eq!(
+        replayed.status(),
+        401,
+        "a request was accepted twice across the restart"
+    );
+    assert!(replayed.text().await.unwrap().contains("signature-replayed"));
+    drop(daemon);
+}
+
+/// Finding (attack of 2026-12-01): a replay-journal bucket opened while the clock was years
+/// ahead took every later nonce, so none expired: the cache filled and stayed full, with a
+/// `Retry-After` of years.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_left_by_a_clock_once_ahead_does_not_keep_the_cache_full() {
+    let listen = free_listen_address();
+    let extra = "[gateway]\nreplay_cache_entries = 3\nrate_limit_per_minute = 1000\n";
+    let mut setup = setup_on(extra, Some(&listen)).await;
+    assert!(setup.daemon.stop().success());
+    let journal = setup.daemon.dir.path().join("state/replay");
+    std::fs::write(journal.join("2000000000.fp"), 7_u64.to_le_bytes()).unwrap();
+    let daemon = restart(&setup, &listen, extra, true);
+    for _ in 0..2 {
+        let fresh = setup
+            .request("GET", "/v1/models", None, Tweak::default())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fresh.status(), 200);
+    }
+    let full = setup
+        .request("GET", "/v1/models", None, Tweak::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status(), 503);
+    let retry_after: u64 = full.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    // The default window is 600 s, plus one bucket's width (38 s).
+    assert!(retry_after <= 640, "room comes back in {retry_after} s");
+    drop(daemon);
+}
+
+/// Finding (attack of 2026-12-01): an 80 MB replay-journal file was read whole into a cache of
+/// 100 entries (317 MB of memory at start). A journal holding more than the cache may is refused
+/// before it is read, with the way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_journal_larger_than_the_cache_stops_the_start_clearly() {
+    let listen = free_listen_address();
+    let mut setup = setup_on("", Some(&listen)).await;
+    assert!(setup.daemon.stop().success());
+    let journal = setup.daemon.dir.path().join("state/replay");
+    let records: Vec<u8> = (0..101_u64).flat_map(u64::to_le_bytes).collect();
+    std::fs::write(journal.join(format!("{}.fp", now() - 5)), records).unwrap();
+    let mut daemon = restart(&setup, &listen, "[gateway]\nreplay_cache_entries = 100\n", false);
+    let status = daemon.wait();
+    assert_eq!(status.code(), Some(1), "{}", daemon.stderr());
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("remembers at least 101 nonces") && stderr.contains("gateway.replay_cache_entries (100)"),
+        "{stderr}"
+    );
+}

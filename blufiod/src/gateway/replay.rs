@@ -30,8 +30,10 @@
 //! fingerprints, which is O(1) per nonce; each bucket counts its nonces per key, so the share check
 //! is O(1) and a refusal's retry time O(buckets).
 //!
-//! The wall clock may step back: a nonce accepted before the newest bucket opened joins the newest
-//! bucket, which only remembers it longer.
+//! Each bucket keeps the last second it is remembered (`until`), fixed when it opens, and expires
+//! by it alone. The wall clock may step back: a nonce accepted before the newest bucket opened
+//! goes to a bucket that takes nonces at that second, a new one if none does, never to a bucket
+//! in the future, which would keep it (and hold its room) until that future second.
 //!
 //! This module must never forget a live nonce early, to make room or to shed memory: that would
 //! let a captured request be replayed. It gives memory back only as buckets expire.
@@ -40,9 +42,13 @@
 //!
 //! A restart must not forget either: a request captured just before it would be accepted again
 //! just after. With a journal directory ([`ReplayCache::open`]), each bucket's fingerprints are
-//! also appended, 8 bytes each, to `<start>.fp` there before a nonce counts as accepted (a nonce
-//! that cannot be written is refused: fail closed), an expired bucket's file is removed, and the
-//! next start loads the live ones. The fingerprint key lives beside them in `key` (0600), so the
+//! also appended, 8 bytes each, to `<start>-<until>.fp` there before a nonce counts as accepted (a
+//! nonce that cannot be written is refused: fail closed), an expired bucket's file is removed, and
+//! the next start loads the live ones. A file's `until` is the one its bucket was opened with, so
+//! a restart with a shorter clock-skew window still remembers what the longer one accepted (a file
+//! named the older way, `<start>.fp`, is kept for the longest window the configuration allows).
+//! A journal that holds more nonces than the cache may is refused at start, before it is read:
+//! fail closed, with the way out in the error. The fingerprint key lives beside them in `key` (0600), so the
 //! fingerprints stay comparable. The files are written, not synced: they survive a killed or
 //! crashed daemon, like `storage.synchronous = "normal"`. Records stay aligned: a write that
 //! fails part way (a full disk, a file size limit) is cut back at once, and a file found ending
@@ -128,6 +134,21 @@ pub enum JournalError {
         /// Its directory.
         dir: PathBuf,
     },
+    /// The live buckets hold more nonces than the cache may: loading them would exceed the bound
+    /// (`gateway.replay_cache_entries` was lowered, or files were planted).
+    #[error(
+        "the replay journal {dir} remembers at least {count} nonces, more than gateway.replay_cache_entries ({capacity}) allows; raise gateway.replay_cache_entries, or start again in {wait_secs} s when they have expired (removing the directory instead would let requests signed in that time be replayed once)"
+    )]
+    TooMany {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The nonces counted so far.
+        count: u64,
+        /// The cache's capacity.
+        capacity: usize,
+        /// Seconds until the last of the counted buckets expires.
+        wait_secs: i64,
+    },
     /// The directory is not one only the daemon controls: a link, or writable by others.
     #[error(
         "the replay journal directory {dir} {problem}; remove it (or fix its owner and mode) to let blufiod make it again"
@@ -185,22 +206,37 @@ impl ReplayCache {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io("read the replay journal directory", dir))? {
             let entry = entry.map_err(io("read the replay journal directory", dir))?;
-            let Some(start) = bucket_start(&entry.file_name()) else {
+            let Some((start, until)) = bucket_name(&entry.file_name()) else {
                 continue;
             };
-            files.push((start, entry.path()));
+            files.push((start, until, entry.path()));
         }
         files.sort_unstable();
         let mut inner = cache.lock();
-        let lifetime = inner.lifetime;
-        for (start, path) in files {
-            if lifetime.last_remembered(start) < now {
+        let (mut count, mut latest) = (0_u64, now);
+        for (start, until, path) in files {
+            if until < now {
                 if let Err(error) = std::fs::remove_file(&path) {
                     tracing::warn!(path = %path.display(), %error, "cannot remove an expired replay journal file");
                 }
                 continue;
             }
             let mut file = open_regular(&path, true).map_err(io("read the replay journal file", &path))?;
+            // Counted before it is read: a file too large for the cache is never loaded whole.
+            let len = file
+                .metadata()
+                .map_err(io("read the replay journal file", &path))?
+                .len();
+            count = count.saturating_add(len / RECORD_BYTES);
+            latest = latest.max(until);
+            if count > capacity as u64 {
+                return Err(JournalError::TooMany {
+                    dir: dir.to_owned(),
+                    count,
+                    capacity,
+                    wait_secs: latest.saturating_sub(now).saturating_add(1),
+                });
+            }
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)
                 .map_err(io("read the replay journal file", &path))?;
@@ -214,6 +250,7 @@ impl ReplayCache {
             inner.live.extend(fingerprints.iter().copied());
             inner.buckets.push_back(Bucket {
                 start,
+                until,
                 fingerprints,
                 per_key: HashMap::new(),
                 file: None,
@@ -384,7 +421,7 @@ struct Inner {
     lifetime: Lifetime,
     /// The fingerprints of the live nonces: each belongs to exactly one bucket.
     live: FingerprintSet,
-    /// Oldest first; their starts only grow.
+    /// In the order they opened (their starts grow unless the clock stepped back).
     buckets: VecDeque<Bucket>,
     /// Live nonces per key: the sum of the buckets' counts. Keys without any are removed.
     per_key: HashMap<Box<str>, usize>,
@@ -396,6 +433,9 @@ struct Inner {
 struct Bucket {
     /// The second it was opened: it takes nonces through `start + width - 1`.
     start: i64,
+    /// The last second its nonces are remembered: `window` after the last second it takes them,
+    /// for the window it was opened under (a bucket loaded from the journal keeps its own).
+    until: i64,
     /// The fingerprints it added to the live set, to remove when it expires.
     fingerprints: Vec<u64>,
     /// Its nonces per key. Devices are few, so this stays small. Empty for a bucket loaded from
@@ -427,18 +467,20 @@ impl Inner {
     /// Forgets the buckets whose nonces' windows all ended before `now`, then gives memory back
     /// if the live set is now far smaller than its table.
     fn expire(&mut self, now: i64) {
-        let lifetime = self.lifetime;
         let mut expired = false;
-        while self
-            .buckets
-            .front()
-            .is_some_and(|oldest| lifetime.last_remembered(oldest.start) < now)
-        {
-            let Some(bucket) = self.buckets.pop_front() else {
+        // Each bucket by its own `until`: after a clock step or a window change they need not
+        // expire in the order they opened. There are about 17 of them.
+        let mut index = 0;
+        while index < self.buckets.len() {
+            if self.buckets[index].until >= now {
+                index += 1;
+                continue;
+            }
+            let Some(bucket) = self.buckets.remove(index) else {
                 break;
             };
             if let Some(dir) = &self.journal {
-                let path = bucket_path(dir, bucket.start);
+                let path = bucket_path(dir, bucket.start, bucket.until);
                 if let Err(error) = std::fs::remove_file(&path)
                     && error.kind() != std::io::ErrorKind::NotFound
                 {
@@ -480,36 +522,41 @@ impl Inner {
         }
     }
 
-    /// Remembers a fingerprint not yet live, in the newest bucket if it still takes nonces at
-    /// `now` (or `now` is before it opened: the clock stepped back), else in a new one; with a
-    /// journal, written there first, and refused if it cannot be.
+    /// Remembers a fingerprint not yet live, in a bucket that takes nonces at `now` and remembers
+    /// them long enough (the newest, unless the clock stepped back or the window changed), else
+    /// in a new one; with a journal, written there first, and refused if it cannot be.
     fn insert(&mut self, fingerprint: u64, keyid: &str, now: i64) -> Result<(), ReplayError> {
         let lifetime = self.lifetime;
-        let opens = self
-            .buckets
-            .back()
-            .is_none_or(|newest| lifetime.last_accepting(newest.start) < now);
-        if opens {
-            self.buckets.push_back(Bucket {
-                start: now,
-                fingerprints: Vec::new(),
-                per_key: HashMap::new(),
-                file: None,
-            });
-        }
-        // There is a newest bucket: it was there or was just pushed.
-        let Some(newest) = self.buckets.back_mut() else {
+        let takes = |bucket: &Bucket| {
+            bucket.start <= now
+                && now <= lifetime.last_accepting(bucket.start)
+                && bucket.until >= now.saturating_add(lifetime.window)
+        };
+        let index = match self.buckets.iter().rposition(takes) {
+            Some(index) => index,
+            None => {
+                self.buckets.push_back(Bucket {
+                    start: now,
+                    until: lifetime.last_remembered(now),
+                    fingerprints: Vec::new(),
+                    per_key: HashMap::new(),
+                    file: None,
+                });
+                self.buckets.len() - 1
+            }
+        };
+        let Some(bucket) = self.buckets.get_mut(index) else {
             return Err(ReplayError::Unrecorded);
         };
         if let Some(dir) = self.journal.as_deref() {
-            let written = append(&mut newest.file, dir, newest.start, fingerprint);
+            let written = append(&mut bucket.file, dir, bucket.start, bucket.until, fingerprint);
             if let Err(error) = written {
                 tracing::error!(%error, dir = %dir.display(), "cannot write a nonce to the replay journal; the request is refused");
                 return Err(ReplayError::Unrecorded);
             }
         }
-        newest.fingerprints.push(fingerprint);
-        count_one(&mut newest.per_key, keyid);
+        bucket.fingerprints.push(fingerprint);
+        count_one(&mut bucket.per_key, keyid);
         count_one(&mut self.per_key, keyid);
         self.live.insert(fingerprint);
         Ok(())
@@ -517,10 +564,7 @@ impl Inner {
 
     /// Seconds until the oldest bucket expires, at least 1.
     fn retry_after_oldest(&self, now: i64) -> u64 {
-        let last = self
-            .buckets
-            .front()
-            .map_or(now, |oldest| self.lifetime.last_remembered(oldest.start));
+        let last = self.buckets.iter().map(|bucket| bucket.until).min().unwrap_or(now);
         u64::try_from(last.saturating_sub(now).saturating_add(1))
             .unwrap_or(1)
             .max(1)
@@ -531,8 +575,10 @@ impl Inner {
         let last = self
             .buckets
             .iter()
-            .find(|bucket| bucket.per_key.contains_key(keyid))
-            .map_or(now, |oldest| self.lifetime.last_remembered(oldest.start));
+            .filter(|bucket| bucket.per_key.contains_key(keyid))
+            .map(|bucket| bucket.until)
+            .min()
+            .unwrap_or(now);
         u64::try_from(last.saturating_sub(now).saturating_add(1))
             .unwrap_or(1)
             .max(1)
@@ -594,20 +640,34 @@ fn check_journal_dir(dir: &Path) -> Result<(), JournalError> {
     }
 }
 
+/// The longest window the configuration allows (twice `gateway.max_clock_skew_secs`, at most
+/// 3,600): how long a journal file named without its `until` (written before files carried it)
+/// is kept.
+const LONGEST_WINDOW_SECS: i64 = 2 * 3_600;
+
 /// A bucket's journal file.
-fn bucket_path(dir: &Path, start: i64) -> PathBuf {
-    dir.join(format!("{start}.fp"))
+fn bucket_path(dir: &Path, start: i64, until: i64) -> PathBuf {
+    dir.join(format!("{start}-{until}.fp"))
 }
 
-/// The second a bucket's file (`<start>.fp`) was opened, from its name; `None` for any other
-/// name.
-fn bucket_start(name: &std::ffi::OsStr) -> Option<i64> {
-    name.to_str()?.strip_suffix(".fp")?.parse().ok()
+/// The second a bucket's file was opened and the last second its nonces are remembered, from its
+/// name: `<start>-<until>.fp`, or `<start>.fp` from before files carried `until` (kept for the
+/// longest window). `None` for any other name.
+fn bucket_name(name: &std::ffi::OsStr) -> Option<(i64, i64)> {
+    let stem = name.to_str()?.strip_suffix(".fp")?;
+    match stem.split_once('-') {
+        Some((start, until)) => Some((start.parse().ok()?, until.parse().ok()?)),
+        None => {
+            let start = stem.parse().ok()?;
+            Some((start, Lifetime::new(LONGEST_WINDOW_SECS).last_remembered(start)))
+        }
+    }
 }
 
-/// Appends a fingerprint to the file of the bucket opened at `start`, opening it (0600,
-/// appending) the first time, and cutting off a partial record it may end with.
-fn append(file: &mut Option<JournalFile>, dir: &Path, start: i64, fingerprint: u64) -> std::io::Result<()> {
+/// Appends a fingerprint to the file of the bucket opened at `start` and remembered through
+/// `until`, opening it (0600, appending) the first time, and cutting off a partial record it may
+/// end with.
+fn append(file: &mut Option<JournalFile>, dir: &Path, start: i64, until: i64, fingerprint: u64) -> std::io::Result<()> {
     let journal = match file {
         Some(journal) => journal,
         None => {
@@ -616,7 +676,7 @@ fn append(file: &mut Option<JournalFile>, dir: &Path, start: i64, fingerprint: u
                 .append(true)
                 .mode(0o600)
                 .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(bucket_path(dir, start))?;
+                .open(bucket_path(dir, start, until))?;
             let len = opened.metadata()?.len();
             let whole = cut_to_whole_records(&mut opened, len)?;
             file.insert(JournalFile { file: opened, whole })
@@ -704,7 +764,7 @@ fn journal_key(dir: &Path) -> Result<[u8; 32], JournalError> {
                     source,
                 })?
                 .filter_map(Result::ok)
-                .any(|entry| bucket_start(&entry.file_name()).is_some());
+                .any(|entry| bucket_name(&entry.file_name()).is_some());
             if fingerprints_remain {
                 return Err(JournalError::MissingKey {
                     path,
@@ -839,11 +899,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = [1u64.to_le_bytes(), 2u64.to_le_bytes()].concat();
         bytes.extend_from_slice(&[9, 9, 9]);
-        std::fs::write(bucket_path(dir.path(), 100), &bytes).unwrap();
+        std::fs::write(bucket_path(dir.path(), 100, 800), &bytes).unwrap();
         let mut file = None;
-        append(&mut file, dir.path(), 100, 3).unwrap();
+        append(&mut file, dir.path(), 100, 800, 3).unwrap();
         assert_eq!(
-            records(&std::fs::read(bucket_path(dir.path(), 100)).unwrap()),
+            records(&std::fs::read(bucket_path(dir.path(), 100, 800)).unwrap()),
             [1, 2, 3]
         );
     }
@@ -861,7 +921,7 @@ mod tests {
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&journal), 0o700);
         assert_eq!(mode(&journal.join("key")), 0o600);
-        assert_eq!(mode(&journal.join("1000.fp")), 0o600);
+        assert_eq!(mode(&journal.join("1000-1637.fp")), 0o600);
 
         let restarted = ReplayCache::open(100, 60, WINDOW, &journal, 1_200).unwrap();
         assert_eq!(restarted.accept("k", "n1", 1_200), Err(ReplayError::Replayed));
@@ -874,8 +934,91 @@ mod tests {
         let again = ReplayCache::open(100, 60, WINDOW, &journal, later).unwrap();
         assert!(!again.seen("k", "n1", later));
         assert!(again.seen("k", "n2", later) && again.seen("k", "n3", later));
-        assert!(!journal.join("1000.fp").exists(), "an expired bucket's file is removed");
+        assert!(
+            !journal.join("1000-1637.fp").exists(),
+            "an expired bucket's file is removed"
+        );
         assert_eq!(again.len(), 2);
+    }
+
+    /// Attack of 2026-12-01: a restart with a shorter window judged the journal by it, removed a
+    /// bucket the longer window still needed, and a request signed for the future was accepted
+    /// twice.
+    #[test]
+    fn a_restart_with_a_shorter_window_remembers_what_the_longer_one_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("replay");
+        let long = ReplayCache::open(100, 60, 120, &journal, 1_000).unwrap();
+        long.accept("k", "future", 1_000).unwrap();
+        let until = last_remembered(&long, 1_000);
+        drop(long);
+        let short = ReplayCache::open(100, 60, 10, &journal, 1_050).unwrap();
+        for now in [1_050, 1_000 + 120, until] {
+            assert_eq!(short.accept("k", "future", now), Err(ReplayError::Replayed), "at {now}");
+        }
+        assert!(
+            !short.seen("k", "future", until + 1),
+            "forgotten once the long window ends"
+        );
+        drop(short);
+        // A file named the older way (no `until`) is kept for the longest window there is.
+        std::fs::write(journal.join("5000.fp"), 7_u64.to_le_bytes()).unwrap();
+        let restarted = ReplayCache::open(100, 60, 10, &journal, 5_000 + LONGEST_WINDOW_SECS).unwrap();
+        assert_eq!(restarted.len(), 1);
+    }
+
+    /// Attack of 2026-12-01: after the clock had been years ahead, the bucket opened then took
+    /// every new nonce, so none expired and the cache stayed full.
+    #[test]
+    fn a_bucket_from_a_clock_once_ahead_takes_no_new_nonces() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("replay");
+        let ahead = 2_000_000_000;
+        let cache = ReplayCache::open(3, 1_000, WINDOW, &journal, ahead).unwrap();
+        cache.accept("k", "from the future", ahead).unwrap();
+        drop(cache);
+        let cache = ReplayCache::open(3, 1_000, WINDOW, &journal, 1_000).unwrap();
+        cache.accept("k", "a", 1_000).unwrap();
+        cache.accept("k", "b", 1_001).unwrap();
+        let Err(ReplayError::Full { retry_after }) = cache.accept("k", "c", 1_002) else {
+            panic!("the cache of 3 is full");
+        };
+        let own = u64::try_from(last_remembered(&cache, 1_000) - 1_002 + 1).unwrap();
+        assert_eq!(retry_after, own, "room comes back when a and b expire, not in 2033");
+        let later = last_remembered(&cache, 1_000) + 1;
+        cache.accept("k", "c", later).unwrap();
+        assert!(
+            cache.seen("k", "from the future", later),
+            "what the clock accepted then stays"
+        );
+        assert!(!cache.seen("k", "a", later));
+    }
+
+    /// Attack of 2026-12-01: an 80 MB journal file was read whole into a cache of 100.
+    #[test]
+    fn a_journal_larger_than_the_cache_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("replay");
+        drop(ReplayCache::open(100, 60, WINDOW, &journal, 1_000).unwrap());
+        let records: Vec<u8> = (0..101_u64).flat_map(u64::to_le_bytes).collect();
+        std::fs::write(bucket_path(&journal, 990, 1_600), &records).unwrap();
+        let error = ReplayCache::open(100, 60, WINDOW, &journal, 1_000).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            matches!(
+                error,
+                JournalError::TooMany {
+                    count: 101,
+                    capacity: 100,
+                    wait_secs: 601,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("gateway.replay_cache_entries"), "{text}");
+        // Room for them: loaded.
+        assert_eq!(ReplayCache::open(101, 60, WINDOW, &journal, 1_000).unwrap().len(), 101);
     }
 
     #[test]
@@ -888,7 +1031,7 @@ mod tests {
         // A crash in the middle of a record leaves a few bytes: they were never accepted.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
-            .open(journal.join("1000.fp"))
+            .open(journal.join("1000-1637.fp"))
             .unwrap();
         file.write_all(&[1, 2, 3]).unwrap();
         let cache = ReplayCache::open(100, 60, WINDOW, &journal, 1_001).unwrap();
@@ -897,7 +1040,7 @@ mod tests {
         // The same bucket takes another nonce after the restart, aligned after the repair.
         cache.accept("k", "n2", 1_002).unwrap();
         drop(cache);
-        assert_eq!(std::fs::metadata(journal.join("1000.fp")).unwrap().len(), 16);
+        assert_eq!(std::fs::metadata(journal.join("1000-1637.fp")).unwrap().len(), 16);
         let cache = ReplayCache::open(100, 60, WINDOW, &journal, 1_003).unwrap();
         assert_eq!(cache.accept("k", "n2", 1_003), Err(ReplayError::Replayed));
         drop(cache);
@@ -1200,16 +1343,19 @@ mod tests {
         cache.accept("k", "a", 1_000).unwrap();
         cache.accept("k", "b", 995).unwrap();
         assert_eq!(cache.accept("k", "a", 990), Err(ReplayError::Replayed));
-        assert_eq!(cache.lock().buckets.len(), 1, "b joined the newest bucket");
-        // b is remembered at least as long as if the clock had not stepped back.
-        for now in [995 + WINDOW, 1_000 + WINDOW, last_remembered(&cache, 1_000)] {
-            assert!(
-                cache.seen("k", "a", now) && cache.seen("k", "b", now),
-                "forgotten at {now}"
-            );
+        // b goes to a bucket of its own second, not into the later one.
+        assert_eq!(cache.lock().buckets.len(), 2);
+        // Each is remembered through its own window, whatever the order they came in.
+        for now in [995 + WINDOW, last_remembered(&cache, 995)] {
+            assert!(cache.seen("k", "b", now), "b forgotten at {now}");
+        }
+        for now in [1_000 + WINDOW, last_remembered(&cache, 1_000)] {
+            assert!(cache.seen("k", "a", now), "a forgotten at {now}");
         }
         cache.accept("k", "c", 1_000 + width(&cache)).unwrap();
+        // A second the 1,000 bucket takes, after the clock stepped back again.
         cache.accept("k", "d", 1_001).unwrap();
+        // b's bucket expired at the last look above; a's took d; c opened one.
         assert_eq!(cache.lock().buckets.len(), 2);
         assert!(cache.seen("k", "d", 1_001 + WINDOW));
 
