@@ -26,9 +26,9 @@
 //! buckets are live. A bucket opened at second `s` takes the nonces accepted in
 //! `[s, s + width - 1]` and expires whole once `s + width - 1 + window < now`. A nonce accepted at
 //! `t` is therefore remembered through `t + window` inclusive, like the skew check it mirrors, and
-//! at most `width - 1` seconds longer. Expiring pops the oldest buckets and removes their
-//! fingerprints, which is O(1) per nonce; each bucket counts its nonces per key, so the share check
-//! is O(1) and a refusal's retry time O(buckets).
+//! at most `width - 1` seconds longer. Expiring looks at each live bucket (about 17) and removes
+//! the expired ones' fingerprints, which is O(1) per nonce; each bucket counts its nonces per key,
+//! so the share check is O(1) and a refusal's retry time O(buckets).
 //!
 //! Each bucket keeps the last second it is remembered (`until`), fixed when it opens, and expires
 //! by it alone. The wall clock may step back: a nonce accepted before the newest bucket opened
@@ -48,11 +48,12 @@
 //! a restart with a shorter clock-skew window still remembers what the longer one accepted (a file
 //! named the older way, `<start>.fp`, is kept for the longest window the configuration allows).
 //! A journal that holds more nonces than the cache may is refused at start, before it is read:
-//! fail closed, with the way out in the error. The fingerprint key lives beside them in `key` (0600), so the
-//! fingerprints stay comparable. The files are written, not synced: they survive a killed or
-//! crashed daemon, like `storage.synchronous = "normal"`. Records stay aligned: a write that
-//! fails part way (a full disk, a file size limit) is cut back at once, and a file found ending
-//! part way, at start or when a bucket's file is reopened, is cut back to its whole records.
+//! fail closed, with the way out in the error. The fingerprint key lives beside them in `key`
+//! (0600), so the fingerprints stay comparable. The files are written, not synced: they survive a
+//! killed or crashed daemon, like `storage.synchronous = "normal"`. Records stay aligned: a write
+//! that fails part way (a full disk, a file size limit) is cut back at once, and a file found
+//! ending part way, at start or when a bucket's file is reopened, is cut back to its whole
+//! records.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -146,7 +147,7 @@ pub enum JournalError {
         count: u64,
         /// The cache's capacity.
         capacity: usize,
-        /// Seconds until the last of the counted buckets expires.
+        /// Seconds until the last live bucket expires.
         wait_secs: i64,
     },
     /// The directory is not one only the daemon controls: a link, or writable by others.
@@ -212,8 +213,10 @@ impl ReplayCache {
             files.push((start, until, entry.path()));
         }
         files.sort_unstable();
+        // When every live bucket has expired: what a refusal below tells the owner to wait for.
+        let latest = files.iter().map(|(_, until, _)| *until).max().unwrap_or(now).max(now);
         let mut inner = cache.lock();
-        let (mut count, mut latest) = (0_u64, now);
+        let mut count = 0_u64;
         for (start, until, path) in files {
             if until < now {
                 if let Err(error) = std::fs::remove_file(&path) {
@@ -228,7 +231,6 @@ impl ReplayCache {
                 .map_err(io("read the replay journal file", &path))?
                 .len();
             count = count.saturating_add(len / RECORD_BYTES);
-            latest = latest.max(until);
             if count > capacity as u64 {
                 return Err(JournalError::TooMany {
                     dir: dir.to_owned(),

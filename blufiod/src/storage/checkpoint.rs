@@ -38,6 +38,10 @@ const GATHER: Duration = Duration::from_secs(1);
 /// The writer's own automatic checkpoint, in pages of log (16 MiB of 4 KiB pages): four times
 /// what the task lets gather. Also the log file's size limit (`journal_size_limit`).
 pub(super) const BACKSTOP_PAGES: u32 = 4_000;
+/// The log file's size limit (`journal_size_limit`): the backstop's pages, at SQLite's default
+/// page size of 4 KiB, so that under load the file neither grows past them nor is cut and grown
+/// again at every restart of the log.
+pub(super) const LOG_LIMIT_BYTES: u64 = BACKSTOP_PAGES as u64 * 4096;
 /// Pages of log past which an idle checkpoint truncates the file.
 const TRUNCATE_PAGES: i64 = 1_000;
 

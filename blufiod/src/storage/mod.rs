@@ -413,10 +413,7 @@ impl Pools {
             .clone()
             .create_if_missing(true)
             .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
-            .pragma(
-                "journal_size_limit",
-                (u64::from(checkpoint::BACKSTOP_PAGES) * 4096).to_string(),
-            );
+            .pragma("journal_size_limit", checkpoint::LOG_LIMIT_BYTES.to_string());
         let migrator = migrator(MIGRATIONS);
         let writer = match open_if_current(&writer_options, &migrator).await {
             Some(writer) => writer,
