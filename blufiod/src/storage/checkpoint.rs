@@ -266,13 +266,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = open(dir.path()).await;
         let wal = dir.path().join("blufio.db-wal");
-        let token = CancellationToken::new();
-        let task = tokio::spawn({
-            let storage = storage.clone();
-            let token = token.clone();
-            async move { storage.keep_checkpointing(token).await }
-        });
-        // About 6 MiB of log: past TRUNCATE_PAGES, below the writer's backstop.
+        // About 6 MiB of log: past TRUNCATE_PAGES, below the writer's backstop. Written before
+        // the task starts, so that none of it is checkpointed yet.
         storage.create_session("s", "big").await.unwrap();
         let content = format!("[{{\"type\":\"text\",\"text\":\"{}\"}}]", "x".repeat(200_000));
         for turn in 0..30 {
@@ -294,6 +289,12 @@ mod tests {
         }
         let size = || std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
         assert!(size() > 4 * 1024 * 1024, "the log holds the writes: {} bytes", size());
+        let token = CancellationToken::new();
+        let task = tokio::spawn({
+            let storage = storage.clone();
+            let token = token.clone();
+            async move { storage.keep_checkpointing(token).await }
+        });
         let deadline = tokio::time::Instant::now() + GATHER * 10;
         while size() > 0 {
             assert!(

@@ -486,23 +486,16 @@ impl Pools {
     /// closed-pool error.
     async fn close(&self) {
         self.reader.close().await;
-        let checkpointer = {
-            let mut slot = self.checkpointer.lock().await;
-            slot.closed = true;
-            slot.connection.take()
-        };
-        if let Some(connection) = checkpointer {
-            let _ = connection.close().await;
-        }
-        let connection = {
-            let mut slot = self.writer.lock().await;
-            slot.closed = true;
-            slot.connection.take()
-        };
-        if let Some(connection) = connection {
-            let closed = connection.close().await;
-            if let Err(error) = closed {
-                tracing::warn!(error = %error, "closing the database writer failed");
+        for (slot, name) in [(&self.checkpointer, "checkpoint connection"), (&self.writer, "writer")] {
+            let connection = {
+                let mut slot = slot.lock().await;
+                slot.closed = true;
+                slot.connection.take()
+            };
+            if let Some(connection) = connection
+                && let Err(error) = connection.close().await
+            {
+                tracing::warn!(error = %error, "closing the database {name} failed");
             }
         }
     }
