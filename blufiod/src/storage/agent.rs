@@ -595,21 +595,8 @@ fn insert_message(batch: &mut WriteBatch, message: NewMessage<'_>, now: i64) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::super::StorageOptions;
+    use super::super::open_in as open;
     use super::*;
-
-    async fn open(dir: &std::path::Path) -> Storage {
-        Storage::open(&StorageOptions {
-            path: dir.join("blufio.db"),
-            busy_timeout: Duration::from_secs(1),
-            read_connections: 2,
-            full_sync: false,
-        })
-        .await
-        .unwrap()
-    }
 
     fn message<'a>(id: &'a str, turn: &'a str, role: &'a str) -> NewMessage<'a> {
         NewMessage {

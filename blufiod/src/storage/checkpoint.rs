@@ -193,19 +193,8 @@ impl Pools {
 mod tests {
     use std::path::Path;
 
-    use super::super::StorageOptions;
+    use super::super::open_in as open;
     use super::*;
-
-    async fn open(dir: &Path) -> Storage {
-        Storage::open(&StorageOptions {
-            path: dir.join("blufio.db"),
-            busy_timeout: Duration::from_secs(1),
-            read_connections: 1,
-            full_sync: false,
-        })
-        .await
-        .unwrap()
-    }
 
     /// The runs recorded in the database file alone, as a copy of it without its log reads
     /// them: only what a checkpoint copied there. `None` while the file has no such table yet (or

@@ -338,9 +338,13 @@ impl Storage {
 /// The writer, opened on a database whose schema is already `migrator`'s: every migration
 /// applied, successfully, with the checksum it has here, and no other. That is what the migrator
 /// itself checks before it finds nothing to do, in one query instead of three and with no pool
-/// to make and close. `None` for anything else (a new file, a migration to apply, a failed or
+/// to make and close. `None` for anything else (no file yet, a migration to apply, a failed or
 /// unknown one, an error): the migrator then runs and says what is wrong.
 async fn open_if_current(options: &SqliteConnectOptions, migrator: &Migrator) -> Option<SqliteConnection> {
+    // A first start has nothing to compare: straight to the migrator.
+    if !options.get_filename().exists() {
+        return None;
+    }
     let mut writer = SqliteConnection::connect_with(options).await.ok()?;
     let applied: Result<Vec<(i64, Vec<u8>, bool)>, _> =
         sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
@@ -688,6 +692,19 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 use crate::util::unix_now;
 
+/// Storage on `<dir>/blufio.db`, for the tests of this module's parts.
+#[cfg(test)]
+async fn open_in(dir: &Path) -> Storage {
+    Storage::open(&StorageOptions {
+        path: dir.join("blufio.db"),
+        busy_timeout: Duration::from_secs(1),
+        read_connections: 2,
+        full_sync: false,
+    })
+    .await
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,6 +871,8 @@ mod tests {
     /// failed, missing or unknown migration still reaches the migrator and its error.
     #[tokio::test]
     async fn only_an_exactly_current_schema_skips_the_migrator() {
+        use sqlx::migrate::MigrateError;
+
         let dir = tempfile::tempdir().unwrap();
         let path = options(dir.path()).path;
         Storage::open(&options(dir.path())).await.unwrap().close().await;
@@ -862,6 +881,12 @@ mod tests {
             connection.execute_batch(sql).unwrap();
         };
         let reopened = || async { Storage::open(&options(dir.path())).await };
+        let migrator_error = || async {
+            match reopened().await {
+                Err(StorageError::Migrate { source, .. }) => source,
+                other => panic!("expected the migrator's error, got {other:?}"),
+            }
+        };
         // Current: opens, and the writer and a (lazily opened) reader both answer.
         let storage = reopened().await.unwrap();
         storage.probe_writer().await.unwrap();
@@ -869,17 +894,8 @@ mod tests {
         storage.close().await;
 
         tamper("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2");
-        let changed = reopened().await.unwrap_err();
-        assert!(
-            matches!(
-                &changed,
-                StorageError::Migrate {
-                    source: sqlx::migrate::MigrateError::VersionMismatch(2),
-                    ..
-                }
-            ),
-            "{changed:?}"
-        );
+        let changed = migrator_error().await;
+        assert!(matches!(changed, MigrateError::VersionMismatch(2)), "{changed:?}");
 
         tamper(&format!(
             "UPDATE _sqlx_migrations SET checksum = x'{}' WHERE version = 2",
@@ -895,34 +911,16 @@ mod tests {
         reopened().await.unwrap().close().await;
 
         tamper("UPDATE _sqlx_migrations SET success = false WHERE version = 3");
-        let failed = reopened().await.unwrap_err();
-        assert!(
-            matches!(
-                &failed,
-                StorageError::Migrate {
-                    source: sqlx::migrate::MigrateError::Dirty(3),
-                    ..
-                }
-            ),
-            "{failed:?}"
-        );
+        let failed = migrator_error().await;
+        assert!(matches!(failed, MigrateError::Dirty(3)), "{failed:?}");
 
         tamper(
             "UPDATE _sqlx_migrations SET success = true WHERE version = 3; \
              INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
              VALUES (99, 'from a newer blufio', true, x'00', 0)",
         );
-        let newer = reopened().await.unwrap_err();
-        assert!(
-            matches!(
-                &newer,
-                StorageError::Migrate {
-                    source: sqlx::migrate::MigrateError::VersionMissing(99),
-                    ..
-                }
-            ),
-            "{newer:?}"
-        );
+        let newer = migrator_error().await;
+        assert!(matches!(newer, MigrateError::VersionMissing(99)), "{newer:?}");
     }
 
     #[tokio::test]
