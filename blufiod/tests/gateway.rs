@@ -1169,21 +1169,31 @@ async fn idle_unauthenticated_connections_cannot_lock_out_a_signed_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_address_holds_a_bounded_share_of_the_connections() {
-    let setup = setup("[gateway]\nmax_connections = 100\n").await;
-    // One address holds at most 32 connections: the 33rd is closed at once.
-    let address = setup.base.trim_start_matches("https://").to_owned();
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    /// Opens `count` connections from 127.0.0.1 and tells, for each of `probe`, whether the
+    /// gateway closed it at once.
+    async fn closed(setup: &Setup, count: usize, probe: &[usize]) -> Vec<bool> {
+        use tokio::io::AsyncReadExt as _;
+        let address = setup.base.trim_start_matches("https://").to_owned();
+        let mut held = Vec::new();
+        for _ in 0..count {
+            held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+        }
+        let mut closed = Vec::new();
+        for &index in probe {
+            let mut buffer = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(2), held[index].read(&mut buffer)).await;
+            closed.push(matches!(read, Ok(Ok(0) | Err(_))));
+        }
+        closed
     }
-    use tokio::io::AsyncReadExt as _;
-    let mut buffer = [0u8; 16];
-    let last = held.last_mut().unwrap();
-    let read = tokio::time::timeout(Duration::from_secs(3), last.read(&mut buffer)).await;
-    assert!(
-        matches!(read, Ok(Ok(0) | Err(_))),
-        "a connection over the address's share is closed: {read:?}"
-    );
+    // One address holds at most 32 connections by default: the 33rd is closed at once.
+    let default = setup("[gateway]\nmax_connections = 100\n").await;
+    assert_eq!(closed(&default, 33, &[31, 32]).await, [false, true]);
+    drop(default);
+    // Behind a reverse proxy on this machine every client comes from its address: the share is
+    // configured (reported: a proxy's 33rd client was locked out).
+    let proxied = setup("[gateway]\nmax_connections = 100\nmax_connections_per_address = 48\n").await;
+    assert_eq!(closed(&proxied, 49, &[32, 47, 48]).await, [false, false, true]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -537,8 +537,11 @@ pub struct GatewayConfig {
     /// Seconds an idle keep-alive connection stays open.
     pub idle_timeout_secs: u64,
     /// Connections served at once. At the cap an unauthenticated connection is evicted to make
-    /// room, or the newcomer is closed; at most 32 come from one address.
+    /// room, or the newcomer is closed.
     pub max_connections: u32,
+    /// Connections one address (an IPv4 address, an IPv6 /64) may hold at once. Behind a reverse
+    /// proxy every client comes from the proxy's address: raise it to what the proxy opens.
+    pub max_connections_per_address: u32,
     /// Requests per minute per device key.
     pub rate_limit_per_minute: u32,
     /// Seconds a signature's `created` may differ from the daemon's clock.
@@ -572,6 +575,7 @@ impl Default for GatewayConfig {
             request_timeout_secs: 30,
             idle_timeout_secs: 60,
             max_connections: 256,
+            max_connections_per_address: 32,
             rate_limit_per_minute: 120,
             max_clock_skew_secs: 300,
             replay_cache_entries: 100_000,

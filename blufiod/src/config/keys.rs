@@ -88,6 +88,7 @@ pub const KEYS: &[KeySpec] = &[
     live("gateway.max_body_bytes"),
     restart("gateway.max_clock_skew_secs"),
     restart("gateway.max_connections"),
+    restart("gateway.max_connections_per_address"),
     live("gateway.max_header_bytes"),
     restart("gateway.metrics_listen"),
     secret("gateway.metrics_token"),

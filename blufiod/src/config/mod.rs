@@ -502,6 +502,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
     // Nonces are remembered for twice the skew; an hour either way is already generous.
     ("gateway.max_clock_skew_secs", 1, 3_600),
     ("gateway.max_connections", 1, 65_536),
+    ("gateway.max_connections_per_address", 1, 65_536),
     ("gateway.max_header_bytes", 1_024, 1024 * 1024),
     ("gateway.rate_limit_per_minute", 1, 1_000_000),
     ("gateway.replay_cache_entries", 1, 10_000_000),
@@ -529,7 +530,7 @@ pub const RANGES: &[(&str, u64, u64)] = &[
 
 impl Config {
     /// Every integer key with its value, for the range checks.
-    fn numeric_values(&self) -> [(&'static str, u64); 36] {
+    fn numeric_values(&self) -> [(&'static str, u64); 37] {
         [
             ("agent.context_tokens", u64::from(self.agent.context_tokens)),
             ("agent.max_cached_sessions", u64::from(self.agent.max_cached_sessions)),
@@ -547,6 +548,10 @@ impl Config {
             ("gateway.max_body_bytes", self.gateway.max_body_bytes),
             ("gateway.max_clock_skew_secs", self.gateway.max_clock_skew_secs),
             ("gateway.max_connections", u64::from(self.gateway.max_connections)),
+            (
+                "gateway.max_connections_per_address",
+                u64::from(self.gateway.max_connections_per_address),
+            ),
             ("gateway.max_header_bytes", self.gateway.max_header_bytes),
             (
                 "gateway.rate_limit_per_minute",

@@ -1,6 +1,6 @@
 //! The gateway's connection slots: at most `gateway.max_connections` at once, at most
-//! [`PER_ADDRESS`] from one address (an IPv4 address, an IPv6 /64), and unauthenticated
-//! connections evictable.
+//! `gateway.max_connections_per_address` from one address (an IPv4 address, an IPv6 /64), and
+//! unauthenticated connections evictable.
 //!
 //! A connection counts as authenticated once one of its requests passed signature verification.
 //! Until then it is idle-closed after [`UNAUTHENTICATED_IDLE`], and when every slot is taken, an
@@ -19,8 +19,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Connections one IP address may hold at once.
-pub const PER_ADDRESS: usize = 32;
 /// How long a connection that has not yet authenticated a request may stay idle.
 pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(10);
 
@@ -66,10 +64,12 @@ impl ConnectionState {
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// The address already holds its share.
-    #[error("{address} already holds {PER_ADDRESS} connections")]
+    #[error("{address} already holds {limit} connections (gateway.max_connections_per_address)")]
     PerAddress {
         /// The client's address.
         address: IpAddr,
+        /// Its share.
+        limit: usize,
     },
     /// Every slot holds an authenticated connection.
     #[error("every connection slot holds an authenticated client")]
@@ -90,6 +90,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Connections {
     max: usize,
+    per_address: usize,
     inner: Mutex<Inner>,
 }
 
@@ -128,10 +129,11 @@ impl Prefix {
 }
 
 impl Connections {
-    /// At most `max` connections at once.
-    pub fn new(max: usize) -> Self {
+    /// At most `max` connections at once, `per_address` of them from one address.
+    pub fn new(max: usize, per_address: usize) -> Self {
         Self {
             max: max.max(1),
+            per_address: per_address.max(1),
             inner: Mutex::default(),
         }
     }
@@ -141,8 +143,11 @@ impl Connections {
     pub fn admit(&self, address: IpAddr) -> Result<Connection, Refusal> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (client, network) = (Prefix::address(address), Prefix::network(address));
-        if inner.per_address.get(&client).copied().unwrap_or(0) >= PER_ADDRESS {
-            return Err(Refusal::PerAddress { address });
+        if inner.per_address.get(&client).copied().unwrap_or(0) >= self.per_address {
+            return Err(Refusal::PerAddress {
+                address,
+                limit: self.per_address,
+            });
         }
         if inner.open.len() >= self.max {
             // The largest network's oldest unauthenticated connection.
@@ -215,13 +220,16 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// The default `gateway.max_connections_per_address`.
+    const PER_ADDRESS: usize = 32;
+
     fn address(last: u8) -> IpAddr {
         IpAddr::from([192, 0, 2, last])
     }
 
     #[test]
     fn loopback_peers_are_known_as_such() {
-        let slots = Connections::new(8);
+        let slots = Connections::new(8, PER_ADDRESS);
         for (peer, loopback) in [
             ("127.0.0.1", true),
             ("127.3.2.1", true),
@@ -238,7 +246,7 @@ mod tests {
 
     #[test]
     fn one_address_gets_its_share_only() {
-        let slots = Connections::new(1_000);
+        let slots = Connections::new(1_000, PER_ADDRESS);
         let held: Vec<_> = (0..PER_ADDRESS).map(|_| slots.admit(address(1)).unwrap()).collect();
         assert!(!held[0].is_loopback(), "{:?} is another machine", address(1));
         assert!(matches!(slots.admit(address(1)), Err(Refusal::PerAddress { .. })));
@@ -249,7 +257,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64() {
-        let slots = Connections::new(1_000);
+        let slots = Connections::new(1_000, PER_ADDRESS);
         for host in 0..PER_ADDRESS {
             let ip = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, u16::try_from(host).unwrap()]);
             slots.admit(ip).unwrap();
@@ -260,8 +268,22 @@ mod tests {
     }
 
     #[test]
+    fn the_share_of_an_address_is_configured() {
+        // A reverse proxy on this machine: every client comes from 127.0.0.1.
+        let slots = Connections::new(1_000, 100);
+        let proxy = IpAddr::from([127, 0, 0, 1]);
+        let _held: Vec<_> = (0..100).map(|_| slots.admit(proxy).unwrap()).collect();
+        let refused = slots.admit(proxy).unwrap_err();
+        assert!(matches!(refused, Refusal::PerAddress { limit: 100, .. }));
+        assert_eq!(
+            refused.to_string(),
+            "127.0.0.1 already holds 100 connections (gateway.max_connections_per_address)"
+        );
+    }
+
+    #[test]
     fn a_flood_from_a_few_networks_evicts_itself_not_a_client_in_its_handshake() {
-        let slots = Connections::new(8);
+        let slots = Connections::new(8, PER_ADDRESS);
         // A signed client's fresh connection, not yet authenticated, from its own network.
         let client = slots.admit(IpAddr::from([203, 0, 113, 7])).unwrap();
         // Connections from two other networks fill the slots, then keep coming.
@@ -276,7 +298,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_the_oldest_unauthenticated_connection_makes_room() {
-        let slots = Connections::new(3);
+        let slots = Connections::new(3, PER_ADDRESS);
         let signed = slots.admit(address(1)).unwrap();
         signed.mark_authenticated();
         let idle_old = slots.admit(address(2)).unwrap();

@@ -326,7 +326,8 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         ));
     }
     let registry = Arc::new(connections::Connections::new(
-        usize::try_from(config.max_connections).unwrap_or(1).max(1),
+        usize::try_from(config.max_connections).unwrap_or(1),
+        usize::try_from(config.max_connections_per_address).unwrap_or(1),
     ));
     // Every connection task, so that shutdown can wait for them.
     let connections = tokio_util::task::TaskTracker::new();
