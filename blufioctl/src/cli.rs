@@ -461,9 +461,13 @@ pub enum SessionsCommand {
     Show {
         /// The session id
         id: String,
-        /// Most recent messages to show (the daemon's default is 200)
+        /// Most recent messages to show (the daemon's default is 200; a page also ends before
+        /// 2 MiB of messages)
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2000))]
         limit: Option<u32>,
+        /// Show the messages before this cursor (the `next_cursor` of a later page)
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
         #[command(flatten)]
         output: JsonArgs,
     },

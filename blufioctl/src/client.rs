@@ -196,9 +196,19 @@ impl Client {
         call(&self.socket, self.call_timeout, self.inner.list_sessions(request)).await
     }
 
-    /// `GetSession`; `message_limit` 0 asks for the daemon's default.
-    pub async fn get_session(&mut self, id: String, message_limit: u32) -> Result<GetSessionResponse, ClientError> {
-        let request = tonic::Request::new(GetSessionRequest { id, message_limit });
+    /// `GetSession`; `message_limit` 0 asks for the daemon's default, an empty `cursor` for the
+    /// latest page.
+    pub async fn get_session(
+        &mut self,
+        id: String,
+        message_limit: u32,
+        cursor: String,
+    ) -> Result<GetSessionResponse, ClientError> {
+        let request = tonic::Request::new(GetSessionRequest {
+            id,
+            message_limit,
+            cursor,
+        });
         call(&self.socket, self.call_timeout, self.inner.get_session(request)).await
     }
 

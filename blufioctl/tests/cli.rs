@@ -792,6 +792,7 @@ mod fake {
                 return Ok(Response::new(GetSessionResponse {
                     session: Some(session(&request.id, "scripted", 1_764_000_100)),
                     messages: vec![],
+                    next_cursor: String::new(),
                 }));
             }
             if request.id != "s1" {
@@ -822,6 +823,7 @@ mod fake {
                     },
                     message("m4", "assistant", "It is sunny."),
                 ],
+                next_cursor: String::new(),
             }))
         }
 

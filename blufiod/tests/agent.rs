@@ -490,6 +490,115 @@ fn sessions_can_be_renamed_exported_and_pruned() {
 }
 
 #[test]
+fn a_session_larger_than_one_reply_is_shown_and_exported_a_page_at_a_time() {
+    // Reported: `sessions show` failed with "decoded message length too large" once a session's
+    // latest messages passed the 4 MiB a gRPC client accepts in one reply, and `sessions export`
+    // did too; the daemon held the whole answer in memory to send it.
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(&fake, "");
+    // The fake echoes each message in its answer: a turn stores about 400 KiB.
+    let words = "w ".repeat(50 * 1024);
+    let turns = 12;
+    let mut session = String::new();
+    for turn in 0..turns {
+        let label = format!("turn {turn}");
+        let mut args = vec!["chat", label.as_str(), words.as_str(), words.as_str()];
+        if turn > 0 {
+            args.splice(1..1, ["--session", session.as_str()]);
+        }
+        let chat = daemon.ctl_json(&args);
+        session = chat["session_id"].as_str().unwrap().to_owned();
+    }
+    let bytes = |page: &serde_json::Value| -> usize {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["text"].as_str().unwrap().len())
+            .sum()
+    };
+
+    let latest = daemon.ctl_json(&["sessions", "show", &session]);
+    let shown = latest["messages"].as_array().unwrap();
+    assert!(
+        !shown.is_empty() && shown.len() < 2 * turns,
+        "a page of a 4.8 MB session: {} messages",
+        shown.len()
+    );
+    assert!(bytes(&latest) <= 2 * 1024 * 1024, "{} bytes", bytes(&latest));
+    assert!(
+        shown.last().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("fake answer to: turn 11"),
+        "the latest page ends with the latest answer"
+    );
+    let text = String::from_utf8_lossy(&daemon.ctl(&["sessions", "show", &session]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "the ones before them with --cursor {}",
+            latest["next_cursor"].as_str().unwrap()
+        )),
+        "{}",
+        &text[..200]
+    );
+
+    // Paging back reaches the first message, each message once.
+    let mut ids: Vec<String> = Vec::new();
+    let mut page = latest;
+    loop {
+        let mut page_ids: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["id"].as_str().unwrap().to_owned())
+            .collect();
+        page_ids.append(&mut ids);
+        ids = page_ids;
+        let Some(cursor) = page["next_cursor"].as_str().map(str::to_owned) else {
+            break;
+        };
+        page = daemon.ctl_json(&["sessions", "show", &session, "--cursor", &cursor]);
+        assert!(bytes(&page) <= 2 * 1024 * 1024, "{} bytes", bytes(&page));
+    }
+    assert_eq!(ids.len(), 2 * turns, "every message, in pages");
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no message on two pages");
+
+    let export = daemon.ctl(&["sessions", "export", &session, "--format", "json"]);
+    assert!(export.status.success(), "{}", describe(&export));
+    let export: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    let exported: Vec<&str> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(exported, ids, "the export holds every message, oldest first");
+    assert_eq!(export["next_cursor"], serde_json::Value::Null);
+    let markdown = daemon.ctl(&["sessions", "export", &session]);
+    assert!(markdown.status.success(), "{}", describe(&markdown));
+    let markdown = String::from_utf8_lossy(&markdown.stdout);
+    assert_eq!(markdown.matches("\n## You · ").count(), turns, "every turn's message");
+    assert!(markdown.contains("\n\nturn 0 w w "), "from the first");
+
+    // A cursor from another session, or none at all, is refused and named.
+    let other = daemon.ctl_json(&["chat", "another session"])["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = daemon.ctl(&["sessions", "show", &other, "--cursor", &ids[3]]);
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&ids[3]) && stderr.contains("is not a message of session") && stderr.contains("next_cursor"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn doctor_deep_compares_the_clock_with_the_providers_date() {
     let fake = FakeProvider::start();
     let daemon = Daemon::start_with(

@@ -498,6 +498,50 @@ async fn signed_requests_reach_the_agent_streaming_included() {
         .await
         .unwrap();
     assert_eq!(shown["messages"].as_array().unwrap().len(), 6);
+    assert_eq!(shown["next_cursor"], serde_json::Value::Null, "{shown}");
+    // Pages back from the latest, with the cursor each page gives.
+    let page = |query: String| {
+        let request = setup.request(
+            "GET",
+            &format!("/v1/sessions/{session}?{query}"),
+            None,
+            Tweak::default(),
+        );
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let latest = page("limit=4".into()).await;
+    let cursor = latest["next_cursor"].as_str().unwrap().to_owned();
+    assert_eq!(cursor, ids(&latest)[0], "{latest}");
+    let before = page(format!("limit=4&cursor={cursor}")).await;
+    assert_eq!(before["next_cursor"], serde_json::Value::Null, "{before}");
+    assert_eq!([ids(&before), ids(&latest)].concat(), ids(&shown));
+    let problem = setup
+        .expect_problem(
+            setup.request(
+                "GET",
+                &format!("/v1/sessions/{session}?cursor=not-a-message"),
+                None,
+                Tweak::default(),
+            ),
+            400,
+            "bad-request",
+        )
+        .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not a message of session"),
+        "{problem}"
+    );
 
     // Budget exhaustion over HTTP is 402 with the reset time.
     setup
@@ -1786,6 +1830,7 @@ async fn each_kind_of_failure_maps_to_one_grpc_code_and_one_http_status() {
         .get_session(pb::GetSessionRequest {
             id: "no-such-session".into(),
             message_limit: 0,
+            cursor: String::new(),
         })
         .await
         .unwrap_err()

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{Context, terminal_width};
 use crate::cli::{JsonArgs, SessionsCommand};
+use crate::client::Client;
 use crate::output::{
     Cell, Human, Paint, Render, Style, compact_json, first_line, format_utc, humanize_age, json_or_text, non_empty,
     one_line, printable, render_pairs, render_table, truncate,
@@ -28,8 +29,9 @@ pub async fn run(context: &Context<'_>, command: SessionsCommand) -> Result<Outc
         SessionsCommand::Show {
             id,
             limit,
+            cursor,
             output: args,
-        } => show(context, id, limit, args).await,
+        } => show(context, id, limit, cursor, args).await,
         SessionsCommand::Delete { id, output: args } => delete(context, id, args).await,
         SessionsCommand::Rename {
             id,
@@ -58,12 +60,7 @@ pub async fn run(context: &Context<'_>, command: SessionsCommand) -> Result<Outc
             Ok(Outcome::Success)
         }
         SessionsCommand::Export { id, format } => {
-            let response = context
-                .connect()
-                .await?
-                .get_session(id, EXPORT_MESSAGES)
-                .await
-                .map_err(session_failure)?;
+            let response = whole_session(&mut context.connect().await?, id).await?;
             if format == "json" {
                 context.printer.json(
                     &SessionsShow {
@@ -80,8 +77,28 @@ pub async fn run(context: &Context<'_>, command: SessionsCommand) -> Result<Outc
     }
 }
 
-/// Messages `sessions export` asks for: the daemon's largest page.
-const EXPORT_MESSAGES: u32 = 2000;
+/// Messages `sessions export` asks for per page: the daemon's largest.
+const EXPORT_PAGE: u32 = 2000;
+
+/// A session with all its messages, oldest first: its pages, read back from the latest.
+async fn whole_session(client: &mut Client, id: String) -> Result<GetSessionResponse, Failure> {
+    let mut whole = client
+        .get_session(id.clone(), EXPORT_PAGE, String::new())
+        .await
+        .map_err(session_failure)?;
+    let mut pages = vec![std::mem::take(&mut whole.messages)];
+    while !whole.next_cursor.is_empty() {
+        let cursor = std::mem::take(&mut whole.next_cursor);
+        let mut page = client
+            .get_session(id.clone(), EXPORT_PAGE, cursor)
+            .await
+            .map_err(session_failure)?;
+        whole.next_cursor = page.next_cursor;
+        pages.push(std::mem::take(&mut page.messages));
+    }
+    whole.messages = pages.into_iter().rev().flatten().collect();
+    Ok(whole)
+}
 
 /// A copy of `response` whose every text is printable on a terminal (see [`printable`]):
 /// message texts keep their lines, everything else is one line.
@@ -279,6 +296,7 @@ impl Render for SessionsShow<'_> {
         SessionShowJson {
             session: session.session.as_ref().map(SessionJson::from),
             messages: session.messages.iter().map(MessageJson::from).collect(),
+            next_cursor: Some(session.next_cursor.as_str()).filter(|cursor| !cursor.is_empty()),
         }
     }
 
@@ -302,7 +320,16 @@ impl Render for SessionsShow<'_> {
             };
             let mut messages = Cell::plain(&session.message_count.to_string());
             let shown = response.messages.len() as u64;
-            if shown < session.message_count {
+            if !response.next_cursor.is_empty() {
+                messages.push(
+                    style,
+                    Paint::Dim,
+                    &format!(
+                        " (showing {shown}; the ones before them with --cursor {})",
+                        response.next_cursor
+                    ),
+                );
+            } else if shown < session.message_count {
                 messages.push(
                     style,
                     Paint::Dim,
@@ -433,11 +460,17 @@ async fn list(
     Ok(Outcome::Success)
 }
 
-async fn show(context: &Context<'_>, id: String, limit: Option<u32>, args: JsonArgs) -> Result<Outcome, Failure> {
+async fn show(
+    context: &Context<'_>,
+    id: String,
+    limit: Option<u32>,
+    cursor: Option<String>,
+    args: JsonArgs,
+) -> Result<Outcome, Failure> {
     let session = context
         .connect()
         .await?
-        .get_session(id, limit.unwrap_or(0))
+        .get_session(id, limit.unwrap_or(0), cursor.unwrap_or_default())
         .await
         .map_err(session_failure)?;
     let view = SessionsShow {
@@ -510,6 +543,8 @@ impl<'a> From<&'a Session> for SessionJson<'a> {
 struct SessionShowJson<'a> {
     session: Option<SessionJson<'a>>,
     messages: Vec<MessageJson<'a>>,
+    /// Older messages remain: `--cursor` for the page before; null at the first message.
+    next_cursor: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -694,6 +729,7 @@ mod tests {
                 },
                 message("m4", "assistant", "I could not check."),
             ],
+            next_cursor: String::new(),
         }
     }
 
@@ -745,6 +781,23 @@ blufio: I could not check.
             value["messages"][2],
             json!({"id": "m3", "role": "tool", "text": "timeout\nafter 30s", "tool_calls": [],
                    "tool_call_id": "c1", "is_error": true, "created_at": 1_764_000_000})
+        );
+        assert_eq!(value["next_cursor"], json!(null), "the first page");
+        let paged = GetSessionResponse {
+            next_cursor: "m0".into(),
+            ..conversation
+        };
+        let view = SessionsShow {
+            response: &paged,
+            now: NOW,
+        };
+        assert_eq!(serde_json::to_value(view.json()).unwrap()["next_cursor"], "m0");
+        assert!(
+            view.human(ALIGNED)
+                .stdout
+                .contains("(showing 4; the ones before them with --cursor m0)"),
+            "{}",
+            view.human(ALIGNED).stdout
         );
     }
 }

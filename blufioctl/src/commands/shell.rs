@@ -63,7 +63,7 @@ pub async fn run(context: &Context<'_>, session: Option<String>) -> Result<Outco
     // A session that does not exist is said now, not after the first message is typed.
     if let Some(id) = &session_id {
         client
-            .get_session(id.clone(), 1)
+            .get_session(id.clone(), 1, String::new())
             .await
             .map_err(crate::session_failure)?;
     }

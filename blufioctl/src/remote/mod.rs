@@ -240,6 +240,7 @@ impl Gateway {
                     ..ChatMessage::default()
                 })
                 .collect(),
+            next_cursor: shown.next_cursor.unwrap_or_default(),
         })
     }
 
@@ -850,6 +851,8 @@ struct SessionShowJson {
     session: SessionJson,
     #[serde(default)]
     messages: Vec<MessageJson>,
+    #[serde(default)]
+    next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -611,13 +611,33 @@ impl Agent {
         Ok((sessions.into_iter().map(session_of).collect::<Result<_, _>>()?, next))
     }
 
-    /// One session with its latest `limit` messages.
-    pub async fn get_session(&self, id: &str, limit: u32) -> Result<(Session, Vec<Message>), AgentError> {
+    /// One session with a page of its messages: the latest `limit` (and at most 2 MiB of them),
+    /// or those before the message `cursor` (the `next_cursor` of the later page). Also returns
+    /// the cursor of the page before this one, when older messages remain.
+    pub async fn get_session(
+        &self,
+        id: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<(Session, Vec<Message>, Option<String>), AgentError> {
         let session = session_of(self.session(id).await?)?;
-        let messages = self
+        let page = self
             .storage
-            .recent_messages(id, limit)
+            .message_page(id, cursor, limit)
             .await?
+            .ok_or_else(|| AgentError::InvalidMessage {
+                reason: format!(
+                    "{:?} is not a message of session {:?}; pass the next_cursor of the page before",
+                    shortened(cursor.unwrap_or_default()),
+                    shortened(id)
+                ),
+            })?;
+        let next_cursor = page
+            .more
+            .then(|| page.messages.first().map(|first| first.id.clone()))
+            .flatten();
+        let messages = page
+            .messages
             .into_iter()
             .map(|record| {
                 Ok(Message {
@@ -630,7 +650,7 @@ impl Agent {
                 })
             })
             .collect::<Result<_, AgentError>>()?;
-        Ok((session, messages))
+        Ok((session, messages, next_cursor))
     }
 
     /// Deletes a session that has no turn in flight.

@@ -307,21 +307,26 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         self.authorize(&request, "GetSession")?;
-        let pb::GetSessionRequest { id, message_limit } = request.into_inner();
+        let pb::GetSessionRequest {
+            id,
+            message_limit,
+            cursor,
+        } = request.into_inner();
         let limit = if message_limit == 0 {
             DEFAULT_MESSAGE_PAGE
         } else {
             message_limit.min(MAX_MESSAGE_PAGE)
         };
-        let (session, messages) = self
+        let (session, messages, next_cursor) = self
             .deps
             .agent
-            .get_session(&id, limit)
+            .get_session(&id, limit, Some(cursor.as_str()).filter(|cursor| !cursor.is_empty()))
             .await
             .map_err(|error| agent_error_to_status(&error))?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session_to_proto(session)),
             messages: messages.into_iter().map(message_to_proto).collect(),
+            next_cursor: next_cursor.unwrap_or_default(),
         }))
     }
 

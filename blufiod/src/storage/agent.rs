@@ -1,6 +1,7 @@
 //! Sessions, messages, turns and the cost ledger. Message content is stored as JSON text that
 //! the agent owns; this module never interprets it.
 
+use futures_util::TryStreamExt as _;
 use sqlx::AssertSqlSafe;
 
 use sqlx::Connection as _;
@@ -137,6 +138,33 @@ pub struct UsageReport {
 
 /// Largest page of sessions or messages one query returns.
 pub const MAX_PAGE: u32 = 2_000;
+
+/// Most content a page of messages holds (the messages' JSON), well under the 4 MiB a stock gRPC
+/// client accepts in one reply even as text re-encoded for the wire.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// The latest page of a session's messages (session, limit). Two statements rather than one with
+/// `? IS NULL OR ...`: a plan that depends on whether a parameter is NULL makes SQLite prepare the
+/// statement again at every use.
+const PAGE_LATEST: &str = "SELECT id, turn_id, role, content, created_at FROM messages \
+     WHERE session_id = ? AND turn_seq IS NOT NULL \
+     ORDER BY turn_seq DESC, seq DESC LIMIT ?";
+/// The page before a message (session, message, session, limit). The cursor's place is looked up
+/// in the statement: `(turn_seq, seq)` is the order of `messages_by_session_turn`, so the page is
+/// one backwards range scan of that index.
+const PAGE_BEFORE: &str = "SELECT id, turn_id, role, content, created_at FROM messages \
+     WHERE session_id = ? AND turn_seq IS NOT NULL \
+     AND (turn_seq, seq) < (SELECT turn_seq, seq FROM messages WHERE id = ? AND session_id = ?) \
+     ORDER BY turn_seq DESC, seq DESC LIMIT ?";
+
+/// A page of a session's messages.
+#[derive(Debug, Default)]
+pub struct MessagePage {
+    /// Oldest first.
+    pub messages: Vec<MessageRecord>,
+    /// Older messages remain: ask again with the first message's id as `before`.
+    pub more: bool,
+}
 
 // Queries below are assembled with `format!` only from the constant column lists here; every
 // value is bound, which is why wrapping them in `AssertSqlSafe` is sound.
@@ -401,45 +429,81 @@ impl Storage {
         Ok(done.rows_affected())
     }
 
-    /// The latest `limit` messages of a session, oldest first, in turn order: a message sent
-    /// while an earlier turn was still running follows that turn's answer, not its middle.
-    pub async fn recent_messages(&self, session_id: &str, limit: u32) -> Result<Vec<MessageRecord>, StorageError> {
-        self.messages(session_id, None, limit).await
+    /// A page of a session's messages: the latest `limit` of them older than the message
+    /// `before` (all when `None`), oldest first, in turn order (a message sent while an earlier
+    /// turn was still running follows that turn's answer, not its middle). A page also ends
+    /// before its content passes [`MAX_PAGE_BYTES`], so that neither the daemon nor a client
+    /// holds an unbounded answer; it always holds at least one message when any is left. `None`
+    /// when `before` is not a message of this session.
+    pub async fn message_page(
+        &self,
+        session_id: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<MessagePage>, StorageError> {
+        let pools = self.pools.read().await;
+        if let Some(before) = before {
+            let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ? AND session_id = ?")
+                .bind(before)
+                .bind(session_id)
+                .fetch_optional(&pools.reader)
+                .await
+                .map_err(query_error("find a page's cursor"))?;
+            if known.is_none() {
+                return Ok(None);
+            }
+        }
+        let limit = limit.clamp(1, MAX_PAGE) as usize;
+        let query = match before {
+            None => sqlx::query_as(PAGE_LATEST).bind(session_id),
+            Some(before) => sqlx::query_as(PAGE_BEFORE)
+                .bind(session_id)
+                .bind(before)
+                .bind(session_id),
+        };
+        // One row past the page tells whether there are more; rows are streamed, so the page's
+        // byte bound is also what the daemon holds.
+        let mut rows = query.bind(limit as i64 + 1).fetch(&pools.reader);
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        while let Some(row) = rows.try_next().await.map_err(query_error("read a page of messages"))? {
+            let (id, turn_id, role, content_json, created_at): (String, String, String, String, i64) = row;
+            let size = content_json.len() + id.len() + turn_id.len();
+            if messages.len() == limit || (!messages.is_empty() && bytes + size > MAX_PAGE_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += size;
+            messages.push(MessageRecord {
+                id,
+                turn_id,
+                role,
+                content_json,
+                created_at,
+            });
+        }
+        messages.reverse();
+        Ok(Some(MessagePage { messages, more }))
     }
 
-    /// Like [`Storage::recent_messages`], but only of turns up to and including `turn_id`: the
-    /// history a turn answers, without messages of turns queued behind it.
+    /// The latest `limit` messages of turns up to and including `turn_id`, oldest first in turn
+    /// order: the history a turn answers, without messages of turns queued behind it.
     pub async fn history_of_turn(
         &self,
         session_id: &str,
         turn_id: &str,
         limit: u32,
     ) -> Result<Vec<MessageRecord>, StorageError> {
-        self.messages(session_id, Some(turn_id), limit).await
-    }
-
-    async fn messages(
-        &self,
-        session_id: &str,
-        until_turn: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StorageError> {
-        // Two statements rather than one with `? IS NULL OR ...`: a plan that depends on whether
-        // a parameter is NULL makes SQLite prepare the statement again at every use. Both walk
-        // `messages_by_session_turn` backwards: no join, no sort. A message without a turn row
-        // (none is stored so) is left out, as the join with `turns` once left it out.
-        const ALL: &str = "SELECT id, turn_id, role, content, created_at FROM messages \
-             WHERE session_id = ? AND turn_seq IS NOT NULL \
-             ORDER BY turn_seq DESC, seq DESC LIMIT ?";
+        // Walks `messages_by_session_turn` backwards: no join, no sort. A message without a turn
+        // row (none is stored so) is left out, as the join with `turns` once left it out.
         const UNTIL: &str = "SELECT id, turn_id, role, content, created_at FROM messages \
              WHERE session_id = ? AND turn_seq <= (SELECT rowid FROM turns WHERE id = ?) \
              ORDER BY turn_seq DESC, seq DESC LIMIT ?";
         let pools = self.pools.read().await;
-        let query = match until_turn {
-            None => sqlx::query_as(ALL).bind(session_id),
-            Some(turn_id) => sqlx::query_as(UNTIL).bind(session_id).bind(turn_id),
-        };
-        let rows: Vec<(String, String, String, String, i64)> = query
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(UNTIL)
+            .bind(session_id)
+            .bind(turn_id)
             .bind(i64::from(limit.min(MAX_PAGE)))
             .fetch_all(&pools.reader)
             .await
@@ -637,9 +701,11 @@ mod tests {
         assert_eq!(session.model, "model-x");
         assert_eq!(session.message_count, 3);
         let ids: Vec<String> = storage
-            .recent_messages("s1", 10)
+            .message_page("s1", None, 10)
             .await
             .unwrap()
+            .unwrap()
+            .messages
             .into_iter()
             .map(|message| message.id)
             .collect();
@@ -648,7 +714,10 @@ mod tests {
             ["m1", "m2", "m3"],
             "the inbound message of the interrupted turn is kept"
         );
-        assert_eq!(storage.recent_messages("s1", 2).await.unwrap()[0].id, "m2");
+        assert_eq!(
+            storage.message_page("s1", None, 2).await.unwrap().unwrap().messages[0].id,
+            "m2"
+        );
     }
 
     #[tokio::test]
@@ -682,7 +751,7 @@ mod tests {
         );
         let ids = |records: Vec<MessageRecord>| records.into_iter().map(|record| record.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(storage.recent_messages("s1", 10).await.unwrap()),
+            ids(storage.message_page("s1", None, 10).await.unwrap().unwrap().messages),
             ["a1", "a2", "a3", "a4", "b1"]
         );
         assert_eq!(
@@ -691,6 +760,108 @@ mod tests {
         );
         storage.finish_turn("s1", "tB", TurnEnd::Completed, None).await.unwrap();
         assert_eq!(storage.get_session("s1").await.unwrap().unwrap().state, "idle");
+    }
+
+    #[tokio::test]
+    async fn messages_page_back_in_turn_order_within_a_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        storage.create_session("s1", "t").await.unwrap();
+        storage.create_session("s2", "t").await.unwrap();
+        // Turn order, as above: a1 a2 | b1 arrives | a3 a4, so the history is a1 a2 a3 a4 b1.
+        storage
+            .begin_turn(None, &[], message("a1", "tA", "user"))
+            .await
+            .unwrap();
+        storage
+            .append_message(message("a2", "tA", "assistant"), "m")
+            .await
+            .unwrap();
+        storage
+            .begin_turn(None, &[], message("b1", "tB", "user"))
+            .await
+            .unwrap();
+        storage.append_message(message("a3", "tA", "tool"), "m").await.unwrap();
+        storage
+            .append_message(message("a4", "tA", "assistant"), "m")
+            .await
+            .unwrap();
+        let page = |before: Option<&'static str>, limit| {
+            let storage = &storage;
+            async move {
+                let page = storage.message_page("s1", before, limit).await.unwrap().unwrap();
+                let ids: Vec<String> = page.messages.into_iter().map(|record| record.id).collect();
+                (ids, page.more)
+            }
+        };
+        assert_eq!(page(None, 2).await, (vec!["a4".into(), "b1".into()], true));
+        assert_eq!(page(Some("a4"), 2).await, (vec!["a2".into(), "a3".into()], true));
+        assert_eq!(page(Some("a2"), 2).await, (vec!["a1".into()], false));
+        assert_eq!(page(Some("a1"), 2).await, (vec![], false));
+        assert!(!page(None, 5).await.1, "exactly the limit left: no more");
+        // A cursor of another session, or of none, is no cursor.
+        assert!(storage.message_page("s2", Some("a1"), 2).await.unwrap().is_none());
+        assert!(storage.message_page("s1", Some("zz"), 2).await.unwrap().is_none());
+
+        // Large messages end a page before MAX_PAGE_BYTES, and one larger than that still comes
+        // alone rather than never.
+        let big = format!("[\"{}\"]", "x".repeat(MAX_PAGE_BYTES / 3));
+        let huge = format!("[\"{}\"]", "y".repeat(MAX_PAGE_BYTES + 1));
+        let session2 = |id: &'static str, turn: &'static str, content: &'static str| NewMessage {
+            session_id: "s2",
+            content_json: content,
+            ..message(id, turn, "user")
+        };
+        let (big, huge): (&'static str, &'static str) = (big.leak(), huge.leak());
+        storage.begin_turn(None, &[], session2("h1", "tH", huge)).await.unwrap();
+        for (id, turn) in [("g1", "tG1"), ("g2", "tG2"), ("g3", "tG3")] {
+            storage.begin_turn(None, &[], session2(id, turn, big)).await.unwrap();
+        }
+        let first = storage.message_page("s2", None, 100).await.unwrap().unwrap();
+        let ids: Vec<&str> = first.messages.iter().map(|record| record.id.as_str()).collect();
+        assert_eq!((ids, first.more), (vec!["g2", "g3"], true));
+        let second = storage.message_page("s2", Some("g2"), 100).await.unwrap().unwrap();
+        let ids: Vec<&str> = second.messages.iter().map(|record| record.id.as_str()).collect();
+        assert_eq!((ids, second.more), (vec!["g1"], true));
+        let last = storage.message_page("s2", Some("g1"), 100).await.unwrap().unwrap();
+        let ids: Vec<&str> = last.messages.iter().map(|record| record.id.as_str()).collect();
+        assert_eq!((ids, last.more), (vec!["h1"], false));
+    }
+
+    #[tokio::test]
+    async fn a_sessions_turns_and_pages_are_found_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        let plan = |sql: &'static str, binds: &'static [&'static str]| {
+            let storage = &storage;
+            async move {
+                let pools = storage.pools.read().await;
+                let mut query = sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+                for bind in binds {
+                    query = query.bind(*bind);
+                }
+                let rows: Vec<(i64, i64, i64, String)> = query.fetch_all(&pools.reader).await.unwrap();
+                rows.into_iter().map(|row| row.3).collect::<Vec<_>>().join("; ")
+            }
+        };
+        // What deleting a session cascades to: no scan of every turn.
+        let cascade = plan("DELETE FROM turns WHERE session_id = ?", &["s1"]).await;
+        assert!(cascade.contains("INDEX turns_by_session (session_id=?)"), "{cascade}");
+        // A page is one range of the session's index, bounded by the cursor's turn when paging
+        // back; no sort.
+        let latest = plan(PAGE_LATEST, &["s1", "10"]).await;
+        assert!(
+            latest.starts_with("SEARCH messages USING INDEX messages_by_session_turn (session_id=? AND turn_seq>?)"),
+            "{latest}"
+        );
+        let before = plan(PAGE_BEFORE, &["s1", "m1", "s1", "10"]).await;
+        assert!(
+            before.starts_with(
+                "SEARCH messages USING INDEX messages_by_session_turn (session_id=? AND turn_seq>? AND turn_seq<?)"
+            ),
+            "{before}"
+        );
+        assert!(!format!("{latest}{before}").contains("TEMP B-TREE"));
     }
 
     #[tokio::test]
@@ -715,7 +886,15 @@ mod tests {
             .unwrap();
         assert!(storage.delete_session("s1").await.unwrap());
         assert!(!storage.delete_session("s1").await.unwrap());
-        assert!(storage.recent_messages("s1", 10).await.unwrap().is_empty());
+        assert!(
+            storage
+                .message_page("s1", None, 10)
+                .await
+                .unwrap()
+                .unwrap()
+                .messages
+                .is_empty()
+        );
         assert_eq!(storage.count_sessions().await.unwrap(), 4);
     }
 

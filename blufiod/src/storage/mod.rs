@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger day index",
         include_str!("migrations/0006_ledger_day_index.sql"),
     ),
+    (
+        7,
+        "turns by session",
+        include_str!("migrations/0007_turns_by_session.sql"),
+    ),
 ];
 
 pub use agent::{LedgerEntry, MessageRecord, NewMessage, SessionRecord, TurnEnd, UsageReport, UsageTotals};
@@ -737,6 +742,10 @@ mod tests {
             "0006_ledger_day_index.sql",
             "6764dc19f17cc3860f86069c2a603627daea17eab269f49d2a983540267ad08e",
         ),
+        (
+            "0007_turns_by_session.sql",
+            "dba145b28428b076d7581a02b494a32dcc9ed25645bf9e674c0aa6b5a4df7503",
+        ),
     ];
 
     #[test]
@@ -815,7 +824,7 @@ mod tests {
         .unwrap();
         let ids = |records: Vec<MessageRecord>| records.into_iter().map(|record| record.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(storage.recent_messages("s1", 10).await.unwrap()),
+            ids(storage.message_page("s1", None, 10).await.unwrap().unwrap().messages),
             ["m1", "m3", "m2"]
         );
         assert_eq!(
@@ -840,7 +849,10 @@ mod tests {
             ids(storage.history_of_turn("s1", "t2", 10).await.unwrap()),
             ["m1", "m3", "m2", "m4"]
         );
-        assert_eq!(ids(storage.recent_messages("s1", 2).await.unwrap()), ["m2", "m4"]);
+        assert_eq!(
+            ids(storage.message_page("s1", None, 2).await.unwrap().unwrap().messages),
+            ["m2", "m4"]
+        );
     }
 
     #[tokio::test]

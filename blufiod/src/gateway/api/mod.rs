@@ -260,7 +260,7 @@ async fn dispatch(
         ("POST", ["v1", "chat", "completions"]) => openai::chat_completions(gateway, parts, &body).await,
         ("POST", ["v1", "sessions"]) => sessions::create(gateway, &body).await,
         ("GET", ["v1", "sessions"]) => sessions::list(gateway, parts.uri.query()).await,
-        ("GET", ["v1", "sessions", id]) => sessions::show(gateway, id).await,
+        ("GET", ["v1", "sessions", id]) => sessions::show(gateway, id, parts.uri.query()).await,
         ("DELETE", ["v1", "sessions", id]) => sessions::delete(gateway, id).await,
         ("POST", ["v1", "sessions", id, "messages"]) => sessions::send(gateway, id, &body).await,
         ("GET", ["v1", "usage"]) => usage::report(gateway, parts.uri.query()).await,

@@ -39,10 +39,14 @@ pub(super) async fn create(gateway: &Arc<Gateway>, body: &[u8]) -> Result<Respon
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
 
-/// `GET /v1/sessions[?limit=N][&cursor=C]`: a page, most recently updated first; `next_cursor`
-/// (when not null) fetches the next one.
-pub(super) async fn list(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<Response<Body>, Problem> {
-    let mut limit = DEFAULT_PAGE;
+/// Messages in a page of `GET /v1/sessions/{id}` unless `limit` says otherwise, and at most (a
+/// page also ends before 2 MiB of messages).
+const DEFAULT_MESSAGE_PAGE: u32 = 200;
+const MAX_MESSAGE_PAGE: u32 = 2_000;
+
+/// A page's `limit` and `cursor` from the query string of `route`, which takes nothing else.
+fn page_query(query: Option<&str>, default: u32, max: u32, route: &str) -> Result<(u32, Option<String>), Problem> {
+    let mut limit = default;
     let mut cursor = None;
     for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -51,10 +55,10 @@ pub(super) async fn list(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<
                 limit = value
                     .parse()
                     .ok()
-                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
-                    .ok_or_else(|| bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}")))?;
+                    .filter(|limit| (1..=max).contains(limit))
+                    .ok_or_else(|| bad_request(format!("limit must be a whole number from 1 to {max}")))?;
             }
-            // A cursor is `SECONDS:ID`; a client may have percent-encoded the colon.
+            // A session cursor is `SECONDS:ID`; a client may have percent-encoded the colon.
             "cursor" if !value.is_empty() => cursor = Some(value.replace("%3A", ":").replace("%3a", ":")),
             "cursor" => {
                 return Err(bad_request(
@@ -63,12 +67,19 @@ pub(super) async fn list(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<
             }
             other => {
                 return Err(bad_request(format!(
-                    "unknown query parameter {:?}; GET /v1/sessions takes limit and cursor",
+                    "unknown query parameter {:?}; GET {route} takes limit and cursor",
                     crate::gateway::problem::shown(other)
                 )));
             }
         }
     }
+    Ok((limit, cursor))
+}
+
+/// `GET /v1/sessions[?limit=N][&cursor=C]`: a page, most recently updated first; `next_cursor`
+/// (when not null) fetches the next one.
+pub(super) async fn list(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<Response<Body>, Problem> {
+    let (limit, cursor) = page_query(query, DEFAULT_PAGE, MAX_PAGE, "/v1/sessions")?;
     let (sessions, next) = gateway
         .agent
         .list_sessions(limit, cursor.as_deref())
@@ -83,11 +94,13 @@ pub(super) async fn list(gateway: &Arc<Gateway>, query: Option<&str>) -> Result<
     ))
 }
 
-/// `GET /v1/sessions/{id}`.
-pub(super) async fn show(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Body>, Problem> {
-    let (session, messages) = gateway
+/// `GET /v1/sessions/{id}[?limit=N][&cursor=C]`: the session and a page of its messages, the
+/// latest first; `next_cursor` (when not null) fetches the older page before it.
+pub(super) async fn show(gateway: &Arc<Gateway>, id: &str, query: Option<&str>) -> Result<Response<Body>, Problem> {
+    let (limit, cursor) = page_query(query, DEFAULT_MESSAGE_PAGE, MAX_MESSAGE_PAGE, "/v1/sessions/{id}")?;
+    let (session, messages, next) = gateway
         .agent
-        .get_session(id, 200)
+        .get_session(id, limit, cursor.as_deref())
         .await
         .map_err(|error| agent_problem(&error))?;
     let messages: Vec<serde_json::Value> = messages
@@ -103,7 +116,7 @@ pub(super) async fn show(gateway: &Arc<Gateway>, id: &str) -> Result<Response<Bo
         .collect();
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"session": session_json(&session), "messages": messages}),
+        &serde_json::json!({"session": session_json(&session), "messages": messages, "next_cursor": next}),
     ))
 }
 
