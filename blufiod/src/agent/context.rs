@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use std::os::unix::fs::OpenOptionsExt as _;
+use std::sync::Arc;
 
 use super::model::Role as StoredRole;
 use super::provider::{ChatRequest, ContentBlock, Message, Role};
@@ -200,13 +201,13 @@ impl History {
                 "tool" => StoredRole::Tool,
                 _ => StoredRole::User,
             };
-            (role, StoredBlocks::decode(&record.content_json))
+            (role, StoredBlocks::decode(&record.content_json).into())
         }))
     }
 
     /// The conversation from messages as they are stored (oldest first): what
     /// [`History::from_records`] makes of them once read back, without reading them back.
-    pub fn from_messages(messages: impl IntoIterator<Item = (StoredRole, Vec<ContentBlock>)>) -> Self {
+    pub fn from_messages(messages: impl IntoIterator<Item = (StoredRole, Arc<[ContentBlock]>)>) -> Self {
         let mut history = Self::default();
         for (role, blocks) in messages {
             match role {
@@ -219,28 +220,28 @@ impl History {
         history
     }
 
-    fn push_user(&mut self, blocks: Vec<ContentBlock>) {
+    fn push_user(&mut self, blocks: impl Into<Arc<[ContentBlock]>>) {
         self.close_dangling_calls();
         self.messages.push(Message {
             role: Role::User,
-            content: blocks,
+            content: blocks.into(),
         });
     }
 
     /// Appends an answer of the model.
-    pub fn push_assistant(&mut self, blocks: Vec<ContentBlock>) {
+    pub fn push_assistant(&mut self, blocks: impl Into<Arc<[ContentBlock]>>) {
         self.close_dangling_calls();
         self.messages.push(Message {
             role: Role::Assistant,
-            content: blocks,
+            content: blocks.into(),
         });
     }
 
     /// Appends tool results (sent as a user message, as both APIs expect).
-    pub fn push_tool_results(&mut self, blocks: Vec<ContentBlock>) {
+    pub fn push_tool_results(&mut self, blocks: impl Into<Arc<[ContentBlock]>>) {
         self.messages.push(Message {
             role: Role::User,
-            content: blocks,
+            content: blocks.into(),
         });
     }
 
@@ -332,7 +333,7 @@ mod tests {
             .map(|(role, blocks)| record(role.as_str(), blocks))
             .collect();
         let read_back = History::from_records(&records);
-        let known = History::from_messages(messages);
+        let known = History::from_messages(messages.map(|(role, blocks)| (role, blocks.into())));
         assert_eq!(known.messages, read_back.messages);
         assert!(
             format!("{:?}", known.messages).contains("toolu_1"),

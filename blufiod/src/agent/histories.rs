@@ -16,7 +16,7 @@
 //! sessions and by bytes; least recently kept goes first.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::context::History;
 use super::model::Role as StoredRole;
@@ -32,7 +32,7 @@ const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// One session's latest stored messages, decoded.
 #[derive(Debug, Clone)]
 pub struct Transcript {
-    messages: VecDeque<(StoredRole, Vec<ContentBlock>, usize)>,
+    messages: VecDeque<(StoredRole, Arc<[ContentBlock]>, usize)>,
     /// At most this many messages, the newest.
     limit: usize,
     bytes: usize,
@@ -65,7 +65,7 @@ impl Transcript {
     /// Appends a message as it was stored, dropping the oldest beyond the limit.
     pub fn push(&mut self, role: StoredRole, blocks: Vec<ContentBlock>) {
         let bytes = approximate_bytes(&blocks);
-        self.messages.push_back((role, blocks, bytes));
+        self.messages.push_back((role, blocks.into(), bytes));
         self.bytes += bytes;
         while self.messages.len() > self.limit {
             if let Some((_, _, bytes)) = self.messages.pop_front() {
@@ -86,7 +86,7 @@ impl Transcript {
         self.push(role, read_back);
     }
 
-    /// The conversation in provider form.
+    /// The conversation in provider form (sharing the messages' blocks).
     pub fn history(&self) -> History {
         History::from_messages(self.messages.iter().map(|(role, blocks, _)| (*role, blocks.clone())))
     }

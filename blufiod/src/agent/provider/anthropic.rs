@@ -62,6 +62,7 @@ impl Anthropic {
             format!("{}/v1/messages", self.settings.base_url),
             self.auth_headers()?,
             &request_body(request),
+            request.approximate_bytes(),
         )
     }
 }
@@ -585,7 +586,7 @@ mod tests {
             messages: vec![
                 Message {
                     role: Role::User,
-                    content: vec![text("what time is it?")],
+                    content: vec![text("what time is it?")].into(),
                 },
                 Message {
                     role: Role::Assistant,
@@ -596,7 +597,8 @@ mod tests {
                             name: "get_time".to_owned(),
                             input: json!({"zone": "UTC"}),
                         },
-                    ],
+                    ]
+                    .into(),
                 },
                 Message {
                     role: Role::User,
@@ -604,7 +606,8 @@ mod tests {
                         tool_use_id: "toolu_1".to_owned(),
                         content: "12:00".to_owned(),
                         is_error: false,
-                    }],
+                    }]
+                    .into(),
                 },
             ]
             .into(),
@@ -759,6 +762,26 @@ mod tests {
     }
 
     #[test]
+    fn the_size_hint_holds_a_long_conversation_without_growing() {
+        let mut request = request();
+        request.messages = (0..200)
+            .map(|index| Message {
+                role: if index % 2 == 0 { Role::User } else { Role::Assistant },
+                content: vec![text(&"a \"word\" ".repeat(index % 50 + 1))].into(),
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let encoded = serde_json::to_vec(&request_body(&request)).expect("serializes");
+        let hint = request.approximate_bytes();
+        assert!(
+            encoded.len() <= hint + hint / 8,
+            "{} bytes against a hint of {hint}",
+            encoded.len()
+        );
+        assert!(hint < 2 * encoded.len(), "a hint of {hint} for {} bytes", encoded.len());
+    }
+
+    #[test]
     fn the_body_marks_only_the_last_block_of_the_last_message_and_omits_an_empty_system() {
         let mut request = request();
         request.system.to_mut().clear();
@@ -766,15 +789,15 @@ mod tests {
         request.messages = vec![
             Message {
                 role: Role::User,
-                content: vec![text("one"), text("two")],
+                content: vec![text("one"), text("two")].into(),
             },
             Message {
                 role: Role::Assistant,
-                content: vec![text("three")],
+                content: vec![text("three")].into(),
             },
             Message {
                 role: Role::User,
-                content: vec![text("four"), text("five")],
+                content: vec![text("four"), text("five")].into(),
             },
         ]
         .into();

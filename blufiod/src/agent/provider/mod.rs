@@ -20,6 +20,7 @@ mod fake_provider;
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -47,8 +48,9 @@ pub enum Role {
 pub struct Message {
     /// Who said it.
     pub role: Role,
-    /// What was said.
-    pub content: Vec<ContentBlock>,
+    /// What was said: shared, so that each turn's copy of a long conversation costs a reference
+    /// per message, not a copy of every text.
+    pub content: Arc<[ContentBlock]>,
 }
 
 /// A tool the model may call.
@@ -77,6 +79,42 @@ pub struct ChatRequest<'a> {
     pub tools: Cow<'a, [ToolSpec]>,
     /// Output token limit.
     pub max_tokens: u32,
+}
+
+impl ChatRequest<'_> {
+    /// About the size of the request's JSON: its texts, plus a little per message, block and
+    /// tool (tool inputs and schemas count as a guess). Sizes the encoding buffer once, rather than
+    /// doubling it, copy after copy, as a long conversation is written.
+    pub fn approximate_bytes(&self) -> usize {
+        const PER_ITEM: usize = 64;
+        const PER_JSON_VALUE: usize = 256;
+        let blocks = |content: &[ContentBlock]| -> usize {
+            content
+                .iter()
+                .map(|block| {
+                    PER_ITEM
+                        + match block {
+                            ContentBlock::Text { text } => text.len(),
+                            ContentBlock::ToolUse { id, name, .. } => id.len() + name.len() + PER_JSON_VALUE,
+                            ContentBlock::ToolResult {
+                                tool_use_id, content, ..
+                            } => tool_use_id.len() + content.len(),
+                        }
+                })
+                .sum()
+        };
+        let tools: usize = self
+            .tools
+            .iter()
+            .map(|tool| PER_ITEM + tool.name.len() + tool.description.len() + PER_JSON_VALUE)
+            .sum();
+        let messages: usize = self
+            .messages
+            .iter()
+            .map(|message| PER_ITEM + blocks(&message.content))
+            .sum();
+        PER_ITEM + self.model.len() + self.system.len() + tools + messages
+    }
 }
 
 /// A finished call.
@@ -335,6 +373,7 @@ impl HttpCall {
         url: String,
         mut headers: reqwest::header::HeaderMap,
         body: &impl serde::Serialize,
+        size_hint: usize,
     ) -> Result<Self, ProviderError> {
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -344,9 +383,12 @@ impl HttpCall {
             reqwest::header::ACCEPT,
             reqwest::header::HeaderValue::from_static("text/event-stream"),
         );
-        let body = serde_json::to_vec(body).map_err(|error| ProviderError::Malformed {
+        // An eighth more than the hint leaves room for escapes and what the hint guessed.
+        let mut encoded = Vec::with_capacity(size_hint + size_hint / 8);
+        serde_json::to_writer(&mut encoded, body).map_err(|error| ProviderError::Malformed {
             reason: format!("cannot encode the request: {error}"),
         })?;
+        let body = encoded;
         Ok(Self::new(client, settings, url, headers, body))
     }
 

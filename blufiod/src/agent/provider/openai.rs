@@ -50,6 +50,7 @@ impl OpenAi {
             format!("{}/chat/completions", self.settings.base_url),
             self.auth_headers()?,
             &request_body(request),
+            request.approximate_bytes(),
         )
     }
 }
@@ -179,7 +180,7 @@ struct CallJson<'a> {
 fn push_message_json<'a>(message: &'a Message, messages: &mut Vec<MessageJson<'a>>) {
     let mut texts = Vec::new();
     let mut tool_calls = Vec::new();
-    for block in &message.content {
+    for block in message.content.iter() {
         match block {
             ContentBlock::Text { text } => texts.push(text.as_str()),
             ContentBlock::ToolUse { id, name, input } => tool_calls.push(ToolCallJson {
@@ -541,7 +542,7 @@ mod tests {
             messages: vec![
                 Message {
                     role: Role::User,
-                    content: vec![text("what time is it?")],
+                    content: vec![text("what time is it?")].into(),
                 },
                 Message {
                     role: Role::Assistant,
@@ -549,7 +550,8 @@ mod tests {
                         id: "call_1".to_owned(),
                         name: "get_time".to_owned(),
                         input: json!({"zone": "UTC"}),
-                    }],
+                    }]
+                    .into(),
                 },
                 Message {
                     role: Role::User,
@@ -560,7 +562,8 @@ mod tests {
                             is_error: false,
                         },
                         text("and in Paris?"),
-                    ],
+                    ]
+                    .into(),
                 },
             ]
             .into(),
@@ -686,11 +689,11 @@ mod tests {
             messages: vec![
                 Message {
                     role: Role::User,
-                    content: vec![text("one"), text("two")],
+                    content: vec![text("one"), text("two")].into(),
                 },
                 Message {
                     role: Role::Assistant,
-                    content: vec![text("three")],
+                    content: vec![text("three")].into(),
                 },
                 Message {
                     role: Role::User,
@@ -698,7 +701,8 @@ mod tests {
                         tool_use_id: "call_9".to_owned(),
                         content: "boom".to_owned(),
                         is_error: true,
-                    }],
+                    }]
+                    .into(),
                 },
             ]
             .into(),
