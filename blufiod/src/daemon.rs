@@ -330,6 +330,13 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
 
     notifier.status("starting: opening the database");
     let state_lock = lock_state_dir(&paths.state_dir)?;
+    // The gateway's certificate, listeners and replay journal load on a thread of their own while
+    // the database and the vault open: neither needs the other, and they are the two longest
+    // parts of a start. Its outcome is taken after theirs, so errors come in the same order.
+    let binding = config.gateway.enabled.then(|| {
+        let (gateway, state_dir) = (config.gateway.clone(), paths.state_dir.clone());
+        tokio::task::spawn_blocking(move || gateway::bind(&gateway, &state_dir))
+    });
     // A restore cut short by a crash: say which database this start finds, before opening it.
     crate::backup::restore::recover(&paths.database);
     let storage = Storage::open(&StorageOptions {
@@ -360,9 +367,12 @@ async fn start(startup: Startup, sighup: Option<Signal>, sigusr1: Option<Signal>
         tracing::warn!("the previous run of blufiod did not shut down cleanly");
     }
 
-    let bound_gateway = if config.gateway.enabled {
+    let bound_gateway = if let Some(binding) = binding {
         notifier.status("starting: binding the gateway");
-        let bound = gateway::bind(&config.gateway, &paths.state_dir).map_err(DaemonError::BindGateway)?;
+        let bound = binding
+            .await
+            .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))
+            .map_err(DaemonError::BindGateway)?;
         tracing::info!(
             address = %bound.info.address,
             scheme = bound.info.scheme,
