@@ -94,6 +94,12 @@ impl StdError for ClientError {
     }
 }
 
+/// Largest reply decoded. The daemon bounds a page of messages at 2 MiB but always sends at least
+/// one message, and one message can be larger: a tool result (up to `tools.max_result_bytes`,
+/// 16 MiB at most) or one stored by an older version. tonic's default of 4 MiB would make such a
+/// session unreadable; this is the local daemon, which the client trusts.
+const MAX_REPLY_BYTES: usize = 32 * 1024 * 1024;
+
 /// A connected control client.
 pub struct Client {
     inner: ControlClient<Channel>,
@@ -146,7 +152,7 @@ impl Client {
             }
         };
         Ok(Client {
-            inner: ControlClient::new(channel),
+            inner: ControlClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES),
             socket: socket.to_path_buf(),
             call_timeout,
             descriptors,

@@ -490,6 +490,83 @@ fn sessions_can_be_renamed_exported_and_pruned() {
 }
 
 #[test]
+fn an_answer_past_the_bound_is_stopped_and_an_oversized_stored_message_still_shows() {
+    // Reported (attack on b52db2a): a provider that streamed a 5 MiB answer had it stored whole,
+    // and the session could no longer be shown or exported ("decoded message length too large"):
+    // a page holds at least one message, and this one was larger than the client accepted.
+    let fake = FakeProvider::start();
+    let daemon = support::start_with_fake(&fake, "");
+    fake.push(Script::Text {
+        text: "x".repeat(5 * 1024 * 1024),
+        chunks: 8,
+        usage: FakeUsage::default(),
+    });
+    let refused = daemon.ctl(&["chat", "a huge answer please"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{} bytes of answer printed; stderr: {stderr}",
+        refused.stdout.len()
+    );
+    assert!(stderr.contains("answer passed 2097152 bytes"), "{stderr}");
+    let session = daemon.ctl_json(&["sessions", "list"])["sessions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    assert_eq!(
+        shown["messages"].as_array().unwrap().len(),
+        1,
+        "only the question is stored"
+    );
+    assert_eq!(
+        daemon.ctl_json(&["usage"])["days"][0]["calls"],
+        1,
+        "the call is charged"
+    );
+
+    // A message that large, stored by an older version (or a tool result under a large
+    // tools.max_result_bytes), still shows and exports.
+    let answered = daemon.ctl_json(&["chat", "--session", &session, "a normal question"]);
+    assert!(
+        answered["text"].as_str().unwrap().starts_with("fake answer to"),
+        "{answered}"
+    );
+    let database = daemon.dir.path().join("state/blufio.db");
+    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let grown = Command::new(python)
+        .args([
+            "-c",
+            "import json,sqlite3,sys; db=sqlite3.connect(sys.argv[1], timeout=10); \
+             (seq, content), = db.execute(\"SELECT seq, content FROM messages WHERE role='assistant'\").fetchall(); \
+             blocks = json.loads(content); blocks[0]['text'] = 'y' * (5 * 1024 * 1024); \
+             db.execute('UPDATE messages SET content=? WHERE seq=?', (json.dumps(blocks), seq)); db.commit()",
+        ])
+        .arg(&database)
+        .output()
+        .unwrap();
+    assert!(grown.status.success(), "{}", describe(&grown));
+    let shown = daemon.ctl_json(&["sessions", "show", &session]);
+    let texts: Vec<usize> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["text"].as_str().unwrap().len())
+        .collect();
+    assert!(texts.contains(&(5 * 1024 * 1024)), "{texts:?}");
+    let export = daemon.ctl(&["sessions", "export", &session, "--format", "json"]);
+    assert!(export.status.success(), "{}", describe(&export));
+    let export: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(
+        export["messages"].as_array().unwrap().len(),
+        3,
+        "{}",
+        export["messages"].as_array().unwrap().len()
+    );
+}
+
+#[test]
 fn a_session_larger_than_one_reply_is_shown_and_exported_a_page_at_a_time() {
     // Reported: `sessions show` failed with "decoded message length too large" once a session's
     // latest messages passed the 4 MiB a gRPC client accepts in one reply, and `sessions export`

@@ -371,6 +371,8 @@ struct AnthropicDecoder {
     usage: Usage,
     blocks: Vec<OpenBlock>,
     stop_reason: Option<StopReason>,
+    /// Text and tool input received.
+    answer_bytes: usize,
 }
 
 fn malformed(reason: impl Into<String>) -> ProviderError {
@@ -432,6 +434,10 @@ impl AnthropicDecoder {
 }
 
 impl Decoder for AnthropicDecoder {
+    fn answer_bytes(&self) -> usize {
+        self.answer_bytes
+    }
+
     fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, ProviderError> {
         let wire: WireEvent = serde_json::from_str(&event.data)
             .map_err(|error| malformed(format!("invalid {} event: {error}", event.event)))?;
@@ -490,6 +496,11 @@ impl Decoder for AnthropicDecoder {
                 });
             }
             WireEvent::ContentBlockDelta { index, delta } => {
+                self.answer_bytes += match &delta {
+                    WireDelta::TextDelta { text } => text.len(),
+                    WireDelta::InputJsonDelta { partial_json } => partial_json.len(),
+                    WireDelta::Other => 0,
+                };
                 let open = self.open_block(index, "content_block_delta")?;
                 match (&mut open.block, delta) {
                     (Block::Text(text), WireDelta::TextDelta { text: piece }) => {

@@ -196,6 +196,14 @@ pub enum ProviderError {
     /// The stream ended before the answer was complete.
     #[error("the provider's stream ended before the answer was complete")]
     Truncated,
+    /// The answer passed [`MAX_ANSWER_BYTES`].
+    #[error(
+        "the provider's answer passed {limit} bytes, more than any answer within provider.max_tokens; the call was stopped (check provider.base_url: is it the provider, or a proxy gone wrong?)"
+    )]
+    AnswerTooLarge {
+        /// The bound.
+        limit: usize,
+    },
     /// The whole call took too long.
     #[error("the provider call took longer than {0:?}")]
     Timeout(Duration),
@@ -331,7 +339,15 @@ trait Decoder: Send + 'static {
     /// Handles one event, appending what to deliver to `out`. Returns `true` once the answer is
     /// complete (the last event appended is then [`StreamEvent::Completed`]).
     fn decode(&mut self, event: &sse::SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, ProviderError>;
+
+    /// Bytes of answer held so far: its text and its tool calls' input JSON.
+    fn answer_bytes(&self) -> usize;
 }
+
+/// Most answer one call may stream (text and tool inputs together). A model kept within
+/// `provider.max_tokens` stays far below (a token is a few bytes); a broken or hostile provider
+/// would otherwise grow the daemon's memory, and a stored message, without bound.
+pub const MAX_ANSWER_BYTES: usize = 2 * 1024 * 1024;
 
 /// One prepared streamed call.
 struct HttpCall {
@@ -448,6 +464,11 @@ impl HttpCall {
             })?;
             for event in events {
                 let done = decoder.decode(&event, &mut out)?;
+                if decoder.answer_bytes() > MAX_ANSWER_BYTES {
+                    return Err(ProviderError::AnswerTooLarge {
+                        limit: MAX_ANSWER_BYTES,
+                    });
+                }
                 for item in out.drain(..) {
                     if sender.send(Ok(item)).await.is_err() {
                         return Ok(());

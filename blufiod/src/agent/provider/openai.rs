@@ -315,6 +315,8 @@ struct OpenAiDecoder {
     tool_calls: Vec<ToolCall>,
     finish_reason: Option<String>,
     usage: Usage,
+    /// Text and tool arguments received.
+    answer_bytes: usize,
 }
 
 fn malformed(reason: impl Into<String>) -> ProviderError {
@@ -323,6 +325,7 @@ fn malformed(reason: impl Into<String>) -> ProviderError {
 
 impl OpenAiDecoder {
     fn push_text(&mut self, piece: &str) {
+        self.answer_bytes += piece.len();
         if let Some(Part::Text(text)) = self.parts.last_mut() {
             text.push_str(piece);
         } else {
@@ -357,6 +360,9 @@ impl OpenAiDecoder {
     }
 
     fn apply_tool_call(&mut self, delta: WireToolCall, out: &mut Vec<StreamEvent>) {
+        if let Some(arguments) = delta.function.as_ref().and_then(|function| function.arguments.as_ref()) {
+            self.answer_bytes += arguments.len();
+        }
         let position = self.tool_call_for(&delta);
         let call = &mut self.tool_calls[position];
         if let Some(id) = delta.id.filter(|id| !id.is_empty())
@@ -442,6 +448,10 @@ impl OpenAiDecoder {
 }
 
 impl Decoder for OpenAiDecoder {
+    fn answer_bytes(&self) -> usize {
+        self.answer_bytes
+    }
+
     fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, ProviderError> {
         let data = event.data.trim();
         if data == "[DONE]" {
@@ -814,6 +824,25 @@ mod tests {
             decoder.decode(&event, &mut out)?;
         }
         Ok(out)
+    }
+
+    #[test]
+    fn the_answer_held_counts_text_and_tool_arguments() {
+        let mut decoder = OpenAiDecoder::default();
+        let mut out = Vec::new();
+        for line in [
+            chunk(json!({"content": "four"}), None),
+            chunk(json!({"content": "five!"}), None),
+            tool_delta(0, Some("c1"), Some("f"), "{\"a\":"),
+        ] {
+            let event = SseEvent {
+                event: "message".to_owned(),
+                data: line,
+                id: None,
+            };
+            decoder.decode(&event, &mut out).unwrap();
+        }
+        assert_eq!(decoder.answer_bytes(), 4 + 5 + 5);
     }
 
     /// The data of a chunk with one choice.
