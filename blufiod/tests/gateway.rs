@@ -1230,14 +1230,54 @@ async fn one_address_holds_a_bounded_share_of_the_connections() {
         }
         closed
     }
-    // One address holds at most 32 connections by default: the 33rd is closed at once.
+    // One address holds at most 32 connections by default: a 33rd takes the place of the oldest
+    // of them that has sent nothing.
     let default = setup("[gateway]\nmax_connections = 100\n").await;
-    assert_eq!(closed(&default, 33, &[31, 32]).await, [false, true]);
+    assert_eq!(closed(&default, 33, &[0, 1, 32]).await, [true, false, false]);
     drop(default);
     // Behind a reverse proxy on this machine every client comes from its address: the share is
     // configured (reported: a proxy's 33rd client was locked out).
     let proxied = setup("[gateway]\nmax_connections = 100\nmax_connections_per_address = 48\n").await;
-    assert_eq!(closed(&proxied, 49, &[32, 47, 48]).await, [false, false, true]);
+    assert_eq!(closed(&proxied, 49, &[0, 1, 48]).await, [true, false, false]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_idle_connections_from_the_clients_address_does_not_lock_it_out() {
+    // Reported (attack on b52db2a): 40 idle connections from 127.0.0.1, reopened as soon as the
+    // gateway closed them, refused every signed request from that address while they ran.
+    let setup = setup("[gateway]\nmax_connections = 100\n").await;
+    let address = setup.base.trim_start_matches("https://").to_owned();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flood = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            // Every connection is kept open by the flood (the gateway closes some), and new ones
+            // keep coming, up to 1,000.
+            let mut held = Vec::new();
+            while !stop.is_cancelled() && held.len() < 1_000 {
+                if let Ok(stream) = tokio::net::TcpStream::connect(&address).await {
+                    held.push(stream);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            held.len()
+        }
+    });
+    // The flood holds the address's share before the client comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let response = tokio::time::timeout(
+            Duration::from_secs(8),
+            setup.request("GET", "/v1/models", None, Tweak::default()).send(),
+        )
+        .await
+        .expect("a signed client gets through the flood")
+        .expect("a signed client's connection is not refused or evicted");
+        assert_eq!(response.status(), 200);
+    }
+    stop.cancel();
+    let opened = flood.await.unwrap();
+    assert!(opened > 40, "the flood opened {opened} connections, past the share");
 }
 
 #[tokio::test(flavor = "multi_thread")]

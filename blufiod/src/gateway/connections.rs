@@ -3,12 +3,19 @@
 //! unauthenticated connections evictable.
 //!
 //! A connection counts as authenticated once one of its requests passed signature verification.
-//! Until then it is idle-closed after [`UNAUTHENTICATED_IDLE`], and when every slot is taken, an
-//! unauthenticated connection is evicted to make room: the oldest one of the network (an IPv4
-//! /24, an IPv6 /48) that holds the most connections. A flood from a few networks therefore
-//! evicts itself, and a signed client still in its handshake (counted as unauthenticated) is only
-//! at risk from an attacker holding as many networks as there are slots. Only when every slot
-//! holds an authenticated connection is a new connection refused.
+//! Until then it is idle-closed after [`UNAUTHENTICATED_IDLE`], and when a cap is reached an
+//! unauthenticated connection is evicted to make room:
+//!
+//! - at `gateway.max_connections`, from all connections: first one that has not sent a byte
+//!   (a client in its handshake has: it sent its hello), then the one of the network (an IPv4
+//!   /24, an IPv6 /48) that holds the most connections, the oldest first;
+//! - at an address's share, from that address's connections: first one that has not sent a
+//!   byte, the oldest first.
+//!
+//! A flood of silent connections therefore evicts itself, from one address or from many
+//! networks, and a signed client that has started its handshake is only at risk from an attacker
+//! who also speaks TLS from as many networks as there are slots (or from its own address). Only
+//! when every candidate is authenticated is a new connection refused.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +37,8 @@ pub struct ConnectionState {
     network: Prefix,
     /// Whether the peer is this machine (a loopback address, IPv4-mapped ones included).
     loopback: bool,
+    /// Whether the peer has sent anything (a TLS hello, a request head).
+    spoke: AtomicBool,
     authenticated: AtomicBool,
     evicted: CancellationToken,
 }
@@ -42,6 +51,16 @@ impl ConnectionState {
     /// the configured idle timeout.
     pub fn mark_authenticated(&self) {
         self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as having sent its first bytes: it is evicted only after the silent
+    /// ones.
+    pub fn mark_spoke(&self) {
+        self.spoke.store(true, Ordering::Relaxed);
+    }
+
+    fn is_silent(&self) -> bool {
+        !self.spoke.load(Ordering::Relaxed)
     }
 
     /// Whether the peer connected from this machine's loopback interface.
@@ -144,28 +163,35 @@ impl Connections {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (client, network) = (Prefix::address(address), Prefix::network(address));
         if inner.per_address.get(&client).copied().unwrap_or(0) >= self.per_address {
-            return Err(Refusal::PerAddress {
-                address,
-                limit: self.per_address,
-            });
-        }
-        if inner.open.len() >= self.max {
-            // The largest network's oldest unauthenticated connection.
+            // The address's oldest silent connection, else its oldest unauthenticated one.
+            let victim = inner
+                .open
+                .values()
+                .filter(|connection| connection.address == client && !connection.is_authenticated())
+                .max_by_key(|connection| (connection.is_silent(), Reverse(connection.id)))
+                .map(|connection| connection.id)
+                .ok_or(Refusal::PerAddress {
+                    address,
+                    limit: self.per_address,
+                })?;
+            inner.evict(victim);
+        } else if inner.open.len() >= self.max {
+            // The oldest silent connection of the largest network, else its oldest
+            // unauthenticated one.
             let victim = inner
                 .open
                 .values()
                 .filter(|connection| !connection.is_authenticated())
                 .max_by_key(|connection| {
                     (
+                        connection.is_silent(),
                         inner.per_network.get(&connection.network).copied().unwrap_or(0),
                         Reverse(connection.id),
                     )
                 })
                 .map(|connection| connection.id)
                 .ok_or(Refusal::Full)?;
-            if let Some(evicted) = inner.remove(victim) {
-                evicted.evicted.cancel();
-            }
+            inner.evict(victim);
         }
         let id = inner.next_id;
         inner.next_id += 1;
@@ -174,6 +200,7 @@ impl Connections {
             address: client,
             network,
             loopback: address.to_canonical().is_loopback(),
+            spoke: AtomicBool::new(false),
             authenticated: AtomicBool::new(false),
             evicted: CancellationToken::new(),
         });
@@ -199,6 +226,13 @@ impl Connections {
 }
 
 impl Inner {
+    /// Takes a connection's slot and tells its task to drop it.
+    fn evict(&mut self, id: u64) {
+        if let Some(evicted) = self.remove(id) {
+            evicted.evicted.cancel();
+        }
+    }
+
     fn remove(&mut self, id: u64) -> Option<Connection> {
         let connection = self.open.remove(&id)?;
         for (counts, key) in [
@@ -249,9 +283,18 @@ mod tests {
         let slots = Connections::new(1_000, PER_ADDRESS);
         let held: Vec<_> = (0..PER_ADDRESS).map(|_| slots.admit(address(1)).unwrap()).collect();
         assert!(!held[0].is_loopback(), "{:?} is another machine", address(1));
+        // Past its share, an address's newcomer takes the place of its oldest silent connection.
+        slots.admit(address(1)).unwrap();
+        assert!(held[0].evicted.is_cancelled());
+        assert_eq!(slots.len(), PER_ADDRESS);
+        // With all its connections authenticated, it is refused.
+        for connection in &held[1..] {
+            connection.mark_authenticated();
+        }
+        slots.admit(address(1)).unwrap().mark_authenticated();
         assert!(matches!(slots.admit(address(1)), Err(Refusal::PerAddress { .. })));
         slots.admit(address(2)).unwrap();
-        slots.release(&held[0]);
+        slots.release(&held[1]);
         slots.admit(address(1)).unwrap();
     }
 
@@ -260,7 +303,7 @@ mod tests {
         let slots = Connections::new(1_000, PER_ADDRESS);
         for host in 0..PER_ADDRESS {
             let ip = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, u16::try_from(host).unwrap()]);
-            slots.admit(ip).unwrap();
+            slots.admit(ip).unwrap().mark_authenticated();
         }
         let next = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 1]);
         assert!(matches!(slots.admit(next), Err(Refusal::PerAddress { .. })));
@@ -268,11 +311,66 @@ mod tests {
     }
 
     #[test]
+    fn at_its_share_an_address_evicts_its_own_silent_connections_first() {
+        // Reported (attack on b52db2a): 40 idle connections from 127.0.0.1, reopened as the
+        // gateway closed them, locked signed clients of that address out for as long as they ran.
+        let slots = Connections::new(1_000, 4);
+        let flood: Vec<_> = (0..4).map(|_| slots.admit(address(1)).unwrap()).collect();
+        let client = slots.admit(address(1)).unwrap();
+        assert!(flood[0].evicted.is_cancelled(), "the oldest silent one made room");
+        client.mark_spoke();
+        for _ in 0..20 {
+            slots.admit(address(1)).unwrap();
+        }
+        assert!(
+            !client.evicted.is_cancelled(),
+            "a client in its handshake outlives the flood"
+        );
+        // Once nothing else is silent, the oldest unauthenticated one goes; never an
+        // authenticated one.
+        let spoken: Vec<_> = (0..3)
+            .map(|_| {
+                let connection = slots.admit(address(1)).unwrap();
+                connection.mark_spoke();
+                connection
+            })
+            .collect();
+        slots.admit(address(1)).unwrap();
+        assert!(client.evicted.is_cancelled());
+        for connection in &spoken {
+            connection.mark_authenticated();
+        }
+        let newest = slots.admit(address(1)).unwrap();
+        newest.mark_authenticated();
+        assert!(matches!(
+            slots.admit(address(1)),
+            Err(Refusal::PerAddress { limit: 4, .. })
+        ));
+        assert!(spoken.iter().all(|connection| !connection.evicted.is_cancelled()));
+    }
+
+    #[test]
+    fn a_silent_flood_from_many_networks_does_not_evict_a_client_in_its_handshake() {
+        // Reported (attack on b52db2a): 200 idle connections, one per /24, left 3 of 29 signed
+        // requests through: the tie between networks fell on the oldest, often the client.
+        let slots = Connections::new(8, PER_ADDRESS);
+        let client = slots.admit(IpAddr::from([203, 0, 113, 7])).unwrap();
+        client.mark_spoke();
+        for n in 0..200u8 {
+            slots.admit(IpAddr::from([10, n, 0, 1])).unwrap();
+        }
+        assert!(!client.evicted.is_cancelled());
+        assert_eq!(slots.len(), 8);
+    }
+
+    #[test]
     fn the_share_of_an_address_is_configured() {
         // A reverse proxy on this machine: every client comes from 127.0.0.1.
         let slots = Connections::new(1_000, 100);
         let proxy = IpAddr::from([127, 0, 0, 1]);
-        let _held: Vec<_> = (0..100).map(|_| slots.admit(proxy).unwrap()).collect();
+        for _ in 0..100 {
+            slots.admit(proxy).unwrap().mark_authenticated();
+        }
         let refused = slots.admit(proxy).unwrap_err();
         assert!(matches!(refused, Refusal::PerAddress { limit: 100, .. }));
         assert_eq!(

@@ -38,7 +38,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 
-/// Time a client has to finish the TLS handshake.
+/// Time a client has, from connecting, to send its first bytes and finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connection checks whether it has been idle too long.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -382,10 +382,25 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
                     async move { Ok::<_, Infallible>(gateway.handle(request).await) }
                 }
             });
+            // Its first bytes (a TLS hello, a request head) mark the connection as speaking: at a
+            // cap, silent ones are evicted first, so a flood of idle connections cannot push out a
+            // client in its handshake.
+            // (`peek`, not `readable`: readiness can be reported before any byte has come.)
+            let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+            let mut first = [0u8; 1];
+            let spoke = tokio::select! {
+                peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1..))),
+                () = connection.evicted() => false,
+            };
             let outcome = match acceptor {
+                _ if !spoke => {
+                    tracing::debug!(%peer, "connection closed before it sent anything, or evicted");
+                    Ok(())
+                }
                 Some(acceptor) => {
+                    connection.mark_spoke();
                     let handshake = tokio::select! {
-                        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake.ok(),
+                        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake.ok(),
                         () = connection.evicted() => None,
                     };
                     match handshake {
@@ -404,6 +419,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
                     }
                 }
                 None => {
+                    connection.mark_spoke();
                     let served = builder.serve_connection(TokioIo::new(stream), service);
                     drive(served, &requests, &gateway, &connection, &token).await
                 }
