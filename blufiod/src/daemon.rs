@@ -87,6 +87,16 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory is not blufiod's alone.
+    #[error(
+        "the state directory {path} is not private: {problem}; blufiod keeps its database and keys there, so give it a directory only its user can change (`chown` and `chmod 700` it, or set daemon.state_dir)"
+    )]
+    UnsafeStateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// Another daemon uses the state directory.
     #[error("cannot lock the state directory; is another blufiod using it?")]
     LockState(#[source] LockError),
@@ -730,6 +740,12 @@ fn lock_state_dir(dir: &Path) -> Result<LockFile, DaemonError> {
             path: dir.to_owned(),
             source,
         })?;
+    if let Some(problem) = crate::paths::private_dir_problem(dir, nix::unistd::geteuid().as_raw()) {
+        return Err(DaemonError::UnsafeStateDir {
+            path: dir.to_owned(),
+            problem,
+        });
+    }
     LockFile::acquire(&dir.join("blufiod.lock")).map_err(DaemonError::LockState)
 }
 

@@ -45,6 +45,9 @@ impl LockFile {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            // A link planted at the lock's path must not make blufiod create or lock a file
+            // elsewhere.
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
             .map_err(|source| LockError::Lock {
                 path: path.to_owned(),
@@ -64,6 +67,16 @@ impl LockFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_at_the_lock_path_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        let path = dir.path().join("x.lock");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(matches!(LockFile::acquire(&path), Err(LockError::Lock { .. })));
+        assert!(!victim.exists());
+    }
 
     #[test]
     fn a_second_lock_is_refused_until_the_first_is_dropped() {

@@ -71,9 +71,89 @@ fn default_state_dir(env: &impl Fn(&str) -> Option<OsString>, euid: u32) -> Path
         .join("blufio")
 }
 
+/// Why `dir` is no place for blufiod's private files, if it is not: it must belong to blufiod's
+/// user and be writable by no one else, and its parent must not let anyone else swap it for
+/// another (owned by that user or root, and writable by others only if sticky, like `/tmp`).
+/// Symbolic links are followed first: what counts is where the files land.
+pub fn private_dir_problem(dir: &Path, euid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let metadata = std::fs::metadata(&dir).ok()?;
+    if metadata.uid() != euid {
+        return Some(format!(
+            "{} belongs to uid {}, not to blufiod's user (uid {euid})",
+            dir.display(),
+            metadata.uid()
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Some(format!(
+            "{} is mode {:04o}: other users may write in it",
+            dir.display(),
+            metadata.mode() & 0o7777
+        ));
+    }
+    let parent = dir.parent()?;
+    let above = std::fs::metadata(parent).ok()?;
+    if above.uid() != euid && above.uid() != 0 {
+        return Some(format!(
+            "its parent {} belongs to uid {}, who could move it away and put another in its place",
+            parent.display(),
+            above.uid()
+        ));
+    }
+    if above.mode() & 0o022 != 0 && above.mode() & 0o1000 == 0 {
+        return Some(format!(
+            "its parent {} is mode {:04o}: other users could move it away and put another in its place",
+            parent.display(),
+            above.mode() & 0o7777
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_dir_is_ours_and_shut_and_so_is_its_place() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let set_mode =
+            |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let euid = nix::unistd::geteuid().as_raw();
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("parent");
+        let dir = parent.join("state");
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&parent, 0o755);
+        set_mode(&dir, 0o700);
+        assert_eq!(private_dir_problem(&dir, euid), None);
+        set_mode(&dir, 0o777);
+        assert!(private_dir_problem(&dir, euid).unwrap().contains("mode 0777"));
+        set_mode(&dir, 0o700);
+        // A parent anyone may write: only with the sticky bit, like /tmp.
+        set_mode(&parent, 0o777);
+        assert!(private_dir_problem(&dir, euid).unwrap().contains("its parent"));
+        set_mode(&parent, 0o1777);
+        assert_eq!(private_dir_problem(&dir, euid), None);
+        // Another user's directory, or one in another user's directory (as root, which can chown).
+        if euid == 0 {
+            std::os::unix::fs::chown(&dir, Some(65_534), None).unwrap();
+            assert!(
+                private_dir_problem(&dir, euid)
+                    .unwrap()
+                    .contains("belongs to uid 65534")
+            );
+            std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+            std::os::unix::fs::chown(&parent, Some(65_534), None).unwrap();
+            assert!(private_dir_problem(&dir, euid).unwrap().contains("its parent"));
+        }
+        // A link is judged by where it leads.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert_eq!(private_dir_problem(&link, euid), private_dir_problem(&dir, euid));
+    }
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
         move |name| {

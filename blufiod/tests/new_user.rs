@@ -245,6 +245,50 @@ fn a_daemon_that_cannot_bind_its_gateway_leaves_no_socket_behind() {
 }
 
 #[test]
+fn a_state_directory_others_can_change_or_a_planted_lock_link_stops_the_start() {
+    // Reported (attack on b52db2a): a daemon started on a state directory every user could write
+    // (mode 1777), and links planted at its lock files' paths made it create and lock files
+    // wherever they pointed.
+    use std::os::unix::fs::PermissionsExt as _;
+    let start = |dir: &std::sync::Arc<tempfile::TempDir>| {
+        let mut daemon = support::Daemon::start_with(
+            dir.clone(),
+            support::DaemonOptions {
+                wait_ready: false,
+                ..support::DaemonOptions::default()
+            },
+        );
+        let exit = daemon.wait();
+        assert_eq!(exit.code(), Some(1), "{}", daemon.stderr());
+        daemon.stderr()
+    };
+    let dir = support::new_dir();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.path().join("victim");
+    std::os::unix::fs::symlink(&victim, state.join("blufiod.lock")).unwrap();
+    let stderr = start(&dir);
+    assert!(
+        stderr.contains("is not private") && stderr.contains("mode 1777") && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    assert!(!victim.exists(), "a file was created through the link");
+    assert!(!state.join("blufio.db").exists(), "the database was created first");
+
+    // The runtime directory may be shared (root may use one like /run), but a link planted at
+    // the socket's lock is not followed.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_file(state.join("blufiod.lock")).unwrap();
+    let lock = dir.path().join("run/blufiod.sock.lock");
+    let _ = std::fs::remove_file(&lock);
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let stderr = start(&dir);
+    assert!(stderr.contains("blufiod.sock.lock"), "{stderr}");
+    assert!(!victim.exists(), "a file was created through the link");
+}
+
+#[test]
 fn config_get_suggests_keys_cuts_long_values_and_hints_once() {
     let daemon = support::Daemon::start();
     let section = daemon.ctl(&["config", "get", "log"]);

@@ -540,7 +540,8 @@ pub struct GatewayConfig {
     /// room, or the newcomer is closed.
     pub max_connections: u32,
     /// Connections one address (an IPv4 address, an IPv6 /64) may hold at once. Behind a reverse
-    /// proxy every client comes from the proxy's address: raise it to what the proxy opens.
+    /// proxy every client comes from the proxy's address: raise it to what the proxy opens (at
+    /// `max_connections` or above, one address may take every slot).
     pub max_connections_per_address: u32,
     /// Requests per minute per device key.
     pub rate_limit_per_minute: u32,
