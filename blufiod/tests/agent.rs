@@ -520,10 +520,24 @@ fn an_answer_past_the_bound_is_stopped_and_an_oversized_stored_message_still_sho
         1,
         "only the question is stored"
     );
-    assert_eq!(
-        daemon.ctl_json(&["usage"])["days"][0]["calls"],
-        1,
-        "the call is charged"
+    let usage = daemon.ctl_json(&["usage"]);
+    assert_eq!(usage["days"][0]["calls"], 1, "the call is charged");
+    let text_cost = usage["cost"]["today_usd"].as_f64().unwrap();
+    // The same through a tool call's input, which streams without events (reported, attack on
+    // 890500f: such a call was charged as a few hundred bytes).
+    fake.push(Script::ToolUse {
+        id: "toolu_big".into(),
+        name: "http_get".into(),
+        input: serde_json::json!({"url": "x".repeat(3 * 1024 * 1024)}),
+        usage: FakeUsage::default(),
+    });
+    let refused = daemon.ctl(&["chat", "--session", &session, "a huge tool call please"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("answer passed 2097152 bytes"), "{stderr}");
+    let tool_cost = daemon.ctl_json(&["usage"])["cost"]["today_usd"].as_f64().unwrap() - text_cost;
+    assert!(
+        tool_cost > 0.9 * text_cost,
+        "the tool call was charged ${tool_cost}, the text answer ${text_cost}"
     );
 
     // A message that large, stored by an older version (or a tool result under a large
@@ -560,9 +574,8 @@ fn an_answer_past_the_bound_is_stopped_and_an_oversized_stored_message_still_sho
     let export: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
     assert_eq!(
         export["messages"].as_array().unwrap().len(),
-        3,
-        "{}",
-        export["messages"].as_array().unwrap().len()
+        4,
+        "three questions and an answer"
     );
 }
 

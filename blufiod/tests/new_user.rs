@@ -245,7 +245,7 @@ fn a_daemon_that_cannot_bind_its_gateway_leaves_no_socket_behind() {
 }
 
 #[test]
-fn a_state_directory_others_can_change_or_a_planted_lock_link_stops_the_start() {
+fn a_state_or_runtime_directory_others_can_change_or_a_planted_lock_link_stops_the_start() {
     // Reported (attack on b52db2a): a daemon started on a state directory every user could write
     // (mode 1777), and links planted at its lock files' paths made it create and lock files
     // wherever they pointed.
@@ -286,6 +286,17 @@ fn a_state_directory_others_can_change_or_a_planted_lock_link_stops_the_start() 
     let stderr = start(&dir);
     assert!(stderr.contains("blufiod.sock.lock"), "{stderr}");
     assert!(!victim.exists(), "a file was created through the link");
+
+    // Reported (attack on 890500f): in a runtime directory every user could write, another user
+    // moved the socket aside and bound their own in its place.
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::set_permissions(dir.path().join("run"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let stderr = start(&dir);
+    assert!(
+        stderr.contains("the control socket's directory") && stderr.contains("mode 0777"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("run/blufiod.sock").exists());
 }
 
 #[test]

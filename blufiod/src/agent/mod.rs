@@ -1932,6 +1932,12 @@ async fn stream_call(
         };
         match event {
             None => return Err(ProviderError::Truncated.into()),
+            Some(Err(ProviderError::AnswerTooLarge { limit })) => {
+                // The provider produced at least that much, tool input included, which the events
+                // do not carry: charge it.
+                seen.bytes = seen.bytes.max(limit as u64);
+                return Err(ProviderError::AnswerTooLarge { limit }.into());
+            }
             Some(Err(error)) => return Err(error.into()),
             Some(Ok(StreamEvent::TextDelta(text))) => {
                 seen.bytes += text.len() as u64;

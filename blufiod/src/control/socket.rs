@@ -52,6 +52,16 @@ pub enum SocketError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// Others could replace the socket in its directory.
+    #[error(
+        "the control socket's directory {path} is not private: {problem}; another user could put their own socket in blufiod's place, so `chmod 700` it, or set daemon.runtime_dir or control.socket elsewhere"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// Something that is not a socket is in the way.
     #[error("{path} exists and is not a socket; remove it or set control.socket to another path")]
     NotASocket {
@@ -356,6 +366,13 @@ fn prepare_directory(dir: &Path, group: Option<Gid>) -> Result<(), SocketError> 
             path: dir.to_owned(),
             owner: metadata.uid(),
             euid,
+        });
+    }
+    // (A socket systemd passes is not bound here: its unit decides the directory's mode.)
+    if let Some(problem) = crate::paths::private_dir_problem(dir, euid) {
+        return Err(SocketError::UnsafeDirectory {
+            path: dir.to_owned(),
+            problem,
         });
     }
     Ok(())

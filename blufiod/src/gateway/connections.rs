@@ -6,16 +6,19 @@
 //! Until then it is idle-closed after [`UNAUTHENTICATED_IDLE`], and when a cap is reached an
 //! unauthenticated connection is evicted to make room:
 //!
-//! - at `gateway.max_connections`, from all connections: first one that has not sent a byte
-//!   (a client in its handshake has: it sent its hello), then the one of the network (an IPv4
-//!   /24, an IPv6 /48) that holds the most connections, the oldest first;
+//! - at `gateway.max_connections`, from the network (an IPv4 /24, an IPv6 /48) that holds the
+//!   most connections: first one that has not sent a byte (a client in its handshake has: it
+//!   sent its hello), the oldest first;
 //! - at an address's share, from that address's connections: first one that has not sent a
 //!   byte, the oldest first.
 //!
-//! A flood of silent connections therefore evicts itself, from one address or from many
-//! networks, and a signed client that has started its handshake is only at risk from an attacker
-//! who also speaks TLS from as many networks as there are slots (or from its own address). Only
-//! when every candidate is authenticated is a new connection refused.
+//! Whether a connection has spoken is looked at when it is accepted (a client's hello is usually
+//! there by then) and again when its first bytes come. A flood therefore evicts itself: silent,
+//! from one address or many networks, or speaking, from fewer networks than there are slots. A
+//! signed client that has started its handshake is at risk only from an attacker who speaks TLS
+//! from as many networks as there are slots, or who floods from the client's own address (then
+//! each new connection of that address races the flood's). Only when every candidate is
+//! authenticated is a new connection refused.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -157,9 +160,9 @@ impl Connections {
         }
     }
 
-    /// Admits a connection from `address`, evicting the oldest unauthenticated one if every slot
-    /// is taken.
-    pub fn admit(&self, address: IpAddr) -> Result<Connection, Refusal> {
+    /// Admits a connection from `address` (`spoke`: its first bytes are already there), evicting
+    /// an unauthenticated one if a cap is reached.
+    pub fn admit(&self, address: IpAddr, spoke: bool) -> Result<Connection, Refusal> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (client, network) = (Prefix::address(address), Prefix::network(address));
         if inner.per_address.get(&client).copied().unwrap_or(0) >= self.per_address {
@@ -176,16 +179,17 @@ impl Connections {
                 })?;
             inner.evict(victim);
         } else if inner.open.len() >= self.max {
-            // The oldest silent connection of the largest network, else its oldest
-            // unauthenticated one.
+            // From the network holding the most connections, its oldest silent connection, else
+            // its oldest unauthenticated one: the network first, so that a client that has not
+            // spoken yet is not evicted for a flood that speaks.
             let victim = inner
                 .open
                 .values()
                 .filter(|connection| !connection.is_authenticated())
                 .max_by_key(|connection| {
                     (
-                        connection.is_silent(),
                         inner.per_network.get(&connection.network).copied().unwrap_or(0),
+                        connection.is_silent(),
                         Reverse(connection.id),
                     )
                 })
@@ -200,7 +204,7 @@ impl Connections {
             address: client,
             network,
             loopback: address.to_canonical().is_loopback(),
-            spoke: AtomicBool::new(false),
+            spoke: AtomicBool::new(spoke),
             authenticated: AtomicBool::new(false),
             evicted: CancellationToken::new(),
         });
@@ -273,7 +277,7 @@ mod tests {
             ("::ffff:192.0.2.1", false),
             ("2001:db8::1", false),
         ] {
-            let connection = slots.admit(peer.parse().unwrap()).unwrap();
+            let connection = slots.admit(peer.parse().unwrap(), false).unwrap();
             assert_eq!(connection.is_loopback(), loopback, "{peer}");
         }
     }
@@ -281,21 +285,26 @@ mod tests {
     #[test]
     fn one_address_gets_its_share_only() {
         let slots = Connections::new(1_000, PER_ADDRESS);
-        let held: Vec<_> = (0..PER_ADDRESS).map(|_| slots.admit(address(1)).unwrap()).collect();
+        let held: Vec<_> = (0..PER_ADDRESS)
+            .map(|_| slots.admit(address(1), false).unwrap())
+            .collect();
         assert!(!held[0].is_loopback(), "{:?} is another machine", address(1));
         // Past its share, an address's newcomer takes the place of its oldest silent connection.
-        slots.admit(address(1)).unwrap();
+        slots.admit(address(1), false).unwrap();
         assert!(held[0].evicted.is_cancelled());
         assert_eq!(slots.len(), PER_ADDRESS);
         // With all its connections authenticated, it is refused.
         for connection in &held[1..] {
             connection.mark_authenticated();
         }
-        slots.admit(address(1)).unwrap().mark_authenticated();
-        assert!(matches!(slots.admit(address(1)), Err(Refusal::PerAddress { .. })));
-        slots.admit(address(2)).unwrap();
+        slots.admit(address(1), false).unwrap().mark_authenticated();
+        assert!(matches!(
+            slots.admit(address(1), false),
+            Err(Refusal::PerAddress { .. })
+        ));
+        slots.admit(address(2), false).unwrap();
         slots.release(&held[1]);
-        slots.admit(address(1)).unwrap();
+        slots.admit(address(1), false).unwrap();
     }
 
     #[test]
@@ -303,11 +312,13 @@ mod tests {
         let slots = Connections::new(1_000, PER_ADDRESS);
         for host in 0..PER_ADDRESS {
             let ip = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, u16::try_from(host).unwrap()]);
-            slots.admit(ip).unwrap().mark_authenticated();
+            slots.admit(ip, false).unwrap().mark_authenticated();
         }
         let next = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 1]);
-        assert!(matches!(slots.admit(next), Err(Refusal::PerAddress { .. })));
-        slots.admit(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1])).unwrap();
+        assert!(matches!(slots.admit(next, false), Err(Refusal::PerAddress { .. })));
+        slots
+            .admit(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]), false)
+            .unwrap();
     }
 
     #[test]
@@ -315,12 +326,12 @@ mod tests {
         // Reported (attack on b52db2a): 40 idle connections from 127.0.0.1, reopened as the
         // gateway closed them, locked signed clients of that address out for as long as they ran.
         let slots = Connections::new(1_000, 4);
-        let flood: Vec<_> = (0..4).map(|_| slots.admit(address(1)).unwrap()).collect();
-        let client = slots.admit(address(1)).unwrap();
+        let flood: Vec<_> = (0..4).map(|_| slots.admit(address(1), false).unwrap()).collect();
+        let client = slots.admit(address(1), false).unwrap();
         assert!(flood[0].evicted.is_cancelled(), "the oldest silent one made room");
         client.mark_spoke();
         for _ in 0..20 {
-            slots.admit(address(1)).unwrap();
+            slots.admit(address(1), false).unwrap();
         }
         assert!(
             !client.evicted.is_cancelled(),
@@ -330,20 +341,20 @@ mod tests {
         // authenticated one.
         let spoken: Vec<_> = (0..3)
             .map(|_| {
-                let connection = slots.admit(address(1)).unwrap();
+                let connection = slots.admit(address(1), false).unwrap();
                 connection.mark_spoke();
                 connection
             })
             .collect();
-        slots.admit(address(1)).unwrap();
+        slots.admit(address(1), false).unwrap();
         assert!(client.evicted.is_cancelled());
         for connection in &spoken {
             connection.mark_authenticated();
         }
-        let newest = slots.admit(address(1)).unwrap();
+        let newest = slots.admit(address(1), false).unwrap();
         newest.mark_authenticated();
         assert!(matches!(
-            slots.admit(address(1)),
+            slots.admit(address(1), false),
             Err(Refusal::PerAddress { limit: 4, .. })
         ));
         assert!(spoken.iter().all(|connection| !connection.evicted.is_cancelled()));
@@ -354,13 +365,26 @@ mod tests {
         // Reported (attack on b52db2a): 200 idle connections, one per /24, left 3 of 29 signed
         // requests through: the tie between networks fell on the oldest, often the client.
         let slots = Connections::new(8, PER_ADDRESS);
-        let client = slots.admit(IpAddr::from([203, 0, 113, 7])).unwrap();
+        let client = slots.admit(IpAddr::from([203, 0, 113, 7]), false).unwrap();
         client.mark_spoke();
         for n in 0..200u8 {
-            slots.admit(IpAddr::from([10, n, 0, 1])).unwrap();
+            slots.admit(IpAddr::from([10, n, 0, 1]), false).unwrap();
         }
         assert!(!client.evicted.is_cancelled());
         assert_eq!(slots.len(), 8);
+    }
+
+    #[test]
+    fn a_speaking_flood_from_one_network_evicts_itself_not_a_client_yet_silent() {
+        // Reported (attack on 890500f): with silence ranked before the network's size, a client
+        // not yet marked as speaking was the first to go for a flood that sent its hellos.
+        let slots = Connections::new(64, 64);
+        let client = slots.admit(IpAddr::from([203, 0, 113, 7]), false).unwrap();
+        for n in 0..200u8 {
+            slots.admit(IpAddr::from([198, 51, 100, n]), true).unwrap();
+        }
+        assert!(!client.evicted.is_cancelled());
+        assert_eq!(slots.len(), 64);
     }
 
     #[test]
@@ -369,9 +393,9 @@ mod tests {
         let slots = Connections::new(1_000, 100);
         let proxy = IpAddr::from([127, 0, 0, 1]);
         for _ in 0..100 {
-            slots.admit(proxy).unwrap().mark_authenticated();
+            slots.admit(proxy, false).unwrap().mark_authenticated();
         }
-        let refused = slots.admit(proxy).unwrap_err();
+        let refused = slots.admit(proxy, false).unwrap_err();
         assert!(matches!(refused, Refusal::PerAddress { limit: 100, .. }));
         assert_eq!(
             refused.to_string(),
@@ -383,12 +407,12 @@ mod tests {
     fn a_flood_from_a_few_networks_evicts_itself_not_a_client_in_its_handshake() {
         let slots = Connections::new(8, PER_ADDRESS);
         // A signed client's fresh connection, not yet authenticated, from its own network.
-        let client = slots.admit(IpAddr::from([203, 0, 113, 7])).unwrap();
+        let client = slots.admit(IpAddr::from([203, 0, 113, 7]), false).unwrap();
         // Connections from two other networks fill the slots, then keep coming.
         let mut flood = Vec::new();
         for n in 0..200u8 {
             let network = 1 + n % 2;
-            flood.push(slots.admit(IpAddr::from([198, 51, network, n % 30])).unwrap());
+            flood.push(slots.admit(IpAddr::from([198, 51, network, n % 30]), false).unwrap());
         }
         assert!(!client.evicted.is_cancelled(), "the client was evicted by the flood");
         assert_eq!(slots.len(), 8);
@@ -397,11 +421,11 @@ mod tests {
     #[test]
     fn at_the_cap_the_oldest_unauthenticated_connection_makes_room() {
         let slots = Connections::new(3, PER_ADDRESS);
-        let signed = slots.admit(address(1)).unwrap();
+        let signed = slots.admit(address(1), false).unwrap();
         signed.mark_authenticated();
-        let idle_old = slots.admit(address(2)).unwrap();
-        let idle_new = slots.admit(address(3)).unwrap();
-        let newcomer = slots.admit(address(4)).unwrap();
+        let idle_old = slots.admit(address(2), false).unwrap();
+        let idle_new = slots.admit(address(3), false).unwrap();
+        let newcomer = slots.admit(address(4), false).unwrap();
         assert!(idle_old.evicted.is_cancelled(), "the oldest unauthenticated one goes");
         assert!(!idle_new.evicted.is_cancelled());
         assert!(!signed.evicted.is_cancelled());
@@ -411,6 +435,6 @@ mod tests {
         assert_eq!(slots.len(), 3);
         idle_new.mark_authenticated();
         newcomer.mark_authenticated();
-        assert!(matches!(slots.admit(address(5)), Err(Refusal::Full)));
+        assert!(matches!(slots.admit(address(5), false), Err(Refusal::Full)));
     }
 }

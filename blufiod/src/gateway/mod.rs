@@ -190,6 +190,22 @@ pub fn bind(config: &GatewayConfig, state_dir: &Path) -> Result<BoundGateway, Ga
     })
 }
 
+/// Whether the first bytes of a just-accepted connection are already there (a client sends its
+/// TLS hello or request head as soon as it is connected), looked at without waiting or reading.
+fn has_spoken(stream: &tokio::net::TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd as _;
+    let mut first = [0u8; 1];
+    matches!(
+        recv(
+            stream.as_raw_fd(),
+            &mut first,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(1..)
+    )
+}
+
 /// Bytes of request bodies buffered at once across all connections (at least one whole body of
 /// `gateway.max_body_bytes`): only signed requests of registered devices get this far, and even
 /// they cannot make the daemon hold more.
@@ -352,7 +368,7 @@ pub async fn serve(bound: BoundGateway, deps: GatewayDeps, token: CancellationTo
         // At a cap the connection is closed at once: a client over its address's share, or
         // arriving when every slot is held by an authenticated client, must not hold a
         // descriptor while it waits.
-        let connection = match registry.admit(peer.ip()) {
+        let connection = match registry.admit(peer.ip(), has_spoken(&stream)) {
             Ok(connection) => connection,
             Err(refusal) => {
                 gateway.metrics.auth_failures.with_label_values(&[refusal.kind()]).inc();
