@@ -54,7 +54,7 @@ pub enum SocketError {
     },
     /// Others could replace the socket in its directory.
     #[error(
-        "the control socket's directory {path} is not private: {problem}; another user could put their own socket in blufiod's place, so `chmod 700` it, or set daemon.runtime_dir or control.socket elsewhere"
+        "the control socket's directory {path} is not private: {problem}; another user could put their own socket in blufiod's place, so `chmod go-w` it (or its parent), or set daemon.runtime_dir or control.socket elsewhere"
     )]
     UnsafeDirectory {
         /// The directory.
