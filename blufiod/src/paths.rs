@@ -72,13 +72,22 @@ fn default_state_dir(env: &impl Fn(&str) -> Option<OsString>, euid: u32) -> Path
 }
 
 /// Why `dir` is no place for blufiod's private files, if it is not: it must belong to blufiod's
-/// user and be writable by no one else, and its parent must not let anyone else swap it for
-/// another (owned by that user or root, and writable by others only if sticky, like `/tmp`).
-/// Symbolic links are followed first: what counts is where the files land.
+/// user and be writable by no one else, and none of the directories above it may let anyone else
+/// swap it for another (each owned by that user or root, and writable by others only if sticky,
+/// like `/tmp`). Symbolic links are followed first: what counts is where the files land. A
+/// directory that cannot be looked at is a problem too.
 pub fn private_dir_problem(dir: &Path, euid: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
-    let dir = std::fs::canonicalize(dir).ok()?;
-    let metadata = std::fs::metadata(&dir).ok()?;
+    let inspect =
+        |path: &Path| std::fs::metadata(path).map_err(|error| format!("cannot inspect {}: {error}", path.display()));
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(dir) => dir,
+        Err(error) => return Some(format!("cannot resolve {}: {error}", dir.display())),
+    };
+    let metadata = match inspect(&dir) {
+        Ok(metadata) => metadata,
+        Err(problem) => return Some(problem),
+    };
     if metadata.uid() != euid {
         return Some(format!(
             "{} belongs to uid {}, not to blufiod's user (uid {euid})",
@@ -93,21 +102,25 @@ pub fn private_dir_problem(dir: &Path, euid: u32) -> Option<String> {
             metadata.mode() & 0o7777
         ));
     }
-    let parent = dir.parent()?;
-    let above = std::fs::metadata(parent).ok()?;
-    if above.uid() != euid && above.uid() != 0 {
-        return Some(format!(
-            "its parent {} belongs to uid {}, who could move it away and put another in its place",
-            parent.display(),
-            above.uid()
-        ));
-    }
-    if above.mode() & 0o022 != 0 && above.mode() & 0o1000 == 0 {
-        return Some(format!(
-            "its parent {} is mode {:04o}: other users could move it away and put another in its place",
-            parent.display(),
-            above.mode() & 0o7777
-        ));
+    for ancestor in dir.ancestors().skip(1) {
+        let above = match inspect(ancestor) {
+            Ok(above) => above,
+            Err(problem) => return Some(problem),
+        };
+        if above.uid() != euid && above.uid() != 0 {
+            return Some(format!(
+                "{} above it belongs to uid {}, who could move it away and put another in its place",
+                ancestor.display(),
+                above.uid()
+            ));
+        }
+        if above.mode() & 0o022 != 0 && above.mode() & 0o1000 == 0 {
+            return Some(format!(
+                "{} above it is mode {:04o}: other users could move it away and put another in its place",
+                ancestor.display(),
+                above.mode() & 0o7777
+            ));
+        }
     }
     None
 }
@@ -134,7 +147,7 @@ mod tests {
         set_mode(&dir, 0o700);
         // A parent anyone may write: only with the sticky bit, like /tmp.
         set_mode(&parent, 0o777);
-        assert!(private_dir_problem(&dir, euid).unwrap().contains("its parent"));
+        assert!(private_dir_problem(&dir, euid).unwrap().contains("above it"));
         set_mode(&parent, 0o1777);
         assert_eq!(private_dir_problem(&dir, euid), None);
         // Another user's directory, or one in another user's directory (as root, which can chown).
@@ -147,7 +160,14 @@ mod tests {
             );
             std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
             std::os::unix::fs::chown(&parent, Some(65_534), None).unwrap();
-            assert!(private_dir_problem(&dir, euid).unwrap().contains("its parent"));
+            assert!(private_dir_problem(&dir, euid).unwrap().contains("above it"));
+            // Reported (attack on 57e394b): higher up counts too, since whoever owns a directory
+            // there can move the whole branch aside.
+            std::os::unix::fs::chown(&parent, Some(0), None).unwrap();
+            std::os::unix::fs::chown(root.path(), Some(65_534), None).unwrap();
+            let problem = private_dir_problem(&dir, euid).unwrap();
+            assert!(problem.contains("above it belongs to uid 65534"), "{problem}");
+            std::os::unix::fs::chown(root.path(), Some(0), None).unwrap();
         }
         // A link is judged by where it leads.
         let link = root.path().join("link");

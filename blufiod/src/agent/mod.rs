@@ -1950,6 +1950,7 @@ async fn stream_call(
                 seen.first_token.get_or_insert_with(std::time::Instant::now);
             }
             Some(Ok(StreamEvent::Retrying)) => seen.retries += 1,
+            Some(Ok(StreamEvent::ToolInputStreamed(bytes))) => seen.bytes += bytes as u64,
             Some(Ok(StreamEvent::Completed(completion))) => {
                 seen.first_token.get_or_insert_with(std::time::Instant::now);
                 return Ok(completion);

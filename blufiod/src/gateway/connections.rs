@@ -7,7 +7,7 @@
 //! unauthenticated connection is evicted to make room:
 //!
 //! - at `gateway.max_connections`, from the network (an IPv4 /24, an IPv6 /48) that holds the
-//!   most connections: first one that has not sent a byte (a client in its handshake has: it
+//!   most unauthenticated connections: first one that has not sent a byte (a client in its handshake has: it
 //!   sent its hello), the oldest first;
 //! - at an address's share, from that address's connections: first one that has not sent a
 //!   byte, the oldest first.
@@ -122,7 +122,6 @@ struct Inner {
     /// Admitted connections by id: ids grow, so the first is the oldest.
     open: BTreeMap<u64, Connection>,
     per_address: HashMap<Prefix, usize>,
-    per_network: HashMap<Prefix, usize>,
 }
 
 /// The leading bits of an address: what counts as one client ([`Prefix::address`]) and as one
@@ -179,16 +178,22 @@ impl Connections {
                 })?;
             inner.evict(victim);
         } else if inner.open.len() >= self.max {
-            // From the network holding the most connections, its oldest silent connection, else
-            // its oldest unauthenticated one: the network first, so that a client that has not
-            // spoken yet is not evicted for a flood that speaks.
+            // From the network holding the most evictable (unauthenticated) connections, its
+            // oldest silent connection, else its oldest unauthenticated one: the network first, so
+            // that a client not yet seen speaking is not evicted for a flood that speaks; and only
+            // evictable ones count, so that a network's signed clients do not make its next
+            // connection the one to go.
+            let mut evictable: HashMap<Prefix, usize> = HashMap::new();
+            for connection in inner.open.values().filter(|connection| !connection.is_authenticated()) {
+                *evictable.entry(connection.network).or_default() += 1;
+            }
             let victim = inner
                 .open
                 .values()
                 .filter(|connection| !connection.is_authenticated())
                 .max_by_key(|connection| {
                     (
-                        inner.per_network.get(&connection.network).copied().unwrap_or(0),
+                        evictable.get(&connection.network).copied().unwrap_or(0),
                         connection.is_silent(),
                         Reverse(connection.id),
                     )
@@ -210,7 +215,6 @@ impl Connections {
         });
         inner.open.insert(id, connection.clone());
         *inner.per_address.entry(client).or_default() += 1;
-        *inner.per_network.entry(network).or_default() += 1;
         Ok(connection)
     }
 
@@ -239,15 +243,10 @@ impl Inner {
 
     fn remove(&mut self, id: u64) -> Option<Connection> {
         let connection = self.open.remove(&id)?;
-        for (counts, key) in [
-            (&mut self.per_address, connection.address),
-            (&mut self.per_network, connection.network),
-        ] {
-            if let Some(count) = counts.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&key);
-                }
+        if let Some(count) = self.per_address.get_mut(&connection.address) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&connection.address);
             }
         }
         Some(connection)
@@ -385,6 +384,24 @@ mod tests {
         }
         assert!(!client.evicted.is_cancelled());
         assert_eq!(slots.len(), 64);
+    }
+
+    #[test]
+    fn a_networks_signed_clients_do_not_make_its_next_connection_the_one_to_go() {
+        // Reported (attack on 57e394b): with every connection of a network counted, three
+        // authenticated keep-alive connections made the client's network the largest, and a
+        // silent flood from five smaller networks evicted each new connection of the client.
+        let slots = Connections::new(16, PER_ADDRESS);
+        let client_address = IpAddr::from([203, 0, 113, 7]);
+        for _ in 0..3 {
+            slots.admit(client_address, true).unwrap().mark_authenticated();
+        }
+        let client = slots.admit(client_address, true).unwrap();
+        for n in 0..200u8 {
+            slots.admit(IpAddr::from([10, n % 5, 0, n]), false).unwrap();
+        }
+        assert!(!client.evicted.is_cancelled());
+        assert_eq!(slots.len(), 16);
     }
 
     #[test]

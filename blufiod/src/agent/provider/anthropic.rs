@@ -693,6 +693,16 @@ mod tests {
                 name: "get_time".to_owned()
             }
         );
+        // Its fragments are counted as they come, so that a call cut before `Completed` is
+        // charged for them (reported: a dropped stream charged 1.9 MB of input as 192 bytes).
+        let streamed: usize = events
+            .iter()
+            .map(|event| match event {
+                StreamEvent::ToolInputStreamed(bytes) => *bytes,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(streamed, input.to_string().len(), "{events:?}");
         let completion = completion(&events);
         assert_eq!(completion.stop_reason, StopReason::ToolUse);
         assert_eq!(

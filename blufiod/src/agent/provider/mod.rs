@@ -146,6 +146,9 @@ pub enum StreamEvent {
     /// An attempt failed before the answer started and the call is tried again (counted on
     /// the metrics; nothing of the answer was delivered).
     Retrying,
+    /// Bytes of a tool call's input arrived (the input itself comes assembled in `Completed`):
+    /// a call that ends before then is still charged for them.
+    ToolInputStreamed(usize),
     /// The call finished; always the last event of a successful stream.
     Completed(Completion),
 }
@@ -463,11 +466,25 @@ impl HttpCall {
                 reason: error.to_string(),
             })?;
             for event in events {
+                let before = decoder.answer_bytes();
                 let done = decoder.decode(&event, &mut out)?;
-                if decoder.answer_bytes() > MAX_ANSWER_BYTES {
+                let after = decoder.answer_bytes();
+                if after > MAX_ANSWER_BYTES {
                     return Err(ProviderError::AnswerTooLarge {
                         limit: MAX_ANSWER_BYTES,
                     });
+                }
+                // What the answer grew by beyond the text delivered is tool input; said first, so
+                // that `Completed` stays last.
+                let text: usize = out
+                    .iter()
+                    .map(|item| match item {
+                        StreamEvent::TextDelta(text) => text.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                if let Some(input) = (after - before).checked_sub(text).filter(|input| *input > 0) {
+                    out.insert(0, StreamEvent::ToolInputStreamed(input));
                 }
                 for item in out.drain(..) {
                     if sender.send(Ok(item)).await.is_err() {
