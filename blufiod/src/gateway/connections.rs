@@ -7,18 +7,18 @@
 //! unauthenticated connection is evicted to make room:
 //!
 //! - at `gateway.max_connections`, from the network (an IPv4 /24, an IPv6 /48) that holds the
-//!   most unauthenticated connections: first one that has not sent a byte (a client in its handshake has: it
-//!   sent its hello), the oldest first;
+//!   most unauthenticated connections: first one that has not sent a byte (a client in its
+//!   handshake has: it sent its hello), the oldest first;
 //! - at an address's share, from that address's connections: first one that has not sent a
 //!   byte, the oldest first.
 //!
 //! Whether a connection has spoken is looked at when it is accepted (a client's hello is usually
-//! there by then) and again when its first bytes come. A flood therefore evicts itself: silent,
-//! from one address or many networks, or speaking, from fewer networks than there are slots. A
-//! signed client that has started its handshake is at risk only from an attacker who speaks TLS
-//! from as many networks as there are slots, or who floods from the client's own address (then
-//! each new connection of that address races the flood's). Only when every candidate is
-//! authenticated is a new connection refused.
+//! there by then) and again when its first bytes come. A flood therefore evicts itself: speaking,
+//! from fewer networks than there are slots, or silent, once the client has been seen speaking.
+//! The limits: a flood from the client's own address, or one fast enough that a client's
+//! connection comes up for eviction before it is seen speaking, makes each new connection a race;
+//! one that speaks TLS from as many networks as there are slots can evict a client in its
+//! handshake. Only when every candidate is authenticated is a new connection refused.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
