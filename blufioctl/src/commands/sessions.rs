@@ -105,6 +105,7 @@ async fn whole_session(client: &mut Client, id: String) -> Result<GetSessionResp
 fn shown(response: &GetSessionResponse) -> GetSessionResponse {
     let line = |text: &str| printable(text, false);
     let mut shown = response.clone();
+    shown.next_cursor = line(&shown.next_cursor);
     if let Some(session) = &mut shown.session {
         session.id = line(&session.id);
         session.title = line(&session.title);
@@ -783,21 +784,20 @@ blufio: I could not check.
                    "tool_call_id": "c1", "is_error": true, "created_at": 1_764_000_000})
         );
         assert_eq!(value["next_cursor"], json!(null), "the first page");
+        // A cursor is shown as text, like every field a gateway sends: no terminal escapes.
         let paged = GetSessionResponse {
-            next_cursor: "m0".into(),
+            next_cursor: "m0\u{1b}[2J".into(),
             ..conversation
         };
         let view = SessionsShow {
             response: &paged,
             now: NOW,
         };
-        assert_eq!(serde_json::to_value(view.json()).unwrap()["next_cursor"], "m0");
+        assert_eq!(serde_json::to_value(view.json()).unwrap()["next_cursor"], "m0\u{1b}[2J");
+        let human = view.human(ALIGNED).stdout;
         assert!(
-            view.human(ALIGNED)
-                .stdout
-                .contains("(showing 4; the ones before them with --cursor m0)"),
-            "{}",
-            view.human(ALIGNED).stdout
+            human.contains("(showing 4; the ones before them with --cursor m0") && !human.contains('\u{1b}'),
+            "{human}"
         );
     }
 }
