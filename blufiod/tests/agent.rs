@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 use support::fake_provider::{FakeProvider, FakeUsage, Script};
 use support::{Daemon, DaemonOptions, describe, fake_provider_config, new_dir};
 
+/// Runs `python` on the daemon's database as another program would, behind its back: `db` is the
+/// connection, `sys.argv[2..]` are `args`; committed when it ends.
+fn change_database(daemon: &Daemon, python: &str, args: &[&str]) {
+    let interpreter = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let changed = Command::new(interpreter)
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3,sys; db=sqlite3.connect(sys.argv[1], timeout=10)\n{python}\ndb.commit()"
+        ))
+        .arg(daemon.dir.path().join("state/blufio.db"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(changed.status.success(), "{}", describe(&changed));
+}
+
 fn text_reply(text: &str, input: u64, output: u64) -> Script {
     Script::Text {
         text: text.to_owned(),
@@ -461,19 +477,11 @@ fn sessions_can_be_renamed_exported_and_pruned() {
 
     // Make the first session ten days old, as if time had passed, then prune what is older
     // than a week.
-    let database = daemon.dir.path().join("state/blufio.db");
-    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let aged = Command::new(python)
-        .args([
-            "-c",
-            "import sqlite3,sys,time; db=sqlite3.connect(sys.argv[1], timeout=10); \
-             db.execute('UPDATE sessions SET updated_at=? WHERE id=?', (int(time.time())-10*86400, sys.argv[2])); db.commit()",
-        ])
-        .arg(&database)
-        .arg(&old)
-        .output()
-        .unwrap();
-    assert!(aged.status.success(), "{}", describe(&aged));
+    change_database(
+        &daemon,
+        "import time; db.execute('UPDATE sessions SET updated_at=? WHERE id=?', (int(time.time())-10*86400, sys.argv[2]))",
+        &[&old],
+    );
     let pruned = daemon.ctl_json(&["sessions", "prune", "--older-than", "7"]);
     assert_eq!(pruned["deleted"], 1, "{pruned}");
     let listed = daemon.ctl_json(&["sessions", "list"]);
@@ -547,20 +555,13 @@ fn an_answer_past_the_bound_is_stopped_and_an_oversized_stored_message_still_sho
         answered["text"].as_str().unwrap().starts_with("fake answer to"),
         "{answered}"
     );
-    let database = daemon.dir.path().join("state/blufio.db");
-    let python = std::env::var("BLUFIOTEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let grown = Command::new(python)
-        .args([
-            "-c",
-            "import json,sqlite3,sys; db=sqlite3.connect(sys.argv[1], timeout=10); \
-             (seq, content), = db.execute(\"SELECT seq, content FROM messages WHERE role='assistant'\").fetchall(); \
-             blocks = json.loads(content); blocks[0]['text'] = 'y' * (5 * 1024 * 1024); \
-             db.execute('UPDATE messages SET content=? WHERE seq=?', (json.dumps(blocks), seq)); db.commit()",
-        ])
-        .arg(&database)
-        .output()
-        .unwrap();
-    assert!(grown.status.success(), "{}", describe(&grown));
+    change_database(
+        &daemon,
+        "import json; (seq, content), = db.execute(\"SELECT seq, content FROM messages WHERE role='assistant'\").fetchall(); \
+         blocks = json.loads(content); blocks[0]['text'] = 'y' * (5 * 1024 * 1024); \
+         db.execute('UPDATE messages SET content=? WHERE seq=?', (json.dumps(blocks), seq))",
+        &[],
+    );
     let shown = daemon.ctl_json(&["sessions", "show", &session]);
     let texts: Vec<usize> = shown["messages"]
         .as_array()

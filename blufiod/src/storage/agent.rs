@@ -158,7 +158,7 @@ const PAGE_BEFORE: &str = "SELECT id, turn_id, role, content, created_at FROM me
      ORDER BY turn_seq DESC, seq DESC LIMIT ?";
 
 /// A page of a session's messages.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MessagePage {
     /// Oldest first.
     pub messages: Vec<MessageRecord>,
@@ -442,17 +442,6 @@ impl Storage {
         limit: u32,
     ) -> Result<Option<MessagePage>, StorageError> {
         let pools = self.pools.read().await;
-        if let Some(before) = before {
-            let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ? AND session_id = ?")
-                .bind(before)
-                .bind(session_id)
-                .fetch_optional(&pools.reader)
-                .await
-                .map_err(query_error("find a page's cursor"))?;
-            if known.is_none() {
-                return Ok(None);
-            }
-        }
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let query = match before {
             None => sqlx::query_as(PAGE_LATEST).bind(session_id),
@@ -482,6 +471,22 @@ impl Storage {
                 content_json,
                 created_at,
             });
+        }
+        drop(rows);
+        // An empty page before a cursor: the cursor was the first message, or is not one of
+        // this session's (asked only then, so a page is one query).
+        if let Some(before) = before
+            && messages.is_empty()
+        {
+            let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ? AND session_id = ?")
+                .bind(before)
+                .bind(session_id)
+                .fetch_optional(&pools.reader)
+                .await
+                .map_err(query_error("find a page's cursor"))?;
+            if known.is_none() {
+                return Ok(None);
+            }
         }
         messages.reverse();
         Ok(Some(MessagePage { messages, more }))
@@ -720,11 +725,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_message_queued_during_a_turn_follows_that_turn() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = open(dir.path()).await;
-        storage.create_session("s1", "t").await.unwrap();
+    /// Session s1's turn A (a1, a2, then a3, a4) with turn B's message b1 arriving while A still
+    /// runs its tools: in turn order, a1 a2 a3 a4 b1.
+    async fn interleave_two_turns(storage: &Storage) {
         storage
             .begin_turn(None, &[], message("a1", "tA", "user"))
             .await
@@ -733,7 +736,6 @@ mod tests {
             .append_message(message("a2", "tA", "assistant"), "m")
             .await
             .unwrap();
-        // Turn B's message arrives while turn A is still running its tools.
         storage
             .begin_turn(None, &[], message("b1", "tB", "user"))
             .await
@@ -743,6 +745,14 @@ mod tests {
             .append_message(message("a4", "tA", "assistant"), "m")
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_message_queued_during_a_turn_follows_that_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path()).await;
+        storage.create_session("s1", "t").await.unwrap();
+        interleave_two_turns(&storage).await;
         storage.finish_turn("s1", "tA", TurnEnd::Completed, None).await.unwrap();
         assert_eq!(
             storage.get_session("s1").await.unwrap().unwrap().state,
@@ -768,24 +778,7 @@ mod tests {
         let storage = open(dir.path()).await;
         storage.create_session("s1", "t").await.unwrap();
         storage.create_session("s2", "t").await.unwrap();
-        // Turn order, as above: a1 a2 | b1 arrives | a3 a4, so the history is a1 a2 a3 a4 b1.
-        storage
-            .begin_turn(None, &[], message("a1", "tA", "user"))
-            .await
-            .unwrap();
-        storage
-            .append_message(message("a2", "tA", "assistant"), "m")
-            .await
-            .unwrap();
-        storage
-            .begin_turn(None, &[], message("b1", "tB", "user"))
-            .await
-            .unwrap();
-        storage.append_message(message("a3", "tA", "tool"), "m").await.unwrap();
-        storage
-            .append_message(message("a4", "tA", "assistant"), "m")
-            .await
-            .unwrap();
+        interleave_two_turns(&storage).await;
         let page = |before: Option<&'static str>, limit| {
             let storage = &storage;
             async move {
